@@ -1,0 +1,117 @@
+"""unistore: one async API to store and serve files on any backend.
+
+>>> from unistore import add_storage, get_storage, StorageBackend
+
+The public surface is listed in ``__all__``; everything else is private.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._base import BaseBackend, StorageBackend
+from ._config import backend_from_url, detect_backend, easy_storage
+from ._errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    IntegrityError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidRangeError,
+    NotFoundError,
+    NotModifiedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    QuotaExceededError,
+    RateLimitedError,
+    StorageError,
+    TransientError,
+    UnavailableError,
+    UnsupportedError,
+)
+from ._keys import validate_key, validate_prefix
+from ._signing import UrlSigner
+from ._types import (
+    ByteRange,
+    Capabilities,
+    Download,
+    IfMatch,
+    ObjectInfo,
+    SuffixRange,
+    WriteMode,
+    parse_http_range,
+)
+from .backends.local import LocalBackend, LocalSettings
+from .backends.memory import MemoryBackend, MemorySettings
+
+if TYPE_CHECKING:
+    from .fastapi import add_storage, get_storage
+
+FileNotFoundError = NotFoundError  # noqa: A001 - the spec lists the name; it is also the builtin's subclass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "BaseBackend",
+    "ByteRange",
+    "Capabilities",
+    "CloudinaryBackend",
+    "ConfigurationError",
+    "Download",
+    "FileNotFoundError",
+    "GCSBackend",
+    "IfMatch",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidMetadataError",
+    "InvalidRangeError",
+    "LocalBackend",
+    "LocalSettings",
+    "MemoryBackend",
+    "MemorySettings",
+    "NotFoundError",
+    "NotModifiedError",
+    "ObjectInfo",
+    "PermissionDeniedError",
+    "PreconditionFailedError",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "S3Backend",
+    "StorageBackend",
+    "StorageError",
+    "SuffixRange",
+    "TransientError",
+    "UnavailableError",
+    "UnsupportedError",
+    "UrlSigner",
+    "WriteMode",
+    "add_storage",
+    "backend_from_url",
+    "detect_backend",
+    "easy_storage",
+    "get_storage",
+    "parse_http_range",
+    "validate_key",
+    "validate_prefix",
+]
+
+_LAZY_FASTAPI = ("add_storage", "get_storage")
+_LAZY_BACKENDS = {"S3Backend": "s3", "GCSBackend": "gcs", "CloudinaryBackend": "cloudinary"}
+
+
+def __getattr__(name: str) -> Any:
+    # FastAPI is an optional extra; backends with SDKs are imported on first use.
+    if name in _LAZY_FASTAPI:
+        try:
+            from . import fastapi as integration
+        except ImportError as exc:  # pragma: no cover - exercised without the extra
+            raise ConfigurationError(
+                f"{name} needs FastAPI: pip install 'unistore[fastapi]'"
+            ) from exc
+        return getattr(integration, name)
+    if name in _LAZY_BACKENDS:
+        from ._config import backend_class
+
+        return backend_class(_LAZY_BACKENDS[name])
+    raise AttributeError(f"module 'unistore' has no attribute {name!r}")

@@ -1,0 +1,250 @@
+"""Backend selection: the spec's auto-detection, ``easy_storage`` keyword settings, URL forms.
+
+Settings come from keyword arguments first, then ``STORAGE_*`` environment
+variables, then defaults. Keyword names are the variable names without the
+``STORAGE_`` prefix, lower-cased (``base_path`` ↔ ``STORAGE_BASE_PATH``).
+Unknown names are errors. Backends are imported lazily, so an optional SDK
+is only needed for the backend actually chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ._base import BaseBackend
+from ._errors import ConfigurationError
+
+__all__ = ["backend_from_url", "detect_backend", "easy_storage"]
+
+logger = logging.getLogger("unistore")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    cls_name: str
+    module: str | None  # None: not available in this version
+    env: Mapping[str, str]  # option name -> environment variable
+    planned: str = ""
+
+
+_SPECS: dict[str, _Spec] = {
+    "memory": _Spec(
+        "MemoryBackend",
+        "unistore.backends.memory",
+        {
+            "max_size": "STORAGE_MAX_SIZE",
+            "base_url": "STORAGE_BASE_URL",
+            "url_secret": "STORAGE_URL_SECRET",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
+        },
+    ),
+    "local": _Spec(
+        "LocalBackend",
+        "unistore.backends.local",
+        {
+            "base_path": "STORAGE_BASE_PATH",
+            "base_url": "STORAGE_BASE_URL",
+            "url_secret": "STORAGE_URL_SECRET",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+            "fsync": "STORAGE_FSYNC",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
+            "max_size": "STORAGE_MAX_SIZE",
+        },
+    ),
+    "s3": _Spec(
+        "S3Backend",
+        None,
+        {
+            "bucket": "STORAGE_S3_BUCKET",
+            "region": "STORAGE_S3_REGION",
+            "endpoint": "STORAGE_S3_ENDPOINT",
+            "access_key": "STORAGE_S3_ACCESS_KEY",
+            "secret_key": "STORAGE_S3_SECRET_KEY",
+        },
+        planned="the S3 backend (unistore[s3])",
+    ),
+    "gcs": _Spec(
+        "GCSBackend",
+        None,
+        {"bucket": "STORAGE_GCS_BUCKET", "project": "STORAGE_GCS_PROJECT"},
+        planned="the GCS backend (unistore[gcs])",
+    ),
+    "cloudinary": _Spec(
+        "CloudinaryBackend",
+        None,
+        {
+            "cloud_name": "STORAGE_CLOUDINARY_CLOUD_NAME",
+            "api_key": "STORAGE_CLOUDINARY_API_KEY",
+            "api_secret": "STORAGE_CLOUDINARY_API_SECRET",
+        },
+        planned="the Cloudinary backend (unistore[cloudinary])",
+    ),
+}
+
+
+def backend_class(kind: str) -> type[BaseBackend]:
+    """The class for backend ``kind`` ("memory", "local", ...), imported on first use."""
+    spec = _SPECS.get(kind)
+    if spec is None:
+        raise ConfigurationError(f"unknown storage backend {kind!r}; choose one of {', '.join(_SPECS)}")
+    if spec.module is None:
+        return _placeholder(spec)
+    cls: type[BaseBackend] = getattr(importlib.import_module(spec.module), spec.cls_name)
+    return cls
+
+
+def _unavailable(spec: _Spec) -> ConfigurationError:
+    return ConfigurationError(
+        f"{spec.cls_name} is not available in this version of unistore: {spec.planned} is not "
+        f"built yet. Use STORAGE_BACKEND=local or memory."
+    )
+
+
+_PLACEHOLDERS: dict[str, type[BaseBackend]] = {}
+
+
+def _placeholder(spec: _Spec) -> type[BaseBackend]:
+    """A class named as the spec names the backend, whose construction explains it is not built."""
+    if spec.cls_name not in _PLACEHOLDERS:
+
+        def __init__(self: BaseBackend, *args: Any, **kwargs: Any) -> None:
+            raise _unavailable(spec)
+
+        cls = type(
+            spec.cls_name, (BaseBackend,), {"__init__": __init__, "__doc__": f"Not built yet: {spec.planned}."}
+        )
+        cls.__abstractmethods__ = frozenset()  # so construction reaches __init__ and explains
+        _PLACEHOLDERS[spec.cls_name] = cls
+    return _PLACEHOLDERS[spec.cls_name]
+
+
+def _cast(value: str, to: Any, name: str) -> Any:
+    if to is bool or to == "bool":
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{name}={value!r} is not a boolean")
+    if to in (int, "int", "int | None"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+    return value
+
+
+def _settings_for(kind: str, options: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    spec = _SPECS.get(kind)
+    if spec is None:
+        raise ConfigurationError(f"unknown storage backend {kind!r}; choose one of {', '.join(_SPECS)}")
+    if spec.module is None:
+        raise _unavailable(spec)
+    cls = backend_class(kind)
+    settings_cls = _settings_class(cls)
+    known = {f.name: f for f in fields(settings_cls)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) for {spec.cls_name}: {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    resolved: dict[str, Any] = {}
+    for name, f in known.items():
+        if name in options:
+            resolved[name] = options[name]
+            continue
+        var = spec.env.get(name)
+        if var and env.get(var):
+            resolved[name] = _cast(env[var], f.type, var)
+    if kind == "local" and "base_path" not in resolved and env.get("RAILWAY_VOLUME_MOUNT_PATH"):
+        resolved["base_path"] = env["RAILWAY_VOLUME_MOUNT_PATH"]
+    return resolved
+
+
+def _settings_class(cls: type[BaseBackend]) -> type[Any]:
+    module = importlib.import_module(cls.__module__)
+    settings_cls: type[Any] = getattr(module, cls.__name__.replace("Backend", "Settings"))
+    return settings_cls
+
+
+def detect_backend(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The backend kind the spec's auto-detection picks, and why (for the log line)."""
+    env = os.environ if env is None else env
+    explicit = env.get("STORAGE_BACKEND", "").strip().lower()
+    if explicit:
+        return explicit, "STORAGE_BACKEND is set"
+    if env.get("RAILWAY_VOLUME_MOUNT_PATH"):
+        return "local", "RAILWAY_VOLUME_MOUNT_PATH is set"
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("STORAGE_S3_BUCKET"):
+        return "s3", "AWS_ACCESS_KEY_ID or STORAGE_S3_BUCKET is set"
+    if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return "gcs", "GOOGLE_APPLICATION_CREDENTIALS is set"
+    if env.get("CLOUDINARY_URL"):
+        return "cloudinary", "CLOUDINARY_URL is set"
+    return "memory", "no storage configuration found"
+
+
+def easy_storage(backend: str | None = None, **kwargs: Any) -> BaseBackend:
+    """Create a backend: ``backend`` by name, or auto-detected from the environment.
+
+    Keyword arguments are the backend's settings, named after its environment
+    variables without the ``STORAGE_`` prefix (``base_path``, ``base_url``,
+    ``url_secret``, ``url_expiration``, ``max_size``, ...); unknown names raise
+    :class:`ConfigurationError`.
+    """
+    return _build(backend, kwargs, os.environ)
+
+
+def _build(backend: str | None, options: Mapping[str, Any], env: Mapping[str, str]) -> BaseBackend:
+    if backend is not None:
+        kind, why = backend.strip().lower(), "requested by name"
+    else:
+        kind, why = detect_backend(env)
+    settings = _settings_for(kind, options, env)
+    cls = backend_class(kind)
+    instance = cls(**settings)
+    if kind == "memory" and backend is None and not env.get("STORAGE_BACKEND"):
+        logger.warning(
+            "unistore: using MemoryBackend (%s): stored files are lost on restart. "
+            "Set STORAGE_BACKEND explicitly in production.",
+            why,
+        )
+    else:
+        logger.info("unistore: using %s (%s)", cls.__name__, why)
+    return instance
+
+
+def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
+    """Build a backend from a URL: ``memory://``, ``file:///abs/path`` (``?fsync=false``...).
+
+    Query parameters are settings (as strings, cast like environment variables).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = dict(parse_qsl(parts.query))
+    if scheme == "memory":
+        kind, options = "memory", dict[str, Any]()
+    elif scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(f"file URL must be file:///absolute/path, got {url!r}")
+        kind, options = "local", {"base_path": unquote(parts.path)}
+    elif scheme in ("s3", "gs", "cloudinary"):
+        kind = {"s3": "s3", "gs": "gcs", "cloudinary": "cloudinary"}[scheme]
+        raise _unavailable(_SPECS[kind])
+    else:
+        raise ConfigurationError(f"unsupported storage URL scheme {scheme!r}")
+    settings_cls = _settings_class(backend_class(kind))
+    types = {f.name: f.type for f in fields(settings_cls)}
+    for name, value in query.items():
+        if name not in types:
+            raise ConfigurationError(f"unknown option {name!r} in storage URL")
+        options[name] = _cast(value, types[name], name)
+    options.update(overrides)
+    return _build(kind, options, {})

@@ -1,0 +1,298 @@
+"""Value types shared by every backend: object info, ranges, write modes, capabilities, downloads."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Final, Literal, TypeAlias
+
+from ._errors import InvalidMetadataError, InvalidRangeError
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "Body",
+    "ByteRange",
+    "Capabilities",
+    "Download",
+    "IfMatch",
+    "MetadataInput",
+    "ObjectInfo",
+    "Range",
+    "SuffixRange",
+    "WriteMode",
+    "guess_content_type",
+    "normalize_metadata",
+    "parse_http_range",
+]
+
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+MAX_METADATA_BYTES: Final = 2048  # S3's limit on user metadata; enforced everywhere for portability
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a store knows about one object.
+
+    ``etag`` is an opaque version token: it changes on every write and is what
+    ``if_match`` / ``if_none_match`` compare against. ``metadata`` holds the
+    caller's custom metadata only (lower-case names, string values).
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    content_type: str = DEFAULT_CONTENT_TYPE
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    cache_control: str | None = None
+    content_disposition: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The spec's ``get_metadata`` dict: custom metadata at the top level, then
+        the system fields ``key``, ``size``, ``content_type``, ``etag``,
+        ``last_modified`` (ISO 8601), which win on a name collision."""
+        out: dict[str, object] = dict(self.metadata)
+        out.update(
+            key=self.key,
+            size=self.size,
+            content_type=self.content_type,
+            etag=self.etag,
+            last_modified=self.last_modified.isoformat(),
+        )
+        if self.cache_control is not None:
+            out["cache_control"] = self.cache_control
+        if self.content_disposition is not None:
+            out["content_disposition"] = self.content_disposition
+        return out
+
+
+# --- ranges ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes ``[start, end)``, half-open like a Python slice; ``end=None`` means to the end.
+
+    An ``end`` past the object's size is clamped; a ``start`` at or past the size
+    is unsatisfiable (:class:`InvalidRangeError`, HTTP 416).
+    """
+
+    start: int
+    end: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise InvalidRangeError(f"range start {self.start} is negative")
+        if self.end is not None and self.end <= self.start:
+            raise InvalidRangeError(f"range end {self.end} is not after start {self.start}")
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """The concrete ``(start, end)`` for an object of ``size`` bytes."""
+        if self.start >= size:
+            raise InvalidRangeError(f"range start {self.start} is past the end ({size} bytes)", size=size)
+        end = size if self.end is None else min(self.end, size)
+        return self.start, end
+
+
+@dataclass(frozen=True, slots=True)
+class SuffixRange:
+    """The last ``length`` bytes (all of them if the object is shorter)."""
+
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.length <= 0:
+            raise InvalidRangeError(f"suffix length {self.length} must be positive")
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """The concrete ``(start, end)``; unsatisfiable on an empty object (RFC 9110 §14.1.2)."""
+        if size == 0:
+            raise InvalidRangeError("suffix range of an empty object", size=size)
+        return max(0, size - self.length), size
+
+
+Range: TypeAlias = ByteRange | SuffixRange
+
+_HTTP_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_http_range(header: str) -> Range | None:
+    """Convert an HTTP ``Range`` header (inclusive ``bytes=a-b``) to a half-open range.
+
+    This is the one place the inclusive HTTP form is converted (RFC 9110 §14.1.2).
+    Returns ``None`` for headers a server may ignore (other units, several ranges);
+    raises :class:`InvalidRangeError` for a malformed single byte range.
+    """
+    if "," in header or not header.strip().lower().startswith("bytes"):
+        return None
+    m = _HTTP_RANGE.match(header)
+    if not m:
+        raise InvalidRangeError(f"malformed Range header {header[:64]!r}")
+    first, last = m.groups()
+    if first == "" and last == "":
+        raise InvalidRangeError(f"malformed Range header {header[:64]!r}")
+    if first == "":
+        return SuffixRange(int(last))
+    start = int(first)
+    if last == "":
+        return ByteRange(start)
+    if int(last) < start:
+        raise InvalidRangeError(f"malformed Range header {header[:64]!r}")
+    return ByteRange(start, int(last) + 1)
+
+
+# --- write modes ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IfMatch:
+    """Write only if the stored object's etag is ``etag`` (else PreconditionFailedError)."""
+
+    etag: str
+
+
+WriteMode: TypeAlias = Literal["overwrite", "create"] | IfMatch
+"""``"overwrite"`` (default), ``"create"`` (only if absent, else AlreadyExistsError), or ``IfMatch``."""
+
+
+# --- capabilities ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do natively. A missing one raises :class:`UnsupportedError`."""
+
+    conditional_put: bool = False
+    """``mode="create"`` and ``IfMatch`` writes are atomic."""
+    conditional_get: bool = False
+    """``if_match`` / ``if_none_match`` on reads."""
+    conditional_delete: bool = False
+    """``if_match`` on ``remove``."""
+    ranges: bool = False
+    streaming: bool = False
+    """Reads and writes run in bounded memory for any object size."""
+    signed_urls: bool = False
+    presigned_put: bool = False
+    server_side_copy: bool = False
+    max_object_size: int | None = None
+
+
+# --- bodies and metadata --------------------------------------------------------------
+
+Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | IO[bytes] | os.PathLike[str]
+"""What a write accepts: bytes, an async iterable of bytes, a binary file object, or a path."""
+
+MetadataInput: TypeAlias = Mapping[str, "str | int | float | bool"]
+
+_META_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
+    """Validate custom metadata and return it as the portable form every backend stores.
+
+    Names are lower-cased (HTTP headers are case-insensitive, so S3 and GCS would
+    lower-case them anyway) and must then match ``[a-z0-9][a-z0-9_.-]*``. Values
+    must be ``str``, ``int``, ``float`` or ``bool`` and are stored as strings;
+    anything else (dicts, ``None``, objects) is an :class:`InvalidMetadataError`,
+    raised before anything is written. Names plus values may total 2 KiB (UTF-8).
+    """
+    if not metadata:
+        return {}
+    out: dict[str, str] = {}
+    total = 0
+    for name, value in metadata.items():
+        if not isinstance(name, str):
+            raise InvalidMetadataError(f"metadata name {name!r} is not a str")
+        lname = name.lower()
+        if not _META_NAME.match(lname):
+            raise InvalidMetadataError(f"metadata name {name!r} must match [a-z0-9][a-z0-9_.-]*")
+        if lname in out:
+            raise InvalidMetadataError(f"metadata name {name!r} given twice (names are case-insensitive)")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            text = str(value)
+        else:
+            raise InvalidMetadataError(
+                f"metadata value for {name!r} must be str, int, float or bool, not {type(value).__name__}"
+            )
+        if "\x00" in text:
+            raise InvalidMetadataError(f"metadata value for {name!r} contains NUL")
+        total += len(lname.encode()) + len(text.encode("utf-8", "surrogatepass"))
+        out[lname] = text
+    if total > MAX_METADATA_BYTES:
+        raise InvalidMetadataError(f"metadata is {total} bytes; the limit is {MAX_METADATA_BYTES}")
+    return out
+
+
+def guess_content_type(key: str) -> str:
+    """The MIME type for ``key``'s extension, or ``application/octet-stream``."""
+    return mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
+
+
+# --- downloads ------------------------------------------------------------------------
+
+
+class Download:
+    """A streaming read: an async iterator of chunks plus the object's ``info``.
+
+    ``start``/``end`` give the served span ``[start, end)``; ``range_requested``
+    tells whether a range was asked for. Use it as an async context manager (or
+    call :meth:`aclose`) so the underlying handle is released even when the
+    stream is abandoned half-way.
+    """
+
+    __slots__ = ("_chunks", "_close", "end", "info", "range_requested", "start")
+
+    def __init__(
+        self,
+        info: ObjectInfo,
+        chunks: AsyncIterator[bytes],
+        *,
+        start: int = 0,
+        end: int | None = None,
+        range_requested: bool = False,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.info = info
+        self.start = start
+        self.end = info.size if end is None else end
+        self.range_requested = range_requested
+        self._chunks = chunks
+        self._close = close
+
+    @property
+    def content_length(self) -> int:
+        """Number of bytes this download yields."""
+        return self.end - self.start
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def read(self) -> bytes:
+        """Read the rest of the stream into memory and close it."""
+        try:
+            return b"".join([chunk async for chunk in self._chunks])
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the underlying handle; safe to call twice."""
+        close, self._close = self._close, None
+        aclose = getattr(self._chunks, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            if close is not None:
+                await close()
+
+    async def __aenter__(self) -> Download:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

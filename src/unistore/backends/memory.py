@@ -1,0 +1,302 @@
+"""In-process storage for tests, CI and small caches.
+
+Every capability is native: conditional writes and reads, ranges, streaming,
+signed URLs (served by ``add_storage(app, serve_files=True)``). Objects are
+immutable ``bytes``; a write builds the new object completely, then commits it
+in one step under a lock, so concurrent tasks (and threads) never see a partial
+object. ``max_size`` bounds the total bytes stored (:class:`QuotaExceededError`).
+Deviation: data is lost when the process exits; with no ``url_secret`` the
+signing secret is random per instance, so URLs only work in this process.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import secrets
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from .._base import (
+    DEFAULT_CHUNK_SIZE,
+    BaseBackend,
+    check_listing_args,
+    check_read_conditions,
+    check_remove_condition,
+    check_write_mode,
+    iter_body,
+)
+from .._errors import ConfigurationError, NotFoundError, QuotaExceededError
+from .._keys import validate_key
+from .._signing import UrlSigner
+from .._types import (
+    Body,
+    Capabilities,
+    Download,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    guess_content_type,
+    normalize_metadata,
+)
+
+__all__ = ["MemoryBackend", "MemorySettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """Settings of :class:`MemoryBackend` (``easy_storage`` keyword names)."""
+
+    max_size: int | None = None
+    base_url: str = "http://localhost:8000/files"
+    url_secret: str | None = field(default=None, repr=False)
+    url_expiration: int = 3600
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None and self.max_size < 0:
+            raise ConfigurationError("max_size must be >= 0")
+        if self.url_expiration <= 0:
+            raise ConfigurationError("url_expiration must be positive")
+        if self.chunk_size <= 0:
+            raise ConfigurationError("chunk_size must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    data: bytes
+    info: ObjectInfo
+
+
+class MemoryBackend(BaseBackend):
+    """Objects in a dict, safe under concurrent tasks and threads."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        conditional_put=True,
+        conditional_get=True,
+        conditional_delete=True,
+        ranges=True,
+        streaming=True,
+        signed_urls=True,
+        server_side_copy=True,
+    )
+
+    def __init__(self, settings: MemorySettings | None = None, **options: Any) -> None:
+        self.settings = settings if settings is not None else MemorySettings(**options)
+        if settings is not None and options:
+            raise ConfigurationError("pass either settings or keyword options, not both")
+        secret = self.settings.url_secret
+        self._signer = UrlSigner(
+            secret.encode() if secret else secrets.token_bytes(32), self.settings.base_url
+        )
+        self.default_expires_in = self.settings.url_expiration
+        self._objects: dict[str, _Entry] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+        self._etags = itertools.count(1)
+        self._epoch = secrets.token_hex(4)
+        # Sorted key index, maintained lazily so a put never pays for it.
+        self._sorted: list[str] | None = None
+        self._added: list[str] = []
+        self._removed: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(objects={len(self._objects)}, bytes={self._total}, max_size={self.settings.max_size})"
+
+    @property
+    def signer(self) -> UrlSigner:
+        """The signer the file route verifies this backend's URLs with."""
+        return self._signer
+
+    @property
+    def used_bytes(self) -> int:
+        """Total bytes stored."""
+        return self._total
+
+    # --- primitives ---------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        entry = self._objects.get(key)
+        if entry is None:
+            raise NotFoundError("no such object", key=key, backend=self.name, operation="head")
+        return entry.info
+
+    async def open(
+        self,
+        key: str,
+        *,
+        range: Range | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Download:
+        validate_key(key)
+        entry = self._objects.get(key)
+        if entry is None:
+            raise NotFoundError("no such object", key=key, backend=self.name, operation="open")
+        info = entry.info
+        check_read_conditions(info, if_match, if_none_match, self.name)
+        start, end = (0, info.size) if range is None else range.resolve(info.size)
+        return Download(
+            info,
+            self._chunks(entry.data, start, end),
+            start=start,
+            end=end,
+            range_requested=range is not None,
+        )
+
+    async def _chunks(self, data: bytes, start: int, end: int) -> AsyncIterator[bytes]:
+        if start == 0 and end == len(data) and end <= self.settings.chunk_size:
+            if data:
+                yield data
+            return
+        view = memoryview(data)
+        step = self.settings.chunk_size
+        for pos in range(start, end, step):
+            yield bytes(view[pos : min(pos + step, end)])
+
+    async def put_object(
+        self,
+        key: str,
+        body: Body,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        mode: WriteMode = "overwrite",
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
+    ) -> ObjectInfo:
+        validate_key(key)
+        meta = normalize_metadata(metadata)
+        limit = self.settings.max_size
+        if isinstance(body, bytes):
+            data = body
+        else:
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in iter_body(body, self.settings.chunk_size):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise self._quota(key, size)
+                parts.append(chunk)
+            data = b"".join(parts)
+        with self._lock:
+            current = self._objects.get(key)
+            check_write_mode(current.info if current else None, mode, key, self.name)
+            old_size = current.info.size if current else 0
+            new_total = self._total - old_size + len(data)
+            if limit is not None and new_total > limit:
+                raise self._quota(key, len(data))
+            info = ObjectInfo(
+                key=key,
+                size=len(data),
+                etag=f"{self._epoch}-{next(self._etags):x}",
+                last_modified=datetime.now(UTC),
+                content_type=content_type or guess_content_type(key),
+                metadata=meta,
+                cache_control=cache_control,
+                content_disposition=content_disposition,
+            )
+            self._objects[key] = _Entry(data, info)
+            self._total = new_total
+            if current is None and self._sorted is not None:
+                if key in self._removed:
+                    self._removed.discard(key)
+                else:
+                    self._added.append(key)
+        return info
+
+    def _quota(self, key: str, size: int) -> QuotaExceededError:
+        return QuotaExceededError(
+            f"storing {size} bytes would exceed max_size={self.settings.max_size} "
+            f"({self._total} bytes used)",
+            key=key,
+            backend=self.name,
+            operation="put",
+        )
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        validate_key(key)
+        with self._lock:
+            current = self._objects.get(key)
+            check_remove_condition(current.info if current else None, if_match, key, self.name)
+            if current is None:
+                return False
+            del self._objects[key]
+            self._total -= current.info.size
+            if self._sorted is not None:
+                self._removed.add(key)
+        return True
+
+    def _sorted_keys(self) -> list[str]:
+        with self._lock:
+            if self._sorted is None or len(self._added) > len(self._sorted) // 8 + 64 or len(
+                self._removed
+            ) > len(self._objects):
+                self._sorted = sorted(self._objects)
+            elif self._added:
+                merged = self._sorted.copy()
+                for k in self._added:
+                    bisect.insort(merged, k)
+                self._sorted = merged
+            self._added = []
+            if len(self._sorted) == len(self._objects):
+                self._removed.clear()
+            return self._sorted
+
+    async def _iter_live(self, prefix: str, start_after: str | None) -> AsyncIterator[_Entry]:
+        check_listing_args(prefix, start_after)
+        keys = self._sorted_keys()  # a snapshot: later writes replace the list, never mutate it
+        first = prefix if start_after is None or start_after < prefix else start_after
+        i = bisect.bisect_right(keys, first) if first == start_after else bisect.bisect_left(keys, first)
+        objects = self._objects
+        for n, k in enumerate(itertools.islice(keys, i, None)):
+            if not k.startswith(prefix):
+                break
+            entry = objects.get(k)
+            if entry is not None:
+                yield entry
+            if n % 1000 == 999:
+                await _yield_to_loop()
+
+    async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        async for entry in self._iter_live(prefix, start_after):
+            yield entry.info
+
+    async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        async for entry in self._iter_live(prefix, start_after):
+            yield entry.info.key
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        validate_key(key)
+        return self._signer.sign(key, expires_in=expires_in or self.default_expires_in, download=download, method=method)
+
+    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
+        validate_key(src)
+        entry = self._objects.get(src)
+        if entry is None:
+            raise NotFoundError("no such object", key=src, backend=self.name, operation="copy")
+        i = entry.info
+        return await self.put_object(
+            dst,
+            entry.data,
+            content_type=i.content_type,
+            metadata=i.metadata,
+            mode=mode,
+            cache_control=i.cache_control,
+            content_disposition=i.content_disposition,
+        )
+
+    async def ping(self) -> None:
+        return None
+
+
+async def _yield_to_loop() -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
