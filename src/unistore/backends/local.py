@@ -456,6 +456,10 @@ class LocalBackend(BaseBackend):
                 return _Temp(fd, tmp)
             except FileNotFoundError:
                 self._make_parents(key, parent)
+            except NotADirectoryError as exc:
+                raise InvalidKeyError(
+                    "key conflicts with an existing object used as a directory", key=key
+                ) from exc
         raise StorageError("could not create a temp file", key=key, backend=self.name)
 
     def _make_parents(self, key: str, parent: str) -> None:

@@ -1,0 +1,12 @@
+"""Test support: the conformance suite every backend passes, and a server helper.
+
+>>> from unistore.testing import BackendConformance
+>>> class TestMyBackend(BackendConformance):
+...     @pytest.fixture
+...     def backend(self): ...
+"""
+
+from ._conformance import INVALID_KEYS, TRICKY_KEYS, BackendConformance
+from ._server import free_port, running_server
+
+__all__ = ["INVALID_KEYS", "TRICKY_KEYS", "BackendConformance", "free_port", "running_server"]

@@ -1,0 +1,506 @@
+"""The conformance suite every backend and layer stack must pass.
+
+Subclass :class:`BackendConformance` in a test module and provide one pytest
+fixture, ``backend``, yielding the store under test. Every test writes under a
+fresh random prefix, so one session-scoped store can serve the whole suite.
+Tests that need a capability the backend does not declare instead check that
+it raises :class:`UnsupportedError`. Signed-URL tests fetch the URL over real
+HTTP: a store that signs its own URLs (local, memory) must be served by a live
+``add_storage(app, backend, serve_files=True)`` at its ``base_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .._base import StorageBackend
+from .._errors import (
+    AlreadyExistsError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidRangeError,
+    NotFoundError,
+    NotModifiedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    StorageError,
+    UnsupportedError,
+)
+from .._types import ByteRange, IfMatch, SuffixRange
+
+__all__ = ["INVALID_KEYS", "TRICKY_KEYS", "BackendConformance"]
+
+TRICKY_KEYS = [
+    "a..b.txt",
+    "with space.txt",
+    "ünïcödé/файл/文件.bin",
+    "emoji 🎉.png",
+    "!@#$%^&()_+-=;',.txt",
+    "a/b/c/d/e/f/g/deep.txt",
+    "...dots",
+    "trailing.",
+    "x.meta.json",
+    "y.tmp",
+    "100%",
+    "plus+and=eq",
+    "q?uestion#hash",
+    "~tilde",
+]
+
+INVALID_KEYS = [
+    "",
+    "/abs",
+    "a//b",
+    "a/",
+    "../etc/passwd",
+    "a/../../b",
+    "./a",
+    "a/./b",
+    "..",
+    ".",
+    "a\\b",
+    "nul\x00byte",
+    "ctrl\x07char",
+    "C:/windows",
+    "c:evil",
+    "%2e%2e/etc/passwd",
+    "a/%2E%2E/b",
+    "%252e%252e/x",
+    "a%2F..%2Fb",
+    "x" * 1025,
+    "é" * 513,
+    ".unistore/secret",
+    "a/.unistore.b.meta",
+]
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+        await asyncio.sleep(0)
+
+
+class _Boom(Exception):
+    pass
+
+
+async def _failing_body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+    raise _Boom("body source failed")
+
+
+class BackendConformance:
+    """The shared contract. Needs a ``backend`` fixture."""
+
+    big_size: int = 5 * 1024 * 1024 + 123
+    list_count: int = 2500
+
+    @pytest.fixture
+    def prefix(self) -> str:
+        return f"conf-{uuid.uuid4().hex[:12]}/"
+
+    # --- round trips ------------------------------------------------------------------
+
+    async def test_put_get_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "hello.txt"
+        url = await backend.put(key, b"hello world", "text/plain")
+        assert isinstance(url, str) and url
+        assert await backend.get(key) == b"hello world"
+        assert await backend.exists(key)
+
+    async def test_empty_object(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "empty"
+        await backend.put(key, b"", "application/octet-stream")
+        assert await backend.get(key) == b""
+        info = await backend.head(key)
+        assert info.size == 0
+        async with await backend.open(key) as dl:
+            assert [c async for c in dl] == [] or b"".join([c async for c in dl]) == b""
+
+    async def test_streamed_multi_mib_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        data = os.urandom(self.big_size)
+        key = prefix + "big.bin"
+        info = await backend.put_object(key, _chunks(data, 256 * 1024 + 7))
+        assert info.size == len(data)
+        got = bytearray()
+        async with await backend.open(key) as dl:
+            assert dl.info.size == len(data)
+            async for chunk in dl:
+                got += chunk
+        assert bytes(got) == data
+
+    async def test_body_types(self, backend: StorageBackend, prefix: str) -> None:
+        data = os.urandom(70_000)
+        await backend.put_object(prefix + "bytearray", bytearray(data))
+        await backend.put_object(prefix + "memoryview", memoryview(data))
+        await backend.put_object(prefix + "file", io.BytesIO(data))
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "src.bin"
+            p.write_bytes(data)
+            await backend.put_object(prefix + "path", p)
+        for name in ("bytearray", "memoryview", "file", "path"):
+            assert await backend.get(prefix + name) == data, name
+        with pytest.raises(TypeError):
+            await backend.put_object(prefix + "str", "text")  # type: ignore[arg-type]
+
+    async def test_failed_body_leaves_old_object(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "keep"
+        await backend.put(key, b"original", "text/plain")
+        with pytest.raises(_Boom):
+            await backend.put_object(key, _failing_body(b"partial data"))
+        assert await backend.get(key) == b"original"
+        with pytest.raises(_Boom):
+            await backend.put_object(prefix + "never", _failing_body(b"partial"))
+        assert not await backend.exists(prefix + "never")
+        assert await backend.list_keys(prefix) == [key]
+
+    async def test_metadata_and_content_type(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "doc.pdf"
+        meta = {"user_id": "42", "Original_Filename": "Résumé final.pdf", "size": 3, "flag": True}
+        await backend.put(key, b"%PDF", "application/pdf", meta)
+        md = await backend.get_metadata(key)
+        assert md["user_id"] == "42"
+        assert md["original_filename"] == "Résumé final.pdf"
+        assert md["flag"] == "true"
+        assert md["size"] == 4  # the system field wins over custom "size"
+        assert md["content_type"] == "application/pdf"
+        assert md["key"] == key
+        assert isinstance(md["etag"], str) and md["etag"]
+        info = await backend.head(key)
+        assert info.metadata == {"user_id": "42", "original_filename": "Résumé final.pdf", "size": "3", "flag": "true"}
+        assert info.content_type == "application/pdf"
+
+    async def test_content_type_guessed(self, backend: StorageBackend, prefix: str) -> None:
+        await backend.put_object(prefix + "pic.png", b"\x89PNG")
+        assert (await backend.head(prefix + "pic.png")).content_type == "image/png"
+        await backend.put_object(prefix + "blob", b"x")
+        assert (await backend.head(prefix + "blob")).content_type == "application/octet-stream"
+
+    async def test_invalid_metadata_writes_nothing(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "m"
+        await backend.put(key, b"v1", "text/plain", {"a": "1"})
+        for bad in ({"nested": {"x": 1}}, {"none": None}, {"bad name": "x"}, {"x": "y" * 3000}, {"A": "1", "a": "2"}):
+            with pytest.raises(InvalidMetadataError) as exc:
+                await backend.put(key, b"v2", "text/plain", bad)
+            assert isinstance(exc.value, ValueError)
+        assert await backend.get(key) == b"v1"
+        assert (await backend.head(key)).metadata == {"a": "1"}
+
+    async def test_overwrite_replaces_metadata(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "o"
+        await backend.put(key, b"1", "text/plain", {"a": "1"})
+        await backend.put(key, b"22", "application/json", {"b": "2"})
+        info = await backend.head(key)
+        assert (info.size, info.content_type, dict(info.metadata)) == (2, "application/json", {"b": "2"})
+
+    # --- missing objects and errors -----------------------------------------------------
+
+    async def test_not_found(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "missing"
+        for call in (backend.get(key), backend.head(key), backend.get_metadata(key), backend.get_url(key), backend.open(key)):
+            with pytest.raises(NotFoundError) as exc:
+                await call
+            assert isinstance(exc.value, FileNotFoundError)
+            assert isinstance(exc.value, StorageError)
+        assert await backend.exists(key) is False
+
+    async def test_delete_is_idempotent(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "d"
+        await backend.put(key, b"x", "text/plain")
+        assert await backend.delete(key) is True
+        assert await backend.delete(key) is False
+        assert not await backend.exists(key)
+        results = await asyncio.gather(*(backend.delete(prefix + "never") for _ in range(10)))
+        assert results == [False] * 10
+
+    async def test_concurrent_deletes_never_raise(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "cd"
+        await backend.put(key, b"x", "text/plain")
+        results = await asyncio.gather(*(backend.delete(key) for _ in range(20)))
+        assert results.count(True) <= 1 and not await backend.exists(key)
+
+    # --- ranges -----------------------------------------------------------------------
+
+    async def test_ranges(self, backend: StorageBackend, prefix: str) -> None:
+        if not backend.capabilities.ranges:
+            with pytest.raises(UnsupportedError):
+                await backend.open(prefix + "r", range=ByteRange(0, 1))
+            return
+        data = bytes(range(256)) * 40  # 10,240 bytes
+        key = prefix + "r"
+        await backend.put(key, data, "application/octet-stream")
+
+        async def read(rng: Any) -> tuple[bytes, int, int]:
+            async with await backend.open(key, range=rng) as dl:
+                body = b"".join([c async for c in dl])
+                assert len(body) == dl.content_length
+                return body, dl.start, dl.end
+
+        assert await read(ByteRange(10, 20)) == (data[10:20], 10, 20)
+        assert await read(ByteRange(10_000)) == (data[10_000:], 10_000, len(data))
+        assert await read(SuffixRange(100)) == (data[-100:], len(data) - 100, len(data))
+        assert await read(SuffixRange(99_999)) == (data, 0, len(data))
+        assert await read(ByteRange(10_200, 99_999)) == (data[10_200:], 10_200, len(data))
+        assert await read(ByteRange(0, 1)) == (data[:1], 0, 1)
+        for bad in (ByteRange(len(data)), ByteRange(len(data) + 5, len(data) + 10)):
+            with pytest.raises(InvalidRangeError) as exc:
+                await backend.open(key, range=bad)
+            assert isinstance(exc.value, ValueError)
+        with pytest.raises(InvalidRangeError):
+            ByteRange(5, 5)
+        with pytest.raises(InvalidRangeError):
+            ByteRange(-1)
+
+    # --- conditional writes -----------------------------------------------------------
+
+    async def test_create_only(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "c"
+        if not backend.capabilities.conditional_put:
+            with pytest.raises(UnsupportedError):
+                await backend.put_object(key, b"x", mode="create")
+            return
+        await backend.put_object(key, b"first", mode="create")
+        with pytest.raises(AlreadyExistsError) as exc:
+            await backend.put_object(key, b"second", mode="create")
+        assert isinstance(exc.value, FileExistsError) and isinstance(exc.value, PreconditionFailedError)
+        assert await backend.get(key) == b"first"
+
+    async def test_create_only_race_has_one_winner(self, backend: StorageBackend, prefix: str) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_create_only")
+        key = prefix + "race"
+
+        async def create(i: int) -> int | None:
+            try:
+                await backend.put_object(key, f"writer-{i}".encode(), mode="create")
+                return i
+            except AlreadyExistsError:
+                return None
+
+        winners = [w for w in await asyncio.gather(*(create(i) for i in range(20))) if w is not None]
+        assert len(winners) == 1
+        assert await backend.get(key) == f"writer-{winners[0]}".encode()
+
+    async def test_if_match_write(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "m"
+        if not backend.capabilities.conditional_put:
+            with pytest.raises(UnsupportedError):
+                await backend.put_object(key, b"x", mode=IfMatch("x"))
+            return
+        info = await backend.put_object(key, b"v1")
+        new = await backend.put_object(key, b"v2", mode=IfMatch(info.etag))
+        with pytest.raises(PreconditionFailedError):
+            await backend.put_object(key, b"v3", mode=IfMatch(info.etag))
+        assert await backend.get(key) == b"v2"
+        with pytest.raises(PreconditionFailedError):
+            await backend.put_object(prefix + "absent", b"x", mode=IfMatch(new.etag))
+        assert not await backend.exists(prefix + "absent")
+
+    async def test_if_match_counter_race(self, backend: StorageBackend, prefix: str) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_if_match_write")
+        key = prefix + "counter"
+        await backend.put_object(key, b"0")
+
+        async def increment() -> None:
+            done = 0
+            while done < 20:
+                async with await backend.open(key) as dl:
+                    value = int(await dl.read())
+                    etag = dl.info.etag
+                try:
+                    await backend.put_object(key, str(value + 1).encode(), mode=IfMatch(etag))
+                    done += 1
+                except PreconditionFailedError:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(increment() for _ in range(20)))
+        assert await backend.get(key) == b"400"
+
+    async def test_etag_changes_on_write(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "e"
+        a = await backend.put_object(key, b"one")
+        b = await backend.put_object(key, b"two")
+        assert a.etag != b.etag
+        assert (await backend.head(key)).etag == b.etag
+
+    async def test_conditional_reads(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "cr"
+        info = await backend.put_object(key, b"data")
+        if not backend.capabilities.conditional_get:
+            with pytest.raises(UnsupportedError):
+                await backend.open(key, if_match=info.etag)
+            return
+        assert await (await backend.open(key, if_match=info.etag)).read() == b"data"
+        with pytest.raises(PreconditionFailedError):
+            await backend.open(key, if_match="not-the-etag")
+        with pytest.raises(NotModifiedError):
+            await backend.open(key, if_none_match=info.etag)
+        with pytest.raises(NotModifiedError):
+            await backend.open(key, if_none_match=f'"{info.etag}"')
+        assert await (await backend.open(key, if_none_match="other")).read() == b"data"
+
+    async def test_concurrent_overwrites_never_mix(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "mix"
+        bodies = [bytes([i]) * 300_000 for i in range(8)]
+        metas = [{"writer": str(i)} for i in range(8)]
+        await asyncio.gather(
+            *(backend.put_object(key, _chunks(b, 65_536), metadata=m) for b, m in zip(bodies, metas, strict=True))
+        )
+        data = await backend.get(key)
+        assert data in bodies
+        info = await backend.head(key)
+        assert info.metadata["writer"] == str(data[0])
+
+    # --- listing ----------------------------------------------------------------------
+
+    async def test_list_order_and_prefix_boundaries(self, backend: StorageBackend, prefix: str) -> None:
+        keys = ["a/b", "a/b/c", "a/bc", "a/b-c", "a/b0", "a-b", "a0", "b"]
+        created = []
+        for k in keys:
+            try:
+                await backend.put(prefix + k, b"x", "text/plain")
+                created.append(prefix + k)
+            except InvalidKeyError:
+                # a file-system store cannot hold both "a/b" and "a/b/c"
+                assert k == "a/b/c"
+        assert await backend.list_keys(prefix) == sorted(created)
+        under_dir = await backend.list_keys(prefix + "a/b/")
+        assert under_dir == [k for k in created if k.startswith(prefix + "a/b/")]
+        assert await backend.list_keys(prefix + "a/b") == sorted(k for k in created if k.startswith(prefix + "a/b"))
+        assert await backend.list_keys(prefix + "a/bc") == [prefix + "a/bc"]
+        assert await backend.list_keys(prefix + "zzz") == []
+        assert await backend.list_keys(prefix, limit=2) == sorted(created)[:2]
+        assert await backend.list_keys(prefix, limit=0) == []
+        infos = [i async for i in backend.iter_objects(prefix)]
+        assert [i.key for i in infos] == sorted(created) and all(i.size == 1 for i in infos)
+
+    async def test_list_start_after(self, backend: StorageBackend, prefix: str) -> None:
+        keys = sorted(prefix + k for k in ["x/1", "x/2", "y", "z/9", "z/a/b"])
+        for k in keys:
+            await backend.put_object(k, b"x")
+        for i, after in enumerate(keys):
+            got = [k async for k in backend.iter_keys(prefix, start_after=after)]
+            assert got == keys[i + 1 :], after
+        assert [k async for k in backend.iter_keys(prefix, start_after=prefix + "x")] == keys
+        assert [k async for k in backend.iter_keys(prefix, start_after=prefix + "x/2a")] == keys[2:]
+        assert [k async for k in backend.iter_keys(prefix, start_after="")] == keys
+
+    async def test_list_pagination_many_keys(self, backend: StorageBackend, prefix: str) -> None:
+        n = self.list_count
+        keys = [f"{prefix}many/{i:05d}" for i in range(n)]
+        sem = asyncio.Semaphore(32)
+
+        async def put(k: str) -> None:
+            async with sem:
+                await backend.put_object(k, b"")
+
+        await asyncio.gather(*(put(k) for k in keys))
+        assert await backend.list_keys(prefix + "many/", limit=n + 10) == keys
+        assert await backend.list_keys(prefix + "many/") == keys[:1000]
+        # resume page by page with start_after, as a paginating client does
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            page = []
+            async for k in backend.iter_keys(prefix + "many/", start_after=after):
+                page.append(k)
+                if len(page) == 700:
+                    break
+            if not page:
+                break
+            seen += page
+            after = page[-1]
+        assert seen == keys
+
+    async def test_list_prefix_is_validated(self, backend: StorageBackend) -> None:
+        for bad in ("../", "/etc", "a//", "..\\"):
+            with pytest.raises(InvalidKeyError):
+                await backend.list_keys(prefix=bad)
+
+    # --- keys ------------------------------------------------------------------------
+
+    async def test_tricky_keys_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        keys = [prefix + k for k in TRICKY_KEYS]
+        for k in keys:
+            await backend.put(k, k.encode(), "text/plain", {"k": "v"})
+        for k in keys:
+            assert await backend.get(k) == k.encode(), k
+        assert await backend.list_keys(prefix) == sorted(keys)
+
+    @pytest.mark.parametrize("bad", INVALID_KEYS, ids=repr)
+    async def test_invalid_keys_rejected(self, backend: StorageBackend, bad: str) -> None:
+        calls = (
+            lambda: backend.put(bad, b"x", "text/plain"),
+            lambda: backend.get(bad),
+            lambda: backend.delete(bad),
+            lambda: backend.exists(bad),
+            lambda: backend.get_url(bad),
+            lambda: backend.get_metadata(bad),
+        )
+        for call in calls:
+            with pytest.raises(InvalidKeyError) as exc:
+                await call()
+            assert isinstance(exc.value, ValueError) and isinstance(exc.value, StorageError)
+
+    # --- copy ------------------------------------------------------------------------
+
+    async def test_copy(self, backend: StorageBackend, prefix: str) -> None:
+        await backend.put(prefix + "src.txt", b"copy me", "text/plain", {"a": "1"})
+        info = await backend.copy(prefix + "src.txt", prefix + "dst.txt")
+        assert info.size == 7
+        assert await backend.get(prefix + "dst.txt") == b"copy me"
+        got = await backend.head(prefix + "dst.txt")
+        assert (got.content_type, dict(got.metadata)) == ("text/plain", {"a": "1"})
+        with pytest.raises(NotFoundError):
+            await backend.copy(prefix + "nope", prefix + "dst2")
+
+    # --- signed URLs over HTTP ---------------------------------------------------------
+
+    async def test_signed_url_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        import httpx
+
+        if not backend.capabilities.signed_urls:
+            with pytest.raises(UnsupportedError):
+                await backend.sign_url(prefix + "x")
+            return
+        key = prefix + "signed report.pdf"
+        await backend.put(key, b"%PDF-1.7 content", "application/pdf")
+        async with httpx.AsyncClient() as client:
+            url = await backend.get_url(key, expires_in=300)
+            r = await client.get(url)
+            assert r.status_code == 200 and r.content == b"%PDF-1.7 content"
+            assert "attachment" not in r.headers.get("content-disposition", "")
+            r = await client.get(await backend.get_url(key, expires_in=300, download=True))
+            assert r.status_code == 200 and r.content == b"%PDF-1.7 content"
+            assert r.headers["content-disposition"].startswith("attachment")
+            tampered = url.replace("signature=", "signature=A")
+            assert (await client.get(tampered)).status_code == 403
+            other = url.replace("signed%20report", "signed%20other")
+            assert other != url and (await client.get(other)).status_code in (403, 404)
+            expired = await backend.sign_url(key, expires_in=1)
+            await asyncio.sleep(2.1)
+            assert (await client.get(expired)).status_code == 403
+
+    async def test_error_types_are_builtins_too(self, backend: StorageBackend, prefix: str) -> None:
+        pairs: list[tuple[Any, type[BaseException]]] = [
+            (backend.get(prefix + "nope"), FileNotFoundError),
+            (backend.get("../x"), ValueError),
+        ]
+        if backend.capabilities.conditional_put:
+            await backend.put_object(prefix + "exists", b"x")
+            pairs.append((backend.put_object(prefix + "exists", b"y", mode="create"), FileExistsError))
+        for call, builtin in pairs:
+            with pytest.raises(StorageError) as exc:
+                await call
+            assert isinstance(exc.value, builtin)
+        assert issubclass(PermissionDeniedError, PermissionError)

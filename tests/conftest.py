@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+
+from unistore import LocalBackend, MemoryBackend, add_storage
+from unistore.testing import free_port, running_server
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def served_memory() -> Iterator[MemoryBackend]:
+    """One memory store for the session, served over real HTTP at its base_url."""
+    port = free_port()
+    backend = MemoryBackend(base_url=f"http://127.0.0.1:{port}/files", url_secret=SECRET)
+    app = FastAPI()
+    add_storage(app, backend, serve_files=True)
+    with running_server(app, port):
+        yield backend
+
+
+@pytest.fixture(scope="session")
+def served_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """One local store (fsync off, for speed) for the session, served over real HTTP."""
+    port = free_port()
+    root = tmp_path_factory.mktemp("local-store")
+    backend = LocalBackend(base_path=str(root), base_url=f"http://127.0.0.1:{port}/files", fsync=False)
+    app = FastAPI()
+    add_storage(app, backend, serve_files=True)
+    with running_server(app, port):
+        yield backend
+
+
+@pytest.fixture
+def key() -> str:
+    return f"k-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    backend = LocalBackend(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET)
+    yield backend
+    await backend.aclose()

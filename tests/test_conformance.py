@@ -1,0 +1,30 @@
+"""The conformance suite over every backend built so far."""
+
+from __future__ import annotations
+
+import pytest
+
+from unistore import LocalBackend, MemoryBackend
+from unistore.testing import BackendConformance
+
+
+class TestMemory(BackendConformance):
+    @pytest.fixture
+    def backend(self, served_memory: MemoryBackend) -> MemoryBackend:
+        return served_memory
+
+
+class TestLocal(BackendConformance):
+    @pytest.fixture
+    def backend(self, served_local: LocalBackend) -> LocalBackend:
+        return served_local
+
+
+class TestLocalFsync(BackendConformance):
+    """fsync on (the default): the same contract, durably."""
+
+    list_count = 300
+
+    @pytest.fixture
+    def backend(self, served_local: LocalBackend) -> LocalBackend:
+        return LocalBackend(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=True)
