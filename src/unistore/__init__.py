@@ -47,7 +47,7 @@ from .backends.memory import MemoryBackend, MemorySettings
 if TYPE_CHECKING:
     from .fastapi import add_storage, get_storage
 
-FileNotFoundError = NotFoundError  # noqa: A001 - the spec lists the name; it is also the builtin's subclass
+FileNotFoundError = NotFoundError  # the spec lists this name; it subclasses the builtin
 
 __version__ = "0.1.0"
 

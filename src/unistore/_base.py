@@ -16,12 +16,19 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from ._errors import InvalidKeyError, NotFoundError
+from ._errors import (
+    AlreadyExistsError,
+    InvalidKeyError,
+    NotFoundError,
+    NotModifiedError,
+    PreconditionFailedError,
+)
 from ._keys import validate_prefix
 from ._types import (
     Body,
     Capabilities,
     Download,
+    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -41,8 +48,8 @@ class StorageBackend(Protocol):
     ranges, preconditions or lazy listing.
     """
 
-    capabilities: Capabilities
-
+    @property
+    def capabilities(self) -> Capabilities: ...
     @property
     def name(self) -> str: ...
 
@@ -192,7 +199,7 @@ class BaseBackend(ABC):
     async def ping(self) -> None:
         """Behavior: return if the store is reachable and usable; raise a StorageError if not."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a no-op default is the right default
         """Behavior: release clients and handles; safe to call twice."""
 
     async def __aenter__(self) -> BaseBackend:
@@ -285,7 +292,7 @@ async def iter_body(body: Body, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIt
             if chunk:
                 yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
     elif hasattr(body, "read"):
-        read = body.read
+        read: Any = body.read
         if inspect.iscoroutinefunction(read):
             while chunk := await read(chunk_size):
                 yield chunk
@@ -307,8 +314,6 @@ def check_read_conditions(
     info: ObjectInfo, if_match: str | None, if_none_match: str | None, backend: str
 ) -> None:
     """Apply read preconditions to the current version (RFC 9110 §13.1.1, §13.1.2)."""
-    from ._errors import NotModifiedError, PreconditionFailedError
-
     if if_match is not None and if_match != "*" and _bare(if_match) != info.etag:
         raise PreconditionFailedError(
             "if_match does not match the current etag", key=info.key, backend=backend, operation="open"
@@ -322,9 +327,6 @@ def check_write_mode(current: ObjectInfo | None, mode: WriteMode, key: str, back
 
     Callers hold whatever makes the check and the write one atomic step.
     """
-    from ._errors import AlreadyExistsError, PreconditionFailedError
-    from ._types import IfMatch
-
     if mode == "overwrite":
         return
     if mode == "create":
@@ -346,8 +348,6 @@ def check_write_mode(current: ObjectInfo | None, mode: WriteMode, key: str, back
 
 def check_remove_condition(current: ObjectInfo | None, if_match: str | None, key: str, backend: str) -> None:
     """``if_match`` on delete: a missing key or another etag fails (412)."""
-    from ._errors import PreconditionFailedError
-
     if if_match is None:
         return
     if current is None or (if_match != "*" and _bare(if_match) != current.etag):

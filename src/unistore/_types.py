@@ -8,12 +8,13 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Final, Literal, TypeAlias
+from typing import IO, Final, Literal, Protocol, TypeAlias
 
 from ._errors import InvalidMetadataError, InvalidRangeError
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "AsyncReader",
     "Body",
     "ByteRange",
     "Capabilities",
@@ -183,8 +184,14 @@ class Capabilities:
 
 # --- bodies and metadata --------------------------------------------------------------
 
-Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | IO[bytes] | os.PathLike[str]
-"""What a write accepts: bytes, an async iterable of bytes, a binary file object, or a path."""
+class AsyncReader(Protocol):
+    """A file-like object with an async ``read`` (FastAPI's ``UploadFile``, aiofiles)."""
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | IO[bytes] | AsyncReader | os.PathLike[str]
+"""What a write accepts: bytes, an async iterable of bytes, a binary file (sync or async ``read``), or a path."""
 
 MetadataInput: TypeAlias = Mapping[str, "str | int | float | bool"]
 

@@ -11,6 +11,7 @@ signing secret is random per instance, so URLs only work in this process.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import secrets
@@ -260,7 +261,7 @@ class MemoryBackend(BaseBackend):
             if entry is not None:
                 yield entry
             if n % 1000 == 999:
-                await _yield_to_loop()
+                await asyncio.sleep(0)
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for entry in self._iter_live(prefix, start_after):
@@ -274,7 +275,8 @@ class MemoryBackend(BaseBackend):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
         validate_key(key)
-        return self._signer.sign(key, expires_in=expires_in or self.default_expires_in, download=download, method=method)
+        expires = expires_in or self.default_expires_in
+        return self._signer.sign(key, expires_in=expires, download=download, method=method)
 
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
         validate_key(src)
@@ -294,9 +296,3 @@ class MemoryBackend(BaseBackend):
 
     async def ping(self) -> None:
         return None
-
-
-async def _yield_to_loop() -> None:
-    import asyncio
-
-    await asyncio.sleep(0)

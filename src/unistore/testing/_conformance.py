@@ -16,7 +16,7 @@ import io
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,14 @@ class BackendConformance:
 
     async def test_not_found(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "missing"
-        for call in (backend.get(key), backend.head(key), backend.get_metadata(key), backend.get_url(key), backend.open(key)):
+        calls: list[Awaitable[object]] = [
+            backend.get(key),
+            backend.head(key),
+            backend.get_metadata(key),
+            backend.get_url(key),
+            backend.open(key),
+        ]
+        for call in calls:
             with pytest.raises(NotFoundError) as exc:
                 await call
             assert isinstance(exc.value, FileNotFoundError)
