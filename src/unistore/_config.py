@@ -100,10 +100,11 @@ def backend_class(kind: str) -> type[BaseBackend]:
     return cls
 
 
-def _unavailable(spec: _Spec) -> ConfigurationError:
+def _unavailable(spec: _Spec, why: str | None = None) -> ConfigurationError:
+    chosen = f" (chosen because {why})" if why else ""
     return ConfigurationError(
-        f"{spec.cls_name} is not available in this version of unistore: {spec.planned} is not "
-        f"built yet. Use STORAGE_BACKEND=local or memory."
+        f"{spec.cls_name}{chosen} is not available in this version of unistore: {spec.planned} "
+        f"is not built yet. Set STORAGE_BACKEND=local or memory."
     )
 
 
@@ -126,18 +127,45 @@ def _placeholder(spec: _Spec) -> type[BaseBackend]:
 
 
 def _cast(value: str, to: Any, name: str) -> Any:
-    if to is bool or to == "bool":
+    """An environment (or URL, or string keyword) value as the setting's type."""
+    kind = _kind(to)
+    if kind == "bool":
         low = value.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
         raise ConfigurationError(f"{name}={value!r} is not a boolean")
-    if to in (int, "int", "int | None"):
+    if kind in ("int", "int | None"):
         try:
             return int(value)
         except ValueError:
             raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+    return value
+
+
+def _kind(to: Any) -> str:
+    """A settings field's type as written (``"int"``, ``"bool"``, ``"str | None"``...)."""
+    return to if isinstance(to, str) else getattr(to, "__name__", str(to))
+
+
+def _coerce(value: Any, to: Any, name: str) -> Any:
+    """A keyword setting as the field's type: strings are cast like environment values;
+    other values must already have the type (``True`` is not an integer)."""
+    kind = _kind(to)
+    if isinstance(value, str):
+        return _cast(value, to, name)
+    if value is None and kind.endswith("| None"):
+        return value
+    expected: tuple[type, ...] = {
+        "bool": (bool,),
+        "int": (int,),
+        "int | None": (int,),
+        "str": (str,),
+        "str | None": (str,),
+    }.get(kind, (object,))
+    if not isinstance(value, expected) or (expected == (int,) and isinstance(value, bool)):
+        raise ConfigurationError(f"{name} must be {kind}, not {type(value).__name__}")
     return value
 
 
@@ -158,7 +186,7 @@ def _settings_for(kind: str, options: Mapping[str, Any], env: Mapping[str, str])
     resolved: dict[str, Any] = {}
     for name, f in known.items():
         if name in options:
-            resolved[name] = options[name]
+            resolved[name] = _coerce(options[name], f.type, name)
             continue
         var = spec.env.get(name)
         if var and env.get(var):
@@ -179,11 +207,12 @@ def detect_backend(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     env = os.environ if env is None else env
     explicit = env.get("STORAGE_BACKEND", "").strip().lower()
     if explicit:
-        return explicit, "STORAGE_BACKEND is set"
+        return explicit, f"STORAGE_BACKEND={explicit}"
     if env.get("RAILWAY_VOLUME_MOUNT_PATH"):
         return "local", "RAILWAY_VOLUME_MOUNT_PATH is set"
-    if env.get("AWS_ACCESS_KEY_ID") or env.get("STORAGE_S3_BUCKET"):
-        return "s3", "AWS_ACCESS_KEY_ID or STORAGE_S3_BUCKET is set"
+    for var in ("AWS_ACCESS_KEY_ID", "STORAGE_S3_BUCKET"):
+        if env.get(var):
+            return "s3", f"{var} is set"
     if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return "gcs", "GOOGLE_APPLICATION_CREDENTIALS is set"
     if env.get("CLOUDINARY_URL"):
@@ -207,6 +236,9 @@ def _build(backend: str | None, options: Mapping[str, Any], env: Mapping[str, st
         kind, why = backend.strip().lower(), "requested by name"
     else:
         kind, why = detect_backend(env)
+    spec = _SPECS.get(kind)
+    if spec is not None and spec.module is None:
+        raise _unavailable(spec, why)
     settings = _settings_for(kind, options, env)
     cls = backend_class(kind)
     instance = cls(**settings)

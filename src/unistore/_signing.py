@@ -15,7 +15,7 @@ import hmac
 import time
 from urllib.parse import quote, urlencode
 
-from ._errors import PermissionDeniedError
+from ._errors import ConfigurationError, PermissionDeniedError
 
 __all__ = ["UrlSigner"]
 
@@ -29,7 +29,7 @@ class UrlSigner:
 
     def __init__(self, secret: bytes, base_url: str) -> None:
         if len(secret) < 16:
-            raise ValueError("URL secret must be at least 16 bytes")
+            raise ConfigurationError("URL secret must be at least 16 bytes (STORAGE_URL_SECRET)")
         self._secret = secret
         self.base_url = base_url.rstrip("/")
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
 from email.utils import format_datetime
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,14 +26,17 @@ from ._errors import (
     ConfigurationError,
     InvalidRangeError,
     NotModifiedError,
+    PreconditionFailedError,
     StorageError,
     TransientError,
 )
 from ._keys import validate_key
 from ._signing import UrlSigner
-from ._types import Download, ObjectInfo, parse_http_range
+from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, parse_http_range
 
 __all__ = ["Storage", "add_storage", "get_storage", "storage_error_response"]
+
+logger = logging.getLogger("unistore")
 
 HEALTH_PATH = "/_ops/health"
 HEALTH_TIMEOUT = 5.0
@@ -72,11 +77,12 @@ def add_storage(
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with original(a) as state:
-            try:
+        # Close after the app's own lifespan has finished: its shutdown code may use storage.
+        try:
+            async with original(a) as state:
                 yield state
-            finally:
-                await storage.aclose()
+        finally:
+            await storage.aclose()
 
     app.router.lifespan_context = lifespan
 
@@ -94,8 +100,16 @@ def add_storage(
                 f"{storage.name} serves its own"
             )
         prefix = "/" + file_route_prefix.strip("/")
+        if not urlsplit(signer.base_url).path.rstrip("/").endswith(prefix.rstrip("/")):
+            logger.warning(
+                "unistore: %s signs URLs under %s but the file route is mounted at %s; "
+                "set STORAGE_BASE_URL to match",
+                storage.name,
+                signer.base_url,
+                prefix,
+            )
         app.add_api_route(
-            prefix + "/{key:path}",
+            prefix.rstrip("/") + "/{key:path}",
             _file_route(storage, signer),
             methods=["GET", "HEAD"],
             include_in_schema=False,
@@ -139,8 +153,14 @@ async def _health(request: Request) -> JSONResponse:
     storage = get_storage(request)
     try:
         await asyncio.wait_for(storage.ping(), HEALTH_TIMEOUT)
-    except (StorageError, TimeoutError, OSError) as exc:
-        reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            reason = "timeout"
+        elif isinstance(exc, StorageError):
+            reason = str(exc)  # one line, never a secret (see _errors)
+        else:  # a foreign error: its text may hold anything, so name its type only
+            reason = f"unexpected {type(exc).__name__}"
+            logger.warning("unistore: health check of %s failed", storage.name, exc_info=exc)
         return JSONResponse(
             {
                 "status": "unhealthy",
@@ -165,8 +185,13 @@ def content_disposition(kind: str, key: str) -> str:
 
 
 def object_headers(info: ObjectInfo, *, download: bool) -> dict[str, str]:
-    """Headers describing ``info`` for a served response (safe for untrusted content)."""
-    ctype = info.content_type
+    """Headers describing ``info`` for a served response (safe for untrusted content).
+
+    Stored values that could not be sent as a header field (control characters,
+    non-ASCII) are replaced: the type by ``application/octet-stream``, the
+    disposition by an attachment, the cache policy by the default.
+    """
+    ctype = info.content_type if _header_safe(info.content_type) else DEFAULT_CONTENT_TYPE
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": format_datetime(info.last_modified, usegmt=True),
@@ -174,15 +199,34 @@ def object_headers(info: ObjectInfo, *, download: bool) -> dict[str, str]:
         "Content-Type": ctype,
         "X-Content-Type-Options": "nosniff",
     }
-    active = ctype.split(";", 1)[0].strip().lower() in _ACTIVE_TYPES
-    if download or active:
+    active = _is_active(ctype)
+    stored = info.content_disposition
+    if download or active or (stored is not None and not _header_safe(stored)):
         headers["Content-Disposition"] = content_disposition("attachment", info.key)
-    elif info.content_disposition:
-        headers["Content-Disposition"] = info.content_disposition
+    elif stored:
+        headers["Content-Disposition"] = stored
     if active:
         headers["Content-Security-Policy"] = "sandbox"
-    headers["Cache-Control"] = info.cache_control or "private, no-cache"
+    headers["Cache-Control"] = _cache_control(info)
     return headers
+
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e\t]*")
+
+
+def _header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent verbatim as a header field value (RFC 9110 §5.5)."""
+    return _HEADER_SAFE.fullmatch(value) is not None
+
+
+def _is_active(content_type: str) -> bool:
+    """Whether a browser could run script in, or render as a document, this type.
+
+    Every XML type counts (``*/xml``, ``*/*+xml``): browsers render them as XML
+    documents, in which XHTML or SVG elements execute script.
+    """
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime in _ACTIVE_TYPES or mime.endswith(("+xml", "/xml")) or mime in ("text/xsl", "")
 
 
 def _file_route(storage: StorageBackend, signer: UrlSigner) -> Any:
@@ -206,19 +250,38 @@ def _file_route(storage: StorageBackend, signer: UrlSigner) -> Any:
 
 
 async def serve_object(storage: StorageBackend, key: str, request: Request, *, download: bool) -> Response:
-    """Stream ``key`` honouring ``Range``, ``If-Range``, ``If-Match`` and ``If-None-Match`` (RFC 9110 §13-14)."""
+    """Stream ``key`` honouring ``Range``, ``If-Range``, ``If-Match`` and ``If-None-Match``.
+
+    Preconditions are evaluated before ``Range`` and on the version being served
+    (RFC 9110 §13.2.2): a failed ``If-Match`` is 412, a matching ``If-None-Match``
+    304, both taking lists of entity tags. ``If-Range`` keeps the range only for a
+    strong etag equal to the current one (§13.1.5); otherwise the whole object is
+    served. Several ranges or another unit are ignored (200 with the whole object).
+    """
     h = request.headers
-    rng = None
     raw_range = h.get("range")
-    if raw_range is not None:
-        rng = parse_http_range(raw_range)
-    if_range = h.get("if-range")
-    dl: Download = await storage.open(
-        key, range=None if if_range else rng, if_match=h.get("if-match"), if_none_match=h.get("if-none-match")
-    )
-    if if_range and rng is not None and dl.info.etag == if_range.strip('"'):
-        await dl.aclose()  # the validator holds: serve the range of that same version
-        dl = await storage.open(key, range=rng, if_match=dl.info.etag)
+    rng = parse_http_range(raw_range) if raw_range is not None else None
+    if_range = h.get("if-range") if rng is not None else None
+    try:
+        dl = await storage.open(key, range=rng)
+    except InvalidRangeError:
+        info = await storage.head(key)
+        _check_conditions(info, h)
+        if if_range is None or _if_range_holds(if_range, info):
+            raise
+        dl = await storage.open(key)  # a stale If-Range: the whole current object
+    else:
+        if if_range is not None and not _if_range_holds(if_range, dl.info):
+            await dl.aclose()
+            dl = await storage.open(key)
+    try:
+        _check_conditions(dl.info, h)
+    except NotModifiedError as exc:
+        await dl.aclose()
+        return storage_error_response(exc, {"Cache-Control": _cache_control(dl.info)})
+    except BaseException:
+        await dl.aclose()
+        raise
     headers = object_headers(dl.info, download=download)
     headers["Content-Length"] = str(dl.content_length)
     status = 200
@@ -229,6 +292,47 @@ async def serve_object(storage: StorageBackend, key: str, request: Request, *, d
         await dl.aclose()
         return Response(status_code=status, headers=headers)
     return StreamingResponse(_drain(dl), status_code=status, headers=headers)
+
+
+_ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)|\s*([^\s,]+)\s*(?:,|$)')
+
+
+def _etags(header: str) -> list[tuple[bool, str]]:
+    """``(weak, opaque tag)`` for each entity tag of an ``If-Match``/``If-None-Match`` list."""
+    out = []
+    for m in _ETAG.finditer(header):
+        if m.group(2) is not None:
+            out.append((m.group(1) is not None, m.group(2)))
+        elif m.group(3):
+            out.append((False, m.group(3)))  # an unquoted tag: accepted leniently
+    return out
+
+
+def _check_conditions(info: ObjectInfo, h: Mapping[str, str]) -> None:
+    """RFC 9110 §13.1.1 (strong comparison) and §13.1.2 (weak comparison)."""
+    if_match = h.get("if-match")
+    if (
+        if_match is not None
+        and if_match.strip() != "*"
+        and not any(not weak and tag == info.etag for weak, tag in _etags(if_match))
+    ):
+        raise PreconditionFailedError("If-Match does not match the current etag", key=info.key, operation="open")
+    if_none_match = h.get("if-none-match")
+    if if_none_match is not None and (
+        if_none_match.strip() == "*" or any(tag == info.etag for _, tag in _etags(if_none_match))
+    ):
+        raise NotModifiedError(etag=info.etag, key=info.key, operation="open")
+
+
+def _if_range_holds(value: str, info: ObjectInfo) -> bool:
+    """``If-Range`` holds only for a strong etag equal to the current one (a date never does)."""
+    value = value.strip()
+    return len(value) >= 2 and value[0] == value[-1] == '"' and value[1:-1] == info.etag
+
+
+def _cache_control(info: ObjectInfo) -> str:
+    cc = info.cache_control
+    return cc if cc and _header_safe(cc) else "private, no-cache"
 
 
 async def _drain(dl: Download) -> AsyncIterator[bytes]:
