@@ -267,6 +267,28 @@ async def test_file_route_prefix_is_honoured(client: httpx.AsyncClient) -> None:
         assert (r.status_code, r.content) == (200, b"abc")
 
 
+async def test_routes_added_after_add_storage_win_over_the_file_route(client: httpx.AsyncClient) -> None:
+    # The spec's order: add_storage(app) first, routers (GET /files/{id}/download-url) later.
+    port = free_port()
+    backend = MemoryBackend(base_url=f"http://127.0.0.1:{port}/files", url_secret=SECRET)
+    app = FastAPI()
+    add_storage(app, backend, serve_files=True)
+
+    @app.get("/files/{file_id}/download-url")
+    async def download_url(file_id: str) -> dict[str, str]:
+        return {"file_id": file_id}
+
+    await put(backend, "abc/download-url", b"stored object with the same path")
+    with running_server(app, port) as base:
+        r = await client.get(f"{base}/files/abc/download-url")
+        assert (r.status_code, r.json()) == (200, {"file_id": "abc"})
+        r = await client.get(await backend.get_url("abc/download-url"))
+        assert r.status_code == 200  # the app's route answers; signed objects elsewhere still serve
+        await put(backend, "other/doc.txt", b"doc")
+        r = await client.get(await backend.get_url("other/doc.txt"))
+        assert (r.status_code, r.content) == (200, b"doc")
+
+
 async def test_file_route_at_the_root(client: httpx.AsyncClient) -> None:
     port = free_port()
     backend = MemoryBackend(base_url=f"http://127.0.0.1:{port}", url_secret=SECRET)

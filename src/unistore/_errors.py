@@ -8,7 +8,8 @@ also subclasses the builtin that generic code already catches::
     ├── PermissionDeniedError (PermissionError)  bad credentials, forbidden, bad/expired URL (403)
     ├── QuotaExceededError                       a size quota would be exceeded (413/507)
     ├── InvalidKeyError (ValueError)             the key breaks the key rules (400)
-    ├── InvalidMetadataError (ValueError)        metadata that cannot be stored portably (400)
+    ├── InvalidArgumentError (ValueError)        another argument is out of range or malformed (400)
+    │   └── InvalidMetadataError                 metadata that cannot be stored portably
     ├── PreconditionFailedError                  If-Match did not match (412)
     │   └── AlreadyExistsError (FileExistsError) create-only write on an existing key (412)
     ├── NotModifiedError                         If-None-Match matched (304)
@@ -31,6 +32,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "IntegrityError",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidRangeError",
@@ -112,10 +114,14 @@ class InvalidKeyError(StorageError, ValueError):
     status = 400
 
 
-class InvalidMetadataError(StorageError, ValueError):
-    """Metadata that cannot be stored portably (bad name, unsupported value, too large)."""
+class InvalidArgumentError(StorageError, ValueError):
+    """An argument other than the key is malformed or out of range (e.g. ``expires_in``, a header value)."""
 
     status = 400
+
+
+class InvalidMetadataError(InvalidArgumentError):
+    """Metadata that cannot be stored portably (bad name, unsupported value, too large)."""
 
 
 class PreconditionFailedError(StorageError):

@@ -15,7 +15,7 @@ import hmac
 import time
 from urllib.parse import quote, urlencode
 
-from ._errors import ConfigurationError, PermissionDeniedError
+from ._errors import ConfigurationError, InvalidArgumentError, PermissionDeniedError
 
 __all__ = ["UrlSigner"]
 
@@ -52,7 +52,7 @@ class UrlSigner:
     ) -> str:
         """A URL for ``key`` valid for ``expires_in`` seconds."""
         if not 0 < expires_in <= _MAX_EXPIRES_IN:
-            raise ValueError(f"expires_in must be in 1..{_MAX_EXPIRES_IN} seconds, got {expires_in}")
+            raise InvalidArgumentError(f"expires_in must be in 1..{_MAX_EXPIRES_IN} seconds, got {expires_in}")
         expires = int(now if now is not None else time.time()) + int(expires_in)
         disposition = "attachment" if download else ""
         params = {"expires": str(expires)}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Final, Literal, Protocol, TypeAlias
 
-from ._errors import InvalidMetadataError, InvalidRangeError
+from ._errors import InvalidArgumentError, InvalidMetadataError, InvalidRangeError
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
@@ -25,6 +25,7 @@ __all__ = [
     "Range",
     "SuffixRange",
     "WriteMode",
+    "check_header_value",
     "guess_content_type",
     "normalize_metadata",
     "parse_http_range",
@@ -234,6 +235,19 @@ def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
     if total > MAX_METADATA_BYTES:
         raise InvalidMetadataError(f"metadata is {total} bytes; the limit is {MAX_METADATA_BYTES}")
     return out
+
+
+_HEADER_SAFE = re.compile(r"^[\x20-\x7e\t]*$")
+
+
+def check_header_value(name: str, value: str | None) -> str | None:
+    """Validate a value that will be sent as an HTTP header (content type, cache-control,
+    content-disposition): printable ASCII only, so it can never split or break a response."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEADER_SAFE.match(value):
+        raise InvalidArgumentError(f"{name} must be printable ASCII (RFC 9110 §5.5)")
+    return value
 
 
 def guess_content_type(key: str) -> str:

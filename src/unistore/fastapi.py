@@ -114,6 +114,22 @@ def add_storage(
             methods=["GET", "HEAD"],
             include_in_schema=False,
         )
+        file_route = app.router.routes[-1]
+        before_startup = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def file_route_last(a: Any) -> AsyncIterator[Any]:
+            # The file route matches every path under its prefix; routes added after
+            # add_storage (the spec adds routers later, e.g. GET /files/{id}/download-url)
+            # must win, so at startup it moves behind them.
+            routes = app.router.routes
+            if file_route in routes:
+                routes.remove(file_route)
+                routes.append(file_route)
+            async with before_startup(a) as state:
+                yield state
+
+        app.router.lifespan_context = file_route_last
     return storage
 
 

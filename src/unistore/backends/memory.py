@@ -40,6 +40,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_header_value,
     guess_content_type,
     normalize_metadata,
 )
@@ -172,6 +173,9 @@ class MemoryBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         meta = normalize_metadata(metadata)
+        content_type = check_header_value("content_type", content_type) or guess_content_type(key)
+        check_header_value("cache_control", cache_control)
+        check_header_value("content_disposition", content_disposition)
         limit = self.settings.max_size
         if isinstance(body, bytes):
             data = body
@@ -196,7 +200,7 @@ class MemoryBackend(BaseBackend):
                 size=len(data),
                 etag=f"{self._epoch}-{next(self._etags):x}",
                 last_modified=datetime.now(UTC),
-                content_type=content_type or guess_content_type(key),
+                content_type=content_type,
                 metadata=meta,
                 cache_control=cache_control,
                 content_disposition=content_disposition,
