@@ -339,7 +339,8 @@ class Report:
             f"{m.get('cpus')} CPUs, Python {m.get('python')}, kernel {m.get('kernel')}; "
             f"reps {m.get('reps')}, large reps {m.get('large_reps')}; "
             + ", ".join(f"{k} {x}" for k, x in v.items())
-            + f"; unistore tree {m.get('git', '?')}.",
+            + f"; unistore tree {m.get('git', '?')}, measured from a copy: "
+            + f"{m.get('snapshot', '?')}.",
             "",
             "`ref` is the baseline of equal durability each row is compared with (`base`: "
             "plain open/write + rename in `asyncio.to_thread`, no fsync; `base-fsync`: "

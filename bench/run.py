@@ -13,6 +13,7 @@ medians and per-repetition ratios, and PASS/MISS for the targets of issue 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -50,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--large-reps",
         type=int,
-        default=None,
-        help="repetitions of the large object (default: --reps)",
+        default=5,
+        help="repetitions of the large object (page-cache throughput is noisy on a VM)",
     )
     ap.add_argument("--workloads", default="small,large,list")
     ap.add_argument("--adapters", default="", help="comma list of clients to run (default: all)")
@@ -63,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--list-n", type=int, default=10_000)
     ap.add_argument("--workdir", default=None, help="scratch directory (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="measure the live src/ tree instead of a copy taken at the start",
+    )
     ap.add_argument("--json", default=None, help="write the raw results here too")
     ap.add_argument("--markdown", default=None, help="write the tables to this file too")
     ap.add_argument(
@@ -87,10 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quiet-budget", type=float, default=900, help="max wait in the whole run (s)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.reps = 1
+        a.reps = a.large_reps = 1
         a.small_n, a.large_mib, a.list_n = 300, 16, 1200
-    if a.large_reps is None:
-        a.large_reps = a.reps
     if a.quiet_threshold is None:
         a.quiet_threshold = 0.0 if a.quick else 0.25
     return a
@@ -151,6 +155,27 @@ class Bench:
         }
         self.run_no = 0
         self.waited = 0.0
+        self.env = dict(os.environ)
+        self.snapshot_id = "none (the working tree, live)"
+        if not a.no_snapshot:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> None:
+        """Copy src/unistore now, so every worker measures the same code even while the tree
+        is being edited (the snapshot comes first on the workers' PYTHONPATH)."""
+        src = HERE.parent / "src" / "unistore"
+        if not src.is_dir():
+            return
+        dst = self.work / "snapshot"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
+        h = hashlib.sha256()
+        for f in sorted((dst / "unistore").rglob("*.py")):
+            h.update(f.relative_to(dst).as_posix().encode() + b"\0" + f.read_bytes())
+        self.snapshot_id = f"src/unistore sha256 {h.hexdigest()[:12]}"
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x
+        )
 
     def for_workload(self, w: str) -> list[str]:
         if w not in self.workloads:
@@ -203,6 +228,7 @@ class Bench:
                 text=True,
                 timeout=self.a.worker_timeout,
                 check=False,
+                env=self.env,
             )
             logf.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
             line = next(
@@ -243,7 +269,7 @@ class Bench:
             "    try: out[p]=m.version(p)\n    except Exception: pass\nprint(json.dumps(out))"
         )
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=self.env
         )
         git = "?"
         try:
@@ -272,6 +298,7 @@ class Bench:
             "kernel": platform.release(),
             "versions": json.loads(out.stdout or "{}"),
             "git": git,
+            "snapshot": self.snapshot_id,
             "quick": self.a.quick,
         }
 

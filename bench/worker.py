@@ -256,6 +256,9 @@ def main() -> None:
             "error": f"{type(e).__name__}: {e}"[:2000],
             "traceback": traceback.format_exc()[-4000:],
         }
+    mod = sys.modules.get("unistore")
+    if mod is not None:
+        res["unistore_from"] = getattr(mod, "__file__", None)
     print("RESULT " + json.dumps(res), flush=True)
 
 
