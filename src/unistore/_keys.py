@@ -60,9 +60,13 @@ def _check_text(key: str, text: str, *, partial_last: bool) -> None:
 
 
 def _decoded_forms(text: str) -> list[str]:
-    """``text`` percent-decoded repeatedly until stable (catches ``%252e``)."""
+    """``text`` percent-decoded repeatedly until stable (catches ``%252e``, however deep).
+
+    Terminates: every decoding that changes the text shortens it by at least two
+    characters, and callers bound the text to 1024 bytes first.
+    """
     forms = []
-    for _ in range(4):
+    while "%" in text:
         decoded = unquote(text, errors="surrogateescape")
         if decoded == text:
             break
@@ -100,7 +104,11 @@ def validate_prefix(prefix: object) -> str:
         raise InvalidKeyError(f"prefix must be a str, not {type(prefix).__name__}")
     if prefix == "":
         return prefix
-    if len(prefix.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:  # no key has one, and a file system cannot name one
+        raise InvalidKeyError("prefix is not valid unicode (lone surrogate)", key=prefix[:64]) from None
+    if size > MAX_KEY_BYTES:
         raise InvalidKeyError(f"prefix longer than {MAX_KEY_BYTES} UTF-8 bytes", key=prefix[:64])
     _check_text(prefix, prefix, partial_last=True)
     for decoded in _decoded_forms(prefix):

@@ -18,7 +18,11 @@ served with a stat-derived etag and a guessed content type.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
-neither listed nor followed. Cross-process locking needs POSIX ``flock``.
+neither listed nor followed: a key through a linked directory is not found,
+and writing one raises :class:`InvalidKeyError`. Files placed by hand under
+names no key can have (backslashes, control characters, invalid UTF-8, paths
+over 1024 bytes) and special files (FIFOs, sockets) are not objects.
+Cross-process locking needs POSIX ``flock``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat as stat_mod
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +63,7 @@ from .._errors import (
     QuotaExceededError,
     StorageError,
 )
-from .._keys import RESERVED_PREFIX, validate_key
+from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
 from .._signing import UrlSigner
 from .._types import (
     Body,
@@ -77,6 +82,9 @@ _STRIPES = 256
 _TMP = RESERVED_PREFIX + ".tmp."
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO placed in the tree must not hang
+# A file name with one of these may not be a valid key (placed by hand): checked in full.
+_SUSPECT_NAME = re.compile(r"[\\%:\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,16 @@ class LocalBackend(BaseBackend):
     def _path(self, key: str) -> str:
         return os.path.join(self.root, key)
 
+    def _check_dirs(self, key: str) -> None:
+        """Raise ``NotADirectoryError`` unless every directory on the way from the root to
+        ``key`` (its segments before the last ``/``) is a real directory: a symbolic link
+        placed in the tree is never followed. ``FileNotFoundError`` if one is missing."""
+        end = key.find("/")
+        while end != -1:
+            if not stat_mod.S_ISDIR(os.lstat(os.path.join(self.root, key[:end])).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", key[:end])
+            end = key.find("/", end + 1)
+
     @staticmethod
     def _meta_path(path: str) -> str:
         d, name = os.path.split(path)
@@ -206,6 +224,8 @@ class LocalBackend(BaseBackend):
                 raise QuotaExceededError(
                     f"no space left ({exc.strerror})", key=key, backend=self.name, operation=operation
                 ) from exc
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link: not an object
+                raise NotFoundError("no such object", key=key, backend=self.name, operation=operation) from exc
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidKeyError("key is too long for the file system", key=key) from exc
             if exc.errno == errno.EROFS:
@@ -251,9 +271,8 @@ class LocalBackend(BaseBackend):
     def _info_from(self, key: str, path: str, st: os.stat_result) -> ObjectInfo:
         """Info for the data file ``st``: from its sidecar if that names this inode."""
         meta = None
-        with contextlib.suppress(OSError, ValueError):
-            with open(self._meta_path(path), "rb") as f:
-                meta = json.loads(f.read())
+        with contextlib.suppress(OSError, ValueError), open(self._meta_path(path), "rb") as f:
+            meta = json.loads(f.read())
         mtime = datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)
         if meta is not None and meta.get("ino") == st.st_ino and meta.get("size") == st.st_size:
             return ObjectInfo(
@@ -311,15 +330,17 @@ class LocalBackend(BaseBackend):
         )
 
     def _head_sync(self, key: str) -> ObjectInfo:
+        self._check_dirs(key)
         path = self._path(key)
         info: ObjectInfo = self._consistent(key, path, lambda ign: self._stat_info(key, path, ign))
         return info
 
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
+        self._check_dirs(key)
         path = self._path(key)
 
         def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo, int]:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
             try:
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
@@ -449,7 +470,15 @@ class LocalBackend(BaseBackend):
 
     def _create_temp(self, key: str, path: str) -> _Temp:
         parent = os.path.dirname(path)
-        for _ in range(8):
+        try:
+            self._check_dirs(key)
+        except FileNotFoundError:
+            pass  # created below; only directories that exist can be symbolic links
+        except NotADirectoryError as exc:
+            raise InvalidKeyError(
+                "key passes through an existing object or a symbolic link", key=key
+            ) from exc
+        for _ in range(32):
             tmp = os.path.join(parent, _TMP + secrets.token_hex(8))
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
@@ -465,6 +494,8 @@ class LocalBackend(BaseBackend):
     def _make_parents(self, key: str, parent: str) -> None:
         try:
             os.makedirs(parent, exist_ok=True)
+        except FileNotFoundError:
+            pass  # a delete removed an emptied ancestor while we created its child: retried
         except (FileExistsError, NotADirectoryError) as exc:
             raise InvalidKeyError(
                 "key conflicts with an existing object used as a directory", key=key
@@ -547,6 +578,11 @@ class LocalBackend(BaseBackend):
 
     def _remove_sync(self, key: str, if_match: str | None) -> bool:
         path = self._path(key)
+        try:
+            self._check_dirs(key)
+        except (FileNotFoundError, NotADirectoryError):
+            check_remove_condition(None, if_match, key, self.name)
+            return False
         with self._locked(key):
             if if_match is not None:
                 try:
@@ -584,6 +620,7 @@ class LocalBackend(BaseBackend):
         base = os.path.join(self.root, dir_rel) if dir_rel else str(self.root)
         head = dir_rel + "/" if dir_rel else ""
         try:
+            self._check_dirs(head)  # never list through a symbolic link
             it = os.scandir(base)
         except (FileNotFoundError, NotADirectoryError):
             return out
@@ -592,13 +629,19 @@ class LocalBackend(BaseBackend):
                 name = e.name
                 if name.startswith(RESERVED_PREFIX) or not name.startswith(name_prefix):
                     continue
+                # 250 characters cannot exceed the 1024-byte key limit; longer ones are checked
+                suspect = _SUSPECT_NAME.search(name) is not None or len(head) + len(name) > 250
                 if e.is_dir(follow_symlinks=False):
                     sub = head + name + "/"
+                    if suspect and not _usable(validate_prefix, sub):
+                        continue  # placed by hand under a name no key can have
                     if start_after is not None and start_after >= sub and not start_after.startswith(sub):
                         continue
                     out.append((name + "/", head + name, True))
                 elif e.is_file(follow_symlinks=False):
                     k = head + name
+                    if suspect and not _usable(validate_key, k):
+                        continue
                     if start_after is None or k > start_after:
                         out.append((name, k, False))
         out.sort()
@@ -610,7 +653,9 @@ class LocalBackend(BaseBackend):
 
         async def walk(d: str, name_prefix: str) -> AsyncIterator[str]:
             entries = await self._run("list", prefix, self._scan, d, name_prefix, start_after)
-            for _, k, is_dir in entries:
+            for i, (_, k, is_dir) in enumerate(entries):
+                if i % 500 == 499:
+                    await asyncio.sleep(0)  # a huge directory must not hold the event loop
                 if is_dir:
                     async for sub in walk(k, ""):
                         yield sub
@@ -649,7 +694,9 @@ class LocalBackend(BaseBackend):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
         validate_key(key)
-        return self._signer.sign(key, expires_in=expires_in or self.default_expires_in, download=download, method=method)
+        return self._signer.sign(
+            key, expires_in=expires_in or self.default_expires_in, download=download, method=method
+        )
 
     async def ping(self) -> None:
         await self._run("ping", None, self._ping_sync)
@@ -664,6 +711,15 @@ class LocalBackend(BaseBackend):
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _usable(validate: Callable[[object], str], text: str) -> bool:
+    """Whether ``text`` passes ``validate`` (a file placed by hand may have any name)."""
+    try:
+        validate(text)
+    except InvalidKeyError:
+        return False
+    return True
 
 
 class _Torn(Exception):
