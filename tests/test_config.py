@@ -33,6 +33,7 @@ DETECT_VARS = (
     "STORAGE_URL_EXPIRATION",
     "STORAGE_FSYNC",
     "STORAGE_MAX_SIZE",
+    "STORAGE_MAX_OBJECT_SIZE",
     "STORAGE_CHUNK_SIZE",
     "STORAGE_S3_BUCKET",
     "STORAGE_S3_REGION",
@@ -255,12 +256,12 @@ def test_local_keywords_are_env_names_without_prefix(tmp_path: Path) -> None:
         base_url="https://cdn.example.com/f",
         url_secret=SECRET,
         url_expiration=60,
-        max_size=1000,
+        max_object_size=1000,
         fsync=False,
     )
     assert isinstance(backend, LocalBackend)
     s = backend.settings
-    assert (s.base_path, s.base_url, s.url_secret, s.url_expiration, s.max_size, s.fsync) == (
+    assert (s.base_path, s.base_url, s.url_secret, s.url_expiration, s.max_object_size, s.fsync) == (
         str(tmp_path / "kw"),
         "https://cdn.example.com/f",
         SECRET,
@@ -274,7 +275,7 @@ def test_local_keywords_are_env_names_without_prefix(tmp_path: Path) -> None:
 
 async def test_keyword_settings_take_effect(tmp_path: Path) -> None:
     backend = easy_storage(
-        "local", base_path=str(tmp_path / "kw"), base_url="https://cdn.example.com/f", max_size=4, fsync=False
+        "local", base_path=str(tmp_path / "kw"), base_url="https://cdn.example.com/f", max_object_size=4, fsync=False
     )
     url = await backend.put("a.txt", b"1234")
     assert url.startswith("https://cdn.example.com/f/a.txt?")
@@ -302,8 +303,8 @@ def test_unknown_keywords_are_rejected_listing_the_known_ones(kind: str, bad: st
         easy_storage(kind, **kwargs)
     message = str(info.value)
     assert bad in message
-    known = ["base_url", "url_secret", "url_expiration", "max_size"]
-    known += ["base_path", "fsync"] if kind == "local" else []
+    known = ["base_url", "url_secret", "url_expiration"]
+    known += ["base_path", "fsync", "max_object_size"] if kind == "local" else ["max_size"]
     for name in known:
         assert name in message
 
@@ -320,8 +321,8 @@ def test_unknown_keyword_with_auto_detection(env: pytest.MonkeyPatch) -> None:
         ({"fsync": "0"}, "fsync", False),
         ({"fsync": "yes"}, "fsync", True),
         ({"url_expiration": "90"}, "url_expiration", 90),
-        ({"max_size": "2048"}, "max_size", 2048),
-        ({"max_size": None}, "max_size", None),
+        ({"max_object_size": "2048"}, "max_object_size", 2048),
+        ({"max_object_size": None}, "max_object_size", None),
     ],
 )
 def test_string_keywords_are_cast_like_env(tmp_path: Path, kwargs: dict[str, Any], field: str, expected: Any) -> None:
@@ -342,7 +343,7 @@ def test_string_keywords_are_cast_like_env(tmp_path: Path, kwargs: dict[str, Any
         {"base_url": 42},
         {"url_expiration": 0},
         {"url_expiration": -5},
-        {"max_size": -1},
+        {"max_object_size": -1},
         {"url_secret": "too-short"},
     ],
 )
@@ -369,7 +370,7 @@ def test_env_settings_for_local(env: pytest.MonkeyPatch, tmp_path: Path) -> None
     env.setenv("STORAGE_URL_SECRET", SECRET)
     env.setenv("STORAGE_URL_EXPIRATION", "120")
     env.setenv("STORAGE_FSYNC", "false")
-    env.setenv("STORAGE_MAX_SIZE", "4096")
+    env.setenv("STORAGE_MAX_OBJECT_SIZE", "4096")
     backend = easy_storage()
     assert isinstance(backend, LocalBackend)
     s = backend.settings
@@ -379,7 +380,7 @@ def test_env_settings_for_local(env: pytest.MonkeyPatch, tmp_path: Path) -> None
         url_secret=SECRET,
         url_expiration=120,
         fsync=False,
-        max_size=4096,
+        max_object_size=4096,
     )
 
 
@@ -408,7 +409,7 @@ def test_env_booleans(env: pytest.MonkeyPatch, tmp_path: Path, value: str, expec
     [
         ("STORAGE_URL_EXPIRATION", "abc"),
         ("STORAGE_URL_EXPIRATION", "1.5"),
-        ("STORAGE_MAX_SIZE", "10MB"),
+        ("STORAGE_MAX_OBJECT_SIZE", "10MB"),
         ("STORAGE_FSYNC", "maybe"),
         ("STORAGE_URL_EXPIRATION", "-1"),
     ],

@@ -48,7 +48,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "memory":
         b = MemoryBackend(url_secret=SECRET, max_size=64 * MiB)
     else:
-        b = LocalBackend(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET, max_size=64 * MiB)
+        b = LocalBackend(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET, max_object_size=64 * MiB)
     yield b
     await b.aclose()
 

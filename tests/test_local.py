@@ -641,7 +641,7 @@ def test_fsync_is_the_default() -> None:
 
 
 async def test_max_size_on_local(tmp_path: Path) -> None:
-    backend = LocalBackend(base_path=str(tmp_path / "s"), fsync=False, url_secret=SECRET, max_size=MiB)
+    backend = LocalBackend(base_path=str(tmp_path / "s"), fsync=False, url_secret=SECRET, max_object_size=MiB)
     await backend.put("q.bin", b"a" * MiB, "application/octet-stream", {"v": "1"})  # exactly the limit
     before = await backend.head("q.bin")
     with pytest.raises(QuotaExceededError) as exc:

@@ -55,7 +55,7 @@ _SPECS: dict[str, _Spec] = {
             "url_expiration": "STORAGE_URL_EXPIRATION",
             "fsync": "STORAGE_FSYNC",
             "chunk_size": "STORAGE_CHUNK_SIZE",
-            "max_size": "STORAGE_MAX_SIZE",
+            "max_object_size": "STORAGE_MAX_OBJECT_SIZE",
         },
     ),
     "s3": _Spec(

@@ -72,6 +72,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_header_value,
     guess_content_type,
     normalize_metadata,
 )
@@ -97,15 +98,15 @@ class LocalSettings:
     url_expiration: int = 3600
     fsync: bool = True
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_size: int | None = None
+    max_object_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.url_expiration <= 0:
             raise ConfigurationError("url_expiration must be positive")
         if self.chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
-        if self.max_size is not None and self.max_size < 0:
-            raise ConfigurationError("max_size must be >= 0")
+        if self.max_object_size is not None and self.max_object_size < 0:
+            raise ConfigurationError("max_object_size must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,10 +426,10 @@ class LocalBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         meta = {
-            "ct": content_type or guess_content_type(key),
+            "ct": check_header_value("content_type", content_type) or guess_content_type(key),
             "meta": normalize_metadata(metadata),
-            "cc": cache_control,
-            "cd": content_disposition,
+            "cc": check_header_value("cache_control", cache_control),
+            "cd": check_header_value("content_disposition", content_disposition),
         }
         if isinstance(mode, str) and mode not in ("overwrite", "create"):
             raise TypeError(f"invalid write mode {mode!r}")
@@ -462,10 +463,10 @@ class LocalBackend(BaseBackend):
                 await asyncio.to_thread(temp.discard)
 
     def _check_size(self, key: str, size: int) -> None:
-        limit = self.settings.max_size
+        limit = self.settings.max_object_size
         if limit is not None and size > limit:
             raise QuotaExceededError(
-                f"object is larger than max_size={limit}", key=key, backend=self.name, operation="put"
+                f"object is larger than max_object_size={limit}", key=key, backend=self.name, operation="put"
             )
 
     def _create_temp(self, key: str, path: str) -> _Temp:

@@ -25,6 +25,7 @@ import pytest
 from .._base import StorageBackend
 from .._errors import (
     AlreadyExistsError,
+    InvalidArgumentError,
     InvalidKeyError,
     InvalidMetadataError,
     InvalidRangeError,
@@ -194,6 +195,21 @@ class BackendConformance:
             assert isinstance(exc.value, ValueError)
         assert await backend.get(key) == b"v1"
         assert (await backend.head(key)).metadata == {"a": "1"}
+
+    async def test_header_values_validated_before_writing(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "h"
+        await backend.put(key, b"v1", "text/plain")
+        bad: list[dict[str, Any]] = [
+            {"content_type": "text/plain\r\nSet-Cookie: x=1"},
+            {"content_type": "tëxt/plain"},
+            {"cache_control": "public\nX: 1"},
+            {"content_disposition": "inline\r\n"},
+        ]
+        for kwargs in bad:
+            with pytest.raises(InvalidArgumentError):
+                await backend.put_object(key, b"v2", **kwargs)
+        assert await backend.get(key) == b"v1"
+        assert (await backend.head(key)).content_type == "text/plain"
 
     async def test_overwrite_replaces_metadata(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "o"
