@@ -30,17 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import os
-import re
 import secrets
 import stat as stat_mod
-import threading
 import time
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +58,7 @@ from .._errors import (
     QuotaExceededError,
     StorageError,
 )
-from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
+from .._keys import RESERVED_PREFIX, validate_key
 from .._signing import UrlSigner
 from .._types import (
     Body,
@@ -76,17 +71,22 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
+from ._localfs import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    TMP_PREFIX,
+    StripeLocks,
+    Temp,
+    check_dirs,
+    fsync_dir,
+    load_secret,
+    meta_path,
+    scan_dir,
+    write_all,
+)
 
 __all__ = ["LocalBackend", "LocalSettings"]
-
-_STRIPES = 256
-_TMP = RESERVED_PREFIX + ".tmp."
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO placed in the tree must not hang
-# A file name with one of these may not be a valid key (placed by hand): checked in full.
-_SUSPECT_NAME = re.compile(r"[\\%:\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
 
 @dataclass(frozen=True, slots=True)
 class LocalSettings:
@@ -133,6 +133,7 @@ class LocalBackend(BaseBackend):
             raise ConfigurationError("pass either settings or keyword options, not both")
         self.settings = settings if settings is not None else LocalSettings(**options)
         self.root = Path(self.settings.base_path).absolute()
+        self._root = str(self.root)
         self._internal = self.root / RESERVED_PREFIX
         try:
             (self._internal / "locks").mkdir(parents=True, exist_ok=True)
@@ -141,12 +142,10 @@ class LocalBackend(BaseBackend):
                 f"cannot create base_path {str(self.root)!r} ({exc.strerror}); set STORAGE_BASE_PATH",
                 backend=self.name,
             ) from exc
-        self._signer = UrlSigner(self._load_secret(), self.settings.base_url)
+        secret = self.settings.url_secret.encode() if self.settings.url_secret else load_secret(self._internal)
+        self._signer = UrlSigner(secret, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
-        self._pid = os.getpid()
-        self._lock_fds: dict[int, int] = {}
-        self._thread_locks = [threading.Lock() for _ in range(_STRIPES)]
-        self._fd_guard = threading.Lock()
+        self._locks = StripeLocks(self._internal / "locks")
 
     def __repr__(self) -> str:
         return f"LocalBackend(base_path={str(self.root)!r}, fsync={self.settings.fsync})"
@@ -158,50 +157,10 @@ class LocalBackend(BaseBackend):
 
     # --- setup ----------------------------------------------------------------------
 
-    def _load_secret(self) -> bytes:
-        if self.settings.url_secret:
-            return self.settings.url_secret.encode()
-        path = self._internal / "url-secret"
-        with contextlib.suppress(FileNotFoundError):
-            return path.read_bytes().strip()
-        # Create it exactly once even with several workers starting together:
-        # write a private temp file, then link() it into place (fails if present).
-        tmp = self._internal / f"{_TMP}{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_urlsafe(48).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-        return path.read_bytes().strip()
-
     # --- paths ----------------------------------------------------------------------
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, key)
-
-    def _check_dirs(self, key: str) -> None:
-        """Raise ``NotADirectoryError`` unless every directory on the way from the root to
-        ``key`` (its segments before the last ``/``) is a real directory: a symbolic link
-        placed in the tree is never followed. ``FileNotFoundError`` if one is missing."""
-        end = key.find("/")
-        while end != -1:
-            if not stat_mod.S_ISDIR(os.lstat(os.path.join(self.root, key[:end])).st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", key[:end])
-            end = key.find("/", end + 1)
-
-    @staticmethod
-    def _meta_path(path: str) -> str:
-        d, name = os.path.split(path)
-        if len(name.encode()) > 240:
-            name = "h." + hashlib.sha256(name.encode()).hexdigest()[:40]
-        return os.path.join(d, f"{RESERVED_PREFIX}.{name}.meta")
+        return os.path.join(self._root, key)
 
     # --- error boundary ---------------------------------------------------------------
 
@@ -241,38 +200,12 @@ class LocalBackend(BaseBackend):
         with self._translate(operation, key):
             return await asyncio.to_thread(fn, *args)
 
-    # --- locking --------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        """Exclusive lock on ``key``'s stripe for this thread and every other process."""
-        stripe = zlib.crc32(key.encode()) % _STRIPES
-        with self._thread_locks[stripe]:
-            fd = self._lock_fd(stripe)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _lock_fd(self, stripe: int) -> int:
-        with self._fd_guard:
-            if self._pid != os.getpid():  # forked: the inherited fds share our locks; reopen
-                self._lock_fds = {}
-                self._pid = os.getpid()
-            fd = self._lock_fds.get(stripe)
-            if fd is None:
-                path = self._internal / "locks" / f"{stripe:03d}.lock"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
-                self._lock_fds[stripe] = fd
-            return fd
-
     # --- reading state ----------------------------------------------------------------
 
     def _info_from(self, key: str, path: str, st: os.stat_result) -> ObjectInfo:
         """Info for the data file ``st``: from its sidecar if that names this inode."""
         meta = None
-        with contextlib.suppress(OSError, ValueError), open(self._meta_path(path), "rb") as f:
+        with contextlib.suppress(OSError, ValueError), open(meta_path(path), "rb") as f:
             meta = json.loads(f.read())
         mtime = datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)
         if meta is not None and meta.get("ino") == st.st_ino and meta.get("size") == st.st_size:
@@ -307,7 +240,7 @@ class LocalBackend(BaseBackend):
                 return read(False)
             except _Torn:
                 time.sleep(0.0005 * attempt)
-        with self._locked(key):
+        with self._locks.hold(key):
             try:
                 return read(False)
             except _Torn:
@@ -331,17 +264,17 @@ class LocalBackend(BaseBackend):
         )
 
     def _head_sync(self, key: str) -> ObjectInfo:
-        self._check_dirs(key)
+        check_dirs(self._root, key)
         path = self._path(key)
         info: ObjectInfo = self._consistent(key, path, lambda ign: self._stat_info(key, path, ign))
         return info
 
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
-        self._check_dirs(key)
+        check_dirs(self._root, key)
         path = self._path(key)
 
         def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo, int]:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
             try:
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
@@ -439,7 +372,7 @@ class LocalBackend(BaseBackend):
             info: ObjectInfo = await self._run("put", key, self._put_bytes_sync, key, data, meta, mode)
             return info
         path = self._path(key)
-        temp: _Temp = await self._run("put", key, self._create_temp, key, path)
+        temp: Temp = await self._run("put", key, self._create_temp, key, path)
         committed = False
         try:
             size = 0
@@ -451,10 +384,10 @@ class LocalBackend(BaseBackend):
                 buf.append(chunk)
                 buffered += len(chunk)
                 if buffered >= self.settings.chunk_size:
-                    await self._run("put", key, _write_all, temp.fd, buf)
+                    await self._run("put", key, write_all, temp.fd, buf)
                     buf, buffered = [], 0
             if buf:
-                await self._run("put", key, _write_all, temp.fd, buf)
+                await self._run("put", key, write_all, temp.fd, buf)
             info = await self._run("put", key, self._commit, key, path, temp, size, meta, mode)
             committed = True
             return info
@@ -469,10 +402,10 @@ class LocalBackend(BaseBackend):
                 f"object is larger than max_object_size={limit}", key=key, backend=self.name, operation="put"
             )
 
-    def _create_temp(self, key: str, path: str) -> _Temp:
+    def _create_temp(self, key: str, path: str) -> Temp:
         parent = os.path.dirname(path)
         try:
-            self._check_dirs(key)
+            check_dirs(self._root, key)
         except FileNotFoundError:
             pass  # created below; only directories that exist can be symbolic links
         except NotADirectoryError as exc:
@@ -480,10 +413,10 @@ class LocalBackend(BaseBackend):
                 "key passes through an existing object or a symbolic link", key=key
             ) from exc
         for _ in range(32):
-            tmp = os.path.join(parent, _TMP + secrets.token_hex(8))
+            tmp = os.path.join(parent, TMP_PREFIX + secrets.token_hex(8))
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-                return _Temp(fd, tmp)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+                return Temp(fd, tmp)
             except FileNotFoundError:
                 self._make_parents(key, parent)
             except NotADirectoryError as exc:
@@ -506,14 +439,14 @@ class LocalBackend(BaseBackend):
         path = self._path(key)
         temp = self._create_temp(key, path)
         try:
-            _write_all(temp.fd, [data])
+            write_all(temp.fd, [data])
             return self._commit(key, path, temp, len(data), meta, mode)
         except BaseException:
             temp.discard()
             raise
 
     def _commit(
-        self, key: str, path: str, temp: _Temp, size: int, meta: dict[str, Any], mode: WriteMode
+        self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode
     ) -> ObjectInfo:
         """Make the temp file ``key``'s new version: sidecar, precondition, renames."""
         fsync = self.settings.fsync
@@ -524,9 +457,9 @@ class LocalBackend(BaseBackend):
         tmp = temp.path
         etag = secrets.token_hex(8)
         record = dict(meta, v=1, etag=etag, ino=st.st_ino, size=size)
-        meta_path = self._meta_path(path)
-        mtmp = os.path.join(os.path.dirname(path), _TMP + secrets.token_hex(8))
-        mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        sidecar = meta_path(path)
+        mtmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8))
+        mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
         try:
             os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
             if fsync:
@@ -534,7 +467,7 @@ class LocalBackend(BaseBackend):
         finally:
             os.close(mfd)
         try:
-            with self._locked(key):
+            with self._locks.hold(key):
                 if mode != "overwrite":
                     try:
                         current: ObjectInfo | None = self._stat_info(key, path, False)
@@ -554,13 +487,13 @@ class LocalBackend(BaseBackend):
                         raise InvalidKeyError(
                             "key is a directory of other objects", key=key
                         ) from exc
-                os.replace(mtmp, meta_path)
+                os.replace(mtmp, sidecar)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(mtmp)
             raise
         if fsync:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         return ObjectInfo(
             key=key,
             size=size,
@@ -580,11 +513,11 @@ class LocalBackend(BaseBackend):
     def _remove_sync(self, key: str, if_match: str | None) -> bool:
         path = self._path(key)
         try:
-            self._check_dirs(key)
+            check_dirs(self._root, key)
         except (FileNotFoundError, NotADirectoryError):
             check_remove_condition(None, if_match, key, self.name)
             return False
-        with self._locked(key):
+        with self._locks.hold(key):
             if if_match is not None:
                 try:
                     current: ObjectInfo | None = self._stat_info(key, path, False)
@@ -601,7 +534,7 @@ class LocalBackend(BaseBackend):
             except (FileNotFoundError, NotADirectoryError):
                 return False
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._meta_path(path))
+                os.unlink(meta_path(path))
         # Drop now-empty parent directories (writers recreate them if they race us).
         parent = os.path.dirname(path)
         root = str(self.root)
@@ -615,45 +548,12 @@ class LocalBackend(BaseBackend):
 
     # --- listing ----------------------------------------------------------------------
 
-    def _scan(self, dir_rel: str, name_prefix: str, start_after: str | None) -> list[tuple[str, str, bool]]:
-        """Sorted ``(sort_name, key, is_dir)`` entries of one directory that can match."""
-        out: list[tuple[str, str, bool]] = []
-        base = os.path.join(self.root, dir_rel) if dir_rel else str(self.root)
-        head = dir_rel + "/" if dir_rel else ""
-        try:
-            self._check_dirs(head)  # never list through a symbolic link
-            it = os.scandir(base)
-        except (FileNotFoundError, NotADirectoryError):
-            return out
-        with it:
-            for e in it:
-                name = e.name
-                if name.startswith(RESERVED_PREFIX) or not name.startswith(name_prefix):
-                    continue
-                # 250 characters cannot exceed the 1024-byte key limit; longer ones are checked
-                suspect = _SUSPECT_NAME.search(name) is not None or len(head) + len(name) > 250
-                if e.is_dir(follow_symlinks=False):
-                    sub = head + name + "/"
-                    if suspect and not _usable(validate_prefix, sub):
-                        continue  # placed by hand under a name no key can have
-                    if start_after is not None and start_after >= sub and not start_after.startswith(sub):
-                        continue
-                    out.append((name + "/", head + name, True))
-                elif e.is_file(follow_symlinks=False):
-                    k = head + name
-                    if suspect and not _usable(validate_key, k):
-                        continue
-                    if start_after is None or k > start_after:
-                        out.append((name, k, False))
-        out.sort()
-        return out
-
     async def _walk(self, prefix: str, start_after: str | None) -> AsyncIterator[str]:
         check_listing_args(prefix, start_after)
         dir_rel, _, name_prefix = prefix.rpartition("/")
 
         async def walk(d: str, name_prefix: str) -> AsyncIterator[str]:
-            entries = await self._run("list", prefix, self._scan, d, name_prefix, start_after)
+            entries = await self._run("list", prefix, scan_dir, self._root, d, name_prefix, start_after)
             for i, (_, k, is_dir) in enumerate(entries):
                 if i % 500 == 499:
                     await asyncio.sleep(0)  # a huge directory must not hold the event loop
@@ -707,20 +607,7 @@ class LocalBackend(BaseBackend):
             raise PermissionError(errno.EACCES, "base_path is not writable")
 
     async def aclose(self) -> None:
-        with self._fd_guard:
-            fds, self._lock_fds = self._lock_fds, {}
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _usable(validate: Callable[[object], str], text: str) -> bool:
-    """Whether ``text`` passes ``validate`` (a file placed by hand may have any name)."""
-    try:
-        validate(text)
-    except InvalidKeyError:
-        return False
-    return True
+        self._locks.close()
 
 
 class _Torn(Exception):
@@ -732,37 +619,3 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
         yield data
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-
-
-class _Temp:
-    """A temp file being written: closed exactly once, removed unless renamed into place."""
-
-    __slots__ = ("fd", "open", "path")
-
-    def __init__(self, fd: int, path: str) -> None:
-        self.fd, self.path, self.open = fd, path, True
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            os.close(self.fd)
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # already renamed into place: ENOENT, ignored
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

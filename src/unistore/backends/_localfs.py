@@ -1,0 +1,224 @@
+"""File-system mechanics of :class:`LocalBackend`: layout names, temp files, stripe locks,
+the persisted URL secret, and the sorted directory scan. No policy lives here: the backend
+decides what a write or read means; these helpers only do it safely on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import stat as stat_mod
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .._errors import InvalidKeyError
+from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
+
+__all__ = [
+    "O_CLOEXEC",
+    "O_NOFOLLOW",
+    "O_NONBLOCK",
+    "TMP_PREFIX",
+    "StripeLocks",
+    "Temp",
+    "check_dirs",
+    "fsync_dir",
+    "load_secret",
+    "meta_path",
+    "scan_dir",
+    "write_all",
+]
+
+TMP_PREFIX = RESERVED_PREFIX + ".tmp."
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO placed in the tree must not hang
+# A file name with one of these may not be a valid key (placed by hand): checked in full.
+_SUSPECT_NAME = re.compile(r"[\\%:\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def meta_path(path: str) -> str:
+    """The sidecar of the data file ``path``: ``.unistore.<name>.meta`` beside it (hashed
+    when the name is too long to carry the extra characters)."""
+    d, name = os.path.split(path)
+    if len(name.encode()) > 240:
+        name = "h." + hashlib.sha256(name.encode()).hexdigest()[:40]
+    return os.path.join(d, f"{RESERVED_PREFIX}.{name}.meta")
+
+
+def check_dirs(root: str, key: str) -> None:
+    """Raise ``NotADirectoryError`` unless every directory on the way from ``root`` to
+    ``key`` (its segments before the last ``/``) is a real directory: a symbolic link
+    placed in the tree is never followed. ``FileNotFoundError`` if one is missing."""
+    end = key.find("/")
+    while end != -1:
+        if not stat_mod.S_ISDIR(os.lstat(os.path.join(root, key[:end])).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", key[:end])
+        end = key.find("/", end + 1)
+
+
+def load_secret(internal: Path) -> bytes:
+    """The URL secret kept in ``internal/url-secret`` (0600), created on first use.
+
+    Several workers starting together agree on one secret: each writes a private temp
+    file and ``link()``s it into place, which fails for all but the first.
+    """
+    path = internal / "url-secret"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_bytes().strip()
+    tmp = internal / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_urlsafe(48).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes().strip()
+
+
+class StripeLocks:
+    """Exclusive per-key locks that hold across threads and processes.
+
+    A key hashes to one of ``stripes`` lock files under ``directory``; a thread lock
+    serialises this process's threads and ``fcntl.flock`` serialises processes. Lock
+    file descriptors are cached and reopened after ``fork`` (inherited descriptors
+    would share the parent's locks).
+    """
+
+    def __init__(self, directory: Path, stripes: int = 256) -> None:
+        self._dir = directory
+        self._stripes = stripes
+        self._thread_locks = [threading.Lock() for _ in range(stripes)]
+        self._fds: dict[int, int] = {}
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s stripe lock for the block."""
+        stripe = zlib.crc32(key.encode("utf-8", "surrogatepass")) % self._stripes
+        with self._thread_locks[stripe]:
+            fd = self._fd(stripe)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _fd(self, stripe: int) -> int:
+        with self._guard:
+            if self._pid != os.getpid():
+                self._fds = {}
+                self._pid = os.getpid()
+            fd = self._fds.get(stripe)
+            if fd is None:
+                fd = os.open(self._dir / f"{stripe:03d}.lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o600)
+                self._fds[stripe] = fd
+            return fd
+
+    def close(self) -> None:
+        """Close the cached descriptors (locks are re-opened on next use)."""
+        with self._guard:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def scan_dir(root: str, dir_rel: str, name_prefix: str, start_after: str | None) -> list[tuple[str, str, bool]]:
+    """Sorted ``(sort_name, key, is_dir)`` entries of one directory that can match.
+
+    A subdirectory ``d`` sorts as ``d/``, which makes a depth-first walk yield keys in
+    global code-point order. Store files, symbolic links, special files and names no
+    key can have are skipped; subtrees wholly at or before ``start_after`` are pruned.
+    """
+    out: list[tuple[str, str, bool]] = []
+    base = os.path.join(root, dir_rel) if dir_rel else root
+    head = dir_rel + "/" if dir_rel else ""
+    try:
+        check_dirs(root, head)  # never list through a symbolic link
+        it = os.scandir(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    with it:
+        for e in it:
+            name = e.name
+            if name.startswith(RESERVED_PREFIX) or not name.startswith(name_prefix):
+                continue
+            # 250 characters cannot exceed the 1024-byte key limit; longer ones are checked
+            suspect = _SUSPECT_NAME.search(name) is not None or len(head) + len(name) > 250
+            if e.is_dir(follow_symlinks=False):
+                sub = head + name + "/"
+                if suspect and not _usable(validate_prefix, sub):
+                    continue  # placed by hand under a name no key can have
+                if start_after is not None and start_after >= sub and not start_after.startswith(sub):
+                    continue
+                out.append((name + "/", head + name, True))
+            elif e.is_file(follow_symlinks=False):
+                k = head + name
+                if suspect and not _usable(validate_key, k):
+                    continue
+                if start_after is None or k > start_after:
+                    out.append((name, k, False))
+    out.sort()
+    return out
+
+
+def _usable(validate: Callable[[object], str], text: str) -> bool:
+    """Whether ``text`` passes ``validate`` (a file placed by hand may have any name)."""
+    try:
+        validate(text)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+class Temp:
+    """A temp file being written: closed exactly once, removed unless renamed into place."""
+
+    __slots__ = ("fd", "open", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd, self.path, self.open = fd, path, True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            os.close(self.fd)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # already renamed into place: ENOENT, ignored
+
+
+def write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write every chunk completely (``os.write`` may write less than asked)."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+
+def fsync_dir(path: str) -> None:
+    """Make renames in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
