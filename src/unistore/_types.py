@@ -13,11 +13,11 @@ from typing import IO, Final, Literal, Protocol, TypeAlias
 from ._errors import InvalidArgumentError, InvalidMetadataError, InvalidRangeError
 
 __all__ = [
-    "DEFAULT_CONTENT_TYPE",
     "AsyncReader",
     "Body",
     "ByteRange",
     "Capabilities",
+    "DEFAULT_CONTENT_TYPE",
     "Download",
     "IfMatch",
     "MetadataInput",

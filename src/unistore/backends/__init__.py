@@ -1,1 +1,3 @@
-"""Storage backends, one module each."""
+"""Storage backends, one module each (re-exported from ``unistore``)."""
+
+__all__: list[str] = []

@@ -9,4 +9,10 @@
 from ._conformance import INVALID_KEYS, TRICKY_KEYS, BackendConformance
 from ._server import free_port, running_server
 
-__all__ = ["INVALID_KEYS", "TRICKY_KEYS", "BackendConformance", "free_port", "running_server"]
+__all__ = [
+    "BackendConformance",
+    "INVALID_KEYS",
+    "TRICKY_KEYS",
+    "free_port",
+    "running_server",
+]

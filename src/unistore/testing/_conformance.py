@@ -38,7 +38,7 @@ from .._errors import (
 )
 from .._types import ByteRange, IfMatch, SuffixRange
 
-__all__ = ["INVALID_KEYS", "TRICKY_KEYS", "BackendConformance"]
+__all__ = ["BackendConformance", "INVALID_KEYS", "TRICKY_KEYS"]
 
 TRICKY_KEYS = [
     "a..b.txt",

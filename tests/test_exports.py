@@ -1,0 +1,39 @@
+"""Every module keeps an exact, sorted ``__all__``; the package ships ``py.typed``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import unistore
+
+MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(unistore.__path__, "unistore.") if not m.name.endswith("__main__")
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_all_is_sorted_unique_and_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert list(exported) == sorted(exported), f"{name}.__all__ is not sorted"
+    assert len(set(exported)) == len(exported)
+    for attr in exported:
+        assert getattr(module, attr) is not None, f"{name}.{attr}"
+
+
+def test_public_names_defined_in_private_modules_are_reexported() -> None:
+    private = ["unistore._base", "unistore._errors", "unistore._keys", "unistore._signing"]
+    for name in private:
+        module = importlib.import_module(name)
+        for attr in module.__all__:
+            if attr[0].isupper() and attr.endswith(("Error", "Backend")):
+                assert attr in unistore.__all__, f"{name}.{attr} is not re-exported"
+
+
+def test_py_typed_marker_is_shipped() -> None:
+    assert (Path(unistore.__file__).parent / "py.typed").is_file()
