@@ -28,3 +28,21 @@ class TestLocalFsync(BackendConformance):
     @pytest.fixture
     def backend(self, served_local: LocalBackend) -> LocalBackend:
         return LocalBackend(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=True)
+
+
+class _AlwaysSidecarLocal(LocalBackend):
+    """A LocalBackend that behaves as on a file system that truncates nanosecond mtimes
+    (HFS+, FAT, some network mounts): every version then carries a sidecar."""
+
+    def _probe_exact_mtime(self) -> bool:
+        return False
+
+
+class TestLocalAlwaysSidecar(BackendConformance):
+    list_count = 600
+
+    @pytest.fixture
+    def backend(self, served_local: LocalBackend) -> LocalBackend:
+        b = _AlwaysSidecarLocal(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=False)
+        assert b._exact is False
+        return b

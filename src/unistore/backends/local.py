@@ -2,19 +2,29 @@
 
 Layout: the object ``a/b.txt`` is the file ``ROOT/a/b.txt``. Everything the
 store keeps for itself starts with ``.unistore`` (a segment prefix no key may
-use): the sidecar ``ROOT/a/.unistore.b.txt.meta`` (etag, content type,
-metadata, and the inode of the data file it describes), temp files
+use): sidecars ``ROOT/a/.unistore.b.txt.meta``, temp files
 ``.unistore.tmp.<random>`` beside their target, and ``ROOT/.unistore/`` for
 lock stripes and the persisted URL secret.
 
+Versions. Every write sets the data file's mtime to a fresh stamp: a
+per-process strictly increasing microsecond clock, whose sub-microsecond digits
+are ``777`` when the version has a sidecar and random otherwise. Only versions
+with custom metadata, cache-control, content-disposition or a content type not
+guessable from the key get a sidecar (JSON: etag, content type, metadata, and
+the inode, size and mtime of the data file it belongs to). A version without
+one has the etag ``inode-mtime-size``; reading it costs no extra I/O. On a file
+system that does not keep nanosecond mtimes as set (probed at start), every
+version gets a sidecar instead.
+
 Writes stream into a fresh temp file in the target directory (fsync'd unless
 ``fsync=False``), then, under a per-key-stripe lock (``fcntl.flock``, so it
-holds across processes and threads), the precondition is decided and the data
-file and its sidecar are renamed into place. Readers take no lock: they open
-the data file, then read the sidecar and accept it only if it names that same
-inode, retrying briefly while a writer is between its two renames. A file with
-no valid sidecar (placed there by hand, or a crash between the renames) is
-served with a stat-derived etag and a guessed content type.
+holds across processes and threads), the precondition is decided, the sidecar
+is renamed into place, then the data file: the data rename is the commit point.
+Readers take no lock: they open the data file; if its stamp says it has a
+sidecar, they accept the sidecar only if it names that inode, size and mtime,
+retrying briefly (then under the lock) while a writer is between its renames.
+A mismatch that survives the lock is a crash leftover: the data is served with
+a stat-derived etag and a guessed content type, as are files placed by hand.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
@@ -34,6 +44,7 @@ import json
 import os
 import secrets
 import stat as stat_mod
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +98,7 @@ from ._localfs import (
 )
 
 __all__ = ["LocalBackend", "LocalSettings"]
+
 
 @dataclass(frozen=True, slots=True)
 class LocalSettings:
@@ -146,6 +158,11 @@ class LocalBackend(BaseBackend):
         self._signer = UrlSigner(secret, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
         self._locks = StripeLocks(self._internal / "locks")
+        self._real_root = os.path.realpath(self._root)
+        self._proc_fd = os.path.isdir("/proc/self/fd")
+        self._clock_lock = threading.Lock()
+        self._last_us = 0
+        self._exact = self._probe_exact_mtime()
 
     def __repr__(self) -> str:
         return f"LocalBackend(base_path={str(self.root)!r}, fsync={self.settings.fsync})"
@@ -200,41 +217,59 @@ class LocalBackend(BaseBackend):
         with self._translate(operation, key):
             return await asyncio.to_thread(fn, *args)
 
-    # --- reading state ----------------------------------------------------------------
+    # --- versions: stamps, sidecars, consistent reads -----------------------------------
 
-    def _info_from(self, key: str, path: str, st: os.stat_result) -> ObjectInfo:
-        """Info for the data file ``st``: from its sidecar if that names this inode."""
-        meta = None
-        with contextlib.suppress(OSError, ValueError), open(meta_path(path), "rb") as f:
-            meta = json.loads(f.read())
-        mtime = datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)
-        if meta is not None and meta.get("ino") == st.st_ino and meta.get("size") == st.st_size:
-            return ObjectInfo(
-                key=key,
-                size=st.st_size,
-                etag=meta["etag"],
-                last_modified=mtime,
-                content_type=meta.get("ct") or guess_content_type(key),
-                metadata=meta.get("meta") or {},
-                cache_control=meta.get("cc"),
-                content_disposition=meta.get("cd"),
-            )
-        if meta is not None and meta.get("ino") == st.st_ino:
-            raise _Torn  # data rewritten in place? treat as torn, re-check
-        if meta is not None:
+    def _probe_exact_mtime(self) -> bool:
+        """Whether this file system keeps a nanosecond mtime exactly as set (ext4, xfs,
+        btrfs, tmpfs, APFS do); if not, every object gets a sidecar."""
+        tmp = self._internal / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        stamp = self._stamp(True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
+        try:
+            _set_mtime(fd, str(tmp), stamp)
+            return os.fstat(fd).st_mtime_ns == stamp
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+
+    def _stamp(self, marked: bool) -> int:
+        """A new mtime in ns: strictly increasing in this process (µs clock), with the
+        sub-µs digits ``_MARK`` for a version that has a sidecar, random otherwise."""
+        with self._clock_lock:
+            us = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = us
+        if marked:
+            return us * 1000 + _MARK
+        low = secrets.randbelow(999)
+        return us * 1000 + low + (low >= _MARK)
+
+    def _info(self, key: str, path: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo:
+        """Info of the data-file version ``st``; raises ``_Torn`` if its sidecar is not (yet) the one
+        written with it."""
+        if ignore_sidecar or (self._exact and st.st_mtime_ns % 1000 != _MARK):
+            return _stat_info(key, st)
+        meta = _read_sidecar(meta_path(path))
+        if meta is None:
+            if not self._exact:
+                return _stat_info(key, st)  # always-sidecar mode: this file was placed by hand
+            raise _Torn
+        if meta.get("ino") != st.st_ino or meta.get("size") != st.st_size or meta.get("mt") != st.st_mtime_ns:
             raise _Torn
         return ObjectInfo(
             key=key,
             size=st.st_size,
-            etag=f"s{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}",
-            last_modified=mtime,
-            content_type=guess_content_type(key),
+            etag=meta["etag"],
+            last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
+            content_type=meta.get("ct") or guess_content_type(key),
+            metadata=meta.get("meta") or {},
+            cache_control=meta.get("cc"),
+            content_disposition=meta.get("cd"),
         )
 
-    def _consistent(self, key: str, path: str, read: Any) -> Any:
-        """Run ``read`` (which calls ``_info_from``) until it sees a data file and sidecar of
-        the same write; after a few tries, take the key's lock so no writer is mid-commit.
-        A mismatch that survives the lock is a crash leftover: served without its sidecar."""
+    def _consistent(self, key: str, read: Any) -> Any:
+        """Run ``read(ignore_sidecar)`` until the data file and sidecar it sees belong to one
+        write; after a few tries, take the key's lock so no writer is mid-commit. A mismatch
+        that survives the lock is a crash leftover: the data is served without that sidecar."""
         for attempt in range(4):
             try:
                 return read(False)
@@ -246,31 +281,35 @@ class LocalBackend(BaseBackend):
             except _Torn:
                 return read(True)
 
-    def _stat_info(self, key: str, path: str, ignore_sidecar: bool) -> ObjectInfo:
-        st = os.stat(path, follow_symlinks=False)
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise FileNotFoundError(path)
-        if ignore_sidecar:
-            return self._fallback_info(key, st)
-        return self._info_from(key, path, st)
+    def _inside(self, fd: int, key: str) -> None:
+        """Raise ``NotADirectoryError`` if the file open as ``fd`` was reached through a symbolic
+        link: one ``readlink`` of ``/proc/self/fd`` in the common case, a walk otherwise."""
+        if self._proc_fd:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == self._real_root + "/" + key:
+                    return
+        check_dirs(self._root, key)
 
-    def _fallback_info(self, key: str, st: os.stat_result) -> ObjectInfo:
-        return ObjectInfo(
-            key=key,
-            size=st.st_size,
-            etag=f"s{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}",
-            last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
-            content_type=guess_content_type(key),
-        )
+    def _current(self, key: str, path: str) -> ObjectInfo | None:
+        """The stored version's info, or ``None``; call with the key's lock held."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        try:
+            return self._info(key, path, st, False)
+        except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
+            return self._info(key, path, st, True)
 
     def _head_sync(self, key: str) -> ObjectInfo:
-        check_dirs(self._root, key)
-        path = self._path(key)
-        info: ObjectInfo = self._consistent(key, path, lambda ign: self._stat_info(key, path, ign))
-        return info
+        opened, _, _ = self._open_sync(key, None, -1)
+        return opened.info
 
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
-        check_dirs(self._root, key)
+        """Open one version of ``key``; read it right away if the span is at most ``small``
+        bytes (``small < 0``: only look, keep nothing open)."""
         path = self._path(key)
 
         def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo, int]:
@@ -279,14 +318,18 @@ class LocalBackend(BaseBackend):
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
                     raise FileNotFoundError(path)
-                info = self._fallback_info(key, st) if ignore_sidecar else self._info_from(key, path, st)
+                self._inside(fd, key)
+                info = self._info(key, path, st, ignore_sidecar)
             except BaseException:
                 os.close(fd)
                 raise
             return info, fd
 
-        info, fd = self._consistent(key, path, attempt)
+        info, fd = self._consistent(key, attempt)
         try:
+            if small < 0:
+                os.close(fd)
+                return _Opened(info, None, None), 0, info.size
             start, end = (0, info.size) if rng is None else rng.resolve(info.size)
             if end - start <= small:
                 data = os.pread(fd, end - start, start) if end > start else b""
@@ -322,9 +365,7 @@ class LocalBackend(BaseBackend):
                 os.close(opened.fd)
             raise
         if opened.data is not None:
-            return Download(
-                opened.info, _once(opened.data), start=start, end=end, range_requested=range is not None
-            )
+            return Download(opened.info, _once(opened.data), start=start, end=end, range_requested=range is not None)
         return Download(
             opened.info,
             self._stream(opened.fd, key, start, end),
@@ -403,26 +444,33 @@ class LocalBackend(BaseBackend):
             )
 
     def _create_temp(self, key: str, path: str) -> Temp:
+        """A new temp file beside ``path``, creating (real, never symlinked) parent directories."""
         parent = os.path.dirname(path)
-        try:
-            check_dirs(self._root, key)
-        except FileNotFoundError:
-            pass  # created below; only directories that exist can be symbolic links
-        except NotADirectoryError as exc:
-            raise InvalidKeyError(
-                "key passes through an existing object or a symbolic link", key=key
-            ) from exc
+        head = key.rpartition("/")[0]
         for _ in range(32):
-            tmp = os.path.join(parent, TMP_PREFIX + secrets.token_hex(8))
+            name = TMP_PREFIX + secrets.token_hex(8)
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
-                return Temp(fd, tmp)
+                temp = Temp(
+                    os.open(os.path.join(parent, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644),
+                    os.path.join(parent, name),
+                )
             except FileNotFoundError:
+                try:
+                    check_dirs(self._root, key)  # never create directories through a link
+                except FileNotFoundError:
+                    pass
+                except NotADirectoryError as exc:
+                    raise InvalidKeyError("key passes through an existing object or a symbolic link", key=key) from exc
                 self._make_parents(key, parent)
+                continue
             except NotADirectoryError as exc:
-                raise InvalidKeyError(
-                    "key conflicts with an existing object used as a directory", key=key
-                ) from exc
+                raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
+            try:
+                self._inside(temp.fd, f"{head}/{name}" if head else name)
+            except NotADirectoryError as exc:
+                temp.discard()
+                raise InvalidKeyError("key passes through a symbolic link", key=key) from exc
+            return temp
         raise StorageError("could not create a temp file", key=key, backend=self.name)
 
     def _make_parents(self, key: str, parent: str) -> None:
@@ -431,9 +479,7 @@ class LocalBackend(BaseBackend):
         except FileNotFoundError:
             pass  # a delete removed an emptied ancestor while we created its child: retried
         except (FileExistsError, NotADirectoryError) as exc:
-            raise InvalidKeyError(
-                "key conflicts with an existing object used as a directory", key=key
-            ) from exc
+            raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
 
     def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> ObjectInfo:
         path = self._path(key)
@@ -445,65 +491,79 @@ class LocalBackend(BaseBackend):
             temp.discard()
             raise
 
-    def _commit(
-        self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode
-    ) -> ObjectInfo:
-        """Make the temp file ``key``'s new version: sidecar, precondition, renames."""
+    def _commit(self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> ObjectInfo:
+        """Make the temp file ``key``'s new version: stamp, sidecar if needed, precondition,
+        then the renames under the key's lock. The data rename is the commit point."""
         fsync = self.settings.fsync
+        marked = (
+            not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guess_content_type(key)
+        )
+        stamp = self._stamp(marked)
+        _set_mtime(temp.fd, temp.path, stamp)
         if fsync:
             os.fsync(temp.fd)
         st = os.fstat(temp.fd)
         temp.close()
-        tmp = temp.path
-        etag = secrets.token_hex(8)
-        record = dict(meta, v=1, etag=etag, ino=st.st_ino, size=size)
         sidecar = meta_path(path)
-        mtmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8))
-        mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
-        try:
-            os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
-            if fsync:
-                os.fsync(mfd)
-        finally:
-            os.close(mfd)
+        mtmp: str | None = None
+        if marked:
+            etag = secrets.token_hex(8)
+            record = dict(meta, v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
+            mtmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8))
+            mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+            try:
+                os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
+                if fsync:
+                    os.fsync(mfd)
+            finally:
+                os.close(mfd)
+        else:
+            etag = _stat_etag(st)
         try:
             with self._locks.hold(key):
                 if mode != "overwrite":
-                    try:
-                        current: ObjectInfo | None = self._stat_info(key, path, False)
-                    except FileNotFoundError:
-                        current = None
-                    except _Torn:  # a crash leftover; we hold the lock, so it is not a writer
-                        current = self._fallback_info(key, os.stat(path))
-                    check_write_mode(current, mode, key, self.name)
+                    check_write_mode(self._current(key, path), mode, key, self.name)
+                if mtmp is not None:
+                    os.replace(mtmp, sidecar)  # readers ignore it until the data names it
+                    mtmp = None
                 try:
-                    os.replace(tmp, path)
-                except IsADirectoryError:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(path)  # an empty leftover directory
-                    try:
-                        os.replace(tmp, path)
-                    except IsADirectoryError as exc:
-                        raise InvalidKeyError(
-                            "key is a directory of other objects", key=key
-                        ) from exc
-                os.replace(mtmp, sidecar)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(mtmp)
-            raise
+                    self._replace_data(key, temp.path, path)
+                except BaseException:
+                    if marked:
+                        with contextlib.suppress(OSError):
+                            os.unlink(sidecar)
+                    raise
+                if not marked:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(sidecar)  # a previous version's, now stale
+        finally:
+            if mtmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(mtmp)
         if fsync:
             fsync_dir(os.path.dirname(path))
         return ObjectInfo(
             key=key,
             size=size,
             etag=etag,
-            last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
+            last_modified=datetime.fromtimestamp(stamp / 1e9, UTC),
             content_type=meta["ct"],
             metadata=meta["meta"],
             cache_control=meta["cc"],
             content_disposition=meta["cd"],
         )
+
+    @staticmethod
+    def _replace_data(key: str, tmp: str, path: str) -> None:
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # an empty leftover directory
+            try:
+                os.replace(tmp, path)
+            except IsADirectoryError as exc:
+                raise InvalidKeyError("key is a directory of other objects", key=key) from exc
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         validate_key(key)
@@ -519,13 +579,7 @@ class LocalBackend(BaseBackend):
             return False
         with self._locks.hold(key):
             if if_match is not None:
-                try:
-                    current: ObjectInfo | None = self._stat_info(key, path, False)
-                except (FileNotFoundError, NotADirectoryError):
-                    current = None
-                except _Torn:
-                    current = self._fallback_info(key, os.stat(path))
-                check_remove_condition(current, if_match, key, self.name)
+                check_remove_condition(self._current(key, path), if_match, key, self.name)
             try:
                 st = os.stat(path, follow_symlinks=False)
                 if not stat_mod.S_ISREG(st.st_mode):
@@ -610,6 +664,48 @@ class LocalBackend(BaseBackend):
         self._locks.close()
 
 
+_MARK = 777
+"""``mtime_ns % 1000`` of a data file whose version has a sidecar (see ``_stamp``)."""
+
+
+def _set_mtime(fd: int, path: str, stamp: int) -> None:
+    if os.utime in os.supports_fd:
+        os.utime(fd, ns=(stamp, stamp))
+    else:  # pragma: no cover - platforms without futimens
+        os.utime(path, ns=(stamp, stamp))
+
+
+def _stat_etag(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
+    """Info of a version without a sidecar: etag from inode, mtime and size; type from the name."""
+    return ObjectInfo(
+        key=key,
+        size=st.st_size,
+        etag=_stat_etag(st),
+        last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
+        content_type=guess_content_type(key),
+    )
+
+
+def _read_sidecar(path: str) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 class _Torn(Exception):
     """The sidecar read does not describe the data file read (a writer is mid-commit)."""
 
@@ -617,5 +713,3 @@ class _Torn(Exception):
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     if data:
         yield data
-
-
