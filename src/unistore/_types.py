@@ -264,15 +264,16 @@ class Download:
     ``start``/``end`` give the served span ``[start, end)``; ``range_requested``
     tells whether a range was asked for. Use it as an async context manager (or
     call :meth:`aclose`) so the underlying handle is released even when the
-    stream is abandoned half-way.
+    stream is abandoned half-way. ``chunks`` may be ``bytes`` when the whole span
+    is already in memory (small objects): then nothing needs releasing.
     """
 
-    __slots__ = ("_chunks", "_close", "end", "info", "range_requested", "start")
+    __slots__ = ("_chunks", "_close", "_data", "end", "info", "range_requested", "start")
 
     def __init__(
         self,
         info: ObjectInfo,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes] | bytes,
         *,
         start: int = 0,
         end: int | None = None,
@@ -283,7 +284,11 @@ class Download:
         self.start = start
         self.end = info.size if end is None else end
         self.range_requested = range_requested
-        self._chunks = chunks
+        if isinstance(chunks, bytes):
+            self._data: bytes | None = chunks
+            self._chunks: AsyncIterator[bytes] | None = None
+        else:
+            self._data, self._chunks = None, chunks
         self._close = close
 
     @property
@@ -292,18 +297,25 @@ class Download:
         return self.end - self.start
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            data, self._data = self._data or b"", None
+            self._chunks = _once(data)
         return self._chunks
 
     async def read(self) -> bytes:
         """Read the rest of the stream into memory and close it."""
+        if self._data is not None and self._close is None:
+            data, self._data = self._data, b""
+            return data
         try:
-            return b"".join([chunk async for chunk in self._chunks])
+            return b"".join([chunk async for chunk in self])
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
         """Release the underlying handle; safe to call twice."""
         close, self._close = self._close, None
+        self._data = b"" if self._data is not None else None
         aclose = getattr(self._chunks, "aclose", None)
         try:
             if aclose is not None:
@@ -317,3 +329,8 @@ class Download:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data

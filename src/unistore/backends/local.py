@@ -365,7 +365,7 @@ class LocalBackend(BaseBackend):
                 os.close(opened.fd)
             raise
         if opened.data is not None:
-            return Download(opened.info, _once(opened.data), start=start, end=end, range_requested=range is not None)
+            return Download(opened.info, opened.data, start=start, end=end, range_requested=range is not None)
         return Download(
             opened.info,
             self._stream(opened.fd, key, start, end),
@@ -708,8 +708,3 @@ def _read_sidecar(path: str) -> dict[str, Any] | None:
 
 class _Torn(Exception):
     """The sidecar read does not describe the data file read (a writer is mid-commit)."""
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    if data:
-        yield data

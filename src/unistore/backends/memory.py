@@ -142,6 +142,9 @@ class MemoryBackend(BaseBackend):
         info = entry.info
         check_read_conditions(info, if_match, if_none_match, self.name)
         start, end = (0, info.size) if range is None else range.resolve(info.size)
+        if end - start <= self.settings.chunk_size:
+            data = entry.data if (start, end) == (0, info.size) else entry.data[start:end]
+            return Download(info, data, start=start, end=end, range_requested=range is not None)
         return Download(
             info,
             self._chunks(entry.data, start, end),
@@ -151,10 +154,6 @@ class MemoryBackend(BaseBackend):
         )
 
     async def _chunks(self, data: bytes, start: int, end: int) -> AsyncIterator[bytes]:
-        if start == 0 and end == len(data) and end <= self.settings.chunk_size:
-            if data:
-                yield data
-            return
         view = memoryview(data)
         step = self.settings.chunk_size
         for pos in range(start, end, step):
