@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -85,3 +86,31 @@ async def test_stale_sidecar_of_an_unmarked_file_is_ignored(store: LocalBackend)
     await store.put_object("s", b"v2")
     sidecar(store, "s").write_bytes(old)  # e.g. left behind by a crash after the data rename
     assert (await store.head("s")).metadata == {}
+
+
+async def test_file_bodies_are_copied_from_their_current_position(store: LocalBackend, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src.write_bytes(data)
+    assert (await store.put_object("from-path", src)).size == len(data)
+    assert await store.get("from-path") == data
+    with open(src, "rb") as f:  # noqa: ASYNC230 - a sync file object is the body under test
+        f.read(1000)  # a caller that already consumed a header
+        assert (await store.put_object("from-file", f)).size == len(data) - 1000
+        assert f.read() == b""  # left at the end, as a read would
+    assert await store.get("from-file") == data[1000:]
+    assert (await store.put_object("from-bytesio", io.BytesIO(data))).size == len(data)
+    assert await store.get("from-bytesio") == data
+
+
+async def test_file_body_over_max_object_size_stores_nothing(tmp_path: Path) -> None:
+    from unistore import QuotaExceededError
+
+    store = LocalBackend(base_path=str(tmp_path / "q"), fsync=False, url_secret=SECRET, max_object_size=1 << 20)
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * (20 << 20))
+    await store.put_object("k", b"old")
+    with pytest.raises(QuotaExceededError):
+        await store.put_object("k", src)
+    assert await store.get("k") == b"old"
+    assert [p.name for p in (tmp_path / "q").iterdir() if p.name.startswith(".unistore.tmp")] == []

@@ -17,6 +17,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .._errors import InvalidKeyError
 from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
@@ -29,6 +30,7 @@ __all__ = [
     "TMP_PREFIX",
     "Temp",
     "check_dirs",
+    "copy_to_fd",
     "fsync_dir",
     "load_secret",
     "meta_path",
@@ -206,13 +208,47 @@ class Temp:
             os.unlink(self.path)  # already renamed into place: ENOENT, ignored
 
 
-def write_all(fd: int, chunks: list[bytes]) -> None:
+def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
     """Write every chunk completely (``os.write`` may write less than asked)."""
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
             n = os.write(fd, view)
             view = view[n:]
+
+
+def copy_to_fd(src: Any, fd: int, chunk_size: int, check: Callable[[int], None]) -> int:
+    """Copy the rest of binary file ``src`` into ``fd``; return the bytes copied.
+
+    Uses ``os.copy_file_range`` (in-kernel, no user-space buffer) from the file's
+    current position when both ends allow it, else a ``readinto`` loop with one
+    reused buffer. ``check(total)`` runs after every step and may raise to stop.
+    """
+    total = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    try:
+        in_fd = src.fileno()
+        offset = src.tell()
+    except (AttributeError, OSError, ValueError):
+        copy_range = None
+    if copy_range is not None:
+        step = max(chunk_size, 8 << 20)
+        try:
+            while n := copy_range(in_fd, fd, step, offset + total):
+                total += n
+                check(total)
+            src.seek(offset + total)
+            return total
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or total:
+                raise
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    while n := src.readinto(buf):
+        write_all(fd, [view[:n]])
+        total += n
+        check(total)
+    return total
 
 
 def fsync_dir(path: str) -> None:
