@@ -424,6 +424,7 @@ class Bench:
     def cleanup(self) -> None:
         if self.own_work and not self.a.keep:
             shutil.rmtree(self.work / "stores", ignore_errors=True)
+            shutil.rmtree(self.work / "snapshot", ignore_errors=True)
             for f in ("source.bin", "download.bin"):
                 (self.work / f).unlink(missing_ok=True)
 
