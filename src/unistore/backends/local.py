@@ -400,12 +400,15 @@ class LocalBackend(BaseBackend):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
-        meta = {
-            "ct": check_header_value("content_type", content_type) or guess_content_type(key),
+        guessed = guess_content_type(key)
+        meta: dict[str, Any] = {
+            "ct": check_header_value("content_type", content_type) or guessed,
             "meta": normalize_metadata(metadata),
             "cc": check_header_value("cache_control", cache_control),
             "cd": check_header_value("content_disposition", content_disposition),
         }
+        # Only a version the key's name cannot describe needs a sidecar.
+        meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
         if isinstance(mode, str) and mode not in ("overwrite", "create"):
             raise TypeError(f"invalid write mode {mode!r}")
         if isinstance(body, bytes | bytearray | memoryview):
@@ -512,9 +515,7 @@ class LocalBackend(BaseBackend):
         """Make the temp file ``key``'s new version: stamp, sidecar if needed, precondition,
         then the renames under the key's lock. The data rename is the commit point."""
         fsync = self.settings.fsync
-        marked = (
-            not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guess_content_type(key)
-        )
+        marked = meta["marked"]
         stamp = self._stamp(marked)
         _set_mtime(temp.fd, temp.path, stamp)
         if fsync:
@@ -525,7 +526,8 @@ class LocalBackend(BaseBackend):
         mtmp: str | None = None
         if marked:
             etag = secrets.token_hex(8)
-            record = dict(meta, v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
+            record = {k: meta[k] for k in ("ct", "meta", "cc", "cd")}
+            record.update(v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
             mtmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8))
             mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
             try:
