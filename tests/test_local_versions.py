@@ -39,12 +39,13 @@ async def test_plain_objects_have_no_sidecar_and_metadata_objects_do(store: Loca
     assert (await store.head("a/guessed.png")).content_type == "image/png"
 
 
-async def test_overwrite_without_metadata_drops_the_sidecar(store: LocalBackend) -> None:
-    await store.put_object("k", b"1", metadata={"k": "v"})
+async def test_overwrite_without_metadata_ignores_the_old_sidecar(store: LocalBackend) -> None:
+    await store.put_object("k", b"1", metadata={"k": "v"}, cache_control="no-store")
     await store.put_object("k", b"2")
-    assert not sidecar(store, "k").exists()
     info = await store.head("k")
-    assert (info.metadata, await store.get("k")) == ({}, b"2")
+    assert (info.metadata, info.cache_control, await store.get("k")) == ({}, None, b"2")
+    await store.delete("k")
+    assert not sidecar(store, "k").exists()  # deleting removes whatever sidecar is left
 
 
 async def test_etags_are_distinct_for_rapid_same_size_rewrites(store: LocalBackend) -> None:

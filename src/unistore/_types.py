@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import os
 import re
@@ -252,7 +253,14 @@ def check_header_value(name: str, value: str | None) -> str | None:
 
 def guess_content_type(key: str) -> str:
     """The MIME type for ``key``'s extension, or ``application/octet-stream``."""
-    return mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
+    name = key.rpartition("/")[2]
+    dot = name.find(".")
+    return _guess_by_suffix(name[dot:].lower()) if dot >= 0 else DEFAULT_CONTENT_TYPE
+
+
+@functools.lru_cache(maxsize=1024)
+def _guess_by_suffix(suffixes: str) -> str:
+    return mimetypes.guess_type("x" + suffixes, strict=False)[0] or DEFAULT_CONTENT_TYPE
 
 
 # --- downloads ------------------------------------------------------------------------

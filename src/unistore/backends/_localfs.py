@@ -111,14 +111,32 @@ class StripeLocks:
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:
         """Hold ``key``'s stripe lock for the block."""
+        stripe = self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(stripe)
+
+    def acquire(self, key: str) -> int:
+        """Take ``key``'s stripe lock; returns the stripe to :meth:`release`."""
         stripe = zlib.crc32(key.encode("utf-8", "surrogatepass")) % self._stripes
-        with self._thread_locks[stripe]:
-            fd = self._fd(stripe)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
+        lock = self._thread_locks[stripe]
+        lock.acquire()
+        try:
+            fcntl.flock(self._fd(stripe), fcntl.LOCK_EX)
+        except BaseException:
+            lock.release()
+            raise
+        return stripe
+
+    def release(self, stripe: int) -> None:
+        """Release a stripe taken with :meth:`acquire`."""
+        try:
+            fd = self._fds.get(stripe)
+            if fd is not None:  # None: close() ran meanwhile, and closing released the lock
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_locks[stripe].release()
 
     def _fd(self, stripe: int) -> int:
         with self._guard:

@@ -40,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
+import random
 import secrets
 import stat as stat_mod
 import threading
@@ -50,7 +52,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 from .._base import (
     DEFAULT_CHUNK_SIZE,
@@ -124,7 +126,7 @@ class LocalSettings:
 
 @dataclass(frozen=True, slots=True)
 class _Opened:
-    info: ObjectInfo
+    info: ObjectInfo | os.stat_result
     fd: int | None
     data: bytes | None
 
@@ -163,6 +165,10 @@ class LocalBackend(BaseBackend):
         self._proc_fd = os.path.isdir("/proc/self/fd")
         self._clock_lock = threading.Lock()
         self._last_us = 0
+        # Per-process sources of unique names and stamp jitter: no getrandom() per write.
+        self._jitter = random.Random(secrets.token_bytes(16))
+        self._temp_seq = itertools.count()
+        self._temp_tag = secrets.token_hex(4)
         self._exact = self._probe_exact_mtime()
 
     def __repr__(self) -> str:
@@ -233,6 +239,10 @@ class LocalBackend(BaseBackend):
             os.close(fd)
             os.unlink(tmp)
 
+    def _temp_name(self) -> str:
+        """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
+        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}.{next(self._temp_seq):x}"
+
     def _stamp(self, marked: bool) -> int:
         """A new mtime in ns: strictly increasing in this process (µs clock), with the
         sub-µs digits ``_MARK`` for a version that has a sidecar, random otherwise."""
@@ -241,18 +251,20 @@ class LocalBackend(BaseBackend):
             self._last_us = us
         if marked:
             return us * 1000 + _MARK
-        low = secrets.randbelow(999)
+        low = self._jitter.randrange(999)
         return us * 1000 + low + (low >= _MARK)
 
-    def _info(self, key: str, path: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo:
-        """Info of the data-file version ``st``; raises ``_Torn`` if its sidecar is not (yet) the one
+    def _info(self, key: str, path: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo | os.stat_result:
+        """Info of the data-file version ``st``: its sidecar's, or ``st`` itself when it has none
+        (``_stat_info`` turns that into an ObjectInfo, on the event loop: work in a worker
+        thread is the expensive kind). Raises ``_Torn`` if the sidecar is not (yet) the one
         written with it."""
         if ignore_sidecar or (self._exact and st.st_mtime_ns % 1000 != _MARK):
-            return _stat_info(key, st)
+            return st
         meta = _read_sidecar(meta_path(path))
         if meta is None:
             if not self._exact:
-                return _stat_info(key, st)  # always-sidecar mode: this file was placed by hand
+                return st  # always-sidecar mode: this file was placed by hand
             raise _Torn
         if meta.get("ino") != st.st_ino or meta.get("size") != st.st_size or meta.get("mt") != st.st_mtime_ns:
             raise _Torn
@@ -300,20 +312,20 @@ class LocalBackend(BaseBackend):
         if not stat_mod.S_ISREG(st.st_mode):
             return None
         try:
-            return self._info(key, path, st, False)
+            return _as_info(key, self._info(key, path, st, False))
         except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
-            return self._info(key, path, st, True)
+            return _stat_info(key, st)
 
     def _head_sync(self, key: str) -> ObjectInfo:
         opened, _, _ = self._open_sync(key, None, -1)
-        return opened.info
+        return _as_info(key, opened.info)
 
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
         """Open one version of ``key``; read it right away if the span is at most ``small``
         bytes (``small < 0``: only look, keep nothing open)."""
         path = self._path(key)
 
-        def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo, int]:
+        def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo | os.stat_result, int]:
             fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
             try:
                 st = os.fstat(fd)
@@ -327,11 +339,12 @@ class LocalBackend(BaseBackend):
             return info, fd
 
         info, fd = self._consistent(key, attempt)
+        size = info.size if isinstance(info, ObjectInfo) else info.st_size
         try:
             if small < 0:
                 os.close(fd)
-                return _Opened(info, None, None), 0, info.size
-            start, end = (0, info.size) if rng is None else rng.resolve(info.size)
+                return _Opened(info, None, None), 0, size
+            start, end = (0, size) if rng is None else rng.resolve(size)
             if end - start <= small:
                 data = os.pread(fd, end - start, start) if end > start else b""
                 os.close(fd)
@@ -359,16 +372,17 @@ class LocalBackend(BaseBackend):
         validate_key(key)
         chunk = self.settings.chunk_size
         opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        info = _as_info(key, opened.info)
         try:
-            check_read_conditions(opened.info, if_match, if_none_match, self.name)
+            check_read_conditions(info, if_match, if_none_match, self.name)
         except BaseException:
             if opened.fd is not None:
                 os.close(opened.fd)
             raise
         if opened.data is not None:
-            return Download(opened.info, opened.data, start=start, end=end, range_requested=range is not None)
+            return Download(info, opened.data, start=start, end=end, range_requested=range is not None)
         return Download(
-            opened.info,
+            info,
             self._stream(opened.fd, key, start, end),
             start=start,
             end=end,
@@ -414,12 +428,10 @@ class LocalBackend(BaseBackend):
         if isinstance(body, bytes | bytearray | memoryview):
             data = bytes(body) if not isinstance(body, bytes) else body
             self._check_size(key, len(data))
-            info: ObjectInfo = await self._run("put", key, self._put_bytes_sync, key, data, meta, mode)
-            return info
+            return _written_info(key, meta, await self._run("put", key, self._put_bytes_sync, key, data, meta, mode))
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
-            info = await self._run("put", key, self._put_file_sync, key, body, meta, mode)
-            return info
+            return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
         path = self._path(key)
         temp: Temp = await self._run("put", key, self._create_temp, key, path)
         committed = False
@@ -437,9 +449,9 @@ class LocalBackend(BaseBackend):
                     buf, buffered = [], 0
             if buf:
                 await self._run("put", key, write_all, temp.fd, buf)
-            info = await self._run("put", key, self._commit, key, path, temp, size, meta, mode)
+            written = await self._run("put", key, self._commit, key, path, temp, size, meta, mode)
             committed = True
-            return info
+            return _written_info(key, meta, written)
         finally:
             if not committed:
                 await asyncio.to_thread(temp.discard)
@@ -456,12 +468,12 @@ class LocalBackend(BaseBackend):
         parent = os.path.dirname(path)
         head = key.rpartition("/")[0]
         for _ in range(32):
-            name = TMP_PREFIX + secrets.token_hex(8)
+            name = self._temp_name()
+            tmp = os.path.join(parent, name)
             try:
-                temp = Temp(
-                    os.open(os.path.join(parent, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644),
-                    os.path.join(parent, name),
-                )
+                temp = Temp(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644), tmp)
+            except FileExistsError:
+                continue  # a crash leftover of a process that had our pid
             except FileNotFoundError:
                 try:
                     check_dirs(self._root, key)  # never create directories through a link
@@ -489,7 +501,7 @@ class LocalBackend(BaseBackend):
         except (FileExistsError, NotADirectoryError) as exc:
             raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
 
-    def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> ObjectInfo:
+    def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> _Written:
         path = self._path(key)
         temp = self._create_temp(key, path)
         try:
@@ -499,7 +511,7 @@ class LocalBackend(BaseBackend):
             temp.discard()
             raise
 
-    def _put_file_sync(self, key: str, source: Any, meta: dict[str, Any], mode: WriteMode) -> ObjectInfo:
+    def _put_file_sync(self, key: str, source: Any, meta: dict[str, Any], mode: WriteMode) -> _Written:
         path = self._path(key)
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open(os.fspath(source), "rb")) if isinstance(source, os.PathLike) else source
@@ -511,9 +523,10 @@ class LocalBackend(BaseBackend):
                 temp.discard()
                 raise
 
-    def _commit(self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> ObjectInfo:
+    def _commit(self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
         """Make the temp file ``key``'s new version: stamp, sidecar if needed, precondition,
-        then the renames under the key's lock. The data rename is the commit point."""
+        then the renames under the key's lock. The data rename is the commit point. Returns
+        the raw facts; the event loop builds the ObjectInfo (see ``_info``)."""
         fsync = self.settings.fsync
         marked = meta["marked"]
         stamp = self._stamp(marked)
@@ -522,13 +535,13 @@ class LocalBackend(BaseBackend):
             os.fsync(temp.fd)
         st = os.fstat(temp.fd)
         temp.close()
-        sidecar = meta_path(path)
+        sidecar = meta_path(path) if marked else ""
         mtmp: str | None = None
         if marked:
             etag = secrets.token_hex(8)
             record = {k: meta[k] for k in ("ct", "meta", "cc", "cd")}
             record.update(v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
-            mtmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8))
+            mtmp = os.path.join(os.path.dirname(path), self._temp_name())
             mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
             try:
                 os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
@@ -539,7 +552,8 @@ class LocalBackend(BaseBackend):
         else:
             etag = _stat_etag(st)
         try:
-            with self._locks.hold(key):
+            stripe = self._locks.acquire(key)
+            try:
                 if mode != "overwrite":
                     check_write_mode(self._current(key, path), mode, key, self.name)
                 if mtmp is not None:
@@ -552,25 +566,15 @@ class LocalBackend(BaseBackend):
                         with contextlib.suppress(OSError):
                             os.unlink(sidecar)
                     raise
-                if not marked:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(sidecar)  # a previous version's, now stale
+            finally:
+                self._locks.release(stripe)
         finally:
             if mtmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(mtmp)
         if fsync:
             fsync_dir(os.path.dirname(path))
-        return ObjectInfo(
-            key=key,
-            size=size,
-            etag=etag,
-            last_modified=datetime.fromtimestamp(stamp / 1e9, UTC),
-            content_type=meta["ct"],
-            metadata=meta["meta"],
-            cache_control=meta["cc"],
-            content_disposition=meta["cd"],
-        )
+        return size, stamp, etag
 
     @staticmethod
     def _replace_data(key: str, tmp: str, path: str) -> None:
@@ -707,6 +711,28 @@ def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
         last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
         content_type=guess_content_type(key),
     )
+
+
+_Written: TypeAlias = tuple[int, int, str]
+"""What a commit returns: size, mtime stamp (ns), etag."""
+
+
+def _written_info(key: str, meta: dict[str, Any], written: _Written) -> ObjectInfo:
+    size, stamp, etag = written
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=etag,
+        last_modified=datetime.fromtimestamp(stamp / 1e9, UTC),
+        content_type=meta["ct"],
+        metadata=meta["meta"],
+        cache_control=meta["cc"],
+        content_disposition=meta["cd"],
+    )
+
+
+def _as_info(key: str, info: ObjectInfo | os.stat_result) -> ObjectInfo:
+    return info if isinstance(info, ObjectInfo) else _stat_info(key, info)
 
 
 def _read_sidecar(path: str) -> dict[str, Any] | None:

@@ -91,9 +91,7 @@ class MemoryBackend(BaseBackend):
         if settings is not None and options:
             raise ConfigurationError("pass either settings or keyword options, not both")
         secret = self.settings.url_secret
-        self._signer = UrlSigner(
-            secret.encode() if secret else secrets.token_bytes(32), self.settings.base_url
-        )
+        self._signer = UrlSigner(secret.encode() if secret else secrets.token_bytes(32), self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
         self._objects: dict[str, _Entry] = {}
         self._total = 0
@@ -215,8 +213,7 @@ class MemoryBackend(BaseBackend):
 
     def _quota(self, key: str, size: int) -> QuotaExceededError:
         return QuotaExceededError(
-            f"storing {size} bytes would exceed max_size={self.settings.max_size} "
-            f"({self._total} bytes used)",
+            f"storing {size} bytes would exceed max_size={self.settings.max_size} ({self._total} bytes used)",
             key=key,
             backend=self.name,
             operation="put",
@@ -237,9 +234,11 @@ class MemoryBackend(BaseBackend):
 
     def _sorted_keys(self) -> list[str]:
         with self._lock:
-            if self._sorted is None or len(self._added) > len(self._sorted) // 8 + 64 or len(
-                self._removed
-            ) > len(self._objects):
+            if (
+                self._sorted is None
+                or len(self._added) > len(self._sorted) // 8 + 64
+                or len(self._removed) > len(self._objects)
+            ):
                 self._sorted = sorted(self._objects)
             elif self._added:
                 merged = self._sorted.copy()
