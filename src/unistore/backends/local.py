@@ -48,7 +48,7 @@ import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,41 +188,38 @@ class LocalBackend(BaseBackend):
 
     # --- error boundary ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translate(self, operation: str, key: str | None) -> Iterator[None]:
-        """Map ``OSError`` to the error tree; every file-system call runs inside it."""
-        try:
-            yield
-        except StorageError as exc:
+    def _translate(self, exc: BaseException, operation: str, key: str | None) -> BaseException:
+        """The error-tree equivalent of ``exc`` (``OSError`` mapped, ``StorageError`` annotated,
+        anything else unchanged): the one boundary every file-system call goes through."""
+        if isinstance(exc, StorageError):
             exc.backend = exc.backend or self.name
             exc.operation = exc.operation or operation
-            raise
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise NotFoundError("no such object", key=key, backend=self.name, operation=operation) from exc
-        except PermissionError as exc:
-            raise PermissionDeniedError(
-                f"permission denied ({exc.strerror})", key=key, backend=self.name, operation=operation
-            ) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise QuotaExceededError(
-                    f"no space left ({exc.strerror})", key=key, backend=self.name, operation=operation
-                ) from exc
-            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link: not an object
-                raise NotFoundError("no such object", key=key, backend=self.name, operation=operation) from exc
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidKeyError("key is too long for the file system", key=key) from exc
-            if exc.errno == errno.EROFS:
-                raise PermissionDeniedError(
-                    "file system is read-only", key=key, backend=self.name, operation=operation
-                ) from exc
-            raise StorageError(
-                f"I/O error ({exc.strerror or exc})", key=key, backend=self.name, operation=operation
-            ) from exc
+            return exc
+        if not isinstance(exc, OSError):
+            return exc
+        where = {"key": key, "backend": self.name, "operation": operation}
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError) or exc.errno == errno.ELOOP:
+            return NotFoundError("no such object", **where)  # ELOOP: O_NOFOLLOW met a symbolic link
+        if isinstance(exc, PermissionError):
+            return PermissionDeniedError(f"permission denied ({exc.strerror})", **where)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return QuotaExceededError(f"no space left ({exc.strerror})", **where)
+        if exc.errno == errno.ENAMETOOLONG:
+            return InvalidKeyError("key is too long for the file system", key=key)
+        if exc.errno == errno.EROFS:
+            return PermissionDeniedError("file system is read-only", **where)
+        return StorageError(f"I/O error ({exc.strerror or exc})", **where)
 
     async def _run(self, operation: str, key: str | None, fn: Any, *args: Any) -> Any:
-        with self._translate(operation, key):
-            return await asyncio.to_thread(fn, *args)
+        """Run ``fn(*args)`` in a worker thread, translating its errors. (``run_in_executor``
+        rather than ``to_thread``: these functions read no context variables.)"""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except (StorageError, OSError) as exc:
+            mapped = self._translate(exc, operation, key)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     # --- versions: stamps, sidecars, consistent reads -----------------------------------
 
@@ -338,7 +335,10 @@ class LocalBackend(BaseBackend):
                 raise
             return info, fd
 
-        info, fd = self._consistent(key, attempt)
+        try:
+            info, fd = attempt(False)  # the common case: no writer mid-commit
+        except _Torn:
+            info, fd = self._consistent(key, attempt)
         size = info.size if isinstance(info, ObjectInfo) else info.st_size
         try:
             if small < 0:
@@ -393,8 +393,7 @@ class LocalBackend(BaseBackend):
         try:
             pos, step = start, self.settings.chunk_size
             while pos < end:
-                with self._translate("read", key):
-                    chunk = await asyncio.to_thread(os.pread, fd, min(step, end - pos), pos)
+                chunk = await self._run("read", key, os.pread, fd, min(step, end - pos), pos)
                 if not chunk:
                     raise StorageError("object shrank while reading", key=key, backend=self.name)
                 pos += len(chunk)
