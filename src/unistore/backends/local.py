@@ -624,31 +624,30 @@ class LocalBackend(BaseBackend):
 
     # --- listing ----------------------------------------------------------------------
 
-    async def _walk(self, prefix: str, start_after: str | None) -> AsyncIterator[str]:
+    async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        """Depth-first over sorted directory scans (one worker call per directory), with an
+        explicit stack so each key passes through one generator, not one per level."""
         check_listing_args(prefix, start_after)
         dir_rel, _, name_prefix = prefix.rpartition("/")
-
-        async def walk(d: str, name_prefix: str) -> AsyncIterator[str]:
-            entries = await self._run("list", prefix, scan_dir, self._root, d, name_prefix, start_after)
-            for i, (_, k, is_dir) in enumerate(entries):
-                if i % 500 == 499:
-                    await asyncio.sleep(0)  # a huge directory must not hold the event loop
+        scan = await self._run("list", prefix, scan_dir, self._root, dir_rel, name_prefix, start_after)
+        stack = [iter(scan)]
+        n = 0
+        while stack:
+            for _, k, is_dir in stack[-1]:
                 if is_dir:
-                    async for sub in walk(k, ""):
-                        yield sub
-                else:
-                    yield k
-
-        async for k in walk(dir_rel, name_prefix):
-            yield k
-
-    async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
-        async for k in self._walk(prefix, start_after):
-            yield k
+                    sub = await self._run("list", prefix, scan_dir, self._root, k, "", start_after)
+                    stack.append(iter(sub))
+                    break  # descend; this level's iterator resumes after the subtree
+                yield k
+                n += 1
+                if n % 500 == 0:
+                    await asyncio.sleep(0)  # a huge directory must not hold the event loop
+            else:
+                stack.pop()
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         batch: list[str] = []
-        async for k in self._walk(prefix, start_after):
+        async for k in self.iter_keys(prefix, start_after=start_after):
             batch.append(k)
             if len(batch) >= 256:
                 for info in await self._run("list", prefix, self._infos, batch):
