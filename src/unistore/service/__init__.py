@@ -27,9 +27,9 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from .._base import StorageBackend
-from .._errors import StorageError
+from .._config import easy_storage
 from .._types import IfMatch, ObjectInfo, WriteMode
-from ..fastapi import add_storage, get_storage, serve_object, storage_error_response
+from ..fastapi import add_storage, get_storage, serve_object
 
 __all__ = ["create_app"]
 
@@ -55,9 +55,9 @@ def _write_mode(request: Request) -> WriteMode:
 def create_app(backend: StorageBackend | None = None, *, title: str = "unistore") -> FastAPI:
     """The file service app over ``backend`` (auto-detected from the environment when ``None``)."""
     app = FastAPI(title=title, version="1")
-    storage = add_storage(app, backend)
-    if getattr(storage, "signer", None) is not None:
-        add_storage(app, storage, serve_files=True)
+    storage = backend if backend is not None else easy_storage()
+    # Stores that sign their own URLs (local, memory) get the route that serves them.
+    add_storage(app, storage, serve_files=getattr(storage, "signer", None) is not None)
 
     @app.get("/", include_in_schema=False)
     async def index() -> dict[str, Any]:
@@ -118,9 +118,5 @@ def create_app(backend: StorageBackend | None = None, *, title: str = "unistore"
         download: bool = False,
     ) -> dict[str, Any]:
         return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
-
-    @app.exception_handler(StorageError)
-    async def on_storage_error(request: Request, exc: StorageError) -> Response:
-        return storage_error_response(exc)
 
     return app
