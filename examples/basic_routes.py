@@ -10,14 +10,14 @@ Run: ``uvicorn examples.basic_routes:app`` then::
 # The guide's import lines are kept as written, so import sorting is off for this file.
 # ruff: noqa: I001
 
-from typing import Any
 
-# --- glue the guide leaves out -----------------------------------------------------------
+# --- glue the guide leaves out (examples/_glue.py) ------------------------------------
+from examples._glue import lazy_app, make_app
 from fastapi import FastAPI, HTTPException, Response
 
 # --- the guide's code (import line changed to unistore) ----------------------------------
 from fastapi import APIRouter, Depends, UploadFile
-from unistore import add_storage, get_storage, StorageBackend
+from unistore import get_storage, StorageBackend
 
 router = APIRouter()
 
@@ -68,20 +68,7 @@ async def delete_file(
 
 def create_app(backend: StorageBackend | None = None) -> FastAPI:
     """The example as an app; ``backend=None`` auto-detects it from the environment."""
-    from unistore import LocalBackend, MemoryBackend, easy_storage
-
-    storage = backend if backend is not None else easy_storage()
-    app = FastAPI(title="unistore example: basic routes")
-    app.include_router(router)  # before the file route, which would shadow /files/... paths
-    # Signed URLs of the local and memory backends are served by the app itself.
-    add_storage(app, storage, serve_files=isinstance(storage, LocalBackend | MemoryBackend))
-    return app
+    return make_app(router, "basic routes", backend)
 
 
-def __getattr__(name: str) -> Any:
-    # ``uvicorn examples.basic_routes:app`` builds the app on first access, so importing
-    # the module (as the tests do) never reads the environment.
-    if name == "app":
-        globals()["app"] = application = create_app()
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(globals(), create_app)

@@ -18,32 +18,15 @@ Two things the guide's code needs that it does not say:
 # The guide's import lines are kept as written, so import sorting is off for this file.
 # ruff: noqa: I001
 
-import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
 
-# --- glue the guide leaves out -----------------------------------------------------------
-from fastapi import FastAPI, Header, Query
+# --- glue the guide leaves out (examples/_glue.py) ------------------------------------
+from examples._glue import get_current_user, lazy_app, make_app
+from fastapi import FastAPI, Query
 
 # --- the guide's code (import line changed to unistore) ----------------------------------
 from fastapi import APIRouter, Depends, HTTPException
 from unistore import get_storage, StorageBackend
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-
-
-_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-async def get_current_user(x_user_id: Annotated[str | None, Header()] = None) -> User:
-    """Stand-in for your auth dependency: the user named by the ``X-User-Id`` header."""
-    if x_user_id is None or not _USER_ID.fullmatch(x_user_id):
-        raise HTTPException(status_code=401, detail="Send X-User-Id: <letters, digits, _ or ->")
-    return User(id=x_user_id)
 
 
 router = APIRouter()
@@ -88,20 +71,7 @@ async def get_download_url(
 
 def create_app(backend: StorageBackend | None = None) -> FastAPI:
     """The example as an app; ``backend=None`` auto-detects it from the environment."""
-    from unistore import LocalBackend, MemoryBackend, add_storage, easy_storage
-
-    storage = backend if backend is not None else easy_storage()
-    app = FastAPI(title="unistore example: signed download URLs")
-    app.include_router(router)  # first: /files/{file_id}/download-url before /files/{key:path}
-    # Signed URLs of the local and memory backends are served by the app itself.
-    add_storage(app, storage, serve_files=isinstance(storage, LocalBackend | MemoryBackend))
-    return app
+    return make_app(router, "signed download URLs", backend)
 
 
-def __getattr__(name: str) -> Any:
-    # ``uvicorn examples.signed_urls:app`` builds the app on first access, so importing
-    # the module (as the tests do) never reads the environment.
-    if name == "app":
-        globals()["app"] = application = create_app()
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(globals(), create_app)

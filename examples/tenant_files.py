@@ -15,43 +15,16 @@ tenant ``acme``'s listing.
 # The guide's import lines are kept as written, so import sorting is off for this file.
 # ruff: noqa: I001
 
-import re
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
 from uuid import uuid4
 
-# --- glue the guide leaves out -----------------------------------------------------------
-from fastapi import FastAPI, Header, HTTPException
+# --- glue the guide leaves out (examples/_glue.py) ------------------------------------
+from examples._glue import get_current_user, require_tenant_id, lazy_app, make_app
+from fastapi import FastAPI
 
 # --- the guide's code (import lines changed to unistore; see require_tenant_id below) -----
 from fastapi import APIRouter, Depends, UploadFile
 from unistore import get_storage, StorageBackend
-
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-async def require_tenant_id(x_tenant_id: Annotated[str | None, Header()] = None) -> str:
-    """Stand-in for ``svc_infra.tenancy.require_tenant_id``: the ``X-Tenant-Id`` header.
-
-    Only letters, digits, ``_`` and ``-``: a ``/`` would let one tenant's keys land
-    under another tenant's prefix.
-    """
-    if x_tenant_id is None or not _ID.fullmatch(x_tenant_id):
-        raise HTTPException(status_code=400, detail="Send X-Tenant-Id: <letters, digits, _ or ->")
-    return x_tenant_id
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-
-
-async def get_current_user(x_user_id: Annotated[str | None, Header()] = None) -> User:
-    """Stand-in for your auth dependency: the user named by the ``X-User-Id`` header."""
-    if x_user_id is None or not _ID.fullmatch(x_user_id):
-        raise HTTPException(status_code=401, detail="Send X-User-Id: <letters, digits, _ or ->")
-    return User(id=x_user_id)
 
 
 router = APIRouter()
@@ -103,20 +76,7 @@ async def list_tenant_files(
 
 def create_app(backend: StorageBackend | None = None) -> FastAPI:
     """The example as an app; ``backend=None`` auto-detects it from the environment."""
-    from unistore import LocalBackend, MemoryBackend, add_storage, easy_storage
-
-    storage = backend if backend is not None else easy_storage()
-    app = FastAPI(title="unistore example: tenant-scoped files")
-    app.include_router(router)
-    # Signed URLs of the local and memory backends are served by the app itself.
-    add_storage(app, storage, serve_files=isinstance(storage, LocalBackend | MemoryBackend))
-    return app
+    return make_app(router, "tenant-scoped files", backend)
 
 
-def __getattr__(name: str) -> Any:
-    # ``uvicorn examples.tenant_files:app`` builds the app on first access, so importing
-    # the module (as the tests do) never reads the environment.
-    if name == "app":
-        globals()["app"] = application = create_app()
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(globals(), create_app)
