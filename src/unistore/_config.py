@@ -60,13 +60,25 @@ _SPECS: dict[str, _Spec] = {
     ),
     "s3": _Spec(
         "S3Backend",
-        None,
+        "unistore.backends.s3",
         {
             "bucket": "STORAGE_S3_BUCKET",
             "region": "STORAGE_S3_REGION",
             "endpoint": "STORAGE_S3_ENDPOINT",
             "access_key": "STORAGE_S3_ACCESS_KEY",
             "secret_key": "STORAGE_S3_SECRET_KEY",
+            "session_token": "STORAGE_S3_SESSION_TOKEN",
+            "addressing_style": "STORAGE_S3_ADDRESSING_STYLE",
+            "prefix": "STORAGE_S3_PREFIX",
+            "checksum": "STORAGE_S3_CHECKSUM",
+            "equal_parts": "STORAGE_S3_EQUAL_PARTS",
+            "part_size": "STORAGE_S3_PART_SIZE",
+            "max_concurrency": "STORAGE_S3_MAX_CONCURRENCY",
+            "sse": "STORAGE_S3_SSE",
+            "sse_kms_key_id": "STORAGE_S3_SSE_KMS_KEY_ID",
+            "sse_customer_key": "STORAGE_S3_SSE_CUSTOMER_KEY",
+            "storage_class": "STORAGE_S3_STORAGE_CLASS",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
         },
         planned="the S3 backend (unistore[s3])",
     ),
@@ -129,7 +141,9 @@ def _placeholder(spec: _Spec) -> type[BaseBackend]:
 def _cast(value: str, to: Any, name: str) -> Any:
     """An environment (or URL, or string keyword) value as the setting's type."""
     kind = _kind(to)
-    if kind == "bool":
+    if kind.endswith(" | None") and value.strip().lower() in ("", "none", "auto"):
+        return None
+    if kind in ("bool", "bool | None"):
         low = value.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
@@ -141,6 +155,11 @@ def _cast(value: str, to: Any, name: str) -> Any:
             return int(value)
         except ValueError:
             raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigurationError(f"{name}={value!r} is not a number") from None
     return value
 
 
@@ -159,6 +178,8 @@ def _coerce(value: Any, to: Any, name: str) -> Any:
         return value
     expected: tuple[type, ...] = {
         "bool": (bool,),
+        "bool | None": (bool,),
+        "float": (int, float),
         "int": (int,),
         "int | None": (int,),
         "str": (str,),

@@ -1,0 +1,365 @@
+"""The S3 wire protocol for :mod:`unistore.backends.s3`: SigV4 signing, error translation, XML.
+
+Kept apart from the backend so the signer can be tested against botocore's and
+the error table read in one place. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+from .._errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidRangeError,
+    NotFoundError,
+    NotModifiedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    QuotaExceededError,
+    RateLimitedError,
+    StorageError,
+    UnavailableError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "Credentials",
+    "EMPTY_SHA256",
+    "SigV4",
+    "UNSIGNED",
+    "decode_meta",
+    "encode_meta",
+    "error_from_response",
+    "http_date",
+    "iso_date",
+    "local_name",
+    "md5_b64",
+    "uri_encode",
+    "xml_children",
+    "xml_find",
+    "xml_root",
+]
+
+UNSIGNED = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_NS = re.compile(r"\{[^}]*\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One set of AWS credentials (the secret and token never appear in ``repr``)."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+
+
+def uri_encode(value: str, safe: str = "") -> str:
+    """RFC 3986 encoding as SigV4 wants it: only ``A-Za-z0-9-_.~`` (and ``safe``) left alone."""
+    return quote(value, safe=safe)
+
+
+class SigV4:
+    """AWS Signature Version 4 for one region and service, with the daily signing key cached."""
+
+    __slots__ = ("_keys", "region", "service")
+
+    def __init__(self, region: str, service: str = "s3") -> None:
+        self.region = region
+        self.service = service
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    def _key(self, secret: str, day: str) -> bytes:
+        cached = self._keys.get((secret, day))
+        if cached is None:
+            k = hmac.new(("AWS4" + secret).encode(), day.encode(), hashlib.sha256).digest()
+            for part in (self.region, self.service, "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            if len(self._keys) > 8:
+                self._keys.clear()
+            self._keys[(secret, day)] = cached = k
+        return cached
+
+    def _scope(self, day: str) -> str:
+        return f"{day}/{self.region}/{self.service}/aws4_request"
+
+    def sign_headers(
+        self,
+        creds: Credentials,
+        method: str,
+        host: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        headers: dict[str, str],
+        payload_hash: str = UNSIGNED,
+        now: float | None = None,
+    ) -> None:
+        """Add ``x-amz-date``, ``x-amz-content-sha256``, the token and ``authorization`` to ``headers``.
+
+        ``path`` is the already encoded request path; ``headers`` keys are lower-case.
+        """
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        headers["x-amz-date"] = amz_date
+        headers["x-amz-content-sha256"] = payload_hash
+        if creds.token:
+            headers["x-amz-security-token"] = creds.token
+        signed = {"host": host}
+        for name, value in headers.items():
+            if name.startswith("x-amz-") or name in ("content-type", "content-md5", "range") or name.startswith("if-"):
+                signed[name] = " ".join(value.split())
+        names = sorted(signed)
+        signed_names = ";".join(names)
+        canonical = "\n".join(
+            (
+                method,
+                path,
+                _canonical_query(query),
+                "".join(f"{n}:{signed[n]}\n" for n in names),
+                signed_names,
+                payload_hash,
+            )
+        )
+        day = amz_date[:8]
+        scope = self._scope(day)
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={signed_names}, "
+            f"Signature={signature}"
+        )
+
+    def presign(
+        self,
+        creds: Credentials,
+        method: str,
+        host: str,
+        path: str,
+        expires_in: int,
+        query: Mapping[str, str] | None = None,
+        signed_headers: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> str:
+        """The query string of a presigned URL (SigV4 query authentication, unsigned payload)."""
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        day = amz_date[:8]
+        headers = {"host": host, **{k.lower(): v for k, v in (signed_headers or {}).items()}}
+        names = sorted(headers)
+        params = dict(query or {})
+        params.update(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Credential": f"{creds.access_key}/{self._scope(day)}",
+                "X-Amz-Date": amz_date,
+                "X-Amz-Expires": str(expires_in),
+                "X-Amz-SignedHeaders": ";".join(names),
+            }
+        )
+        if creds.token:
+            params["X-Amz-Security-Token"] = creds.token
+        canonical = "\n".join(
+            (
+                method,
+                path,
+                _canonical_query(params),
+                "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
+                ";".join(names),
+                UNSIGNED,
+            )
+        )
+        to_sign = (
+            f"AWS4-HMAC-SHA256\n{amz_date}\n{self._scope(day)}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+        signature = hmac.new(self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        return f"{_canonical_query(params)}&X-Amz-Signature={signature}"
+
+    def post_policy(
+        self, creds: Credentials, policy: dict[str, Any], now: float | None = None
+    ) -> dict[str, str]:
+        """Sign a browser POST policy; returns the form fields (policy conditions must include them)."""
+        import json
+
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        day = amz_date[:8]
+        fields = {
+            "x-amz-algorithm": "AWS4-HMAC-SHA256",
+            "x-amz-credential": f"{creds.access_key}/{self._scope(day)}",
+            "x-amz-date": amz_date,
+        }
+        if creds.token:
+            fields["x-amz-security-token"] = creds.token
+        conditions = list(policy.get("conditions", [])) + [{k: v} for k, v in fields.items()]
+        document = json.dumps({**policy, "conditions": conditions}, separators=(",", ":"))
+        encoded = base64.b64encode(document.encode()).decode()
+        fields["policy"] = encoded
+        fields["x-amz-signature"] = hmac.new(
+            self._key(creds.secret_key, day), encoded.encode(), hashlib.sha256
+        ).hexdigest()
+        return fields
+
+
+def _canonical_query(query: Mapping[str, str] | None) -> str:
+    if not query:
+        return ""
+    return "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query.items()))
+
+
+# --- metadata values ----------------------------------------------------------------------
+
+_PLAIN = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+
+
+def encode_meta(value: str) -> str:
+    """A metadata value as an ASCII header value; anything else as RFC 2047 ``=?UTF-8?B?…?=``,
+    the form S3 itself uses for non-ASCII metadata."""
+    if value and _PLAIN.match(value) and not value.startswith("=?"):
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def decode_meta(value: str) -> str:
+    """Inverse of :func:`encode_meta` (plain values pass through)."""
+    if value.startswith("=?UTF-8?B?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[10:-2], validate=True).decode()
+        except ValueError:
+            return value
+    return value
+
+
+# --- dates and XML ----------------------------------------------------------------------------
+
+
+def http_date(value: str | None) -> datetime:
+    """An HTTP date header as an aware datetime (now, if missing or unparsable)."""
+    if value:
+        try:
+            return parsedate_to_datetime(value).astimezone(UTC)
+        except (TypeError, ValueError):
+            pass
+    return datetime.now(UTC)
+
+
+def iso_date(value: str | None) -> datetime:
+    """An S3 XML timestamp (``2026-01-02T03:04:05.000Z``) as an aware datetime."""
+    if not value:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def xml_root(body: bytes) -> ElementTree.Element:
+    """Parse an S3 XML response (an :class:`IntegrityError`-free ``ParseError`` on garbage)."""
+    return ElementTree.fromstring(body)
+
+
+def xml_find(el: ElementTree.Element, name: str, default: str = "") -> str:
+    """The text of child ``name`` of ``el`` in any (or no) XML namespace; ``default`` if absent."""
+    text = el.findtext("{*}" + name)
+    return default if text is None else text
+
+
+def xml_children(el: ElementTree.Element, name: str) -> list[ElementTree.Element]:
+    """The children of ``el`` named ``name`` in any (or no) namespace."""
+    return el.findall("{*}" + name)
+
+
+def local_name(el: ElementTree.Element) -> str:
+    """``el``'s tag without its namespace."""
+    return _NS.sub("", el.tag)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "ThrottlingException"}
+_SIGNATURE_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed"}
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    key: str | None,
+    operation: str,
+    backend: str,
+    bucket: str,
+    create: bool = False,
+) -> StorageError:
+    """The unistore error for a non-2xx S3 response (the one place S3 errors are mapped)."""
+    code, message = "", ""
+    if body:
+        try:
+            root = xml_root(body)
+            code, message = xml_find(root, "Code"), xml_find(root, "Message")
+        except ElementTree.ParseError:
+            message = body[:200].decode("utf-8", "replace")
+    detail = f"{code}: {message}" if code else message or f"HTTP {status}"
+    kw: dict[str, Any] = {"key": key, "operation": operation, "backend": backend}
+    if status == 304:
+        etag = headers.get("ETag") or headers.get("etag")
+        return NotModifiedError(etag=etag.strip('"') if etag else None, **kw)
+    if code == "NoSuchBucket":
+        return ConfigurationError(f"bucket {bucket!r} does not exist ({detail})", **kw)
+    if status == 404 or code == "NoSuchKey":
+        return NotFoundError("no such object" if not code or code == "NoSuchKey" else detail, **kw)
+    if code in _SIGNATURE_CODES:
+        return PermissionDeniedError(f"signature or access key rejected: check the credentials and clock ({detail})", **kw)
+    if status == 403:
+        return PermissionDeniedError(f"access denied ({detail})", **kw)
+    if status in (409, 412) and create:
+        return AlreadyExistsError("key already exists", **kw)
+    if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+        return PreconditionFailedError(f"precondition failed ({detail})", **kw)
+    if status == 416:
+        size = None
+        content_range = headers.get("Content-Range") or headers.get("content-range") or ""
+        if content_range.startswith("bytes */"):
+            size = int(content_range[8:]) if content_range[8:].isdigit() else None
+        return InvalidRangeError(f"range not satisfiable ({detail})", size=size, **kw)
+    if status == 429 or code in ("SlowDown", "ThrottlingException"):
+        return RateLimitedError(f"throttled ({detail})", retry_after=_retry_after(headers), **kw)
+    if status >= 500 or code in _TRANSIENT_CODES:
+        if status == 501 or code == "NotImplemented":
+            return UnsupportedError(f"not supported by this server ({detail})", **kw)
+        return UnavailableError(f"server error ({detail})", retry_after=_retry_after(headers), **kw)
+    if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"):
+        return IntegrityError(f"checksum mismatch ({detail})", **kw)
+    if code == "EntityTooLarge":
+        return QuotaExceededError(f"object too large ({detail})", **kw)
+    if code == "NoSuchUpload":
+        return NotFoundError(f"no such upload session ({detail})", **kw)
+    return InvalidArgumentError(f"request rejected ({detail})", **kw)
+
+
+def md5_b64(chunks: Iterable[bytes]) -> str:
+    """Base64 MD5 of ``chunks`` (the Content-MD5 header value)."""
+    h = hashlib.md5(usedforsecurity=False)
+    for c in chunks:
+        h.update(c)
+    return base64.b64encode(h.digest()).decode()
