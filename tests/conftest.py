@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from unistore import LocalBackend, MemoryBackend, add_storage
 from unistore.testing import free_port, running_server
+from unistore.testing._s3servers import S3Server, moto_server, seaweedfs
 
 SECRET = "test-secret-0123456789abcdef"
 
@@ -46,3 +47,23 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
     backend = LocalBackend(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET)
     yield backend
     await backend.aclose()
+
+
+# --- real S3 servers (one per xdist worker, started on first use) -----------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[S3Server]:
+    """SeaweedFS `weed mini` with one identity: SigV4 is checked on every request."""
+    with seaweedfs() as server:
+        server.create_bucket("unistore-tests")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[S3Server]:
+    """moto's server in its own process (lenient: checks no signatures)."""
+    with moto_server() as server:
+        server.create_bucket("unistore-tests")
+        yield server
+

@@ -78,6 +78,7 @@ _SPECS: dict[str, _Spec] = {
             "sse_kms_key_id": "STORAGE_S3_SSE_KMS_KEY_ID",
             "sse_customer_key": "STORAGE_S3_SSE_CUSTOMER_KEY",
             "storage_class": "STORAGE_S3_STORAGE_CLASS",
+            "conditional_delete": "STORAGE_S3_CONDITIONAL_DELETE",
             "url_expiration": "STORAGE_URL_EXPIRATION",
         },
         planned="the S3 backend (unistore[s3])",

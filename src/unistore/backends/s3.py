@@ -11,9 +11,9 @@ Deviations from the common contract, all S3's own:
 
 * The etag is the server's (an MD5 for simple uploads): writing the same bytes
   twice gives the same etag, and metadata-only differences do not change it.
-* ``remove`` reports whether the key existed from a HEAD just before the DELETE,
-  so two concurrent deletes may both return ``True``; ``if_match`` on delete is
-  not supported by every S3 server and raises :class:`UnsupportedError`.
+* ``remove`` needs a HEAD before the DELETE (S3 answers 204 either way) and deletes
+  that version with If-Match, so one of several concurrent deletes reports ``True``.
+  For servers that ignore If-Match on DELETE set ``conditional_delete=False``.
 * Listings carry size, etag and date but not content type or metadata.
 """
 
@@ -26,7 +26,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
@@ -35,6 +35,7 @@ from .._errors import (
     ConfigurationError,
     InvalidArgumentError,
     NotFoundError,
+    PreconditionFailedError,
     StorageError,
     UnavailableError,
     UnsupportedError,
@@ -112,6 +113,9 @@ class S3Settings:
     sse_customer_key: str | None = field(default=None, repr=False)
     """SSE-C: a 32-byte key, base64-encoded. Every read then needs it too."""
     storage_class: str | None = None
+    conditional_delete: bool = True
+    """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
+    raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
     url_expiration: int = 3600
     max_connections: int = 64
     connect_timeout: float = 10.0
@@ -164,7 +168,7 @@ class S3Backend(BaseBackend):
     capabilities: ClassVar[Capabilities] = Capabilities(
         conditional_put=True,
         conditional_get=True,
-        conditional_delete=False,
+        conditional_delete=True,
         ranges=True,
         streaming=True,
         signed_urls=True,
@@ -212,6 +216,8 @@ class S3Backend(BaseBackend):
             self._write_extra["x-amz-server-side-encryption-aws-kms-key-id"] = s.sse_kms_key_id
         if s.storage_class:
             self._write_extra["x-amz-storage-class"] = s.storage_class
+        if not s.conditional_delete:
+            self.capabilities = replace(type(self).capabilities, conditional_delete=False)  # type: ignore[misc]
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._static = _static_credentials(s)
@@ -488,9 +494,14 @@ class S3Backend(BaseBackend):
         headers.update(cond)
         headers["content-length"] = str(size)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        r = await self._send(
-            "PUT", self._object_path(key), op="put", key=key, headers=headers, body=data, create=mode == "create"
-        )
+        try:
+            r = await self._send(
+                "PUT", self._object_path(key), op="put", key=key, headers=headers, body=data, create=mode == "create"
+            )
+        except NotFoundError as exc:  # If-Match on a missing key: some servers answer 404
+            raise PreconditionFailedError(
+                "if_match write on a missing key", key=key, backend=self.name, operation="put"
+            ) from exc
         return ObjectInfo(
             key=key,
             size=size,
@@ -504,16 +515,40 @@ class S3Backend(BaseBackend):
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         validate_key(key)
+        if not self.settings.conditional_delete:
+            if if_match is not None:
+                raise UnsupportedError(
+                    "this server ignores If-Match on DELETE", key=key, backend=self.name, operation="delete"
+                )
+            try:
+                await self.head(key)
+            except NotFoundError:
+                return False
+            await self._send("DELETE", self._object_path(key), op="delete", key=key)
+            return True
         if if_match is not None:
-            raise UnsupportedError(
-                "conditional delete is not supported by every S3 server", key=key, backend=self.name, operation="delete"
-            )
-        try:
-            await self.head(key)
-        except NotFoundError:
-            return False
-        await self._send("DELETE", self._object_path(key), op="delete", key=key)
-        return True
+            try:
+                await self._delete_if(key, if_match)
+            except NotFoundError as exc:
+                raise PreconditionFailedError(
+                    "if_match on a missing key", key=key, backend=self.name, operation="delete"
+                ) from exc
+            return True
+        # DELETE answers 204 whether or not the key existed: delete the version a HEAD saw,
+        # conditionally, so that of several concurrent deletes exactly one reports True.
+        while True:
+            try:
+                etag = (await self.head(key)).etag
+                await self._delete_if(key, etag)
+                return True
+            except NotFoundError:
+                return False
+            except PreconditionFailedError:
+                continue  # replaced or deleted since the HEAD: look again
+
+    async def _delete_if(self, key: str, etag: str) -> None:
+        headers = {"if-match": _quote_etag(etag)}
+        await self._send("DELETE", self._object_path(key), op="delete", key=key, headers=headers)
 
     # --- listing ---------------------------------------------------------------------------------
 

@@ -26,7 +26,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..backends.s3 import S3Backend
 
 __all__ = ["S3Server", "moto_server", "seaweedfs"]
 
@@ -58,6 +61,19 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def backend(self, bucket: str = "unistore-tests", **options: Any) -> S3Backend:
+        """An :class:`S3Backend` on ``bucket`` of this server (created by the fixture)."""
+        from ..backends.s3 import S3Backend
+
+        return S3Backend(
+            bucket=bucket,
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            **options,
         )
 
     def create_bucket(self, name: str) -> str:
