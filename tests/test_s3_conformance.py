@@ -10,7 +10,6 @@ from unistore.backends.s3 import S3Backend
 from unistore.testing import BackendConformance
 from unistore.testing._s3servers import S3Server
 
-
 _WALK_ORDER = pytest.mark.xfail(
     strict=True,
     reason="SeaweedFS lists in its filer's directory-walk order ('a/b/c' before 'a-b'), not S3's "

@@ -289,8 +289,14 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(f"file URL must be file:///absolute/path, got {url!r}")
         kind, options = "local", {"base_path": unquote(parts.path)}
-    elif scheme in ("s3", "gs", "cloudinary"):
-        kind = {"s3": "s3", "gs": "gcs", "cloudinary": "cloudinary"}[scheme]
+    elif scheme == "s3":
+        if not parts.netloc:
+            raise ConfigurationError(f"S3 URL must be s3://bucket[/prefix][?endpoint=...], got {url!r}")
+        kind, options = "s3", {"bucket": parts.netloc}
+        if parts.path.strip("/"):
+            options["prefix"] = unquote(parts.path.strip("/")) + "/"
+    elif scheme in ("gs", "cloudinary"):
+        kind = {"gs": "gcs", "cloudinary": "cloudinary"}[scheme]
         raise _unavailable(_SPECS[kind])
     else:
         raise ConfigurationError(f"unsupported storage URL scheme {scheme!r}")

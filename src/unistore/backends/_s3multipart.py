@@ -1,7 +1,7 @@
 """S3 multipart: streamed parallel uploads, resumable upload sessions, multipart copy.
 
 A streamed upload holds at most ``max_concurrency`` parts in flight plus the one
-being filled, so memory stays within ``part_size × (max_concurrency + 1)`` for
+being filled, so memory stays within ``part_size * (max_concurrency + 1)`` for
 any object size. Any failure (the body source, a part, the completion) aborts
 the upload, so no parts are left behind to be billed.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -56,11 +57,13 @@ class UploadSession:
 
     key: str
     upload_id: str
+    checksum: str = "md5"
+    """The part checksum the session was opened with; every part and the completion use it."""
 
     @property
     def token(self) -> str:
         """An opaque string that :meth:`S3Uploads.resume` turns back into this session."""
-        raw = json.dumps({"k": self.key, "u": self.upload_id}, separators=(",", ":")).encode()
+        raw = json.dumps({"k": self.key, "u": self.upload_id, "c": self.checksum}, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -83,9 +86,8 @@ async def _body(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _upload_part(
-    backend: S3Backend, key: str, upload_id: str, number: int, chunks: Sequence[bytes], size: int
+    backend: S3Backend, key: str, upload_id: str, number: int, chunks: Sequence[bytes], size: int, mode: str
 ) -> PartInfo:
-    mode = backend.settings.checksum
     if size >= MiB:
         headers, checksum = await asyncio.to_thread(_part_checksum, mode, chunks)
     else:
@@ -105,33 +107,55 @@ async def _upload_part(
     return PartInfo(number, size, r.headers.get("ETag", "").strip('"'), checksum)
 
 
-async def _create(backend: S3Backend, key: str, headers: Mapping[str, str]) -> str:
+async def _create(backend: S3Backend, key: str, headers: Mapping[str, str], mode: str) -> str:
     h = dict(headers)
-    if backend.settings.checksum == "sha256":
+    if mode == "sha256":
         h["x-amz-checksum-algorithm"] = "SHA256"
-    r = await backend._send("POST", backend._object_path(key), op="create_multipart", key=key, query={"uploads": ""}, headers=h)
+    r = await backend._send(
+        "POST", backend._object_path(key), op="create_multipart", key=key, query={"uploads": ""}, headers=h
+    )
     return xml_find(xml_root(r.body), "UploadId")
 
 
 async def _complete(
-    backend: S3Backend, key: str, upload_id: str, parts: Sequence[PartInfo], cond: Mapping[str, str], create: bool
+    backend: S3Backend,
+    key: str,
+    upload_id: str,
+    parts: Sequence[PartInfo],
+    cond: Mapping[str, str],
+    create: bool,
+    mode: str,
 ) -> _Completed:
     items = []
     for p in sorted(parts, key=lambda p: p.number):
-        extra = f"<ChecksumSHA256>{p.checksum}</ChecksumSHA256>" if backend.settings.checksum == "sha256" and p.checksum else ""
+        extra = f"<ChecksumSHA256>{p.checksum}</ChecksumSHA256>" if mode == "sha256" and p.checksum else ""
         items.append(f'<Part><PartNumber>{p.number}</PartNumber><ETag>"{p.etag}"</ETag>{extra}</Part>')
     xml = f"<CompleteMultipartUpload>{''.join(items)}</CompleteMultipartUpload>".encode()
     headers = {"content-type": "application/xml", **cond, **backend._read_headers}
     r = await backend._send(
-        "POST", backend._object_path(key), op="complete_multipart", key=key, query={"uploadId": upload_id},
-        headers=headers, body=xml, create=create,
+        "POST",
+        backend._object_path(key),
+        op="complete_multipart",
+        key=key,
+        query={"uploadId": upload_id},
+        headers=headers,
+        body=xml,
+        create=create,
     )
     root = xml_root(r.body)  # S3 may answer 200 with an error document
     if root.tag.endswith("Error"):
         from ._s3wire import error_from_response
 
-        raise error_from_response(500, r.headers, r.body, key=key, operation="complete_multipart",
-                                  backend=backend.name, bucket=backend.bucket, create=create)
+        raise error_from_response(
+            500,
+            r.headers,
+            r.body,
+            key=key,
+            operation="complete_multipart",
+            backend=backend.name,
+            bucket=backend.bucket,
+            create=create,
+        )
     return _Completed(xml_find(root, "ETag").strip('"'), http_date(r.headers.get("Date")))
 
 
@@ -184,7 +208,8 @@ async def upload_stream(
 ) -> ObjectInfo:
     """Upload a stream as parallel parts; abort on any failure (the body's own errors included)."""
     s = backend.settings
-    upload_id = await _create(backend, key, headers)
+    mode = s.checksum
+    upload_id = await _create(backend, key, headers, mode)
     slots = asyncio.Semaphore(s.max_concurrency)
     parts: list[PartInfo] = []
     size = 0
@@ -193,7 +218,7 @@ async def upload_stream(
 
             async def send(number: int, chunks: list[bytes], n: int) -> None:
                 try:
-                    parts.append(await _upload_part(backend, key, upload_id, number, chunks, n))
+                    parts.append(await _upload_part(backend, key, upload_id, number, chunks, n, mode))
                 finally:
                     slots.release()
 
@@ -209,7 +234,7 @@ async def upload_stream(
                 await slots.acquire()
                 tg.create_task(send(number, chunks, n))
                 del chunks
-        done = await _complete(backend, key, upload_id, parts, cond, create=cond.get("if-none-match") == "*")
+        done = await _complete(backend, key, upload_id, parts, cond, cond.get("if-none-match") == "*", mode)
     except BaseException as exc:
         await asyncio.shield(_abort_quietly(backend, key, upload_id))
         if isinstance(exc, BaseExceptionGroup):
@@ -229,10 +254,8 @@ async def upload_stream(
 
 
 async def _abort_quietly(backend: S3Backend, key: str, upload_id: str) -> None:
-    try:
+    with contextlib.suppress(StorageError):
         await _abort(backend, key, upload_id)
-    except StorageError:
-        pass
 
 
 async def copy_object(backend: S3Backend, src: ObjectInfo, dst: str) -> ObjectInfo:
@@ -250,26 +273,31 @@ async def copy_object(backend: S3Backend, src: ObjectInfo, dst: str) -> ObjectIn
         if root.tag.endswith("Error"):
             from ._s3wire import error_from_response
 
-            raise error_from_response(500, r.headers, r.body, key=dst, operation="copy", backend=backend.name,
-                                      bucket=backend.bucket)
+            raise error_from_response(
+                500, r.headers, r.body, key=dst, operation="copy", backend=backend.name, bucket=backend.bucket
+            )
         etag, date = xml_find(root, "ETag").strip('"'), iso_date(xml_find(root, "LastModified"))
     else:
         full = await backend.head(src.key)
         write_headers, _, _ = backend._write_headers(
             dst, full.content_type, full.metadata, full.cache_control, full.content_disposition
         )
-        upload_id = await _create(backend, dst, write_headers)
+        upload_id = await _create(backend, dst, write_headers, "none")
         try:
             parts = []
             for number, start in enumerate(range(0, src.size, s.copy_part_size), 1):
                 end = min(start + s.copy_part_size, src.size) - 1
                 h = {**copy_headers, "x-amz-copy-source-range": f"bytes={start}-{end}", **backend._read_headers}
                 r = await backend._send(
-                    "PUT", backend._object_path(dst), op="copy_part", key=dst,
-                    query={"partNumber": str(number), "uploadId": upload_id}, headers=h,
+                    "PUT",
+                    backend._object_path(dst),
+                    op="copy_part",
+                    key=dst,
+                    query={"partNumber": str(number), "uploadId": upload_id},
+                    headers=h,
                 )
                 parts.append(PartInfo(number, end + 1 - start, xml_find(xml_root(r.body), "ETag").strip('"')))
-            done = await _complete(backend, dst, upload_id, parts, {}, create=False)
+            done = await _complete(backend, dst, upload_id, parts, {}, False, "none")
         except BaseException:
             await asyncio.shield(_abort_quietly(backend, dst, upload_id))
             raise
@@ -304,20 +332,23 @@ class S3Uploads:
         """Open a session for ``key``; nothing is visible until :meth:`complete`."""
         validate_key(key)
         headers, _, _ = self._b._write_headers(key, content_type, metadata, cache_control, content_disposition)
-        return UploadSession(key, await _create(self._b, key, headers))
+        mode = self._b.settings.checksum
+        return UploadSession(key, await _create(self._b, key, headers, mode), mode)
 
     def resume(self, token: str) -> UploadSession:
         """The session a :attr:`UploadSession.token` stands for (in any process)."""
         try:
             raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-            session = UploadSession(str(raw["k"]), str(raw["u"]))
+            session = UploadSession(str(raw["k"]), str(raw["u"]), str(raw.get("c", "md5")))
+            if session.checksum not in ("md5", "sha256", "none"):
+                raise ValueError(session.checksum)
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise InvalidArgumentError("malformed upload session token", backend=self._b.name) from exc
         validate_key(session.key)
         return session
 
     async def upload_part(self, session: UploadSession, number: int, data: Body) -> PartInfo:
-        """Store part ``number`` (1–10000; any order, in parallel, from any process).
+        """Store part ``number`` (1..10000; any order, in parallel, from any process).
 
         Every part but the last must be at least 5 MiB (S3's rule); with
         ``equal_parts`` every part but the last must be exactly ``part_size``.
@@ -329,20 +360,21 @@ class S3Uploads:
         size = sum(len(c) for c in chunks)
         if size > self._b.settings.part_size and self._b._equal_parts:
             raise InvalidArgumentError("part larger than part_size", key=session.key, backend=self._b.name)
-        return await _upload_part(self._b, session.key, session.upload_id, number, chunks, size)
+        return await _upload_part(self._b, session.key, session.upload_id, number, chunks, size, session.checksum)
 
     async def list_parts(self, session: UploadSession) -> list[PartInfo]:
         """The parts stored so far, by number (what a resuming client still has to send)."""
         parts: list[PartInfo] = []
         query = {"uploadId": session.upload_id, "max-parts": "1000"}
         while True:
-            r = await self._b._send("GET", self._b._object_path(session.key), op="list_parts", key=session.key,
-                                    query=query)
+            r = await self._b._send(
+                "GET", self._b._object_path(session.key), op="list_parts", key=session.key, query=query
+            )
             root = xml_root(r.body)
             for p in xml_children(root, "Part"):
                 etag = xml_find(p, "ETag").strip('"')
                 checksum = xml_find(p, "ChecksumSHA256") or None
-                if checksum is None and self._b.settings.checksum == "md5" and len(etag) == 32:
+                if checksum is None and session.checksum == "md5" and len(etag) == 32:
                     try:
                         checksum = base64.b64encode(bytes.fromhex(etag)).decode()
                     except ValueError:
@@ -365,24 +397,42 @@ class S3Uploads:
         differs raises :class:`IntegrityError` and leaves the session open for a retry."""
         from .s3 import _condition_headers
 
-        wanted = [(p.number, p.checksum) if isinstance(p, PartInfo) else (int(p[0]), p[1]) for p in manifest]
+        wanted = [p if isinstance(p, PartInfo) else PartInfo(int(p[0]), -1, "", p[1]) for p in manifest]
         if not wanted:
             raise InvalidArgumentError("empty manifest", key=session.key, backend=self._b.name)
         stored = {p.number: p for p in await self.list_parts(session)}
         chosen: list[PartInfo] = []
-        for number, checksum in sorted(wanted):
-            part = stored.get(number)
+        for want in sorted(wanted, key=lambda p: p.number):
+            part = stored.get(want.number)
             if part is None:
-                raise IntegrityError(f"part {number} was never uploaded", key=session.key, backend=self._b.name,
-                                     operation="complete")
-            if checksum is not None and part.checksum is not None and checksum != part.checksum:
-                raise IntegrityError(f"part {number} checksum differs from the stored part", key=session.key,
-                                     backend=self._b.name, operation="complete")
+                raise IntegrityError(
+                    f"part {want.number} was never uploaded",
+                    key=session.key,
+                    backend=self._b.name,
+                    operation="complete",
+                )
+            known = part.checksum is not None and want.checksum is not None
+            if (known and want.checksum != part.checksum) or (want.etag and want.etag != part.etag):
+                raise IntegrityError(
+                    f"part {want.number} differs from the stored part",
+                    key=session.key,
+                    backend=self._b.name,
+                    operation="complete",
+                )
+            if session.checksum == "sha256" and part.checksum is None:
+                if want.checksum is None:
+                    raise IntegrityError(
+                        f"part {want.number} needs its SHA-256 in the manifest (the server does not report it)",
+                        key=session.key,
+                        backend=self._b.name,
+                        operation="complete",
+                    )
+                part = PartInfo(part.number, part.size, part.etag, want.checksum)  # the server verifies it
             chosen.append(part)
         if self._b._equal_parts and len({p.size for p in chosen[:-1]}) > 1:
             raise IntegrityError("parts differ in size (equal_parts)", key=session.key, backend=self._b.name)
         cond = _condition_headers(mode)
-        await _complete(self._b, session.key, session.upload_id, chosen, cond, create=mode == "create")
+        await _complete(self._b, session.key, session.upload_id, chosen, cond, mode == "create", session.checksum)
         return await self._b.head(session.key)
 
     async def abort(self, session: UploadSession) -> None:
@@ -398,9 +448,12 @@ class S3Uploads:
             r = await self._b._send("GET", self._b._bucket_path, op="list_uploads", query=query)
             root = xml_root(r.body)
             for u in xml_children(root, "Upload"):
-                session = UploadSession(xml_find(u, "Key")[len(base):], xml_find(u, "UploadId"))
+                session = UploadSession(xml_find(u, "Key")[len(base) :], xml_find(u, "UploadId"), "")
                 out.append((session, iso_date(xml_find(u, "Initiated"))))
             if xml_find(root, "IsTruncated") != "true":
                 return out
-            query = {**query, "key-marker": xml_find(root, "NextKeyMarker"),
-                     "upload-id-marker": xml_find(root, "NextUploadIdMarker")}
+            query = {
+                **query,
+                "key-marker": xml_find(root, "NextKeyMarker"),
+                "upload-id-marker": xml_find(root, "NextUploadIdMarker"),
+            }

@@ -13,8 +13,8 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
@@ -180,15 +180,11 @@ class SigV4:
                 UNSIGNED,
             )
         )
-        to_sign = (
-            f"AWS4-HMAC-SHA256\n{amz_date}\n{self._scope(day)}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        )
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{self._scope(day)}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
         return f"{_canonical_query(params)}&X-Amz-Signature={signature}"
 
-    def post_policy(
-        self, creds: Credentials, policy: dict[str, Any], now: float | None = None
-    ) -> dict[str, str]:
+    def post_policy(self, creds: Credentials, policy: dict[str, Any], now: float | None = None) -> dict[str, str]:
         """Sign a browser POST policy; returns the form fields (policy conditions must include them)."""
         import json
 
@@ -329,7 +325,8 @@ def error_from_response(
     if status == 404 or code == "NoSuchKey":
         return NotFoundError("no such object" if not code or code == "NoSuchKey" else detail, **kw)
     if code in _SIGNATURE_CODES:
-        return PermissionDeniedError(f"signature or access key rejected: check the credentials and clock ({detail})", **kw)
+        why = "signature or access key rejected: check the credentials and clock"
+        return PermissionDeniedError(f"{why} ({detail})", **kw)
     if status == 403:
         return PermissionDeniedError(f"access denied ({detail})", **kw)
     if status in (409, 412) and create:

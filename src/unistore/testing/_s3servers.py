@@ -128,10 +128,8 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen[bytes], timeout: float,
             raise RuntimeError(f"{server.kind} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             client = server.client()
-            try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
                 client.create_bucket(Bucket="unistore-ready-probe")
-            except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-                pass
             client.put_object(Bucket="unistore-ready-probe", Key="probe", Body=b"ok")
             client.close()
             return
@@ -160,8 +158,8 @@ def seaweedfs(data_dir: str | os.PathLike[str] | None = None, *, timeout: float 
         root = Path(data_dir)
         root.mkdir(parents=True, exist_ok=True)
         config = root / "s3.json"
-        identity = {"name": "admin", "credentials": [{"accessKey": _ACCESS, "secretKey": _SECRET}]}
-        identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]  # type: ignore[assignment]
+        identity: dict[str, Any] = {"name": "admin", "credentials": [{"accessKey": _ACCESS, "secretKey": _SECRET}]}
+        identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
         config.write_text(json.dumps({"identities": [identity]}))
         master, volume, filer, s3, admin = _seaweed_ports(5)
         log = root / "weed.log"

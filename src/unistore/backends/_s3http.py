@@ -1,0 +1,194 @@
+"""The S3 connection: where requests go, how they are signed, and the one place errors are translated.
+
+One pooled aiohttp session per event loop (created on first use), SigV4 header
+signing, and the credentials: static ones from the settings or ``AWS_*``
+variables, else botocore's standard chain, refreshed when it says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .._errors import ConfigurationError, StorageError, UnavailableError
+from ._s3auth import static_credentials
+from ._s3settings import S3Settings
+from ._s3wire import Credentials, SigV4, error_from_response, uri_encode
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["Response", "S3Connection"]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A finished response: status, headers and the whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class S3Connection:
+    """Requests to one bucket: addressing, signing, pooling and error translation."""
+
+    def __init__(self, settings: S3Settings, backend_name: str) -> None:
+        s = self.settings = settings
+        self.backend_name = backend_name
+        self.signer = SigV4(s.region)
+        endpoint = s.endpoint or (
+            "https://s3.amazonaws.com" if s.region == "us-east-1" else f"https://s3.{s.region}.amazonaws.com"
+        )
+        parts = urlsplit(endpoint)
+        base_path = parts.path.rstrip("/")
+        virtual = s.addressing_style == "virtual" or (
+            s.addressing_style == "auto" and s.endpoint is None and _dns_safe(s.bucket)
+        )
+        if virtual:
+            self.host = f"{s.bucket}.{parts.netloc}"
+            self.bucket_path = base_path + "/"
+        else:
+            self.host = parts.netloc
+            self.bucket_path = f"{base_path}/{uri_encode(s.bucket)}/"
+        self.origin = f"{parts.scheme}://{self.host}"
+        self.read_headers: dict[str, str] = {}
+        self.write_extra: dict[str, str] = {}
+        if s.sse_customer_key:
+            digest = base64.b64encode(hashlib.md5(base64.b64decode(s.sse_customer_key)).digest()).decode()
+            self.read_headers = {
+                "x-amz-server-side-encryption-customer-algorithm": "AES256",
+                "x-amz-server-side-encryption-customer-key": s.sse_customer_key,
+                "x-amz-server-side-encryption-customer-key-md5": digest,
+            }
+            self.write_extra.update(self.read_headers)
+        if s.sse:
+            self.write_extra["x-amz-server-side-encryption"] = s.sse
+        if s.sse_kms_key_id:
+            self.write_extra["x-amz-server-side-encryption-aws-kms-key-id"] = s.sse_kms_key_id
+        if s.storage_class:
+            self.write_extra["x-amz-storage-class"] = s.storage_class
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._static = static_credentials(s)
+        self._chain: Any = None  # botocore credentials object, resolved on first use
+
+    def _http(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            try:
+                import aiohttp
+            except ImportError as exc:
+                raise ConfigurationError("S3Backend needs aiohttp: pip install 'unistore[s3]'") from exc
+
+            s = self.settings
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
+                auto_decompress=False,
+                skip_auto_headers=("Content-Type",),
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def credentials(self) -> Credentials:
+        """The credentials the next request is signed with (refreshed by botocore when they expire)."""
+        if self._static is not None:
+            return self._static
+        chain = self._chain
+        if chain is None:
+            from aiobotocore.session import AioSession
+
+            chain = await AioSession().get_credentials()
+            if chain is None:
+                raise ConfigurationError(
+                    "no S3 credentials: set STORAGE_S3_ACCESS_KEY/STORAGE_S3_SECRET_KEY, AWS_ACCESS_KEY_ID/"
+                    "AWS_SECRET_ACCESS_KEY, or an AWS profile",
+                    backend=self.backend_name,
+                )
+            self._chain = chain
+        frozen = await chain.get_frozen_credentials()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    def object_path(self, key: str) -> str:
+        return self.bucket_path + uri_encode(self.settings.prefix + key, safe="/")
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        key: str | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        create: bool = False,
+        stream: bool = False,
+    ) -> Any:
+        """Sign and send one request; non-2xx and transport failures become unistore errors here.
+
+        Returns a :class:`_Response` with the whole body, or (``stream=True``) the open
+        aiohttp response, which the caller must release.
+        """
+        headers = {} if headers is None else headers
+        creds = self._static or await self.credentials()
+        self.signer.sign_headers(creds, method, self.host, path, query, headers)
+        url = self.origin + path
+        if query:
+            url += "?" + "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query.items()))
+        import aiohttp
+        from yarl import URL
+
+        try:
+            resp = await self._http().request(
+                method, URL(url, encoded=True), headers=headers, data=body, allow_redirects=False
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UnavailableError(
+                f"request failed: {type(exc).__name__}: {exc}", key=key, backend=self.backend_name, operation=op
+            ) from exc
+        try:
+            if resp.status >= 300:
+                data = b"" if method == "HEAD" else await resp.read()
+                raise error_from_response(
+                    resp.status,
+                    resp.headers,
+                    data,
+                    key=key,
+                    operation=op,
+                    backend=self.backend_name,
+                    bucket=self.settings.bucket,
+                    create=create,
+                )
+            if stream:
+                return resp
+            return Response(resp.status, resp.headers, await resp.read())
+        except StorageError:
+            resp.release()
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            resp.release()
+            raise UnavailableError(
+                f"response failed: {type(exc).__name__}: {exc}", key=key, backend=self.backend_name, operation=op
+            ) from exc
+        finally:
+            if not stream:
+                resp.release()
+
+    async def close(self) -> None:
+        """Close the pooled session (a new one is made if the connection is used again)."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            with contextlib.suppress(RuntimeError):
+                await session.close()
+
+
+def _dns_safe(bucket: str) -> bool:
+    return "." not in bucket and bucket == bucket.lower() and 3 <= len(bucket) <= 63

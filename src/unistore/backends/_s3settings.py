@@ -1,0 +1,89 @@
+"""Settings of :class:`unistore.backends.s3.S3Backend`."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .._errors import ConfigurationError
+
+__all__ = ["MAX_PRESIGN", "S3Settings"]
+
+MiB = 1024 * 1024
+MAX_PRESIGN = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Settings of :class:`S3Backend` (``easy_storage`` keyword names; ``STORAGE_S3_*`` variables).
+
+    Credentials: ``access_key``/``secret_key`` (and ``session_token``), else
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, else
+    botocore's standard chain (profile, SSO, web identity, container, IMDS).
+    """
+
+    bucket: str
+    region: str = "us-east-1"
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """``auto``: virtual-hosted on AWS for DNS-safe bucket names, path style on custom endpoints."""
+    prefix: str = ""
+    """Prepended to every key (``"app1/"`` keeps several apps in one bucket)."""
+    checksum: Literal["md5", "sha256", "none"] = "md5"
+    """Body checksum sent with every upload and part: ``md5`` (Content-MD5, accepted everywhere),
+    ``sha256`` (the newer x-amz-checksum-sha256, kept by the server per part), or ``none``."""
+    equal_parts: bool | None = None
+    """Multipart parts must all have the same size but the last (R2). ``None``: on for R2 endpoints."""
+    part_size: int = 8 * MiB
+    max_concurrency: int = 4
+    """Parts in flight per upload: memory stays within ``part_size * (max_concurrency + 1)``."""
+    sse: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
+    sse_customer_key: str | None = field(default=None, repr=False)
+    """SSE-C: a 32-byte key, base64-encoded. Every read then needs it too."""
+    storage_class: str | None = None
+    conditional_delete: bool = True
+    """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
+    raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
+    url_expiration: int = 3600
+    max_connections: int = 64
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    copy_part_size: int = 512 * MiB
+    multipart_copy_threshold: int = 5 * 1024 * MiB
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ConfigurationError("S3 bucket is required (STORAGE_S3_BUCKET)")
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigurationError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
+        if self.checksum not in ("md5", "sha256", "none"):
+            raise ConfigurationError(f"checksum must be md5, sha256 or none, not {self.checksum!r}")
+        if self.sse not in (None, "AES256", "aws:kms"):
+            raise ConfigurationError(f"sse must be AES256 or aws:kms, not {self.sse!r}")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ConfigurationError("sse_kms_key_id needs sse='aws:kms'")
+        if self.sse_customer_key is not None:
+            if self.sse:
+                raise ConfigurationError("sse_customer_key (SSE-C) cannot be combined with sse")
+            try:
+                raw = base64.b64decode(self.sse_customer_key, validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ConfigurationError("sse_customer_key must be a base64-encoded 32-byte key")
+        if not 5 * MiB <= self.part_size <= 5 * 1024 * MiB:
+            raise ConfigurationError("part_size must be between 5 MiB and 5 GiB (S3's part limits)")
+        if self.max_concurrency < 1 or self.max_connections < 1:
+            raise ConfigurationError("max_concurrency and max_connections must be positive")
+        if not 0 < self.url_expiration <= MAX_PRESIGN:
+            raise ConfigurationError(f"url_expiration must be between 1 and {MAX_PRESIGN} seconds")
+        if self.prefix and (self.prefix.startswith("/") or not self.prefix.endswith("/")):
+            raise ConfigurationError("prefix must not start with '/' and must end with '/'")
+        if self.endpoint is not None and urlsplit(self.endpoint).scheme not in ("http", "https"):
+            raise ConfigurationError(f"endpoint must be an http(s) URL, not {self.endpoint!r}")
