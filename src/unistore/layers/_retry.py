@@ -49,7 +49,10 @@ class Retry(Layer):
     ``[0, min(max_delay, base_delay * 2**n)]`` (full jitter), at least the
     error's ``retry_after``; it gives up after ``attempts`` tries or when the
     next wait would pass ``deadline`` seconds since the first try, re-raising
-    the last error. A write is replayed only when its body can be re-read:
+    the last error. A streamed download shorter than ``buffer_below`` bytes is
+    read whole inside the retried call, so a break restarts it (even if the
+    object changed meanwhile, the caller sees one version and its info). A
+    write is replayed only when its body can be re-read:
     bytes, a path, a seekable file (rewound), or a source the failed attempt
     never started reading. An interrupted download resumes from the next byte
     with ``if_match`` on the original etag, so two versions are never spliced;
@@ -69,6 +72,7 @@ class Retry(Layer):
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        buffer_below: int = 64 * 1024,
     ) -> None:
         super().__init__(inner)
         if attempts < 1 or deadline <= 0 or base_delay < 0 or max_delay < 0:
@@ -77,6 +81,7 @@ class Retry(Layer):
         self.deadline = deadline
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.buffer_below = buffer_below
         self._sleep = sleep
         self._clock = clock
         self._random = random.Random(seed).random
@@ -131,10 +136,15 @@ class Retry(Layer):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
-        inner = self.inner
-        dl = await self._run(
-            "open", key, lambda: inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
-        )
+        inner, small = self.inner, self.buffer_below
+
+        async def attempt() -> Download:
+            dl = await inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
+            if dl.content_length < small and in_memory(dl) is None:
+                return rewrap(dl, await dl.read())  # a break restarts the whole read: one version, always
+            return dl
+
+        dl = await self._run("open", key, attempt)
         if not self._resumable or in_memory(dl) is not None:
             return dl
         stream = _Resumed(self, key, dl)
