@@ -89,5 +89,3 @@ class TestChaosStackLocal(BackendConformance):
     @pytest.fixture
     def backend(self, served_local: LocalBackend) -> StorageBackend:
         return chaos_stack(served_local, seed=uuid.uuid4().int % 1000)
-
-
