@@ -153,6 +153,7 @@ class Cache(Layer):
             if self._clock() >= entry.fresh_until:
                 fresh = await self._revalidate(key, entry)
                 if fresh is not None:
+                    self.hits += 1
                     check_read_conditions(fresh.info, if_match, if_none_match, self.name)
                     return await self._serve_or_fetch(key, fresh.info, range, if_match, if_none_match)
                 entry = self._index.get(key)
