@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from unistore import MemoryBackend, StorageBackend  # noqa: E402
-from unistore.layers import Cache, Faults, Idempotency, Observe, RateLimit, Retry, stack  # noqa: E402
+from unistore import MemoryBackend, StorageBackend
+from unistore.layers import Cache, Faults, Idempotency, Observe, RateLimit, Retry, stack
 
 DATA = b"x" * 4096
 TARGETS = {"Observe": 10.0, "full stack": 30.0}
@@ -78,7 +78,8 @@ async def main(quick: bool) -> list[tuple[str, float, float]]:
 def table(rows: list[tuple[str, float, float]]) -> str:
     base_put, base_get = rows[0][1], rows[0][2]
     lines = [
-        "| configuration | put µs/op | put ops/s | get µs/op | get ops/s | added put µs | added get µs | target | result |",
+        "| configuration | put µs/op | put ops/s | get µs/op | get ops/s"
+        " | added put µs | added get µs | target | result |",
         "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for name, put, get in rows:
