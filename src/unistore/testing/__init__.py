@@ -6,6 +6,7 @@
 ...     def backend(self): ...
 """
 
+from ._chaos import chaos_stack, no_sleep
 from ._conformance import INVALID_KEYS, TRICKY_KEYS, BackendConformance
 from ._server import free_port, running_server
 
@@ -13,6 +14,8 @@ __all__ = [
     "BackendConformance",
     "INVALID_KEYS",
     "TRICKY_KEYS",
+    "chaos_stack",
     "free_port",
+    "no_sleep",
     "running_server",
 ]

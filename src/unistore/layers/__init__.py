@@ -1,0 +1,47 @@
+"""Layers: wrappers that are themselves a :class:`~unistore.StorageBackend`.
+
+Compose them with :func:`stack`, outermost first::
+
+    from functools import partial
+    from unistore.layers import Cache, Observe, RateLimit, Retry, stack
+
+    store = stack(S3Backend(...), Observe, partial(RateLimit, max_concurrency=64), Cache, Retry)
+
+The recommended order, outermost first, is
+Observe → Idempotency → RateLimit → Cache → Retry → [Faults] → backend; each
+layer's docstring says why it sits where it does (``docs/layers.md``).
+"""
+
+from ._cache import Cache
+from ._faults import Faults, FaultSettings
+from ._idempotency import (
+    Idempotency,
+    IdempotencyInProgressError,
+    IdempotencyKeyReusedError,
+    current_idempotency_key,
+    idempotency_key,
+)
+from ._layer import Layer, LayerFactory, stack
+from ._limit import RateLimit
+from ._observe import HotKeys, Observe, request_context
+from ._retry import Retry, RetryEvent
+
+__all__ = [
+    "Cache",
+    "FaultSettings",
+    "Faults",
+    "HotKeys",
+    "Idempotency",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyReusedError",
+    "Layer",
+    "LayerFactory",
+    "Observe",
+    "RateLimit",
+    "Retry",
+    "RetryEvent",
+    "current_idempotency_key",
+    "idempotency_key",
+    "request_context",
+    "stack",
+]

@@ -1,0 +1,135 @@
+"""The :class:`Layer` base class and :func:`stack`, which composes layers outermost first."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from .._base import BaseBackend, StorageBackend
+from .._types import Body, Capabilities, Download, ObjectInfo, Range, WriteMode
+
+__all__ = ["Layer", "LayerFactory", "in_memory", "rewrap", "stack"]
+
+LayerFactory = Callable[[StorageBackend], StorageBackend]
+"""A one-argument callable building a layer over a backend, e.g. ``functools.partial(Retry, attempts=3)``."""
+
+
+class Layer(BaseBackend):
+    """A :class:`StorageBackend` wrapping another one, ``inner``.
+
+    Every primitive forwards to ``inner``; ``capabilities`` and ``name`` are the
+    inner store's, so a stack looks like the store it wraps. Subclasses override
+    the primitives they change. :meth:`aclose` closes ``inner``.
+    """
+
+    def __init__(self, inner: StorageBackend) -> None:
+        self.inner = inner
+        self.default_expires_in = getattr(inner, "default_expires_in", self.default_expires_in)
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]  # per instance: the inner store's
+        """The wrapped store's capabilities."""
+        return self.inner.capabilities
+
+    @property
+    def name(self) -> str:
+        """The wrapped store's name (what errors and metrics report)."""
+        return self.inner.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self.inner.head(key)
+
+    async def open(
+        self,
+        key: str,
+        *,
+        range: Range | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Download:
+        return await self.inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
+
+    async def put_object(
+        self,
+        key: str,
+        body: Body,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        mode: WriteMode = "overwrite",
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
+    ) -> ObjectInfo:
+        return await self.inner.put_object(
+            key,
+            body,
+            content_type=content_type,
+            metadata=metadata,
+            mode=mode,
+            cache_control=cache_control,
+            content_disposition=content_disposition,
+        )
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        return await self.inner.remove(key, if_match=if_match)
+
+    def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        return self.inner.iter_objects(prefix, start_after=start_after)
+
+    def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        return self.inner.iter_keys(prefix, start_after=start_after)
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+
+    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
+        return await self.inner.copy(src, dst, mode=mode)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def layers(self) -> list[StorageBackend]:
+        """This layer and every store below it, outermost first."""
+        out: list[StorageBackend] = []
+        node: StorageBackend | None = self
+        while node is not None:
+            out.append(node)
+            node = node.inner if isinstance(node, Layer) else None
+        return out
+
+
+def stack(backend: StorageBackend, *layers: LayerFactory) -> StorageBackend:
+    """Wrap ``backend`` in ``layers``, the first one outermost (as Starlette's middleware list).
+
+    >>> store = stack(MemoryBackend(), Observe, partial(Retry, attempts=3))  # Observe(Retry(memory))
+    """
+    for factory in reversed(layers):
+        backend = factory(backend)
+    return backend
+
+
+# --- Download helpers shared by the layers -------------------------------------------
+
+
+def in_memory(dl: Download) -> bytes | None:
+    """The whole served span if ``dl`` holds it in memory with nothing to release, else ``None``."""
+    if dl._chunks is None and dl._close is None:  # same package: peek at the private fields
+        return dl._data
+    return None
+
+
+def rewrap(
+    dl: Download,
+    chunks: AsyncIterator[bytes] | bytes,
+    close: Callable[[], Awaitable[None]] | None = None,
+) -> Download:
+    """A Download with ``dl``'s info and span but other ``chunks`` and ``close``."""
+    return Download(dl.info, chunks, start=dl.start, end=dl.end, range_requested=dl.range_requested, close=close)
