@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from unistore import LocalBackend, MemoryBackend, ObjectInfo, StorageBackend
 from unistore._types import Body
 from unistore.layers import Cache, Faults, Idempotency, Observe, RateLimit, Retry, idempotency_key
 from unistore.testing import BackendConformance, chaos_stack, no_sleep
+from unistore.testing._s3servers import S3Server
 
 
 class LayerConformance(BackendConformance):
@@ -83,13 +86,43 @@ class TestChaosStackMemory(LayerConformance):
     """Observe → RateLimit → Cache → Retry → Faults(20% errors, 20% cut streams) → memory."""
 
     @pytest.fixture
-    def backend(self, served_memory: MemoryBackend) -> StorageBackend:
-        return chaos_stack(served_memory, seed=uuid.uuid4().int % 1000)
+    def backend(self, served_memory: MemoryBackend, request: pytest.FixtureRequest) -> StorageBackend:
+        return chaos_stack(served_memory, seed=_seed(request))
 
 
 class TestChaosStackLocal(LayerConformance):
     """The same stack on the local file system."""
 
     @pytest.fixture
-    def backend(self, served_local: LocalBackend) -> StorageBackend:
-        return chaos_stack(served_local, seed=uuid.uuid4().int % 1000)
+    def backend(self, served_local: LocalBackend, request: pytest.FixtureRequest) -> StorageBackend:
+        return chaos_stack(served_local, seed=_seed(request))
+
+
+_WALK_ORDER = pytest.mark.xfail(strict=True, reason="SeaweedFS lists in directory-walk order (see test_s3_conformance)")
+
+
+class TestChaosStackS3(LayerConformance):
+    """The same stack on S3 (SeaweedFS, real SigV4 and conditional requests)."""
+
+    @pytest.fixture
+    async def backend(self, seaweed: S3Server, request: pytest.FixtureRequest) -> AsyncIterator[StorageBackend]:
+        store = seaweed.backend()
+        yield chaos_stack(store, seed=_seed(request))
+        await store.aclose()
+
+    @_WALK_ORDER
+    async def test_list_order_and_prefix_boundaries(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_order_and_prefix_boundaries(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_list_start_after(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_start_after(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_tricky_keys_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_tricky_keys_round_trip(backend, prefix)
+
+
+def _seed(request: pytest.FixtureRequest) -> int:
+    """A fault seed fixed per test, so a failing run replays exactly."""
+    return zlib.crc32(request.node.nodeid.encode())
