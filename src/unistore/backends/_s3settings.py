@@ -24,7 +24,7 @@ class S3Settings:
     botocore's standard chain (profile, SSO, web identity, container, IMDS).
     """
 
-    bucket: str
+    bucket: str = ""
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key: str | None = None
@@ -59,7 +59,7 @@ class S3Settings:
 
     def __post_init__(self) -> None:
         if not self.bucket:
-            raise ConfigurationError("S3 bucket is required (STORAGE_S3_BUCKET)")
+            raise ConfigurationError("S3Backend needs a bucket: set STORAGE_S3_BUCKET (or bucket=...)")
         if self.addressing_style not in ("auto", "path", "virtual"):
             raise ConfigurationError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
         if self.checksum not in ("md5", "sha256", "none"):

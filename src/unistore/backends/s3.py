@@ -50,6 +50,7 @@ from .._types import (
 )
 from . import _s3auth
 from ._s3http import S3Connection
+from ._s3multipart import PartInfo, S3Uploads, UploadSession
 from ._s3settings import S3Settings
 from ._s3wire import (
     decode_meta,
@@ -64,9 +65,8 @@ from ._s3wire import (
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._s3multipart import S3Uploads
 
-__all__ = ["S3Backend", "S3Settings"]
+__all__ = ["PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
@@ -110,7 +110,6 @@ class S3Backend(BaseBackend):
     @property
     def uploads(self) -> S3Uploads:
         """Resumable multipart upload sessions (start, upload parts, list, complete, abort)."""
-        from ._s3multipart import S3Uploads
 
         return S3Uploads(self)
 
