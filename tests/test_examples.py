@@ -30,14 +30,15 @@ import pytest
 from PIL import Image
 
 from unistore import LocalBackend, MemoryBackend, StorageBackend
-from unistore.testing import free_port, running_server
+from unistore.backends.s3 import S3Backend
+from unistore.testing import S3Server, free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the project root
     sys.path.insert(0, str(ROOT))
 
 SECRET = "examples-secret-0123456789abcdef"
-BACKENDS = ["memory", "local"]
+BACKENDS = ["memory", "local", "s3"]
 EXAMPLES = [
     "basic_routes",
     "profile_picture",
@@ -62,53 +63,70 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve_example(name: str, kind: str, tmp: pytest.TempPathFactory) -> Iterator[Served]:
+def serve_example(
+    name: str, kind: str, tmp: pytest.TempPathFactory, s3: S3Server | None = None
+) -> Iterator[Served]:
     port = free_port()
     files_url = f"http://127.0.0.1:{port}/files"
     backend: StorageBackend
     if kind == "memory":
         backend = MemoryBackend(base_url=files_url, url_secret=SECRET)
+    elif kind == "s3":  # presigned URLs point at SeaweedFS itself
+        backend = s3.backend(prefix=f"examples-{name}-{uuid.uuid4().hex[:8]}/")
     else:
         root = tmp.mktemp(f"{name}-store")
         backend = LocalBackend(base_path=str(root), base_url=files_url, fsync=False)
     app = example(name).create_app(backend)
     with running_server(app, port) as url:
         yield Served(url, backend, kind)
+    if isinstance(backend, S3Backend):
+        asyncio.run(backend.aclose())
+
+
+def url_path(served: Served, key: str) -> str:
+    """The path of a URL the store hands out for ``key``: the app's file route, or the S3 object."""
+    if isinstance(served.backend, S3Backend):
+        return f"/{served.backend.bucket}/{served.backend.settings.prefix}{key}"
+    return f"/files/{key}"
+
+
+def _s3(request: pytest.FixtureRequest) -> S3Server | None:
+    return request.getfixturevalue("seaweed") if request.param == "s3" else None
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def basic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("basic_routes", request.param, tmp_path_factory) as served:
+    with serve_example("basic_routes", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def avatar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("profile_picture", request.param, tmp_path_factory) as served:
+    with serve_example("profile_picture", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def documents(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("documents", request.param, tmp_path_factory) as served:
+    with serve_example("documents", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def tenants(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("tenant_files", request.param, tmp_path_factory) as served:
+    with serve_example("tenant_files", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("signed_urls", request.param, tmp_path_factory) as served:
+    with serve_example("signed_urls", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def large(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve_example("large_files", request.param, tmp_path_factory) as served:
+    with serve_example("large_files", request.param, tmp_path_factory, _s3(request)) as served:
         yield served
 
 
@@ -232,7 +250,7 @@ async def test_basic_upload_download_delete_round_trip(basic: Served, client: ht
     assert r.status_code == 200, r.text
     assert r.json()["filename"] == name
     url = r.json()["url"]
-    assert url.startswith(f"{basic.url}/files/uploads/{name}?")
+    assert urlsplit(url).path == url_path(basic, f"uploads/{name}")
 
     meta = await basic.backend.get_metadata(f"uploads/{name}")
     assert meta["uploader"] == "user_123"
@@ -344,7 +362,7 @@ async def test_avatar_is_resized_to_fit_200x200(
     assert r.status_code == 200, r.text
     url = r.json()["avatar_url"]
     key = f"avatars/{user}/profile.{ext}"
-    assert urlsplit(url).path == f"/files/{key}"
+    assert urlsplit(url).path == url_path(avatar, key)
 
     served = await client.get(url)
     assert served.status_code == 200
@@ -576,7 +594,7 @@ async def test_tenant_upload_returns_a_working_signed_url(tenants: Served, clien
     tenant = uid()
     r = await upload_tenant_file(tenants, client, tenant, "hello.txt", b"tenant data")
     assert r.status_code == 200
-    assert urlsplit(r.json()["url"]).path.startswith(f"/files/tenants/{tenant}/files/")
+    assert urlsplit(r.json()["url"]).path.startswith(url_path(tenants, f"tenants/{tenant}/files/"))
     assert (await client.get(r.json()["url"])).content == b"tenant data"
 
 
@@ -638,10 +656,14 @@ async def test_signed_url_downloads_the_file_as_an_attachment(
 
     url = link["url"]
     parts = urlsplit(url)
-    assert parts.path == f"/files/uploads/{file_id}/document.pdf"
+    assert parts.path == url_path(signed, f"uploads/{file_id}/document.pdf")
     query = parse_qs(parts.query)
-    assert before + 300 - 5 <= int(query["expires"][0]) <= time.time() + 300 + 5
-    assert query["disposition"] == ["attachment"]  # download defaults to True
+    if isinstance(signed.backend, S3Backend):
+        assert query["X-Amz-Expires"] == ["300"]
+        assert query["response-content-disposition"][0].startswith("attachment")  # download defaults to True
+    else:
+        assert before + 300 - 5 <= int(query["expires"][0]) <= time.time() + 300 + 5
+        assert query["disposition"] == ["attachment"]  # download defaults to True
 
     r = await client.get(url)
     assert r.status_code == 200
@@ -755,3 +777,41 @@ async def test_large_file_uploads_in_parallel_stay_separate(large: Served, clien
     assert len({r["file_id"] for r in results}) == 3
     for result, body in zip(results, bodies, strict=True):
         assert (await client.get(result["url"])).content == body
+
+
+# --- the guide's S3 provider sections, against SeaweedFS ---------------------------------------
+
+
+async def test_s3_intelligent_tiering_through_the_raw_client(seaweed: S3Server, client: httpx.AsyncClient) -> None:
+    mod = example("s3_provider")
+    storage = seaweed.backend()
+    try:
+        key = f"tiering/{uid()}.txt"
+        url = await mod.put_with_intelligent_tiering(storage, key, b"tiered", "text/plain")
+        r = await client.get(url)
+        assert (r.status_code, r.content) == (200, b"tiered")
+    finally:
+        await storage.aclose()
+
+
+async def test_s3_multipart_example_with_its_own_session(
+    seaweed: S3Server, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", seaweed.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    mod = example("s3_provider")
+    storage = seaweed.backend()
+    data = os.urandom(11 * 1024 * 1024 + 3)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    try:
+        key = f"multipart/{uid()}.bin"
+        url = await mod.upload_large_file(storage, key, str(path), chunk_size=5 * 1024 * 1024)
+        r = await client.get(url)
+        assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest()
+        assert (await storage.head(key)).size == len(data)
+    finally:
+        await storage.aclose()

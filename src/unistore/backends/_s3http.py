@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,11 @@ class S3Connection:
             self.write_extra["x-amz-server-side-encryption-aws-kms-key-id"] = s.sse_kms_key_id
         if s.storage_class:
             self.write_extra["x-amz-storage-class"] = s.storage_class
+        # one pool per event loop (an aiohttp session cannot cross loops): apps that also use
+        # the backend from another thread's loop (test servers, sync wrappers) each get theirs
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary()
+        )
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._static = static_credentials(s)
@@ -81,21 +87,26 @@ class S3Connection:
 
     def _http(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session_loop is not loop or self._session.closed:
+        if self._session is not None and self._session_loop is loop and not self._session.closed:
+            return self._session
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
             try:
                 import aiohttp
             except ImportError as exc:
                 raise ConfigurationError("S3Backend needs aiohttp: pip install 'unistore[s3]'") from exc
 
             s = self.settings
-            self._session = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
                 auto_decompress=False,
                 skip_auto_headers=("Content-Type",),
             )
-            self._session_loop = loop
-        return self._session
+            self._sessions[loop] = session
+        # the last loop's session is cached in two attributes: the common one-loop case costs no lookup
+        self._session, self._session_loop = session, loop
+        return session
 
     async def credentials(self) -> Credentials:
         """The credentials the next request is signed with (refreshed by botocore when they expire)."""
@@ -183,11 +194,22 @@ class S3Connection:
                 resp.release()
 
     async def close(self) -> None:
-        """Close the pooled session (a new one is made if the connection is used again)."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            with contextlib.suppress(RuntimeError):
-                await session.close()
+        """Close the pooled sessions (new ones are made if the connection is used again).
+
+        The current loop's session is awaited; another running loop's is closed on that loop.
+        """
+        current = asyncio.get_running_loop()
+        sessions = list(self._sessions.items())
+        self._sessions.clear()
+        self._session = self._session_loop = None
+        for loop, session in sessions:
+            if session.closed:
+                continue
+            if loop is current:
+                with contextlib.suppress(RuntimeError):
+                    await session.close()
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), loop)
 
 
 def _dns_safe(bucket: str) -> bool:
