@@ -11,7 +11,6 @@ takes the endpoint and credentials from the environment (``AWS_ENDPOINT_URL_S3``
 """
 
 # The guide's import lines are kept as written, so import sorting is off for this file.
-# ruff: noqa: I001
 
 # --- glue the guide leaves out -------------------------------------------------------------
 import aiofiles
