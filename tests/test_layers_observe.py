@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from unistore import MemoryBackend, NotFoundError
 from unistore.layers import Faults, HotKeys, Observe, Retry, request_context
-from unistore.testing import free_port, no_sleep, running_server
+from unistore.testing import S3Server, free_port, no_sleep, running_server
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -135,3 +135,31 @@ async def test_costs_nothing_when_disabled() -> None:
     assert store._children is None and store._tracer is None and store._hot is None
     await store.put_object("k", b"x")
     assert await store.get("k") == b"x"
+
+
+async def test_multipart_part_failures_counted_from_s3(seaweed: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A real part failure: SeaweedFS refuses a part for an upload that was aborted (NoSuchUpload)."""
+    registry = CollectorRegistry()
+    s3 = seaweed.backend(part_size=5 * 1024 * 1024)
+    store = Observe(Retry(s3, sleep=no_sleep), metrics=registry)
+    try:
+        key = f"observe-{free_port()}/parts.bin"
+        session = await s3.uploads.start(key)
+        await s3.uploads.abort(session)
+        with caplog.at_level(logging.WARNING, logger="unistore"), pytest.raises(NotFoundError):
+            await s3.uploads.upload_part(session, 1, b"late part")
+        await store.put_object(key, b"fine")  # ordinary traffic through the stack still counts as usual
+        app = FastAPI()
+        app.mount("/metrics", make_asgi_app(registry))
+        port = free_port()
+        with running_server(app, port):
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics/")).text
+        got = samples(text)
+        assert got[("unistore_multipart_part_failures_total", frozenset({("backend", "S3Backend")}))] == 1
+        events = [json.loads(r.getMessage()) for r in caplog.records if "multipart_part_failed" in r.getMessage()]
+        assert events == [
+            {"event": "multipart_part_failed", "backend": "S3Backend", "key": key, "part": 1, "error": "NotFoundError"}
+        ]
+    finally:
+        await s3.aclose()

@@ -34,7 +34,7 @@ from ._s3wire import http_date, iso_date, xml_children, xml_find, xml_root
 if TYPE_CHECKING:
     from .s3 import S3Backend
 
-__all__ = ["PartInfo", "S3Uploads", "UploadSession", "copy_object", "upload_stream"]
+__all__ = ["PartFailure", "PartInfo", "S3Uploads", "UploadSession", "copy_object", "upload_stream"]
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -49,6 +49,16 @@ class PartInfo:
     size: int
     etag: str
     checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartFailure:
+    """A part upload that failed (what ``S3Backend.add_part_listener`` callbacks receive)."""
+
+    key: str
+    upload_id: str
+    number: int
+    error: StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +105,19 @@ async def _upload_part(
     headers.update(backend._read_headers)  # SSE-C: every part carries the key
     headers["content-length"] = str(size)
     body: Any = chunks[0] if len(chunks) == 1 else _body(chunks)
-    r = await backend._send(
-        "PUT",
-        backend._object_path(key),
-        op="upload_part",
-        key=key,
-        query={"partNumber": str(number), "uploadId": upload_id},
-        headers=headers,
-        body=body,
-    )
+    try:
+        r = await backend._send(
+            "PUT",
+            backend._object_path(key),
+            op="upload_part",
+            key=key,
+            query={"partNumber": str(number), "uploadId": upload_id},
+            headers=headers,
+            body=body,
+        )
+    except StorageError as exc:
+        backend._part_failed(PartFailure(key, upload_id, number, exc))
+        raise
     return PartInfo(number, size, r.headers.get("ETag", "").strip('"'), checksum)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,7 +50,7 @@ from .._types import (
 )
 from . import _s3auth
 from ._s3http import S3Connection
-from ._s3multipart import PartInfo, S3Uploads, UploadSession
+from ._s3multipart import PartFailure, PartInfo, S3Uploads, UploadSession
 from ._s3settings import S3Settings
 from ._s3wire import (
     decode_meta,
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 
-__all__ = ["PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
+__all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
@@ -106,6 +106,15 @@ class S3Backend(BaseBackend):
         self._boto: Any = None  # aiobotocore client context, created on first use of _client
         self._boto_client: Any = None
         self._client = _s3auth.BotoProxy(self)
+        self._part_listeners: list[Callable[[PartFailure], object]] = []
+
+    def add_part_listener(self, callback: Callable[[PartFailure], object]) -> None:
+        """Call ``callback`` for every multipart part that fails (``Observe`` counts them)."""
+        self._part_listeners.append(callback)
+
+    def _part_failed(self, failure: PartFailure) -> None:
+        for callback in self._part_listeners:
+            callback(failure)
 
     @property
     def uploads(self) -> S3Uploads:

@@ -69,6 +69,12 @@ class Metrics:
         self.bytes = Counter(
             "unistore_bytes", "Bytes written (in) and read (out).", ["backend", "direction"], registry=registry
         )
+        self.part_failures = Counter(
+            "unistore_multipart_part_failures",
+            "Multipart upload parts that failed (a retried part counts each failure).",
+            ["backend"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "unistore_requests_in_flight", "Storage operations running now.", ["backend"], registry=registry
         )
@@ -122,6 +128,9 @@ class BoundMetrics:
 
     def retry(self, operation: str) -> None:
         self._metrics.retries.labels(self._backend, operation).inc()
+
+    def part_failure(self) -> None:
+        self._metrics.part_failures.labels(self._backend).inc()
 
 
 class _HotKeyCollector:

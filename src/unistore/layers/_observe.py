@@ -114,7 +114,8 @@ class Observe(Layer):
     ``unistore_request_duration_seconds`` (histogram, per operation and
     backend), ``unistore_errors_total`` (by error type),
     ``unistore_retries_total``, ``unistore_bytes_total`` (direction in/out),
-    ``unistore_requests_in_flight``, ``unistore_hot_key_requests`` (top
+    ``unistore_requests_in_flight``, ``unistore_multipart_part_failures_total``
+    (parts of multipart uploads that failed, from stores that report them), ``unistore_hot_key_requests`` (top
     ``hot_keys`` keys over ``hot_window`` seconds). ``tracer``: an OpenTelemetry
     ``Tracer``, ``True`` (the global one), or ``False``/``None`` (off). A span
     per operation, current while it runs, so spans below are its children.
@@ -150,6 +151,24 @@ class Observe(Layer):
         for layer in self.layers()[1:]:
             if isinstance(layer, Retry):
                 layer.add_listener(self._on_retry)
+            part_hook = getattr(layer, "add_part_listener", None)  # stores with multipart (S3)
+            if callable(part_hook):
+                part_hook(self._on_part_failure)
+
+    def _on_part_failure(self, failure: Any) -> None:
+        if self._children is not None:
+            self._children.part_failure()
+        self._logger.warning(
+            json.dumps(
+                {
+                    "event": "multipart_part_failed",
+                    "backend": self._backend,
+                    "key": failure.key,
+                    "part": failure.number,
+                    "error": type(failure.error).__name__,
+                }
+            )
+        )
 
     def _on_retry(self, event: RetryEvent) -> None:
         if self._children is not None:
