@@ -185,9 +185,13 @@ async def _abort(backend: S3Backend, key: str, upload_id: str) -> None:
     )
 
 
-async def _exact_parts(first: list[bytes], rest: AsyncIterator[bytes], part_size: int) -> AsyncIterator[list[bytes]]:
-    """Re-cut a stream into parts of exactly ``part_size`` bytes (the last may be shorter)."""
-    buf: list[bytes] = []
+async def _exact_parts(first: list[bytes], rest: AsyncIterator[bytes], part_size: int) -> AsyncIterator[list[Any]]:
+    """Re-cut a stream into parts of exactly ``part_size`` bytes (the last may be shorter).
+
+    A chunk that spans parts is sliced through a memoryview, so a large ``bytes`` body
+    is cut without copying (each piece is a view of the caller's buffer).
+    """
+    buf: list[Any] = []
     size = 0
 
     async def source() -> AsyncIterator[bytes]:
@@ -197,11 +201,14 @@ async def _exact_parts(first: list[bytes], rest: AsyncIterator[bytes], part_size
             yield c
 
     async for chunk in source():
-        while chunk:
-            take = min(len(chunk), part_size - size)
-            piece, chunk = (chunk, b"") if take == len(chunk) else (chunk[:take], chunk[take:])
+        view = memoryview(chunk) if len(chunk) > part_size - size else None
+        pos = 0
+        while pos < len(chunk):
+            take = min(len(chunk) - pos, part_size - size)
+            piece = chunk if view is None else view[pos : pos + take]
             buf.append(piece)
-            size += len(piece)
+            size += take
+            pos += take
             if size == part_size:
                 yield buf
                 buf, size = [], 0
