@@ -46,3 +46,17 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
     backend = LocalBackend(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET)
     yield backend
     await backend.aclose()
+
+
+# --- GCS: fake-gcs-server, launched once per worker ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """fake-gcs-server (in-memory) with one bucket, plus a throwaway service-account key for signing."""
+    from unistore.testing._gcs_server import create_bucket, make_service_account, running_fake_gcs
+
+    creds = make_service_account(tmp_path_factory.mktemp("gcs") / "sa.json")
+    with running_fake_gcs() as url:
+        create_bucket(url, "unistore-test")
+        yield {"url": url, "bucket": "unistore-test", "credentials": str(creds)}

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from ._base import BaseBackend
 from ._errors import ConfigurationError
@@ -31,6 +31,7 @@ class _Spec:
     module: str | None  # None: not available in this version
     env: Mapping[str, str]  # option name -> environment variable
     planned: str = ""
+    extra: str | None = None  # the pip extra holding the backend's dependencies
 
 
 _SPECS: dict[str, _Spec] = {
@@ -72,19 +73,30 @@ _SPECS: dict[str, _Spec] = {
     ),
     "gcs": _Spec(
         "GCSBackend",
-        None,
-        {"bucket": "STORAGE_GCS_BUCKET", "project": "STORAGE_GCS_PROJECT"},
-        planned="the GCS backend (unistore[gcs])",
+        "unistore.backends.gcs",
+        {
+            "bucket": "STORAGE_GCS_BUCKET",
+            "project": "STORAGE_GCS_PROJECT",
+            "credentials": "GOOGLE_APPLICATION_CREDENTIALS",
+            "emulator_host": "STORAGE_EMULATOR_HOST",
+            "prefix": "STORAGE_GCS_PREFIX",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+        },
+        extra="gcs",
     ),
     "cloudinary": _Spec(
         "CloudinaryBackend",
-        None,
+        "unistore.backends.cloudinary",
         {
             "cloud_name": "STORAGE_CLOUDINARY_CLOUD_NAME",
             "api_key": "STORAGE_CLOUDINARY_API_KEY",
             "api_secret": "STORAGE_CLOUDINARY_API_SECRET",
+            "url": "CLOUDINARY_URL",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
         },
-        planned="the Cloudinary backend (unistore[cloudinary])",
+        extra="cloudinary",
     ),
 }
 
@@ -96,7 +108,12 @@ def backend_class(kind: str) -> type[BaseBackend]:
         raise ConfigurationError(f"unknown storage backend {kind!r}; choose one of {', '.join(_SPECS)}")
     if spec.module is None:
         return _placeholder(spec)
-    cls: type[BaseBackend] = getattr(importlib.import_module(spec.module), spec.cls_name)
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        hint = f"pip install 'unistore[{spec.extra}]'" if spec.extra else "reinstall unistore"
+        raise ConfigurationError(f"{spec.cls_name} needs a missing dependency ({exc.name}): {hint}") from exc
+    cls: type[BaseBackend] = getattr(module, spec.cls_name)
     return cls
 
 
@@ -267,9 +284,16 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(f"file URL must be file:///absolute/path, got {url!r}")
         kind, options = "local", {"base_path": unquote(parts.path)}
-    elif scheme in ("s3", "gs", "cloudinary"):
-        kind = {"s3": "s3", "gs": "gcs", "cloudinary": "cloudinary"}[scheme]
-        raise _unavailable(_SPECS[kind])
+    elif scheme == "gs":
+        if not parts.netloc:
+            raise ConfigurationError(f"GCS URL must be gs://bucket[/prefix], got {url!r}")
+        kind, options = "gcs", {"bucket": parts.netloc}
+        if parts.path.strip("/"):
+            options["prefix"] = unquote(parts.path.strip("/")) + "/"
+    elif scheme == "cloudinary":
+        kind, options = "cloudinary", {"url": urlunsplit((parts.scheme, parts.netloc, "", "", ""))}
+    elif scheme == "s3":
+        raise _unavailable(_SPECS["s3"])
     else:
         raise ConfigurationError(f"unsupported storage URL scheme {scheme!r}")
     settings_cls = _settings_class(backend_class(kind))
