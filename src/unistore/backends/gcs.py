@@ -85,6 +85,8 @@ class GCSSettings:
     url_expiration: int = 3600
     timeout: int = 60
     max_connections: int = 64
+    page_size: int = 1000
+    """Objects per listing request (GCS's maximum is 1000)."""
     endpoint: str = field(default=_API, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,8 +94,8 @@ class GCSSettings:
             raise ConfigurationError("GCS needs a bucket: set STORAGE_GCS_BUCKET")
         if self.chunk_size <= 0 or self.chunk_size % _QUANTUM:
             raise ConfigurationError("chunk_size must be a positive multiple of 256 KiB")
-        if self.url_expiration <= 0 or self.timeout <= 0 or self.max_connections <= 0:
-            raise ConfigurationError("url_expiration, timeout and max_connections must be positive")
+        if min(self.url_expiration, self.timeout, self.max_connections, self.page_size) <= 0:
+            raise ConfigurationError("url_expiration, timeout, max_connections and page_size must be positive")
         if self.prefix:
             validate_prefix(self.prefix)
 
@@ -497,7 +499,7 @@ class GCSBackend(BaseBackend):
         self, prefix: str, start_after: str | None, fields: str
     ) -> AsyncIterator[list[dict[str, Any]]]:
         check_listing_args(prefix, start_after)
-        params = {"prefix": self._name(prefix), "maxResults": "1000", "fields": f"items({fields}),nextPageToken"}
+        params = {"prefix": self._name(prefix), "maxResults": str(self.settings.page_size), "fields": f"items({fields}),nextPageToken"}
         if start_after is not None and start_after > prefix:
             params["startOffset"] = self._name(start_after)
         skip = self._name(start_after) if start_after is not None else None
