@@ -60,3 +60,16 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     with running_fake_gcs() as url:
         create_bucket(url, "unistore-test")
         yield {"url": url, "bucket": "unistore-test", "credentials": str(creds)}
+
+
+# --- Cloudinary: the local fake of its REST API, served once per worker ----------------------
+
+
+@pytest.fixture(scope="session")
+def fake_cloudinary() -> Iterator[tuple[object, str]]:
+    """The Cloudinary fake (state) and the base URL it is served at."""
+    from unistore.testing._cloudinary_fake import FakeCloudinary
+
+    fake = FakeCloudinary()
+    with running_server(fake.app) as url:
+        yield fake, url
