@@ -80,7 +80,9 @@ def _png(w: int = 4, h: int = 3) -> bytes:
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "image/png", None])
-async def test_every_tricky_key_round_trips_with_its_extension(cld: CloudinaryBackend, content_type: str | None) -> None:
+async def test_every_tricky_key_round_trips_with_its_extension(
+    cld: CloudinaryBackend, content_type: str | None
+) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     data = _png() if content_type == "image/png" else b"bytes"
     keys = [prefix + k for k in TRICKY_KEYS] + [prefix + "pic.png", prefix + "pic.jpg", prefix + "pic"]

@@ -135,7 +135,8 @@ async def test_generation_is_the_etag_and_round_trips(gcs: GCSBackend) -> None:
     )
     assert info.etag.isdigit()
     head = await gcs.head(key)
-    assert (head.etag, head.cache_control, head.content_disposition) == (info.etag, "no-cache", "inline; filename=x.txt")
+    expected = (info.etag, "no-cache", "inline; filename=x.txt")
+    assert (head.etag, head.cache_control, head.content_disposition) == expected
     assert head.content_type == "text/plain" and dict(head.metadata) == {"a": "1"}
 
 

@@ -47,12 +47,10 @@ from .._errors import (
 from .._keys import validate_key
 from .._types import (
     Body,
-    ByteRange,
     Capabilities,
     Download,
     ObjectInfo,
     Range,
-    SuffixRange,
     WriteMode,
     check_header_value,
     guess_content_type,
@@ -266,7 +264,8 @@ class CloudinaryBackend(BaseBackend):
         if s.delivery_type != "upload" or transformation:
             signature = url_signature("/".join(p for p in (transformation, source) if p), str(s.api_secret)) + "/"
         trail = f"{transformation}/" if transformation else ""
-        return f"{self._delivery}/{rtype}/{res.get('type', s.delivery_type)}/{signature}{trail}v{res['version']}/{source}"
+        dtype = res.get("type", s.delivery_type)
+        return f"{self._delivery}/{rtype}/{dtype}/{signature}{trail}v{res['version']}/{source}"
 
     def _download_url(self, res: Mapping[str, Any], expires_in: int, download: bool) -> str:
         """A Download API URL (private_download_url): signed, expiring, for any delivery type."""
@@ -274,7 +273,7 @@ class CloudinaryBackend(BaseBackend):
             "public_id": str(res["public_id"]),
             "format": str(res.get("format") or "") if res["resource_type"] != "raw" else "",
             "type": str(res.get("type", self.settings.delivery_type)),
-            "attachment": "true" if download else "",
+            "attachment": "1" if download else "",  # as the SDK sends (and signs) it
             "expires_at": str(int(time.time()) + expires_in),
             "timestamp": str(int(time.time())),
         }

