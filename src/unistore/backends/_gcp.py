@@ -23,7 +23,7 @@ import httpx
 
 from .._errors import ConfigurationError, InvalidArgumentError
 
-__all__ = ["MAX_SIGNED_URL_SECONDS", "Credentials", "load_credentials", "v4_signed_url"]
+__all__ = ["Credentials", "MAX_SIGNED_URL_SECONDS", "load_credentials", "v4_signed_url"]
 
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600  # GCS rejects V4 signatures valid for longer
 _SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
