@@ -108,6 +108,22 @@ async def test_resource_types_follow_the_content_type(cld: CloudinaryBackend, fa
     assert await cld.delete(key) is True and not await cld.exists(key)
 
 
+async def test_get_of_a_raw_key_is_one_request(cld: CloudinaryBackend, fake_cloudinary: Any) -> None:
+    fake: FakeCloudinary = fake_cloudinary[0]
+    key = f"one-{uuid.uuid4().hex[:8]}/data.bin"
+    await cld.put_object(key, b"raw bytes")
+    before = fake.requests
+    assert await cld.get(key) == b"raw bytes"
+    assert fake.requests - before == 1  # the delivery GET, no Admin-API lookup
+    await cld.put_object(key, _png(), content_type="image/png")  # now an image: the raw URL is a 404
+    assert ("raw", "authenticated", key) not in fake.assets
+    before = fake.requests
+    assert await cld.get(key) == _png()  # falls back to the lookup
+    assert fake.requests - before > 1
+    with pytest.raises(FileNotFoundError):
+        await cld.get(key + ".missing")
+
+
 async def test_public_ids_escape_reserved_characters(cld: CloudinaryBackend, fake_cloudinary: Any) -> None:
     fake: FakeCloudinary = fake_cloudinary[0]
     key = f"e-{uuid.uuid4().hex[:8]}/100% a+b?c#d&e~f.txt"

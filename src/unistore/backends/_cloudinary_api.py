@@ -1,8 +1,9 @@
-"""Cloudinary's documented REST conventions: key ↔ public id, signatures, transformations.
+"""Cloudinary's documented REST conventions: key ↔ public id, signatures, transformations, errors.
 
 Kept apart from the backend so the test fake and the backend cannot drift: both
 sign and escape through these functions, and the tests cross-check them
-against the official SDK.
+against the official SDK. :func:`raise_for` is the backend's one error boundary
+for responses.
 """
 
 from __future__ import annotations
@@ -10,22 +11,42 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
-from .._errors import InvalidArgumentError, InvalidKeyError
+import httpx
+
+from .._errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidRangeError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
+    StorageError,
+    UnavailableError,
+)
+from .._types import ObjectInfo, guess_content_type
 
 __all__ = [
+    "RESOURCE_TYPES",
     "ResourceType",
     "Transform",
     "api_signature",
+    "asset_context",
     "context_string",
     "decode_public_id",
     "encode_public_id",
+    "info_from_resource",
     "parse_context",
+    "raise_for",
     "resource_type_for",
     "smart_escape",
+    "type_order",
     "url_signature",
 ]
 
@@ -35,6 +56,33 @@ ResourceType = Literal["image", "video", "raw"]
 _ESCAPED = frozenset("?&#\\%<>+~")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
 MAX_PUBLIC_ID = 255
+BACKEND = "CloudinaryBackend"
+
+
+def raise_for(r: httpx.Response, op: str, key: str | None) -> NoReturn:
+    """Raise the unistore error for an unsuccessful response (its body must have been read)."""
+    status = r.status_code
+    try:
+        message = str(r.json()["error"]["message"]).splitlines()[0][:200]
+    except Exception:
+        message = r.reason_phrase or f"HTTP {status}"
+    kw: dict[str, Any] = {"key": key, "backend": BACKEND, "operation": op}
+    if status == 404:
+        raise NotFoundError("no such object", **kw)
+    if status == 416:
+        raise InvalidRangeError("range not satisfiable", **kw)
+    if status in (401, 403):
+        raise PermissionDeniedError(f"access denied: {message}", **kw)
+    if status == 420 or status == 429:
+        retry = r.headers.get("retry-after")
+        raise RateLimitedError(message, retry_after=float(retry) if retry and retry.isdigit() else None, **kw)
+    if status >= 500:
+        raise UnavailableError(f"Cloudinary error {status}: {message}", **kw)
+    if status == 413:
+        raise QuotaExceededError(message, **kw)
+    if status == 400:
+        raise InvalidArgumentError(f"Cloudinary rejected the request: {message}", **kw)
+    raise StorageError(f"Cloudinary error {status}: {message}", **kw)
 
 
 def encode_public_id(folder: str, key: str) -> str:
@@ -63,6 +111,15 @@ def resource_type_for(content_type: str) -> ResourceType:
     return "raw"
 
 
+RESOURCE_TYPES: tuple[ResourceType, ...] = ("image", "video", "raw")
+
+
+def type_order(key: str) -> tuple[ResourceType, ...]:
+    """The resource types to try for ``key``: the one its extension suggests first."""
+    first = resource_type_for(guess_content_type(key))
+    return (first, *(t for t in RESOURCE_TYPES if t != first))
+
+
 def api_signature(params: dict[str, str], secret: str, algorithm: str = "sha1") -> str:
     """Upload/Download API signature: the sorted ``k=v`` pairs of non-empty parameters (``&`` in a
     pair encoded as ``%26``, signature version 2), joined by ``&``, the API secret appended, hashed."""
@@ -89,6 +146,41 @@ def _escape_context(value: str) -> str:
 def context_string(context: dict[str, str]) -> str:
     """Contextual metadata in the Upload API's ``key=value|key=value`` form (``=``, ``|`` escaped)."""
     return "|".join(f"{_escape_context(k)}={_escape_context(v)}" for k, v in context.items())
+
+
+# System fields kept in the asset's context next to the custom metadata.
+_SYSTEM = {"_ct": "content_type", "_cc": "cache_control", "_cd": "content_disposition", "_sz": "size"}
+
+
+def asset_context(meta: dict[str, str], content_type: str, cache_control: str | None, disposition: str | None) -> str:
+    """The Upload API ``context`` for custom metadata plus the system fields (``_ct``, ``_cc``, ``_cd``)."""
+    context = {**meta, "_ct": content_type}
+    if cache_control is not None:
+        context["_cc"] = cache_control
+    if disposition is not None:
+        context["_cd"] = disposition
+    return context_string(context)
+
+
+def info_from_resource(res: Mapping[str, Any], folder: str) -> ObjectInfo:
+    """An asset resource (Upload/Admin API JSON) as :class:`ObjectInfo`; the etag is ``{version}-{md5}``."""
+    context = dict((res.get("context") or {}).get("custom") or {})
+    system = {name: context.pop(short, None) for short, name in _SYSTEM.items()}
+    try:
+        modified = datetime.fromisoformat(str(res.get("created_at", "")).replace("Z", "+00:00"))
+    except ValueError:
+        modified = datetime.now(UTC)
+    key = decode_public_id(folder, str(res["public_id"]))
+    return ObjectInfo(
+        key=key or str(res["public_id"]),
+        size=int(res.get("bytes", 0)),
+        etag=f"{res.get('version', 0)}-{res.get('etag', '')}",
+        last_modified=modified,
+        content_type=system["content_type"] or "application/octet-stream",
+        metadata=context,
+        cache_control=system["cache_control"],
+        content_disposition=system["content_disposition"],
+    )
 
 
 def parse_context(text: str) -> dict[str, str]:

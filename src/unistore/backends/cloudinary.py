@@ -10,36 +10,29 @@ asset's context; a ``tags`` metadata value (comma-separated) also becomes
 the asset's Cloudinary tags. Uploads larger than ``chunk_size`` (Cloudinary:
 at least 5 MB) go in chunks (``Content-Range`` + ``X-Unique-Upload-Id``).
 
-Capabilities: ranges, streaming (chunked upload, streamed delivery), signed
-GET URLs. Not supported (:class:`UnsupportedError`): conditional writes,
-reads and deletes (Cloudinary has no atomic precondition), presigned PUT.
-Listing merges three resource types and sorts, so it holds one prefix's
-names in memory. Cloudinary caps public ids at 255 characters.
+Capabilities: ranges, streaming, signed GET URLs. Not supported
+(:class:`UnsupportedError`): conditional writes, reads and deletes (Cloudinary
+has no atomic precondition), presigned PUT. Public ids are capped at 255
+characters. Private modules: conventions and errors (``_cloudinary_api``), URLs
+(``_cloudinary_urls``), uploads (``_cloudinary_upload``), listing (``_cloudinary_list``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import IO, Any, ClassVar, NoReturn
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from .._base import BaseBackend, check_listing_args, iter_body
+from .._base import BaseBackend, check_listing_args
 from .._errors import (
     ConfigurationError,
     InvalidArgumentError,
-    InvalidRangeError,
     NotFoundError,
-    PermissionDeniedError,
-    QuotaExceededError,
-    RateLimitedError,
     StorageError,
     UnavailableError,
     UnsupportedError,
@@ -57,21 +50,23 @@ from .._types import (
     normalize_metadata,
 )
 from ._cloudinary_api import (
-    ResourceType,
+    RESOURCE_TYPES,
     Transform,
-    api_signature,
-    context_string,
+    asset_context,
     decode_public_id,
     encode_public_id,
+    info_from_resource,
+    raise_for,
     resource_type_for,
-    smart_escape,
-    url_signature,
+    type_order,
 )
+from ._cloudinary_list import merged_listing
+from ._cloudinary_upload import Source, upload_asset
+from ._cloudinary_urls import Urls
 
 __all__ = ["CloudinaryBackend", "CloudinarySettings", "Transform"]
 
-_TYPES: tuple[ResourceType, ...] = ("image", "video", "raw")
-_SYSTEM = {"_ct": "content_type", "_cc": "cache_control", "_cd": "content_disposition", "_sz": "size"}
+_EAGER = 256 * 1024  # delivered spans up to this size are read at once in open()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +133,10 @@ class CloudinaryBackend(BaseBackend):
         self.default_expires_in = s.url_expiration
         self._api = f"{s.upload_prefix.rstrip('/')}/v1_1/{s.cloud_name}"
         host = s.cname or "res.cloudinary.com"
-        self._delivery = f"{'https' if s.secure else 'http'}://{host}/{s.cloud_name}"
+        delivery = f"{'https' if s.secure else 'http'}://{host}/{s.cloud_name}"
+        self._urls = Urls(
+            self._api, delivery, str(s.api_key), str(s.api_secret), s.signature_algorithm, s.delivery_type
+        )
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout, connect=10),
             limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections),
@@ -149,34 +147,11 @@ class CloudinaryBackend(BaseBackend):
     def __repr__(self) -> str:
         return f"CloudinaryBackend(cloud_name={self.settings.cloud_name!r}, folder={self.settings.folder!r})"
 
-    # --- the one error boundary ---------------------------------------------------------
+    # --- the one request path (response errors: _cloudinary_api.raise_for) ----------
 
-    def _fail(self, r: httpx.Response, op: str, key: str | None) -> NoReturn:
-        status = r.status_code
-        try:
-            message = str(r.json()["error"]["message"]).splitlines()[0][:200]
-        except Exception:
-            message = r.reason_phrase or f"HTTP {status}"
-        kw: dict[str, Any] = {"key": key, "backend": self.name, "operation": op}
-        if status == 404:
-            raise NotFoundError("no such object", **kw)
-        if status == 416:
-            raise InvalidRangeError("range not satisfiable", **kw)
-        if status in (401, 403):
-            raise PermissionDeniedError(f"access denied: {message}", **kw)
-        if status == 420 or status == 429:
-            retry = r.headers.get("retry-after")
-            raise RateLimitedError(message, retry_after=float(retry) if retry and retry.isdigit() else None, **kw)
-        if status >= 500:
-            raise UnavailableError(f"Cloudinary error {status}: {message}", **kw)
-        if status == 413:
-            raise QuotaExceededError(message, **kw)
-        if status == 400:
-            raise InvalidArgumentError(f"Cloudinary rejected the request: {message}", **kw)
-        raise StorageError(f"Cloudinary error {status}: {message}", **kw)
-
-    async def _send(self, method: str, url: str, op: str, key: str | None, *, stream: bool = False,
-                    **kw: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
+    ) -> httpx.Response:
         auth = kw.pop("auth", None)
         try:
             request = self._client.build_request(method, url, **kw)
@@ -185,8 +160,9 @@ class CloudinaryBackend(BaseBackend):
             if isinstance(exc, StorageError):
                 raise
             kind = UnavailableError if isinstance(exc, httpx.TransportError) else StorageError
-            raise kind(f"Cloudinary request failed: {type(exc).__name__}", key=key, backend=self.name,
-                       operation=op) from exc
+            raise kind(
+                f"Cloudinary request failed: {type(exc).__name__}", key=key, backend=self.name, operation=op
+            ) from exc
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -194,43 +170,13 @@ class CloudinaryBackend(BaseBackend):
         validate_key(key)
         return encode_public_id(self.settings.folder, key)
 
-    def _signed(self, params: dict[str, str]) -> dict[str, str]:
-        s = self.settings
-        params = {k: v for k, v in params.items() if v != ""}
-        params["signature"] = api_signature(params, str(s.api_secret), s.signature_algorithm)
-        params["api_key"] = str(s.api_key)
-        if s.signature_algorithm != "sha1":
-            params["signature_algorithm"] = s.signature_algorithm
-        return params
-
     def _info(self, res: Mapping[str, Any]) -> ObjectInfo:
-        context = dict((res.get("context") or {}).get("custom") or {})
-        system = {name: context.pop(short, None) for short, name in _SYSTEM.items()}
-        try:
-            modified = datetime.fromisoformat(str(res.get("created_at", "")).replace("Z", "+00:00"))
-        except ValueError:
-            modified = datetime.now(UTC)
-        key = decode_public_id(self.settings.folder, str(res["public_id"]))
-        return ObjectInfo(
-            key=key or str(res["public_id"]),
-            size=int(res.get("bytes", 0)),
-            etag=f"{res.get('version', 0)}-{res.get('etag', '')}",
-            last_modified=modified,
-            content_type=system["content_type"] or "application/octet-stream",
-            metadata=context,
-            cache_control=system["cache_control"],
-            content_disposition=system["content_disposition"],
-        )
-
-    @staticmethod
-    def _order(key: str) -> tuple[ResourceType, ...]:
-        first = resource_type_for(guess_content_type(key))
-        return (first, *(t for t in _TYPES if t != first))
+        return info_from_resource(res, self.settings.folder)
 
     async def _resource(self, key: str, op: str) -> dict[str, Any]:
         """The asset for ``key``: the type its extension suggests first, then the others."""
         pid = self._pid(key)
-        first, *others = self._order(key)
+        first, *others = type_order(key)
         found = await self._lookup(first, pid, key, op)
         if found is None:
             for res in await asyncio.gather(*(self._lookup(t, pid, key, op) for t in others)):
@@ -245,45 +191,29 @@ class CloudinaryBackend(BaseBackend):
         if r.status_code == 404:
             return None
         if r.status_code != 200:
-            self._fail(r, op, key)
+            raise_for(r, op, key)
         res: dict[str, Any] = r.json()
         return res
-
-    def _delivery_url(self, res: Mapping[str, Any], transform: Transform | None, download: bool) -> str:
-        """A delivery URL, signed unless the asset is public and untransformed."""
-        s = self.settings
-        rtype, pid = str(res["resource_type"]), str(res["public_id"])
-        source = smart_escape(pid)
-        if rtype != "raw" and res.get("format"):
-            source += f".{res['format']}"
-        parts = [str(transform)] if transform is not None else []
-        if download:
-            parts.append("fl_attachment")
-        transformation = "/".join(parts)
-        signature = ""
-        if s.delivery_type != "upload" or transformation:
-            signature = url_signature("/".join(p for p in (transformation, source) if p), str(s.api_secret)) + "/"
-        trail = f"{transformation}/" if transformation else ""
-        dtype = res.get("type", s.delivery_type)
-        return f"{self._delivery}/{rtype}/{dtype}/{signature}{trail}v{res['version']}/{source}"
-
-    def _download_url(self, res: Mapping[str, Any], expires_in: int, download: bool) -> str:
-        """A Download API URL (private_download_url): signed, expiring, for any delivery type."""
-        params = {
-            "public_id": str(res["public_id"]),
-            "format": str(res.get("format") or "") if res["resource_type"] != "raw" else "",
-            "type": str(res.get("type", self.settings.delivery_type)),
-            "attachment": "1" if download else "",  # as the SDK sends (and signs) it
-            "expires_at": str(int(time.time()) + expires_in),
-            "timestamp": str(int(time.time())),
-        }
-        query = urlencode(self._signed(params), quote_via=quote)
-        return f"{self._api}/{res['resource_type']}/download?{query}"
 
     # --- primitives ---------------------------------------------------------------------
 
     async def head(self, key: str) -> ObjectInfo:
         return self._info(await self._resource(key, "head"))
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes. A key whose extension suggests a raw asset (most non-media files) is
+        one delivery request, by public id alone; otherwise, or when that asset is not found (another
+        type), the Admin-API lookup comes first, since a guessed image/video format would be converted."""
+        pid = self._pid(key)
+        if type_order(key)[0] == "raw":
+            r = await self._send(
+                "GET", self._urls.media_url({"public_id": pid, "resource_type": "raw", "version": 1}), "get", key
+            )
+            if r.status_code == 200:
+                return r.content
+            if r.status_code != 404:
+                raise_for(r, "get", key)
+        return await super().get(key)
 
     async def open(
         self,
@@ -293,38 +223,42 @@ class CloudinaryBackend(BaseBackend):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
+        """The lookup (info), then the delivery of that version; spans up to 256 KiB are read at once."""
         if if_match is not None or if_none_match is not None:
-            raise UnsupportedError("Cloudinary has no conditional reads", key=key, backend=self.name,
-                                   operation="open")
+            raise UnsupportedError("Cloudinary has no conditional reads", key=key, backend=self.name, operation="open")
         res = await self._resource(key, "open")
         info = self._info(res)
         start, end = (0, info.size) if range is None else range.resolve(info.size)
         if end == start:
             return Download(info, b"", start=0, end=0)
-        url = (
-            self._download_url(res, 300, False)
-            if self.settings.delivery_type == "private"
-            else self._delivery_url(res, None, False)
-        )
         headers = {"Range": f"bytes={start}-{end - 1}"} if range is not None else {}
-        r = await self._send("GET", url, "open", key, stream=True, headers=headers)
-        if r.status_code not in (200, 206):
-            await r.aread()
-            self._fail(r, "open", key)
-        if range is not None and r.status_code == 200:  # a CDN may ignore Range: never serve the wrong bytes
+        eager = end - start <= _EAGER
+        r = await self._send("GET", self._urls.media_url(res), "open", key, stream=not eager, headers=headers)
+        try:
+            if r.status_code not in (200, 206):
+                await r.aread()
+                raise_for(r, "open", key)
+            if range is not None and r.status_code == 200:  # a CDN may ignore Range: never serve the wrong bytes
+                raise UnavailableError(
+                    "the delivery server ignored the Range header", key=key, backend=self.name, operation="open"
+                )
+        except BaseException:
             await r.aclose()
-            raise UnavailableError("the delivery server ignored the Range header", key=key, backend=self.name,
-                                   operation="open")
-        return Download(info, self._stream(r, key), start=start, end=end, range_requested=range is not None,
-                        close=r.aclose)
+            raise
+        if eager:
+            return Download(info, r.content, start=start, end=end, range_requested=range is not None)
+        return Download(
+            info, self._stream(r, key), start=start, end=end, range_requested=range is not None, close=r.aclose
+        )
 
     async def _stream(self, r: httpx.Response, key: str) -> AsyncIterator[bytes]:
         try:
             async for chunk in r.aiter_bytes():
                 yield chunk
         except Exception as exc:
-            raise UnavailableError(f"Cloudinary read failed: {type(exc).__name__}", key=key, backend=self.name,
-                                   operation="read") from exc
+            raise UnavailableError(
+                f"Cloudinary read failed: {type(exc).__name__}", key=key, backend=self.name, operation="read"
+            ) from exc
         finally:
             await r.aclose()
 
@@ -351,7 +285,7 @@ class CloudinaryBackend(BaseBackend):
     ) -> str:
         """Store ``data`` and return its URL, built from the upload's answer (no extra lookup)."""
         res = await self._put(key, data, content_type, metadata, "overwrite", None, None)
-        return self._url_for(res, self.default_expires_in, False, None)
+        return self._urls.url_for(res, self.default_expires_in, False, None)
 
     async def _put(
         self,
@@ -365,25 +299,26 @@ class CloudinaryBackend(BaseBackend):
     ) -> dict[str, Any]:
         pid = self._pid(key)
         if mode != "overwrite":
-            raise UnsupportedError("Cloudinary has no atomic conditional writes", key=key, backend=self.name,
-                                   operation="put")
+            raise UnsupportedError(
+                "Cloudinary has no atomic conditional writes", key=key, backend=self.name, operation="put"
+            )
         meta = normalize_metadata(metadata)
         ctype = check_header_value("content_type", content_type) or guess_content_type(key)
-        context = dict(meta)
-        context["_ct"] = ctype
-        if check_header_value("cache_control", cache_control) is not None:
-            context["_cc"] = str(cache_control)
-        if check_header_value("content_disposition", content_disposition) is not None:
-            context["_cd"] = str(content_disposition)
+        context = asset_context(
+            meta,
+            ctype,
+            check_header_value("cache_control", cache_control),
+            check_header_value("content_disposition", content_disposition),
+        )
         params = {
             "public_id": pid,
             "type": self.settings.delivery_type,
             "overwrite": "true",
             "invalidate": "true",
-            "context": context_string(context),
+            "context": context,
             "tags": meta.get("tags", ""),
         }
-        source = await _Source.load(body, self.settings.chunk_size)
+        source = await Source.load(body, self.settings.chunk_size)
         try:
             rtype = resource_type_for(ctype)
             try:
@@ -395,89 +330,47 @@ class CloudinaryBackend(BaseBackend):
                 res = await self._upload(rtype, params, source, key)
         finally:
             await source.aclose()
-        if rtype != self._order(key)[0]:
+        if rtype != type_order(key)[0]:
             # The extension suggests another type: remove a previous version stored under it, so
             # lookups (which try that type first) find this one.
-            await asyncio.gather(*(self._destroy(t, pid, key) for t in _TYPES if t != rtype))
+            await asyncio.gather(*(self._destroy(t, pid, key) for t in RESOURCE_TYPES if t != rtype))
         return res
 
-    async def _upload(self, rtype: str, params: dict[str, str], source: _Source, key: str) -> dict[str, Any]:
+    async def _upload(self, rtype: str, params: dict[str, str], source: Source, key: str) -> dict[str, Any]:
+        fields = self._urls.signed({**params, "timestamp": str(int(time.time()))})
         url = f"{self._api}/{rtype}/upload"
-        base = {**params, "timestamp": str(int(time.time()))}
-        if source.size <= self.settings.chunk_size:
-            data = await source.read_at(0, source.size)
-            r = await self._send("POST", url, "put", key, data=self._signed(base),
-                                 files={"file": ("blob", data, "application/octet-stream")})
-            if r.status_code != 200:
-                self._fail(r, "put", key)
-            res: dict[str, Any] = r.json()
-            return res
-        upload_id = os.urandom(16).hex()
-        offset = 0
-        while offset < source.size:
-            n = min(self.settings.chunk_size, source.size - offset)
-            data = await source.read_at(offset, n)
-            headers = {
-                "Content-Range": f"bytes {offset}-{offset + n - 1}/{source.size}",
-                "X-Unique-Upload-Id": upload_id,
-            }
-            r = await self._send("POST", url, "put", key, data=self._signed(base), headers=headers,
-                                 files={"file": ("blob", data, "application/octet-stream")})
-            if r.status_code != 200:
-                self._fail(r, "put", key)
-            offset += n
-        res = r.json()
-        return res
+        return await upload_asset(self._send, url, key, fields, source, self.settings.chunk_size)
 
     async def _destroy(self, rtype: str, pid: str, key: str) -> bool:
-        params = self._signed({"public_id": pid, "type": self.settings.delivery_type, "invalidate": "true",
-                               "timestamp": str(int(time.time()))})
+        now = str(int(time.time()))
+        params = self._urls.signed({"public_id": pid, "type": self.settings.delivery_type, "invalidate": "true",
+                                    "timestamp": now})  # fmt: skip
         r = await self._send("POST", f"{self._api}/{rtype}/destroy", "delete", key, data=params)
         if r.status_code != 200:
-            self._fail(r, "delete", key)
+            raise_for(r, "delete", key)
         return bool(r.json().get("result") == "ok")
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         pid = self._pid(key)
         if if_match is not None:
-            raise UnsupportedError("Cloudinary has no conditional deletes", key=key, backend=self.name,
-                                   operation="delete")
-        results = await asyncio.gather(*(self._destroy(t, pid, key) for t in self._order(key)))
+            raise UnsupportedError(
+                "Cloudinary has no conditional deletes", key=key, backend=self.name, operation="delete"
+            )
+        results = await asyncio.gather(*(self._destroy(t, pid, key) for t in type_order(key)))
         return any(results)
+
+    async def _list_page(self, rtype: str, params: dict[str, str]) -> dict[str, Any]:
+        url = f"{self._api}/resources/{rtype}/{self.settings.delivery_type}"
+        r = await self._send("GET", url, "list", params.get("prefix"), params=params, auth=self._auth)
+        if r.status_code != 200:
+            raise_for(r, "list", params.get("prefix"))
+        page: dict[str, Any] = r.json()
+        return page
 
     async def _names(self, prefix: str, start_after: str | None, detailed: bool) -> list[dict[str, Any]]:
         check_listing_args(prefix, start_after)
-        pid_prefix = encode_public_id(self.settings.folder, prefix) if prefix else self.settings.folder
-        found: dict[str, dict[str, Any]] = {}
-
-        async def one_type(rtype: str) -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
-            params = {"prefix": pid_prefix, "max_results": str(self.settings.page_size)}
-            if detailed:
-                params["context"] = "true"
-            while True:
-                url = f"{self._api}/resources/{rtype}/{self.settings.delivery_type}"
-                r = await self._send("GET", url, "list", prefix, params=params, auth=self._auth)
-                if r.status_code != 200:
-                    self._fail(r, "list", prefix)
-                page = r.json()
-                out += page.get("resources") or []
-                if not page.get("next_cursor"):
-                    return out
-                params["next_cursor"] = page["next_cursor"]
-
-        for resources in await asyncio.gather(*(one_type(t) for t in _TYPES)):
-            for res in resources:
-                key = decode_public_id(self.settings.folder, str(res["public_id"]))
-                if key is None or not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                    continue
-                # A stale copy under another type can outlive a type change: the preferred type wins.
-                if key in found and self._order(key).index(found[key]["resource_type"]) <= self._order(
-                    key
-                ).index(res["resource_type"]):
-                    continue
-                found[key] = res
-        return [found[k] for k in sorted(found)]
+        s = self.settings
+        return await merged_listing(self._list_page, s.folder, prefix, start_after, s.page_size, detailed)
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         for res in await self._names(prefix, start_after, True):
@@ -487,11 +380,6 @@ class CloudinaryBackend(BaseBackend):
         folder = self.settings.folder
         for res in await self._names(prefix, start_after, False):
             yield decode_public_id(folder, str(res["public_id"])) or ""
-
-    def _url_for(self, res: Mapping[str, Any], expires_in: int, download: bool, transform: Transform | None) -> str:
-        if transform is not None or (self.settings.delivery_type == "upload" and not download):
-            return self._delivery_url(res, transform, download)
-        return self._download_url(res, expires_in, download)
 
     async def sign_url(
         self,
@@ -506,12 +394,13 @@ class CloudinaryBackend(BaseBackend):
         ``expires_in`` (for public assets, the plain delivery URL). With ``transform``: a signed
         delivery URL, which Cloudinary does not expire (that needs its token-based-auth add-on)."""
         if method.upper() != "GET":
-            raise UnsupportedError("Cloudinary has no presigned upload URLs", key=key, backend=self.name,
-                                   operation="sign_url")
+            raise UnsupportedError(
+                "Cloudinary has no presigned upload URLs", key=key, backend=self.name, operation="sign_url"
+            )
         expires = expires_in or self.default_expires_in
         if expires <= 0:
             raise InvalidArgumentError("expires_in must be positive", key=key)
-        return self._url_for(await self._resource(key, "sign_url"), expires, download, transform)
+        return self._urls.url_for(await self._resource(key, "sign_url"), expires, download, transform)
 
     async def get_url(
         self, key: str, expires_in: int | None = 3600, download: bool = False, *, transform: Transform | None = None
@@ -522,59 +411,7 @@ class CloudinaryBackend(BaseBackend):
     async def ping(self) -> None:
         r = await self._send("GET", f"{self._api}/ping", "ping", None, auth=self._auth)
         if r.status_code != 200:
-            self._fail(r, "ping", None)
+            raise_for(r, "ping", None)
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-class _Source:
-    """A body with a known size, readable at any offset (uploads are replayable): bytes in memory,
-    a path on disk, or a stream spooled to a temporary file once it outgrows one chunk."""
-
-    def __init__(self, data: bytes | None, file: IO[bytes] | None, size: int, owned: bool) -> None:
-        self._data, self._file, self.size, self._owned = data, file, size, owned
-
-    @classmethod
-    async def load(cls, body: Body, chunk_size: int) -> _Source:
-        if isinstance(body, bytes | bytearray | memoryview):
-            return cls(bytes(body), None, len(body), False)
-        if isinstance(body, os.PathLike):
-            f = await asyncio.to_thread(open, os.fspath(body), "rb")
-            return cls(None, f, os.fstat(f.fileno()).st_size, True)
-        buf = bytearray()
-        spool: IO[bytes] | None = None
-        try:
-            async for chunk in iter_body(body, min(chunk_size, 1 << 20)):
-                if spool is None:
-                    buf += chunk
-                    if len(buf) > chunk_size:
-                        spool = await asyncio.to_thread(tempfile.TemporaryFile)
-                        await asyncio.to_thread(spool.write, bytes(buf))
-                        buf.clear()
-                else:
-                    await asyncio.to_thread(spool.write, chunk)
-        except BaseException:
-            if spool is not None:
-                await asyncio.to_thread(spool.close)
-            raise
-        if spool is None:
-            return cls(bytes(buf), None, len(buf), False)
-        size = await asyncio.to_thread(spool.tell)
-        return cls(None, spool, size, True)
-
-    async def read_at(self, offset: int, n: int) -> bytes:
-        if self._data is not None:
-            return self._data[offset : offset + n]
-        assert self._file is not None
-        f = self._file
-
-        def read() -> bytes:
-            f.seek(offset)
-            return f.read(n)
-
-        return await asyncio.to_thread(read)
-
-    async def aclose(self) -> None:
-        if self._file is not None and self._owned:
-            await asyncio.to_thread(self._file.close)
