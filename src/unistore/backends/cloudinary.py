@@ -63,6 +63,7 @@ from ._cloudinary_api import (
 from ._cloudinary_list import merged_listing
 from ._cloudinary_upload import Source, upload_asset
 from ._cloudinary_urls import Urls
+from ._httpclient import pooled_client
 
 __all__ = ["CloudinaryBackend", "CloudinarySettings", "Transform"]
 
@@ -137,11 +138,7 @@ class CloudinaryBackend(BaseBackend):
         self._urls = Urls(
             self._api, delivery, str(s.api_key), str(s.api_secret), s.signature_algorithm, s.delivery_type
         )
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.timeout, connect=10),
-            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections),
-            headers={"User-Agent": "unistore"},
-        )
+        self._client = pooled_client(s.timeout, s.max_connections)
         self._auth = httpx.BasicAuth(str(s.api_key), str(s.api_secret))
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ from ._gcs_wire import (
     translate,
     write_conditions,
 )
+from ._httpclient import pooled_client
 
 __all__ = ["GCSBackend", "GCSSettings"]
 
@@ -119,11 +120,7 @@ class GCSBackend(BaseBackend):
         self._sign_scheme, self._sign_host = sign_at.scheme, sign_at.netloc
         self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
         self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.timeout, connect=10),
-            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections),
-            headers={"User-Agent": "unistore"},
-        )
+        self._client = pooled_client(s.timeout, s.max_connections)
 
     def __repr__(self) -> str:
         return f"GCSBackend(bucket={self.settings.bucket!r}, prefix={self.settings.prefix!r}, auth={self._creds.kind})"
