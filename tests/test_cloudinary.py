@@ -46,11 +46,11 @@ async def cld(fake_cloudinary: tuple[Any, str]) -> AsyncIterator[CloudinaryBacke
 
 
 class TestCloudinary(BackendConformance):
-    list_count = 120  # in Admin-API pages of 50: next_cursor paging inside the conformance listing test
+    list_count = 60  # in Admin-API pages of 25: next_cursor paging inside the conformance listing test
 
     @pytest.fixture
     async def backend(self, fake_cloudinary: tuple[Any, str]) -> AsyncIterator[CloudinaryBackend]:
-        b = make(fake_cloudinary, page_size=50)
+        b = make(fake_cloudinary, page_size=25)
         yield b
         await b.aclose()
 

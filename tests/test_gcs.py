@@ -49,17 +49,17 @@ async def gcs(fake_gcs: dict[str, str]) -> AsyncIterator[GCSBackend]:
 
 
 class TestGCS(BackendConformance):
-    # The emulator takes ~3-5 ms a request: 120 keys in pages of 50 still page (start_after too: see
+    # The emulator takes ~3-5 ms a request: 60 keys in pages of 25 still page (start_after too: see
     # test_listing_pages_and_start_after), and 8 writers x 5 increments still race on every round
     # (the default 20 x 20 is ~16,000 requests, 20-50 s here).
-    list_count = 120
+    list_count = 60
     race_writers = 8
     race_increments = 5
 
     @pytest.fixture
     async def backend(self, fake_gcs: dict[str, str]) -> AsyncIterator[GCSBackend]:
         # small chunks so the multi-MiB test exercises resumable sessions of several chunks
-        b = make(fake_gcs, chunk_size=1024 * 1024, page_size=50)
+        b = make(fake_gcs, chunk_size=1024 * 1024, page_size=25)
         yield b
         await b.aclose()
 
