@@ -13,7 +13,7 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any
 
 import httpx
@@ -25,10 +25,12 @@ from ._cloudinary_api import raise_for
 __all__ = ["Source", "form_body", "upload_asset"]
 
 Send = Callable[..., Awaitable[httpx.Response]]
+_JOIN = 256 * 1024  # bodies up to this size are sent as one buffer
 
 
-def form_body(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
-    """A ``multipart/form-data`` body (the fields, then ``data`` as ``file``) and its content type."""
+def form_body(fields: dict[str, str], data: bytes) -> tuple[bytes, bytes, str]:
+    """A ``multipart/form-data`` body around ``data`` (the fields, then ``data`` as ``file``):
+    the bytes before and after ``data``, and the content type."""
     boundary = secrets.token_hex(16)
     head = "".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()
@@ -37,8 +39,25 @@ def form_body(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     )
-    body = b"".join((head.encode(), data, f"\r\n--{boundary}--\r\n".encode()))
-    return body, f"multipart/form-data; boundary={boundary}"
+    return head.encode(), f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def _post_form(
+    send: Send, url: str, key: str, fields: dict[str, str], data: bytes, headers: dict[str, str] | None = None
+) -> Any:
+    """One upload POST. Small bodies go as one buffer (one write); a chunk is sent as three parts
+    with its length, so it is not copied into a second buffer."""
+    head, tail, ctype = form_body(fields, data)
+    headers = {**(headers or {}), "Content-Type": ctype}
+    if len(data) <= _JOIN:
+        return await send("POST", url, "put", key, content=b"".join((head, data, tail)), headers=headers)
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (head, data, tail):
+            yield part
+
+    headers["Content-Length"] = str(len(head) + len(data) + len(tail))
+    return await send("POST", url, "put", key, content=parts(), headers=headers)
 
 
 async def upload_asset(
@@ -46,8 +65,7 @@ async def upload_asset(
 ) -> dict[str, Any]:
     """Upload ``source`` with the signed ``fields``, in one request or in chunks; the asset (JSON)."""
     if source.size <= chunk_size:
-        body, ctype = form_body(fields, await source.read_at(0, source.size))
-        r = await send("POST", url, "put", key, content=body, headers={"Content-Type": ctype})
+        r = await _post_form(send, url, key, fields, await source.read_at(0, source.size))
         if r.status_code != 200:
             raise_for(r, "put", key)
         res: dict[str, Any] = r.json()
@@ -56,13 +74,8 @@ async def upload_asset(
     offset = 0
     while offset < source.size:
         n = min(chunk_size, source.size - offset)
-        body, ctype = form_body(fields, await source.read_at(offset, n))
-        headers = {
-            "Content-Type": ctype,
-            "Content-Range": f"bytes {offset}-{offset + n - 1}/{source.size}",
-            "X-Unique-Upload-Id": upload_id,
-        }
-        r = await send("POST", url, "put", key, content=body, headers=headers)
+        headers = {"Content-Range": f"bytes {offset}-{offset + n - 1}/{source.size}", "X-Unique-Upload-Id": upload_id}
+        r = await _post_form(send, url, key, fields, await source.read_at(offset, n), headers)
         if r.status_code != 200:
             raise_for(r, "put", key)
         offset += n
@@ -92,7 +105,7 @@ class Source:
                     buf += chunk
                     if len(buf) > chunk_size:
                         spool = await asyncio.to_thread(tempfile.TemporaryFile)
-                        await asyncio.to_thread(spool.write, bytes(buf))
+                        await asyncio.to_thread(spool.write, buf)
                         buf.clear()
                 else:
                     await asyncio.to_thread(spool.write, chunk)
