@@ -67,3 +67,29 @@ def moto() -> Iterator[S3Server]:
         server.create_bucket("unistore-tests")
         yield server
 
+
+# --- GCS: fake-gcs-server, launched once per worker ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """fake-gcs-server (in-memory) with one bucket, plus a throwaway service-account key for signing."""
+    from unistore.testing._gcs_server import create_bucket, make_service_account, running_fake_gcs
+
+    creds = make_service_account(tmp_path_factory.mktemp("gcs") / "sa.json")
+    with running_fake_gcs() as url:
+        create_bucket(url, "unistore-test")
+        yield {"url": url, "bucket": "unistore-test", "credentials": str(creds)}
+
+
+# --- Cloudinary: the local fake of its REST API, served once per worker ----------------------
+
+
+@pytest.fixture(scope="session")
+def fake_cloudinary() -> Iterator[tuple[object, str]]:
+    """The Cloudinary fake (state) and the base URL it is served at."""
+    from unistore.testing._cloudinary_fake import FakeCloudinary
+
+    fake = FakeCloudinary()
+    with running_server(fake.app) as url:
+        yield fake, url

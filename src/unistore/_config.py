@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from ._base import BaseBackend
 from ._errors import ConfigurationError
@@ -28,9 +28,9 @@ logger = logging.getLogger("unistore")
 @dataclass(frozen=True)
 class _Spec:
     cls_name: str
-    module: str | None  # None: not available in this version
+    module: str
     env: Mapping[str, str]  # option name -> environment variable
-    planned: str = ""
+    extra: str | None = None  # the pip extra holding the backend's dependencies
 
 
 _SPECS: dict[str, _Spec] = {
@@ -81,23 +81,34 @@ _SPECS: dict[str, _Spec] = {
             "conditional_delete": "STORAGE_S3_CONDITIONAL_DELETE",
             "url_expiration": "STORAGE_URL_EXPIRATION",
         },
-        planned="the S3 backend (unistore[s3])",
+        extra="s3",
     ),
     "gcs": _Spec(
         "GCSBackend",
-        None,
-        {"bucket": "STORAGE_GCS_BUCKET", "project": "STORAGE_GCS_PROJECT"},
-        planned="the GCS backend (unistore[gcs])",
+        "unistore.backends.gcs",
+        {
+            "bucket": "STORAGE_GCS_BUCKET",
+            "project": "STORAGE_GCS_PROJECT",
+            "credentials": "GOOGLE_APPLICATION_CREDENTIALS",
+            "emulator_host": "STORAGE_EMULATOR_HOST",
+            "prefix": "STORAGE_GCS_PREFIX",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+        },
+        extra="gcs",
     ),
     "cloudinary": _Spec(
         "CloudinaryBackend",
-        None,
+        "unistore.backends.cloudinary",
         {
             "cloud_name": "STORAGE_CLOUDINARY_CLOUD_NAME",
             "api_key": "STORAGE_CLOUDINARY_API_KEY",
             "api_secret": "STORAGE_CLOUDINARY_API_SECRET",
+            "url": "CLOUDINARY_URL",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
         },
-        planned="the Cloudinary backend (unistore[cloudinary])",
+        extra="cloudinary",
     ),
 }
 
@@ -107,36 +118,13 @@ def backend_class(kind: str) -> type[BaseBackend]:
     spec = _SPECS.get(kind)
     if spec is None:
         raise ConfigurationError(f"unknown storage backend {kind!r}; choose one of {', '.join(_SPECS)}")
-    if spec.module is None:
-        return _placeholder(spec)
-    cls: type[BaseBackend] = getattr(importlib.import_module(spec.module), spec.cls_name)
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        hint = f"pip install 'unistore[{spec.extra}]'" if spec.extra else "reinstall unistore"
+        raise ConfigurationError(f"{spec.cls_name} needs a missing dependency ({exc.name}): {hint}") from exc
+    cls: type[BaseBackend] = getattr(module, spec.cls_name)
     return cls
-
-
-def _unavailable(spec: _Spec, why: str | None = None) -> ConfigurationError:
-    chosen = f" (chosen because {why})" if why else ""
-    return ConfigurationError(
-        f"{spec.cls_name}{chosen} is not available in this version of unistore: {spec.planned} "
-        f"is not built yet. Set STORAGE_BACKEND=local or memory."
-    )
-
-
-_PLACEHOLDERS: dict[str, type[BaseBackend]] = {}
-
-
-def _placeholder(spec: _Spec) -> type[BaseBackend]:
-    """A class named as the spec names the backend, whose construction explains it is not built."""
-    if spec.cls_name not in _PLACEHOLDERS:
-
-        def __init__(self: BaseBackend, *args: Any, **kwargs: Any) -> None:
-            raise _unavailable(spec)
-
-        cls = type(
-            spec.cls_name, (BaseBackend,), {"__init__": __init__, "__doc__": f"Not built yet: {spec.planned}."}
-        )
-        cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]  # construction must reach __init__
-        _PLACEHOLDERS[spec.cls_name] = cls
-    return _PLACEHOLDERS[spec.cls_name]
 
 
 def _cast(value: str, to: Any, name: str) -> Any:
@@ -195,8 +183,6 @@ def _settings_for(kind: str, options: Mapping[str, Any], env: Mapping[str, str])
     spec = _SPECS.get(kind)
     if spec is None:
         raise ConfigurationError(f"unknown storage backend {kind!r}; choose one of {', '.join(_SPECS)}")
-    if spec.module is None:
-        raise _unavailable(spec)
     cls = backend_class(kind)
     settings_cls = _settings_class(cls)
     known = {f.name: f for f in fields(settings_cls)}
@@ -258,9 +244,6 @@ def _build(backend: str | None, options: Mapping[str, Any], env: Mapping[str, st
         kind, why = backend.strip().lower(), "requested by name"
     else:
         kind, why = detect_backend(env)
-    spec = _SPECS.get(kind)
-    if spec is not None and spec.module is None:
-        raise _unavailable(spec, why)
     settings = _settings_for(kind, options, env)
     cls = backend_class(kind)
     instance = cls(**settings)
@@ -295,9 +278,14 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
         kind, options = "s3", {"bucket": parts.netloc}
         if parts.path.strip("/"):
             options["prefix"] = unquote(parts.path.strip("/")) + "/"
-    elif scheme in ("gs", "cloudinary"):
-        kind = {"gs": "gcs", "cloudinary": "cloudinary"}[scheme]
-        raise _unavailable(_SPECS[kind])
+    elif scheme == "gs":
+        if not parts.netloc:
+            raise ConfigurationError(f"GCS URL must be gs://bucket[/prefix], got {url!r}")
+        kind, options = "gcs", {"bucket": parts.netloc}
+        if parts.path.strip("/"):
+            options["prefix"] = unquote(parts.path.strip("/")) + "/"
+    elif scheme == "cloudinary":
+        kind, options = "cloudinary", {"url": urlunsplit((parts.scheme, parts.netloc, "", "", ""))}
     else:
         raise ConfigurationError(f"unsupported storage URL scheme {scheme!r}")
     settings_cls = _settings_class(backend_class(kind))

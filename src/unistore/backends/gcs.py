@@ -1,0 +1,396 @@
+"""Google Cloud Storage over its JSON API, with one pooled ``httpx.AsyncClient``.
+
+The object's **generation** is the etag: ``mode="create"`` sends
+``ifGenerationMatch=0``, ``IfMatch(g)`` sends ``ifGenerationMatch=g``, and GCS
+decides the condition atomically with the write. Bodies up to ``chunk_size``
+go in one multipart upload; larger ones stream through a resumable session
+(:mod:`._gcs_upload`; memory bounded by one chunk, cancelled if the body fails
+so the stored object is untouched). ``open`` is one media request whose
+headers give the info of exactly the generation served; small bodies are read
+at once. Copies are server-side (``rewrite``). URLs are V4-signed locally with
+the service-account key. ``STORAGE_EMULATOR_HOST`` points everything at an
+emulator (no tokens). Errors are translated in :mod:`._gcs_wire`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError
+from .._keys import validate_key, validate_prefix
+from .._types import (
+    Body,
+    ByteRange,
+    Capabilities,
+    Download,
+    IfMatch,
+    ObjectInfo,
+    Range,
+    SuffixRange,
+    WriteMode,
+    check_header_value,
+    guess_content_type,
+    normalize_metadata,
+)
+from ._gcp import Credentials, load_credentials, v4_signed_url
+from ._gcs_upload import resumable_upload
+from ._gcs_wire import (
+    INFO_FIELDS,
+    info_from_media,
+    info_from_resource,
+    multipart_body,
+    precondition_failed,
+    raise_for,
+    translate,
+    write_conditions,
+)
+from ._httpclient import pooled_client
+
+__all__ = ["GCSBackend", "GCSSettings"]
+
+_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
+_API = "https://storage.googleapis.com"
+_MEDIA = {"alt": "media"}
+_EAGER = 256 * 1024  # media bodies up to this size are read at once in open()
+
+
+@dataclass(frozen=True, slots=True)
+class GCSSettings:
+    """Settings of :class:`GCSBackend` (``easy_storage`` keyword names)."""
+
+    bucket: str = ""
+    project: str | None = None
+    credentials: str | None = None
+    """Path of a service-account (or ``authorized_user``) JSON file; ``GOOGLE_APPLICATION_CREDENTIALS``."""
+    emulator_host: str | None = None
+    """``STORAGE_EMULATOR_HOST``: base URL of an emulator (fake-gcs-server); no tokens are sent."""
+    prefix: str = ""
+    """Prepended to every key (``gs://bucket/prefix``)."""
+    chunk_size: int = 8 * 1024 * 1024
+    url_expiration: int = 3600
+    timeout: int = 60
+    max_connections: int = 64
+    page_size: int = 1000
+    """Objects per listing request (GCS's maximum is 1000)."""
+    endpoint: str = field(default=_API, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ConfigurationError("GCSBackend needs a bucket: set STORAGE_GCS_BUCKET")
+        if self.chunk_size <= 0 or self.chunk_size % _QUANTUM:
+            raise ConfigurationError("chunk_size must be a positive multiple of 256 KiB")
+        if min(self.url_expiration, self.timeout, self.max_connections, self.page_size) <= 0:
+            raise ConfigurationError("url_expiration, timeout, max_connections and page_size must be positive")
+        if self.prefix:
+            validate_prefix(self.prefix)
+
+
+class GCSBackend(BaseBackend):
+    """A GCS bucket (optionally under a prefix) as a unistore backend."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        conditional_put=True,
+        conditional_get=True,
+        conditional_delete=True,
+        ranges=True,
+        streaming=True,
+        signed_urls=True,
+        presigned_put=True,
+        server_side_copy=True,
+        max_object_size=5 * 1024**4,
+    )
+
+    def __init__(self, settings: GCSSettings | None = None, **options: Any) -> None:
+        if settings is not None and options:
+            raise ConfigurationError("pass either settings or keyword options, not both")
+        self.settings = s = settings if settings is not None else GCSSettings(**options)
+        self.default_expires_in = s.url_expiration
+        base = (s.emulator_host or s.endpoint).rstrip("/")
+        if "://" not in base:
+            base = "http://" + base
+        self._base = base
+        self._creds: Credentials = load_credentials(s.credentials, anonymous=s.emulator_host is not None)
+        sign_at = urlsplit(base if s.emulator_host else _API)
+        self._sign_scheme, self._sign_host = sign_at.scheme, sign_at.netloc
+        self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
+        self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
+        self._client = pooled_client(s.timeout, s.max_connections)
+
+    def __repr__(self) -> str:
+        return f"GCSBackend(bucket={self.settings.bucket!r}, prefix={self.settings.prefix!r}, auth={self._creds.kind})"
+
+    # --- the one request path (errors: ._gcs_wire) ------------------------------------
+
+    async def _send(
+        self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """One request, authenticated; transport errors translated. Idempotent requests are
+        retried once on a dropped pooled connection (the server may close an idle one)."""
+        try:
+            if self._creds.kind != "anonymous":
+                token = await self._creds.token(self._client)
+                kw["headers"] = {**(kw.get("headers") or {}), "Authorization": f"Bearer {token}"}
+            request = self._client.build_request(method, url, **kw)
+            try:
+                return await self._client.send(request, stream=stream)
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                if method not in ("GET", "HEAD", "DELETE") or kw.get("content") is not None:
+                    raise
+                return await self._client.send(self._client.build_request(method, url, **kw), stream=stream)
+        except Exception as exc:
+            raise translate(exc, op, key) from exc
+
+    def _name(self, key: str) -> str:
+        return self.settings.prefix + key
+
+    def _object_url(self, key: str) -> str:
+        return f"{self._bucket_path}/o/{quote(self._name(key), safe='')}"
+
+    def _from_resource(self, res: Mapping[str, Any]) -> ObjectInfo:
+        return info_from_resource(res, self.settings.prefix)
+
+    async def _current_generation(self, key: str, op: str) -> str:
+        """The generation ``IfMatch("*")`` pins; :class:`PreconditionFailedError` if ``key`` is missing."""
+        try:
+            return (await self.head(key)).etag
+        except NotFoundError:
+            precondition_failed(key, op, "if_match on a missing key")
+
+    # --- primitives ---------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        r = await self._send("GET", self._object_url(key), "head", key)
+        if r.status_code != 200:
+            raise_for(r, "head", key)
+        return self._from_resource(r.json())
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes in one request (no metadata round trip)."""
+        validate_key(key)
+        r = await self._send("GET", self._object_url(key), "get", key, params=_MEDIA)
+        if r.status_code != 200:
+            raise_for(r, "get", key)
+        return r.content
+
+    async def open(
+        self,
+        key: str,
+        *,
+        range: Range | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Download:
+        """One request; the info comes from the media response's headers. Bodies up to 256 KiB
+        are read at once (the connection goes straight back to the pool); larger ones stream."""
+        validate_key(key)
+        headers: dict[str, str] = {}
+        params = dict(_MEDIA)
+        if isinstance(range, ByteRange):
+            headers["Range"] = f"bytes={range.start}-{'' if range.end is None else range.end - 1}"
+        elif isinstance(range, SuffixRange):
+            headers["Range"] = f"bytes=-{range.length}"
+        if if_match is not None and if_match != "*":
+            params["ifGenerationMatch"] = if_match.strip('"')
+            if not params["ifGenerationMatch"].isdigit():  # not a generation: cannot match
+                precondition_failed(key, "open")
+        if if_none_match is not None and if_none_match != "*" and if_none_match.strip('"').isdigit():
+            params["ifGenerationNotMatch"] = if_none_match.strip('"')
+        r = await self._send("GET", self._object_url(key), "open", key, stream=True, params=params, headers=headers)
+        try:
+            if r.status_code not in (200, 206):
+                await r.aread()
+                if r.status_code == 416 and range is not None and "ifGenerationMatch" not in params:
+                    await self.head(key)  # 416 on a missing object would hide the 404
+                raise_for(r, "open", key)
+            info, start, end = info_from_media(key, r)
+            # The one response is the version served: check the conditions against it too.
+            check_read_conditions(info, if_match, if_none_match, self.name)
+            if end - start <= _EAGER:
+                await r.aread()
+                return Download(info, r.content, start=start, end=end, range_requested=range is not None)
+        except BaseException as exc:
+            await r.aclose()
+            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                raise translate(exc, "open", key) from exc
+            raise
+        return Download(
+            info, self._stream(r, key), start=start, end=end, range_requested=range is not None, close=r.aclose
+        )
+
+    async def _stream(self, r: httpx.Response, key: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in r.aiter_bytes():
+                yield chunk
+        except Exception as exc:
+            raise translate(exc, "read", key) from exc
+        finally:
+            await r.aclose()
+
+    async def put_object(
+        self,
+        key: str,
+        body: Body,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        mode: WriteMode = "overwrite",
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
+    ) -> ObjectInfo:
+        validate_key(key)
+        resource: dict[str, Any] = {
+            "name": self._name(key),
+            "contentType": check_header_value("content_type", content_type) or guess_content_type(key),
+            "metadata": normalize_metadata(metadata),
+        }
+        if check_header_value("cache_control", cache_control) is not None:
+            resource["cacheControl"] = cache_control
+        if check_header_value("content_disposition", content_disposition) is not None:
+            resource["contentDisposition"] = content_disposition
+        generation = None
+        if isinstance(mode, IfMatch) and mode.etag == "*":
+            generation = await self._current_generation(key, "put")
+        params = write_conditions(mode, generation)
+        if isinstance(mode, IfMatch) and not params["ifGenerationMatch"].isdigit():
+            precondition_failed(key, "put")
+        size = self.settings.chunk_size
+        if isinstance(body, bytes | bytearray | memoryview) and len(body) <= size:
+            return await self._multipart(key, bytes(body), resource, params, mode)
+        chunks = iter_body(body, min(size, DEFAULT_CHUNK_SIZE))
+        buf = bytearray()
+        async for chunk in chunks:
+            buf += chunk
+            if len(buf) > size:
+                res = await resumable_upload(
+                    self._send, self._upload_path, key, buf, chunks, resource, params, mode, size
+                )
+                return self._from_resource(res)
+        return await self._multipart(key, bytes(buf), resource, params, mode)
+
+    async def _multipart(
+        self, key: str, data: bytes, resource: dict[str, Any], params: dict[str, str], mode: WriteMode
+    ) -> ObjectInfo:
+        body, content_type = multipart_body(resource, data)
+        r = await self._send(
+            "POST",
+            self._upload_path,
+            "put",
+            key,
+            params={"uploadType": "multipart", "fields": INFO_FIELDS, **params},
+            content=body,
+            headers={"Content-Type": content_type},
+        )
+        if r.status_code != 200:
+            raise_for(r, "put", key, mode)
+        return self._from_resource(r.json())
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        validate_key(key)
+        params = {}
+        if if_match is not None and if_match != "*":
+            params["ifGenerationMatch"] = if_match.strip('"')
+            if not params["ifGenerationMatch"].isdigit():
+                precondition_failed(key, "delete")
+        elif if_match == "*":
+            try:
+                params["ifGenerationMatch"] = (await self.head(key)).etag
+            except NotFoundError:
+                params["ifGenerationMatch"] = "0"
+        r = await self._send("DELETE", self._object_url(key), "delete", key, params=params)
+        if r.status_code in (200, 204):
+            return True
+        if r.status_code == 404:
+            if if_match is not None:
+                precondition_failed(key, "delete")
+            return False
+        raise_for(r, "delete", key)
+
+    async def _pages(self, prefix: str, start_after: str | None, fields: str) -> AsyncIterator[list[dict[str, Any]]]:
+        check_listing_args(prefix, start_after)
+        params = {
+            "prefix": self._name(prefix),
+            "maxResults": str(self.settings.page_size),
+            "fields": f"items({fields}),nextPageToken",
+        }
+        if start_after is not None and start_after > prefix:
+            params["startOffset"] = self._name(start_after)
+        skip = self._name(start_after) if start_after is not None else None
+        while True:
+            r = await self._send("GET", f"{self._bucket_path}/o", "list", prefix, params=params)
+            if r.status_code != 200:
+                raise_for(r, "list", prefix)
+            page = r.json()
+            items = [i for i in page.get("items") or () if i["name"] != skip]
+            if items:
+                yield items
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
+
+    async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        async for items in self._pages(prefix, start_after, INFO_FIELDS):
+            for item in items:
+                yield self._from_resource(item)
+
+    async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        cut = len(self.settings.prefix)
+        async for items in self._pages(prefix, start_after, "name"):
+            for item in items:
+                yield item["name"][cut:]
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        validate_key(key)
+        method = method.upper()
+        if method not in ("GET", "PUT", "HEAD", "DELETE"):
+            raise InvalidArgumentError(f"cannot sign a {method} URL for GCS")
+        extra = {}
+        if download:
+            name = key.rpartition("/")[2]
+            extra["response-content-disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+        return v4_signed_url(
+            self._creds,
+            scheme=self._sign_scheme,
+            host=self._sign_host,
+            bucket=self.settings.bucket,
+            name=self._name(key),
+            method=method,
+            expires_in=expires_in or self.default_expires_in,
+            extra_query=extra,
+        )
+
+    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
+        validate_key(src)
+        validate_key(dst)
+        generation = None
+        if isinstance(mode, IfMatch) and mode.etag == "*":
+            generation = await self._current_generation(dst, "copy")
+        params = {**write_conditions(mode, generation), "fields": f"done,rewriteToken,resource({INFO_FIELDS})"}
+        url = f"{self._object_url(src)}/rewriteTo/b/{quote(self.settings.bucket, safe='')}/o/" + quote(
+            self._name(dst), safe=""
+        )
+        while True:
+            r = await self._send("POST", url, "copy", src, params=params, json={})
+            if r.status_code != 200:
+                raise_for(r, "copy", dst if r.status_code == 412 else src, mode)
+            body = r.json()
+            if body.get("done"):
+                return self._from_resource(body["resource"])
+            params["rewriteToken"] = body["rewriteToken"]  # large or cross-class copies take several calls
+
+    async def ping(self) -> None:
+        r = await self._send("GET", self._bucket_path, "ping", None, params={"fields": "name"})
+        if r.status_code != 200:
+            raise_for(r, "ping", None)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
