@@ -43,8 +43,21 @@ lint: $(VENV)/.dev-installed
 typecheck: lint
 
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
+## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines
 bench: $(VENV)/.bench-installed
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	@status=0; for suite in $(BENCH_SUITES); do \
+	  case $$suite in \
+	    core) script=bench/run.py ;; \
+	    s3) script=bench/s3/run.py ;; \
+	    layers) script=bench/layers.py ;; \
+	    gcs-cloudinary) script=bench/gcs_cloudinary.py ;; \
+	    engines) script=bench/engines.py ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines)"; exit 2 ;; \
+	  esac; \
+	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
+	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) .serve-data .pytest_cache .mypy_cache .ruff_cache

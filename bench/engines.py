@@ -26,7 +26,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--quick", action="store_true", help="1 repetition of 100 ops")
     args = ap.parse_args()
+    if args.quick:
+        args.reps, args.n = 1, 100
     from unistore.testing._s3servers import seaweedfs
 
     worker = str(Path(__file__).with_name("engines_worker.py"))
