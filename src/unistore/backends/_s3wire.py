@@ -7,6 +7,7 @@ the error table read in one place. Nothing here does I/O.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
+_SIGNED_PREFIXES = ("x-amz-", "if-")
+_SIGNED_NAMES = frozenset({"content-type", "content-md5", "range"})
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = re.compile(r"\{[^}]*\}")
 
@@ -112,15 +115,15 @@ class SigV4:
 
         ``path`` is the already encoded request path; ``headers`` keys are lower-case.
         """
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        amz_date = _amz_date(int(time.time() if now is None else now))
         headers["x-amz-date"] = amz_date
         headers["x-amz-content-sha256"] = payload_hash
         if creds.token:
             headers["x-amz-security-token"] = creds.token
         signed = {"host": host}
         for name, value in headers.items():
-            if name.startswith("x-amz-") or name in ("content-type", "content-md5", "range") or name.startswith("if-"):
-                signed[name] = " ".join(value.split())
+            if name.startswith(_SIGNED_PREFIXES) or name in _SIGNED_NAMES:
+                signed[name] = value.strip() if "  " not in value else " ".join(value.split())
         names = sorted(signed)
         signed_names = ";".join(names)
         canonical = "\n".join(
@@ -136,7 +139,7 @@ class SigV4:
         day = amz_date[:8]
         scope = self._scope(day)
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._key(creds.secret_key, day), to_sign.encode(), "sha256").hex()
         headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={signed_names}, "
             f"Signature={signature}"
@@ -242,11 +245,24 @@ def decode_meta(value: str) -> str:
 def http_date(value: str | None) -> datetime:
     """An HTTP date header as an aware datetime (now, if missing or unparsable)."""
     if value:
-        try:
-            return parsedate_to_datetime(value).astimezone(UTC)
-        except (TypeError, ValueError):
-            pass
+        parsed = _parse_http_date(value)
+        if parsed is not None:
+            return parsed
     return datetime.now(UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_http_date(value: str) -> datetime | None:
+    # Date and Last-Modified repeat for every response within a second: parse each once.
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _amz_date(second: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 def iso_date(value: str | None) -> datetime:
