@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,11 +35,12 @@ from ._s3wire import http_date, iso_date, xml_children, xml_find, xml_root
 if TYPE_CHECKING:
     from .s3 import S3Backend
 
-__all__ = ["PartFailure", "PartInfo", "S3Uploads", "UploadSession", "copy_object", "upload_stream"]
+__all__ = ["PartFailure", "PartInfo", "S3Uploads", "UploadSession", "copy_object", "upload_file", "upload_stream"]
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
+_SLICE = MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,16 @@ def _part_checksum(mode: str, chunks: Sequence[bytes]) -> tuple[dict[str, str], 
     return {"x-amz-checksum-sha256": digest}, digest
 
 
-async def _body(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
+async def _body(chunks: Sequence[Any]) -> AsyncIterator[Any]:
+    """Feed a part to the socket in slices of at most 1 MiB, so the transport never
+    buffers a second copy of a whole part (aiohttp drains between writes)."""
     for c in chunks:
-        yield c
+        if len(c) <= _SLICE:
+            yield c
+        else:
+            view = memoryview(c)
+            for i in range(0, len(view), _SLICE):
+                yield view[i : i + _SLICE]
 
 
 async def _upload_part(
@@ -104,7 +113,7 @@ async def _upload_part(
         headers, checksum = _part_checksum(mode, chunks)
     headers.update(backend._read_headers)  # SSE-C: every part carries the key
     headers["content-length"] = str(size)
-    body: Any = chunks[0] if len(chunks) == 1 else _body(chunks)
+    body: Any = chunks[0] if len(chunks) == 1 and size <= _SLICE else _body(chunks)
     try:
         r = await backend._send(
             "PUT",
@@ -243,16 +252,23 @@ async def upload_stream(
                 finally:
                     slots.release()
 
+            pieces = _exact_parts(first, rest, s.part_size).__aiter__()
             number = 0
-            async for chunks in _exact_parts(first, rest, s.part_size):
+            while True:
+                await slots.acquire()  # before reading the next part: at most max_concurrency parts in memory
+                try:
+                    chunks = await pieces.__anext__()
+                except StopAsyncIteration:
+                    slots.release()
+                    break
                 n = sum(len(c) for c in chunks)
                 number += 1
                 if number > MAX_PARTS:
+                    slots.release()
                     raise InvalidArgumentError(
                         f"object needs more than {MAX_PARTS} parts: raise part_size", key=key, backend=backend.name
                     )
                 size += n
-                await slots.acquire()
                 tg.create_task(send(number, chunks, n))
                 del chunks
         done = await _complete(backend, key, upload_id, parts, cond, cond.get("if-none-match") == "*", mode)
@@ -262,6 +278,96 @@ async def upload_stream(
             first_error = exc.exceptions[0]
             raise first_error from None
         raise
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=done.etag,
+        last_modified=done.date,
+        content_type=content_type,
+        metadata=dict(metadata),
+        cache_control=headers.get("cache-control"),
+        content_disposition=headers.get("content-disposition"),
+    )
+
+
+async def upload_file(
+    backend: S3Backend,
+    key: str,
+    path: str,
+    size: int,
+    headers: dict[str, str],
+    cond: Mapping[str, str],
+    content_type: str,
+    metadata: Mapping[str, str],
+) -> ObjectInfo:
+    """Upload a file as parallel parts read straight from their byte ranges.
+
+    Nothing is buffered per part but the 1 MiB being sent (and, with a checksum, a
+    first pass over the part's range to hash it), so memory does not grow with
+    ``part_size`` or concurrency. A file that shrinks meanwhile fails the upload.
+    """
+    s = backend.settings
+    mode = s.checksum
+    part_size = s.part_size
+    count = -(-size // part_size)
+    if count > MAX_PARTS:
+        raise InvalidArgumentError(f"object needs more than {MAX_PARTS} parts: raise part_size", key=key)
+    upload_id = await _create(backend, key, headers, mode)
+    slots = asyncio.Semaphore(s.max_concurrency)
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    parts: list[PartInfo] = []
+
+    def read(offset: int, length: int) -> bytes:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise IntegrityError("the file changed size during the upload", key=key, operation="put")
+        return data
+
+    def digest(offset: int, length: int) -> tuple[dict[str, str], str | None]:
+        h = hashlib.md5(usedforsecurity=False) if mode == "md5" else hashlib.sha256()
+        for pos in range(offset, offset + length, _SLICE):
+            h.update(read(pos, min(_SLICE, offset + length - pos)))
+        value = base64.b64encode(h.digest()).decode()
+        return ({"content-md5": value} if mode == "md5" else {"x-amz-checksum-sha256": value}), value
+
+    async def ranged(offset: int, length: int) -> AsyncIterator[bytes]:
+        for pos in range(offset, offset + length, _SLICE):
+            yield await asyncio.to_thread(read, pos, min(_SLICE, offset + length - pos))
+
+    async def send(number: int) -> None:
+        async with slots:
+            offset = (number - 1) * part_size
+            length = min(part_size, size - offset)
+            part_headers, checksum = ({}, None) if mode == "none" else await asyncio.to_thread(digest, offset, length)
+            part_headers.update(backend._read_headers)
+            part_headers["content-length"] = str(length)
+            try:
+                r = await backend._send(
+                    "PUT",
+                    backend._object_path(key),
+                    op="upload_part",
+                    key=key,
+                    query={"partNumber": str(number), "uploadId": upload_id},
+                    headers=part_headers,
+                    body=ranged(offset, length),
+                )
+            except StorageError as exc:
+                backend._part_failed(PartFailure(key, upload_id, number, exc))
+                raise
+            parts.append(PartInfo(number, length, r.headers.get("ETag", "").strip('"'), checksum))
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for number in range(1, count + 1):
+                tg.create_task(send(number))
+        done = await _complete(backend, key, upload_id, parts, cond, cond.get("if-none-match") == "*", mode)
+    except BaseException as exc:
+        await asyncio.shield(_abort_quietly(backend, key, upload_id))
+        if isinstance(exc, BaseExceptionGroup):
+            raise exc.exceptions[0] from None
+        raise
+    finally:
+        await asyncio.to_thread(os.close, fd)
     return ObjectInfo(
         key=key,
         size=size,

@@ -40,8 +40,9 @@ class S3Settings:
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). ``None``: on for R2 endpoints."""
     part_size: int = 8 * MiB
-    max_concurrency: int = 4
-    """Parts in flight per upload: memory stays within ``part_size * (max_concurrency + 1)``."""
+    max_concurrency: int = 8
+    """Parts in flight per upload. A stream holds at most ``part_size * max_concurrency`` bytes;
+    a file is read straight from each part's byte range (about 1 MiB per part in flight)."""
     sse: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = None
     sse_customer_key: str | None = field(default=None, repr=False)

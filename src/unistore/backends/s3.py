@@ -19,8 +19,10 @@ Deviations from the common contract, all S3's own:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -273,6 +275,10 @@ class S3Backend(BaseBackend):
         part_size = self.settings.part_size
         if isinstance(body, bytes | bytearray | memoryview) and len(body) <= part_size:
             chunks, size, rest = [bytes(body)], len(body), None
+        elif isinstance(body, os.PathLike) and (file_size := await _file_size(body)) > part_size:
+            from ._s3multipart import upload_file
+
+            return await upload_file(self, key, os.fspath(body), file_size, headers, cond, ctype, meta)
         else:
             rest = iter_body(body, chunk_size=MiB).__aiter__()
             chunks, size = await _fill(rest, part_size)
@@ -462,6 +468,13 @@ class S3Backend(BaseBackend):
 
 def _dns_safe(bucket: str) -> bool:
     return "." not in bucket and bucket == bucket.lower() and 3 <= len(bucket) <= 63
+
+
+async def _file_size(path: os.PathLike[str]) -> int:
+    try:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+    except OSError:
+        return -1  # let the streaming path raise the file's own error
 
 
 def _quote_etag(etag: str) -> str:
