@@ -15,6 +15,9 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
 - ``GET /v1/objects?prefix=&limit=&cursor=``: a page and its opaque ``next_cursor``.
 - ``POST /v1/upload``: a browser form upload (``file`` field, optional ``key``).
 - ``GET /v1/urls/{key}?expires_in=&download=``: a signed URL for one object.
+- ``POST /v1/uploads`` → ``PUT /v1/uploads/{id}/parts/{n}`` → ``GET /v1/uploads/{id}/parts``
+  → ``POST /v1/uploads/{id}/complete`` (manifest of part SHA-256s) or ``DELETE /v1/uploads/{id}``:
+  multipart upload sessions kept in the backend (see ``UploadSessions``).
 - ``POST /v1/tokens``: issue a scoped token (``admin``).
 - ``GET /files/{key}?...signature``: signed URLs (local and memory backends).
 - ``GET /_ops/health``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
@@ -32,13 +35,16 @@ from ._app import create_app
 from ._auth import ACTIONS, Grant, TokenAuthority, UnauthorizedError
 from ._ops import RequestIdFilter
 from ._settings import ServiceSettings
+from ._uploads import SCHEMA_VERSION, UploadSessions
 
 __all__ = [
     "ACTIONS",
     "Grant",
     "RequestIdFilter",
+    "SCHEMA_VERSION",
     "ServiceSettings",
     "TokenAuthority",
     "UnauthorizedError",
+    "UploadSessions",
     "create_app",
 ]

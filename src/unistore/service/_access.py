@@ -45,12 +45,17 @@ class ServiceContext:
         assert header is not None
         return grant, "token:" + hashlib.sha256(header.encode()).hexdigest()[:32]
 
-    def check(self, request: Request, action: Action, key: str) -> Grant:
-        """Authenticate (401), rate-limit (429), then require ``action`` on ``key`` (403)."""
+    def admit(self, request: Request) -> Grant:
+        """Authenticate (401), then rate-limit (429): the grant to check scopes against."""
         grant, client = self.grant(request)
         if self.per_client is not None:
             self.per_client.take(client, what="per-client rate limit")
         if self.overall is not None:
             self.overall.take("*", what="service rate limit")
+        return grant
+
+    def check(self, request: Request, action: Action, key: str) -> Grant:
+        """:meth:`admit`, then require ``action`` on ``key`` (403)."""
+        grant = self.admit(request)
         grant.require(action, key)
         return grant

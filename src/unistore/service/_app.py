@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
@@ -19,6 +20,8 @@ from ._objects import objects_router
 from ._ops import RequestIdMiddleware, install_error_handlers
 from ._settings import ServiceSettings
 from ._state import StateStore
+from ._upload_routes import uploads_router
+from ._uploads import Hook, UploadSessions
 
 __all__ = ["create_app"]
 
@@ -37,19 +40,22 @@ def create_app(
     backend: StorageBackend | None = None,
     *,
     settings: ServiceSettings | None = None,
+    hooks: Sequence[Hook] = (),
     title: str = "unistore",
 ) -> FastAPI:
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
     wrapped as ``Observe → Idempotency → backend``; idempotency records live in
-    the backend itself (``.unistore/service/``), so replicas share them.
+    the backend itself (``.unistore/service/``), so replicas share them, as do
+    upload sessions. ``hooks`` are called with an event when an upload completes.
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
     registry = _registry()
+    state = StateStore(raw)
     storage: StorageBackend = Observe(
-        Idempotency(raw, store=StateStore(raw), ttl=settings.idempotency_ttl),
+        Idempotency(raw, store=state, ttl=settings.idempotency_ttl),
         metrics=registry if registry is not None else False,
     )
     ctx = ServiceContext.build(storage, settings)
@@ -71,6 +77,11 @@ def create_app(
         )
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)
     app.include_router(objects_router(ctx))
+    sessions = UploadSessions(
+        storage, state, ttl=settings.upload_ttl, max_part_size=settings.max_body_size, hooks=hooks
+    )
+    app.state.uploads = sessions
+    app.include_router(uploads_router(ctx, sessions))
 
     @app.get("/", include_in_schema=False)
     async def index() -> dict[str, Any]:

@@ -24,7 +24,8 @@ class ServiceSettings:
     ``token_rate``/``token_burst`` limit each token (or each client address when
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
-    page. ``idempotency_ttl`` is how long a recorded write answers a replay.
+    page. ``idempotency_ttl`` is how long a recorded write answers a replay;
+    ``upload_ttl`` how long an upload session lives.
     """
 
     auth: bool = True
@@ -37,6 +38,7 @@ class ServiceSettings:
     max_list_limit: int = 1000
     idempotency_ttl: float = 24 * 3600.0
     max_token_lifetime: int = 7 * 24 * 3600
+    upload_ttl: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.auth and (self.secret is None or len(self.secret) < 16):
@@ -55,8 +57,8 @@ class ServiceSettings:
                 raise ConfigurationError(f"{name} must be >= 1")
         if not 1 <= self.max_list_limit <= 100_000:
             raise ConfigurationError("max_list_limit must be in 1..100000")
-        if self.idempotency_ttl <= 0 or self.max_token_lifetime <= 0:
-            raise ConfigurationError("idempotency_ttl and max_token_lifetime must be > 0")
+        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl) <= 0:
+            raise ConfigurationError("idempotency_ttl, max_token_lifetime and upload_ttl must be > 0")
 
     def __repr__(self) -> str:
         secret = "<redacted>" if self.secret else None
