@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
@@ -20,7 +21,7 @@ from ._access import ServiceContext
 from ._digests import expected_digests, verified_body
 from ._state import is_internal
 
-__all__ = ["info_json", "objects_router"]
+__all__ = ["check_length", "info_json", "objects_router", "request_body"]
 
 _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
@@ -89,7 +90,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         validate_key(key)
         check_length(request, ctx.settings.max_body_size, key)
         body = verified_body(
-            _nonempty(request.stream()),
+            request_body(request),
             expected=expected_digests(request.headers),
             max_size=ctx.settings.max_body_size,
             key=key,
@@ -102,12 +103,11 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             content_disposition=request.headers.get("content-disposition"),
         )
         op_id = request.headers.get("idempotency-key")
-        if op_id is not None:
-            if not 0 < len(op_id) <= 200:
-                raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
-            with idempotency_key(f"{grant.subject}\n{op_id}"):
-                info = await storage.put_object(key, body, **options)
-        else:
+        if op_id is not None and not 0 < len(op_id) <= 200:
+            raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
+        # Set for every request, with or without a key: a write must never inherit a key
+        # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
+        with idempotency_key(f"{grant.subject}\n{op_id}" if op_id is not None else None):
             info = await storage.put_object(key, body, **options)
         return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
 
@@ -131,12 +131,14 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         prefix: str = "",
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
         cursor: str | None = None,
+        start_after: str | None = None,
     ) -> dict[str, Any]:
-        """A page of objects under ``prefix`` in key order; pass ``next_cursor`` back for the next page."""
+        """A page of objects under ``prefix`` in key order, after ``cursor`` (a previous page's
+        ``next_cursor``) or after the key ``start_after``."""
         ctx.check(request, "read", prefix)
         validate_prefix(prefix)
         limit = min(limit, ctx.settings.max_list_limit)
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else start_after
         objects: list[dict[str, Any]] = []
         last = None
         async for info in storage.iter_objects(prefix, start_after=after):
@@ -174,7 +176,11 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
     return router
 
 
-async def _nonempty(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        if chunk:
-            yield chunk
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it streams in; a client that hangs up mid-body is a 400, not a 500."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise InvalidArgumentError("the client disconnected before the body ended", operation="put") from None

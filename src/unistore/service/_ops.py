@@ -9,6 +9,8 @@ input is a 4xx, never a 5xx.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -111,6 +113,12 @@ class RequestIdMiddleware:
 
     An exception that escapes the app becomes a JSON 500 here (with the id),
     logged with its traceback, when the response has not started.
+
+    Each request runs in a fresh :class:`contextvars.Context`: uvicorn may
+    create a connection's next request from inside the previous request's
+    context (its reader is re-registered there when reading resumes), and a
+    value such as an idempotency key or the reserved-keys switch must never
+    carry over to another request.
     """
 
     def __init__(self, app: ASGIApp, *, counter: Any = None, histogram: Any = None) -> None:
@@ -122,6 +130,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await asyncio.create_task(self._serve(scope, receive, send), context=contextvars.Context())
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
         token = _REQUEST_ID.set(rid)

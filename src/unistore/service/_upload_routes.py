@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from ._access import ServiceContext
 from ._digests import expected_digests
-from ._objects import check_length, info_json
+from ._objects import check_length, info_json, request_body
 from ._uploads import MAX_PARTS, UploadSessions
 
 __all__ = ["uploads_router"]
@@ -50,7 +50,9 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
         check_length(request, session.part_size, session.key)
-        part = await sessions.upload_part(session, number, request.stream(), expected=expected_digests(request.headers))
+        part = await sessions.upload_part(
+            session, number, request_body(request), expected=expected_digests(request.headers)
+        )
         return part.as_json()
 
     @router.get("/{upload_id}/parts", operation_id="list_parts")
