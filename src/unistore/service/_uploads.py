@@ -34,7 +34,7 @@ from .._types import ObjectInfo, normalize_metadata
 from ._digests import verified_body
 from ._state import StateStore
 
-__all__ = ["SCHEMA_VERSION", "Hook", "PartInfo", "Session", "UploadSessions"]
+__all__ = ["Hook", "PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
 
 SCHEMA_VERSION = "1"
 MAX_PARTS = 10_000
