@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .._base import StorageBackend
+from .._errors import UnsupportedError
 from .._keys import RESERVED_PREFIX, reserved_keys
 from .._types import Body, Download, ObjectInfo, Range, WriteMode
 from ..layers import Layer
@@ -27,7 +28,8 @@ def is_internal(key: str) -> bool:
 class StateStore(Layer):
     """``inner`` seen through ``.unistore/service/``: key ``k`` is stored at ``.unistore/service/k``.
 
-    Closing it does not close ``inner`` (the service closes its backend once).
+    Every primitive is overridden, so nothing reaches ``inner`` outside the namespace;
+    closing it does not close ``inner`` (the service closes its backend once).
     """
 
     def __init__(self, inner: StorageBackend) -> None:
@@ -88,6 +90,18 @@ class StateStore(Layer):
                 except StopAsyncIteration:
                     return
             yield _strip(info)
+
+    async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        async for info in self.iter_objects(prefix, start_after=start_after):
+            yield info.key
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        raise UnsupportedError("internal state is never shared by URL", key=key)
+
+    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
+        raise UnsupportedError("internal state is not copied", key=src)
 
     async def aclose(self) -> None:
         return None

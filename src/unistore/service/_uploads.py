@@ -38,7 +38,7 @@ __all__ = ["Hook", "PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
 
 SCHEMA_VERSION = "1"
 MAX_PARTS = 10_000
-_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_ID = re.compile(r"([0-9a-f]{1,16})\.[A-Za-z0-9_-]{16,64}")
 LOGGER = logging.getLogger("unistore.service")
 
 Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -124,11 +124,12 @@ class UploadSessions:
         if not 1 <= part_size <= self.max_part_size:
             raise InvalidArgumentError(f"part_size must be in 1..{self.max_part_size}")
         now = self._clock()
-        session = Session(
-            secrets.token_urlsafe(18), key, content_type, normalize_metadata(metadata), part_size, int(now + self.ttl)
-        )
+        expires = int(now + self.ttl)
+        # The id carries the expiry, so a sweep can tell stale sessions from a listing alone.
+        upload_id = f"{expires:x}.{secrets.token_urlsafe(18)}"
+        session = Session(upload_id, key, content_type, normalize_metadata(metadata), part_size, expires)
         doc = json.dumps(session.as_json()).encode()
-        await self.state.put_object(_session_key(session.id), doc, metadata={"expires": session.expires}, mode="create")
+        await self.state.put_object(_session_key(session.id), doc, mode="create")
         if now - self._last_sweep > 60:
             self._last_sweep = now
             await self.sweep(limit=100)
@@ -228,9 +229,11 @@ class UploadSessions:
     async def sweep(self, *, limit: int | None = None) -> int:
         """Discard up to ``limit`` expired sessions; how many were discarded."""
         now, expired = self._clock(), []
-        async for info in self.state.iter_objects("uploads/sessions/"):
-            if int(info.metadata.get("expires", "0")) <= now:
-                expired.append(info.key.rsplit("/", 1)[-1])
+        async for key in self.state.iter_keys("uploads/sessions/"):
+            upload_id = key.rsplit("/", 1)[-1]
+            m = _ID.fullmatch(upload_id)
+            if m is None or int(m.group(1), 16) <= now:
+                expired.append(upload_id)
                 if limit is not None and len(expired) >= limit:
                     break
         for upload_id in expired:
