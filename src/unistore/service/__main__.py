@@ -45,7 +45,7 @@ def serve(host: str, port: int, *, no_auth: bool = False) -> None:
         note = "" if host in ("127.0.0.1", "localhost", "::1") else "  -- do not expose it"
         print(f"  auth:    OFF (UNISTORE_AUTH=off){note}")
     print(f"  health:  http://{host}:{port}/_ops/health")
-    print(f"  API:     http://{host}:{port}/docs")
+    print(f"  API:     http://{host}:{port}/docs", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, log_config=None)
 
 
