@@ -29,7 +29,7 @@ install: $(VENV)/.dev-installed
 ## Start the file service on a local directory (./.serve-data) and print its address.
 serve: $(VENV)/.serve-installed
 	STORAGE_BACKEND=$${STORAGE_BACKEND:-local} STORAGE_BASE_PATH=$${STORAGE_BASE_PATH:-$(SERVE_DIR)} \
-	STORAGE_BASE_URL=$${STORAGE_BASE_URL:-http://$(HOST):$(PORT)/files} \
+	STORAGE_BASE_URL=$${STORAGE_BASE_URL:-http://$(HOST):$(PORT)/files} UNISTORE_AUTH=$${UNISTORE_AUTH:-off} \
 	$(BIN)/python -m unistore.service --host $(HOST) --port $(PORT)
 
 ## Install everything and run the whole suite (what CI runs).

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from unistore import LocalBackend, MemoryBackend, StorageBackend
-from unistore.service import create_app
+from unistore.service import ServiceSettings, create_app
 from unistore.testing import free_port, running_server
 
 
@@ -22,7 +22,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
         backend = MemoryBackend(base_url=base_url)
     else:
         backend = LocalBackend(base_path=str(tmp_path), base_url=base_url, fsync=False)
-    with running_server(create_app(backend), port) as url:
+    with running_server(create_app(backend, settings=ServiceSettings(auth=False)), port) as url:
         yield url, backend
 
 
@@ -40,11 +40,14 @@ def test_put_get_list_url_delete(service: tuple[str, StorageBackend]) -> None:
         assert (r.status_code, r.content, r.headers["content-range"]) == (206, b"there", "bytes 6-10/11")
         assert c.get("/v1/objects/docs/a b.txt", headers={"if-none-match": f'"{etag}"'}).status_code == 304
         listing = c.get("/v1/objects", params={"prefix": "docs/"}).json()
-        assert [o["key"] for o in listing["objects"]] == ["docs/a b.txt"] and listing["next_start_after"] is None
+        assert [o["key"] for o in listing["objects"]] == ["docs/a b.txt"] and listing["next_cursor"] is None
         url = c.get("/v1/urls/docs/a b.txt", params={"download": "true"}).json()["url"]
         r = httpx.get(url)
         assert r.content == b"hello there" and r.headers["content-disposition"].startswith("attachment")
         assert c.get("/_ops/health").json()["status"] == "healthy"
+        op = {"idempotency-key": "upload-1"}
+        first = c.put("/v1/objects/docs/once", content=b"1", headers=op).json()
+        assert c.put("/v1/objects/docs/once", content=b"1", headers=op).json() == first  # state in the store
         assert c.delete("/v1/objects/docs/a b.txt").json() == {"deleted": True}
         assert c.delete("/v1/objects/docs/a b.txt").json() == {"deleted": False}
         assert c.get("/v1/objects/docs/a b.txt").status_code == 404
@@ -56,7 +59,7 @@ def test_conditional_writes_and_bad_input(service: tuple[str, StorageBackend]) -
     with httpx.Client(base_url=base) as c:
         assert c.put("/v1/objects/c", content=b"1", headers={"if-none-match": "*"}).status_code == 201
         r = c.put("/v1/objects/c", content=b"2", headers={"if-none-match": "*"})
-        assert r.status_code == 412 and r.json()["error"] == "AlreadyExistsError"
+        assert r.status_code == 412 and r.json()["error"]["type"] == "AlreadyExistsError"
         etag = c.get("/v1/objects/c").headers["etag"]
         assert c.put("/v1/objects/c", content=b"3", headers={"if-match": etag}).status_code == 201
         assert c.put("/v1/objects/c", content=b"4", headers={"if-match": etag}).status_code == 412
@@ -74,8 +77,10 @@ def test_paging_and_form_upload(service: tuple[str, StorageBackend]) -> None:
         for i in range(5):
             assert c.put(f"/v1/objects/p/{i}", content=b"x").status_code == 201
         page = c.get("/v1/objects", params={"prefix": "p/", "limit": 2}).json()
-        assert [o["key"] for o in page["objects"]] == ["p/0", "p/1"] and page["next_start_after"] == "p/1"
-        page = c.get("/v1/objects", params={"prefix": "p/", "limit": 2, "start_after": "p/3"}).json()
-        assert [o["key"] for o in page["objects"]] == ["p/4"] and page["next_start_after"] is None
+        assert [o["key"] for o in page["objects"]] == ["p/0", "p/1"] and page["next_cursor"]
+        page = c.get("/v1/objects", params={"prefix": "p/", "limit": 2, "cursor": page["next_cursor"]}).json()
+        assert [o["key"] for o in page["objects"]] == ["p/2", "p/3"]
+        page = c.get("/v1/objects", params={"prefix": "p/", "limit": 2, "cursor": page["next_cursor"]}).json()
+        assert [o["key"] for o in page["objects"]] == ["p/4"] and page["next_cursor"] is None
         r = c.post("/v1/upload", files={"file": ("photo.png", b"\x89PNG data", "image/png")}, data={"key": "up/p.png"})
         assert r.status_code == 201 and httpx.get(r.json()["url"]).content == b"\x89PNG data"

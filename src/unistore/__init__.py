@@ -62,6 +62,7 @@ __all__ = [
     "Download",
     "FileNotFoundError",
     "GCSBackend",
+    "HttpBackend",
     "IfMatch",
     "IntegrityError",
     "InvalidArgumentError",
@@ -99,7 +100,7 @@ __all__ = [
 ]
 
 _LAZY_FASTAPI = ("add_storage", "get_storage")
-_LAZY_BACKENDS = {"S3Backend": "s3", "GCSBackend": "gcs", "CloudinaryBackend": "cloudinary"}
+_LAZY_BACKENDS = {"S3Backend": "s3", "GCSBackend": "gcs", "CloudinaryBackend": "cloudinary", "HttpBackend": "http"}
 
 
 def __getattr__(name: str) -> Any:

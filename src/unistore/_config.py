@@ -97,6 +97,17 @@ _SPECS: dict[str, _Spec] = {
         },
         extra="gcs",
     ),
+    "http": _Spec(
+        "HttpBackend",
+        "unistore.backends.http",
+        {
+            "url": "STORAGE_HTTP_URL",
+            "token": "STORAGE_HTTP_TOKEN",
+            "url_expiration": "STORAGE_URL_EXPIRATION",
+            "chunk_size": "STORAGE_CHUNK_SIZE",
+        },
+        extra="http",
+    ),
     "cloudinary": _Spec(
         "CloudinaryBackend",
         "unistore.backends.cloudinary",
@@ -286,6 +297,8 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
             options["prefix"] = unquote(parts.path.strip("/")) + "/"
     elif scheme == "cloudinary":
         kind, options = "cloudinary", {"url": urlunsplit((parts.scheme, parts.netloc, "", "", ""))}
+    elif scheme in ("http", "https"):
+        kind, options = "http", {"url": urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))}
     else:
         raise ConfigurationError(f"unsupported storage URL scheme {scheme!r}")
     settings_cls = _settings_class(backend_class(kind))

@@ -18,12 +18,15 @@ Anything else is accepted exactly as given: ``a..b.txt``, spaces, unicode,
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from urllib.parse import unquote
 
 from ._errors import InvalidKeyError
 
-__all__ = ["MAX_KEY_BYTES", "RESERVED_PREFIX", "validate_key", "validate_prefix"]
+__all__ = ["MAX_KEY_BYTES", "RESERVED_PREFIX", "reserved_keys", "validate_key", "validate_prefix"]
 
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
@@ -31,6 +34,21 @@ RESERVED_PREFIX = ".unistore"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_RESERVED_ALLOWED: ContextVar[bool] = ContextVar("unistore_reserved_keys", default=False)
+
+
+@contextlib.contextmanager
+def reserved_keys() -> Iterator[None]:
+    """Let keys in this block use the reserved ``.unistore`` namespace (internal state only).
+
+    unistore's own components (the service's sessions and idempotency records)
+    store their state through any backend this way; user keys never can.
+    """
+    token = _RESERVED_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _RESERVED_ALLOWED.reset(token)
 
 
 def _check_text(key: str, text: str, *, partial_last: bool) -> None:
@@ -53,7 +71,7 @@ def _check_text(key: str, text: str, *, partial_last: bool) -> None:
             raise InvalidKeyError("key has an empty segment", key=key)
         if seg in (".", ".."):
             raise InvalidKeyError("key has a '.' or '..' segment", key=key)
-        if seg.startswith(RESERVED_PREFIX):
+        if seg.startswith(RESERVED_PREFIX) and not _RESERVED_ALLOWED.get():
             raise InvalidKeyError(f"segments starting with {RESERVED_PREFIX!r} are reserved", key=key)
         if len(seg.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
             raise InvalidKeyError(f"key segment longer than {MAX_SEGMENT_BYTES} bytes", key=key)

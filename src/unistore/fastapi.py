@@ -200,8 +200,11 @@ def content_disposition(kind: str, key: str) -> str:
     return value
 
 
-def object_headers(info: ObjectInfo, *, download: bool) -> dict[str, str]:
+def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = False) -> dict[str, str]:
     """Headers describing ``info`` for a served response (safe for untrusted content).
+
+    ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry, the
+    value percent-encoded UTF-8 (RFC 3986 §2.1) so any text survives a header.
 
     Stored values that could not be sent as a header field (control characters,
     non-ASCII) are replaced: the type by ``application/octet-stream``, the
@@ -224,6 +227,9 @@ def object_headers(info: ObjectInfo, *, download: bool) -> dict[str, str]:
     if active:
         headers["Content-Security-Policy"] = "sandbox"
     headers["Cache-Control"] = _cache_control(info)
+    if meta_headers:
+        for name, value in info.metadata.items():
+            headers[f"X-Meta-{name}"] = quote(value, safe="")
     return headers
 
 
@@ -265,7 +271,9 @@ def _file_route(storage: StorageBackend, signer: UrlSigner) -> Any:
     return serve_file
 
 
-async def serve_object(storage: StorageBackend, key: str, request: Request, *, download: bool) -> Response:
+async def serve_object(
+    storage: StorageBackend, key: str, request: Request, *, download: bool, meta_headers: bool = False
+) -> Response:
     """Stream ``key`` honouring ``Range``, ``If-Range``, ``If-Match`` and ``If-None-Match``.
 
     Preconditions are evaluated before ``Range`` and on the version being served
@@ -273,6 +281,7 @@ async def serve_object(storage: StorageBackend, key: str, request: Request, *, d
     304, both taking lists of entity tags. ``If-Range`` keeps the range only for a
     strong etag equal to the current one (§13.1.5); otherwise the whole object is
     served. Several ranges or another unit are ignored (200 with the whole object).
+    ``meta_headers`` adds the metadata as ``X-Meta-*`` (see :func:`object_headers`).
     """
     h = request.headers
     raw_range = h.get("range")
@@ -298,7 +307,7 @@ async def serve_object(storage: StorageBackend, key: str, request: Request, *, d
     except BaseException:
         await dl.aclose()
         raise
-    headers = object_headers(dl.info, download=download)
+    headers = object_headers(dl.info, download=download, meta_headers=meta_headers)
     headers["Content-Length"] = str(dl.content_length)
     status = 200
     if dl.range_requested:

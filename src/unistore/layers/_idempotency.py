@@ -40,9 +40,13 @@ _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def idempotency_key(key: str) -> Iterator[str]:
-    """Make the writes in this block carry the client operation id ``key``."""
-    if not isinstance(key, str) or not key or len(key) > 255:
+def idempotency_key(key: str | None) -> Iterator[str | None]:
+    """Make the writes in this block carry the client operation id ``key``.
+
+    ``None`` makes them carry none, whatever an enclosing block set (a server
+    handling requests uses it so no request can inherit another's key).
+    """
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
         raise InvalidArgumentError("an idempotency key is a non-empty str of at most 255 characters")
     token = _KEY.set(key)
     try:

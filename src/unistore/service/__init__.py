@@ -1,122 +1,50 @@
-"""The unistore file service: an HTTP object API over any backend (``make serve``).
+"""The unistore storage service: an HTTP object API over any backend (``unistore serve``).
 
-Routes (all JSON unless serving bytes):
+Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message", "key"}}``):
 
-- ``PUT /v1/objects/{key}``: store the request body (streamed); ``Content-Type``,
-  ``X-Meta-<name>`` headers become content type and metadata; ``If-None-Match: *``
-  makes it create-only, ``If-Match: "etag"`` conditional. 201 with the object info.
-- ``POST /v1/upload``: a browser form upload (``file`` field, optional ``key``).
-- ``GET``/``HEAD /v1/objects/{key}``: the object, with ``Range``, ``ETag``,
-  ``If-None-Match`` (304), ``If-Match`` (412).
+- ``PUT /v1/objects/{key}``: store the streamed body. ``Content-Type``,
+  ``Cache-Control``, ``Content-Disposition`` and ``X-Meta-<name>`` (percent-encoded
+  UTF-8) are stored with it; ``If-None-Match: *`` makes it create-only and
+  ``If-Match: "etag"`` conditional (412); ``Content-MD5`` and ``Repr-Digest``
+  (RFC 9530, sha-256/sha-512) are verified while streaming (400, nothing stored);
+  ``Idempotency-Key`` makes a replay return the first response without a second
+  write; a body over ``max_body_size`` is 413. 201 with the object info and ``ETag``.
+- ``GET``/``HEAD /v1/objects/{key}``: the object, streamed, with ``Range`` (206/416),
+  ``ETag``, ``If-None-Match`` (304), ``If-Match`` (412), metadata as ``X-Meta-*``.
 - ``DELETE /v1/objects/{key}``: ``{"deleted": true|false}``; honours ``If-Match``.
-- ``GET /v1/objects?prefix=&limit=&start_after=``: a page of objects and the
-  ``next_start_after`` cursor.
-- ``GET /v1/urls/{key}?expires_in=&download=``: a signed URL.
+- ``GET /v1/objects?prefix=&limit=&cursor=``: a page and its opaque ``next_cursor``.
+- ``POST /v1/upload``: a browser form upload (``file`` field, optional ``key``).
+- ``GET /v1/urls/{key}?expires_in=&download=``: a signed URL for one object.
+- ``POST /v1/uploads`` → ``PUT /v1/uploads/{id}/parts/{n}`` → ``GET /v1/uploads/{id}/parts``
+  → ``POST /v1/uploads/{id}/complete`` (manifest of part SHA-256s) or ``DELETE /v1/uploads/{id}``:
+  multipart upload sessions kept in the backend (see ``UploadSessions``).
+- ``POST /v1/tokens``: issue a scoped token (``admin``).
 - ``GET /files/{key}?...signature``: signed URLs (local and memory backends).
-- ``GET /_ops/health``.
+- ``GET /_ops/health``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
 
-The service keeps no state of its own: everything lives in the backend.
+Auth: ``Authorization: Bearer <token>`` (see :class:`TokenAuthority`); 401
+without a valid token, 403 outside its actions or key prefix, 429 with
+``Retry-After`` over a rate limit, 503 with ``Retry-After`` when the backend is
+overloaded. Every response has ``X-Request-Id``. The service keeps no state of
+its own: everything lives in the backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from ._app import create_app
+from ._auth import ACTIONS, Grant, TokenAuthority, UnauthorizedError
+from ._ops import RequestIdFilter
+from ._settings import ServiceSettings
+from ._uploads import SCHEMA_VERSION, UploadSessions
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
-
-from .._base import StorageBackend
-from .._config import easy_storage
-from .._types import IfMatch, ObjectInfo, WriteMode
-from ..fastapi import add_storage, get_storage, serve_object
-
-__all__ = ["create_app"]
-
-
-def _info_json(info: ObjectInfo) -> dict[str, Any]:
-    return {
-        "key": info.key,
-        "size": info.size,
-        "etag": info.etag,
-        "content_type": info.content_type,
-        "last_modified": info.last_modified.isoformat(),
-        "metadata": dict(info.metadata),
-    }
-
-
-def _write_mode(request: Request) -> WriteMode:
-    if request.headers.get("if-none-match", "").strip() == "*":
-        return "create"
-    if_match = request.headers.get("if-match")
-    return IfMatch(if_match.strip()) if if_match else "overwrite"
-
-
-def create_app(backend: StorageBackend | None = None, *, title: str = "unistore") -> FastAPI:
-    """The file service app over ``backend`` (auto-detected from the environment when ``None``)."""
-    app = FastAPI(title=title, version="1")
-    storage = backend if backend is not None else easy_storage()
-    # Stores that sign their own URLs (local, memory) get the route that serves them.
-    add_storage(app, storage, serve_files=getattr(storage, "signer", None) is not None)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict[str, Any]:
-        return {"service": "unistore", "backend": storage.name, "docs": "/docs", "health": "/_ops/health"}
-
-    @app.put("/v1/objects/{key:path}", status_code=201)
-    async def put_object(key: str, request: Request) -> JSONResponse:
-        metadata = {k[7:]: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
-
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-
-        info = await storage.put_object(
-            key,
-            body(),
-            content_type=request.headers.get("content-type"),
-            metadata=metadata,
-            mode=_write_mode(request),
-            cache_control=request.headers.get("cache-control"),
-        )
-        return JSONResponse(_info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
-
-    @app.post("/v1/upload", status_code=201)
-    async def upload(file: Annotated[UploadFile, File()], key: Annotated[str | None, Form()] = None) -> JSONResponse:
-        name = key or file.filename or "upload"
-        info = await storage.put_object(name, file, content_type=file.content_type)
-        url = await storage.sign_url(name)
-        return JSONResponse(dict(_info_json(info), url=url), status_code=201)
-
-    @app.api_route("/v1/objects/{key:path}", methods=["GET", "HEAD"])
-    async def get_object(key: str, request: Request) -> Response:
-        return await serve_object(get_storage(request), key, request, download=False)
-
-    @app.delete("/v1/objects/{key:path}")
-    async def delete_object(key: str, request: Request) -> dict[str, bool]:
-        return {"deleted": await storage.remove(key, if_match=request.headers.get("if-match"))}
-
-    @app.get("/v1/objects")
-    async def list_objects(
-        prefix: str = "",
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-        start_after: str | None = None,
-    ) -> dict[str, Any]:
-        objects = []
-        async for info in storage.iter_objects(prefix, start_after=start_after):
-            objects.append(_info_json(info))
-            if len(objects) >= limit:
-                break
-        more = len(objects) == limit
-        return {"objects": objects, "next_start_after": objects[-1]["key"] if more else None}
-
-    @app.get("/v1/urls/{key:path}")
-    async def signed_url(
-        key: str,
-        expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
-        download: bool = False,
-    ) -> dict[str, Any]:
-        return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
-
-    return app
+__all__ = [
+    "ACTIONS",
+    "Grant",
+    "RequestIdFilter",
+    "SCHEMA_VERSION",
+    "ServiceSettings",
+    "TokenAuthority",
+    "UnauthorizedError",
+    "UploadSessions",
+    "create_app",
+]

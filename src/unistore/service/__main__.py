@@ -1,31 +1,62 @@
-"""``python -m unistore.service``: run the file service with uvicorn and print its address."""
+"""``python -m unistore.service``: run the storage service with uvicorn and print its address."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines on stderr, each with the id of the request being served."""
+    from . import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def serve(host: str, port: int, *, no_auth: bool = False) -> None:
+    """Build the app from the environment (``STORAGE_*``, ``UNISTORE_*``) and serve it until interrupted."""
+    import uvicorn
+
+    from .._errors import ConfigurationError
+    from . import ServiceSettings, create_app
+
+    configure_logging()
+    try:
+        env = {**os.environ, "UNISTORE_AUTH": "off"} if no_auth else None
+        settings = ServiceSettings.from_env(env)
+        app = create_app(settings=settings)
+    except ConfigurationError as exc:
+        print(f"unistore serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    storage = app.state.storage
+    where = getattr(storage, "root", None)
+    print(f"unistore file service: http://{host}:{port}  (backend {storage.name}", end="")
+    print(f", files in {where})" if where else ")")
+    if not settings.auth:
+        note = "" if host in ("127.0.0.1", "localhost", "::1") else "  -- do not expose it"
+        print(f"  auth:    OFF (UNISTORE_AUTH=off){note}")
+    print(f"  health:  http://{host}:{port}/_ops/health")
+    print(f"  API:     http://{host}:{port}/docs", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, log_config=None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``--host``/``--port``, build the app from the environment and serve it."""
-    parser = argparse.ArgumentParser(prog="unistore serve", description="Run the unistore file service.")
+    """Parse ``--host``/``--port``/``--no-auth`` and serve."""
+    parser = argparse.ArgumentParser(prog="unistore serve", description="Run the unistore storage service.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-auth", action="store_true", help="serve without tokens (local development only)")
     args = parser.parse_args(argv)
-
-    import uvicorn
-
-    from . import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = create_app()
-    storage = app.state.storage
-    where = getattr(storage, "root", None)
-    print(f"unistore file service: http://{args.host}:{args.port}  (backend {storage.name}", end="")
-    print(f", files in {where})" if where else ")")
-    print(f"  health:  http://{args.host}:{args.port}/_ops/health")
-    print(f"  API:     http://{args.host}:{args.port}/docs")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    serve(args.host, args.port, no_auth=args.no_auth)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,292 @@
+"""``HttpBackend``: a :class:`~unistore.StorageBackend` over a remote unistore service (``unistore serve``).
+
+One pooled ``httpx.AsyncClient`` per backend. Service errors come back as the
+same unistore error classes (``_http_wire`` is the one boundary). Requests that
+can be repeated safely (reads, deletes, listings, and writes whose body is
+bytes or a path) are retried on transport errors, 429 and 503, with
+exponential backoff and full jitter, never sooner than the service's
+``Retry-After``, at most ``retries`` times. Such writes carry an
+``Idempotency-Key`` (the caller's :func:`~unistore.layers.idempotency_key` if
+set, else a fresh one per call), so a retried write takes effect once.
+
+Deviations: a stored ``cache_control`` that is unset reads back as the
+service's default policy, and the service may force ``Content-Disposition``
+to an attachment for active content types; ``sign_url`` asks the service,
+which checks that the object exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body
+from .._errors import ConfigurationError, TransientError
+from .._keys import validate_key
+from .._types import (
+    Body,
+    Capabilities,
+    Download,
+    IfMatch,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    check_header_value,
+    normalize_metadata,
+)
+from ._http_wire import error_from_response, info_from_headers, info_from_json, range_header, translate
+from ._httpclient import pooled_client
+
+__all__ = ["HttpBackend", "HttpSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Settings of :class:`HttpBackend` (``easy_storage`` keyword names)."""
+
+    url: str = ""
+    """The service's base URL, e.g. ``http://127.0.0.1:8000``."""
+    token: str | None = field(default=None, repr=False)
+    """A bearer token issued by the service (``unistore token``); ``None`` when its auth is off."""
+    timeout: float = 60.0
+    max_connections: int = 32
+    retries: int = 4
+    backoff: float = 0.1
+    max_backoff: float = 10.0
+    list_page_size: int = 1000
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    url_expiration: int = 3600
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError("HttpBackend needs url=http(s)://host[:port] of a unistore service")
+        if self.timeout <= 0 or self.max_connections < 1 or self.retries < 0 or self.backoff < 0:
+            raise ConfigurationError("timeout and max_connections must be positive, retries and backoff >= 0")
+        if not 1 <= self.list_page_size <= 100_000 or self.chunk_size <= 0 or self.url_expiration <= 0:
+            raise ConfigurationError("list_page_size, chunk_size and url_expiration must be positive")
+
+
+class HttpBackend(BaseBackend):
+    """A unistore service, spoken to over HTTP."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        conditional_put=True,
+        conditional_get=True,
+        conditional_delete=True,
+        ranges=True,
+        streaming=True,
+        signed_urls=True,
+    )
+
+    def __init__(self, settings: HttpSettings | None = None, **options: Any) -> None:
+        if settings is not None and options:
+            raise ConfigurationError("pass either settings or keyword options, not both")
+        self.settings = settings if settings is not None else HttpSettings(**options)
+        self.default_expires_in = self.settings.url_expiration
+        self._base = self.settings.url.rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        return f"HttpBackend(url={self._base!r}, token={'<redacted>' if self.settings.token else None})"
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client, created on first use and closed by :meth:`aclose`."""
+        if self._client is None:
+            self._client = pooled_client(self.settings.timeout, self.settings.max_connections)
+            if self.settings.token:
+                self._client.headers["Authorization"] = f"Bearer {self.settings.token}"
+        return self._client
+
+    # --- one request ------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Body | None = None,
+        replayable: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send one request, retrying what is safe to retry; raise the mapped error for a 3xx-5xx answer."""
+        attempt = 0
+        while True:
+            content: Any = None
+            if body is not None:
+                content = body if isinstance(body, bytes) else iter_body(body, self.settings.chunk_size)
+            try:
+                with translate(key=key, backend=self.name, operation=operation):
+                    request = self.client.build_request(
+                        method, self._base + path, params=params, headers=headers, content=content
+                    )
+                    response = await self.client.send(request, stream=True)
+            except TransientError as exc:
+                if not replayable or attempt >= self.settings.retries:
+                    raise
+                await asyncio.sleep(self._delay(attempt, exc.retry_after))
+                attempt += 1
+                continue
+            if response.status_code < 300:
+                if not stream:
+                    with translate(key=key, backend=self.name, operation=operation):
+                        await response.aread()
+                return response
+            with translate(key=key, backend=self.name, operation=operation):
+                data = await response.aread()
+            error = error_from_response(response, data, key=key, backend=self.name, operation=operation)
+            if isinstance(error, TransientError) and replayable and attempt < self.settings.retries:
+                await asyncio.sleep(self._delay(attempt, error.retry_after))
+                attempt += 1
+                continue
+            raise error
+
+    def _delay(self, attempt: int, after: float | None) -> float:
+        """Full-jitter backoff ``uniform(0, backoff * 2**attempt)``, at least ``Retry-After``, capped."""
+        s = self.settings
+        delay = self._random.uniform(0, s.backoff * 2**attempt)
+        return min(max(delay, after or 0.0), s.max_backoff)
+
+    @staticmethod
+    def _path(key: str) -> str:
+        return "/v1/objects/" + quote(key, safe="/")
+
+    # --- primitives -------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        response = await self._send("HEAD", self._path(key), key=key, operation="head")
+        return info_from_headers(key, response.headers)[0]
+
+    async def open(
+        self,
+        key: str,
+        *,
+        range: Range | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Download:
+        validate_key(key)
+        headers = {}
+        if range is not None:
+            headers["Range"] = range_header(range)
+        if if_match is not None:
+            headers["If-Match"] = _quoted(if_match)
+        if if_none_match is not None:
+            headers["If-None-Match"] = _quoted(if_none_match)
+        response = await self._send("GET", self._path(key), key=key, operation="open", headers=headers, stream=True)
+        info, start, end = info_from_headers(key, response.headers)
+        return Download(
+            info,
+            self._stream(response, key),
+            start=start,
+            end=end,
+            range_requested=range is not None,
+            close=response.aclose,
+        )
+
+    async def _stream(self, response: httpx.Response, key: str) -> AsyncIterator[bytes]:
+        with translate(key=key, backend=self.name, operation="open"):
+            async for chunk in response.aiter_bytes(self.settings.chunk_size):
+                yield chunk
+
+    async def put_object(
+        self,
+        key: str,
+        body: Body,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        mode: WriteMode = "overwrite",
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
+    ) -> ObjectInfo:
+        validate_key(key)
+        headers = {f"X-Meta-{k}": quote(v, safe="") for k, v in normalize_metadata(metadata).items()}
+        for name, value in (
+            ("Content-Type", content_type),
+            ("Cache-Control", cache_control),
+            ("Content-Disposition", content_disposition),
+        ):
+            if check_header_value(name.lower().replace("-", "_"), value) is not None:
+                headers[name] = value  # type: ignore[assignment]
+        if mode == "create":
+            headers["If-None-Match"] = "*"
+        elif isinstance(mode, IfMatch):
+            headers["If-Match"] = _quoted(mode.etag)
+        elif mode != "overwrite":
+            raise TypeError(f"invalid write mode {mode!r}")
+        if isinstance(body, str):
+            raise TypeError("body must be bytes, not str: encode it first")
+        if isinstance(body, bytearray | memoryview):
+            body = bytes(body)
+        replayable = isinstance(body, bytes | os.PathLike)
+        if replayable:
+            from ..layers import current_idempotency_key
+
+            headers["Idempotency-Key"] = current_idempotency_key() or uuid.uuid4().hex
+        response = await self._send(
+            "PUT", self._path(key), key=key, operation="put", headers=headers, body=body, replayable=replayable
+        )
+        return info_from_json(response.json())
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        validate_key(key)
+        headers = {"If-Match": _quoted(if_match)} if if_match is not None else None
+        response = await self._send("DELETE", self._path(key), key=key, operation="delete", headers=headers)
+        return bool(response.json()["deleted"])
+
+    async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        check_listing_args(prefix, start_after)
+        params: dict[str, Any] = {"prefix": prefix, "limit": self.settings.list_page_size}
+        if start_after is not None:
+            params["start_after"] = start_after
+        while True:
+            response = await self._send("GET", "/v1/objects", key=prefix, operation="list", params=params)
+            page = response.json()
+            for item in page["objects"]:
+                yield info_from_json(item)
+            if not page.get("next_cursor"):
+                return
+            params = {"prefix": prefix, "limit": self.settings.list_page_size, "cursor": page["next_cursor"]}
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        validate_key(key)
+        params = {"expires_in": expires_in or self.default_expires_in, "download": "true" if download else "false"}
+        response = await self._send(
+            "GET", "/v1/urls/" + quote(key, safe="/"), key=key, operation="sign_url", params=params
+        )
+        return str(response.json()["url"])
+
+    async def ping(self) -> None:
+        await self._send("GET", "/_ops/health", key=None, operation="ping")
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def _quoted(etag: str) -> str:
+    """An etag as an HTTP entity tag (``*`` and already-quoted tags unchanged)."""
+    etag = etag.strip()
+    if etag == "*" or etag.startswith(('"', 'W/"')):
+        return etag
+    return json.dumps(etag) if '"' not in etag else etag

@@ -1,0 +1,404 @@
+"""``unistore``: the command line over any store (typer + rich).
+
+A store is a URL (``--store``, or ``UNISTORE_STORE``; else auto-detected from
+``STORAGE_*`` like ``easy_storage()``): ``file:///srv/files``, ``s3://bucket``,
+``http://127.0.0.1:8000`` (a unistore service; token from ``--token`` or
+``UNISTORE_TOKEN``)... ``cp`` addresses an object as ``STORE_URL#KEY``, a local
+file by its path, and stdin/stdout as ``-``.
+
+Exit codes, one per error family (see :data:`EXIT_CODES`): 0 success, 2 usage,
+3 not found, 4 permission denied, 5 precondition failed, 6 invalid input,
+7 unavailable or throttled (retry later), 8 configuration, 9 integrity,
+10 quota exceeded, 11 unsupported, 1 any other storage error. Expected
+failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ._base import StorageBackend
+from ._config import backend_from_url, easy_storage
+from ._errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidRangeError,
+    NotFoundError,
+    NotModifiedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    QuotaExceededError,
+    StorageError,
+    TransientError,
+    UnsupportedError,
+)
+from ._types import Download
+
+__all__ = ["EXIT_CODES", "app", "main"]
+
+T = TypeVar("T")
+
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (NotFoundError, 3),
+    (FileNotFoundError, 3),
+    (PermissionDeniedError, 4),
+    (PermissionError, 4),
+    (PreconditionFailedError, 5),
+    (NotModifiedError, 5),
+    (InvalidKeyError, 6),
+    (InvalidArgumentError, 6),
+    (InvalidRangeError, 6),
+    (TransientError, 7),
+    (ConfigurationError, 8),
+    (IntegrityError, 9),
+    (QuotaExceededError, 10),
+    (UnsupportedError, 11),
+    (StorageError, 1),
+    (OSError, 1),
+)
+"""Exit code per error family, most specific first."""
+
+app = typer.Typer(
+    name="unistore",
+    help="Store and serve files on any backend; run the unistore service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", "-s", envvar="UNISTORE_STORE", help="Store URL (default: STORAGE_* env).")
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="UNISTORE_TOKEN", help="Bearer token for an http(s) store.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error (see :data:`EXIT_CODES`)."""
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``; an expected failure becomes one line on stderr and its exit code."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except (StorageError, OSError) as exc:
+        message = exc.message if isinstance(exc, StorageError) else str(exc)
+        err.print(f"unistore: {type(exc).__name__}: {message or exc}", markup=False, highlight=False)
+        raise typer.Exit(exit_code(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def open_store(url: str | None, token: str | None = None) -> StorageBackend:
+    """The store at ``url`` (auto-detected from the environment when ``None``)."""
+    if url is None:
+        return easy_storage()
+    if url.startswith(("http://", "https://")) and token:
+        return backend_from_url(url, token=token)
+    return backend_from_url(url)
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A transfer bar (bytes, rate, ETA) on stderr when it is a terminal; yields ``advance(n)``."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+async def _read_file(
+    path: Path | None, advance: Callable[[int], None], chunk: int = 1024 * 1024
+) -> AsyncIterator[bytes]:
+    f = sys.stdin.buffer if path is None else await asyncio.to_thread(path.open, "rb")
+    try:
+        while data := await asyncio.to_thread(f.read, chunk):
+            advance(len(data))
+            yield data
+    finally:
+        if path is not None:
+            await asyncio.to_thread(f.close)
+
+
+async def _write_file(path: Path | None, chunks: AsyncIterator[bytes], advance: Callable[[int], None]) -> int:
+    """Stream ``chunks`` to ``path`` atomically (temp file + rename), or to stdout; bytes written."""
+    written = 0
+    if path is None:
+        async for data in chunks:
+            sys.stdout.buffer.write(data)
+            written += len(data)
+            advance(len(data))
+        sys.stdout.buffer.flush()
+        return written
+    fd, tmp = tempfile.mkstemp(prefix=".unistore.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for data in chunks:
+                await asyncio.to_thread(f.write, data)
+                written += len(data)
+                advance(len(data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return written
+
+
+def _metadata(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidArgumentError(f"metadata must be NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No tokens (local development only).")] = False,
+) -> None:
+    """Run the storage service (backend from STORAGE_*, settings from UNISTORE_*)."""
+    from .service.__main__ import serve as run
+
+    run(host, port, no_auth=no_auth)
+
+
+@app.command()
+def put(
+    key: str,
+    source: Annotated[str, typer.Argument(help="File to upload, or - for stdin.")] = "-",
+    store: StoreOpt = None,
+    token: TokenOpt = None,
+    content_type: Annotated[str | None, typer.Option("--content-type", "-t")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", "-m", help="NAME=VALUE, repeatable.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Upload a file (streamed) to KEY."""
+
+    async def work() -> None:
+        path = None if source == "-" else Path(source)
+        total = path.stat().st_size if path is not None else None
+        async with _closing(open_store(store, token)) as s:
+            with _progress(f"put {key}", total, quiet) as advance:
+                info = await s.put_object(
+                    key, _read_file(path, advance), content_type=content_type, metadata=_metadata(meta or [])
+                )
+        typer.echo(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
+
+    _run(work)
+
+
+@app.command()
+def get(
+    key: str,
+    dest: Annotated[str, typer.Argument(help="File to write, or - for stdout.")] = "-",
+    store: StoreOpt = None,
+    token: TokenOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download KEY (streamed) to a file or stdout."""
+
+    async def work() -> None:
+        async with _closing(open_store(store, token)) as s, await s.open(key) as dl:
+            with _progress(f"get {key}", dl.content_length, quiet) as advance:
+                await _write_file(None if dest == "-" else Path(dest), dl.__aiter__(), advance)
+
+    _run(work)
+
+
+@app.command("ls")
+def list_objects(
+    prefix: Annotated[str, typer.Argument()] = "",
+    store: StoreOpt = None,
+    token: TokenOpt = None,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    long: Annotated[bool, typer.Option("--long", "-l", help="Size, modified time and type too.")] = False,
+) -> None:
+    """List keys under PREFIX."""
+
+    async def work() -> None:
+        async with _closing(open_store(store, token)) as s:
+            infos = []
+            async for info in s.iter_objects(prefix):
+                infos.append(info)
+                if len(infos) >= limit:
+                    break
+        if not long:
+            for info in infos:
+                typer.echo(info.key)
+            return
+        table = Table("size", "last modified", "content type", "key", box=None)
+        for info in infos:
+            table.add_row(str(info.size), info.last_modified.isoformat(timespec="seconds"), info.content_type, info.key)
+        Console().print(table)
+
+    _run(work)
+
+
+@app.command()
+def stat(key: str, store: StoreOpt = None, token: TokenOpt = None) -> None:
+    """Print KEY's metadata as JSON."""
+
+    async def work() -> None:
+        async with _closing(open_store(store, token)) as s:
+            typer.echo(json.dumps(await s.get_metadata(key), indent=2, ensure_ascii=False))
+
+    _run(work)
+
+
+@app.command()
+def rm(keys: list[str], store: StoreOpt = None, token: TokenOpt = None) -> None:
+    """Delete KEYS (a missing key is not an error)."""
+
+    async def work() -> None:
+        async with _closing(open_store(store, token)) as s:
+            for key in keys:
+                typer.echo(f"{'deleted' if await s.delete(key) else 'absent'} {key}")
+
+    _run(work)
+
+
+@app.command()
+def url(
+    key: str,
+    store: StoreOpt = None,
+    token: TokenOpt = None,
+    expires_in: Annotated[int, typer.Option(min=1)] = 3600,
+    download: Annotated[bool, typer.Option("--download", help="Serve as an attachment.")] = False,
+) -> None:
+    """Print a signed URL for KEY."""
+
+    async def work() -> None:
+        async with _closing(open_store(store, token)) as s:
+            typer.echo(await s.get_url(key, expires_in=expires_in, download=download))
+
+    _run(work)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    store: str | None
+    key: str | None  # None: a local file (or - for stdio) named by ``store``
+
+
+def _ref(text: str) -> _Ref:
+    if "#" in text and "://" in text.split("#", 1)[0]:
+        store, key = text.split("#", 1)
+        return _Ref(store, key)
+    return _Ref(text, None)
+
+
+@app.command()
+def cp(
+    source: Annotated[str, typer.Argument(help="STORE_URL#KEY, a file, or -.")],
+    dest: Annotated[str, typer.Argument(help="STORE_URL#KEY, a file, or -.")],
+    token: TokenOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Copy an object between any two stores, files or stdio, streamed."""
+    src, dst = _ref(source), _ref(dest)
+
+    async def work() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            content_type, metadata, total = None, None, None
+            dl: Download | None = None
+            path: Path | None = None
+            if src.key is not None:
+                s = await stack.enter_async_context(_closing(open_store(src.store, token)))
+                dl = await stack.enter_async_context(await s.open(src.key))
+                content_type, metadata, total = dl.info.content_type, dict(dl.info.metadata), dl.content_length
+            elif src.store != "-":
+                path = Path(src.store or "-")
+                total = path.stat().st_size
+            with _progress(f"cp {source}", total, quiet) as advance:
+                chunks = _counted(dl.__aiter__(), advance) if dl is not None else _read_file(path, advance)
+                if dst.key is None:
+                    await _write_file(None if dst.store == "-" else Path(dst.store or "-"), chunks, lambda n: None)
+                    return
+                d = await stack.enter_async_context(_closing(open_store(dst.store, token)))
+                await d.put_object(dst.key, chunks, content_type=content_type, metadata=metadata)
+
+    _run(work)
+
+
+async def _counted(chunks: AsyncIterator[bytes], advance: Callable[[int], None]) -> AsyncIterator[bytes]:
+    async for data in chunks:
+        advance(len(data))
+        yield data
+
+
+@app.command("token")
+def issue_token(
+    actions: Annotated[str, typer.Option(help="Comma-separated: read,write,delete,admin.")] = "read",
+    prefix: Annotated[str, typer.Option(help="Key prefix the token is restricted to.")] = "",
+    expires_in: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
+    subject: Annotated[str, typer.Option(help="Who the token is for (logged, rate-limited by).")] = "client",
+    secret: Annotated[
+        str | None, typer.Option(envvar="UNISTORE_SECRET", help="The service secret (UNISTORE_SECRET).")
+    ] = None,
+) -> None:
+    """Issue a scoped token signed with the service secret."""
+
+    async def work() -> None:
+        from .service._auth import TokenAuthority
+
+        if not secret:
+            raise ConfigurationError("no secret: set UNISTORE_SECRET or pass --secret")
+        authority = TokenAuthority(secret.encode())
+        acts = [a.strip() for a in actions.split(",") if a.strip()]
+        typer.echo(authority.issue(acts, prefix=prefix, expires_in=expires_in, subject=subject))
+
+    _run(work)
+
+
+@contextlib.asynccontextmanager
+async def _closing(store: StorageBackend) -> AsyncIterator[StorageBackend]:
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def main() -> Any:
+    """The ``unistore`` console script."""
+    return app()

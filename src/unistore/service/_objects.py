@@ -1,0 +1,186 @@
+"""The object routes: ``/v1/objects``, ``/v1/upload``, ``/v1/urls``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from .._errors import InvalidArgumentError, QuotaExceededError
+from .._keys import validate_key, validate_prefix
+from .._types import IfMatch, ObjectInfo, WriteMode
+from ..fastapi import serve_object
+from ..layers import idempotency_key
+from ._access import ServiceContext
+from ._digests import expected_digests, verified_body
+from ._state import is_internal
+
+__all__ = ["check_length", "info_json", "objects_router", "request_body"]
+
+_BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def info_json(info: ObjectInfo) -> dict[str, Any]:
+    """The JSON form of an object's info, as every route returns it."""
+    return {
+        "key": info.key,
+        "size": info.size,
+        "etag": info.etag,
+        "content_type": info.content_type,
+        "last_modified": info.last_modified.isoformat(),
+        "metadata": dict(info.metadata),
+    }
+
+
+def write_mode(request: Request) -> WriteMode:
+    """``If-None-Match: *`` → create-only; ``If-Match: "etag"`` → conditional; else overwrite."""
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return "create"
+    if_match = request.headers.get("if-match")
+    return IfMatch(if_match.strip()) if if_match else "overwrite"
+
+
+def metadata_from_headers(request: Request) -> dict[str, str]:
+    """``X-Meta-<name>: <percent-encoded UTF-8>`` headers as metadata."""
+    out = {}
+    for name, value in request.headers.items():
+        if name.lower().startswith("x-meta-"):
+            try:
+                out[name[7:].lower()] = unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidArgumentError(f"header {name} is not percent-encoded UTF-8") from None
+    return out
+
+
+def encode_cursor(key: str) -> str:
+    """An opaque listing cursor for "after ``key``"."""
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The key a cursor continues after (400 if it is not one of ours)."""
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, ValueError):
+        raise InvalidArgumentError("invalid cursor") from None
+
+
+def check_length(request: Request, limit: int, key: str) -> None:
+    """413 from ``Content-Length`` alone, before a byte of the body is read."""
+    length = request.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise QuotaExceededError(f"request body is larger than {limit} bytes", key=key, operation="put")
+
+
+def objects_router(ctx: ServiceContext) -> APIRouter:
+    """The routes over ``ctx.storage``."""
+    router = APIRouter(prefix="/v1")
+    storage = ctx.storage
+
+    @router.put("/objects/{key:path}", status_code=201, openapi_extra=_BODY, operation_id="put_object")
+    async def put_object(key: str, request: Request) -> JSONResponse:
+        """Store the streamed body; see the module docstring for the headers it honours."""
+        grant = ctx.check(request, "write", key)
+        validate_key(key)
+        check_length(request, ctx.settings.max_body_size, key)
+        body = verified_body(
+            request_body(request),
+            expected=expected_digests(request.headers),
+            max_size=ctx.settings.max_body_size,
+            key=key,
+        )
+        options: dict[str, Any] = dict(
+            content_type=request.headers.get("content-type"),
+            metadata=metadata_from_headers(request),
+            mode=write_mode(request),
+            cache_control=request.headers.get("cache-control"),
+            content_disposition=request.headers.get("content-disposition"),
+        )
+        op_id = request.headers.get("idempotency-key")
+        if op_id is not None and not 0 < len(op_id) <= 200:
+            raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
+        # Set for every request, with or without a key: a write must never inherit a key
+        # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
+        with idempotency_key(f"{grant.subject}\n{op_id}" if op_id is not None else None):
+            info = await storage.put_object(key, body, **options)
+        return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
+
+    @router.get("/objects/{key:path}", operation_id="get_object")
+    @router.head("/objects/{key:path}", operation_id="head_object")
+    async def get_object(key: str, request: Request) -> Response:
+        """The object's bytes (streamed) with ``Range``, ``ETag`` and conditional requests (RFC 9110)."""
+        ctx.check(request, "read", key)
+        validate_key(key)
+        return await serve_object(storage, key, request, download=False, meta_headers=True)
+
+    @router.delete("/objects/{key:path}", operation_id="delete_object")
+    async def delete_object(key: str, request: Request) -> dict[str, bool]:
+        """Delete the object (``If-Match`` honoured); ``deleted`` tells whether it existed."""
+        ctx.check(request, "delete", key)
+        return {"deleted": await storage.remove(key, if_match=request.headers.get("if-match"))}
+
+    @router.get("/objects", operation_id="list_objects")
+    async def list_objects(
+        request: Request,
+        prefix: str = "",
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+        cursor: str | None = None,
+        start_after: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of objects under ``prefix`` in key order, after ``cursor`` (a previous page's
+        ``next_cursor``) or after the key ``start_after``."""
+        ctx.check(request, "read", prefix)
+        validate_prefix(prefix)
+        limit = min(limit, ctx.settings.max_list_limit)
+        after = decode_cursor(cursor) if cursor else start_after
+        objects: list[dict[str, Any]] = []
+        last = None
+        async for info in storage.iter_objects(prefix, start_after=after):
+            last = info.key
+            if is_internal(info.key):
+                continue
+            objects.append(info_json(info))
+            if len(objects) >= limit:
+                break
+        more = len(objects) >= limit and last is not None
+        return {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
+
+    @router.post("/upload", status_code=201, operation_id="upload_form")
+    async def upload(
+        request: Request, file: Annotated[UploadFile, File()], key: Annotated[str | None, Form()] = None
+    ) -> JSONResponse:
+        """A browser form upload (``file`` field, optional ``key``)."""
+        name = key or file.filename or "upload"
+        ctx.check(request, "write", name)
+        info = await storage.put_object(name, file, content_type=file.content_type)
+        url = await storage.sign_url(name)
+        return JSONResponse(dict(info_json(info), url=url), status_code=201)
+
+    @router.get("/urls/{key:path}", operation_id="signed_url")
+    async def signed_url(
+        key: str,
+        request: Request,
+        expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
+        download: bool = False,
+    ) -> dict[str, Any]:
+        """A signed URL sharing one existing object without a token."""
+        ctx.check(request, "read", key)
+        return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
+
+    return router
+
+
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it streams in; a client that hangs up mid-body is a 400, not a 500."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise InvalidArgumentError("the client disconnected before the body ended", operation="put") from None

@@ -1,0 +1,164 @@
+"""Operations: request ids, access logs, HTTP metrics and the one error format of the service.
+
+Every response carries ``X-Request-Id`` (the client's, when it sent a sane
+one, else a new one) and every log line emitted while serving the request has
+it too (:class:`RequestIdFilter`). Every error is JSON
+``{"error": {"type", "message", "key"}}`` with the error's HTTP status; bad
+input is a 4xx, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._errors import InvalidRangeError, NotModifiedError, StorageError, TransientError
+from ..layers import request_context
+from ._auth import UnauthorizedError
+
+__all__ = ["RequestIdFilter", "RequestIdMiddleware", "current_request_id", "error_response", "install_error_handlers"]
+
+LOGGER = logging.getLogger("unistore.service")
+_REQUEST_ID: ContextVar[str] = ContextVar("unistore_service_request_id", default="-")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+_HTTP_TYPES = {
+    400: "InvalidArgumentError",
+    401: "UnauthorizedError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "QuotaExceededError",
+}
+
+
+def current_request_id() -> str:
+    """The id of the request being served (``"-"`` outside one)."""
+    return _REQUEST_ID.get()
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` (the current request's id) to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _REQUEST_ID.get()
+        return True
+
+
+def _body(kind: str, message: str, key: str | None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "key": key}}
+
+
+def error_response(exc: StorageError) -> Response:
+    """The service's response for a storage error: its status, JSON body and helpful headers."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, NotModifiedError):
+        if exc.etag:
+            headers["ETag"] = f'"{exc.etag}"'
+        return Response(status_code=304, headers=headers)
+    if isinstance(exc, TransientError):
+        retry_after = exc.retry_after if exc.retry_after is not None else 1.0
+        headers["Retry-After"] = str(max(1, round(retry_after + 0.49)))
+    if isinstance(exc, InvalidRangeError) and exc.size is not None:
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = 'Bearer realm="unistore"'
+    status = exc.status if 300 <= exc.status < 600 else 500
+    return JSONResponse(_body(type(exc).__name__, exc.message or type(exc).__name__, exc.key), status, headers=headers)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageError)
+    if exc.status >= 500 and not isinstance(exc, TransientError):
+        LOGGER.error("storage error: %s", exc)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+    return JSONResponse(_body("InvalidArgumentError", message, None), 400)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _HTTP_TYPES.get(exc.status_code, "HTTPError")
+    return JSONResponse(_body(kind, str(exc.detail), None), exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route storage, validation and HTTP errors to the one JSON error format."""
+    app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+class RequestIdMiddleware:
+    """Outermost ASGI middleware: request id, access log line, HTTP metrics, last-resort 500.
+
+    An exception that escapes the app becomes a JSON 500 here (with the id),
+    logged with its traceback, when the response has not started.
+
+    Each request runs in a fresh :class:`contextvars.Context`: uvicorn may
+    create a connection's next request from inside the previous request's
+    context (its reader is re-registered there when reading resumes), and a
+    value such as an idempotency key or the reserved-keys switch must never
+    carry over to another request.
+    """
+
+    def __init__(self, app: ASGIApp, *, counter: Any = None, histogram: Any = None) -> None:
+        self.app = app
+        self.counter = counter
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await asyncio.create_task(self._serve(scope, receive, send), context=contextvars.Context())
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        rid = sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
+        token = _REQUEST_ID.set(rid)
+        status = 0
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
+            await send(message)
+
+        try:
+            with request_context(request_id=rid):
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            LOGGER.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+            if status == 0:
+                response = JSONResponse(_body("InternalError", "internal error", None), 500)
+                await response(scope, receive, send_with_id)
+            status = status or 500
+        finally:
+            elapsed = time.perf_counter() - started
+            LOGGER.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+            if self.counter is not None:
+                self.counter.labels(scope["method"], str(status)).inc()
+                self.histogram.labels(scope["method"]).observe(elapsed)
+            _REQUEST_ID.reset(token)

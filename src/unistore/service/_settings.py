@@ -1,0 +1,98 @@
+"""The service's one typed, frozen settings object and its environment form."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .._errors import ConfigurationError
+
+__all__ = ["ServiceSettings"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How the service authenticates, limits and bounds requests.
+
+    ``auth=True`` needs ``secret`` (at least 16 bytes): bearer tokens are
+    HMAC-signed with it. ``auth=False`` lets every request do everything (local
+    development only). ``max_body_size`` bounds a request body (413 beyond it).
+    ``token_rate``/``token_burst`` limit each token (or each client address when
+    auth is off) and ``global_rate``/``global_burst`` the whole service, in
+    requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
+    page. ``idempotency_ttl`` is how long a recorded write answers a replay;
+    ``upload_ttl`` how long an upload session lives.
+    """
+
+    auth: bool = True
+    secret: bytes | None = field(default=None, repr=False)
+    max_body_size: int = 5 * 1024**3
+    token_rate: float | None = None
+    token_burst: int | None = None
+    global_rate: float | None = None
+    global_burst: int | None = None
+    max_list_limit: int = 1000
+    idempotency_ttl: float = 24 * 3600.0
+    max_token_lifetime: int = 7 * 24 * 3600
+    upload_ttl: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.auth and (self.secret is None or len(self.secret) < 16):
+            raise ConfigurationError(
+                "auth needs a secret of at least 16 bytes (UNISTORE_SECRET); set UNISTORE_AUTH=off for local use"
+            )
+        if self.max_body_size < 1:
+            raise ConfigurationError("max_body_size must be >= 1")
+        for name in ("token_rate", "global_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{name} must be > 0")
+        for name in ("token_burst", "global_burst"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be >= 1")
+        if not 1 <= self.max_list_limit <= 100_000:
+            raise ConfigurationError("max_list_limit must be in 1..100000")
+        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl) <= 0:
+            raise ConfigurationError("idempotency_ttl, max_token_lifetime and upload_ttl must be > 0")
+
+    def __repr__(self) -> str:
+        secret = "<redacted>" if self.secret else None
+        return (
+            f"ServiceSettings(auth={self.auth}, secret={secret}, max_body_size={self.max_body_size}, "
+            f"token_rate={self.token_rate}, global_rate={self.global_rate})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
+        ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
+        ``UNISTORE_GLOBAL_BURST``. Auth is on unless ``UNISTORE_AUTH`` says off."""
+        env = os.environ if env is None else env
+        auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
+        if auth_text not in _TRUE | _FALSE:
+            raise ConfigurationError("UNISTORE_AUTH must be on or off")
+        secret = env.get("UNISTORE_SECRET")
+        kwargs: dict[str, object] = {
+            "auth": auth_text in _TRUE,
+            "secret": secret.encode() if secret else None,
+        }
+        casts: dict[str, type] = {
+            "max_body_size": int,
+            "token_rate": float,
+            "token_burst": int,
+            "global_rate": float,
+            "global_burst": int,
+        }
+        for name, cast in casts.items():
+            raw = env.get("UNISTORE_" + name.upper())
+            if raw:
+                try:
+                    kwargs[name] = cast(raw)
+                except ValueError:
+                    raise ConfigurationError(f"UNISTORE_{name.upper()} must be a {cast.__name__}") from None
+        return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""HttpBackend end to end: the conformance suite through a live service (auth on) over memory and local."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from unistore import (
+    ConfigurationError,
+    LocalBackend,
+    MemoryBackend,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    StorageBackend,
+    backend_from_url,
+)
+from unistore.backends.http import HttpBackend
+from unistore.service import ServiceSettings, TokenAuthority, create_app
+from unistore.testing import BackendConformance, free_port, running_server
+
+SECRET = b"http-backend-secret-0123456789"
+
+
+def _serve(backend: StorageBackend, port: int) -> Iterator[str]:
+    with running_server(create_app(backend, settings=ServiceSettings(secret=SECRET)), port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def http_memory_service() -> Iterator[str]:
+    port = free_port()
+    yield from _serve(MemoryBackend(base_url=f"http://127.0.0.1:{port}/files"), port)
+
+
+@pytest.fixture(scope="session")
+def http_local_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    root = tmp_path_factory.mktemp("http-local")
+    yield from _serve(LocalBackend(base_path=str(root), base_url=f"http://127.0.0.1:{port}/files", fsync=False), port)
+
+
+def _client(url: str, **options: object) -> HttpBackend:
+    token = TokenAuthority(SECRET).issue(["admin"], expires_in=3600)
+    return HttpBackend(url=url, token=token, list_page_size=100, **options)  # type: ignore[arg-type]
+
+
+class TestHttpOverMemory(BackendConformance):
+    list_count = 250
+    race_writers = 6
+    race_increments = 5
+
+    @pytest.fixture
+    async def backend(self, http_memory_service: str) -> AsyncIterator[HttpBackend]:
+        client = _client(http_memory_service)
+        yield client
+        await client.aclose()
+
+
+class TestHttpOverLocal(BackendConformance):
+    list_count = 250
+    race_writers = 6
+    race_increments = 5
+
+    @pytest.fixture
+    async def backend(self, http_local_service: str) -> AsyncIterator[HttpBackend]:
+        client = _client(http_local_service)
+        yield client
+        await client.aclose()
+
+
+async def test_errors_map_back_and_throttled_requests_are_retried() -> None:
+    settings = ServiceSettings(secret=SECRET, token_rate=2, token_burst=1)
+    authority = TokenAuthority(SECRET)
+    with running_server(create_app(MemoryBackend(), settings=settings)) as url:
+        scoped = HttpBackend(url=url, token=authority.issue(["read", "write"], prefix="mine/"), backoff=0.01)
+        async with scoped:
+            await scoped.put_object("mine/a", b"1")  # uses the one token of the burst
+            assert await scoped.get("mine/a") == b"1"  # 429 with Retry-After, retried, then served
+            await _sleep_token()
+            with pytest.raises(PermissionDeniedError):
+                await scoped.put_object("theirs/a", b"1")
+            await _sleep_token()
+            with pytest.raises(NotFoundError):
+                await scoped.head("mine/missing")
+        no_retry = HttpBackend(url=url, token=authority.issue(["read"]), retries=0)
+        async with no_retry:
+            await no_retry.list_keys()
+            with pytest.raises(RateLimitedError) as exc:
+                await no_retry.list_keys()
+            assert exc.value.retry_after is not None and exc.value.retry_after >= 1
+        async with HttpBackend(url=url, token="forged") as forged:
+            with pytest.raises(PermissionDeniedError):
+                await forged.get("mine/a")
+
+
+async def _sleep_token() -> None:
+    await asyncio.sleep(0.5)
+
+
+def test_built_from_a_url_with_the_token_redacted() -> None:
+    backend = backend_from_url("https://files.example.com/api?token=s3cret&timeout=5")
+    assert isinstance(backend, HttpBackend)
+    assert (backend.settings.url, backend.settings.token, backend.settings.timeout) == (
+        "https://files.example.com/api",
+        "s3cret",
+        5.0,
+    )
+    assert "s3cret" not in repr(backend) and "s3cret" not in repr(backend.settings)
+    with pytest.raises(ConfigurationError):
+        HttpBackend(url="ftp://x")
+
+
+def test_the_service_client_reads_what_raw_http_wrote(http_memory_service: str) -> None:
+    token = TokenAuthority(SECRET).issue(["admin"])
+    headers = {"authorization": f"Bearer {token}", "x-meta-note": "caf%C3%A9"}
+    r = httpx.put(f"{http_memory_service}/v1/objects/raw/x.txt", content=b"raw", headers=headers)
+    assert r.status_code == 201
+
+    async def read() -> tuple[bytes, dict[str, str]]:
+        async with _client(http_memory_service) as client:
+            info = await client.head("raw/x.txt")
+            return await client.get("raw/x.txt"), dict(info.metadata)
+
+    assert asyncio.run(read()) == (b"raw", {"note": "café"})
