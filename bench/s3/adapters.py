@@ -78,7 +78,7 @@ class UnistoreS3(Adapter):
     name = "unistore-s3"
     label = 'unistore S3Backend (checksum="md5", the default)'
     group = "unistore"
-    transfer = "put_object(Path): multipart 8 MiB parts, 4 conc. / open() stream"
+    transfer = "put_object(Path): multipart 8 MiB parts, 8 conc., read from file ranges / open() stream"
     checksum = "md5"
 
     async def open(self) -> None:
