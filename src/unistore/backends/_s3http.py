@@ -19,13 +19,16 @@ from urllib.parse import urlsplit
 
 from .._errors import ConfigurationError, StorageError, UnavailableError
 from ._s3auth import static_credentials
+from ._s3fast import FastPool
 from ._s3settings import S3Settings
 from ._s3wire import Credentials, SigV4, error_from_response, uri_encode
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["Response", "S3Connection"]
+__all__ = ["FAST_MAX", "Response", "S3Connection"]
+
+FAST_MAX = 1024 * 1024  # bodies up to this size (and none) go through the lean pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class S3Connection:
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
         )
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FastPool] = weakref.WeakKeyDictionary()
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._static = static_credentials(s)
@@ -151,9 +155,14 @@ class S3Connection:
         headers = {} if headers is None else headers
         creds = self._static or await self.credentials()
         self.signer.sign_headers(creds, method, self.host, path, query, headers)
-        url = self.origin + path
+        target = path
         if query:
-            url += "?" + "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query.items()))
+            target += "?" + "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query.items()))
+        if not stream and (
+            body is None or (isinstance(body, bytes | bytearray | memoryview) and len(body) <= FAST_MAX)
+        ):
+            return await self._send_small(method, target, headers, body, op, key, create)
+        url = self.origin + target
         import aiohttp
         from yarl import URL
 
@@ -193,12 +202,68 @@ class S3Connection:
             if not stream:
                 resp.release()
 
+    def _fast(self) -> FastPool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            parts = urlsplit(self.origin)
+            tls = parts.scheme == "https"
+            s = self.settings
+            pool = FastPool(
+                parts.hostname or "",
+                parts.port or (443 if tls else 80),
+                tls=tls,
+                server_name=parts.hostname or "",
+                limit=s.max_connections,
+                connect_timeout=s.connect_timeout,
+                timeout=s.read_timeout,
+            )
+            self._pools[loop] = pool
+        return pool
+
+    async def _send_small(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | bytearray | memoryview | None,
+        op: str,
+        key: str | None,
+        create: bool,
+    ) -> Response:
+        """A request whose whole body is in memory, through the lean keep-alive pool."""
+        try:
+            r = await self._fast().request(method, target, self.host, headers, body)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            raise UnavailableError(
+                f"request failed: {type(exc).__name__}: {exc}", key=key, backend=self.backend_name, operation=op
+            ) from exc
+        if r.status >= 300:
+            raise error_from_response(
+                r.status,
+                r.headers,
+                r.body,
+                key=key,
+                operation=op,
+                backend=self.backend_name,
+                bucket=self.settings.bucket,
+                create=create,
+            )
+        return Response(r.status, r.headers, r.body)
+
     async def close(self) -> None:
         """Close the pooled sessions (new ones are made if the connection is used again).
 
         The current loop's session is awaited; another running loop's is closed on that loop.
         """
         current = asyncio.get_running_loop()
+        pools = list(self._pools.items())
+        self._pools.clear()
+        for loop, pool in pools:
+            if loop is current or loop.is_closed():
+                pool.close()
+            elif loop.is_running():
+                loop.call_soon_threadsafe(pool.close)
         sessions = list(self._sessions.items())
         self._sessions.clear()
         self._session = self._session_loop = None

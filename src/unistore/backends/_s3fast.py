@@ -1,0 +1,175 @@
+"""A lean HTTP/1.1 keep-alive pool for small S3 requests whose whole body fits in memory.
+
+Small PUTs, HEADs, DELETEs, listings and multipart control calls are most of an
+S3 client's requests. aiohttp spends more CPU on each than the request itself
+(on Python 3.11 it writes every request body from a task of its own), so these
+go through this pool instead: the request is written with one ``write``, the
+response read with ``readuntil``/``readexactly`` on asyncio streams. Streamed
+bodies (downloads, multipart parts) stay on aiohttp.
+
+A connection is reused only after a complete response that did not ask to
+close. A reused connection that turns out to be closed before any response
+byte arrives is replaced once (the server never saw the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["FastPool", "FastResponse", "StaleConnection"]
+
+_MAX_HEADER = 64 * 1024
+
+
+class StaleConnection(ConnectionError):
+    """A kept-alive connection was closed by the server before it answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastResponse:
+    """A complete response: status, headers (case-insensitive) and body."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class FastPool:
+    """Keep-alive connections to one origin, at most ``limit`` open at a time."""
+
+    def __init__(
+        self, host: str, port: int, *, tls: bool, server_name: str, limit: int, connect_timeout: float, timeout: float
+    ) -> None:
+        self._host, self._port, self._server_name = host, port, server_name
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self._idle: list[_Conn] = []
+        self._slots = asyncio.Semaphore(limit)
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        host_header: str,
+        headers: Mapping[str, str],
+        body: bytes | bytearray | memoryview | None,
+    ) -> FastResponse:
+        """Send one request and read its whole response (``TimeoutError``/``OSError`` on failure)."""
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
+        for name, value in headers.items():
+            lines.append(f"{name}: {value}\r\n")
+        length = 0 if body is None else len(body)
+        if (body is not None or method in ("PUT", "POST")) and "content-length" not in headers:
+            lines.append(f"Content-Length: {length}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        payload = head + bytes(body) if body is not None and length <= 65536 else head
+        async with self._slots:
+            for attempt in (0, 1):
+                conn, reused = await self._acquire(fresh=attempt > 0)
+                try:
+                    conn.writer.write(payload)
+                    if payload is head and body is not None:
+                        conn.writer.write(body)
+                    async with asyncio.timeout(self._timeout):
+                        await conn.writer.drain()
+                        response, keep = await self._read(conn, method, reused)
+                except StaleConnection:
+                    conn.close()
+                    if attempt == 0:
+                        continue
+                    raise
+                except BaseException:
+                    conn.close()
+                    raise
+                if keep and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+                return response
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, fresh: bool) -> tuple[_Conn, bool]:
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn.writer.is_closing() and not conn.reader.at_eof():
+                return conn, True
+            conn.close()
+        async with asyncio.timeout(self._connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._server_name if self._ssl else None,
+                limit=_MAX_HEADER,
+            )
+        return _Conn(reader, writer), False
+
+    async def _read(self, conn: _Conn, method: str, reused: bool) -> tuple[FastResponse, bool]:
+        reader = conn.reader
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if reused and not exc.partial:
+                raise StaleConnection("connection closed before the response") from exc
+            raise ConnectionResetError("connection closed in the response head") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise ConnectionError("response head too large") from exc
+        head = raw.decode("latin-1").split("\r\n")
+        parts = head[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+            raise ConnectionError(f"malformed status line {head[0][:80]!r}")
+        status = int(parts[1])
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in head[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers.add(name.strip(), value.strip())
+        keep = headers.get("Connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+            body = await self._chunked(reader)
+        elif (length := headers.get("Content-Length")) is not None:
+            body = await reader.readexactly(int(length))
+        else:
+            body, keep = await reader.read(), False  # delimited by the connection's close
+        return FastResponse(status, CIMultiDictProxy(headers), body), keep
+
+    @staticmethod
+    async def _chunked(reader: asyncio.StreamReader) -> bytes:
+        out = bytearray()
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                    pass
+                return bytes(out)
+            out += await reader.readexactly(size)
+            await reader.readexactly(2)
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when their request ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

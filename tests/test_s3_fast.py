@@ -1,0 +1,116 @@
+"""The lean keep-alive pool S3Backend uses for small requests, against raw HTTP/1.1 servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from unistore.backends._s3fast import FastPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> int:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = 0
+    for line in head.split("\r\n"):
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+def _pool(port: int) -> FastPool:
+    return FastPool("127.0.0.1", port, tls=False, server_name="127.0.0.1", limit=4, connect_timeout=5, timeout=5)
+
+
+async def test_keeps_connections_alive_and_sends_one_content_length(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    connections = 0
+    heads: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                head, body = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            heads.append(head)
+            writer.write(b'HTTP/1.1 200 OK\r\nETag: "e"\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    for i in range(5):
+        r = await pool.request("PUT", f"/b/k{i}", "h", {"content-length": "3"}, b"abc")
+        assert (r.status, r.body, r.headers["etag"]) == (200, b"abc", '"e"')
+    assert connections == 1
+    assert all(h.lower().count("content-length") == 1 for h in heads)
+    pool.close()
+
+
+async def test_a_connection_closed_while_idle_is_replaced(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    """The server drops kept-alive connections after one response (as S3 does after idling)."""
+    served = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await _read_request(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    for _ in range(3):
+        assert (await pool.request("DELETE", "/b/k", "h", {}, None)).status == 204
+    assert served == 3  # each request served once: no duplicate after a stale connection
+    pool.close()
+
+
+async def test_chunked_and_close_delimited_bodies(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await _read_request(reader)
+        if "/chunked" in head:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n"
+            )
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    assert (await pool.request("GET", "/chunked", "h", {}, None)).body == b"Wikipedia"
+    assert (await pool.request("GET", "/plain", "h", {}, None)).body == b"until the end"
+    pool.close()
+
+
+async def test_a_server_that_hangs_up_mid_response_is_an_error(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    with pytest.raises(asyncio.IncompleteReadError):
+        await pool.request("GET", "/x", "h", {}, None)
+    pool.close()
