@@ -1,9 +1,10 @@
 """S3-compatible object storage: AWS S3, MinIO, SeaweedFS, Cloudflare R2, Backblaze B2, Wasabi, DO Spaces.
 
-The data path speaks the S3 REST protocol directly over one pooled aiohttp
-session with SigV4 signing (``_s3wire``): per request that costs a fraction of
-botocore's CPU and a little less than obstore's (see ``docs/s3.md`` for the
-measurement). botocore is used only where it adds something: the standard AWS
+The data path speaks the S3 REST protocol directly with SigV4 signing
+(``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
+streamed transfers over one pooled aiohttp session per event loop. Per request
+that costs a fraction of botocore's CPU and less than obstore's (see
+``docs/s3.md`` for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
 escape hatch ``backend._client`` for provider-specific calls.
 
