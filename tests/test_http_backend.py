@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -14,6 +15,7 @@ from unistore import (
     MemoryBackend,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionFailedError,
     RateLimitedError,
     StorageBackend,
     backend_from_url,
@@ -126,3 +128,39 @@ def test_the_service_client_reads_what_raw_http_wrote(http_memory_service: str) 
             return await client.get("raw/x.txt"), dict(info.metadata)
 
     assert asyncio.run(read()) == (b"raw", {"note": "café"})
+
+
+async def test_large_reads_are_parallel_ranges_of_one_version(http_memory_service: str) -> None:
+    """Above the threshold a read is fetched as ranges in parallel, each pinned to the first etag."""
+    small_parts = {"parallel_download_threshold": 1 << 20, "download_part_size": 256 * 1024, "download_concurrency": 3}
+    client = _client(http_memory_service, **small_parts)
+    key = f"parallel-{free_port()}/big.bin"
+    data = os.urandom(3 * (1 << 20) + 17)
+    try:
+        await client.put_object(key, data)
+        async with await client.open(key) as dl:
+            assert (dl.start, dl.end, dl.info.size) == (0, len(data), len(data))
+            chunks = [chunk async for chunk in dl]
+        assert b"".join(chunks) == data
+        assert len(chunks) == 13  # 12 full 256 KiB ranges and the 17-byte tail, in order
+
+        # an overwrite during the read fails it: no part of the new version is ever yielded
+        await client.put_object(key, data)
+        dl = await client.open(key)
+        got = bytearray()
+
+        async def read_while_overwriting() -> None:
+            async for chunk in dl:
+                got.extend(chunk)
+                if len(got) == 256 * 1024:
+                    await client.put_object(key, os.urandom(len(data)))
+
+        with pytest.raises(PreconditionFailedError):
+            await read_while_overwriting()
+        assert data.startswith(bytes(got)) and len(got) < len(data)
+        await dl.aclose()
+        plain = _client(http_memory_service)  # default threshold (64 MiB): one streamed GET
+        assert len(await plain.get(key)) == len(data)
+        await plain.aclose()
+    finally:
+        await client.aclose()

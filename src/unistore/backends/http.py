@@ -18,6 +18,8 @@ which checks that the object exists.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import json
 import os
 import random
@@ -34,6 +36,7 @@ from .._errors import ConfigurationError, TransientError
 from .._keys import validate_key
 from .._types import (
     Body,
+    ByteRange,
     Capabilities,
     Download,
     IfMatch,
@@ -65,6 +68,11 @@ class HttpSettings:
     list_page_size: int = 1000
     chunk_size: int = DEFAULT_CHUNK_SIZE
     url_expiration: int = 3600
+    parallel_download_threshold: int = 64 * 1024 * 1024
+    """A whole-object read at least this large is fetched as parallel ranges."""
+    download_part_size: int = 8 * 1024 * 1024
+    download_concurrency: int = 4
+    """Ranges in flight; a parallel read holds at most ``download_part_size * download_concurrency``."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -74,6 +82,8 @@ class HttpSettings:
             raise ConfigurationError("timeout and max_connections must be positive, retries and backoff >= 0")
         if not 1 <= self.list_page_size <= 100_000 or self.chunk_size <= 0 or self.url_expiration <= 0:
             raise ConfigurationError("list_page_size, chunk_size and url_expiration must be positive")
+        if self.download_part_size <= 0 or self.download_concurrency < 1:
+            raise ConfigurationError("download_part_size and download_concurrency must be positive")
 
 
 class HttpBackend(BaseBackend):
@@ -191,6 +201,10 @@ class HttpBackend(BaseBackend):
             headers["If-None-Match"] = _quoted(if_none_match)
         response = await self._send("GET", self._path(key), key=key, operation="open", headers=headers, stream=True)
         info, start, end = info_from_headers(key, response.headers)
+        s = self.settings
+        if range is None and s.download_concurrency > 1 and info.size >= s.parallel_download_threshold:
+            await response.aclose()  # large: re-read it as parallel ranges of this very version
+            return Download(info, self._parallel(key, info), start=0, end=info.size)
         return Download(
             info,
             self._stream(response, key),
@@ -199,6 +213,32 @@ class HttpBackend(BaseBackend):
             range_requested=range is not None,
             close=response.aclose,
         )
+
+    async def _parallel(self, key: str, info: ObjectInfo) -> AsyncIterator[bytes]:
+        """The object as ``download_part_size`` ranges fetched ``download_concurrency`` at a time and
+        yielded in order. Every range carries ``If-Match`` on the first response's etag, so a
+        concurrent overwrite fails the read (:class:`PreconditionFailedError`) instead of splicing."""
+        s = self.settings
+
+        async def fetch(start: int) -> bytes:
+            part = await self.open(key, range=ByteRange(start, start + s.download_part_size), if_match=info.etag)
+            return await part.read()
+
+        starts = iter(range(0, info.size, s.download_part_size))
+        pending: collections.deque[asyncio.Task[bytes]] = collections.deque(
+            asyncio.create_task(fetch(start)) for start in itertools.islice(starts, s.download_concurrency)
+        )
+        try:
+            while pending:
+                data = await pending.popleft()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(asyncio.create_task(fetch(nxt)))
+                yield data
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _stream(self, response: httpx.Response, key: str) -> AsyncIterator[bytes]:
         with translate(key=key, backend=self.name, operation="open"):
