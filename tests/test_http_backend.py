@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -162,5 +166,68 @@ async def test_large_reads_are_parallel_ranges_of_one_version(http_memory_servic
         plain = _client(http_memory_service)  # default threshold (64 MiB): one streamed GET
         assert len(await plain.get(key)) == len(data)
         await plain.aclose()
+    finally:
+        await client.aclose()
+
+
+_SLOW_UPLOADER = """
+import asyncio, sys
+from pathlib import Path
+from unistore.backends.http import HttpBackend
+
+async def main():
+    url, token, state_dir, key, path = sys.argv[1:6]
+    client = HttpBackend(url=url, token=token, upload_part_size=1 << 20, upload_concurrency=1,
+                         multipart_threshold=1, upload_state_dir=state_dir)
+    send = client._send
+
+    async def slow_send(*args, **kwargs):  # a slow link, so the test can kill us mid-upload
+        response = await send(*args, **kwargs)
+        if kwargs.get("operation") == "upload_part":
+            await asyncio.sleep(0.3)
+        return response
+
+    client._send = slow_send
+    await client.put_object(key, Path(path))
+
+asyncio.run(main())
+"""
+
+
+async def test_killed_upload_resumes_in_a_new_process(http_memory_service: str, tmp_path: Any) -> None:
+    data = os.urandom(12 * (1 << 20) + 5)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    state_dir = tmp_path / "state"
+    key = f"resume-{free_port()}/big.bin"
+    token = TokenAuthority(SECRET).issue(["admin"], expires_in=3600)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SLOW_UPLOADER, http_memory_service, token, str(state_dir), key, str(path)
+    )
+    recorded: dict[str, Any] = {}
+    for _ in range(300):  # until the child has recorded three stored parts
+        files = list(state_dir.glob("*.json")) if state_dir.exists() else []
+        if files:
+            recorded = json.loads(files[0].read_text())
+            if len(recorded["parts"]) >= 3:
+                break
+        await asyncio.sleep(0.05)
+    child.kill()
+    await child.wait()
+    done_before = len(recorded["parts"])
+    assert 3 <= done_before < 13
+
+    client = _client(
+        http_memory_service,
+        upload_part_size=1 << 20,
+        multipart_threshold=1,
+        upload_state_dir=str(state_dir),
+    )
+    try:
+        info = await client.put_object(key, path)
+        assert client.parts_sent == 13 - done_before  # only the missing parts went again
+        assert info.size == len(data)
+        assert hashlib.sha256(await client.get(key)).digest() == hashlib.sha256(data).digest()
+        assert list(state_dir.glob("*.json")) == []  # the record is gone once complete
     finally:
         await client.aclose()

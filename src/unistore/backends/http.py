@@ -73,6 +73,12 @@ class HttpSettings:
     download_part_size: int = 8 * 1024 * 1024
     download_concurrency: int = 4
     """Ranges in flight; a parallel read holds at most ``download_part_size * download_concurrency``."""
+    multipart_threshold: int = 64 * 1024 * 1024
+    """A file (path body) at least this large is uploaded as parallel, resumable session parts."""
+    upload_part_size: int = 8 * 1024 * 1024
+    upload_concurrency: int = 4
+    upload_state_dir: str = ""
+    """Where resumable uploads record their session and parts; default ``~/.cache/unistore/uploads``."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -82,6 +88,8 @@ class HttpSettings:
             raise ConfigurationError("timeout and max_connections must be positive, retries and backoff >= 0")
         if not 1 <= self.list_page_size <= 100_000 or self.chunk_size <= 0 or self.url_expiration <= 0:
             raise ConfigurationError("list_page_size, chunk_size and url_expiration must be positive")
+        if self.upload_part_size <= 0 or self.upload_concurrency < 1 or self.multipart_threshold <= 0:
+            raise ConfigurationError("upload_part_size, upload_concurrency and multipart_threshold must be positive")
         if self.download_part_size <= 0 or self.download_concurrency < 1:
             raise ConfigurationError("download_part_size and download_concurrency must be positive")
 
@@ -106,6 +114,8 @@ class HttpBackend(BaseBackend):
         self._base = self.settings.url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
         self._random = random.Random()
+        self.parts_sent = 0
+        """Upload-session parts this client has sent (a resumed upload sends only the missing ones)."""
 
     def __repr__(self) -> str:
         return f"HttpBackend(url={self._base!r}, token={'<redacted>' if self.settings.token else None})"
@@ -214,6 +224,35 @@ class HttpBackend(BaseBackend):
             close=response.aclose,
         )
 
+    async def upload_file(
+        self,
+        key: str,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ObjectInfo:
+        """Upload a file as parallel session parts; rerun after a crash (in any process) to resume.
+
+        Parts already stored are not sent again (see ``upload_state_dir``); each part's
+        SHA-256 goes with it and into the completion manifest the service verifies.
+        """
+        from ._http_upload import upload_file
+
+        validate_key(key)
+        s = self.settings
+        state_dir = s.upload_state_dir or _default_state_dir()
+        return await upload_file(
+            self,
+            key,
+            os.fspath(path),
+            content_type=content_type,
+            metadata=normalize_metadata(metadata),
+            state_dir=state_dir,
+            part_size=s.upload_part_size,
+            concurrency=s.upload_concurrency,
+        )
+
     async def _parallel(self, key: str, info: ObjectInfo) -> AsyncIterator[bytes]:
         """The object as ``download_part_size`` ranges fetched ``download_concurrency`` at a time and
         yielded in order. Every range carries ``If-Match`` on the first response's etag, so a
@@ -273,6 +312,14 @@ class HttpBackend(BaseBackend):
             raise TypeError(f"invalid write mode {mode!r}")
         if isinstance(body, str):
             raise TypeError("body must be bytes, not str: encode it first")
+        if (
+            isinstance(body, os.PathLike)
+            and mode == "overwrite"
+            and cache_control is None
+            and content_disposition is None
+            and await _size(body) >= self.settings.multipart_threshold
+        ):
+            return await self.upload_file(key, body, content_type=content_type, metadata=metadata)
         if isinstance(body, bytearray | memoryview):
             body = bytes(body)
         replayable = isinstance(body, bytes | os.PathLike)
@@ -322,6 +369,17 @@ class HttpBackend(BaseBackend):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _default_state_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "unistore", "uploads")
+
+
+async def _size(path: os.PathLike[str]) -> int:
+    try:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+    except OSError:
+        return -1  # the single-request path reports the file's own error
 
 
 def _quoted(etag: str) -> str:

@@ -1,0 +1,150 @@
+"""Parallel, resumable uploads of files through a unistore service's upload sessions.
+
+The session id and the parts already stored (with their SHA-256) are kept in a
+small JSON file under ``state_dir``. It is named after the service, the key and
+the file's path, size and mtime, and rewritten atomically after every part. A
+new process uploading the same unchanged file to the same key finds it, asks the
+service which parts it really holds, and sends only the missing ones. A session
+the service no longer knows (expired, completed) starts over. The state file is
+removed once the object is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import NotFoundError
+from .._types import ObjectInfo
+from ._http_wire import info_from_json
+
+if TYPE_CHECKING:
+    from .http import HttpBackend
+
+__all__ = ["upload_file"]
+
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(slots=True)
+class _State:
+    upload_id: str
+    part_size: int
+    parts: dict[int, str] = field(default_factory=dict)  # number -> base64 SHA-256
+
+
+def _state_path(state_dir: str, url: str, key: str, path: str, st: os.stat_result) -> Path:
+    ident = json.dumps([url, key, os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    return Path(state_dir) / (hashlib.sha256(ident.encode()).hexdigest() + ".json")
+
+
+def _load(path: Path) -> _State | None:
+    try:
+        raw = json.loads(path.read_text())
+        return _State(str(raw["upload_id"]), int(raw["part_size"]), {int(n): str(d) for n, d in raw["parts"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _save(path: Path, state: _State) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"upload_id": state.upload_id, "part_size": state.part_size, "parts": state.parts}))
+    os.replace(tmp, path)
+
+
+def _read_part(path: str, offset: int, length: int) -> tuple[bytes, str]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise OSError(f"{path} changed size during the upload")
+    return data, base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+async def upload_file(
+    backend: HttpBackend,
+    key: str,
+    path: str,
+    *,
+    content_type: str | None,
+    metadata: Mapping[str, str],
+    state_dir: str,
+    part_size: int,
+    concurrency: int,
+) -> ObjectInfo:
+    """Upload ``path`` to ``key`` as parallel session parts, resuming a previous attempt if one is recorded."""
+    st = await asyncio.to_thread(os.stat, path)
+    state_file = _state_path(state_dir, backend.settings.url, key, path, st)
+    state = await asyncio.to_thread(_load, state_file)
+    stored: dict[int, str] = {}
+    if state is not None:
+        try:
+            r = await backend._send("GET", f"/v1/uploads/{state.upload_id}/parts", key=key, operation="list_parts")
+            on_server = {int(p["number"]): str(p["sha256"]) for p in r.json()["parts"]}
+            stored = {n: d for n, d in on_server.items() if state.parts.get(n) == d}
+        except NotFoundError:
+            state = None
+    if state is None:
+        doc: dict[str, Any] = {
+            "key": key,
+            "content_type": content_type,
+            "metadata": dict(metadata),
+            "part_size": part_size,
+        }
+        r = await backend._send(
+            "POST", "/v1/uploads", key=key, operation="create_upload", body=json.dumps(doc).encode(), headers=_JSON
+        )
+        state = _State(str(r.json()["upload_id"]), int(r.json()["part_size"]))
+        await asyncio.to_thread(_save, state_file, state)
+    state.parts = dict(stored)
+    size, step = st.st_size, state.part_size
+    numbers = [n for n in range(1, max(1, -(-size // step)) + 1) if n not in stored]
+    slots = asyncio.Semaphore(concurrency)
+    record = asyncio.Lock()
+    session = state
+
+    async def send(number: int) -> None:
+        async with slots:
+            offset = (number - 1) * step
+            data, digest = await asyncio.to_thread(_read_part, path, offset, min(step, size - offset))
+            await backend._send(
+                "PUT",
+                f"/v1/uploads/{session.upload_id}/parts/{number}",
+                key=key,
+                operation="upload_part",
+                body=data,
+                headers={"Repr-Digest": f"sha-256=:{digest}:"},
+            )
+            backend.parts_sent += 1
+            async with record:
+                session.parts[number] = digest
+                await asyncio.to_thread(_save, state_file, session)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for number in numbers:
+                tg.create_task(send(number))
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    manifest = {"parts": [{"number": n, "sha256": d} for n, d in sorted(session.parts.items())]}
+    r = await backend._send(
+        "POST",
+        f"/v1/uploads/{session.upload_id}/complete",
+        key=key,
+        operation="complete_upload",
+        body=json.dumps(manifest).encode(),
+        headers=_JSON,
+        replayable=False,  # a lost success would replay into 404: rerunning the upload is the retry
+    )
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(os.unlink, state_file)
+    return info_from_json(r.json())
