@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -172,13 +173,19 @@ def test_request_ids_errors_and_ops_routes(svc: Svc, pfx: str) -> None:
     service_logger = logging.getLogger("unistore.service")
     service_logger.addHandler(handler)
     service_logger.setLevel(logging.INFO)
+    def logged() -> bool:
+        return any(getattr(rec, "request_id", None) == "abc-123" and pfx in rec.getMessage() for rec in records)
+
     try:
         with svc.client(svc.admin) as c:
             r = c.get(f"/v1/objects/{pfx}nope", headers={"x-request-id": "abc-123"})
+        deadline = time.monotonic() + 5  # the access line is written after the response is sent
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         service_logger.removeHandler(handler)
     assert r.status_code == 404 and r.headers["x-request-id"] == "abc-123"
-    assert any(getattr(rec, "request_id", None) == "abc-123" and pfx in rec.getMessage() for rec in records)
+    assert logged()
     with svc.client(svc.admin) as c:
         error = r.json()["error"]
         assert (error["type"], error["key"], set(error)) == ("NotFoundError", pfx + "nope", {"type", "message", "key"})

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from .._base import StorageBackend
 from .._config import easy_storage
-from .._errors import InvalidArgumentError, UnsupportedError
+from .._errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from ..fastapi import add_storage
 from ..layers import Idempotency, Observe
 from ._access import ServiceContext
@@ -106,7 +106,8 @@ def create_app(
         """Issue a token within the caller's own scope (needs ``admin``)."""
         grant = ctx.check(request, "admin", prefix)
         if ctx.authority is None:
-            raise UnsupportedError("auth is off: this service issues no tokens")
+            # 404, not 501: with auth off the route has nothing behind it, and a 5xx would say the server failed
+            raise NotFoundError("auth is off: this service issues no tokens")
         if any(a not in ACTIONS for a in actions):
             raise InvalidArgumentError(f"actions must be among {', '.join(ACTIONS)}")
         if expires_in > ctx.settings.max_token_lifetime:
