@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .._base import BaseBackend, StorageBackend
 from .._types import Body, Capabilities, Download, ObjectInfo, Range, WriteMode
 
 __all__ = ["Layer", "LayerFactory", "in_memory", "rewrap", "stack"]
+
+T = TypeVar("T")
 
 LayerFactory = Callable[[StorageBackend], StorageBackend]
 """A one-argument callable building a layer over a backend, e.g. ``functools.partial(Retry, attempts=3)``."""
@@ -17,9 +19,10 @@ LayerFactory = Callable[[StorageBackend], StorageBackend]
 class Layer(BaseBackend):
     """A :class:`StorageBackend` wrapping another one, ``inner``.
 
-    Every primitive forwards to ``inner``; ``capabilities`` and ``name`` are the
-    inner store's, so a stack looks like the store it wraps. Subclasses override
-    the primitives they change. :meth:`aclose` closes ``inner``.
+    Every primitive forwards to ``inner`` (the single-shot ones through
+    :meth:`_around`); ``capabilities`` and ``name`` are the inner store's, so a stack
+    looks like the store it wraps. Subclasses override the primitives they change.
+    :meth:`aclose` closes ``inner``.
     """
 
     def __init__(self, inner: StorageBackend) -> None:
@@ -39,8 +42,13 @@ class Layer(BaseBackend):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
 
+    async def _around(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one forwarded operation. Layers that treat every operation alike (Retry,
+        RateLimit, Observe) override this one hook instead of each primitive."""
+        return await call()
+
     async def head(self, key: str) -> ObjectInfo:
-        return await self.inner.head(key)
+        return await self._around("head", key, lambda: self.inner.head(key))
 
     async def open(
         self,
@@ -63,18 +71,22 @@ class Layer(BaseBackend):
         cache_control: str | None = None,
         content_disposition: str | None = None,
     ) -> ObjectInfo:
-        return await self.inner.put_object(
+        return await self._around(
+            "put",
             key,
-            body,
-            content_type=content_type,
-            metadata=metadata,
-            mode=mode,
-            cache_control=cache_control,
-            content_disposition=content_disposition,
+            lambda: self.inner.put_object(
+                key,
+                body,
+                content_type=content_type,
+                metadata=metadata,
+                mode=mode,
+                cache_control=cache_control,
+                content_disposition=content_disposition,
+            ),
         )
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
-        return await self.inner.remove(key, if_match=if_match)
+        return await self._around("remove", key, lambda: self.inner.remove(key, if_match=if_match))
 
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         return self.inner.iter_objects(prefix, start_after=start_after)
@@ -85,13 +97,15 @@ class Layer(BaseBackend):
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+        return await self._around(
+            "sign_url", key, lambda: self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+        )
 
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
-        return await self.inner.copy(src, dst, mode=mode)
+        return await self._around("copy", dst, lambda: self.inner.copy(src, dst, mode=mode))
 
     async def ping(self) -> None:
-        await self.inner.ping()
+        await self._around("ping", None, self.inner.ping)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._base import StorageBackend
 from .._errors import ConfigurationError, RateLimitedError
-from .._types import Body, Download, ObjectInfo, Range, WriteMode
+from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["RateLimit"]
@@ -108,15 +108,12 @@ class RateLimit(Layer):
         if held and self._sem is not None:
             self._sem.release()
 
-    async def _run(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
+    async def _around(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
         held = await self._acquire(operation, key)
         try:
             return await call()
         finally:
             self._release(held)
-
-    async def head(self, key: str) -> ObjectInfo:
-        return await self._run("head", key, lambda: self.inner.head(key))
 
     async def open(
         self,
@@ -152,34 +149,6 @@ class RateLimit(Layer):
 
         return rewrap(dl, chunks(), close)
 
-    async def put_object(
-        self,
-        key: str,
-        body: Body,
-        *,
-        content_type: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        mode: WriteMode = "overwrite",
-        cache_control: str | None = None,
-        content_disposition: str | None = None,
-    ) -> ObjectInfo:
-        return await self._run(
-            "put",
-            key,
-            lambda: self.inner.put_object(
-                key,
-                body,
-                content_type=content_type,
-                metadata=metadata,
-                mode=mode,
-                cache_control=cache_control,
-                content_disposition=content_disposition,
-            ),
-        )
-
-    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
-        return await self._run("remove", key, lambda: self.inner.remove(key, if_match=if_match))
-
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for info in self._listing(self.inner.iter_objects(prefix, start_after=start_after)):
             yield info
@@ -206,12 +175,6 @@ class RateLimit(Layer):
         # Signing is local computation for most stores; it takes a token but no permit.
         await self._take_token("sign_url", key)
         return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
-
-    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
-        return await self._run("copy", dst, lambda: self.inner.copy(src, dst, mode=mode))
-
-    async def ping(self) -> None:
-        await self._run("ping", None, self.inner.ping)
 
 
 class _Permit:

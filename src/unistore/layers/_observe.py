@@ -13,13 +13,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .._base import StorageBackend
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
-from .._types import Body, Download, ObjectInfo, Range, WriteMode
+from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 from ._metrics import Metrics, metrics_for
 from ._retry import Retry, RetryEvent
@@ -180,7 +180,7 @@ class Observe(Layer):
                 "retry", {"attempt": event.attempt, "delay": event.delay, "error": type(event.error).__name__}
             )
 
-    async def _run(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
+    async def _around(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
         start = time.perf_counter()
         if self._hot is not None and key is not None:
             self._count_hot(key, start)
@@ -285,9 +285,6 @@ class Observe(Layer):
 
     # --- primitives ------------------------------------------------------------------
 
-    async def head(self, key: str) -> ObjectInfo:
-        return await self._run("head", key, lambda: self.inner.head(key))
-
     async def open(
         self,
         key: str,
@@ -296,7 +293,7 @@ class Observe(Layer):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
-        dl = await self._run(
+        dl = await self._around(
             "open", key, lambda: self.inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
         )
         children = self._children
@@ -314,34 +311,6 @@ class Observe(Layer):
 
         return rewrap(dl, counted(), dl.aclose)
 
-    async def put_object(
-        self,
-        key: str,
-        body: Body,
-        *,
-        content_type: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        mode: WriteMode = "overwrite",
-        cache_control: str | None = None,
-        content_disposition: str | None = None,
-    ) -> ObjectInfo:
-        return await self._run(
-            "put",
-            key,
-            lambda: self.inner.put_object(
-                key,
-                body,
-                content_type=content_type,
-                metadata=metadata,
-                mode=mode,
-                cache_control=cache_control,
-                content_disposition=content_disposition,
-            ),
-        )
-
-    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
-        return await self._run("remove", key, lambda: self.inner.remove(key, if_match=if_match))
-
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for item in self._listing(prefix, self.inner.iter_objects(prefix, start_after=start_after)):
             yield item
@@ -353,25 +322,12 @@ class Observe(Layer):
     async def _listing(self, prefix: str, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """A listing is measured up to its first item (the first page's latency)."""
         sentinel = object()
-        first = await self._run("list", prefix, lambda: anext(items, sentinel))
+        first = await self._around("list", prefix, lambda: anext(items, sentinel))
         if first is sentinel:
             return
         yield first  # type: ignore[misc]
         async for item in items:
             yield item
-
-    async def sign_url(
-        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
-    ) -> str:
-        return await self._run(
-            "sign_url", key, lambda: self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
-        )
-
-    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
-        return await self._run("copy", dst, lambda: self.inner.copy(src, dst, mode=mode))
-
-    async def ping(self) -> None:
-        await self._run("ping", None, self.inner.ping)
 
 
 def _tracer(tracer: Any) -> Any:

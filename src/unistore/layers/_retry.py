@@ -107,7 +107,7 @@ class Retry(Layer):
             listener(event)
         await self._sleep(delay)
 
-    async def _run(
+    async def _around(
         self,
         operation: str,
         key: str | None,
@@ -125,9 +125,6 @@ class Retry(Layer):
                 await self._backoff(operation, key, attempt, exc, since)
                 attempt += 1
 
-    async def head(self, key: str) -> ObjectInfo:
-        return await self._run("head", key, lambda: self.inner.head(key))
-
     async def open(
         self,
         key: str,
@@ -144,7 +141,7 @@ class Retry(Layer):
                 return rewrap(dl, await dl.read())  # a break restarts the whole read: one version, always
             return dl
 
-        dl = await self._run("open", key, attempt)
+        dl = await self._around("open", key, attempt)
         if not self._resumable or in_memory(dl) is not None:
             return dl
         stream = _Resumed(self, key, dl)
@@ -162,7 +159,7 @@ class Retry(Layer):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         source = _Replay(body)
-        return await self._run(
+        return await self._around(
             "put",
             key,
             lambda: self.inner.put_object(
@@ -176,9 +173,6 @@ class Retry(Layer):
             ),
             source.replayable,
         )
-
-    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
-        return await self._run("remove", key, lambda: self.inner.remove(key, if_match=if_match))
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for info in self._resume_listing(
@@ -206,19 +200,6 @@ class Retry(Layer):
             except TransientError as exc:
                 await self._backoff("list", prefix, attempt, exc, since)
                 attempt += 1
-
-    async def sign_url(
-        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
-    ) -> str:
-        return await self._run(
-            "sign_url", key, lambda: self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
-        )
-
-    async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
-        return await self._run("copy", dst, lambda: self.inner.copy(src, dst, mode=mode))
-
-    async def ping(self) -> None:
-        await self._run("ping", None, self.inner.ping)
 
 
 class _Replay:
