@@ -303,6 +303,23 @@ async def iter_body(body: Body, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIt
         raise TypeError(f"unsupported body type {type(body).__name__}")
 
 
+def quote_etag(etag: str) -> str:
+    """An etag as an HTTP entity tag (RFC 9110 §8.8.3); ``*`` and quoted or weak tags unchanged."""
+    etag = etag.strip()
+    if etag == "*" or etag.startswith(('"', 'W/"')) or '"' in etag:
+        return etag
+    return f'"{etag}"'
+
+
+async def path_size(path: os.PathLike[str]) -> int:
+    """The size of the file at ``path`` (stat in a thread), or -1 if it cannot be read:
+    the caller's streaming path then raises the file's own error."""
+    try:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+    except OSError:
+        return -1
+
+
 def _bare(etag: str) -> str:
     """An etag without HTTP quoting (``W/"x"`` and ``"x"`` → ``x``)."""
     if etag.startswith("W/"):
@@ -310,9 +327,7 @@ def _bare(etag: str) -> str:
     return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
 
 
-def check_read_conditions(
-    info: ObjectInfo, if_match: str | None, if_none_match: str | None, backend: str
-) -> None:
+def check_read_conditions(info: ObjectInfo, if_match: str | None, if_none_match: str | None, backend: str) -> None:
     """Apply read preconditions to the current version (RFC 9110 §13.1.1, §13.1.2)."""
     if if_match is not None and if_match != "*" and _bare(if_match) != info.etag:
         raise PreconditionFailedError(
@@ -335,9 +350,7 @@ def check_write_mode(current: ObjectInfo | None, mode: WriteMode, key: str, back
         return
     if isinstance(mode, IfMatch):
         if current is None:
-            raise PreconditionFailedError(
-                "if_match write on a missing key", key=key, backend=backend, operation="put"
-            )
+            raise PreconditionFailedError("if_match write on a missing key", key=key, backend=backend, operation="put")
         if mode.etag != "*" and _bare(mode.etag) != current.etag:
             raise PreconditionFailedError(
                 "if_match does not match the current etag", key=key, backend=backend, operation="put"

@@ -42,16 +42,16 @@ __all__ = [
     "EMPTY_SHA256",
     "SigV4",
     "UNSIGNED",
+    "checksum_header",
     "decode_meta",
     "encode_meta",
     "error_from_response",
     "http_date",
     "iso_date",
-    "local_name",
-    "md5_b64",
     "uri_encode",
     "xml_children",
     "xml_find",
+    "xml_result",
     "xml_root",
 ]
 
@@ -59,7 +59,6 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 _SIGNED_PREFIXES = ("x-amz-", "if-")
 _SIGNED_NAMES = frozenset({"content-type", "content-md5", "range"})
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_NS = re.compile(r"\{[^}]*\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,11 +287,6 @@ def xml_children(el: ElementTree.Element, name: str) -> list[ElementTree.Element
     return el.findall("{*}" + name)
 
 
-def local_name(el: ElementTree.Element) -> str:
-    """``el``'s tag without its namespace."""
-    return _NS.sub("", el.tag)
-
-
 # --- errors -------------------------------------------------------------------------------------
 
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "ThrottlingException"}
@@ -370,9 +364,32 @@ def error_from_response(
     return InvalidArgumentError(f"request rejected ({detail})", **kw)
 
 
-def md5_b64(chunks: Iterable[bytes]) -> str:
-    """Base64 MD5 of ``chunks`` (the Content-MD5 header value)."""
-    h = hashlib.md5(usedforsecurity=False)
+def checksum_header(mode: str, chunks: Iterable[bytes | memoryview]) -> tuple[dict[str, str], str | None]:
+    """The upload checksum header for ``mode`` (``md5``, ``sha256``, ``none``) over ``chunks``,
+    and the base64 digest the server keeps for it."""
+    if mode == "none":
+        return {}, None
+    h = hashlib.md5(usedforsecurity=False) if mode == "md5" else hashlib.sha256()
     for c in chunks:
         h.update(c)
-    return base64.b64encode(h.digest()).decode()
+    digest = base64.b64encode(h.digest()).decode()
+    return ({"content-md5": digest} if mode == "md5" else {"x-amz-checksum-sha256": digest}), digest
+
+
+def xml_result(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    key: str,
+    operation: str,
+    backend: str,
+    bucket: str,
+    create: bool = False,
+) -> ElementTree.Element:
+    """The XML of a 200 answer to CopyObject or CompleteMultipartUpload, which S3 may use for an error."""
+    root = xml_root(body)
+    if root.tag.rpartition("}")[2] == "Error":
+        raise error_from_response(
+            500, headers, body, key=key, operation=operation, backend=backend, bucket=bucket, create=create
+        )
+    return root

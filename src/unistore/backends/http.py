@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 import os
 import random
 import uuid
@@ -31,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body
+from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag
 from .._errors import ConfigurationError, TransientError
 from .._keys import validate_key
 from .._types import (
@@ -206,9 +205,9 @@ class HttpBackend(BaseBackend):
         if range is not None:
             headers["Range"] = range_header(range)
         if if_match is not None:
-            headers["If-Match"] = _quoted(if_match)
+            headers["If-Match"] = quote_etag(if_match)
         if if_none_match is not None:
-            headers["If-None-Match"] = _quoted(if_none_match)
+            headers["If-None-Match"] = quote_etag(if_none_match)
         response = await self._send("GET", self._path(key), key=key, operation="open", headers=headers, stream=True)
         info, start, end = info_from_headers(key, response.headers)
         s = self.settings
@@ -307,7 +306,7 @@ class HttpBackend(BaseBackend):
         if mode == "create":
             headers["If-None-Match"] = "*"
         elif isinstance(mode, IfMatch):
-            headers["If-Match"] = _quoted(mode.etag)
+            headers["If-Match"] = quote_etag(mode.etag)
         elif mode != "overwrite":
             raise TypeError(f"invalid write mode {mode!r}")
         if isinstance(body, str):
@@ -317,7 +316,7 @@ class HttpBackend(BaseBackend):
             and mode == "overwrite"
             and cache_control is None
             and content_disposition is None
-            and await _size(body) >= self.settings.multipart_threshold
+            and await path_size(body) >= self.settings.multipart_threshold
         ):
             return await self.upload_file(key, body, content_type=content_type, metadata=metadata)
         if isinstance(body, bytearray | memoryview):
@@ -334,7 +333,7 @@ class HttpBackend(BaseBackend):
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         validate_key(key)
-        headers = {"If-Match": _quoted(if_match)} if if_match is not None else None
+        headers = {"If-Match": quote_etag(if_match)} if if_match is not None else None
         response = await self._send("DELETE", self._path(key), key=key, operation="delete", headers=headers)
         return bool(response.json()["deleted"])
 
@@ -373,18 +372,3 @@ class HttpBackend(BaseBackend):
 
 def _default_state_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "unistore", "uploads")
-
-
-async def _size(path: os.PathLike[str]) -> int:
-    try:
-        return (await asyncio.to_thread(os.stat, path)).st_size
-    except OSError:
-        return -1  # the single-request path reports the file's own error
-
-
-def _quoted(etag: str) -> str:
-    """An etag as an HTTP entity tag (``*`` and already-quoted tags unchanged)."""
-    etag = etag.strip()
-    if etag == "*" or etag.startswith(('"', 'W/"')):
-        return etag
-    return json.dumps(etag) if '"' not in etag else etag

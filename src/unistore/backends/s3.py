@@ -20,15 +20,12 @@ Deviations from the common contract, all S3's own:
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._base import BaseBackend, check_listing_args, iter_body
+from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag
 from .._errors import (
     ConfigurationError,
     NotFoundError,
@@ -53,9 +50,11 @@ from .._types import (
 )
 from . import _s3auth
 from ._s3http import S3Connection
-from ._s3multipart import PartFailure, PartInfo, S3Uploads, UploadSession
+from ._s3multipart import PartFailure, PartInfo
+from ._s3sessions import S3Uploads, UploadSession
 from ._s3settings import S3Settings
 from ._s3wire import (
+    checksum_header,
     decode_meta,
     encode_meta,
     http_date,
@@ -171,9 +170,9 @@ class S3Backend(BaseBackend):
             else:
                 headers["range"] = f"bytes=-{range.length}"
         if if_match is not None:
-            headers["if-match"] = _quote_etag(if_match)
+            headers["if-match"] = quote_etag(if_match)
         if if_none_match is not None:
-            headers["if-none-match"] = _quote_etag(if_none_match)
+            headers["if-none-match"] = quote_etag(if_none_match)
         resp = await self._send("GET", self._object_path(key), op="open", key=key, headers=headers, stream=True)
         try:
             length = int(resp.headers.get("Content-Length", 0))
@@ -246,19 +245,6 @@ class S3Backend(BaseBackend):
             headers["content-disposition"] = content_disposition
         return headers, ctype, meta
 
-    def _checksum_headers(self, chunks: list[bytes], headers: dict[str, str]) -> None:
-        mode = self.settings.checksum
-        if mode == "md5":
-            h = hashlib.md5(usedforsecurity=False)
-            for c in chunks:
-                h.update(c)
-            headers["content-md5"] = base64.b64encode(h.digest()).decode()
-        elif mode == "sha256":
-            h2 = hashlib.sha256()
-            for c in chunks:
-                h2.update(c)
-            headers["x-amz-checksum-sha256"] = base64.b64encode(h2.digest()).decode()
-
     async def put_object(
         self,
         key: str,
@@ -276,7 +262,7 @@ class S3Backend(BaseBackend):
         part_size = self.settings.part_size
         if isinstance(body, bytes | bytearray | memoryview) and len(body) <= part_size:
             chunks, size, rest = [bytes(body)], len(body), None
-        elif isinstance(body, os.PathLike) and (file_size := await _file_size(body)) > part_size:
+        elif isinstance(body, os.PathLike) and (file_size := await path_size(body)) > part_size:
             from ._s3multipart import upload_file
 
             return await upload_file(self, key, os.fspath(body), file_size, headers, cond, ctype, meta)
@@ -288,8 +274,8 @@ class S3Backend(BaseBackend):
         if rest is not None:
             from ._s3multipart import upload_stream
 
-            return await upload_stream(self, key, headers, cond, chunks, size, rest, ctype, meta)
-        self._checksum_headers(chunks, headers)
+            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta)
+        headers.update(checksum_header(self.settings.checksum, chunks)[0])
         headers.update(cond)
         headers["content-length"] = str(size)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -346,7 +332,7 @@ class S3Backend(BaseBackend):
                 continue  # replaced or deleted since the HEAD: look again
 
     async def _delete_if(self, key: str, etag: str) -> None:
-        headers = {"if-match": _quote_etag(etag)}
+        headers = {"if-match": quote_etag(etag)}
         await self._send("DELETE", self._object_path(key), op="delete", key=key, headers=headers)
 
     # --- listing ---------------------------------------------------------------------------------
@@ -467,30 +453,13 @@ class S3Backend(BaseBackend):
             await boto.__aexit__(None, None, None)
 
 
-def _dns_safe(bucket: str) -> bool:
-    return "." not in bucket and bucket == bucket.lower() and 3 <= len(bucket) <= 63
-
-
-async def _file_size(path: os.PathLike[str]) -> int:
-    try:
-        return (await asyncio.to_thread(os.stat, path)).st_size
-    except OSError:
-        return -1  # let the streaming path raise the file's own error
-
-
-def _quote_etag(etag: str) -> str:
-    if etag == "*" or etag.startswith(('"', "W/")):
-        return etag
-    return f'"{etag}"'
-
-
 def _condition_headers(mode: WriteMode) -> dict[str, str]:
     if mode == "overwrite":
         return {}
     if mode == "create":
         return {"if-none-match": "*"}
     if isinstance(mode, IfMatch):
-        return {"if-match": _quote_etag(mode.etag)}
+        return {"if-match": quote_etag(mode.etag)}
     raise TypeError(f"invalid write mode {mode!r}")
 
 
