@@ -283,16 +283,10 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(f"file URL must be file:///absolute/path, got {url!r}")
         kind, options = "local", {"base_path": unquote(parts.path)}
-    elif scheme == "s3":
+    elif scheme in ("s3", "gs"):  # bucket stores: scheme://bucket[/prefix][?options]
         if not parts.netloc:
-            raise ConfigurationError(f"S3 URL must be s3://bucket[/prefix][?endpoint=...], got {url!r}")
-        kind, options = "s3", {"bucket": parts.netloc}
-        if parts.path.strip("/"):
-            options["prefix"] = unquote(parts.path.strip("/")) + "/"
-    elif scheme == "gs":
-        if not parts.netloc:
-            raise ConfigurationError(f"GCS URL must be gs://bucket[/prefix], got {url!r}")
-        kind, options = "gcs", {"bucket": parts.netloc}
+            raise ConfigurationError(f"{scheme} URL must be {scheme}://bucket[/prefix], got {url!r}")
+        kind, options = ("s3" if scheme == "s3" else "gcs"), {"bucket": parts.netloc}
         if parts.path.strip("/"):
             options["prefix"] = unquote(parts.path.strip("/")) + "/"
     elif scheme == "cloudinary":
