@@ -46,6 +46,7 @@ __all__ = [
     "TransientError",
     "UnavailableError",
     "UnsupportedError",
+    "parse_retry_after",
 ]
 
 
@@ -192,3 +193,21 @@ class UnavailableError(TransientError):
     """The backend failed or timed out (5xx, resets, timeouts)."""
 
     status = 503
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header value in seconds (RFC 9110 §10.2.3: delay-seconds or an
+    HTTP date); ``None`` when absent or malformed. Every backend reads the header here."""
+    if not value or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None

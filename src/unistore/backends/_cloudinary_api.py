@@ -29,6 +29,7 @@ from .._errors import (
     RateLimitedError,
     StorageError,
     UnavailableError,
+    parse_retry_after,
 )
 from .._types import ObjectInfo, guess_content_type
 
@@ -74,8 +75,7 @@ def raise_for(r: httpx.Response, op: str, key: str | None) -> NoReturn:
     if status in (401, 403):
         raise PermissionDeniedError(f"access denied: {message}", **kw)
     if status == 420 or status == 429:
-        retry = r.headers.get("retry-after")
-        raise RateLimitedError(message, retry_after=float(retry) if retry and retry.isdigit() else None, **kw)
+        raise RateLimitedError(message, retry_after=parse_retry_after(r.headers.get("retry-after")), **kw)
     if status >= 500:
         raise UnavailableError(f"Cloudinary error {status}: {message}", **kw)
     if status == 413:

@@ -28,6 +28,7 @@ from .._errors import (
     RateLimitedError,
     StorageError,
     UnavailableError,
+    parse_retry_after,
 )
 from .._types import IfMatch, ObjectInfo, WriteMode
 
@@ -67,8 +68,7 @@ def raise_for(r: httpx.Response, op: str, key: str | None, mode: WriteMode = "ov
     if status in (401, 403):
         raise PermissionDeniedError(f"access denied: {message}", **kw)
     if status == 429:
-        retry = r.headers.get("retry-after")
-        raise RateLimitedError(message, retry_after=float(retry) if retry and retry.isdigit() else None, **kw)
+        raise RateLimitedError(message, retry_after=parse_retry_after(r.headers.get("retry-after")), **kw)
     if status == 408 or status >= 500:
         raise UnavailableError(f"GCS error {status}: {message}", **kw)
     if status == 413:

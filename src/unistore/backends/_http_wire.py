@@ -30,6 +30,7 @@ from .._errors import (
     TransientError,
     UnavailableError,
     UnsupportedError,
+    parse_retry_after,
 )
 from .._types import ByteRange, ObjectInfo, Range, SuffixRange
 
@@ -67,9 +68,8 @@ _CLASSES: dict[str, type[StorageError]] | None = None
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds (delay-seconds form; an HTTP date is treated as unknown)."""
-    value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    """``Retry-After`` in seconds."""
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def error_from_response(

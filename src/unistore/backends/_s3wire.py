@@ -35,6 +35,7 @@ from .._errors import (
     StorageError,
     UnavailableError,
     UnsupportedError,
+    parse_retry_after,
 )
 
 __all__ = [
@@ -293,17 +294,8 @@ _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "Interna
 _SIGNATURE_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed"}
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-        except (TypeError, ValueError):
-            return None
+def _header_retry_after(headers: Mapping[str, str]) -> float | None:
+    return parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
 
 
 def error_from_response(
@@ -350,11 +342,11 @@ def error_from_response(
             size = int(content_range[8:]) if content_range[8:].isdigit() else None
         return InvalidRangeError(f"range not satisfiable ({detail})", size=size, **kw)
     if status == 429 or code in ("SlowDown", "ThrottlingException"):
-        return RateLimitedError(f"throttled ({detail})", retry_after=_retry_after(headers), **kw)
+        return RateLimitedError(f"throttled ({detail})", retry_after=_header_retry_after(headers), **kw)
     if status >= 500 or code in _TRANSIENT_CODES:
         if status == 501 or code == "NotImplemented":
             return UnsupportedError(f"not supported by this server ({detail})", **kw)
-        return UnavailableError(f"server error ({detail})", retry_after=_retry_after(headers), **kw)
+        return UnavailableError(f"server error ({detail})", retry_after=_header_retry_after(headers), **kw)
     if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"):
         return IntegrityError(f"checksum mismatch ({detail})", **kw)
     if code == "EntityTooLarge":
