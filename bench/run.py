@@ -31,23 +31,16 @@ sys.path.insert(0, str(HERE))
 
 import adapters  # noqa: E402
 import report  # noqa: E402
+from _common import log, machine_busy_cores, rotate  # noqa: E402
 
 MiB = 1 << 20
 PKGS = ["unistore", "obstore", "svc-infra", "aiofiles"]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition, no quiet wait")
-    ap.add_argument(
-        "--reps", type=int, default=3, help="repetitions of the small and list workloads"
-    )
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of the small and list workloads")
     ap.add_argument(
         "--large-reps",
         type=int,
@@ -100,25 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def rotate(seq: list[str], k: int) -> list[str]:
-    if not seq:
-        return seq
-    k %= len(seq)
-    return seq[k:] + seq[:k]
-
-
-def machine_busy_cores(window: float = 0.5) -> float:
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        return sum(v) - v[3] - v[4], sum(v)
-
-    b0, t0 = ticks()
-    time.sleep(window)
-    b1, t1 = ticks()
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
-
-
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -128,9 +102,7 @@ class Bench:
         skip = {x for x in a.skip_adapters.split(",") if x}
         unknown = (only | skip) - set(adapters.REGISTRY)
         if unknown:
-            raise SystemExit(
-                f"unknown adapters {sorted(unknown)}; known: {sorted(adapters.REGISTRY)}"
-            )
+            raise SystemExit(f"unknown adapters {sorted(unknown)}; known: {sorted(adapters.REGISTRY)}")
         self.names = [n for n in adapters.REGISTRY if (not only or n in only) and n not in skip]
         self.own_work = a.workdir is None
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="unistore-bench-"))
@@ -173,9 +145,7 @@ class Bench:
         for f in sorted((dst / "unistore").rglob("*.py")):
             h.update(f.relative_to(dst).as_posix().encode() + b"\0" + f.read_bytes())
         self.snapshot_id = f"src/unistore sha256 {h.hexdigest()[:12]}"
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x
-        )
+        self.env["PYTHONPATH"] = os.pathsep.join(x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x)
 
     def for_workload(self, w: str) -> list[str]:
         if w not in self.workloads:
@@ -231,9 +201,7 @@ class Bench:
                 env=self.env,
             )
             logf.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-            line = next(
-                (x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None
-            )
+            line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
             res: dict[str, Any] = (
                 json.loads(line[7:])
                 if line
@@ -268,9 +236,7 @@ class Bench:
             f"for p in {PKGS!r}:\n"
             "    try: out[p]=m.version(p)\n    except Exception: pass\nprint(json.dumps(out))"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=self.env
-        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=self.env)
         git = "?"
         try:
             repo = HERE.parent
@@ -365,9 +331,7 @@ class Bench:
                 for mode in ("put", "get"):
                     os.sync()  # write-back of the previous case must not land in this one
                     time.sleep(0.5)
-                    r = self.worker(
-                        name, "large", {"root": str(d)}, {**p, "mode": mode}, f"-{mode}"
-                    )
+                    r = self.worker(name, "large", {"root": str(d)}, {**p, "mode": mode}, f"-{mode}")
                     L.setdefault(name, {}).setdefault(mode, []).append(r)
                     if r.get("ok"):
                         log(

@@ -33,8 +33,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+sys.path.append(str(HERE.parent))  # bench/: the helpers shared with the core harness
+
 import adapters  # noqa: E402
 import report  # noqa: E402
+from _common import log, machine_busy_cores, rotate  # noqa: E402
 
 MiB = 1 << 20
 PKGS = [
@@ -50,10 +53,6 @@ PKGS = [
     "moto",
 ]
 BUCKET, LIST_BUCKET = "unistore-bench", "unistore-bench-list"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,25 +99,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quiet_threshold is None:
         a.quiet_threshold = 0.0 if a.quick else 0.3
     return a
-
-
-def rotate(seq: list[str], k: int) -> list[str]:
-    if not seq:
-        return seq
-    k %= len(seq)
-    return seq[k:] + seq[:k]
-
-
-def machine_busy_cores(window: float = 0.5) -> float:
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        return sum(v) - v[3] - v[4], sum(v)
-
-    b0, t0 = ticks()
-    time.sleep(window)
-    b1, t1 = ticks()
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
 def process_tree(pid: int) -> list[int]:

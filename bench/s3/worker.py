@@ -30,14 +30,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+sys.path.append(str(HERE.parent))  # bench/: the helpers shared with the core harness
+
 import adapters  # noqa: E402
+from _common import reset_peak_rss, self_cpu, status_kib, verify_copy  # noqa: E402
 
 TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _self_cpu() -> tuple[float, float]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_utime
 
 
 def proc_cpu_seconds(pids: list[int]) -> float:
@@ -71,7 +69,7 @@ class Meter:
             self.prof = cProfile.Profile()
         self.srv0 = proc_cpu_seconds(self.pids)
         self.m0 = _machine_ticks()
-        self.c0, self.u0 = _self_cpu()
+        self.c0, self.u0 = self_cpu()
         self.t0 = time.perf_counter()
         if self.prof:
             self.prof.enable()
@@ -81,7 +79,7 @@ class Meter:
         if self.prof:
             self.prof.disable()
         self.wall = time.perf_counter() - self.t0
-        c1, u1 = _self_cpu()
+        c1, u1 = self_cpu()
         self.cpu, self.user = c1 - self.c0, u1 - self.u0
         self.server_cpu = proc_cpu_seconds(self.pids) - self.srv0
         m1 = _machine_ticks()
@@ -115,24 +113,6 @@ class Meter:
                 server_cpu_s_per_gib=self.server_cpu / (nbytes / (1 << 30)),
             )
         return d
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 async def run_pool(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any], conc: int) -> None:
@@ -181,19 +161,6 @@ async def w_small(a: adapters.Adapter, p: dict[str, Any], spec: dict[str, Any]) 
     return {"put": mp.as_dict(ops=n), "get": mg.as_dict(ops=n)}
 
 
-def _verify_copy(src: str, dst: str, size: int) -> None:
-    got = os.path.getsize(dst)
-    if got != size:
-        raise RuntimeError(f"downloaded {got} bytes, expected {size}")
-    step = max(size // 16, 1)
-    with open(src, "rb") as fs, open(dst, "rb") as fd:
-        for off in [*range(0, size, step), max(size - 4096, 0)]:
-            fs.seek(off)
-            fd.seek(off)
-            if fs.read(4096) != fd.read(4096):
-                raise RuntimeError(f"content mismatch at offset {off}")
-
-
 async def w_large(a: adapters.Adapter, p: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     mode, key, src, size = p["mode"], p["key"], p["src"], p["size"]
     pids = spec.get("server_pids") or []
@@ -202,13 +169,13 @@ async def w_large(a: adapters.Adapter, p: dict[str, Any], spec: dict[str, Any]) 
     await a.get(f"{key}-warm")
     gc.collect()
     hwm_ok = reset_peak_rss()
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     with Meter(pids, _prof(spec, mode)) as m:
         if mode == "put":
             await a.put_file(key, src)
         else:
             await a.get_file(key, p["dst"])
-    peak = _status_kib("VmHWM") if hwm_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM") if hwm_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = m.as_dict(nbytes=size)
     out.update(
         rss_before_mib=rss0 / 1024,
@@ -217,7 +184,7 @@ async def w_large(a: adapters.Adapter, p: dict[str, Any], spec: dict[str, Any]) 
         peak_reset=hwm_ok,
     )
     if mode == "get":
-        _verify_copy(src, p["dst"], size)
+        verify_copy(src, p["dst"], size)
     return out
 
 
