@@ -138,6 +138,41 @@ def test_bodies_over_the_bound_are_413_and_not_stored(svc: Svc, pfx: str) -> Non
         assert c.get(f"/v1/objects/{pfx}max").content == body
 
 
+def _answer_without_body(url: str, path: str, headers: dict[str, str]) -> int:
+    """The status the service answers to a request whose body is announced but never sent."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])  # a timeout here means it waited for the body
+
+
+def test_form_uploads_are_authenticated_and_bounded_before_the_form_is_read(svc: Svc, pfx: str) -> None:
+    form = {"content-type": "multipart/form-data; boundary=xyz", "content-length": str(10**10)}
+    assert _answer_without_body(svc.url, "/v1/upload", form) == 401
+    assert _answer_without_body(svc.url, "/v1/upload", {**form, "authorization": f"Bearer {svc.admin}"}) == 413
+    with svc.client(svc.admin) as c:
+        files = {"file": ("big.bin", b"x" * (MAX_BODY + 1), "application/octet-stream")}
+        r = c.post("/v1/upload", files=files, data={"key": f"{pfx}big"})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "QuotaExceededError"
+        boundary = b"b0undary"
+        head = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="c.bin"\r\n\r\n'
+        chunked = iter([head, *(b"y" * 65536 for _ in range(MAX_BODY // 65536 + 1)), b"\r\n--b0undary--\r\n"])
+        r = c.post(
+            "/v1/upload",
+            content=chunked,
+            headers={"content-type": "multipart/form-data; boundary=" + boundary.decode()},
+        )
+        assert r.status_code == 413  # no Content-Length: cut off as it streams
+        assert c.get(f"/v1/objects/{pfx}big").status_code == 404
+        assert c.post("/v1/upload", data={"key": f"{pfx}nofile"}).status_code == 400
+        r = c.post("/v1/upload", files={"file": ("s.txt", b"small", "text/plain")}, data={"key": f"{pfx}s.txt"})
+        assert r.status_code == 201 and c.get(f"/v1/objects/{pfx}s.txt").content == b"small"
+
+
 def test_idempotency_key_replays_the_first_response(svc: Svc, pfx: str) -> None:
     key, op = f"/v1/objects/{pfx}idem", {"idempotency-key": "op-1"}
     with svc.client(svc.admin) as c:
@@ -173,6 +208,7 @@ def test_request_ids_errors_and_ops_routes(svc: Svc, pfx: str) -> None:
     service_logger = logging.getLogger("unistore.service")
     service_logger.addHandler(handler)
     service_logger.setLevel(logging.INFO)
+
     def logged() -> bool:
         return any(getattr(rec, "request_id", None) == "abc-123" and pfx in rec.getMessage() for rec in records)
 

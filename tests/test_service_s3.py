@@ -1,92 +1,197 @@
-"""The service over SeaweedFS-backed S3: objects, state in the bucket (idempotency, upload sessions), two replicas."""
+"""Direct upload sessions (presigned part URLs to SeaweedFS) and completion webhooks.
+
+The two-replica behaviour (two service processes over one bucket) is in test_service_scaleout.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
+import threading
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from unistore.service import ServiceSettings, TokenAuthority, create_app
+from unistore import MemoryBackend
+from unistore.service import ServiceSettings, Webhook, create_app, verify_signature
+from unistore.service._hooks import sign_payload
 from unistore.testing import S3Server, running_server
 
-SECRET = b"s3-service-secret-0123456789"
+MiB = 1024 * 1024
+OPEN = ServiceSettings(auth=False)
 
 
-def test_two_replicas_over_one_bucket_act_as_one_service(seaweed: S3Server) -> None:
-    settings = ServiceSettings(secret=SECRET)
-    prefix = f"svc-{uuid.uuid4().hex[:8]}/"
-    auth = {"authorization": "Bearer " + TokenAuthority(SECRET).issue(["admin"])}
-    one = create_app(seaweed.backend(prefix=prefix), settings=settings)
-    two = create_app(seaweed.backend(prefix=prefix), settings=settings)
-    with running_server(one) as a_url, running_server(two) as b_url:
-        a, b = httpx.Client(base_url=a_url, headers=auth), httpx.Client(base_url=b_url, headers=auth)
-        with a, b:
-            r = a.put("/v1/objects/doc.txt", content=b"v1", headers={"content-type": "text/plain"})
-            assert r.status_code == 201
-            etag = r.headers["etag"]
-            assert b.get("/v1/objects/doc.txt", headers={"range": "bytes=1-"}).content == b"1"
-            assert b.put("/v1/objects/doc.txt", content=b"v2", headers={"if-match": etag}).status_code == 201
-            assert a.put("/v1/objects/doc.txt", content=b"v3", headers={"if-match": etag}).status_code == 412
-            # an idempotency record written through one replica answers the replay on the other
-            first = a.put("/v1/objects/once", content=b"x", headers={"idempotency-key": "k1"})
-            replay = b.put("/v1/objects/once", content=b"x", headers={"idempotency-key": "k1"})
-            assert replay.json() == first.json()
-            # an upload session started on one replica, parts sent to both, completed on the other
-            sid = a.post("/v1/uploads", json={"key": "big.bin", "part_size": 1024}).json()["upload_id"]
-            parts = [b"a" * 1024, b"b" * 100]
-            assert a.put(f"/v1/uploads/{sid}/parts/1", content=parts[0]).status_code == 200
-            assert b.put(f"/v1/uploads/{sid}/parts/2", content=parts[1]).status_code == 200
-            manifest = [
-                {"number": i + 1, "sha256": base64.b64encode(hashlib.sha256(p).digest()).decode()}
-                for i, p in enumerate(parts)
-            ]
-            assert b.post(f"/v1/uploads/{sid}/complete", json={"parts": manifest}).status_code == 201
-            assert a.get("/v1/objects/big.bin").content == b"".join(parts)
-            keys = [o["key"] for o in a.get("/v1/objects").json()["objects"]]
-            assert keys == ["big.bin", "doc.txt", "once"]  # internal state stays hidden
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
-def test_concurrent_if_match_increments_through_two_replicas_lose_no_update(seaweed: S3Server) -> None:
-    """8 clients x 10 increments, each a GET then a PUT with If-Match, alternating replicas, retrying on 412."""
-    settings = ServiceSettings(secret=SECRET)
-    prefix = f"svc-{uuid.uuid4().hex[:8]}/"
-    auth = {"authorization": "Bearer " + TokenAuthority(SECRET).issue(["admin"])}
-    clients, increments = 8, 10
-    one = create_app(seaweed.backend(prefix=prefix), settings=settings)
-    two = create_app(seaweed.backend(prefix=prefix), settings=settings)
-    with running_server(one) as a_url, running_server(two) as b_url:
-        urls = (a_url, b_url)
-        with httpx.Client(base_url=a_url, headers=auth) as setup:
-            assert setup.put("/v1/objects/counter", content=b"0").status_code == 201
+def _open_uploads(seaweed: S3Server, prefix: str) -> list[str]:
+    listing = seaweed.client().list_multipart_uploads(Bucket="unistore-tests", Prefix=prefix)
+    return [u["UploadId"] for u in listing.get("Uploads", [])]
 
-        def work(worker: int) -> tuple[int, int]:
-            done = conflicts = 0
-            step = worker  # each client starts on a different replica, then alternates on every request
-            with httpx.Client(headers=auth, timeout=30) as c:
-                while done < increments:
-                    got = c.get(urls[step % 2] + "/v1/objects/counter")
-                    step += 1
-                    assert got.status_code == 200, got.text
-                    new = str(int(got.content) + 1).encode()
-                    put = c.put(
-                        urls[step % 2] + "/v1/objects/counter", content=new, headers={"if-match": got.headers["etag"]}
-                    )
-                    step += 1
-                    if put.status_code == 412:
-                        conflicts += 1
-                        continue
-                    assert put.status_code == 201, put.text
-                    done += 1
-            return done, conflicts
 
-        with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(work, range(clients)))
-        with httpx.Client(base_url=b_url, headers=auth) as check:
-            final = int(check.get("/v1/objects/counter").content)
-    successes = sum(done for done, _ in results)
-    assert successes == clients * increments
-    assert final == successes  # every acknowledged increment is in the counter: no lost update
-    assert sum(conflicts for _, conflicts in results) > 0  # the clients really did race
+@pytest.fixture
+def prefix() -> str:
+    return f"direct-{uuid.uuid4().hex[:8]}/"
+
+
+def test_direct_sessions_need_an_s3_store_without_sse_c(seaweed: S3Server, prefix: str) -> None:
+    with running_server(create_app(MemoryBackend(), settings=OPEN)) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/v1/uploads", json={"key": "a.bin", "direct": True, "part_size": 5 * MiB})
+        assert r.status_code == 400 and "S3-compatible" in r.json()["error"]["message"]
+        sid = c.post("/v1/uploads", json={"key": "a.bin"}).json()["upload_id"]
+        r = c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}]})
+        assert r.status_code == 400 and "direct" in r.json()["error"]["message"]
+    sse_c = seaweed.backend(prefix=prefix, sse_customer_key=_b64(os.urandom(32)))
+    with running_server(create_app(sse_c, settings=OPEN)) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/v1/uploads", json={"key": "a.bin", "direct": True, "part_size": 5 * MiB})
+        assert r.status_code == 400 and "SSE-C" in r.json()["error"]["message"]
+    plain = seaweed.backend(prefix=prefix)
+    with running_server(create_app(plain, settings=OPEN)) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/v1/uploads", json={"key": "a.bin", "direct": True, "part_size": MiB})
+        assert r.status_code == 400 and "5 MiB" in r.json()["error"]["message"]
+    assert _open_uploads(seaweed, prefix) == []  # a refused session opened nothing at the store
+
+
+def test_direct_sha256_session_pins_every_part_to_its_digest(seaweed: S3Server, prefix: str) -> None:
+    backend = seaweed.backend(prefix=prefix, checksum="sha256")
+    parts = [os.urandom(5 * MiB), os.urandom(777)]
+    shas = [_b64(hashlib.sha256(p).digest()) for p in parts]
+    app = create_app(backend, settings=OPEN)
+    with running_server(app) as url, httpx.Client(base_url=url) as c, httpx.Client(timeout=60) as store:
+        r = c.post("/v1/uploads", json={"key": "s.bin", "direct": True, "part_size": 5 * MiB})
+        assert r.json()["checksum"] == "sha256"
+        sid = r.json()["upload_id"]
+        unpinned = c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}]})
+        assert unpinned.status_code == 400 and "SHA-256" in unpinned.json()["error"]["message"]
+        assert (
+            c.post(
+                f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1, "checksum": "bm90LWEtZGlnZXN0"}]}
+            ).status_code
+            == 400
+        )  # not a 32-byte digest
+        answer = c.post(
+            f"/v1/uploads/{sid}/part-urls",
+            json={"parts": [{"number": i + 1, "checksum": d} for i, d in enumerate(shas)], "expires_in": 60},
+        ).json()
+        for spec, body in zip(answer["parts"], parts, strict=True):
+            assert spec["headers"] == {"x-amz-checksum-sha256": shas[spec["number"] - 1]}
+            assert store.put(spec["url"], content=body[::-1], headers=spec["headers"]).status_code == 400
+            assert store.put(spec["url"], content=body, headers=spec["headers"]).status_code == 200
+        # the checksum is signed: the same URL with another digest header is refused
+        forged = {"x-amz-checksum-sha256": _b64(hashlib.sha256(b"x").digest())}
+        assert store.put(answer["parts"][1]["url"], content=b"x", headers=forged).status_code == 403
+        manifest = [{"number": i + 1, "sha256": d} for i, d in enumerate(shas)]
+        assert c.post(f"/v1/uploads/{sid}/complete", json={"parts": manifest}).status_code == 201
+        got = c.get("/v1/objects/s.bin").content
+        assert hashlib.sha256(got).digest() == hashlib.sha256(b"".join(parts)).digest()
+    assert _open_uploads(seaweed, prefix) == []
+
+
+def test_direct_part_over_part_size_is_refused_and_abort_clears_the_store(seaweed: S3Server, prefix: str) -> None:
+    app = create_app(seaweed.backend(prefix=prefix), settings=OPEN)
+    with running_server(app) as url, httpx.Client(base_url=url) as c, httpx.Client(timeout=60) as store:
+        sid = c.post("/v1/uploads", json={"key": "o.bin", "direct": True, "part_size": 5 * MiB}).json()["upload_id"]
+        assert len(_open_uploads(seaweed, prefix)) == 1
+        specs = c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}, {"number": 2}]}).json()
+        big, tail = os.urandom(5 * MiB + 1), b"tail"
+        for spec, body in zip(specs["parts"], (big, tail), strict=True):
+            assert store.put(spec["url"], content=body).status_code == 200
+        manifest = [
+            {"number": 1, "md5": _b64(hashlib.md5(big).digest())},
+            {"number": 2, "md5": _b64(hashlib.md5(tail).digest())},
+        ]
+        refused = c.post(f"/v1/uploads/{sid}/complete", json={"parts": manifest})
+        assert refused.status_code == 400 and "part_size" in refused.json()["error"]["message"]
+        assert c.head("/v1/objects/o.bin").status_code == 404
+        assert len(c.get(f"/v1/uploads/{sid}/parts").json()["parts"]) == 2  # the session stays open
+        assert c.delete(f"/v1/uploads/{sid}").json() == {"aborted": True}
+        assert c.get(f"/v1/uploads/{sid}/parts").status_code == 404
+    assert _open_uploads(seaweed, prefix) == []
+
+
+def test_sweep_aborts_the_store_side_upload_of_an_expired_direct_session(seaweed: S3Server, prefix: str) -> None:
+    app = create_app(seaweed.backend(prefix=prefix), settings=ServiceSettings(auth=False, upload_ttl=1))
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        sid = c.post("/v1/uploads", json={"key": "e.bin", "direct": True, "part_size": 5 * MiB}).json()["upload_id"]
+        assert len(_open_uploads(seaweed, prefix)) == 1
+        time.sleep(1.2)
+        assert c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}]}).status_code == 404
+        assert asyncio.run(app.state.uploads.sweep()) == 1
+    assert _open_uploads(seaweed, prefix) == []
+
+
+class _Flaky:
+    """A receiver that answers ``statuses`` in turn (then 204), recording every delivery."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        with self.lock:
+            self.got.append((dict(request.headers), body))
+            status = self.statuses.pop(0) if self.statuses else 204
+        return Response(status_code=status)
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[_Flaky, str]]:
+    handler = _Flaky()
+    with running_server(Starlette(routes=[Route("/hook", handler.handle, methods=["POST"])])) as url:
+        yield handler, url + "/hook"
+
+
+def _deliver(hook: Webhook, event: dict[str, Any]) -> None:
+    async def run() -> None:
+        hook(event)
+        await hook.drain()
+        await hook.aclose()
+
+    asyncio.run(run())
+
+
+def test_webhook_retries_a_failing_receiver_with_one_delivery_id(flaky: tuple[_Flaky, str]) -> None:
+    handler, url = flaky
+    handler.statuses = [503, 500]
+    hook = Webhook(url, secret=b"k" * 20, base_delay=0.01)
+    _deliver(hook, {"event": "upload.completed", "upload_id": "u1"})
+    assert (hook.delivered, hook.failed, len(handler.got)) == (1, 0, 3)
+    assert len({h["x-unistore-delivery"] for h, _ in handler.got}) == 1
+    for headers, body in handler.got:
+        assert verify_signature(b"k" * 20, body, headers["x-unistore-signature"])
+        assert not verify_signature(b"other-secret", body, headers["x-unistore-signature"])
+        assert not verify_signature(b"k" * 20, body + b" ", headers["x-unistore-signature"])
+
+
+def test_webhook_does_not_retry_a_refusal_and_gives_up_after_its_attempts(flaky: tuple[_Flaky, str]) -> None:
+    handler, url = flaky
+    handler.statuses = [400]
+    hook = Webhook(url, base_delay=0.01)
+    _deliver(hook, {"event": "upload.completed"})
+    assert (hook.delivered, hook.failed, len(handler.got)) == (0, 1, 1)
+    assert "x-unistore-signature" not in handler.got[0][0]  # no secret, no signature
+    handler.statuses, handler.got = [503] * 5, []
+    hook = Webhook(url, attempts=3, base_delay=0.01)
+    _deliver(hook, {"event": "upload.completed"})
+    assert (hook.delivered, hook.failed, len(handler.got)) == (0, 1, 3)
+
+
+def test_a_stale_signature_is_refused() -> None:
+    body = b'{"event":"upload.completed"}'
+    old = sign_payload(b"s" * 20, body, int(time.time()) - 3600)
+    assert not verify_signature(b"s" * 20, body, old)
+    assert verify_signature(b"s" * 20, body, old, tolerance=7200)
+    assert not verify_signature(b"s" * 20, body, "garbage")

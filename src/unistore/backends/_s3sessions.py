@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._base import iter_body
-from .._errors import IntegrityError, InvalidArgumentError
+from .._errors import IntegrityError, InvalidArgumentError, UnsupportedError
 from .._keys import validate_key
 from .._types import Body, ObjectInfo, WriteMode
 from ._s3multipart import MAX_PARTS, PartInfo, _abort, _complete, _create, _upload_part
+from ._s3settings import MAX_PRESIGN
 from ._s3wire import iso_date, xml_children, xml_find, xml_root
 
 if TYPE_CHECKING:
@@ -93,6 +94,55 @@ class S3Uploads:
         if size > self._b.settings.part_size and self._b._equal_parts:
             raise InvalidArgumentError("part larger than part_size", key=session.key, backend=self._b.name)
         return await _upload_part(self._b, session.key, session.upload_id, number, chunks, size, session.checksum)
+
+    @property
+    def can_presign_parts(self) -> bool:
+        """Whether :meth:`presign_part` works here (not with SSE-C: the uploader would need the key)."""
+        return not self._b._read_headers
+
+    async def presign_part(
+        self, session: UploadSession, number: int, *, expires_in: int | None = None, checksum: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned ``PUT`` URL for part ``number`` and the headers its uploader must send.
+
+        The part goes straight to the store; :meth:`list_parts` and :meth:`complete`
+        see it like any other. ``checksum`` (base64, in the session's algorithm) is
+        signed into the URL, so the store accepts only that body; a ``sha256``
+        session needs it. SSE-C sessions cannot presign parts (the uploader would
+        need the customer key): :class:`UnsupportedError`.
+        """
+        if not 1 <= number <= MAX_PARTS:
+            raise InvalidArgumentError(f"part number must be 1..{MAX_PARTS}", key=session.key, backend=self._b.name)
+        if not self.can_presign_parts:
+            raise UnsupportedError("presigned parts cannot carry an SSE-C key", key=session.key, backend=self._b.name)
+        expires = self._b.default_expires_in if expires_in is None else expires_in
+        if not 0 < expires <= MAX_PRESIGN:
+            raise InvalidArgumentError(
+                f"expires_in must be between 1 and {MAX_PRESIGN} seconds", key=session.key, backend=self._b.name
+            )
+        signed: dict[str, str] = {}
+        if session.checksum == "sha256":
+            if not checksum:
+                raise InvalidArgumentError(
+                    "a sha256 session presigns a part only with its SHA-256", key=session.key, backend=self._b.name
+                )
+            signed["x-amz-checksum-sha256"] = checksum
+        elif checksum:
+            signed["content-md5"] = checksum
+        for name, value in signed.items():
+            try:
+                if len(base64.b64decode(value, validate=True)) != (32 if name.startswith("x-amz") else 16):
+                    raise ValueError(value)
+            except (ValueError, binascii.Error):
+                raise InvalidArgumentError(
+                    "checksum must be the part's base64 " + ("SHA-256" if name.startswith("x-amz") else "MD5"),
+                    key=session.key,
+                ) from None
+        query = {"partNumber": str(number), "uploadId": session.upload_id}
+        creds = await self._b.credentials()
+        path = self._b._object_path(session.key)
+        qs = self._b._signer.presign(creds, "PUT", self._b._host, path, expires, query, signed)
+        return f"{self._b._origin}{path}?{qs}", signed
 
     async def list_parts(self, session: UploadSession) -> list[PartInfo]:
         """The parts stored so far, by number (what a resuming client still has to send)."""

@@ -16,8 +16,11 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
 - ``POST /v1/upload``: a browser form upload (``file`` field, optional ``key``).
 - ``GET /v1/urls/{key}?expires_in=&download=``: a signed URL for one object.
 - ``POST /v1/uploads`` → ``PUT /v1/uploads/{id}/parts/{n}`` → ``GET /v1/uploads/{id}/parts``
-  → ``POST /v1/uploads/{id}/complete`` (manifest of part SHA-256s) or ``DELETE /v1/uploads/{id}``:
-  multipart upload sessions kept in the backend (see ``UploadSessions``).
+  → ``POST /v1/uploads/{id}/complete`` (manifest of part checksums) or ``DELETE /v1/uploads/{id}``:
+  multipart upload sessions kept in the backend (see ``UploadSessions``). With
+  ``"direct": true`` (S3-compatible backends) ``POST /v1/uploads/{id}/part-urls``
+  hands out presigned part URLs, so parts go straight to the store. Completion
+  events go to the app's hooks and to ``UNISTORE_WEBHOOKS`` (signed, see :class:`Webhook`).
 - ``POST /v1/tokens``: issue a scoped token (``admin``).
 - ``GET /files/{key}?...signature``: signed URLs (local and memory backends).
 - ``GET /_ops/health``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from ._app import create_app
 from ._auth import ACTIONS, Grant, TokenAuthority, UnauthorizedError
+from ._hooks import Hook, Webhook, verify_signature
 from ._ops import RequestIdFilter
 from ._settings import ServiceSettings
 from ._uploads import SCHEMA_VERSION, UploadSessions
@@ -40,11 +44,14 @@ from ._uploads import SCHEMA_VERSION, UploadSessions
 __all__ = [
     "ACTIONS",
     "Grant",
+    "Hook",
     "RequestIdFilter",
     "SCHEMA_VERSION",
     "ServiceSettings",
     "TokenAuthority",
     "UnauthorizedError",
     "UploadSessions",
+    "Webhook",
     "create_app",
+    "verify_signature",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
@@ -13,15 +14,16 @@ from .._base import StorageBackend
 from .._config import easy_storage
 from .._errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from ..fastapi import add_storage
-from ..layers import Idempotency, Observe
+from ..layers import Idempotency, Layer, Observe
 from ._access import ServiceContext
 from ._auth import ACTIONS
+from ._hooks import Hook, Webhook
 from ._objects import objects_router
 from ._ops import RequestIdMiddleware, install_error_handlers
 from ._settings import ServiceSettings
 from ._state import StateStore
 from ._upload_routes import uploads_router
-from ._uploads import Hook, UploadSessions
+from ._uploads import UploadSessions
 
 __all__ = ["create_app"]
 
@@ -36,6 +38,18 @@ def _registry() -> Any:
     return CollectorRegistry()
 
 
+def _native_uploads(backend: StorageBackend) -> Any:
+    """The backend's own resumable session API (``S3Backend.uploads``), if it has one."""
+    while isinstance(backend, Layer):
+        backend = backend.inner
+    try:
+        from ..backends._s3sessions import S3Uploads
+    except ImportError:  # the S3 extra is not installed, so the backend is not S3
+        return None
+    uploads = getattr(backend, "uploads", None)
+    return uploads if isinstance(uploads, S3Uploads) else None
+
+
 def create_app(
     backend: StorageBackend | None = None,
     *,
@@ -48,7 +62,8 @@ def create_app(
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
     wrapped as ``Observe → Idempotency → backend``; idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
-    upload sessions. ``hooks`` are called with an event when an upload completes.
+    upload sessions. ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``)
+    are called with an event when an upload completes.
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
@@ -77,9 +92,28 @@ def create_app(
         )
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)
     app.include_router(objects_router(ctx))
+    webhooks = [Webhook(url, secret=settings.webhook_secret or settings.secret) for url in settings.webhooks]
     sessions = UploadSessions(
-        storage, state, ttl=settings.upload_ttl, max_part_size=settings.max_body_size, hooks=hooks
+        storage,
+        state,
+        ttl=settings.upload_ttl,
+        max_part_size=settings.max_body_size,
+        hooks=[*hooks, *webhooks],
+        native=_native_uploads(raw),
     )
+    if webhooks:
+        original = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(a: Any) -> AsyncIterator[Any]:
+            try:
+                async with original(a) as state_:
+                    yield state_
+            finally:
+                for hook in webhooks:
+                    await hook.aclose()
+
+        app.router.lifespan_context = lifespan
     app.state.uploads = sessions
     app.include_router(uploads_router(ctx, sessions))
 

@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
@@ -24,6 +27,36 @@ from ._state import is_internal
 __all__ = ["check_length", "info_json", "objects_router", "request_body"]
 
 _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, "key": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _bounded_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises 413 once more than ``limit`` body bytes have arrived (chunked bodies too)."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise QuotaExceededError(f"request body is larger than {limit} bytes", operation="put")
+        return message
+
+    return bounded
 
 
 def info_json(info: ObjectInfo) -> dict[str, Any]:
@@ -151,14 +184,34 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         more = len(objects) >= limit and last is not None
         return {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
 
-    @router.post("/upload", status_code=201, operation_id="upload_form")
-    async def upload(
-        request: Request, file: Annotated[UploadFile, File()], key: Annotated[str | None, Form()] = None
-    ) -> JSONResponse:
-        """A browser form upload (``file`` field, optional ``key``)."""
-        name = key or file.filename or "upload"
-        ctx.check(request, "write", name)
-        info = await storage.put_object(name, file, content_type=file.content_type)
+    @router.post("/upload", status_code=201, operation_id="upload_form", openapi_extra=_FORM)
+    async def upload(request: Request) -> JSONResponse:
+        """A browser form upload (``file`` field, optional ``key``).
+
+        The token (401/429) and ``Content-Length`` (413) are checked before the form
+        is parsed, and the body is cut off at ``max_body_size`` even when it is chunked.
+        """
+        grant = ctx.admit(request)
+        limit = ctx.settings.max_body_size
+        check_length(request, limit, "upload")
+        form_request = Request(request.scope, _bounded_receive(request.receive, limit))
+        try:
+            form = await form_request.form(max_files=1, max_fields=8)
+        except ClientDisconnect:
+            raise InvalidArgumentError("the client disconnected before the body ended", operation="put") from None
+        except HTTPException as exc:  # starlette's own refusal of a malformed form
+            raise InvalidArgumentError(f"malformed form: {exc.detail}", operation="put") from None
+        try:
+            file, key = form.get("file"), form.get("key")
+            if not isinstance(file, UploadFile):
+                raise InvalidArgumentError("the form needs a file field named 'file'", operation="put")
+            if key is not None and not isinstance(key, str):
+                raise InvalidArgumentError("the form's key field must be text", operation="put")
+            name = key or file.filename or "upload"
+            grant.require("write", name)
+            info = await storage.put_object(name, file, content_type=file.content_type)
+        finally:
+            await form.close()
         url = await storage.sign_url(name)
         return JSONResponse(dict(info_json(info), url=url), status_code=201)
 

@@ -25,7 +25,9 @@ class ServiceSettings:
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
     page. ``idempotency_ttl`` is how long a recorded write answers a replay;
-    ``upload_ttl`` how long an upload session lives.
+    ``upload_ttl`` how long an upload session lives. ``webhooks`` are URLs that
+    receive each completion event as signed JSON (HMAC with ``webhook_secret``,
+    else ``secret``).
     """
 
     auth: bool = True
@@ -39,6 +41,8 @@ class ServiceSettings:
     idempotency_ttl: float = 24 * 3600.0
     max_token_lifetime: int = 7 * 24 * 3600
     upload_ttl: float = 24 * 3600.0
+    webhooks: tuple[str, ...] = ()
+    webhook_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.auth and (self.secret is None or len(self.secret) < 16):
@@ -57,6 +61,9 @@ class ServiceSettings:
                 raise ConfigurationError(f"{name} must be >= 1")
         if not 1 <= self.max_list_limit <= 100_000:
             raise ConfigurationError("max_list_limit must be in 1..100000")
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigurationError(f"webhook URL must be http(s): {url!r}")
         if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl) <= 0:
             raise ConfigurationError("idempotency_ttl, max_token_lifetime and upload_ttl must be > 0")
 
@@ -71,15 +78,19 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
-        ``UNISTORE_GLOBAL_BURST``. Auth is on unless ``UNISTORE_AUTH`` says off."""
+        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_WEBHOOKS`` (URLs separated
+        by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``. Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
         if auth_text not in _TRUE | _FALSE:
             raise ConfigurationError("UNISTORE_AUTH must be on or off")
         secret = env.get("UNISTORE_SECRET")
+        hook_secret = env.get("UNISTORE_WEBHOOK_SECRET")
         kwargs: dict[str, object] = {
             "auth": auth_text in _TRUE,
             "secret": secret.encode() if secret else None,
+            "webhooks": tuple(env.get("UNISTORE_WEBHOOKS", "").replace(",", " ").split()),
+            "webhook_secret": hook_secret.encode() if hook_secret else None,
         }
         casts: dict[str, type] = {
             "max_body_size": int,
@@ -87,6 +98,7 @@ class ServiceSettings:
             "token_burst": int,
             "global_rate": float,
             "global_burst": int,
+            "upload_ttl": float,
         }
         for name, cast in casts.items():
             raw = env.get("UNISTORE_" + name.upper())

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
+from .._errors import InvalidArgumentError
 from ._access import ServiceContext
 from ._digests import expected_digests
 from ._objects import check_length, info_json, request_body
-from ._uploads import MAX_PARTS, UploadSessions
+from ._uploads import MAX_PARTS, Session, UploadSessions
 
 __all__ = ["uploads_router"]
 
@@ -18,10 +21,32 @@ _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"ty
 
 
 class ManifestEntry(BaseModel):
-    """One part of a completion manifest."""
+    """One part of a completion manifest: its number and its checksum in the session's algorithm."""
 
     number: int = Field(ge=1, le=MAX_PARTS)
-    sha256: str = Field(min_length=1, max_length=100, description="base64 SHA-256 of the part")
+    sha256: str | None = Field(None, min_length=1, max_length=100, description="base64 SHA-256 of the part")
+    md5: str | None = Field(None, min_length=1, max_length=100, description="base64 MD5 (direct MD5 sessions)")
+    etag: str | None = Field(None, min_length=1, max_length=100, description="the store's part ETag (instead of md5)")
+
+    def checksum(self, session: Session) -> str:
+        """This entry's checksum in ``session``'s algorithm (400 if it has none)."""
+        if session.checksum == "sha256" and self.sha256:
+            return self.sha256
+        if session.checksum == "md5" and self.md5:
+            return self.md5
+        if session.checksum == "md5" and self.etag:
+            try:
+                return base64.b64encode(bytes.fromhex(self.etag.strip('"'))).decode()
+            except ValueError:
+                pass
+        raise InvalidArgumentError(f"manifest part {self.number} needs its {session.checksum}", key=session.key)
+
+
+class PartUrlRequest(BaseModel):
+    """A part to presign, optionally pinned to its checksum (needed by SHA-256 sessions)."""
+
+    number: int = Field(ge=1, le=MAX_PARTS)
+    checksum: str | None = Field(None, min_length=1, max_length=100, description="base64, the session's algorithm")
 
 
 def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
@@ -35,10 +60,13 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         content_type: Annotated[str | None, Body()] = None,
         metadata: Annotated[dict[str, str] | None, Body()] = None,
         part_size: Annotated[int | None, Body(ge=1)] = None,
+        direct: Annotated[bool, Body()] = False,
     ) -> dict[str, Any]:
-        """Start a session for ``key``."""
+        """Start a session for ``key``; ``direct`` keeps the parts in the store (presigned part URLs)."""
         ctx.check(request, "write", key)
-        session = await sessions.create(key, content_type=content_type, metadata=metadata, part_size=part_size)
+        session = await sessions.create(
+            key, content_type=content_type, metadata=metadata, part_size=part_size, direct=direct
+        )
         return session.as_json()
 
     @router.put("/{upload_id}/parts/{number}", operation_id="upload_part", openapi_extra=_BODY)
@@ -54,6 +82,27 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
             session, number, request_body(request), expected=expected_digests(request.headers)
         )
         return part.as_json()
+
+    @router.post("/{upload_id}/part-urls", operation_id="part_urls")
+    async def part_urls(
+        upload_id: str,
+        request: Request,
+        parts: Annotated[list[PartUrlRequest], Body(min_length=1, max_length=1000)],
+        expires_in: Annotated[int, Body(ge=1, le=7 * 24 * 3600)] = 3600,
+    ) -> dict[str, Any]:
+        """Presigned ``PUT`` URLs that send parts of a direct session straight to the store.
+
+        Each answer lists the headers the uploader must send; the part's ETag (or
+        checksum) goes in the completion manifest like any other part.
+        """
+        grant = ctx.admit(request)
+        session = await sessions.get(upload_id)
+        grant.require("write", session.key)
+        out = []
+        for part in parts:
+            url, headers = await sessions.part_url(session, part.number, expires_in=expires_in, checksum=part.checksum)
+            out.append({"number": part.number, "method": "PUT", "url": url, "headers": headers})
+        return {"upload_id": session.id, "expires": min(session.expires, int(time.time()) + expires_in), "parts": out}
 
     @router.get("/{upload_id}/parts", operation_id="list_parts")
     async def list_parts(upload_id: str, request: Request) -> dict[str, Any]:
@@ -71,7 +120,7 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         grant = ctx.admit(request)
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
-        info = await sessions.complete(session, [(p.number, p.sha256) for p in parts])
+        info = await sessions.complete(session, [(p.number, p.checksum(session)) for p in parts])
         return info_json(info)
 
     @router.delete("/{upload_id}", operation_id="abort_upload")

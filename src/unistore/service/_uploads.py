@@ -11,11 +11,21 @@ SHA-256s, each checked against the stored part before the object is written
 (the object becomes visible atomically, with ``schema_version`` in its
 metadata) → or abort. Expired sessions are refused and swept. Completion calls
 every registered hook with an event dict.
+
+A *direct* session (``direct=True``, S3-compatible backends) keeps the parts in
+the store's own multipart upload instead: the service hands out presigned part
+URLs so the bytes go straight to the store (data plane) while every control step
+still goes through the service. Its part checksums are the store's: base64
+SHA-256 when the backend checksums parts with SHA-256, else base64 MD5 (or the
+part's ETag). Only the session record lives under the state namespace; the
+store-side upload is aborted when the session is aborted or swept.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import inspect
 import json
@@ -23,26 +33,28 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._base import StorageBackend
-from .._errors import IntegrityError, InvalidArgumentError, NotFoundError
+from .._errors import IntegrityError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key
 from .._types import ObjectInfo, normalize_metadata
 from ._digests import verified_body
+from ._hooks import Hook
 from ._state import StateStore
 
-__all__ = ["Hook", "PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
+if TYPE_CHECKING:
+    from ..backends._s3sessions import S3Uploads
+
+__all__ = ["PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
 
 SCHEMA_VERSION = "1"
 MAX_PARTS = 10_000
+MIN_DIRECT_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 _ID = re.compile(r"([0-9a-f]{1,16})\.[A-Za-z0-9_-]{16,64}")
 LOGGER = logging.getLogger("unistore.service")
-
-Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
-"""A completion hook: called with ``{"event": "upload.completed", "key", "size", "etag", "upload_id"}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,10 @@ class Session:
     metadata: Mapping[str, str]
     part_size: int
     expires: int
+    native: str | None = None
+    """The store's own upload session token (a direct session), else ``None``."""
+    checksum: str = "sha256"
+    """The algorithm of the part checksums a manifest carries (``sha256`` or ``md5``)."""
 
     def as_json(self) -> dict[str, Any]:
         """The session as the API returns it."""
@@ -65,20 +81,31 @@ class Session:
             "metadata": dict(self.metadata),
             "part_size": self.part_size,
             "expires": self.expires,
+            "direct": self.native is not None,
+            "checksum": self.checksum,
         }
+
+    def record(self) -> dict[str, Any]:
+        """The session as stored (with the store's session token)."""
+        return {**self.as_json(), "native": self.native}
 
 
 @dataclass(frozen=True, slots=True)
 class PartInfo:
-    """One stored part: its number, size and SHA-256 (base64)."""
+    """One stored part: its number, size and base64 checksum (in ``algorithm``), with the store's ETag."""
 
     number: int
     size: int
-    sha256: str
+    checksum: str
+    algorithm: str = "sha256"
+    etag: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The part as the API returns it."""
-        return {"number": self.number, "size": self.size, "sha256": self.sha256}
+        """The part as the API returns it: ``{"number", "size", <algorithm>: checksum[, "etag"]}``."""
+        doc: dict[str, Any] = {"number": self.number, "size": self.size, self.algorithm: self.checksum}
+        if self.etag is not None:
+            doc["etag"] = self.etag
+        return doc
 
 
 class UploadSessions:
@@ -86,7 +113,8 @@ class UploadSessions:
 
     ``state`` holds sessions and parts; the completed object is written through
     ``storage`` (so it passes the service's layers). ``ttl`` bounds a session's
-    life; ``max_part_size`` bounds a part (a request body).
+    life; ``max_part_size`` bounds a part (a request body). ``native`` is the
+    backend's own session API (``S3Backend.uploads``), which direct sessions use.
     """
 
     def __init__(
@@ -97,6 +125,7 @@ class UploadSessions:
         ttl: float,
         max_part_size: int,
         hooks: Sequence[Hook] = (),
+        native: S3Uploads | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
@@ -104,6 +133,7 @@ class UploadSessions:
         self.ttl = ttl
         self.max_part_size = max_part_size
         self.hooks = list(hooks)
+        self.native = native
         self._clock = clock
         self._last_sweep = 0.0
 
@@ -114,26 +144,58 @@ class UploadSessions:
         content_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         part_size: int | None = None,
+        direct: bool = False,
     ) -> Session:
         """Start a session for ``key`` (the key and metadata are validated now, not at completion).
 
         ``part_size`` defaults to 8 MiB, or the largest part allowed if that is smaller.
+        ``direct=True`` opens the store's own multipart upload, for presigned part
+        URLs; it needs an S3-compatible backend and parts of at least 5 MiB.
         """
         validate_key(key)
         part_size = part_size if part_size is not None else min(8 * 1024 * 1024, self.max_part_size)
         if not 1 <= part_size <= self.max_part_size:
             raise InvalidArgumentError(f"part_size must be in 1..{self.max_part_size}")
+        meta = normalize_metadata(metadata)
         now = self._clock()
         expires = int(now + self.ttl)
         # The id carries the expiry, so a sweep can tell stale sessions from a listing alone.
         upload_id = f"{expires:x}.{secrets.token_urlsafe(18)}"
-        session = Session(upload_id, key, content_type, normalize_metadata(metadata), part_size, expires)
-        doc = json.dumps(session.as_json()).encode()
-        await self.state.put_object(_session_key(session.id), doc, mode="create")
+        session = Session(upload_id, key, content_type, meta, part_size, expires)
+        if direct:
+            session = await self._open_native(session)
+        try:
+            await self.state.put_object(_session_key(session.id), json.dumps(session.record()).encode(), mode="create")
+        except BaseException:
+            if session.native is not None:
+                await self._abort_native(session.native)
+            raise
         if now - self._last_sweep > 60:
             self._last_sweep = now
             await self.sweep(limit=100)
         return session
+
+    async def _open_native(self, session: Session) -> Session:
+        if self.native is None or not self.native.can_presign_parts:
+            raise InvalidArgumentError(
+                "direct uploads need an S3-compatible backend without SSE-C; this service stores parts itself",
+                key=session.key,
+            )
+        if session.part_size < MIN_DIRECT_PART:
+            raise InvalidArgumentError("a direct session needs part_size >= 5 MiB (S3's rule)", key=session.key)
+        metadata = {**session.metadata, "schema_version": SCHEMA_VERSION}
+        native = await self.native.start(session.key, content_type=session.content_type, metadata=metadata)
+        checksum = "sha256" if native.checksum == "sha256" else "md5"
+        return Session(
+            session.id,
+            session.key,
+            session.content_type,
+            session.metadata,
+            session.part_size,
+            session.expires,
+            native.token,
+            checksum,
+        )
 
     async def get(self, upload_id: str) -> Session:
         """The live session ``upload_id``; :class:`NotFoundError` if unknown, finished or expired."""
@@ -144,7 +206,14 @@ class UploadSessions:
         except NotFoundError:
             raise NotFoundError("no such upload session", operation="upload") from None
         session = Session(
-            upload_id, data["key"], data["content_type"], data["metadata"], data["part_size"], data["expires"]
+            upload_id,
+            data["key"],
+            data["content_type"],
+            data["metadata"],
+            data["part_size"],
+            data["expires"],
+            data.get("native"),
+            data.get("checksum", "sha256"),
         )
         if session.expires <= self._clock():
             raise NotFoundError("upload session has expired", key=session.key, operation="upload")
@@ -156,10 +225,15 @@ class UploadSessions:
         """Store part ``number`` (1..10000) of at most ``part_size`` bytes; a retry replaces it."""
         if not 1 <= number <= MAX_PARTS:
             raise InvalidArgumentError(f"part number must be in 1..{MAX_PARTS}", key=session.key)
+        checked = verified_body(body, expected=expected, max_size=session.part_size, key=session.key)
+        if session.native is not None:
+            native, token = self._native(session)
+            stored = await native.upload_part(native.resume(token), number, checked)
+            return _native_part(session, stored.number, stored.size, stored.etag, stored.checksum)
         sha = hashlib.sha256()
 
         async def hashed() -> AsyncIterator[bytes]:
-            async for chunk in verified_body(body, expected=expected, max_size=session.part_size, key=session.key):
+            async for chunk in checked:
                 sha.update(chunk)
                 yield chunk
 
@@ -169,8 +243,28 @@ class UploadSessions:
         await self.state.put_object(_part_key(session.id, number) + ".sha256", digest.encode())
         return PartInfo(number, info.size, digest)
 
+    async def part_url(
+        self, session: Session, number: int, *, expires_in: int, checksum: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned ``PUT`` URL for part ``number`` of a direct session, and the headers to send with it.
+
+        ``checksum`` (base64, in the session's algorithm) is signed in, so the
+        store accepts only that body; SHA-256 sessions need it.
+        """
+        if session.native is None:
+            raise InvalidArgumentError("part URLs exist only for direct sessions (create with direct=true)")
+        if not 1 <= number <= MAX_PARTS:
+            raise InvalidArgumentError(f"part number must be in 1..{MAX_PARTS}", key=session.key)
+        expires_in = min(expires_in, max(1, session.expires - int(self._clock())))
+        native, token = self._native(session)
+        return await native.presign_part(native.resume(token), number, expires_in=expires_in, checksum=checksum)
+
     async def list_parts(self, session: Session) -> list[PartInfo]:
         """The parts stored so far, by number."""
+        if session.native is not None:
+            native, token = self._native(session)
+            stored = await native.list_parts(native.resume(token))
+            return [_native_part(session, p.number, p.size, p.etag, p.checksum) for p in stored]
         parts = []
         async for info in self.state.iter_objects(_parts_prefix(session.id)):
             name = info.key.rsplit("/", 1)[-1]
@@ -183,7 +277,8 @@ class UploadSessions:
         return parts
 
     async def complete(self, session: Session, manifest: Sequence[tuple[int, str]]) -> ObjectInfo:
-        """Check every manifest entry against the stored part, then write the object from the parts in order."""
+        """Check every manifest entry (number, checksum in the session's algorithm) against the
+        stored part, then make the object visible from the parts in order."""
         numbers = [n for n, _ in manifest]
         if not manifest or numbers != sorted(set(numbers)):
             raise InvalidArgumentError("the manifest must list distinct part numbers in ascending order")
@@ -192,9 +287,30 @@ class UploadSessions:
             part = stored.get(number)
             if part is None:
                 raise InvalidArgumentError(f"part {number} was not uploaded", key=session.key)
-            if part.sha256 != digest:
+            # A store that does not report a part's checksum (SeaweedFS, SHA-256) checks it itself at completion.
+            if (part.checksum or session.native is None) and part.checksum != digest:
                 raise IntegrityError(f"part {number} does not match its manifest checksum", key=session.key)
+            if part.size > session.part_size:
+                raise InvalidArgumentError(f"part {number} is larger than the session's part_size", key=session.key)
+        if session.native is not None:
+            native, token = self._native(session)
+            info = await native.complete(native.resume(token), [(n, d) for n, d in manifest])
+        else:
+            info = await self._join(session, manifest)
+        await self._discard(session.id)
+        await self._emit(
+            {
+                "event": "upload.completed",
+                "upload_id": session.id,
+                "key": info.key,
+                "size": info.size,
+                "etag": info.etag,
+                "direct": session.native is not None,
+            }
+        )
+        return info
 
+    async def _join(self, session: Session, manifest: Sequence[tuple[int, str]]) -> ObjectInfo:
         async def joined() -> AsyncIterator[bytes]:
             # Each part is hashed again as it streams: a mismatch raises before the write commits.
             for number, digest in manifest:
@@ -207,23 +323,14 @@ class UploadSessions:
                     raise IntegrityError(f"part {number} changed during completion", key=session.key)
 
         metadata = {**session.metadata, "schema_version": SCHEMA_VERSION}
-        info = await self.storage.put_object(
+        return await self.storage.put_object(
             session.key, joined(), content_type=session.content_type, metadata=metadata
         )
-        await self._discard(session.id)
-        await self._emit(
-            {
-                "event": "upload.completed",
-                "upload_id": session.id,
-                "key": info.key,
-                "size": info.size,
-                "etag": info.etag,
-            }
-        )
-        return info
 
     async def abort(self, session: Session) -> None:
-        """Drop the session and its parts."""
+        """Drop the session and its parts (a direct session's store-side upload too)."""
+        if session.native is not None:
+            await self._abort_native(session.native)
         await self._discard(session.id)
 
     async def sweep(self, *, limit: int | None = None) -> int:
@@ -237,8 +344,22 @@ class UploadSessions:
                 if limit is not None and len(expired) >= limit:
                     break
         for upload_id in expired:
+            with contextlib.suppress(NotFoundError, ValueError, KeyError):
+                native = json.loads(await self.state.get(_session_key(upload_id))).get("native")
+                if native:
+                    await self._abort_native(native)
             await self._discard(upload_id)
         return len(expired)
+
+    def _native(self, session: Session) -> tuple[S3Uploads, str]:
+        if self.native is None or session.native is None:
+            raise NotFoundError("this service no longer has the store of that direct session", key=session.key)
+        return self.native, session.native
+
+    async def _abort_native(self, token: str) -> None:
+        if self.native is not None:
+            with contextlib.suppress(StorageError):  # already completed, aborted or expired at the store
+                await self.native.abort(self.native.resume(token))
 
     async def _discard(self, upload_id: str) -> None:
         keys = [info.key async for info in self.state.iter_objects(_parts_prefix(upload_id))]
@@ -254,6 +375,14 @@ class UploadSessions:
                     await result
             except Exception:
                 LOGGER.exception("upload hook %r failed", hook)
+
+
+def _native_part(session: Session, number: int, size: int, etag: str, checksum: str | None) -> PartInfo:
+    """A store-side part in the session's algorithm (an MD5 session falls back on a 32-hex ETag)."""
+    if checksum is None and session.checksum == "md5" and len(etag) == 32:
+        with contextlib.suppress(ValueError, binascii.Error):
+            checksum = base64.b64encode(bytes.fromhex(etag)).decode()
+    return PartInfo(number, size, checksum or "", session.checksum, etag)
 
 
 def _session_key(upload_id: str) -> str:

@@ -76,6 +76,18 @@ class S3Server:
             **options,
         )
 
+    def env(self, bucket: str = "unistore-tests", *, prefix: str = "") -> dict[str, str]:
+        """The ``STORAGE_*`` variables that point ``easy_storage()`` (and ``unistore serve``) at ``bucket``."""
+        return {
+            "STORAGE_BACKEND": "s3",
+            "STORAGE_S3_BUCKET": bucket,
+            "STORAGE_S3_ENDPOINT": self.endpoint,
+            "STORAGE_S3_REGION": self.region,
+            "STORAGE_S3_ACCESS_KEY": self.access_key,
+            "STORAGE_S3_SECRET_KEY": self.secret_key,
+            "STORAGE_S3_PREFIX": prefix,
+        }
+
     def create_bucket(self, name: str) -> str:
         """Create bucket ``name`` (no error if it exists) and return its name."""
         client = self.client()
