@@ -120,15 +120,20 @@ def test_direct_part_over_part_size_is_refused_and_abort_clears_the_store(seawee
     assert _open_uploads(seaweed, prefix) == []
 
 
-def test_sweep_aborts_the_store_side_upload_of_an_expired_direct_session(seaweed: S3Server, prefix: str) -> None:
-    app = create_app(seaweed.backend(prefix=prefix), settings=ServiceSettings(auth=False, upload_ttl=1))
+def test_the_timer_sweeps_an_expired_direct_session_and_its_store_side_upload(seaweed: S3Server, prefix: str) -> None:
+    settings = ServiceSettings(auth=False, upload_ttl=2, upload_sweep_interval=0.3)  # expires 1-2 s from now
+    app = create_app(seaweed.backend(prefix=prefix), settings=settings)
+    records = prefix + ".unistore/service/uploads/sessions/"
     with running_server(app) as url, httpx.Client(base_url=url) as c:
         sid = c.post("/v1/uploads", json={"key": "e.bin", "direct": True, "part_size": 5 * MiB}).json()["upload_id"]
         assert len(_open_uploads(seaweed, prefix)) == 1
-        time.sleep(1.2)
+        assert seaweed.client().list_objects_v2(Bucket="unistore-tests", Prefix=records)["KeyCount"] == 1
+        deadline = time.monotonic() + 10
+        while _open_uploads(seaweed, prefix) and time.monotonic() < deadline:
+            time.sleep(0.1)  # no request comes: only the timer can sweep
+        assert _open_uploads(seaweed, prefix) == []
+        assert seaweed.client().list_objects_v2(Bucket="unistore-tests", Prefix=records)["KeyCount"] == 0
         assert c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}]}).status_code == 404
-        assert asyncio.run(app.state.uploads.sweep()) == 1
-    assert _open_uploads(seaweed, prefix) == []
 
 
 class _Flaky:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +37,15 @@ def _registry() -> Any:
     except ImportError:
         return None
     return CollectorRegistry()
+
+
+async def _sweep_every(sessions: UploadSessions, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sessions.sweep(limit=1000)
+        except Exception:  # a store hiccup must not end the timer
+            LOGGER.exception("sweeping expired upload sessions failed")
 
 
 def _native_uploads(backend: StorageBackend) -> Any:
@@ -101,19 +111,23 @@ def create_app(
         hooks=[*hooks, *webhooks],
         native=_native_uploads(raw),
     )
-    if webhooks:
-        original = app.router.lifespan_context
+    original = app.router.lifespan_context
 
-        @contextlib.asynccontextmanager
-        async def lifespan(a: Any) -> AsyncIterator[Any]:
-            try:
-                async with original(a) as state_:
-                    yield state_
-            finally:
-                for hook in webhooks:
-                    await hook.aclose()
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        # Expired sessions are swept on a timer too, so stale store-side uploads go even when none are created.
+        sweeper = asyncio.create_task(_sweep_every(sessions, settings.upload_sweep_interval))
+        try:
+            async with original(a) as state_:
+                yield state_
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            for hook in webhooks:
+                await hook.aclose()
 
-        app.router.lifespan_context = lifespan
+    app.router.lifespan_context = lifespan
     app.state.uploads = sessions
     app.include_router(uploads_router(ctx, sessions))
 

@@ -25,7 +25,8 @@ class ServiceSettings:
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
     page. ``idempotency_ttl`` is how long a recorded write answers a replay;
-    ``upload_ttl`` how long an upload session lives. ``webhooks`` are URLs that
+    ``upload_ttl`` how long an upload session lives, and every
+    ``upload_sweep_interval`` seconds expired ones are swept. ``webhooks`` are URLs that
     receive each completion event as signed JSON (HMAC with ``webhook_secret``,
     else ``secret``).
     """
@@ -41,6 +42,7 @@ class ServiceSettings:
     idempotency_ttl: float = 24 * 3600.0
     max_token_lifetime: int = 7 * 24 * 3600
     upload_ttl: float = 24 * 3600.0
+    upload_sweep_interval: float = 600.0
     webhooks: tuple[str, ...] = ()
     webhook_secret: bytes | None = field(default=None, repr=False)
 
@@ -64,8 +66,10 @@ class ServiceSettings:
         for url in self.webhooks:
             if not url.startswith(("http://", "https://")):
                 raise ConfigurationError(f"webhook URL must be http(s): {url!r}")
-        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl) <= 0:
-            raise ConfigurationError("idempotency_ttl, max_token_lifetime and upload_ttl must be > 0")
+        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl, self.upload_sweep_interval) <= 0:
+            raise ConfigurationError(
+                "idempotency_ttl, max_token_lifetime, upload_ttl and upload_sweep_interval must be > 0"
+            )
 
     def __repr__(self) -> str:
         secret = "<redacted>" if self.secret else None
@@ -78,8 +82,9 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
-        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_WEBHOOKS`` (URLs separated
-        by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``. Auth is on unless ``UNISTORE_AUTH`` says off."""
+        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
+        ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``.
+        Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
         if auth_text not in _TRUE | _FALSE:
@@ -99,6 +104,7 @@ class ServiceSettings:
             "global_rate": float,
             "global_burst": int,
             "upload_ttl": float,
+            "upload_sweep_interval": float,
         }
         for name, cast in casts.items():
             raw = env.get("UNISTORE_" + name.upper())
