@@ -6,6 +6,11 @@ A store is a URL (``--store``, or ``UNISTORE_STORE``; else auto-detected from
 ``UNISTORE_TOKEN``)... ``cp`` addresses an object as ``STORE_URL#KEY``, a local
 file by its path, and stdin/stdout as ``-``.
 
+``get`` and ``put`` resume interrupted transfers when rerun: ``get`` continues
+``DEST.part`` from where it stopped (never splicing two versions), ``put`` of a
+large file to an http(s) or S3 store sends only the parts its upload session
+lacks. See :mod:`unistore._cli_transfer`.
+
 Exit codes, one per error family (see :data:`EXIT_CODES`): 0 success, 2 usage,
 3 not found, 4 permission denied, 5 precondition failed, 6 invalid input,
 7 unavailable or throttled (retry later), 8 configuration, 9 integrity,
@@ -18,27 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from ._base import StorageBackend
+from ._cli_transfer import download, note, progress, read_file, upload, write_file
 from ._config import backend_from_url, easy_storage
 from ._errors import (
     ConfigurationError,
@@ -88,7 +83,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
 StoreOpt = Annotated[
     str | None, typer.Option("--store", "-s", envvar="UNISTORE_STORE", help="Store URL (default: STORAGE_* env).")
@@ -110,7 +104,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())  # type: ignore[arg-type]
     except (StorageError, OSError) as exc:
         message = exc.message if isinstance(exc, StorageError) else str(exc)
-        err.print(f"unistore: {type(exc).__name__}: {message or exc}", markup=False, highlight=False)
+        note(f"{type(exc).__name__}: {message or exc}")
         raise typer.Exit(exit_code(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -123,62 +117,6 @@ def open_store(url: str | None, token: str | None = None) -> StorageBackend:
     if url.startswith(("http://", "https://")) and token:
         return backend_from_url(url, token=token)
     return backend_from_url(url)
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A transfer bar (bytes, rate, ETA) on stderr when it is a terminal; yields ``advance(n)``."""
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
-        transient=False,
-    )
-    with progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-async def _read_file(
-    path: Path | None, advance: Callable[[int], None], chunk: int = 1024 * 1024
-) -> AsyncIterator[bytes]:
-    f = sys.stdin.buffer if path is None else await asyncio.to_thread(path.open, "rb")
-    try:
-        while data := await asyncio.to_thread(f.read, chunk):
-            advance(len(data))
-            yield data
-    finally:
-        if path is not None:
-            await asyncio.to_thread(f.close)
-
-
-async def _write_file(path: Path | None, chunks: AsyncIterator[bytes], advance: Callable[[int], None]) -> int:
-    """Stream ``chunks`` to ``path`` atomically (temp file + rename), or to stdout; bytes written."""
-    written = 0
-    if path is None:
-        async for data in chunks:
-            sys.stdout.buffer.write(data)
-            written += len(data)
-            advance(len(data))
-        sys.stdout.buffer.flush()
-        return written
-    fd, tmp = tempfile.mkstemp(prefix=".unistore.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for data in chunks:
-                await asyncio.to_thread(f.write, data)
-                written += len(data)
-                advance(len(data))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return written
 
 
 def _metadata(items: list[str]) -> dict[str, str]:
@@ -211,18 +149,20 @@ def put(
     token: TokenOpt = None,
     content_type: Annotated[str | None, typer.Option("--content-type", "-t")] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", "-m", help="NAME=VALUE, repeatable.")] = None,
+    state_dir: Annotated[
+        str | None,
+        typer.Option(envvar="UNISTORE_STATE_DIR", help="Resumable uploads' records [~/.cache/unistore/uploads]."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upload a file (streamed) to KEY."""
+    """Upload a file (streamed) to KEY; a large file to an http(s) or S3 store resumes when rerun."""
 
     async def work() -> None:
-        path = None if source == "-" else Path(source)
-        total = path.stat().st_size if path is not None else None
+        path, metadata = None if source == "-" else Path(source), _metadata(meta or [])
         async with _closing(open_store(store, token)) as s:
-            with _progress(f"put {key}", total, quiet) as advance:
-                info = await s.put_object(
-                    key, _read_file(path, advance), content_type=content_type, metadata=_metadata(meta or [])
-                )
+            info = await upload(
+                s, key, path, content_type=content_type, metadata=metadata, state_dir=state_dir, quiet=quiet
+            )
         typer.echo(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
 
     _run(work)
@@ -234,14 +174,19 @@ def get(
     dest: Annotated[str, typer.Argument(help="File to write, or - for stdout.")] = "-",
     store: StoreOpt = None,
     token: TokenOpt = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Discard a partial download; keep none.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Download KEY (streamed) to a file or stdout."""
+    """Download KEY (streamed) to a file or stdout; a rerun resumes an interrupted download (DEST.part)."""
 
     async def work() -> None:
-        async with _closing(open_store(store, token)) as s, await s.open(key) as dl:
-            with _progress(f"get {key}", dl.content_length, quiet) as advance:
-                await _write_file(None if dest == "-" else Path(dest), dl.__aiter__(), advance)
+        async with _closing(open_store(store, token)) as s:
+            if dest != "-":
+                await download(s, key, Path(dest), resume=not no_resume, quiet=quiet)
+                return
+            async with await s.open(key) as dl:
+                with progress(f"get {key}", dl.content_length, quiet) as advance:
+                    await write_file(None, dl.__aiter__(), advance)
 
     _run(work)
 
@@ -350,10 +295,10 @@ def cp(
             elif src.store != "-":
                 path = Path(src.store or "-")
                 total = path.stat().st_size
-            with _progress(f"cp {source}", total, quiet) as advance:
-                chunks = _counted(dl.__aiter__(), advance) if dl is not None else _read_file(path, advance)
+            with progress(f"cp {source}", total, quiet) as advance:
+                chunks = _counted(dl.__aiter__(), advance) if dl is not None else read_file(path, advance)
                 if dst.key is None:
-                    await _write_file(None if dst.store == "-" else Path(dst.store or "-"), chunks, lambda n: None)
+                    await write_file(None if dst.store == "-" else Path(dst.store or "-"), chunks, lambda n: None)
                     return
                 d = await stack.enter_async_context(_closing(open_store(dst.store, token)))
                 await d.put_object(dst.key, chunks, content_type=content_type, metadata=metadata)

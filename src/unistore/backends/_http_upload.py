@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,8 +80,13 @@ async def upload_file(
     state_dir: str,
     part_size: int,
     concurrency: int,
+    progress: Callable[[int], None] | None = None,
 ) -> ObjectInfo:
-    """Upload ``path`` to ``key`` as parallel session parts, resuming a previous attempt if one is recorded."""
+    """Upload ``path`` to ``key`` as parallel session parts, resuming a previous attempt if one is recorded.
+
+    ``progress(n)`` is told the bytes of the parts found already stored (once, first),
+    then each part's size as it is stored.
+    """
     st = await asyncio.to_thread(os.stat, path)
     state_file = _state_path(state_dir, backend.settings.url, key, path, st)
     state = await asyncio.to_thread(_load, state_file)
@@ -108,6 +113,8 @@ async def upload_file(
     state.parts = dict(stored)
     size, step = st.st_size, state.part_size
     numbers = [n for n in range(1, max(1, -(-size // step)) + 1) if n not in stored]
+    if progress is not None:
+        progress(sum(min(step, size - (n - 1) * step) for n in stored))
     slots = asyncio.Semaphore(concurrency)
     record = asyncio.Lock()
     session = state
@@ -125,6 +132,8 @@ async def upload_file(
                 headers={"Repr-Digest": f"sha-256=:{digest}:"},
             )
             backend.parts_sent += 1
+            if progress is not None:
+                progress(len(data))
             async with record:
                 session.parts[number] = digest
                 await asyncio.to_thread(_save, state_file, session)

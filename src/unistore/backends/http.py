@@ -23,7 +23,7 @@ import itertools
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -230,17 +230,21 @@ class HttpBackend(BaseBackend):
         *,
         content_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        state_dir: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> ObjectInfo:
         """Upload a file as parallel session parts; rerun after a crash (in any process) to resume.
 
-        Parts already stored are not sent again (see ``upload_state_dir``); each part's
-        SHA-256 goes with it and into the completion manifest the service verifies.
+        Parts already stored are not sent again (their record is kept under ``state_dir``,
+        default ``upload_state_dir``); each part's SHA-256 goes with it and into the
+        completion manifest the service verifies. ``progress(n)`` is told the bytes found
+        already stored (once, first), then each part's size as it is stored.
         """
         from ._http_upload import upload_file
 
         validate_key(key)
         s = self.settings
-        state_dir = s.upload_state_dir or _default_state_dir()
+        state_dir = state_dir or s.upload_state_dir or _default_state_dir()
         return await upload_file(
             self,
             key,
@@ -250,6 +254,7 @@ class HttpBackend(BaseBackend):
             state_dir=state_dir,
             part_size=s.upload_part_size,
             concurrency=s.upload_concurrency,
+            progress=progress,
         )
 
     async def _parallel(self, key: str, info: ObjectInfo) -> AsyncIterator[bytes]:
