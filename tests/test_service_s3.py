@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from unistore import MemoryBackend
+from unistore import InvalidArgumentError, MemoryBackend
 from unistore.service import ServiceSettings, Webhook, create_app, verify_signature
 from unistore.service._hooks import sign_payload
 from unistore.testing import S3Server, running_server
@@ -200,3 +200,52 @@ def test_a_stale_signature_is_refused() -> None:
     assert not verify_signature(b"s" * 20, body, old)
     assert verify_signature(b"s" * 20, body, old, tolerance=7200)
     assert not verify_signature(b"s" * 20, body, "garbage")
+
+
+class _Died(Exception):
+    pass
+
+
+async def test_http_backend_sends_parts_straight_to_the_store_and_resumes(
+    seaweed: S3Server, prefix: str, tmp_path: Any
+) -> None:
+    """The service refuses bodies over 1 MiB, so 5 MiB parts arrive only if they bypass it."""
+    from unistore.backends.http import HttpBackend
+
+    settings = ServiceSettings(auth=False, max_body_size=MiB)
+    data = os.urandom(12 * MiB + 5)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    options: dict[str, Any] = {
+        "multipart_threshold": MiB,
+        "upload_part_size": 5 * MiB,
+        "upload_concurrency": 1,
+        "upload_state_dir": str(tmp_path / "state"),
+    }
+    with running_server(create_app(seaweed.backend(prefix=prefix), settings=settings)) as url:
+        through = HttpBackend(url=url, **options)
+        with pytest.raises(InvalidArgumentError):  # a stored session could not take parts this large
+            await through.put_object("via-service.bin", source)
+        await through.aclose()
+
+        client = HttpBackend(url=url, direct_uploads=True, **options)
+        stored = 0
+
+        def stop_after_first(n: int) -> None:
+            nonlocal stored
+            stored += n
+            if stored >= 5 * MiB:
+                raise _Died  # the client "dies" once one part is stored
+
+        with pytest.raises(_Died):
+            await client.upload_file("direct/big.bin", source, progress=stop_after_first)
+        assert client.parts_sent == 1
+        info = await client.upload_file("direct/big.bin", source)  # a rerun sends only the two missing parts
+        assert client.parts_sent == 3
+        assert info.size == len(data) and info.metadata.get("schema_version") == "1"
+        async with await client.open("direct/big.bin") as dl:
+            got = b"".join([chunk async for chunk in dl])
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert list((tmp_path / "state").iterdir()) == []  # the record is gone once complete
+        await client.aclose()
+    assert _open_uploads(seaweed, prefix) == []

@@ -7,6 +7,10 @@ new process uploading the same unchanged file to the same key finds it, asks the
 service which parts it really holds, and sends only the missing ones. A session
 the service no longer knows (expired, completed) starts over. The state file is
 removed once the object is complete.
+
+With ``direct_uploads`` the session is a direct one: each part's URL is asked of
+the service, pinned to the part's checksum (MD5, or SHA-256 when the store runs
+with SHA-256 part checksums), and the bytes go straight to the store.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ _JSON = {"Content-Type": "application/json"}
 class _State:
     upload_id: str
     part_size: int
-    parts: dict[int, str] = field(default_factory=dict)  # number -> base64 SHA-256
+    parts: dict[int, str] = field(default_factory=dict)  # number -> base64 checksum
+    direct: bool = False
+    checksum: str = "sha256"  # the algorithm of the part checksums: sha256, or md5 (direct sessions)
 
 
 def _state_path(state_dir: str, url: str, key: str, path: str, st: os.stat_result) -> Path:
@@ -49,7 +55,10 @@ def _state_path(state_dir: str, url: str, key: str, path: str, st: os.stat_resul
 def _load(path: Path) -> _State | None:
     try:
         raw = json.loads(path.read_text())
-        return _State(str(raw["upload_id"]), int(raw["part_size"]), {int(n): str(d) for n, d in raw["parts"].items()})
+        parts = {int(n): str(d) for n, d in raw["parts"].items()}
+        state = _State(str(raw["upload_id"]), int(raw["part_size"]), parts, bool(raw.get("direct")))
+        state.checksum = str(raw.get("checksum", "sha256"))
+        return state if state.checksum in ("sha256", "md5") else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -57,17 +66,24 @@ def _load(path: Path) -> _State | None:
 def _save(path: Path, state: _State) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"upload_id": state.upload_id, "part_size": state.part_size, "parts": state.parts}))
+    doc = {
+        "upload_id": state.upload_id,
+        "part_size": state.part_size,
+        "parts": state.parts,
+        "direct": state.direct,
+        "checksum": state.checksum,
+    }
+    tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
 
-def _read_part(path: str, offset: int, length: int) -> tuple[bytes, str]:
+def _read_part(path: str, offset: int, length: int, algorithm: str) -> tuple[bytes, str]:
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(length)
     if len(data) != length:
         raise OSError(f"{path} changed size during the upload")
-    return data, base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return data, base64.b64encode(hashlib.new(algorithm, data, usedforsecurity=False).digest()).decode()
 
 
 async def upload_file(
@@ -94,7 +110,7 @@ async def upload_file(
     if state is not None:
         try:
             r = await backend._send("GET", f"/v1/uploads/{state.upload_id}/parts", key=key, operation="list_parts")
-            on_server = {int(p["number"]): str(p["sha256"]) for p in r.json()["parts"]}
+            on_server = {int(p["number"]): str(p.get(state.checksum)) for p in r.json()["parts"]}
             stored = {n: d for n, d in on_server.items() if state.parts.get(n) == d}
         except NotFoundError:
             state = None
@@ -104,11 +120,14 @@ async def upload_file(
             "content_type": content_type,
             "metadata": dict(metadata),
             "part_size": part_size,
+            "direct": backend.settings.direct_uploads,
         }
         r = await backend._send(
             "POST", "/v1/uploads", key=key, operation="create_upload", body=json.dumps(doc).encode(), headers=_JSON
         )
-        state = _State(str(r.json()["upload_id"]), int(r.json()["part_size"]))
+        answer = r.json()
+        state = _State(str(answer["upload_id"]), int(answer["part_size"]), {}, bool(answer.get("direct")))
+        state.checksum = str(answer.get("checksum", "sha256"))
         await asyncio.to_thread(_save, state_file, state)
     state.parts = dict(stored)
     size, step = st.st_size, state.part_size
@@ -122,21 +141,25 @@ async def upload_file(
     async def send(number: int) -> None:
         async with slots:
             offset = (number - 1) * step
-            data, digest = await asyncio.to_thread(_read_part, path, offset, min(step, size - offset))
-            await backend._send(
-                "PUT",
-                f"/v1/uploads/{session.upload_id}/parts/{number}",
-                key=key,
-                operation="upload_part",
-                body=data,
-                headers={"Repr-Digest": f"sha-256=:{digest}:"},
-            )
+            length = min(step, size - offset)
+            data, digest = await asyncio.to_thread(_read_part, path, offset, length, session.checksum)
+            if session.direct:
+                await _send_direct(backend, key, session.upload_id, number, data, digest)
+            else:
+                await backend._send(
+                    "PUT",
+                    f"/v1/uploads/{session.upload_id}/parts/{number}",
+                    key=key,
+                    operation="upload_part",
+                    body=data,
+                    headers={"Repr-Digest": f"sha-256=:{digest}:"},
+                )
             backend.parts_sent += 1
-            if progress is not None:
-                progress(len(data))
-            async with record:
+            async with record:  # recorded before it is reported: the record is what a rerun trusts
                 session.parts[number] = digest
                 await asyncio.to_thread(_save, state_file, session)
+            if progress is not None:
+                progress(len(data))
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -144,7 +167,7 @@ async def upload_file(
                 tg.create_task(send(number))
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
-    manifest = {"parts": [{"number": n, "sha256": d} for n, d in sorted(session.parts.items())]}
+    manifest = {"parts": [{"number": n, session.checksum: d} for n, d in sorted(session.parts.items())]}
     r = await backend._send(
         "POST",
         f"/v1/uploads/{session.upload_id}/complete",
@@ -157,3 +180,21 @@ async def upload_file(
     with contextlib.suppress(OSError):
         await asyncio.to_thread(os.unlink, state_file)
     return info_from_json(r.json())
+
+
+async def _send_direct(backend: HttpBackend, key: str, upload_id: str, number: int, data: bytes, digest: str) -> None:
+    """Ask the service for part ``number``'s URL, pinned to ``digest``, and send the part straight to the store."""
+    ask = {"parts": [{"number": number, "checksum": digest}]}
+    r = await backend._send(
+        "POST",
+        f"/v1/uploads/{upload_id}/part-urls",
+        key=key,
+        operation="part_url",
+        body=json.dumps(ask).encode(),
+        headers=_JSON,
+    )
+    spec = r.json()["parts"][0]
+    # A part PUT is idempotent (same number, same bytes), so the store request is retried like any other.
+    await backend._send(
+        "PUT", "", url=spec["url"], key=key, operation="upload_part", body=data, headers=spec["headers"]
+    )

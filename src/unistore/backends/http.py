@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag
-from .._errors import ConfigurationError, TransientError
+from .._errors import ConfigurationError, IntegrityError, TransientError
 from .._keys import validate_key
 from .._types import (
     Body,
@@ -78,6 +78,9 @@ class HttpSettings:
     upload_concurrency: int = 4
     upload_state_dir: str = ""
     """Where resumable uploads record their session and parts; default ``~/.cache/unistore/uploads``."""
+    direct_uploads: bool = False
+    """Send upload parts straight to the store by presigned URLs (a service over S3); the service keeps
+    the control plane (session, part URLs, manifest check)."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -112,6 +115,7 @@ class HttpBackend(BaseBackend):
         self.default_expires_in = self.settings.url_expiration
         self._base = self.settings.url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
+        self._store_client: httpx.AsyncClient | None = None
         self._random = random.Random()
         self.parts_sent = 0
         """Upload-session parts this client has sent (a resumed upload sends only the missing ones)."""
@@ -142,19 +146,24 @@ class HttpBackend(BaseBackend):
         body: Body | None = None,
         replayable: bool = True,
         stream: bool = False,
+        url: str | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying what is safe to retry; raise the mapped error for a 3xx-5xx answer."""
+        """Send one request, retrying what is safe to retry; raise the mapped error for a 3xx-5xx answer.
+
+        ``url`` (instead of ``path``) is a presigned store URL: it goes out without the service token.
+        """
         attempt = 0
+        client = self.client if url is None else self._store()
         while True:
             content: Any = None
             if body is not None:
                 content = body if isinstance(body, bytes) else iter_body(body, self.settings.chunk_size)
             try:
                 with translate(key=key, backend=self.name, operation=operation):
-                    request = self.client.build_request(
-                        method, self._base + path, params=params, headers=headers, content=content
+                    request = client.build_request(
+                        method, url or self._base + path, params=params, headers=headers, content=content
                     )
-                    response = await self.client.send(request, stream=True)
+                    response = await client.send(request, stream=True)
             except TransientError as exc:
                 if not replayable or attempt >= self.settings.retries:
                     raise
@@ -169,6 +178,8 @@ class HttpBackend(BaseBackend):
             with translate(key=key, backend=self.name, operation=operation):
                 data = await response.aread()
             error = error_from_response(response, data, key=key, backend=self.name, operation=operation)
+            if url is not None and b"<Code>BadDigest</Code>" in data:
+                error = IntegrityError("the store refused a part that does not match its checksum", key=key)
             if isinstance(error, TransientError) and replayable and attempt < self.settings.retries:
                 await asyncio.sleep(self._delay(attempt, error.retry_after))
                 attempt += 1
@@ -369,10 +380,16 @@ class HttpBackend(BaseBackend):
     async def ping(self) -> None:
         await self._send("GET", "/_ops/health", key=None, operation="ping")
 
+    def _store(self) -> httpx.AsyncClient:
+        if self._store_client is None:
+            self._store_client = pooled_client(self.settings.timeout, self.settings.max_connections)
+        return self._store_client
+
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        for client in (self._client, self._store_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._store_client = None
 
 
 def _default_state_dir() -> str:

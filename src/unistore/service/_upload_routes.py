@@ -77,7 +77,7 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         grant = ctx.admit(request)
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
-        check_length(request, session.part_size, session.key)
+        check_length(request, min(session.part_size, sessions.max_part_size), session.key)
         part = await sessions.upload_part(
             session, number, request_body(request), expected=expected_digests(request.headers)
         )

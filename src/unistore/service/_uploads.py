@@ -53,6 +53,7 @@ __all__ = ["PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
 SCHEMA_VERSION = "1"
 MAX_PARTS = 10_000
 MIN_DIRECT_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+MAX_DIRECT_PART = 5 * 1024**3  # and its largest
 _ID = re.compile(r"([0-9a-f]{1,16})\.[A-Za-z0-9_-]{16,64}")
 LOGGER = logging.getLogger("unistore.service")
 
@@ -150,12 +151,15 @@ class UploadSessions:
 
         ``part_size`` defaults to 8 MiB, or the largest part allowed if that is smaller.
         ``direct=True`` opens the store's own multipart upload, for presigned part
-        URLs; it needs an S3-compatible backend and parts of at least 5 MiB.
+        URLs; it needs an S3-compatible backend and parts of 5 MiB to 5 GiB (S3's
+        rule). Those parts need not pass through the service, so ``max_part_size``
+        bounds only the ones that do.
         """
         validate_key(key)
-        part_size = part_size if part_size is not None else min(8 * 1024 * 1024, self.max_part_size)
-        if not 1 <= part_size <= self.max_part_size:
-            raise InvalidArgumentError(f"part_size must be in 1..{self.max_part_size}")
+        largest = MAX_DIRECT_PART if direct else self.max_part_size
+        part_size = part_size if part_size is not None else min(8 * 1024 * 1024, largest)
+        if not 1 <= part_size <= largest:
+            raise InvalidArgumentError(f"part_size must be in 1..{largest}")
         meta = normalize_metadata(metadata)
         now = self._clock()
         expires = int(now + self.ttl)
@@ -225,7 +229,8 @@ class UploadSessions:
         """Store part ``number`` (1..10000) of at most ``part_size`` bytes; a retry replaces it."""
         if not 1 <= number <= MAX_PARTS:
             raise InvalidArgumentError(f"part number must be in 1..{MAX_PARTS}", key=session.key)
-        checked = verified_body(body, expected=expected, max_size=session.part_size, key=session.key)
+        limit = min(session.part_size, self.max_part_size)  # a direct session's part may also come this way
+        checked = verified_body(body, expected=expected, max_size=limit, key=session.key)
         if session.native is not None:
             native, token = self._native(session)
             stored = await native.upload_part(native.resume(token), number, checked)
