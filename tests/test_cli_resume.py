@@ -436,3 +436,20 @@ def test_put_killed_over_a_service_resumes_its_upload_session(
     assert missing <= wire.up < missing + OVERHEAD
     assert sha256(asyncio.run(backend.get("resume/put.bin"))) == sha256(data)
     assert list(state.glob("*.json")) == []
+
+
+def test_a_second_transfer_of_the_same_destination_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    from unistore._filelock import exclusive
+
+    root = tmp_path / "store"
+    data = os.urandom(1000)
+    put_direct(LocalBackend(base_path=str(root), fsync=False), "a.bin", data)
+    dest = tmp_path / "a.bin"
+    with exclusive(tmp_path / "a.bin.part.lock", str(dest)):  # what a running `get` of a.bin holds
+        result = CliRunner().invoke(app, ["get", "a.bin", str(dest), "-s", f"file://{root}"])
+        assert result.exit_code == 7  # busy: retry later
+        assert "another process is already transferring" in result.output and "Traceback" not in result.output
+        assert not dest.exists()
+    result = CliRunner().invoke(app, ["get", "a.bin", str(dest), "-s", f"file://{root}"])
+    assert result.exit_code == 0 and dest.read_bytes() == data
+    assert not (tmp_path / "a.bin.part.lock").exists()  # the lock file goes with the transfer

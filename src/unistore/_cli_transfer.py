@@ -52,6 +52,7 @@ from rich.progress import (
 
 from ._base import StorageBackend
 from ._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
+from ._filelock import exclusive
 from ._types import ByteRange, Download, ObjectInfo
 
 if TYPE_CHECKING:
@@ -229,15 +230,16 @@ async def download(store: StorageBackend, key: str, dest: Path, *, resume: bool,
         async with await store.open(key) as whole:
             with progress(f"get {key}", whole.content_length, quiet) as advance:
                 return await write_file(dest, whole.__aiter__(), advance)
-    dl, offset = await _open_rest(store, key, part, side)
-    async with dl:
-        with progress(f"get {key}", dl.info.size, quiet, done=offset) as advance:
-            size = await _append(part, dl.__aiter__(), offset, advance)
-    if size != dl.info.size:
-        raise IntegrityError(f"{part} holds {size} bytes, the object {dl.info.size}: rerun to resume", key=key)
-    await asyncio.to_thread(os.replace, part, dest)
-    await asyncio.to_thread(_discard, side)
-    return size - offset
+    with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
+        dl, offset = await _open_rest(store, key, part, side)
+        async with dl:
+            with progress(f"get {key}", dl.info.size, quiet, done=offset) as advance:
+                size = await _append(part, dl.__aiter__(), offset, advance)
+        if size != dl.info.size:
+            raise IntegrityError(f"{part} holds {size} bytes, the object {dl.info.size}: rerun to resume", key=key)
+        await asyncio.to_thread(os.replace, part, dest)
+        await asyncio.to_thread(_discard, side)
+        return size - offset
 
 
 # --- put ------------------------------------------------------------------------------------------
@@ -320,57 +322,58 @@ async def _upload_s3(
     where = await asyncio.to_thread(os.path.abspath, path)
     ident = [s.endpoint, backend.bucket, s.prefix, key, content_type, metadata, where, st.st_size, st.st_mtime_ns]
     state_file = state_dir / ("s3-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest() + ".json")
-    state = await asyncio.to_thread(_load_s3_state, state_file)
-    session = None
-    if state is not None:
+    with exclusive(state_file.with_suffix(".lock"), f"{path} to {key}"):
+        state = await asyncio.to_thread(_load_s3_state, state_file)
+        session = None
+        if state is not None:
+            try:
+                session = uploads.resume(state.token)
+                held = {p.number: p for p in await uploads.list_parts(session)}
+            except (NotFoundError, InvalidArgumentError):  # expired, aborted or completed: start over
+                session = None
+            else:
+                state.parts = {n: p for n, p in state.parts.items() if (p.size, p.etag) == _facts(held.get(n))}
+        if state is None or session is None:
+            session = await uploads.start(key, content_type=content_type, metadata=metadata)
+            state = _S3State(session.token, s.part_size)
+            await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(_write_json, state_file, state.dump())
+        size, step = st.st_size, state.part_size
+        count = -(-size // step)
+        advance(sum(p.size for p in state.parts.values()))
+        slots, record = asyncio.Semaphore(s.max_concurrency), asyncio.Lock()
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        run, opened = state, session
+
+        async def send(number: int) -> None:
+            async with slots:
+                offset = (number - 1) * step
+                length = min(step, size - offset)
+                data = await asyncio.to_thread(os.pread, fd, length, offset)
+                if len(data) != length:
+                    raise IntegrityError("the file changed size during the upload", key=key, operation="put")
+                stored = await uploads.upload_part(opened, number, data)
+                async with record:
+                    run.parts[number] = stored
+                    await asyncio.to_thread(_write_json, state_file, run.dump())
+                advance(length)
+
         try:
-            session = uploads.resume(state.token)
-            held = {p.number: p for p in await uploads.list_parts(session)}
-        except (NotFoundError, InvalidArgumentError):  # expired, aborted or completed: start over
-            session = None
-        else:
-            state.parts = {n: p for n, p in state.parts.items() if (p.size, p.etag) == _facts(held.get(n))}
-    if state is None or session is None:
-        session = await uploads.start(key, content_type=content_type, metadata=metadata)
-        state = _S3State(session.token, s.part_size)
-        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(_write_json, state_file, state.dump())
-    size, step = st.st_size, state.part_size
-    count = -(-size // step)
-    advance(sum(p.size for p in state.parts.values()))
-    slots, record = asyncio.Semaphore(s.max_concurrency), asyncio.Lock()
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-    run, opened = state, session
-
-    async def send(number: int) -> None:
-        async with slots:
-            offset = (number - 1) * step
-            length = min(step, size - offset)
-            data = await asyncio.to_thread(os.pread, fd, length, offset)
-            if len(data) != length:
-                raise IntegrityError("the file changed size during the upload", key=key, operation="put")
-            stored = await uploads.upload_part(opened, number, data)
-            async with record:
-                run.parts[number] = stored
-                await asyncio.to_thread(_write_json, state_file, run.dump())
-            advance(length)
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for number in range(1, count + 1):
-                if number not in run.parts:
-                    tg.create_task(send(number))
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    finally:
-        await asyncio.to_thread(os.close, fd)
-    try:
-        info = await uploads.complete(opened, [run.parts[n] for n in sorted(run.parts)])
-    except IntegrityError:  # the recorded parts do not add up: the next run starts over
+            async with asyncio.TaskGroup() as tg:
+                for number in range(1, count + 1):
+                    if number not in run.parts:
+                        tg.create_task(send(number))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        finally:
+            await asyncio.to_thread(os.close, fd)
+        try:
+            info = await uploads.complete(opened, [run.parts[n] for n in sorted(run.parts)])
+        except IntegrityError:  # the recorded parts do not add up: the next run starts over
+            await asyncio.to_thread(_discard, state_file)
+            raise
         await asyncio.to_thread(_discard, state_file)
-        raise
-    await asyncio.to_thread(_discard, state_file)
-    return info
+        return info
 
 
 def _facts(part: PartInfo | None) -> tuple[int, str] | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import NotFoundError
+from .._filelock import exclusive
 from .._types import ObjectInfo
 from ._http_wire import info_from_json
 
@@ -105,81 +106,82 @@ async def upload_file(
     """
     st = await asyncio.to_thread(os.stat, path)
     state_file = _state_path(state_dir, backend.settings.url, key, path, st)
-    state = await asyncio.to_thread(_load, state_file)
-    stored: dict[int, str] = {}
-    if state is not None:
+    with exclusive(state_file.with_suffix(".lock"), f"{path} to {key}"):
+        state = await asyncio.to_thread(_load, state_file)
+        stored: dict[int, str] = {}
+        if state is not None:
+            try:
+                r = await backend._send("GET", f"/v1/uploads/{state.upload_id}/parts", key=key, operation="list_parts")
+                on_server = {int(p["number"]): str(p.get(state.checksum)) for p in r.json()["parts"]}
+                stored = {n: d for n, d in on_server.items() if state.parts.get(n) == d}
+            except NotFoundError:
+                state = None
+        if state is None:
+            doc: dict[str, Any] = {
+                "key": key,
+                "content_type": content_type,
+                "metadata": dict(metadata),
+                "part_size": part_size,
+                "direct": backend.settings.direct_uploads,
+            }
+            r = await backend._send(
+                "POST", "/v1/uploads", key=key, operation="create_upload", body=json.dumps(doc).encode(), headers=_JSON
+            )
+            answer = r.json()
+            state = _State(str(answer["upload_id"]), int(answer["part_size"]), {}, bool(answer.get("direct")))
+            state.checksum = str(answer.get("checksum", "sha256"))
+            await asyncio.to_thread(_save, state_file, state)
+        state.parts = dict(stored)
+        size, step = st.st_size, state.part_size
+        numbers = [n for n in range(1, max(1, -(-size // step)) + 1) if n not in stored]
+        if progress is not None:
+            progress(sum(min(step, size - (n - 1) * step) for n in stored))
+        slots = asyncio.Semaphore(concurrency)
+        record = asyncio.Lock()
+        session = state
+
+        async def send(number: int) -> None:
+            async with slots:
+                offset = (number - 1) * step
+                length = min(step, size - offset)
+                data, digest = await asyncio.to_thread(_read_part, path, offset, length, session.checksum)
+                if session.direct:
+                    await _send_direct(backend, key, session.upload_id, number, data, digest)
+                else:
+                    await backend._send(
+                        "PUT",
+                        f"/v1/uploads/{session.upload_id}/parts/{number}",
+                        key=key,
+                        operation="upload_part",
+                        body=data,
+                        headers={"Repr-Digest": f"sha-256=:{digest}:"},
+                    )
+                backend.parts_sent += 1
+                async with record:  # recorded before it is reported: the record is what a rerun trusts
+                    session.parts[number] = digest
+                    await asyncio.to_thread(_save, state_file, session)
+                if progress is not None:
+                    progress(len(data))
+
         try:
-            r = await backend._send("GET", f"/v1/uploads/{state.upload_id}/parts", key=key, operation="list_parts")
-            on_server = {int(p["number"]): str(p.get(state.checksum)) for p in r.json()["parts"]}
-            stored = {n: d for n, d in on_server.items() if state.parts.get(n) == d}
-        except NotFoundError:
-            state = None
-    if state is None:
-        doc: dict[str, Any] = {
-            "key": key,
-            "content_type": content_type,
-            "metadata": dict(metadata),
-            "part_size": part_size,
-            "direct": backend.settings.direct_uploads,
-        }
+            async with asyncio.TaskGroup() as tg:
+                for number in numbers:
+                    tg.create_task(send(number))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        manifest = {"parts": [{"number": n, session.checksum: d} for n, d in sorted(session.parts.items())]}
         r = await backend._send(
-            "POST", "/v1/uploads", key=key, operation="create_upload", body=json.dumps(doc).encode(), headers=_JSON
+            "POST",
+            f"/v1/uploads/{session.upload_id}/complete",
+            key=key,
+            operation="complete_upload",
+            body=json.dumps(manifest).encode(),
+            headers=_JSON,
+            replayable=False,  # a lost success would replay into 404: rerunning the upload is the retry
         )
-        answer = r.json()
-        state = _State(str(answer["upload_id"]), int(answer["part_size"]), {}, bool(answer.get("direct")))
-        state.checksum = str(answer.get("checksum", "sha256"))
-        await asyncio.to_thread(_save, state_file, state)
-    state.parts = dict(stored)
-    size, step = st.st_size, state.part_size
-    numbers = [n for n in range(1, max(1, -(-size // step)) + 1) if n not in stored]
-    if progress is not None:
-        progress(sum(min(step, size - (n - 1) * step) for n in stored))
-    slots = asyncio.Semaphore(concurrency)
-    record = asyncio.Lock()
-    session = state
-
-    async def send(number: int) -> None:
-        async with slots:
-            offset = (number - 1) * step
-            length = min(step, size - offset)
-            data, digest = await asyncio.to_thread(_read_part, path, offset, length, session.checksum)
-            if session.direct:
-                await _send_direct(backend, key, session.upload_id, number, data, digest)
-            else:
-                await backend._send(
-                    "PUT",
-                    f"/v1/uploads/{session.upload_id}/parts/{number}",
-                    key=key,
-                    operation="upload_part",
-                    body=data,
-                    headers={"Repr-Digest": f"sha-256=:{digest}:"},
-                )
-            backend.parts_sent += 1
-            async with record:  # recorded before it is reported: the record is what a rerun trusts
-                session.parts[number] = digest
-                await asyncio.to_thread(_save, state_file, session)
-            if progress is not None:
-                progress(len(data))
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for number in numbers:
-                tg.create_task(send(number))
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    manifest = {"parts": [{"number": n, session.checksum: d} for n, d in sorted(session.parts.items())]}
-    r = await backend._send(
-        "POST",
-        f"/v1/uploads/{session.upload_id}/complete",
-        key=key,
-        operation="complete_upload",
-        body=json.dumps(manifest).encode(),
-        headers=_JSON,
-        replayable=False,  # a lost success would replay into 404: rerunning the upload is the retry
-    )
-    with contextlib.suppress(OSError):
-        await asyncio.to_thread(os.unlink, state_file)
-    return info_from_json(r.json())
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(os.unlink, state_file)
+        return info_from_json(r.json())
 
 
 async def _send_direct(backend: HttpBackend, key: str, upload_id: str, number: int, data: bytes, digest: str) -> None:
