@@ -80,7 +80,7 @@ LABELS = {
     "unistore-auth": "unistore service, auth on (bearer token)",
     "unistore-fsync": "unistore service, auth off, fsync on (the default)",
 }
-OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync")
+OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync", "unistore-base")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -304,10 +304,12 @@ class Fleet:
         self.wait_ready("starlette", proc, base + "small/k0", {})
         self.servers["starlette"] = Server("starlette", base, proc, WORKLOADS)
 
-    def start_unistore(self, name: str, *, auth: bool, fsync: bool, ops: tuple[str, ...]) -> None:
+    def start_unistore(
+        self, name: str, *, auth: bool, fsync: bool, ops: tuple[str, ...], src: Path = REPO / "src"
+    ) -> None:
         port = free_port()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO / "src"), env.get("PYTHONPATH", "")) if x)
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(src), env.get("PYTHONPATH", "")) if x)
         env.update(
             STORAGE_BACKEND="local",
             STORAGE_BASE_PATH=str(self.root),
@@ -416,14 +418,36 @@ class Bench:
         asyncio.run(fill())
         os.sync()
 
+    def baseline_src(self, rev: str) -> Path:
+        """``src/unistore`` as of git revision ``rev``, exported into the scratch directory."""
+        dst = self.work / "baseline-src"
+        dst.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "src/unistore"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dst), "--strip-components=1"], input=archive, check=True)
+        return dst
+
     def start(self) -> None:
         f = self.fleet
-        f.start_nginx()
-        f.start_starlette()
-        gets = ("small-get", "small-put", "large-get", "large-put")
-        f.start_unistore("unistore", auth=False, fsync=False, ops=gets)
-        f.start_unistore("unistore-auth", auth=True, fsync=False, ops=gets)
-        if not self.a.no_fsync_row:
+        want = set(self.a.servers.split(",")) if self.a.servers else None
+
+        def wanted(name: str) -> bool:
+            return want is None or name in want
+
+        if wanted("nginx"):
+            f.start_nginx()
+        if wanted("starlette"):
+            f.start_starlette()
+        if wanted("unistore"):
+            f.start_unistore("unistore", auth=False, fsync=False, ops=WORKLOADS)
+        if self.a.baseline:
+            LABELS["unistore-base"] = f"unistore service, auth off, at {self.a.baseline} (baseline)"
+            src = self.baseline_src(self.a.baseline)
+            f.start_unistore("unistore-base", auth=False, fsync=False, ops=WORKLOADS, src=src)
+        if wanted("unistore-auth"):
+            f.start_unistore("unistore-auth", auth=True, fsync=False, ops=WORKLOADS)
+        if wanted("unistore-fsync"):
             f.start_unistore("unistore-fsync", auth=False, fsync=True, ops=("small-put", "large-put"))
         log("servers: " + ", ".join(f"{n} pid {s.proc.pid} at {s.base}" for n, s in f.servers.items()))
 
@@ -607,6 +631,7 @@ class Bench:
             "large_reps": self.a.large_reps,
             "connections": CONNECTIONS,
             "small_keys": SMALL_KEYS,
+            "labels": {n: LABELS.get(n, n) for n in self.fleet.servers},
         }
 
 
@@ -626,10 +651,10 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def span(values: list[float], fmt: str) -> str:
+def span(values: list[float], fmt: str, unit: str = "") -> str:
     if not values:
         return "n/a"
-    m = format(med(values), fmt)
+    m = format(med(values), fmt) + unit
     if len(values) == 1:
         return m
     return f"{m} ({format(min(values), fmt)}{DASH}{format(max(values), fmt)})"
@@ -647,6 +672,7 @@ def growth_mib(rows: list[dict[str, Any]]) -> float:
 
 def render(R: dict[str, Any]) -> str:
     m, cells = R["meta"], R["cells"]
+    labels = {**LABELS, **m.get("labels", {})}
     size = f"{m['large_mib'] / 1024:g} GiB" if m["large_mib"] >= 1024 else f"{m['large_mib']} MiB"
     out = [
         "### unistore service benchmark",
@@ -688,9 +714,9 @@ def render(R: dict[str, Any]) -> str:
         for name, rs in rows.items():
             errors = sum(r["non2xx"] + r["socket_errors"] for r in rs)
             out.append(
-                f"| {LABELS.get(name, name)} | {span([r['rps'] for r in rs], ',.0f')} "
-                f"| {span(ratios(rows, name, 'starlette', 'rps'), '.2f')}x "
-                f"| {span(ratios(rows, name, 'nginx', 'rps'), '.2f')}x "
+                f"| {labels.get(name, name)} | {span([r['rps'] for r in rs], ',.0f')} "
+                f"| {span(ratios(rows, name, 'starlette', 'rps'), '.2f', 'x')} "
+                f"| {span(ratios(rows, name, 'nginx', 'rps'), '.2f', 'x')} "
                 f"| {span([r['p99_ms'] for r in rs], '.2f')} | {span([r['p50_ms'] for r in rs], '.2f')} "
                 f"| {med([r['server_cpu_s'] / max(r['requests'], 1) * 1e6 for r in rs]):.0f} "
                 f"| {growth_mib(rs):.1f} | {errors} | {med([r['other_cores'] for r in rs]):.2f} |"
@@ -710,9 +736,9 @@ def render(R: dict[str, Any]) -> str:
         for name, rs in rows.items():
             cpu_gib = med([r["server_cpu_s"] / (r["bytes"] / (1 << 30)) for r in rs])
             out.append(
-                f"| {LABELS.get(name, name)} | {span([r['mib_s'] for r in rs], ',.0f')} "
-                f"| {span(ratios(rows, name, 'nginx', 'mib_s'), '.2f')}x "
-                f"| {span(ratios(rows, name, 'starlette', 'mib_s'), '.2f')}x "
+                f"| {labels.get(name, name)} | {span([r['mib_s'] for r in rs], ',.0f')} "
+                f"| {span(ratios(rows, name, 'nginx', 'mib_s'), '.2f', 'x')} "
+                f"| {span(ratios(rows, name, 'starlette', 'mib_s'), '.2f', 'x')} "
                 f"| {cpu_gib:.2f} | {med([r['rss_before_kib'] / 1024 for r in rs]):.1f} "
                 f"| {growth_mib(rs):.1f} | {med([r['other_cores'] for r in rs]):.2f} |"
             )
@@ -727,7 +753,7 @@ def render(R: dict[str, Any]) -> str:
         ]
         for name, v in runs.items():
             a, e = v.get("after_warmup_kib", 0) / 1024, v.get("end_kib", 0) / 1024
-            out.append(f"| {LABELS.get(name, name)} | {a:.1f} | {e:.1f} | {e - a:+.1f} |")
+            out.append(f"| {labels.get(name, name)} | {a:.1f} | {e:.1f} | {e - a:+.1f} |")
         out.append("")
     return "\n".join(out)
 
@@ -739,7 +765,7 @@ def target_rows(R: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def verdict(values: list[float], need: float) -> tuple[str, str]:
         if not values:
             return "n/a", "n/a"
-        return span(values, ".2f") + "x", "PASS" if med(values) >= need else "MISS"
+        return span(values, ".2f", "x"), "PASS" if med(values) >= need else "MISS"
 
     v, res = verdict(ratios(cells.get("large-get", {}), "unistore", "nginx", "mib_s"), 0.5)
     rows.append(("large GET MiB/s: unistore / nginx", v, ">= 0.5x", res))
@@ -853,11 +879,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--large-reps",
         type=int,
-        default=2,
+        default=3,
         help="large transfers per server and round (loopback throughput is noisy on a VM)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--no-fsync-row", action="store_true", help="skip the unistore fsync-on PUT row")
+    ap.add_argument(
+        "--servers",
+        default="",
+        help="comma list of servers to run (default all: nginx,starlette,unistore,unistore-auth,unistore-fsync)",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="also run the service (auth off) from src/unistore at git revision REV: before/after rows",
+    )
     ap.add_argument("--workdir", default=None, help="parent of the scratch directory (not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory and the server logs")
     ap.add_argument("--json", default=None, help="write the raw results here too")
