@@ -773,7 +773,7 @@ def target_rows(R: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append(("4 KiB GET req/s (64 conns): unistore / Starlette StaticFiles", v, ">= 1.0x", res))
     v, _ = verdict(ratios(cells.get("small-get", {}), "unistore-auth", "starlette", "rps"), 1.0)
     rows.append(("(for information) the same with auth on", v, "", ""))
-    for name in OUR_SERVERS:
+    for name in ("unistore", "unistore-auth", "unistore-fsync"):
         worst, where = 0.0, ""
         for w in WORKLOADS:
             rs = cells.get(w, {}).get(name, [])
