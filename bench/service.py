@@ -20,8 +20,9 @@ and httptools when installed, as they are with the ``bench`` extra).
 Workloads: 4 KiB GET and PUT with ``wrk -t1 -c64 --latency`` (a Lua script cycling through
 1,000 keys), req/s and p99 latency; 1 GiB GET and PUT (one streaming client: a raw socket
 with a 64 KiB ``recv_into`` buffer for GET, ``socket.sendfile`` for PUT, so the client is not
-the bottleneck), MiB/s. GETs are served from the page cache. Around every measurement the
-servers' RSS is sampled (``/proc/PID/status``, peak via ``VmHWM`` after resetting it).
+the bottleneck), MiB/s. GETs are served from the page cache (the file is read once right
+before each transfer). Around every measurement the servers' RSS is sampled
+(``/proc/PID/status``, peak via ``VmHWM`` after resetting it).
 Rounds are interleaved (server order rotated); cells are medians, ratios medians of
 per-round ratios.
 
@@ -128,6 +129,14 @@ def proc_cpu(pids: list[int]) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / hz
+
+
+def warm(path: Path) -> None:
+    """Read a file once so its pages are in the page cache."""
+    buf = bytearray(MiB)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
 
 
 def children(pid: int) -> list[int]:
@@ -535,10 +544,16 @@ class Bench:
     def run_workload(self, workload: str, server: Server, quiet: bool = True) -> dict[str, Any]:
         op = "GET" if workload.endswith("get") else "PUT"
         if workload.startswith("small"):
+            if op == "GET":
+                for f in (self.root / "small").iterdir():  # see warm() below
+                    warm(f)
             return self.measured(server, lambda: self.wrk_run(server, op, self.a.seconds), quiet)
         if op == "PUT":
             os.sync()  # the previous writer's dirty pages are not this server's cost
             time.sleep(0.5)
+        # Read the file being sent into the page cache first: the VM reclaims cold pages
+        # (DAMON), and a GET that half comes from disk measures the disk, not the server.
+        warm(self.src if op == "PUT" else self.root / "large" / "obj")
         return self.measured(server, lambda: self.transfer(server, op), quiet)
 
     # ------------------------------------------------------------ the run
@@ -686,7 +701,7 @@ def render(R: dict[str, Any]) -> str:
         f"cells are `median (min{DASH}max)`, ratios medians of per-round ratios. "
         f"4 KiB: `wrk -t1 -c{m['connections']} -d{m['seconds']:g}s --latency` cycling through "
         f"{m['small_keys']:,} keys. {size}: one streaming client (raw socket, 64 KiB `recv_into` / "
-        "`socket.sendfile`), GET from the page cache, PUT verified on disk. "
+        "`socket.sendfile`), GET from the page cache (file read just before), PUT verified on disk. "
         "RSS growth = peak RSS during the workload (VmHWM) minus RSS before it, worst round. "
         "'other' = cores busy in processes other than the server and the client during the measurement "
         "(interrupt time left out).",
