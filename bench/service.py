@@ -707,6 +707,12 @@ def render(R: dict[str, Any]) -> str:
         "(interrupt time left out).",
         "",
     ]
+    if "unistore-base" in labels and any("unistore-base" in c for c in cells.values()):
+        out += [
+            f"The row '{labels['unistore-base']}' is the service from an older tree (`--baseline`), "
+            "measured in the same rounds: the before/after of the changes since.",
+            "",
+        ]
     for note in R.get("notes", []):
         out += [f"Note: {note}.", ""]
     for failure in R.get("failures", []):
