@@ -23,7 +23,7 @@ with a 64 KiB ``recv_into`` buffer for GET, ``socket.sendfile`` for PUT, so the 
 the bottleneck), MiB/s. GETs are served from the page cache (the file is read once right
 before each transfer). Around every measurement the servers' RSS is sampled
 (``/proc/PID/status``, peak via ``VmHWM`` after resetting it).
-Rounds are interleaved (server order rotated); cells are medians, ratios medians of
+Rounds are interleaved (a new seeded server order for every pass); cells are medians, ratios medians of
 per-round ratios.
 
     make bench BENCH_SUITES=service                      # full: 3 rounds, 10 s wrk runs, 1 GiB
@@ -42,6 +42,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -64,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import busy_ticks, log, reset_peak_rss, rotate, self_cpu, status_kib, verify_copy, wait_quiet  # noqa: E402
+from _common import busy_ticks, log, reset_peak_rss, self_cpu, status_kib, verify_copy, wait_quiet  # noqa: E402
 
 MiB = 1 << 20
 SMALL_KEYS = 1000
@@ -506,7 +507,7 @@ class Bench:
             self.wrk,
             "-t1",
             f"-c{CONNECTIONS}",
-            f"-d{seconds:g}s",
+            f"-d{max(1, round(seconds))}s",  # wrk takes whole seconds
             "--latency",
             "-s",
             str(script),
@@ -549,6 +550,8 @@ class Bench:
                     warm(f)
             return self.measured(server, lambda: self.wrk_run(server, op, self.a.seconds), quiet)
         if op == "PUT":
+            with contextlib.suppress(FileNotFoundError):  # every server writes a new file
+                os.unlink(self.root / "put" / server.name / "large")
             os.sync()  # the previous writer's dirty pages are not this server's cost
             time.sleep(0.5)
         # Read the file being sent into the page cache first: the VM reclaims cold pages
@@ -576,10 +579,13 @@ class Bench:
             self.warm_up()
             names = list(self.fleet.servers)
             for rnd in range(self.a.rounds):
-                order = rotate(names, rnd)
-                log(f"round {rnd + 1}/{self.a.rounds}: {', '.join(order)}")
+                log(f"round {rnd + 1}/{self.a.rounds}")
                 for w in self.a.workloads:
-                    for _ in range(1 if w.startswith("small") else self.a.large_reps):
+                    for rep in range(1 if w.startswith("small") else self.a.large_reps):
+                        # A new order every time (seeded): which server runs right after which
+                        # changes too (a rotation keeps the neighbours; after a 1 GiB write the
+                        # next writer paid for it).
+                        order = random.Random(f"{rnd}/{w}/{rep}").sample(names, len(names))
                         for name in order:
                             s = self.fleet.servers[name]
                             if w not in s.ops:
@@ -697,7 +703,8 @@ def render(R: dict[str, Any]) -> str:
         f"uvicorn {m['uvicorn']} ({m['loop']}, {m['http']}), Starlette {m['starlette']}; unistore tree {m['tree']}.",
         "",
         f"Every server: one process, one worker{', pinned to CPU 0 (clients on CPU 1)' if m['pinned'] else ''}. "
-        f"{m['rounds']} interleaved round(s) ({m['large_reps']} large transfers per server and round); "
+        f"{m['rounds']} interleaved round(s) ({m['large_reps']} large transfers per server and round; "
+        "a new seeded server order for every pass); "
         f"cells are `median (min{DASH}max)`, ratios medians of per-round ratios. "
         f"4 KiB: `wrk -t1 -c{m['connections']} -d{m['seconds']:g}s --latency` cycling through "
         f"{m['small_keys']:,} keys. {size}: one streaming client (raw socket, 64 KiB `recv_into` / "
