@@ -694,6 +694,10 @@ def growth_mib(rows: list[dict[str, Any]]) -> float:
 def render(R: dict[str, Any]) -> str:
     m, cells = R["meta"], R["cells"]
     labels = {**LABELS, **m.get("labels", {})}
+
+    def rank(name: str) -> int:  # rows in the order the servers were started
+        return list(m.get("labels", LABELS)).index(name) if name in m.get("labels", LABELS) else 99
+
     size = f"{m['large_mib'] / 1024:g} GiB" if m["large_mib"] >= 1024 else f"{m['large_mib']} MiB"
     out = [
         "### unistore service benchmark",
@@ -739,7 +743,7 @@ def render(R: dict[str, Any]) -> str:
             "| RSS growth MiB | errors | other (cores) |",
             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
-        for name, rs in rows.items():
+        for name, rs in sorted(rows.items(), key=lambda kv: rank(kv[0])):
             errors = sum(r["non2xx"] + r["socket_errors"] for r in rs)
             out.append(
                 f"| {labels.get(name, name)} | {span([r['rps'] for r in rs], ',.0f')} "
@@ -761,7 +765,7 @@ def render(R: dict[str, Any]) -> str:
             "| other (cores) |",
             "|---|--:|--:|--:|--:|--:|--:|--:|",
         ]
-        for name, rs in rows.items():
+        for name, rs in sorted(rows.items(), key=lambda kv: rank(kv[0])):
             cpu_gib = med([r["server_cpu_s"] / (r["bytes"] / (1 << 30)) for r in rs])
             out.append(
                 f"| {labels.get(name, name)} | {span([r['mib_s'] for r in rs], ',.0f')} "
