@@ -6,7 +6,7 @@ SERVE_DIR ?= $(CURDIR)/.serve-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev install-bench serve test lint typecheck bench clean
+.PHONY: install install-dev install-bench bench-tools serve test lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,10 +42,17 @@ lint: $(VENV)/.dev-installed
 
 typecheck: lint
 
+## The service suite's load generator and physical-limit anchor (Debian packages; needs root).
+bench-tools:
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends nginx wrk \
+	  || { apt-get update && apt-get install -y --no-install-recommends nginx wrk; }; }
+
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
-BENCH_SUITES ?= core s3 layers gcs-cloudinary engines
-bench: $(VENV)/.bench-installed
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service
+bench: $(VENV)/.bench-installed $(if $(filter service,$(BENCH_SUITES)),bench-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
@@ -53,7 +60,8 @@ bench: $(VENV)/.bench-installed
 	    layers) script=bench/layers.py ;; \
 	    gcs-cloudinary) script=bench/gcs_cloudinary.py ;; \
 	    engines) script=bench/engines.py ;; \
-	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines)"; exit 2 ;; \
+	    service) script=bench/service.py ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service)"; exit 2 ;; \
 	  esac; \
 	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
 	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \

@@ -1,5 +1,6 @@
-"""Measurement helpers shared by the benchmark harnesses (``bench/run.py``, ``bench/s3/run.py``)
-and their workers: logging, order rotation, machine load, process CPU, peak RSS, copy checks."""
+"""Measurement helpers shared by the benchmark harnesses (``bench/run.py``, ``bench/s3/run.py``,
+``bench/service.py``) and their workers: logging, order rotation, machine load and waiting for
+a quiet machine, process CPU, (peak) RSS of this or another process, copy checks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import resource
 import sys
 import time
 
-__all__ = ["log", "machine_busy_cores", "reset_peak_rss", "rotate", "self_cpu", "status_kib", "verify_copy"]
+__all__ = [
+    "busy_ticks",
+    "log",
+    "machine_busy_cores",
+    "reset_peak_rss",
+    "rotate",
+    "self_cpu",
+    "status_kib",
+    "verify_copy",
+    "wait_quiet",
+]
 
 
 def log(msg: str) -> None:
@@ -22,16 +33,42 @@ def rotate(seq: list[str], k: int) -> list[str]:
     return seq[k:] + seq[:k]
 
 
-def machine_busy_cores(window: float = 0.5) -> float:
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        return sum(v) - v[3] - v[4], sum(v)
+def busy_ticks(interrupts: bool = True) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (``/proc/stat``; idle and iowait are not
+    busy). ``interrupts=False`` counts only time spent in processes (user, nice, system), leaving
+    out irq and softirq time, which the kernel charges to no process (loopback TCP is mostly that)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = sum(v) - v[3] - v[4] if interrupts else v[0] + v[1] + v[2]
+    return busy, sum(v)
 
-    b0, t0 = ticks()
+
+def machine_busy_cores(window: float = 0.5) -> float:
+    b0, t0 = busy_ticks()
     time.sleep(window)
-    b1, t1 = ticks()
+    b1, t1 = busy_ticks()
     return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def wait_quiet(threshold: float, limit: float) -> tuple[float, float]:
+    """Wait (at most ``limit`` s) until the machine uses at most ``threshold`` cores in two
+    readings in a row; ``threshold <= 0`` never waits. Returns (last load, seconds waited)."""
+    load = machine_busy_cores(0.3)
+    if threshold <= 0:
+        return load, 0.0
+    start, quiet, said = time.time(), 0, False
+    while True:
+        quiet = quiet + 1 if load <= threshold else 0
+        waited = time.time() - start
+        if quiet >= 2 or waited > limit:
+            break
+        if not said and quiet == 0:
+            log(f"  waiting for other processes to calm down ({load:.2f} cores busy)")
+            said = True
+        load = machine_busy_cores()
+    if quiet < 2:
+        log(f"  still {load:.2f} cores busy after {waited:.0f}s: measuring anyway")
+    return load, waited
 
 
 def self_cpu() -> tuple[float, float]:
@@ -39,18 +76,19 @@ def self_cpu() -> tuple[float, float]:
     return r.ru_utime + r.ru_stime, r.ru_utime
 
 
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/PID/status`` field in KiB (``VmRSS``, ``VmHWM``...), 0 if absent."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
 
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset VmHWM (peak RSS) of a process (ours by default) to its current RSS (Linux >= 4.0)."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:

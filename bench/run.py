@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 import adapters  # noqa: E402
 import report  # noqa: E402
-from _common import log, machine_busy_cores, rotate  # noqa: E402
+from _common import log, rotate, wait_quiet  # noqa: E402
 
 MiB = 1 << 20
 PKGS = ["unistore", "obstore", "svc-infra", "aiofiles"]
@@ -155,23 +155,9 @@ class Bench:
     # ------------------------------------------------------------ plumbing
     def wait_quiet(self) -> float:
         """Wait (bounded) until other processes are idle; return the load seen last."""
-        load = machine_busy_cores(0.3)
-        if self.a.quiet_threshold <= 0:
-            return load
-        start, quiet, said = time.time(), 0, False
         limit = min(self.a.quiet_timeout, max(0.0, self.a.quiet_budget - self.waited))
-        while True:
-            quiet = quiet + 1 if load <= self.a.quiet_threshold else 0
-            waited = time.time() - start
-            if quiet >= 2 or waited > limit:
-                break
-            if not said and quiet == 0:
-                log(f"  waiting for other processes to calm down ({load:.2f} cores busy)")
-                said = True
-            load = machine_busy_cores()
+        load, waited = wait_quiet(self.a.quiet_threshold, limit)
         self.waited += waited
-        if quiet < 2:
-            log(f"  still {load:.2f} cores busy after {waited:.0f}s: measuring anyway")
         return load
 
     def worker(

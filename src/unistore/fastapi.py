@@ -33,6 +33,7 @@ from ._errors import (
 from ._keys import validate_key
 from ._signing import UrlSigner
 from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, parse_http_range
+from .layers._layer import in_memory
 
 __all__ = ["Storage", "add_storage", "get_storage", "storage_error_response"]
 
@@ -316,6 +317,9 @@ async def serve_object(
     if request.method == "HEAD":
         await dl.aclose()
         return Response(status_code=status, headers=headers)
+    data = in_memory(dl)
+    if data is not None:  # read whole already (a small object): no stream, no disconnect watcher task
+        return Response(data, status_code=status, headers=headers)
     return StreamingResponse(_drain(dl), status_code=status, headers=headers)
 
 
