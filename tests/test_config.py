@@ -579,3 +579,25 @@ def test_generated_secret_is_persisted_and_never_shown(tmp_path: Path) -> None:
         assert secret not in repr(thing)
     again = LocalBackend(base_path=str(tmp_path / "p"), fsync=False)
     assert again.signer.sign("k", expires_in=60, now=0) == backend.signer.sign("k", expires_in=60, now=0)
+
+
+def test_settings_and_keyword_options_together_are_refused(tmp_path: Path) -> None:
+    from unistore.backends.http import HttpBackend, HttpSettings
+    from unistore.backends.local import LocalBackend, LocalSettings
+    from unistore.backends.memory import MemoryBackend, MemorySettings
+    from unistore.backends.s3 import S3Backend, S3Settings
+    from unistore.layers import Faults
+    from unistore.layers._faults import FaultSettings
+
+    cases: list[tuple[Any, Any, dict[str, Any]]] = [
+        (MemoryBackend, MemorySettings(), {"max_size": 1}),
+        (LocalBackend, LocalSettings(base_path=str(tmp_path)), {"fsync": False}),
+        (S3Backend, S3Settings(bucket="b"), {"region": "eu-west-1"}),
+        (HttpBackend, HttpSettings(url="http://127.0.0.1:1"), {"timeout": 1.0}),
+    ]
+    for cls, settings, options in cases:
+        with pytest.raises(ConfigurationError, match="not both"):
+            cls(settings, **options)
+        assert cls(settings).settings is settings
+    with pytest.raises(ConfigurationError, match="not both"):
+        Faults(MemoryBackend(), FaultSettings(), seed=1)

@@ -109,9 +109,7 @@ def __getattr__(name: str) -> Any:
         try:
             from . import fastapi as integration
         except ImportError as exc:  # pragma: no cover - exercised without the extra
-            raise ConfigurationError(
-                f"{name} needs FastAPI: pip install 'unistore[fastapi]'"
-            ) from exc
+            raise ConfigurationError(f"{name} needs FastAPI: pip install 'unistore[fastapi]'") from exc
         return getattr(integration, name)
     if name in _LAZY_BACKENDS:
         from ._config import backend_class

@@ -13,11 +13,12 @@ import asyncio
 import inspect
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from ._errors import (
     AlreadyExistsError,
+    ConfigurationError,
     InvalidKeyError,
     NotFoundError,
     NotModifiedError,
@@ -301,6 +302,18 @@ async def iter_body(body: Body, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIt
                 yield chunk
     else:
         raise TypeError(f"unsupported body type {type(body).__name__}")
+
+
+_S = TypeVar("_S")
+
+
+def settings_from(cls: Callable[..., _S], settings: _S | None, options: Mapping[str, Any]) -> _S:
+    """``settings``, else ``cls(**options)`` (a backend's or layer's two ways to be configured; not both)."""
+    if settings is None:
+        return cls(**options)
+    if options:
+        raise ConfigurationError("pass either settings or keyword options, not both")
+    return settings
 
 
 def quote_etag(etag: str) -> str:

@@ -186,6 +186,7 @@ class Capabilities:
 
 # --- bodies and metadata --------------------------------------------------------------
 
+
 class AsyncReader(Protocol):
     """A file-like object with an async ``read`` (FastAPI's ``UploadFile``, aiofiles)."""
 

@@ -97,14 +97,12 @@ def add_storage(
         signer = getattr(storage, "signer", None)
         if not isinstance(signer, UrlSigner):
             raise ConfigurationError(
-                f"serve_files needs a backend that signs its own URLs (local, memory); "
-                f"{storage.name} serves its own"
+                f"serve_files needs a backend that signs its own URLs (local, memory); {storage.name} serves its own"
             )
         prefix = "/" + file_route_prefix.strip("/")
         if not urlsplit(signer.base_url).path.rstrip("/").endswith(prefix.rstrip("/")):
             logger.warning(
-                "unistore: %s signs URLs under %s but the file route is mounted at %s; "
-                "set STORAGE_BASE_URL to match",
+                "unistore: %s signs URLs under %s but the file route is mounted at %s; set STORAGE_BASE_URL to match",
                 storage.name,
                 signer.base_url,
                 prefix,

@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from .._base import BaseBackend, check_listing_args
+from .._base import BaseBackend, check_listing_args, settings_from
 from .._errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -128,9 +128,7 @@ class CloudinaryBackend(BaseBackend):
     capabilities: ClassVar[Capabilities] = Capabilities(ranges=True, streaming=True, signed_urls=True)
 
     def __init__(self, settings: CloudinarySettings | None = None, **options: Any) -> None:
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = s = settings if settings is not None else CloudinarySettings(**options)
+        self.settings = s = settings_from(CloudinarySettings, settings, options)
         self.default_expires_in = s.url_expiration
         self._api = f"{s.upload_prefix.rstrip('/')}/v1_1/{s.cloud_name}"
         host = s.cname or "res.cloudinary.com"

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body
+from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
 from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key, validate_prefix
 from .._types import (
@@ -107,9 +107,7 @@ class GCSBackend(BaseBackend):
     )
 
     def __init__(self, settings: GCSSettings | None = None, **options: Any) -> None:
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = s = settings if settings is not None else GCSSettings(**options)
+        self.settings = s = settings_from(GCSSettings, settings, options)
         self.default_expires_in = s.url_expiration
         base = (s.emulator_host or s.endpoint).rstrip("/")
         if "://" not in base:

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag
+from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
 from .._errors import ConfigurationError, IntegrityError, TransientError
 from .._keys import validate_key
 from .._types import (
@@ -109,9 +109,7 @@ class HttpBackend(BaseBackend):
     )
 
     def __init__(self, settings: HttpSettings | None = None, **options: Any) -> None:
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = settings if settings is not None else HttpSettings(**options)
+        self.settings = settings_from(HttpSettings, settings, options)
         self.default_expires_in = self.settings.url_expiration
         self._base = self.settings.url.rstrip("/")
         self._client: httpx.AsyncClient | None = None

@@ -62,6 +62,7 @@ from .._base import (
     check_remove_condition,
     check_write_mode,
     iter_body,
+    settings_from,
 )
 from .._errors import (
     ConfigurationError,
@@ -144,9 +145,7 @@ class LocalBackend(BaseBackend):
     )
 
     def __init__(self, settings: LocalSettings | None = None, **options: Any) -> None:
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = settings if settings is not None else LocalSettings(**options)
+        self.settings = settings_from(LocalSettings, settings, options)
         self.root = Path(self.settings.base_path).absolute()
         self._root = str(self.root)
         self._internal = self.root / RESERVED_PREFIX

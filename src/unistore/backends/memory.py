@@ -29,6 +29,7 @@ from .._base import (
     check_remove_condition,
     check_write_mode,
     iter_body,
+    settings_from,
 )
 from .._errors import ConfigurationError, NotFoundError, QuotaExceededError
 from .._keys import validate_key
@@ -87,9 +88,7 @@ class MemoryBackend(BaseBackend):
     )
 
     def __init__(self, settings: MemorySettings | None = None, **options: Any) -> None:
-        self.settings = settings if settings is not None else MemorySettings(**options)
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
+        self.settings = settings_from(MemorySettings, settings, options)
         secret = self.settings.url_secret
         self._signer = UrlSigner(secret.encode() if secret else secrets.token_bytes(32), self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag
+from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
 from .._errors import (
     ConfigurationError,
     NotFoundError,
@@ -90,9 +90,7 @@ class S3Backend(BaseBackend):
     )
 
     def __init__(self, settings: S3Settings | None = None, **options: Any) -> None:
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = s = settings if settings is not None else S3Settings(**options)
+        self.settings = s = settings_from(S3Settings, settings, options)
         self.bucket = s.bucket
         self.default_expires_in = s.url_expiration
         self._conn = conn = S3Connection(s, self.name)

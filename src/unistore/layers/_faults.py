@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._base import StorageBackend
+from .._base import StorageBackend, settings_from
 from .._errors import ConfigurationError, RateLimitedError, TransientError, UnavailableError
 from .._types import Body, Download, ObjectInfo, Range, WriteMode
 from ._layer import Layer, in_memory, rewrap
@@ -80,9 +80,7 @@ class Faults(Layer):
         **options: Any,
     ) -> None:
         super().__init__(inner)
-        if settings is not None and options:
-            raise ConfigurationError("pass either settings or keyword options, not both")
-        self.settings = settings if settings is not None else FaultSettings(**options)
+        self.settings = settings_from(FaultSettings, settings, options)
         self._rng = random.Random(self.settings.seed)
         self._sleep = sleep
         self.enabled = True

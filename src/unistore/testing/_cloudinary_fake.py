@@ -102,9 +102,10 @@ class FakeCloudinary:
         sig = params.get("signature", "")
         algorithm = "sha256" if len(sig) == 64 else "sha1"
         signed = {k: v for k, v in params.items() if k != "signature_algorithm" or algorithm == "sha1"}
-        if api_signature(signed, self.api_secret, algorithm) != sig and api_signature(
-            params, self.api_secret, algorithm
-        ) != sig:
+        if (
+            api_signature(signed, self.api_secret, algorithm) != sig
+            and api_signature(params, self.api_secret, algorithm) != sig
+        ):
             return _error(401, "Invalid Signature")
         try:
             stamp = int(params.get("timestamp", ""))
@@ -225,8 +226,11 @@ class FakeCloudinary:
         with self._lock:
             # newest first, as the Admin API orders by default
             matching = sorted(
-                (a for (rt, ty, pid), a in self.assets.items() if rt == p["rt"] and ty == p["type"]
-                 and pid.startswith(prefix)),
+                (
+                    a
+                    for (rt, ty, pid), a in self.assets.items()
+                    if rt == p["rt"] and ty == p["type"] and pid.startswith(prefix)
+                ),
                 key=lambda a: (-a.version, a.public_id),
             )
         start = int(q.get("next_cursor", "0") or 0)
@@ -303,5 +307,4 @@ class FakeCloudinary:
         if start >= len(data) or end < start:
             return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        return Response(data[start : end + 1], status_code=206, headers=headers,
-                        media_type="application/octet-stream")
+        return Response(data[start : end + 1], status_code=206, headers=headers, media_type="application/octet-stream")
