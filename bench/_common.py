@@ -4,12 +4,18 @@ a quiet machine, process CPU, (peak) RSS of this or another process, copy checks
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import resource
+import shutil
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "Harness",
     "busy_ticks",
     "log",
     "machine_busy_cores",
@@ -106,3 +112,56 @@ def verify_copy(src: str, dst: str, size: int) -> None:
             fd.seek(off)
             if fs.read(4096) != fd.read(4096):
                 raise RuntimeError(f"content mismatch at offset {off}")
+
+
+class Harness:
+    """What the core and S3 runners share: the source snapshot, adapter selection, quiet waits, saving.
+
+    A subclass sets ``a`` (its parsed arguments), ``registry`` (its adapters),
+    ``workloads``, ``names``, ``work``, ``env``, ``waited`` and ``R`` before using these.
+    """
+
+    a: Any
+    registry: dict[str, Any]
+    workloads: set[str]
+    names: list[str]
+    work: Path
+    env: dict[str, str]
+    waited: float
+    R: dict[str, Any]
+    snapshot_id = "none (the working tree, live)"
+
+    def take_snapshot(self) -> None:
+        """Copy src/unistore now, so every worker measures the same code even while the tree
+        is being edited (the snapshot comes first on the workers' PYTHONPATH)."""
+        src = Path(__file__).resolve().parent.parent / "src" / "unistore"
+        if not src.is_dir():
+            return
+        dst = self.work / "snapshot"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
+        h = hashlib.sha256()
+        for f in sorted((dst / "unistore").rglob("*.py")):
+            h.update(f.relative_to(dst).as_posix().encode() + b"\0" + f.read_bytes())
+        self.snapshot_id = f"src/unistore sha256 {h.hexdigest()[:12]}"
+        self.env["PYTHONPATH"] = os.pathsep.join(x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x)
+
+    def for_workload(self, w: str) -> list[str]:
+        """The selected adapters that run workload ``w`` (none if ``w`` is not selected)."""
+        if w not in self.workloads:
+            return []
+        return [n for n in self.names if w in self.registry[n].workloads]
+
+    def wait_quiet(self) -> float:
+        """Wait (bounded by ``--quiet-timeout`` and ``--quiet-budget``) until other processes
+        are idle; return the load seen last."""
+        limit = min(self.a.quiet_timeout, max(0.0, self.a.quiet_budget - self.waited))
+        load, waited = wait_quiet(self.a.quiet_threshold, limit)
+        self.waited += waited
+        return load
+
+    def save(self) -> None:
+        """Write the results so far (to the work dir, and to ``--json`` if given)."""
+        (self.work / "results.json").write_text(json.dumps(self.R, indent=1))
+        if self.a.json:
+            Path(self.a.json).write_text(json.dumps(self.R, indent=1))

@@ -13,7 +13,6 @@ medians and per-repetition ratios, and PASS/MISS for the targets of issue 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 import adapters  # noqa: E402
 import report  # noqa: E402
-from _common import log, rotate, wait_quiet  # noqa: E402
+from _common import Harness, log, rotate  # noqa: E402
 
 MiB = 1 << 20
 PKGS = ["unistore", "obstore", "svc-infra", "aiofiles"]
@@ -93,9 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-class Bench:
+class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
+        self.registry = adapters.REGISTRY
         self.workloads = set(a.workloads.split(","))
         self.concs = [int(c) for c in a.concurrency.split(",")]
         only = {x for x in a.adapters.split(",") if x}
@@ -128,37 +128,8 @@ class Bench:
         self.run_no = 0
         self.waited = 0.0
         self.env = dict(os.environ)
-        self.snapshot_id = "none (the working tree, live)"
         if not a.no_snapshot:
             self.take_snapshot()
-
-    def take_snapshot(self) -> None:
-        """Copy src/unistore now, so every worker measures the same code even while the tree
-        is being edited (the snapshot comes first on the workers' PYTHONPATH)."""
-        src = HERE.parent / "src" / "unistore"
-        if not src.is_dir():
-            return
-        dst = self.work / "snapshot"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
-        h = hashlib.sha256()
-        for f in sorted((dst / "unistore").rglob("*.py")):
-            h.update(f.relative_to(dst).as_posix().encode() + b"\0" + f.read_bytes())
-        self.snapshot_id = f"src/unistore sha256 {h.hexdigest()[:12]}"
-        self.env["PYTHONPATH"] = os.pathsep.join(x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x)
-
-    def for_workload(self, w: str) -> list[str]:
-        if w not in self.workloads:
-            return []
-        return [n for n in self.names if w in adapters.REGISTRY[n].workloads]
-
-    # ------------------------------------------------------------ plumbing
-    def wait_quiet(self) -> float:
-        """Wait (bounded) until other processes are idle; return the load seen last."""
-        limit = min(self.a.quiet_timeout, max(0.0, self.a.quiet_budget - self.waited))
-        load, waited = wait_quiet(self.a.quiet_threshold, limit)
-        self.waited += waited
-        return load
 
     def worker(
         self, name: str, workload: str, cfg: dict[str, Any], params: dict[str, Any], tag: str = ""
@@ -210,11 +181,6 @@ class Bench:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         return d
-
-    def save(self) -> None:
-        (self.work / "results.json").write_text(json.dumps(self.R, indent=1))
-        if self.a.json:
-            Path(self.a.json).write_text(json.dumps(self.R, indent=1))
 
     def meta(self) -> None:
         code = (

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ sys.path.append(str(HERE.parent))  # bench/: the helpers shared with the core ha
 
 import adapters  # noqa: E402
 import report  # noqa: E402
-from _common import log, rotate, wait_quiet  # noqa: E402
+from _common import Harness, log, rotate  # noqa: E402
 
 MiB = 1 << 20
 PKGS = [
@@ -121,9 +120,10 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-class Bench:
+class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
+        self.registry = adapters.REGISTRY
         self.workloads = set(a.workloads.split(","))
         self.concs = [int(c) for c in a.concurrency.split(",")]
         only = {x for x in a.adapters.split(",") if x}
@@ -160,7 +160,6 @@ class Bench:
         # Workers: no AWS_* from the caller's environment (credentials are passed explicitly).
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.env["AWS_EC2_METADATA_DISABLED"] = "true"
-        self.snapshot_id = "none (the working tree, live)"
         if not a.no_snapshot:
             self.take_snapshot()
         self.cfg: dict[str, Any] = {}
@@ -168,33 +167,6 @@ class Bench:
 
     def cap(self, name: str) -> int | None:
         return self.caps.get(name, adapters.REGISTRY[name].small_ops_cap)
-
-    def take_snapshot(self) -> None:
-        """Copy src/unistore now, so every worker measures the same code even while the tree
-        is being edited (the snapshot comes first on the workers' PYTHONPATH)."""
-        src = REPO / "src" / "unistore"
-        if not src.is_dir():
-            return
-        dst = self.work / "snapshot"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
-        h = hashlib.sha256()
-        for f in sorted((dst / "unistore").rglob("*.py")):
-            h.update(f.relative_to(dst).as_posix().encode() + b"\0" + f.read_bytes())
-        self.snapshot_id = f"src/unistore sha256 {h.hexdigest()[:12]}"
-        self.env["PYTHONPATH"] = os.pathsep.join(x for x in (str(dst), self.env.get("PYTHONPATH", "")) if x)
-
-    def for_workload(self, w: str) -> list[str]:
-        if w not in self.workloads:
-            return []
-        return [n for n in self.names if w in adapters.REGISTRY[n].workloads]
-
-    # ------------------------------------------------------------ plumbing
-    def wait_quiet(self) -> float:
-        limit = min(self.a.quiet_timeout, max(0.0, self.a.quiet_budget - self.waited))
-        load, waited = wait_quiet(self.a.quiet_threshold, limit)
-        self.waited += waited
-        return load
 
     def worker(
         self, name: str, workload: str, params: dict[str, Any], tag: str = "", bucket: str = BUCKET, quiet: bool = True
@@ -234,11 +206,6 @@ class Bench:
             self.R["failures"].append(msg)
             log("FAILED " + msg)
         return res
-
-    def save(self) -> None:
-        (self.work / "results.json").write_text(json.dumps(self.R, indent=1))
-        if self.a.json:
-            Path(self.a.json).write_text(json.dumps(self.R, indent=1))
 
     def meta(self, server: Any) -> None:
         code = (
