@@ -23,7 +23,7 @@ from .._keys import validate_key
 from .._types import Body, ObjectInfo, WriteMode
 from ._s3multipart import MAX_PARTS, PartInfo, _abort, _complete, _create, _upload_part
 from ._s3settings import MAX_PRESIGN
-from ._s3wire import iso_date, xml_children, xml_find, xml_root
+from ._s3wire import iso_date, md5_of_etag, xml_children, xml_find, xml_root
 
 if TYPE_CHECKING:
     from .s3 import S3Backend
@@ -156,11 +156,8 @@ class S3Uploads:
             for p in xml_children(root, "Part"):
                 etag = xml_find(p, "ETag").strip('"')
                 checksum = xml_find(p, "ChecksumSHA256") or None
-                if checksum is None and session.checksum == "md5" and len(etag) == 32:
-                    try:
-                        checksum = base64.b64encode(bytes.fromhex(etag)).decode()
-                    except ValueError:
-                        checksum = None
+                if checksum is None and session.checksum == "md5":
+                    checksum = md5_of_etag(etag)
                 parts.append(PartInfo(int(xml_find(p, "PartNumber")), int(xml_find(p, "Size", "0")), etag, checksum))
             marker = xml_find(root, "NextPartNumberMarker")
             if xml_find(root, "IsTruncated") != "true" or not marker:

@@ -49,6 +49,7 @@ __all__ = [
     "error_from_response",
     "http_date",
     "iso_date",
+    "md5_of_etag",
     "uri_encode",
     "xml_children",
     "xml_find",
@@ -263,6 +264,17 @@ def _parse_http_date(value: str) -> datetime | None:
 @functools.lru_cache(maxsize=4)
 def _amz_date(second: int) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+
+
+def md5_of_etag(etag: str) -> str | None:
+    """The base64 MD5 a plain (32-hex) ETag stands for; ``None`` for any other ETag."""
+    etag = etag.strip('"')
+    if len(etag) != 32:
+        return None
+    try:
+        return base64.b64encode(bytes.fromhex(etag)).decode()
+    except ValueError:
+        return None
 
 
 def iso_date(value: str | None) -> datetime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
 from .._errors import InvalidArgumentError
+from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._access import ServiceContext
 from ._digests import expected_digests
 from ._objects import check_length, info_json, request_body
@@ -35,10 +35,9 @@ class ManifestEntry(BaseModel):
         if session.checksum == "md5" and self.md5:
             return self.md5
         if session.checksum == "md5" and self.etag:
-            try:
-                return base64.b64encode(bytes.fromhex(self.etag.strip('"'))).decode()
-            except ValueError:
-                pass
+            md5 = md5_of_etag(self.etag)
+            if md5 is not None:
+                return md5
         raise InvalidArgumentError(f"manifest part {self.number} needs its {session.checksum}", key=session.key)
 
 

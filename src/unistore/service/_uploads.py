@@ -24,7 +24,6 @@ store-side upload is aborted when the session is aborted or swept.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import inspect
@@ -41,6 +40,7 @@ from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key
 from .._types import ObjectInfo, normalize_metadata
+from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._digests import verified_body
 from ._hooks import Hook
 from ._state import StateStore
@@ -384,9 +384,8 @@ class UploadSessions:
 
 def _native_part(session: Session, number: int, size: int, etag: str, checksum: str | None) -> PartInfo:
     """A store-side part in the session's algorithm (an MD5 session falls back on a 32-hex ETag)."""
-    if checksum is None and session.checksum == "md5" and len(etag) == 32:
-        with contextlib.suppress(ValueError, binascii.Error):
-            checksum = base64.b64encode(bytes.fromhex(etag)).decode()
+    if checksum is None and session.checksum == "md5":
+        checksum = md5_of_etag(etag)
     return PartInfo(number, size, checksum or "", session.checksum, etag)
 
 
