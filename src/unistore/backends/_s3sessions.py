@@ -156,7 +156,7 @@ class S3Uploads:
             for p in xml_children(root, "Part"):
                 etag = xml_find(p, "ETag").strip('"')
                 checksum = xml_find(p, "ChecksumSHA256") or None
-                if checksum is None and session.checksum == "md5":
+                if checksum is None and session.checksum in ("md5", "none"):  # a plain part ETag is its MD5
                     checksum = md5_of_etag(etag)
                 parts.append(PartInfo(int(xml_find(p, "PartNumber")), int(xml_find(p, "Size", "0")), etag, checksum))
             marker = xml_find(root, "NextPartNumberMarker")
@@ -170,10 +170,12 @@ class S3Uploads:
         manifest: Sequence[tuple[int, str]] | Sequence[PartInfo],
         *,
         mode: WriteMode = "overwrite",
+        max_part_size: int | None = None,
     ) -> ObjectInfo:
         """Check ``manifest`` — ``(number, checksum)`` pairs or :class:`PartInfo` — against the
         stored parts, then make the object visible. A missing part or a checksum that
-        differs raises :class:`IntegrityError` and leaves the session open for a retry."""
+        differs raises :class:`IntegrityError`, a part over ``max_part_size``
+        :class:`InvalidArgumentError`; either leaves the session open for a retry."""
         from .s3 import _condition_headers
 
         wanted = [p if isinstance(p, PartInfo) else PartInfo(int(p[0]), -1, "", p[1]) for p in manifest]
@@ -189,6 +191,12 @@ class S3Uploads:
                     key=session.key,
                     backend=self._b.name,
                     operation="complete",
+                )
+            if max_part_size is not None and part.size > max_part_size:
+                raise InvalidArgumentError(
+                    f"part {want.number} is larger than part_size ({max_part_size})",
+                    key=session.key,
+                    backend=self._b.name,
                 )
             known = part.checksum is not None and want.checksum is not None
             if (known and want.checksum != part.checksum) or (want.etag and want.etag != part.etag):

@@ -40,7 +40,6 @@ from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key
 from .._types import ObjectInfo, normalize_metadata
-from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._digests import verified_body
 from ._hooks import Hook
 from ._state import StateStore
@@ -287,20 +286,17 @@ class UploadSessions:
         numbers = [n for n, _ in manifest]
         if not manifest or numbers != sorted(set(numbers)):
             raise InvalidArgumentError("the manifest must list distinct part numbers in ascending order")
-        stored = {p.number: p for p in await self.list_parts(session)}
-        for number, digest in manifest:
-            part = stored.get(number)
-            if part is None:
-                raise InvalidArgumentError(f"part {number} was not uploaded", key=session.key)
-            # A store that does not report a part's checksum (SeaweedFS, SHA-256) checks it itself at completion.
-            if (part.checksum or session.native is None) and part.checksum != digest:
-                raise IntegrityError(f"part {number} does not match its manifest checksum", key=session.key)
-            if part.size > session.part_size:
-                raise InvalidArgumentError(f"part {number} is larger than the session's part_size", key=session.key)
-        if session.native is not None:
+        if session.native is not None:  # the store's session checks the manifest against its own listing
             native, token = self._native(session)
-            info = await native.complete(native.resume(token), [(n, d) for n, d in manifest])
+            info = await native.complete(native.resume(token), manifest, max_part_size=session.part_size)
         else:
+            stored = {p.number: p for p in await self.list_parts(session)}
+            for number, digest in manifest:
+                part = stored.get(number)
+                if part is None:
+                    raise InvalidArgumentError(f"part {number} was not uploaded", key=session.key)
+                if part.checksum != digest:
+                    raise IntegrityError(f"part {number} does not match its manifest checksum", key=session.key)
             info = await self._join(session, manifest)
         await self._discard(session.id)
         await self._emit(
@@ -383,9 +379,7 @@ class UploadSessions:
 
 
 def _native_part(session: Session, number: int, size: int, etag: str, checksum: str | None) -> PartInfo:
-    """A store-side part in the session's algorithm (an MD5 session falls back on a 32-hex ETag)."""
-    if checksum is None and session.checksum == "md5":
-        checksum = md5_of_etag(etag)
+    """A store-side part in the session's algorithm (``""`` where the store does not report it)."""
     return PartInfo(number, size, checksum or "", session.checksum, etag)
 
 
