@@ -439,7 +439,7 @@ def test_put_killed_over_a_service_resumes_its_upload_session(
 
 
 def test_a_second_transfer_of_the_same_destination_is_refused_while_the_first_runs(tmp_path: Path) -> None:
-    from unistore._filelock import exclusive
+    from unistore._records import exclusive
 
     root = tmp_path / "store"
     data = os.urandom(1000)

@@ -52,7 +52,7 @@ from rich.progress import (
 
 from ._base import StorageBackend
 from ._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
-from ._filelock import exclusive
+from ._records import exclusive, write_json
 from ._types import ByteRange, Download, ObjectInfo
 
 if TYPE_CHECKING:
@@ -147,13 +147,6 @@ def _load_partial(side: Path) -> _Partial | None:
         return None
 
 
-def _write_json(path: Path, doc: object) -> None:
-    """Write ``doc`` to ``path`` atomically."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -192,7 +185,7 @@ async def _open_rest(store: StorageBackend, key: str, part: Path, side: Path) ->
     await asyncio.to_thread(_discard, part, side)  # the prefix goes before a new record is written
     dl = await store.open(key)
     try:
-        await asyncio.to_thread(_write_json, side, {"key": key, "etag": dl.info.etag, "size": dl.info.size})
+        await asyncio.to_thread(write_json, side, {"key": key, "etag": dl.info.etag, "size": dl.info.size})
     except BaseException:
         await dl.aclose()
         raise
@@ -336,8 +329,7 @@ async def _upload_s3(
         if state is None or session is None:
             session = await uploads.start(key, content_type=content_type, metadata=metadata)
             state = _S3State(session.token, s.part_size)
-            await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(_write_json, state_file, state.dump())
+            await asyncio.to_thread(write_json, state_file, state.dump())
         size, step = st.st_size, state.part_size
         count = -(-size // step)
         advance(sum(p.size for p in state.parts.values()))
@@ -355,7 +347,7 @@ async def _upload_s3(
                 stored = await uploads.upload_part(opened, number, data)
                 async with record:
                     run.parts[number] = stored
-                    await asyncio.to_thread(_write_json, state_file, run.dump())
+                    await asyncio.to_thread(write_json, state_file, run.dump())
                 advance(length)
 
         try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import NotFoundError
-from .._filelock import exclusive
+from .._records import exclusive, write_json
 from .._types import ObjectInfo
 from ._http_wire import info_from_json
 
@@ -65,8 +65,6 @@ def _load(path: Path) -> _State | None:
 
 
 def _save(path: Path, state: _State) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     doc = {
         "upload_id": state.upload_id,
         "part_size": state.part_size,
@@ -74,8 +72,7 @@ def _save(path: Path, state: _State) -> None:
         "direct": state.direct,
         "checksum": state.checksum,
     }
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 def _read_part(path: str, offset: int, length: int, algorithm: str) -> tuple[bytes, str]:

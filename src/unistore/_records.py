@@ -1,15 +1,16 @@
-"""One process at a time per transfer: an advisory lock beside a resumable transfer's record."""
+"""The local records of resumable transfers: written atomically, one process at a time per transfer."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import UnavailableError
 
-__all__ = ["exclusive"]
+__all__ = ["exclusive", "write_json"]
 
 
 @contextlib.contextmanager
@@ -37,3 +38,11 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def write_json(path: Path, doc: object) -> None:
+    """Write ``doc`` to ``path`` atomically (a reader sees the old record or the new one), creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
