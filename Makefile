@@ -6,7 +6,7 @@ SERVE_DIR ?= $(CURDIR)/.serve-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev install-bench bench-tools serve test lint typecheck bench clean
+.PHONY: install install-dev install-bench bench-tools test-tools serve test lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,20 @@ serve: $(VENV)/.serve-installed
 	STORAGE_BASE_URL=$${STORAGE_BASE_URL:-http://$(HOST):$(PORT)/files} UNISTORE_AUTH=$${UNISTORE_AUTH:-off} \
 	$(BIN)/python -m unistore.service --host $(HOST) --port $(PORT)
 
+## The servers and browser the suite drives (Debian packages; installed when root and missing).
+TEST_TOOLS := redis-server chromium
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	  else echo "missing:$$missing (install them, or run as root); tests needing them fail"; fi; \
+	fi
+
 ## Install everything and run the whole suite (what CI runs).
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed test-tools
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 lint: $(VENV)/.dev-installed
