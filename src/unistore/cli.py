@@ -1,10 +1,12 @@
 """``unistore``: the command line over any store (typer + rich).
 
 A store is a URL (``--store``, or ``UNISTORE_STORE``; else auto-detected from
-``STORAGE_*`` like ``easy_storage()``): ``file:///srv/files``, ``s3://bucket``,
-``http://127.0.0.1:8000`` (a unistore service; token from ``--token`` or
-``UNISTORE_TOKEN``)... ``cp`` addresses an object as ``STORE_URL#KEY``, a local
-file by its path, and stdin/stdout as ``-``.
+``STORAGE_*`` like ``easy_storage()``, and an error when nothing is configured):
+``file:///srv/files``, ``s3://bucket``, ``http://127.0.0.1:8000`` (a unistore
+service; token from ``--token`` or ``UNISTORE_TOKEN``)... ``cp`` addresses an
+object as ``STORE_URL#KEY`` or by its own URL (``s3://bucket/key``,
+``gs://bucket/key``, ``http(s)://HOST/v1/objects/KEY``), a local file by its path
+or ``file:///path`` (a directory means ``dir/<basename>``), stdin/stdout as ``-``.
 
 ``get`` and ``put`` resume interrupted transfers when rerun: ``get`` continues
 ``DEST.part`` from where it stopped (never splicing two versions), ``put`` of a
@@ -22,19 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ._base import StorageBackend
 from ._cli_transfer import download, note, progress, read_file, upload, write_file
-from ._config import backend_from_url, easy_storage
+from ._config import backend_from_url, detect_backend, easy_storage
 from ._errors import (
     ConfigurationError,
     IntegrityError,
@@ -110,9 +113,22 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
+NO_STORE = (
+    "no store configured: pass --store URL (file:///srv/files, s3://bucket, http://127.0.0.1:8000 ...), "
+    "set UNISTORE_STORE, or set STORAGE_BACKEND and its STORAGE_* variables"
+)
+
+
 def open_store(url: str | None, token: str | None = None) -> StorageBackend:
-    """The store at ``url`` (auto-detected from the environment when ``None``)."""
+    """The store at ``url`` (auto-detected from the environment when ``None``).
+
+    Auto-detection that finds nothing is a :class:`ConfigurationError`, never a
+    throw-away memory store (``STORAGE_BACKEND=memory`` still asks for one).
+    """
     if url is None:
+        kind, _ = detect_backend()
+        if kind == "memory" and not os.environ.get("STORAGE_BACKEND", "").strip():
+            raise ConfigurationError(NO_STORE)
         return easy_storage()
     if url.startswith(("http://", "https://")) and token:
         return backend_from_url(url, token=token)
@@ -171,7 +187,7 @@ def put(
 @app.command()
 def get(
     key: str,
-    dest: Annotated[str, typer.Argument(help="File to write, or - for stdout.")] = "-",
+    dest: Annotated[str, typer.Argument(help="File or directory to write into, or - for stdout.")] = "-",
     store: StoreOpt = None,
     token: TokenOpt = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Discard a partial download; keep none.")] = False,
@@ -182,7 +198,7 @@ def get(
     async def work() -> None:
         async with _closing(open_store(store, token)) as s:
             if dest != "-":
-                await download(s, key, Path(dest), resume=not no_resume, quiet=quiet)
+                await download(s, key, local_target(dest, key), resume=not no_resume, quiet=quiet)
                 return
             async with await s.open(key) as dl:
                 with progress(f"get {key}", dl.content_length, quiet) as advance:
@@ -196,26 +212,26 @@ def list_objects(
     prefix: Annotated[str, typer.Argument()] = "",
     store: StoreOpt = None,
     token: TokenOpt = None,
-    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    max_keys: Annotated[
+        int | None, typer.Option("--max", min=1, help="Stop after N keys (default: list everything).")
+    ] = None,
     long: Annotated[bool, typer.Option("--long", "-l", help="Size, modified time and type too.")] = False,
 ) -> None:
-    """List keys under PREFIX."""
+    """List every key under PREFIX, streamed (constant memory however many)."""
 
     async def work() -> None:
         async with _closing(open_store(store, token)) as s:
-            infos = []
+            listed = 0
             async for info in s.iter_objects(prefix):
-                infos.append(info)
-                if len(infos) >= limit:
-                    break
-        if not long:
-            for info in infos:
-                typer.echo(info.key)
-            return
-        table = Table("size", "last modified", "content type", "key", box=None)
-        for info in infos:
-            table.add_row(str(info.size), info.last_modified.isoformat(timespec="seconds"), info.content_type, info.key)
-        Console().print(table)
+                if max_keys is not None and listed == max_keys:
+                    note(f"stopped at --max {max_keys}: more keys under {prefix!r}")
+                    return
+                listed += 1
+                if long:
+                    when = info.last_modified.isoformat(timespec="seconds")
+                    typer.echo(f"{info.size:>14}  {when}  {info.content_type or '-':<28}  {info.key}")
+                else:
+                    typer.echo(info.key)
 
     _run(work)
 
@@ -266,24 +282,64 @@ class _Ref:
     key: str | None  # None: a local file (or - for stdio) named by ``store``
 
 
+HINT = "an object is STORE_URL#KEY, s3://bucket/key, gs://bucket/key or http(s)://HOST/v1/objects/KEY"
+
+
 def _ref(text: str) -> _Ref:
+    """An object (store URL + key) or a local file, from ``cp``'s argument."""
     if "#" in text and "://" in text.split("#", 1)[0]:
         store, key = text.split("#", 1)
         return _Ref(store, key)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("s3", "gs"):
+        key = unquote(parts.path.lstrip("/"))
+        if not parts.netloc or not key:
+            raise InvalidArgumentError(f"{text!r} names no object: {HINT}")
+        return _Ref(urlunsplit((scheme, parts.netloc, "", parts.query, "")), key)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise InvalidArgumentError(f"a file URL is file:///absolute/path, got {text!r}")
+        return _Ref(unquote(parts.path), None)
+    if scheme in ("http", "https"):
+        base, marker, key = parts.path.partition("/v1/objects/")
+        if not marker or not key:
+            raise InvalidArgumentError(f"{text!r} names no object of a unistore service: {HINT}")
+        return _Ref(urlunsplit((scheme, parts.netloc, base, "", "")), unquote(key))
+    if "://" in text:
+        raise InvalidArgumentError(f"unknown URL scheme in {text!r}: {HINT}")
     return _Ref(text, None)
+
+
+def local_target(dest: str, key: str) -> Path:
+    """The local file that ``dest`` means for object ``key``: ``dest/<basename>`` when ``dest`` is a
+    directory (or ends with ``/``); its directory must exist, checked before any byte moves."""
+    path = Path(dest)
+    if dest.endswith(("/", os.sep)) or path.is_dir():
+        name = key.rstrip("/").rsplit("/", 1)[-1]
+        if not name:
+            raise InvalidArgumentError(f"{key!r} has no file name to create in {dest!r}")
+        path = path / name
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no such local directory (for a store, {HINT})", str(path.parent))
+    return path
 
 
 @app.command()
 def cp(
-    source: Annotated[str, typer.Argument(help="STORE_URL#KEY, a file, or -.")],
-    dest: Annotated[str, typer.Argument(help="STORE_URL#KEY, a file, or -.")],
+    source: Annotated[str, typer.Argument(help="An object (STORE_URL#KEY, s3://bucket/key ...), a file, or -.")],
+    dest: Annotated[str, typer.Argument(help="An object, a file or directory, or -.")],
     token: TokenOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Copy an object between any two stores, files or stdio, streamed."""
-    src, dst = _ref(source), _ref(dest)
 
     async def work() -> None:
+        src, dst = _ref(source), _ref(dest)
+        target: Path | None = None
+        if dst.key is None and dst.store != "-":
+            name = src.key if src.key is not None else Path(src.store or "-").name
+            target = local_target(dst.store or "-", name)
         async with contextlib.AsyncExitStack() as stack:
             content_type, metadata, total = None, None, None
             dl: Download | None = None
@@ -298,7 +354,7 @@ def cp(
             with progress(f"cp {source}", total, quiet) as advance:
                 chunks = _counted(dl.__aiter__(), advance) if dl is not None else read_file(path, advance)
                 if dst.key is None:
-                    await write_file(None if dst.store == "-" else Path(dst.store or "-"), chunks, lambda n: None)
+                    await write_file(target, chunks, lambda n: None)
                     return
                 d = await stack.enter_async_context(_closing(open_store(dst.store, token)))
                 await d.put_object(dst.key, chunks, content_type=content_type, metadata=metadata)
