@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from ._errors import (
     AlreadyExistsError,
     ConfigurationError,
+    InvalidArgumentError,
     InvalidKeyError,
     NotFoundError,
     NotModifiedError,
@@ -28,6 +29,7 @@ from ._keys import validate_prefix
 from ._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -38,6 +40,7 @@ from ._types import (
 __all__ = ["BaseBackend", "StorageBackend", "iter_body"]
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+_PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
 
 
 @runtime_checkable
@@ -91,6 +94,9 @@ class StorageBackend(Protocol):
     async def remove(self, key: str, *, if_match: str | None = None) -> bool: ...
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]: ...
     def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]: ...
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]: ...
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str: ...
@@ -172,6 +178,39 @@ class BaseBackend(ABC):
         list names more cheaply than full infos override it."""
         async for info in self.iter_objects(prefix, start_after=start_after):
             yield info.key
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """Behavior: one level of the listing under ``prefix``: each object whose key has no
+        ``delimiter`` after ``prefix``, and one :class:`CommonPrefix` per distinct
+        ``prefix + segment + delimiter`` standing for every key below it. Entries come in
+        ascending code-point order of their key or prefix, only those sorting after
+        ``start_after`` (so the last entry's name is a resumable cursor), fetched lazily.
+        The default jumps over each folder with a new :meth:`iter_objects` from past it;
+        backends with a native delimiter listing override it."""
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        after, last = start_after, None
+        while True:
+            folder = None
+            async for info in self.iter_objects(prefix, start_after=after):
+                cut = info.key.find(delimiter, len(prefix))
+                if cut < 0:
+                    yield info
+                    after = info.key
+                    continue
+                folder = info.key[: cut + len(delimiter)]
+                if folder == last:  # a key past the jump target but still inside the folder
+                    after = info.key
+                    continue
+                break
+            if folder is None or folder == last:
+                return
+            if start_after is None or folder > start_after:
+                yield CommonPrefix(folder)
+            after, last = folder + _PAST, folder
 
     @abstractmethod
     async def sign_url(

@@ -18,6 +18,7 @@ __all__ = [
     "Body",
     "ByteRange",
     "Capabilities",
+    "CommonPrefix",
     "DEFAULT_CONTENT_TYPE",
     "Download",
     "IfMatch",
@@ -74,6 +75,15 @@ class ObjectInfo:
 
 
 # --- ranges ---------------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True, slots=True)
+class CommonPrefix:
+    """A "folder" of a delimited listing: every key under ``prefix`` (which ends with the
+    delimiter) stands behind this one entry."""
+
+    prefix: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from .._errors import (
     StorageError,
     UnsupportedError,
 )
-from .._types import ByteRange, IfMatch, SuffixRange
+from .._types import ByteRange, CommonPrefix, IfMatch, ObjectInfo, SuffixRange
 
 __all__ = ["BackendConformance", "INVALID_KEYS", "TRICKY_KEYS"]
 
@@ -449,6 +449,31 @@ class BackendConformance:
             seen += page
             after = page[-1]
         assert seen == keys
+
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
+        keys = ["a/1", "a/2/x", "a/2/y/z", "a-b", "a0/q", "b", "c/d/e", "d"]
+        for k in keys:
+            await backend.put_object(prefix + k, b"xy")
+
+        def names(entries: list[ObjectInfo | CommonPrefix]) -> list[str]:
+            return [e.prefix[len(prefix) :] if isinstance(e, CommonPrefix) else e.key[len(prefix) :] for e in entries]
+
+        top = [e async for e in backend.iter_entries(prefix)]
+        assert names(top) == ["a-b", "a/", "a0/", "b", "c/", "d"]
+        assert all(e.size == 2 for e in top if isinstance(e, ObjectInfo))
+        assert names([e async for e in backend.iter_entries(prefix + "a/")]) == ["a/1", "a/2/"]
+        assert names([e async for e in backend.iter_entries(prefix + "a/2/")]) == ["a/2/x", "a/2/y/"]
+        assert names([e async for e in backend.iter_entries(prefix + "a")]) == ["a-b", "a/", "a0/"]
+        assert [e async for e in backend.iter_entries(prefix + "zz/")] == []
+        # every entry's name is a cursor: resuming after it yields exactly the rest
+        for i, entry in enumerate(top):
+            cursor = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            rest = [e async for e in backend.iter_entries(prefix, start_after=cursor)]
+            assert names(rest) == names(top[i + 1 :]), cursor
+        inside = [e async for e in backend.iter_entries(prefix, start_after=prefix + "a/2/x")]
+        assert names(inside) == ["a0/", "b", "c/", "d"]  # a cursor inside a folder skips the folder
+        with pytest.raises(InvalidKeyError):
+            [e async for e in backend.iter_entries("../")]
 
     async def test_list_prefix_is_validated(self, backend: StorageBackend) -> None:
         for bad in ("../", "/etc", "a//", "..\\"):
