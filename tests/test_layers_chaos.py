@@ -188,10 +188,14 @@ async def test_resume_of_a_changed_object_ends_the_read_at_once(error_rate: floa
     await memory.put_object("k", v1)
     stack = chaos_stack(memory, seed=3, error_rate=error_rate, cut_rate=1.0)
     got = bytearray()
-    with pytest.raises(PreconditionFailedError, match="changed during the read") as exc:
+
+    async def read() -> None:
         async with await stack.open("k") as dl:
             async for chunk in dl:
                 got.extend(chunk)
+
+    with pytest.raises(PreconditionFailedError, match="changed during the read") as exc:
+        await read()
     assert not isinstance(exc.value, TransientError)
     assert memory.resumes == 1, "the doomed if_match request was resent"
     assert v1.startswith(bytes(got)) and len(got) < len(v1)
