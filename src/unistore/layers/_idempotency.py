@@ -126,8 +126,10 @@ class Idempotency(Layer):
     another digest raises :class:`IdempotencyKeyReusedError`. A failed write
     releases its lease. Expired records are removed by :meth:`sweep` (at most
     ``sweep_limit`` records examined per call, continuing where the previous
-    one stopped), which a keyed write starts in the background once every
-    ``sweep_interval`` seconds (``None``: only when called). The body is
+    one stopped); a keyed write starts a background pass over all records,
+    ``sweep_limit`` at a time, once every ``sweep_interval`` seconds (``None``:
+    only when :meth:`sweep` is called), so an expired record outlives its
+    expiry by about ``sweep_interval`` plus one pass. The body is
     hashed before anything is written: bytes directly, a path or seekable file
     by reading it once more, other streams by spooling them to a temporary
     file (in memory up to 8 MiB), which also makes them replayable for Retry
@@ -312,11 +314,15 @@ class Idempotency(Layer):
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_quietly())
 
     async def _sweep_quietly(self) -> int:
+        """One pass over every record, ``sweep_limit`` at a time."""
+        removed = 0
         try:
-            return await self.sweep()
-        except Exception:  # a store hiccup: the next sweep tries again
+            removed += await self.sweep()
+            while self._cursor is not None:
+                removed += await self.sweep()
+        except Exception:  # a store hiccup: the next pass tries again
             LOGGER.warning("sweeping expired idempotency records failed", exc_info=True)
-            return 0
+        return removed
 
     async def aclose(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
