@@ -278,9 +278,10 @@ def test_records_are_swept_by_the_service(tmp_path: Path) -> None:
 def test_a_replay_after_a_delete_is_410_not_a_stale_201(tmp_path: Path) -> None:
     """(d) The write took effect once; after a delete, a replay says so (410) and does not resurrect it."""
     backend = LocalBackend(base_path=str(tmp_path), fsync=False)
-    with running_server(create_app(backend, settings=ServiceSettings(auth=False))) as url, httpx.Client(
-        base_url=url
-    ) as c:
+    with (
+        running_server(create_app(backend, settings=ServiceSettings(auth=False))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
         op = {"idempotency-key": "op-1"}
         first = c.put("/v1/objects/once", content=b"v", headers=op)
         assert first.status_code == 201
