@@ -194,6 +194,37 @@ async def test_a_lapsed_lease_is_taken_over_by_exactly_one_writer() -> None:
     assert all(r is None or r.etag == current.etag for r in results) and any(results)
 
 
+class Stalling(MemoryBackend):
+    """A memory store whose writes wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> ObjectInfo:
+        self.started.set()
+        await self.release.wait()
+        return await super().put_object(key, body, **kw)
+
+
+async def test_a_writer_that_loses_its_lease_abandons_its_write() -> None:
+    """If another process took the lease over (this one stalled past it), the heartbeat notices
+    and the write is cancelled before it takes effect, so two writers never both run."""
+    data, records = Stalling(), MemoryBackend()
+    layer = Idempotency(data, store=records, lease=0.3)
+    with idempotency_key("k"):
+        write = asyncio.ensure_future(layer.put_object("obj", b"v"))
+        await data.started.wait()
+        (record_key,) = [k async for k in records.iter_keys()]
+        await records.put_object(record_key, b'{"state": "pending", "digest": "x", "expires": 0}')  # taken over
+        with pytest.raises(IdempotencyInProgressError, match="lease"):
+            await asyncio.wait_for(write, 5)
+    data.release.set()
+    await asyncio.sleep(0.01)
+    assert not await data.exists("obj")
+
+
 def test_two_tenants_with_the_same_key_never_collide() -> None:
     """(b) Two tokens with the default subject but different prefixes, the same Idempotency-Key:
     both writes happen (no 422, no oracle); within one token the key still deduplicates."""
