@@ -340,36 +340,52 @@ class Idempotency(Layer):
 class _Lease:
     """Our pending record while the write runs: renewed on a heartbeat, then finished or released."""
 
-    __slots__ = ("digest", "etag", "key", "layer")
+    __slots__ = ("digest", "etag", "key", "layer", "lost")
 
     def __init__(self, layer: Idempotency, key: str, etag: str, digest: str) -> None:
         self.layer, self.key, self.etag, self.digest = layer, key, etag, digest
+        self.lost = False
 
     async def hold(self, write: Awaitable[ObjectInfo]) -> ObjectInfo:
-        """Run ``write``, renewing the lease every ``lease / 3`` s; lose the lease and the write is cancelled."""
-        layer = self.layer
-        task = asyncio.ensure_future(write)
+        """Await ``write``, renewing the lease every ``lease / 3`` s; lose the lease and the write is cancelled.
+
+        The heartbeat starts only after the first period, so a quick write costs one timer.
+        """
+        loop, writer = asyncio.get_running_loop(), asyncio.current_task()
+        assert writer is not None
+        beats: list[asyncio.Task[None]] = []
+        timer = loop.call_later(self.layer.lease / 3, lambda: beats.append(loop.create_task(self._beat(writer))))
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=layer.lease / 3)
-                if done:
-                    return task.result()
-                record = {"state": "pending", "digest": self.digest, "expires": layer._clock() + layer.lease}
-                try:
-                    self.etag = (await layer.store.put_object(self.key, _dump(record), mode=IfMatch(self.etag))).etag
-                except (PreconditionFailedError, NotFoundError):
-                    raise IdempotencyInProgressError(
-                        "the lease on this idempotency key was lost (taken over after it lapsed); write abandoned",
-                        retry_after=layer.lease,
-                        operation="put",
-                    ) from None
-                except TransientError:
-                    LOGGER.warning("renewing an idempotency lease failed; trying again", exc_info=True)
+            return await write
+        except asyncio.CancelledError:
+            if not self.lost:
+                raise
+            writer.uncancel()
+            raise IdempotencyInProgressError(
+                "the lease on this idempotency key was lost (taken over after it lapsed); write abandoned",
+                retry_after=self.layer.lease,
+                operation="put",
+            ) from None
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            timer.cancel()
+            for beat in beats:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+
+    async def _beat(self, writer: asyncio.Task[Any]) -> None:
+        layer = self.layer
+        while True:
+            record = {"state": "pending", "digest": self.digest, "expires": layer._clock() + layer.lease}
+            try:
+                self.etag = (await layer.store.put_object(self.key, _dump(record), mode=IfMatch(self.etag))).etag
+            except (PreconditionFailedError, NotFoundError):
+                self.lost = True
+                writer.cancel()
+                return
+            except StorageError:
+                LOGGER.warning("renewing an idempotency lease failed; trying again", exc_info=True)
+            await asyncio.sleep(layer.lease / 3)
 
     async def finish(self, info: ObjectInfo) -> None:
         layer = self.layer
