@@ -53,13 +53,14 @@ _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+)")
 
 
 def _error_classes() -> dict[str, type[StorageError]]:
-    from ..layers import IdempotencyInProgressError, IdempotencyKeyReusedError
+    from ..layers import IdempotencyInProgressError, IdempotencyKeyReusedError, IdempotencyReplayGoneError
 
     found: dict[str, type[StorageError]] = {
         name: getattr(_errors, name) for name in _errors.__all__ if name not in ("StorageError",)
     }
     found["IdempotencyInProgressError"] = IdempotencyInProgressError
     found["IdempotencyKeyReusedError"] = IdempotencyKeyReusedError
+    found["IdempotencyReplayGoneError"] = IdempotencyReplayGoneError
     found["UnauthorizedError"] = PermissionDeniedError  # the service's 401, as a client sees it
     return found
 

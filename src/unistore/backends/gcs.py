@@ -204,8 +204,9 @@ class GCSBackend(BaseBackend):
         try:
             if r.status_code not in (200, 206):
                 await r.aread()
-                if r.status_code == 416 and range is not None and "ifGenerationMatch" not in params:
-                    await self.head(key)  # 416 on a missing object would hide the 404
+                if r.status_code == 416 and range is not None:
+                    # A 416 must not hide a 404, nor a 412/304 (preconditions come first, RFC 9110 §13.2.2).
+                    check_read_conditions(await self.head(key), if_match, if_none_match, self.name)
                 raise_for(r, "open", key)
             info, start, end = info_from_media(key, r)
             # The one response is the version served: check the conditions against it too.

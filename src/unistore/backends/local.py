@@ -67,6 +67,7 @@ from .._base import (
 from .._errors import (
     ConfigurationError,
     InvalidKeyError,
+    InvalidRangeError,
     NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
@@ -370,7 +371,15 @@ class LocalBackend(BaseBackend):
     ) -> Download:
         validate_key(key)
         chunk = self.settings.chunk_size
-        opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        try:
+            opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        except InvalidRangeError:
+            if if_match is None and if_none_match is None:
+                raise
+            # Preconditions come before Range (RFC 9110 §13.2.2): a 412/304 wins over the 416.
+            looked, _, _ = await self._run("open", key, self._open_sync, key, None, -1)
+            check_read_conditions(_as_info(key, looked.info), if_match, if_none_match, self.name)
+            raise
         info = _as_info(key, opened.info)
         try:
             check_read_conditions(info, if_match, if_none_match, self.name)

@@ -7,8 +7,9 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
   UTF-8) are stored with it; ``If-None-Match: *`` makes it create-only and
   ``If-Match: "etag"`` conditional (412); ``Content-MD5`` and ``Repr-Digest``
   (RFC 9530, sha-256/sha-512) are verified while streaming (400, nothing stored);
-  ``Idempotency-Key`` makes a replay return the first response without a second
-  write; a body over ``max_body_size`` is 413. 201 with the object info and ``ETag``.
+  ``Idempotency-Key`` (scoped to the token) makes a replay return the first response
+  without a second write (410 if the object was deleted since); a body over
+  ``max_body_size`` is 413. 201 with the object info and ``ETag``.
 - ``GET``/``HEAD /v1/objects/{key}``: the object, streamed, with ``Range`` (206/416),
   ``ETag``, ``If-None-Match`` (304), ``If-Match`` (412), metadata as ``X-Meta-*``.
 - ``DELETE /v1/objects/{key}``: ``{"deleted": true|false}``; honours ``If-Match``.

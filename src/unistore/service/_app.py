@@ -39,13 +39,17 @@ def _registry() -> Any:
     return CollectorRegistry()
 
 
-async def _sweep_every(sessions: UploadSessions, interval: float) -> None:
+async def _sweep_every(sessions: UploadSessions, records: Idempotency, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
             await sessions.sweep(limit=1000)
         except Exception:  # a store hiccup must not end the timer
             LOGGER.exception("sweeping expired upload sessions failed")
+        try:
+            await records.sweep(limit=1000)
+        except Exception:
+            LOGGER.exception("sweeping expired idempotency records failed")
 
 
 def _native_uploads(backend: StorageBackend) -> Any:
@@ -72,17 +76,16 @@ def create_app(
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
     wrapped as ``Observe → Idempotency → backend``; idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
-    upload sessions. ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``)
-    are called with an event when an upload completes.
+    upload sessions; expired ones are swept on the upload sweep timer too.
+    ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``) are called with
+    an event when an upload completes.
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
     registry = _registry()
     state = StateStore(raw)
-    storage: StorageBackend = Observe(
-        Idempotency(raw, store=state, ttl=settings.idempotency_ttl),
-        metrics=registry if registry is not None else False,
-    )
+    records = Idempotency(raw, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
+    storage: StorageBackend = Observe(records, metrics=registry if registry is not None else False)
     ctx = ServiceContext.build(storage, settings)
 
     app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.")
@@ -116,7 +119,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         # Expired sessions are swept on a timer too, so stale store-side uploads go even when none are created.
-        sweeper = asyncio.create_task(_sweep_every(sessions, settings.upload_sweep_interval))
+        sweeper = asyncio.create_task(_sweep_every(sessions, records, settings.upload_sweep_interval))
         try:
             async with original(a) as state_:
                 yield state_

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ from .._types import IfMatch, ObjectInfo, WriteMode
 from ..fastapi import serve_object
 from ..layers import idempotency_key
 from ._access import ServiceContext
+from ._auth import Grant
 from ._digests import expected_digests, verified_body
 from ._state import is_internal
 
@@ -111,6 +113,14 @@ def check_length(request: Request, limit: int, key: str) -> None:
         raise QuotaExceededError(f"request body is larger than {limit} bytes", key=key, operation="put")
 
 
+def idempotency_scope(grant: Grant, *, authenticated: bool) -> str:
+    """Whose ``Idempotency-Key`` values these are: the verified token's subject and prefix, or
+    ``anonymous`` with auth off. Tokens for different subjects or prefixes never share a key."""
+    if not authenticated:
+        return "anonymous"
+    return "token:" + json.dumps([grant.subject, grant.prefix])
+
+
 def objects_router(ctx: ServiceContext) -> APIRouter:
     """The routes over ``ctx.storage``."""
     router = APIRouter(prefix="/v1")
@@ -140,7 +150,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
         # Set for every request, with or without a key: a write must never inherit a key
         # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
-        with idempotency_key(f"{grant.subject}\n{op_id}" if op_id is not None else None):
+        with idempotency_key(op_id, scope=idempotency_scope(grant, authenticated=ctx.authority is not None)):
             info = await storage.put_object(key, body, **options)
         return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
 

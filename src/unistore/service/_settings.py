@@ -25,6 +25,8 @@ class ServiceSettings:
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
     page. ``idempotency_ttl`` is how long a recorded write answers a replay;
+    ``idempotency_lease`` how long a write in progress holds its key without a
+    heartbeat (a replica that dies mid-write frees the key after at most this);
     ``upload_ttl`` how long an upload session lives, and every
     ``upload_sweep_interval`` seconds expired ones are swept. ``webhooks`` are URLs that
     receive each completion event as signed JSON (HMAC with ``webhook_secret``,
@@ -40,6 +42,7 @@ class ServiceSettings:
     global_burst: int | None = None
     max_list_limit: int = 1000
     idempotency_ttl: float = 24 * 3600.0
+    idempotency_lease: float = 30.0
     max_token_lifetime: int = 7 * 24 * 3600
     upload_ttl: float = 24 * 3600.0
     upload_sweep_interval: float = 600.0
@@ -66,9 +69,11 @@ class ServiceSettings:
         for url in self.webhooks:
             if not url.startswith(("http://", "https://")):
                 raise ConfigurationError(f"webhook URL must be http(s): {url!r}")
-        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl, self.upload_sweep_interval) <= 0:
+        durations = (self.idempotency_ttl, self.idempotency_lease, self.max_token_lifetime, self.upload_ttl)
+        if min(*durations, self.upload_sweep_interval) <= 0:
             raise ConfigurationError(
-                "idempotency_ttl, max_token_lifetime, upload_ttl and upload_sweep_interval must be > 0"
+                "idempotency_ttl, idempotency_lease, max_token_lifetime, upload_ttl and upload_sweep_interval "
+                "must be > 0"
             )
 
     def __repr__(self) -> str:
@@ -82,7 +87,8 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
-        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
+        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
+        ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
         ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``.
         Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
@@ -103,6 +109,8 @@ class ServiceSettings:
             "token_burst": int,
             "global_rate": float,
             "global_burst": int,
+            "idempotency_ttl": float,
+            "idempotency_lease": float,
             "upload_ttl": float,
             "upload_sweep_interval": float,
         }

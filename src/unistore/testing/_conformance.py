@@ -377,6 +377,21 @@ class BackendConformance:
             await backend.open(key, if_none_match=f'"{info.etag}"')
         assert await (await backend.open(key, if_none_match="other")).read() == b"data"
 
+    async def test_preconditions_before_range(self, backend: StorageBackend, prefix: str) -> None:
+        """RFC 9110 §13.2.2: If-Match / If-None-Match are evaluated before Range, so a range
+        past the end of a shorter new version is a 412 / 304 for the old / new etag, not a 416."""
+        if not (backend.capabilities.conditional_get and backend.capabilities.ranges):
+            pytest.skip("needs conditional_get and ranges")
+        key = prefix + "shrunk"
+        old = await backend.put_object(key, os.urandom(200_000))
+        new = await backend.put_object(key, os.urandom(100_000))
+        with pytest.raises(PreconditionFailedError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_match=old.etag)
+        with pytest.raises(NotModifiedError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_none_match=new.etag)
+        with pytest.raises(InvalidRangeError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_match=new.etag)
+
     async def test_concurrent_overwrites_never_mix(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "mix"
         bodies = [bytes([i]) * 300_000 for i in range(8)]
