@@ -42,6 +42,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     normalize_metadata,
 )
@@ -258,7 +259,7 @@ class HttpBackend(BaseBackend):
             self,
             key,
             os.fspath(path),
-            content_type=content_type,
+            content_type=check_content_type(content_type),
             metadata=normalize_metadata(metadata),
             state_dir=state_dir,
             part_size=s.upload_part_size,
@@ -310,8 +311,10 @@ class HttpBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         headers = {f"X-Meta-{k}": quote(v, safe="") for k, v in normalize_metadata(metadata).items()}
+        content_type = check_content_type(content_type)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         for name, value in (
-            ("Content-Type", content_type),
             ("Cache-Control", cache_control),
             ("Content-Disposition", content_disposition),
         ):
