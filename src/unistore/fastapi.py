@@ -43,6 +43,7 @@ logger = logging.getLogger("unistore")
 HEALTH_PATH = "/_ops/health"
 HEALTH_TIMEOUT = 5.0
 
+
 def add_storage(
     app: FastAPI,
     backend: StorageBackend | None = None,
