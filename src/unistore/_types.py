@@ -30,6 +30,7 @@ __all__ = [
     "check_content_type",
     "check_header_value",
     "guess_content_type",
+    "is_metadata_name",
     "normalize_metadata",
     "parse_http_range",
 ]
@@ -201,6 +202,11 @@ Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | IO[byt
 MetadataInput: TypeAlias = Mapping[str, "str | int | float | bool"]
 
 _META_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+
+
+def is_metadata_name(name: str) -> bool:
+    """Whether ``name`` follows the metadata name rule (so it is also a valid header name)."""
+    return _META_NAME.fullmatch(name) is not None
 
 
 def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:

@@ -33,7 +33,7 @@ from ._errors import (
 from ._keys import validate_key
 from ._mime import check_content_type, inline_safe
 from ._signing import UrlSigner
-from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, parse_http_range
+from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
 
 __all__ = ["Storage", "add_storage", "get_storage", "storage_error_response"]
@@ -188,8 +188,9 @@ def content_disposition(kind: str, key: str) -> str:
 def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = False) -> dict[str, str]:
     """Headers describing ``info`` for a served response (safe for untrusted content).
 
-    ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry, the
-    value percent-encoded UTF-8 (RFC 3986 §2.1) so any text survives a header.
+    ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry whose name
+    follows the metadata name rule, the value percent-encoded UTF-8 (RFC 3986 §2.1) so
+    any text survives a header.
 
     Only types a browser shows without running anything (:data:`unistore._mime.INLINE_SAFE`,
     judged as a browser reads the header) may be inline; every other type, and a
@@ -217,7 +218,8 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     headers["Cache-Control"] = _cache_control(info)
     if meta_headers:
         for name, value in info.metadata.items():
-            headers[f"X-Meta-{name}"] = quote(value, safe="")
+            if is_metadata_name(name):  # a name planted by another tool may be no header name at all
+                headers[f"X-Meta-{name}"] = quote(value, safe="")
     return headers
 
 

@@ -278,6 +278,21 @@ def test_range_header_digits_and_spaces_are_ascii_only(header: str) -> None:
         parse_http_range(header)
 
 
+def test_stored_metadata_names_that_are_no_header_names_never_break_a_response() -> None:
+    from unistore import ObjectInfo
+    from unistore.backends.memory import _Entry
+
+    backend = MemoryBackend()
+    meta = {"a b": "1", "c\nd": "2", "x:y": "3", "ok": "4"}  # planted by another tool (GCS allows such names)
+    info = ObjectInfo("m.txt", 1, "e1", datetime.now(UTC), content_type="text/plain", metadata=meta)
+    backend._objects["m.txt"] = _Entry(b"x", info)
+    with running_server(create_app(backend, settings=OPEN)) as url, httpx.Client(base_url=url) as c:
+        r = c.get("/v1/objects/m.txt")
+        assert (r.status_code, r.content) == (200, b"x")
+        assert r.headers["x-meta-ok"] == "4"
+        assert not [h for h in r.headers if h.startswith("x-meta-") and h != "x-meta-ok"]
+
+
 # --- write time: the library, on every backend --------------------------------------------------
 
 
