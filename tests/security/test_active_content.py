@@ -692,7 +692,7 @@ def chromium_run(seaweed: S3Server) -> Iterator[BrowserRun]:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS, timeout=20_000)
             try:
                 context = browser.new_context(accept_downloads=False)
-                context.set_default_timeout(5_000)
+                context.set_default_timeout(10_000)
                 page = context.new_page()
                 for url in urls.values():
                     try:
