@@ -10,8 +10,9 @@ exponential backoff and full jitter, never sooner than the service's
 set, else a fresh one per call), so a retried write takes effect once.
 
 Deviations: a stored ``cache_control`` that is unset reads back as the
-service's default policy, and the service may force ``Content-Disposition``
-to an attachment for active content types; ``sign_url`` asks the service,
+service's default policy, and the service forces ``Content-Disposition`` to an
+attachment for every type it does not show inline (all but inert types such as
+text, images, audio and video); ``sign_url`` asks the service,
 which checks that the object exists.
 """
 
