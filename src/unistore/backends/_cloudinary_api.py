@@ -210,7 +210,7 @@ def parse_context(text: str) -> dict[str, str]:
 
 
 _CROPS = ("scale", "fit", "limit", "mfit", "fill", "lfill", "pad", "lpad", "mpad", "crop", "thumb")
-_WORD = re.compile(r"^[a-z0-9_:]+$")
+_WORD = re.compile(r"[a-z0-9_:]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +246,7 @@ class Transform:
             raise InvalidArgumentError("transform quality must be 1..100 or 'auto'")
         for name in ("gravity", "format"):
             value = getattr(self, name)
-            if value is not None and not _WORD.match(value):
+            if value is not None and not _WORD.fullmatch(value):
                 raise InvalidArgumentError(f"transform {name} {value!r} is not a Cloudinary value")
         if not any(getattr(self, f) is not None for f in ("width", "height", "crop", "gravity", "format", "quality")):
             raise InvalidArgumentError("an empty transform: give at least one of width, height, crop, format...")

@@ -219,13 +219,13 @@ def _canonical_query(query: Mapping[str, str] | None) -> str:
 
 # --- metadata values ----------------------------------------------------------------------
 
-_PLAIN = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+_PLAIN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 def encode_meta(value: str) -> str:
     """A metadata value as an ASCII header value; anything else as RFC 2047 ``=?UTF-8?B?…?=``,
     the form S3 itself uses for non-ASCII metadata."""
-    if value and _PLAIN.match(value) and not value.startswith("=?"):
+    if value and _PLAIN.fullmatch(value) and not value.startswith("=?"):
         return value
     return "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
 

@@ -45,6 +45,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -298,7 +299,7 @@ class CloudinaryBackend(BaseBackend):
                 "Cloudinary has no atomic conditional writes", key=key, backend=self.name, operation="put"
             )
         meta = normalize_metadata(metadata)
-        ctype = check_header_value("content_type", content_type) or guess_content_type(key)
+        ctype = check_content_type(content_type) or guess_content_type(key)
         context = asset_context(
             meta,
             ctype,

@@ -34,6 +34,7 @@ from .._types import (
     Range,
     SuffixRange,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -246,7 +247,7 @@ class GCSBackend(BaseBackend):
         validate_key(key)
         resource: dict[str, Any] = {
             "name": self._name(key),
-            "contentType": check_header_value("content_type", content_type) or guess_content_type(key),
+            "contentType": check_content_type(content_type) or guess_content_type(key),
             "metadata": normalize_metadata(metadata),
         }
         if check_header_value("cache_control", cache_control) is not None:

@@ -10,8 +10,9 @@ exponential backoff and full jitter, never sooner than the service's
 set, else a fresh one per call), so a retried write takes effect once.
 
 Deviations: a stored ``cache_control`` that is unset reads back as the
-service's default policy, and the service may force ``Content-Disposition``
-to an attachment for active content types; ``sign_url`` asks the service,
+service's default policy, and the service forces ``Content-Disposition`` to an
+attachment for every type it does not show inline (all but inert types such as
+text, images, audio and video); ``sign_url`` asks the service,
 which checks that the object exists.
 """
 
@@ -42,6 +43,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     normalize_metadata,
 )
@@ -258,7 +260,7 @@ class HttpBackend(BaseBackend):
             self,
             key,
             os.fspath(path),
-            content_type=content_type,
+            content_type=check_content_type(content_type),
             metadata=normalize_metadata(metadata),
             state_dir=state_dir,
             part_size=s.upload_part_size,
@@ -310,8 +312,10 @@ class HttpBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         headers = {f"X-Meta-{k}": quote(v, safe="") for k, v in normalize_metadata(metadata).items()}
+        content_type = check_content_type(content_type)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         for name, value in (
-            ("Content-Type", content_type),
             ("Cache-Control", cache_control),
             ("Content-Disposition", content_disposition),
         ):

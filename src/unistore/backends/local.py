@@ -82,6 +82,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -423,7 +424,7 @@ class LocalBackend(BaseBackend):
         validate_key(key)
         guessed = guess_content_type(key)
         meta: dict[str, Any] = {
-            "ct": check_header_value("content_type", content_type) or guessed,
+            "ct": check_content_type(content_type) or guessed,
             "meta": normalize_metadata(metadata),
             "cc": check_header_value("cache_control", cache_control),
             "cd": check_header_value("content_disposition", content_disposition),

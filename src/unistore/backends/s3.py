@@ -44,6 +44,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -231,7 +232,7 @@ class S3Backend(BaseBackend):
         content_disposition: str | None,
     ) -> tuple[dict[str, str], str, dict[str, str]]:
         meta = normalize_metadata(metadata)
-        ctype = check_header_value("content_type", content_type) or guess_content_type(key)
+        ctype = check_content_type(content_type) or guess_content_type(key)
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
         headers = {"content-type": ctype, **self._write_extra}

@@ -18,7 +18,7 @@ from starlette.types import Message, Receive
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
-from .._types import IfMatch, ObjectInfo, WriteMode
+from .._types import IfMatch, ObjectInfo, WriteMode, check_content_type
 from ..fastapi import serve_object
 from ..layers import idempotency_key
 from ._access import ServiceContext
@@ -26,7 +26,7 @@ from ._auth import Grant
 from ._digests import expected_digests, verified_body
 from ._state import is_internal
 
-__all__ = ["check_length", "info_json", "objects_router", "request_body"]
+__all__ = ["check_length", "content_type_header", "info_json", "objects_router", "request_body"]
 
 _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 _FORM = {
@@ -106,6 +106,14 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidArgumentError("invalid cursor") from None
 
 
+def content_type_header(request: Request) -> str | None:
+    """The request's one ``Content-Type``, checked before the body is read (400 for a list or junk)."""
+    values = request.headers.getlist("content-type")
+    if len(values) > 1:
+        raise InvalidArgumentError("send one Content-Type header, not several", operation="put")
+    return check_content_type(values[0]) if values else None
+
+
 def check_length(request: Request, limit: int, key: str) -> None:
     """413 from ``Content-Length`` alone, before a byte of the body is read."""
     length = request.headers.get("content-length")
@@ -132,6 +140,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         grant = ctx.check(request, "write", key)
         validate_key(key)
         check_length(request, ctx.settings.max_body_size, key)
+        content_type = content_type_header(request)
         body = verified_body(
             request_body(request),
             expected=expected_digests(request.headers),
@@ -139,7 +148,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             key=key,
         )
         options: dict[str, Any] = dict(
-            content_type=request.headers.get("content-type"),
+            content_type=content_type,
             metadata=metadata_from_headers(request),
             mode=write_mode(request),
             cache_control=request.headers.get("cache-control"),
@@ -219,7 +228,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
                 raise InvalidArgumentError("the form's key field must be text", operation="put")
             name = key or file.filename or "upload"
             grant.require("write", name)
-            info = await storage.put_object(name, file, content_type=file.content_type)
+            info = await storage.put_object(name, file, content_type=check_content_type(file.content_type))
         finally:
             await form.close()
         url = await storage.sign_url(name)

@@ -137,7 +137,7 @@ class FakeCloudinary:
         pid = params.get("public_id") or hashlib.sha1(data).hexdigest()[:20]
         content_range = request.headers.get("content-range")
         if content_range:
-            m = re.match(r"bytes (\d+)-(\d+)/(\d+)$", content_range)
+            m = re.fullmatch(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)", content_range)
             upload_id = request.headers.get("x-unique-upload-id")
             if not m or not upload_id:
                 return _error(400, "Invalid Content-Range or missing X-Unique-Upload-Id")
@@ -266,7 +266,7 @@ class FakeCloudinary:
         m = re.match(r"s--([A-Za-z0-9_-]{8})--/", rest)
         if m:
             signature, rest = f"s--{m.group(1)}--", rest[m.end() :]
-        m = re.match(r"(?:(.*)/)?v(\d+)/(.+)$", rest)
+        m = re.fullmatch(r"(?:(.*)/)?v([0-9]+)/(.+)", rest, re.DOTALL)
         if not m:
             return _error(404, "Resource not found")
         transformation, source = m.group(1) or "", m.group(3)
@@ -296,7 +296,7 @@ class FakeCloudinary:
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = f'"{hashlib.md5(data).hexdigest()}"'
         rng = request.headers.get("range")
-        m = re.match(r"bytes=(\d*)-(\d*)$", rng or "")
+        m = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", rng or "")
         if not m or (m.group(1) == "" and m.group(2) == ""):
             return Response(data, headers=headers, media_type="application/octet-stream")
         if m.group(1) == "":

@@ -207,8 +207,16 @@ class BackendConformance:
         bad: list[dict[str, Any]] = [
             {"content_type": "text/plain\r\nSet-Cookie: x=1"},
             {"content_type": "tëxt/plain"},
+            {"content_type": "text/html\n"},
+            {"content_type": "text/plain, text/html"},  # a browser reads a list's last type: text/html
+            {"content_type": "text/plain;,text/html"},
+            {"content_type": "text/html, */*"},
+            {"content_type": "*/*"},
+            {"content_type": "not a type"},
             {"cache_control": "public\nX: 1"},
+            {"cache_control": "no-cache\n"},
             {"content_disposition": "inline\r\n"},
+            {"content_disposition": "inline\n"},
         ]
         for kwargs in bad:
             with pytest.raises(InvalidArgumentError):
