@@ -4,9 +4,10 @@
   earlier names), with top-level ``await``, in a fresh directory, with no ``STORAGE_*`` or
   ``UNISTORE_*`` variables from the machine.
 - ```` ```bash ```` blocks of one page run in order in one fresh directory, each under
-  ``bash -euo pipefail``, with the project's ``unistore`` on ``PATH`` and ``PORT`` set to a free port; ``make`` lines are checked
-  with ``make -n`` in the project root (running them for real is what CI does); processes a
-  block starts in the background are stopped when it ends.
+  ``bash -euo pipefail``, with the project's ``unistore`` on ``PATH`` and ``PORT`` set to a
+  free port; ``make`` lines are checked with ``make -n`` in the project root (running them
+  for real is what CI does); processes a block starts in the background are stopped when it
+  ends.
 - Other fences (```` ```text ````, plain ```` ``` ````) show output or wire formats, not code.
 """
 
