@@ -21,7 +21,7 @@ from .._base import StorageBackend
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
 from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
-from ._metrics import Metrics, metrics_for
+from ._metrics import KEY_LABELS, Metrics, metrics_for
 from ._retry import Retry, RetryEvent
 
 __all__ = ["HotKeys", "Observe", "request_context"]
@@ -116,7 +116,10 @@ class Observe(Layer):
     ``unistore_retries_total``, ``unistore_bytes_total`` (direction in/out),
     ``unistore_requests_in_flight``, ``unistore_multipart_part_failures_total``
     (parts of multipart uploads that failed, from stores that report them), ``unistore_hot_key_requests`` (top
-    ``hot_keys`` keys over ``hot_window`` seconds). ``tracer``: an OpenTelemetry
+    ``hot_keys`` keys over ``hot_window`` seconds, labelled as ``hot_key_labels`` says: ``"hash"`` by
+    default, so no key name is exported, else ``"prefix"`` or ``"raw"``; see
+    :func:`~unistore.layers._metrics.key_label`). ``hot_tracker`` replaces the
+    in-process :class:`HotKeys` (e.g. one shared by replicas). ``tracer``: an OpenTelemetry
     ``Tracer``, ``True`` (the global one), or ``False``/``None`` (off). A span
     per operation, current while it runs, so spans below are its children.
     ``logger`` gets one JSON line per operation at ``log_level`` (when enabled)
@@ -135,19 +138,23 @@ class Observe(Layer):
         hot_keys: int = 10,
         hot_window: float = 60.0,
         hot_threshold: int | None = None,
+        hot_key_labels: str = "hash",
+        hot_tracker: HotKeys | None = None,
     ) -> None:
         super().__init__(inner)
+        if hot_key_labels not in KEY_LABELS:
+            raise ConfigurationError(f"hot_key_labels must be one of {', '.join(KEY_LABELS)}")
         self._backend = inner.name
         self._metrics: Metrics | None = metrics_for(metrics)
         self._tracer = _tracer(tracer)
         self._logger = logger or LOGGER
         self._level = log_level
-        self._hot = HotKeys(hot_window) if hot_keys > 0 else None
+        self._hot = (hot_tracker or HotKeys(hot_window)) if hot_keys > 0 else None
         self.hot_keys = hot_keys
         self.hot_threshold = hot_threshold
         self._children = self._metrics.bind(self._backend) if self._metrics is not None else None
         if self._metrics is not None and self._hot is not None:
-            self._metrics.add_hot_keys(self._backend, self._hot, hot_keys)
+            self._metrics.add_hot_keys(self._backend, self._hot, hot_keys, hot_key_labels)
         for layer in self.layers()[1:]:
             if isinstance(layer, Retry):
                 layer.add_listener(self._on_retry)
