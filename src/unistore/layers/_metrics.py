@@ -12,7 +12,7 @@ from .._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._observe import HotKeys
 
-__all__ = ["KEY_LABELS", "BoundMetrics", "Metrics", "key_label", "metrics_for"]
+__all__ = ["BoundMetrics", "KEY_LABELS", "Metrics", "key_label", "metrics_for"]
 
 KEY_LABELS = ("hash", "prefix", "raw")
 

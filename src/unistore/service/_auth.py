@@ -43,7 +43,8 @@ ACTIONS: Final[tuple[Action, ...]] = ("read", "write", "delete", "metrics", "adm
 _VERSION = "ust2"
 _CLOCK_SKEW = 60
 """Seconds a token's issue time may lie ahead of this server's clock (replicas' clocks differ a little)."""
-_SUBJECT = re.compile(r"[A-Za-z0-9@._:+=-]{1,128}(/[A-Za-z0-9@._:+=-]{1,128})*")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9@._:+=-]{0,127}"
+_SUBJECT = re.compile(rf"{_NAME}(/{_NAME})*")
 MAX_SUBJECT = 512
 
 
@@ -103,7 +104,8 @@ def key_id(secret: bytes) -> str:
 def _check_subject(subject: object) -> str:
     if not isinstance(subject, str) or len(subject) > MAX_SUBJECT or not _SUBJECT.fullmatch(subject):
         raise InvalidArgumentError(
-            f"subject must be '/'-separated names of 1..128 letters, digits or @._:+=- (at most {MAX_SUBJECT})"
+            "subject must be '/'-separated names of 1..128 letters, digits or @._:+=-, each starting with"
+            f" a letter or digit (at most {MAX_SUBJECT} characters)"
         )
     return subject
 

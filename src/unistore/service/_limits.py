@@ -26,7 +26,7 @@ from .._errors import RateLimitedError
 from ._auth import Grant
 from ._ops import error_response
 
-__all__ = ["GRANT_STATE", "Buckets", "Limiter", "LimitMiddleware"]
+__all__ = ["Buckets", "GRANT_STATE", "LimitMiddleware", "Limiter"]
 
 GRANT_STATE = "unistore_grant"
 """The ``request.state`` attribute holding the grant the middleware verified."""
