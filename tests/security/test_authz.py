@@ -104,15 +104,16 @@ def test_server_wide_maximum_lifetime_applies_to_issued_and_presented_tokens() -
     settings = ServiceSettings.from_env(env)
     assert settings.max_token_lifetime == 600
     long_lived = TokenAuthority(SECRET).issue(["admin"], expires_in=WEEK, subject="root")  # e.g. minted by the CLI
-    with running_server(create_app(MemoryBackend(), settings=settings)) as url:
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {long_lived}"}) as c:
-            assert c.post("/v1/tokens", json={"actions": ["read"], "expires_in": 601}).status_code == 400
-            r = c.post("/v1/tokens", json={"actions": ["read"], "expires_in": 600})
-            assert r.status_code == 201 and r.json()["expires"] <= time.time() + 600
-            # the long-lived token itself counts only for 600 s after it was issued
-            assert c.put("/v1/objects/x", content=b"x").status_code == 201
-            url_answer = c.get("/v1/urls/x", params={"expires_in": 3600}).json()
-            assert url_answer["expires_in"] <= 600
+    auth = {"authorization": f"Bearer {long_lived}"}
+    with running_server(create_app(MemoryBackend(), settings=settings)) as url, httpx.Client(base_url=url) as c:
+        c.headers.update(auth)
+        assert c.post("/v1/tokens", json={"actions": ["read"], "expires_in": 601}).status_code == 400
+        r = c.post("/v1/tokens", json={"actions": ["read"], "expires_in": 600})
+        assert r.status_code == 201 and r.json()["expires"] <= time.time() + 600
+        # the long-lived token itself counts only for 600 s after it was issued
+        assert c.put("/v1/objects/x", content=b"x").status_code == 201
+        url_answer = c.get("/v1/urls/x", params={"expires_in": 3600}).json()
+        assert url_answer["expires_in"] <= 600
     bounded = TokenAuthority(SECRET, max_lifetime=600)
     issued_earlier = TokenAuthority(SECRET).issue(["read"], expires_in=WEEK, now=time.time() - 700)
     with pytest.raises(UnauthorizedError, match="expired"):
@@ -134,8 +135,7 @@ def test_tokens_carry_a_key_id_and_rotation_has_an_overlap_window() -> None:
     assert minted.split(".")[1] == new_kid != old_kid == old.split(".")[1]  # minted with the new key
     after = ServiceSettings(secret=SECRET)  # the old secret retired: its tokens are revoked
     with running_server(create_app(MemoryBackend(), settings=after)) as url:
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {old}"}) as c:
-            r = c.get("/v1/objects")
+        r = httpx.get(url + "/v1/objects", headers={"authorization": f"Bearer {old}"})
     assert r.status_code == 401 and "retired" in r.json()["error"]["message"]
     with pytest.raises(ConfigurationError):
         ServiceSettings(secret=SECRET, accepted_secrets=(b"short",))

@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -56,6 +57,7 @@ class HotKeys:
     Counting is exact while a slice sees at most ``max_keys`` distinct keys;
     past that, new keys in the slice are not counted (already-counted keys
     still are), which keeps memory bounded and leaves real hot keys visible.
+    Thread-safe, so a metrics exporter thread may read :meth:`top`.
     """
 
     def __init__(self, window: float = 60.0, buckets: int = 6, max_keys: int = 10_000) -> None:
@@ -65,6 +67,7 @@ class HotKeys:
         self._slices: list[dict[str, int]] = [{} for _ in range(buckets)]
         self._index = 0
         self._totals: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _rotate(self, now: float) -> dict[str, int]:
         index = int(now / self.width)
@@ -84,22 +87,24 @@ class HotKeys:
 
     def hit(self, key: str, now: float) -> int:
         """Count one request for ``key``; its count over the window."""
-        current = self._rotate(now)
-        n = current.get(key)
-        if n is None:
-            if len(current) >= self.max_keys:
-                return self._totals.get(key, 0)
-            current[key] = 1
-        else:
-            current[key] = n + 1
-        total = self._totals.get(key, 0) + 1
-        self._totals[key] = total
-        return total
+        with self._lock:
+            current = self._rotate(now)
+            n = current.get(key)
+            if n is None:
+                if len(current) >= self.max_keys:
+                    return self._totals.get(key, 0)
+                current[key] = 1
+            else:
+                current[key] = n + 1
+            total = self._totals.get(key, 0) + 1
+            self._totals[key] = total
+            return total
 
     def top(self, n: int, now: float | None = None) -> list[tuple[str, int]]:
         """The ``n`` keys with the most requests in the window, most first."""
-        self._rotate(time.perf_counter() if now is None else now)
-        return heapq.nlargest(n, self._totals.items(), key=lambda kv: kv[1])
+        with self._lock:
+            self._rotate(time.perf_counter() if now is None else now)
+            return heapq.nlargest(n, self._totals.items(), key=lambda kv: kv[1])
 
 
 class Observe(Layer):
