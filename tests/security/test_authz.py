@@ -193,6 +193,21 @@ def test_metrics_open_off_or_on_a_separate_listener() -> None:
         ServiceSettings(secret=SECRET, metrics_key_labels="keys")
 
 
+def test_http_metrics_have_bounded_method_labels(svc: Svc) -> None:
+    """A client picks the request method: made-up methods must not each become a new time series."""
+    with svc.client() as c:
+        for i in range(30):
+            c.request(f"X{uuid.uuid4().hex[:6].upper()}{i}", "/v1/objects")
+    with svc.client(svc.authority.issue(["admin"])) as c:
+        text = c.get("/metrics").text
+    methods = {
+        line.split('method="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("unistore_http_requests_total{")
+    }
+    assert methods <= {"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "OTHER"} and "OTHER" in methods
+
+
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [("hash", None), ("prefix", "tenant-b/"), ("raw", "tenant-b/report.pdf")],
