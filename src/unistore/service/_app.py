@@ -185,7 +185,7 @@ def create_app(
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if hot is not None:
-            await hot.sync()
+            await hot.sync(max_age=0.5)  # scrapes cost Redis at most two syncs a second
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/tokens", status_code=201)

@@ -74,6 +74,10 @@ class RedisLink:
         self.timeout = timeout
         self.cooldown = cooldown
         self.failures = 0
+        try:
+            import redis.asyncio  # noqa: F401  (checked now, so a missing extra stops the service at startup)
+        except ImportError as exc:
+            raise ConfigurationError("UNISTORE_REDIS_URL needs redis: pip install 'unistore[redis]'") from exc
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._down_until = 0.0
@@ -85,10 +89,8 @@ class RedisLink:
         script = self._scripts.get(source)
         if script is None:
             if self._client is None:
-                try:
-                    import redis.asyncio
-                except ImportError as exc:
-                    raise ConfigurationError("UNISTORE_REDIS_URL needs redis: pip install 'unistore[redis]'") from exc
+                import redis.asyncio
+
                 self._client = redis.asyncio.Redis.from_url(
                     self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
                 )
@@ -175,6 +177,7 @@ class RedisHotKeys(HotKeys):
         self._buckets = buckets
         self._pending: dict[str, int] = {}
         self._global: list[tuple[str, int]] | None = None
+        self._synced = -1.0
 
     def hit(self, key: str, now: float) -> int:
         pending = self._pending
@@ -188,8 +191,15 @@ class RedisHotKeys(HotKeys):
             return local
         return self._global[:n]
 
-    async def sync(self) -> None:
-        """Add the counts since the last sync to Redis and fetch the global top (keeps local on failure)."""
+    async def sync(self, *, max_age: float = 0.0) -> None:
+        """Add the counts since the last sync to Redis and fetch the global top (keeps local on failure).
+
+        Does nothing if the last sync is less than ``max_age`` seconds old.
+        """
+        now = time.monotonic()
+        if now - self._synced < max_age:
+            return
+        self._synced = now
         batch, self._pending = self._pending, {}
         index = int(time.time() // self.width)
         base = f"{self.link.prefix}:hot:{self.name}"
