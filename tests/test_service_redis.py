@@ -124,7 +124,7 @@ def test_two_replicas_over_one_bucket_and_one_redis_hold_one_global_limit(
 
 def test_per_token_buckets_are_shared_by_every_app_on_one_redis(redis: RedisServer) -> None:
     settings = ServiceSettings(
-        secret=SECRET, token_rate=0.5, token_burst=4, redis_url=redis.url, redis_prefix=f"t-{uuid.uuid4().hex[:8]}"
+        secret=SECRET, token_rate=0.2, token_burst=4, redis_url=redis.url, redis_prefix=f"t-{uuid.uuid4().hex[:8]}"
     )
     token = TokenAuthority(SECRET).issue(["read"])
     one, two = create_app(MemoryBackend(), settings=settings), create_app(MemoryBackend(), settings=settings)

@@ -241,12 +241,15 @@ def test_rate_limit_is_per_verified_token_whatever_the_header_spelling() -> None
     variants = [f"{scheme}{' ' * gap}{token}" for scheme in spellings for gap in (1, 2, 3, 4)]
     assert len(set(variants)) == 20
     with running_server(create_app(MemoryBackend(), settings=settings)) as url, httpx.Client(base_url=url) as c:
+        started = time.monotonic()
         codes = [c.get("/v1/objects", headers={"authorization": v}).status_code for v in variants]
-    assert codes.count(200) <= 3 and codes.count(429) >= 17, codes
+        refilled = time.monotonic() - started  # at 1 token a second
+    assert codes[:2] == [200, 200] and codes.count(200) <= 2 + refilled, codes
+    assert set(codes) == {200, 429}
 
 
 def test_requests_without_a_valid_token_spend_their_address_budget_not_the_service_budget() -> None:
-    settings = ServiceSettings(secret=SECRET, token_rate=1, token_burst=2, global_rate=0.5, global_burst=1)
+    settings = ServiceSettings(secret=SECRET, token_rate=0.1, token_burst=2, global_rate=0.1, global_burst=1)
     good = TokenAuthority(SECRET).issue(["read"])
     with running_server(create_app(MemoryBackend(), settings=settings)) as url, httpx.Client(base_url=url) as c:
         codes = [c.get("/v1/objects", headers={"authorization": f"Bearer forged{i}"}).status_code for i in range(6)]
