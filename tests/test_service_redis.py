@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def _hot_value(text: str, key: str) -> float:
 def test_two_replicas_over_one_bucket_and_one_redis_hold_one_global_limit(
     seaweed: S3Server, redis: RedisServer, tmp_path: Path
 ) -> None:
-    rate, burst = 5, 5
+    rate, burst = 2, 2
     env = {
         **seaweed.env(prefix=f"redis-{uuid.uuid4().hex[:8]}/"),
         "UNISTORE_SECRET": SECRET.decode(),
@@ -89,29 +90,35 @@ def test_two_replicas_over_one_bucket_and_one_redis_hold_one_global_limit(
     }
     authority = TokenAuthority(SECRET)
     key = "hot/doc.txt"
+    clients = 6
     with replicas(env, tmp_path) as urls:
-        headers = [{"authorization": "Bearer " + authority.issue(["admin"], subject=f"c{i}")} for i in range(4)]
-        started = time.monotonic()
-        duration = 2.0
+        headers = [{"authorization": "Bearer " + authority.issue(["admin"], subject=f"c{i}")} for i in range(clients)]
+        codes: list[int] = []
+        stop = threading.Event()
 
-        def hammer(i: int) -> list[int]:
-            codes = []
-            with httpx.Client(headers=headers[i], timeout=10) as c:
-                n = 0
-                while time.monotonic() - started < duration:
-                    codes.append(c.get(f"{urls[(i + n) % 2]}/v1/objects/{key}").status_code)
+        def hammer(i: int) -> None:
+            with httpx.Client(headers=headers[i], timeout=20) as c:
+                n = i
+                while not stop.is_set():
+                    codes.append(c.get(f"{urls[n % 2]}/v1/objects/{key}").status_code)
                     n += 1
-            return codes
 
-        with ThreadPoolExecutor(4) as pool:
-            codes = [code for result in pool.map(hammer, range(4)) for code in result]
+        started = time.monotonic()
+        with ThreadPoolExecutor(clients) as pool:
+            for i in range(clients):
+                pool.submit(hammer, i)
+            # at least 3 s, and enough requests to ask for far more than twice the budget (a loaded machine is slow)
+            while time.monotonic() - started < 3 or (len(codes) < 60 and time.monotonic() - started < 20):
+                time.sleep(0.05)
+            stop.set()
         elapsed = time.monotonic() - started
-        admitted = codes.count(404)  # the object does not exist: admitted requests reach the store
-        assert set(codes) == {404, 429}, codes
+        # the object does not exist, so an admitted request is a 404 (or a 503 if the loaded store gave up)
+        admitted = len(codes) - codes.count(429)
+        assert 404 in codes and 429 in codes and set(codes) <= {404, 429, 503}, codes
         budget = burst + rate * elapsed
         # one shared bucket: about the configured budget, far from the 2x two separate replicas would admit
-        assert budget * 0.6 <= admitted <= budget + 2, (admitted, budget, len(codes))
-        assert len(codes) > 3 * budget  # the clients really did ask for more
+        assert budget * 0.5 <= admitted <= budget + 1, (admitted, budget, len(codes))
+        assert len(codes) > 2 * budget + 2, (len(codes), budget)  # the clients really did ask for more
         # hot-key counts are summed over both replicas: either replica's /metrics shows every admitted GET
         deadline = time.monotonic() + 5
         while True:
