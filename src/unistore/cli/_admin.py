@@ -52,7 +52,7 @@ def serve(
 
 @app.command("token")
 def issue_token(
-    actions: Annotated[str, typer.Option(help="Comma-separated: read,write,delete,admin.")] = "read",
+    actions: Annotated[str, typer.Option(help="Comma-separated: read,write,delete,metrics,admin.")] = "read",
     prefix: Annotated[str, typer.Option(help="Key prefix the token is restricted to.")] = "",
     expires_in: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
     subject: Annotated[str, typer.Option(help="Who the token is for (logged, rate-limited by).")] = "client",

@@ -24,7 +24,8 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
   events go to the app's hooks and to ``UNISTORE_WEBHOOKS`` (signed, see :class:`Webhook`).
 - ``POST /v1/tokens``: issue a scoped token (``admin``).
 - ``GET /files/{key}?...signature``: signed URLs (local and memory backends).
-- ``GET /_ops/health``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
+- ``GET /_ops/health``, ``GET /metrics`` (Prometheus; needs a ``metrics`` token unless
+  ``UNISTORE_METRICS`` says otherwise), ``GET /openapi.json``.
 
 Auth: ``Authorization: Bearer <token>`` (see :class:`TokenAuthority`); 401
 without a valid token, 403 outside its actions or key prefix, 429 with

@@ -231,7 +231,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             info = await storage.put_object(name, file, content_type=check_content_type(file.content_type))
         finally:
             await form.close()
-        url = await storage.sign_url(name)
+        url = await storage.sign_url(name, expires_in=ctx.url_lifetime(grant, 3600))
         return JSONResponse(dict(info_json(info), url=url), status_code=201)
 
     @router.get("/urls/{key:path}", operation_id="signed_url")
@@ -241,8 +241,8 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
         download: bool = False,
     ) -> dict[str, Any]:
-        """A signed URL sharing one existing object without a token."""
-        ctx.check(request, "read", key)
+        """A signed URL sharing one existing object without a token; it expires no later than the token."""
+        expires_in = ctx.url_lifetime(ctx.check(request, "read", key), expires_in)
         return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
 
     return router

@@ -8,10 +8,24 @@ from dataclasses import dataclass, field
 
 from .._errors import ConfigurationError
 
-__all__ = ["ServiceSettings"]
+__all__ = ["KEY_LABELS", "ServiceSettings", "metrics_bind"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+KEY_LABELS = ("hash", "prefix", "raw", "off")
+
+
+def _words(text: str) -> list[str]:
+    return text.replace(",", " ").split()
+
+
+def metrics_bind(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``[::1]:PORT`` for IPv6) as a host and port; :class:`ConfigurationError` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"UNISTORE_METRICS must be token, open, off or HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +45,17 @@ class ServiceSettings:
     ``upload_sweep_interval`` seconds expired ones are swept. ``webhooks`` are URLs that
     receive each completion event as signed JSON (HMAC with ``webhook_secret``,
     else ``secret``).
+
+    Tokens: ``max_token_lifetime`` bounds every token (seconds, also those already
+    issued); ``accepted_secrets`` are older (or upcoming) secrets whose tokens are
+    still verified but never minted, the overlap window of a rotation.
+    ``metrics`` guards ``/metrics``: ``"token"`` (a token with the ``metrics``
+    action over all keys, e.g. an admin token), ``"open"``, ``"off"``, or
+    ``"HOST:PORT"`` (served only on that separate listener, without a token).
+    ``metrics_key_labels`` is how hot keys are labelled: ``"hash"`` (a digest
+    of the key), ``"prefix"`` (its first segment), ``"raw"`` or ``"off"``.
+    ``redis_url`` keeps rate-limit buckets and hot-key counts in Redis, shared
+    by every replica, under keys starting with ``redis_prefix``.
     """
 
     auth: bool = True
@@ -48,6 +73,11 @@ class ServiceSettings:
     upload_sweep_interval: float = 600.0
     webhooks: tuple[str, ...] = ()
     webhook_secret: bytes | None = field(default=None, repr=False)
+    accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    metrics: str = "token"
+    metrics_key_labels: str = "hash"
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "unistore"
 
     def __post_init__(self) -> None:
         if self.auth and (self.secret is None or len(self.secret) < 16):
@@ -76,11 +106,23 @@ class ServiceSettings:
                 "must be > 0"
             )
 
+        if any(len(s) < 16 for s in self.accepted_secrets):
+            raise ConfigurationError("every accepted secret must be at least 16 bytes (UNISTORE_ACCEPTED_SECRETS)")
+        if self.metrics not in ("token", "open", "off"):
+            metrics_bind(self.metrics)
+        if self.metrics_key_labels not in KEY_LABELS:
+            raise ConfigurationError(f"metrics_key_labels must be one of {', '.join(KEY_LABELS)}")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("UNISTORE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
+            raise ConfigurationError("redis_prefix must be non-empty, without spaces")
+
     def __repr__(self) -> str:
         secret = "<redacted>" if self.secret else None
         return (
             f"ServiceSettings(auth={self.auth}, secret={secret}, max_body_size={self.max_body_size}, "
-            f"token_rate={self.token_rate}, global_rate={self.global_rate})"
+            f"token_rate={self.token_rate}, global_rate={self.global_rate}, metrics={self.metrics!r}, "
+            f"redis={'<redacted>' if self.redis_url else None})"
         )
 
     @classmethod
@@ -89,7 +131,9 @@ class ServiceSettings:
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
         ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
         ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
-        ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``.
+        ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``,
+        ``UNISTORE_MAX_TOKEN_LIFETIME``, ``UNISTORE_ACCEPTED_SECRETS`` (separated by commas or spaces),
+        ``UNISTORE_METRICS``, ``UNISTORE_METRICS_KEY_LABELS``, ``UNISTORE_REDIS_URL``, ``UNISTORE_REDIS_PREFIX``.
         Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
@@ -100,9 +144,15 @@ class ServiceSettings:
         kwargs: dict[str, object] = {
             "auth": auth_text in _TRUE,
             "secret": secret.encode() if secret else None,
-            "webhooks": tuple(env.get("UNISTORE_WEBHOOKS", "").replace(",", " ").split()),
+            "webhooks": tuple(_words(env.get("UNISTORE_WEBHOOKS", ""))),
             "webhook_secret": hook_secret.encode() if hook_secret else None,
+            "accepted_secrets": tuple(s.encode() for s in _words(env.get("UNISTORE_ACCEPTED_SECRETS", ""))),
+            "redis_url": env.get("UNISTORE_REDIS_URL") or None,
         }
+        for name in ("metrics", "metrics_key_labels", "redis_prefix"):
+            text = env.get("UNISTORE_" + name.upper(), "").strip()
+            if text:
+                kwargs[name] = text.lower() if name != "redis_prefix" else text
         casts: dict[str, type] = {
             "max_body_size": int,
             "token_rate": float,
@@ -113,6 +163,7 @@ class ServiceSettings:
             "idempotency_lease": float,
             "upload_ttl": float,
             "upload_sweep_interval": float,
+            "max_token_lifetime": int,
         }
         for name, cast in casts.items():
             raw = env.get("UNISTORE_" + name.upper())

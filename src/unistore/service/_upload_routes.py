@@ -97,6 +97,7 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         grant = ctx.admit(request)
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
+        expires_in = ctx.url_lifetime(grant, expires_in)
         out = []
         for part in parts:
             url, headers = await sessions.part_url(session, part.number, expires_in=expires_in, checksum=part.checksum)
