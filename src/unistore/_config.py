@@ -274,6 +274,17 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
 
     Query parameters are settings (as strings, cast like environment variables).
     """
+    kind, options = url_settings(url)
+    options.update(overrides)
+    return _build(kind, options, {})
+
+
+def url_settings(url: str) -> tuple[str, dict[str, Any]]:
+    """The backend kind a storage URL names and its settings: the one URL parser, also used for
+    ``CLOUDINARY_URL`` (whose query options, ``?upload_prefix=…&secure=false``, are settings too).
+
+    Query parameters are cast like environment variables; unknown ones raise :class:`ConfigurationError`.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = dict(parse_qsl(parts.query))
@@ -298,8 +309,7 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
     settings_cls = _settings_class(backend_class(kind))
     types = {f.name: f.type for f in fields(settings_cls)}
     for name, value in query.items():
-        if name not in types:
+        if name not in types or name == "url":
             raise ConfigurationError(f"unknown option {name!r} in storage URL")
         options[name] = _cast(value, types[name], name)
-    options.update(overrides)
-    return _build(kind, options, {})
+    return kind, options

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
-from urllib.parse import quote
 
 import httpx
 
@@ -128,15 +127,20 @@ def api_signature(params: dict[str, str], secret: str, algorithm: str = "sha1") 
     return hashlib.new(algorithm, ("&".join(pairs) + secret).encode()).hexdigest()
 
 
-def url_signature(to_sign: str, secret: str) -> str:
-    """A delivery-URL signature component: ``s--`` + 8 chars of base64url(SHA-1(path + secret)) + ``--``."""
-    digest = hashlib.sha1((to_sign + secret).encode()).digest()
+def url_signature(to_sign: str, secret: str, algorithm: str = "sha1") -> str:
+    """A delivery-URL signature component: ``s--`` + 8 chars of base64url(hash(path + secret)) + ``--``,
+    hashed with the product environment's signature algorithm, as the SDKs do."""
+    digest = hashlib.new(algorithm, (to_sign + secret).encode()).digest()
     return "s--" + base64.urlsafe_b64encode(digest)[:8].decode() + "--"
 
 
+_UNSAFE = re.compile(rb"[^a-zA-Z0-9_.\-/:]")
+
+
 def smart_escape(source: str) -> str:
-    """Percent-encode a public id for a delivery URL path, as Cloudinary's SDKs do."""
-    return quote(source, safe="/:-_.")
+    """Percent-encode a public id for a delivery URL path exactly as the SDKs' ``smart_escape``:
+    every UTF-8 byte but ``A-Za-z0-9_.-/:`` as ``%XX`` (so ``~`` is ``%7E``, unlike ``quote``)."""
+    return _UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], source.encode()).decode("ascii")
 
 
 def _escape_context(value: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -73,7 +73,9 @@ _EAGER = 256 * 1024  # delivered spans up to this size are read at once in open(
 @dataclass(frozen=True, slots=True)
 class CloudinarySettings:
     """Settings of :class:`CloudinaryBackend`. ``url`` is ``CLOUDINARY_URL``
-    (``cloudinary://key:secret@cloud``); explicit ``cloud_name``/``api_key``/``api_secret`` win."""
+    (``cloudinary://key:secret@cloud?option=value…``); explicit ``cloud_name``/``api_key``/``api_secret``
+    win over it, and its query options (``upload_prefix``, ``cname``, ``secure``, any setting) apply to
+    settings left at their defaults (read by the one URL parser, ``backend_from_url``'s)."""
 
     url: str | None = field(default=None, repr=False)
     cloud_name: str | None = None
@@ -99,6 +101,13 @@ class CloudinarySettings:
             parts = urlsplit(self.url)
             if parts.scheme != "cloudinary" or not parts.hostname or not parts.username or not parts.password:
                 raise ConfigurationError("CLOUDINARY_URL must look like cloudinary://api_key:api_secret@cloud_name")
+            if parts.query:
+                from .._config import url_settings
+
+                defaults = {f.name: f.default for f in fields(self)}
+                for name, value in url_settings(self.url)[1].items():
+                    if name == "url" or getattr(self, name) == defaults[name]:
+                        object.__setattr__(self, name, value)
             for name, value in (
                 ("cloud_name", parts.hostname),
                 ("api_key", unquote(parts.username)),

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..backends._cloudinary_api import api_signature, parse_context, smart_escape, url_signature
+from ..backends._cloudinary_api import api_signature, parse_context, smart_escape
 
 __all__ = ["FakeCloudinary"]
 
@@ -270,10 +270,9 @@ class FakeCloudinary:
         if not m:
             return _error(404, "Resource not found")
         transformation, source = m.group(1) or "", m.group(3)
-        if p["type"] in ("authenticated", "private") or transformation or signature:
-            to_sign = "/".join(x for x in (transformation, source) if x)
-            if p["type"] == "private" or signature != url_signature(to_sign, self.api_secret):
-                return _error(401, "Invalid signature")
+        must_sign = p["type"] in ("authenticated", "private") or transformation or signature
+        if must_sign and (p["type"] == "private" or not self._sdk_signed(p, transformation, source, signature)):
+            return _error(401, "Invalid signature")
         pid_text = unquote(source)
         asset = self.assets.get((p["rt"], p["type"], pid_text))
         if asset is None and p["rt"] != "raw" and "." in pid_text:
@@ -289,6 +288,31 @@ class FakeCloudinary:
         if transformation:
             headers["X-Fake-Transformation"] = transformation
         return self._serve(request, asset, headers)
+
+    def _sdk_signed(self, p: dict[str, Any], transformation: str, source: str, signature: str | None) -> bool:
+        """Whether the official SDK (``cloudinary.utils.cloudinary_url``, a dev dependency) signs this
+        path's public id and transformation with ``signature`` (either signature algorithm) and
+        writes the source exactly as the URL does."""
+        from cloudinary.utils import cloudinary_url  # type: ignore[import-untyped]
+
+        if signature is None:
+            return False
+
+        for algorithm in ("sha1", "sha256"):
+            url, _ = cloudinary_url(
+                unquote(source),
+                cloud_name=self.cloud_name,
+                api_secret=self.api_secret,
+                sign_url=True,
+                signature_algorithm=algorithm,
+                raw_transformation=transformation or None,
+                resource_type=p["rt"],
+                type=p["type"],
+                version=1,
+            )
+            if url.endswith(f"/{source}") and f"/{signature}/" in url:
+                return True
+        return False
 
     @staticmethod
     def _serve(request: Request, asset: _Asset, headers: dict[str, str]) -> Response:
