@@ -28,9 +28,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..backends._cloudinary_api import api_signature, parse_context, smart_escape
+from ..backends._cloudinary_api import parse_context, smart_escape
 
 __all__ = ["FakeCloudinary"]
+
+
+_UNSIGNED = frozenset({"file", "api_key", "resource_type", "cloud_name", "signature"})
+
+
+def _sdk() -> Any:
+    """``cloudinary.utils`` of the official SDK (a dev dependency): signatures are checked with its algorithms."""
+    import cloudinary.utils  # type: ignore[import-untyped]
+
+    return cloudinary.utils
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -99,12 +109,14 @@ class FakeCloudinary:
     def _check_signed(self, params: dict[str, str]) -> Response | None:
         if params.get("api_key") != self.api_key:
             return _error(401, "Invalid api_key")
+        api_sign_request = _sdk().api_sign_request
         sig = params.get("signature", "")
         algorithm = "sha256" if len(sig) == 64 else "sha1"
-        signed = {k: v for k, v in params.items() if k != "signature_algorithm" or algorithm == "sha1"}
-        if (
-            api_signature(signed, self.api_secret, algorithm) != sig
-            and api_signature(params, self.api_secret, algorithm) != sig
+        signed = {k: v for k, v in params.items() if k not in _UNSIGNED}
+        bare = {k: v for k, v in signed.items() if k != "signature_algorithm"}
+        if sig not in (
+            api_sign_request(signed, self.api_secret, algorithm),
+            api_sign_request(bare, self.api_secret, algorithm),
         ):
             return _error(401, "Invalid Signature")
         try:
@@ -293,7 +305,7 @@ class FakeCloudinary:
         """Whether the official SDK (``cloudinary.utils.cloudinary_url``, a dev dependency) signs this
         path's public id and transformation with ``signature`` (either signature algorithm) and
         writes the source exactly as the URL does."""
-        from cloudinary.utils import cloudinary_url  # type: ignore[import-untyped]
+        cloudinary_url = _sdk().cloudinary_url
 
         if signature is None:
             return False
