@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 import httpx
 
@@ -34,6 +33,7 @@ from .._types import IfMatch, ObjectInfo, WriteMode
 
 __all__ = [
     "INFO_FIELDS",
+    "has_custom_metadata",
     "info_from_media",
     "info_from_resource",
     "multipart_body",
@@ -126,8 +126,16 @@ def info_from_resource(res: Mapping[str, Any], prefix: str) -> ObjectInfo:
     )
 
 
+def has_custom_metadata(r: httpx.Response) -> bool:
+    """Whether the object served by the ``alt=media`` response ``r`` has custom metadata."""
+    return any(name.startswith("x-goog-meta-") for name in r.headers)
+
+
 def info_from_media(key: str, r: httpx.Response) -> tuple[ObjectInfo, int, int]:
-    """The served generation's info from an ``alt=media`` response's headers, and the span served."""
+    """The served generation's info from an ``alt=media`` response's headers, and the span served.
+
+    Custom metadata is left empty: headers lower-case its names and may percent-encode its values
+    ambiguously, so the JSON resource is its one source (see ``GCSBackend.open``)."""
     h = r.headers
     length = int(h.get("content-length", "0"))
     start, size = 0, None
@@ -143,21 +151,12 @@ def info_from_media(key: str, r: httpx.Response) -> tuple[ObjectInfo, int, int]:
         modified = parsedate_to_datetime(h["last-modified"])
     except (KeyError, TypeError, ValueError):
         modified = datetime.now(UTC)
-    meta = {}
-    for name, value in h.multi_items():
-        if name.startswith("x-goog-meta-"):
-            raw = value.encode("latin-1", "replace")
-            try:
-                meta[name[12:]] = unquote(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                meta[name[12:]] = value
     info = ObjectInfo(
         key=key,
         size=size,
         etag=h.get("x-goog-generation") or h.get("etag", "").strip('"'),
         last_modified=modified,
         content_type=h.get("content-type", "application/octet-stream"),
-        metadata=meta,
         cache_control=h.get("cache-control"),
         content_disposition=h.get("content-disposition"),
     )

@@ -15,14 +15,14 @@ emulator (no tokens). Errors are translated in :mod:`._gcs_wire`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
 from .._keys import validate_key, validate_prefix
 from .._types import (
     Body,
@@ -42,6 +42,7 @@ from ._gcp import Credentials, load_credentials, v4_signed_url
 from ._gcs_upload import resumable_upload
 from ._gcs_wire import (
     INFO_FIELDS,
+    has_custom_metadata,
     info_from_media,
     info_from_resource,
     multipart_body,
@@ -58,6 +59,7 @@ _QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
 _API = "https://storage.googleapis.com"
 _MEDIA = {"alt": "media"}
 _EAGER = 256 * 1024  # media bodies up to this size are read at once in open()
+_META_ATTEMPTS = (1, 2, 3, 4, 5)  # media + metadata request pairs open() may lose to writers before it gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +187,11 @@ class GCSBackend(BaseBackend):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
-        """One request; the info comes from the media response's headers. Bodies up to 256 KiB
-        are read at once (the connection goes straight back to the pool); larger ones stream."""
+        """One request; the info comes from the media response's headers, except custom
+        metadata: headers lose its names' case and its values' percent signs, so when the object
+        has any, it is read from the JSON resource of the generation served (a second request,
+        tried again from the start if the object changed in between). Bodies up to 256 KiB are
+        read at once (the connection goes straight back to the pool); larger ones stream."""
         validate_key(key)
         headers: dict[str, str] = {}
         params = dict(_MEDIA)
@@ -200,14 +205,30 @@ class GCSBackend(BaseBackend):
                 precondition_failed(key, "open")
         if if_none_match is not None and if_none_match != "*" and if_none_match.strip('"').isdigit():
             params["ifGenerationNotMatch"] = if_none_match.strip('"')
-        r = await self._send("GET", self._object_url(key), "open", key, stream=True, params=params, headers=headers)
+        for _ in _META_ATTEMPTS:  # (``range`` is the argument here)
+            r = await self._send("GET", self._object_url(key), "open", key, stream=True, params=params, headers=headers)
+            try:
+                if r.status_code not in (200, 206):
+                    await r.aread()
+                    if r.status_code == 416 and range is not None and "ifGenerationMatch" not in params:
+                        await self.head(key)  # 416 on a missing object would hide the 404
+                    raise_for(r, "open", key)
+                info, start, end = info_from_media(key, r)
+                if has_custom_metadata(r):
+                    meta = await self._metadata_of(key, info.etag)
+                    if meta is None:  # replaced since the media request: read the new one
+                        await r.aclose()
+                        continue
+                    info = replace(info, metadata=meta)
+            except BaseException as exc:
+                await r.aclose()
+                if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                    raise translate(exc, "open", key) from exc
+                raise
+            break
+        else:
+            raise UnavailableError("the object kept changing while it was opened", key=key, backend=self.name)
         try:
-            if r.status_code not in (200, 206):
-                await r.aread()
-                if r.status_code == 416 and range is not None and "ifGenerationMatch" not in params:
-                    await self.head(key)  # 416 on a missing object would hide the 404
-                raise_for(r, "open", key)
-            info, start, end = info_from_media(key, r)
             # The one response is the version served: check the conditions against it too.
             check_read_conditions(info, if_match, if_none_match, self.name)
             if end - start <= _EAGER:
@@ -221,6 +242,20 @@ class GCSBackend(BaseBackend):
         return Download(
             info, self._stream(r, key), start=start, end=end, range_requested=range is not None, close=r.aclose
         )
+
+    async def _metadata_of(self, key: str, generation: str) -> dict[str, str] | None:
+        """The custom metadata of ``key``'s generation ``generation``; ``None`` if that is no
+        longer the current one."""
+        params = {"ifGenerationMatch": generation, "fields": "generation,metadata"}
+        r = await self._send("GET", self._object_url(key), "open", key, params=params)
+        if r.status_code in (404, 412):
+            return None
+        if r.status_code != 200:
+            raise_for(r, "open", key)
+        res = r.json()
+        if str(res.get("generation")) != generation:
+            return None
+        return {str(k): str(v) for k, v in (res.get("metadata") or {}).items()}
 
     async def _stream(self, r: httpx.Response, key: str) -> AsyncIterator[bytes]:
         try:
