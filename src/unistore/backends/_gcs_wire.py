@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -17,6 +18,7 @@ import httpx
 
 from .._errors import (
     AlreadyExistsError,
+    ConfigurationError,
     InvalidArgumentError,
     InvalidRangeError,
     NotFoundError,
@@ -87,6 +89,18 @@ def translate(exc: Exception, op: str, key: str | None) -> StorageError:
         return PermissionDeniedError(f"could not get a Google access token ({exc.response.status_code})", **kw)
     if isinstance(exc, httpx.TransportError):
         return UnavailableError(f"GCS unreachable: {type(exc).__name__}", **kw)
+    auth = sys.modules.get("google.auth.exceptions")  # loaded once credentials are
+    if auth is not None and isinstance(exc, auth.GoogleAuthError):
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if isinstance(exc, auth.DefaultCredentialsError):
+            return ConfigurationError(
+                "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS or run on Google Cloud "
+                f"(metadata server) ({detail})",
+                **kw,
+            )
+        if isinstance(exc, auth.TransportError) or getattr(exc, "retryable", False):
+            return UnavailableError(f"Google credentials unreachable: {detail}", **kw)
+        return PermissionDeniedError(f"could not get a Google access token: {detail}", **kw)
     return StorageError(f"GCS request failed: {type(exc).__name__}", **kw)
 
 

@@ -38,7 +38,7 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
-from ._gcp import Credentials, load_credentials, v4_signed_url
+from ._gcp import IAM_ENDPOINT, Credentials, load_credentials, v4_signed_url
 from ._gcs_upload import resumable_upload
 from ._gcs_wire import (
     INFO_FIELDS,
@@ -81,6 +81,8 @@ class GCSSettings:
     page_size: int = 1000
     """Objects per listing request (GCS's maximum is 1000)."""
     endpoint: str = field(default=_API, repr=False)
+    iam_endpoint: str = IAM_ENDPOINT
+    """The IAM Credentials API, which signs URLs for credentials without a key (``signBlob``)."""
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -116,7 +118,7 @@ class GCSBackend(BaseBackend):
             base = "http://" + base
         self._base = base
         self._creds: Credentials = load_credentials(s.credentials, anonymous=s.emulator_host is not None)
-        sign_at = urlsplit(base if s.emulator_host else _API)
+        sign_at = urlsplit(base)  # URLs name the host requests go to (the API, an emulator, a private endpoint)
         self._sign_scheme, self._sign_host = sign_at.scheme, sign_at.netloc
         self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
         self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
@@ -390,16 +392,27 @@ class GCSBackend(BaseBackend):
         if download:
             name = key.rpartition("/")[2]
             extra["response-content-disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}"
-        return v4_signed_url(
-            self._creds,
-            scheme=self._sign_scheme,
-            host=self._sign_host,
-            bucket=self.settings.bucket,
-            name=self._name(key),
-            method=method,
-            expires_in=expires_in or self.default_expires_in,
-            extra_query=extra,
-        )
+        try:
+            email, sign = await self._creds.signer(self._client, self.settings.iam_endpoint)
+            return await v4_signed_url(
+                email,
+                sign,
+                scheme=self._sign_scheme,
+                host=self._sign_host,
+                bucket=self.settings.bucket,
+                name=self._name(key),
+                method=method,
+                expires_in=expires_in or self.default_expires_in,
+                extra_query=extra,
+            )
+        except Exception as exc:
+            raise translate(exc, "sign_url", key) from exc
+
+    def unsigned_url(self, key: str) -> str:
+        """The object's plain URL (``https://storage.googleapis.com/bucket/name``): it serves public
+        objects, and is what ``put`` returns when no signed URL can be made."""
+        validate_key(key)
+        return f"{self._sign_scheme}://{self._sign_host}/{self.settings.bucket}/{quote(self._name(key), safe='/-_.~')}"
 
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
         validate_key(src)
@@ -427,3 +440,4 @@ class GCSBackend(BaseBackend):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        self._creds.close()
