@@ -41,6 +41,7 @@ __all__ = [
     "context_string",
     "decode_public_id",
     "encode_public_id",
+    "json_of",
     "info_from_resource",
     "parse_context",
     "raise_for",
@@ -82,6 +83,17 @@ def raise_for(r: httpx.Response, op: str, key: str | None) -> NoReturn:
     if status == 400:
         raise InvalidArgumentError(f"Cloudinary rejected the request: {message}", **kw)
     raise StorageError(f"Cloudinary error {status}: {message}", **kw)
+
+
+def json_of(r: httpx.Response, op: str, key: str | None) -> Any:
+    """The JSON body of a successful response; a body that is not JSON (a proxy's page, a cut
+    answer) is an :class:`UnavailableError`."""
+    try:
+        return r.json()
+    except ValueError as exc:
+        raise UnavailableError(
+            f"the server's answer is not valid JSON ({type(exc).__name__})", key=key, backend=BACKEND, operation=op
+        ) from exc
 
 
 def encode_public_id(folder: str, key: str) -> str:

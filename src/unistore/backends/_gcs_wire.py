@@ -38,6 +38,7 @@ __all__ = [
     "has_custom_metadata",
     "info_from_media",
     "info_from_resource",
+    "json_of",
     "multipart_body",
     "precondition_failed",
     "raise_for",
@@ -102,6 +103,17 @@ def translate(exc: Exception, op: str, key: str | None) -> StorageError:
             return UnavailableError(f"Google credentials unreachable: {detail}", **kw)
         return PermissionDeniedError(f"could not get a Google access token: {detail}", **kw)
     return StorageError(f"GCS request failed: {type(exc).__name__}", **kw)
+
+
+def json_of(r: httpx.Response, op: str, key: str | None) -> Any:
+    """The JSON body of a successful response; a body that is not JSON (a proxy's page, a cut
+    answer) is an :class:`UnavailableError`."""
+    try:
+        return r.json()
+    except ValueError as exc:
+        raise UnavailableError(
+            f"the server's answer is not valid JSON ({type(exc).__name__})", key=key, backend=BACKEND, operation=op
+        ) from exc
 
 
 def precondition_failed(key: str, op: str, message: str = "if_match does not match the current etag") -> NoReturn:

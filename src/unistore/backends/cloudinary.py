@@ -56,6 +56,7 @@ from ._cloudinary_api import (
     decode_public_id,
     encode_public_id,
     info_from_resource,
+    json_of,
     raise_for,
     resource_type_for,
     type_order,
@@ -196,7 +197,7 @@ class CloudinaryBackend(BaseBackend):
             return None
         if r.status_code != 200:
             raise_for(r, op, key)
-        res: dict[str, Any] = r.json()
+        res: dict[str, Any] = json_of(r, op, key)
         return res
 
     # --- primitives ---------------------------------------------------------------------
@@ -352,7 +353,7 @@ class CloudinaryBackend(BaseBackend):
         r = await self._send("POST", f"{self._api}/{rtype}/destroy", "delete", key, data=params)
         if r.status_code != 200:
             raise_for(r, "delete", key)
-        return bool(r.json().get("result") == "ok")
+        return bool(json_of(r, "delete", key).get("result") == "ok")
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         pid = self._pid(key)
@@ -368,7 +369,7 @@ class CloudinaryBackend(BaseBackend):
         r = await self._send("GET", url, "list", params.get("prefix"), params=params, auth=self._auth)
         if r.status_code != 200:
             raise_for(r, "list", params.get("prefix"))
-        page: dict[str, Any] = r.json()
+        page: dict[str, Any] = json_of(r, "list", params.get("prefix"))
         return page
 
     async def _names(self, prefix: str, start_after: str | None, detailed: bool) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ from ._gcs_wire import (
     has_custom_metadata,
     info_from_media,
     info_from_resource,
+    json_of,
     multipart_body,
     precondition_failed,
     raise_for,
@@ -171,7 +172,7 @@ class GCSBackend(BaseBackend):
         r = await self._send("GET", self._object_url(key), "head", key)
         if r.status_code != 200:
             raise_for(r, "head", key)
-        return self._from_resource(r.json())
+        return self._from_resource(json_of(r, "head", key))
 
     async def get(self, key: str) -> bytes:
         """The object's bytes in one request (no metadata round trip)."""
@@ -254,7 +255,7 @@ class GCSBackend(BaseBackend):
             return None
         if r.status_code != 200:
             raise_for(r, "open", key)
-        res = r.json()
+        res = json_of(r, "open", key)
         if str(res.get("generation")) != generation:
             return None
         return {str(k): str(v) for k, v in (res.get("metadata") or {}).items()}
@@ -324,7 +325,7 @@ class GCSBackend(BaseBackend):
         )
         if r.status_code != 200:
             raise_for(r, "put", key, mode)
-        return self._from_resource(r.json())
+        return self._from_resource(json_of(r, "put", key))
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         validate_key(key)
@@ -361,7 +362,7 @@ class GCSBackend(BaseBackend):
             r = await self._send("GET", f"{self._bucket_path}/o", "list", prefix, params=params)
             if r.status_code != 200:
                 raise_for(r, "list", prefix)
-            page = r.json()
+            page = json_of(r, "list", prefix)
             items = [i for i in page.get("items") or () if i["name"] != skip]
             if items:
                 yield items
@@ -428,7 +429,7 @@ class GCSBackend(BaseBackend):
             r = await self._send("POST", url, "copy", src, params=params, json={})
             if r.status_code != 200:
                 raise_for(r, "copy", dst if r.status_code == 412 else src, mode)
-            body = r.json()
+            body = json_of(r, "copy", src)
             if body.get("done"):
                 return self._from_resource(body["resource"])
             params["rewriteToken"] = body["rewriteToken"]  # large or cross-class copies take several calls
