@@ -6,24 +6,26 @@ decides the condition atomically with the write. Bodies up to ``chunk_size``
 go in one multipart upload; larger ones stream through a resumable session
 (:mod:`._gcs_upload`; memory bounded by one chunk, cancelled if the body fails
 so the stored object is untouched). ``open`` is one media request whose
-headers give the info of exactly the generation served; small bodies are read
-at once. Copies are server-side (``rewrite``). URLs are V4-signed locally with
-the service-account key. ``STORAGE_EMULATOR_HOST`` points everything at an
-emulator (no tokens). Errors are translated in :mod:`._gcs_wire`.
+headers give the info of exactly the generation served (custom metadata, when
+there is any, from the JSON resource of that generation); small bodies are read
+at once. Copies are server-side (``rewrite``). Credentials are google-auth's;
+URLs are V4-signed with a service-account key, else through IAM ``signBlob``
+(:mod:`._gcp`). ``STORAGE_EMULATOR_HOST`` points everything at an emulator (no
+tokens). Errors are translated in :mod:`._gcs_wire`; settings in :mod:`._gcs_settings`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
-from .._keys import validate_key, validate_prefix
+from .._errors import InvalidArgumentError, NotFoundError, StorageError, UnavailableError
+from .._keys import validate_key
 from .._types import (
     Body,
     ByteRange,
@@ -38,7 +40,8 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
-from ._gcp import IAM_ENDPOINT, Credentials, load_credentials, v4_signed_url
+from ._gcp import Credentials, load_credentials, v4_signed_url
+from ._gcs_settings import GCSSettings
 from ._gcs_upload import resumable_upload
 from ._gcs_wire import (
     INFO_FIELDS,
@@ -56,44 +59,9 @@ from ._httpclient import pooled_client
 
 __all__ = ["GCSBackend", "GCSSettings"]
 
-_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
-_API = "https://storage.googleapis.com"
 _MEDIA = {"alt": "media"}
 _EAGER = 256 * 1024  # media bodies up to this size are read at once in open()
 _META_ATTEMPTS = (1, 2, 3, 4, 5)  # media + metadata request pairs open() may lose to writers before it gives up
-
-
-@dataclass(frozen=True, slots=True)
-class GCSSettings:
-    """Settings of :class:`GCSBackend` (``easy_storage`` keyword names)."""
-
-    bucket: str = ""
-    project: str | None = None
-    credentials: str | None = None
-    """Path of a service-account (or ``authorized_user``) JSON file; ``GOOGLE_APPLICATION_CREDENTIALS``."""
-    emulator_host: str | None = None
-    """``STORAGE_EMULATOR_HOST``: base URL of an emulator (fake-gcs-server); no tokens are sent."""
-    prefix: str = ""
-    """Prepended to every key (``gs://bucket/prefix``)."""
-    chunk_size: int = 8 * 1024 * 1024
-    url_expiration: int = 3600
-    timeout: int = 60
-    max_connections: int = 64
-    page_size: int = 1000
-    """Objects per listing request (GCS's maximum is 1000)."""
-    endpoint: str = field(default=_API, repr=False)
-    iam_endpoint: str = IAM_ENDPOINT
-    """The IAM Credentials API, which signs URLs for credentials without a key (``signBlob``)."""
-
-    def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ConfigurationError("GCSBackend needs a bucket: set STORAGE_GCS_BUCKET")
-        if self.chunk_size <= 0 or self.chunk_size % _QUANTUM:
-            raise ConfigurationError("chunk_size must be a positive multiple of 256 KiB")
-        if min(self.url_expiration, self.timeout, self.max_connections, self.page_size) <= 0:
-            raise ConfigurationError("url_expiration, timeout, max_connections and page_size must be positive")
-        if self.prefix:
-            validate_prefix(self.prefix)
 
 
 class GCSBackend(BaseBackend):
