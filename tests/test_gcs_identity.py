@@ -127,3 +127,18 @@ def test_put_never_fails_after_the_write_when_signing_is_denied(
     assert out["get"] == "stored without a key file"
     assert out["put_url"] == f"{fake_gcs['url']}/{fake_gcs['bucket']}/{key}"  # unsigned, not an error
     assert out["get_url_error"] == "PermissionDeniedError"  # get_url promises a signed URL: it says why not
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"STORAGE_GCS_BUCKET": "b"}, ("gcs", "STORAGE_GCS_BUCKET is set")),
+        ({"STORAGE_GCS_BUCKET": "b", "AWS_ACCESS_KEY_ID": "AKIA"}, ("gcs", "STORAGE_GCS_BUCKET is set")),
+        ({"STORAGE_GCS_BUCKET": "b", "STORAGE_S3_BUCKET": "s"}, ("s3", "STORAGE_S3_BUCKET is set")),
+        ({"AWS_ACCESS_KEY_ID": "AKIA", "GOOGLE_APPLICATION_CREDENTIALS": "/c"}, ("s3", "AWS_ACCESS_KEY_ID is set")),
+    ],
+)
+def test_a_bucket_variable_names_the_store(variables: dict[str, str], expected: tuple[str, str]) -> None:
+    from unistore import detect_backend
+
+    assert detect_backend(variables) == expected
