@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -24,6 +25,7 @@ from ._errors import (
     NotFoundError,
     NotModifiedError,
     PreconditionFailedError,
+    StorageError,
 )
 from ._keys import validate_prefix
 from ._types import (
@@ -257,9 +259,21 @@ class BaseBackend(ABC):
         content_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
-        """Store ``data`` under ``key`` and return a URL for it (signed, default expiry)."""
+        """Store ``data`` under ``key`` and return a URL for it (signed, default expiry).
+
+        A write that succeeded never fails for want of a URL: if none can be signed (e.g. GCS
+        credentials without the right to sign), the store's unsigned URL is returned (it serves
+        public objects; ``get_url`` gives a signed one when signing works), with a warning.
+        """
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
-        return await self.sign_url(key)
+        try:
+            return await self.sign_url(key)
+        except StorageError as exc:
+            plain = _unsigned_url(self, key)
+            if plain is None:
+                raise
+            logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
+            return plain
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` (a ``FileNotFoundError``) if absent."""
@@ -344,6 +358,18 @@ async def iter_body(body: Body, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIt
 
 
 _S = TypeVar("_S")
+
+
+def _unsigned_url(store: object, key: str) -> str | None:
+    """The unsigned URL of ``key`` from the innermost store that has one (``unsigned_url``), if any."""
+    node: object | None = store
+    while node is not None:
+        method = getattr(node, "unsigned_url", None)
+        if callable(method):
+            url: str = method(key)
+            return url
+        node = getattr(node, "inner", None)
+    return None
 
 
 def settings_from(cls: Callable[..., _S], settings: _S | None, options: Mapping[str, Any]) -> _S:

@@ -62,8 +62,8 @@ from ._s3wire import (
     iso_date,
     xml_children,
     xml_find,
-    xml_root,
 )
+from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key
 
 if TYPE_CHECKING:
     import aiohttp
@@ -336,37 +336,53 @@ class S3Backend(BaseBackend):
 
     # --- listing ---------------------------------------------------------------------------------
 
-    async def _pages(self, prefix: str, start_after: str | None) -> AsyncIterator[Any]:
+    async def _pages(self, prefix: str, start_after: str | None) -> AsyncIterator[tuple[Any, Callable[[str], str]]]:
+        """ListObjectsV2 answers with their name decoder. The next page starts from the
+        continuation token, or after the page's last (decoded) key where the token is missing
+        or altered: SeaweedFS's token is the raw last key with control characters replaced."""
         check_listing_args(prefix, start_after)
         base = self.settings.prefix
-        query = {"list-type": "2", "prefix": base + prefix, "max-keys": "1000"}
+        first = {"list-type": "2", "prefix": base + prefix, "max-keys": str(self.settings.page_size)}
+        first["encoding-type"] = ENCODED
+        query = dict(first)
         if start_after is not None:
             query["start-after"] = base + start_after
         while True:
             r = await self._send("GET", self._bucket_path, op="list", query=query)
-            root = xml_root(r.body)
-            yield root
-            token = xml_find(root, "NextContinuationToken")
-            if xml_find(root, "IsTruncated") != "true" or not token:
+            root = parse_xml(r.body, operation="list", backend=self.name, key=prefix)
+            name = name_decoder(root)
+            yield root, name
+            if xml_find(root, "IsTruncated") != "true":
                 return
-            query = {"list-type": "2", "prefix": base + prefix, "max-keys": "1000", "continuation-token": token}
+            token = xml_find(root, "NextContinuationToken")
+            last = root.findall("{*}Contents/{*}Key")
+            if token and "\ufffd" not in token:
+                query = {**first, "continuation-token": token}
+            elif last:
+                query = {**first, "start-after": name(last[-1].text or "")}
+            else:
+                return
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         cut = len(self.settings.prefix)
-        async for page in self._pages(prefix, start_after):
+        async for page, name in self._pages(prefix, start_after):
             for item in xml_children(page, "Contents"):
-                yield ObjectInfo(
-                    key=xml_find(item, "Key")[cut:],
-                    size=int(xml_find(item, "Size", "0")),
-                    etag=xml_find(item, "ETag").strip('"'),
-                    last_modified=iso_date(xml_find(item, "LastModified")),
-                )
+                key = name(xml_find(item, "Key"))[cut:]
+                if usable_key(key):
+                    yield ObjectInfo(
+                        key=key,
+                        size=int(xml_find(item, "Size", "0")),
+                        etag=xml_find(item, "ETag").strip('"'),
+                        last_modified=iso_date(xml_find(item, "LastModified")),
+                    )
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)
-        async for page in self._pages(prefix, start_after):
-            for name in page.iterfind("{*}Contents/{*}Key"):
-                yield (name.text or "")[cut:]
+        async for page, name in self._pages(prefix, start_after):
+            for item in page.iterfind("{*}Contents/{*}Key"):
+                key = name(item.text or "")[cut:]
+                if usable_key(key):
+                    yield key
 
     # --- URLs (SigV4 presigning, in _s3auth) -----------------------------------------------------
 

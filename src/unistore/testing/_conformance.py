@@ -185,6 +185,30 @@ class BackendConformance:
         assert info.metadata == {"user_id": "42", "original_filename": "Résumé final.pdf", "size": "3", "flag": "true"}
         assert info.content_type == "application/pdf"
 
+    async def test_metadata_is_the_same_on_every_read_path(self, backend: StorageBackend, prefix: str) -> None:
+        """head, open (whole, ranged, large) and get_metadata return the metadata exactly as written:
+        percent signs, ``+``, unicode and mixed-case names (lower-cased once, at write time)."""
+        meta = {
+            "note": "50%25 off",
+            "pct": "100% sure",
+            "plus": "a+b c=d&e",
+            "uni": "Résumé 中文 ✓",
+            "CamelKey": "Mixed Case %41",
+            "padded": " two  spaces ",
+        }
+        expected = {name.lower(): value for name, value in meta.items()}
+        for key, data in ((prefix + "small.txt", b"0123456789"), (prefix + "large.bin", os.urandom(300_000))):
+            await backend.put_object(key, data, content_type="text/plain", metadata=meta)
+            assert dict((await backend.head(key)).metadata) == expected
+            md = await backend.get_metadata(key)
+            assert {name: md[name] for name in expected} == expected
+            for rng in (None, ByteRange(2, 5)):
+                download = await backend.open(key, range=rng)
+                try:
+                    assert dict(download.info.metadata) == expected, rng
+                finally:
+                    await download.aclose()
+
     async def test_content_type_guessed(self, backend: StorageBackend, prefix: str) -> None:
         await backend.put_object(prefix + "pic.png", b"\x89PNG")
         assert (await backend.head(prefix + "pic.png")).content_type == "image/png"
