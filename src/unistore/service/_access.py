@@ -14,6 +14,8 @@ from ._settings import ServiceSettings
 
 __all__ = ["ServiceContext"]
 
+_ADMITTED = "unistore.grant"
+
 
 @dataclass(slots=True)
 class ServiceContext:
@@ -46,12 +48,19 @@ class ServiceContext:
         return grant, "token:" + hashlib.sha256(header.encode()).hexdigest()[:32]
 
     def admit(self, request: Request) -> Grant:
-        """Authenticate (401), then rate-limit (429): the grant to check scopes against."""
+        """Authenticate (401), then rate-limit (429): the grant to check scopes against.
+
+        Done once per request: a route that admits again (after its JSON body was
+        read) gets the same grant without spending another rate-limit token."""
+        admitted: Grant | None = request.scope.get(_ADMITTED)
+        if admitted is not None:
+            return admitted
         grant, client = self.grant(request)
         if self.per_client is not None:
             self.per_client.take(client, what="per-client rate limit")
         if self.overall is not None:
             self.overall.take("*", what="service rate limit")
+        request.scope[_ADMITTED] = grant
         return grant
 
     def check(self, request: Request, action: Action, key: str) -> Grant:

@@ -8,16 +8,18 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import Response
 
 from .._base import StorageBackend
 from .._config import easy_storage
 from .._errors import InvalidArgumentError, NotFoundError, UnsupportedError
+from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe
 from ._access import ServiceContext
 from ._auth import ACTIONS
+from ._guard import admitted_route
 from ._hooks import Hook, Webhook
 from ._objects import objects_router
 from ._ops import RequestIdMiddleware, install_error_handlers
@@ -100,6 +102,7 @@ def create_app(
         histogram = Histogram(
             "unistore_http_request_duration_seconds", "HTTP request latency.", ["method"], registry=registry
         )
+    app.add_middleware(BodyTimeouts, idle=settings.body_timeout, total=settings.body_deadline)
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)
     app.include_router(objects_router(ctx))
     webhooks = [Webhook(url, secret=settings.webhook_secret or settings.secret) for url in settings.webhooks]
@@ -143,7 +146,9 @@ def create_app(
 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tokens", status_code=201)
+    tokens = APIRouter(route_class=admitted_route(ctx))
+
+    @tokens.post("/v1/tokens", status_code=201)
     async def issue_token(
         request: Request,
         actions: Annotated[list[str], Body(min_length=1)],
@@ -165,4 +170,5 @@ def create_app(
         LOGGER.info("token issued by %s for %s on %r: %s", grant.subject, subject, prefix, ",".join(sorted(actions)))
         return {"token": token, "expires": granted.expires, "prefix": prefix, "actions": sorted(granted.actions)}
 
+    app.include_router(tokens)
     return app
