@@ -9,6 +9,7 @@ timeouts, without leaving anything behind. Timeouts are set short here (1 s).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -23,8 +24,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from fastapi import FastAPI, Request
 
-from unistore import MemoryBackend
+from unistore import MemoryBackend, UnavailableError
+from unistore.backends._http_wire import error_from_response
+from unistore.fastapi import BodyTimeouts, Storage, add_storage
 from unistore.service import ServiceSettings, TokenAuthority, create_app
 from unistore.testing import free_port, running_server
 
@@ -400,3 +404,33 @@ def test_settings_read_the_limits_from_the_environment() -> None:
     assert defaults.body_deadline is None
     with pytest.raises(ValueError, match="timeout"):
         ServiceSettings(auth=False, body_timeout=0)
+
+
+# --- the same bound for apps built with add_storage ----------------------------------------------
+
+
+def test_an_add_storage_app_with_body_timeouts_answers_a_stalled_upload_with_408() -> None:
+    backend = MemoryBackend()
+    app = FastAPI()
+    add_storage(app, backend)
+    app.add_middleware(BodyTimeouts, idle=0.5)
+
+    @app.put("/upload/{name}")
+    async def upload(name: str, request: Request, storage: Storage) -> dict[str, int]:
+        info = await storage.put_object(name, request.stream())
+        return {"size": info.size}
+
+    with running_server(app) as url, _connect(int(url.rsplit(":", 1)[1])) as sock:
+        sock.sendall(b"PUT /upload/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        answer, elapsed = _read_until_closed(sock, 5)
+    assert _status(answer) == 408, answer
+    assert b'"RequestTimeoutError"' in answer
+    assert elapsed < 3
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(backend.head("stalled"))
+
+
+def test_a_client_sees_the_408_of_a_service_as_retryable() -> None:
+    response = httpx.Response(408, json={"error": {"type": "RequestTimeoutError", "message": "stalled", "key": "k"}})
+    error = error_from_response(response, response.content, key="k", backend="http", operation="put")
+    assert isinstance(error, UnavailableError)
