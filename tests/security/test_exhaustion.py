@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +25,15 @@ import httpx
 import psutil
 import pytest
 from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from unistore import MemoryBackend, UnavailableError
 from unistore.backends._http_wire import error_from_response
 from unistore.fastapi import BodyTimeouts, Storage, add_storage
-from unistore.service import ServiceSettings, TokenAuthority, create_app
+from unistore.service import ServiceSettings, TokenAuthority, Webhook, create_app
 from unistore.testing import free_port, running_server
 
 pytestmark = pytest.mark.xdist_group("exhaustion")
@@ -434,3 +438,30 @@ def test_a_client_sees_the_408_of_a_service_as_retryable() -> None:
     response = httpx.Response(408, json={"error": {"type": "RequestTimeoutError", "message": "stalled", "key": "k"}})
     error = error_from_response(response, response.content, key="k", backend="http", operation="put")
     assert isinstance(error, UnavailableError)
+
+
+async def test_a_webhook_receiver_can_neither_flood_nor_hold_a_delivery() -> None:
+    async def endless(request: StarletteRequest) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                yield b"x" * 65536
+                await asyncio.sleep(0)
+
+        return StreamingResponse(chunks())
+
+    async def silent(request: StarletteRequest) -> Response:
+        await asyncio.sleep(3)
+        return Response()
+
+    routes = [Route("/endless", endless, methods=["POST"]), Route("/silent", silent, methods=["POST"])]
+    with running_server(Starlette(routes=routes)) as url:
+        flooding = Webhook(url + "/endless", attempts=1, timeout=2)
+        holding = Webhook(url + "/silent", attempts=1, timeout=0.5)
+        try:
+            flooding({"event": "upload.completed"})
+            holding({"event": "upload.completed"})
+            await asyncio.wait_for(asyncio.gather(flooding.drain(), holding.drain()), 5)
+        finally:
+            await flooding.aclose()
+            await holding.aclose()
+    assert (flooding.delivered, holding.failed) == (1, 1)
