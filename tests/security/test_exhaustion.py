@@ -10,7 +10,9 @@ timeouts, without leaving anything behind. Timeouts are set short here (1 s).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -34,6 +36,7 @@ from unistore import MemoryBackend, UnavailableError
 from unistore.backends._http_wire import error_from_response
 from unistore.fastapi import BodyTimeouts, Storage, add_storage
 from unistore.service import ServiceSettings, TokenAuthority, Webhook, create_app
+from unistore.service._uploads import MAX_PARTS
 from unistore.testing import free_port, running_server
 
 pytestmark = pytest.mark.xdist_group("exhaustion")
@@ -276,6 +279,13 @@ def test_a_json_route_admits_once_per_request() -> None:
         assert c.post("/v1/uploads", json={"key": "c.bin"}).status_code == 429
 
 
+def test_the_default_json_bound_fits_the_largest_manifest() -> None:
+    """10,000 parts with SHA-256 checksums, as HttpBackend sends them, stay under the default bound."""
+    entry = {"number": MAX_PARTS, "sha256": base64.b64encode(bytes(32)).decode()}
+    manifest = json.dumps({"parts": [entry] * MAX_PARTS}).encode()
+    assert len(manifest) < ServiceSettings(auth=False).max_json_size
+
+
 def test_form_upload_must_be_multipart_before_it_is_read(service: Service) -> None:
     with _connect(service.port) as sock:
         head = (
@@ -353,6 +363,20 @@ def test_a_stalled_put_gets_408_and_leaves_nothing(service: Service, sent: int) 
     assert elapsed <= TIMEOUT + 3
     with httpx.Client(base_url=service.url, headers=service.auth) as c:
         assert c.head(f"/v1/objects/{key}").status_code == 404
+    assert _temp_files(service.store) == []
+
+
+def test_a_stalled_form_upload_gets_408(service: Service) -> None:
+    boundary = "b0undary"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n\r\n'
+    with _connect(service.port) as sock:
+        head = (
+            f"POST /v1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: {service.auth['authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {1024**3}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + part.encode() + b"x" * 100_000)
+        answer, _ = _read_until_closed(sock, TIMEOUT + 5)
+    assert _status(answer) == 408, answer
     assert _temp_files(service.store) == []
 
 
@@ -450,7 +474,7 @@ async def test_a_webhook_receiver_can_neither_flood_nor_hold_a_delivery() -> Non
         return StreamingResponse(chunks())
 
     async def silent(request: StarletteRequest) -> Response:
-        await asyncio.sleep(3)
+        await asyncio.sleep(1.5)
         return Response()
 
     routes = [Route("/endless", endless, methods=["POST"]), Route("/silent", silent, methods=["POST"])]
