@@ -336,6 +336,30 @@ def test_trickled_headers_do_not_keep_a_connection(service: Service) -> None:
     assert elapsed <= TIMEOUT + 3
 
 
+def test_the_unread_rest_of_a_refused_body_is_not_drained_forever(service: Service) -> None:
+    """After an early answer (401 here) the server drains what the client still sends, for a bounded time."""
+    with _connect(service.port) as sock:
+        sock.sendall(f"PUT /v1/objects/x HTTP/1.1\r\nHost: x\r\nContent-Length: {1024**3}\r\n\r\n".encode())
+        answer = _response(sock)
+        assert _status(answer) == 401, answer
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < TIMEOUT + 5:
+            try:
+                sock.sendall(b"x")  # a trickle that would reset uvicorn's own keep-alive timer
+            except OSError:
+                break
+            sock.settimeout(0.2)
+            try:
+                closed = sock.recv(1024) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed = True
+        elapsed = time.monotonic() - started
+    assert elapsed <= TIMEOUT + 3, f"still draining after {elapsed:.1f} s"
+
+
 def test_an_idle_connection_is_closed_and_others_are_served(service: Service) -> None:
     socks = [_connect(service.port) for _ in range(20)]
     try:
