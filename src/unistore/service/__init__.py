@@ -41,6 +41,7 @@ from ._app import create_app
 from ._auth import ACTIONS, Grant, TokenAuthority, UnauthorizedError
 from ._hooks import Hook, Webhook, verify_signature
 from ._ops import RequestIdFilter
+from ._server import http_protocol
 from ._settings import ServiceSettings
 from ._uploads import SCHEMA_VERSION, UploadSessions
 
@@ -56,5 +57,6 @@ __all__ = [
     "UploadSessions",
     "Webhook",
     "create_app",
+    "http_protocol",
     "verify_signature",
 ]

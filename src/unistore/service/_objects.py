@@ -17,6 +17,7 @@ from starlette.types import Message, Receive
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
+from .._request_limits import declared_length
 from .._types import IfMatch, ObjectInfo, WriteMode
 from ..fastapi import serve_object
 from ..layers import idempotency_key
@@ -107,8 +108,8 @@ def decode_cursor(cursor: str) -> str:
 
 def check_length(request: Request, limit: int, key: str) -> None:
     """413 from ``Content-Length`` alone, before a byte of the body is read."""
-    length = request.headers.get("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > limit:
+    length = declared_length(request)
+    if length is not None and length > limit:
         raise QuotaExceededError(f"request body is larger than {limit} bytes", key=key, operation="put")
 
 
