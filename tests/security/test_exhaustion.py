@@ -429,6 +429,28 @@ def test_a_slow_but_steady_upload_succeeds(service: Service) -> None:
         assert c.get("/v1/objects/slow/steady.bin").content == b"".join(chunks)
 
 
+def test_the_body_deadline_bounds_a_steady_trickle() -> None:
+    settings = ServiceSettings(auth=False, body_timeout=5, body_deadline=1)
+    backend = MemoryBackend()
+    with running_server(create_app(backend, settings=settings)) as url, _connect(int(url.rsplit(":", 1)[1])) as sock:
+        sock.sendall(b"PUT /v1/objects/trickle HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        for _ in range(20):  # a byte every 0.2 s: never idle, never done
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                answer += sock.recv(65536)
+            if answer:
+                break
+        elapsed = time.monotonic() - started
+    assert _status(answer) == 408, answer
+    assert 0.8 <= elapsed <= 3
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(backend.head("trickle"))
+
+
 def test_the_command_sets_the_header_timeout(tmp_path: Path) -> None:
     port = free_port()
     proc = _start(port, tmp_path / "store", tmp_path / "log", "--header-timeout", "0.5")
