@@ -4,6 +4,10 @@
 the app shuts down, answers ``GET /_ops/health``, maps :class:`StorageError`
 to its HTTP status (so an uncaught ``NotFoundError`` is a 404, never a 500),
 and with ``serve_files=True`` serves signed URLs at ``{file_route_prefix}/{key}``.
+
+Apps that take uploads should bound how long a body may stall:
+``app.add_middleware(BodyTimeouts, idle=30)`` answers 408 (:class:`RequestTimeoutError`)
+and closes the connection when a client stops sending its body.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from ._errors import (
 )
 from ._keys import validate_key
 from ._mime import check_content_type, inline_safe
+from ._request_limits import BodyTimeouts, RequestTimeoutError
 from ._signing import UrlSigner
 from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
 
-__all__ = ["Storage", "add_storage", "get_storage", "storage_error_response"]
+__all__ = ["BodyTimeouts", "RequestTimeoutError", "Storage", "add_storage", "get_storage", "storage_error_response"]
 
 logger = logging.getLogger("unistore")
 

@@ -41,6 +41,7 @@ _BY_STATUS: dict[int, type[StorageError]] = {
     401: PermissionDeniedError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    408: UnavailableError,  # the service gave up on a stalled body: a fresh attempt may succeed
     409: TransientError,
     412: PreconditionFailedError,
     413: QuotaExceededError,

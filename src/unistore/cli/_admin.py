@@ -43,11 +43,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No tokens (local development only).")] = False,
+    header_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to send request headers (default 10; env UNISTORE_HEADER_TIMEOUT).")
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a body may pause (then 408) (default 30; env UNISTORE_BODY_TIMEOUT).")
+    ] = None,
+    body_deadline: Annotated[
+        float | None, typer.Option(help="Seconds a whole body may take (default none; env UNISTORE_BODY_DEADLINE).")
+    ] = None,
 ) -> None:
     """Run the storage service (backend from STORAGE_*, settings from UNISTORE_*)."""
     from ..service.__main__ import serve as serve_forever
 
-    serve_forever(host, port, no_auth=no_auth)
+    timeouts = {"HEADER_TIMEOUT": header_timeout, "BODY_TIMEOUT": body_timeout, "BODY_DEADLINE": body_deadline}
+    serve_forever(
+        host, port, no_auth=no_auth, overrides={f"UNISTORE_{k}": str(v) for k, v in timeouts.items() if v is not None}
+    )
 
 
 @app.command("token")

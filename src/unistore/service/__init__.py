@@ -30,7 +30,10 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
 Auth: ``Authorization: Bearer <token>`` (see :class:`TokenAuthority`); 401
 without a valid token, 403 outside its actions or key prefix, 429 with
 ``Retry-After`` over a rate limit, 503 with ``Retry-After`` when the backend is
-overloaded. Every response has ``X-Request-Id``. The service keeps no state of
+overloaded. JSON bodies are read only after the token is checked, and at most
+``max_json_size`` bytes (413); a body that stalls gets 408 (``body_timeout``), and
+``python -m unistore.service`` closes a connection that does not send its headers within
+``header_timeout``. Every response has ``X-Request-Id``. The service keeps no state of
 its own: everything lives in the backend.
 """
 
@@ -40,6 +43,7 @@ from ._app import create_app
 from ._auth import ACTIONS, Grant, TokenAuthority, UnauthorizedError
 from ._hooks import Hook, Webhook, verify_signature
 from ._ops import RequestIdFilter
+from ._server import http_protocol
 from ._settings import ServiceSettings
 from ._uploads import SCHEMA_VERSION, UploadSessions
 
@@ -55,5 +59,6 @@ __all__ = [
     "UploadSessions",
     "Webhook",
     "create_app",
+    "http_protocol",
     "verify_signature",
 ]

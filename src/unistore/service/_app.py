@@ -8,15 +8,17 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import Response
 
 from .._base import StorageBackend
 from .._config import easy_storage
 from .._errors import NotFoundError, UnsupportedError
+from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe
 from ._access import ServiceContext
+from ._guard import admitted_route
 from ._hooks import Hook, Webhook
 from ._limits import LimitMiddleware
 from ._objects import objects_router
@@ -134,6 +136,7 @@ def create_app(
         histogram = Histogram(
             "unistore_http_request_duration_seconds", "HTTP request latency.", ["method"], registry=registry
         )
+    app.add_middleware(BodyTimeouts, idle=settings.body_timeout, total=settings.body_deadline)
     app.add_middleware(LimitMiddleware, identify=ctx.identify, per_client=ctx.per_client, overall=ctx.overall)
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)
     app.include_router(objects_router(ctx))
@@ -194,7 +197,9 @@ def create_app(
             await hot.sync(max_age=0.5)  # scrapes cost Redis at most two syncs a second
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tokens", status_code=201)
+    tokens = APIRouter(route_class=admitted_route(ctx))
+
+    @tokens.post("/v1/tokens", status_code=201)
     async def issue_token(
         request: Request,
         actions: Annotated[list[str], Body(min_length=1)],
@@ -226,4 +231,5 @@ def create_app(
             "actions": sorted(granted.actions),
         }
 
+    app.include_router(tokens)
     return app

@@ -18,12 +18,14 @@ from starlette.types import Message, Receive
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
+from .._request_limits import declared_length
 from .._types import IfMatch, ObjectInfo, WriteMode, check_content_type
 from ..fastapi import serve_object
 from ..layers import idempotency_key
 from ._access import ServiceContext
 from ._auth import Grant
 from ._digests import expected_digests, verified_body
+from ._guard import admitted_route
 from ._state import is_internal
 
 __all__ = ["check_length", "content_type_header", "info_json", "objects_router", "request_body"]
@@ -116,8 +118,8 @@ def content_type_header(request: Request) -> str | None:
 
 def check_length(request: Request, limit: int, key: str) -> None:
     """413 from ``Content-Length`` alone, before a byte of the body is read."""
-    length = request.headers.get("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > limit:
+    length = declared_length(request)
+    if length is not None and length > limit:
         raise QuotaExceededError(f"request body is larger than {limit} bytes", key=key, operation="put")
 
 
@@ -131,7 +133,7 @@ def idempotency_scope(grant: Grant, *, authenticated: bool) -> str:
 
 def objects_router(ctx: ServiceContext) -> APIRouter:
     """The routes over ``ctx.storage``."""
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=admitted_route(ctx))
     storage = ctx.storage
 
     @router.put("/objects/{key:path}", status_code=201, openapi_extra=_BODY, operation_id="put_object")
@@ -207,12 +209,15 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
     async def upload(request: Request) -> JSONResponse:
         """A browser form upload (``file`` field, optional ``key``).
 
-        The token (401/429) and ``Content-Length`` (413) are checked before the form
-        is parsed, and the body is cut off at ``max_body_size`` even when it is chunked.
+        The token (401/429), ``Content-Length`` (413) and the type (400 unless
+        ``multipart/form-data``) are checked before the form is parsed, and the body
+        is cut off at ``max_body_size`` even when it is chunked.
         """
         grant = ctx.admit(request)
         limit = ctx.settings.max_body_size
         check_length(request, limit, "upload")
+        if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "multipart/form-data":
+            raise InvalidArgumentError("the upload must be multipart/form-data", operation="put")
         form_request = Request(request.scope, _bounded_receive(request.receive, limit))
         try:
             form = await form_request.form(max_files=1, max_fields=8)

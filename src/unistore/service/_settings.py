@@ -34,7 +34,13 @@ class ServiceSettings:
 
     ``auth=True`` needs ``secret`` (at least 16 bytes): bearer tokens are
     HMAC-signed with it. ``auth=False`` lets every request do everything (local
-    development only). ``max_body_size`` bounds a request body (413 beyond it).
+    development only). ``max_body_size`` bounds a request body (413 beyond it) and
+    ``max_json_size`` a JSON one (a control request: tokens, upload sessions), read
+    only after the caller is authenticated. ``header_timeout`` is how long a
+    connection may take to send a request's headers (from its opening or the
+    previous response; then it is closed), ``body_timeout`` how long a body may
+    pause between chunks and ``body_deadline`` how long a whole body may take
+    (``None``: no limit); a stalled body gets 408.
     ``token_rate``/``token_burst`` limit each token (or each client address when
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
@@ -61,6 +67,10 @@ class ServiceSettings:
     auth: bool = True
     secret: bytes | None = field(default=None, repr=False)
     max_body_size: int = 5 * 1024**3
+    max_json_size: int = 1024**2
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_deadline: float | None = None
     token_rate: float | None = None
     token_burst: int | None = None
     global_rate: float | None = None
@@ -84,8 +94,10 @@ class ServiceSettings:
             raise ConfigurationError(
                 "auth needs a secret of at least 16 bytes (UNISTORE_SECRET); set UNISTORE_AUTH=off for local use"
             )
-        if self.max_body_size < 1:
-            raise ConfigurationError("max_body_size must be >= 1")
+        if min(self.max_body_size, self.max_json_size) < 1:
+            raise ConfigurationError("max_body_size and max_json_size must be >= 1")
+        if min(self.header_timeout, self.body_timeout, self.body_deadline or 1.0) <= 0:
+            raise ConfigurationError("header_timeout, body_timeout and body_deadline must be > 0")
         for name in ("token_rate", "global_rate"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -128,6 +140,8 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
+        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
+        ``UNISTORE_BODY_DEADLINE`` (seconds),
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
         ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
         ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
@@ -155,6 +169,10 @@ class ServiceSettings:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text
         casts: dict[str, type] = {
             "max_body_size": int,
+            "max_json_size": int,
+            "header_timeout": float,
+            "body_timeout": float,
+            "body_deadline": float,
             "token_rate": float,
             "token_burst": int,
             "global_rate": float,
