@@ -32,12 +32,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
-from .._errors import ConfigurationError, IntegrityError, TransientError
+from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError
 from .._keys import validate_key
 from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -368,6 +369,28 @@ class HttpBackend(BaseBackend):
             if not page.get("next_cursor"):
                 return
             params = {"prefix": prefix, "limit": self.settings.list_page_size, "cursor": page["next_cursor"]}
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        params: dict[str, Any] = {"prefix": prefix, "limit": self.settings.list_page_size, "delimiter": delimiter}
+        if start_after is not None:
+            params["start_after"] = start_after
+        while True:
+            response = await self._send("GET", "/v1/objects", key=prefix, operation="list", params=params)
+            page = response.json()
+            entries: list[ObjectInfo | CommonPrefix] = [info_from_json(item) for item in page["objects"]]
+            entries += [CommonPrefix(str(p)) for p in page.get("prefixes", [])]
+            entries.sort(key=lambda e: e.prefix if isinstance(e, CommonPrefix) else e.key)
+            for entry in entries:
+                yield entry
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+            params.pop("start_after", None)
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
 from .._errors import (
     ConfigurationError,
+    InvalidArgumentError,
     NotFoundError,
     PreconditionFailedError,
     StorageError,
@@ -39,6 +40,7 @@ from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -336,7 +338,9 @@ class S3Backend(BaseBackend):
 
     # --- listing ---------------------------------------------------------------------------------
 
-    async def _pages(self, prefix: str, start_after: str | None) -> AsyncIterator[tuple[Any, Callable[[str], str]]]:
+    async def _pages(
+        self, prefix: str, start_after: str | None, delimiter: str | None = None
+    ) -> AsyncIterator[tuple[Any, Callable[[str], str]]]:
         """ListObjectsV2 answers with their name decoder. The next page starts from the
         continuation token, or after the page's last (decoded) key where the token is missing
         or altered: SeaweedFS's token is the raw last key with control characters replaced."""
@@ -344,6 +348,8 @@ class S3Backend(BaseBackend):
         base = self.settings.prefix
         first = {"list-type": "2", "prefix": base + prefix, "max-keys": str(self.settings.page_size)}
         first["encoding-type"] = ENCODED
+        if delimiter is not None:
+            first["delimiter"] = delimiter
         query = dict(first)
         if start_after is not None:
             query["start-after"] = base + start_after
@@ -355,11 +361,12 @@ class S3Backend(BaseBackend):
             if xml_find(root, "IsTruncated") != "true":
                 return
             token = xml_find(root, "NextContinuationToken")
-            last = root.findall("{*}Contents/{*}Key")
+            names = [name(e.text or "") for e in root.findall("{*}Contents/{*}Key")[-1:]]
+            names += [name(e.text or "") for e in root.findall("{*}CommonPrefixes/{*}Prefix")[-1:]]
             if token and "\ufffd" not in token:
                 query = {**first, "continuation-token": token}
-            elif last:
-                query = {**first, "start-after": name(last[-1].text or "")}
+            elif names:
+                query = {**first, "start-after": max(names)}
             else:
                 return
 
@@ -375,6 +382,32 @@ class S3Backend(BaseBackend):
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
                     )
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        cut = len(self.settings.prefix)
+        async for page, name in self._pages(prefix, start_after, delimiter):
+            entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
+            for item in xml_children(page, "Contents"):
+                key = name(xml_find(item, "Key"))[cut:]
+                if usable_key(key):
+                    info = ObjectInfo(
+                        key=key,
+                        size=int(xml_find(item, "Size", "0")),
+                        etag=xml_find(item, "ETag").strip('"'),
+                        last_modified=iso_date(xml_find(item, "LastModified")),
+                    )
+                    entries.append((key, info))
+            for item in xml_children(page, "CommonPrefixes"):
+                folder = name(xml_find(item, "Prefix"))[cut:]
+                if folder.endswith(delimiter) and usable_key(folder[: -len(delimiter)]):
+                    entries.append((folder, CommonPrefix(folder)))
+            for entry_name, entry in sorted(entries, key=lambda pair: pair[0]):
+                if start_after is None or entry_name > start_after:  # S3 repeats a folder the cursor is inside
+                    yield entry
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)

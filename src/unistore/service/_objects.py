@@ -19,7 +19,7 @@ from starlette.types import Message, Receive
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
 from .._request_limits import declared_length
-from .._types import IfMatch, ObjectInfo, WriteMode, check_content_type
+from .._types import CommonPrefix, IfMatch, ObjectInfo, WriteMode, check_content_type
 from ..fastapi import serve_object
 from ..layers import idempotency_key
 from ._access import ServiceContext
@@ -186,24 +186,39 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
         cursor: str | None = None,
         start_after: str | None = None,
+        delimiter: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
     ) -> dict[str, Any]:
         """A page of objects under ``prefix`` in key order, after ``cursor`` (a previous page's
-        ``next_cursor``) or after the key ``start_after``."""
+        ``next_cursor``) or after the key ``start_after``. With ``delimiter`` (``/``), one
+        level: the objects directly under ``prefix`` and, in ``prefixes``, one entry per
+        folder below it; ``limit`` counts both, and the cursor pages across both."""
         ctx.check(request, "read", prefix)
         validate_prefix(prefix)
         limit = min(limit, ctx.settings.max_list_limit)
         after = decode_cursor(cursor) if cursor else start_after
         objects: list[dict[str, Any]] = []
+        prefixes: list[str] = []
         last = None
-        async for info in storage.iter_objects(prefix, start_after=after):
-            last = info.key
-            if is_internal(info.key):
+        entries = (
+            storage.iter_objects(prefix, start_after=after)
+            if delimiter is None
+            else storage.iter_entries(prefix, delimiter=delimiter, start_after=after)
+        )
+        async for entry in entries:
+            last = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            if is_internal(last):
                 continue
-            objects.append(info_json(info))
-            if len(objects) >= limit:
+            if isinstance(entry, CommonPrefix):
+                prefixes.append(entry.prefix)
+            else:
+                objects.append(info_json(entry))
+            if len(objects) + len(prefixes) >= limit:
                 break
-        more = len(objects) >= limit and last is not None
-        return {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
+        more = len(objects) + len(prefixes) >= limit and last is not None
+        page: dict[str, Any] = {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
+        if delimiter is not None:
+            page["prefixes"] = prefixes
+        return page
 
     @router.post("/upload", status_code=201, operation_id="upload_form", openapi_extra=_FORM)
     async def upload(request: Request) -> JSONResponse:
