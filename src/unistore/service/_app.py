@@ -76,6 +76,32 @@ def _start_exporter(option: str, registry: Any) -> Any:
     return server
 
 
+DOCS_ASSETS = "/_ops/docs-assets"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the assets the ``fastapi-offline`` wheel ships (a current
+    Swagger UI, which reads OpenAPI 3.1), so the page works offline and loads nothing from a CDN."""
+    from pathlib import Path
+
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+
 def _native_uploads(backend: StorageBackend) -> Any:
     """The backend's own resumable session API (``S3Backend.uploads``), if it has one."""
     while isinstance(backend, Layer):
@@ -121,7 +147,10 @@ def create_app(
     )
     ctx.storage = storage
 
-    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.")
+    app = FastAPI(
+        title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None
+    )
+    _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.
     add_storage(app, raw, serve_files=getattr(raw, "signer", None) is not None)
