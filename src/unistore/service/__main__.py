@@ -34,6 +34,11 @@ def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, s
     from ._server import http_protocol
 
     configure_logging()
+    _check_port(host, port)
+    if not os.environ.get("STORAGE_BASE_URL"):
+        # Signed file URLs point at this server, wherever it was started.
+        shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
+        os.environ["STORAGE_BASE_URL"] = f"http://{shown}:{port}/files"
     try:
         env = {**os.environ, **(overrides or {})}
         if no_auth:
@@ -62,6 +67,26 @@ def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, s
         access_log=False,
         log_config=None,
     )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit 2 with a hint when the port is taken (uvicorn alone would log a traceback)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(
+                f"unistore serve: port {port} on {host} is taken: pass --port N (make serve PORT=N)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
 
 
 _TIMEOUTS = {
