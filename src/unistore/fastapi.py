@@ -195,7 +195,8 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
 
     ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry whose name
     follows the metadata name rule, the value percent-encoded UTF-8 (RFC 3986 §2.1) so
-    any text survives a header.
+    any text survives a header, and the stored ``X-Stored-Cache-Control`` /
+    ``X-Stored-Content-Disposition`` (absent when unset; ``X-Stored`` says they are sent).
 
     Only types a browser shows without running anything (:data:`unistore._mime.INLINE_SAFE`,
     judged as a browser reads the header) may be inline; every other type, and a
@@ -221,6 +222,11 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     if active:
         headers["Content-Security-Policy"] = "sandbox"
     headers["Cache-Control"] = _cache_control(info)
+    if meta_headers:  # the stored fields themselves, which the served ones above may override
+        headers["X-Stored"] = "cache-control content-disposition"
+        for name, value in (("Cache-Control", info.cache_control), ("Content-Disposition", stored)):
+            if value and _header_safe(value):
+                headers[f"X-Stored-{name}"] = value
     if meta_headers:
         for name, value in info.metadata.items():
             if is_metadata_name(name):  # a name planted by another tool may be no header name at all

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -150,6 +151,12 @@ def info_from_headers(key: str, headers: httpx.Headers) -> tuple[ObjectInfo, int
         cache_control=headers.get("cache-control"),
         content_disposition=headers.get("content-disposition"),
     )
+    if "x-stored" in headers:  # the service says what is stored, not what it serves
+        info = replace(
+            info,
+            cache_control=headers.get("x-stored-cache-control"),
+            content_disposition=headers.get("x-stored-content-disposition"),
+        )
     return info, start, end
 
 

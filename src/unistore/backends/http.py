@@ -9,11 +9,10 @@ exponential backoff and full jitter, never sooner than the service's
 ``Idempotency-Key`` (the caller's :func:`~unistore.layers.idempotency_key` if
 set, else a fresh one per call), so a retried write takes effect once.
 
-Deviations: a stored ``cache_control`` that is unset reads back as the
-service's default policy, and the service forces ``Content-Disposition`` to an
-attachment for every type it does not show inline (all but inert types such as
-text, images, audio and video); ``sign_url`` asks the service,
-which checks that the object exists.
+Deviations: ``sign_url`` asks the service, which checks that the object exists.
+``head``/``open`` report the stored ``cache_control`` and ``content_disposition``
+(the service sends them apart from the headers it serves, which force an
+attachment for active types).
 """
 
 from __future__ import annotations

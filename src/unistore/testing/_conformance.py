@@ -248,6 +248,24 @@ class BackendConformance:
         assert await backend.get(key) == b"v1"
         assert (await backend.head(key)).content_type == "text/plain"
 
+    async def test_cache_control_and_disposition_read_back_as_stored(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        plain = await backend.put_object(prefix + "plain.html", b"<p>", content_type="text/html")
+        for info in (plain, await backend.head(prefix + "plain.html")):
+            assert (info.cache_control, info.content_disposition) == (None, None)
+        async with await backend.open(prefix + "plain.html") as dl:
+            assert (dl.info.cache_control, dl.info.content_disposition) == (None, None)
+        await backend.put_object(
+            prefix + "set.html", b"<p>", content_type="text/html", cache_control="public, max-age=60",
+            content_disposition='inline; filename="set.html"',
+        )
+        info = await backend.head(prefix + "set.html")
+        assert (info.cache_control, info.content_disposition) == ("public, max-age=60", 'inline; filename="set.html"')
+        async with await backend.open(prefix + "set.html") as dl:
+            stored = (dl.info.cache_control, dl.info.content_disposition)
+        assert stored == (info.cache_control, info.content_disposition)
+
     async def test_overwrite_replaces_metadata(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "o"
         await backend.put(key, b"1", "text/plain", {"a": "1"})
