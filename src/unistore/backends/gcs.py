@@ -30,6 +30,7 @@ from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -345,6 +346,40 @@ class GCSBackend(BaseBackend):
         async for items in self._pages(prefix, start_after, INFO_FIELDS):
             for item in items:
                 yield self._from_resource(item)
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        params = {
+            "prefix": self._name(prefix),
+            "delimiter": delimiter,
+            "maxResults": str(self.settings.page_size),
+            "fields": f"items({INFO_FIELDS}),prefixes,nextPageToken",
+        }
+        if start_after is not None and start_after > prefix:
+            params["startOffset"] = self._name(start_after)
+        cut = len(self.settings.prefix)
+        while True:
+            r = await self._send("GET", f"{self._bucket_path}/o", "list", prefix, params=params)
+            if r.status_code != 200:
+                raise_for(r, "list", prefix)
+            page = json_of(r, "list", prefix)
+            entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
+            for item in page.get("items") or ():
+                info = self._from_resource(item)
+                entries.append((info.key, info))
+            for folder in page.get("prefixes") or ():
+                entries.append((folder[cut:], CommonPrefix(folder[cut:])))
+            for name, entry in sorted(entries, key=lambda pair: pair[0]):
+                if start_after is None or name > start_after:  # a folder the cursor is inside comes again
+                    yield entry
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)
