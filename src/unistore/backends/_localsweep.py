@@ -1,0 +1,145 @@
+"""Removal of what killed writers leave behind in a :class:`LocalBackend` tree.
+
+A writer holds an exclusive ``flock`` on its temp file from creation until its
+commit, so a temp file is stale only when nobody holds that lock *and* it has
+not been written for ``stale_after`` seconds (the age covers the instant
+between creating a file and locking it, and other processes' pid namespaces
+make pids useless). A versioned sidecar is stale when it is that old and no
+file in its directory (data or temp) is the inode it names. Directories that
+the sweep empties are removed; directories it found empty are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat as stat_mod
+import time
+
+from .._keys import RESERVED_PREFIX
+from ._localmeta import LEGACY_SUFFIX, SIDECAR_SUFFIX, read_sidecar
+
+__all__ = ["clear_dir", "sweep_tree"]
+
+TMP_PREFIX = RESERVED_PREFIX + ".tmp."
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _unlink_if_dead(path: str) -> bool:
+    """Remove the temp file ``path`` unless a live writer holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # held: a live writer
+    try:
+        os.unlink(path)  # still holding the lock, so no writer can be using it now
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _sweep_dir(d: str, stale_before: float, internal: bool) -> tuple[int, bool]:
+    """Sweep one directory; returns (files removed, whether any entry is left)."""
+    removed = 0
+    left = False
+    inodes: set[int] = set()
+    sidecars: list[tuple[str, int, float]] = []
+    try:
+        it = os.scandir(d)
+    except OSError:
+        return 0, True
+    with it:
+        entries = list(it)
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if e.is_dir(follow_symlinks=False):
+            left = True  # subdirectories are handled (and removed) by the walk itself
+            continue
+        name = e.name
+        if name.startswith(RESERVED_PREFIX) and name.endswith(SIDECAR_SUFFIX) and not internal:
+            ino_hex = name[len(RESERVED_PREFIX) + 1 :].partition(".")[0]
+            with contextlib.suppress(ValueError):
+                sidecars.append((e.path, int(ino_hex, 16), st.st_mtime))
+                continue
+        temp = name.startswith(TMP_PREFIX) and not name.endswith(LEGACY_SUFFIX) and stat_mod.S_ISREG(st.st_mode)
+        if temp and st.st_mtime < stale_before and _unlink_if_dead(e.path):
+            removed += 1
+            continue
+        inodes.add(st.st_ino)
+        left = True
+    for path, ino, mtime in sidecars:
+        if ino in inodes or mtime >= stale_before:
+            left = True
+            continue
+        record = read_sidecar(path)
+        data_name = record.get("name") if record else None
+        if isinstance(data_name, str) and "/" not in data_name:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(d, data_name)).st_ino == ino:  # renamed in while we scanned
+                    left = True
+                    continue
+        try:
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            left = True
+    return removed, left
+
+
+def sweep_tree(root: str, stale_after: float) -> int:
+    """Remove stale temp files and sidecars under ``root`` (bottom-up), and the directories
+    left empty by that; returns how many files were removed."""
+    stale_before = time.time() - stale_after
+    internal = os.path.join(root, RESERVED_PREFIX)
+    total = 0
+    emptied: dict[str, int] = {}  # directory -> subdirectories this sweep removed from it
+    for d, _dirs, _files in os.walk(root, topdown=False, followlinks=False):
+        removed, left = _sweep_dir(d, stale_before, d == internal or d.startswith(internal + os.sep))
+        total += removed
+        if (removed or emptied.get(d)) and not left and d != root and not d.startswith(internal):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+                parent = os.path.dirname(d)
+                emptied[parent] = emptied.get(parent, 0) + 1
+    return total
+
+
+def clear_dir(path: str) -> bool:
+    """Empty the directory ``path`` if it holds no object, only leftovers (temp files of dead
+    writers, sidecars, empty directories), and remove it; ``False`` if anything else is there."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError:
+        return False
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if not clear_dir(e.path):
+                return False
+        elif not e.name.startswith(RESERVED_PREFIX) or e.is_symlink():
+            return False
+        elif e.name.startswith(TMP_PREFIX) and not e.name.endswith(LEGACY_SUFFIX):
+            if not _unlink_if_dead(e.path):
+                return False
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
