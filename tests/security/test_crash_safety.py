@@ -1,0 +1,266 @@
+"""Crash safety of LocalBackend: a writer killed with SIGKILL at any instant leaves either the old
+version with all its metadata or the new one with all of its, and nothing that blocks later writes.
+
+Writers run in child processes. The deterministic tests install ``local._crash_hook`` in the child
+(a test seam that is ``None`` in normal use), which stops the writer right after the named step of
+the commit so the test kills it exactly there; the random tests kill at random moments, as in issue 19.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from unistore import LocalBackend
+
+SECRET = "crash-secret-0123456789abcdef"
+
+# The child: one put under a hook that reports every commit step and stops at ``stop_at``.
+WRITER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import unistore.backends.local as local
+    from unistore import LocalBackend
+
+    base, sidecars, stop_at, spec = sys.argv[1], sys.argv[2] == "sidecars", sys.argv[3], json.loads(sys.argv[4])
+
+    class NoXattr(LocalBackend):
+        def _probe_xattr(self):
+            return False
+
+    store = (NoXattr if sidecars else LocalBackend)(base_path=base, fsync=True, url_secret=spec["secret"])
+
+    def hook(step):
+        print("step", step, flush=True)
+        if step == stop_at:
+            sys.stdin.readline()  # wait here to be killed (or told to go on)
+
+    local._crash_hook = hook
+    asyncio.run(
+        store.put_object(
+            spec["key"], spec["body"].encode(), content_type=spec["ct"], metadata=spec["meta"],
+            cache_control=spec["cc"],
+        )
+    )
+    print("done", flush=True)
+    """
+)
+
+
+@dataclass(frozen=True)
+class Version:
+    body: bytes
+    ct: str | None = None
+    meta: dict[str, str] | None = None
+    cc: str | None = None
+
+    def spec(self, key: str) -> str:
+        return json.dumps(
+            {"key": key, "body": self.body.decode(), "ct": self.ct, "meta": self.meta, "cc": self.cc, "secret": SECRET}
+        )
+
+    async def write(self, store: LocalBackend, key: str) -> None:
+        await store.put_object(key, self.body, content_type=self.ct, metadata=self.meta, cache_control=self.cc)
+
+    def seen(self, key: str) -> tuple[bytes, str, dict[str, str], str | None]:
+        from unistore._types import guess_content_type
+
+        return self.body, self.ct or guess_content_type(key), self.meta or {}, self.cc
+
+
+OLD_META = Version(b"old version, with metadata", "text/x-old", {"gen": "old", "len": "26"}, "max-age=60")
+NEW_META = Version(b"the new version, with its own metadata", "text/x-new", {"gen": "new"}, "no-store")
+PLAIN = Version(b"a version without metadata")
+TRANSITIONS = {
+    "meta-to-meta": (OLD_META, NEW_META),
+    "meta-to-plain": (OLD_META, PLAIN),
+    "plain-to-meta": (PLAIN, NEW_META),
+}
+
+
+class NoXattr(LocalBackend):
+    def _probe_xattr(self) -> bool:
+        return False
+
+
+def _store(base: Path, sidecars: bool) -> LocalBackend:
+    return (NoXattr if sidecars else LocalBackend)(base_path=str(base), fsync=False, url_secret=SECRET)
+
+
+class Writer:
+    """A child process running one put, stopped after step ``stop_at``."""
+
+    def __init__(self, base: Path, sidecars: bool, stop_at: str, key: str, version: Version) -> None:
+        mode = "sidecars" if sidecars else "xattr"
+        args = [sys.executable, "-c", WRITER, str(base), mode, stop_at, version.spec(key)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.steps: list[str] = []
+
+    def run_to(self, stop_at: str | None) -> bool:
+        """Read the child's steps until it reports ``stop_at`` (True) or finishes (False)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            word, _, step = line.strip().partition(" ")
+            if word == "done":
+                break
+            self.steps.append(step)
+            if step == stop_at:
+                return True
+        assert self.proc.wait(30) == 0
+        return False
+
+    def kill(self) -> None:
+        self.proc.kill()
+        assert self.proc.wait(30) == -signal.SIGKILL
+
+    def resume(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+
+def _steps_of(base: Path, sidecars: bool, key: str, version: Version) -> list[str]:
+    w = Writer(base, sidecars, "", key, version)
+    assert not w.run_to(None)
+    return w.steps
+
+
+def _leftovers(root: Path) -> list[str]:
+    rels = (str(p.relative_to(root)) for p in root.rglob(".unistore*") if p.is_file())
+    return sorted(r for r in rels if not r.startswith(".unistore/"))
+
+
+async def _seen(store: LocalBackend, key: str) -> tuple[bytes, str, dict[str, str], str | None]:
+    info = await store.head(key)
+    async with await store.open(key) as dl:
+        body = await dl.read()
+        assert dl.info == info  # one version: what head says is what open serves
+    return body, info.content_type, dict(info.metadata), info.cache_control
+
+
+EXPECTED_STEPS = {
+    # xattr mode: the record rides on the temp file; one rename commits both
+    # (a replaced version with a record may have had a sidecar: its removal is tried after the commit)
+    (False, "meta-to-meta"): ["temp-written", "temp-synced", "data-renamed", "old-sidecar-removed", "dir-synced"],
+    (False, "meta-to-plain"): ["temp-written", "temp-synced", "data-renamed", "old-sidecar-removed", "dir-synced"],
+    (False, "plain-to-meta"): ["temp-written", "temp-synced", "data-renamed", "dir-synced"],
+    # sidecar mode: the new sidecar before the data rename, the replaced one's removal after it
+    (True, "meta-to-meta"): [
+        "temp-written", "sidecar-written", "temp-synced", "data-renamed", "old-sidecar-removed", "dir-synced",
+    ],
+    (True, "meta-to-plain"): ["temp-written", "temp-synced", "data-renamed", "old-sidecar-removed", "dir-synced"],
+    (True, "plain-to-meta"): ["temp-written", "sidecar-written", "temp-synced", "data-renamed", "dir-synced"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("transition", sorted(TRANSITIONS))
+@pytest.mark.parametrize("sidecars", [False, True], ids=["xattr", "sidecars"])
+async def test_a_writer_killed_after_any_commit_step_leaves_one_whole_version(
+    tmp_path: Path, sidecars: bool, transition: str
+) -> None:
+    from unistore.backends._localmeta import sidecar_path
+
+    old, new = TRANSITIONS[transition]
+    store = _store(tmp_path / "s", sidecars)
+    await old.write(store, "probe/k")
+    steps = _steps_of(store.root, sidecars, "probe/k", new)
+    assert steps == EXPECTED_STEPS[sidecars, transition]
+    for i, step in enumerate(steps):
+        key = f"k{i}/obj"
+        await old.write(store, key)
+        old_etag = (await store.head(key)).etag
+        w = Writer(store.root, sidecars, step, key, new)
+        assert w.run_to(step), step
+        w.kill()
+        committed = steps.index(step) >= steps.index("data-renamed")
+        seen = await _seen(store, key)
+        assert seen == (new if committed else old).seen(key), step
+        if not committed:
+            assert (await store.head(key)).etag == old_etag, step  # the old version, untouched
+        assert await store.list_keys(f"k{i}/") == [key]
+        # a later write succeeds, and the sweep removes whatever the kill left
+        third = Version(b"written after the crash", "text/x-third", {"gen": "third"})
+        await third.write(store, key)
+        assert await _seen(store, key) == third.seen(key), step
+        assert await store.sweep(older_than=0) >= 0
+        data = store.root / key
+        live = [Path(sidecar_path(str(data), data.stat().st_ino)).name] if sidecars else []
+        assert _leftovers(store.root / f"k{i}") == live, step  # nothing but the live version's sidecar
+        assert await _seen(store, key) == third.seen(key), step
+
+
+# --- the random kill loop of issue 19 -----------------------------------------------------------
+
+RANDOM_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, unistore
+    b = unistore.easy_storage(backend="local", base_path=sys.argv[1])
+    async def main():
+        i = 0
+        while True:
+            body = (b"A" if i % 2 else b"B") * (1 << 18) * (1 + i % 3)
+            await b.put("crash/obj", body, "application/x-crash", metadata={"n": str(i), "len": str(len(body))})
+            i += 1
+            if i == 2:
+                print("ready", flush=True)
+    asyncio.run(main())
+    """
+)
+
+
+async def _kill_loop(base: Path, kills: int, seed: int) -> list[int]:
+    """Kill the writer ``kills`` times at random moments; after each kill, check the object
+    and its metadata describe the same committed version. Returns the versions seen."""
+    rng = random.Random(seed)
+    seen = []
+    store = LocalBackend(base_path=str(base), fsync=False, url_secret=SECRET)
+    for _ in range(kills):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RANDOM_WRITER, str(base), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)) == b"ready\n"
+        await asyncio.sleep(rng.uniform(0, 0.15))
+        proc.kill()
+        await proc.wait()
+        info = await store.head("crash/obj")
+        body = await store.get("crash/obj")
+        assert info.content_type == "application/x-crash", info
+        assert set(info.metadata) == {"n", "len"}, info
+        n = int(info.metadata["n"])
+        assert len(body) == info.size == int(info.metadata["len"]) == (1 << 18) * (1 + n % 3), info
+        assert body == (b"A" if n % 2 else b"B") * len(body)
+        seen.append(n)
+    return seen
+
+
+async def _random_kills(tmp_path: Path, kills: int) -> None:
+    lanes = 2
+    results = await asyncio.gather(*(_kill_loop(tmp_path / f"lane{i}", kills // lanes, i) for i in range(lanes)))
+    assert all(len(r) == kills // lanes for r in results)
+    for i in range(lanes):
+        store = LocalBackend(base_path=str(tmp_path / f"lane{i}"), fsync=False, url_secret=SECRET)
+        await store.sweep(older_than=0)
+        assert _leftovers(store.root) == [], "temp files of killed writers are swept"
+        await store.put("crash/obj", b"after", "text/plain")
+        assert await store.delete("crash/obj")
+        await store.put("crash", b"the directory left by the writers is gone")
+        assert await store.get("crash") == b"the directory left by the writers is gone"
+
+
+async def test_random_kills_never_lose_metadata(tmp_path: Path) -> None:
+    await _random_kills(tmp_path, 24)
+
+
+@pytest.mark.slow
+async def test_500_random_kills_never_lose_metadata(tmp_path: Path) -> None:
+    await _random_kills(tmp_path, 500)
