@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from unistore import LocalBackend
+from unistore import InvalidKeyError, LocalBackend
 
 SECRET = "crash-secret-0123456789abcdef"
 
@@ -264,3 +266,137 @@ async def test_random_kills_never_lose_metadata(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_500_random_kills_never_lose_metadata(tmp_path: Path) -> None:
     await _random_kills(tmp_path, 500)
+
+
+# --- leftovers of killed writers (issue 11, item 13) ---------------------------------------------
+
+
+def _killed_writer(root: Path, key: str, stop_at: str = "temp-written", sidecars: bool = False) -> None:
+    w = Writer(root, sidecars, stop_at, key, NEW_META)
+    assert w.run_to(stop_at)
+    w.kill()
+
+
+STREAMER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from unistore import LocalBackend
+
+    async def body():
+        while True:
+            yield b"x" * 65536
+            await asyncio.sleep(0.01)
+
+    store = LocalBackend(base_path=sys.argv[1], url_secret="crash-secret-0123456789abcdef")
+    asyncio.run(store.put_object(sys.argv[2], body(), metadata={"m": "1"}))
+    """
+)
+
+
+def _killed_mid_stream(root: Path, key: str) -> None:
+    """Kill a writer while it streams ``key`` into its temp file (no test seam needed)."""
+    proc = subprocess.Popen([sys.executable, "-c", STREAMER, str(root), key])
+    try:
+        deadline = time.monotonic() + 30
+        parent = (root / key).parent
+        while not any(p.stat().st_size for p in parent.glob(".unistore.tmp.*")) if parent.is_dir() else True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def _age(root: Path, seconds: float, rels: list[str] | None = None) -> None:
+    """Make leftovers (default: all) look ``seconds`` old, as if the kill happened that long ago.
+    (Age them only once no more writer will start: a writer's first write sweeps too.)"""
+    then = time.time() - seconds
+    for rel in _leftovers(root) if rels is None else rels:
+        os.utime(root / rel, (then, then))
+
+
+async def test_put_onto_a_directory_left_only_with_leftovers_succeeds(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", False)
+    await store.put("crash/obj", b"committed")
+    _killed_mid_stream(store.root, "crash/obj")  # its temp file stays in crash/
+    (store.root / "crash" / "empty" / "deeper").mkdir(parents=True)
+    assert await store.delete("crash/obj")
+    assert (store.root / "crash").is_dir()
+    await store.put("crash", b"the key is free again", "text/plain", {"m": "1"})
+    assert await store.get("crash") == b"the key is free again"
+    assert (await store.head("crash")).metadata == {"m": "1"}
+    assert await store.list_keys() == ["crash"]
+
+
+async def test_put_onto_a_directory_with_a_live_writer_or_an_object_is_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", False)
+    live = Writer(store.root, False, "temp-written", "busy/obj", NEW_META)
+    assert live.run_to("temp-written")  # alive, holding its temp file in busy/
+    try:
+        with pytest.raises(InvalidKeyError):
+            await store.put("busy", b"x")
+    finally:
+        live.resume()
+    assert not live.run_to(None)
+    assert await _seen(store, "busy/obj") == NEW_META.seen("busy/obj")  # the live writer was not harmed
+    await store.put("full/obj", b"an object")
+    with pytest.raises(InvalidKeyError):
+        await store.put("full", b"x")
+    assert await store.get("full/obj") == b"an object"
+
+
+@pytest.mark.parametrize("sidecars", [False, True], ids=["xattr", "sidecars"])
+async def test_sweep_removes_stale_leftovers_and_never_a_live_writers(tmp_path: Path, sidecars: bool) -> None:
+    store = _store(tmp_path / "s", sidecars)
+    await OLD_META.write(store, "kept/obj")
+    _killed_writer(store.root, "a/one", sidecars=sidecars)
+    _killed_writer(store.root, "b/c/two", sidecars=sidecars)
+    _killed_writer(store.root, "kept/obj", "sidecar-written" if sidecars else "temp-synced", sidecars)
+    live = Writer(store.root, sidecars, "temp-written", "live/obj", NEW_META)
+    assert live.run_to("temp-written")
+    kept = _leftovers(store.root / "kept") if sidecars else []
+    try:
+        old = _leftovers(store.root)
+        alive = [p for p in old if p.startswith("live/")]  # the paused writer's temp file
+        # the committed version's own sidecar is not a leftover
+        kept_sidecar = [f"kept/{p}" for p in kept if _is_live_sidecar(store.root, "kept/obj", p)]
+        dead = sorted(set(old) - set(alive) - set(kept_sidecar))
+        assert len(dead) == (4 if sidecars else 3), dead  # 3 temps (+ 1 sidecar of a version never committed)
+        _killed_writer(store.root, "a/fresh", sidecars=sidecars)  # a recent one: too young to be judged
+        _age(store.root, 3600, old)
+        assert await store.sweep() == len(dead)
+        left = _leftovers(store.root)
+        assert sorted(set(left) - set(kept_sidecar) - set(alive)) == [p for p in left if p.startswith("a/")], left
+        assert len(left) == 2 + len(kept_sidecar), left
+        assert not (store.root / "b").exists()  # directories the sweep emptied are removed
+    finally:
+        live.resume()
+    assert not live.run_to(None)  # the live writer commits after the sweep
+    assert await _seen(store, "live/obj") == NEW_META.seen("live/obj")
+    assert await _seen(store, "kept/obj") == OLD_META.seen("kept/obj")
+    _age(store.root, 3600)
+    assert await store.sweep() == 1  # the fresh one, now old
+    assert all(p.endswith(".vm") for p in _leftovers(store.root))  # only live versions' sidecars
+    assert len(_leftovers(store.root)) == (2 if sidecars else 0)
+    assert await store.list_keys() == ["kept/obj", "live/obj"]
+
+
+def _is_live_sidecar(root: Path, key: str, name: str) -> bool:
+    from unistore.backends._localmeta import sidecar_path
+
+    data = root / key
+    return Path(sidecar_path(str(data), data.stat().st_ino)).name == name
+
+
+async def test_the_first_write_sweeps_in_the_background(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    _store(root, False)
+    _killed_mid_stream(root, "old/leftover")
+    _age(root, 3600)
+    store = _store(root, False)
+    await store.put("trigger", b"x")
+    deadline = time.monotonic() + 10
+    while _leftovers(root):
+        assert time.monotonic() < deadline, _leftovers(root)
+        await asyncio.sleep(0.05)
+    assert not (root / "old").exists()
