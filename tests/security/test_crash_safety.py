@@ -9,6 +9,10 @@ the commit so the test kills it exactly there; the random tests kill at random m
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
 import json
 import os
 import random
@@ -16,13 +20,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from unistore import InvalidKeyError, LocalBackend
+from unistore.testing import free_port
 
 SECRET = "crash-secret-0123456789abcdef"
 
@@ -41,7 +49,7 @@ WRITER = textwrap.dedent(
 
     store = (NoXattr if sidecars else LocalBackend)(base_path=base, fsync=True, url_secret=spec["secret"])
 
-    def hook(step):
+    def hook(step, key):
         print("step", step, flush=True)
         if step == stop_at:
             sys.stdin.readline()  # wait here to be killed (or told to go on)
@@ -400,3 +408,150 @@ async def test_the_first_write_sweeps_in_the_background(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, _leftovers(root)
         await asyncio.sleep(0.05)
     assert not (root / "old").exists()
+
+
+# --- the service over LocalBackend, killed mid-request ------------------------------------------
+
+SERVICE = textwrap.dedent(
+    """
+    import os, sys, time
+    import unistore.backends.local as local
+
+    stop_at, marker = os.environ["CRASH_STOP_AT"], os.environ["CRASH_MARKER"]
+
+    def hook(step, key):
+        if step == stop_at and not key.startswith(".unistore"):  # objects only, not the service's records
+            with open(marker, "w") as f:
+                f.write(step)
+            time.sleep(3600)  # killed here
+
+    local._crash_hook = hook
+    from unistore.service.__main__ import main
+
+    main(["--port", sys.argv[1], "--no-auth"])
+    """
+)
+
+
+@contextlib.contextmanager
+def _service(base: Path, stop_at: str = "") -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """``unistore serve`` over a LocalBackend at ``base`` that stops (to be killed) after ``stop_at``."""
+    port = free_port()
+    marker = base.parent / f"marker-{port}"
+    env = {
+        **os.environ,
+        "STORAGE_BACKEND": "local",
+        "STORAGE_BASE_PATH": str(base),
+        "CRASH_STOP_AT": stop_at,
+        "CRASH_MARKER": str(marker),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVICE, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the service did not start"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/_ops/health").status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield url, proc, marker
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def _killed_during(request: Callable[[], httpx.Response], proc: subprocess.Popen[bytes], marker: Path) -> None:
+    """Send ``request``; once the service stops at its crash point, SIGKILL it. The client must
+    see the connection die, never an answer."""
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            outcome.append(request())
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert t.is_alive() and time.monotonic() < deadline, f"the crash point was never reached: {outcome}"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(30)
+    t.join(30)
+    marker.unlink()
+    assert len(outcome) == 1 and isinstance(outcome[0], httpx.TransportError), outcome
+
+
+def _headers(v: Version) -> dict[str, str]:
+    h = {f"x-meta-{k}": val for k, val in (v.meta or {}).items()}
+    h.update({"content-type": v.ct or "application/octet-stream", **({"cache-control": v.cc} if v.cc else {})})
+    return h
+
+
+def test_service_killed_mid_put_at_every_commit_step(tmp_path: Path) -> None:
+    base = tmp_path / "store"
+    store = _store(base, False)
+    steps = EXPECTED_STEPS[False, "meta-to-meta"]
+    for step in steps:
+        key = f"svc/{step}"
+        asyncio.run(OLD_META.write(store, key))
+        with _service(base, step) as (url, proc, marker):
+            put = functools.partial(
+                httpx.put, f"{url}/v1/objects/{key}", content=NEW_META.body, headers=_headers(NEW_META), timeout=30
+            )
+            _killed_during(put, proc, marker)
+        committed = steps.index(step) >= steps.index("data-renamed")
+        assert asyncio.run(_seen(store, key)) == (NEW_META if committed else OLD_META).seen(key), step
+    with _service(base) as (url, _, _):  # a restarted service serves each version whole, and takes new writes
+        for step in steps:
+            key = f"svc/{step}"
+            v = NEW_META if steps.index(step) >= steps.index("data-renamed") else OLD_META
+            r = httpx.get(f"{url}/v1/objects/{key}")
+            assert (r.content, r.headers["content-type"], r.headers["x-meta-gen"]) == (v.body, v.ct, v.meta["gen"])
+            assert r.headers["cache-control"] == v.cc
+            assert httpx.put(f"{url}/v1/objects/{key}", content=b"later", headers=_headers(PLAIN)).status_code == 201
+    asyncio.run(store.sweep(older_than=0))
+    assert _leftovers(base) == []
+
+
+def _sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_service_killed_while_completing_an_upload(tmp_path: Path) -> None:
+    base = tmp_path / "store"
+    store = _store(base, False)
+    parts = [b"a" * 1000, b"b" * 500]
+    manifest = {"parts": [{"number": i + 1, "sha256": _sha(p)} for i, p in enumerate(parts)]}
+    sessions = {}
+    for step in ("temp-written", "data-renamed"):
+        key = f"up/{step}"
+        with _service(base, step) as (url, proc, marker):
+            body = {"key": key, "content_type": "application/x-joined", "metadata": {"owner": "me"}}
+            sid = httpx.post(f"{url}/v1/uploads", json=body).json()["upload_id"]
+            for n, data in enumerate(parts, start=1):
+                assert httpx.put(f"{url}/v1/uploads/{sid}/parts/{n}", content=data).status_code == 200
+            _killed_during(
+                functools.partial(httpx.post, f"{url}/v1/uploads/{sid}/complete", json=manifest), proc, marker
+            )
+        sessions[key] = sid
+        if step == "temp-written":
+            assert not asyncio.run(store.exists(key))  # nothing visible before the commit
+        else:
+            info = asyncio.run(store.head(key))  # committed: the data with all of its metadata
+            assert (info.content_type, dict(info.metadata)) == (
+                "application/x-joined",
+                {"owner": "me", "schema_version": "1"},
+            )
+    with _service(base) as (url, _, _):  # completing again after the restart finishes the job
+        for key, sid in sessions.items():
+            r = httpx.post(f"{url}/v1/uploads/{sid}/complete", json=manifest)
+            assert r.status_code == 201, r.text
+            got = httpx.get(f"{url}/v1/objects/{key}")
+            assert got.content == b"".join(parts) and got.headers["content-type"] == "application/x-joined"
+            assert got.headers["x-meta-owner"] == "me"

@@ -584,7 +584,7 @@ class LocalBackend(BaseBackend):
         the raw facts; the event loop builds the ObjectInfo (see ``_info``)."""
         fsync = self.settings.fsync
         marked = meta["marked"]
-        _crash_point("temp-written")
+        _crash_point("temp-written", key)
         stamp = self._stamp(marked)
         _set_mtime(temp.fd, temp.path, stamp)
         st = os.fstat(temp.fd)
@@ -597,12 +597,12 @@ class LocalBackend(BaseBackend):
                 record.update(ino=st.st_ino, name=os.path.basename(path))
                 sidecar = sidecar_path(path, st.st_ino)
                 write_sidecar(sidecar, encode(record), fsync)
-                _crash_point("sidecar-written")
+                _crash_point("sidecar-written", key)
         else:
             etag = _stat_etag(st)
         if fsync:
             os.fsync(temp.fd)
-            _crash_point("temp-synced")
+            _crash_point("temp-synced", key)
         committed = False
         try:
             stripe = self._locks.acquire(key)
@@ -612,11 +612,11 @@ class LocalBackend(BaseBackend):
                 old = self._old_sidecar(path)
                 self._replace_data(key, temp.path, path)
                 committed = True
-                _crash_point("data-renamed")
+                _crash_point("data-renamed", key)
                 if old is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(old)
-                    _crash_point("old-sidecar-removed")
+                    _crash_point("old-sidecar-removed", key)
             finally:
                 self._locks.release(stripe)
         finally:
@@ -626,7 +626,7 @@ class LocalBackend(BaseBackend):
                     os.unlink(sidecar)
         if fsync:
             fsync_dir(os.path.dirname(path))
-            _crash_point("dir-synced")
+            _crash_point("dir-synced", key)
         return size, stamp, etag
 
     def _old_sidecar(self, path: str) -> str | None:
@@ -755,15 +755,15 @@ class LocalBackend(BaseBackend):
 _MARK = 777
 """``mtime_ns % 1000`` of a data file whose version has a record (see ``_stamp``)."""
 
-CrashHook: TypeAlias = "Callable[[str], None]"
+CrashHook: TypeAlias = "Callable[[str, str], None]"
 _crash_hook: CrashHook | None = None
-"""Test seam: called with the name of each step of a commit as it completes (a crash test's
-child process installs one that stops there, to be killed). ``None`` in normal use."""
+"""Test seam: called with the name of each step of a commit as it completes, and the key (a
+crash test's child process installs one that stops there, to be killed). ``None`` in normal use."""
 
 
-def _crash_point(step: str) -> None:
+def _crash_point(step: str, key: str) -> None:
     if _crash_hook is not None:
-        _crash_hook(step)
+        _crash_hook(step, key)
 
 
 def _set_mtime(fd: int, path: str, stamp: int) -> None:
