@@ -22,14 +22,17 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from unistore import InvalidKeyError, LocalBackend
+from unistore import InvalidKeyError, LocalBackend, StorageError
+from unistore.service._state import StateStore
+from unistore.service._uploads import UploadSessions
 from unistore.testing import free_port
 
 SECRET = "crash-secret-0123456789abcdef"
@@ -555,3 +558,57 @@ def test_service_killed_while_completing_an_upload(tmp_path: Path) -> None:
             got = httpx.get(f"{url}/v1/objects/{key}")
             assert got.content == b"".join(parts) and got.headers["content-type"] == "application/x-joined"
             assert got.headers["x-meta-owner"] == "me"
+
+
+class _CrashBeforeDigest(StateStore):
+    """State whose writes of part digests fail, as if the process died right before them
+    (a fault no real store produces on demand; the parts themselves go to the real store)."""
+
+    armed = False
+
+    async def put_object(self, key: str, body: Any, **options: Any) -> Any:
+        if self.armed and key.endswith(".sha256"):
+            raise KeyboardInterrupt("killed before the digest was written")
+        return await super().put_object(key, body, **options)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_a_part_is_never_listed_with_another_bodys_digest(tmp_path: Path) -> None:
+    """A part retried after a crash between writing the part and its digest must not be listed
+    with the digest of the body it replaced (the same class as issue 19: data and its metadata
+    committed separately)."""
+    store = _store(tmp_path / "s", False)
+    state = _CrashBeforeDigest(store)
+    sessions = UploadSessions(store, state, ttl=600, max_part_size=1 << 20)
+    session = await sessions.create("joined.bin", metadata={"owner": "me"})
+    first, second = b"A" * 100, b"B" * 100
+    await sessions.upload_part(session, 1, _chunks(first), expected={})
+    state.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        await sessions.upload_part(session, 1, _chunks(second), expected={})
+    state.armed = False
+    listed = {p.number: p.checksum for p in await sessions.list_parts(session)}
+    assert listed.get(1) in (None, _sha(second)), "part 1 holds the second body but is listed with the first's digest"
+    with pytest.raises(StorageError):
+        await sessions.complete(session, [(1, _sha(first))])
+    await sessions.upload_part(session, 1, _chunks(second), expected={})  # the client's retry
+    info = await sessions.complete(session, [(1, _sha(second))])
+    assert await store.get("joined.bin") == second and info.metadata == {"owner": "me", "schema_version": "1"}
+
+
+async def test_a_secret_writer_killed_before_publishing_leaves_nothing_that_matters(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    (root / ".unistore").mkdir(parents=True)
+    leftover = root / ".unistore" / ".unistore.tmp.0123456789abcdef"
+    leftover.write_bytes(b"half a secr")  # a process killed between creating and linking its secret
+    store = LocalBackend(base_path=str(root), fsync=False)
+    secret = (root / ".unistore" / "url-secret").read_bytes()
+    assert len(secret) >= 32 and secret != b"half a secr"
+    again = LocalBackend(base_path=str(root)).signer
+    assert again.sign("k", expires_in=60, now=1e9) == store.signer.sign("k", expires_in=60, now=1e9)
+    _age(root, 3600, [".unistore/.unistore.tmp.0123456789abcdef"])
+    assert await store.sweep() == 1 and not leftover.exists()
+    assert (root / ".unistore" / "url-secret").read_bytes() == secret

@@ -88,6 +88,7 @@ def load_secret(internal: Path) -> bytes:
         pass
     finally:
         os.unlink(tmp)
+    fsync_dir(str(internal))  # URLs signed with it must still verify after a power cut
     return path.read_bytes().strip()
 
 

@@ -47,7 +47,7 @@ def _unlink_if_dead(path: str) -> bool:
         os.close(fd)
 
 
-def _sweep_dir(d: str, stale_before: float, internal: bool) -> tuple[int, bool]:
+def _sweep_dir(d: str, stale_before: float) -> tuple[int, bool]:
     """Sweep one directory; returns (files removed, whether any entry is left)."""
     removed = 0
     left = False
@@ -68,7 +68,7 @@ def _sweep_dir(d: str, stale_before: float, internal: bool) -> tuple[int, bool]:
             left = True  # subdirectories are handled (and removed) by the walk itself
             continue
         name = e.name
-        if name.startswith(RESERVED_PREFIX) and name.endswith(SIDECAR_SUFFIX) and not internal:
+        if name.startswith(RESERVED_PREFIX) and name.endswith(SIDECAR_SUFFIX):
             ino_hex = name[len(RESERVED_PREFIX) + 1 :].partition(".")[0]
             with contextlib.suppress(ValueError):
                 sidecars.append((e.path, int(ino_hex, 16), st.st_mtime))
@@ -102,13 +102,13 @@ def sweep_tree(root: str, stale_after: float) -> int:
     """Remove stale temp files and sidecars under ``root`` (bottom-up), and the directories
     left empty by that; returns how many files were removed."""
     stale_before = time.time() - stale_after
-    internal = os.path.join(root, RESERVED_PREFIX)
+    keep = {root, os.path.join(root, RESERVED_PREFIX), os.path.join(root, RESERVED_PREFIX, "locks")}
     total = 0
     emptied: dict[str, int] = {}  # directory -> subdirectories this sweep removed from it
     for d, _dirs, _files in os.walk(root, topdown=False, followlinks=False):
-        removed, left = _sweep_dir(d, stale_before, d == internal or d.startswith(internal + os.sep))
+        removed, left = _sweep_dir(d, stale_before)
         total += removed
-        if (removed or emptied.get(d)) and not left and d != root and not d.startswith(internal):
+        if (removed or emptied.get(d)) and not left and d not in keep:
             with contextlib.suppress(OSError):
                 os.rmdir(d)
                 parent = os.path.dirname(d)
