@@ -2,29 +2,32 @@
 
 Layout: the object ``a/b.txt`` is the file ``ROOT/a/b.txt``. Everything the
 store keeps for itself starts with ``.unistore`` (a segment prefix no key may
-use): sidecars ``ROOT/a/.unistore.b.txt.meta``, temp files
-``.unistore.tmp.<random>`` beside their target, and ``ROOT/.unistore/`` for
-lock stripes and the persisted URL secret.
+use): temp files ``.unistore.tmp.<pid>.<tag>.<n>`` beside their target,
+sidecars ``.unistore.<inode>.<name>.vm`` (see ``_localmeta``), and
+``ROOT/.unistore/`` for lock stripes and the persisted URL secret.
 
 Versions. Every write sets the data file's mtime to a fresh stamp: a
 per-process strictly increasing microsecond clock, whose sub-microsecond digits
-are ``777`` when the version has a sidecar and random otherwise. Only versions
-with custom metadata, cache-control, content-disposition or a content type not
-guessable from the key get a sidecar (JSON: etag, content type, metadata, and
-the inode, size and mtime of the data file it belongs to). A version without
+are ``777`` when the version has a metadata record and random otherwise. Only
+versions with custom metadata, cache-control, content-disposition or a content
+type not guessable from the key get a record (JSON: etag, content type,
+metadata, and the size and mtime of the data it describes). A version without
 one has the etag ``inode-mtime-size``; reading it costs no extra I/O. On a file
 system that does not keep nanosecond mtimes as set (probed at start), every
-version gets a sidecar instead.
+version gets a record instead.
 
-Writes stream into a fresh temp file in the target directory (fsync'd unless
-``fsync=False``), then, under a per-key-stripe lock (``fcntl.flock``, so it
-holds across processes and threads), the precondition is decided, the sidecar
-is renamed into place, then the data file: the data rename is the commit point.
-Readers take no lock: they open the data file; if its stamp says it has a
-sidecar, they accept the sidecar only if it names that inode, size and mtime,
-retrying briefly (then under the lock) while a writer is between its renames.
-A mismatch that survives the lock is a crash leftover: the data is served with
-a stat-derived etag and a guessed content type, as are files placed by hand.
+Writes stream into a fresh temp file in the target directory, locked with
+``flock`` by its writer. The commit stamps it, attaches the record (the
+extended attribute ``user.unistore`` of the temp file itself; where the file
+system has none or the record does not fit, a sidecar named by the temp file's
+inode), fsyncs (unless ``fsync=False``), then, under a per-key-stripe lock
+(``fcntl.flock``, so it holds across processes and threads), decides the
+precondition and renames the data into place: that one rename commits data and
+record together. The replaced version's sidecar, if any, is removed after it.
+Readers take no lock: they read the record of the inode they opened and accept
+it only if it names that size and mtime. A sweep (at the first write, every
+``SWEEP_EVERY`` seconds, or :meth:`LocalBackend.sweep`) removes temp files and
+sidecars that killed writers left.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
