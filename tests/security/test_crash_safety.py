@@ -350,10 +350,11 @@ async def test_put_onto_a_directory_with_a_live_writer_or_an_object_is_refused(t
         live.resume()
     assert not live.run_to(None)
     assert await _seen(store, "busy/obj") == NEW_META.seen("busy/obj")  # the live writer was not harmed
-    await store.put("full/obj", b"an object")
+    sidecars = _store(tmp_path / "s", True)  # an object whose sidecar sits beside it
+    await OLD_META.write(sidecars, "full/obj")
     with pytest.raises(InvalidKeyError):
-        await store.put("full", b"x")
-    assert await store.get("full/obj") == b"an object"
+        await sidecars.put("full", b"x")
+    assert await _seen(sidecars, "full/obj") == OLD_META.seen("full/obj")  # its metadata untouched
 
 
 @pytest.mark.parametrize("sidecars", [False, True], ids=["xattr", "sidecars"])

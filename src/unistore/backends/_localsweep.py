@@ -117,25 +117,71 @@ def sweep_tree(root: str, stale_after: float) -> int:
 
 
 def clear_dir(path: str) -> bool:
-    """Empty the directory ``path`` if it holds no object, only leftovers (temp files of dead
-    writers, sidecars, empty directories), and remove it; ``False`` if anything else is there."""
+    """Remove the directory ``path`` if it holds no object, only leftovers (temp files of dead
+    writers, sidecars, empty directories); ``False`` if anything else is there. Nothing is
+    removed unless a first look finds only leftovers."""
+    return _only_leftovers(path) and _clear(path)
+
+
+def _scan(path: str) -> list[os.DirEntry[str]] | None:
     try:
         with os.scandir(path) as it:
-            entries = list(it)
+            return list(it)
     except OSError:
+        return None
+
+
+def _is_temp(e: os.DirEntry[str]) -> bool:
+    return e.name.startswith(TMP_PREFIX) and not e.name.endswith(LEGACY_SUFFIX)
+
+
+def _held(path: str) -> bool:
+    """Whether a live writer holds the lock of the temp file ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we took
+    return False
+
+
+def _only_leftovers(path: str) -> bool:
+    entries = _scan(path)
+    if entries is None:
         return False
     for e in entries:
         if e.is_dir(follow_symlinks=False):
-            if not clear_dir(e.path):
+            if not _only_leftovers(e.path):
+                return False
+        elif not e.name.startswith(RESERVED_PREFIX) or e.is_symlink() or (_is_temp(e) and _held(e.path)):
+            return False
+    return True
+
+
+def _clear(path: str) -> bool:
+    entries = _scan(path)
+    if entries is None:
+        return False
+    files = []
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if not _clear(e.path):
                 return False
         elif not e.name.startswith(RESERVED_PREFIX) or e.is_symlink():
-            return False
-        elif e.name.startswith(TMP_PREFIX) and not e.name.endswith(LEGACY_SUFFIX):
+            return False  # an object arrived meanwhile
+        elif _is_temp(e):
             if not _unlink_if_dead(e.path):
                 return False
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(e.path)
+            files.append(e.path)
+    for f in files:  # sidecars, only once no live writer's temp file is here
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f)
     try:
         os.rmdir(path)
     except FileNotFoundError:
