@@ -60,15 +60,16 @@ def _sweep_dir(d: str, stale_before: float) -> tuple[int, bool]:
     with it:
         entries = list(it)
     for e in entries:
+        name = e.name
+        if not name.startswith(RESERVED_PREFIX) or e.is_dir(follow_symlinks=False):
+            inodes.add(e.inode())  # from the directory entry itself: no stat per object
+            left = True  # subdirectories are handled (and removed) by the walk itself
+            continue
         try:
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        if e.is_dir(follow_symlinks=False):
-            left = True  # subdirectories are handled (and removed) by the walk itself
-            continue
-        name = e.name
-        if name.startswith(RESERVED_PREFIX) and name.endswith(SIDECAR_SUFFIX):
+        if name.endswith(SIDECAR_SUFFIX):
             ino_hex = name[len(RESERVED_PREFIX) + 1 :].partition(".")[0]
             with contextlib.suppress(ValueError):
                 sidecars.append((e.path, int(ino_hex, 16), st.st_mtime))
