@@ -50,7 +50,9 @@ def store_files(store: LocalBackend) -> list[str]:
 
 
 async def test_plain_objects_have_no_record_and_metadata_objects_carry_one(store: LocalBackend) -> None:
-    assert store._exact and store._xattr  # this machine's file system keeps ns mtimes and user xattrs
+    if not store._xattr:
+        pytest.skip("this file system keeps no user xattrs (the sidecar mode is tested below)")
+    assert store._exact  # ext4, xfs, btrfs, tmpfs keep ns mtimes
     await store.put_object("a/plain.bin", b"x")
     assert XATTR not in os.listxattr(store.root / "a/plain.bin")
     assert (store.root / "a/plain.bin").stat().st_mtime_ns % 1000 != 777
@@ -82,7 +84,7 @@ async def test_without_xattrs_sidecars_are_named_by_the_data_inode(sidecar_store
 
 
 async def test_a_record_too_large_for_xattrs_goes_to_a_sidecar(store: LocalBackend) -> None:
-    cd = "attachment; filename=" + "x" * 9000 + ".txt"  # ext4 keeps ~4 KiB of attributes per inode
+    cd = "attachment; filename=" + "x" * 70_000 + ".txt"  # over 64 KiB: too large for any file system's xattr
     await store.put_object("big", b"data", metadata={"m": "1"}, content_disposition=cd)
     info = await store.head("big")
     assert (info.content_disposition, info.metadata) == (cd, {"m": "1"})

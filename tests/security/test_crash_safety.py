@@ -184,6 +184,8 @@ async def test_a_writer_killed_after_any_commit_step_leaves_one_whole_version(
 
     old, new = TRANSITIONS[transition]
     store = _store(tmp_path / "s", sidecars)
+    if not sidecars and not store._xattr:
+        pytest.skip("this file system keeps no user xattrs: the store runs in sidecar mode (tested too)")
     await old.write(store, "probe/k")
     steps = _steps_of(store.root, sidecars, "probe/k", new)
     assert steps == EXPECTED_STEPS[sidecars, transition]
@@ -360,6 +362,8 @@ async def test_put_onto_a_directory_with_a_live_writer_or_an_object_is_refused(t
 @pytest.mark.parametrize("sidecars", [False, True], ids=["xattr", "sidecars"])
 async def test_sweep_removes_stale_leftovers_and_never_a_live_writers(tmp_path: Path, sidecars: bool) -> None:
     store = _store(tmp_path / "s", sidecars)
+    if not sidecars and not store._xattr:
+        pytest.skip("this file system keeps no user xattrs: the store runs in sidecar mode (tested too)")
     await OLD_META.write(store, "kept/obj")
     _killed_writer(store.root, "a/one", sidecars=sidecars)
     _killed_writer(store.root, "b/c/two", sidecars=sidecars)
@@ -500,7 +504,7 @@ def _headers(v: Version) -> dict[str, str]:
 def test_service_killed_mid_put_at_every_commit_step(tmp_path: Path) -> None:
     base = tmp_path / "store"
     store = _store(base, False)
-    steps = EXPECTED_STEPS[False, "meta-to-meta"]
+    steps = EXPECTED_STEPS[store._xattr is False, "meta-to-meta"]  # the mode this file system gives
     for step in steps:
         key = f"svc/{step}"
         asyncio.run(OLD_META.write(store, key))
