@@ -58,12 +58,15 @@ WRITER = textwrap.dedent(
             sys.stdin.readline()  # wait here to be killed (or told to go on)
 
     local._crash_hook = hook
-    asyncio.run(
-        store.put_object(
-            spec["key"], spec["body"].encode(), content_type=spec["ct"], metadata=spec["meta"],
-            cache_control=spec["cc"],
+    if spec.get("copy_from"):
+        asyncio.run(store.copy(spec["copy_from"], spec["key"]))
+    else:
+        asyncio.run(
+            store.put_object(
+                spec["key"], spec["body"].encode(), content_type=spec["ct"], metadata=spec["meta"],
+                cache_control=spec["cc"],
+            )
         )
-    )
     print("done", flush=True)
     """
 )
@@ -76,10 +79,9 @@ class Version:
     meta: dict[str, str] | None = None
     cc: str | None = None
 
-    def spec(self, key: str) -> str:
-        return json.dumps(
-            {"key": key, "body": self.body.decode(), "ct": self.ct, "meta": self.meta, "cc": self.cc, "secret": SECRET}
-        )
+    def spec(self, key: str, copy_from: str | None = None) -> str:
+        doc = {"key": key, "body": self.body.decode(), "ct": self.ct, "meta": self.meta, "cc": self.cc}
+        return json.dumps({**doc, "secret": SECRET, "copy_from": copy_from})
 
     async def write(self, store: LocalBackend, key: str) -> None:
         await store.put_object(key, self.body, content_type=self.ct, metadata=self.meta, cache_control=self.cc)
@@ -112,9 +114,11 @@ def _store(base: Path, sidecars: bool) -> LocalBackend:
 class Writer:
     """A child process running one put, stopped after step ``stop_at``."""
 
-    def __init__(self, base: Path, sidecars: bool, stop_at: str, key: str, version: Version) -> None:
+    def __init__(
+        self, base: Path, sidecars: bool, stop_at: str, key: str, version: Version, copy_from: str | None = None
+    ) -> None:
         mode = "sidecars" if sidecars else "xattr"
-        args = [sys.executable, "-c", WRITER, str(base), mode, stop_at, version.spec(key)]
+        args = [sys.executable, "-c", WRITER, str(base), mode, stop_at, version.spec(key, copy_from)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.steps: list[str] = []
 
@@ -211,6 +215,22 @@ async def test_a_writer_killed_after_any_commit_step_leaves_one_whole_version(
         live = [Path(sidecar_path(str(data), data.stat().st_ino)).name] if sidecars else []
         assert _leftovers(store.root / f"k{i}") == live, step  # nothing but the live version's sidecar
         assert await _seen(store, key) == third.seen(key), step
+
+
+@pytest.mark.parametrize("sidecars", [False, True], ids=["xattr", "sidecars"])
+async def test_a_copy_killed_after_any_commit_step_leaves_one_whole_version(tmp_path: Path, sidecars: bool) -> None:
+    store = _store(tmp_path / "s", sidecars)
+    await NEW_META.write(store, "src/obj")
+    for step in EXPECTED_STEPS[sidecars or not store._xattr, "meta-to-meta"]:
+        key = f"copy-{step}/obj"
+        await OLD_META.write(store, key)
+        w = Writer(store.root, sidecars, step, key, NEW_META, copy_from="src/obj")
+        assert w.run_to(step), step
+        w.kill()
+        committed = step not in ("temp-written", "sidecar-written", "temp-synced")
+        assert await _seen(store, key) == (NEW_META if committed else OLD_META).seen(key), step
+        await PLAIN.write(store, key)
+        assert await _seen(store, key) == PLAIN.seen(key)
 
 
 # --- the random kill loop of issue 19 -----------------------------------------------------------
