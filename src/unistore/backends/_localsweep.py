@@ -47,7 +47,7 @@ def _unlink_if_dead(path: str) -> bool:
         os.close(fd)
 
 
-def _sweep_dir(d: str, stale_before: float) -> tuple[int, bool]:
+def _sweep_dir(d: str, stale_before: float, own: str) -> tuple[int, bool]:
     """Sweep one directory; returns (files removed, whether any entry is left)."""
     removed = 0
     left = False
@@ -75,6 +75,8 @@ def _sweep_dir(d: str, stale_before: float) -> tuple[int, bool]:
                 sidecars.append((e.path, int(ino_hex, 16), st.st_mtime))
                 continue
         temp = name.startswith(TMP_PREFIX) and not name.endswith(LEGACY_SUFFIX) and stat_mod.S_ISREG(st.st_mode)
+        # never our own: where flock is emulated with per-process locks (NFS) ours would not block us
+        temp = temp and not (own and name.startswith(own))
         if temp and st.st_mtime < stale_before and _unlink_if_dead(e.path):
             removed += 1
             continue
@@ -99,15 +101,16 @@ def _sweep_dir(d: str, stale_before: float) -> tuple[int, bool]:
     return removed, left
 
 
-def sweep_tree(root: str, stale_after: float) -> int:
+def sweep_tree(root: str, stale_after: float, own: str = "") -> int:
     """Remove stale temp files and sidecars under ``root`` (bottom-up), and the directories
-    left empty by that; returns how many files were removed."""
+    left empty by that; returns how many files were removed. Temp files whose names start
+    with ``own`` (this process's) are left alone."""
     stale_before = time.time() - stale_after
     keep = {root, os.path.join(root, RESERVED_PREFIX), os.path.join(root, RESERVED_PREFIX, "locks")}
     total = 0
     emptied: dict[str, int] = {}  # directory -> subdirectories this sweep removed from it
     for d, _dirs, _files in os.walk(root, topdown=False, followlinks=False):
-        removed, left = _sweep_dir(d, stale_before)
+        removed, left = _sweep_dir(d, stale_before, own)
         total += removed
         if (removed or emptied.get(d)) and not left and d not in keep:
             with contextlib.suppress(OSError):

@@ -262,6 +262,10 @@ class LocalBackend(BaseBackend):
         """Whether this file system keeps ``user.*`` extended attributes, where records go."""
         return probe_xattr(str(self._internal), f"{TMP_PREFIX}{secrets.token_hex(8)}")
 
+    def _own_temps(self) -> str:
+        """The name prefix of this process's temp files (see ``_temp_name``)."""
+        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}."
+
     def _temp_name(self) -> str:
         """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
         return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}.{next(self._temp_seq):x}"
@@ -495,7 +499,7 @@ class LocalBackend(BaseBackend):
         versions that never committed, untouched for ``older_than`` seconds, and directories
         that leaves empty; returns how many files were removed. Also runs by itself, in a
         background thread, at the first write and every ``SWEEP_EVERY`` seconds after."""
-        removed: int = await self._run("sweep", None, sweep_tree, self._root, older_than)
+        removed: int = await self._run("sweep", None, sweep_tree, self._root, older_than, self._own_temps())
         return removed
 
     def _start_sweep(self) -> None:
@@ -508,7 +512,7 @@ class LocalBackend(BaseBackend):
 
     def _sweep_quietly(self) -> None:
         try:
-            sweep_tree(self._root, STALE_AFTER)
+            sweep_tree(self._root, STALE_AFTER, self._own_temps())
         except OSError as exc:  # the next write retries; never fail a write for a sweep
             LOGGER.warning("sweeping crash leftovers under %s failed: %s", self._root, exc)
 
