@@ -148,6 +148,8 @@ class Report:
                     old = (S.get(f"{name}@old") or {}).get(str(conc)) or []
                     what = f"4 KiB {op.upper()} c={conc} (ops/s)"
                     cases.append((what, new, old, lambda r, op=op: r[op]["ops_per_s"]))
+                    what = f"4 KiB {op.upper()} c={conc} (client CPU µs/op, lower is better)"
+                    cases.append((what, new, old, lambda r, op=op: r[op]["cpu_us_per_op"]))
             for mode in ("put", "get"):
                 new, old = (L.get(name) or {}).get(mode) or [], (L.get(f"{name}@old") or {}).get(mode) or []
                 if new or old:
