@@ -16,6 +16,7 @@ import fcntl
 import os
 import stat as stat_mod
 import time
+from typing import Any
 
 from .._keys import RESERVED_PREFIX
 from ._localmeta import LEGACY_SUFFIX, SIDECAR_SUFFIX, read_sidecar
@@ -51,7 +52,7 @@ def _sweep_dir(d: str, stale_before: float, own: str) -> tuple[int, bool]:
     """Sweep one directory; returns (files removed, whether any entry is left)."""
     removed = 0
     left = False
-    inodes: set[int] = set()
+    holders: dict[int, str] = {}  # inode -> a file (object or temp) that has it
     sidecars: list[tuple[str, int, float]] = []
     try:
         it = os.scandir(d)
@@ -62,7 +63,7 @@ def _sweep_dir(d: str, stale_before: float, own: str) -> tuple[int, bool]:
     for e in entries:
         name = e.name
         if not name.startswith(RESERVED_PREFIX) or e.is_dir(follow_symlinks=False):
-            inodes.add(e.inode())  # from the directory entry itself: no stat per object
+            holders[e.inode()] = e.path  # from the directory entry itself: no stat per object
             left = True  # subdirectories are handled (and removed) by the walk itself
             continue
         try:
@@ -80,25 +81,36 @@ def _sweep_dir(d: str, stale_before: float, own: str) -> tuple[int, bool]:
         if temp and st.st_mtime < stale_before and _unlink_if_dead(e.path):
             removed += 1
             continue
-        inodes.add(st.st_ino)
+        holders[st.st_ino] = e.path
         left = True
     for path, ino, mtime in sidecars:
-        if ino in inodes or mtime >= stale_before:
+        if mtime >= stale_before or _describes_a_file(d, read_sidecar(path), ino, holders.get(ino)):
             left = True
             continue
-        record = read_sidecar(path)
-        data_name = record.get("name") if record else None
-        if isinstance(data_name, str) and "/" not in data_name:
-            with contextlib.suppress(OSError):
-                if os.lstat(os.path.join(d, data_name)).st_ino == ino:  # renamed in while we scanned
-                    left = True
-                    continue
         try:
             os.unlink(path)
             removed += 1
         except OSError:
             left = True
     return removed, left
+
+
+def _describes_a_file(d: str, record: dict[str, Any] | None, ino: int, holder: str | None) -> bool:
+    """Whether a sidecar's version is still on disk: a file with its inode and its mtime, where
+    the scan saw that inode or at the data name the record gives (a rename may have just put it
+    there). An inode reused by a later file does not count: its mtime differs."""
+    if record is None:
+        return holder is not None  # unreadable: judged by the inode alone
+    name = record.get("name")
+    paths = [holder] if holder else []
+    if isinstance(name, str) and name and "/" not in name:
+        paths.append(os.path.join(d, name))
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = os.lstat(p)
+            if st.st_ino == ino and st.st_mtime_ns == record.get("mt"):
+                return True
+    return False
 
 
 def sweep_tree(root: str, stale_after: float, own: str = "") -> int:
