@@ -644,3 +644,19 @@ async def test_a_secret_writer_killed_before_publishing_leaves_nothing_that_matt
     _age(root, 3600, [".unistore/.unistore.tmp.0123456789abcdef"])
     assert await store.sweep() == 1 and not leftover.exists()
     assert (root / ".unistore" / "url-secret").read_bytes() == secret
+
+
+async def test_sweep_removes_a_sidecar_whose_inode_now_belongs_to_another_file(tmp_path: Path) -> None:
+    from unistore.backends._localmeta import sidecar_path
+
+    store = _store(tmp_path / "s", True)
+    await OLD_META.write(store, "d/live")  # sidecar mode: its sidecar must survive every sweep
+    await PLAIN.write(store, "d/plain")
+    plain = store.root / "d" / "plain"
+    ino = plain.stat().st_ino
+    orphan = Path(sidecar_path(str(plain), ino))  # left by a version that died; its inode reused since
+    orphan.write_text(json.dumps({"v": 3, "etag": "gone", "ino": ino, "size": 1, "mt": 1, "name": "plain"}))
+    _age(store.root, 3600)
+    assert await store.sweep() == 1 and not orphan.exists()
+    assert await _seen(store, "d/live") == OLD_META.seen("d/live")
+    assert await _seen(store, "d/plain") == PLAIN.seen("d/plain")
