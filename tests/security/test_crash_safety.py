@@ -654,9 +654,14 @@ async def test_sweep_removes_a_sidecar_whose_inode_now_belongs_to_another_file(t
     await PLAIN.write(store, "d/plain")
     plain = store.root / "d" / "plain"
     ino = plain.stat().st_ino
-    orphan = Path(sidecar_path(str(plain), ino))  # left by a version that died; its inode reused since
-    orphan.write_text(json.dumps({"v": 3, "etag": "gone", "ino": ino, "size": 1, "mt": 1, "name": "plain"}))
+    orphan = sidecar_path(str(plain), ino)  # left by a version that died; its inode reused since
+    _write(orphan, json.dumps({"v": 3, "etag": "gone", "ino": ino, "size": 1, "mt": 1, "name": "plain"}))
     _age(store.root, 3600)
-    assert await store.sweep() == 1 and not orphan.exists()
+    assert await store.sweep() == 1 and not os.path.exists(orphan)
     assert await _seen(store, "d/live") == OLD_META.seen("d/live")
     assert await _seen(store, "d/plain") == PLAIN.seen("d/plain")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
