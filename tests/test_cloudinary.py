@@ -31,13 +31,8 @@ def make(fake_cloudinary: tuple[Any, str], **kw: Any) -> CloudinaryBackend:
     fake, url = fake_cloudinary
     host = urlsplit(url).netloc
     options: dict[str, Any] = dict(
-        cloud_name=fake.cloud_name,
-        api_key=fake.api_key,
-        api_secret=fake.api_secret,
-        upload_prefix=url,
-        cname=host,
-        secure=False,
-        chunk_size=1024 * 1024,
+        cloud_name=fake.cloud_name, api_key=fake.api_key, api_secret=fake.api_secret,
+        upload_prefix=url, cname=host, secure=False, chunk_size=1024 * 1024,
     )
     options.update(kw)
     return CloudinaryBackend(**options)
@@ -152,11 +147,8 @@ async def test_metadata_in_context_and_tags(cld: CloudinaryBackend, fake_cloudin
     await cld.put_object(key, b"%PDF", metadata=meta, cache_control="max-age=9", content_disposition="inline")
     info = await cld.head(key)
     assert dict(info.metadata) == meta
-    assert (info.content_type, info.cache_control, info.content_disposition) == (
-        "application/pdf",
-        "max-age=9",
-        "inline",
-    )
+    assert (info.content_type, info.cache_control, info.content_disposition) == ("application/pdf", "max-age=9",
+                                                                                 "inline")
     assert fake.assets[("raw", "authenticated", key)].tags == ["a", "b"]
     md = await cld.get_metadata(key)
     assert md["user_id"] == "7" and md["size"] == 4
@@ -220,23 +212,11 @@ async def test_download_urls_match_the_official_sdk(cld: CloudinaryBackend, fake
     key = f"sdk-{uuid.uuid4().hex[:8]}/a&b c.txt"
     await cld.put_object(key, b"x")
     ours = dict(parse_qsl(urlsplit(await cld.get_url(key, expires_in=60, download=True)).query))
-    theirs = dict(
-        parse_qsl(
-            urlsplit(
-                cloudinary.utils.private_download_url(
-                    ours["public_id"],
-                    "",
-                    type="authenticated",
-                    attachment=True,
-                    expires_at=int(ours["expires_at"]),
-                    api_key=fake.api_key,
-                    api_secret=fake.api_secret,
-                    cloud_name=fake.cloud_name,
-                    timestamp=ours["timestamp"],
-                )
-            ).query
-        )
-    )
+    theirs = dict(parse_qsl(urlsplit(cloudinary.utils.private_download_url(
+        ours["public_id"], "", type="authenticated", attachment=True, expires_at=int(ours["expires_at"]),
+        api_key=fake.api_key, api_secret=fake.api_secret, cloud_name=fake.cloud_name,
+        timestamp=ours["timestamp"],
+    )).query))
     assert ours["signature"] == theirs["signature"] or ours["timestamp"] != theirs["timestamp"]
 
 
@@ -250,18 +230,9 @@ async def test_signed_delivery_urls_match_the_official_sdk(cld: CloudinaryBacken
     ours = await cld.get_url(key, transform=t)
     info = await cld.head(key)
     theirs, _ = cloudinary.utils.cloudinary_url(
-        key,
-        format="png",
-        type="authenticated",
-        sign_url=True,
-        transformation=[{"width": 10, "crop": "scale"}],
-        version=info.etag.split("-")[0],
-        cloud_name=fake.cloud_name,
-        api_secret=fake.api_secret,
-        secure=False,
-        cname=cld.settings.cname,
-        private_cdn=False,
-        secure_distribution=None,
+        key, format="png", type="authenticated", sign_url=True, transformation=[{"width": 10, "crop": "scale"}],
+        version=info.etag.split("-")[0], cloud_name=fake.cloud_name, api_secret=fake.api_secret,
+        secure=False, cname=cld.settings.cname, private_cdn=False, secure_distribution=None,
     )
     assert ours == theirs
 
@@ -346,13 +317,8 @@ def test_settings_from_url_and_explicit_values() -> None:
 
 
 def test_easy_storage_and_url_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (
-        "STORAGE_BACKEND",
-        "RAILWAY_VOLUME_MOUNT_PATH",
-        "AWS_ACCESS_KEY_ID",
-        "STORAGE_S3_BUCKET",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-    ):
+    for var in ("STORAGE_BACKEND", "RAILWAY_VOLUME_MOUNT_PATH", "AWS_ACCESS_KEY_ID", "STORAGE_S3_BUCKET",
+                "GOOGLE_APPLICATION_CREDENTIALS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CLOUDINARY_URL", "cloudinary://key:topsecret@cloud")
     b = easy_storage()

@@ -150,7 +150,9 @@ async def test_crash_leftover_temp_files_are_never_listed(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("prefix", ["../", "..\\", "../store/", "%2e%2e/", "%252e%252e/", "a/../../", "/", "/etc/"])
-async def test_list_prefix_cannot_list_outside_the_root(backend: BaseBackend, tmp_path: Path, prefix: str) -> None:
+async def test_list_prefix_cannot_list_outside_the_root(
+    backend: BaseBackend, tmp_path: Path, prefix: str
+) -> None:
     (tmp_path / "outside-secret.txt").write_bytes(b"secret")
     await backend.put("inside.txt", b"x")
     with pytest.raises(InvalidKeyError):

@@ -63,7 +63,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve_example(name: str, kind: str, tmp: pytest.TempPathFactory, s3: S3Server | None = None) -> Iterator[Served]:
+def serve_example(
+    name: str, kind: str, tmp: pytest.TempPathFactory, s3: S3Server | None = None
+) -> Iterator[Served]:
     port = free_port()
     files_url = f"http://127.0.0.1:{port}/files"
     backend: StorageBackend
@@ -301,8 +303,12 @@ async def test_basic_upload_replaces_and_delete_of_missing_is_harmless(
     assert r.json() == {"status": "deleted"}
 
 
-@pytest.mark.parametrize("stem", ["100%", "résumé", "a#b", "what?", "a;b=c", "a+b c", "名前", "x.meta", ".hidden"])
-async def test_basic_round_trip_of_awkward_filenames(basic: Served, client: httpx.AsyncClient, stem: str) -> None:
+@pytest.mark.parametrize(
+    "stem", ["100%", "résumé", "a#b", "what?", "a;b=c", "a+b c", "名前", "x.meta", ".hidden"]
+)
+async def test_basic_round_trip_of_awkward_filenames(
+    basic: Served, client: httpx.AsyncClient, stem: str
+) -> None:
     name = f"{stem}-{uid()}.txt"
     body = name.encode() * 3
     r = await client.post(f"{basic.url}/upload", files={"file": (name, body, "text/plain")})
@@ -314,7 +320,9 @@ async def test_basic_round_trip_of_awkward_filenames(basic: Served, client: http
     assert (await client.get(download)).status_code == 404
 
 
-async def test_basic_upload_with_a_traversal_filename_is_refused(basic: Served, client: httpx.AsyncClient) -> None:
+async def test_basic_upload_with_a_traversal_filename_is_refused(
+    basic: Served, client: httpx.AsyncClient
+) -> None:
     before = await basic.backend.list_keys("", limit=10_000)
     r = await client.post(f"{basic.url}/upload", files={"file": ("..", b"escape", "text/plain")})
     assert r.status_code == 400
@@ -509,19 +517,25 @@ async def test_document_list_returns_metadata_and_filters_by_category(
         uploaded = datetime.fromisoformat(d["uploaded_at"])
         assert abs(uploaded - datetime.utcnow()) < timedelta(minutes=5)
 
-    r = await client.get(f"{documents.url}/documents", params={"category": "reports"}, headers={"X-User-Id": user})
+    r = await client.get(
+        f"{documents.url}/documents", params={"category": "reports"}, headers={"X-User-Id": user}
+    )
     assert [d["filename"] for d in r.json()["documents"]] == ["a.pdf"]
 
     r = await client.get(f"{documents.url}/documents", headers={"X-User-Id": other})
     assert [d["filename"] for d in r.json()["documents"]] == ["secret.pdf"]
 
 
-async def test_document_category_cannot_escape_the_users_prefix(documents: Served, client: httpx.AsyncClient) -> None:
+async def test_document_category_cannot_escape_the_users_prefix(
+    documents: Served, client: httpx.AsyncClient
+) -> None:
     user, victim = uid(), uid()
     r = await upload_document(documents, client, user, "x.pdf", b"planted", category=f"../{victim}")
     assert r.status_code == 400
     assert await documents.backend.list_keys(f"documents/{victim}/") == []
-    r = await client.get(f"{documents.url}/documents", params={"category": f"../{victim}"}, headers={"X-User-Id": user})
+    r = await client.get(
+        f"{documents.url}/documents", params={"category": f"../{victim}"}, headers={"X-User-Id": user}
+    )
     assert r.status_code == 400
 
 
@@ -551,7 +565,9 @@ async def list_tenant(served: Served, client: httpx.AsyncClient, tenant: str) ->
     return listing
 
 
-async def test_tenant_listing_never_shows_another_tenants_files(tenants: Served, client: httpx.AsyncClient) -> None:
+async def test_tenant_listing_never_shows_another_tenants_files(
+    tenants: Served, client: httpx.AsyncClient
+) -> None:
     a = "acme-" + uid()
     b = "beta-" + uid()
     a2 = a + "2"  # a longer id with a's id as its prefix
@@ -583,7 +599,9 @@ async def test_tenant_upload_returns_a_working_signed_url(tenants: Served, clien
 
 
 @pytest.mark.parametrize("bad", ["", "../other", "victim/files/planted", "a b"])
-async def test_tenant_id_must_be_a_plain_name(tenants: Served, client: httpx.AsyncClient, bad: str) -> None:
+async def test_tenant_id_must_be_a_plain_name(
+    tenants: Served, client: httpx.AsyncClient, bad: str
+) -> None:
     victim = "victim"
     before = await list_tenant(tenants, client, victim)
     headers = {"X-User-Id": "u1"} if bad == "" else {"X-Tenant-Id": bad, "X-User-Id": "u1"}
@@ -619,10 +637,14 @@ async def seed_document(served: Served) -> str:
 
 
 async def get_link(served: Served, client: httpx.AsyncClient, file_id: str, **params: Any) -> httpx.Response:
-    return await client.get(f"{served.url}/files/{file_id}/download-url", params=params, headers={"X-User-Id": "alice"})
+    return await client.get(
+        f"{served.url}/files/{file_id}/download-url", params=params, headers={"X-User-Id": "alice"}
+    )
 
 
-async def test_signed_url_downloads_the_file_as_an_attachment(signed: Served, client: httpx.AsyncClient) -> None:
+async def test_signed_url_downloads_the_file_as_an_attachment(
+    signed: Served, client: httpx.AsyncClient
+) -> None:
     file_id = await seed_document(signed)
     before = time.time()
     r = await get_link(signed, client, file_id, expires_in=300)
@@ -651,7 +673,9 @@ async def test_signed_url_downloads_the_file_as_an_attachment(signed: Served, cl
     assert 'filename="document.pdf"' in r.headers["content-disposition"]
 
 
-async def test_signed_url_with_download_false_is_served_inline(signed: Served, client: httpx.AsyncClient) -> None:
+async def test_signed_url_with_download_false_is_served_inline(
+    signed: Served, client: httpx.AsyncClient
+) -> None:
     file_id = await seed_document(signed)
     r = await get_link(signed, client, file_id, download="false")
     assert r.status_code == 200

@@ -83,7 +83,9 @@ def test_settings_are_strict(tmp_path: Path) -> None:
         GCSBackend(bucket="b", credentials=str(tmp_path / "bad.json"))
 
 
-async def test_easy_storage_reads_the_spec_variables(fake_gcs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_easy_storage_reads_the_spec_variables(
+    fake_gcs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("STORAGE_BACKEND", raising=False)
     for var in ("RAILWAY_VOLUME_MOUNT_PATH", "AWS_ACCESS_KEY_ID", "STORAGE_S3_BUCKET"):
         monkeypatch.delenv(var, raising=False)
@@ -230,12 +232,8 @@ async def test_copy_keeps_properties_server_side(gcs: GCSBackend) -> None:
     key = f"cp-{uuid.uuid4().hex}"
     await gcs.put_object(key, b"data", content_type="text/csv", metadata={"x": "1"}, cache_control="max-age=60")
     info = await gcs.copy(key, key + "-copy")
-    assert (info.size, info.content_type, dict(info.metadata), info.cache_control) == (
-        4,
-        "text/csv",
-        {"x": "1"},
-        "max-age=60",
-    )
+    assert (info.size, info.content_type, dict(info.metadata), info.cache_control) == (4, "text/csv", {"x": "1"},
+                                                                                       "max-age=60")
 
 
 async def test_listing_pages_and_start_after(fake_gcs: dict[str, str]) -> None:
@@ -315,15 +313,8 @@ def test_v4_signature_matches_a_fixed_vector(tmp_path: Path) -> None:
     path = make_service_account(tmp_path / "sa.json")
     creds = load_credentials(str(path), anonymous=False)
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    args: dict[str, Any] = dict(
-        scheme="https",
-        host="storage.googleapis.com",
-        bucket="b",
-        name="a b/c?.txt",
-        method="GET",
-        expires_in=60,
-        now=when,
-    )
+    args: dict[str, Any] = dict(scheme="https", host="storage.googleapis.com", bucket="b", name="a b/c?.txt",
+                                method="GET", expires_in=60, now=when)
     url = v4_signed_url(creds, **args)
     assert url == v4_signed_url(creds, **args)
     assert url.startswith("https://storage.googleapis.com/b/a%20b/c%3F.txt?X-Goog-Algorithm=GOOG4-RSA-SHA256&")

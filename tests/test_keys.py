@@ -237,7 +237,9 @@ _TOKENS = [
     "a", "b", "é", "文", "🎉", " ", ".unistore", "unistore", "~", "..a", "a..", "%2e%2e",
 ]  # fmt: skip
 
-keyish = st.lists(st.one_of(st.sampled_from(_TOKENS), st.characters(), st.text(max_size=4)), max_size=24).map("".join)
+keyish = st.lists(
+    st.one_of(st.sampled_from(_TOKENS), st.characters(), st.text(max_size=4)), max_size=24
+).map("".join)
 
 
 def _full_unquote(text: str) -> str:

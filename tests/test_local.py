@@ -136,7 +136,10 @@ def _overwrite_worker(root: str, keys: list[str], wid: int, rounds: int) -> int:
         try:
             for r in range(rounds):
                 await asyncio.gather(
-                    *(backend.put_object(k, _chunked(body, 16 * 1024), metadata=dict(meta, round=r)) for k in keys)
+                    *(
+                        backend.put_object(k, _chunked(body, 16 * 1024), metadata=dict(meta, round=r))
+                        for k in keys
+                    )
                 )
         finally:
             await backend.aclose()
