@@ -237,11 +237,12 @@ async def test_a_copy_killed_after_any_commit_step_leaves_one_whole_version(tmp_
 
 RANDOM_WRITER = textwrap.dedent(
     """
-    import asyncio, sys, unistore
+    import asyncio, os, sys, unistore
     b = unistore.easy_storage(backend="local", base_path=sys.argv[1])
+    parent = os.getppid()
     async def main():
         i = 0
-        while True:
+        while os.getppid() == parent:  # never outlive the test
             body = (b"A" if i % 2 else b"B") * (1 << 18) * (1 + i % 3)
             await b.put("crash/obj", body, "application/x-crash", metadata={"n": str(i), "len": str(len(body))})
             i += 1
@@ -312,11 +313,13 @@ def _killed_writer(root: Path, key: str, stop_at: str = "temp-written", sidecars
 
 STREAMER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     from unistore import LocalBackend
 
+    parent = os.getppid()
+
     async def body():
-        while True:
+        while os.getppid() == parent:  # never outlive the test
             yield b"x" * 65536
             await asyncio.sleep(0.01)
 
@@ -441,10 +444,18 @@ async def test_the_first_write_sweeps_in_the_background(tmp_path: Path) -> None:
 
 SERVICE = textwrap.dedent(
     """
-    import os, sys, time
+    import os, sys, threading, time
     import unistore.backends.local as local
 
     stop_at, marker = os.environ["CRASH_STOP_AT"], os.environ["CRASH_MARKER"]
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:  # never outlive the test
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
     def hook(step, key):
         if step == stop_at and not key.startswith(".unistore"):  # objects only, not the service's records
