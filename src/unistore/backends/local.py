@@ -70,6 +70,7 @@ from .._base import (
 from .._errors import (
     ConfigurationError,
     InvalidKeyError,
+    InvalidRangeError,
     NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
@@ -84,6 +85,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -408,7 +410,15 @@ class LocalBackend(BaseBackend):
     ) -> Download:
         validate_key(key)
         chunk = self.settings.chunk_size
-        opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        try:
+            opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        except InvalidRangeError:
+            if if_match is None and if_none_match is None:
+                raise
+            # Preconditions come before Range (RFC 9110 §13.2.2): a 412/304 wins over the 416.
+            looked, _, _ = await self._run("open", key, self._open_sync, key, None, -1)
+            check_read_conditions(_as_info(key, looked.info), if_match, if_none_match, self.name)
+            raise
         info = _as_info(key, opened.info)
         try:
             check_read_conditions(info, if_match, if_none_match, self.name)
@@ -454,7 +464,7 @@ class LocalBackend(BaseBackend):
             self._start_sweep()
         guessed = guess_content_type(key)
         meta: dict[str, Any] = {
-            "ct": check_header_value("content_type", content_type) or guessed,
+            "ct": check_content_type(content_type) or guessed,
             "meta": normalize_metadata(metadata),
             "cc": check_header_value("cache_control", cache_control),
             "cd": check_header_value("content_disposition", content_disposition),

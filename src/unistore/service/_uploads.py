@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key
-from .._types import ObjectInfo, normalize_metadata
+from .._types import ObjectInfo, check_content_type, normalize_metadata
 from ._digests import verified_body
 from ._hooks import Hook
 from ._state import StateStore
@@ -160,6 +160,7 @@ class UploadSessions:
         if not 1 <= part_size <= largest:
             raise InvalidArgumentError(f"part_size must be in 1..{largest}")
         meta = normalize_metadata(metadata)
+        content_type = check_content_type(content_type)
         now = self._clock()
         expires = int(now + self.ttl)
         # The id carries the expiry, so a sweep can tell stale sessions from a listing alone.
