@@ -523,7 +523,7 @@ class LocalBackend(BaseBackend):
     def _sweep_quietly(self) -> None:
         try:
             sweep_tree(self._root, STALE_AFTER, self._own_temps())
-        except OSError as exc:  # the next write retries; never fail a write for a sweep
+        except Exception as exc:  # a background chore: logged, retried at the next interval
             LOGGER.warning("sweeping crash leftovers under %s failed: %s", self._root, exc)
 
     def _check_size(self, key: str, size: int) -> None:
