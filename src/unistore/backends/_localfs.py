@@ -88,6 +88,7 @@ def load_secret(internal: Path) -> bytes:
         pass
     finally:
         os.unlink(tmp)
+    fsync_dir(str(internal))  # URLs signed with it must still verify after a power cut
     return path.read_bytes().strip()
 
 
@@ -207,12 +208,16 @@ def _usable(validate: Callable[[object], str], text: str) -> bool:
 
 
 class Temp:
-    """A temp file being written: closed exactly once, removed unless renamed into place."""
+    """A temp file being written, locked by its writer: closed exactly once, removed unless
+    renamed into place."""
 
     __slots__ = ("fd", "open", "path")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd, self.path, self.open = fd, path, True
+        # Held until the commit: a sweep in any process removes only temp files nobody holds.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def close(self) -> None:
         if self.open:

@@ -242,9 +242,12 @@ class UploadSessions:
                 sha.update(chunk)
                 yield chunk
 
+        # The digest is known only once the body has streamed: it is recorded beside the part,
+        # after it. A retry first drops the old digest, so a crash between the two writes leaves
+        # a part with no digest (not uploaded yet), never one described by another body's digest.
+        await self.state.remove(_part_key(session.id, number) + ".sha256")
         info = await self.state.put_object(_part_key(session.id, number), hashed())
         digest = base64.b64encode(sha.digest()).decode()
-        # The digest is known only once the body has streamed: record it beside the part.
         await self.state.put_object(_part_key(session.id, number) + ".sha256", digest.encode())
         return PartInfo(number, info.size, digest)
 
