@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,3 +223,55 @@ def test_a_listing_out_of_key_order_stops_a_sync_before_it_deletes(seaweed: S3Se
     assert sorted(
         o["Key"] for o in seaweed.client().list_objects_v2(Bucket="unistore-tests", Prefix=prefix + "/")["Contents"]
     ) == sorted(f"{prefix}/{k}" for k in FILES)  # nothing deleted
+
+
+def _pty_run(
+    cmd: list[str], *, interrupt_when: Callable[[], bool] | None = None, timeout: float = 60
+) -> tuple[int, str]:
+    """Run ``cmd`` on a pseudo-terminal (so progress is drawn); optionally send SIGINT once
+    ``interrupt_when()`` holds. The exit code and everything it drew."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen, interrupted, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if interrupt_when and not interrupted and interrupt_when():
+                proc.send_signal(signal.SIGINT)
+                interrupted = True
+            if proc.poll() is not None and not ready:
+                break
+        return proc.wait(timeout=10), seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_progress_display_on_a_terminal_and_ctrl_c_then_rerun(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, {f"d{i % 5}/f{i:04d}": os.urandom(4096) for i in range(300)} | {"big.bin": os.urandom(40 << 20)})
+    (tmp_path / "store").mkdir()
+    store = f"file://{tmp_path / 'store'}?fsync=true"
+    cmd = [sys.executable, "-c", "from unistore.cli import main; main()", "cp", "-r", str(src), f"{store}#t", "-j", "2"]
+    code, screen = _pty_run(cmd, interrupt_when=lambda: len(list((tmp_path / "store").rglob("f*"))) >= 60)
+    assert code == 130, screen[-500:]  # Ctrl-C: interrupted, no traceback
+    assert "Traceback" not in screen and re.search(r"\d+/\d+ files", screen)  # the aggregate display
+    assert "put t/big.bin" in screen  # a large file gets a bar of its own
+    code, screen = _pty_run(cmd)
+    assert code == 0, screen[-800:]
+    assert re.search(r"copied \d+ .*, skipped (\d+) unchanged", screen)  # the rerun resumed
+    assert read_tree(tmp_path / "store" / "t") == read_tree(src)
