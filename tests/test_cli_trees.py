@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -275,3 +275,48 @@ def test_progress_display_on_a_terminal_and_ctrl_c_then_rerun(tmp_path: Path) ->
     assert code == 0, screen[-800:]
     assert re.search(r"copied \d+ .*, skipped (\d+) unchanged", screen)  # the rerun resumed
     assert read_tree(tmp_path / "store" / "t") == read_tree(src)
+
+
+@pytest.fixture(params=["local", "s3", "service"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A store URL and the environment the CLI needs for it (memory:// lives for one command only)."""
+    if request.param == "local":
+        (tmp_path / "store").mkdir()
+        yield f"file://{tmp_path / 'store'}", {}
+    elif request.param == "s3":
+        seaweed: S3Server = request.getfixturevalue("seaweed")
+        env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+        yield f"s3://unistore-tests/verbs-{uuid.uuid4().hex[:8]}?endpoint={seaweed.endpoint}", env
+    else:
+        settings = ServiceSettings(secret=SECRET.encode())
+        with running_server(create_app(MemoryBackend(), settings=settings)) as url:
+            admin = cli("token", "--actions", "admin", env={"UNISTORE_SECRET": SECRET})[1].strip()
+            yield url, {"UNISTORE_TOKEN": admin}
+
+
+def test_every_verb_on_every_kind_of_store(any_store: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    store, env = any_store
+    (tmp_path / "f.txt").write_bytes(b"hello")
+    assert cli("put", "v/f.txt", str(tmp_path / "f.txt"), "-s", store, "-m", "who=me", "-q", env=env)[0] == 0
+    assert cli("cat", "v/f.txt", "-s", store, env=env)[1] == "hello"
+    meta = json.loads(cli("stat", "v/f.txt", "-s", store, env=env)[1])
+    assert (meta["who"], meta["size"], meta["content_type"]) == ("me", 5, "text/plain")
+    assert cli("get", "v/f.txt", str(tmp_path) + "/", "-s", store, "-q", env=env)[0] == 0
+    assert cli("url", "v/f.txt", "-s", store, env=env)[1].startswith("http")
+    make_tree(tmp_path / "tree", {"a": b"1", "b/c": b"22"})
+    assert cli("cp", "-r", str(tmp_path / "tree"), _obj(store, "v/t/"), "-q", env=env)[0] == 0
+    assert cli("ls", "v/", "-s", store, env=env)[1].split() == ["v/f.txt", "v/t/"]
+    assert cli("ls", "v/", "-r", "-s", store, env=env)[1].split() == ["v/f.txt", "v/t/a", "v/t/b/c"]
+    assert json.loads(cli("du", "v/", "-s", store, "--json", env=env)[1])["bytes"] == 8
+    assert cli("mv", _obj(store, "v/f.txt"), _obj(store, "v/g.txt"), "-q", env=env)[0] == 0
+    (tmp_path / "tree" / "a").unlink()
+    code, _, err = cli("sync", str(tmp_path / "tree"), _obj(store, "v/t/"), "--delete", env=env)
+    assert code == 0 and "deleted 1" in err and "skipped 1 unchanged" in err
+    assert cli("sync", _obj(store, "v/t/"), str(tmp_path / "back"), "-q", env=env)[0] == 0
+    assert read_tree(tmp_path / "back") == {"b/c": b"22"}
+    assert cli("rm", "-r", "v/", "-s", store, "-y", env=env)[1].strip() == "deleted 2 under v/"
+    assert cli("ls", "-r", "v/", "-s", store, env=env)[1] == ""
+
+
+def _obj(store: str, key: str) -> str:
+    return f"{store}#{key}"
