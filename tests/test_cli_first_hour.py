@@ -126,3 +126,12 @@ def test_cp_accepts_object_urls_s3_file_and_service(seaweed: S3Server, tmp_path:
     assert code == 6 and "names no object" in err
     code, _, err = cli("cp", "minio://b/k", str(tmp_path / "x"), "-q")
     assert code == 6 and "unknown URL scheme" in err
+
+
+def test_errors_name_the_key_and_the_store_url_without_secrets(store: str, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    code, _, err = cli("cat", "a/b", "-s", store)
+    assert code == 3 and err.strip() == f"unistore: NotFoundError: no such object ('a/b' in {store})"
+    code, _, err = cli("ls", "-s", "http://user:hunter2@127.0.0.1:9")
+    assert code == 7 and "in http://user:***@127.0.0.1:9" in err and "hunter2" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import typer
 
@@ -96,13 +97,25 @@ def exit_code(exc: BaseException) -> int:
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
 
 
+_OPENED: dict[str, str] = {}
+"""Backend name -> the URL this command opened it from (secrets removed), for error lines."""
+
+
+def _shown(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def _describe(exc: BaseException) -> str:
-    """One line naming the error, its key and store where known, and the cause."""
+    """One line naming the error, its key and store (by the URL given) where known, and the cause."""
     if isinstance(exc, StorageError):
         text = exc.message or str(exc)
         where = [f"{exc.key!r}"] if exc.key and exc.key not in text else []
         if exc.backend and exc.backend not in text:
-            where.append(f"in {exc.backend}")
+            where.append(f"in {_OPENED.get(exc.backend, exc.backend)}")
         cause = exc.__cause__
         if isinstance(exc, UnavailableError) and cause is not None and str(cause) not in text:
             text += f" ({cause})"
@@ -142,9 +155,14 @@ def open_store(url: str | None, token: str | None = None, *, read_only: bool = F
         return easy_storage()
     url, named_token = store_url(url)
     token = token or named_token
-    if read_only and url.startswith("file:"):
-        from urllib.parse import unquote, urlsplit
+    store = _open_url(url, token, read_only=read_only)
+    name = store.name
+    _OPENED[name] = _shown(url) if name not in _OPENED or _OPENED[name] == _shown(url) else name
+    return store
 
+
+def _open_url(url: str, token: str | None, *, read_only: bool) -> StorageBackend:
+    if read_only and url.startswith("file:"):
         _must_exist(unquote(urlsplit(url).path))
     if url.startswith(("http://", "https://")) and token:
         return backend_from_url(url, token=token)
