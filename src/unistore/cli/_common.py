@@ -125,6 +125,7 @@ def _describe(exc: BaseException) -> str:
 
 def run(work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``; an expected failure becomes one line on stderr and its exit code."""
+    _OPENED.clear()
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
     except (StorageError, OSError) as exc:
