@@ -326,7 +326,7 @@ async def test_basic_upload_with_a_traversal_filename_is_refused(
     before = await basic.backend.list_keys("", limit=10_000)
     r = await client.post(f"{basic.url}/upload", files={"file": ("..", b"escape", "text/plain")})
     assert r.status_code == 400
-    assert r.json()["error"] == "InvalidKeyError"
+    assert r.json()["error"]["type"] == "InvalidKeyError"
     assert await basic.backend.list_keys("", limit=10_000) == before
 
 

@@ -366,7 +366,7 @@ async def test_not_found_is_404_json(error_app: tuple[str, MemoryBackend], clien
     url, _ = error_app
     r = await client.get(url + "/get/missing.txt")
     assert r.status_code == 404
-    assert r.json()["error"] == "NotFoundError"
+    assert r.json()["error"]["type"] == "NotFoundError"
     assert r.json()["detail"]
 
 
@@ -382,7 +382,7 @@ async def test_invalid_key_is_400(error_app: tuple[str, MemoryBackend], client: 
     url, _ = error_app
     r = await client.get(url + "/get/a%2F%2Fb")  # "a//b" reaches the route, the store rejects it
     assert r.status_code == 400
-    assert r.json()["error"] == "InvalidKeyError"
+    assert r.json()["error"]["type"] == "InvalidKeyError"
 
 
 async def test_precondition_failures_are_412_and_leave_data(
@@ -393,9 +393,9 @@ async def test_precondition_failures_are_412_and_leave_data(
     assert r.status_code == 200
     etag = r.json()["etag"]
     r = await client.put(f"{url}/create/{key}", content=b"two")
-    assert (r.status_code, r.json()["error"]) == (412, "AlreadyExistsError")
+    assert (r.status_code, r.json()["error"]["type"]) == (412, "AlreadyExistsError")
     r = await client.put(f"{url}/if-match/{key}", params={"etag": "nope"}, content=b"three")
-    assert (r.status_code, r.json()["error"]) == (412, "PreconditionFailedError")
+    assert (r.status_code, r.json()["error"]["type"]) == (412, "PreconditionFailedError")
     assert await backend.get(key) == b"one"
     r = await client.put(f"{url}/if-match/{key}", params={"etag": etag}, content=b"four")
     assert r.status_code == 200
@@ -407,7 +407,7 @@ async def test_quota_is_413_and_leaves_data(
 ) -> None:
     url, backend = error_app
     r = await client.put(f"{url}/create/{key}", content=b"x" * 100)
-    assert (r.status_code, r.json()["error"]) == (413, "QuotaExceededError")
+    assert (r.status_code, r.json()["error"]["type"]) == (413, "QuotaExceededError")
     assert not await backend.exists(key)
 
 
@@ -431,7 +431,10 @@ async def test_transient_error_is_503_with_retry_after(
     url, _ = error_app
     r = await client.get(url + "/unavailable")
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
-    assert r.json() == {"detail": "backend down", "error": "UnavailableError"}
+    assert r.json() == {
+        "error": {"type": "UnavailableError", "message": "backend down", "key": None},
+        "detail": "backend down",
+    }
 
 
 # --- health ----------------------------------------------------------------------------------
@@ -644,7 +647,7 @@ async def test_if_match(store: Any, client: httpx.AsyncClient, key: str) -> None
     for value in ('"nope"', f'"{etag}x"', '"a", "b"', f'W/"{etag}"'):  # If-Match compares strongly
         r = await client.get(url, headers={"If-Match": value})
         assert r.status_code == 412, value
-        assert r.json()["error"] == "PreconditionFailedError"
+        assert r.json()["error"]["type"] == "PreconditionFailedError"
     r = await client.get(url, headers={"If-Match": '"nope"', "Range": "bytes=99999-"})
     assert r.status_code == 412  # preconditions are evaluated before Range (RFC 9110 §13.2.2)
     for value in (f'"{etag}"', "*", f'"zzz", "{etag}"'):
@@ -878,7 +881,7 @@ async def test_signature_failures_are_403(store: Any, client: httpx.AsyncClient,
             r = await client.request(method, bad_url)
             assert r.status_code == 403, (name, method)
             if method == "GET":
-                assert r.json()["error"] == "PermissionDeniedError", name
+                assert r.json()["error"]["type"] == "PermissionDeniedError", name
                 assert BODY not in r.content
 
 
@@ -911,7 +914,7 @@ async def test_missing_object_with_valid_signature_is_404(store: Any, client: ht
     url = await store.sign_url(key + "/never-written.txt")
     r = await client.get(url)
     assert r.status_code == 404
-    assert r.json()["error"] == "NotFoundError"
+    assert r.json()["error"]["type"] == "NotFoundError"
     assert (await client.head(url)).status_code == 404
 
 
@@ -943,7 +946,7 @@ async def test_invalid_key_in_path_is_400(store: Any, client: httpx.AsyncClient,
     url = await store.sign_url("placeholder.txt")
     r = await client.get(with_path(url, path))
     assert r.status_code == 400, path
-    assert r.json()["error"] == "InvalidKeyError"
+    assert r.json()["error"]["type"] == "InvalidKeyError"
 
 
 async def test_literal_dot_segments_never_reach_the_store(store: Any) -> None:

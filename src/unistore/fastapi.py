@@ -41,7 +41,15 @@ from ._signing import UrlSigner
 from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
 
-__all__ = ["BodyTimeouts", "RequestTimeoutError", "Storage", "add_storage", "get_storage", "storage_error_response"]
+__all__ = [
+    "BodyTimeouts",
+    "RequestTimeoutError",
+    "Storage",
+    "add_storage",
+    "error_body",
+    "get_storage",
+    "storage_error_response",
+]
 
 logger = logging.getLogger("unistore")
 
@@ -136,7 +144,7 @@ Storage = Annotated[StorageBackend, Depends(get_storage)]
 
 
 def storage_error_response(exc: StorageError, headers: dict[str, str] | None = None) -> Response:
-    """The HTTP response for a storage error: its status and a one-line JSON detail."""
+    """The HTTP response for a storage error: its status and :func:`error_body`."""
     headers = dict(headers or {})
     if isinstance(exc, TransientError) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -146,8 +154,16 @@ def storage_error_response(exc: StorageError, headers: dict[str, str] | None = N
         return Response(status_code=304, headers=headers)
     if isinstance(exc, InvalidRangeError) and exc.size is not None:
         headers["Content-Range"] = f"bytes */{exc.size}"
-    error = type(exc).__name__
-    return JSONResponse({"detail": exc.message or error, "error": error}, exc.status, headers=headers)
+    kind = type(exc).__name__
+    status = exc.status if 300 <= exc.status < 600 else 500
+    return JSONResponse(error_body(kind, exc.message or kind, exc.key), status, headers=headers)
+
+
+def error_body(kind: str, message: str, key: str | None = None) -> dict[str, Any]:
+    """The one JSON error shape of every unistore HTTP surface (``/v1``, ``/files``,
+    ``add_storage`` apps): ``{"error": {"type", "message", "key"}, "detail": message}``
+    (``detail`` as FastAPI's own errors have it)."""
+    return {"error": {"type": kind, "message": message, "key": key}, "detail": message}
 
 
 async def _error_handler(request: Request, exc: Exception) -> Response:

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import InvalidRangeError, NotModifiedError, StorageError, TransientError
+from ..fastapi import error_body
 from ..layers import request_context
 from ._auth import UnauthorizedError
 
@@ -60,7 +61,7 @@ class RequestIdFilter(logging.Filter):
 
 
 def _body(kind: str, message: str, key: str | None) -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message, "key": key}}
+    return error_body(kind, message, key)
 
 
 def error_response(exc: StorageError) -> Response:
