@@ -167,7 +167,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
-        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
+        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_MAX_LIST_LIMIT``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
         ``UNISTORE_BODY_DEADLINE`` (seconds),
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
         ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
@@ -196,6 +196,7 @@ class ServiceSettings:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text
         casts: dict[str, type] = {
             "max_body_size": int,
+            "max_list_limit": int,
             "max_json_size": int,
             "header_timeout": float,
             "body_timeout": float,
