@@ -148,3 +148,10 @@ def test_detection_and_url_forms_hold() -> None:
     assert detect_backend({})[0] == "memory"
     for url, kind, _what in URL_FORMS:
         assert url_settings(url)[0] == kind, url
+
+
+def test_docs_name_only_documented_variables() -> None:
+    """A ``STORAGE_*``/``UNISTORE_*`` name in the README or another page must be one the reference lists."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    named = set().union(*(_variables(p.read_text()) for p in pages))
+    assert sorted(named - _variables(DOC.read_text())) == []

@@ -52,6 +52,14 @@ URL_FORMS = (
 )
 """Storage URL forms, their backend kind and what they name."""
 
+_TITLES = {
+    "memory": "Memory",
+    "local": "Local directory",
+    "s3": "S3 and S3-compatible servers",
+    "gcs": "Google Cloud Storage",
+    "http": "A unistore service over HTTP",
+    "cloudinary": "Cloudinary",
+}
 _INTROS = {
     "memory": "Objects in process memory, lost on restart: tests and local development.",
     "local": "Files in a directory, written atomically.",
@@ -140,6 +148,15 @@ def _default(f: Field[Any]) -> str:
     return f"`{value}`"
 
 
+def _effect(doc: str, variable: str | None) -> str:
+    """The field's description, without a leading ``VARIABLE:`` that the table already shows."""
+    text = _markdown(doc)
+    if variable and text.startswith(f"`{variable}`: "):
+        text = text.removeprefix(f"`{variable}`: ")
+        text = text[:1].upper() + text[1:]
+    return text
+
+
 def _secret(f: Field[Any]) -> bool:
     """Kept out of ``repr`` and unset by default: a credential, never shown."""
     return not f.repr and f.default is None
@@ -153,7 +170,7 @@ def _rows(cls: type[Any], variable_of: dict[str, str | None]) -> list[Row]:
             f.name,
             _type(f.type) + (", secret" if _secret(f) else ""),
             _default(f),
-            _markdown(docs.get(f.name, "")),
+            _effect(docs.get(f.name, ""), variable_of[f.name]),
         )
         for f in fields(cls)
     ]
@@ -257,7 +274,7 @@ def render() -> str:
     ]
     out += [f"- `{url}`: {what}." for url, _kind, what in URL_FORMS]
     for kind, cls in settings_classes().items():
-        out += ["", f"## {cls.__name__.removesuffix('Settings')} (`{kind}`)", "", _INTROS[kind], ""]
+        out += ["", f"## {_TITLES[kind]} (`{kind}`)", "", f"{_INTROS[kind]} Settings: `{cls.__name__}`.", ""]
         out += _table(backend_rows(kind), "Setting")
     out += [
         "",
@@ -274,7 +291,8 @@ def render() -> str:
         "## The command line (`unistore`)",
         "",
         "Without `--store`/`UNISTORE_STORE`, a command uses the store the `STORAGE_*` variables",
-        "configure, and fails when there is none. `unistore serve` reads the service's variables.",
+        "configure, and fails when there is none. `unistore serve` reads the service's variables; its",
+        "`--header-timeout`, `--body-timeout` and `--body-deadline` options win over them.",
         "",
     ]
     out += _table(cli_rows(), "Commands")

@@ -40,7 +40,7 @@ class GCSSettings:
     page_size: int = 1000
     """Objects per listing request (GCS's maximum is 1000)."""
     endpoint: str = field(default=API, repr=False)
-    """The JSON and upload API's base URL (a custom or regional endpoint)."""
+    """The JSON and upload API's base URL (a regional or private endpoint); signed URLs name this host too."""
     iam_endpoint: str = IAM_ENDPOINT
     """The IAM Credentials API, which signs URLs for credentials without a key (``signBlob``)."""
 

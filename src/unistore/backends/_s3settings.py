@@ -44,7 +44,7 @@ class S3Settings:
     """Body checksum sent with every upload and part: ``md5`` (Content-MD5, accepted everywhere),
     ``sha256`` (the newer x-amz-checksum-sha256, kept by the server per part), or ``none``."""
     equal_parts: bool | None = None
-    """Multipart parts must all have the same size but the last (R2). ``None``: on for R2 endpoints."""
+    """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
     """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts."""
     max_concurrency: int = 8

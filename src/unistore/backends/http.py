@@ -60,7 +60,7 @@ class HttpSettings:
     url: str = ""
     """The service's base URL, e.g. ``http://127.0.0.1:8000``."""
     token: str | None = field(default=None, repr=False)
-    """A bearer token issued by the service (``unistore token``); ``None`` when its auth is off."""
+    """A bearer token issued by the service (``unistore token``); unset when its auth is off."""
     timeout: float = 60.0
     """Seconds a request may take."""
     max_connections: int = 32
