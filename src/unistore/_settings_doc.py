@@ -68,7 +68,8 @@ _INTROS = {
     "`AWS_SESSION_TOKEN`, else botocore's standard chain (profile, SSO, web identity, container, IMDS).",
     "gcs": "Google Cloud Storage. Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, else Application Default "
     "Credentials (Cloud Run, GKE, `gcloud auth application-default login`).",
-    "http": "A remote unistore service (`unistore serve`), spoken to over HTTP.",
+    "http": "A remote unistore service (`unistore serve`), spoken to over HTTP. Chosen only by name "
+    "(`STORAGE_BACKEND=http`, an `http(s)://` URL): auto-detection never picks it.",
     "cloudinary": "A Cloudinary product environment. `CLOUDINARY_URL` carries the credentials and, in its "
     "query, any setting below (`?upload_prefix=…&secure=false`); the `STORAGE_CLOUDINARY_*` variables win over it.",
 }
