@@ -21,8 +21,8 @@ from typing import Any
 
 __all__ = [
     "AUTO_DETECT_VARIABLES",
-    "URL_FORMS",
     "Row",
+    "URL_FORMS",
     "backend_rows",
     "cli_rows",
     "detection_order",
