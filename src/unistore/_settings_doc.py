@@ -134,6 +134,14 @@ def _size(value: int) -> str:
     return ""
 
 
+def _duration(seconds: int) -> str:
+    for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale and seconds % scale == 0:
+            count = seconds // scale
+            return f" ({count} {'day' if unit == 'days' and count == 1 else unit})"
+    return ""
+
+
 def _default(f: Field[Any]) -> str:
     if f.default is MISSING:
         return "required"
@@ -146,6 +154,8 @@ def _default(f: Field[Any]) -> str:
         value = int(value)
     if isinstance(value, int) and ("size" in f.name or "threshold" in f.name):
         return f"`{value}`{_size(value)}"
+    if isinstance(value, int) and any(w in f.name for w in ("ttl", "lease", "lifetime", "interval", "expiration")):
+        return f"`{value}`{_duration(value)}"
     return f"`{value}`"
 
 
