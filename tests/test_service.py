@@ -84,3 +84,15 @@ def test_paging_and_form_upload(service: tuple[str, StorageBackend]) -> None:
         assert [o["key"] for o in page["objects"]] == ["p/4"] and page["next_cursor"] is None
         r = c.post("/v1/upload", files={"file": ("photo.png", b"\x89PNG data", "image/png")}, data={"key": "up/p.png"})
         assert r.status_code == 201 and httpx.get(r.json()["url"]).content == b"\x89PNG data"
+
+
+def test_max_list_limit_from_environment() -> None:
+    """``UNISTORE_MAX_LIST_LIMIT`` caps a listing page like every other setting read from the environment."""
+    settings = ServiceSettings.from_env({"UNISTORE_AUTH": "off", "UNISTORE_MAX_LIST_LIMIT": "2"})
+    port = free_port()
+    backend = MemoryBackend(base_url=f"http://127.0.0.1:{port}/files")
+    with running_server(create_app(backend, settings=settings), port) as url, httpx.Client(base_url=url) as c:
+        for i in range(3):
+            assert c.put(f"/v1/objects/m/{i}", content=b"x").status_code == 201
+        page = c.get("/v1/objects", params={"prefix": "m/", "limit": 1000}).json()
+        assert [o["key"] for o in page["objects"]] == ["m/0", "m/1"] and page["next_cursor"]

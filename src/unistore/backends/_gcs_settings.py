@@ -19,7 +19,9 @@ class GCSSettings:
     """Settings of :class:`GCSBackend` (``easy_storage`` keyword names)."""
 
     bucket: str = ""
+    """The bucket (required)."""
     project: str | None = None
+    """Accepted for compatibility and unused: the bucket alone names the store."""
     credentials: str | None = None
     """``GOOGLE_APPLICATION_CREDENTIALS``: a credentials file google-auth reads (service account,
     ``authorized_user``, external account, impersonated); none: Application Default Credentials."""
@@ -28,12 +30,17 @@ class GCSSettings:
     prefix: str = ""
     """Prepended to every key (``gs://bucket/prefix``)."""
     chunk_size: int = 8 * 1024 * 1024
+    """Bytes per resumable upload chunk (a multiple of 256 KiB); smaller bodies go in one request."""
     url_expiration: int = 3600
+    """Lifetime of a signed URL when the caller gives none, in seconds."""
     timeout: int = 60
+    """Seconds a request may take."""
     max_connections: int = 64
+    """Connections kept open to the server."""
     page_size: int = 1000
     """Objects per listing request (GCS's maximum is 1000)."""
     endpoint: str = field(default=API, repr=False)
+    """The JSON and upload API's base URL (a regional or private endpoint); signed URLs name this host too."""
     iam_endpoint: str = IAM_ENDPOINT
     """The IAM Credentials API, which signs URLs for credentials without a key (``signBlob``)."""
 

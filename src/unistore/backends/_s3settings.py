@@ -25,11 +25,17 @@ class S3Settings:
     """
 
     bucket: str = ""
+    """The bucket (required)."""
     region: str = "us-east-1"
+    """Region used to sign requests."""
     endpoint: str | None = None
+    """Endpoint URL of an S3-compatible server (MinIO, SeaweedFS, R2...); unset: AWS for ``region``."""
     access_key: str | None = None
+    """Access key id; unset: ``AWS_ACCESS_KEY_ID``, else botocore's standard credential chain."""
     secret_key: str | None = field(default=None, repr=False)
+    """Secret access key, set together with ``access_key``."""
     session_token: str | None = field(default=None, repr=False)
+    """Session token of temporary credentials."""
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     """``auto``: virtual-hosted on AWS for DNS-safe bucket names, path style on custom endpoints."""
     prefix: str = ""
@@ -38,27 +44,37 @@ class S3Settings:
     """Body checksum sent with every upload and part: ``md5`` (Content-MD5, accepted everywhere),
     ``sha256`` (the newer x-amz-checksum-sha256, kept by the server per part), or ``none``."""
     equal_parts: bool | None = None
-    """Multipart parts must all have the same size but the last (R2). ``None``: on for R2 endpoints."""
+    """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
+    """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts."""
     max_concurrency: int = 8
     """Parts in flight per upload. A stream holds at most ``part_size * max_concurrency`` bytes;
     a file is read straight from each part's byte range (about 1 MiB per part in flight)."""
     sse: Literal["AES256", "aws:kms"] | None = None
+    """Server-side encryption asked for on every write: ``AES256`` or ``aws:kms``; unset: the bucket's default."""
     sse_kms_key_id: str | None = None
+    """KMS key for ``sse=aws:kms``; unset: the account's default key."""
     sse_customer_key: str | None = field(default=None, repr=False)
     """SSE-C: a 32-byte key, base64-encoded. Every read then needs it too."""
     storage_class: str | None = None
+    """Storage class of new objects (``STANDARD_IA``, ``GLACIER_IR``...); unset: the bucket's default."""
     conditional_delete: bool = True
     """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
     raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
     url_expiration: int = 3600
+    """Lifetime of a presigned URL when the caller gives none, in seconds (at most 7 days)."""
     page_size: int = 1000
     """Keys asked for per listing request (S3 answers at most 1,000)."""
     max_connections: int = 64
+    """Connections kept open to the server."""
     connect_timeout: float = 10.0
+    """Seconds to open a connection."""
     read_timeout: float = 60.0
+    """Seconds to wait for data on an open connection."""
     copy_part_size: int = 512 * MiB
+    """Bytes per part of a server-side multipart copy."""
     multipart_copy_threshold: int = 5 * 1024 * MiB
+    """Objects at least this large (bytes) are copied part by part on the server."""
 
     def __post_init__(self) -> None:
         if not self.bucket:

@@ -80,23 +80,35 @@ class CloudinarySettings:
     settings left at their defaults (read by the one URL parser, ``backend_from_url``'s)."""
 
     url: str | None = field(default=None, repr=False)
+    """``cloudinary://api_key:api_secret@cloud_name[?option=value…]``: credentials and settings in one value."""
     cloud_name: str | None = None
+    """The product environment's cloud name (else from ``url``)."""
     api_key: str | None = None
+    """API key (else from ``url``)."""
     api_secret: str | None = field(default=None, repr=False)
+    """API secret (else from ``url``)."""
     delivery_type: str = "authenticated"
     """``authenticated`` (signed URLs only), ``private`` (download API only) or ``upload`` (public)."""
     folder: str = ""
     """Prepended to every public id."""
     upload_prefix: str = "https://api.cloudinary.com"
+    """Base URL of the upload and admin APIs."""
     cname: str | None = None
     """Delivery host (default ``res.cloudinary.com``)."""
     secure: bool = True
+    """Delivery URLs use https."""
     signature_algorithm: str = "sha1"
+    """How requests and URLs are signed: ``sha1`` or ``sha256`` (as set on the product environment)."""
     chunk_size: int = 20_000_000
+    """Bytes per chunk of a chunked upload; smaller bodies go in one request."""
     url_expiration: int = 3600
+    """Lifetime of a signed delivery URL when the caller gives none, in seconds."""
     timeout: int = 60
+    """Seconds a request may take."""
     max_connections: int = 64
+    """Connections kept open to Cloudinary."""
     page_size: int = 500
+    """Assets asked for per listing request (the Admin API's maximum is 500)."""
 
     def __post_init__(self) -> None:
         if self.url:

@@ -60,24 +60,35 @@ class HttpSettings:
     url: str = ""
     """The service's base URL, e.g. ``http://127.0.0.1:8000``."""
     token: str | None = field(default=None, repr=False)
-    """A bearer token issued by the service (``unistore token``); ``None`` when its auth is off."""
+    """A bearer token issued by the service (``unistore token``); unset when its auth is off."""
     timeout: float = 60.0
+    """Seconds a request may take."""
     max_connections: int = 32
+    """Connections kept open to the service."""
     retries: int = 4
+    """Retries of a request that is safe to repeat, after a transport error, 429 or 503."""
     backoff: float = 0.1
+    """First retry delay in seconds, doubled (with jitter) at each retry."""
     max_backoff: float = 10.0
+    """Longest retry delay, in seconds."""
     list_page_size: int = 1000
+    """Keys asked for per listing request."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Bytes per chunk when streaming."""
     url_expiration: int = 3600
+    """Lifetime of a signed URL when the caller gives none, in seconds."""
     parallel_download_threshold: int = 64 * 1024 * 1024
     """A whole-object read at least this large is fetched as parallel ranges."""
     download_part_size: int = 8 * 1024 * 1024
+    """Bytes per range of a parallel read."""
     download_concurrency: int = 4
     """Ranges in flight; a parallel read holds at most ``download_part_size * download_concurrency``."""
     multipart_threshold: int = 64 * 1024 * 1024
     """A file (path body) at least this large is uploaded as parallel, resumable session parts."""
     upload_part_size: int = 8 * 1024 * 1024
+    """Bytes per part of a session upload."""
     upload_concurrency: int = 4
+    """Parts in flight per session upload."""
     upload_state_dir: str = ""
     """Where resumable uploads record their session and parts; default ``~/.cache/unistore/uploads``."""
     direct_uploads: bool = False

@@ -55,10 +55,16 @@ class MemorySettings:
     """Settings of :class:`MemoryBackend` (``easy_storage`` keyword names)."""
 
     max_size: int | None = None
+    """Quota on the total bytes stored (a write beyond it fails with ``QuotaExceededError``); unset: no quota."""
     base_url: str = "http://localhost:8000/files"
+    """Public URL prefix of the route serving the objects; signed URLs are
+    ``{base_url}/{key}?expires=…&signature=…``."""
     url_secret: str | None = field(default=None, repr=False)
+    """Key that signs URLs. Unset: a random secret per process (URLs die with it)."""
     url_expiration: int = 3600
+    """Lifetime of a signed URL when the caller gives none, in seconds."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Bytes per chunk when streaming a read."""
 
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 0:

@@ -65,29 +65,56 @@ class ServiceSettings:
     """
 
     auth: bool = True
+    """Require a bearer token on every request; off lets every request do everything (local development only)."""
     secret: bytes | None = field(default=None, repr=False)
+    """Key that signs and verifies tokens (at least 16 bytes); required when ``auth`` is on."""
     max_body_size: int = 5 * 1024**3
+    """Largest request body, in bytes (413 beyond it)."""
     max_json_size: int = 1024**2
+    """Largest JSON control request (tokens, upload sessions), in bytes, read only after authentication."""
     header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (then it is closed)."""
     body_timeout: float = 30.0
+    """Seconds a request body may pause between chunks (then 408)."""
     body_deadline: float | None = None
+    """Seconds a whole request body may take (then 408); unset: no limit."""
     token_rate: float | None = None
+    """Requests per second allowed to each token (each client address when auth is off); unset: unlimited."""
     token_burst: int | None = None
+    """Requests one token may make at once above its rate; unset: the rate, in whole requests (at least 1)."""
     global_rate: float | None = None
+    """Requests per second allowed to the whole service; unset: unlimited."""
     global_burst: int | None = None
+    """Requests the service may take at once above its rate; unset: the rate, in whole requests (at least 1)."""
     max_list_limit: int = 1000
+    """Most keys one listing page may return."""
     idempotency_ttl: float = 24 * 3600.0
+    """Seconds a write recorded under an ``Idempotency-Key`` answers a replay."""
     idempotency_lease: float = 30.0
+    """Seconds a write in progress holds its ``Idempotency-Key`` without a heartbeat."""
     max_token_lifetime: int = 7 * 24 * 3600
+    """Longest lifetime of any token, in seconds (also bounds tokens already issued)."""
     upload_ttl: float = 24 * 3600.0
+    """Seconds an upload session lives."""
     upload_sweep_interval: float = 600.0
+    """Seconds between sweeps of expired upload sessions."""
     webhooks: tuple[str, ...] = ()
+    """URLs that receive each completion event as signed JSON (separated by commas or spaces)."""
     webhook_secret: bytes | None = field(default=None, repr=False)
+    """Key that signs webhook bodies; unset: ``secret``."""
     accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    """Older (or upcoming) secrets whose tokens are still verified but never minted, for rotation (separated by
+    commas or spaces)."""
     metrics: str = "token"
+    """Who may read ``/metrics``: ``token`` (a token with the ``metrics`` action), ``open``, ``off``, or
+    ``HOST:PORT`` (a separate listener, no token)."""
     metrics_key_labels: str = "hash"
+    """How hot keys are labelled in metrics: ``hash`` (a digest), ``prefix`` (first segment), ``raw`` or ``off``."""
     redis_url: str | None = field(default=None, repr=False)
+    """``redis://``, ``rediss://`` or ``unix://`` URL: rate-limit buckets and hot-key counts shared by every replica;
+    unset: per process."""
     redis_prefix: str = "unistore"
+    """Prefix of every Redis key the service writes."""
 
     def __post_init__(self) -> None:
         if self.auth and (self.secret is None or len(self.secret) < 16):
@@ -140,7 +167,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
-        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
+        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_MAX_LIST_LIMIT``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
         ``UNISTORE_BODY_DEADLINE`` (seconds),
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
         ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
@@ -169,6 +196,7 @@ class ServiceSettings:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text
         casts: dict[str, type] = {
             "max_body_size": int,
+            "max_list_limit": int,
             "max_json_size": int,
             "header_timeout": float,
             "body_timeout": float,
