@@ -31,6 +31,10 @@ ChecksumOpt = Annotated[bool, typer.Option("--checksum", "-c", help="Compare SHA
 SideTokens = tuple[str | None, str | None]
 SrcTokenOpt = Annotated[str | None, typer.Option("--src-token", help="Token for the source side.")]
 DstTokenOpt = Annotated[str | None, typer.Option("--dst-token", help="Token for the destination side.")]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(envvar="UNISTORE_STATE_DIR", help="Resumable uploads' records [~/.cache/unistore/uploads]."),
+]
 
 
 def _filters(include: list[str] | None, exclude: list[str] | None) -> Filters:
@@ -203,6 +207,7 @@ def cp(
     checksum: ChecksumOpt = False,
     dry_run: DryRunOpt = False,
     transfers: TransfersOpt = 4,
+    state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Copy an object, or a tree with -r, between any two stores, files or stdio, streamed.
@@ -214,7 +219,7 @@ def cp(
         opts = _options(
             transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, dry_run=dry_run, quiet=quiet,
             filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-            metadata=metadata,
+            metadata=metadata, state_dir=state_dir,
         )
         return _tree_run(source, dest, (src_token or token, dst_token or token), opts)
 
@@ -243,12 +248,15 @@ def mv(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     transfers: TransfersOpt = 4,
+    state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Move: copy, then delete the source once its copy is complete (a source changed
     meanwhile is kept)."""
     if recursive:
-        opts = _options(transfers=transfers, move=True, quiet=quiet, filters=_filters(include, exclude))
+        opts = _options(
+            transfers=transfers, move=True, quiet=quiet, filters=_filters(include, exclude), state_dir=state_dir
+        )
         return _tree_run(source, dest, (src_token or token, dst_token or token), opts)
 
     async def work() -> None:
@@ -282,6 +290,7 @@ def sync(
     meta: MetaOpt = None,
     dry_run: DryRunOpt = False,
     transfers: TransfersOpt = 4,
+    state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Make DEST hold what SOURCE holds: copy new and changed files (size and time, or
@@ -289,6 +298,6 @@ def sync(
     opts = _options(
         transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, delete=delete, dry_run=dry_run,
         quiet=quiet, filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-        metadata=metadata_options(meta),
+        metadata=metadata_options(meta), state_dir=state_dir,
     )
     _tree_run(source, dest, (src_token or token, dst_token or token), opts)
