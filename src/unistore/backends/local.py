@@ -28,8 +28,11 @@ a stat-derived etag and a guessed content type, as are files placed by hand.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
-neither listed nor followed: a key through a linked directory is not found,
-and writing one raises :class:`InvalidKeyError`. Files placed by hand under
+neither listed nor followed, at any position: every path is opened relative to a
+descriptor of the base directory with no link allowed on the way (``openat2``, or a
+walk; see ``_beneath``), then acted on by name relative to its opened directory, so a
+link swapped in concurrently is never followed either. A key through a linked
+directory is not found, and writing one raises :class:`InvalidKeyError`. Files placed by hand under
 names no key can have (backslashes, control characters, invalid UTF-8, paths
 over 1024 bytes) and special files (FIFOs, sockets) are not objects.
 Cross-process locking needs POSIX ``flock``.
@@ -85,6 +88,7 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
+from ._beneath import NOT_THERE, Beneath
 from ._localfs import (
     O_CLOEXEC,
     O_NOFOLLOW,
@@ -92,11 +96,10 @@ from ._localfs import (
     TMP_PREFIX,
     StripeLocks,
     Temp,
-    check_dirs,
     copy_to_fd,
-    fsync_dir,
     load_secret,
     meta_path,
+    read_small,
     scan_dir,
     write_all,
 )
@@ -147,21 +150,24 @@ class LocalBackend(BaseBackend):
     def __init__(self, settings: LocalSettings | None = None, **options: Any) -> None:
         self.settings = settings_from(LocalSettings, settings, options)
         self.root = Path(self.settings.base_path).absolute()
-        self._root = str(self.root)
-        self._internal = self.root / RESERVED_PREFIX
         try:
-            (self._internal / "locks").mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._fs = Beneath(str(self.root))  # every path below is opened relative to it
+            os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+            secret = (
+                self.settings.url_secret.encode()
+                if self.settings.url_secret
+                else load_secret(self._fs, RESERVED_PREFIX)
+            )
         except OSError as exc:
+            why = "a symbolic link or non-directory in the way" if exc.errno in NOT_THERE else exc.strerror
             raise ConfigurationError(
-                f"cannot create base_path {str(self.root)!r} ({exc.strerror}); set STORAGE_BASE_PATH",
+                f"cannot set up base_path {str(self.root)!r} ({why}); set STORAGE_BASE_PATH",
                 backend=self.name,
             ) from exc
-        secret = self.settings.url_secret.encode() if self.settings.url_secret else load_secret(self._internal)
         self._signer = UrlSigner(secret, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
-        self._locks = StripeLocks(self._internal / "locks")
-        self._real_root = os.path.realpath(self._root)
-        self._proc_fd = os.path.isdir("/proc/self/fd")
+        self._locks = StripeLocks(self._fs, f"{RESERVED_PREFIX}/locks")
         self._clock_lock = threading.Lock()
         self._last_us = 0
         # Per-process sources of unique names and stamp jitter: no getrandom() per write.
@@ -178,13 +184,6 @@ class LocalBackend(BaseBackend):
         """The signer the file route verifies this backend's URLs with."""
         return self._signer
 
-    # --- setup ----------------------------------------------------------------------
-
-    # --- paths ----------------------------------------------------------------------
-
-    def _path(self, key: str) -> str:
-        return os.path.join(self._root, key)
-
     # --- error boundary ---------------------------------------------------------------
 
     def _translate(self, exc: BaseException, operation: str, key: str | None) -> BaseException:
@@ -197,8 +196,8 @@ class LocalBackend(BaseBackend):
         if not isinstance(exc, OSError):
             return exc
         where = {"key": key, "backend": self.name, "operation": operation}
-        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError) or exc.errno == errno.ELOOP:
-            return NotFoundError("no such object", **where)  # ELOOP: O_NOFOLLOW met a symbolic link
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError) or exc.errno in _NOT_OBJECT:
+            return NotFoundError("no such object", **where)
         if isinstance(exc, PermissionError):
             return PermissionDeniedError(f"permission denied ({exc.strerror})", **where)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -225,15 +224,19 @@ class LocalBackend(BaseBackend):
     def _probe_exact_mtime(self) -> bool:
         """Whether this file system keeps a nanosecond mtime exactly as set (ext4, xfs,
         btrfs, tmpfs, APFS do); if not, every object gets a sidecar."""
-        tmp = self._internal / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         stamp = self._stamp(True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
+        dfd = self._fs.open_dir(RESERVED_PREFIX)
         try:
-            _set_mtime(fd, str(tmp), stamp)
-            return os.fstat(fd).st_mtime_ns == stamp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                _set_mtime(fd, stamp)
+                return os.fstat(fd).st_mtime_ns == stamp
+            finally:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=dfd)
         finally:
-            os.close(fd)
-            os.unlink(tmp)
+            os.close(dfd)
 
     def _temp_name(self) -> str:
         """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
@@ -250,14 +253,14 @@ class LocalBackend(BaseBackend):
         low = self._jitter.randrange(999)
         return us * 1000 + low + (low >= _MARK)
 
-    def _info(self, key: str, path: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo | os.stat_result:
+    def _info(self, key: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo | os.stat_result:
         """Info of the data-file version ``st``: its sidecar's, or ``st`` itself when it has none
         (``_stat_info`` turns that into an ObjectInfo, on the event loop: work in a worker
         thread is the expensive kind). Raises ``_Torn`` if the sidecar is not (yet) the one
         written with it."""
         if ignore_sidecar or (self._exact and st.st_mtime_ns % 1000 != _MARK):
             return st
-        meta = _read_sidecar(meta_path(path))
+        meta = _read_sidecar(self._fs, meta_path(key))
         if meta is None:
             if not self._exact:
                 return st  # always-sidecar mode: this file was placed by hand
@@ -290,25 +293,17 @@ class LocalBackend(BaseBackend):
             except _Torn:
                 return read(True)
 
-    def _inside(self, fd: int, key: str) -> None:
-        """Raise ``NotADirectoryError`` if the file open as ``fd`` was reached through a symbolic
-        link: one ``readlink`` of ``/proc/self/fd`` in the common case, a walk otherwise."""
-        if self._proc_fd:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/self/fd/{fd}") == self._real_root + "/" + key:
-                    return
-        check_dirs(self._root, key)
-
-    def _current(self, key: str, path: str) -> ObjectInfo | None:
-        """The stored version's info, or ``None``; call with the key's lock held."""
+    def _current(self, key: str, dir_fd: int) -> ObjectInfo | None:
+        """The stored version's info (``key``'s directory open as ``dir_fd``), or ``None``;
+        call with the key's lock held."""
         try:
-            st = os.stat(path, follow_symlinks=False)
+            st = os.stat(key.rpartition("/")[2], dir_fd=dir_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if not stat_mod.S_ISREG(st.st_mode):
             return None
         try:
-            return _as_info(key, self._info(key, path, st, False))
+            return _as_info(key, self._info(key, st, False))
         except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
             return _stat_info(key, st)
 
@@ -319,16 +314,14 @@ class LocalBackend(BaseBackend):
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
         """Open one version of ``key``; read it right away if the span is at most ``small``
         bytes (``small < 0``: only look, keep nothing open)."""
-        path = self._path(key)
 
         def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo | os.stat_result, int]:
-            fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+            fd = self._fs.open(key, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
             try:
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
-                    raise FileNotFoundError(path)
-                self._inside(fd, key)
-                info = self._info(key, path, st, ignore_sidecar)
+                    raise FileNotFoundError(errno.ENOENT, "not a regular file", key)
+                info = self._info(key, st, ignore_sidecar)
             except BaseException:
                 os.close(fd)
                 raise
@@ -430,8 +423,7 @@ class LocalBackend(BaseBackend):
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
             return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
-        path = self._path(key)
-        temp: Temp = await self._run("put", key, self._create_temp, key, path)
+        temp: Temp = await self._run("put", key, self._create_temp, key)
         committed = False
         try:
             size = 0
@@ -447,7 +439,7 @@ class LocalBackend(BaseBackend):
                     buf, buffered = [], 0
             if buf:
                 await self._run("put", key, write_all, temp.fd, buf)
-            written = await self._run("put", key, self._commit, key, path, temp, size, meta, mode)
+            written = await self._run("put", key, self._commit, key, temp, size, meta, mode)
             committed = True
             return _written_info(key, meta, written)
         finally:
@@ -461,86 +453,75 @@ class LocalBackend(BaseBackend):
                 f"object is larger than max_object_size={limit}", key=key, backend=self.name, operation="put"
             )
 
-    def _create_temp(self, key: str, path: str) -> Temp:
-        """A new temp file beside ``path``, creating (real, never symlinked) parent directories."""
-        parent = os.path.dirname(path)
+    def _create_temp(self, key: str) -> Temp:
+        """A new temp file in ``key``'s directory, creating (real, never linked) directories."""
         head = key.rpartition("/")[0]
         for _ in range(32):
-            name = self._temp_name()
-            tmp = os.path.join(parent, name)
             try:
-                temp = Temp(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644), tmp)
-            except FileExistsError:
-                continue  # a crash leftover of a process that had our pid
-            except FileNotFoundError:
                 try:
-                    check_dirs(self._root, key)  # never create directories through a link
+                    dfd = self._fs.open_dir(head)
                 except FileNotFoundError:
-                    pass
-                except NotADirectoryError as exc:
+                    dfd = self._fs.make_dirs(head)
+            except FileNotFoundError:
+                continue  # a delete removed an emptied ancestor while we created its child
+            except OSError as exc:
+                if exc.errno in NOT_THERE:  # ENOTDIR, ELOOP
                     raise InvalidKeyError("key passes through an existing object or a symbolic link", key=key) from exc
-                self._make_parents(key, parent)
-                continue
-            except NotADirectoryError as exc:
-                raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
+                raise
+            name = self._temp_name()
             try:
-                self._inside(temp.fd, f"{head}/{name}" if head else name)
-            except NotADirectoryError as exc:
-                temp.discard()
-                raise InvalidKeyError("key passes through a symbolic link", key=key) from exc
-            return temp
+                return Temp(
+                    os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644, dir_fd=dfd), dfd, name
+                )
+            except (FileExistsError, FileNotFoundError):
+                os.close(dfd)  # a crash leftover of a process that had our pid; or the directory was removed
+            except BaseException:
+                os.close(dfd)
+                raise
         raise StorageError("could not create a temp file", key=key, backend=self.name)
 
-    def _make_parents(self, key: str, parent: str) -> None:
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except FileNotFoundError:
-            pass  # a delete removed an emptied ancestor while we created its child: retried
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
-
     def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> _Written:
-        path = self._path(key)
-        temp = self._create_temp(key, path)
+        temp = self._create_temp(key)
         try:
             write_all(temp.fd, [data])
-            return self._commit(key, path, temp, len(data), meta, mode)
+            return self._commit(key, temp, len(data), meta, mode)
         except BaseException:
             temp.discard()
             raise
 
     def _put_file_sync(self, key: str, source: Any, meta: dict[str, Any], mode: WriteMode) -> _Written:
-        path = self._path(key)
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open(os.fspath(source), "rb")) if isinstance(source, os.PathLike) else source
-            temp = self._create_temp(key, path)
+            temp = self._create_temp(key)
             try:
                 size = copy_to_fd(src, temp.fd, self.settings.chunk_size, lambda n: self._check_size(key, n))
-                return self._commit(key, path, temp, size, meta, mode)
+                return self._commit(key, temp, size, meta, mode)
             except BaseException:
                 temp.discard()
                 raise
 
-    def _commit(self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
+    def _commit(self, key: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
         """Make the temp file ``key``'s new version: stamp, sidecar if needed, precondition,
         then the renames under the key's lock. The data rename is the commit point. Returns
-        the raw facts; the event loop builds the ObjectInfo (see ``_info``)."""
+        the raw facts; the event loop builds the ObjectInfo (see ``_info``). Every name is
+        relative to the temp file's directory, ``d``."""
         fsync = self.settings.fsync
         marked = meta["marked"]
         stamp = self._stamp(marked)
-        _set_mtime(temp.fd, temp.path, stamp)
+        d, name = temp.dir_fd, key.rpartition("/")[2]
+        _set_mtime(temp.fd, stamp)
         if fsync:
             os.fsync(temp.fd)
         st = os.fstat(temp.fd)
         temp.close()
-        sidecar = meta_path(path) if marked else ""
+        sidecar = meta_path(name) if marked else ""
         mtmp: str | None = None
         if marked:
             etag = secrets.token_hex(8)
             record = {k: meta[k] for k in ("ct", "meta", "cc", "cd")}
             record.update(v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
-            mtmp = os.path.join(os.path.dirname(path), self._temp_name())
-            mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+            mtmp = self._temp_name()
+            mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644, dir_fd=d)
             try:
                 os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
                 if fsync:
@@ -553,36 +534,37 @@ class LocalBackend(BaseBackend):
             stripe = self._locks.acquire(key)
             try:
                 if mode != "overwrite":
-                    check_write_mode(self._current(key, path), mode, key, self.name)
+                    check_write_mode(self._current(key, d), mode, key, self.name)
                 if mtmp is not None:
-                    os.replace(mtmp, sidecar)  # readers ignore it until the data names it
+                    os.replace(mtmp, sidecar, src_dir_fd=d, dst_dir_fd=d)  # readers ignore it until the data names it
                     mtmp = None
                 try:
-                    self._replace_data(key, temp.path, path)
+                    self._replace_data(key, d, temp.name, name)
                 except BaseException:
                     if marked:
                         with contextlib.suppress(OSError):
-                            os.unlink(sidecar)
+                            os.unlink(sidecar, dir_fd=d)
                     raise
             finally:
                 self._locks.release(stripe)
         finally:
             if mtmp is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(mtmp)
+                    os.unlink(mtmp, dir_fd=d)
         if fsync:
-            fsync_dir(os.path.dirname(path))
+            os.fsync(d)  # make the renames durable
+        temp.release()
         return size, stamp, etag
 
     @staticmethod
-    def _replace_data(key: str, tmp: str, path: str) -> None:
+    def _replace_data(key: str, d: int, tmp: str, name: str) -> None:
         try:
-            os.replace(tmp, path)
+            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except IsADirectoryError:
             with contextlib.suppress(OSError):
-                os.rmdir(path)  # an empty leftover directory
+                os.rmdir(name, dir_fd=d)  # an empty leftover directory
             try:
-                os.replace(tmp, path)
+                os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
             except IsADirectoryError as exc:
                 raise InvalidKeyError("key is a directory of other objects", key=key) from exc
 
@@ -592,34 +574,48 @@ class LocalBackend(BaseBackend):
         return removed
 
     def _remove_sync(self, key: str, if_match: str | None) -> bool:
-        path = self._path(key)
+        head, _, name = key.rpartition("/")
         try:
-            check_dirs(self._root, key)
-        except (FileNotFoundError, NotADirectoryError):
+            d = self._fs.open_dir(head)
+        except OSError as exc:
+            if exc.errno not in NOT_THERE:
+                raise
             check_remove_condition(None, if_match, key, self.name)
             return False
-        with self._locks.hold(key):
-            if if_match is not None:
-                check_remove_condition(self._current(key, path), if_match, key, self.name)
-            try:
-                st = os.stat(path, follow_symlinks=False)
-                if not stat_mod.S_ISREG(st.st_mode):
+        try:
+            with self._locks.hold(key):
+                if if_match is not None:
+                    check_remove_condition(self._current(key, d), if_match, key, self.name)
+                try:
+                    st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                    if not stat_mod.S_ISREG(st.st_mode):
+                        return False
+                    os.unlink(name, dir_fd=d)
+                except (FileNotFoundError, NotADirectoryError):
                     return False
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(meta_path(path))
-        # Drop now-empty parent directories (writers recreate them if they race us).
-        parent = os.path.dirname(path)
-        root = str(self.root)
-        while parent != root and parent.startswith(root):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(meta_path(name), dir_fd=d)
+        finally:
+            os.close(d)
+        self._prune(head)
         return True
+
+    def _prune(self, head: str) -> None:
+        """Remove directory ``head`` and its ancestors while they are empty (writers recreate
+        them if they race us), each by name in its opened parent."""
+        while head:
+            parent, _, name = head.rpartition("/")
+            try:
+                d = self._fs.open_dir(parent)
+            except OSError:
+                return
+            try:
+                os.rmdir(name, dir_fd=d)
+            except OSError:
+                return
+            finally:
+                os.close(d)
+            head = parent
 
     # --- listing ----------------------------------------------------------------------
 
@@ -628,13 +624,13 @@ class LocalBackend(BaseBackend):
         explicit stack so each key passes through one generator, not one per level."""
         check_listing_args(prefix, start_after)
         dir_rel, _, name_prefix = prefix.rpartition("/")
-        scan = await self._run("list", prefix, scan_dir, self._root, dir_rel, name_prefix, start_after)
+        scan = await self._run("list", prefix, scan_dir, self._fs, dir_rel, name_prefix, start_after)
         stack = [iter(scan)]
         n = 0
         while stack:
             for _, k, is_dir in stack[-1]:
                 if is_dir:
-                    sub = await self._run("list", prefix, scan_dir, self._root, k, "", start_after)
+                    sub = await self._run("list", prefix, scan_dir, self._fs, k, "", start_after)
                     stack.append(iter(sub))
                     break  # descend; this level's iterator resumes after the subtree
                 yield k
@@ -659,8 +655,11 @@ class LocalBackend(BaseBackend):
     def _infos(self, keys: list[str]) -> list[ObjectInfo]:
         out = []
         for k in keys:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                out.append(self._head_sync(k))  # deleted since the scan: skip
+            try:
+                out.append(self._head_sync(k))
+            except OSError as exc:
+                if exc.errno not in NOT_THERE:
+                    raise  # else deleted (or a link put in its way) since the scan: skip
         return out
 
     # --- URLs, health -------------------------------------------------------------------
@@ -684,15 +683,15 @@ class LocalBackend(BaseBackend):
         self._locks.close()
 
 
+_NOT_OBJECT = frozenset({errno.ELOOP, errno.ENXIO})
+"""Errors that mean "not an object": a symbolic link met on the way; a socket opened."""
+
 _MARK = 777
 """``mtime_ns % 1000`` of a data file whose version has a sidecar (see ``_stamp``)."""
 
 
-def _set_mtime(fd: int, path: str, stamp: int) -> None:
-    if os.utime in os.supports_fd:
-        os.utime(fd, ns=(stamp, stamp))
-    else:  # pragma: no cover - platforms without futimens
-        os.utime(path, ns=(stamp, stamp))
+def _set_mtime(fd: int, stamp: int) -> None:
+    os.utime(fd, ns=(stamp, stamp))  # futimens: every POSIX system this runs on has it
 
 
 def _stat_etag(st: os.stat_result) -> str:
@@ -732,15 +731,11 @@ def _as_info(key: str, info: ObjectInfo | os.stat_result) -> ObjectInfo:
     return info if isinstance(info, ObjectInfo) else _stat_info(key, info)
 
 
-def _read_sidecar(path: str) -> dict[str, Any] | None:
+def _read_sidecar(fs: Beneath, rel: str) -> dict[str, Any] | None:
     try:
-        fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        raw = read_small(fs, rel)
     except OSError:
         return None
-    try:
-        raw = os.read(fd, 1 << 16)
-    finally:
-        os.close(fd)
     try:
         meta = json.loads(raw)
     except ValueError:
