@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import platform
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -54,17 +56,21 @@ print(n, flush=True)
 
 @pytest.fixture(params=["openat2", "walk"])
 def resolution(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with ``openat2`` (required on this kernel) and with the fallback walk."""
+    """Run the test with ``openat2`` (where the kernel has it) and with the fallback walk."""
     if request.param == "walk":
         monkeypatch.setattr(_beneath, "USE_OPENAT2", False)
-    else:
-        if not _openat2_here():
-            pytest.skip("this kernel has no openat2")
+    elif not _openat2_here():
+        pytest.skip("no openat2 here (not Linux >= 5.6 on x86_64/aarch64)")
     return str(request.param)
 
 
 def _openat2_here() -> bool:
+    """Whether openat2 is used; on Linux >= 5.6 x86_64/aarch64 it must be (a broken probe
+    would silently leave every store on the slower walk)."""
     _beneath.Beneath("/")
+    kernel = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
+    if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") and kernel >= (5, 6):
+        assert _beneath.openat2_available(), "openat2 probe failed on a kernel that has it"
     return bool(_beneath.openat2_available())
 
 
@@ -337,3 +343,42 @@ async def test_a_fifo_planted_as_a_sidecar_does_not_block_readers(store: LocalBa
             await asyncio.sleep(0.1)
             os.close(fd)
     assert got == b"data"
+
+
+# --- Beneath itself -----------------------------------------------------------------------------
+
+
+def test_beneath_refuses_links_and_escapes_at_every_position(
+    tmp_path: Path, resolution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = _beneath._OPENAT2.open
+    monkeypatch.setattr(_beneath._OPENAT2, "open", lambda *a: calls.append(a) or real(*a))
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_bytes(b"in")
+    (tmp_path / "f").write_bytes(b"out")
+    os.symlink(root / "a", root / "la")
+    os.symlink(root / "a" / "b", root / "a" / "lb")
+    os.symlink(root / "a" / "b" / "f", root / "a" / "b" / "lf")
+    fs = _beneath.Beneath(str(root))
+    fd = fs.open("a/b/f", os.O_RDONLY)
+    assert os.read(fd, 9) == b"in"
+    os.close(fd)
+    for rel in ("la/b/f", "a/lb/f", "a/b/lf", "../f", "a/../../f"):
+        assert _errno(fs.open, rel, os.O_RDONLY) in (*_beneath.NOT_THERE, errno.EXDEV), rel
+    for rel in ("la", "a/lb", "la/b"):
+        assert _errno(fs.open_dir, rel) in _beneath.NOT_THERE, rel
+        assert _errno(fs.make_dirs, rel + "/new") in _beneath.NOT_THERE, rel
+    os.close(fs.make_dirs("a/n1/n2"))
+    assert (root / "a" / "n1" / "n2").is_dir() and not (root / "a" / "b" / "n1").exists()
+    assert bool(calls) is (resolution == "openat2")  # the walk never calls openat2
+
+
+def _errno(opener: Callable[..., int], *args: object) -> int | None:
+    """The errno ``opener(*args)`` fails with (``None`` if it opens: the descriptor is closed)."""
+    try:
+        os.close(opener(*args))
+    except OSError as exc:
+        return exc.errno
+    return None
