@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError
+from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError, StorageError
 from unistore.backends import _beneath
 
 SECRET = "traversal-test-secret-0123456789"
@@ -164,7 +164,7 @@ async def test_symlink_swap_race_never_escapes(tmp_path: Path, store: LocalBacke
     assert await store.get("race/victim") == b"inside"
 
 
-async def test_symlink_swap_race_over_http(tmp_path: Path, served_local: LocalBackend) -> None:
+async def test_symlink_swap_race_over_http(tmp_path: Path, served_local: LocalBackend, resolution: str) -> None:
     outside = _outside(tmp_path)
     name = f"race-{uuid.uuid4().hex[:8]}"
     await served_local.put(f"{name}/victim", b"inside")
@@ -382,3 +382,13 @@ def _errno(opener: Callable[..., int], *args: object) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
+
+
+async def test_ping_reports_a_replaced_base_directory(tmp_path: Path) -> None:
+    """The store keeps the base directory it opened; replacing it fails the health check."""
+    backend = LocalBackend(base_path=str(tmp_path / "store"), url_secret=SECRET)
+    await backend.ping()
+    (tmp_path / "store").rename(tmp_path / "moved")
+    (tmp_path / "store").mkdir()
+    with pytest.raises(StorageError, match="replaced"):
+        await backend.ping()

@@ -116,6 +116,16 @@ class Beneath:
         if _OPENAT2.ok is None:
             _OPENAT2.probe(self._fd)
 
+    def replaced(self) -> bool:
+        """Whether ``path`` now names another directory than the one opened (the store keeps
+        using the one it opened; a health check reports this)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        mine = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+
     def open(self, rel: str, flags: int, mode: int = 0o644) -> int:
         """Open ``rel`` (a file or directory) with ``flags``; never through a symbolic link."""
         if USE_OPENAT2 and _OPENAT2.ok:

@@ -678,6 +678,8 @@ class LocalBackend(BaseBackend):
     def _ping_sync(self) -> None:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "base_path is not writable")
+        if self._fs.replaced():
+            raise StorageError("base_path was replaced since the store opened it: restart", backend=self.name)
 
     async def aclose(self) -> None:
         self._locks.close()
