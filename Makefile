@@ -17,7 +17,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[fastapi]'
+	$(BIN)/pip install -q -e '.[all]'
 	touch $@
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python

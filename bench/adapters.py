@@ -18,6 +18,7 @@ from typing import Any
 
 CHUNK = 8 * 1024 * 1024  # copy buffer where the caller picks the chunk size
 CONTENT_TYPE = "application/octet-stream"
+META = {"owner": "bench", "n": "1"}  # the custom metadata of the "-meta" clients' PUTs
 
 REGISTRY: dict[str, type[Adapter]] = {}
 
@@ -229,6 +230,24 @@ class UnistoreLocalFsync(UnistoreLocal):
     group = "fsync"
     fsync = True
     workloads = ("small", "large")
+
+
+@register
+class UnistoreLocalMeta(UnistoreLocal):
+    name = "unistore-local-meta"
+    label = "unistore LocalBackend(fsync=False), PUT with metadata"
+    workloads = ("small",)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self.b.put_object(key, data, content_type="text/x-bench", metadata=META)
+
+
+@register
+class UnistoreLocalFsyncMeta(UnistoreLocalMeta):
+    name = "unistore-local-fsync-meta"
+    label = "unistore LocalBackend(fsync=True), PUT with metadata"
+    group = "fsync"
+    fsync = True
 
 
 @register

@@ -139,6 +139,38 @@ class Report:
             )
         return "\n\n".join(parts)
 
+    def versus_old(self) -> str:
+        """Each client measured on this tree against the same client on ``--old-src`` (``NAME@old``)."""
+        S, L = self.R.get("small") or {}, self.R.get("large") or {}
+        names = [n for n in self.labels if not n.endswith("@old") and f"{n}@old" in self.labels]
+        rows = []
+        for name in names:
+            cases: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]], Callable[[dict[str, Any]], float]]] = []
+            for conc in sorted({int(c) for c in (S.get(name) or {})}):
+                for op in ("put", "get"):
+                    new = (S.get(name) or {}).get(str(conc)) or []
+                    old = (S.get(f"{name}@old") or {}).get(str(conc)) or []
+                    what = f"4 KiB {op.upper()} c={conc} (ops/s)"
+                    cases.append((what, new, old, lambda r, op=op: r[op]["ops_per_s"]))
+                    what = f"4 KiB {op.upper()} c={conc} (client CPU µs/op, lower is better)"
+                    cases.append((what, new, old, lambda r, op=op: r[op]["cpu_us_per_op"]))
+            for mode in ("put", "get"):
+                new, old = (L.get(name) or {}).get(mode) or [], (L.get(f"{name}@old") or {}).get(mode) or []
+                if new or old:
+                    mib = self.R["params"]["large_mib"]
+                    cases.append((f"{mib:,} MiB {mode} (MiB/s)", new, old, lambda r: r["mib_per_s"]))
+            for what, new, old, f in cases:
+                a, b = vals(new, f), vals(old, f)
+                r = ratios(a, b)
+                spread = f" ({min(r):.3f}{DASH}{max(r):.3f})" if len(r) > 1 else ""
+                x = f"{statistics.median(r):.3f}x{spread}" if r else "n/a"
+                rows.append([self.label(name), what, cell(a), cell(b), x])
+        if not rows:
+            return ""
+        return "#### This tree vs the old tree (`--old-src`), side by side\n\n" + table(
+            ["client", "case", "this tree", "old tree", "x old (per-rep median, range)"], rows
+        )
+
     def large(self) -> str:
         L = self.R.get("large") or {}
         if not L:
@@ -350,7 +382,7 @@ class Report:
             "0.1 core were disturbed by other jobs on the machine.",
         ]
         targets, _ = self.targets()
-        parts = ["\n".join(head), targets, self.small(), self.large(), self.listing()]
+        parts = ["\n".join(head), self.versus_old(), targets, self.small(), self.large(), self.listing()]
         if self.R.get("failures"):
             parts.append("**Failures**\n\n" + "\n".join(f"* {f}" for f in self.R["failures"]))
         return "\n\n".join(p for p in parts if p) + "\n"

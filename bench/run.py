@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="measure the live src/ tree instead of a copy taken at the start",
     )
+    ap.add_argument(
+        "--old-src",
+        default=None,
+        help="a src/ directory of another tree (e.g. /work/main/src): every selected unistore-local* "
+        "client also runs on it, as NAME@old, interleaved with this tree's, and a this-vs-old table is added",
+    )
     ap.add_argument("--json", default=None, help="write the raw results here too")
     ap.add_argument("--markdown", default=None, help="write the tables to this file too")
     ap.add_argument(
@@ -104,6 +110,11 @@ class Bench(Harness):
         if unknown:
             raise SystemExit(f"unknown adapters {sorted(unknown)}; known: {sorted(adapters.REGISTRY)}")
         self.names = [n for n in adapters.REGISTRY if (not only or n in only) and n not in skip]
+        self.registry = dict(adapters.REGISTRY)
+        if a.old_src:
+            for n in [n for n in self.names if n.startswith("unistore-local")]:
+                self.registry[f"{n}@old"] = adapters.REGISTRY[n]
+                self.names.insert(self.names.index(n) + 1, f"{n}@old")
         self.own_work = a.workdir is None
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="unistore-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
@@ -114,9 +125,9 @@ class Bench(Harness):
         self.R: dict[str, Any] = {
             "meta": {},
             "failures": [],
-            "labels": {n: adapters.REGISTRY[n].label for n in self.names},
-            "groups": {n: adapters.REGISTRY[n].group for n in self.names},
-            "transfer": {n: adapters.REGISTRY[n].transfer for n in self.names},
+            "labels": {n: self.registry[n].label + (" [old tree]" if n.endswith("@old") else "") for n in self.names},
+            "groups": {n: self.registry[n].group for n in self.names},
+            "transfer": {n: self.registry[n].transfer for n in self.names},
             "params": {
                 "small_n": a.small_n,
                 "small_size": a.small_size,
@@ -130,6 +141,14 @@ class Bench(Harness):
         self.env = dict(os.environ)
         if not a.no_snapshot:
             self.take_snapshot()
+        self.old_env = dict(self.env)
+        if a.old_src:
+            old = self.work / "snapshot-old"
+            shutil.rmtree(old, ignore_errors=True)
+            skip = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(Path(a.old_src) / "unistore", old / "unistore", ignore=skip)
+            rest = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p and "snapshot" not in p]
+            self.old_env["PYTHONPATH"] = os.pathsep.join([str(old), *rest])
 
     def worker(
         self, name: str, workload: str, cfg: dict[str, Any], params: dict[str, Any], tag: str = ""
@@ -140,7 +159,7 @@ class Bench(Harness):
         if self.a.profile_dir:
             prof = str(Path(self.a.profile_dir) / f"{self.run_no:04d}-{name}-{workload}{tag}")
         spec = {
-            "adapter": name,
+            "adapter": name.removesuffix("@old"),
             "workload": workload,
             "cfg": cfg,
             "params": params,
@@ -155,7 +174,7 @@ class Bench(Harness):
                 text=True,
                 timeout=self.a.worker_timeout,
                 check=False,
-                env=self.env,
+                env=self.old_env if name.endswith("@old") else self.env,
             )
             logf.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
             line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
@@ -304,7 +323,7 @@ class Bench(Harness):
         log(f"list {n} keys: {names}")
         roots: dict[str, str] = {}
         for name in names:
-            if adapters.REGISTRY[name].backend != "fs":
+            if self.registry[name].backend != "fs":
                 continue
             d = self.fresh_dir(f"list-{name}")
             r = self.worker(name, "populate", {"root": str(d)}, {"n": n, "prefix": "list/"})
@@ -315,7 +334,7 @@ class Bench(Harness):
         Ls = self.R.setdefault("list", {})
         for rep in range(self.a.reps):
             for name in rotate(names, rep):
-                if adapters.REGISTRY[name].backend == "fs" and name not in roots:
+                if self.registry[name].backend == "fs" and name not in roots:
                     continue
                 cfg = {"root": roots.get(name, "")}
                 r = self.worker(name, "list", cfg, {"n": n, "prefix": "list/"})
@@ -341,6 +360,7 @@ class Bench(Harness):
         if self.own_work and not self.a.keep:
             shutil.rmtree(self.work / "stores", ignore_errors=True)
             shutil.rmtree(self.work / "snapshot", ignore_errors=True)
+            shutil.rmtree(self.work / "snapshot-old", ignore_errors=True)
             for f in ("source.bin", "download.bin"):
                 (self.work / f).unlink(missing_ok=True)
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from unistore import LocalBackend, MemoryBackend, add_storage
-from unistore.testing import free_port, running_server
+from unistore.testing import RedisServer, free_port, redis_server, running_server
 from unistore.testing._s3servers import S3Server, moto_server, seaweedfs
 
 SECRET = "test-secret-0123456789abcdef"
@@ -93,3 +93,13 @@ def fake_cloudinary() -> Iterator[tuple[object, str]]:
     fake = FakeCloudinary()
     with running_server(fake.app) as url:
         yield fake, url
+
+
+# --- Redis: Debian redis-server, one per worker, in memory only --------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """A redis-server child process on a free port (no persistence), stopped by its pid."""
+    with redis_server() as server:
+        yield server

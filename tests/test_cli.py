@@ -38,7 +38,8 @@ def test_put_get_ls_stat_url_rm_on_a_file_store(store: str, tmp_path: Path) -> N
     assert (tmp_path / "out.bin").read_bytes() == data
     assert cli("get", "docs/note.txt", "-s", store)[1] == "hello"
     assert cli("ls", "docs/", "-s", store)[1].split() == ["docs/in.bin", "docs/note.txt"]
-    assert "text/plain" in cli("ls", "-l", "-s", store)[1]
+    assert "text/plain" in cli("ls", "-l", "-r", "-s", store)[1]
+    assert cli("ls", "-s", store)[1].split() == ["docs/"]
     meta = json.loads(cli("stat", "docs/in.bin", "-s", store)[1])
     assert (meta["owner"], meta["size"]) == ("me", len(data))
     assert cli("url", "docs/note.txt", "-s", store)[1].startswith("http")

@@ -38,11 +38,45 @@ class _AlwaysSidecarLocal(LocalBackend):
         return False
 
 
-class TestLocalAlwaysSidecar(BackendConformance):
+class TestLocalAlwaysRecord(BackendConformance):
+    """Every version carries a record (here in an extended attribute)."""
+
     list_count = 600
 
     @pytest.fixture
     def backend(self, served_local: LocalBackend) -> LocalBackend:
         b = _AlwaysSidecarLocal(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=False)
         assert b._exact is False
+        return b
+
+
+class _NoXattrLocal(LocalBackend):
+    """A LocalBackend as on a file system without user extended attributes (tmpfs before
+    Linux 6.6, some network mounts): records go to sidecars named by the data inode."""
+
+    def _probe_xattr(self) -> bool:
+        return False
+
+
+class TestLocalSidecars(BackendConformance):
+    list_count = 300
+
+    @pytest.fixture
+    def backend(self, served_local: LocalBackend) -> LocalBackend:
+        b = _NoXattrLocal(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=True)
+        assert b._xattr is False and b._exact is True
+        return b
+
+
+class _NoXattrNoExactLocal(_NoXattrLocal, _AlwaysSidecarLocal):
+    """Neither: every version gets a sidecar (FAT, HFS+, some network mounts)."""
+
+
+class TestLocalAlwaysSidecarFile(BackendConformance):
+    list_count = 300
+
+    @pytest.fixture
+    def backend(self, served_local: LocalBackend) -> LocalBackend:
+        b = _NoXattrNoExactLocal(base_path=str(served_local.root), base_url=served_local.settings.base_url, fsync=False)
+        assert b._xattr is False and b._exact is False
         return b

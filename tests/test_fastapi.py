@@ -531,7 +531,9 @@ async def test_full_get(store: Any, client: httpx.AsyncClient, key: str) -> None
     assert h["etag"] == f'"{etag}"'
     assert h["accept-ranges"] == "bytes"
     assert h["last-modified"].endswith(" GMT")
-    assert "content-disposition" not in h
+    # Only allow-listed types are inline: the default type is an attachment in a sandbox.
+    assert h["content-disposition"].startswith("attachment;")
+    assert h["content-security-policy"] == "sandbox"
     assert "content-range" not in h
 
 

@@ -305,18 +305,20 @@ async def test_signing_without_a_key_is_a_configuration_error(fake_gcs: dict[str
     await b.aclose()
 
 
-def test_v4_signature_matches_a_fixed_vector(tmp_path: Path) -> None:
+async def test_v4_signature_matches_a_fixed_vector(tmp_path: Path) -> None:
     """Deterministic: same key, time and request give the same URL, and it verifies."""
-    from unistore.backends._gcp import load_credentials, v4_signed_url
+    from unistore.backends._gcp import IAM_ENDPOINT, load_credentials, v4_signed_url
     from unistore.testing._gcs_server import make_service_account
 
     path = make_service_account(tmp_path / "sa.json")
     creds = load_credentials(str(path), anonymous=False)
+    async with httpx.AsyncClient() as client:
+        email, sign = await creds.signer(client, IAM_ENDPOINT)  # a key file signs locally: no request
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     args: dict[str, Any] = dict(scheme="https", host="storage.googleapis.com", bucket="b", name="a b/c?.txt",
                                 method="GET", expires_in=60, now=when)
-    url = v4_signed_url(creds, **args)
-    assert url == v4_signed_url(creds, **args)
+    url = await v4_signed_url(email, sign, **args)
+    assert url == await v4_signed_url(email, sign, **args)
     assert url.startswith("https://storage.googleapis.com/b/a%20b/c%3F.txt?X-Goog-Algorithm=GOOG4-RSA-SHA256&")
     assert "X-Goog-Date=20260102T030405Z" in url and "%2F20260102%2Fauto%2Fstorage%2Fgoog4_request" in url
     _verify_v4(url, str(path))
@@ -329,28 +331,34 @@ async def test_signed_put_url_uploads(gcs: GCSBackend) -> None:
     assert r.status_code == 200 and await gcs.get(key) == b"via url"
 
 
-def test_token_assertion_is_a_signed_jwt(tmp_path: Path) -> None:
-    """The service-account token request: an RS256 JWT for the storage scope (RFC 7523)."""
+async def test_service_account_tokens_come_from_its_token_uri(tmp_path: Path) -> None:
+    """A key file's tokens (google-auth): an RS256 JWT-bearer grant for the storage scope (RFC 7523)
+    at the file's ``token_uri``, cached until it nears expiry."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
     from unistore.backends._gcp import load_credentials
+    from unistore.testing import running_server
     from unistore.testing._gcs_server import make_service_account
 
-    creds = load_credentials(str(make_service_account(tmp_path / "sa.json")), anonymous=False)
-    seen: dict[str, Any] = {}
+    seen: list[dict[str, str]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        form = dict(parse_qsl(request.content.decode()))
-        seen.update(form)
-        return httpx.Response(200, json={"access_token": "tok", "expires_in": 3600})
+    async def token(request: Request) -> JSONResponse:
+        seen.append(dict(parse_qsl((await request.body()).decode())))
+        return JSONResponse({"access_token": "tok", "expires_in": 3600, "token_type": "Bearer"})
 
-    import asyncio
-
-    async def run() -> tuple[str | None, str | None]:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await creds.token(client), await creds.token(client)
-
-    assert asyncio.run(run()) == ("tok", "tok")
-    assert seen["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
-    header, claims, _sig = seen["assertion"].split(".")
+    with running_server(Starlette(routes=[Route("/token", token, methods=["POST"])])) as url:
+        path = make_service_account(tmp_path / "sa.json")
+        info = json.loads(path.read_text())
+        path.write_text(json.dumps({**info, "token_uri": f"{url}/token"}))
+        creds = load_credentials(str(path), anonymous=False)
+        async with httpx.AsyncClient() as client:
+            assert (await creds.token(client), await creds.token(client)) == ("tok", "tok")
+        creds.close()
+    assert len(seen) == 1 and seen[0]["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    header, claims, _sig = seen[0]["assertion"].split(".")
     body = json.loads(base64.urlsafe_b64decode(claims + "=="))
     assert body["scope"].endswith("devstorage.read_write") and body["exp"] - body["iat"] == 3600
     assert json.loads(base64.urlsafe_b64decode(header + "=="))["alg"] == "RS256"

@@ -18,10 +18,10 @@ from unistore import (
     MemoryBackend,
     NotFoundError,
     PreconditionFailedError,
-    UnavailableError,
+    TransientError,
 )
 from unistore.layers import Faults, Retry, RetryEvent
-from unistore.testing import no_sleep
+from unistore.testing import chaos_stack, no_sleep
 
 
 class CountingMemory(MemoryBackend):
@@ -159,9 +159,46 @@ async def test_resume_never_splices_two_versions() -> None:
             async for chunk in dl:
                 got.extend(chunk)
 
-    with pytest.raises(UnavailableError, match="changed during the read"):
+    with pytest.raises(PreconditionFailedError, match="changed during the read"):
         await read()
     assert bytes(got) == v1[:30_000]
+
+
+class ShrunkOnResume(MemoryBackend):
+    """Overwrites its object with a shorter version just before the first resumed read reaches it,
+    and counts the resumed (``if_match``) reads that reach it."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.resumes = 0
+
+    async def open(self, key: str, **kw: Any) -> Download:
+        if kw.get("if_match") is not None:
+            if self.resumes == 0:
+                await self.put_object(key, payload(2, 100_000))
+            self.resumes += 1
+        return await super().open(key, **kw)
+
+
+@pytest.mark.parametrize("error_rate", [0.0, 0.2])
+async def test_resume_of_a_changed_object_ends_the_read_at_once(error_rate: float) -> None:
+    """The chaos stack cuts every stream; the object changes before the resume: one request, one clear error."""
+    memory = ShrunkOnResume(chunk_size=4096)
+    v1 = payload(1, 200_000)
+    await memory.put_object("k", v1)
+    stack = chaos_stack(memory, seed=3, error_rate=error_rate, cut_rate=1.0)
+    got = bytearray()
+
+    async def read() -> None:
+        async with await stack.open("k") as dl:
+            async for chunk in dl:
+                got.extend(chunk)
+
+    with pytest.raises(PreconditionFailedError, match="changed during the read") as exc:
+        await read()
+    assert not isinstance(exc.value, TransientError)
+    assert memory.resumes == 1, "the doomed if_match request was resent"
+    assert v1.startswith(bytes(got)) and len(got) < len(v1)
 
 
 async def test_resume_continues_from_the_break() -> None:

@@ -122,6 +122,10 @@ class TestChaosStackS3(LayerConformance):
     async def test_tricky_keys_round_trip(self, backend: StorageBackend, prefix: str) -> None:
         await super().test_tricky_keys_round_trip(backend, prefix)
 
+    @_WALK_ORDER
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_delimited_listing_is_one_level_with_cursors(backend, prefix)
+
 
 def _seed(request: pytest.FixtureRequest) -> int:
     """A fault seed fixed per test, so a failing run replays exactly."""

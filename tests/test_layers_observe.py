@@ -31,7 +31,7 @@ async def test_metrics_scraped_over_http() -> None:
     registry = CollectorRegistry()
     memory = MemoryBackend(chunk_size=1024)
     faults = Faults(memory, error_rate={"head": 0.5}, seed=1, rate_limited_share=0.0)
-    store = Observe(Retry(faults, attempts=20, sleep=no_sleep), metrics=registry, hot_keys=2)
+    store = Observe(Retry(faults, attempts=20, sleep=no_sleep), metrics=registry, hot_keys=2, hot_key_labels="raw")
     await store.put_object("a", b"x" * 5000)
     for _ in range(10):
         await store.head("a")

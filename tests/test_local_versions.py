@@ -1,4 +1,4 @@
-"""How LocalBackend records versions: sidecars only where needed, the mtime mark, the commit order."""
+"""How LocalBackend records versions: records only where needed, the mtime mark, xattrs or sidecars."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from unistore import LocalBackend
 from unistore.backends._localfs import meta_path
+from unistore.backends._localmeta import XATTR, sidecar_path
 
 SECRET = "test-secret-0123456789abcdef"
 
@@ -20,57 +21,110 @@ def store(tmp_path: Path) -> LocalBackend:
     return LocalBackend(base_path=str(tmp_path / "s"), fsync=False, url_secret=SECRET)
 
 
-def sidecar(store: LocalBackend, key: str) -> Path:
+class NoXattrLocal(LocalBackend):
+    """A LocalBackend as on a file system without user extended attributes: records go to sidecars."""
+
+    def _probe_xattr(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def sidecar_store(tmp_path: Path) -> LocalBackend:
+    return NoXattrLocal(base_path=str(tmp_path / "n"), fsync=False, url_secret=SECRET)
+
+
+def legacy(store: LocalBackend, key: str) -> Path:
+    """The one-per-key sidecar earlier releases wrote."""
     return Path(meta_path(str(store.root / key)))
 
 
-async def test_plain_objects_have_no_sidecar_and_metadata_objects_do(store: LocalBackend) -> None:
-    assert store._exact  # this machine's file system keeps ns mtimes (ext4/tmpfs)
+def versioned(store: LocalBackend, key: str) -> Path:
+    path = store.root / key
+    return Path(sidecar_path(str(path), path.stat().st_ino))
+
+
+def store_files(store: LocalBackend) -> list[str]:
+    """The store's own files outside ``ROOT/.unistore/`` (sidecars, temp files)."""
+    rels = (str(p.relative_to(store.root)) for p in store.root.rglob(".unistore*") if p.is_file())
+    return sorted(r for r in rels if not r.startswith(".unistore/"))
+
+
+async def test_plain_objects_have_no_record_and_metadata_objects_carry_one(store: LocalBackend) -> None:
+    if not store._xattr:
+        pytest.skip("this file system keeps no user xattrs (the sidecar mode is tested below)")
+    assert store._exact  # ext4, xfs, btrfs, tmpfs keep ns mtimes
     await store.put_object("a/plain.bin", b"x")
-    assert not sidecar(store, "a/plain.bin").exists()
+    assert XATTR not in os.listxattr(store.root / "a/plain.bin")
     assert (store.root / "a/plain.bin").stat().st_mtime_ns % 1000 != 777
     await store.put_object("a/meta.bin", b"x", metadata={"k": "v"})
-    assert sidecar(store, "a/meta.bin").exists()
+    assert json.loads(os.getxattr(store.root / "a/meta.bin", XATTR))["meta"] == {"k": "v"}
     assert (store.root / "a/meta.bin").stat().st_mtime_ns % 1000 == 777
     await store.put_object("a/typed", b"x", content_type="image/png")  # not guessable from the name
-    assert sidecar(store, "a/typed").exists()
-    await store.put_object("a/guessed.png", b"x", content_type="image/png")  # guessable: no sidecar
-    assert not sidecar(store, "a/guessed.png").exists()
+    assert XATTR in os.listxattr(store.root / "a/typed")
+    await store.put_object("a/guessed.png", b"x", content_type="image/png")  # guessable: no record
+    assert XATTR not in os.listxattr(store.root / "a/guessed.png")
     assert (await store.head("a/guessed.png")).content_type == "image/png"
+    assert store_files(store) == []  # no sidecar anywhere
 
 
-async def test_overwrite_without_metadata_ignores_the_old_sidecar(store: LocalBackend) -> None:
-    await store.put_object("k", b"1", metadata={"k": "v"}, cache_control="no-store")
-    await store.put_object("k", b"2")
-    info = await store.head("k")
-    assert (info.metadata, info.cache_control, await store.get("k")) == ({}, None, b"2")
-    await store.delete("k")
-    assert not sidecar(store, "k").exists()  # deleting removes whatever sidecar is left
+async def test_without_xattrs_sidecars_are_named_by_the_data_inode(sidecar_store: LocalBackend) -> None:
+    store = sidecar_store
+    await store.put_object("d/k", b"1", metadata={"v": "1"})
+    first = versioned(store, "d/k")
+    assert first.exists() and json.loads(first.read_bytes())["meta"] == {"v": "1"}
+    await store.put_object("d/k", b"2", metadata={"v": "2"})
+    second = versioned(store, "d/k")
+    assert second != first and not first.exists()  # the replaced version's sidecar goes after the commit
+    assert (await store.head("d/k")).metadata == {"v": "2"}
+    await store.put_object("d/k", b"3")
+    assert not second.exists() and (await store.head("d/k")).metadata == {}
+    await store.put_object("d/k", b"4", cache_control="no-store")
+    assert await store.delete("d/k")
+    assert store_files(store) == [] and not (store.root / "d").exists()
 
 
-async def test_etags_are_distinct_for_rapid_same_size_rewrites(store: LocalBackend) -> None:
-    etags = {(await store.put_object("r", b"same size")).etag for _ in range(500)}
-    assert len(etags) == 500
-    assert (await store.head("r")).etag in etags
+async def test_a_record_too_large_for_xattrs_goes_to_a_sidecar(store: LocalBackend) -> None:
+    cd = "attachment; filename=" + "x" * 70_000 + ".txt"  # over 64 KiB: too large for any file system's xattr
+    await store.put_object("big", b"data", metadata={"m": "1"}, content_disposition=cd)
+    info = await store.head("big")
+    assert (info.content_disposition, info.metadata) == (cd, {"m": "1"})
+    assert versioned(store, "big").exists()
+    await store.put_object("big", b"data 2", metadata={"m": "2"})
+    assert store_files(store) == []
+    assert (await store.head("big")).metadata == {"m": "2"}
 
 
-async def test_crash_between_sidecar_and_data_renames_keeps_the_old_version(store: LocalBackend) -> None:
-    # The sidecar of a new version is renamed first; a crash before the data rename leaves the
-    # old data with a sidecar that names another inode. The old data must still be served.
-    await store.put_object("c", b"old data", metadata={"v": "1"})
-    record = json.loads(sidecar(store, "c").read_bytes())
-    record.update(ino=record["ino"] + 12345, etag="from-the-crashed-write", meta={"v": "2"})
-    sidecar(store, "c").write_text(json.dumps(record))
-    assert await store.get("c") == b"old data"
-    info = await store.head("c")
-    assert info.etag != "from-the-crashed-write" and info.metadata == {}
-    assert [k async for k in store.iter_keys("")] == ["c"]
-    # the next write heals it
-    await store.put_object("c", b"new", metadata={"v": "3"})
-    assert (await store.head("c")).metadata == {"v": "3"}
+async def test_sidecars_of_earlier_releases_are_still_read(store: LocalBackend) -> None:
+    path = store.root / "old.bin"
+    path.write_bytes(b"written by 0.x")
+    st = path.stat()
+    mt = st.st_mtime_ns - st.st_mtime_ns % 1000 + 777
+    os.utime(path, ns=(mt, mt))
+    record = {"v": 2, "etag": "e0", "ct": "text/x-old", "meta": {"a": "1"}, "cc": None, "cd": None}
+    record.update(ino=st.st_ino, size=st.st_size, mt=mt)
+    legacy(store, "old.bin").write_text(json.dumps(record))
+    info = await store.head("old.bin")
+    assert (info.etag, info.content_type, info.metadata) == ("e0", "text/x-old", {"a": "1"})
+    # a leftover of the old two-rename commit (naming another inode) is ignored
+    record.update(ino=st.st_ino + 12345, etag="from-the-crashed-write", meta={"v": "2"})
+    legacy(store, "old.bin").write_text(json.dumps(record))
+    assert (await store.head("old.bin")).metadata == {} and await store.get("old.bin") == b"written by 0.x"
+    await store.put_object("old.bin", b"new", metadata={"v": "3"})  # the next write replaces it
+    assert (await store.head("old.bin")).metadata == {"v": "3"}
+    assert await store.delete("old.bin") and not legacy(store, "old.bin").exists()
 
 
-async def test_a_marked_file_without_sidecar_is_served(store: LocalBackend) -> None:
+async def test_a_file_edited_in_place_by_hand_loses_its_record(store: LocalBackend) -> None:
+    await store.put_object("e.txt", b"managed", metadata={"owner": "alice"})
+    etag = (await store.head("e.txt")).etag
+    with open(store.root / "e.txt", "ab") as f:  # noqa: ASYNC230 - editing the file by hand
+        f.write(b" + appended by hand")
+    os.utime(store.root / "e.txt")
+    info = await store.head("e.txt")
+    assert info.metadata == {} and info.etag != etag and info.size == len(b"managed + appended by hand")
+
+
+async def test_a_marked_file_without_record_is_served(store: LocalBackend) -> None:
     # A hand-placed file whose mtime happens to carry the mark: slow path, never a failure.
     path = store.root / "hand.txt"
     path.write_bytes(b"by hand")
@@ -81,11 +135,13 @@ async def test_a_marked_file_without_sidecar_is_served(store: LocalBackend) -> N
     assert await store.get("hand.txt") == b"by hand"
 
 
-async def test_stale_sidecar_of_an_unmarked_file_is_ignored(store: LocalBackend) -> None:
+async def test_stale_sidecar_of_an_unmarked_file_is_ignored(sidecar_store: LocalBackend) -> None:
+    store = sidecar_store
     await store.put_object("s", b"v1", metadata={"old": "yes"})
-    old = sidecar(store, "s").read_bytes()
+    old = versioned(store, "s").read_bytes()
     await store.put_object("s", b"v2")
-    sidecar(store, "s").write_bytes(old)  # e.g. left behind by a crash after the data rename
+    versioned(store, "s").write_bytes(old)  # a sidecar that happens to bear the new inode
+    legacy(store, "s").write_bytes(old)
     assert (await store.head("s")).metadata == {}
 
 

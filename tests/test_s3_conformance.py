@@ -35,6 +35,10 @@ class _SeaweedGaps(BackendConformance):
     async def test_tricky_keys_round_trip(self, backend: S3Backend, prefix: str) -> None:
         await super().test_tricky_keys_round_trip(backend, prefix)
 
+    @_WALK_ORDER
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: S3Backend, prefix: str) -> None:
+        await super().test_delimited_listing_is_one_level_with_cursors(backend, prefix)
+
 
 class TestS3SeaweedFS(_SeaweedGaps):
     @pytest.fixture

@@ -275,3 +275,28 @@ def test_reserved_keys_are_open_to_internal_state_only() -> None:
             validate_key("../x")
     with pytest.raises(InvalidKeyError):
         validate_key(".unistore/service/x")
+
+
+def test_folder_listing_pages_across_prefixes_and_objects(svc: Svc, pfx: str) -> None:
+    writer = svc.client(svc.token("read", "write"))
+    for key in ("a/1", "a/2/x", "b", "c/d", "e", "f/g/h"):
+        assert writer.put(f"/v1/objects/{pfx}{key}", content=b"x").status_code == 201
+    seen: list[str] = []
+    params: dict[str, str | int] = {"prefix": pfx, "delimiter": "/", "limit": 2}
+    pages = 0
+    while True:
+        page = writer.get("/v1/objects", params=params).json()
+        assert len(page["objects"]) + len(page["prefixes"]) <= 2
+        seen += [o["key"] for o in page["objects"]] + page["prefixes"]
+        pages += 1
+        if not page["next_cursor"]:
+            break
+        params = {"prefix": pfx, "delimiter": "/", "limit": 2, "cursor": page["next_cursor"]}
+    assert sorted(s[len(pfx) :] for s in seen) == ["a/", "b", "c/", "e", "f/"] and pages == 3
+    flat = writer.get("/v1/objects", params={"prefix": pfx}).json()
+    assert "prefixes" not in flat and len(flat["objects"]) == 6
+    assert writer.get("/v1/objects", params={"prefix": pfx, "delimiter": ""}).status_code == 400
+    headers = {"Idempotency-Key": f"folder-{pfx}"}
+    assert writer.put(f"/v1/objects/{pfx}idem", content=b"x", headers=headers).status_code == 201
+    root = svc.client(svc.token("admin")).get("/v1/objects", params={"delimiter": "/", "limit": 100_000}).json()
+    assert f"{pfx.split('/')[0]}/" in root["prefixes"] and ".unistore/" not in root["prefixes"]  # records stay hidden

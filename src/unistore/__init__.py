@@ -35,6 +35,7 @@ from ._signing import UrlSigner
 from ._types import (
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -58,6 +59,7 @@ __all__ = [
     "ByteRange",
     "Capabilities",
     "CloudinaryBackend",
+    "CommonPrefix",
     "ConfigurationError",
     "Download",
     "FileNotFoundError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -19,15 +20,18 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from ._errors import (
     AlreadyExistsError,
     ConfigurationError,
+    InvalidArgumentError,
     InvalidKeyError,
     NotFoundError,
     NotModifiedError,
     PreconditionFailedError,
+    StorageError,
 )
 from ._keys import validate_prefix
 from ._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -38,6 +42,7 @@ from ._types import (
 __all__ = ["BaseBackend", "StorageBackend", "iter_body"]
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+_PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
 
 
 @runtime_checkable
@@ -91,6 +96,9 @@ class StorageBackend(Protocol):
     async def remove(self, key: str, *, if_match: str | None = None) -> bool: ...
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]: ...
     def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]: ...
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]: ...
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str: ...
@@ -173,6 +181,39 @@ class BaseBackend(ABC):
         async for info in self.iter_objects(prefix, start_after=start_after):
             yield info.key
 
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """Behavior: one level of the listing under ``prefix``: each object whose key has no
+        ``delimiter`` after ``prefix``, and one :class:`CommonPrefix` per distinct
+        ``prefix + segment + delimiter`` standing for every key below it. Entries come in
+        ascending code-point order of their key or prefix, only those sorting after
+        ``start_after`` (so the last entry's name is a resumable cursor), fetched lazily.
+        The default jumps over each folder with a new :meth:`iter_objects` from past it;
+        backends with a native delimiter listing override it."""
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        after, last = start_after, None
+        while True:
+            folder = None
+            async for info in self.iter_objects(prefix, start_after=after):
+                cut = info.key.find(delimiter, len(prefix))
+                if cut < 0:
+                    yield info
+                    after = info.key
+                    continue
+                folder = info.key[: cut + len(delimiter)]
+                if folder == last:  # a key past the jump target but still inside the folder
+                    after = info.key
+                    continue
+                break
+            if folder is None or folder == last:
+                return
+            if start_after is None or folder > start_after:
+                yield CommonPrefix(folder)
+            after, last = folder + _PAST, folder
+
     @abstractmethod
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
@@ -218,9 +259,21 @@ class BaseBackend(ABC):
         content_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
-        """Store ``data`` under ``key`` and return a URL for it (signed, default expiry)."""
+        """Store ``data`` under ``key`` and return a URL for it (signed, default expiry).
+
+        A write that succeeded never fails for want of a URL: if none can be signed (e.g. GCS
+        credentials without the right to sign), the store's unsigned URL is returned (it serves
+        public objects; ``get_url`` gives a signed one when signing works), with a warning.
+        """
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
-        return await self.sign_url(key)
+        try:
+            return await self.sign_url(key)
+        except StorageError as exc:
+            plain = _unsigned_url(self, key)
+            if plain is None:
+                raise
+            logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
+            return plain
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` (a ``FileNotFoundError``) if absent."""
@@ -305,6 +358,18 @@ async def iter_body(body: Body, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIt
 
 
 _S = TypeVar("_S")
+
+
+def _unsigned_url(store: object, key: str) -> str | None:
+    """The unsigned URL of ``key`` from the innermost store that has one (``unsigned_url``), if any."""
+    node: object | None = store
+    while node is not None:
+        method = getattr(node, "unsigned_url", None)
+        if callable(method):
+            url: str = method(key)
+            return url
+        node = getattr(node, "inner", None)
+    return None
 
 
 def settings_from(cls: Callable[..., _S], settings: _S | None, options: Mapping[str, Any]) -> _S:

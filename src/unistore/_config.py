@@ -92,6 +92,8 @@ _SPECS: dict[str, _Spec] = {
             "credentials": "GOOGLE_APPLICATION_CREDENTIALS",
             "emulator_host": "STORAGE_EMULATOR_HOST",
             "prefix": "STORAGE_GCS_PREFIX",
+            "endpoint": "STORAGE_GCS_ENDPOINT",
+            "iam_endpoint": "STORAGE_GCS_IAM_ENDPOINT",
             "chunk_size": "STORAGE_CHUNK_SIZE",
             "url_expiration": "STORAGE_URL_EXPIRATION",
         },
@@ -229,11 +231,16 @@ def detect_backend(env: Mapping[str, str] | None = None) -> tuple[str, str]:
         return explicit, f"STORAGE_BACKEND={explicit}"
     if env.get("RAILWAY_VOLUME_MOUNT_PATH"):
         return "local", "RAILWAY_VOLUME_MOUNT_PATH is set"
-    for var in ("AWS_ACCESS_KEY_ID", "STORAGE_S3_BUCKET"):
+    # A bucket variable names the store; credentials variables only hint at it (Cloud Run and GKE
+    # have no key file, and AWS_ACCESS_KEY_ID may be set for other uses).
+    for var, kind in (
+        ("STORAGE_S3_BUCKET", "s3"),
+        ("STORAGE_GCS_BUCKET", "gcs"),
+        ("AWS_ACCESS_KEY_ID", "s3"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "gcs"),
+    ):
         if env.get(var):
-            return "s3", f"{var} is set"
-    if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        return "gcs", "GOOGLE_APPLICATION_CREDENTIALS is set"
+            return kind, f"{var} is set"
     if env.get("CLOUDINARY_URL"):
         return "cloudinary", "CLOUDINARY_URL is set"
     return "memory", "no storage configuration found"
@@ -274,6 +281,17 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
 
     Query parameters are settings (as strings, cast like environment variables).
     """
+    kind, options = url_settings(url)
+    options.update(overrides)
+    return _build(kind, options, {})
+
+
+def url_settings(url: str) -> tuple[str, dict[str, Any]]:
+    """The backend kind a storage URL names and its settings: the one URL parser, also used for
+    ``CLOUDINARY_URL`` (whose query options, ``?upload_prefix=…&secure=false``, are settings too).
+
+    Query parameters are cast like environment variables; unknown ones raise :class:`ConfigurationError`.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = dict(parse_qsl(parts.query))
@@ -298,8 +316,7 @@ def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
     settings_cls = _settings_class(backend_class(kind))
     types = {f.name: f.type for f in fields(settings_cls)}
     for name, value in query.items():
-        if name not in types:
+        if name not in types or name == "url":
             raise ConfigurationError(f"unknown option {name!r} in storage URL")
         options[name] = _cast(value, types[name], name)
-    options.update(overrides)
-    return _build(kind, options, {})
+    return kind, options

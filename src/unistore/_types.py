@@ -12,12 +12,14 @@ from datetime import datetime
 from typing import IO, Final, Literal, Protocol, TypeAlias
 
 from ._errors import InvalidArgumentError, InvalidMetadataError, InvalidRangeError
+from ._mime import check_content_type
 
 __all__ = [
     "AsyncReader",
     "Body",
     "ByteRange",
     "Capabilities",
+    "CommonPrefix",
     "DEFAULT_CONTENT_TYPE",
     "Download",
     "IfMatch",
@@ -26,8 +28,10 @@ __all__ = [
     "Range",
     "SuffixRange",
     "WriteMode",
+    "check_content_type",
     "check_header_value",
     "guess_content_type",
+    "is_metadata_name",
     "normalize_metadata",
     "parse_http_range",
 ]
@@ -76,6 +80,15 @@ class ObjectInfo:
 # --- ranges ---------------------------------------------------------------------------
 
 
+
+@dataclass(frozen=True, slots=True)
+class CommonPrefix:
+    """A "folder" of a delimited listing: every key under ``prefix`` (which ends with the
+    delimiter) stands behind this one entry."""
+
+    prefix: str
+
+
 @dataclass(frozen=True, slots=True)
 class ByteRange:
     """Bytes ``[start, end)``, half-open like a Python slice; ``end=None`` means to the end.
@@ -120,7 +133,7 @@ class SuffixRange:
 
 Range: TypeAlias = ByteRange | SuffixRange
 
-_HTTP_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_HTTP_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE)
 
 
 def parse_http_range(header: str) -> Range | None:
@@ -132,7 +145,7 @@ def parse_http_range(header: str) -> Range | None:
     """
     if "," in header or not header.strip().lower().startswith("bytes"):
         return None
-    m = _HTTP_RANGE.match(header)
+    m = _HTTP_RANGE.fullmatch(header)
     if not m:
         raise InvalidRangeError(f"malformed Range header {header[:64]!r}")
     first, last = m.groups()
@@ -198,7 +211,12 @@ Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | IO[byt
 
 MetadataInput: TypeAlias = Mapping[str, "str | int | float | bool"]
 
-_META_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_META_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+
+
+def is_metadata_name(name: str) -> bool:
+    """Whether ``name`` follows the metadata name rule (so it is also a valid header name)."""
+    return _META_NAME.fullmatch(name) is not None
 
 
 def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
@@ -218,7 +236,7 @@ def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
         if not isinstance(name, str):
             raise InvalidMetadataError(f"metadata name {name!r} is not a str")
         lname = name.lower()
-        if not _META_NAME.match(lname):
+        if not _META_NAME.fullmatch(lname):
             raise InvalidMetadataError(f"metadata name {name!r} must match [a-z0-9][a-z0-9_.-]*")
         if lname in out:
             raise InvalidMetadataError(f"metadata name {name!r} given twice (names are case-insensitive)")
@@ -239,7 +257,7 @@ def normalize_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
     return out
 
 
-_HEADER_SAFE = re.compile(r"^[\x20-\x7e\t]*$")
+_HEADER_SAFE = re.compile(r"[\x20-\x7e\t]*")
 
 
 def check_header_value(name: str, value: str | None) -> str | None:
@@ -247,7 +265,7 @@ def check_header_value(name: str, value: str | None) -> str | None:
     content-disposition): printable ASCII only, so it can never split or break a response."""
     if value is None:
         return None
-    if not isinstance(value, str) or not _HEADER_SAFE.match(value):
+    if not isinstance(value, str) or not _HEADER_SAFE.fullmatch(value):
         raise InvalidArgumentError(f"{name} must be printable ASCII (RFC 9110 §5.5)")
     return value
 

@@ -4,6 +4,10 @@
 the app shuts down, answers ``GET /_ops/health``, maps :class:`StorageError`
 to its HTTP status (so an uncaught ``NotFoundError`` is a 404, never a 500),
 and with ``serve_files=True`` serves signed URLs at ``{file_route_prefix}/{key}``.
+
+Apps that take uploads should bound how long a body may stall:
+``app.add_middleware(BodyTimeouts, idle=30)`` answers 408 (:class:`RequestTimeoutError`)
+and closes the connection when a client stops sending its body.
 """
 
 from __future__ import annotations
@@ -31,31 +35,18 @@ from ._errors import (
     TransientError,
 )
 from ._keys import validate_key
+from ._mime import check_content_type, inline_safe
+from ._request_limits import BodyTimeouts, RequestTimeoutError
 from ._signing import UrlSigner
-from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, parse_http_range
+from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
 
-__all__ = ["Storage", "add_storage", "get_storage", "storage_error_response"]
+__all__ = ["BodyTimeouts", "RequestTimeoutError", "Storage", "add_storage", "get_storage", "storage_error_response"]
 
 logger = logging.getLogger("unistore")
 
 HEALTH_PATH = "/_ops/health"
 HEALTH_TIMEOUT = 5.0
-
-# Types a browser would execute or render as a document from our origin.
-_ACTIVE_TYPES = (
-    "text/html",
-    "application/xhtml+xml",
-    "image/svg+xml",
-    "text/xml",
-    "application/xml",
-    "text/javascript",
-    "application/javascript",
-    "application/x-javascript",
-    "application/ecmascript",
-    "text/ecmascript",
-    "multipart/x-mixed-replace",
-)
 
 
 def add_storage(
@@ -202,14 +193,19 @@ def content_disposition(kind: str, key: str) -> str:
 def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = False) -> dict[str, str]:
     """Headers describing ``info`` for a served response (safe for untrusted content).
 
-    ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry, the
-    value percent-encoded UTF-8 (RFC 3986 §2.1) so any text survives a header.
+    ``meta_headers`` adds ``X-Meta-<name>`` for each custom metadata entry whose name
+    follows the metadata name rule, the value percent-encoded UTF-8 (RFC 3986 §2.1) so
+    any text survives a header, and the stored ``X-Stored-Cache-Control`` /
+    ``X-Stored-Content-Disposition`` (absent when unset; ``X-Stored`` says they are sent).
 
-    Stored values that could not be sent as a header field (control characters,
-    non-ASCII) are replaced: the type by ``application/octet-stream``, the
-    disposition by an attachment, the cache policy by the default.
+    Only types a browser shows without running anything (:data:`unistore._mime.INLINE_SAFE`,
+    judged as a browser reads the header) may be inline; every other type, and a
+    ``download``, is an attachment under ``Content-Security-Policy: sandbox``. A stored
+    type that is not exactly one valid MIME type (a list, control characters...) is
+    served as ``application/octet-stream``; a stored disposition or cache policy unfit
+    for a header is replaced by an attachment or the default.
     """
-    ctype = info.content_type if _header_safe(info.content_type) else DEFAULT_CONTENT_TYPE
+    ctype = _servable_type(info.content_type)
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": format_datetime(info.last_modified, usegmt=True),
@@ -217,7 +213,7 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
         "Content-Type": ctype,
         "X-Content-Type-Options": "nosniff",
     }
-    active = _is_active(ctype)
+    active = not inline_safe(ctype)
     stored = info.content_disposition
     if download or active or (stored is not None and not _header_safe(stored)):
         headers["Content-Disposition"] = content_disposition("attachment", info.key)
@@ -226,9 +222,15 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     if active:
         headers["Content-Security-Policy"] = "sandbox"
     headers["Cache-Control"] = _cache_control(info)
+    if meta_headers:  # the stored fields themselves, which the served ones above may override
+        headers["X-Stored"] = "cache-control content-disposition"
+        for name, value in (("Cache-Control", info.cache_control), ("Content-Disposition", stored)):
+            if value and _header_safe(value):
+                headers[f"X-Stored-{name}"] = value
     if meta_headers:
         for name, value in info.metadata.items():
-            headers[f"X-Meta-{name}"] = quote(value, safe="")
+            if is_metadata_name(name):  # a name planted by another tool may be no header name at all
+                headers[f"X-Meta-{name}"] = quote(value, safe="")
     return headers
 
 
@@ -240,14 +242,17 @@ def _header_safe(value: str) -> bool:
     return _HEADER_SAFE.fullmatch(value) is not None
 
 
-def _is_active(content_type: str) -> bool:
-    """Whether a browser could run script in, or render as a document, this type.
+def _servable_type(stored: str) -> str:
+    """The stored type if it is exactly one valid MIME type, else ``application/octet-stream``.
 
-    Every XML type counts (``*/xml``, ``*/*+xml``): browsers render them as XML
-    documents, in which XHTML or SVG elements execute script.
+    Objects written before types were checked, or by other tools straight into the
+    store, may hold anything, e.g. ``text/plain, text/html``, which a browser reads
+    as ``text/html`` (the last type of a list wins).
     """
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return mime in _ACTIVE_TYPES or mime.endswith(("+xml", "/xml")) or mime in ("text/xsl", "")
+    try:
+        return check_content_type(stored) or DEFAULT_CONTENT_TYPE
+    except StorageError:
+        return DEFAULT_CONTENT_TYPE
 
 
 def _file_route(storage: StorageBackend, signer: UrlSigner) -> Any:
@@ -321,7 +326,7 @@ async def serve_object(
     return StreamingResponse(_drain(dl), status_code=status, headers=headers)
 
 
-_ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)|\s*([^\s,]+)\s*(?:,|$)')
+_ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|\Z)|\s*([^\s,]+)\s*(?:,|\Z)')
 
 
 def _etags(header: str) -> list[tuple[bool, str]]:

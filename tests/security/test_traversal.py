@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 
 from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError, StorageError
 from unistore.backends import _beneath
+from unistore.backends._localmeta import sidecar_path
 
 SECRET = "traversal-test-secret-0123456789"
 RACE_SECONDS = 2.5
@@ -81,12 +83,36 @@ async def store(tmp_path: Path, resolution: str) -> AsyncIterator[LocalBackend]:
     await backend.aclose()
 
 
+class _SidecarLocal(LocalBackend):
+    """As on a file system without user extended attributes: records go to sidecar files."""
+
+    def _probe_xattr(self) -> bool:
+        return False
+
+
+@pytest.fixture
+async def sidecar_store(tmp_path: Path, resolution: str) -> AsyncIterator[LocalBackend]:
+    backend = _SidecarLocal(base_path=str(tmp_path / "store"), fsync=False, url_secret=SECRET)
+    yield backend
+    await backend.aclose()
+
+
+def _sidecar(store: LocalBackend, key: str) -> Path:
+    data = store.root / key
+    return Path(sidecar_path(str(data), data.stat().st_ino))
+
+
 def _outside(tmp_path: Path) -> Path:
     """A directory beside the store holding files named like the store's keys."""
     out = tmp_path / "outside"
     (out / "sub").mkdir(parents=True)
     for name in ("victim", "d", "only-outside", "sub/victim"):
         (out / name).write_bytes(b"OUTSIDE " + name.encode())
+    (out / "empty").mkdir()
+    hour_ago = time.time() - 3600
+    for name in (".unistore.tmp.dead", ".unistore.1f.victim.vm", "sub/.unistore.tmp.dead"):
+        (out / name).write_bytes(b"{}")  # what a sweep removes in its own tree
+        os.utime(out / name, (hour_ago, hour_ago))
     return out
 
 
@@ -155,8 +181,12 @@ async def test_symlink_swap_race_never_escapes(tmp_path: Path, store: LocalBacke
                 await store.head("race/only-outside")
                 counts["listed_outside"] += 1
 
+    async def sweeps(proc: subprocess.Popen[str]) -> None:
+        while proc.poll() is None:
+            await store.sweep(older_than=0)
+
     with _swapping(store.root, "race", outside, RACE_SECONDS) as proc:
-        await asyncio.gather(reads(proc), reads(proc), writes(proc, 1), writes(proc, 2), lists(proc))
+        await asyncio.gather(reads(proc), reads(proc), writes(proc, 1), writes(proc, 2), lists(proc), sweeps(proc))
 
     assert counts["escaped"] == 0 and counts["listed_outside"] == 0, counts
     assert counts["inside"] > 100 and counts["missing"] > 100 and counts["writes"] > 10, counts  # the race ran
@@ -238,10 +268,11 @@ async def test_links_inside_the_store_are_not_followed_either(store: LocalBacken
     assert await store.list_keys() == ["real/f.txt"]
 
 
-async def test_a_linked_sidecar_is_not_read(tmp_path: Path, store: LocalBackend) -> None:
+async def test_a_linked_sidecar_is_not_read(tmp_path: Path, sidecar_store: LocalBackend) -> None:
     """A sidecar replaced by a link to a crafted record naming the data file is ignored."""
+    store = sidecar_store
     info = await store.put_object("s/x.txt", b"data", content_type="text/plain", metadata={"a": "1"})
-    sidecar = store.root / "s" / ".unistore.x.txt.meta"
+    sidecar = _sidecar(store, "s/x.txt")
     crafted = tmp_path / "crafted.meta"
     crafted.write_bytes(sidecar.read_bytes().replace(b"text/plain", b"text/html"))
     sidecar.unlink()
@@ -330,18 +361,20 @@ async def test_special_files_are_not_objects_and_never_block(store: LocalBackend
         assert await store.get("d/fifo") == b"replaced"
 
 
-async def test_a_fifo_planted_as_a_sidecar_does_not_block_readers(store: LocalBackend) -> None:
+async def test_a_fifo_planted_as_a_sidecar_does_not_block_readers(sidecar_store: LocalBackend) -> None:
+    store = sidecar_store
     await store.put("m.txt", b"data", metadata={"a": "1"})
-    sidecar = store.root / ".unistore.m.txt.meta"
+    sidecar = _sidecar(store, "m.txt")
     sidecar.unlink()
     os.mkfifo(sidecar)
     try:
         got = await asyncio.wait_for(store.get("m.txt"), timeout=5)
-    finally:  # a reader blocked in open(): open the FIFO's other end so its thread can finish
+    finally:  # a reader blocked opening the FIFO: a file for its retries, and a writer to release it
+        held = store.root / "held-fifo"
+        os.rename(sidecar, held)
+        sidecar.write_bytes(b"{}")
         with contextlib.suppress(OSError):  # ENXIO: no reader waits
-            fd = os.open(sidecar, os.O_WRONLY | os.O_NONBLOCK)
-            await asyncio.sleep(0.1)
-            os.close(fd)
+            os.close(os.open(held, os.O_WRONLY | os.O_NONBLOCK))
     assert got == b"data"
 
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
-from urllib.parse import quote
 
 import httpx
 
@@ -43,6 +42,7 @@ __all__ = [
     "decode_public_id",
     "encode_public_id",
     "info_from_resource",
+    "json_of",
     "parse_context",
     "raise_for",
     "resource_type_for",
@@ -83,6 +83,17 @@ def raise_for(r: httpx.Response, op: str, key: str | None) -> NoReturn:
     if status == 400:
         raise InvalidArgumentError(f"Cloudinary rejected the request: {message}", **kw)
     raise StorageError(f"Cloudinary error {status}: {message}", **kw)
+
+
+def json_of(r: httpx.Response, op: str, key: str | None) -> Any:
+    """The JSON body of a successful response; a body that is not JSON (a proxy's page, a cut
+    answer) is an :class:`UnavailableError`."""
+    try:
+        return r.json()
+    except ValueError as exc:
+        raise UnavailableError(
+            f"the server's answer is not valid JSON ({type(exc).__name__})", key=key, backend=BACKEND, operation=op
+        ) from exc
 
 
 def encode_public_id(folder: str, key: str) -> str:
@@ -128,15 +139,20 @@ def api_signature(params: dict[str, str], secret: str, algorithm: str = "sha1") 
     return hashlib.new(algorithm, ("&".join(pairs) + secret).encode()).hexdigest()
 
 
-def url_signature(to_sign: str, secret: str) -> str:
-    """A delivery-URL signature component: ``s--`` + 8 chars of base64url(SHA-1(path + secret)) + ``--``."""
-    digest = hashlib.sha1((to_sign + secret).encode()).digest()
+def url_signature(to_sign: str, secret: str, algorithm: str = "sha1") -> str:
+    """A delivery-URL signature component: ``s--`` + 8 chars of base64url(hash(path + secret)) + ``--``,
+    hashed with the product environment's signature algorithm, as the SDKs do."""
+    digest = hashlib.new(algorithm, (to_sign + secret).encode()).digest()
     return "s--" + base64.urlsafe_b64encode(digest)[:8].decode() + "--"
 
 
+_UNSAFE = re.compile(rb"[^a-zA-Z0-9_.\-/:]")
+
+
 def smart_escape(source: str) -> str:
-    """Percent-encode a public id for a delivery URL path, as Cloudinary's SDKs do."""
-    return quote(source, safe="/:-_.")
+    """Percent-encode a public id for a delivery URL path exactly as the SDKs' ``smart_escape``:
+    every UTF-8 byte but ``A-Za-z0-9_.-/:`` as ``%XX`` (so ``~`` is ``%7E``, unlike ``quote``)."""
+    return _UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], source.encode()).decode("ascii")
 
 
 def _escape_context(value: str) -> str:
@@ -210,7 +226,7 @@ def parse_context(text: str) -> dict[str, str]:
 
 
 _CROPS = ("scale", "fit", "limit", "mfit", "fill", "lfill", "pad", "lpad", "mpad", "crop", "thumb")
-_WORD = re.compile(r"^[a-z0-9_:]+$")
+_WORD = re.compile(r"[a-z0-9_:]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +262,7 @@ class Transform:
             raise InvalidArgumentError("transform quality must be 1..100 or 'auto'")
         for name in ("gravity", "format"):
             value = getattr(self, name)
-            if value is not None and not _WORD.match(value):
+            if value is not None and not _WORD.fullmatch(value):
                 raise InvalidArgumentError(f"transform {name} {value!r} is not a Cloudinary value")
         if not any(getattr(self, f) is not None for f in ("width", "height", "crop", "gravity", "format", "quality")):
             raise InvalidArgumentError("an empty transform: give at least one of width, height, crop, format...")

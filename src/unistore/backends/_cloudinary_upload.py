@@ -20,7 +20,7 @@ import httpx
 
 from .._base import iter_body
 from .._types import Body
-from ._cloudinary_api import raise_for
+from ._cloudinary_api import json_of, raise_for
 
 __all__ = ["Source", "form_body", "upload_asset"]
 
@@ -68,7 +68,7 @@ async def upload_asset(
         r = await _post_form(send, url, key, fields, await source.read_at(0, source.size))
         if r.status_code != 200:
             raise_for(r, "put", key)
-        res: dict[str, Any] = r.json()
+        res: dict[str, Any] = json_of(r, "put", key)
         return res
     upload_id = os.urandom(16).hex()
     offset = 0
@@ -79,7 +79,7 @@ async def upload_asset(
         if r.status_code != 200:
             raise_for(r, "put", key)
         offset += n
-    res = r.json()
+    res = json_of(r, "put", key)
     return res
 
 

@@ -51,7 +51,8 @@ class Urls:
         transformation = "/".join(parts)
         signature = ""
         if self.delivery_type != "upload" or transformation:
-            signature = url_signature("/".join(p for p in (transformation, source) if p), self.api_secret) + "/"
+            to_sign = "/".join(p for p in (transformation, source) if p)
+            signature = url_signature(to_sign, self.api_secret, self.algorithm) + "/"
         trail = f"{transformation}/" if transformation else ""
         dtype = res.get("type", self.delivery_type)
         return f"{self.delivery}/{rtype}/{dtype}/{signature}{trail}v{res['version']}/{source}"

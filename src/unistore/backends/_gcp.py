@@ -1,10 +1,15 @@
-"""Google credentials for the GCS backend: OAuth2 access tokens and V4 URL signing.
+"""Google credentials for the GCS backend: access tokens (google-auth) and V4 URL signing.
 
-Three sources, as Google's client libraries resolve them: a service-account
-JSON key (tokens by the JWT-bearer grant, RFC 7523; also signs URLs), an
-``authorized_user`` file from ``gcloud auth application-default login``
-(refresh-token grant), or the metadata server on Google Cloud. Tokens are
-cached until five minutes before they expire; one refresh at a time.
+Credentials are Google's own ``google-auth``: a ``GOOGLE_APPLICATION_CREDENTIALS`` file of any
+type it reads (service account, ``authorized_user``, external account / workload identity
+federation, impersonated service account), else Application Default Credentials (gcloud's file,
+then the metadata server of Cloud Run, GKE, GCE). Its refreshes are blocking calls, run in a worker
+thread, one at a time, about once an hour.
+
+URLs are signed as Google's client does: locally with a service-account key, else through the
+IAM Credentials ``signBlob`` API as the credentials' service account (metadata-server
+credentials: the service account needs ``iam.serviceAccounts.signBlob`` on itself, e.g. the
+"Service Account Token Creator" role).
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import asyncio
 import base64
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -23,118 +28,162 @@ import httpx
 
 from .._errors import ConfigurationError, InvalidArgumentError
 
-__all__ = ["Credentials", "MAX_SIGNED_URL_SECONDS", "load_credentials", "v4_signed_url"]
+__all__ = ["Credentials", "IAM_ENDPOINT", "MAX_SIGNED_URL_SECONDS", "load_credentials", "v4_signed_url"]
 
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600  # GCS rejects V4 signatures valid for longer
-_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
-_METADATA_TOKEN = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _SIGNING_ALGORITHM = "GOOG4-RSA-SHA256"
 
 
-@dataclass
 class Credentials:
-    """Where access tokens come from, and the key that signs URLs (service accounts only)."""
+    """Where access tokens come from and how URLs are signed, for one backend.
 
-    kind: str  # "service_account" | "authorized_user" | "metadata" | "anonymous"
-    info: dict[str, Any] = field(default_factory=dict, repr=False)
-    _key: Any = field(default=None, repr=False)
-    _token: str | None = field(default=None, repr=False)
-    _expires: float = 0.0
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    ``kind`` is the credentials file's type, ``default`` (Application Default Credentials,
+    resolved on first use) or ``anonymous`` (an emulator: no tokens are sent, but a key file,
+    when given, still signs URLs).
+    """
 
-    @property
-    def email(self) -> str | None:
-        value = self.info.get("client_email")
-        return value if isinstance(value, str) else None
+    def __init__(self, kind: str, google: Any = None, *, send_tokens: bool = True) -> None:
+        self.kind = kind
+        self._google = google
+        self._send_tokens = send_tokens and kind != "anonymous"
+        self._lock: asyncio.Lock | None = None
+        self._session: Any = None
 
-    def sign(self, message: bytes) -> bytes:
-        """RSASSA-PKCS1-v1_5 with SHA-256 over ``message`` with the service-account key."""
-        if self._key is None:
-            from cryptography.hazmat.primitives import serialization
+    def __repr__(self) -> str:
+        return f"Credentials(kind={self.kind!r})"
 
-            self._key = serialization.load_pem_private_key(self.info["private_key"].encode(), password=None)
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
+    def _request(self) -> Any:
+        import google.auth.transport.requests
+        import requests
 
-        signature: bytes = self._key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        return signature
+        if self._session is None:
+            self._session = requests.Session()
+        return google.auth.transport.requests.Request(self._session)
+
+    async def _resolved(self) -> Any:
+        """The google-auth credentials, refreshed if their token is missing or about to expire."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        google = self._google
+        if google is not None and google.valid:
+            return google
+        async with self._lock:
+            if self._google is None:
+                self._google = await asyncio.to_thread(_default_credentials)
+            if not self._google.valid:
+                await asyncio.to_thread(self._google.refresh, self._request())
+            return self._google
 
     async def token(self, client: httpx.AsyncClient) -> str | None:
         """A valid access token (``None`` for anonymous access, e.g. the emulator)."""
-        if self.kind == "anonymous":
+        if not self._send_tokens:
             return None
-        if self._token is not None and time.time() < self._expires - 300:
-            return self._token
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._token is None or time.time() >= self._expires - 300:
-                self._token, lifetime = await self._fetch(client)
-                self._expires = time.time() + lifetime
-            return self._token
+        token = (await self._resolved()).token
+        return str(token)
 
-    async def _fetch(self, client: httpx.AsyncClient) -> tuple[str, float]:
-        if self.kind == "service_account":
-            now = int(time.time())
-            token_uri = self.info.get("token_uri", "https://oauth2.googleapis.com/token")
-            claims = {"iss": self.email, "scope": _SCOPE, "aud": token_uri, "iat": now, "exp": now + 3600}
-            header = {"alg": "RS256", "typ": "JWT", "kid": self.info.get("private_key_id", "")}
-            signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-            assertion = f"{signing_input}.{_b64(self.sign(signing_input.encode()))}"
-            r = await client.post(
-                token_uri,
-                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
+    async def signer(
+        self, client: httpx.AsyncClient, iam_endpoint: str
+    ) -> tuple[str, Callable[[bytes], Awaitable[bytes]]]:
+        """The service-account email URLs are signed as, and the signing function (a local key,
+        else IAM ``signBlob`` at ``iam_endpoint``)."""
+        from google.auth.credentials import Signing
+        from google.oauth2 import service_account
+
+        google = self._google
+        if google is None and not self._send_tokens:
+            raise ConfigurationError(
+                "signed URLs need credentials that can sign: set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account key file"
             )
-        elif self.kind == "authorized_user":
-            r = await client.post(
-                "https://oauth2.googleapis.com/token",
-                data={
-                    "grant_type": "refresh_token",
-                    "client_id": self.info["client_id"],
-                    "client_secret": self.info["client_secret"],
-                    "refresh_token": self.info["refresh_token"],
-                },
+        if self._send_tokens and not isinstance(google, service_account.Credentials):
+            google = await self._resolved()  # metadata-server credentials learn their email on refresh
+        email = getattr(google, "service_account_email", None)
+        if not isinstance(email, str) or not email or email == "default":
+            raise ConfigurationError(
+                f"signed URLs need a service account, and {self.kind} credentials have none: use a service-account "
+                "key file (GOOGLE_APPLICATION_CREDENTIALS) or run as a service account (metadata server)"
             )
-        else:
-            r = await client.get(_METADATA_TOKEN, headers={"Metadata-Flavor": "Google"})
-        r.raise_for_status()
-        body = r.json()
-        return str(body["access_token"]), float(body.get("expires_in", 3600))
+        if isinstance(google, service_account.Credentials):
+
+            async def local(message: bytes) -> bytes:
+                signature: bytes = google.sign_bytes(message)
+                return signature
+
+            return email, local
+        if isinstance(google, Signing):  # e.g. impersonated credentials: google-auth's own IAM call
+
+            async def delegated(message: bytes) -> bytes:
+                signature: bytes = await asyncio.to_thread(google.sign_bytes, message)
+                return signature
+
+            return email, delegated
+
+        async def sign_blob(message: bytes) -> bytes:
+            from ._gcs_wire import raise_for
+
+            token = (await self._resolved()).token
+            url = f"{iam_endpoint.rstrip('/')}/v1/projects/-/serviceAccounts/{quote(email, safe='@')}:signBlob"
+            r = await client.post(
+                url,
+                json={"payload": base64.b64encode(message).decode()},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if r.status_code != 200:
+                raise_for(r, "sign_url", None)
+            return base64.b64decode(r.json()["signedBlob"])
+
+        return email, sign_blob
+
+    def close(self) -> None:
+        """Close the HTTP session google-auth refreshes through."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def _default_credentials() -> Any:
+    """Application Default Credentials (blocking: reads files, may probe the metadata server)."""
+    import google.auth
+
+    credentials, _project = google.auth.default(scopes=_SCOPES)
+    return credentials
 
 
 def load_credentials(path: str | None, *, anonymous: bool) -> Credentials:
-    """Read a credentials file (``GOOGLE_APPLICATION_CREDENTIALS``); without one, the metadata
-    server, or anonymous access when talking to an emulator."""
+    """The credentials of ``GOOGLE_APPLICATION_CREDENTIALS`` (``path``): any file type google-auth
+    reads. Without one, Application Default Credentials on first use, or anonymous access when
+    talking to an emulator."""
     if path is None:
-        return Credentials("anonymous" if anonymous else "metadata")
+        return Credentials("anonymous" if anonymous else "default")
     try:
         with open(path, "rb") as f:
-            info = json.load(f)
-    except (OSError, ValueError) as exc:
+            kind = json.load(f).get("type")
+    except (OSError, ValueError, AttributeError) as exc:
         raise ConfigurationError(f"cannot read Google credentials file {path!r}: {type(exc).__name__}") from exc
-    kind = info.get("type") if isinstance(info, dict) else None
-    if kind == "service_account":
-        if not info.get("private_key") or not info.get("client_email"):
-            raise ConfigurationError(f"service-account file {path!r} lacks private_key or client_email")
-    elif kind == "authorized_user":
-        if not all(info.get(k) for k in ("client_id", "client_secret", "refresh_token")):
-            raise ConfigurationError(f"authorized_user file {path!r} is incomplete")
-    else:
-        raise ConfigurationError(f"unsupported Google credentials type {kind!r} in {path!r}")
-    # An emulator takes no tokens, but signing URLs still uses the key.
-    return Credentials("anonymous" if anonymous else kind, info)
+    try:
+        import google.auth
+    except ImportError as exc:
+        raise ConfigurationError("GCSBackend needs google-auth: pip install 'unistore[gcs]'") from exc
+    try:
+        # The file is the operator's own configuration, trusted as google.auth.default() trusts
+        # it (which silences the same warning): an external_account file may name a command or URL.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            creds, _project = google.auth.load_credentials_from_file(path, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # DefaultCredentialsError, or a ValueError/KeyError of an incomplete file
+        raise ConfigurationError(f"unusable Google credentials file {path!r} of type {kind!r}: {exc}") from exc
+    return Credentials(str(kind), creds, send_tokens=not anonymous)
 
 
 def _q(value: str, safe: str = "-_.~") -> str:
     return quote(value, safe=safe)
 
 
-def v4_signed_url(
-    creds: Credentials,
+async def v4_signed_url(
+    email: str,
+    sign: Callable[[bytes], Awaitable[bytes]],
     *,
     scheme: str,
     host: str,
@@ -145,17 +194,12 @@ def v4_signed_url(
     extra_query: dict[str, str] | None = None,
     now: datetime | None = None,
 ) -> str:
-    """A V4 signed URL (path style) for ``method`` on ``bucket/name``, signed locally.
+    """A V4 signed URL (path style) for ``method`` on ``bucket/name``, signed by ``sign`` as ``email``.
 
     Follows Google's "V4 signing process": canonical request over the method,
     path, sorted query, the ``host`` header and ``UNSIGNED-PAYLOAD``; string to
     sign ``GOOG4-RSA-SHA256\\n{timestamp}\\n{scope}\\n{sha256(canonical)}``.
     """
-    email = creds.info.get("client_email")
-    if not creds.info.get("private_key") or not isinstance(email, str):
-        raise ConfigurationError(
-            "signed URLs need a service-account key: set GOOGLE_APPLICATION_CREDENTIALS to its JSON file"
-        )
     if not 0 < expires_in <= MAX_SIGNED_URL_SECONDS:
         raise InvalidArgumentError(
             f"expires_in={expires_in}: GCS signed URLs last 1 to {MAX_SIGNED_URL_SECONDS} seconds (7 days)"
@@ -175,5 +219,5 @@ def v4_signed_url(
     canonical_query = "&".join(f"{_q(k)}={_q(v)}" for k, v in sorted(query.items()))
     canonical = "\n".join([method, path, canonical_query, f"host:{host}\n", "host", "UNSIGNED-PAYLOAD"])
     to_sign = "\n".join([_SIGNING_ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    signature = creds.sign(to_sign.encode()).hex()
+    signature = (await sign(to_sign.encode())).hex()
     return f"{scheme}://{host}{path}?{canonical_query}&X-Goog-Signature={signature}"

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from .._types import WriteMode
-from ._gcs_wire import INFO_FIELDS, raise_for
+from ._gcs_wire import INFO_FIELDS, json_of, raise_for
 
 __all__ = ["resumable_upload"]
 
@@ -63,7 +63,7 @@ async def resumable_upload(
             if last:
                 if r.status_code not in (200, 201):
                     raise_for(r, "put", key, mode)
-                res: dict[str, Any] = r.json()
+                res: dict[str, Any] = json_of(r, "put", key)
                 return res
             if r.status_code != 308:
                 raise_for(r, "put", key, mode)

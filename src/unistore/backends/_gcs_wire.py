@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 import httpx
 
 from .._errors import (
     AlreadyExistsError,
+    ConfigurationError,
     InvalidArgumentError,
     InvalidRangeError,
     NotFoundError,
@@ -34,8 +35,10 @@ from .._types import IfMatch, ObjectInfo, WriteMode
 
 __all__ = [
     "INFO_FIELDS",
+    "has_custom_metadata",
     "info_from_media",
     "info_from_resource",
+    "json_of",
     "multipart_body",
     "precondition_failed",
     "raise_for",
@@ -87,7 +90,30 @@ def translate(exc: Exception, op: str, key: str | None) -> StorageError:
         return PermissionDeniedError(f"could not get a Google access token ({exc.response.status_code})", **kw)
     if isinstance(exc, httpx.TransportError):
         return UnavailableError(f"GCS unreachable: {type(exc).__name__}", **kw)
+    auth = sys.modules.get("google.auth.exceptions")  # loaded once credentials are
+    if auth is not None and isinstance(exc, auth.GoogleAuthError):
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if isinstance(exc, auth.DefaultCredentialsError):
+            return ConfigurationError(
+                "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS or run on Google Cloud "
+                f"(metadata server) ({detail})",
+                **kw,
+            )
+        if isinstance(exc, auth.TransportError) or getattr(exc, "retryable", False):
+            return UnavailableError(f"Google credentials unreachable: {detail}", **kw)
+        return PermissionDeniedError(f"could not get a Google access token: {detail}", **kw)
     return StorageError(f"GCS request failed: {type(exc).__name__}", **kw)
+
+
+def json_of(r: httpx.Response, op: str, key: str | None) -> Any:
+    """The JSON body of a successful response; a body that is not JSON (a proxy's page, a cut
+    answer) is an :class:`UnavailableError`."""
+    try:
+        return r.json()
+    except ValueError as exc:
+        raise UnavailableError(
+            f"the server's answer is not valid JSON ({type(exc).__name__})", key=key, backend=BACKEND, operation=op
+        ) from exc
 
 
 def precondition_failed(key: str, op: str, message: str = "if_match does not match the current etag") -> NoReturn:
@@ -126,8 +152,16 @@ def info_from_resource(res: Mapping[str, Any], prefix: str) -> ObjectInfo:
     )
 
 
+def has_custom_metadata(r: httpx.Response) -> bool:
+    """Whether the object served by the ``alt=media`` response ``r`` has custom metadata."""
+    return any(name.startswith("x-goog-meta-") for name in r.headers)
+
+
 def info_from_media(key: str, r: httpx.Response) -> tuple[ObjectInfo, int, int]:
-    """The served generation's info from an ``alt=media`` response's headers, and the span served."""
+    """The served generation's info from an ``alt=media`` response's headers, and the span served.
+
+    Custom metadata is left empty: headers lower-case its names and may percent-encode its values
+    ambiguously, so the JSON resource is its one source (see ``GCSBackend.open``)."""
     h = r.headers
     length = int(h.get("content-length", "0"))
     start, size = 0, None
@@ -143,21 +177,12 @@ def info_from_media(key: str, r: httpx.Response) -> tuple[ObjectInfo, int, int]:
         modified = parsedate_to_datetime(h["last-modified"])
     except (KeyError, TypeError, ValueError):
         modified = datetime.now(UTC)
-    meta = {}
-    for name, value in h.multi_items():
-        if name.startswith("x-goog-meta-"):
-            raw = value.encode("latin-1", "replace")
-            try:
-                meta[name[12:]] = unquote(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                meta[name[12:]] = value
     info = ObjectInfo(
         key=key,
         size=size,
         etag=h.get("x-goog-generation") or h.get("etag", "").strip('"'),
         last_modified=modified,
         content_type=h.get("content-type", "application/octet-stream"),
-        metadata=meta,
         cache_control=h.get("cache-control"),
         content_disposition=h.get("content-disposition"),
     )

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -41,6 +42,7 @@ _BY_STATUS: dict[int, type[StorageError]] = {
     401: PermissionDeniedError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    408: UnavailableError,  # the service gave up on a stalled body: a fresh attempt may succeed
     409: TransientError,
     412: PreconditionFailedError,
     413: QuotaExceededError,
@@ -53,13 +55,14 @@ _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+)")
 
 
 def _error_classes() -> dict[str, type[StorageError]]:
-    from ..layers import IdempotencyInProgressError, IdempotencyKeyReusedError
+    from ..layers import IdempotencyInProgressError, IdempotencyKeyReusedError, IdempotencyReplayGoneError
 
     found: dict[str, type[StorageError]] = {
         name: getattr(_errors, name) for name in _errors.__all__ if name not in ("StorageError",)
     }
     found["IdempotencyInProgressError"] = IdempotencyInProgressError
     found["IdempotencyKeyReusedError"] = IdempotencyKeyReusedError
+    found["IdempotencyReplayGoneError"] = IdempotencyReplayGoneError
     found["UnauthorizedError"] = PermissionDeniedError  # the service's 401, as a client sees it
     return found
 
@@ -148,6 +151,12 @@ def info_from_headers(key: str, headers: httpx.Headers) -> tuple[ObjectInfo, int
         cache_control=headers.get("cache-control"),
         content_disposition=headers.get("content-disposition"),
     )
+    if "x-stored" in headers:  # the service says what is stored, not what it serves
+        info = replace(
+            info,
+            cache_control=headers.get("x-stored-cache-control"),
+            content_disposition=headers.get("x-stored-content-disposition"),
+        )
     return info, start, end
 
 

@@ -91,6 +91,7 @@ def load_secret(fs: Beneath, internal: str) -> bytes:
             pass
         finally:
             os.unlink(tmp, dir_fd=dfd)
+        os.fsync(dfd)  # URLs signed with it must still verify after a power cut
     finally:
         os.close(dfd)
     return read_small(fs, path).strip()
@@ -217,13 +218,17 @@ def _usable(validate: Callable[[object], str], text: str) -> bool:
 
 
 class Temp:
-    """A temp file ``name`` being written in the directory open as ``dir_fd``: closed exactly
-    once, removed unless renamed into place. ``release()`` closes the directory."""
+    """A temp file ``name`` being written in the directory open as ``dir_fd``, locked by its
+    writer: closed exactly once, removed unless renamed into place. ``release()`` closes the
+    directory."""
 
     __slots__ = ("dir_fd", "fd", "name", "open")
 
     def __init__(self, fd: int, dir_fd: int, name: str) -> None:
         self.fd, self.dir_fd, self.name, self.open = fd, dir_fd, name, True
+        # Held until the commit: a sweep in any process removes only temp files nobody holds.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def close(self) -> None:
         if self.open:

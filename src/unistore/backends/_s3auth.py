@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from .._errors import ConfigurationError, InvalidArgumentError
 from .._keys import validate_key
-from .._types import check_header_value
+from .._types import check_content_type
 from ._s3settings import MAX_PRESIGN, S3Settings
 from ._s3wire import Credentials
 
@@ -60,9 +60,9 @@ async def presign(
         if download:
             query["response-content-disposition"] = _attachment(key)
         if content_type:
-            query["response-content-type"] = check_header_value("content_type", content_type) or ""
+            query["response-content-type"] = check_content_type(content_type) or ""
     elif method == "PUT" and content_type:
-        signed["content-type"] = check_header_value("content_type", content_type) or ""
+        signed["content-type"] = check_content_type(content_type) or ""
     creds = await backend.credentials()
     path = backend._object_path(key)
     qs = backend._signer.presign(creds, method, backend._host, path, expires, query, signed)
@@ -92,8 +92,8 @@ async def presign_post(
     fields = {"key": full_key}
     conditions: list[Any] = [{"bucket": backend.bucket}, ["eq", "$key", full_key]]
     if content_type is not None:
-        fields["Content-Type"] = check_header_value("content_type", content_type) or ""
-        conditions.append(["eq", "$Content-Type", content_type])
+        fields["Content-Type"] = check_content_type(content_type) or ""
+        conditions.append(["eq", "$Content-Type", fields["Content-Type"]])
     elif content_type_prefix is not None:
         conditions.append(["starts-with", "$Content-Type", content_type_prefix])
     if max_size is not None:

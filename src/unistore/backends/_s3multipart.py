@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError, InvalidArgumentError, StorageError
 from .._types import ObjectInfo
-from ._s3wire import checksum_header, http_date, iso_date, xml_find, xml_result, xml_root
+from ._s3wire import checksum_header, http_date, iso_date, xml_find
+from ._s3xml import parse_xml, xml_result
 
 if TYPE_CHECKING:
     from .s3 import S3Backend
@@ -112,7 +113,7 @@ async def _create(backend: S3Backend, key: str, headers: Mapping[str, str], mode
     r = await backend._send(
         "POST", backend._object_path(key), op="create_multipart", key=key, query={"uploads": ""}, headers=h
     )
-    return xml_find(xml_root(r.body), "UploadId")
+    return xml_find(parse_xml(r.body, operation="create_multipart", backend=backend.name, key=key), "UploadId")
 
 
 async def _complete(
@@ -377,7 +378,8 @@ async def copy_object(backend: S3Backend, src: ObjectInfo, dst: str) -> ObjectIn
                     query={"partNumber": str(number), "uploadId": upload_id},
                     headers=h,
                 )
-                parts.append(PartInfo(number, end + 1 - start, xml_find(xml_root(r.body), "ETag").strip('"')))
+                root = parse_xml(r.body, operation="copy_part", backend=backend.name, key=dst)
+                parts.append(PartInfo(number, end + 1 - start, xml_find(root, "ETag").strip('"')))
             done = await _complete(backend, dst, upload_id, parts, {}, False, "none")
         except BaseException:
             await asyncio.shield(_abort_quietly(backend, dst, upload_id))

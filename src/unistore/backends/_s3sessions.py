@@ -23,7 +23,8 @@ from .._keys import validate_key
 from .._types import Body, ObjectInfo, WriteMode
 from ._s3multipart import MAX_PARTS, PartInfo, _abort, _complete, _create, _upload_part
 from ._s3settings import MAX_PRESIGN
-from ._s3wire import iso_date, md5_of_etag, xml_children, xml_find, xml_root
+from ._s3wire import iso_date, md5_of_etag, xml_children, xml_find
+from ._s3xml import ENCODED, name_decoder, parse_xml
 
 if TYPE_CHECKING:
     from .s3 import S3Backend
@@ -152,7 +153,7 @@ class S3Uploads:
             r = await self._b._send(
                 "GET", self._b._object_path(session.key), op="list_parts", key=session.key, query=query
             )
-            root = xml_root(r.body)
+            root = parse_xml(r.body, operation="list_parts", backend=self._b.name, key=session.key)
             for p in xml_children(root, "Part"):
                 etag = xml_find(p, "ETag").strip('"')
                 checksum = xml_find(p, "ChecksumSHA256") or None
@@ -229,18 +230,19 @@ class S3Uploads:
     async def list(self, prefix: str = "") -> list[tuple[UploadSession, datetime]]:
         """Sessions still open under ``prefix``, with when each was started."""
         base = self._b.settings.prefix
-        query = {"uploads": "", "prefix": base + prefix}
+        query = {"uploads": "", "prefix": base + prefix, "encoding-type": ENCODED}
         out: list[tuple[UploadSession, datetime]] = []
         while True:
             r = await self._b._send("GET", self._b._bucket_path, op="list_uploads", query=query)
-            root = xml_root(r.body)
+            root = parse_xml(r.body, operation="list_uploads", backend=self._b.name)
+            name = name_decoder(root)
             for u in xml_children(root, "Upload"):
-                session = UploadSession(xml_find(u, "Key")[len(base) :], xml_find(u, "UploadId"), "")
+                session = UploadSession(name(xml_find(u, "Key"))[len(base) :], xml_find(u, "UploadId"), "")
                 out.append((session, iso_date(xml_find(u, "Initiated"))))
             if xml_find(root, "IsTruncated") != "true":
                 return out
             query = {
                 **query,
-                "key-marker": xml_find(root, "NextKeyMarker"),
+                "key-marker": name(xml_find(root, "NextKeyMarker")),
                 "upload-id-marker": xml_find(root, "NextUploadIdMarker"),
             }

@@ -52,6 +52,8 @@ class S3Settings:
     """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
     raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
     url_expiration: int = 3600
+    page_size: int = 1000
+    """Keys asked for per listing request (S3 answers at most 1,000)."""
     max_connections: int = 64
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -80,6 +82,8 @@ class S3Settings:
                 raise ConfigurationError("sse_customer_key must be a base64-encoded 32-byte key")
         if not 5 * MiB <= self.part_size <= 5 * 1024 * MiB:
             raise ConfigurationError("part_size must be between 5 MiB and 5 GiB (S3's part limits)")
+        if not 1 <= self.page_size <= 1000:
+            raise ConfigurationError("page_size must be between 1 and 1000")
         if self.max_concurrency < 1 or self.max_connections < 1:
             raise ConfigurationError("max_concurrency and max_connections must be positive")
         if not 0 < self.url_expiration <= MAX_PRESIGN:

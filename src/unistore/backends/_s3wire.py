@@ -53,8 +53,6 @@ __all__ = [
     "uri_encode",
     "xml_children",
     "xml_find",
-    "xml_result",
-    "xml_root",
 ]
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -219,13 +217,13 @@ def _canonical_query(query: Mapping[str, str] | None) -> str:
 
 # --- metadata values ----------------------------------------------------------------------
 
-_PLAIN = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+_PLAIN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 def encode_meta(value: str) -> str:
     """A metadata value as an ASCII header value; anything else as RFC 2047 ``=?UTF-8?B?…?=``,
     the form S3 itself uses for non-ASCII metadata."""
-    if value and _PLAIN.match(value) and not value.startswith("=?"):
+    if value and _PLAIN.fullmatch(value) and not value.startswith("=?"):
         return value
     return "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
 
@@ -284,11 +282,6 @@ def iso_date(value: str | None) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def xml_root(body: bytes) -> ElementTree.Element:
-    """Parse an S3 XML response (an :class:`IntegrityError`-free ``ParseError`` on garbage)."""
-    return ElementTree.fromstring(body)
-
-
 def xml_find(el: ElementTree.Element, name: str, default: str = "") -> str:
     """The text of child ``name`` of ``el`` in any (or no) XML namespace; ``default`` if absent."""
     text = el.findtext("{*}" + name)
@@ -325,7 +318,7 @@ def error_from_response(
     code, message = "", ""
     if body:
         try:
-            root = xml_root(body)
+            root = ElementTree.fromstring(body)
             code, message = xml_find(root, "Code"), xml_find(root, "Message")
         except ElementTree.ParseError:
             message = body[:200].decode("utf-8", "replace")
@@ -378,22 +371,3 @@ def checksum_header(mode: str, chunks: Iterable[bytes | memoryview]) -> tuple[di
         h.update(c)
     digest = base64.b64encode(h.digest()).decode()
     return ({"content-md5": digest} if mode == "md5" else {"x-amz-checksum-sha256": digest}), digest
-
-
-def xml_result(
-    body: bytes,
-    headers: Mapping[str, str],
-    *,
-    key: str,
-    operation: str,
-    backend: str,
-    bucket: str,
-    create: bool = False,
-) -> ElementTree.Element:
-    """The XML of a 200 answer to CopyObject or CompleteMultipartUpload, which S3 may use for an error."""
-    root = xml_root(body)
-    if root.tag.rpartition("}")[2] == "Error":
-        raise error_from_response(
-            500, headers, body, key=key, operation=operation, backend=backend, bucket=bucket, create=create
-        )
-    return root

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -45,6 +45,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -56,6 +57,7 @@ from ._cloudinary_api import (
     decode_public_id,
     encode_public_id,
     info_from_resource,
+    json_of,
     raise_for,
     resource_type_for,
     type_order,
@@ -73,7 +75,9 @@ _EAGER = 256 * 1024  # delivered spans up to this size are read at once in open(
 @dataclass(frozen=True, slots=True)
 class CloudinarySettings:
     """Settings of :class:`CloudinaryBackend`. ``url`` is ``CLOUDINARY_URL``
-    (``cloudinary://key:secret@cloud``); explicit ``cloud_name``/``api_key``/``api_secret`` win."""
+    (``cloudinary://key:secret@cloud?option=value…``); explicit ``cloud_name``/``api_key``/``api_secret``
+    win over it, and its query options (``upload_prefix``, ``cname``, ``secure``, any setting) apply to
+    settings left at their defaults (read by the one URL parser, ``backend_from_url``'s)."""
 
     url: str | None = field(default=None, repr=False)
     cloud_name: str | None = None
@@ -99,6 +103,13 @@ class CloudinarySettings:
             parts = urlsplit(self.url)
             if parts.scheme != "cloudinary" or not parts.hostname or not parts.username or not parts.password:
                 raise ConfigurationError("CLOUDINARY_URL must look like cloudinary://api_key:api_secret@cloud_name")
+            if parts.query:
+                from .._config import url_settings
+
+                defaults = {f.name: f.default for f in fields(self)}
+                for name, value in url_settings(self.url)[1].items():
+                    if name == "url" or getattr(self, name) == defaults[name]:
+                        object.__setattr__(self, name, value)
             for name, value in (
                 ("cloud_name", parts.hostname),
                 ("api_key", unquote(parts.username)),
@@ -187,7 +198,7 @@ class CloudinaryBackend(BaseBackend):
             return None
         if r.status_code != 200:
             raise_for(r, op, key)
-        res: dict[str, Any] = r.json()
+        res: dict[str, Any] = json_of(r, op, key)
         return res
 
     # --- primitives ---------------------------------------------------------------------
@@ -298,7 +309,7 @@ class CloudinaryBackend(BaseBackend):
                 "Cloudinary has no atomic conditional writes", key=key, backend=self.name, operation="put"
             )
         meta = normalize_metadata(metadata)
-        ctype = check_header_value("content_type", content_type) or guess_content_type(key)
+        ctype = check_content_type(content_type) or guess_content_type(key)
         context = asset_context(
             meta,
             ctype,
@@ -343,7 +354,7 @@ class CloudinaryBackend(BaseBackend):
         r = await self._send("POST", f"{self._api}/{rtype}/destroy", "delete", key, data=params)
         if r.status_code != 200:
             raise_for(r, "delete", key)
-        return bool(r.json().get("result") == "ok")
+        return bool(json_of(r, "delete", key).get("result") == "ok")
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         pid = self._pid(key)
@@ -359,7 +370,7 @@ class CloudinaryBackend(BaseBackend):
         r = await self._send("GET", url, "list", params.get("prefix"), params=params, auth=self._auth)
         if r.status_code != 200:
             raise_for(r, "list", params.get("prefix"))
-        page: dict[str, Any] = r.json()
+        page: dict[str, Any] = json_of(r, "list", params.get("prefix"))
         return page
 
     async def _names(self, prefix: str, start_after: str | None, detailed: bool) -> list[dict[str, Any]]:

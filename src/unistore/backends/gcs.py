@@ -6,44 +6,51 @@ decides the condition atomically with the write. Bodies up to ``chunk_size``
 go in one multipart upload; larger ones stream through a resumable session
 (:mod:`._gcs_upload`; memory bounded by one chunk, cancelled if the body fails
 so the stored object is untouched). ``open`` is one media request whose
-headers give the info of exactly the generation served; small bodies are read
-at once. Copies are server-side (``rewrite``). URLs are V4-signed locally with
-the service-account key. ``STORAGE_EMULATOR_HOST`` points everything at an
-emulator (no tokens). Errors are translated in :mod:`._gcs_wire`.
+headers give the info of exactly the generation served (custom metadata, when
+there is any, from the JSON resource of that generation); small bodies are read
+at once. Copies are server-side (``rewrite``). Credentials are google-auth's;
+URLs are V4-signed with a service-account key, else through IAM ``signBlob``
+(:mod:`._gcp`). ``STORAGE_EMULATOR_HOST`` points everything at an emulator (no
+tokens). Errors are translated in :mod:`._gcs_wire`; settings in :mod:`._gcs_settings`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError
-from .._keys import validate_key, validate_prefix
+from .._errors import InvalidArgumentError, NotFoundError, StorageError, UnavailableError
+from .._keys import validate_key
 from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
     Range,
     SuffixRange,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
 )
 from ._gcp import Credentials, load_credentials, v4_signed_url
+from ._gcs_settings import GCSSettings
 from ._gcs_upload import resumable_upload
 from ._gcs_wire import (
     INFO_FIELDS,
+    has_custom_metadata,
     info_from_media,
     info_from_resource,
+    json_of,
     multipart_body,
     precondition_failed,
     raise_for,
@@ -54,41 +61,9 @@ from ._httpclient import pooled_client
 
 __all__ = ["GCSBackend", "GCSSettings"]
 
-_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
-_API = "https://storage.googleapis.com"
 _MEDIA = {"alt": "media"}
 _EAGER = 256 * 1024  # media bodies up to this size are read at once in open()
-
-
-@dataclass(frozen=True, slots=True)
-class GCSSettings:
-    """Settings of :class:`GCSBackend` (``easy_storage`` keyword names)."""
-
-    bucket: str = ""
-    project: str | None = None
-    credentials: str | None = None
-    """Path of a service-account (or ``authorized_user``) JSON file; ``GOOGLE_APPLICATION_CREDENTIALS``."""
-    emulator_host: str | None = None
-    """``STORAGE_EMULATOR_HOST``: base URL of an emulator (fake-gcs-server); no tokens are sent."""
-    prefix: str = ""
-    """Prepended to every key (``gs://bucket/prefix``)."""
-    chunk_size: int = 8 * 1024 * 1024
-    url_expiration: int = 3600
-    timeout: int = 60
-    max_connections: int = 64
-    page_size: int = 1000
-    """Objects per listing request (GCS's maximum is 1000)."""
-    endpoint: str = field(default=_API, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ConfigurationError("GCSBackend needs a bucket: set STORAGE_GCS_BUCKET")
-        if self.chunk_size <= 0 or self.chunk_size % _QUANTUM:
-            raise ConfigurationError("chunk_size must be a positive multiple of 256 KiB")
-        if min(self.url_expiration, self.timeout, self.max_connections, self.page_size) <= 0:
-            raise ConfigurationError("url_expiration, timeout, max_connections and page_size must be positive")
-        if self.prefix:
-            validate_prefix(self.prefix)
+_META_ATTEMPTS = (1, 2, 3, 4, 5)  # media + metadata request pairs open() may lose to writers before it gives up
 
 
 class GCSBackend(BaseBackend):
@@ -114,7 +89,7 @@ class GCSBackend(BaseBackend):
             base = "http://" + base
         self._base = base
         self._creds: Credentials = load_credentials(s.credentials, anonymous=s.emulator_host is not None)
-        sign_at = urlsplit(base if s.emulator_host else _API)
+        sign_at = urlsplit(base)  # URLs name the host requests go to (the API, an emulator, a private endpoint)
         self._sign_scheme, self._sign_host = sign_at.scheme, sign_at.netloc
         self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
         self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
@@ -167,7 +142,7 @@ class GCSBackend(BaseBackend):
         r = await self._send("GET", self._object_url(key), "head", key)
         if r.status_code != 200:
             raise_for(r, "head", key)
-        return self._from_resource(r.json())
+        return self._from_resource(json_of(r, "head", key))
 
     async def get(self, key: str) -> bytes:
         """The object's bytes in one request (no metadata round trip)."""
@@ -185,8 +160,11 @@ class GCSBackend(BaseBackend):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
-        """One request; the info comes from the media response's headers. Bodies up to 256 KiB
-        are read at once (the connection goes straight back to the pool); larger ones stream."""
+        """One request; the info comes from the media response's headers, except custom
+        metadata: headers lose its names' case and its values' percent signs, so when the object
+        has any, it is read from the JSON resource of the generation served (a second request,
+        tried again from the start if the object changed in between). Bodies up to 256 KiB are
+        read at once (the connection goes straight back to the pool); larger ones stream."""
         validate_key(key)
         headers: dict[str, str] = {}
         params = dict(_MEDIA)
@@ -200,14 +178,31 @@ class GCSBackend(BaseBackend):
                 precondition_failed(key, "open")
         if if_none_match is not None and if_none_match != "*" and if_none_match.strip('"').isdigit():
             params["ifGenerationNotMatch"] = if_none_match.strip('"')
-        r = await self._send("GET", self._object_url(key), "open", key, stream=True, params=params, headers=headers)
+        for _ in _META_ATTEMPTS:  # (``range`` is the argument here)
+            r = await self._send("GET", self._object_url(key), "open", key, stream=True, params=params, headers=headers)
+            try:
+                if r.status_code not in (200, 206):
+                    await r.aread()
+                    if r.status_code == 416 and range is not None:
+                        # A 416 must not hide a 404, nor a 412/304 (preconditions come first, RFC 9110 §13.2.2).
+                        check_read_conditions(await self.head(key), if_match, if_none_match, self.name)
+                    raise_for(r, "open", key)
+                info, start, end = info_from_media(key, r)
+                if has_custom_metadata(r):
+                    meta = await self._metadata_of(key, info.etag)
+                    if meta is None:  # replaced since the media request: read the new one
+                        await r.aclose()
+                        continue
+                    info = replace(info, metadata=meta)
+            except BaseException as exc:
+                await r.aclose()
+                if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                    raise translate(exc, "open", key) from exc
+                raise
+            break
+        else:
+            raise UnavailableError("the object kept changing while it was opened", key=key, backend=self.name)
         try:
-            if r.status_code not in (200, 206):
-                await r.aread()
-                if r.status_code == 416 and range is not None and "ifGenerationMatch" not in params:
-                    await self.head(key)  # 416 on a missing object would hide the 404
-                raise_for(r, "open", key)
-            info, start, end = info_from_media(key, r)
             # The one response is the version served: check the conditions against it too.
             check_read_conditions(info, if_match, if_none_match, self.name)
             if end - start <= _EAGER:
@@ -221,6 +216,20 @@ class GCSBackend(BaseBackend):
         return Download(
             info, self._stream(r, key), start=start, end=end, range_requested=range is not None, close=r.aclose
         )
+
+    async def _metadata_of(self, key: str, generation: str) -> dict[str, str] | None:
+        """The custom metadata of ``key``'s generation ``generation``; ``None`` if that is no
+        longer the current one."""
+        params = {"ifGenerationMatch": generation, "fields": "generation,metadata"}
+        r = await self._send("GET", self._object_url(key), "open", key, params=params)
+        if r.status_code in (404, 412):
+            return None
+        if r.status_code != 200:
+            raise_for(r, "open", key)
+        res = json_of(r, "open", key)
+        if str(res.get("generation")) != generation:
+            return None
+        return {str(k): str(v) for k, v in (res.get("metadata") or {}).items()}
 
     async def _stream(self, r: httpx.Response, key: str) -> AsyncIterator[bytes]:
         try:
@@ -245,7 +254,7 @@ class GCSBackend(BaseBackend):
         validate_key(key)
         resource: dict[str, Any] = {
             "name": self._name(key),
-            "contentType": check_header_value("content_type", content_type) or guess_content_type(key),
+            "contentType": check_content_type(content_type) or guess_content_type(key),
             "metadata": normalize_metadata(metadata),
         }
         if check_header_value("cache_control", cache_control) is not None:
@@ -287,7 +296,7 @@ class GCSBackend(BaseBackend):
         )
         if r.status_code != 200:
             raise_for(r, "put", key, mode)
-        return self._from_resource(r.json())
+        return self._from_resource(json_of(r, "put", key))
 
     async def remove(self, key: str, *, if_match: str | None = None) -> bool:
         validate_key(key)
@@ -324,7 +333,7 @@ class GCSBackend(BaseBackend):
             r = await self._send("GET", f"{self._bucket_path}/o", "list", prefix, params=params)
             if r.status_code != 200:
                 raise_for(r, "list", prefix)
-            page = r.json()
+            page = json_of(r, "list", prefix)
             items = [i for i in page.get("items") or () if i["name"] != skip]
             if items:
                 yield items
@@ -337,6 +346,40 @@ class GCSBackend(BaseBackend):
         async for items in self._pages(prefix, start_after, INFO_FIELDS):
             for item in items:
                 yield self._from_resource(item)
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        params = {
+            "prefix": self._name(prefix),
+            "delimiter": delimiter,
+            "maxResults": str(self.settings.page_size),
+            "fields": f"items({INFO_FIELDS}),prefixes,nextPageToken",
+        }
+        if start_after is not None and start_after > prefix:
+            params["startOffset"] = self._name(start_after)
+        cut = len(self.settings.prefix)
+        while True:
+            r = await self._send("GET", f"{self._bucket_path}/o", "list", prefix, params=params)
+            if r.status_code != 200:
+                raise_for(r, "list", prefix)
+            page = json_of(r, "list", prefix)
+            entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
+            for item in page.get("items") or ():
+                info = self._from_resource(item)
+                entries.append((info.key, info))
+            for folder in page.get("prefixes") or ():
+                entries.append((folder[cut:], CommonPrefix(folder[cut:])))
+            for name, entry in sorted(entries, key=lambda pair: pair[0]):
+                if start_after is None or name > start_after:  # a folder the cursor is inside comes again
+                    yield entry
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)
@@ -355,16 +398,27 @@ class GCSBackend(BaseBackend):
         if download:
             name = key.rpartition("/")[2]
             extra["response-content-disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}"
-        return v4_signed_url(
-            self._creds,
-            scheme=self._sign_scheme,
-            host=self._sign_host,
-            bucket=self.settings.bucket,
-            name=self._name(key),
-            method=method,
-            expires_in=expires_in or self.default_expires_in,
-            extra_query=extra,
-        )
+        try:
+            email, sign = await self._creds.signer(self._client, self.settings.iam_endpoint)
+            return await v4_signed_url(
+                email,
+                sign,
+                scheme=self._sign_scheme,
+                host=self._sign_host,
+                bucket=self.settings.bucket,
+                name=self._name(key),
+                method=method,
+                expires_in=expires_in or self.default_expires_in,
+                extra_query=extra,
+            )
+        except Exception as exc:
+            raise translate(exc, "sign_url", key) from exc
+
+    def unsigned_url(self, key: str) -> str:
+        """The object's plain URL (``https://storage.googleapis.com/bucket/name``): it serves public
+        objects, and is what ``put`` returns when no signed URL can be made."""
+        validate_key(key)
+        return f"{self._sign_scheme}://{self._sign_host}/{self.settings.bucket}/{quote(self._name(key), safe='/-_.~')}"
 
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
         validate_key(src)
@@ -380,7 +434,7 @@ class GCSBackend(BaseBackend):
             r = await self._send("POST", url, "copy", src, params=params, json={})
             if r.status_code != 200:
                 raise_for(r, "copy", dst if r.status_code == 412 else src, mode)
-            body = r.json()
+            body = json_of(r, "copy", src)
             if body.get("done"):
                 return self._from_resource(body["resource"])
             params["rewriteToken"] = body["rewriteToken"]  # large or cross-class copies take several calls
@@ -392,3 +446,4 @@ class GCSBackend(BaseBackend):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        self._creds.close()

@@ -9,10 +9,10 @@ exponential backoff and full jitter, never sooner than the service's
 ``Idempotency-Key`` (the caller's :func:`~unistore.layers.idempotency_key` if
 set, else a fresh one per call), so a retried write takes effect once.
 
-Deviations: a stored ``cache_control`` that is unset reads back as the
-service's default policy, and the service may force ``Content-Disposition``
-to an attachment for active content types; ``sign_url`` asks the service,
-which checks that the object exists.
+Deviations: ``sign_url`` asks the service, which checks that the object exists.
+``head``/``open`` report the stored ``cache_control`` and ``content_disposition``
+(the service sends them apart from the headers it serves, which force an
+attachment for active types).
 """
 
 from __future__ import annotations
@@ -31,17 +31,19 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
-from .._errors import ConfigurationError, IntegrityError, TransientError
+from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError
 from .._keys import validate_key
 from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     normalize_metadata,
 )
@@ -258,7 +260,7 @@ class HttpBackend(BaseBackend):
             self,
             key,
             os.fspath(path),
-            content_type=content_type,
+            content_type=check_content_type(content_type),
             metadata=normalize_metadata(metadata),
             state_dir=state_dir,
             part_size=s.upload_part_size,
@@ -310,8 +312,10 @@ class HttpBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         headers = {f"X-Meta-{k}": quote(v, safe="") for k, v in normalize_metadata(metadata).items()}
+        content_type = check_content_type(content_type)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         for name, value in (
-            ("Content-Type", content_type),
             ("Cache-Control", cache_control),
             ("Content-Disposition", content_disposition),
         ):
@@ -364,6 +368,28 @@ class HttpBackend(BaseBackend):
             if not page.get("next_cursor"):
                 return
             params = {"prefix": prefix, "limit": self.settings.list_page_size, "cursor": page["next_cursor"]}
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        params: dict[str, Any] = {"prefix": prefix, "limit": self.settings.list_page_size, "delimiter": delimiter}
+        if start_after is not None:
+            params["start_after"] = start_after
+        while True:
+            response = await self._send("GET", "/v1/objects", key=prefix, operation="list", params=params)
+            page = response.json()
+            entries: list[ObjectInfo | CommonPrefix] = [info_from_json(item) for item in page["objects"]]
+            entries += [CommonPrefix(str(p)) for p in page.get("prefixes", [])]
+            entries.sort(key=lambda e: e.prefix if isinstance(e, CommonPrefix) else e.key)
+            for entry in entries:
+                yield entry
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+            params.pop("start_after", None)
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

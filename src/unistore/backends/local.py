@@ -2,29 +2,32 @@
 
 Layout: the object ``a/b.txt`` is the file ``ROOT/a/b.txt``. Everything the
 store keeps for itself starts with ``.unistore`` (a segment prefix no key may
-use): sidecars ``ROOT/a/.unistore.b.txt.meta``, temp files
-``.unistore.tmp.<random>`` beside their target, and ``ROOT/.unistore/`` for
-lock stripes and the persisted URL secret.
+use): temp files ``.unistore.tmp.<pid>.<tag>.<n>`` beside their target,
+sidecars ``.unistore.<inode>.<name>.vm`` (see ``_localmeta``), and
+``ROOT/.unistore/`` for lock stripes and the persisted URL secret.
 
 Versions. Every write sets the data file's mtime to a fresh stamp: a
 per-process strictly increasing microsecond clock, whose sub-microsecond digits
-are ``777`` when the version has a sidecar and random otherwise. Only versions
-with custom metadata, cache-control, content-disposition or a content type not
-guessable from the key get a sidecar (JSON: etag, content type, metadata, and
-the inode, size and mtime of the data file it belongs to). A version without
+are ``777`` when the version has a metadata record and random otherwise. Only
+versions with custom metadata, cache-control, content-disposition or a content
+type not guessable from the key get a record (JSON: etag, content type,
+metadata, and the size and mtime of the data it describes). A version without
 one has the etag ``inode-mtime-size``; reading it costs no extra I/O. On a file
 system that does not keep nanosecond mtimes as set (probed at start), every
-version gets a sidecar instead.
+version gets a record instead.
 
-Writes stream into a fresh temp file in the target directory (fsync'd unless
-``fsync=False``), then, under a per-key-stripe lock (``fcntl.flock``, so it
-holds across processes and threads), the precondition is decided, the sidecar
-is renamed into place, then the data file: the data rename is the commit point.
-Readers take no lock: they open the data file; if its stamp says it has a
-sidecar, they accept the sidecar only if it names that inode, size and mtime,
-retrying briefly (then under the lock) while a writer is between its renames.
-A mismatch that survives the lock is a crash leftover: the data is served with
-a stat-derived etag and a guessed content type, as are files placed by hand.
+Writes stream into a fresh temp file in the target directory, locked with
+``flock`` by its writer. The commit stamps it, attaches the record (the
+extended attribute ``user.unistore`` of the temp file itself; where the file
+system has none or the record does not fit, a sidecar named by the temp file's
+inode), fsyncs (unless ``fsync=False``), then, under a per-key-stripe lock
+(``fcntl.flock``, so it holds across processes and threads), decides the
+precondition and renames the data into place: that one rename commits data and
+record together. The replaced version's sidecar, if any, is removed after it.
+Readers take no lock: they read the record of the inode they opened and accept
+it only if it names that size and mtime. A sweep (at the first write, every
+``SWEEP_EVERY`` seconds, or :meth:`LocalBackend.sweep`) removes temp files and
+sidecars that killed writers left.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
@@ -44,14 +47,14 @@ import asyncio
 import contextlib
 import errno
 import itertools
-import json
+import logging
 import os
 import random
 import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +73,7 @@ from .._base import (
 from .._errors import (
     ConfigurationError,
     InvalidKeyError,
+    InvalidRangeError,
     NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
@@ -84,6 +88,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -99,12 +104,28 @@ from ._localfs import (
     copy_to_fd,
     load_secret,
     meta_path,
-    read_small,
     scan_dir,
     write_all,
 )
+from ._localmeta import (
+    encode,
+    matches,
+    probe_xattr,
+    read_sidecar,
+    read_xattr,
+    sidecar_path,
+    try_set_xattr,
+    write_sidecar,
+)
+from ._localsweep import clear_dir, sweep_tree
 
 __all__ = ["LocalBackend", "LocalSettings"]
+
+STALE_AFTER = 600.0
+"""Seconds a temp file or sidecar must stay untouched before a sweep may remove it."""
+SWEEP_EVERY = 6 * 3600.0
+"""Seconds between the sweeps a store starts by itself (the first at its first write)."""
+LOGGER = logging.getLogger("unistore.local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +196,9 @@ class LocalBackend(BaseBackend):
         self._temp_seq = itertools.count()
         self._temp_tag = secrets.token_hex(4)
         self._exact = self._probe_exact_mtime()
+        self._xattr = self._probe_xattr()
+        self._sweep_lock = threading.Lock()
+        self._next_sweep = 0.0  # the first write starts a sweep of crash leftovers
 
     def __repr__(self) -> str:
         return f"LocalBackend(base_path={str(self.root)!r}, fsync={self.settings.fsync})"
@@ -238,6 +262,18 @@ class LocalBackend(BaseBackend):
         finally:
             os.close(dfd)
 
+    def _probe_xattr(self) -> bool:
+        """Whether this file system keeps ``user.*`` extended attributes, where records go."""
+        dfd = self._fs.open_dir(RESERVED_PREFIX)
+        try:
+            return probe_xattr(dfd, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        finally:
+            os.close(dfd)
+
+    def _own_temps(self) -> str:
+        """The name prefix of this process's temp files (see ``_temp_name``)."""
+        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}."
+
     def _temp_name(self) -> str:
         """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
         return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}.{next(self._temp_seq):x}"
@@ -253,20 +289,30 @@ class LocalBackend(BaseBackend):
         low = self._jitter.randrange(999)
         return us * 1000 + low + (low >= _MARK)
 
-    def _info(self, key: str, st: os.stat_result, ignore_sidecar: bool) -> ObjectInfo | os.stat_result:
-        """Info of the data-file version ``st``: its sidecar's, or ``st`` itself when it has none
-        (``_stat_info`` turns that into an ObjectInfo, on the event loop: work in a worker
-        thread is the expensive kind). Raises ``_Torn`` if the sidecar is not (yet) the one
-        written with it."""
+    def _info(
+        self, key: str, st: os.stat_result, ignore_sidecar: bool, fd: int, d: int | None = None
+    ) -> ObjectInfo | os.stat_result:
+        """Info of the data-file version ``st`` open as ``fd``: its record's, or ``st`` itself
+        when it has none (``_stat_info`` turns that into an ObjectInfo, on the event loop: work
+        in a worker thread is the expensive kind). A sidecar is read beneath the base, or by
+        name in ``key``'s directory open as ``d``. Raises ``_Torn`` if the version was replaced
+        or deleted before its sidecar was read."""
         if ignore_sidecar or (self._exact and st.st_mtime_ns % 1000 != _MARK):
             return st
-        meta = _read_sidecar(self._fs, meta_path(key))
+        meta = None
+        if self._xattr:
+            meta = read_xattr(fd)
+            if meta is not None and not matches(meta, st, ino=False):
+                meta = None  # edited in place by hand: the record is not this content's
         if meta is None:
-            if not self._exact:
-                return st  # always-sidecar mode: this file was placed by hand
-            raise _Torn
-        if meta.get("ino") != st.st_ino or meta.get("size") != st.st_size or meta.get("mt") != st.st_mtime_ns:
-            raise _Torn
+            where, opener = (key, self._fs.open) if d is None else (key.rpartition("/")[2], _opener(d))
+            meta = read_sidecar(sidecar_path(where, st.st_ino), opener) or read_sidecar(meta_path(where), opener)
+            if meta is not None and not matches(meta, st, ino=True):
+                meta = None
+        if meta is None:
+            if os.fstat(fd).st_nlink == 0:
+                raise _Torn  # replaced (or deleted) and its sidecar removed while we looked
+            return st  # a crash leftover, or a file placed by hand
         return ObjectInfo(
             key=key,
             size=st.st_size,
@@ -279,9 +325,8 @@ class LocalBackend(BaseBackend):
         )
 
     def _consistent(self, key: str, read: Any) -> Any:
-        """Run ``read(ignore_sidecar)`` until the data file and sidecar it sees belong to one
-        write; after a few tries, take the key's lock so no writer is mid-commit. A mismatch
-        that survives the lock is a crash leftover: the data is served without that sidecar."""
+        """Run ``read(ignore_sidecar)`` until it sees a version whose sidecar was still there;
+        after a few tries, take the key's lock, under which no writer replaces one."""
         for attempt in range(4):
             try:
                 return read(False)
@@ -297,15 +342,21 @@ class LocalBackend(BaseBackend):
         """The stored version's info (``key``'s directory open as ``dir_fd``), or ``None``;
         call with the key's lock held."""
         try:
-            st = os.stat(key.rpartition("/")[2], dir_fd=dir_fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat_mod.S_ISREG(st.st_mode):
-            return None
+            fd = os.open(key.rpartition("/")[2], os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in NOT_THERE or exc.errno == errno.ENXIO:
+                return None
+            raise
         try:
-            return _as_info(key, self._info(key, st, False))
-        except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
-            return _stat_info(key, st)
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                return None
+            try:
+                return _as_info(key, self._info(key, st, False, fd, dir_fd))
+            except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
+                return _stat_info(key, st)
+        finally:
+            os.close(fd)
 
     def _head_sync(self, key: str) -> ObjectInfo:
         opened, _, _ = self._open_sync(key, None, -1)
@@ -321,7 +372,7 @@ class LocalBackend(BaseBackend):
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
                     raise FileNotFoundError(errno.ENOENT, "not a regular file", key)
-                info = self._info(key, st, ignore_sidecar)
+                info = self._info(key, st, ignore_sidecar, fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -363,7 +414,15 @@ class LocalBackend(BaseBackend):
     ) -> Download:
         validate_key(key)
         chunk = self.settings.chunk_size
-        opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        try:
+            opened, start, end = await self._run("open", key, self._open_sync, key, range, chunk)
+        except InvalidRangeError:
+            if if_match is None and if_none_match is None:
+                raise
+            # Preconditions come before Range (RFC 9110 §13.2.2): a 412/304 wins over the 416.
+            looked, _, _ = await self._run("open", key, self._open_sync, key, None, -1)
+            check_read_conditions(_as_info(key, looked.info), if_match, if_none_match, self.name)
+            raise
         info = _as_info(key, opened.info)
         try:
             check_read_conditions(info, if_match, if_none_match, self.name)
@@ -405,9 +464,11 @@ class LocalBackend(BaseBackend):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
+        if time.monotonic() >= self._next_sweep:
+            self._start_sweep()
         guessed = guess_content_type(key)
         meta: dict[str, Any] = {
-            "ct": check_header_value("content_type", content_type) or guessed,
+            "ct": check_content_type(content_type) or guessed,
             "meta": normalize_metadata(metadata),
             "cc": check_header_value("cache_control", cache_control),
             "cd": check_header_value("content_disposition", content_disposition),
@@ -445,6 +506,28 @@ class LocalBackend(BaseBackend):
         finally:
             if not committed:
                 await asyncio.to_thread(temp.discard)
+
+    async def sweep(self, *, older_than: float = STALE_AFTER) -> int:
+        """Remove what killed writers left: temp files no live writer holds and sidecars of
+        versions that never committed, untouched for ``older_than`` seconds, and directories
+        that leaves empty; returns how many files were removed. Also runs by itself, in a
+        background thread, at the first write and every ``SWEEP_EVERY`` seconds after."""
+        removed: int = await self._run("sweep", None, sweep_tree, self._fs, older_than, self._own_temps())
+        return removed
+
+    def _start_sweep(self) -> None:
+        with self._sweep_lock:
+            now = time.monotonic()
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + SWEEP_EVERY
+        threading.Thread(target=self._sweep_quietly, name="unistore-local-sweep", daemon=True).start()
+
+    def _sweep_quietly(self) -> None:
+        try:
+            sweep_tree(self._fs, STALE_AFTER, self._own_temps())
+        except Exception as exc:  # a background chore: logged, retried at the next interval
+            LOGGER.warning("sweeping crash leftovers under %s failed: %s", self.root, exc)
 
     def _check_size(self, key: str, size: int) -> None:
         limit = self.settings.max_object_size
@@ -501,68 +584,78 @@ class LocalBackend(BaseBackend):
                 raise
 
     def _commit(self, key: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
-        """Make the temp file ``key``'s new version: stamp, sidecar if needed, precondition,
-        then the renames under the key's lock. The data rename is the commit point. Returns
+        """Make the temp file ``key``'s new version: stamp it, attach its record (extended
+        attribute, else a sidecar named by the temp file's inode), fsync, then under the key's
+        lock decide the precondition and rename: that one rename commits data and record
+        together. The replaced version's sidecar, if any, is removed only after it. Returns
         the raw facts; the event loop builds the ObjectInfo (see ``_info``). Every name is
         relative to the temp file's directory, ``d``."""
         fsync = self.settings.fsync
         marked = meta["marked"]
+        _crash_point("temp-written", key)
         stamp = self._stamp(marked)
         d, name = temp.dir_fd, key.rpartition("/")[2]
         _set_mtime(temp.fd, stamp)
-        if fsync:
-            os.fsync(temp.fd)
         st = os.fstat(temp.fd)
-        temp.close()
-        sidecar = meta_path(name) if marked else ""
-        mtmp: str | None = None
+        sidecar: str | None = None
         if marked:
             etag = secrets.token_hex(8)
             record = {k: meta[k] for k in ("ct", "meta", "cc", "cd")}
-            record.update(v=2, etag=etag, ino=st.st_ino, size=size, mt=st.st_mtime_ns)
-            mtmp = self._temp_name()
-            mfd = os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644, dir_fd=d)
-            try:
-                os.write(mfd, json.dumps(record, separators=(",", ":")).encode())
-                if fsync:
-                    os.fsync(mfd)
-            finally:
-                os.close(mfd)
+            record.update(v=3, etag=etag, size=size, mt=st.st_mtime_ns)
+            if not (self._xattr and try_set_xattr(temp.fd, encode(record))):
+                record.update(ino=st.st_ino, name=name)
+                sidecar = sidecar_path(name, st.st_ino)
+                write_sidecar(sidecar, encode(record), fsync, d)
+                _crash_point("sidecar-written", key)
         else:
             etag = _stat_etag(st)
+        if fsync:
+            os.fsync(temp.fd)
+            _crash_point("temp-synced", key)
+        committed = False
         try:
             stripe = self._locks.acquire(key)
             try:
                 if mode != "overwrite":
                     check_write_mode(self._current(key, d), mode, key, self.name)
-                if mtmp is not None:
-                    os.replace(mtmp, sidecar, src_dir_fd=d, dst_dir_fd=d)  # readers ignore it until the data names it
-                    mtmp = None
-                try:
-                    self._replace_data(key, d, temp.name, name)
-                except BaseException:
-                    if marked:
-                        with contextlib.suppress(OSError):
-                            os.unlink(sidecar, dir_fd=d)
-                    raise
+                old = self._old_sidecar(d, name)
+                self._replace_data(key, d, temp.name, name)
+                committed = True
+                _crash_point("data-renamed", key)
+                if old is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(old, dir_fd=d)
+                    _crash_point("old-sidecar-removed", key)
             finally:
                 self._locks.release(stripe)
         finally:
-            if mtmp is not None:
+            temp.close()  # its lock told sweepers this temp file was alive until now
+            if sidecar is not None and not committed:
                 with contextlib.suppress(OSError):
-                    os.unlink(mtmp, dir_fd=d)
+                    os.unlink(sidecar, dir_fd=d)
         if fsync:
             os.fsync(d)  # make the renames durable
+            _crash_point("dir-synced", key)
         temp.release()
         return size, stamp, etag
+
+    def _old_sidecar(self, d: int, name: str) -> str | None:
+        """The sidecar the version ``name`` in directory ``d`` may have (call with the key's lock held)."""
+        try:
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat_mod.S_ISREG(st.st_mode) or (self._exact and st.st_mtime_ns % 1000 != _MARK):
+            return None
+        return sidecar_path(name, st.st_ino)
 
     @staticmethod
     def _replace_data(key: str, d: int, tmp: str, name: str) -> None:
         try:
             os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except IsADirectoryError:
-            with contextlib.suppress(OSError):
-                os.rmdir(name, dir_fd=d)  # an empty leftover directory
+            # A directory left behind holding no object, only crash leftovers, is removed.
+            clear_dir(d, name)
             try:
                 os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
             except IsADirectoryError as exc:
@@ -586,6 +679,7 @@ class LocalBackend(BaseBackend):
             with self._locks.hold(key):
                 if if_match is not None:
                     check_remove_condition(self._current(key, d), if_match, key, self.name)
+                old = self._old_sidecar(d, name)
                 try:
                     st = os.stat(name, dir_fd=d, follow_symlinks=False)
                     if not stat_mod.S_ISREG(st.st_mode):
@@ -593,8 +687,10 @@ class LocalBackend(BaseBackend):
                     os.unlink(name, dir_fd=d)
                 except (FileNotFoundError, NotADirectoryError):
                     return False
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(meta_path(name), dir_fd=d)
+                for sidecar in (old, meta_path(name)):
+                    if sidecar is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(sidecar, dir_fd=d)
         finally:
             os.close(d)
         self._prune(head)
@@ -689,7 +785,17 @@ _NOT_OBJECT = frozenset({errno.ELOOP, errno.ENXIO})
 """Errors that mean "not an object": a symbolic link met on the way; a socket opened."""
 
 _MARK = 777
-"""``mtime_ns % 1000`` of a data file whose version has a sidecar (see ``_stamp``)."""
+"""``mtime_ns % 1000`` of a data file whose version has a record (see ``_stamp``)."""
+
+CrashHook: TypeAlias = "Callable[[str, str], None]"
+_crash_hook: CrashHook | None = None
+"""Test seam: called with the name of each step of a commit as it completes, and the key (a
+crash test's child process installs one that stops there, to be killed). ``None`` in normal use."""
+
+
+def _crash_point(step: str, key: str) -> None:
+    if _crash_hook is not None:
+        _crash_hook(step, key)
 
 
 def _set_mtime(fd: int, stamp: int) -> None:
@@ -733,17 +839,10 @@ def _as_info(key: str, info: ObjectInfo | os.stat_result) -> ObjectInfo:
     return info if isinstance(info, ObjectInfo) else _stat_info(key, info)
 
 
-def _read_sidecar(fs: Beneath, rel: str) -> dict[str, Any] | None:
-    try:
-        raw = read_small(fs, rel)
-    except OSError:
-        return None
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return None
-    return meta if isinstance(meta, dict) else None
+def _opener(d: int) -> Callable[[str, int], int]:
+    """Open a name in the directory open as ``d`` (never a symbolic link)."""
+    return lambda name, flags: os.open(name, flags | O_NOFOLLOW | O_CLOEXEC, dir_fd=d)
 
 
 class _Torn(Exception):
-    """The sidecar read does not describe the data file read (a writer is mid-commit)."""
+    """The version read was replaced before its sidecar could be read (retry)."""

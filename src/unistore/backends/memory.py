@@ -41,6 +41,7 @@ from .._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -169,7 +170,7 @@ class MemoryBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         meta = normalize_metadata(metadata)
-        content_type = check_header_value("content_type", content_type) or guess_content_type(key)
+        content_type = check_content_type(content_type) or guess_content_type(key)
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
         limit = self.settings.max_size

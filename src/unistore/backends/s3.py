@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
 from .._errors import (
     ConfigurationError,
+    InvalidArgumentError,
     NotFoundError,
     PreconditionFailedError,
     StorageError,
@@ -39,11 +40,13 @@ from .._types import (
     Body,
     ByteRange,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
+    check_content_type,
     check_header_value,
     guess_content_type,
     normalize_metadata,
@@ -61,8 +64,8 @@ from ._s3wire import (
     iso_date,
     xml_children,
     xml_find,
-    xml_root,
 )
+from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key
 
 if TYPE_CHECKING:
     import aiohttp
@@ -231,7 +234,7 @@ class S3Backend(BaseBackend):
         content_disposition: str | None,
     ) -> tuple[dict[str, str], str, dict[str, str]]:
         meta = normalize_metadata(metadata)
-        ctype = check_header_value("content_type", content_type) or guess_content_type(key)
+        ctype = check_content_type(content_type) or guess_content_type(key)
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
         headers = {"content-type": ctype, **self._write_extra}
@@ -335,37 +338,84 @@ class S3Backend(BaseBackend):
 
     # --- listing ---------------------------------------------------------------------------------
 
-    async def _pages(self, prefix: str, start_after: str | None) -> AsyncIterator[Any]:
+    async def _pages(
+        self, prefix: str, start_after: str | None, delimiter: str | None = None
+    ) -> AsyncIterator[tuple[Any, Callable[[str], str]]]:
+        """ListObjectsV2 answers with their name decoder. The next page starts from the
+        continuation token, or after the page's last (decoded) key where the token is missing
+        or altered: SeaweedFS's token is the raw last key with control characters replaced."""
         check_listing_args(prefix, start_after)
         base = self.settings.prefix
-        query = {"list-type": "2", "prefix": base + prefix, "max-keys": "1000"}
+        first = {"list-type": "2", "prefix": base + prefix, "max-keys": str(self.settings.page_size)}
+        first["encoding-type"] = ENCODED
+        if delimiter is not None:
+            first["delimiter"] = delimiter
+        query = dict(first)
         if start_after is not None:
             query["start-after"] = base + start_after
         while True:
             r = await self._send("GET", self._bucket_path, op="list", query=query)
-            root = xml_root(r.body)
-            yield root
-            token = xml_find(root, "NextContinuationToken")
-            if xml_find(root, "IsTruncated") != "true" or not token:
+            root = parse_xml(r.body, operation="list", backend=self.name, key=prefix)
+            name = name_decoder(root)
+            yield root, name
+            if xml_find(root, "IsTruncated") != "true":
                 return
-            query = {"list-type": "2", "prefix": base + prefix, "max-keys": "1000", "continuation-token": token}
+            token = xml_find(root, "NextContinuationToken")
+            names = [name(e.text or "") for e in root.findall("{*}Contents/{*}Key")[-1:]]
+            names += [name(e.text or "") for e in root.findall("{*}CommonPrefixes/{*}Prefix")[-1:]]
+            if token and "\ufffd" not in token:
+                query = {**first, "continuation-token": token}
+            elif names:
+                query = {**first, "start-after": max(names)}
+            else:
+                return
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         cut = len(self.settings.prefix)
-        async for page in self._pages(prefix, start_after):
+        async for page, name in self._pages(prefix, start_after):
             for item in xml_children(page, "Contents"):
-                yield ObjectInfo(
-                    key=xml_find(item, "Key")[cut:],
-                    size=int(xml_find(item, "Size", "0")),
-                    etag=xml_find(item, "ETag").strip('"'),
-                    last_modified=iso_date(xml_find(item, "LastModified")),
-                )
+                key = name(xml_find(item, "Key"))[cut:]
+                if usable_key(key):
+                    yield ObjectInfo(
+                        key=key,
+                        size=int(xml_find(item, "Size", "0")),
+                        etag=xml_find(item, "ETag").strip('"'),
+                        last_modified=iso_date(xml_find(item, "LastModified")),
+                    )
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        cut = len(self.settings.prefix)
+        async for page, name in self._pages(prefix, start_after, delimiter):
+            entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
+            for item in xml_children(page, "Contents"):
+                key = name(xml_find(item, "Key"))[cut:]
+                if usable_key(key):
+                    info = ObjectInfo(
+                        key=key,
+                        size=int(xml_find(item, "Size", "0")),
+                        etag=xml_find(item, "ETag").strip('"'),
+                        last_modified=iso_date(xml_find(item, "LastModified")),
+                    )
+                    entries.append((key, info))
+            for item in xml_children(page, "CommonPrefixes"):
+                folder = name(xml_find(item, "Prefix"))[cut:]
+                if folder.endswith(delimiter) and usable_key(folder[: -len(delimiter)]):
+                    entries.append((folder, CommonPrefix(folder)))
+            for entry_name, entry in sorted(entries, key=lambda pair: pair[0]):
+                if start_after is None or entry_name > start_after:  # S3 repeats a folder the cursor is inside
+                    yield entry
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)
-        async for page in self._pages(prefix, start_after):
-            for name in page.iterfind("{*}Contents/{*}Key"):
-                yield (name.text or "")[cut:]
+        async for page, name in self._pages(prefix, start_after):
+            for item in page.iterfind("{*}Contents/{*}Key"):
+                key = name(item.text or "")[cut:]
+                if usable_key(key):
+                    yield key
 
     # --- URLs (SigV4 presigning, in _s3auth) -----------------------------------------------------
 

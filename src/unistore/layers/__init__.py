@@ -18,6 +18,7 @@ from ._idempotency import (
     Idempotency,
     IdempotencyInProgressError,
     IdempotencyKeyReusedError,
+    IdempotencyReplayGoneError,
     current_idempotency_key,
     idempotency_key,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Idempotency",
     "IdempotencyInProgressError",
     "IdempotencyKeyReusedError",
+    "IdempotencyReplayGoneError",
     "Layer",
     "LayerFactory",
     "Observe",

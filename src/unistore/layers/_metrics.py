@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,27 @@ from .._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._observe import HotKeys
 
-__all__ = ["BoundMetrics", "Metrics", "metrics_for"]
+__all__ = ["BoundMetrics", "KEY_LABELS", "Metrics", "key_label", "metrics_for"]
+
+KEY_LABELS = ("hash", "prefix", "raw")
+
+
+def key_label(key: str, mode: str) -> str:
+    """How a hot key appears as a label value.
+
+    ``hash``: ``sha256:`` and the first 16 hex digits of the SHA-256 of the
+    key's UTF-8 (reveals no key name; hash a key you know to find it).
+    ``prefix``: the key's first segment and ``/`` (``(top level)`` for a key
+    without one), so the label set is bounded by the top-level prefixes.
+    ``raw``: the key itself.
+    """
+    if mode == "raw":
+        return key
+    if mode == "prefix":
+        head, sep, _ = key.partition("/")
+        return head + "/" if sep else "(top level)"
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -78,24 +99,30 @@ class Metrics:
         self.in_flight = Gauge(
             "unistore_requests_in_flight", "Storage operations running now.", ["backend"], registry=registry
         )
-        self._hot: list[tuple[str, weakref.ref[HotKeys], int]] = []
+        self._hot: list[tuple[str, weakref.ref[HotKeys], int, str]] = []
         registry.register(_HotKeyCollector(self))
 
     def bind(self, backend: str) -> BoundMetrics:
         return BoundMetrics(self, backend)
 
-    def add_hot_keys(self, backend: str, tracker: HotKeys, n: int) -> None:
-        self._hot.append((backend, weakref.ref(tracker), n))
+    def add_hot_keys(self, backend: str, tracker: HotKeys, n: int, labels: str = "hash") -> None:
+        self._hot.append((backend, weakref.ref(tracker), n, labels))
 
     def hot_samples(self) -> Iterator[tuple[str, str, int]]:
+        """``(backend, label, count)`` of each tracker's top keys, counts summed per label."""
         alive = []
-        for backend, ref, n in self._hot:
+        for entry in self._hot:
+            backend, ref, n, labels = entry
             tracker = ref()
             if tracker is None:
                 continue
-            alive.append((backend, ref, n))
+            alive.append(entry)
+            summed: dict[str, int] = {}
             for key, count in tracker.top(n):
-                yield backend, key, count
+                label = key_label(key, labels)
+                summed[label] = summed.get(label, 0) + count
+            for label, count in summed.items():
+                yield backend, label, count
         self._hot = alive
 
 

@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,7 +22,7 @@ from .._base import StorageBackend
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
 from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
-from ._metrics import Metrics, metrics_for
+from ._metrics import KEY_LABELS, Metrics, metrics_for
 from ._retry import Retry, RetryEvent
 
 __all__ = ["HotKeys", "Observe", "request_context"]
@@ -56,6 +57,7 @@ class HotKeys:
     Counting is exact while a slice sees at most ``max_keys`` distinct keys;
     past that, new keys in the slice are not counted (already-counted keys
     still are), which keeps memory bounded and leaves real hot keys visible.
+    Thread-safe, so a metrics exporter thread may read :meth:`top`.
     """
 
     def __init__(self, window: float = 60.0, buckets: int = 6, max_keys: int = 10_000) -> None:
@@ -65,6 +67,7 @@ class HotKeys:
         self._slices: list[dict[str, int]] = [{} for _ in range(buckets)]
         self._index = 0
         self._totals: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _rotate(self, now: float) -> dict[str, int]:
         index = int(now / self.width)
@@ -84,22 +87,24 @@ class HotKeys:
 
     def hit(self, key: str, now: float) -> int:
         """Count one request for ``key``; its count over the window."""
-        current = self._rotate(now)
-        n = current.get(key)
-        if n is None:
-            if len(current) >= self.max_keys:
-                return self._totals.get(key, 0)
-            current[key] = 1
-        else:
-            current[key] = n + 1
-        total = self._totals.get(key, 0) + 1
-        self._totals[key] = total
-        return total
+        with self._lock:
+            current = self._rotate(now)
+            n = current.get(key)
+            if n is None:
+                if len(current) >= self.max_keys:
+                    return self._totals.get(key, 0)
+                current[key] = 1
+            else:
+                current[key] = n + 1
+            total = self._totals.get(key, 0) + 1
+            self._totals[key] = total
+            return total
 
     def top(self, n: int, now: float | None = None) -> list[tuple[str, int]]:
         """The ``n`` keys with the most requests in the window, most first."""
-        self._rotate(time.perf_counter() if now is None else now)
-        return heapq.nlargest(n, self._totals.items(), key=lambda kv: kv[1])
+        with self._lock:
+            self._rotate(time.perf_counter() if now is None else now)
+            return heapq.nlargest(n, self._totals.items(), key=lambda kv: kv[1])
 
 
 class Observe(Layer):
@@ -116,7 +121,10 @@ class Observe(Layer):
     ``unistore_retries_total``, ``unistore_bytes_total`` (direction in/out),
     ``unistore_requests_in_flight``, ``unistore_multipart_part_failures_total``
     (parts of multipart uploads that failed, from stores that report them), ``unistore_hot_key_requests`` (top
-    ``hot_keys`` keys over ``hot_window`` seconds). ``tracer``: an OpenTelemetry
+    ``hot_keys`` keys over ``hot_window`` seconds, labelled as ``hot_key_labels`` says: ``"hash"`` by
+    default, so no key name is exported, else ``"prefix"`` or ``"raw"``; see
+    :func:`~unistore.layers._metrics.key_label`). ``hot_tracker`` replaces the
+    in-process :class:`HotKeys` (e.g. one shared by replicas). ``tracer``: an OpenTelemetry
     ``Tracer``, ``True`` (the global one), or ``False``/``None`` (off). A span
     per operation, current while it runs, so spans below are its children.
     ``logger`` gets one JSON line per operation at ``log_level`` (when enabled)
@@ -135,19 +143,23 @@ class Observe(Layer):
         hot_keys: int = 10,
         hot_window: float = 60.0,
         hot_threshold: int | None = None,
+        hot_key_labels: str = "hash",
+        hot_tracker: HotKeys | None = None,
     ) -> None:
         super().__init__(inner)
+        if hot_key_labels not in KEY_LABELS:
+            raise ConfigurationError(f"hot_key_labels must be one of {', '.join(KEY_LABELS)}")
         self._backend = inner.name
         self._metrics: Metrics | None = metrics_for(metrics)
         self._tracer = _tracer(tracer)
         self._logger = logger or LOGGER
         self._level = log_level
-        self._hot = HotKeys(hot_window) if hot_keys > 0 else None
+        self._hot = (hot_tracker or HotKeys(hot_window)) if hot_keys > 0 else None
         self.hot_keys = hot_keys
         self.hot_threshold = hot_threshold
         self._children = self._metrics.bind(self._backend) if self._metrics is not None else None
         if self._metrics is not None and self._hot is not None:
-            self._metrics.add_hot_keys(self._backend, self._hot, hot_keys)
+            self._metrics.add_hot_keys(self._backend, self._hot, hot_keys, hot_key_labels)
         for layer in self.layers()[1:]:
             if isinstance(layer, Retry):
                 layer.add_listener(self._on_retry)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from .._base import StorageBackend, iter_body
-from .._errors import ConfigurationError, PreconditionFailedError, TransientError, UnavailableError
+from .._errors import ConfigurationError, InvalidRangeError, PreconditionFailedError, TransientError
 from .._types import Body, ByteRange, Download, ObjectInfo, Range, WriteMode
 from ._layer import Layer, in_memory, rewrap
 
@@ -56,7 +56,8 @@ class Retry(Layer):
     bytes, a path, a seekable file (rewound), or a source the failed attempt
     never started reading. An interrupted download resumes from the next byte
     with ``if_match`` on the original etag, so two versions are never spliced;
-    if the object changed, the stream raises :class:`UnavailableError`. Listings
+    if the object changed, the stream ends at once with
+    :class:`PreconditionFailedError` (never retried). Listings
     resume after the last key yielded. ``sleep`` replaces ``asyncio.sleep``
     (tests pass a no-op); ``seed`` makes the jitter reproducible.
     """
@@ -280,8 +281,9 @@ class _Resumed:
                     rng = ByteRange(pos, end)
                     try:
                         self.current = await retry.inner.open(self.key, range=rng, if_match=etag)
-                    except PreconditionFailedError as exc:
-                        raise UnavailableError(
+                    except (PreconditionFailedError, InvalidRangeError) as exc:
+                        # Final, never retried: resending the if_match request cannot succeed.
+                        raise PreconditionFailedError(
                             "the object changed during the read; not resuming (it would splice two versions)",
                             key=self.key,
                             backend=retry.name,

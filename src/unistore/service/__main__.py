@@ -22,16 +22,27 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def serve(host: str, port: int, *, no_auth: bool = False) -> None:
-    """Build the app from the environment (``STORAGE_*``, ``UNISTORE_*``) and serve it until interrupted."""
+def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, str] | None = None) -> None:
+    """Build the app from the environment (``STORAGE_*``, ``UNISTORE_*``) and serve it until interrupted.
+
+    ``overrides`` are ``UNISTORE_*`` values that win over the environment (the command's options).
+    """
     import uvicorn
 
     from .._errors import ConfigurationError
     from . import ServiceSettings, create_app
+    from ._server import http_protocol
 
     configure_logging()
+    _check_port(host, port)
+    if not os.environ.get("STORAGE_BASE_URL"):
+        # Signed file URLs point at this server, wherever it was started.
+        shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
+        os.environ["STORAGE_BASE_URL"] = f"http://{shown}:{port}/files"
     try:
-        env = {**os.environ, "UNISTORE_AUTH": "off"} if no_auth else None
+        env = {**os.environ, **(overrides or {})}
+        if no_auth:
+            env["UNISTORE_AUTH"] = "off"
         settings = ServiceSettings.from_env(env)
         app = create_app(settings=settings)
     except ConfigurationError as exc:
@@ -46,17 +57,56 @@ def serve(host: str, port: int, *, no_auth: bool = False) -> None:
         print(f"  auth:    OFF (UNISTORE_AUTH=off){note}")
     print(f"  health:  http://{host}:{port}/_ops/health")
     print(f"  API:     http://{host}:{port}/docs", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, log_config=None)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http=http_protocol(settings.header_timeout),
+        ws="none",  # the service has no websocket routes
+        log_level="info",
+        access_log=False,
+        log_config=None,
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit 2 with a hint when the port is taken (uvicorn alone would log a traceback)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(
+                f"unistore serve: port {port} on {host} is taken: pass --port N (make serve PORT=N)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+
+
+_TIMEOUTS = {
+    "header_timeout": "seconds a connection may take to send request headers [10]",
+    "body_timeout": "seconds a request body may pause between chunks (then 408) [30]",
+    "body_deadline": "seconds a whole request body may take (then 408) [no limit]",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``--host``/``--port``/``--no-auth`` and serve."""
+    """Parse ``--host``/``--port``/``--no-auth`` and the timeouts, and serve."""
     parser = argparse.ArgumentParser(prog="unistore serve", description="Run the unistore storage service.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-auth", action="store_true", help="serve without tokens (local development only)")
+    for name, text in _TIMEOUTS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"{text}; env UNISTORE_{name.upper()}")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, no_auth=args.no_auth)
+    overrides = {f"UNISTORE_{n.upper()}": str(getattr(args, n)) for n in _TIMEOUTS if getattr(args, n) is not None}
+    serve(args.host, args.port, no_auth=args.no_auth, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,23 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import Response
 
 from .._base import StorageBackend
 from .._config import easy_storage
-from .._errors import InvalidArgumentError, NotFoundError, UnsupportedError
+from .._errors import NotFoundError, UnsupportedError
+from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe
 from ._access import ServiceContext
-from ._auth import ACTIONS
+from ._guard import admitted_route
 from ._hooks import Hook, Webhook
+from ._limits import LimitMiddleware
 from ._objects import objects_router
 from ._ops import RequestIdMiddleware, install_error_handlers
-from ._settings import ServiceSettings
+from ._redis import RedisHotKeys
+from ._settings import ServiceSettings, metrics_bind
 from ._state import StateStore
 from ._upload_routes import uploads_router
 from ._uploads import UploadSessions
@@ -39,13 +42,64 @@ def _registry() -> Any:
     return CollectorRegistry()
 
 
-async def _sweep_every(sessions: UploadSessions, interval: float) -> None:
+async def _sweep_every(sessions: UploadSessions, records: Idempotency, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
             await sessions.sweep(limit=1000)
         except Exception:  # a store hiccup must not end the timer
             LOGGER.exception("sweeping expired upload sessions failed")
+        try:
+            await records.sweep(limit=1000)
+        except Exception:
+            LOGGER.exception("sweeping expired idempotency records failed")
+
+
+async def _sync_every(hot: RedisHotKeys, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await hot.sync()
+        except Exception:  # a Redis hiccup must not end the timer
+            LOGGER.exception("syncing hot-key counts with Redis failed")
+
+
+def _start_exporter(option: str, registry: Any) -> Any:
+    """Serve ``registry`` on its own listener when ``UNISTORE_METRICS`` is ``HOST:PORT``; the server or ``None``."""
+    if option in ("token", "open", "off") or registry is None:
+        return None
+    from prometheus_client import start_http_server
+
+    host, port = metrics_bind(option)
+    server, _thread = start_http_server(port, host, registry=registry)
+    LOGGER.info("metrics served on http://%s:%d/metrics", host, port)
+    return server
+
+
+DOCS_ASSETS = "/_ops/docs-assets"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the assets the ``fastapi-offline`` wheel ships (a current
+    Swagger UI, which reads OpenAPI 3.1), so the page works offline and loads nothing from a CDN."""
+    from pathlib import Path
+
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
 
 
 def _native_uploads(backend: StorageBackend) -> Any:
@@ -72,20 +126,31 @@ def create_app(
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
     wrapped as ``Observe → Idempotency → backend``; idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
-    upload sessions. ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``)
-    are called with an event when an upload completes.
+    upload sessions; expired ones are swept on the upload sweep timer too.
+    ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``) are called with
+    an event when an upload completes.
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
     registry = _registry()
     state = StateStore(raw)
+    ctx = ServiceContext.build(raw, settings)
+    labels = settings.metrics_key_labels
+    hot = RedisHotKeys(ctx.redis, raw.name) if ctx.redis is not None and labels != "off" else None
+    records = Idempotency(raw, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
     storage: StorageBackend = Observe(
-        Idempotency(raw, store=state, ttl=settings.idempotency_ttl),
+        records,
         metrics=registry if registry is not None else False,
+        hot_keys=0 if labels == "off" else 10,
+        hot_key_labels="hash" if labels == "off" else labels,
+        hot_tracker=hot,
     )
-    ctx = ServiceContext.build(storage, settings)
+    ctx.storage = storage
 
-    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.")
+    app = FastAPI(
+        title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None
+    )
+    _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.
     add_storage(app, raw, serve_files=getattr(raw, "signer", None) is not None)
@@ -100,6 +165,8 @@ def create_app(
         histogram = Histogram(
             "unistore_http_request_duration_seconds", "HTTP request latency.", ["method"], registry=registry
         )
+    app.add_middleware(BodyTimeouts, idle=settings.body_timeout, total=settings.body_deadline)
+    app.add_middleware(LimitMiddleware, identify=ctx.identify, per_client=ctx.per_client, overall=ctx.overall)
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)
     app.include_router(objects_router(ctx))
     webhooks = [Webhook(url, secret=settings.webhook_secret or settings.secret) for url in settings.webhooks]
@@ -116,16 +183,25 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         # Expired sessions are swept on a timer too, so stale store-side uploads go even when none are created.
-        sweeper = asyncio.create_task(_sweep_every(sessions, settings.upload_sweep_interval))
+        timers = [asyncio.create_task(_sweep_every(sessions, records, settings.upload_sweep_interval))]
+        if hot is not None:
+            timers.append(asyncio.create_task(_sync_every(hot, 1.0)))
+        exporter = _start_exporter(settings.metrics, registry)
         try:
             async with original(a) as state_:
                 yield state_
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for timer in timers:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
             for hook in webhooks:
                 await hook.aclose()
+            if ctx.redis is not None:
+                await ctx.redis.aclose()
 
     app.router.lifespan_context = lifespan
     app.state.uploads = sessions
@@ -136,33 +212,53 @@ def create_app(
         return {"service": "unistore", "backend": raw.name, "docs": "/docs", "health": "/_ops/health"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: needs the ``metrics`` action over all keys unless ``UNISTORE_METRICS=open``."""
+        if settings.metrics not in ("token", "open"):
+            raise NotFoundError("metrics are not served here (UNISTORE_METRICS)")
+        if settings.metrics == "token":
+            ctx.check(request, "metrics", "")
         if registry is None:
             raise UnsupportedError("metrics need prometheus_client: pip install 'unistore[observe]'")
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if hot is not None:
+            await hot.sync(max_age=0.5)  # scrapes cost Redis at most two syncs a second
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tokens", status_code=201)
+    tokens = APIRouter(route_class=admitted_route(ctx))
+
+    @tokens.post("/v1/tokens", status_code=201)
     async def issue_token(
         request: Request,
         actions: Annotated[list[str], Body(min_length=1)],
         prefix: Annotated[str, Body()] = "",
         expires_in: Annotated[int, Body(ge=1)] = 3600,
-        subject: Annotated[str, Body(min_length=1, max_length=200)] = "client",
+        subject: Annotated[str | None, Body(min_length=1, max_length=200)] = None,
     ) -> dict[str, Any]:
-        """Issue a token within the caller's own scope (needs ``admin``)."""
+        """Issue a token within the caller's own scope (needs ``admin``).
+
+        The token expires no later than the caller's, grants no more than the
+        caller's actions and prefix, and its subject is the caller's
+        (``caller/subject`` when ``subject`` is given).
+        """
         grant = ctx.check(request, "admin", prefix)
         if ctx.authority is None:
             # 404, not 501: with auth off the route has nothing behind it, and a 5xx would say the server failed
             raise NotFoundError("auth is off: this service issues no tokens")
-        if any(a not in ACTIONS for a in actions):
-            raise InvalidArgumentError(f"actions must be among {', '.join(ACTIONS)}")
-        if expires_in > ctx.settings.max_token_lifetime:
-            raise InvalidArgumentError(f"expires_in must be at most {ctx.settings.max_token_lifetime}")
-        token = ctx.authority.issue(actions, prefix=prefix, expires_in=expires_in, subject=subject)
+        token = ctx.authority.issue(actions, prefix=prefix, expires_in=expires_in, subject=subject, parent=grant)
         granted = ctx.authority.verify(token)
-        LOGGER.info("token issued by %s for %s on %r: %s", grant.subject, subject, prefix, ",".join(sorted(actions)))
-        return {"token": token, "expires": granted.expires, "prefix": prefix, "actions": sorted(granted.actions)}
+        LOGGER.info(
+            "token issued by %s for %s on %r: %s", grant.subject, granted.subject, prefix, ",".join(sorted(actions))
+        )
+        return {
+            "token": token,
+            "expires": granted.expires,
+            "expires_in": granted.lifetime_left(),
+            "subject": granted.subject,
+            "prefix": prefix,
+            "actions": sorted(granted.actions),
+        }
 
+    app.include_router(tokens)
     return app

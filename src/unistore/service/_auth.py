@@ -1,12 +1,24 @@
-"""Short-lived, scoped bearer tokens signed by the service (HMAC-SHA256).
+"""Short-lived, scoped bearer tokens signed by the service (HMAC-SHA256), with key ids for rotation.
 
-A token is ``ust1.{payload}.{signature}``: ``payload`` is base64url JSON
-``{"sub", "act", "pfx", "exp"}`` (subject, actions, key prefix, expiry in Unix
-seconds) and ``signature = base64url(HMAC-SHA256(secret, "ust1." + payload))``,
-compared in constant time. Actions are ``read``, ``write``, ``delete`` and
-``admin`` (admin implies the others and may issue tokens within its own scope).
-A missing, malformed, forged or expired token is 401 (:class:`UnauthorizedError`);
-a valid token used outside its actions or prefix is 403.
+A token is ``ust2.{kid}.{payload}.{signature}``: ``kid`` names the secret that
+signed it (a keyed fingerprint of the secret, never the secret), ``payload`` is
+base64url JSON ``{"sub", "act", "pfx", "iat", "exp"}`` (subject, actions, key
+prefix, issue and expiry times in Unix seconds) and ``signature =
+base64url(HMAC-SHA256(secret, "ust2." + kid + "." + payload))``, compared in
+constant time. Actions are ``read``, ``write``, ``delete``, ``metrics`` (scrape
+``/metrics``) and ``admin`` (implies the others and may issue tokens).
+
+Tokens are minted with the current secret and verified with it or with any
+*accepted* (previous or next) secret, so a secret can be rotated with an overlap
+window; dropping a secret from the accepted list revokes every token it signed.
+A token is good until ``min(exp, iat + max_lifetime)``: lowering the server-wide
+maximum lifetime shortens tokens already issued.
+
+A token minted from another (:meth:`TokenAuthority.issue` with ``parent``) never
+outlives, out-scopes or out-acts its parent, and its subject is the parent's
+(``parent/child`` when a subject is asked for). A missing, malformed, forged,
+expired or retired-key token is 401 (:class:`UnauthorizedError`); a valid token
+used outside its actions or prefix is 403.
 """
 
 from __future__ import annotations
@@ -15,34 +27,46 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias, cast
+from typing import Any, Final, Literal, TypeAlias, cast
 
 from .._errors import ConfigurationError, InvalidArgumentError, PermissionDeniedError
+from .._keys import validate_prefix
 
-__all__ = ["ACTIONS", "Action", "Grant", "TokenAuthority", "UnauthorizedError"]
+__all__ = ["ACTIONS", "Action", "Grant", "TokenAuthority", "UnauthorizedError", "key_id"]
 
-Action: TypeAlias = Literal["read", "write", "delete", "admin"]
-ACTIONS: Final[tuple[Action, ...]] = ("read", "write", "delete", "admin")
-_VERSION = "ust1"
+Action: TypeAlias = Literal["read", "write", "delete", "metrics", "admin"]
+ACTIONS: Final[tuple[Action, ...]] = ("read", "write", "delete", "metrics", "admin")
+_VERSION = "ust2"
+_CLOCK_SKEW = 60
+"""Seconds a token's issue time may lie ahead of this server's clock (replicas' clocks differ a little)."""
+_NAME = r"[A-Za-z0-9][A-Za-z0-9@._:+=-]{0,127}"
+_SUBJECT = re.compile(rf"{_NAME}(/{_NAME})*")
+MAX_SUBJECT = 512
 
 
 class UnauthorizedError(PermissionDeniedError):
-    """No valid credentials: a missing, malformed, forged or expired token (401)."""
+    """No valid credentials: a missing, malformed, forged, expired or retired-key token (401)."""
 
     status = 401
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one verified token allows: ``actions`` on keys starting with ``prefix`` until ``expires``."""
+    """What one verified token allows: ``actions`` on keys starting with ``prefix`` until ``expires``.
+
+    ``token_id`` identifies the token (rate limits are kept per token id); it
+    is empty for the grant every request has when auth is off.
+    """
 
     subject: str
     actions: frozenset[Action]
     prefix: str
     expires: int
+    token_id: str = ""
 
     def allows(self, action: Action) -> bool:
         """Whether ``action`` is granted (admin grants every action)."""
@@ -54,6 +78,10 @@ class Grant:
             raise PermissionDeniedError(f"token does not grant {action}", key=key)
         if not key.startswith(self.prefix):
             raise PermissionDeniedError(f"token is restricted to keys under {self.prefix!r}", key=key)
+
+    def lifetime_left(self, now: float | None = None) -> int:
+        """Whole seconds until this grant expires (0 once expired)."""
+        return max(0, self.expires - int(time.time() if now is None else now))
 
 
 FULL_ACCESS: Final = Grant("anonymous", frozenset(ACTIONS), "", 2**62)
@@ -68,22 +96,46 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def key_id(secret: bytes) -> str:
+    """The id tokens signed with ``secret`` carry: a keyed fingerprint (11 base64url characters)."""
+    return _b64(hmac.new(secret, b"unistore token key id", hashlib.sha256).digest())[:11]
+
+
+def _check_subject(subject: object) -> str:
+    if not isinstance(subject, str) or len(subject) > MAX_SUBJECT or not _SUBJECT.fullmatch(subject):
+        raise InvalidArgumentError(
+            "subject must be '/'-separated names of 1..128 letters, digits or @._:+=-, each starting with"
+            f" a letter or digit (at most {MAX_SUBJECT} characters)"
+        )
+    return subject
+
+
 class TokenAuthority:
-    """Issues and verifies tokens with one secret."""
+    """Issues tokens with ``secret`` and verifies them with it or any of ``accepted`` (rotation overlap)."""
 
-    __slots__ = ("_secret", "max_lifetime")
+    __slots__ = ("_current", "_keys", "max_lifetime")
 
-    def __init__(self, secret: bytes, *, max_lifetime: int = 7 * 24 * 3600) -> None:
-        if len(secret) < 16:
-            raise ConfigurationError("token secret must be at least 16 bytes")
-        self._secret = secret
+    def __init__(self, secret: bytes, *, accepted: Iterable[bytes] = (), max_lifetime: int = 7 * 24 * 3600) -> None:
+        secrets = [secret, *accepted]
+        if any(len(s) < 16 for s in secrets):
+            raise ConfigurationError("token secrets must be at least 16 bytes")
+        if max_lifetime < 1:
+            raise ConfigurationError("max_lifetime must be >= 1 second")
+        self._keys = {key_id(s): s for s in reversed(secrets)}
+        self._current = key_id(secret)
         self.max_lifetime = max_lifetime
 
     def __repr__(self) -> str:
-        return "TokenAuthority(secret=<redacted>)"
+        return f"TokenAuthority(key_id={self._current!r}, accepted={len(self._keys) - 1}, secret=<redacted>)"
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._secret, f"{_VERSION}.{payload}".encode(), hashlib.sha256).digest())
+    @property
+    def key_id(self) -> str:
+        """The id of the secret new tokens are signed with."""
+        return self._current
+
+    def _mac(self, kid: str, payload: str) -> str:
+        message = f"{_VERSION}.{kid}.{payload}".encode()
+        return _b64(hmac.new(self._keys[kid], message, hashlib.sha256).digest())
 
     def issue(
         self,
@@ -91,43 +143,78 @@ class TokenAuthority:
         *,
         prefix: str = "",
         expires_in: int = 3600,
-        subject: str = "client",
+        subject: str | None = None,
+        parent: Grant | None = None,
         now: float | None = None,
     ) -> str:
-        """A token granting ``actions`` on keys under ``prefix`` for ``expires_in`` seconds."""
+        """A token granting ``actions`` on keys under ``prefix`` for ``expires_in`` seconds.
+
+        ``expires_in`` is at most :attr:`max_lifetime` (400), and ``prefix`` obeys
+        the key rules (400). With ``parent`` (the grant of the token asking), the
+        parent must grant ``admin``, every action asked for and ``prefix``
+        (403); the new token expires no later than the parent, and its subject
+        is the parent's, or ``parent/subject`` when ``subject`` is given.
+        Without ``parent`` the subject defaults to ``client``.
+        """
         acts = sorted(set(actions))
         if not acts or any(a not in ACTIONS for a in acts):
             raise InvalidArgumentError(f"actions must be a non-empty subset of {', '.join(ACTIONS)}")
-        if not 0 < expires_in <= self.max_lifetime:
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 0 < expires_in <= self.max_lifetime:
             raise InvalidArgumentError(f"expires_in must be in 1..{self.max_lifetime} seconds")
-        if not isinstance(prefix, str) or not isinstance(subject, str) or not subject:
-            raise InvalidArgumentError("prefix and subject must be strings (subject non-empty)")
-        expires = int(time.time() if now is None else now) + expires_in
-        body = json.dumps({"sub": subject, "act": acts, "pfx": prefix, "exp": expires}, separators=(",", ":"))
-        payload = _b64(body.encode())
-        return f"{_VERSION}.{payload}.{self._mac(payload)}"
+        validate_prefix(prefix)
+        issued = int(time.time() if now is None else now)
+        expires = issued + expires_in
+        if parent is None:
+            subject = _check_subject("client" if subject is None else subject)
+        else:
+            parent.require("admin", prefix)
+            for action in acts:
+                parent.require(cast(Action, action), prefix)
+            subject = parent.subject if subject is None else f"{parent.subject}/{_check_subject(subject)}"
+            subject = _check_subject(subject)
+            expires = min(expires, parent.expires)
+            if expires <= issued:
+                raise UnauthorizedError("bearer token has expired")
+        claims = {"sub": subject, "act": acts, "pfx": prefix, "iat": issued, "exp": expires}
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        kid = self._current
+        return f"{_VERSION}.{kid}.{payload}.{self._mac(kid, payload)}"
 
     def verify(self, token: str, *, now: float | None = None) -> Grant:
         """The :class:`Grant` of a genuine, unexpired token; :class:`UnauthorizedError` otherwise."""
-        version, _, rest = token.partition(".")
-        payload, _, signature = rest.partition(".")
-        if version != _VERSION or not payload or not signature:
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != _VERSION or not all(parts):
             raise UnauthorizedError("malformed bearer token")
-        if not hmac.compare_digest(self._mac(payload).encode(), signature.encode("utf-8", "replace")):
+        _, kid, payload, signature = parts
+        current = time.time() if now is None else now
+        if kid not in self._keys:
+            raise UnauthorizedError("bearer token is signed with an unknown or retired key")
+        if not hmac.compare_digest(self._mac(kid, payload).encode(), signature.encode("utf-8", "replace")):
             raise UnauthorizedError("bearer token signature is invalid")
         try:
-            data = json.loads(_unb64(payload))
-            grant = Grant(
-                subject=str(data["sub"]),
-                actions=frozenset(cast(list[Action], [a for a in data["act"] if a in ACTIONS])),
-                prefix=str(data["pfx"]),
-                expires=int(data["exp"]),
-            )
-        except (ValueError, KeyError, TypeError):
+            grant = self._grant(json.loads(_unb64(payload)), kid, payload, current)
+        except (ValueError, KeyError, TypeError, InvalidArgumentError):
             raise UnauthorizedError("malformed bearer token") from None
-        if (time.time() if now is None else now) >= grant.expires:
+        if grant.expires <= current:
             raise UnauthorizedError("bearer token has expired")
         return grant
+
+    def _grant(self, data: Any, kid: str, payload: str, now: float) -> Grant:
+        acts, issued, expires, prefix = data["act"], data["iat"], data["exp"], data["pfx"]
+        if not isinstance(acts, list) or not acts or any(a not in ACTIONS for a in acts):
+            raise ValueError("bad actions")
+        if not all(type(t) is int for t in (issued, expires)) or not isinstance(prefix, str):
+            raise ValueError("bad claims")
+        if issued > now + _CLOCK_SKEW:
+            raise ValueError("issued in the future")
+        token_id = hashlib.sha256(f"{kid}.{payload}".encode()).hexdigest()[:32]
+        return Grant(
+            subject=_check_subject(data["sub"]),
+            actions=frozenset(cast(list[Action], acts)),
+            prefix=prefix,
+            expires=min(expires, issued + self.max_lifetime),
+            token_id=token_id,
+        )
 
     def authenticate(self, authorization: str | None) -> Grant:
         """The grant of an ``Authorization: Bearer <token>`` header value (401 if absent or bad)."""

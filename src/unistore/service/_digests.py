@@ -21,7 +21,7 @@ from .._errors import IntegrityError, InvalidArgumentError, QuotaExceededError
 __all__ = ["expected_digests", "verified_body"]
 
 _ALGORITHMS = {"sha-256": "sha256", "sha-512": "sha512"}
-_MEMBER = re.compile(r"\s*([a-z0-9*_\-.]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(?:,|$)")
+_MEMBER = re.compile(r"\s*([a-z0-9*_\-.]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(?:,|\Z)")
 
 
 def _b64(value: str, header: str) -> bytes:

@@ -58,7 +58,8 @@ class Webhook:
     """A hook that POSTs each event to ``url`` (``http``/``https``), signed with ``secret``.
 
     ``attempts`` bounds the tries per event (backoff ``base_delay`` doubling, full
-    jitter, capped at 30 s); ``timeout`` bounds each try.
+    jitter, capped at 30 s); ``timeout`` bounds each try, from connecting to the
+    response's status line (the response body is never read).
     """
 
     def __init__(
@@ -110,14 +111,20 @@ class Webhook:
             if self.secret:
                 headers["X-Unistore-Signature"] = sign_payload(self.secret, body, int(time.time()))
             try:
-                r = await self._client.post(self.url, content=body, headers=headers)
-                if r.status_code < 300:
+                # The whole try is bounded and the receiver's body is never read: a receiver
+                # answering slowly or endlessly cannot hold a delivery or fill memory.
+                async with (
+                    asyncio.timeout(self.timeout),
+                    self._client.stream("POST", self.url, content=body, headers=headers) as r,
+                ):
+                    status = r.status_code
+                if status < 300:
                     self.delivered += 1
                     return
-                if r.status_code < 500 and r.status_code != 429:
+                if status < 500 and status != 429:
                     break  # the receiver refused this event: a retry would be refused too
-                reason = f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
+                reason = f"HTTP {status}"
+            except (httpx.HTTPError, TimeoutError) as exc:
                 reason = type(exc).__name__
             if attempt < self.attempts:
                 await asyncio.sleep(random.uniform(0, min(30.0, self.base_delay * 2 ** (attempt - 1))))
@@ -125,7 +132,7 @@ class Webhook:
             LOGGER.warning("webhook %s: %s undelivered after %d attempts (%s)", self.url, event, self.attempts, reason)
             self.failed += 1
             return
-        LOGGER.warning("webhook %s refused %s: HTTP %d", self.url, event, r.status_code)
+        LOGGER.warning("webhook %s refused %s: HTTP %d", self.url, event, status)
         self.failed += 1
 
     async def drain(self) -> None:

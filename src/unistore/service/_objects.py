@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import unquote
@@ -17,14 +18,17 @@ from starlette.types import Message, Receive
 
 from .._errors import InvalidArgumentError, QuotaExceededError
 from .._keys import validate_key, validate_prefix
-from .._types import IfMatch, ObjectInfo, WriteMode
+from .._request_limits import declared_length
+from .._types import CommonPrefix, IfMatch, ObjectInfo, WriteMode, check_content_type
 from ..fastapi import serve_object
 from ..layers import idempotency_key
 from ._access import ServiceContext
+from ._auth import Grant
 from ._digests import expected_digests, verified_body
+from ._guard import admitted_route
 from ._state import is_internal
 
-__all__ = ["check_length", "info_json", "objects_router", "request_body"]
+__all__ = ["check_length", "content_type_header", "info_json", "objects_router", "request_body"]
 
 _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 _FORM = {
@@ -104,16 +108,32 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidArgumentError("invalid cursor") from None
 
 
+def content_type_header(request: Request) -> str | None:
+    """The request's one ``Content-Type``, checked before the body is read (400 for a list or junk)."""
+    values = request.headers.getlist("content-type")
+    if len(values) > 1:
+        raise InvalidArgumentError("send one Content-Type header, not several", operation="put")
+    return check_content_type(values[0]) if values else None
+
+
 def check_length(request: Request, limit: int, key: str) -> None:
     """413 from ``Content-Length`` alone, before a byte of the body is read."""
-    length = request.headers.get("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > limit:
+    length = declared_length(request)
+    if length is not None and length > limit:
         raise QuotaExceededError(f"request body is larger than {limit} bytes", key=key, operation="put")
+
+
+def idempotency_scope(grant: Grant, *, authenticated: bool) -> str:
+    """Whose ``Idempotency-Key`` values these are: the verified token's subject and prefix, or
+    ``anonymous`` with auth off. Tokens for different subjects or prefixes never share a key."""
+    if not authenticated:
+        return "anonymous"
+    return "token:" + json.dumps([grant.subject, grant.prefix])
 
 
 def objects_router(ctx: ServiceContext) -> APIRouter:
     """The routes over ``ctx.storage``."""
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=admitted_route(ctx))
     storage = ctx.storage
 
     @router.put("/objects/{key:path}", status_code=201, openapi_extra=_BODY, operation_id="put_object")
@@ -122,6 +142,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         grant = ctx.check(request, "write", key)
         validate_key(key)
         check_length(request, ctx.settings.max_body_size, key)
+        content_type = content_type_header(request)
         body = verified_body(
             request_body(request),
             expected=expected_digests(request.headers),
@@ -129,7 +150,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             key=key,
         )
         options: dict[str, Any] = dict(
-            content_type=request.headers.get("content-type"),
+            content_type=content_type,
             metadata=metadata_from_headers(request),
             mode=write_mode(request),
             cache_control=request.headers.get("cache-control"),
@@ -140,7 +161,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
             raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
         # Set for every request, with or without a key: a write must never inherit a key
         # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
-        with idempotency_key(f"{grant.subject}\n{op_id}" if op_id is not None else None):
+        with idempotency_key(op_id, scope=idempotency_scope(grant, authenticated=ctx.authority is not None)):
             info = await storage.put_object(key, body, **options)
         return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
 
@@ -165,35 +186,53 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
         cursor: str | None = None,
         start_after: str | None = None,
+        delimiter: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
     ) -> dict[str, Any]:
         """A page of objects under ``prefix`` in key order, after ``cursor`` (a previous page's
-        ``next_cursor``) or after the key ``start_after``."""
+        ``next_cursor``) or after the key ``start_after``. With ``delimiter`` (``/``), one
+        level: the objects directly under ``prefix`` and, in ``prefixes``, one entry per
+        folder below it; ``limit`` counts both, and the cursor pages across both."""
         ctx.check(request, "read", prefix)
         validate_prefix(prefix)
         limit = min(limit, ctx.settings.max_list_limit)
         after = decode_cursor(cursor) if cursor else start_after
         objects: list[dict[str, Any]] = []
+        prefixes: list[str] = []
         last = None
-        async for info in storage.iter_objects(prefix, start_after=after):
-            last = info.key
-            if is_internal(info.key):
+        entries = (
+            storage.iter_objects(prefix, start_after=after)
+            if delimiter is None
+            else storage.iter_entries(prefix, delimiter=delimiter, start_after=after)
+        )
+        async for entry in entries:
+            last = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            if is_internal(last):
                 continue
-            objects.append(info_json(info))
-            if len(objects) >= limit:
+            if isinstance(entry, CommonPrefix):
+                prefixes.append(entry.prefix)
+            else:
+                objects.append(info_json(entry))
+            if len(objects) + len(prefixes) >= limit:
                 break
-        more = len(objects) >= limit and last is not None
-        return {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
+        more = len(objects) + len(prefixes) >= limit and last is not None
+        page: dict[str, Any] = {"objects": objects, "next_cursor": encode_cursor(last) if more and last else None}
+        if delimiter is not None:
+            page["prefixes"] = prefixes
+        return page
 
     @router.post("/upload", status_code=201, operation_id="upload_form", openapi_extra=_FORM)
     async def upload(request: Request) -> JSONResponse:
         """A browser form upload (``file`` field, optional ``key``).
 
-        The token (401/429) and ``Content-Length`` (413) are checked before the form
-        is parsed, and the body is cut off at ``max_body_size`` even when it is chunked.
+        The token (401/429), ``Content-Length`` (413) and the type (400 unless
+        ``multipart/form-data``) are checked before the form is parsed, and the body
+        is cut off at ``max_body_size`` even when it is chunked.
         """
         grant = ctx.admit(request)
         limit = ctx.settings.max_body_size
         check_length(request, limit, "upload")
+        if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "multipart/form-data":
+            raise InvalidArgumentError("the upload must be multipart/form-data", operation="put")
         form_request = Request(request.scope, _bounded_receive(request.receive, limit))
         try:
             form = await form_request.form(max_files=1, max_fields=8)
@@ -209,10 +248,10 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
                 raise InvalidArgumentError("the form's key field must be text", operation="put")
             name = key or file.filename or "upload"
             grant.require("write", name)
-            info = await storage.put_object(name, file, content_type=file.content_type)
+            info = await storage.put_object(name, file, content_type=check_content_type(file.content_type))
         finally:
             await form.close()
-        url = await storage.sign_url(name)
+        url = await storage.sign_url(name, expires_in=ctx.url_lifetime(grant, 3600))
         return JSONResponse(dict(info_json(info), url=url), status_code=201)
 
     @router.get("/urls/{key:path}", operation_id="signed_url")
@@ -222,8 +261,8 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
         download: bool = False,
     ) -> dict[str, Any]:
-        """A signed URL sharing one existing object without a token."""
-        ctx.check(request, "read", key)
+        """A signed URL sharing one existing object without a token; it expires no later than the token."""
+        expires_in = ctx.url_lifetime(ctx.check(request, "read", key), expires_in)
         return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
 
     return router

@@ -34,6 +34,7 @@ __all__ = ["RequestIdFilter", "RequestIdMiddleware", "current_request_id", "erro
 LOGGER = logging.getLogger("unistore.service")
 _REQUEST_ID: ContextVar[str] = ContextVar("unistore_service_request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
 _HTTP_TYPES = {
     400: "InvalidArgumentError",
@@ -159,6 +160,7 @@ class RequestIdMiddleware:
             elapsed = time.perf_counter() - started
             LOGGER.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
             if self.counter is not None:
-                self.counter.labels(scope["method"], str(status)).inc()
-                self.histogram.labels(scope["method"]).observe(elapsed)
+                method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
+                self.counter.labels(method, str(status)).inc()
+                self.histogram.labels(method).observe(elapsed)
             _REQUEST_ID.reset(token)

@@ -8,10 +8,24 @@ from dataclasses import dataclass, field
 
 from .._errors import ConfigurationError
 
-__all__ = ["ServiceSettings"]
+__all__ = ["KEY_LABELS", "ServiceSettings", "metrics_bind"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+KEY_LABELS = ("hash", "prefix", "raw", "off")
+
+
+def _words(text: str) -> list[str]:
+    return text.replace(",", " ").split()
+
+
+def metrics_bind(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``[::1]:PORT`` for IPv6) as a host and port; :class:`ConfigurationError` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"UNISTORE_METRICS must be token, open, off or HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,39 +34,70 @@ class ServiceSettings:
 
     ``auth=True`` needs ``secret`` (at least 16 bytes): bearer tokens are
     HMAC-signed with it. ``auth=False`` lets every request do everything (local
-    development only). ``max_body_size`` bounds a request body (413 beyond it).
+    development only). ``max_body_size`` bounds a request body (413 beyond it) and
+    ``max_json_size`` a JSON one (a control request: tokens, upload sessions), read
+    only after the caller is authenticated. ``header_timeout`` is how long a
+    connection may take to send a request's headers (from its opening or the
+    previous response; then it is closed), ``body_timeout`` how long a body may
+    pause between chunks and ``body_deadline`` how long a whole body may take
+    (``None``: no limit); a stalled body gets 408.
     ``token_rate``/``token_burst`` limit each token (or each client address when
     auth is off) and ``global_rate``/``global_burst`` the whole service, in
     requests per second (``None``: unlimited). ``max_list_limit`` caps a listing
     page. ``idempotency_ttl`` is how long a recorded write answers a replay;
+    ``idempotency_lease`` how long a write in progress holds its key without a
+    heartbeat (a replica that dies mid-write frees the key after at most this);
     ``upload_ttl`` how long an upload session lives, and every
     ``upload_sweep_interval`` seconds expired ones are swept. ``webhooks`` are URLs that
     receive each completion event as signed JSON (HMAC with ``webhook_secret``,
     else ``secret``).
+
+    Tokens: ``max_token_lifetime`` bounds every token (seconds, also those already
+    issued); ``accepted_secrets`` are older (or upcoming) secrets whose tokens are
+    still verified but never minted, the overlap window of a rotation.
+    ``metrics`` guards ``/metrics``: ``"token"`` (a token with the ``metrics``
+    action over all keys, e.g. an admin token), ``"open"``, ``"off"``, or
+    ``"HOST:PORT"`` (served only on that separate listener, without a token).
+    ``metrics_key_labels`` is how hot keys are labelled: ``"hash"`` (a digest
+    of the key), ``"prefix"`` (its first segment), ``"raw"`` or ``"off"``.
+    ``redis_url`` keeps rate-limit buckets and hot-key counts in Redis, shared
+    by every replica, under keys starting with ``redis_prefix``.
     """
 
     auth: bool = True
     secret: bytes | None = field(default=None, repr=False)
     max_body_size: int = 5 * 1024**3
+    max_json_size: int = 1024**2
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_deadline: float | None = None
     token_rate: float | None = None
     token_burst: int | None = None
     global_rate: float | None = None
     global_burst: int | None = None
     max_list_limit: int = 1000
     idempotency_ttl: float = 24 * 3600.0
+    idempotency_lease: float = 30.0
     max_token_lifetime: int = 7 * 24 * 3600
     upload_ttl: float = 24 * 3600.0
     upload_sweep_interval: float = 600.0
     webhooks: tuple[str, ...] = ()
     webhook_secret: bytes | None = field(default=None, repr=False)
+    accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    metrics: str = "token"
+    metrics_key_labels: str = "hash"
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "unistore"
 
     def __post_init__(self) -> None:
         if self.auth and (self.secret is None or len(self.secret) < 16):
             raise ConfigurationError(
                 "auth needs a secret of at least 16 bytes (UNISTORE_SECRET); set UNISTORE_AUTH=off for local use"
             )
-        if self.max_body_size < 1:
-            raise ConfigurationError("max_body_size must be >= 1")
+        if min(self.max_body_size, self.max_json_size) < 1:
+            raise ConfigurationError("max_body_size and max_json_size must be >= 1")
+        if min(self.header_timeout, self.body_timeout, self.body_deadline or 1.0) <= 0:
+            raise ConfigurationError("header_timeout, body_timeout and body_deadline must be > 0")
         for name in ("token_rate", "global_rate"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -66,24 +111,43 @@ class ServiceSettings:
         for url in self.webhooks:
             if not url.startswith(("http://", "https://")):
                 raise ConfigurationError(f"webhook URL must be http(s): {url!r}")
-        if min(self.idempotency_ttl, self.max_token_lifetime, self.upload_ttl, self.upload_sweep_interval) <= 0:
+        durations = (self.idempotency_ttl, self.idempotency_lease, self.max_token_lifetime, self.upload_ttl)
+        if min(*durations, self.upload_sweep_interval) <= 0:
             raise ConfigurationError(
-                "idempotency_ttl, max_token_lifetime, upload_ttl and upload_sweep_interval must be > 0"
+                "idempotency_ttl, idempotency_lease, max_token_lifetime, upload_ttl and upload_sweep_interval "
+                "must be > 0"
             )
+
+        if any(len(s) < 16 for s in self.accepted_secrets):
+            raise ConfigurationError("every accepted secret must be at least 16 bytes (UNISTORE_ACCEPTED_SECRETS)")
+        if self.metrics not in ("token", "open", "off"):
+            metrics_bind(self.metrics)
+        if self.metrics_key_labels not in KEY_LABELS:
+            raise ConfigurationError(f"metrics_key_labels must be one of {', '.join(KEY_LABELS)}")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("UNISTORE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
+            raise ConfigurationError("redis_prefix must be non-empty, without spaces")
 
     def __repr__(self) -> str:
         secret = "<redacted>" if self.secret else None
         return (
             f"ServiceSettings(auth={self.auth}, secret={secret}, max_body_size={self.max_body_size}, "
-            f"token_rate={self.token_rate}, global_rate={self.global_rate})"
+            f"token_rate={self.token_rate}, global_rate={self.global_rate}, metrics={self.metrics!r}, "
+            f"redis={'<redacted>' if self.redis_url else None})"
         )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read ``UNISTORE_SECRET``, ``UNISTORE_AUTH`` (on/off), ``UNISTORE_MAX_BODY_SIZE``,
+        ``UNISTORE_MAX_JSON_SIZE``, ``UNISTORE_HEADER_TIMEOUT``, ``UNISTORE_BODY_TIMEOUT``,
+        ``UNISTORE_BODY_DEADLINE`` (seconds),
         ``UNISTORE_TOKEN_RATE``, ``UNISTORE_TOKEN_BURST``, ``UNISTORE_GLOBAL_RATE``,
-        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
-        ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``.
+        ``UNISTORE_GLOBAL_BURST``, ``UNISTORE_IDEMPOTENCY_TTL``, ``UNISTORE_IDEMPOTENCY_LEASE``,
+        ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
+        ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``,
+        ``UNISTORE_MAX_TOKEN_LIFETIME``, ``UNISTORE_ACCEPTED_SECRETS`` (separated by commas or spaces),
+        ``UNISTORE_METRICS``, ``UNISTORE_METRICS_KEY_LABELS``, ``UNISTORE_REDIS_URL``, ``UNISTORE_REDIS_PREFIX``.
         Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
@@ -94,17 +158,30 @@ class ServiceSettings:
         kwargs: dict[str, object] = {
             "auth": auth_text in _TRUE,
             "secret": secret.encode() if secret else None,
-            "webhooks": tuple(env.get("UNISTORE_WEBHOOKS", "").replace(",", " ").split()),
+            "webhooks": tuple(_words(env.get("UNISTORE_WEBHOOKS", ""))),
             "webhook_secret": hook_secret.encode() if hook_secret else None,
+            "accepted_secrets": tuple(s.encode() for s in _words(env.get("UNISTORE_ACCEPTED_SECRETS", ""))),
+            "redis_url": env.get("UNISTORE_REDIS_URL") or None,
         }
+        for name in ("metrics", "metrics_key_labels", "redis_prefix"):
+            text = env.get("UNISTORE_" + name.upper(), "").strip()
+            if text:
+                kwargs[name] = text.lower() if name != "redis_prefix" else text
         casts: dict[str, type] = {
             "max_body_size": int,
+            "max_json_size": int,
+            "header_timeout": float,
+            "body_timeout": float,
+            "body_deadline": float,
             "token_rate": float,
             "token_burst": int,
             "global_rate": float,
             "global_burst": int,
+            "idempotency_ttl": float,
+            "idempotency_lease": float,
             "upload_ttl": float,
             "upload_sweep_interval": float,
+            "max_token_lifetime": int,
         }
         for name, cast in casts.items():
             raw = env.get("UNISTORE_" + name.upper())

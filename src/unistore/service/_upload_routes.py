@@ -12,6 +12,7 @@ from .._errors import InvalidArgumentError
 from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._access import ServiceContext
 from ._digests import expected_digests
+from ._guard import admitted_route
 from ._objects import check_length, info_json, request_body
 from ._uploads import MAX_PARTS, Session, UploadSessions
 
@@ -50,7 +51,7 @@ class PartUrlRequest(BaseModel):
 
 def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
     """The routes over ``sessions``; every step needs ``write`` on the session's key."""
-    router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+    router = APIRouter(prefix="/v1/uploads", tags=["uploads"], route_class=admitted_route(ctx))
 
     @router.post("", status_code=201, operation_id="create_upload")
     async def create_upload(
@@ -97,6 +98,7 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         grant = ctx.admit(request)
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
+        expires_in = ctx.url_lifetime(grant, expires_in)
         out = []
         for part in parts:
             url, headers = await sessions.part_url(session, part.number, expires_in=expires_in, checksum=part.checksum)

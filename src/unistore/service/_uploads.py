@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, NotFoundError, StorageError
 from .._keys import validate_key
-from .._types import ObjectInfo, normalize_metadata
+from .._types import ObjectInfo, check_content_type, normalize_metadata
 from ._digests import verified_body
 from ._hooks import Hook
 from ._state import StateStore
@@ -160,6 +160,7 @@ class UploadSessions:
         if not 1 <= part_size <= largest:
             raise InvalidArgumentError(f"part_size must be in 1..{largest}")
         meta = normalize_metadata(metadata)
+        content_type = check_content_type(content_type)
         now = self._clock()
         expires = int(now + self.ttl)
         # The id carries the expiry, so a sweep can tell stale sessions from a listing alone.
@@ -241,9 +242,12 @@ class UploadSessions:
                 sha.update(chunk)
                 yield chunk
 
+        # The digest is known only once the body has streamed: it is recorded beside the part,
+        # after it. A retry first drops the old digest, so a crash between the two writes leaves
+        # a part with no digest (not uploaded yet), never one described by another body's digest.
+        await self.state.remove(_part_key(session.id, number) + ".sha256")
         info = await self.state.put_object(_part_key(session.id, number), hashed())
         digest = base64.b64encode(sha.digest()).decode()
-        # The digest is known only once the body has streamed: record it beside the part.
         await self.state.put_object(_part_key(session.id, number) + ".sha256", digest.encode())
         return PartInfo(number, info.size, digest)
 

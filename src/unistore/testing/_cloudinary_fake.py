@@ -28,9 +28,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..backends._cloudinary_api import api_signature, parse_context, smart_escape, url_signature
+from ..backends._cloudinary_api import parse_context, smart_escape
 
 __all__ = ["FakeCloudinary"]
+
+
+_UNSIGNED = frozenset({"file", "api_key", "resource_type", "cloud_name", "signature"})
+
+
+def _sdk() -> Any:
+    """``cloudinary.utils`` of the official SDK (a dev dependency): signatures are checked with its algorithms."""
+    import cloudinary.utils  # type: ignore[import-untyped]
+
+    return cloudinary.utils
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -99,12 +109,14 @@ class FakeCloudinary:
     def _check_signed(self, params: dict[str, str]) -> Response | None:
         if params.get("api_key") != self.api_key:
             return _error(401, "Invalid api_key")
+        api_sign_request = _sdk().api_sign_request
         sig = params.get("signature", "")
         algorithm = "sha256" if len(sig) == 64 else "sha1"
-        signed = {k: v for k, v in params.items() if k != "signature_algorithm" or algorithm == "sha1"}
-        if (
-            api_signature(signed, self.api_secret, algorithm) != sig
-            and api_signature(params, self.api_secret, algorithm) != sig
+        signed = {k: v for k, v in params.items() if k not in _UNSIGNED}
+        bare = {k: v for k, v in signed.items() if k != "signature_algorithm"}
+        if sig not in (
+            api_sign_request(signed, self.api_secret, algorithm),
+            api_sign_request(bare, self.api_secret, algorithm),
         ):
             return _error(401, "Invalid Signature")
         try:
@@ -137,7 +149,7 @@ class FakeCloudinary:
         pid = params.get("public_id") or hashlib.sha1(data).hexdigest()[:20]
         content_range = request.headers.get("content-range")
         if content_range:
-            m = re.match(r"bytes (\d+)-(\d+)/(\d+)$", content_range)
+            m = re.fullmatch(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)", content_range)
             upload_id = request.headers.get("x-unique-upload-id")
             if not m or not upload_id:
                 return _error(400, "Invalid Content-Range or missing X-Unique-Upload-Id")
@@ -266,14 +278,13 @@ class FakeCloudinary:
         m = re.match(r"s--([A-Za-z0-9_-]{8})--/", rest)
         if m:
             signature, rest = f"s--{m.group(1)}--", rest[m.end() :]
-        m = re.match(r"(?:(.*)/)?v(\d+)/(.+)$", rest)
+        m = re.fullmatch(r"(?:(.*)/)?v([0-9]+)/(.+)", rest, re.DOTALL)
         if not m:
             return _error(404, "Resource not found")
         transformation, source = m.group(1) or "", m.group(3)
-        if p["type"] in ("authenticated", "private") or transformation or signature:
-            to_sign = "/".join(x for x in (transformation, source) if x)
-            if p["type"] == "private" or signature != url_signature(to_sign, self.api_secret):
-                return _error(401, "Invalid signature")
+        must_sign = p["type"] in ("authenticated", "private") or transformation or signature
+        if must_sign and (p["type"] == "private" or not self._sdk_signed(p, transformation, source, signature)):
+            return _error(401, "Invalid signature")
         pid_text = unquote(source)
         asset = self.assets.get((p["rt"], p["type"], pid_text))
         if asset is None and p["rt"] != "raw" and "." in pid_text:
@@ -290,13 +301,38 @@ class FakeCloudinary:
             headers["X-Fake-Transformation"] = transformation
         return self._serve(request, asset, headers)
 
+    def _sdk_signed(self, p: dict[str, Any], transformation: str, source: str, signature: str | None) -> bool:
+        """Whether the official SDK (``cloudinary.utils.cloudinary_url``, a dev dependency) signs this
+        path's public id and transformation with ``signature`` (either signature algorithm) and
+        writes the source exactly as the URL does."""
+        cloudinary_url = _sdk().cloudinary_url
+
+        if signature is None:
+            return False
+
+        for algorithm in ("sha1", "sha256"):
+            url, _ = cloudinary_url(
+                unquote(source),
+                cloud_name=self.cloud_name,
+                api_secret=self.api_secret,
+                sign_url=True,
+                signature_algorithm=algorithm,
+                raw_transformation=transformation or None,
+                resource_type=p["rt"],
+                type=p["type"],
+                version=1,
+            )
+            if url.endswith(f"/{source}") and f"/{signature}/" in url:
+                return True
+        return False
+
     @staticmethod
     def _serve(request: Request, asset: _Asset, headers: dict[str, str]) -> Response:
         data = asset.data
         headers["Accept-Ranges"] = "bytes"
         headers["ETag"] = f'"{hashlib.md5(data).hexdigest()}"'
         rng = request.headers.get("range")
-        m = re.match(r"bytes=(\d*)-(\d*)$", rng or "")
+        m = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", rng or "")
         if not m or (m.group(1) == "" and m.group(2) == ""):
             return Response(data, headers=headers, media_type="application/octet-stream")
         if m.group(1) == "":

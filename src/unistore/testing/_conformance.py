@@ -37,7 +37,7 @@ from .._errors import (
     StorageError,
     UnsupportedError,
 )
-from .._types import ByteRange, IfMatch, SuffixRange
+from .._types import ByteRange, CommonPrefix, IfMatch, ObjectInfo, SuffixRange
 
 __all__ = ["BackendConformance", "INVALID_KEYS", "TRICKY_KEYS"]
 
@@ -185,6 +185,30 @@ class BackendConformance:
         assert info.metadata == {"user_id": "42", "original_filename": "Résumé final.pdf", "size": "3", "flag": "true"}
         assert info.content_type == "application/pdf"
 
+    async def test_metadata_is_the_same_on_every_read_path(self, backend: StorageBackend, prefix: str) -> None:
+        """head, open (whole, ranged, large) and get_metadata return the metadata exactly as written:
+        percent signs, ``+``, unicode and mixed-case names (lower-cased once, at write time)."""
+        meta = {
+            "note": "50%25 off",
+            "pct": "100% sure",
+            "plus": "a+b c=d&e",
+            "uni": "Résumé 中文 ✓",
+            "CamelKey": "Mixed Case %41",
+            "padded": " two  spaces ",
+        }
+        expected = {name.lower(): value for name, value in meta.items()}
+        for key, data in ((prefix + "small.txt", b"0123456789"), (prefix + "large.bin", os.urandom(300_000))):
+            await backend.put_object(key, data, content_type="text/plain", metadata=meta)
+            assert dict((await backend.head(key)).metadata) == expected
+            md = await backend.get_metadata(key)
+            assert {name: md[name] for name in expected} == expected
+            for rng in (None, ByteRange(2, 5)):
+                download = await backend.open(key, range=rng)
+                try:
+                    assert dict(download.info.metadata) == expected, rng
+                finally:
+                    await download.aclose()
+
     async def test_content_type_guessed(self, backend: StorageBackend, prefix: str) -> None:
         await backend.put_object(prefix + "pic.png", b"\x89PNG")
         assert (await backend.head(prefix + "pic.png")).content_type == "image/png"
@@ -207,14 +231,40 @@ class BackendConformance:
         bad: list[dict[str, Any]] = [
             {"content_type": "text/plain\r\nSet-Cookie: x=1"},
             {"content_type": "tëxt/plain"},
+            {"content_type": "text/html\n"},
+            {"content_type": "text/plain, text/html"},  # a browser reads a list's last type: text/html
+            {"content_type": "text/plain;,text/html"},
+            {"content_type": "text/html, */*"},
+            {"content_type": "*/*"},
+            {"content_type": "not a type"},
             {"cache_control": "public\nX: 1"},
+            {"cache_control": "no-cache\n"},
             {"content_disposition": "inline\r\n"},
+            {"content_disposition": "inline\n"},
         ]
         for kwargs in bad:
             with pytest.raises(InvalidArgumentError):
                 await backend.put_object(key, b"v2", **kwargs)
         assert await backend.get(key) == b"v1"
         assert (await backend.head(key)).content_type == "text/plain"
+
+    async def test_cache_control_and_disposition_read_back_as_stored(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        plain = await backend.put_object(prefix + "plain.html", b"<p>", content_type="text/html")
+        for info in (plain, await backend.head(prefix + "plain.html")):
+            assert (info.cache_control, info.content_disposition) == (None, None)
+        async with await backend.open(prefix + "plain.html") as dl:
+            assert (dl.info.cache_control, dl.info.content_disposition) == (None, None)
+        await backend.put_object(
+            prefix + "set.html", b"<p>", content_type="text/html", cache_control="public, max-age=60",
+            content_disposition='inline; filename="set.html"',
+        )
+        info = await backend.head(prefix + "set.html")
+        assert (info.cache_control, info.content_disposition) == ("public, max-age=60", 'inline; filename="set.html"')
+        async with await backend.open(prefix + "set.html") as dl:
+            stored = (dl.info.cache_control, dl.info.content_disposition)
+        assert stored == (info.cache_control, info.content_disposition)
 
     async def test_overwrite_replaces_metadata(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "o"
@@ -377,6 +427,21 @@ class BackendConformance:
             await backend.open(key, if_none_match=f'"{info.etag}"')
         assert await (await backend.open(key, if_none_match="other")).read() == b"data"
 
+    async def test_preconditions_before_range(self, backend: StorageBackend, prefix: str) -> None:
+        """RFC 9110 §13.2.2: If-Match / If-None-Match are evaluated before Range, so a range
+        past the end of a shorter new version is a 412 / 304 for the old / new etag, not a 416."""
+        if not (backend.capabilities.conditional_get and backend.capabilities.ranges):
+            pytest.skip("needs conditional_get and ranges")
+        key = prefix + "shrunk"
+        old = await backend.put_object(key, os.urandom(200_000))
+        new = await backend.put_object(key, os.urandom(100_000))
+        with pytest.raises(PreconditionFailedError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_match=old.etag)
+        with pytest.raises(NotModifiedError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_none_match=new.etag)
+        with pytest.raises(InvalidRangeError):
+            await backend.open(key, range=ByteRange(180_000, 200_000), if_match=new.etag)
+
     async def test_concurrent_overwrites_never_mix(self, backend: StorageBackend, prefix: str) -> None:
         key = prefix + "mix"
         bodies = [bytes([i]) * 300_000 for i in range(8)]
@@ -449,6 +514,31 @@ class BackendConformance:
             seen += page
             after = page[-1]
         assert seen == keys
+
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
+        keys = ["a/1", "a/2/x", "a/2/y/z", "a-b", "a0/q", "b", "c/d/e", "d"]
+        for k in keys:
+            await backend.put_object(prefix + k, b"xy")
+
+        def names(entries: list[ObjectInfo | CommonPrefix]) -> list[str]:
+            return [e.prefix[len(prefix) :] if isinstance(e, CommonPrefix) else e.key[len(prefix) :] for e in entries]
+
+        top = [e async for e in backend.iter_entries(prefix)]
+        assert names(top) == ["a-b", "a/", "a0/", "b", "c/", "d"]
+        assert all(e.size == 2 for e in top if isinstance(e, ObjectInfo))
+        assert names([e async for e in backend.iter_entries(prefix + "a/")]) == ["a/1", "a/2/"]
+        assert names([e async for e in backend.iter_entries(prefix + "a/2/")]) == ["a/2/x", "a/2/y/"]
+        assert names([e async for e in backend.iter_entries(prefix + "a")]) == ["a-b", "a/", "a0/"]
+        assert [e async for e in backend.iter_entries(prefix + "zz/")] == []
+        # every entry's name is a cursor: resuming after it yields exactly the rest
+        for i, entry in enumerate(top):
+            cursor = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            rest = [e async for e in backend.iter_entries(prefix, start_after=cursor)]
+            assert names(rest) == names(top[i + 1 :]), cursor
+        inside = [e async for e in backend.iter_entries(prefix, start_after=prefix + "a/2/x")]
+        assert names(inside) == ["a0/", "b", "c/", "d"]  # a cursor inside a folder skips the folder
+        with pytest.raises(InvalidKeyError):
+            [e async for e in backend.iter_entries("../")]
 
     async def test_list_prefix_is_validated(self, backend: StorageBackend) -> None:
         for bad in ("../", "/etc", "a//", "..\\"):

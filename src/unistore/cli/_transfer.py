@@ -50,20 +50,31 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ._base import StorageBackend
-from ._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
-from ._records import exclusive, write_json
-from ._types import ByteRange, Download, ObjectInfo
+from .._base import StorageBackend
+from .._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
+from .._records import exclusive, write_json
+from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
-    from .backends.s3 import PartInfo, S3Backend
+    from ..backends.s3 import PartInfo, S3Backend
 
-__all__ = ["download", "note", "progress", "read_file", "upload", "write_file"]
+__all__ = ["Bars", "download", "human", "note", "progress", "read_file", "upload", "write_file"]
 
 err = Console(stderr=True)
 """The CLI's stderr: progress bars, notes and one-line errors."""
 
 Advance = Callable[[int], None]
+Bars = Callable[[str, "int | None", int], contextlib.AbstractContextManager[Advance]]
+"""Makes a progress display for one transfer: ``(label, total, done) -> context yielding advance(n)``."""
+
+
+def human(size: float) -> str:
+    """``size`` bytes in binary units: ``0 B``, ``1023 B``, ``1.5 KiB``, ``117.0 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(size) < 1024 or unit == "PiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def note(message: str) -> None:
@@ -208,12 +219,16 @@ async def _append(part: Path, chunks: AsyncIterator[bytes], offset: int, advance
         await asyncio.to_thread(f.close)
 
 
-async def download(store: StorageBackend, key: str, dest: Path, *, resume: bool, quiet: bool) -> int:
+async def download(
+    store: StorageBackend, key: str, dest: Path, *, resume: bool, quiet: bool, bars: Bars | None = None
+) -> int:
     """Download ``key`` to ``dest`` (see the module docstring); the bytes read in this run.
 
     With ``resume=False`` any partial download is discarded and the object is
-    written through a temp file that a failure removes.
+    written through a temp file that a failure removes. ``bars`` replaces the
+    default progress bar (the tree transfers' shared display).
     """
+    bar = bars or _bar(quiet)
     if not await asyncio.to_thread(dest.parent.is_dir):
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(dest.parent))
     part = dest.with_name(dest.name + ".part")
@@ -221,12 +236,14 @@ async def download(store: StorageBackend, key: str, dest: Path, *, resume: bool,
     if not resume:
         await asyncio.to_thread(_discard, part, side)
         async with await store.open(key) as whole:
-            with progress(f"get {key}", whole.content_length, quiet) as advance:
+            with bar(f"get {key}", whole.content_length, 0) as advance:
                 return await write_file(dest, whole.__aiter__(), advance)
     with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
         dl, offset = await _open_rest(store, key, part, side)
+        if offset:
+            note(f"resuming {key} at {human(offset)}")
         async with dl:
-            with progress(f"get {key}", dl.info.size, quiet, done=offset) as advance:
+            with bar(f"get {key}", dl.info.size, offset) as advance:
                 size = await _append(part, dl.__aiter__(), offset, advance)
         if size != dl.info.size:
             raise IntegrityError(f"{part} holds {size} bytes, the object {dl.info.size}: rerun to resume", key=key)
@@ -247,25 +264,37 @@ async def upload(
     metadata: Mapping[str, str],
     state_dir: str | None,
     quiet: bool,
+    bars: Bars | None = None,
+    mode: WriteMode = "overwrite",
+    cache_control: str | None = None,
 ) -> ObjectInfo:
     """Upload the file at ``path`` (stdin if ``None``) to ``key``, resuming where the store allows
-    (see the module docstring)."""
-    from .backends.http import HttpBackend
+    (see the module docstring). A ``mode`` other than overwrite, or a ``cache_control``, makes it
+    one atomic write."""
+    from ..backends.http import HttpBackend
 
     size = None if path is None else (await asyncio.to_thread(path.stat)).st_size
     s3 = _s3(store)
-    with progress(f"put {key}", size, quiet) as advance:
-        if path is not None and size is not None:
+    plain = mode == "overwrite" and cache_control is None
+    with (bars or _bar(quiet))(f"put {key}", size, 0) as advance:
+        if path is not None and size is not None and plain:
             if isinstance(store, HttpBackend) and size >= store.settings.multipart_threshold:
                 return await store.upload_file(
                     key, path, content_type=content_type, metadata=metadata, state_dir=state_dir, progress=advance
                 )
             if s3 is not None and size > s3.settings.part_size:
-                from .backends.http import _default_state_dir
+                from ..backends.http import _default_state_dir
 
                 state = Path(state_dir or _default_state_dir())
                 return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance)
-        return await store.put_object(key, read_file(path, advance), content_type=content_type, metadata=metadata)
+        return await store.put_object(
+            key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
+            cache_control=cache_control,
+        )
+
+
+def _bar(quiet: bool) -> Bars:
+    return lambda label, total, done: progress(label, total, quiet, done=done)
 
 
 def _s3(store: StorageBackend) -> S3Backend | None:
@@ -286,7 +315,7 @@ class _S3State:
 
 
 def _load_s3_state(path: Path) -> _S3State | None:
-    from .backends.s3 import PartInfo
+    from ..backends.s3 import PartInfo
 
     try:
         raw = json.loads(path.read_text())
@@ -306,7 +335,7 @@ async def _upload_s3(
     advance: Advance,
 ) -> ObjectInfo:
     """Upload ``path`` as a resumable ``backend.uploads`` session recorded under ``state_dir``."""
-    from .backends._s3multipart import MAX_PARTS
+    from ..backends._s3multipart import MAX_PARTS
 
     st = await asyncio.to_thread(os.stat, path)
     s, uploads = backend.settings, backend.uploads
@@ -332,7 +361,10 @@ async def _upload_s3(
             await asyncio.to_thread(write_json, state_file, state.dump())
         size, step = st.st_size, state.part_size
         count = -(-size // step)
-        advance(sum(p.size for p in state.parts.values()))
+        resumed = sum(p.size for p in state.parts.values())
+        if resumed:
+            note(f"resuming {key} at {human(resumed)}")
+        advance(resumed)
         slots, record = asyncio.Semaphore(s.max_concurrency), asyncio.Lock()
         fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
         run, opened = state, session

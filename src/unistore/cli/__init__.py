@@ -1,0 +1,38 @@
+"""``unistore``: the command line over any store (typer + rich).
+
+A store is a URL (``--store``, or ``UNISTORE_STORE``; else auto-detected from
+``STORAGE_*`` like ``easy_storage()``, and an error when nothing is configured):
+``file:///srv/files``, ``s3://bucket``, ``http://127.0.0.1:8000`` (a unistore
+service; token from ``--token`` or ``UNISTORE_TOKEN``)... or the name of a store
+saved with ``unistore store add NAME URL``. ``cp``/``mv``/``sync`` address an
+object as ``STORE_URL#KEY``, ``NAME:KEY`` or by its own URL (``s3://bucket/key``,
+``gs://bucket/key``, ``http(s)://HOST/v1/objects/KEY``), a local file by its path
+or ``file:///path`` (a directory means ``dir/<basename>``), stdin/stdout as ``-``.
+
+``get`` and ``put`` resume interrupted transfers when rerun (see
+:mod:`unistore.cli._transfer`); ``cp -r``, ``sync`` and ``mv -r`` move whole trees
+with several transfers at once, skipping what is already there unchanged (see
+:mod:`unistore.cli._tree`).
+
+Exit codes, one per error family (see :data:`EXIT_CODES`): 0 success, 2 usage,
+3 not found, 4 permission denied, 5 precondition failed, 6 invalid input,
+7 unavailable or throttled (retry later), 8 configuration, 9 integrity,
+10 quota exceeded, 11 unsupported, 1 any other storage error, 130 interrupted.
+Expected failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _admin, _objects, _trees
+from ._common import EXIT_CODES, app, exit_code
+
+__all__ = ["EXIT_CODES", "app", "exit_code", "main"]
+
+_COMMANDS = (_admin, _objects, _trees)  # imported for the commands they register on ``app``
+
+
+def main() -> Any:
+    """The ``unistore`` console script."""
+    return app()

@@ -1,0 +1,543 @@
+"""Tree transfers (``unistore cp -r``, ``sync``, ``mv -r``) and prefix-wide ``rm -r`` / ``du``.
+
+A tree is a store prefix or a local directory. Both sides are listed lazily in
+code-point order and merged, so memory stays bounded however many files there
+are; a bounded queue feeds ``transfers`` workers.
+
+- A file is **unchanged** when the sizes are equal and the destination is not older
+  than the source (whole seconds: S3 keeps no more); with ``checksum`` when the
+  SHA-256 digests are equal (an object's ``sha256`` metadata when it has one, else its
+  bytes are read). Downloaded files get the object's modification time, so the next
+  run compares equal.
+- Unchanged files are skipped, which is what makes a rerun after Ctrl-C cheap; large
+  files resume where they stopped (see :mod:`unistore._cli_transfer`).
+- Filters: a path (relative to the tree, ``/``-separated) is selected when it matches
+  one ``--include`` glob (if any are given) and no ``--exclude`` glob. ``*`` matches
+  across ``/`` (as in aws-cli), so ``*.jpg`` selects JPEGs at any depth. Files left out
+  by the filters are neither copied nor deleted.
+- ``sync --delete`` removes destination files that the source lacks, after every copy
+  succeeded (nothing is deleted when a copy failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import math
+import os
+import shutil
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from .._base import StorageBackend
+from .._errors import AlreadyExistsError, IntegrityError, StorageError
+from .._types import ObjectInfo, WriteMode
+from ._transfer import Advance, download, err, human, note, upload
+
+__all__ = [
+    "Filters",
+    "LocalTree",
+    "Options",
+    "StoreTree",
+    "Tree",
+    "TreeStats",
+    "remove_tree",
+    "stdin_confirms",
+    "transfer_tree",
+]
+
+LARGE = 32 * 1024 * 1024
+"""Files at least this large get a bar of their own in the shared display."""
+
+_OWN_FILES = (".part", ".part.json", ".part.lock")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One file of a tree."""
+
+    rel: str
+    size: int
+    mtime: float
+    info: ObjectInfo | None = None  # what the store said, for objects
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """``--include`` / ``--exclude`` globs over tree-relative paths."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def selects(self, rel: str) -> bool:
+        """Whether ``rel`` takes part (see the module docstring)."""
+        if self.include and not any(fnmatch.fnmatchcase(rel, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(rel, g) for g in self.exclude)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How a tree transfer runs."""
+
+    transfers: int = 4
+    checksum: bool = False
+    ignore_existing: bool = False
+    delete: bool = False
+    move: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    filters: Filters = Filters()
+    content_type: str | None = None
+    cache_control: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    state_dir: str | None = None
+
+
+@dataclass(slots=True)
+class TreeStats:
+    """What a run did."""
+
+    copied: int = 0
+    bytes: int = 0
+    unchanged: int = 0
+    existing: int = 0
+    deleted: int = 0
+    failed: int = 0
+    first_error: BaseException | None = None
+
+    def summary(self, seconds: float) -> str:
+        parts = [f"copied {self.copied} ({human(self.bytes)})"]
+        if self.unchanged:
+            parts.append(f"skipped {self.unchanged} unchanged")
+        if self.existing:
+            parts.append(f"skipped {self.existing} existing")
+        if self.deleted:
+            parts.append(f"deleted {self.deleted}")
+        if self.failed:
+            parts.append(f"failed {self.failed}")
+        return ", ".join(parts) + f" in {seconds:.1f} s"
+
+
+class Tree(ABC):
+    """One side of a tree transfer."""
+
+    @abstractmethod
+    def items(self) -> AsyncIterator[Item]:
+        """Every file, in code-point order of ``rel``."""
+
+    @abstractmethod
+    def name(self, rel: str) -> str:
+        """How messages name a file of the tree."""
+
+    @abstractmethod
+    async def sha256(self, item: Item) -> str:
+        """The file's SHA-256 (hex)."""
+
+    @abstractmethod
+    async def remove(self, rel: str) -> None:
+        """Delete one file (missing is fine)."""
+
+
+@dataclass(slots=True)
+class StoreTree(Tree):
+    """The objects under ``prefix`` of a store."""
+
+    store: StorageBackend
+    prefix: str = ""
+
+    async def items(self) -> AsyncIterator[Item]:
+        async for info in self.store.iter_objects(self.prefix):
+            yield Item(info.key[len(self.prefix) :], info.size, info.last_modified.timestamp(), info)
+
+    def name(self, rel: str) -> str:
+        return self.prefix + rel
+
+    async def sha256(self, item: Item) -> str:
+        recorded = item.info.metadata.get("sha256") if item.info is not None else None
+        if recorded:
+            return recorded
+        digest = hashlib.sha256()
+        async with await self.store.open(self.prefix + item.rel) as dl:
+            async for chunk in dl:
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    async def remove(self, rel: str) -> None:
+        await self.store.remove(self.prefix + rel)
+
+
+@dataclass(slots=True)
+class LocalTree(Tree):
+    """The regular files under a local directory (symbolic links and the CLI's own partial
+    files are not part of it)."""
+
+    root: Path
+
+    async def items(self) -> AsyncIterator[Item]:
+        walk = _walk(self.root, "")
+        while batch := await asyncio.to_thread(_take, walk, 512):
+            for item in batch:
+                yield item
+
+    def name(self, rel: str) -> str:
+        return str(self.root / rel)
+
+    async def sha256(self, item: Item) -> str:
+        return await asyncio.to_thread(_file_sha256, self.root / item.rel)
+
+    async def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self.root / rel)
+
+
+def _walk(directory: Path, rel: str) -> Iterator[Item]:
+    """Files under ``directory`` in code-point order of their relative path (a directory ``d``
+    sorts as ``d/``, which is where its files fall in that order)."""
+    try:
+        with os.scandir(directory) as it:
+            entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it]
+    except FileNotFoundError:
+        return
+    for sort_name, entry in sorted(entries, key=lambda pair: pair[0]):
+        if sort_name.endswith("/"):
+            yield from _walk(Path(entry.path), rel + sort_name)
+        elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(_OWN_FILES):
+            if entry.name.startswith(".unistore."):
+                continue  # a temp file of an interrupted write
+            st = entry.stat(follow_symlinks=False)
+            yield Item(rel + entry.name, st.st_size, st.st_mtime)
+
+
+def _take(items: Iterator[Item], n: int) -> list[Item]:
+    out = []
+    for item in items:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _merged(
+    src: AsyncIterator[Item], dst: AsyncIterator[Item]
+) -> AsyncIterator[tuple[Item | None, Item | None]]:
+    """Pairs of same-named files from two sorted listings (``None`` where one side lacks it).
+
+    A listing out of code-point order would pair the wrong files (and ``--delete`` would
+    remove files the source has), so it stops the run with :class:`IntegrityError`."""
+    src, dst = _ordered(src), _ordered(dst)
+    a = await anext(src, None)
+    b = await anext(dst, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a.rel < b.rel):
+            yield a, None
+            a = await anext(src, None)
+        elif a is None or b.rel < a.rel:
+            yield None, b
+            b = await anext(dst, None)
+        else:
+            yield a, b
+            a, b = await anext(src, None), await anext(dst, None)
+
+
+async def _ordered(items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    last: str | None = None
+    async for item in items:
+        if last is not None and item.rel <= last:
+            raise IntegrityError(
+                f"the store listed {item.rel!r} after {last!r}: not in key order, so trees cannot be compared"
+            )
+        last = item.rel
+        yield item
+
+
+class _Display:
+    """One progress display for a whole tree: files and bytes overall, a bar per large file."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=quiet or not err.is_terminal,
+            transient=False,
+        )
+        self.files = self.done = 0
+        self.total: TaskID = self.bar.add_task("", total=0)
+        self._describe()
+
+    def _describe(self) -> None:
+        self.bar.update(self.total, description=f"{self.done}/{self.files} files")
+
+    def plan(self, size: int) -> None:
+        self.files += 1
+        task = self.bar.tasks[self.total]
+        self.bar.update(self.total, total=(task.total or 0) + size)
+        self._describe()
+
+    def finish(self) -> None:
+        self.done += 1
+        self._describe()
+
+    @contextlib.contextmanager
+    def bars(self, label: str, total: int | None, done: int) -> Iterator[Advance]:
+        own = self.bar.add_task(label, total=total, completed=done) if (total or 0) >= LARGE else None
+        self.bar.advance(self.total, done)
+
+        def advance(n: int) -> None:
+            self.bar.advance(self.total, n)
+            if own is not None:
+                self.bar.advance(own, n)
+
+        try:
+            yield advance
+        finally:
+            if own is not None:
+                self.bar.remove_task(own)
+
+
+Action = Literal["copy", "check", "skip"]
+"""copy; compare digests, then copy if they differ; nothing to copy (a move still removes the source)."""
+
+
+async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
+    """Make ``dst`` hold ``src``'s selected files (see the module docstring)."""
+    stats, started = TreeStats(), time.monotonic()
+    queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
+    display = _Display(opts.quiet or opts.dry_run)
+
+    async def produce() -> None:
+        async for a, b in _merged(src.items(), dst.items()):
+            if a is None or not opts.filters.selects(a.rel):
+                continue
+            if b is not None and opts.ignore_existing:
+                stats.existing += 1
+                continue
+            if b is not None and not opts.checksum and _same_by_time(a, b):
+                stats.unchanged += 1
+                if opts.move and not opts.dry_run:
+                    display.plan(0)
+                    await queue.put(("skip", a, b))
+                continue
+            if opts.dry_run:
+                typer.echo(f"would copy {src.name(a.rel)} -> {dst.name(a.rel)} ({human(a.size)})")
+                stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
+                continue
+            display.plan(a.size)
+            await queue.put(("check" if b is not None and opts.checksum else "copy", a, b))
+
+    async def work() -> None:
+        while (job := await queue.get()) is not None:
+            action, a, b = job
+            try:
+                if action == "skip":
+                    pass
+                elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
+                    stats.unchanged += 1
+                else:
+                    await _copy(src, dst, a, opts, display)
+                    stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
+                if opts.move:
+                    await src.remove(a.rel)
+            except AlreadyExistsError:
+                stats.existing += 1
+            except (StorageError, OSError) as exc:
+                stats.failed += 1
+                stats.first_error = stats.first_error or exc
+                message = exc.message if isinstance(exc, StorageError) else str(exc)
+                note(f"{type(exc).__name__}: {message or exc} ({src.name(a.rel)})")
+            finally:
+                display.finish()
+
+    with display.bar, _first_error():
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(work()) for _ in range(opts.transfers)]
+            try:
+                await produce()
+            finally:
+                for _ in workers:
+                    await queue.put(None)
+    if opts.delete and stats.failed == 0:
+        with _first_error():
+            await _delete_extra(src, dst, opts, stats)
+    if not opts.quiet:
+        note(stats.summary(time.monotonic() - started))
+    return stats
+
+
+def _same_by_time(a: Item, b: Item) -> bool:
+    return a.size == b.size and b.mtime >= math.floor(a.mtime)
+
+
+async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
+    return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
+
+
+async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display) -> None:
+    mode: WriteMode = "create" if opts.ignore_existing else "overwrite"
+    metadata = dict(a.info.metadata) if a.info is not None else {}
+    metadata.update(opts.metadata)
+    if isinstance(dst, StoreTree):
+        key = dst.prefix + a.rel
+        if opts.checksum:
+            metadata["sha256"] = await src.sha256(a)
+        if isinstance(src, LocalTree):
+            await upload(
+                dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
+                state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+            )
+            return
+        assert isinstance(src, StoreTree) and a.info is not None
+        async with await src.store.open(src.prefix + a.rel) as dl:
+            with display.bars(f"cp {a.rel}", a.size, 0) as advance:
+                await dst.store.put_object(
+                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or a.info.content_type,
+                    metadata=metadata, mode=mode, cache_control=opts.cache_control or a.info.cache_control,
+                    content_disposition=a.info.content_disposition,
+                )
+        return
+    assert isinstance(dst, LocalTree)
+    path = dst.root / a.rel
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    if isinstance(src, StoreTree):
+        await download(src.store, src.prefix + a.rel, path, resume=True, quiet=True, bars=display.bars)
+    else:
+        assert isinstance(src, LocalTree)
+        with display.bars(f"cp {a.rel}", a.size, 0) as advance:
+            await asyncio.to_thread(shutil.copyfile, src.root / a.rel, path)
+            advance(a.size)
+    await asyncio.to_thread(os.utime, path, (a.mtime, a.mtime))
+
+
+async def _counted(chunks: AsyncIterator[bytes], advance: Advance) -> AsyncIterator[bytes]:
+    async for data in chunks:
+        advance(len(data))
+        yield data
+
+
+async def _delete_extra(src: Tree, dst: Tree, opts: Options, stats: TreeStats) -> None:
+    """Delete the selected destination files the source lacks (a second merged pass)."""
+    gate = asyncio.Semaphore(opts.transfers)
+
+    async def delete(rel: str) -> None:
+        try:
+            await dst.remove(rel)
+            stats.deleted += 1
+        finally:
+            gate.release()
+
+    async with asyncio.TaskGroup() as tg:
+        async for a, b in _merged(src.items(), dst.items()):
+            if a is None and b is not None and opts.filters.selects(b.rel):
+                if opts.dry_run:
+                    typer.echo(f"would delete {dst.name(b.rel)}")
+                    stats.deleted += 1
+                else:
+                    await gate.acquire()  # bounds the tasks in flight, so memory stays bounded
+                    tg.create_task(delete(b.rel))
+
+
+async def remove_tree(
+    store: StorageBackend,
+    prefix: str,
+    *,
+    filters: Filters,
+    dry_run: bool,
+    confirm: Callable[[int], bool],
+    threshold: int = 1000,
+    transfers: int = 8,
+) -> int:
+    """Delete every selected object under ``prefix``; more than ``threshold`` need ``confirm(n)``
+    (``n`` is a lower bound when the listing is longer). The count deleted (or that would be)."""
+    tree = StoreTree(store, prefix)
+    if not dry_run:
+        seen = 0
+        async for item in tree.items():
+            seen += filters.selects(item.rel)
+            if seen > threshold:
+                break
+        if seen > threshold and not confirm(seen):
+            return 0
+    count, gate = 0, asyncio.Semaphore(transfers)
+
+    async def delete(key: str) -> None:  # "" counts a dry run's would-be deletion
+        nonlocal count
+        if not key:
+            count += 1
+            return
+        try:
+            if await store.remove(key):
+                count += 1
+        finally:
+            gate.release()
+
+    with _first_error():
+        await _delete_all(tree, filters, dry_run, gate, delete)
+    return count
+
+
+async def _delete_all(
+    tree: StoreTree,
+    filters: Filters,
+    dry_run: bool,
+    gate: asyncio.Semaphore,
+    delete: Callable[[str], Coroutine[Any, Any, None]],
+) -> None:
+    async with asyncio.TaskGroup() as tg:
+        async for item in tree.items():
+            if not filters.selects(item.rel):
+                continue
+            if dry_run:
+                typer.echo(f"would delete {tree.prefix + item.rel}")
+                await delete("")
+                continue
+            await gate.acquire()
+            tg.create_task(delete(tree.prefix + item.rel))
+
+
+@contextlib.contextmanager
+def _first_error() -> Iterator[None]:
+    """A task group's first error as itself (the CLI maps error types to exit codes)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def stdin_confirms(count: int) -> bool:
+    """Ask on the terminal; refuse when there is none."""
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(f"delete more than {count - 1} objects?", default=False)
