@@ -28,7 +28,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["NOT_THERE", "USE_OPENAT2", "Beneath", "openat2_available"]
+__all__ = ["Beneath", "NOT_THERE", "USE_OPENAT2", "openat2_available"]
 
 USE_OPENAT2 = True
 """Use ``openat2`` where the kernel has it; tests set this to ``False`` to exercise the walk."""
