@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError, StorageError
+from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError
 from unistore.backends import _beneath
 from unistore.backends._localmeta import sidecar_path
 
@@ -417,11 +417,17 @@ def _errno(opener: Callable[..., int], *args: object) -> int | None:
     return None
 
 
-async def test_ping_reports_a_replaced_base_directory(tmp_path: Path) -> None:
-    """The store keeps the base directory it opened; replacing it fails the health check."""
+async def test_ping_moves_to_a_replaced_base_directory(tmp_path: Path) -> None:
+    """The store keeps the base directory it opened; a health check (``ping``) moves it to a
+    directory that replaced it at ``base_path``."""
     backend = LocalBackend(base_path=str(tmp_path / "store"), url_secret=SECRET)
-    await backend.ping()
+    await backend.put("a/x", b"old")
     (tmp_path / "store").rename(tmp_path / "moved")
+    assert await backend.get("a/x") == b"old"  # still the directory it opened
     (tmp_path / "store").mkdir()
-    with pytest.raises(StorageError, match="replaced"):
-        await backend.ping()
+    await backend.ping()
+    assert not await backend.exists("a/x")
+    await backend.put("a/x", b"new")
+    assert (tmp_path / "store" / "a" / "x").read_bytes() == b"new"
+    assert (tmp_path / "moved" / "a" / "x").read_bytes() == b"old"
+    await backend.aclose()

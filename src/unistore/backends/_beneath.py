@@ -116,15 +116,21 @@ class Beneath:
         if _OPENAT2.ok is None:
             _OPENAT2.probe(self._fd)
 
-    def replaced(self) -> bool:
-        """Whether ``path`` now names another directory than the one opened (the store keeps
-        using the one it opened; a health check reports this)."""
+    def refresh(self) -> bool:
+        """Reopen ``path`` if it now names another directory than the one opened (the base was
+        replaced); return whether it did. The old descriptor stays open for operations still
+        using it, until this object is dropped."""
         try:
-            st = os.stat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         except OSError:
-            return True
-        mine = os.fstat(self._fd)
-        return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+            return False
+        mine, now = os.fstat(self._fd), os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+            os.close(fd)
+            return False
+        self._fd = fd
+        weakref.finalize(self, os.close, fd)
+        return True
 
     def open(self, rel: str, flags: int, mode: int = 0o644) -> int:
         """Open ``rel`` (a file or directory) with ``flags``; never through a symbolic link."""

@@ -772,10 +772,11 @@ class LocalBackend(BaseBackend):
         await self._run("ping", None, self._ping_sync)
 
     def _ping_sync(self) -> None:
+        if self._fs.refresh():  # base_path was replaced: use the new directory from now on
+            os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+            self._locks.close()  # lock files of the old directory
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "base_path is not writable")
-        if self._fs.replaced():
-            raise StorageError("base_path was replaced since the store opened it: restart", backend=self.name)
 
     async def aclose(self) -> None:
         self._locks.close()
