@@ -1,6 +1,7 @@
 """File-system mechanics of :class:`LocalBackend`: layout names, temp files, stripe locks,
 the persisted URL secret, and the sorted directory scan. No policy lives here: the backend
-decides what a write or read means; these helpers only do it safely on disk.
+decides what a write or read means; these helpers only do it safely on disk. Every path
+is opened through :class:`~._beneath.Beneath` (never through a symbolic link).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import stat as stat_mod
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidKeyError
 from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
+from ._beneath import NOT_THERE, Beneath
 
 __all__ = [
     "O_CLOEXEC",
@@ -29,11 +30,10 @@ __all__ = [
     "StripeLocks",
     "TMP_PREFIX",
     "Temp",
-    "check_dirs",
     "copy_to_fd",
-    "fsync_dir",
     "load_secret",
     "meta_path",
+    "read_small",
     "scan_dir",
     "write_all",
 ]
@@ -55,53 +55,59 @@ def meta_path(path: str) -> str:
     return os.path.join(d, f"{RESERVED_PREFIX}.{name}.meta")
 
 
-def check_dirs(root: str, key: str) -> None:
-    """Raise ``NotADirectoryError`` unless every directory on the way from ``root`` to
-    ``key`` (its segments before the last ``/``) is a real directory: a symbolic link
-    placed in the tree is never followed. ``FileNotFoundError`` if one is missing."""
-    end = key.find("/")
-    while end != -1:
-        if not stat_mod.S_ISDIR(os.lstat(os.path.join(root, key[:end])).st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", key[:end])
-        end = key.find("/", end + 1)
+def read_small(fs: Beneath, rel: str, limit: int = 1 << 16) -> bytes:
+    """The first ``limit`` bytes of the regular file ``rel`` (``O_NONBLOCK``: a FIFO put in
+    its place never blocks). ``FileNotFoundError`` if it is not a regular file."""
+    fd = fs.open(rel, os.O_RDONLY | O_NONBLOCK)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", rel)
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
-def load_secret(internal: Path) -> bytes:
+def load_secret(fs: Beneath, internal: str) -> bytes:
     """The URL secret kept in ``internal/url-secret`` (0600), created on first use.
 
     Several workers starting together agree on one secret: each writes a private temp
     file and ``link()``s it into place, which fails for all but the first.
     """
-    path = internal / "url-secret"
+    path = f"{internal}/url-secret"
     with contextlib.suppress(FileNotFoundError):
-        return path.read_bytes().strip()
-    tmp = internal / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return read_small(fs, path).strip()
+    dfd = fs.open_dir(internal)
     try:
-        os.write(fd, secrets.token_urlsafe(48).encode())
-        os.fsync(fd)
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            os.write(fd, secrets.token_urlsafe(48).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, "url-secret", src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp, dir_fd=dfd)
+        os.fsync(dfd)  # URLs signed with it must still verify after a power cut
     finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
-    fsync_dir(str(internal))  # URLs signed with it must still verify after a power cut
-    return path.read_bytes().strip()
+        os.close(dfd)
+    return read_small(fs, path).strip()
 
 
 class StripeLocks:
     """Exclusive per-key locks that hold across threads and processes.
 
-    A key hashes to one of ``stripes`` lock files under ``directory``; a thread lock
+    A key hashes to one of ``stripes`` lock files in ``fs``'s ``directory``; a thread lock
     serialises this process's threads and ``fcntl.flock`` serialises processes. Lock
     file descriptors are cached and reopened after ``fork`` (inherited descriptors
     would share the parent's locks).
     """
 
-    def __init__(self, directory: Path, stripes: int = 256) -> None:
+    def __init__(self, fs: Beneath, directory: str, stripes: int = 256) -> None:
+        self._fs = fs
         self._dir = directory
         self._stripes = stripes
         self._thread_locks = [threading.Lock() for _ in range(stripes)]
@@ -146,7 +152,7 @@ class StripeLocks:
                 self._pid = os.getpid()
             fd = self._fds.get(stripe)
             if fd is None:
-                fd = os.open(self._dir / f"{stripe:03d}.lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o600)
+                fd = self._fs.open(f"{self._dir}/{stripe:03d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
                 self._fds[stripe] = fd
             return fd
 
@@ -159,7 +165,7 @@ class StripeLocks:
                 os.close(fd)
 
 
-def scan_dir(root: str, dir_rel: str, name_prefix: str, start_after: str | None) -> list[tuple[str, str, bool]]:
+def scan_dir(fs: Beneath, dir_rel: str, name_prefix: str, start_after: str | None) -> list[tuple[str, str, bool]]:
     """Sorted ``(sort_name, key, is_dir)`` entries of one directory that can match.
 
     A subdirectory ``d`` sorts as ``d/``, which makes a depth-first walk yield keys in
@@ -167,13 +173,17 @@ def scan_dir(root: str, dir_rel: str, name_prefix: str, start_after: str | None)
     key can have are skipped; subtrees wholly at or before ``start_after`` are pruned.
     """
     out: list[tuple[str, str, bool]] = []
-    base = os.path.join(root, dir_rel) if dir_rel else root
     head = dir_rel + "/" if dir_rel else ""
     try:
-        check_dirs(root, head)  # never list through a symbolic link
-        it = os.scandir(base)
-    except (FileNotFoundError, NotADirectoryError):
-        return out
+        dfd = fs.open_dir(dir_rel)  # never through a symbolic link
+    except OSError as exc:
+        if exc.errno in NOT_THERE:
+            return out
+        raise
+    try:
+        it = os.scandir(dfd)  # scans a duplicate of dfd
+    finally:
+        os.close(dfd)
     with it:
         for e in it:
             name = e.name
@@ -208,13 +218,14 @@ def _usable(validate: Callable[[object], str], text: str) -> bool:
 
 
 class Temp:
-    """A temp file being written, locked by its writer: closed exactly once, removed unless
-    renamed into place."""
+    """A temp file ``name`` being written in the directory open as ``dir_fd``, locked by its
+    writer: closed exactly once, removed unless renamed into place. ``release()`` closes the
+    directory."""
 
-    __slots__ = ("fd", "open", "path")
+    __slots__ = ("dir_fd", "fd", "name", "open")
 
-    def __init__(self, fd: int, path: str) -> None:
-        self.fd, self.path, self.open = fd, path, True
+    def __init__(self, fd: int, dir_fd: int, name: str) -> None:
+        self.fd, self.dir_fd, self.name, self.open = fd, dir_fd, name, True
         # Held until the commit: a sweep in any process removes only temp files nobody holds.
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -224,11 +235,19 @@ class Temp:
             self.open = False
             os.close(self.fd)
 
+    def release(self) -> None:
+        if self.dir_fd >= 0:
+            fd, self.dir_fd = self.dir_fd, -1
+            os.close(fd)
+
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # already renamed into place: ENOENT, ignored
+        if self.dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name, dir_fd=self.dir_fd)  # already renamed into place: ENOENT, ignored
+            with contextlib.suppress(OSError):
+                self.release()
 
 
 def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
@@ -272,12 +291,3 @@ def copy_to_fd(src: Any, fd: int, chunk_size: int, check: Callable[[int], None])
         total += n
         check(total)
     return total
-
-
-def fsync_dir(path: str) -> None:
-    """Make renames in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

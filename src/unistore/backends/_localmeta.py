@@ -20,6 +20,8 @@ import errno
 import hashlib
 import json
 import os
+import stat as stat_mod
+from collections.abc import Callable
 from typing import Any
 
 from .._keys import RESERVED_PREFIX
@@ -43,6 +45,7 @@ SIDECAR_SUFFIX = ".vm"
 LEGACY_SUFFIX = ".meta"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO put in a sidecar's place never blocks
 # setxattr errors that mean "not here": no support, or this record does not fit the inode
 _NO_ROOM = {errno.E2BIG, errno.ENOSPC, errno.ERANGE, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EDQUOT}
 
@@ -68,13 +71,13 @@ def matches(record: dict[str, Any], st: os.stat_result, *, ino: bool) -> bool:
     )
 
 
-def probe_xattr(directory: str, name: str) -> bool:
-    """Whether files in ``directory`` keep a ``user.*`` attribute (ext4, xfs, btrfs; tmpfs since 6.6)."""
+def probe_xattr(dir_fd: int, name: str) -> bool:
+    """Whether files in the directory open as ``dir_fd`` keep a ``user.*`` attribute (ext4,
+    xfs, btrfs; tmpfs since 6.6); ``name`` is a fresh temp-file name for the probe."""
     if not hasattr(os, "setxattr"):
         return False  # pragma: no cover - not Linux
-    path = os.path.join(directory, name)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     except OSError:
         return False
     try:
@@ -85,7 +88,7 @@ def probe_xattr(directory: str, name: str) -> bool:
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def try_set_xattr(fd: int, data: bytes) -> bool:
@@ -123,13 +126,16 @@ def sidecar_path(path: str, ino: int) -> str:
     return os.path.join(d, f"{RESERVED_PREFIX}.{ino:x}.{name}{SIDECAR_SUFFIX}")
 
 
-def read_sidecar(path: str) -> dict[str, Any] | None:
-    """A sidecar's record, or ``None`` if it is missing or unreadable."""
+def read_sidecar(path: str, opener: Callable[[str, int], int] = os.open) -> dict[str, Any] | None:
+    """A sidecar's record, or ``None`` if it is missing, unreadable or not a regular file.
+    ``opener(path, flags)`` opens it (the store passes one that never follows a link)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        fd = opener(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return None
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -140,16 +146,17 @@ def read_sidecar(path: str) -> dict[str, Any] | None:
     return _decode(b"".join(chunks))
 
 
-def write_sidecar(path: str, data: bytes, fsync: bool) -> None:
-    """Write a new sidecar at ``path``. A file already there is a leftover of a version that
-    never committed (its name holds the inode of our live temp file): it is replaced."""
+def write_sidecar(path: str, data: bytes, fsync: bool, dir_fd: int | None = None) -> None:
+    """Write a new sidecar at ``path`` (relative to ``dir_fd`` if given). A file already there
+    is a leftover of a version that never committed (its name holds the inode of our live
+    temp file): it is replaced."""
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o644, dir_fd=dir_fd)
             break
         except FileExistsError:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(path, dir_fd=dir_fd)
     else:
         raise FileExistsError(errno.EEXIST, "sidecar name is taken", path)
     try:

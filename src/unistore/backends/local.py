@@ -31,8 +31,11 @@ sidecars that killed writers left.
 
 Deviations: a key cannot be both an object and a "directory" (``a`` and
 ``a/b``): the second write raises :class:`InvalidKeyError`. Symbolic links are
-neither listed nor followed: a key through a linked directory is not found,
-and writing one raises :class:`InvalidKeyError`. Files placed by hand under
+neither listed nor followed, at any position: every path is opened relative to a
+descriptor of the base directory with no link allowed on the way (``openat2``, or a
+walk; see ``_beneath``), then acted on by name relative to its opened directory, so a
+link swapped in concurrently is never followed either. A key through a linked
+directory is not found, and writing one raises :class:`InvalidKeyError`. Files placed by hand under
 names no key can have (backslashes, control characters, invalid UTF-8, paths
 over 1024 bytes) and special files (FIFOs, sockets) are not objects.
 Cross-process locking needs POSIX ``flock``.
@@ -90,6 +93,7 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
+from ._beneath import NOT_THERE, Beneath
 from ._localfs import (
     O_CLOEXEC,
     O_NOFOLLOW,
@@ -97,9 +101,7 @@ from ._localfs import (
     TMP_PREFIX,
     StripeLocks,
     Temp,
-    check_dirs,
     copy_to_fd,
-    fsync_dir,
     load_secret,
     meta_path,
     scan_dir,
@@ -177,21 +179,24 @@ class LocalBackend(BaseBackend):
     def __init__(self, settings: LocalSettings | None = None, **options: Any) -> None:
         self.settings = settings_from(LocalSettings, settings, options)
         self.root = Path(self.settings.base_path).absolute()
-        self._root = str(self.root)
-        self._internal = self.root / RESERVED_PREFIX
         try:
-            (self._internal / "locks").mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._fs = Beneath(str(self.root))  # every path below is opened relative to it
+            os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+            secret = (
+                self.settings.url_secret.encode()
+                if self.settings.url_secret
+                else load_secret(self._fs, RESERVED_PREFIX)
+            )
         except OSError as exc:
+            why = "a symbolic link or non-directory in the way" if exc.errno in NOT_THERE else exc.strerror
             raise ConfigurationError(
-                f"cannot create base_path {str(self.root)!r} ({exc.strerror}); set STORAGE_BASE_PATH",
+                f"cannot set up base_path {str(self.root)!r} ({why}); set STORAGE_BASE_PATH",
                 backend=self.name,
             ) from exc
-        secret = self.settings.url_secret.encode() if self.settings.url_secret else load_secret(self._internal)
         self._signer = UrlSigner(secret, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
-        self._locks = StripeLocks(self._internal / "locks")
-        self._real_root = os.path.realpath(self._root)
-        self._proc_fd = os.path.isdir("/proc/self/fd")
+        self._locks = StripeLocks(self._fs, f"{RESERVED_PREFIX}/locks")
         self._clock_lock = threading.Lock()
         self._last_us = 0
         # Per-process sources of unique names and stamp jitter: no getrandom() per write.
@@ -211,13 +216,6 @@ class LocalBackend(BaseBackend):
         """The signer the file route verifies this backend's URLs with."""
         return self._signer
 
-    # --- setup ----------------------------------------------------------------------
-
-    # --- paths ----------------------------------------------------------------------
-
-    def _path(self, key: str) -> str:
-        return os.path.join(self._root, key)
-
     # --- error boundary ---------------------------------------------------------------
 
     def _translate(self, exc: BaseException, operation: str, key: str | None) -> BaseException:
@@ -230,8 +228,8 @@ class LocalBackend(BaseBackend):
         if not isinstance(exc, OSError):
             return exc
         where = {"key": key, "backend": self.name, "operation": operation}
-        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError) or exc.errno == errno.ELOOP:
-            return NotFoundError("no such object", **where)  # ELOOP: O_NOFOLLOW met a symbolic link
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError) or exc.errno in _NOT_OBJECT:
+            return NotFoundError("no such object", **where)
         if isinstance(exc, PermissionError):
             return PermissionDeniedError(f"permission denied ({exc.strerror})", **where)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -258,19 +256,27 @@ class LocalBackend(BaseBackend):
     def _probe_exact_mtime(self) -> bool:
         """Whether this file system keeps a nanosecond mtime exactly as set (ext4, xfs,
         btrfs, tmpfs, APFS do); if not, every object gets a sidecar."""
-        tmp = self._internal / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         stamp = self._stamp(True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
+        dfd = self._fs.open_dir(RESERVED_PREFIX)
         try:
-            _set_mtime(fd, str(tmp), stamp)
-            return os.fstat(fd).st_mtime_ns == stamp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                _set_mtime(fd, stamp)
+                return os.fstat(fd).st_mtime_ns == stamp
+            finally:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=dfd)
         finally:
-            os.close(fd)
-            os.unlink(tmp)
+            os.close(dfd)
 
     def _probe_xattr(self) -> bool:
         """Whether this file system keeps ``user.*`` extended attributes, where records go."""
-        return probe_xattr(str(self._internal), f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        dfd = self._fs.open_dir(RESERVED_PREFIX)
+        try:
+            return probe_xattr(dfd, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        finally:
+            os.close(dfd)
 
     def _own_temps(self) -> str:
         """The name prefix of this process's temp files (see ``_temp_name``)."""
@@ -292,25 +298,27 @@ class LocalBackend(BaseBackend):
         return us * 1000 + low + (low >= _MARK)
 
     def _info(
-        self, key: str, path: str, st: os.stat_result, ignore_sidecar: bool, fd: int | None = None
+        self, key: str, st: os.stat_result, ignore_sidecar: bool, fd: int, d: int | None = None
     ) -> ObjectInfo | os.stat_result:
-        """Info of the data-file version ``st`` (open as ``fd``, else at ``path``): its record's,
-        or ``st`` itself when it has none (``_stat_info`` turns that into an ObjectInfo, on the
-        event loop: work in a worker thread is the expensive kind). Raises ``_Torn`` if the
-        version was replaced or deleted before its sidecar was read."""
+        """Info of the data-file version ``st`` open as ``fd``: its record's, or ``st`` itself
+        when it has none (``_stat_info`` turns that into an ObjectInfo, on the event loop: work
+        in a worker thread is the expensive kind). A sidecar is read beneath the base, or by
+        name in ``key``'s directory open as ``d``. Raises ``_Torn`` if the version was replaced
+        or deleted before its sidecar was read."""
         if ignore_sidecar or (self._exact and st.st_mtime_ns % 1000 != _MARK):
             return st
         meta = None
         if self._xattr:
-            meta = read_xattr(path if fd is None else fd)
+            meta = read_xattr(fd)
             if meta is not None and not matches(meta, st, ino=False):
                 meta = None  # edited in place by hand: the record is not this content's
         if meta is None:
-            meta = read_sidecar(sidecar_path(path, st.st_ino)) or read_sidecar(meta_path(path))
+            where, opener = (key, self._fs.open) if d is None else (key.rpartition("/")[2], _opener(d))
+            meta = read_sidecar(sidecar_path(where, st.st_ino), opener) or read_sidecar(meta_path(where), opener)
             if meta is not None and not matches(meta, st, ino=True):
                 meta = None
         if meta is None:
-            if fd is not None and os.fstat(fd).st_nlink == 0:
+            if os.fstat(fd).st_nlink == 0:
                 raise _Torn  # replaced (or deleted) and its sidecar removed while we looked
             return st  # a crash leftover, or a file placed by hand
         return ObjectInfo(
@@ -338,27 +346,25 @@ class LocalBackend(BaseBackend):
             except _Torn:
                 return read(True)
 
-    def _inside(self, fd: int, key: str) -> None:
-        """Raise ``NotADirectoryError`` if the file open as ``fd`` was reached through a symbolic
-        link: one ``readlink`` of ``/proc/self/fd`` in the common case, a walk otherwise."""
-        if self._proc_fd:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/self/fd/{fd}") == self._real_root + "/" + key:
-                    return
-        check_dirs(self._root, key)
-
-    def _current(self, key: str, path: str) -> ObjectInfo | None:
-        """The stored version's info, or ``None``; call with the key's lock held."""
+    def _current(self, key: str, dir_fd: int) -> ObjectInfo | None:
+        """The stored version's info (``key``'s directory open as ``dir_fd``), or ``None``;
+        call with the key's lock held."""
         try:
-            st = os.stat(path, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat_mod.S_ISREG(st.st_mode):
-            return None
+            fd = os.open(key.rpartition("/")[2], os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in NOT_THERE or exc.errno == errno.ENXIO:
+                return None
+            raise
         try:
-            return _as_info(key, self._info(key, path, st, False))
-        except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
-            return _stat_info(key, st)
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                return None
+            try:
+                return _as_info(key, self._info(key, st, False, fd, dir_fd))
+            except _Torn:  # we hold the lock, so no writer is mid-commit: a crash leftover
+                return _stat_info(key, st)
+        finally:
+            os.close(fd)
 
     def _head_sync(self, key: str) -> ObjectInfo:
         opened, _, _ = self._open_sync(key, None, -1)
@@ -367,16 +373,14 @@ class LocalBackend(BaseBackend):
     def _open_sync(self, key: str, rng: Range | None, small: int) -> tuple[_Opened, int, int]:
         """Open one version of ``key``; read it right away if the span is at most ``small``
         bytes (``small < 0``: only look, keep nothing open)."""
-        path = self._path(key)
 
         def attempt(ignore_sidecar: bool) -> tuple[ObjectInfo | os.stat_result, int]:
-            fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+            fd = self._fs.open(key, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
             try:
                 st = os.fstat(fd)
                 if not stat_mod.S_ISREG(st.st_mode):
-                    raise FileNotFoundError(path)
-                self._inside(fd, key)
-                info = self._info(key, path, st, ignore_sidecar, fd)
+                    raise FileNotFoundError(errno.ENOENT, "not a regular file", key)
+                info = self._info(key, st, ignore_sidecar, fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -488,8 +492,7 @@ class LocalBackend(BaseBackend):
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
             return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
-        path = self._path(key)
-        temp: Temp = await self._run("put", key, self._create_temp, key, path)
+        temp: Temp = await self._run("put", key, self._create_temp, key)
         committed = False
         try:
             size = 0
@@ -505,7 +508,7 @@ class LocalBackend(BaseBackend):
                     buf, buffered = [], 0
             if buf:
                 await self._run("put", key, write_all, temp.fd, buf)
-            written = await self._run("put", key, self._commit, key, path, temp, size, meta, mode)
+            written = await self._run("put", key, self._commit, key, temp, size, meta, mode)
             committed = True
             return _written_info(key, meta, written)
         finally:
@@ -517,7 +520,7 @@ class LocalBackend(BaseBackend):
         versions that never committed, untouched for ``older_than`` seconds, and directories
         that leaves empty; returns how many files were removed. Also runs by itself, in a
         background thread, at the first write and every ``SWEEP_EVERY`` seconds after."""
-        removed: int = await self._run("sweep", None, sweep_tree, self._root, older_than, self._own_temps())
+        removed: int = await self._run("sweep", None, sweep_tree, self._fs, older_than, self._own_temps())
         return removed
 
     def _start_sweep(self) -> None:
@@ -530,9 +533,9 @@ class LocalBackend(BaseBackend):
 
     def _sweep_quietly(self) -> None:
         try:
-            sweep_tree(self._root, STALE_AFTER, self._own_temps())
+            sweep_tree(self._fs, STALE_AFTER, self._own_temps())
         except Exception as exc:  # a background chore: logged, retried at the next interval
-            LOGGER.warning("sweeping crash leftovers under %s failed: %s", self._root, exc)
+            LOGGER.warning("sweeping crash leftovers under %s failed: %s", self.root, exc)
 
     def _check_size(self, key: str, size: int) -> None:
         limit = self.settings.max_object_size
@@ -541,77 +544,66 @@ class LocalBackend(BaseBackend):
                 f"object is larger than max_object_size={limit}", key=key, backend=self.name, operation="put"
             )
 
-    def _create_temp(self, key: str, path: str) -> Temp:
-        """A new temp file beside ``path``, creating (real, never symlinked) parent directories."""
-        parent = os.path.dirname(path)
+    def _create_temp(self, key: str) -> Temp:
+        """A new temp file in ``key``'s directory, creating (real, never linked) directories."""
         head = key.rpartition("/")[0]
         for _ in range(32):
-            name = self._temp_name()
-            tmp = os.path.join(parent, name)
             try:
-                temp = Temp(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644), tmp)
-            except FileExistsError:
-                continue  # a crash leftover of a process that had our pid
-            except FileNotFoundError:
                 try:
-                    check_dirs(self._root, key)  # never create directories through a link
+                    dfd = self._fs.open_dir(head)
                 except FileNotFoundError:
-                    pass
-                except NotADirectoryError as exc:
+                    dfd = self._fs.make_dirs(head)
+            except FileNotFoundError:
+                continue  # a delete removed an emptied ancestor while we created its child
+            except OSError as exc:
+                if exc.errno in NOT_THERE:  # ENOTDIR, ELOOP
                     raise InvalidKeyError("key passes through an existing object or a symbolic link", key=key) from exc
-                self._make_parents(key, parent)
-                continue
-            except NotADirectoryError as exc:
-                raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
+                raise
+            name = self._temp_name()
             try:
-                self._inside(temp.fd, f"{head}/{name}" if head else name)
-            except NotADirectoryError as exc:
-                temp.discard()
-                raise InvalidKeyError("key passes through a symbolic link", key=key) from exc
-            return temp
+                return Temp(
+                    os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644, dir_fd=dfd), dfd, name
+                )
+            except (FileExistsError, FileNotFoundError):
+                os.close(dfd)  # a crash leftover of a process that had our pid; or the directory was removed
+            except BaseException:
+                os.close(dfd)
+                raise
         raise StorageError("could not create a temp file", key=key, backend=self.name)
 
-    def _make_parents(self, key: str, parent: str) -> None:
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except FileNotFoundError:
-            pass  # a delete removed an emptied ancestor while we created its child: retried
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise InvalidKeyError("key conflicts with an existing object used as a directory", key=key) from exc
-
     def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> _Written:
-        path = self._path(key)
-        temp = self._create_temp(key, path)
+        temp = self._create_temp(key)
         try:
             write_all(temp.fd, [data])
-            return self._commit(key, path, temp, len(data), meta, mode)
+            return self._commit(key, temp, len(data), meta, mode)
         except BaseException:
             temp.discard()
             raise
 
     def _put_file_sync(self, key: str, source: Any, meta: dict[str, Any], mode: WriteMode) -> _Written:
-        path = self._path(key)
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open(os.fspath(source), "rb")) if isinstance(source, os.PathLike) else source
-            temp = self._create_temp(key, path)
+            temp = self._create_temp(key)
             try:
                 size = copy_to_fd(src, temp.fd, self.settings.chunk_size, lambda n: self._check_size(key, n))
-                return self._commit(key, path, temp, size, meta, mode)
+                return self._commit(key, temp, size, meta, mode)
             except BaseException:
                 temp.discard()
                 raise
 
-    def _commit(self, key: str, path: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
+    def _commit(self, key: str, temp: Temp, size: int, meta: dict[str, Any], mode: WriteMode) -> _Written:
         """Make the temp file ``key``'s new version: stamp it, attach its record (extended
         attribute, else a sidecar named by the temp file's inode), fsync, then under the key's
         lock decide the precondition and rename: that one rename commits data and record
         together. The replaced version's sidecar, if any, is removed only after it. Returns
-        the raw facts; the event loop builds the ObjectInfo (see ``_info``)."""
+        the raw facts; the event loop builds the ObjectInfo (see ``_info``). Every name is
+        relative to the temp file's directory, ``d``."""
         fsync = self.settings.fsync
         marked = meta["marked"]
         _crash_point("temp-written", key)
         stamp = self._stamp(marked)
-        _set_mtime(temp.fd, temp.path, stamp)
+        d, name = temp.dir_fd, key.rpartition("/")[2]
+        _set_mtime(temp.fd, stamp)
         st = os.fstat(temp.fd)
         sidecar: str | None = None
         if marked:
@@ -619,9 +611,9 @@ class LocalBackend(BaseBackend):
             record = {k: meta[k] for k in ("ct", "meta", "cc", "cd")}
             record.update(v=3, etag=etag, size=size, mt=st.st_mtime_ns)
             if not (self._xattr and try_set_xattr(temp.fd, encode(record))):
-                record.update(ino=st.st_ino, name=os.path.basename(path))
-                sidecar = sidecar_path(path, st.st_ino)
-                write_sidecar(sidecar, encode(record), fsync)
+                record.update(ino=st.st_ino, name=name)
+                sidecar = sidecar_path(name, st.st_ino)
+                write_sidecar(sidecar, encode(record), fsync, d)
                 _crash_point("sidecar-written", key)
         else:
             etag = _stat_etag(st)
@@ -633,14 +625,14 @@ class LocalBackend(BaseBackend):
             stripe = self._locks.acquire(key)
             try:
                 if mode != "overwrite":
-                    check_write_mode(self._current(key, path), mode, key, self.name)
-                old = self._old_sidecar(path)
-                self._replace_data(key, temp.path, path)
+                    check_write_mode(self._current(key, d), mode, key, self.name)
+                old = self._old_sidecar(d, name)
+                self._replace_data(key, d, temp.name, name)
                 committed = True
                 _crash_point("data-renamed", key)
                 if old is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(old)
+                        os.unlink(old, dir_fd=d)
                     _crash_point("old-sidecar-removed", key)
             finally:
                 self._locks.release(stripe)
@@ -648,31 +640,32 @@ class LocalBackend(BaseBackend):
             temp.close()  # its lock told sweepers this temp file was alive until now
             if sidecar is not None and not committed:
                 with contextlib.suppress(OSError):
-                    os.unlink(sidecar)
+                    os.unlink(sidecar, dir_fd=d)
         if fsync:
-            fsync_dir(os.path.dirname(path))
+            os.fsync(d)  # make the renames durable
             _crash_point("dir-synced", key)
+        temp.release()
         return size, stamp, etag
 
-    def _old_sidecar(self, path: str) -> str | None:
-        """The sidecar the version at ``path`` may have (call with the key's lock held)."""
+    def _old_sidecar(self, d: int, name: str) -> str | None:
+        """The sidecar the version ``name`` in directory ``d`` may have (call with the key's lock held)."""
         try:
-            st = os.stat(path, follow_symlinks=False)
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
         except OSError:
             return None
         if not stat_mod.S_ISREG(st.st_mode) or (self._exact and st.st_mtime_ns % 1000 != _MARK):
             return None
-        return sidecar_path(path, st.st_ino)
+        return sidecar_path(name, st.st_ino)
 
     @staticmethod
-    def _replace_data(key: str, tmp: str, path: str) -> None:
+    def _replace_data(key: str, d: int, tmp: str, name: str) -> None:
         try:
-            os.replace(tmp, path)
+            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except IsADirectoryError:
             # A directory left behind holding no object, only crash leftovers, is removed.
-            clear_dir(path)
+            clear_dir(d, name)
             try:
-                os.replace(tmp, path)
+                os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
             except IsADirectoryError as exc:
                 raise InvalidKeyError("key is a directory of other objects", key=key) from exc
 
@@ -682,37 +675,51 @@ class LocalBackend(BaseBackend):
         return removed
 
     def _remove_sync(self, key: str, if_match: str | None) -> bool:
-        path = self._path(key)
+        head, _, name = key.rpartition("/")
         try:
-            check_dirs(self._root, key)
-        except (FileNotFoundError, NotADirectoryError):
+            d = self._fs.open_dir(head)
+        except OSError as exc:
+            if exc.errno not in NOT_THERE:
+                raise
             check_remove_condition(None, if_match, key, self.name)
             return False
-        with self._locks.hold(key):
-            if if_match is not None:
-                check_remove_condition(self._current(key, path), if_match, key, self.name)
-            old = self._old_sidecar(path)
-            try:
-                st = os.stat(path, follow_symlinks=False)
-                if not stat_mod.S_ISREG(st.st_mode):
+        try:
+            with self._locks.hold(key):
+                if if_match is not None:
+                    check_remove_condition(self._current(key, d), if_match, key, self.name)
+                old = self._old_sidecar(d, name)
+                try:
+                    st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                    if not stat_mod.S_ISREG(st.st_mode):
+                        return False
+                    os.unlink(name, dir_fd=d)
+                except (FileNotFoundError, NotADirectoryError):
                     return False
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-            for sidecar in (old, meta_path(path)):
-                if sidecar is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(sidecar)
-        # Drop now-empty parent directories (writers recreate them if they race us).
-        parent = os.path.dirname(path)
-        root = str(self.root)
-        while parent != root and parent.startswith(root):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
+                for sidecar in (old, meta_path(name)):
+                    if sidecar is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(sidecar, dir_fd=d)
+        finally:
+            os.close(d)
+        self._prune(head)
         return True
+
+    def _prune(self, head: str) -> None:
+        """Remove directory ``head`` and its ancestors while they are empty (writers recreate
+        them if they race us), each by name in its opened parent."""
+        while head:
+            parent, _, name = head.rpartition("/")
+            try:
+                d = self._fs.open_dir(parent)
+            except OSError:
+                return
+            try:
+                os.rmdir(name, dir_fd=d)
+            except OSError:
+                return
+            finally:
+                os.close(d)
+            head = parent
 
     # --- listing ----------------------------------------------------------------------
 
@@ -721,13 +728,13 @@ class LocalBackend(BaseBackend):
         explicit stack so each key passes through one generator, not one per level."""
         check_listing_args(prefix, start_after)
         dir_rel, _, name_prefix = prefix.rpartition("/")
-        scan = await self._run("list", prefix, scan_dir, self._root, dir_rel, name_prefix, start_after)
+        scan = await self._run("list", prefix, scan_dir, self._fs, dir_rel, name_prefix, start_after)
         stack = [iter(scan)]
         n = 0
         while stack:
             for _, k, is_dir in stack[-1]:
                 if is_dir:
-                    sub = await self._run("list", prefix, scan_dir, self._root, k, "", start_after)
+                    sub = await self._run("list", prefix, scan_dir, self._fs, k, "", start_after)
                     stack.append(iter(sub))
                     break  # descend; this level's iterator resumes after the subtree
                 yield k
@@ -752,8 +759,11 @@ class LocalBackend(BaseBackend):
     def _infos(self, keys: list[str]) -> list[ObjectInfo]:
         out = []
         for k in keys:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                out.append(self._head_sync(k))  # deleted since the scan: skip
+            try:
+                out.append(self._head_sync(k))
+            except OSError as exc:
+                if exc.errno not in NOT_THERE:
+                    raise  # else deleted (or a link put in its way) since the scan: skip
         return out
 
     # --- URLs, health -------------------------------------------------------------------
@@ -770,12 +780,18 @@ class LocalBackend(BaseBackend):
         await self._run("ping", None, self._ping_sync)
 
     def _ping_sync(self) -> None:
+        if self._fs.refresh():  # base_path was replaced: use the new directory from now on
+            os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+            self._locks.close()  # lock files of the old directory
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "base_path is not writable")
 
     async def aclose(self) -> None:
         self._locks.close()
 
+
+_NOT_OBJECT = frozenset({errno.ELOOP, errno.ENXIO})
+"""Errors that mean "not an object": a symbolic link met on the way; a socket opened."""
 
 _MARK = 777
 """``mtime_ns % 1000`` of a data file whose version has a record (see ``_stamp``)."""
@@ -791,11 +807,8 @@ def _crash_point(step: str, key: str) -> None:
         _crash_hook(step, key)
 
 
-def _set_mtime(fd: int, path: str, stamp: int) -> None:
-    if os.utime in os.supports_fd:
-        os.utime(fd, ns=(stamp, stamp))
-    else:  # pragma: no cover - platforms without futimens
-        os.utime(path, ns=(stamp, stamp))
+def _set_mtime(fd: int, stamp: int) -> None:
+    os.utime(fd, ns=(stamp, stamp))  # futimens: every POSIX system this runs on has it
 
 
 def _stat_etag(st: os.stat_result) -> str:
@@ -833,6 +846,11 @@ def _written_info(key: str, meta: dict[str, Any], written: _Written) -> ObjectIn
 
 def _as_info(key: str, info: ObjectInfo | os.stat_result) -> ObjectInfo:
     return info if isinstance(info, ObjectInfo) else _stat_info(key, info)
+
+
+def _opener(d: int) -> Callable[[str, int], int]:
+    """Open a name in the directory open as ``d`` (never a symbolic link)."""
+    return lambda name, flags: os.open(name, flags | O_NOFOLLOW | O_CLOEXEC, dir_fd=d)
 
 
 class _Torn(Exception):
