@@ -10,7 +10,7 @@ are; a bounded queue feeds ``transfers`` workers.
   bytes are read). Downloaded files get the object's modification time, so the next
   run compares equal.
 - Unchanged files are skipped, which is what makes a rerun after Ctrl-C cheap; large
-  files resume where they stopped (see :mod:`unistore._cli_transfer`).
+  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore._cli_transfer`).
 - Filters: a path (relative to the tree, ``/``-separated) is selected when it matches
   one ``--include`` glob (if any are given) and no ``--exclude`` glob. ``*`` matches
   across ``/`` (as in aws-cli), so ``*.jpg`` selects JPEGs at any depth. Files left out
@@ -66,6 +66,11 @@ __all__ = [
 
 LARGE = 32 * 1024 * 1024
 """Files at least this large get a bar of their own in the shared display."""
+
+RESUME_AT = LARGE
+"""Downloads at least this large keep a resumable ``.part`` (locked, fsynced); smaller ones
+are written in one go through a temp file and a rename (as ``get --no-resume``), which
+costs a fraction of the system calls: a rerun simply fetches them again."""
 
 _OWN_FILES = (".part", ".part.json", ".part.lock")
 
@@ -429,7 +434,8 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display)
     path = dst.root / a.rel
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     if isinstance(src, StoreTree):
-        await download(src.store, src.prefix + a.rel, path, resume=True, quiet=True, bars=display.bars)
+        resume = a.size >= RESUME_AT
+        await download(src.store, src.prefix + a.rel, path, resume=resume, quiet=True, bars=display.bars)
     else:
         assert isinstance(src, LocalTree)
         with display.bars(f"cp {a.rel}", a.size, 0) as advance:
