@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -248,3 +249,37 @@ def test_tree_download_writes_small_files_in_one_go_and_resumes_large_ones(
     assert code == 0 and "resuming t/big.bin at" in err
     assert read_tree(down) == files and not list(down.rglob("*.part*"))
     assert len(synced) == 1  # the resumed large file only
+
+
+def test_tree_upload_bounds_the_s3_parts_in_flight_across_files(
+    seaweed: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each large file used to run its own 8 parts, so 4 x 256 MiB at -j 4 peaked over 400 MiB.
+    The real upload_part is wrapped (not replaced) to count the parts in flight."""
+    from unistore.backends._s3sessions import S3Uploads
+    from unistore.cli import _tree
+
+    files = {f"big{i}.bin": os.urandom(8 * 1024 * 1024 + 1) for i in range(4)}  # 2 parts each
+    make_tree(tmp_path / "src", files)
+    monkeypatch.setattr(_tree, "UPLOAD_PARTS", 3, raising=False)
+    now = peak = 0
+    real = S3Uploads.upload_part
+
+    async def counted(self: S3Uploads, *args: Any, **kwargs: Any) -> Any:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        try:
+            return await real(self, *args, **kwargs)
+        finally:
+            now -= 1
+
+    monkeypatch.setattr(S3Uploads, "upload_part", counted)
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    prefix = f"cli-parts-{uuid.uuid4().hex[:8]}"
+    s3 = f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}"
+    code, _, err = cli("cp", "-r", str(tmp_path / "src"), s3, "-j", "4", "-q", env=env)
+    assert code == 0, err
+    assert 1 <= peak <= 3
+    assert cli("cp", "-r", s3, str(tmp_path / "back"), "-q", env=env)[0] == 0
+    assert read_tree(tmp_path / "back") == files

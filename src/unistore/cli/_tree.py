@@ -72,6 +72,11 @@ RESUME_AT = LARGE
 are written in one go through a temp file and a rename (as ``get --no-resume``), which
 costs a fraction of the system calls: a rerun simply fetches them again."""
 
+UPLOAD_PARTS = 6
+"""S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
+bounds memory however many large files are sent at once (each file alone would use the
+store's ``max_concurrency``, 8, so ``-j 4`` held 32 parts, over 400 MiB)."""
+
 _OWN_FILES = (".part", ".part.json", ".part.lock")
 
 
@@ -339,6 +344,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     stats, started = TreeStats(), time.monotonic()
     queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
     display = _Display(opts.quiet or opts.dry_run)
+    parts = asyncio.Semaphore(UPLOAD_PARTS)
 
     async def produce() -> None:
         async for a, b in _merged(src.items(), dst.items()):
@@ -369,7 +375,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
                 elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
                     stats.unchanged += 1
                 else:
-                    await _copy(src, dst, a, opts, display)
+                    await _copy(src, dst, a, opts, display, parts)
                     stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
                 if opts.move:
                     await src.remove(a.rel)
@@ -407,7 +413,7 @@ async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
 
 
-async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display) -> None:
+async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display, parts: asyncio.Semaphore) -> None:
     mode: WriteMode = "create" if opts.ignore_existing else "overwrite"
     metadata = dict(a.info.metadata) if a.info is not None else {}
     metadata.update(opts.metadata)
@@ -419,6 +425,7 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display)
             await upload(
                 dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
                 state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+                part_slots=parts,
             )
             return
         assert isinstance(src, StoreTree) and a.info is not None
