@@ -29,6 +29,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -112,17 +113,23 @@ def run_measured(cmd: list[str], env: dict[str, str], timeout: int) -> dict[str,
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ps = psutil.Process(proc.pid)
-    peak, status = 0, 0
-    while True:
-        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        peak = max(peak, tree_rss(ps))
-        if time.perf_counter() - start > timeout:
-            proc.kill()
+    peak, status, done = 0, 0, False
+    try:
+        while True:
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                done = True
+                break
+            peak = max(peak, tree_rss(ps))
+            if time.perf_counter() - start > timeout:
+                break
+            time.sleep(0.02)
+    finally:
+        if not done:  # timed out, or this harness is stopping: take the client down with it
+            for p in [*ps.children(recursive=True), ps]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
             pid, status, _ = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -396,6 +403,7 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the client on kill
     a = parse_args()
     b = Bench(a)
     try:
