@@ -19,6 +19,7 @@ than both.
     .venv/bin/python bench/cli.py                          # full run, 3 repetitions
     .venv/bin/python bench/cli.py --quick                  # smoke test (~1 min)
     .venv/bin/python bench/cli.py --markdown bench/CLI_RESULTS.md --json bench/cli-results.json
+    .venv/bin/python bench/cli.py --report bench/cli-results.json   # the tables again
     .venv/bin/python bench/cli.py --tools unistore --cases small-up --reps 1 --profile-dir /tmp/prof
 """
 
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-snapshot", action="store_true", help="run the live src/ tree, not a copy")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a saved run")
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--profile-dir", default=None, help="run unistore under cProfile, stats here (slows it)")
     ap.add_argument("--timeout", type=int, default=900, help="per client run (s)")
@@ -371,7 +373,8 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
     verdicts = []
     for case in cases:
         peers = [med[case, t] for t in tools if t != "unistore" and (case, t) in med]
-        cells = [f"{med[case, t]:.2f}" if (case, t) in med else "failed" for t in tools]
+        ran = {r["tool"] for r in R["runs"] if r["case"] == case}
+        cells = [f"{med[case, t]:.2f}" if (case, t) in med else ("failed" if t in ran else "-") for t in tools]
         ratio = med[case, "unistore"] / min(peers) if peers and (case, "unistore") in med else None
         limit = 0.5 if case.startswith("nochange") else 0.8
         verdict = "?" if ratio is None else ("PASS" if ratio <= limit else "MISS")
@@ -405,6 +408,16 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the client on kill
     a = parse_args()
+    if a.report:
+        import json
+
+        saved = json.loads(Path(a.report).read_text())
+        tools = list(dict.fromkeys(r["tool"] for r in saved["runs"]))
+        text = summarize(saved, tools, list(dict.fromkeys(r["case"] for r in saved["runs"])))
+        print(text)
+        if a.markdown:
+            Path(a.markdown).write_text(text)
+        return
     b = Bench(a)
     try:
         b.run()
