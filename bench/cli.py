@@ -314,6 +314,7 @@ class Bench(Harness):
                     for tool in rotate(self.tools, rep + self.cases.index(case)):
                         self.R["runs"].append(self.measure(case, tool, rep))
                         self.save()
+        self.save()
         if not a.keep:
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -427,7 +428,8 @@ def main() -> None:
             print(text)
             if a.markdown:
                 Path(a.markdown).write_text(text)
-            b.save()
+            if b.work.exists():
+                b.save()
 
 
 if __name__ == "__main__":
