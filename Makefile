@@ -54,17 +54,21 @@ lint: $(VENV)/.dev-installed
 
 typecheck: lint
 
-## The service suite's load generator and physical-limit anchor (Debian packages; needs root).
+## The service suite's load generator and physical-limit anchor, and the cli suite's peer rclone
+## (Debian packages; needs root). The cli suite's other peer, awscli, is in the [bench] extra.
+BENCH_TOOLS := nginx wrk rclone
 bench-tools:
-	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+	@missing=""; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y --no-install-recommends nginx wrk \
-	  || { apt-get update && apt-get install -y --no-install-recommends nginx wrk; }; }
+	  apt-get install -y --no-install-recommends $$missing \
+	  || { apt-get update && apt-get install -y --no-install-recommends $$missing; }; \
+	fi
 
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
-BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service
-bench: $(VENV)/.bench-installed $(if $(filter service,$(BENCH_SUITES)),bench-tools)
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli
+bench: $(VENV)/.bench-installed $(if $(filter service cli,$(BENCH_SUITES)),bench-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
@@ -73,7 +77,8 @@ bench: $(VENV)/.bench-installed $(if $(filter service,$(BENCH_SUITES)),bench-too
 	    gcs-cloudinary) script=bench/gcs_cloudinary.py ;; \
 	    engines) script=bench/engines.py ;; \
 	    service) script=bench/service.py ;; \
-	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service)"; exit 2 ;; \
+	    cli) script=bench/cli.py ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli)"; exit 2 ;; \
 	  esac; \
 	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
 	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \

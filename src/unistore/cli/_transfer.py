@@ -267,10 +267,12 @@ async def upload(
     bars: Bars | None = None,
     mode: WriteMode = "overwrite",
     cache_control: str | None = None,
+    part_slots: asyncio.Semaphore | None = None,
 ) -> ObjectInfo:
     """Upload the file at ``path`` (stdin if ``None``) to ``key``, resuming where the store allows
     (see the module docstring). A ``mode`` other than overwrite, or a ``cache_control``, makes it
-    one atomic write."""
+    one atomic write. ``part_slots`` bounds the S3 parts in flight (shared by a tree's uploads;
+    default: the store's ``max_concurrency`` for this file)."""
     from ..backends.http import HttpBackend
 
     size = None if path is None else (await asyncio.to_thread(path.stat)).st_size
@@ -286,7 +288,7 @@ async def upload(
                 from ..backends.http import _default_state_dir
 
                 state = Path(state_dir or _default_state_dir())
-                return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance)
+                return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance, part_slots)
         return await store.put_object(
             key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
             cache_control=cache_control,
@@ -333,6 +335,7 @@ async def _upload_s3(
     metadata: dict[str, str],
     state_dir: Path,
     advance: Advance,
+    part_slots: asyncio.Semaphore | None = None,
 ) -> ObjectInfo:
     """Upload ``path`` as a resumable ``backend.uploads`` session recorded under ``state_dir``."""
     from ..backends._s3multipart import MAX_PARTS
@@ -365,7 +368,7 @@ async def _upload_s3(
         if resumed:
             note(f"resuming {key} at {human(resumed)}")
         advance(resumed)
-        slots, record = asyncio.Semaphore(s.max_concurrency), asyncio.Lock()
+        slots, record = part_slots or asyncio.Semaphore(s.max_concurrency), asyncio.Lock()
         fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
         run, opened = state, session
 

@@ -10,7 +10,7 @@ are; a bounded queue feeds ``transfers`` workers.
   bytes are read). Downloaded files get the object's modification time, so the next
   run compares equal.
 - Unchanged files are skipped, which is what makes a rerun after Ctrl-C cheap; large
-  files resume where they stopped (see :mod:`unistore._cli_transfer`).
+  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore._cli_transfer`).
 - Filters: a path (relative to the tree, ``/``-separated) is selected when it matches
   one ``--include`` glob (if any are given) and no ``--exclude`` glob. ``*`` matches
   across ``/`` (as in aws-cli), so ``*.jpg`` selects JPEGs at any depth. Files left out
@@ -66,6 +66,16 @@ __all__ = [
 
 LARGE = 32 * 1024 * 1024
 """Files at least this large get a bar of their own in the shared display."""
+
+RESUME_AT = LARGE
+"""Downloads at least this large keep a resumable ``.part`` (locked, fsynced); smaller ones
+are written in one go through a temp file and a rename (as ``get --no-resume``), which
+costs a fraction of the system calls: a rerun simply fetches them again."""
+
+UPLOAD_PARTS = 6
+"""S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
+bounds memory however many large files are sent at once (each file alone would use the
+store's ``max_concurrency``, 8, so ``-j 4`` held 32 parts, over 400 MiB)."""
 
 _OWN_FILES = (".part", ".part.json", ".part.lock")
 
@@ -334,6 +344,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     stats, started = TreeStats(), time.monotonic()
     queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
     display = _Display(opts.quiet or opts.dry_run)
+    parts = asyncio.Semaphore(UPLOAD_PARTS)
 
     async def produce() -> None:
         async for a, b in _merged(src.items(), dst.items()):
@@ -364,7 +375,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
                 elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
                     stats.unchanged += 1
                 else:
-                    await _copy(src, dst, a, opts, display)
+                    await _copy(src, dst, a, opts, display, parts)
                     stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
                 if opts.move:
                     await src.remove(a.rel)
@@ -402,7 +413,7 @@ async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
 
 
-async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display) -> None:
+async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display, parts: asyncio.Semaphore) -> None:
     mode: WriteMode = "create" if opts.ignore_existing else "overwrite"
     metadata = dict(a.info.metadata) if a.info is not None else {}
     metadata.update(opts.metadata)
@@ -414,6 +425,7 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display)
             await upload(
                 dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
                 state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+                part_slots=parts,
             )
             return
         assert isinstance(src, StoreTree) and a.info is not None
@@ -429,7 +441,8 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display)
     path = dst.root / a.rel
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     if isinstance(src, StoreTree):
-        await download(src.store, src.prefix + a.rel, path, resume=True, quiet=True, bars=display.bars)
+        resume = a.size >= RESUME_AT
+        await download(src.store, src.prefix + a.rel, path, resume=resume, quiet=True, bars=display.bars)
     else:
         assert isinstance(src, LocalTree)
         with display.bars(f"cp {a.rel}", a.size, 0) as advance:
