@@ -33,9 +33,10 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/python -m unistore.service --host $(HOST) --port $(PORT)
 
 ## The servers and browser the suite drives (Debian packages; installed when root and missing).
-TEST_TOOLS := redis-server chromium
+## Each entry is COMMAND:DEBIAN-PACKAGE.
+TEST_TOOLS := redis-server:redis-server chromium:chromium clamd:clamav-daemon
 test-tools:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
