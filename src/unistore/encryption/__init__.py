@@ -21,6 +21,7 @@ from ._encrypt import (
 )
 from ._keyring import Keyring, WrappedKey
 from ._kms_aws import AwsKmsKeyring, AwsKmsKeyringSettings
+from ._kms_gcp import GcpKmsKeyring, GcpKmsKeyringSettings
 from ._local import LocalKeyring, LocalKeyringSettings
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "Encrypt",
     "EncryptedObjectInfo",
     "EncryptionInfo",
+    "GcpKmsKeyring",
+    "GcpKmsKeyringSettings",
     "Keyring",
     "LocalKeyring",
     "LocalKeyringSettings",
