@@ -136,7 +136,7 @@ class FakeCloudKms:
         try:
             header = json.loads(base64.urlsafe_b64decode(assertion.split(".")[0] + "=="))
             public = self._accounts[header["kid"]]
-            claims = jwt.decode(assertion, certs=public.decode(), audience=_AUDIENCE)
+            claims = jwt.decode(assertion, certs=public.decode(), audience=_AUDIENCE)  # type: ignore[no-untyped-call]
         except (KeyError, ValueError, IndexError, binascii.Error, exceptions.GoogleAuthError):
             return JSONResponse({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, 400)
         if not set(str(claims.get("scope", "")).split()) & set(_SCOPES):
