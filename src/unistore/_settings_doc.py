@@ -27,6 +27,7 @@ __all__ = [
     "cli_rows",
     "detection_order",
     "field_docs",
+    "keyring_rows",
     "render",
     "service_rows",
     "settings_classes",
@@ -235,6 +236,23 @@ def cli_rows() -> list[Row]:
     return rows
 
 
+def keyring_rows() -> list[tuple[str, type[Any], list[Row]]]:
+    """Each keyring settings class with its section title and rows (variable: its docstring's leading name)."""
+    from .encryption._keyring_env import KEYRING_SETTINGS
+
+    out = []
+    for title, cls in KEYRING_SETTINGS():
+        docs = field_docs(cls)
+        variables = {f.name: _leading_variable(docs.get(f.name, "")) for f in fields(cls)}
+        out.append((title, cls, _rows(cls, variables)))
+    return out
+
+
+def _leading_variable(doc: str) -> str | None:
+    found = re.match(r"`([A-Z][A-Z0-9_]+)`: ", doc)
+    return found[1] if found else None
+
+
 def detection_order() -> list[str]:
     """:data:`AUTO_DETECT_VARIABLES` as ``detect_backend`` ranks them (the first one set wins)."""
     from ._config import detect_backend
@@ -297,6 +315,16 @@ def render() -> str:
         "",
     ]
     out += _table(service_rows(), "Setting")
+    out += [
+        "",
+        "## Encryption keyrings",
+        "",
+        "Where the key-encryption keys of the `Encrypt` layer live, for `keyring_from_env()` (the service",
+        "and `unistore keys`).",
+    ]
+    for title, cls, rows in keyring_rows():
+        out += ["", f"### {title}", "", f"Settings: `{cls.__name__}`.", ""]
+        out += _table(rows, "Setting")
     out += [
         "",
         "## The command line (`unistore`)",
