@@ -4,7 +4,7 @@ The data path speaks the S3 REST protocol directly with SigV4 signing
 (``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
 streamed transfers over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
-``docs/s3.md`` for the measurement). botocore is used only where it adds something: the standard AWS
+``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
 escape hatch ``backend._client`` for provider-specific calls.
 
