@@ -26,24 +26,44 @@ from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
 from ._retry import Retry, RetryEvent
+from ._validate import (
+    FilenameRejectedError,
+    FileTooLargeError,
+    ImageTooLargeError,
+    UnsupportedMediaTypeError,
+    UploadRule,
+    Validate,
+    ValidationError,
+    ValidationPolicy,
+    sniff_type,
+)
 
 __all__ = [
     "Cache",
     "FaultSettings",
     "Faults",
+    "FileTooLargeError",
+    "FilenameRejectedError",
     "HotKeys",
     "Idempotency",
     "IdempotencyInProgressError",
     "IdempotencyKeyReusedError",
     "IdempotencyReplayGoneError",
+    "ImageTooLargeError",
     "Layer",
     "LayerFactory",
     "Observe",
     "RateLimit",
     "Retry",
     "RetryEvent",
+    "UnsupportedMediaTypeError",
+    "UploadRule",
+    "Validate",
+    "ValidationError",
+    "ValidationPolicy",
     "current_idempotency_key",
     "idempotency_key",
     "request_context",
+    "sniff_type",
     "stack",
 ]

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from .._base import StorageBackend
 from .._errors import StorageError
+from ..layers import ValidationPolicy
 from ._auth import FULL_ACCESS, Action, Grant, TokenAuthority
 from ._limits import GRANT_STATE, Buckets, Limiter
 from ._redis import RedisBuckets, RedisLink
@@ -31,6 +32,7 @@ class ServiceContext:
     per_client: Limiter | None
     overall: Limiter | None
     redis: RedisLink | None = None
+    upload_policy: ValidationPolicy | None = None
 
     @classmethod
     def build(cls, storage: StorageBackend, settings: ServiceSettings) -> ServiceContext:
@@ -50,7 +52,7 @@ class ServiceContext:
 
         per_client = limiter("client", settings.token_rate, settings.token_burst)
         overall = limiter("service", settings.global_rate, settings.global_burst)
-        return cls(storage, settings, authority, per_client, overall, redis)
+        return cls(storage, settings, authority, per_client, overall, redis, settings.upload_policy)
 
     def identify(self, request: Request) -> tuple[str, Grant | None, bool]:
         """The rate-limit identity: the verified token's id, else the client address (auth off, or no valid token).

@@ -143,6 +143,8 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         validate_key(key)
         check_length(request, ctx.settings.max_body_size, key)
         content_type = content_type_header(request)
+        if ctx.upload_policy is not None:  # what can be refused before the body: name, length, declared type
+            ctx.upload_policy.check_declared(key, size=declared_length(request), content_type=content_type)
         body = verified_body(
             request_body(request),
             expected=expected_digests(request.headers),
