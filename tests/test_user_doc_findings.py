@@ -128,13 +128,13 @@ _WITHOUT = """
 import importlib.abc, sys
 class Missing(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] == {module!r}:
+        if name == {module!r} or name.startswith({module!r} + "."):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Missing())
 from unistore import ConfigurationError
-from unistore.backends.s3 import S3Backend
+from unistore.backends.{backend} import {cls}
 try:
-    S3Backend(bucket="b", endpoint="http://127.0.0.1:9", access_key="a", secret_key="s")
+    {cls}(bucket="b", **{options!r})
 except ConfigurationError as exc:
     print("ConfigurationError:", exc)
 else:
@@ -142,14 +142,22 @@ else:
 """
 
 
-@pytest.mark.parametrize("module", ["aiohttp", "aioboto3"])
-def test_s3_backend_without_the_extra_names_it(module: str) -> None:
-    # Before: the backend was created and failed later with a bare ModuleNotFoundError (a large
-    # upload, a download, or the credential chain), far from the missing install.
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_WITHOUT.format(module=module))],
-        capture_output=True, text=True, timeout=60, check=True,
-    )
+@pytest.mark.parametrize(
+    ("backend", "cls", "extra", "module", "options"),
+    [
+        ("s3", "S3Backend", "s3", "aiohttp", {"endpoint": "http://127.0.0.1:9", "access_key": "a", "secret_key": "s"}),
+        ("s3", "S3Backend", "s3", "aioboto3", {"endpoint": "http://127.0.0.1:9", "access_key": "a", "secret_key": "s"}),
+        ("gcs", "GCSBackend", "gcs", "google.auth", {}),
+    ],
+)
+def test_backend_without_its_extra_names_it(
+    backend: str, cls: str, extra: str, module: str, options: dict[str, str]
+) -> None:
+    # Before: the backend was created and failed later, far from the missing install: S3 with a
+    # bare ModuleNotFoundError (a large upload, a download, the credential chain), GCS with
+    # "GCS request failed: ModuleNotFoundError" on its first request.
+    code = textwrap.dedent(_WITHOUT.format(module=module, backend=backend, cls=cls, options=options))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.startswith("ConfigurationError:"), done.stdout + done.stderr
-    assert "pip install 'unistore[s3]'" in done.stdout
+    assert f"pip install 'unistore[{extra}]'" in done.stdout
     assert module in done.stdout
