@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from unistore.backends.cloudinary import CloudinaryBackend
 from unistore.backends.http import HttpBackend
 from unistore.layers import RateLimit
 from unistore.service import ServiceSettings, TokenAuthority, create_app
-from unistore.testing import free_port, running_server
+from unistore.testing import S3Server, free_port, running_server
 
 SECRET = "user-doc-findings-secret-0123456789"
 
@@ -161,3 +162,29 @@ def test_backend_without_its_extra_names_it(
     assert done.stdout.startswith("ConfigurationError:"), done.stdout + done.stderr
     assert f"pip install 'unistore[{extra}]'" in done.stdout
     assert module in done.stdout
+
+
+@pytest.fixture(scope="module")
+def s3_service(seaweed: S3Server) -> Iterator[str]:
+    backend = seaweed.backend(prefix=f"findings-{uuid.uuid4().hex[:8]}/")
+    with running_server(create_app(backend, settings=ServiceSettings(secret=SECRET.encode()))) as url:
+        yield url
+
+
+async def test_http_backend_head_url_works_over_an_s3_service(s3_service: str) -> None:
+    # Before: the service always signed a GET, and an S3 presigned GET URL refuses HEAD (403):
+    # the method is part of the signature.
+    token = TokenAuthority(SECRET.encode()).issue(["admin"], expires_in=3600)
+    store = HttpBackend(url=s3_service, token=token)
+    try:
+        await store.put_object("doc.txt", b"hello", content_type="text/plain")
+        head_url = await store.sign_url("doc.txt", method="HEAD")
+        get_url = await store.sign_url("doc.txt")
+        async with httpx.AsyncClient() as client:
+            head = await client.head(head_url)
+            get = await client.get(get_url)
+        assert head.status_code == 200, head.status_code
+        assert head.headers["content-length"] == "5"
+        assert get.content == b"hello"
+    finally:
+        await store.aclose()

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request
@@ -262,10 +262,17 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         request: Request,
         expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
         download: bool = False,
+        method: Literal["GET", "HEAD"] = "GET",
     ) -> dict[str, Any]:
-        """A signed URL sharing one existing object without a token; it expires no later than the token."""
+        """A signed URL sharing one existing object without a token, for ``GET`` or ``HEAD`` (a
+        store such as S3 signs the method); it expires no later than the token."""
         expires_in = ctx.url_lifetime(ctx.check(request, "read", key), expires_in)
-        return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
+        if method == "GET":
+            url = await storage.get_url(key, expires_in=expires_in, download=download)
+        else:
+            await storage.head(key)  # as get_url: a URL only for an object that exists
+            url = await storage.sign_url(key, expires_in=expires_in, download=download, method=method)
+        return {"url": url, "expires_in": expires_in}
 
     return router
 
