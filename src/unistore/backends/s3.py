@@ -381,6 +381,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
                     )
 
     async def iter_entries(
@@ -399,6 +400,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
