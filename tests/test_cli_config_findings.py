@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -61,3 +63,29 @@ async def test_gs_url_uses_the_emulator_host(fake_gcs: dict[str, str], no_cloud_
     async with store:
         await store.put_object("k", b"v")
         assert await store.get("k") == b"v"
+
+
+# --- b. without the [cli] extra the console script says how to install it ---------------------------------
+
+_HIDE = """
+import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Hide())
+sys.argv = ["unistore", "--help"]
+from unistore.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("hidden", [("typer",), ("rich",), ("typer", "rich", "click")])
+def test_help_without_the_cli_extra_is_one_line_and_exit_8(hidden: tuple[str, ...]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    r = subprocess.run(
+        [sys.executable, "-c", _HIDE.format(hidden=set(hidden))], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert r.returncode == 8, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "pip install 'unistore[cli]'" in r.stderr
