@@ -89,3 +89,36 @@ def test_help_without_the_cli_extra_is_one_line_and_exit_8(hidden: tuple[str, ..
     assert r.returncode == 8, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "pip install 'unistore[cli]'" in r.stderr
+
+
+# --- c. a str secret is used UTF-8 encoded; anything else is refused at construction ---------------------------
+
+TEXT_SECRET = "a text secret, 16+ bytes ✓"
+
+
+def test_a_str_secret_works_like_its_utf8_bytes() -> None:
+    import httpx
+
+    from unistore import ConfigurationError, MemoryBackend
+    from unistore.service import ServiceSettings, TokenAuthority, create_app
+    from unistore.testing import running_server
+
+    as_text, as_bytes = TokenAuthority(TEXT_SECRET), TokenAuthority(TEXT_SECRET.encode())
+    assert as_text.key_id == as_bytes.key_id
+    token = as_text.issue(["read", "write"], prefix="", expires_in=60)
+    assert as_bytes.verify(token).allows("write")
+    assert TokenAuthority(TEXT_SECRET.encode(), accepted=["older secret, 16 bytes"]).verify(
+        TokenAuthority("older secret, 16 bytes").issue(["read"], prefix="", expires_in=60)
+    ).allows("read")
+    settings = ServiceSettings(secret=TEXT_SECRET, accepted_secrets=("older secret, 16 bytes",))  # type: ignore[arg-type]
+    assert settings.secret == TEXT_SECRET.encode() and settings.accepted_secrets == (b"older secret, 16 bytes",)
+    with running_server(create_app(MemoryBackend(), settings=settings)) as url:
+        r = httpx.put(f"{url}/v1/objects/a.txt", content=b"hi", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (200, 201), r.text
+    for bad in (12345678901234567890, ["x" * 20], None):
+        with pytest.raises(ConfigurationError):
+            TokenAuthority(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(secret=12345678901234567890)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(secret=TEXT_SECRET, accepted_secrets="one secret, not a tuple")  # type: ignore[arg-type]
