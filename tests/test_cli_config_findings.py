@@ -122,3 +122,32 @@ def test_a_str_secret_works_like_its_utf8_bytes() -> None:
         ServiceSettings(secret=12345678901234567890)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         ServiceSettings(secret=TEXT_SECRET, accepted_secrets="one secret, not a tuple")  # type: ignore[arg-type]
+
+
+# --- d. a presigned POST form with a content-type prefix carries Content-Type ----------------------------------
+
+
+@pytest.mark.parametrize("server", ["seaweed", "moto"])
+async def test_presigned_post_form_with_a_type_prefix_uploads(request: pytest.FixtureRequest, server: str) -> None:
+    import httpx
+
+    s3: S3Server = request.getfixturevalue(server)
+    key = f"post-{uuid.uuid4().hex[:8]}/avatar.png"
+    async with s3.backend() as store:
+        url, fields = await store.presign_post(key, content_type_prefix="image/", max_size=1000, expires_in=60)
+        assert fields["Content-Type"] == "image/png"
+        async with httpx.AsyncClient() as client:
+            # exactly what a browser form built from the fields sends (the file last)
+            r = await client.post(url, data=fields, files={"file": ("avatar.png", b"\x89PNG", "image/png")})
+            assert r.status_code in (200, 201, 204), r.text
+            assert (await store.head(key)).content_type == "image/png"
+            chosen = {**fields, "Content-Type": "image/webp"}  # the browser's own type, under the prefix
+            r = await client.post(url, data=chosen, files={"file": ("a.webp", b"RIFF", "image/webp")})
+            assert r.status_code in (200, 201, 204), r.text
+            if s3.checks_signatures:  # moto does not evaluate POST policies
+                outside = {**fields, "Content-Type": "text/html"}
+                r = await client.post(url, data=outside, files={"file": ("a", b"<h1>", "text/html")})
+                assert r.status_code == 403
+        assert (await store.head(key)).content_type == "image/webp"
+        unknown = await store.presign_post(f"post-{uuid.uuid4().hex[:8]}/blob", content_type_prefix="image/")
+        assert unknown[1]["Content-Type"] == "image/"  # no guess fits: the prefix, for the form to refine

@@ -459,6 +459,8 @@ class S3Backend(BaseBackend):
 
         The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
         content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+        ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
+        the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
         return await _s3auth.presign_post(
             self,
