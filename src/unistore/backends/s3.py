@@ -383,6 +383,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
                     )
 
     async def iter_entries(
@@ -401,6 +402,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
@@ -459,6 +461,8 @@ class S3Backend(BaseBackend):
 
         The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
         content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+        ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
+        the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
         return await _s3auth.presign_post(
             self,
