@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body
@@ -166,6 +166,9 @@ class Encrypt(Layer):
     ciphertext, and ``put`` returns the key as a relative URL. ``digest`` stores the plaintext's
     SHA-256 for bodies given as bytes.
     """
+
+    transforms_bodies: ClassVar[bool] = True
+    """Every body must pass through this layer: nothing may write to the store below it directly."""
 
     def __init__(
         self,
