@@ -380,3 +380,18 @@ async def test_concurrent_reads_and_writes(keyring: LocalKeyring) -> None:
     await asyncio.gather(*(store.put_object(k, _chunks(v, 333)) for k, v in bodies.items()))
     got = await asyncio.gather(*(store.get(k) for k in bodies))
     assert got == list(bodies.values())
+
+
+def test_keyring_settings_are_documented_and_read() -> None:
+    from dataclasses import fields
+
+    from unistore._settings_doc import field_docs, keyring_rows
+
+    docs = field_docs(LocalKeyringSettings)
+    assert all(docs.get(f.name) for f in fields(LocalKeyringSettings))
+    rows = keyring_rows()
+    assert [r.setting for r in rows] == [f.name for f in fields(LocalKeyringSettings)]
+    for row in rows:
+        assert row.variable is not None
+        assert getattr(LocalKeyringSettings.from_env({row.variable: "v"}), row.setting) == "v"
+    assert LocalKeyringSettings.from_env({}) == LocalKeyringSettings()
