@@ -157,8 +157,9 @@ class Encrypt(Layer):
     reordered, swapped or wrongly keyed body raises :class:`IntegrityError` before any of its
     bytes is returned.
 
-    Where it belongs: above Cache, Retry and Compress (they then hold and move ciphertext, and a
-    retried read resumes on segment boundaries), below Observe, RateLimit and Idempotency.
+    Where it belongs: below Observe, Idempotency, RateLimit and any compression (ciphertext does
+    not compress); above Cache and Retry, which then hold and move only ciphertext (a cache may
+    live anywhere; a retried read resumes inside the ciphertext and is authenticated as usual).
 
     URLs: with ``signer`` (a :class:`UrlSigner` whose ``base_url`` is the ``/files`` route of an
     app serving *this* layer, such as the unistore service), ``sign_url`` signs URLs there;
