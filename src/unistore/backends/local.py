@@ -84,6 +84,7 @@ from .._signing import UrlSigner
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     ObjectInfo,
     Range,
@@ -102,6 +103,7 @@ from ._localfs import (
     StripeLocks,
     Temp,
     copy_to_fd,
+    holds_key,
     load_secret,
     meta_path,
     scan_dir,
@@ -755,6 +757,39 @@ class LocalBackend(BaseBackend):
         if batch:
             for info in await self._run("list", prefix, self._infos, batch):
                 yield info
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One directory level: a sorted scan of the prefix's directory (subdirectories sort as
+        ``name/``), files as objects, a subdirectory as a folder when it holds a key at any depth
+        (found by a walk that stops at the first file). Store files never show. Delimiters other
+        than ``/`` use the computed default."""
+        if delimiter != "/":
+            async for entry in super().iter_entries(prefix, delimiter=delimiter, start_after=start_after):
+                yield entry
+            return
+        check_listing_args(prefix, start_after)
+        dir_rel, _, name_prefix = prefix.rpartition("/")
+        scan = await self._run("list", prefix, scan_dir, self._fs, dir_rel, name_prefix, start_after)
+        for i in range(0, len(scan), 256):
+            for entry in await self._run("list", prefix, self._level, scan[i : i + 256], start_after):
+                yield entry
+
+    def _level(self, scan: list[tuple[str, str, bool]], start_after: str | None) -> list[ObjectInfo | CommonPrefix]:
+        out: list[ObjectInfo | CommonPrefix] = []
+        for _, k, is_dir in scan:
+            if is_dir:
+                folder = k + "/"
+                if (start_after is None or folder > start_after) and holds_key(self._fs, k):
+                    out.append(CommonPrefix(folder))
+                continue
+            try:
+                out.append(self._head_sync(k))
+            except OSError as exc:
+                if exc.errno not in NOT_THERE:
+                    raise  # else deleted (or a link put in its way) since the scan: skip
+        return out
 
     def _infos(self, keys: list[str]) -> list[ObjectInfo]:
         out = []

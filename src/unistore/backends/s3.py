@@ -20,7 +20,9 @@ Deviations from the common contract, all S3's own:
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -74,6 +76,19 @@ if TYPE_CHECKING:
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
+_EXTRA_MODULES = ("aiohttp", "aioboto3")  # what the [s3] extra installs; imported on first use
+
+
+def _absent(module: str) -> bool:
+    """Whether ``module`` cannot be imported (checked without importing it)."""
+    if module in sys.modules:
+        return sys.modules[module] is None
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
 
 
@@ -93,6 +108,11 @@ class S3Backend(BaseBackend):
     )
 
     def __init__(self, settings: S3Settings | None = None, **options: Any) -> None:
+        missing = [name for name in _EXTRA_MODULES if _absent(name)]
+        if missing:
+            raise ConfigurationError(
+                f"S3Backend needs the [s3] extra ({', '.join(missing)} missing): pip install 'unistore[s3]'"
+            )
         self.settings = s = settings_from(S3Settings, settings, options)
         self.bucket = s.bucket
         self.default_expires_in = s.url_expiration

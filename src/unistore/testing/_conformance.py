@@ -537,6 +537,9 @@ class BackendConformance:
             assert names(rest) == names(top[i + 1 :]), cursor
         inside = [e async for e in backend.iter_entries(prefix, start_after=prefix + "a/2/x")]
         assert names(inside) == ["a0/", "b", "c/", "d"]  # a cursor inside a folder skips the folder
+        # a folder stands for the keys below it: once the last one is gone, so is the folder
+        assert await backend.remove(prefix + "c/d/e")
+        assert names([e async for e in backend.iter_entries(prefix)]) == ["a-b", "a/", "a0/", "b", "d"]
         with pytest.raises(InvalidKeyError):
             [e async for e in backend.iter_entries("../")]
 
