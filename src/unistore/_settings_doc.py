@@ -28,6 +28,7 @@ __all__ = [
     "detection_order",
     "field_docs",
     "keyring_rows",
+    "kms_keyring_rows",
     "render",
     "service_rows",
     "settings_classes",
@@ -211,6 +212,17 @@ def service_rows() -> list[Row]:
     return _rows(ServiceSettings, {f.name: f"UNISTORE_{f.name.upper()}" for f in fields(ServiceSettings)})
 
 
+KEYRING_VARIABLES = {"keys": "UNISTORE_KEYRING", "file": "UNISTORE_KEYRING_FILE", "primary": "UNISTORE_KEYRING_PRIMARY"}
+"""The variables ``LocalKeyringSettings.from_env`` reads, by field."""
+
+
+def keyring_rows() -> list[Row]:
+    """The local keyring's settings (``unistore.encryption.LocalKeyringSettings``)."""
+    from .encryption import LocalKeyringSettings
+
+    return _rows(LocalKeyringSettings, {f.name: KEYRING_VARIABLES[f.name] for f in fields(LocalKeyringSettings)})
+
+
 def cli_rows() -> list[Row]:
     """The CLI's variables: its options' ``envvar``s (with the commands taking them), then the stores file's."""
     import typer.main
@@ -236,8 +248,9 @@ def cli_rows() -> list[Row]:
     return rows
 
 
-def keyring_rows() -> list[tuple[str, type[Any], list[Row]]]:
-    """Each keyring settings class with its section title and rows (variable: its docstring's leading name)."""
+def kms_keyring_rows() -> list[tuple[str, type[Any], list[Row]]]:
+    """The settings choosing a keyring and those of the KMS keyrings, with section titles and rows
+    (a field's variable: the name its docstring starts with)."""
     from .encryption._keyring_env import KEYRING_SETTINGS
 
     out = []
@@ -317,12 +330,22 @@ def render() -> str:
     out += _table(service_rows(), "Setting")
     out += [
         "",
-        "## Encryption keyrings",
+        "## The local encryption keyring (`LocalKeyring`)",
         "",
-        "Where the key-encryption keys of the `Encrypt` layer live, for `keyring_from_env()` (the service",
-        "and `unistore keys`).",
+        "`LocalKeyring.from_env()` reads the key-encryption keys of the `Encrypt` layer",
+        "(`docs/encryption.md`) from these variables. The setting names are the fields of",
+        "`unistore.encryption.LocalKeyringSettings`.",
+        "",
     ]
-    for title, cls, rows in keyring_rows():
+    out += _table(keyring_rows(), "Setting")
+    out += [
+        "",
+        "## Choosing the keyring, and KMS keyrings",
+        "",
+        "`keyring_from_env()` (the service, `unistore keys`) builds the keyring these variables name: the",
+        "local keyring above, AWS KMS or Google Cloud KMS.",
+    ]
+    for title, cls, rows in kms_keyring_rows():
         out += ["", f"### {title}", "", f"Settings: `{cls.__name__}`.", ""]
         out += _table(rows, "Setting")
     out += [

@@ -42,6 +42,7 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
+from ._extras import require_extra
 from ._gcp import Credentials, load_credentials, v4_signed_url
 from ._gcs_settings import GCSSettings
 from ._gcs_upload import resumable_upload
@@ -82,6 +83,7 @@ class GCSBackend(BaseBackend):
     )
 
     def __init__(self, settings: GCSSettings | None = None, **options: Any) -> None:
+        require_extra("GCSBackend", "gcs", "httpx", "google.auth")  # google-auth: tokens and signing
         self.settings = s = settings_from(GCSSettings, settings, options)
         self.default_expires_in = s.url_expiration
         base = (s.emulator_host or s.endpoint).rstrip("/")

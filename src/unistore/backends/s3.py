@@ -4,7 +4,7 @@ The data path speaks the S3 REST protocol directly with SigV4 signing
 (``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
 streamed transfers over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
-``docs/s3.md`` for the measurement). botocore is used only where it adds something: the standard AWS
+``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
 escape hatch ``backend._client`` for provider-specific calls.
 
@@ -20,9 +20,7 @@ Deviations from the common contract, all S3's own:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,6 +52,7 @@ from .._types import (
     normalize_metadata,
 )
 from . import _s3auth
+from ._extras import require_extra
 from ._s3http import S3Connection
 from ._s3multipart import PartFailure, PartInfo
 from ._s3sessions import S3Uploads, UploadSession
@@ -76,19 +75,6 @@ if TYPE_CHECKING:
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
-_EXTRA_MODULES = ("aiohttp", "aioboto3")  # what the [s3] extra installs; imported on first use
-
-
-def _absent(module: str) -> bool:
-    """Whether ``module`` cannot be imported (checked without importing it)."""
-    if module in sys.modules:
-        return sys.modules[module] is None
-    try:
-        return importlib.util.find_spec(module) is None
-    except (ImportError, ValueError):
-        return True
-
-
 _COPY_LIMIT = 5 * 1024**3  # the largest object one CopyObject may copy
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
 
@@ -109,11 +95,7 @@ class S3Backend(BaseBackend):
     )
 
     def __init__(self, settings: S3Settings | None = None, **options: Any) -> None:
-        missing = [name for name in _EXTRA_MODULES if _absent(name)]
-        if missing:
-            raise ConfigurationError(
-                f"S3Backend needs the [s3] extra ({', '.join(missing)} missing): pip install 'unistore[s3]'"
-            )
+        require_extra("S3Backend", "s3", "aiohttp", "aioboto3")  # imported on first use
         self.settings = s = settings_from(S3Settings, settings, options)
         self.bucket = s.bucket
         self.default_expires_in = s.url_expiration
@@ -402,6 +384,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
                     )
 
     async def iter_entries(
@@ -420,6 +403,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
@@ -478,6 +462,8 @@ class S3Backend(BaseBackend):
 
         The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
         content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+        ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
+        the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
         return await _s3auth.presign_post(
             self,

@@ -47,11 +47,9 @@ class KeyringSettings:
 def _settings_classes() -> tuple[tuple[str, type[Any]], ...]:
     from ._kms_aws import AwsKmsKeyringSettings
     from ._kms_gcp import GcpKmsKeyringSettings
-    from ._local import LocalKeyringSettings
 
     return (
         ("Choosing the keyring", KeyringSettings),
-        ("Local keys (`local`)", LocalKeyringSettings),
         ("AWS KMS (`aws-kms`)", AwsKmsKeyringSettings),
         ("Google Cloud KMS (`gcp-kms`)", GcpKmsKeyringSettings),
     )

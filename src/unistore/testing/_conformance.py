@@ -544,6 +544,15 @@ class BackendConformance:
         with pytest.raises(InvalidKeyError):
             [e async for e in backend.iter_entries("../")]
 
+    async def test_listings_never_invent_a_content_type(self, backend: StorageBackend, prefix: str) -> None:
+        await backend.put_object(prefix + "t/a.json", b"{}", content_type="text/x-stored")
+        listed = [i async for i in backend.iter_objects(prefix + "t/")]
+        entries = [e async for e in backend.iter_entries(prefix + "t/")]
+        for info in (*listed, *entries):
+            assert isinstance(info, ObjectInfo)
+            assert info.content_type in ("text/x-stored", None), info  # the stored type, or unknown
+        assert (await backend.head(prefix + "t/a.json")).content_type == "text/x-stored"
+
     async def test_list_prefix_is_validated(self, backend: StorageBackend) -> None:
         for bad in ("../", "/etc", "a//", "..\\"):
             with pytest.raises(InvalidKeyError):
