@@ -52,7 +52,7 @@ _SMALL = 16 * 1024 * 1024  # re-encrypted from memory up to this size (keeps the
 _SAMPLES = 20
 
 
-class KeyInUseError(StorageError):
+class KeyInUseError(PreconditionFailedError):
     """A KEK cannot be retired: objects still use it (``count`` of them; ``keys`` names some)."""
 
     status = 409
