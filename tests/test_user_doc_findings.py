@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from unistore.backends.cloudinary import CloudinaryBackend
 from unistore.backends.http import HttpBackend
 from unistore.layers import RateLimit
 from unistore.service import ServiceSettings, TokenAuthority, create_app
-from unistore.testing import free_port, running_server
+from unistore.testing import S3Server, free_port, running_server
 
 SECRET = "user-doc-findings-secret-0123456789"
 
@@ -128,13 +129,13 @@ _WITHOUT = """
 import importlib.abc, sys
 class Missing(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] == {module!r}:
+        if name == {module!r} or name.startswith({module!r} + "."):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Missing())
 from unistore import ConfigurationError
-from unistore.backends.s3 import S3Backend
+from unistore.backends.{backend} import {cls}
 try:
-    S3Backend(bucket="b", endpoint="http://127.0.0.1:9", access_key="a", secret_key="s")
+    {cls}(bucket="b", **{options!r})
 except ConfigurationError as exc:
     print("ConfigurationError:", exc)
 else:
@@ -142,14 +143,48 @@ else:
 """
 
 
-@pytest.mark.parametrize("module", ["aiohttp", "aioboto3"])
-def test_s3_backend_without_the_extra_names_it(module: str) -> None:
-    # Before: the backend was created and failed later with a bare ModuleNotFoundError (a large
-    # upload, a download, or the credential chain), far from the missing install.
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_WITHOUT.format(module=module))],
-        capture_output=True, text=True, timeout=60, check=True,
-    )
+@pytest.mark.parametrize(
+    ("backend", "cls", "extra", "module", "options"),
+    [
+        ("s3", "S3Backend", "s3", "aiohttp", {"endpoint": "http://127.0.0.1:9", "access_key": "a", "secret_key": "s"}),
+        ("s3", "S3Backend", "s3", "aioboto3", {"endpoint": "http://127.0.0.1:9", "access_key": "a", "secret_key": "s"}),
+        ("gcs", "GCSBackend", "gcs", "google.auth", {}),
+    ],
+)
+def test_backend_without_its_extra_names_it(
+    backend: str, cls: str, extra: str, module: str, options: dict[str, str]
+) -> None:
+    # Before: the backend was created and failed later, far from the missing install: S3 with a
+    # bare ModuleNotFoundError (a large upload, a download, the credential chain), GCS with
+    # "GCS request failed: ModuleNotFoundError" on its first request.
+    code = textwrap.dedent(_WITHOUT.format(module=module, backend=backend, cls=cls, options=options))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.startswith("ConfigurationError:"), done.stdout + done.stderr
-    assert "pip install 'unistore[s3]'" in done.stdout
+    assert f"pip install 'unistore[{extra}]'" in done.stdout
     assert module in done.stdout
+
+
+@pytest.fixture(scope="module")
+def s3_service(seaweed: S3Server) -> Iterator[str]:
+    backend = seaweed.backend(prefix=f"findings-{uuid.uuid4().hex[:8]}/")
+    with running_server(create_app(backend, settings=ServiceSettings(secret=SECRET.encode()))) as url:
+        yield url
+
+
+async def test_http_backend_head_url_works_over_an_s3_service(s3_service: str) -> None:
+    # Before: the service always signed a GET, and an S3 presigned GET URL refuses HEAD (403):
+    # the method is part of the signature.
+    token = TokenAuthority(SECRET.encode()).issue(["admin"], expires_in=3600)
+    store = HttpBackend(url=s3_service, token=token)
+    try:
+        await store.put_object("doc.txt", b"hello", content_type="text/plain")
+        head_url = await store.sign_url("doc.txt", method="HEAD")
+        get_url = await store.sign_url("doc.txt")
+        async with httpx.AsyncClient() as client:
+            head = await client.head(head_url)
+            get = await client.get(get_url)
+        assert head.status_code == 200, head.status_code
+        assert head.headers["content-length"] == "5"
+        assert get.content == b"hello"
+    finally:
+        await store.aclose()

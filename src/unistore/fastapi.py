@@ -262,7 +262,7 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     served as ``application/octet-stream``; a stored disposition or cache policy unfit
     for a header is replaced by an attachment or the default.
     """
-    ctype = _servable_type(info.content_type)
+    ctype = _servable_type(info.content_type or DEFAULT_CONTENT_TYPE)
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": format_datetime(info.last_modified, usegmt=True),

@@ -405,8 +405,9 @@ class HttpBackend(BaseBackend):
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        """A signed download URL from the service (``/v1/urls``), which serves GET and HEAD; the
-        service hands out no signed write URLs, so another ``method`` is :class:`UnsupportedError`."""
+        """A signed URL from the service (``/v1/urls``) for ``GET`` or ``HEAD`` (signed for that
+        method where the store signs methods, as S3 does); the service hands out no signed write
+        URLs, so another ``method`` is :class:`UnsupportedError`."""
         validate_key(key)
         if method.upper() not in ("GET", "HEAD"):
             raise UnsupportedError(
@@ -415,7 +416,11 @@ class HttpBackend(BaseBackend):
                 backend=self.name,
                 operation="sign_url",
             )
-        params = {"expires_in": expires_in or self.default_expires_in, "download": "true" if download else "false"}
+        params = {
+            "expires_in": expires_in or self.default_expires_in,
+            "download": "true" if download else "false",
+            "method": method.upper(),
+        }
         response = await self._send(
             "GET", "/v1/urls/" + quote(key, safe="/"), key=key, operation="sign_url", params=params
         )

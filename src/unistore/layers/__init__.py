@@ -9,7 +9,7 @@ Compose them with :func:`stack`, outermost first::
 
 The recommended order, outermost first, is
 Observe → Idempotency → RateLimit → Cache → Retry → [Faults] → backend; each
-layer's docstring says why it sits where it does (``docs/layers.md``).
+layer's docstring says why it sits where it does (``docs/layers.md``; the design notes in ``docs/design.md``).
 """
 
 from ._cache import Cache

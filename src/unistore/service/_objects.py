@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request
@@ -262,11 +262,18 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         request: Request,
         expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
         download: bool = False,
+        method: Literal["GET", "HEAD"] = "GET",
     ) -> dict[str, Any]:
-        """A signed URL sharing one existing object without a token; it expires no later than the token."""
+        """A signed URL sharing one existing object without a token, for ``GET`` or ``HEAD`` (a
+        store such as S3 signs the method); it expires no later than the token."""
         grant = ctx.check(request, "read", key)
         expires_in = ctx.url_lifetime(grant, expires_in)
-        url = await ctx.store(grant).get_url(key, expires_in=expires_in, download=download)
+        store = ctx.store(grant)
+        if method == "GET":
+            url = await store.get_url(key, expires_in=expires_in, download=download)
+        else:
+            await store.head(key)  # as get_url: a URL only for an object that exists
+            url = await store.sign_url(key, expires_in=expires_in, download=download, method=method)
         return {"url": url, "expires_in": expires_in}
 
     return router
