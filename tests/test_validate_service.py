@@ -165,3 +165,10 @@ async def test_keyed_body_over_the_limit_is_cut_before_idempotency_spools_it() -
         assert r.status_code == 413 and r.json()["error"]["type"] == "FileTooLargeError"
         assert (await c.get("/v1/objects/big.bin")).status_code == 404
     assert pulled <= 262144 + 2 * 65536  # the stream was cut at the limit, not read to its end
+
+
+def test_upload_part_larger_than_the_object_may_be_is_413(service: tuple[httpx.Client, StorageBackend]) -> None:
+    c, _ = service
+    sid = c.post("/v1/uploads", json={"key": "docs/big.txt", "part_size": 4096}).json()["upload_id"]
+    error(c.put(f"/v1/uploads/{sid}/parts/1", content=b"x" * 1001), 413, "FileTooLargeError")
+    assert c.put(f"/v1/uploads/{sid}/parts/1", content=b"x" * 1000).status_code == 200
