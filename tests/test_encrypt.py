@@ -380,3 +380,76 @@ async def test_concurrent_reads_and_writes(keyring: LocalKeyring) -> None:
     await asyncio.gather(*(store.put_object(k, _chunks(v, 333)) for k, v in bodies.items()))
     got = await asyncio.gather(*(store.get(k) for k in bodies))
     assert got == list(bodies.values())
+
+
+def test_keyring_settings_are_documented_and_read() -> None:
+    from dataclasses import fields
+
+    from unistore._settings_doc import field_docs, keyring_rows
+
+    docs = field_docs(LocalKeyringSettings)
+    assert all(docs.get(f.name) for f in fields(LocalKeyringSettings))
+    rows = keyring_rows()
+    assert [r.setting for r in rows] == [f.name for f in fields(LocalKeyringSettings)]
+    for row in rows:
+        assert row.variable is not None
+        assert getattr(LocalKeyringSettings.from_env({row.variable: "v"}), row.setting) == "v"
+    assert LocalKeyringSettings.from_env({}) == LocalKeyringSettings()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 83, 84, 85, 100, 101, 1000, 10_000])
+async def test_any_chunking_of_plaintext_and_ciphertext(chunk: int) -> None:
+    """Segments are cut the same way whatever chunks come in, on both sides."""
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    layout = Layout(100)
+    for size in (0, 44, 45, 128, 129, 2_000):
+        data = os.urandom(size)
+        cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+        ciphertext = b"".join([c async for c in cipher.encrypt_stream(_chunks(data, chunk))])
+        assert len(ciphertext) == layout.ciphertext_size(size)
+        plain = [c async for c in cipher.decrypt_stream(_chunks(ciphertext, chunk), 0, None, skip_header=True)]
+        assert b"".join(plain) == data
+        assert all(len(p) == layout.plain_len(i) for i, p in enumerate(plain[:-1]))
+        last = layout.segments(len(ciphertext)) - 1
+        tail = ciphertext[layout.cipher_start(1) :] if last else b""
+        if last:
+            got = b"".join([c async for c in cipher.decrypt_stream(_chunks(tail, chunk), 1, last, skip_header=False)])
+            assert got == data[layout.plain_start(1) :]
+            with pytest.raises(IntegrityError):  # one byte too many after the last segment
+                [c async for c in cipher.decrypt_stream(_chunks(tail + b"x", chunk), 1, last, skip_header=False)]
+
+
+class _Counting(LocalKeyring):
+    unwraps = 0
+
+    async def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        self.unwraps += 1
+        return await super().unwrap(wrapped, context)
+
+
+async def test_data_keys_are_cached_for_a_while() -> None:
+    keyring, now = _Counting({"k": os.urandom(32)}), [0.0]
+    store = Encrypt(MemoryBackend(), keyring, key_cache_size=2, key_cache_ttl=60, clock=lambda: now[0])
+    for name in "abc":
+        await store.put_object(name, name.encode() * 1000)
+    for _ in range(3):
+        assert await store.get("a") == b"a" * 1000
+        assert await (await store.open("a", range=ByteRange(5, 10))).read() == b"aaaaa"
+    assert keyring.unwraps == 1
+    await store.get("b")
+    await store.get("c")  # evicts a (size 2)
+    await store.get("a")
+    assert keyring.unwraps == 4
+    now[0] = 61.0  # expired
+    await store.get("a")
+    assert keyring.unwraps == 5
+    store.forget_keys()
+    await store.get("a")
+    assert keyring.unwraps == 6
+    await store.put_object("a", b"new version")  # a new data key: never served from the old entry
+    assert await store.get("a") == b"new version" and keyring.unwraps == 7
+    uncached = Encrypt(store.inner, keyring, key_cache_size=0)
+    await uncached.get("a")
+    await uncached.get("a")
+    assert keyring.unwraps == 9

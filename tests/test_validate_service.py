@@ -132,3 +132,15 @@ def test_settings_from_env() -> None:
     with pytest.raises(ConfigurationError):
         ServiceSettings.from_env({"UNISTORE_AUTH": "off", "UNISTORE_UPLOAD_TYPE_MISMATCH": "ignore",
                                   "UNISTORE_UPLOAD_RULES": RULES})  # fmt: skip
+
+
+def test_upload_session_is_refused_at_creation_when_its_name_or_type_is(
+    service: tuple[httpx.Client, StorageBackend],
+) -> None:
+    c, _ = service
+    r = c.post("/v1/uploads", json={"key": "img/s.png", "content_type": "text/html"})
+    error(r, 415, "UnsupportedMediaTypeError")
+    error(c.post("/v1/uploads", json={"key": "img/s.png.exe"}), 400, "FilenameRejectedError")
+    r = c.post("/v1/uploads", json={"key": "img/s.png", "direct": True, "part_size": 8 * 1024 * 1024})
+    error(r, 400, "InvalidArgumentError")
+    assert "validation" in r.json()["error"]["message"]

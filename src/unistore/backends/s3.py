@@ -66,7 +66,7 @@ from ._s3wire import (
     xml_children,
     xml_find,
 )
-from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key
+from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
 
 if TYPE_CHECKING:
     import aiohttp
@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
+_COPY_LIMIT = 5 * 1024**3  # the largest object one CopyObject may copy
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
 
 
@@ -383,6 +384,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
                     )
 
     async def iter_entries(
@@ -401,6 +403,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
@@ -459,6 +462,8 @@ class S3Backend(BaseBackend):
 
         The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
         content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+        ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
+        the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
         return await _s3auth.presign_post(
             self,
@@ -487,6 +492,46 @@ class S3Backend(BaseBackend):
         from ._s3multipart import copy_object
 
         return await copy_object(self, info, dst)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native up to 5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``,
+        conditional on the source etag (``x-amz-copy-source-if-match``) and on the destination's
+        (``If-Match``, where the server decides it); larger objects stream onto themselves."""
+        validate_key(key)
+        info = await self.head(key)
+        if if_match is not None and if_match != "*" and if_match.strip('"') != info.etag:
+            raise PreconditionFailedError(
+                "if_match does not match the current etag", key=key, backend=self.name, operation="replace_metadata"
+            )
+        if info.size > _COPY_LIMIT:
+            return await super().replace_metadata(key, metadata, if_match=info.etag)
+        headers, ctype, meta = self._write_headers(
+            key, info.content_type, metadata, info.cache_control, info.content_disposition
+        )
+        source = "/" + self.bucket + "/" + self._object_path(key).removeprefix(self._bucket_path)
+        headers.update(
+            {
+                "x-amz-copy-source": source,
+                "x-amz-copy-source-if-match": quote_etag(info.etag),
+                "if-match": quote_etag(info.etag),
+                "x-amz-metadata-directive": "REPLACE",
+            }
+        )
+        for name, value in self._read_headers.items():
+            headers[name.replace("x-amz-", "x-amz-copy-source-", 1)] = value
+        r = await self._send("PUT", self._object_path(key), op="replace_metadata", key=key, headers=headers)
+        root = xml_result(
+            r.body, r.headers, key=key, operation="replace_metadata", backend=self.name, bucket=self.bucket
+        )
+        return replace(
+            info,
+            etag=xml_find(root, "ETag").strip('"'),
+            last_modified=iso_date(xml_find(root, "LastModified")),
+            content_type=ctype,
+            metadata=meta,
+        )
 
     async def ping(self) -> None:
         try:

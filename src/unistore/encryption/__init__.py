@@ -20,10 +20,13 @@ from ._encrypt import (
     wrap_context,
 )
 from ._keyring import Keyring, WrappedKey
+from ._kms_aws import AwsKmsKeyring, AwsKmsKeyringSettings
 from ._local import LocalKeyring, LocalKeyringSettings
 
 __all__ = [
     "ALGORITHM",
+    "AwsKmsKeyring",
+    "AwsKmsKeyringSettings",
     "Encrypt",
     "EncryptedObjectInfo",
     "EncryptionInfo",

@@ -8,13 +8,16 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body
 from .._errors import (
+    ConfigurationError,
     IntegrityError,
     InvalidMetadataError,
     InvalidRangeError,
@@ -157,15 +160,23 @@ class Encrypt(Layer):
     reordered, swapped or wrongly keyed body raises :class:`IntegrityError` before any of its
     bytes is returned.
 
-    Where it belongs: above Cache, Retry and Compress (they then hold and move ciphertext, and a
-    retried read resumes on segment boundaries), below Observe, RateLimit and Idempotency.
+    Where it belongs: below Observe, Idempotency, RateLimit and any compression (ciphertext does
+    not compress); above Cache and Retry, which then hold and move only ciphertext (a cache may
+    live anywhere; a retried read resumes inside the ciphertext and is authenticated as usual).
 
     URLs: with ``signer`` (a :class:`UrlSigner` whose ``base_url`` is the ``/files`` route of an
     app serving *this* layer, such as the unistore service), ``sign_url`` signs URLs there;
     without one it raises :class:`UnsupportedError`, since the store's own URLs would hand out
     ciphertext, and ``put`` returns the key as a relative URL. ``digest`` stores the plaintext's
     SHA-256 for bodies given as bytes.
+
+    Reads keep the data keys of the last ``key_cache_size`` objects read for ``key_cache_ttl``
+    seconds, so re-reading an object (a range read, a cached page) asks the keyring (a KMS)
+    once; ``forget_keys()`` empties that cache, ``key_cache_size=0`` turns it off.
     """
+
+    transforms_bodies: ClassVar[bool] = True
+    """Every body must pass through this layer: nothing may write to the store below it directly."""
 
     def __init__(
         self,
@@ -175,12 +186,21 @@ class Encrypt(Layer):
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         signer: UrlSigner | None = None,
         digest: bool = True,
+        key_cache_size: int = 256,
+        key_cache_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(inner)
+        if key_cache_size < 0 or key_cache_ttl < 0:
+            raise ConfigurationError("key_cache_size and key_cache_ttl must be >= 0")
         self.keyring = keyring
         self.layout = Layout(segment_size)
         self.signer = signer
         self.digest = digest
+        self.key_cache_size = key_cache_size
+        self.key_cache_ttl = key_cache_ttl
+        self._clock = clock
+        self._ciphers: OrderedDict[tuple[str, bytes, bytes, bytes], tuple[float, SegmentCipher]] = OrderedDict()
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
@@ -225,12 +245,31 @@ class Encrypt(Layer):
         )
 
     async def _cipher(self, key: str, stored: Mapping[str, str], env: EncryptionInfo) -> SegmentCipher:
+        """The segment cipher of one stored object: from the cache (same wrapped key, header and
+        associated data, within ``key_cache_ttl``), else unwrapped by the keyring."""
+        ad = associated_data(key, stored)
+        slot = (env.key_id, env.wrapped_key, env.header, ad)
+        now = self._clock()
+        hit = self._ciphers.get(slot)
+        if hit is not None and hit[0] > now and hit[1].layout.segment_size == env.segment_size:
+            self._ciphers.move_to_end(slot)
+            return hit[1]
         dek = await self.keyring.unwrap(WrappedKey(env.key_id, env.wrapped_key), wrap_context(key))
         try:
-            return SegmentCipher(dek, env.header, associated_data(key, stored), Layout(env.segment_size))
+            cipher = SegmentCipher(dek, env.header, ad, Layout(env.segment_size))
         except StorageError as exc:
             exc.key, exc.backend = key, self.name
             raise
+        if self.key_cache_size and self.key_cache_ttl:
+            self._ciphers[slot] = (now + self.key_cache_ttl, cipher)
+            self._ciphers.move_to_end(slot)
+            while len(self._ciphers) > self.key_cache_size:
+                self._ciphers.popitem(last=False)
+        return cipher
+
+    def forget_keys(self) -> None:
+        """Drop every cached data key (e.g. after retiring a KEK): the next reads unwrap again."""
+        self._ciphers.clear()
 
     # --- primitives -------------------------------------------------------------------
 
@@ -382,6 +421,12 @@ class Encrypt(Layer):
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
         """Decrypt ``src`` and encrypt it again as ``dst`` (the body is bound to its key)."""
         return await BaseBackend.copy(self, src, dst, mode=mode)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Decrypt ``key`` and encrypt it again with ``metadata`` (the body is bound to its metadata)."""
+        return await BaseBackend.replace_metadata(self, key, metadata, if_match=if_match)
 
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         return self._listed(prefix, start_after)

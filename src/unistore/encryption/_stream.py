@@ -124,11 +124,11 @@ class SegmentCipher:
             raise IntegrityError("too many segments")
         return self._prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
-    def encrypt(self, index: int, plaintext: bytes | memoryview, last: bool) -> bytes:
+    def encrypt(self, index: int, plaintext: bytes | bytearray | memoryview, last: bool) -> bytes:
         """Segment ``index``'s ciphertext."""
         return self._aead.encrypt(self._nonce(index, last), plaintext, None)
 
-    def decrypt(self, index: int, ciphertext: bytes | memoryview, last: bool) -> bytes:
+    def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview, last: bool) -> bytes:
         """Segment ``index``'s plaintext; IntegrityError if it does not authenticate as that segment."""
         try:
             return self._aead.decrypt(self._nonce(index, last), ciphertext, None)
@@ -140,25 +140,29 @@ class SegmentCipher:
         """The whole ciphertext of the plaintext ``chunks``: the header, then one chunk per segment.
 
         A segment is sealed as the last one only at the end of the input, so at most one
-        segment plus one input chunk is held in memory.
+        segment plus one input chunk is held in memory. Whole segments are encrypted straight
+        from the input chunk; only a segment spanning two chunks is copied.
         """
         yield self.header
-        index, pending = 0, bytearray()
+        layout, index, pending = self.layout, 0, bytearray()
         async for chunk in chunks:
-            pending += chunk
-            taken, out = 0, []
-            view = memoryview(pending)
-            while len(pending) - taken > self.layout.plain_len(index):  # more follows: not the last
-                size = self.layout.plain_len(index)
-                out.append(self.encrypt(index, view[taken : taken + size], False))
-                taken += size
-                index += 1
-            view.release()
-            if taken:
-                del pending[:taken]
+            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+            if pending:
+                take = min(layout.plain_len(index) - len(pending), end)
+                pending += view[:take]
+                pos = take
+                if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
+                    out.append(self.encrypt(index, pending, False))
+                    index, pending = index + 1, bytearray()
+            while not pending and end - pos > layout.plain_len(index):
+                size = layout.plain_len(index)
+                out.append(self.encrypt(index, view[pos : pos + size], False))
+                pos, index = pos + size, index + 1
+            if pos < end:
+                pending += view[pos:]
             for segment in out:
                 yield segment
-        yield self.encrypt(index, bytes(pending), True)
+        yield self.encrypt(index, pending, True)
 
     async def decrypt_stream(
         self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool
@@ -171,38 +175,42 @@ class SegmentCipher:
         authenticated before any of its bytes is yielded; a short or overlong stream raises
         :class:`IntegrityError`.
         """
-        index, pending = first, bytearray()
-        header_left = HEADER_SIZE if skip_header else 0
+        layout, index, pending = self.layout, first, bytearray()
+        header: bytearray | None = bytearray() if skip_header else None
         async for chunk in chunks:
-            pending += chunk
-            if header_left:
-                if len(pending) < header_left:
+            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+            if header is not None:
+                pos = min(HEADER_SIZE - len(header), end)
+                header += view[:pos]
+                if len(header) < HEADER_SIZE:
                     continue
-                if bytes(pending[:HEADER_SIZE]) != self.header:
+                if header != self.header:
                     raise IntegrityError("the ciphertext header does not match the object's metadata")
-                del pending[:HEADER_SIZE]
-                header_left = 0
-            taken, out = 0, []
-            view = memoryview(pending)
-            while True:
-                size = self.layout.plain_len(index) + TAG_SIZE
-                if len(pending) - taken < size or (last_index is None and len(pending) - taken == size):
+                header = None
+            if pending:
+                take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
+                pending += view[pos : pos + take]
+                pos += take
+                full = len(pending) == layout.plain_len(index) + TAG_SIZE
+                if full and (pos < end if last_index is None else index < last_index):
+                    out.append(self.decrypt(index, pending, False))
+                    index, pending = index + 1, bytearray()
+            while not pending:
+                size = layout.plain_len(index) + TAG_SIZE
+                left = end - pos
+                if left < size or (left == size if last_index is None else index >= last_index):
                     break
-                if last_index is not None and index >= last_index:
-                    break
-                out.append(self.decrypt(index, view[taken : taken + size], False))
-                taken += size
-                index += 1
-            view.release()
-            if taken:
-                del pending[:taken]
+                out.append(self.decrypt(index, view[pos : pos + size], False))
+                pos, index = pos + size, index + 1
+            if pos < end:
+                pending += view[pos:]
             for segment in out:
                 yield segment
-        if header_left:
+        if header is not None:
             raise IntegrityError("the ciphertext ends inside its header")
         if last_index is None or index == last_index:
             if len(pending) < TAG_SIZE:
                 raise IntegrityError(f"the ciphertext ends inside segment {index}")
-            yield self.decrypt(index, bytes(pending), True)
+            yield self.decrypt(index, pending, True)
         elif pending:
             raise IntegrityError(f"the ciphertext ends inside segment {index}")

@@ -26,6 +26,7 @@ from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
 from ._retry import Retry, RetryEvent
+from ._scoped import Scoped, scoped
 from ._validate import (
     FilenameRejectedError,
     FileTooLargeError,
@@ -56,6 +57,7 @@ __all__ = [
     "RateLimit",
     "Retry",
     "RetryEvent",
+    "Scoped",
     "UnsupportedMediaTypeError",
     "UploadRule",
     "Validate",
@@ -64,6 +66,7 @@ __all__ = [
     "current_idempotency_key",
     "idempotency_key",
     "request_context",
+    "scoped",
     "sniff_type",
     "stack",
 ]

@@ -16,6 +16,7 @@ being decoded.
 
 from __future__ import annotations
 
+import functools
 import io
 import mimetypes
 import posixpath
@@ -204,10 +205,9 @@ class ValidationPolicy:
                 f"extension {ext or '(none)'!r} is not allowed here", key=key, operation="put"
             )
 
-    def decide(self, key: str, head: bytes, declared: str | None, rule: UploadRule) -> str | None:
-        """The content type to store for a body starting with ``head`` (all of it if shorter than
-        ``sniff_size``), or a :class:`ValidationError`."""
-        sniffed = sniff_type(head)
+    def decide(self, key: str, sniffed: str | None, declared: str | None, rule: UploadRule) -> str | None:
+        """The content type to store for a body whose bytes sniff as ``sniffed`` (see :func:`sniff_type`)
+        and that was declared ``declared``, or a :class:`ValidationError`."""
         given = _essence(declared) if declared else None
         if given in _GENERIC:
             given, declared = None, None
@@ -245,6 +245,7 @@ class ValidationPolicy:
         return chosen
 
 
+@functools.lru_cache(maxsize=256)
 def _essence(content_type: str) -> str:
     mime = parse_mime_type(content_type)
     return mime.essence if mime is not None else content_type.strip().lower()
@@ -280,10 +281,16 @@ _ENCODINGS = {
 def _name_type(key: str) -> str:
     """The type a store would give ``key`` from its name (a compressed name: the compression's type)."""
     name = posixpath.basename(key)
-    _, encoding = mimetypes.guess_type("x" + "".join(_extensions(name)), strict=False)
+    dot = name.find(".")
+    return _suffix_type(name[dot:].lower() if dot >= 0 else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _suffix_type(suffixes: str) -> str:
+    _, encoding = mimetypes.guess_type("x" + suffixes, strict=False)
     if encoding in _ENCODINGS:
         return _ENCODINGS[encoding]
-    return _essence(guess_content_type(key))
+    return _essence(guess_content_type("x" + suffixes))
 
 
 def _canonical(essence: str) -> str:
@@ -303,6 +310,7 @@ def _extension(name: str, compound: frozenset[str]) -> str:
     return exts[-1] if exts else ""
 
 
+@functools.lru_cache(maxsize=256)
 def _extensions_of(mime: str) -> frozenset[str]:
     """The extensions a type goes by (``mimetypes`` plus filetype's own name for it)."""
     out = {e.lower() for e in mimetypes.guess_all_extensions(mime, strict=False)}
@@ -451,8 +459,8 @@ class Validate(Layer):
         rule = policy.check_declared(key, size=await _known_size(body), content_type=content_type)
         chunks = iter_body(body).__aiter__()
         head, exhausted = await _read_upto(chunks, policy.sniff_size)
-        chosen = policy.decide(key, head, content_type, rule)
         sniffed = sniff_type(head)
+        chosen = policy.decide(key, sniffed, content_type, rule)
         if rule.checks_images and sniffed is not None and sniffed.startswith("image/") and sniffed != "image/svg+xml":
             while not _image_limits(key, head, rule, exhausted or len(head) >= policy.image_header_size):
                 more, exhausted = await _read_upto(chunks, policy.image_header_size - len(head))

@@ -8,7 +8,7 @@ from fastapi import Request
 
 from .._base import StorageBackend
 from .._errors import StorageError
-from ..layers import ValidationPolicy
+from ..layers import Scoped, ValidationPolicy
 from ._auth import FULL_ACCESS, Action, Grant, TokenAuthority
 from ._limits import GRANT_STATE, Buckets, Limiter
 from ._redis import RedisBuckets, RedisLink
@@ -86,6 +86,16 @@ class ServiceContext:
         grant = self.admit(request)
         grant.require(action, key)
         return grant
+
+    def store(self, grant: Grant) -> StorageBackend:
+        """The store as ``grant`` reaches it: a view confined to the token's prefix (keys stay absolute).
+
+        Routes check the grant first (401/403 before a body is read); the view then
+        enforces the prefix by construction on every call the route makes.
+        """
+        if not grant.prefix:
+            return self.storage
+        return Scoped(self.storage, grant.prefix, relative=False)
 
     def url_lifetime(self, grant: Grant, expires_in: int) -> int:
         """``expires_in`` capped so a URL minted with ``grant`` never outlives its token."""

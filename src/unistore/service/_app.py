@@ -103,8 +103,11 @@ def _self_hosted_docs(app: FastAPI) -> None:
 
 
 def _native_uploads(backend: StorageBackend) -> Any:
-    """The backend's own resumable session API (``S3Backend.uploads``), if it has one."""
+    """The backend's own resumable session API (``S3Backend.uploads``), if it has one and no layer
+    above it must see every body (Encrypt: parts sent straight to the store would skip it)."""
     while isinstance(backend, Layer):
+        if getattr(backend, "transforms_bodies", False):
+            return None
         backend = backend.inner
     try:
         from ..backends._s3sessions import S3Uploads

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from .._errors import ConfigurationError, StorageError
 from ..layers._validate import UploadRule, ValidationPolicy
+from ._auth import secret_bytes
 
 __all__ = ["KEY_LABELS", "ServiceSettings", "metrics_bind", "upload_rules_from_json"]
 
@@ -70,7 +71,8 @@ class ServiceSettings:
     auth: bool = True
     """Require a bearer token on every request; off lets every request do everything (local development only)."""
     secret: bytes | None = field(default=None, repr=False)
-    """Key that signs and verifies tokens (at least 16 bytes); required when ``auth`` is on."""
+    """Key that signs and verifies tokens (at least 16 bytes); required when ``auth`` is on. A str is
+    accepted and used UTF-8 encoded (as ``UNISTORE_SECRET`` is); other types are refused."""
     max_body_size: int = 5 * 1024**3
     """Largest request body, in bytes (413 beyond it)."""
     max_json_size: int = 1024**2
@@ -104,10 +106,10 @@ class ServiceSettings:
     webhooks: tuple[str, ...] = ()
     """URLs that receive each completion event as signed JSON (separated by commas or spaces)."""
     webhook_secret: bytes | None = field(default=None, repr=False)
-    """Key that signs webhook bodies; unset: ``secret``."""
+    """Key that signs webhook bodies; unset: ``secret``. A str is used UTF-8 encoded."""
     accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     """Older (or upcoming) secrets whose tokens are still verified but never minted, for rotation (separated by
-    commas or spaces)."""
+    commas or spaces; str items are used UTF-8 encoded)."""
     metrics: str = "token"
     """Who may read ``/metrics``: ``token`` (a token with the ``metrics`` action), ``open``, ``off``, or
     ``HOST:PORT`` (a separate listener, no token)."""
@@ -129,6 +131,16 @@ class ServiceSettings:
     extensions that disagree with the bytes."""
 
     def __post_init__(self) -> None:
+        # A str secret (as a Python caller naturally writes one) is used UTF-8 encoded, like UNISTORE_SECRET;
+        # anything else fails here, not at the first token.
+        for name in ("secret", "webhook_secret"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, secret_bytes(value, name))
+        if isinstance(self.accepted_secrets, str | bytes):
+            raise ConfigurationError("accepted_secrets must be a tuple of secrets, not one secret")
+        accepted = tuple(secret_bytes(s, "accepted_secrets item") for s in self.accepted_secrets)
+        object.__setattr__(self, "accepted_secrets", accepted)
         if self.auth and (self.secret is None or len(self.secret) < 16):
             raise ConfigurationError(
                 "auth needs a secret of at least 16 bytes (UNISTORE_SECRET); set UNISTORE_AUTH=off for local use"

@@ -1,0 +1,153 @@
+"""Regression tests for configuration and CLI defects found on the way (each fails on the old code)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unistore import backend_from_url
+from unistore.cli import app
+from unistore.testing import S3Server
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def no_cloud_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in list(os.environ):
+        if var.startswith(("STORAGE_", "AWS_", "UNISTORE_", "GOOGLE_", "CLOUDINARY_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return monkeypatch
+
+
+# --- a. s3:// and gs:// URLs take the rest of their settings from the environment ---------------------------
+
+
+async def test_s3_url_uses_storage_s3_env(seaweed: S3Server, no_cloud_env: pytest.MonkeyPatch) -> None:
+    for name, value in seaweed.env(bucket="not-this-one", prefix="nor-this/").items():
+        no_cloud_env.setenv(name, value)
+    prefix = f"url-env-{uuid.uuid4().hex[:8]}"
+    store = backend_from_url(f"s3://unistore-tests/{prefix}")
+    async with store:
+        await store.put_object("k", b"v")  # endpoint, keys and region from STORAGE_S3_*
+        assert await store.get("k") == b"v"
+    assert seaweed.client().get_object(Bucket="unistore-tests", Key=f"{prefix}/k")["Body"].read() == b"v"
+
+
+def test_cli_s3_object_urls_use_storage_s3_env(
+    seaweed: S3Server, no_cloud_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in seaweed.env().items():
+        if name not in ("STORAGE_BACKEND", "STORAGE_S3_BUCKET"):
+            no_cloud_env.setenv(name, value)
+    prefix = f"cli-env-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    up = runner.invoke(app, ["cp", str(tmp_path / "a.txt"), f"s3://unistore-tests/{prefix}/a.txt", "-q"])
+    assert up.exit_code == 0, up.stderr
+    down = runner.invoke(app, ["cp", f"s3://unistore-tests/{prefix}/a.txt", str(tmp_path / "b.txt"), "-q"])
+    assert down.exit_code == 0, down.stderr
+    assert (tmp_path / "b.txt").read_bytes() == b"hello"
+
+
+async def test_gs_url_uses_the_emulator_host(fake_gcs: dict[str, str], no_cloud_env: pytest.MonkeyPatch) -> None:
+    no_cloud_env.setenv("STORAGE_EMULATOR_HOST", fake_gcs["url"])
+    store = backend_from_url(f"gs://{fake_gcs['bucket']}/url-env-{uuid.uuid4().hex[:8]}?timeout=5")
+    async with store:
+        await store.put_object("k", b"v")
+        assert await store.get("k") == b"v"
+
+
+# --- b. without the [cli] extra the console script says how to install it ---------------------------------
+
+_HIDE = """
+import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Hide())
+sys.argv = ["unistore", "--help"]
+from unistore.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("hidden", [("typer",), ("rich",), ("typer", "rich", "click")])
+def test_help_without_the_cli_extra_is_one_line_and_exit_8(hidden: tuple[str, ...]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    r = subprocess.run(
+        [sys.executable, "-c", _HIDE.format(hidden=set(hidden))], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert r.returncode == 8, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "pip install 'unistore[cli]'" in r.stderr
+
+
+# --- c. a str secret is used UTF-8 encoded; anything else is refused at construction ---------------------------
+
+TEXT_SECRET = "a text secret, 16+ bytes ✓"
+
+
+def test_a_str_secret_works_like_its_utf8_bytes() -> None:
+    import httpx
+
+    from unistore import ConfigurationError, MemoryBackend
+    from unistore.service import ServiceSettings, TokenAuthority, create_app
+    from unistore.testing import running_server
+
+    as_text, as_bytes = TokenAuthority(TEXT_SECRET), TokenAuthority(TEXT_SECRET.encode())
+    assert as_text.key_id == as_bytes.key_id
+    token = as_text.issue(["read", "write"], prefix="", expires_in=60)
+    assert as_bytes.verify(token).allows("write")
+    assert TokenAuthority(TEXT_SECRET.encode(), accepted=["older secret, 16 bytes"]).verify(
+        TokenAuthority("older secret, 16 bytes").issue(["read"], prefix="", expires_in=60)
+    ).allows("read")
+    settings = ServiceSettings(secret=TEXT_SECRET, accepted_secrets=("older secret, 16 bytes",))  # type: ignore[arg-type]
+    assert settings.secret == TEXT_SECRET.encode() and settings.accepted_secrets == (b"older secret, 16 bytes",)
+    with running_server(create_app(MemoryBackend(), settings=settings)) as url:
+        r = httpx.put(f"{url}/v1/objects/a.txt", content=b"hi", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (200, 201), r.text
+    for bad in (12345678901234567890, ["x" * 20], None):
+        with pytest.raises(ConfigurationError):
+            TokenAuthority(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(secret=12345678901234567890)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(secret=TEXT_SECRET, accepted_secrets="one secret, not a tuple")  # type: ignore[arg-type]
+
+
+# --- d. a presigned POST form with a content-type prefix carries Content-Type ----------------------------------
+
+
+@pytest.mark.parametrize("server", ["seaweed", "moto"])
+async def test_presigned_post_form_with_a_type_prefix_uploads(request: pytest.FixtureRequest, server: str) -> None:
+    import httpx
+
+    s3: S3Server = request.getfixturevalue(server)
+    key = f"post-{uuid.uuid4().hex[:8]}/avatar.png"
+    async with s3.backend() as store:
+        url, fields = await store.presign_post(key, content_type_prefix="image/", max_size=1000, expires_in=60)
+        assert fields["Content-Type"] == "image/png"
+        async with httpx.AsyncClient() as client:
+            # exactly what a browser form built from the fields sends (the file last)
+            r = await client.post(url, data=fields, files={"file": ("avatar.png", b"\x89PNG", "image/png")})
+            assert r.status_code in (200, 201, 204), r.text
+            assert (await store.head(key)).content_type == "image/png"
+            chosen = {**fields, "Content-Type": "image/webp"}  # the browser's own type, under the prefix
+            r = await client.post(url, data=chosen, files={"file": ("a.webp", b"RIFF", "image/webp")})
+            assert r.status_code in (200, 201, 204), r.text
+            if s3.checks_signatures:  # moto does not evaluate POST policies
+                outside = {**fields, "Content-Type": "text/html"}
+                r = await client.post(url, data=outside, files={"file": ("a", b"<h1>", "text/html")})
+                assert r.status_code == 403
+        assert (await store.head(key)).content_type == "image/webp"
+        unknown = await store.presign_post(f"post-{uuid.uuid4().hex[:8]}/blob", content_type_prefix="image/")
+        assert unknown[1]["Content-Type"] == "image/"  # no guess fits: the prefix, for the form to refine
