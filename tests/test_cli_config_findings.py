@@ -151,3 +151,26 @@ async def test_presigned_post_form_with_a_type_prefix_uploads(request: pytest.Fi
         assert (await store.head(key)).content_type == "image/webp"
         unknown = await store.presign_post(f"post-{uuid.uuid4().hex[:8]}/blob", content_type_prefix="image/")
         assert unknown[1]["Content-Type"] == "image/"  # no guess fits: the prefix, for the form to refine
+
+
+# --- e. a missing GCS bucket is a configuration error, as on S3 ----------------------------------------------------
+
+
+async def test_a_missing_gcs_bucket_is_a_configuration_error(fake_gcs: dict[str, str], seaweed: S3Server) -> None:
+    from unistore import ConfigurationError, GCSBackend, NotFoundError
+
+    async with GCSBackend(bucket=f"missing-{uuid.uuid4().hex[:8]}", emulator_host=fake_gcs["url"]) as gcs:
+        calls = (
+            lambda: gcs.head("k"), lambda: gcs.get("k"), lambda: gcs.put_object("k", b"v"),
+            lambda: gcs.remove("k"), lambda: gcs.list_keys(), gcs.ping,
+        )  # fmt: skip
+        for call in calls:
+            with pytest.raises(ConfigurationError, match="does not exist"):
+                await call()
+    async with seaweed.backend(bucket=f"missing-{uuid.uuid4().hex[:8]}") as s3:
+        with pytest.raises(ConfigurationError, match="does not exist"):
+            await s3.head("k")  # the behaviour GCS now matches
+    async with GCSBackend(bucket=fake_gcs["bucket"], emulator_host=fake_gcs["url"]) as gcs:
+        with pytest.raises(NotFoundError, match="no such object"):
+            await gcs.head(f"absent-{uuid.uuid4().hex}")  # an existing bucket: still a missing object
+        assert not await gcs.remove(f"absent-{uuid.uuid4().hex}")

@@ -103,6 +103,7 @@ class S3Backend(BaseBackend):
         self.credentials = conn.credentials
         self._signer, self._host, self._origin = conn.signer, conn.host, conn.origin
         self._bucket_path, self._read_headers, self._write_extra = conn.bucket_path, conn.read_headers, conn.write_extra
+        self._bucket_exists = False  # a HEAD that succeeded, or the bucket seen after a HEAD's 404
         self._equal_parts = s.equal_parts if s.equal_parts is not None else "r2.cloudflarestorage.com" in conn.origin
         if not s.conditional_delete:
             self.capabilities = replace(type(self).capabilities, conditional_delete=False)  # type: ignore[misc]
@@ -150,8 +151,18 @@ class S3Backend(BaseBackend):
         )
 
     async def head(self, key: str) -> ObjectInfo:
+        """A HEAD's 404 has no body to tell a missing bucket from a missing object: until the bucket
+        is known to exist, the bucket is asked (a missing one is a :class:`ConfigurationError`)."""
         validate_key(key)
-        r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        try:
+            r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        except NotFoundError:
+            if not self._bucket_exists:
+                empty = {"list-type": "2", "max-keys": "0"}
+                await self._send("GET", self._bucket_path, op="head", key=key, query=empty)
+                self._bucket_exists = True
+            raise
+        self._bucket_exists = True
         return self._info(key, r.headers, int(r.headers.get("Content-Length", 0)))
 
     async def open(
