@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,59 @@ async def test_a_missing_gcs_bucket_is_a_configuration_error(fake_gcs: dict[str,
         with pytest.raises(NotFoundError, match="no such object"):
             await gcs.head(f"absent-{uuid.uuid4().hex}")  # an existing bucket: still a missing object
         assert not await gcs.remove(f"absent-{uuid.uuid4().hex}")
+
+
+# --- f. multipart part sizes fit S3's 10,000 parts -------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_part_size_for_a_known_size() -> None:
+    from unistore import InvalidArgumentError
+    from unistore.backends._s3multipart import MAX_PART, MAX_PARTS, part_size_for
+
+    assert part_size_for(0, 8 * MiB) == part_size_for(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB  # fits as configured
+    assert part_size_for(10_000 * 8 * MiB + 1, 8 * MiB) == 9 * MiB  # one byte more: the next whole MiB
+    for size in (78 * 1024**3, 100 * 1024**3, 1024**4, 5 * 1024**4):
+        part = part_size_for(size, 8 * MiB)
+        assert -(-size // part) <= MAX_PARTS and part % MiB == 0 and part <= MAX_PART
+        assert -(-size // (part - MiB)) > MAX_PARTS  # and the smallest such
+    assert part_size_for(5 * 1024**4, 5 * 1024 * MiB) == MAX_PART  # never beyond S3's 5 GiB
+    with pytest.raises(InvalidArgumentError):
+        part_size_for(5 * 1024**4 + 1, 8 * MiB)
+
+
+def test_stream_parts_grow_to_hold_5_tib() -> None:
+    from unistore.backends._s3multipart import GROWTH_STEP, MAX_PART, MAX_PARTS, stream_part_size
+
+    for start in (5 * MiB, 8 * MiB, 64 * MiB):
+        sizes = [stream_part_size(n, start) for n in range(1, MAX_PARTS + 1)]
+        assert sizes[:GROWTH_STEP] == [start] * GROWTH_STEP  # a small stream keeps its configured parts
+        assert sizes == sorted(sizes) and max(sizes) <= MAX_PART
+        assert sum(sizes) >= 5 * 1024**4
+
+
+async def test_uploads_cross_a_growth_step_and_fit_a_known_size(
+    seaweed: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from unistore.backends import _s3multipart
+
+    monkeypatch.setattr(_s3multipart, "GROWTH_STEP", 2)  # small steps: parts of 5, 5, 10, 10, 20... MiB
+    data = os.urandom(23 * MiB)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for pos in range(0, len(data), MiB):
+            yield data[pos : pos + MiB]
+
+    key = f"grow-{uuid.uuid4().hex[:8]}"
+    async with seaweed.backend(part_size=5 * MiB, checksum="sha256") as s3:
+        info = await s3.put_object(key + "/stream", stream())
+        assert info.etag.endswith("-4")  # 5 + 5 + 10 + 3 MiB, where fixed parts would take 5
+        assert hashlib.sha256(await s3.get(key + "/stream")).digest() == hashlib.sha256(data).digest()
+        monkeypatch.setattr(_s3multipart, "MAX_PARTS", 3)  # a known size: 20 MiB in 3 parts of 7 MiB
+        (tmp_path / "f").write_bytes(data[: 20 * MiB])
+        info = await s3.put_object(key + "/file", tmp_path / "f")
+        assert info.etag.endswith("-3")
+        assert await s3.get(key + "/file") == data[: 20 * MiB]

@@ -272,8 +272,9 @@ class S3Backend(BaseBackend):
         headers, ctype, meta = self._write_headers(key, content_type, metadata, cache_control, content_disposition)
         cond = _condition_headers(mode)
         part_size = self.settings.part_size
-        if isinstance(body, bytes | bytearray | memoryview) and len(body) <= part_size:
-            chunks, size, rest = [bytes(body)], len(body), None
+        total = len(body) if isinstance(body, bytes | bytearray | memoryview) else None
+        if total is not None and total <= part_size:
+            chunks, size, rest = [bytes(body)], total, None  # type: ignore[arg-type]
         elif isinstance(body, os.PathLike) and (file_size := await path_size(body)) > part_size:
             from ._s3multipart import upload_file
 
@@ -286,7 +287,7 @@ class S3Backend(BaseBackend):
         if rest is not None:
             from ._s3multipart import upload_stream
 
-            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta)
+            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta, total)
         headers.update(checksum_header(self.settings.checksum, chunks)[0])
         headers.update(cond)
         headers["content-length"] = str(size)
