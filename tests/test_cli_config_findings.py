@@ -231,3 +231,33 @@ async def test_uploads_cross_a_growth_step_and_fit_a_known_size(
         info = await s3.put_object(key + "/file", tmp_path / "f")
         assert info.etag.endswith("-3")
         assert await s3.get(key + "/file") == data[: 20 * MiB]
+
+
+# --- g. Observe counts a put once ------------------------------------------------------------------------------
+
+
+async def test_observe_counts_a_put_once() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from unistore import MemoryBackend
+    from unistore.layers import Observe
+
+    registry = CollectorRegistry()
+    store = Observe(MemoryBackend(), metrics=registry)
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"backend": "MemoryBackend", **labels}) or 0.0
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"de"
+
+    url = await store.put("a.txt", b"hello")
+    assert url.startswith(("http://", "https://", "/"))
+    await store.put("b.txt", body())
+    assert value("unistore_requests_total", operation="put") == 2
+    assert value("unistore_requests_total", operation="sign_url") == 0  # signing is part of the put
+    assert value("unistore_request_duration_seconds_count", operation="put") == 2
+    assert value("unistore_bytes_total", direction="in") == 10
+    await store.put_object("c.txt", b"x")
+    assert value("unistore_requests_total", operation="put") == 3

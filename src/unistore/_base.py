@@ -266,14 +266,7 @@ class BaseBackend(ABC):
         public objects; ``get_url`` gives a signed one when signing works), with a warning.
         """
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
-        try:
-            return await self.sign_url(key)
-        except StorageError as exc:
-            plain = _unsigned_url(self, key)
-            if plain is None:
-                raise
-            logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
-            return plain
+        return await url_after_put(self, key)
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` (a ``FileNotFoundError``) if absent."""
@@ -310,6 +303,19 @@ class BaseBackend(ABC):
     async def get_metadata(self, key: str) -> dict[str, Any]:
         """Custom metadata at the top level plus the system fields of :meth:`ObjectInfo.as_dict`."""
         return (await self.head(key)).as_dict()
+
+
+async def url_after_put(store: StorageBackend, key: str) -> str:
+    """The URL ``put`` returns for ``key`` just stored in ``store``: signed, else (with a warning)
+    the store's unsigned URL when it has one."""
+    try:
+        return await store.sign_url(key)
+    except StorageError as exc:
+        plain = _unsigned_url(store, key)
+        if plain is None:
+            raise
+        logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
+        return plain
 
 
 def check_listing_args(prefix: str, start_after: str | None) -> None:
