@@ -66,6 +66,12 @@ class TestGCS(BackendConformance):
     async def test_signed_url_round_trip(self, backend: Any, prefix: str) -> None:
         await super().test_signed_url_round_trip(backend, prefix)
 
+    @pytest.mark.xfail(
+        strict=True, reason="fake-gcs-server stores a metadata value patched to null as '' (GCS removes the name)"
+    )
+    async def test_replace_metadata_removes_names(self, backend: Any, prefix: str) -> None:
+        await super().test_replace_metadata_removes_names(backend, prefix)
+
 
 # --- configuration ---------------------------------------------------------------------------
 

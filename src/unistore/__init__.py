@@ -45,6 +45,7 @@ from ._types import (
 )
 from .backends.local import LocalBackend, LocalSettings
 from .backends.memory import MemoryBackend, MemorySettings
+from .layers._scoped import Scoped, scoped
 
 if TYPE_CHECKING:
     from .fastapi import add_storage, get_storage
@@ -83,6 +84,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "S3Backend",
+    "Scoped",
     "StorageBackend",
     "StorageError",
     "SuffixRange",
@@ -97,6 +99,7 @@ __all__ = [
     "easy_storage",
     "get_storage",
     "parse_http_range",
+    "scoped",
     "validate_key",
     "validate_prefix",
 ]

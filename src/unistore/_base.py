@@ -37,6 +37,7 @@ from ._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    normalize_metadata,
 )
 
 __all__ = ["BaseBackend", "StorageBackend", "iter_body"]
@@ -103,6 +104,9 @@ class StorageBackend(Protocol):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str: ...
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo: ...
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo: ...
     async def ping(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -233,6 +237,29 @@ class BaseBackend(ABC):
                 content_type=info.content_type,
                 metadata=info.metadata,
                 mode=mode,
+                cache_control=info.cache_control,
+                content_disposition=info.content_disposition,
+            )
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Behavior: replace the custom metadata of ``key``, keeping its body, content type,
+        cache-control and content-disposition, and return the new info. ``if_match`` raises
+        :class:`PreconditionFailedError` unless it equals the current etag, decided atomically
+        with the update; a missing object raises :class:`NotFoundError`. Readers see the old
+        metadata or the new, never a mix. The default streams the object onto itself with
+        ``IfMatch`` (so a concurrent write is never overwritten); backends that can change
+        metadata alone override it."""
+        meta = normalize_metadata(metadata)
+        async with await self.open(key, if_match=if_match) as dl:
+            info = dl.info
+            return await self.put_object(
+                key,
+                dl,
+                content_type=info.content_type,
+                metadata=meta,
+                mode=IfMatch(info.etag),
                 cache_control=info.cache_control,
                 content_disposition=info.content_disposition,
             )

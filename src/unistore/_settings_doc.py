@@ -27,6 +27,7 @@ __all__ = [
     "cli_rows",
     "detection_order",
     "field_docs",
+    "keyring_rows",
     "render",
     "service_rows",
     "settings_classes",
@@ -210,6 +211,17 @@ def service_rows() -> list[Row]:
     return _rows(ServiceSettings, {f.name: f"UNISTORE_{f.name.upper()}" for f in fields(ServiceSettings)})
 
 
+KEYRING_VARIABLES = {"keys": "UNISTORE_KEYRING", "file": "UNISTORE_KEYRING_FILE", "primary": "UNISTORE_KEYRING_PRIMARY"}
+"""The variables ``LocalKeyringSettings.from_env`` reads, by field."""
+
+
+def keyring_rows() -> list[Row]:
+    """The local keyring's settings (``unistore.encryption.LocalKeyringSettings``)."""
+    from .encryption import LocalKeyringSettings
+
+    return _rows(LocalKeyringSettings, {f.name: KEYRING_VARIABLES[f.name] for f in fields(LocalKeyringSettings)})
+
+
 def cli_rows() -> list[Row]:
     """The CLI's variables: its options' ``envvar``s (with the commands taking them), then the stores file's."""
     import typer.main
@@ -297,6 +309,16 @@ def render() -> str:
         "",
     ]
     out += _table(service_rows(), "Setting")
+    out += [
+        "",
+        "## The local encryption keyring (`LocalKeyring`)",
+        "",
+        "`LocalKeyring.from_env()` reads the key-encryption keys of the `Encrypt` layer",
+        "(`docs/encryption.md`) from these variables. The setting names are the fields of",
+        "`unistore.encryption.LocalKeyringSettings`.",
+        "",
+    ]
+    out += _table(keyring_rows(), "Setting")
     out += [
         "",
         "## The command line (`unistore`)",

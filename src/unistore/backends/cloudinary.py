@@ -438,10 +438,10 @@ class CloudinaryBackend(BaseBackend):
         method: str = "GET",
         transform: Transform | None = None,
     ) -> str:
-        """GET URLs only. Without ``transform``: a Download API URL, signed and expiring after
+        """GET (or HEAD: the same URL) URLs only. Without ``transform``: a Download API URL, signed and expiring after
         ``expires_in`` (for public assets, the plain delivery URL). With ``transform``: a signed
         delivery URL, which Cloudinary does not expire (that needs its token-based-auth add-on)."""
-        if method.upper() != "GET":
+        if method.upper() not in ("GET", "HEAD"):
             raise UnsupportedError(
                 "Cloudinary has no presigned upload URLs", key=key, backend=self.name, operation="sign_url"
             )

@@ -86,6 +86,7 @@ from .._types import (
     Capabilities,
     CommonPrefix,
     Download,
+    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -516,6 +517,44 @@ class LocalBackend(BaseBackend):
         finally:
             if not committed:
                 await asyncio.to_thread(temp.discard)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native: the kernel copies the data file (``copy_file_range``, a reflink where the file
+        system has them) into a new version that commits with its record under ``IfMatch`` of
+        the version copied, so a concurrent write is never overwritten."""
+        validate_key(key)
+        user = normalize_metadata(metadata)
+        info: ObjectInfo = await self._run("replace_metadata", key, self._replace_metadata_sync, key, user, if_match)
+        return info
+
+    def _replace_metadata_sync(self, key: str, user: dict[str, str], if_match: str | None) -> ObjectInfo:
+        opened, _, _ = self._open_sync(key, None, 0)
+        fd = opened.fd
+        current = _as_info(key, opened.info)
+        try:
+            check_read_conditions(current, if_match, None, self.name)
+            guessed = guess_content_type(key)
+            cc, cd = current.cache_control, current.content_disposition
+            meta: dict[str, Any] = {"ct": current.content_type, "meta": user, "cc": cc, "cd": cd}
+            meta["marked"] = not self._exact or bool(user or cc or cd) or meta["ct"] != guessed
+            temp = self._create_temp(key)
+            try:
+                if fd is None:
+                    size = 0
+                else:
+                    with os.fdopen(fd, "rb", closefd=True) as src:
+                        fd = None
+                        size = copy_to_fd(src, temp.fd, self.settings.chunk_size, lambda n: None)
+                written = self._commit(key, temp, size, meta, IfMatch(current.etag))
+            except BaseException:
+                temp.discard()
+                raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return _written_info(key, meta, written)
 
     async def sweep(self, *, older_than: float = STALE_AFTER) -> int:
         """Remove what killed writers left: temp files no live writer holds and sidecars of

@@ -17,7 +17,7 @@ import itertools
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ from .._types import (
     Capabilities,
     CommonPrefix,
     Download,
+    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -343,6 +344,27 @@ class MemoryBackend(BaseBackend):
             cache_control=i.cache_control,
             content_disposition=i.content_disposition,
         )
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native: the body is shared, the new version gets a new etag."""
+        validate_key(key)
+        meta = normalize_metadata(metadata)
+        with self._lock:
+            current = self._objects.get(key)
+            if current is None:
+                raise NotFoundError("no such object", key=key, backend=self.name, operation="replace_metadata")
+            if if_match is not None:
+                check_write_mode(current.info, IfMatch(if_match), key, self.name)
+            info = replace(
+                current.info,
+                etag=f"{self._epoch}-{next(self._etags):x}",
+                last_modified=datetime.now(UTC),
+                metadata=meta,
+            )
+            self._objects[key] = _Entry(current.data, info)
+        return info
 
     async def ping(self) -> None:
         return None

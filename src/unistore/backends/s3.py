@@ -4,7 +4,7 @@ The data path speaks the S3 REST protocol directly with SigV4 signing
 (``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
 streamed transfers over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
-``docs/s3.md`` for the measurement). botocore is used only where it adds something: the standard AWS
+``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
 escape hatch ``backend._client`` for provider-specific calls.
 
@@ -52,6 +52,7 @@ from .._types import (
     normalize_metadata,
 )
 from . import _s3auth
+from ._extras import require_extra
 from ._s3http import S3Connection
 from ._s3multipart import PartFailure, PartInfo
 from ._s3sessions import S3Uploads, UploadSession
@@ -65,7 +66,7 @@ from ._s3wire import (
     xml_children,
     xml_find,
 )
-from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key
+from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
+_COPY_LIMIT = 5 * 1024**3  # the largest object one CopyObject may copy
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
 
 
@@ -93,6 +95,7 @@ class S3Backend(BaseBackend):
     )
 
     def __init__(self, settings: S3Settings | None = None, **options: Any) -> None:
+        require_extra("S3Backend", "s3", "aiohttp", "aioboto3")  # imported on first use
         self.settings = s = settings_from(S3Settings, settings, options)
         self.bucket = s.bucket
         self.default_expires_in = s.url_expiration
@@ -501,6 +504,46 @@ class S3Backend(BaseBackend):
         from ._s3multipart import copy_object
 
         return await copy_object(self, info, dst)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native up to 5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``,
+        conditional on the source etag (``x-amz-copy-source-if-match``) and on the destination's
+        (``If-Match``, where the server decides it); larger objects stream onto themselves."""
+        validate_key(key)
+        info = await self.head(key)
+        if if_match is not None and if_match != "*" and if_match.strip('"') != info.etag:
+            raise PreconditionFailedError(
+                "if_match does not match the current etag", key=key, backend=self.name, operation="replace_metadata"
+            )
+        if info.size > _COPY_LIMIT:
+            return await super().replace_metadata(key, metadata, if_match=info.etag)
+        headers, ctype, meta = self._write_headers(
+            key, info.content_type, metadata, info.cache_control, info.content_disposition
+        )
+        source = "/" + self.bucket + "/" + self._object_path(key).removeprefix(self._bucket_path)
+        headers.update(
+            {
+                "x-amz-copy-source": source,
+                "x-amz-copy-source-if-match": quote_etag(info.etag),
+                "if-match": quote_etag(info.etag),
+                "x-amz-metadata-directive": "REPLACE",
+            }
+        )
+        for name, value in self._read_headers.items():
+            headers[name.replace("x-amz-", "x-amz-copy-source-", 1)] = value
+        r = await self._send("PUT", self._object_path(key), op="replace_metadata", key=key, headers=headers)
+        root = xml_result(
+            r.body, r.headers, key=key, operation="replace_metadata", backend=self.name, bucket=self.bucket
+        )
+        return replace(
+            info,
+            etag=xml_find(root, "ETag").strip('"'),
+            last_modified=iso_date(xml_find(root, "LastModified")),
+            content_type=ctype,
+            metadata=meta,
+        )
 
     async def ping(self) -> None:
         try:

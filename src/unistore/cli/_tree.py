@@ -50,7 +50,7 @@ from rich.progress import (
 from .._base import StorageBackend
 from .._errors import AlreadyExistsError, IntegrityError, StorageError
 from .._types import ObjectInfo, WriteMode
-from ._transfer import Advance, download, err, human, note, upload
+from ._transfer import Advance, download, download_ranges, err, human, note, upload
 
 __all__ = [
     "Filters",
@@ -71,6 +71,13 @@ RESUME_AT = LARGE
 """Downloads at least this large keep a resumable ``.part`` (locked, fsynced); smaller ones
 are written in one go through a temp file and a rename (as ``get --no-resume``), which
 costs a fraction of the system calls: a rerun simply fetches them again."""
+
+SMALL = 1024 * 1024
+"""Files up to this size move in one piece: read, or written through a temp file and a rename
+with their modification time, in one call in a worker thread, sent or fetched in one request."""
+
+DOWNLOAD_STREAMS = 8
+"""Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
 
 UPLOAD_PARTS = 6
 """S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
@@ -288,7 +295,8 @@ async def _ordered(items: AsyncIterator[Item]) -> AsyncIterator[Item]:
 
 
 class _Display:
-    """One progress display for a whole tree: files and bytes overall, a bar per large file."""
+    """One progress display for a whole tree: files and bytes overall, a bar per large file.
+    Disabled (quiet, or stderr not a terminal) it only counts: nothing per file goes through rich."""
 
     def __init__(self, quiet: bool) -> None:
         self.bar = Progress(
@@ -301,6 +309,7 @@ class _Display:
             disable=quiet or not err.is_terminal,
             transient=False,
         )
+        self.live = not self.bar.disable
         self.files = self.done = 0
         self.total: TaskID = self.bar.add_task("", total=0)
         self._describe()
@@ -310,16 +319,21 @@ class _Display:
 
     def plan(self, size: int) -> None:
         self.files += 1
-        task = self.bar.tasks[self.total]
-        self.bar.update(self.total, total=(task.total or 0) + size)
-        self._describe()
+        if self.live:
+            task = self.bar.tasks[self.total]
+            self.bar.update(self.total, total=(task.total or 0) + size)
+            self._describe()
 
     def finish(self) -> None:
         self.done += 1
-        self._describe()
+        if self.live:
+            self._describe()
 
     @contextlib.contextmanager
     def bars(self, label: str, total: int | None, done: int) -> Iterator[Advance]:
+        if not self.live:
+            yield _ignore
+            return
         own = self.bar.add_task(label, total=total, completed=done) if (total or 0) >= LARGE else None
         self.bar.advance(self.total, done)
 
@@ -335,6 +349,10 @@ class _Display:
                 self.bar.remove_task(own)
 
 
+def _ignore(n: int) -> None:
+    """The ``advance`` of a disabled display."""
+
+
 Action = Literal["copy", "check", "skip"]
 """copy; compare digests, then copy if they differ; nothing to copy (a move still removes the source)."""
 
@@ -344,7 +362,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     stats, started = TreeStats(), time.monotonic()
     queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
     display = _Display(opts.quiet or opts.dry_run)
-    parts = asyncio.Semaphore(UPLOAD_PARTS)
+    shared = _Shared(display)
 
     async def produce() -> None:
         async for a, b in _merged(src.items(), dst.items()):
@@ -375,7 +393,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
                 elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
                     stats.unchanged += 1
                 else:
-                    await _copy(src, dst, a, opts, display, parts)
+                    await _copy(src, dst, a, opts, shared)
                     stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
                 if opts.move:
                     await src.remove(a.rel)
@@ -413,19 +431,40 @@ async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
 
 
-async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display, parts: asyncio.Semaphore) -> None:
+@dataclass(slots=True)
+class _Shared:
+    """What a tree's transfers share: the progress display, the bounds on S3 parts and ranged
+    reads in flight, and the local folders known to exist."""
+
+    display: _Display
+    parts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_PARTS))
+    streams: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOAD_STREAMS))
+    folders: set[Path] = field(default_factory=set)
+
+
+async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -> None:
     mode: WriteMode = "create" if opts.ignore_existing else "overwrite"
     metadata = dict(a.info.metadata) if a.info is not None else {}
     metadata.update(opts.metadata)
+    display = shared.display
     if isinstance(dst, StoreTree):
         key = dst.prefix + a.rel
         if opts.checksum:
             metadata["sha256"] = await src.sha256(a)
         if isinstance(src, LocalTree):
+            data = await asyncio.to_thread(_read_small, src.root / a.rel) if a.size <= SMALL else None
+            if data is not None:
+                with display.bars(f"cp {a.rel}", len(data), 0) as advance:
+                    await dst.store.put_object(
+                        key, data, content_type=opts.content_type, metadata=metadata, mode=mode,
+                        cache_control=opts.cache_control,
+                    )
+                    advance(len(data))
+                return
             await upload(
                 dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
                 state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
-                part_slots=parts,
+                part_slots=shared.parts,
             )
             return
         assert isinstance(src, StoreTree) and a.info is not None
@@ -441,16 +480,76 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display,
         return
     assert isinstance(dst, LocalTree)
     path = dst.root / a.rel
-    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     if isinstance(src, StoreTree):
-        resume = a.size >= RESUME_AT
-        await download(src.store, src.prefix + a.rel, path, resume=resume, quiet=True, bars=display.bars)
+        key = src.prefix + a.rel
+        if a.size <= SMALL and a.size < RESUME_AT:
+            async with await src.store.open(key) as dl:
+                data = await dl.read() if dl.content_length <= SMALL else None
+                if data is not None and len(data) != dl.content_length:
+                    raise IntegrityError(f"read {len(data)} of {dl.content_length} bytes", key=key, operation="get")
+            if data is not None:
+                with display.bars(f"get {key}", len(data), 0) as advance:
+                    _write_small(path, data, a.mtime, shared.folders)
+                    advance(len(data))
+                return
+        await asyncio.to_thread(_make_folder, path.parent, shared.folders)
+        if a.size >= RESUME_AT:
+            await download_ranges(src.store, key, path, bars=display.bars, streams=shared.streams)
+        else:
+            await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
     else:
         assert isinstance(src, LocalTree)
+        await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         with display.bars(f"cp {a.rel}", a.size, 0) as advance:
             await asyncio.to_thread(shutil.copyfile, src.root / a.rel, path)
             advance(a.size)
     await asyncio.to_thread(os.utime, path, (a.mtime, a.mtime))
+
+
+def _make_folder(folder: Path, known: set[Path]) -> None:
+    if folder not in known:
+        folder.mkdir(parents=True, exist_ok=True)
+        known.add(folder)
+
+
+def _read_small(path: Path) -> bytes | None:
+    """The file's bytes, or ``None`` when it has grown past ``SMALL`` (then it is streamed)."""
+    chunks, n = [], 0
+    with open(path, "rb", buffering=0) as f:
+        while n <= SMALL and (chunk := f.read(SMALL + 1 - n)):
+            chunks.append(chunk)
+            n += len(chunk)
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if n <= SMALL else None
+
+
+def _write_small(path: Path, data: bytes, mtime: float, known: set[Path]) -> None:
+    """Write ``path`` atomically: a temp file beside it (``.unistore.*``, which listings skip)
+    gets the bytes and ``mtime``, then is renamed over ``path``. A partial download left by a
+    larger earlier version of the file goes."""
+    _make_folder(path.parent, known)
+    for leftover in (".part", ".part.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.with_name(path.name + leftover))
+    while True:
+        tmp = path.with_name(f".unistore.{os.urandom(6).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        break
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 async def _counted(chunks: AsyncIterator[bytes], advance: Advance) -> AsyncIterator[bytes]:

@@ -1,5 +1,46 @@
-"""Client-side envelope encryption: keyrings, the :class:`Encrypt` layer and key rotation."""
+"""Client-side envelope encryption: keyrings, the :class:`Encrypt` layer and key rotation.
 
+``Encrypt(backend, keyring)`` encrypts every body with its own data key, wrapped by the
+keyring's primary key-encryption key (``docs/encryption.md``).
+"""
+
+from ._encrypt import (
+    ALGORITHM,
+    META_ALGORITHM,
+    META_HEADER,
+    META_KEY_ID,
+    META_PLAINTEXT_SHA256,
+    META_PLAINTEXT_SIZE,
+    META_SEGMENT_SIZE,
+    META_WRAPPED_KEY,
+    Encrypt,
+    EncryptedObjectInfo,
+    EncryptionInfo,
+    associated_data,
+    wrap_context,
+)
 from ._keyring import Keyring, WrappedKey
+from ._kms_aws import AwsKmsKeyring, AwsKmsKeyringSettings
+from ._local import LocalKeyring, LocalKeyringSettings
 
-__all__ = ["Keyring", "WrappedKey"]
+__all__ = [
+    "ALGORITHM",
+    "AwsKmsKeyring",
+    "AwsKmsKeyringSettings",
+    "Encrypt",
+    "EncryptedObjectInfo",
+    "EncryptionInfo",
+    "Keyring",
+    "LocalKeyring",
+    "LocalKeyringSettings",
+    "META_ALGORITHM",
+    "META_HEADER",
+    "META_KEY_ID",
+    "META_PLAINTEXT_SHA256",
+    "META_PLAINTEXT_SIZE",
+    "META_SEGMENT_SIZE",
+    "META_WRAPPED_KEY",
+    "WrappedKey",
+    "associated_data",
+    "wrap_context",
+]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .._base import StorageBackend
 from .._errors import ConfigurationError, RateLimitedError
-from .._types import Download, ObjectInfo, Range
+from .._types import Body, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["RateLimit"]
@@ -168,6 +168,19 @@ class RateLimit(Layer):
         yield first
         async for item in items:
             yield item
+
+    async def put(
+        self,
+        key: str,
+        data: Body,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        # One operation for the caller: one token and one permit, not one for the write and
+        # another for the URL that ``put`` returns.
+        return await self._around(
+            "put", key, lambda: self.inner.put(key, data, content_type=content_type, metadata=metadata)
+        )
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

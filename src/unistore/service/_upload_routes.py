@@ -64,6 +64,12 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
     ) -> dict[str, Any]:
         """Start a session for ``key``; ``direct`` keeps the parts in the store (presigned part URLs)."""
         ctx.check(request, "write", key)
+        if ctx.upload_policy is not None:  # the name and declared type are refused now, not after every part
+            if direct:
+                raise InvalidArgumentError(
+                    "direct uploads would skip upload validation; send the parts through this service", key=key
+                )
+            ctx.upload_policy.check_declared(key, content_type=content_type)
         session = await sessions.create(
             key, content_type=content_type, metadata=metadata, part_size=part_size, direct=direct
         )
