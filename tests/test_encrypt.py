@@ -255,7 +255,15 @@ async def test_tink_decrypts_what_we_write(keyring: LocalKeyring, size: int) -> 
     inner = MemoryBackend()
     store = Encrypt(inner, keyring)
     data = os.urandom(size)
-    await store.put_object("dir/obj.bin", _chunks(data, 100_000), metadata={"owner": "me"})
+    await store.put_object("dir/obj.bin", data, metadata={"owner": "me"})  # in one piece
+    raw = await inner.head("dir/obj.bin")
+    wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
+    dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))
+    with _tink(dek, 65536).new_decrypting_stream(
+        io.BytesIO(await inner.get("dir/obj.bin")), associated_data("dir/obj.bin", raw.metadata)
+    ) as r:
+        assert r.read() == data
+    await store.put_object("dir/obj.bin", _chunks(data, 100_000), metadata={"owner": "me"})  # streamed
     raw = await inner.head("dir/obj.bin")
     wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
     dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))

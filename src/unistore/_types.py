@@ -80,7 +80,6 @@ class ObjectInfo:
 # --- ranges ---------------------------------------------------------------------------
 
 
-
 @dataclass(frozen=True, slots=True)
 class CommonPrefix:
     """A "folder" of a delimited listing: every key under ``prefix`` (which ends with the

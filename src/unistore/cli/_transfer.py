@@ -290,7 +290,11 @@ async def upload(
                 state = Path(state_dir or _default_state_dir())
                 return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance, part_slots)
         return await store.put_object(
-            key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
+            key,
+            read_file(path, advance),
+            content_type=content_type,
+            metadata=metadata,
+            mode=mode,
             cache_control=cache_control,
         )
 

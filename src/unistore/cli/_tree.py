@@ -254,9 +254,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _merged(
-    src: AsyncIterator[Item], dst: AsyncIterator[Item]
-) -> AsyncIterator[tuple[Item | None, Item | None]]:
+async def _merged(src: AsyncIterator[Item], dst: AsyncIterator[Item]) -> AsyncIterator[tuple[Item | None, Item | None]]:
     """Pairs of same-named files from two sorted listings (``None`` where one side lacks it).
 
     A listing out of code-point order would pair the wrong files (and ``--delete`` would
@@ -423,8 +421,16 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display,
             metadata["sha256"] = await src.sha256(a)
         if isinstance(src, LocalTree):
             await upload(
-                dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
-                state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+                dst.store,
+                key,
+                src.root / a.rel,
+                content_type=opts.content_type,
+                metadata=metadata,
+                state_dir=opts.state_dir,
+                quiet=True,
+                bars=display.bars,
+                mode=mode,
+                cache_control=opts.cache_control,
                 part_slots=parts,
             )
             return
@@ -432,8 +438,12 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display,
         async with await src.store.open(src.prefix + a.rel) as dl:
             with display.bars(f"cp {a.rel}", a.size, 0) as advance:
                 await dst.store.put_object(
-                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or a.info.content_type,
-                    metadata=metadata, mode=mode, cache_control=opts.cache_control or a.info.cache_control,
+                    key,
+                    _counted(dl.__aiter__(), advance),
+                    content_type=opts.content_type or a.info.content_type,
+                    metadata=metadata,
+                    mode=mode,
+                    cache_control=opts.cache_control or a.info.cache_control,
                     content_disposition=a.info.content_disposition,
                 )
         return

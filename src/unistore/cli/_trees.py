@@ -150,8 +150,12 @@ def rm(
                         typer.echo(f"{'deleted' if await s.delete(key) else 'absent'} {key}")
                     continue
                 count = await remove_tree(
-                    s, key, filters=_filters(include, exclude), dry_run=dry_run,
-                    confirm=(lambda n: True) if yes else stdin_confirms, transfers=transfers,
+                    s,
+                    key,
+                    filters=_filters(include, exclude),
+                    dry_run=dry_run,
+                    confirm=(lambda n: True) if yes else stdin_confirms,
+                    transfers=transfers,
                 )
                 if count == 0 and not dry_run and not yes:
                     note(f"nothing deleted under {key!r} (over 1,000 objects need --yes when not asked on a terminal)")
@@ -217,9 +221,16 @@ def cp(
     metadata = metadata_options(meta)
     if recursive:
         opts = _options(
-            transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, dry_run=dry_run, quiet=quiet,
-            filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-            metadata=metadata, state_dir=state_dir,
+            transfers=transfers,
+            checksum=checksum,
+            ignore_existing=ignore_existing,
+            dry_run=dry_run,
+            quiet=quiet,
+            filters=_filters(include, exclude),
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata=metadata,
+            state_dir=state_dir,
         )
         return _tree_run(source, dest, (src_token or token, dst_token or token), opts)
 
@@ -229,9 +240,16 @@ def cp(
             typer.echo(f"would copy {source} -> {dest}")
             return
         await copy_one(
-            src, dst, src_token=src_token or token, dst_token=dst_token or token, content_type=content_type,
-            cache_control=cache_control, metadata=metadata, mode="create" if ignore_existing else "overwrite",
-            quiet=quiet, label=f"cp {source}",
+            src,
+            dst,
+            src_token=src_token or token,
+            dst_token=dst_token or token,
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata=metadata,
+            mode="create" if ignore_existing else "overwrite",
+            quiet=quiet,
+            label=f"cp {source}",
         )
 
     run(work)
@@ -264,8 +282,16 @@ def mv(
         if src.key is None:
             raise InvalidArgumentError(f"{source!r} is not an object: mv moves objects (use cp for local files)")
         remove = await copy_one(
-            src, dst, src_token=src_token or token, dst_token=dst_token or token, content_type=None,
-            cache_control=None, metadata={}, mode="overwrite", quiet=quiet, label=f"mv {source}",
+            src,
+            dst,
+            src_token=src_token or token,
+            dst_token=dst_token or token,
+            content_type=None,
+            cache_control=None,
+            metadata={},
+            mode="overwrite",
+            quiet=quiet,
+            label=f"mv {source}",
         )
         if remove is not None:
             await remove()
@@ -296,8 +322,16 @@ def sync(
     """Make DEST hold what SOURCE holds: copy new and changed files (size and time, or
     --checksum), and with --delete remove the ones SOURCE lacks."""
     opts = _options(
-        transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, delete=delete, dry_run=dry_run,
-        quiet=quiet, filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-        metadata=metadata_options(meta), state_dir=state_dir,
+        transfers=transfers,
+        checksum=checksum,
+        ignore_existing=ignore_existing,
+        delete=delete,
+        dry_run=dry_run,
+        quiet=quiet,
+        filters=_filters(include, exclude),
+        content_type=content_type,
+        cache_control=cache_control,
+        metadata=metadata_options(meta),
+        state_dir=state_dir,
     )
     _tree_run(source, dest, (src_token or token, dst_token or token), opts)

@@ -160,9 +160,19 @@ class SegmentCipher:
                 pos, index = pos + size, index + 1
             if pos < end:
                 pending += view[pos:]
-            for segment in out:
-                yield segment
+            if out:  # one write per input chunk, not per segment
+                yield out[0] if len(out) == 1 else b"".join(out)
         yield self.encrypt(index, pending, True)
+
+    def encrypt_all(self, plaintext: bytes) -> bytes:
+        """The whole ciphertext of an in-memory ``plaintext``."""
+        layout, view, out = self.layout, memoryview(plaintext), [self.header]
+        index, pos = 0, 0
+        while len(plaintext) - pos > layout.plain_len(index):
+            out.append(self.encrypt(index, view[pos : pos + layout.plain_len(index)], False))
+            pos, index = pos + layout.plain_len(index), index + 1
+        out.append(self.encrypt(index, view[pos:], True))
+        return b"".join(out)
 
     async def decrypt_stream(
         self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool

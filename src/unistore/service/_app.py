@@ -150,9 +150,7 @@ def create_app(
     )
     ctx.storage = storage
 
-    app = FastAPI(
-        title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None
-    )
+    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None)
     _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.
