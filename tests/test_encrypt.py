@@ -461,3 +461,31 @@ async def test_data_keys_are_cached_for_a_while() -> None:
     await uncached.get("a")
     await uncached.get("a")
     assert keyring.unwraps == 9
+
+
+async def test_read_ahead_keeps_order_bounds_memory_raises_and_closes() -> None:
+    from unistore.encryption._stream import read_ahead
+
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    async def source(fail_at: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise ValueError("source broke")
+                pulled.append(i)
+                yield bytes([i])
+        finally:
+            closed.append(True)
+
+    assert [c async for c in read_ahead(source())] == [bytes([i]) for i in range(10)]
+    pulled.clear()
+    ahead = read_ahead(source(), depth=1)
+    assert await anext(ahead) == b"\x00"
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3  # one yielded, one queued, one in the pump's hands
+    await ahead.aclose()
+    assert closed[-1] is True
+    with pytest.raises(ValueError, match="source broke"):
+        [c async for c in read_ahead(source(fail_at=4))]

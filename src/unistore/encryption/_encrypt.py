@@ -29,7 +29,7 @@ from .._signing import UrlSigner
 from .._types import Body, ByteRange, Capabilities, Download, ObjectInfo, Range, WriteMode, normalize_metadata
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header
+from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header, read_ahead
 
 __all__ = [
     "ALGORITHM",
@@ -312,7 +312,7 @@ class Encrypt(Layer):
         small = isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT
         info = await self.inner.put_object(
             key,
-            cipher.encrypt_all(body) if small else cipher.encrypt_stream(iter_body(body)),  # type: ignore[arg-type]
+            cipher.encrypt_all(body) if small else read_ahead(cipher.encrypt_stream(iter_body(body))),  # type: ignore[arg-type]
             content_type=content_type,
             metadata=stored,
             mode=mode,
@@ -360,7 +360,8 @@ class Encrypt(Layer):
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
             data = b"".join([c async for c in cipher.decrypt_stream(_once(whole), 0, None, skip_header=True)])
             return Download(plain, data)
-        chunks = _checked(cipher.decrypt_stream(aiter(dl), 0, None, skip_header=True), plain.size, key, self.name)
+        segments = cipher.decrypt_stream(read_ahead(aiter(dl)), 0, None, skip_header=True)
+        chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
 
     async def _open_range_direct(

@@ -15,6 +15,8 @@ ciphertext segment size); ciphertexts interoperate with Tink's own ``StreamingAe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = [
     "SegmentCipher",
     "TAG_SIZE",
     "new_header",
+    "read_ahead",
 ]
 
 KEY_SIZE = 32
@@ -224,3 +227,51 @@ class SegmentCipher:
             yield self.decrypt(index, pending, True)
         elif pending:
             raise IntegrityError(f"the ciphertext ends inside segment {index}")
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes, None]:
+    """``source``'s chunks, pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+
+    The cipher then works on one chunk while the store reads or writes the next one in its
+    I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
+    ``source`` is raised to the consumer, and closing this generator stops the task and closes
+    ``source``.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception as exc:  # handed to the consumer, who raises it
+            await queue.put(_Raised(exc))
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            assert isinstance(item, bytes | bytearray | memoryview)
+            yield bytes(item) if not isinstance(item, bytes) else item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
