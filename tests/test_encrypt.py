@@ -489,3 +489,17 @@ async def test_read_ahead_keeps_order_bounds_memory_raises_and_closes() -> None:
     assert closed[-1] is True
     with pytest.raises(ValueError, match="source broke"):
         [c async for c in read_ahead(source(fail_at=4))]
+
+
+async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyring) -> None:
+    for bad in ({"segment_size": 56}, {"segment_size": 2**31}, {"key_cache_size": -1}):
+        with pytest.raises(ConfigurationError):
+            Encrypt(MemoryBackend(), keyring, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        Encrypt(MemoryBackend(), object())  # type: ignore[arg-type]
+    store = Encrypt(MemoryBackend(), keyring)
+    with pytest.raises(InvalidMetadataError, match="bytes are left for yours"):
+        await store.put_object("m", b"x", metadata={"note": "y" * 1800})
+    assert not await store.exists("m")
+    await store.put_object("m", b"x", metadata={"note": "y" * 1400})
+    assert (await store.head("m")).metadata == {"note": "y" * 1400}

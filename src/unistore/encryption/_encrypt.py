@@ -26,7 +26,17 @@ from .._errors import (
     UnsupportedError,
 )
 from .._signing import UrlSigner
-from .._types import Body, ByteRange, Capabilities, Download, ObjectInfo, Range, WriteMode, normalize_metadata
+from .._types import (
+    MAX_METADATA_BYTES,
+    Body,
+    ByteRange,
+    Capabilities,
+    Download,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    normalize_metadata,
+)
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
 from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header, read_ahead
@@ -193,6 +203,8 @@ class Encrypt(Layer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(inner)
+        if not isinstance(keyring, Keyring):
+            raise ConfigurationError(f"keyring must provide the Keyring protocol, not {type(keyring).__name__}")
         if key_cache_size < 0 or key_cache_ttl < 0:
             raise ConfigurationError("key_cache_size and key_cache_ttl must be >= 0")
         self.keyring = keyring
@@ -309,6 +321,16 @@ class Encrypt(Layer):
         stored[META_KEY_ID] = wrapped.key_id
         stored[META_WRAPPED_KEY] = base64.b64encode(wrapped.blob).decode()
         stored[META_HEADER] = base64.b64encode(header).decode()
+        total = sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in stored.items())
+        if total > MAX_METADATA_BYTES:
+            mine = total - sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in user.items())
+            raise InvalidMetadataError(
+                f"metadata is {total} bytes with the {mine} bytes of encryption metadata; the limit is "
+                f"{MAX_METADATA_BYTES}, so {MAX_METADATA_BYTES - mine} bytes are left for yours",
+                key=key,
+                backend=self.name,
+                operation="put",
+            )
         small = isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT
         info = await self.inner.put_object(
             key,

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .._errors import IntegrityError
+from .._errors import ConfigurationError, IntegrityError
 
 __all__ = [
     "HEADER_SIZE",
@@ -53,7 +53,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         if not HEADER_SIZE + TAG_SIZE < self.segment_size < 2**31:
-            raise ValueError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
+            raise ConfigurationError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
 
     @property
     def first_plain(self) -> int:
