@@ -15,6 +15,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from ._errors import (
@@ -40,7 +41,19 @@ from ._types import (
     normalize_metadata,
 )
 
-__all__ = ["BaseBackend", "StorageBackend", "iter_body"]
+__all__ = ["BaseBackend", "StorageBackend", "iter_body", "signing_for_put"]
+
+_FOR_PUT: ContextVar[bool] = ContextVar("unistore_signing_for_put", default=False)
+
+
+def signing_for_put() -> bool:
+    """Whether the ``sign_url`` running now makes the URL that ``put`` returns.
+
+    The write and its URL are one operation for the caller: layers that count operations
+    (RateLimit's tokens, Observe's metrics and logs) count the write and not this URL, wherever
+    they sit in a stack (the layers above them call ``put_object`` and ``sign_url`` apart).
+    """
+    return _FOR_PUT.get()
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 _PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
@@ -293,14 +306,7 @@ class BaseBackend(ABC):
         public objects; ``get_url`` gives a signed one when signing works), with a warning.
         """
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
-        try:
-            return await self.sign_url(key)
-        except StorageError as exc:
-            plain = _unsigned_url(self, key)
-            if plain is None:
-                raise
-            logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
-            return plain
+        return await url_after_put(self, key)
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` (a ``FileNotFoundError``) if absent."""
@@ -337,6 +343,22 @@ class BaseBackend(ABC):
     async def get_metadata(self, key: str) -> dict[str, Any]:
         """Custom metadata at the top level plus the system fields of :meth:`ObjectInfo.as_dict`."""
         return (await self.head(key)).as_dict()
+
+
+async def url_after_put(store: StorageBackend, key: str) -> str:
+    """The URL ``put`` returns for ``key`` just stored in ``store``: signed, else (with a warning)
+    the store's unsigned URL when it has one. Signed under :func:`signing_for_put`."""
+    marker = _FOR_PUT.set(True)
+    try:
+        return await store.sign_url(key)
+    except StorageError as exc:
+        plain = _unsigned_url(store, key)
+        if plain is None:
+            raise
+        logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
+        return plain
+    finally:
+        _FOR_PUT.reset(marker)
 
 
 def check_listing_args(prefix: str, start_after: str | None) -> None:
