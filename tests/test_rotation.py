@@ -349,3 +349,49 @@ async def test_rewrap_on_gcs_patches_metadata_only(fake_gcs: dict[str, str]) -> 
         assert (await key_usage(store, prefix)).counts == {"new": 8}
     finally:
         await raw.aclose()
+
+
+class SlowFirst(Layer):
+    """The first object's head is slow; counts the heads in flight."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.now = self.peak = 0
+
+    async def head(self, key: str) -> ObjectInfo:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(0.3 if key.endswith("0000.txt") else 0.001)
+            return await self.inner.head(key)
+        finally:
+            self.now -= 1
+
+
+async def test_concurrency_stays_bounded_behind_a_slow_object(raw: StorageBackend) -> None:
+    await fill(raw, 60)
+    slow = SlowFirst(raw)
+    report = await rewrap(Encrypt(slow, new_ring()), concurrency=4, metrics=False)
+    assert report.counts == {"rewrapped": 60} and slow.peak <= 4
+
+
+class Flaky(Layer):
+    """Each object's first two metadata updates fail as if the store were briefly unreachable."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.failures: dict[str, int] = {}
+
+    async def replace_metadata(self, key: str, metadata: Any, *, if_match: str | None = None) -> ObjectInfo:
+        if self.failures.get(key, 0) < 2:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            from unistore import UnavailableError
+
+            raise UnavailableError("blip", key=key)
+        return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+
+
+async def test_transient_errors_are_retried(raw: StorageBackend) -> None:
+    await fill(raw, 3)
+    report = await rewrap(Encrypt(Flaky(raw), new_ring()), metrics=False)
+    assert report.counts == {"rewrapped": 3}
