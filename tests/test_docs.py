@@ -199,7 +199,7 @@ async def test_python_blocks_run(
             await _run_python(block.code, namespace, str(block))
     for value in namespace.values():  # close what the page opened
         close = getattr(value, "aclose", None)
-        if close is not None and callable(close) and not isinstance(value, type):
+        if inspect.ismethod(close) and not isinstance(value, type):  # a bound method: an open object
             result = close()
             if asyncio.iscoroutine(result):
                 await result

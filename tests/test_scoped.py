@@ -19,7 +19,7 @@ from unistore import (
     StorageBackend,
     scoped,
 )
-from unistore.layers import Observe, Retry, stack
+from unistore.layers import Layer, Observe, Retry, stack
 from unistore.testing import BackendConformance
 from unistore.testing._s3servers import S3Server
 
@@ -194,3 +194,23 @@ async def test_confined_view_refuses_keys_outside_and_keeps_keys_absolute() -> N
         with pytest.raises(PermissionDeniedError):
             await call()
     assert await store.get("user-8-c") == b"3"
+
+
+def test_every_key_taking_primitive_is_mapped() -> None:
+    """A primitive forwarded by Layer's default would reach the inner store with an unprefixed key."""
+    forwarded = {
+        name
+        for name, value in vars(Layer).items()
+        if callable(value) and not name.startswith("_") and name not in ("layers", "ping")
+    }
+    assert forwarded - set(vars(Scoped)) == set()
+
+
+async def test_replace_metadata_stays_inside() -> None:
+    store = MemoryBackend()
+    await store.put_object("x", b"root", metadata={"owner": "root"})
+    view = scoped(store, "t/")
+    await view.put_object("x", b"mine")
+    info = await view.replace_metadata("x", {"owner": "me"})
+    assert info.key == "x" and (await store.head("t/x")).metadata == {"owner": "me"}
+    assert (await store.head("x")).metadata == {"owner": "root"}

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
-from unistore import LocalBackend, MemoryBackend, RateLimitedError, UnsupportedError, add_storage
+from unistore import LocalBackend, MemoryBackend, RateLimitedError, StorageBackend, UnsupportedError, add_storage
 from unistore._base import BaseBackend
 from unistore.backends.cloudinary import CloudinaryBackend
 from unistore.backends.http import HttpBackend
-from unistore.layers import RateLimit
+from unistore.layers import Cache, Idempotency, Observe, RateLimit, Retry
 from unistore.service import ServiceSettings, TokenAuthority, create_app
 from unistore.testing import S3Server, free_port, running_server
 
@@ -116,13 +118,46 @@ async def test_http_backend_head_url_answers_head(http_store: HttpBackend) -> No
     assert head.headers["content-length"] == "5"
 
 
-async def test_rate_limit_counts_a_put_once() -> None:
-    # Before: put = put_object + sign_url took two tokens, so one put at rate=1/burst=1 was refused.
-    store = RateLimit(MemoryBackend(), rate=1, burst=1, wait=False)
+@pytest.mark.parametrize(
+    "above",
+    [None, Idempotency, Cache, partial(Retry, attempts=1), partial(Observe, metrics=False)],
+    ids=["alone", "Idempotency", "Cache", "Retry", "Observe"],
+)
+async def test_rate_limit_counts_a_put_once(above: Callable[[StorageBackend], StorageBackend] | None) -> None:
+    # Before: put = put_object + sign_url took two tokens, so one put at rate=1/burst=1 was refused,
+    # alone and under the layers recommended above it.
+    limited = RateLimit(MemoryBackend(), rate=1, burst=1, wait=False)
+    store: StorageBackend = limited if above is None else above(limited)
     url = await store.put("a.txt", b"x")
     assert "a.txt" in url
     with pytest.raises(RateLimitedError):
         await store.put("b.txt", b"x")  # the one token is spent: the next put waits for the next one
+    assert await limited.inner.get("a.txt") == b"x"
+
+
+async def test_rate_limit_still_counts_a_plain_sign_url() -> None:
+    limited = RateLimit(MemoryBackend(), rate=1, burst=1, wait=False)
+    await limited.inner.put_object("a.txt", b"x")
+    await limited.sign_url("a.txt")
+    with pytest.raises(RateLimitedError):
+        await limited.sign_url("a.txt")
+
+
+async def test_observe_measures_a_put_as_one_operation() -> None:
+    # Before: one put showed as a put and a sign_url (two requests, two log lines, the key counted
+    # twice as hot).
+    registry = CollectorRegistry()
+    store = Observe(RateLimit(MemoryBackend()), metrics=registry)
+    await store.put("a.txt", b"hello")
+    assert registry.get_sample_value("unistore_requests_total", {"backend": "MemoryBackend", "operation": "put"}) == 1
+    assert registry.get_sample_value(
+        "unistore_requests_total", {"backend": "MemoryBackend", "operation": "sign_url"}
+    ) is None
+    assert registry.get_sample_value("unistore_bytes_total", {"backend": "MemoryBackend", "direction": "in"}) == 5
+    await store.get_url("a.txt")  # a URL asked for on its own is an operation of its own
+    assert registry.get_sample_value(
+        "unistore_requests_total", {"backend": "MemoryBackend", "operation": "sign_url"}
+    ) == 1
 
 
 _WITHOUT = """

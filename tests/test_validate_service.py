@@ -6,7 +6,7 @@ import base64
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -144,3 +144,31 @@ def test_upload_session_is_refused_at_creation_when_its_name_or_type_is(
     r = c.post("/v1/uploads", json={"key": "img/s.png", "direct": True, "part_size": 8 * 1024 * 1024})
     error(r, 400, "InvalidArgumentError")
     assert "validation" in r.json()["error"]["message"]
+
+
+async def test_keyed_body_over_the_limit_is_cut_before_idempotency_spools_it() -> None:
+    """With an ``Idempotency-Key`` the body is hashed (spooled) before writing: the limit must apply first."""
+    settings = ServiceSettings.from_env(
+        {"UNISTORE_AUTH": "off", "UNISTORE_UPLOAD_RULES": '[{"prefix": "", "max_size": 262144}]'}
+    )
+    app = create_app(MemoryBackend(), settings=settings)
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(64):  # 4 MiB
+            pulled += 65536
+            yield b"k" * 65536
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as c:
+        r = await c.put("/v1/objects/big.bin", content=body(), headers={"idempotency-key": "op-1"})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "FileTooLargeError"
+        assert (await c.get("/v1/objects/big.bin")).status_code == 404
+    assert pulled <= 262144 + 2 * 65536  # the stream was cut at the limit, not read to its end
+
+
+def test_upload_part_larger_than_the_object_may_be_is_413(service: tuple[httpx.Client, StorageBackend]) -> None:
+    c, _ = service
+    sid = c.post("/v1/uploads", json={"key": "docs/big.txt", "part_size": 4096}).json()["upload_id"]
+    error(c.put(f"/v1/uploads/{sid}/parts/1", content=b"x" * 1001), 413, "FileTooLargeError")
+    assert c.put(f"/v1/uploads/{sid}/parts/1", content=b"x" * 1000).status_code == 200

@@ -45,10 +45,10 @@ from ._types import (
 )
 from .backends.local import LocalBackend, LocalSettings
 from .backends.memory import MemoryBackend, MemorySettings
-from .layers._scoped import Scoped, scoped
 
 if TYPE_CHECKING:
     from .fastapi import add_storage, get_storage
+    from .layers._scoped import Scoped, scoped
 
 FileNotFoundError = NotFoundError  # the spec lists this name; it subclasses the builtin
 
@@ -116,6 +116,10 @@ def __getattr__(name: str) -> Any:
         except ImportError as exc:  # pragma: no cover - exercised without the extra
             raise ConfigurationError(f"{name} needs FastAPI: pip install 'unistore[fastapi]'") from exc
         return getattr(integration, name)
+    if name in ("Scoped", "scoped"):  # the layers package is imported on first use
+        from .layers import _scoped
+
+        return getattr(_scoped, name)
     if name in _LAZY_BACKENDS:
         from ._config import backend_class
 

@@ -15,6 +15,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from ._errors import (
@@ -40,7 +41,19 @@ from ._types import (
     normalize_metadata,
 )
 
-__all__ = ["BaseBackend", "StorageBackend", "iter_body"]
+__all__ = ["BaseBackend", "StorageBackend", "iter_body", "signing_for_put"]
+
+_FOR_PUT: ContextVar[bool] = ContextVar("unistore_signing_for_put", default=False)
+
+
+def signing_for_put() -> bool:
+    """Whether the ``sign_url`` running now makes the URL that ``put`` returns.
+
+    The write and its URL are one operation for the caller: layers that count operations
+    (RateLimit's tokens, Observe's metrics and logs) count the write and not this URL, wherever
+    they sit in a stack (the layers above them call ``put_object`` and ``sign_url`` apart).
+    """
+    return _FOR_PUT.get()
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 _PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
@@ -334,7 +347,8 @@ class BaseBackend(ABC):
 
 async def url_after_put(store: StorageBackend, key: str) -> str:
     """The URL ``put`` returns for ``key`` just stored in ``store``: signed, else (with a warning)
-    the store's unsigned URL when it has one."""
+    the store's unsigned URL when it has one. Signed under :func:`signing_for_put`."""
+    marker = _FOR_PUT.set(True)
     try:
         return await store.sign_url(key)
     except StorageError as exc:
@@ -343,6 +357,8 @@ async def url_after_put(store: StorageBackend, key: str) -> str:
             raise
         logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
         return plain
+    finally:
+        _FOR_PUT.reset(marker)
 
 
 def check_listing_args(prefix: str, start_after: str | None) -> None:

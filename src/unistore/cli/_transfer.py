@@ -56,6 +56,7 @@ from .._records import exclusive, write_json
 from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
+    from ..backends._s3sessions import UploadSession
     from ..backends.s3 import PartInfo, S3Backend
 
 __all__ = ["Bars", "download", "download_ranges", "human", "note", "progress", "read_file", "upload", "write_file"]
@@ -555,10 +556,7 @@ async def _upload_s3(
             async with slots:
                 offset = (number - 1) * step
                 length = min(step, size - offset)
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(data) != length:
-                    raise IntegrityError("the file changed size during the upload", key=key, operation="put")
-                stored = await uploads.upload_part(opened, number, data)
+                stored = await _send_part(backend, opened, number, fd, offset, length)
                 async with record:
                     run.parts[number] = stored
                     await asyncio.to_thread(write_json, state_file, run.dump())
@@ -580,6 +578,38 @@ async def _upload_s3(
             raise
         await asyncio.to_thread(_discard, state_file)
         return info
+
+
+_SLICE = 1024 * 1024
+
+
+async def _send_part(
+    backend: S3Backend, session: UploadSession, number: int, fd: int, offset: int, length: int
+) -> PartInfo:
+    """Send part ``number``, bytes ``[offset, offset + length)`` of the file ``fd``, streamed from
+    the file in 1 MiB slices (hashed in a first pass when the session has a checksum): memory
+    stays about 1 MiB per part in flight, whatever the part size."""
+    from ..backends import _s3multipart
+    from ..backends._s3wire import checksum_header
+
+    def read(pos: int) -> bytes:
+        n = min(_SLICE, offset + length - pos)
+        data = os.pread(fd, n, pos)
+        if len(data) != n:
+            raise IntegrityError("the file changed size during the upload", key=session.key, operation="put")
+        return data
+
+    def digest() -> tuple[dict[str, str], str | None]:
+        return checksum_header(session.checksum, (read(pos) for pos in range(offset, offset + length, _SLICE)))
+
+    async def body() -> AsyncIterator[bytes]:
+        for pos in range(offset, offset + length, _SLICE):
+            yield await asyncio.to_thread(read, pos)
+
+    headers, checksum = ({}, None) if session.checksum == "none" else await asyncio.to_thread(digest)
+    return await _s3multipart._put_part(
+        backend, session.key, session.upload_id, number, body(), length, headers, checksum
+    )
 
 
 def _facts(part: PartInfo | None) -> tuple[int, str] | None:

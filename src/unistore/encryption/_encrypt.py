@@ -26,10 +26,20 @@ from .._errors import (
     UnsupportedError,
 )
 from .._signing import UrlSigner
-from .._types import Body, ByteRange, Capabilities, Download, ObjectInfo, Range, WriteMode, normalize_metadata
-from ..layers._layer import Layer
+from .._types import (
+    MAX_METADATA_BYTES,
+    Body,
+    ByteRange,
+    Capabilities,
+    Download,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    normalize_metadata,
+)
+from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header
+from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header, read_ahead
 
 __all__ = [
     "ALGORITHM",
@@ -62,6 +72,8 @@ META_PLAINTEXT_SHA256: Final = "x-storage-plaintext-sha256"
 RESERVED_PREFIX: Final = "x-storage-"
 _UNBOUND = frozenset({META_KEY_ID, META_WRAPPED_KEY, META_HEADER})  # rewrapping changes them; the header keys itself
 _READ_RETRIES = 3
+IN_MEMORY_LIMIT: Final = 1024 * 1024
+"""Bodies given as bytes up to this size are encrypted in one piece (they are in memory anyway)."""
 
 
 def wrap_context(key: str) -> dict[str, str]:
@@ -191,6 +203,8 @@ class Encrypt(Layer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(inner)
+        if not isinstance(keyring, Keyring):
+            raise ConfigurationError(f"keyring must provide the Keyring protocol, not {type(keyring).__name__}")
         if key_cache_size < 0 or key_cache_ttl < 0:
             raise ConfigurationError("key_cache_size and key_cache_ttl must be >= 0")
         self.keyring = keyring
@@ -307,9 +321,20 @@ class Encrypt(Layer):
         stored[META_KEY_ID] = wrapped.key_id
         stored[META_WRAPPED_KEY] = base64.b64encode(wrapped.blob).decode()
         stored[META_HEADER] = base64.b64encode(header).decode()
+        total = sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in stored.items())
+        if total > MAX_METADATA_BYTES:
+            mine = total - sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in user.items())
+            raise InvalidMetadataError(
+                f"metadata is {total} bytes with the {mine} bytes of encryption metadata; the limit is "
+                f"{MAX_METADATA_BYTES}, so {MAX_METADATA_BYTES - mine} bytes are left for yours",
+                key=key,
+                backend=self.name,
+                operation="put",
+            )
+        small = isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT
         info = await self.inner.put_object(
             key,
-            cipher.encrypt_stream(iter_body(body)),
+            cipher.encrypt_all(body) if small else read_ahead(cipher.encrypt_stream(iter_body(body))),  # type: ignore[arg-type]
             content_type=content_type,
             metadata=stored,
             mode=mode,
@@ -353,7 +378,12 @@ class Encrypt(Layer):
         except BaseException:
             await dl.aclose()
             raise
-        chunks = _checked(cipher.decrypt_stream(aiter(dl), 0, None, skip_header=True), plain.size, key, self.name)
+        whole = in_memory(dl)
+        if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
+            data = b"".join([c async for c in cipher.decrypt_stream(_once(whole), 0, None, skip_header=True)])
+            return Download(plain, data)
+        segments = cipher.decrypt_stream(read_ahead(aiter(dl)), 0, None, skip_header=True)
+        chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
 
     async def _open_range_direct(
@@ -515,6 +545,10 @@ async def _window(
         await segments.aclose()
     if length:
         raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=backend)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _skip(dl: Download, count: int) -> Download:

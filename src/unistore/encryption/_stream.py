@@ -15,6 +15,8 @@ ciphertext segment size); ciphertexts interoperate with Tink's own ``StreamingAe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .._errors import IntegrityError
+from .._errors import ConfigurationError, IntegrityError
 
 __all__ = [
     "HEADER_SIZE",
@@ -33,6 +35,7 @@ __all__ = [
     "SegmentCipher",
     "TAG_SIZE",
     "new_header",
+    "read_ahead",
 ]
 
 KEY_SIZE = 32
@@ -50,7 +53,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         if not HEADER_SIZE + TAG_SIZE < self.segment_size < 2**31:
-            raise ValueError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
+            raise ConfigurationError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
 
     @property
     def first_plain(self) -> int:
@@ -160,9 +163,19 @@ class SegmentCipher:
                 pos, index = pos + size, index + 1
             if pos < end:
                 pending += view[pos:]
-            for segment in out:
-                yield segment
+            if out:  # one write per input chunk, not per segment
+                yield out[0] if len(out) == 1 else b"".join(out)
         yield self.encrypt(index, pending, True)
+
+    def encrypt_all(self, plaintext: bytes) -> bytes:
+        """The whole ciphertext of an in-memory ``plaintext``."""
+        layout, view, out = self.layout, memoryview(plaintext), [self.header]
+        index, pos = 0, 0
+        while len(plaintext) - pos > layout.plain_len(index):
+            out.append(self.encrypt(index, view[pos : pos + layout.plain_len(index)], False))
+            pos, index = pos + layout.plain_len(index), index + 1
+        out.append(self.encrypt(index, view[pos:], True))
+        return b"".join(out)
 
     async def decrypt_stream(
         self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool
@@ -214,3 +227,51 @@ class SegmentCipher:
             yield self.decrypt(index, pending, True)
         elif pending:
             raise IntegrityError(f"the ciphertext ends inside segment {index}")
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes, None]:
+    """``source``'s chunks, pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+
+    The cipher then works on one chunk while the store reads or writes the next one in its
+    I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
+    ``source`` is raised to the consumer, and closing this generator stops the task and closes
+    ``source``.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception as exc:  # handed to the consumer, who raises it
+            await queue.put(_Raised(exc))
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            assert isinstance(item, bytes | bytearray | memoryview)
+            yield bytes(item) if not isinstance(item, bytes) else item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from .._base import StorageBackend
+from .._base import StorageBackend, signing_for_put
 from .._errors import ConfigurationError, RateLimitedError
-from .._types import Body, Download, ObjectInfo, Range
+from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["RateLimit"]
@@ -169,24 +169,13 @@ class RateLimit(Layer):
         async for item in items:
             yield item
 
-    async def put(
-        self,
-        key: str,
-        data: Body,
-        content_type: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> str:
-        # One operation for the caller: one token and one permit, not one for the write and
-        # another for the URL that ``put`` returns.
-        return await self._around(
-            "put", key, lambda: self.inner.put(key, data, content_type=content_type, metadata=metadata)
-        )
-
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        # Signing is local computation for most stores; it takes a token but no permit.
-        await self._take_token("sign_url", key)
+        # Signing is local computation for most stores; it takes a token but no permit, and none
+        # when it makes the URL a put returns (the write already took the operation's token).
+        if not signing_for_put():
+            await self._take_token("sign_url", key)
         return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
 
 

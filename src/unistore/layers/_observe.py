@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from .._base import StorageBackend, url_after_put
+from .._base import StorageBackend, signing_for_put, url_after_put
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
 from .._types import Body, CommonPrefix, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
@@ -342,6 +342,16 @@ class Observe(Layer):
                 yield chunk
 
         return rewrap(dl, counted(), dl.aclose)
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        def call() -> Awaitable[str]:
+            return self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+
+        if signing_for_put():  # the URL a put above returns: that put is the operation
+            return await call()
+        return await self._around("sign_url", key, call)
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for item in self._listing(prefix, self.inner.iter_objects(prefix, start_after=start_after)):

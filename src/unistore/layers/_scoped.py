@@ -195,6 +195,15 @@ class Scoped(Layer):
         full_src, full_dst = self._full(src), self._full(dst)
         return self._info(await self._around("copy", dst, lambda: self.inner.copy(full_src, full_dst, mode=mode)))
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        full = self._full(key)
+        info = await self._around(
+            "replace_metadata", key, lambda: self.inner.replace_metadata(full, metadata, if_match=if_match)
+        )
+        return self._info(info)
+
     async def aclose(self) -> None:
         """Nothing to release: the view does not own ``inner``."""
 

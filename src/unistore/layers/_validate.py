@@ -426,9 +426,9 @@ def _image_limits(key: str, header: bytes, rule: UploadRule, complete: bool) -> 
 class Validate(Layer):
     """Refuses writes that break ``policy`` (see :class:`ValidationPolicy`); nothing refused is stored.
 
-    Where it belongs: near the top, under Observe and Idempotency (so refusals are
-    measured and a replay answers the same), above Cache, Compress and Encrypt
-    (it must see the plaintext the client sent). Every write path is checked:
+    Where it belongs: near the top, under Observe (refusals are measured) and above
+    Idempotency (which spools a keyed body to hash it: the size limit must cut the
+    stream first), Cache, Compress and Encrypt (it must see the bytes the client sent). Every write path is checked:
     ``put_object``, and ``copy`` into a prefix whose rule refuses anything (the
     source is streamed through the checks; elsewhere the native copy is used).
     Signed ``PUT``/``POST`` URLs would skip the checks, so they are refused

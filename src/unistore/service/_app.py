@@ -127,7 +127,7 @@ def create_app(
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
-    wrapped as ``Observe → Idempotency → [Validate] → backend`` (Validate when
+    wrapped as ``Observe → [Validate] → Idempotency → backend`` (Validate when
     ``settings.upload_rules`` is set); idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
     upload sessions; expired ones are swept on the upload sweep timer too.
@@ -141,11 +141,11 @@ def create_app(
     ctx = ServiceContext.build(raw, settings)
     labels = settings.metrics_key_labels
     hot = RedisHotKeys(ctx.redis, raw.name) if ctx.redis is not None and labels != "off" else None
-    # Validation sits under Idempotency (a replayed refusal answers the same) and above the store.
-    checked = raw if ctx.upload_policy is None else Validate(raw, policy=ctx.upload_policy)
-    records = Idempotency(checked, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
+    records = Idempotency(raw, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
+    # Validation sits above Idempotency, which spools a keyed body to hash it: the size limit cuts the stream first.
+    checked = records if ctx.upload_policy is None else Validate(records, policy=ctx.upload_policy)
     storage: StorageBackend = Observe(
-        records,
+        checked,
         metrics=registry if registry is not None else False,
         hot_keys=0 if labels == "off" else 10,
         hot_key_labels="hash" if labels == "off" else labels,
