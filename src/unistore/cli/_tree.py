@@ -22,6 +22,7 @@ are; a bounded queue feeds ``transfers`` workers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fnmatch
 import hashlib
@@ -384,7 +385,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
             display.plan(a.size)
             await queue.put(("check" if b is not None and opts.checksum else "copy", a, b))
 
-    with display.bar, _first_error():
+    with display.bar, _first_error(), shared.threads:
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_work(queue, src, dst, opts, shared, stats)) for _ in range(opts.transfers)]
             try:
@@ -447,6 +448,9 @@ class _Shared:
     parts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_PARTS))
     streams: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOAD_STREAMS))
     folders: set[Path] = field(default_factory=set)
+    threads: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(DOWNLOAD_STREAMS, "unistore-range")
+    )
 
 
 async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -> None:
@@ -496,7 +500,9 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
                 return
         await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         if a.size >= RESUME_AT:
-            await download_ranges(src.store, key, path, bars=display.bars, streams=shared.streams)
+            await download_ranges(
+                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads
+            )
         else:
             await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
     else:
