@@ -318,7 +318,8 @@ def test_s3_ranges_are_read_on_threads_resumed_and_checked_against_the_version(
     down.mkdir()
     # a killed run's leftovers: the first MiB and the last range written, and recorded
     (down / "big.bin.part").write_bytes(data[:MiB] + b"\0" * (len(data) - MiB - 99) + data[-99:])
-    record = {"key": f"{prefix}/big.bin", "etag": etag, "size": len(data), "done": [[0, MiB], [len(data) - 99, len(data)]]}
+    done = [[0, MiB], [len(data) - 99, len(data)]]
+    record = {"key": f"{prefix}/big.bin", "etag": etag, "size": len(data), "done": done}
     (down / "big.bin.part.json").write_text(json.dumps(record))
     result = runner.invoke(app, ["cp", "-r", s3, str(down)], env=env)
     assert result.exit_code == 0, result.output
