@@ -27,6 +27,8 @@ __all__ = [
     "cli_rows",
     "detection_order",
     "field_docs",
+    "keyring_rows",
+    "kms_keyring_rows",
     "render",
     "service_rows",
     "settings_classes",
@@ -210,6 +212,17 @@ def service_rows() -> list[Row]:
     return _rows(ServiceSettings, {f.name: f"UNISTORE_{f.name.upper()}" for f in fields(ServiceSettings)})
 
 
+KEYRING_VARIABLES = {"keys": "UNISTORE_KEYRING", "file": "UNISTORE_KEYRING_FILE", "primary": "UNISTORE_KEYRING_PRIMARY"}
+"""The variables ``LocalKeyringSettings.from_env`` reads, by field."""
+
+
+def keyring_rows() -> list[Row]:
+    """The local keyring's settings (``unistore.encryption.LocalKeyringSettings``)."""
+    from .encryption import LocalKeyringSettings
+
+    return _rows(LocalKeyringSettings, {f.name: KEYRING_VARIABLES[f.name] for f in fields(LocalKeyringSettings)})
+
+
 def cli_rows() -> list[Row]:
     """The CLI's variables: its options' ``envvar``s (with the commands taking them), then the stores file's."""
     import typer.main
@@ -233,6 +246,24 @@ def cli_rows() -> list[Row]:
         rows.append(Row(var, where, "text", "unset", _markdown(help_text)))
     rows += [Row(var, where, "text", default, effect) for var, where, default, effect in _CLI_EXTRA]
     return rows
+
+
+def kms_keyring_rows() -> list[tuple[str, type[Any], list[Row]]]:
+    """The settings choosing a keyring and those of the KMS keyrings, with section titles and rows
+    (a field's variable: the name its docstring starts with)."""
+    from .encryption._keyring_env import KEYRING_SETTINGS
+
+    out = []
+    for title, cls in KEYRING_SETTINGS():
+        docs = field_docs(cls)
+        variables = {f.name: _leading_variable(docs.get(f.name, "")) for f in fields(cls)}
+        out.append((title, cls, _rows(cls, variables)))
+    return out
+
+
+def _leading_variable(doc: str) -> str | None:
+    found = re.match(r"`([A-Z][A-Z0-9_]+)`: ", doc)
+    return found[1] if found else None
 
 
 def detection_order() -> list[str]:
@@ -297,6 +328,26 @@ def render() -> str:
         "",
     ]
     out += _table(service_rows(), "Setting")
+    out += [
+        "",
+        "## The local encryption keyring (`LocalKeyring`)",
+        "",
+        "`LocalKeyring.from_env()` reads the key-encryption keys of the `Encrypt` layer",
+        "(`docs/encryption.md`) from these variables. The setting names are the fields of",
+        "`unistore.encryption.LocalKeyringSettings`.",
+        "",
+    ]
+    out += _table(keyring_rows(), "Setting")
+    out += [
+        "",
+        "## Choosing the keyring, and KMS keyrings",
+        "",
+        "`keyring_from_env()` (the service, `unistore keys`) builds the keyring these variables name: the",
+        "local keyring above, AWS KMS or Google Cloud KMS.",
+    ]
+    for title, cls, rows in kms_keyring_rows():
+        out += ["", f"### {title}", "", f"Settings: `{cls.__name__}`.", ""]
+        out += _table(rows, "Setting")
     out += [
         "",
         "## The command line (`unistore`)",

@@ -552,11 +552,13 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
             return
         assert isinstance(src, StoreTree) and a.info is not None
         async with await src.store.open(src.prefix + a.rel) as dl:
+            stored = dl.info  # the object's own fields: a listing (S3's) may not carry them
             with display.bars(f"cp {a.rel}", a.size, 0) as advance:
                 await dst.store.put_object(
-                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or a.info.content_type,
-                    metadata=metadata, mode=mode, cache_control=opts.cache_control or a.info.cache_control,
-                    content_disposition=a.info.content_disposition,
+                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or stored.content_type,
+                    metadata={**stored.metadata, **metadata}, mode=mode,
+                    cache_control=opts.cache_control or stored.cache_control,
+                    content_disposition=stored.content_disposition,
                 )
         return
     assert isinstance(dst, LocalTree)

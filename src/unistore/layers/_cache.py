@@ -29,7 +29,7 @@ class Cache(Layer):
 
     Where it belongs: above Retry (a hit costs no request, a miss is retried
     below) and below Observe/RateLimit (hits are still measured). Put it below
-    Encrypt/Compress if those exist, so it holds what the caller reads.
+    Encrypt, so it holds ciphertext only (it may then live in any store).
 
     A full read of a small object fills the cache; a ranged read is served from
     the cached bytes when the object is cached, else passed through. Within
@@ -254,6 +254,15 @@ class Cache(Layer):
             return await self.inner.copy(src, dst, mode=mode)
         finally:
             await self._drop(dst)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        await self._drop(key)
+        try:
+            return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+        finally:
+            await self._drop(key)
 
     # --- forwarded explicitly: a transforming layer never forwards by default --------------
 

@@ -1,0 +1,277 @@
+"""Tink's AES256-GCM-HKDF streaming AEAD wire format, built on ``cryptography``'s AES-GCM and HKDF.
+
+A ciphertext is ``header || C_0 || C_1 || ... || C_{n-1}``:
+
+- ``header = len(header) (1 byte, 40) || salt (32 bytes) || nonce prefix (7 bytes)``;
+- the segment key is ``HKDF-SHA256(ikm=DEK, salt=salt, info=associated data)``, 32 bytes;
+- ``C_i = AES-256-GCM(segment key, nonce_i, M_i)`` with no associated data and a 16-byte tag,
+  ``nonce_i = nonce prefix || i (4 bytes, big-endian) || 1 if i == n-1 else 0``;
+- every ciphertext segment but the last is ``segment_size`` bytes long, the first one counting
+  the header; the last is 16 to ``segment_size`` bytes.
+
+This is the format of Tink's ``AesGcmHkdfStreamingKey`` (HKDF-SHA256, 32-byte derived key, any
+ciphertext segment size); ciphertexts interoperate with Tink's own ``StreamingAead``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .._errors import ConfigurationError, IntegrityError
+
+__all__ = [
+    "HEADER_SIZE",
+    "KEY_SIZE",
+    "Layout",
+    "SegmentCipher",
+    "TAG_SIZE",
+    "new_header",
+    "read_ahead",
+]
+
+KEY_SIZE = 32
+NONCE_PREFIX_SIZE = 7
+HEADER_SIZE = 1 + KEY_SIZE + NONCE_PREFIX_SIZE
+TAG_SIZE = 16
+MAX_SEGMENTS = 2**32
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the segments of a ciphertext with ciphertext segment size ``segment_size`` lie."""
+
+    segment_size: int
+
+    def __post_init__(self) -> None:
+        if not HEADER_SIZE + TAG_SIZE < self.segment_size < 2**31:
+            raise ConfigurationError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
+
+    @property
+    def first_plain(self) -> int:
+        """Plaintext bytes in segment 0 (the header shares its ciphertext segment)."""
+        return self.segment_size - HEADER_SIZE - TAG_SIZE
+
+    @property
+    def plain(self) -> int:
+        """Plaintext bytes in every other full segment."""
+        return self.segment_size - TAG_SIZE
+
+    def plain_len(self, index: int) -> int:
+        """Plaintext bytes in full segment ``index``."""
+        return self.first_plain if index == 0 else self.plain
+
+    def segment_of(self, pos: int) -> int:
+        """The segment holding plaintext byte ``pos``."""
+        return 0 if pos < self.first_plain else 1 + (pos - self.first_plain) // self.plain
+
+    def plain_start(self, index: int) -> int:
+        """The plaintext offset of segment ``index``."""
+        return 0 if index == 0 else self.first_plain + (index - 1) * self.plain
+
+    def cipher_start(self, index: int) -> int:
+        """The ciphertext offset of segment ``index``'s encrypted bytes (after the header for 0)."""
+        return HEADER_SIZE if index == 0 else index * self.segment_size
+
+    def ciphertext_size(self, size: int) -> int:
+        """The ciphertext size of a ``size``-byte plaintext (as this module writes it)."""
+        count = 1 if size <= self.first_plain else 2 + (size - self.first_plain - 1) // self.plain
+        return HEADER_SIZE + size + count * TAG_SIZE
+
+    def segments(self, ciphertext_size: int) -> int:
+        """The number of segments in a ciphertext of ``ciphertext_size`` bytes."""
+        return max(1, -(-ciphertext_size // self.segment_size))
+
+    def plaintext_size(self, ciphertext_size: int) -> int:
+        """The plaintext size of a ciphertext of ``ciphertext_size`` bytes; IntegrityError if no
+        ciphertext has that size."""
+        count = self.segments(ciphertext_size)
+        last = ciphertext_size - (count - 1) * self.segment_size - (HEADER_SIZE if count == 1 else 0)
+        if last < TAG_SIZE or count > MAX_SEGMENTS:
+            raise IntegrityError(f"a ciphertext of {ciphertext_size} bytes is truncated")
+        return ciphertext_size - HEADER_SIZE - count * TAG_SIZE
+
+
+def new_header() -> bytes:
+    """A fresh header: its length, a random salt and a random nonce prefix."""
+    return bytes([HEADER_SIZE]) + os.urandom(KEY_SIZE + NONCE_PREFIX_SIZE)
+
+
+class SegmentCipher:
+    """Encrypts and decrypts the segments of one ciphertext (one DEK, header and associated data)."""
+
+    __slots__ = ("_aead", "_prefix", "header", "layout")
+
+    def __init__(self, dek: bytes, header: bytes, associated_data: bytes, layout: Layout) -> None:
+        if len(header) != HEADER_SIZE or header[0] != HEADER_SIZE:
+            raise IntegrityError("the ciphertext header is malformed")
+        if len(dek) < KEY_SIZE:
+            raise IntegrityError("the data key is too short")
+        salt = header[1 : 1 + KEY_SIZE]
+        key = HKDF(hashes.SHA256(), KEY_SIZE, salt, associated_data).derive(dek)
+        self._aead = AESGCM(key)
+        self._prefix = header[1 + KEY_SIZE :]
+        self.header = header
+        self.layout = layout
+
+    def _nonce(self, index: int, last: bool) -> bytes:
+        if index >= MAX_SEGMENTS:
+            raise IntegrityError("too many segments")
+        return self._prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+    def encrypt(self, index: int, plaintext: bytes | bytearray | memoryview, last: bool) -> bytes:
+        """Segment ``index``'s ciphertext."""
+        return self._aead.encrypt(self._nonce(index, last), plaintext, None)
+
+    def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview, last: bool) -> bytes:
+        """Segment ``index``'s plaintext; IntegrityError if it does not authenticate as that segment."""
+        try:
+            return self._aead.decrypt(self._nonce(index, last), ciphertext, None)
+        except InvalidTag:
+            where = "last segment" if last else "segment"
+            raise IntegrityError(f"{where} {index} does not authenticate (tampered, truncated or reordered)") from None
+
+    async def encrypt_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The whole ciphertext of the plaintext ``chunks``: the header, then one chunk per segment.
+
+        A segment is sealed as the last one only at the end of the input, so at most one
+        segment plus one input chunk is held in memory. Whole segments are encrypted straight
+        from the input chunk; only a segment spanning two chunks is copied.
+        """
+        yield self.header
+        layout, index, pending = self.layout, 0, bytearray()
+        async for chunk in chunks:
+            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+            if pending:
+                take = min(layout.plain_len(index) - len(pending), end)
+                pending += view[:take]
+                pos = take
+                if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
+                    out.append(self.encrypt(index, pending, False))
+                    index, pending = index + 1, bytearray()
+            while not pending and end - pos > layout.plain_len(index):
+                size = layout.plain_len(index)
+                out.append(self.encrypt(index, view[pos : pos + size], False))
+                pos, index = pos + size, index + 1
+            if pos < end:
+                pending += view[pos:]
+            if out:  # one write per input chunk, not per segment
+                yield out[0] if len(out) == 1 else b"".join(out)
+        yield self.encrypt(index, pending, True)
+
+    def encrypt_all(self, plaintext: bytes) -> bytes:
+        """The whole ciphertext of an in-memory ``plaintext``."""
+        layout, view, out = self.layout, memoryview(plaintext), [self.header]
+        index, pos = 0, 0
+        while len(plaintext) - pos > layout.plain_len(index):
+            out.append(self.encrypt(index, view[pos : pos + layout.plain_len(index)], False))
+            pos, index = pos + layout.plain_len(index), index + 1
+        out.append(self.encrypt(index, view[pos:], True))
+        return b"".join(out)
+
+    async def decrypt_stream(
+        self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """The plaintext of ciphertext ``chunks`` that start at segment ``first``'s encrypted bytes
+        (or at the header, with ``skip_header``, which must then equal this cipher's header).
+
+        ``last_index`` is the index of the object's last segment when the caller knows it (a
+        range read), else the last segment is whatever the stream ends with. Each segment is
+        authenticated before any of its bytes is yielded; a short or overlong stream raises
+        :class:`IntegrityError`.
+        """
+        layout, index, pending = self.layout, first, bytearray()
+        header: bytearray | None = bytearray() if skip_header else None
+        async for chunk in chunks:
+            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+            if header is not None:
+                pos = min(HEADER_SIZE - len(header), end)
+                header += view[:pos]
+                if len(header) < HEADER_SIZE:
+                    continue
+                if header != self.header:
+                    raise IntegrityError("the ciphertext header does not match the object's metadata")
+                header = None
+            if pending:
+                take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
+                pending += view[pos : pos + take]
+                pos += take
+                full = len(pending) == layout.plain_len(index) + TAG_SIZE
+                if full and (pos < end if last_index is None else index < last_index):
+                    out.append(self.decrypt(index, pending, False))
+                    index, pending = index + 1, bytearray()
+            while not pending:
+                size = layout.plain_len(index) + TAG_SIZE
+                left = end - pos
+                if left < size or (left == size if last_index is None else index >= last_index):
+                    break
+                out.append(self.decrypt(index, view[pos : pos + size], False))
+                pos, index = pos + size, index + 1
+            if pos < end:
+                pending += view[pos:]
+            for segment in out:
+                yield segment
+        if header is not None:
+            raise IntegrityError("the ciphertext ends inside its header")
+        if last_index is None or index == last_index:
+            if len(pending) < TAG_SIZE:
+                raise IntegrityError(f"the ciphertext ends inside segment {index}")
+            yield self.decrypt(index, pending, True)
+        elif pending:
+            raise IntegrityError(f"the ciphertext ends inside segment {index}")
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes, None]:
+    """``source``'s chunks, pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+
+    The cipher then works on one chunk while the store reads or writes the next one in its
+    I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
+    ``source`` is raised to the consumer, and closing this generator stops the task and closes
+    ``source``.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception as exc:  # handed to the consumer, who raises it
+            await queue.put(_Raised(exc))
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            assert isinstance(item, bytes | bytearray | memoryview)
+            yield bytes(item) if not isinstance(item, bytes) else item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,505 @@
+"""The Encrypt layer: round trips, ranges, metadata, Tink interop, the local keyring and URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unistore import (
+    ByteRange,
+    ConfigurationError,
+    IntegrityError,
+    InvalidMetadataError,
+    InvalidRangeError,
+    MemoryBackend,
+    NotFoundError,
+    SuffixRange,
+    UnsupportedError,
+)
+from unistore._types import Download, Range
+from unistore.encryption import (
+    ALGORITHM,
+    META_ALGORITHM,
+    META_HEADER,
+    META_KEY_ID,
+    META_PLAINTEXT_SHA256,
+    META_PLAINTEXT_SIZE,
+    META_SEGMENT_SIZE,
+    META_WRAPPED_KEY,
+    Encrypt,
+    EncryptedObjectInfo,
+    Keyring,
+    LocalKeyring,
+    LocalKeyringSettings,
+    WrappedKey,
+    associated_data,
+    wrap_context,
+)
+from unistore.layers import Layer
+
+KEY_A = base64.b64encode(b"A" * 32).decode()
+KEY_B = base64.b64encode(b"B" * 32).decode()
+
+
+@pytest.fixture
+def keyring() -> LocalKeyring:
+    return LocalKeyring({"key-v1": os.urandom(32)})
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+class _Recording(Layer):
+    """Records every range the layer above asks the store for."""
+
+    def __init__(self, inner: MemoryBackend) -> None:
+        super().__init__(inner)
+        self.ranges: list[Range | None] = []
+
+    async def open(self, key: str, *, range: Range | None = None, **kw: Any) -> Download:
+        self.ranges.append(range)
+        return await self.inner.open(key, range=range, **kw)
+
+
+# --- round trips and ranges -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 43, 44, 45, 127, 128, 129, 1000, 4133])
+async def test_round_trip_around_segment_boundaries(keyring: LocalKeyring, size: int) -> None:
+    """Segment size 100: 44 plaintext bytes in segment 0, 84 in the others."""
+    store = Encrypt(MemoryBackend(), keyring, segment_size=100)
+    data = os.urandom(size)
+    info = await store.put_object("b", data)
+    assert info.size == size and isinstance(info, EncryptedObjectInfo)
+    assert (await store.inner.head("b")).size == store.layout.ciphertext_size(size)
+    assert await store.get("b") == data
+    await store.put_object("s", _chunks(data, 7))  # streamed: no plaintext size up front
+    assert await store.get("s") == data
+    assert (await store.head("s")).size == size
+    assert [i.size async for i in store.iter_objects("")] == [size, size]
+    raw = await store.inner.get("b")
+    assert len(data) < 16 or data[:16] not in raw
+
+
+async def test_every_range_of_a_small_object(keyring: LocalKeyring) -> None:
+    store = Encrypt(MemoryBackend(), keyring, segment_size=100)
+    data = os.urandom(400)
+    await store.put_object("r", data)
+    for start in range(0, 400, 3):
+        for end in (*range(start + 1, 400, 29), 400, 450):
+            async with await store.open("r", range=ByteRange(start, end)) as dl:
+                assert (await dl.read(), dl.start, dl.end) == (data[start:end], start, min(end, 400))
+        async with await store.open("r", range=ByteRange(start)) as dl:
+            assert await dl.read() == data[start:]
+    for length in (1, 44, 45, 128, 399, 400, 1000):
+        async with await store.open("r", range=SuffixRange(length)) as dl:
+            assert await dl.read() == data[-length:]
+    for bad in (ByteRange(400), ByteRange(401, 500), ByteRange(10_000)):
+        with pytest.raises(InvalidRangeError) as exc:
+            await store.open("r", range=bad)
+        assert exc.value.size == 400
+
+
+async def test_range_reads_fetch_only_the_segments_they_touch(keyring: LocalKeyring) -> None:
+    recording = _Recording(MemoryBackend())
+    store = Encrypt(recording, keyring, segment_size=100)
+    data = os.urandom(10_000)
+    await store.put_object("r", data)
+    async with await store.open("r", range=ByteRange(5_000, 5_010)) as dl:  # inside segment 60
+        assert await dl.read() == data[5_000:5_010]
+    assert recording.ranges == [ByteRange(6_000, 6_100)]
+    async with await store.open("r", range=ByteRange(5_080, 5_100)) as dl:  # segments 60 and 61
+        assert await dl.read() == data[5_080:5_100]
+    assert recording.ranges[-1] == ByteRange(6_000, 6_200)
+    async with await store.open("r", range=ByteRange(0, 10)) as dl:  # segment 0, with the header
+        assert await dl.read() == data[:10]
+    assert recording.ranges[-1] == ByteRange(0, 100)
+
+
+async def test_a_foreign_segment_size_is_read_too(keyring: LocalKeyring) -> None:
+    inner = MemoryBackend()
+    await Encrypt(inner, keyring, segment_size=100).put_object("x", bytes(range(256)) * 10)
+    other = Encrypt(inner, keyring, segment_size=4096)
+    assert await other.get("x") == bytes(range(256)) * 10
+    async with await other.open("x", range=ByteRange(1000, 1100)) as dl:
+        assert await dl.read() == (bytes(range(256)) * 10)[1000:1100]
+
+
+async def test_streamed_put_of_a_file_and_copy(keyring: LocalKeyring, tmp_path: Path) -> None:
+    store = Encrypt(MemoryBackend(), keyring)
+    data = os.urandom(300_000)
+    (tmp_path / "f").write_bytes(data)
+    await store.put_object("f", tmp_path / "f", metadata={"owner": "me"})
+    copied = await store.copy("f", "g")
+    assert copied.size == len(data) and copied.metadata == {"owner": "me"}
+    assert await store.get("g") == data
+    raw_f, raw_g = await store.inner.get("f"), await store.inner.get("g")
+    assert raw_f != raw_g  # re-encrypted under its own data key, bound to its own name
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+class _Locked:
+    """A keyring whose KMS is unreachable: nothing can be decrypted."""
+
+    primary_id = "key-v1"
+
+    def key_ids(self) -> frozenset[str]:
+        return frozenset({"key-v1"})
+
+    async def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        raise AssertionError("not used")
+
+    async def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        raise AssertionError("head and get_metadata must not unwrap")
+
+
+async def test_encryption_metadata_is_readable_without_decrypting(keyring: LocalKeyring) -> None:
+    inner = MemoryBackend()
+    data = b"%PDF-1.7 secret"
+    await Encrypt(inner, keyring).put_object("doc.pdf", data, metadata={"owner": "me"})
+    locked = Encrypt(inner, _Locked())
+    assert isinstance(locked.keyring, Keyring)
+    info = await locked.head("doc.pdf")
+    assert (info.size, info.content_type, dict(info.metadata)) == (len(data), "application/pdf", {"owner": "me"})
+    assert isinstance(info, EncryptedObjectInfo) and info.encryption is not None
+    assert (info.encryption.algorithm, info.encryption.key_id, info.encryption.segment_size) == (
+        ALGORITHM,
+        "key-v1",
+        65536,
+    )
+    md = await locked.get_metadata("doc.pdf")
+    assert md[META_KEY_ID] == "key-v1" and md[META_ALGORITHM] == ALGORITHM
+    assert md[META_PLAINTEXT_SIZE] == str(len(data)) and md["size"] == len(data)
+    assert md[META_PLAINTEXT_SHA256] == hashlib.sha256(data).hexdigest()
+    assert {META_WRAPPED_KEY, META_HEADER, META_SEGMENT_SIZE} <= md.keys() and md["owner"] == "me"
+    raw = await inner.head("doc.pdf")
+    assert raw.metadata[META_KEY_ID] == "key-v1" and raw.content_type == "application/pdf"
+
+
+async def test_reserved_metadata_names_are_refused(keyring: LocalKeyring) -> None:
+    store = Encrypt(MemoryBackend(), keyring)
+    with pytest.raises(InvalidMetadataError):
+        await store.put_object("k", b"x", metadata={"X-Storage-Key-Id": "evil"})
+    assert not await store.exists("k")
+
+
+async def test_plain_objects_are_not_served_as_plaintext(keyring: LocalKeyring) -> None:
+    inner = MemoryBackend()
+    await inner.put_object("plain", b"not encrypted")
+    store = Encrypt(inner, keyring)
+    for call in (store.get("plain"), store.head("plain"), store.open("plain", range=ByteRange(0, 3))):
+        with pytest.raises(IntegrityError):
+            await call
+    with pytest.raises(NotFoundError):
+        await store.get("missing")
+
+
+# --- Tink interop -----------------------------------------------------------------------------
+
+
+def _tink(dek: bytes, segment_size: int) -> Any:
+    tink = pytest.importorskip("tink")
+    from tink import secret_key_access, streaming_aead
+    from tink.proto import aes_gcm_hkdf_streaming_pb2, common_pb2, tink_pb2
+
+    streaming_aead.register()
+    key = aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingKey(
+        version=0,
+        key_value=dek,
+        params=aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingParams(
+            ciphertext_segment_size=segment_size, derived_key_size=32, hkdf_hash_type=common_pb2.SHA256
+        ),
+    )
+    keyset = tink_pb2.Keyset(
+        primary_key_id=1,
+        key=[
+            tink_pb2.Keyset.Key(
+                key_data=tink_pb2.KeyData(
+                    type_url="type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
+                    value=key.SerializeToString(),
+                    key_material_type=tink_pb2.KeyData.SYMMETRIC,
+                ),
+                status=tink_pb2.ENABLED,
+                key_id=1,
+                output_prefix_type=tink_pb2.RAW,
+            )
+        ],
+    )
+    handle = tink.proto_keyset_format.parse(keyset.SerializeToString(), secret_key_access.TOKEN)
+    return handle.primitive(streaming_aead.StreamingAead)
+
+
+class _Captured(io.BytesIO):
+    value = b""
+
+    def close(self) -> None:
+        self.value = self.getvalue()
+        super().close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_480, 65_481, 65_536 * 3, 1_000_003])
+async def test_tink_decrypts_what_we_write(keyring: LocalKeyring, size: int) -> None:
+    inner = MemoryBackend()
+    store = Encrypt(inner, keyring)
+    data = os.urandom(size)
+    await store.put_object("dir/obj.bin", data, metadata={"owner": "me"})  # in one piece
+    raw = await inner.head("dir/obj.bin")
+    wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
+    dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))
+    with _tink(dek, 65536).new_decrypting_stream(
+        io.BytesIO(await inner.get("dir/obj.bin")), associated_data("dir/obj.bin", raw.metadata)
+    ) as r:
+        assert r.read() == data
+    await store.put_object("dir/obj.bin", _chunks(data, 100_000), metadata={"owner": "me"})  # streamed
+    raw = await inner.head("dir/obj.bin")
+    wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
+    dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))
+    ciphertext = await inner.get("dir/obj.bin")
+    aead = _tink(dek, 65536)
+    import tink
+
+    with aead.new_decrypting_stream(io.BytesIO(ciphertext), associated_data("dir/obj.bin", raw.metadata)) as r:
+        assert r.read() == data
+    moved = associated_data("dir/other", raw.metadata)
+    with aead.new_decrypting_stream(io.BytesIO(ciphertext), moved) as r, pytest.raises(tink.TinkError):
+        r.read()
+
+
+@pytest.mark.parametrize("size", [0, 44, 45, 10_000])
+async def test_we_decrypt_what_tink_writes(keyring: LocalKeyring, size: int) -> None:
+    inner = MemoryBackend()
+    data = os.urandom(size)
+    dek = os.urandom(32)
+    wrapped = await keyring.wrap(dek, wrap_context("t"))
+    stored = {"owner": "tink", META_ALGORITHM: ALGORITHM, META_SEGMENT_SIZE: "100"}
+    sink = _Captured()
+    with _tink(dek, 100).new_encrypting_stream(sink, associated_data("t", stored)) as w:
+        w.write(data)
+    stored |= {
+        META_KEY_ID: wrapped.key_id,
+        META_WRAPPED_KEY: base64.b64encode(wrapped.blob).decode(),
+        META_HEADER: base64.b64encode(sink.value[:40]).decode(),
+    }
+    await inner.put_object("t", sink.value, metadata=stored)
+    store = Encrypt(inner, keyring, segment_size=100)
+    assert await store.get("t") == data
+    if size > 50:
+        async with await store.open("t", range=ByteRange(40, 50)) as dl:
+            assert await dl.read() == data[40:50]
+
+
+# --- the local keyring ------------------------------------------------------------------------
+
+
+async def test_local_keyring_from_env_and_file(tmp_path: Path) -> None:
+    ring = LocalKeyring.from_env({"UNISTORE_KEYRING": f"key-v2:{KEY_B}, key-v1:{KEY_A}"})
+    assert (ring.primary_id, ring.key_ids()) == ("key-v2", frozenset({"key-v1", "key-v2"}))
+    path = tmp_path / "keyring.json"
+    path.write_text(json.dumps({"primary": "key-v1", "keys": {"key-v1": KEY_A}}))
+    ring = LocalKeyring.from_env({"UNISTORE_KEYRING_FILE": str(path), "UNISTORE_KEYRING": f"key-v2:{KEY_B}"})
+    assert (ring.primary_id, ring.key_ids()) == ("key-v1", frozenset({"key-v1", "key-v2"}))
+    settings = LocalKeyringSettings(keys=f"a:{KEY_A} b:{KEY_B}", primary="b")
+    assert LocalKeyring.from_settings(settings).primary_id == "b"
+    assert "KEY" not in repr(settings) and KEY_A not in repr(settings)
+    assert len(base64.b64decode(LocalKeyring.generate_key())) == 32
+    url_safe = base64.urlsafe_b64encode(b"\xfb" * 32).decode().rstrip("=")
+    assert LocalKeyring.from_env({"UNISTORE_KEYRING": f"u:{url_safe}"}).primary_id == "u"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"UNISTORE_KEYRING": "nocolon"},
+        {"UNISTORE_KEYRING": "a:!!notbase64"},
+        {"UNISTORE_KEYRING": "a:" + base64.b64encode(b"short").decode()},
+        {"UNISTORE_KEYRING": f"a:{KEY_A},a:{KEY_B}"},
+        {"UNISTORE_KEYRING": f"bad id:{KEY_A}"},
+        {"UNISTORE_KEYRING": f"a:{KEY_A}", "UNISTORE_KEYRING_PRIMARY": "b"},
+        {"UNISTORE_KEYRING_FILE": "/nonexistent/keyring.json"},
+    ],
+)
+def test_local_keyring_refuses_bad_configuration(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError):
+        LocalKeyring.from_env(env)
+
+
+async def test_rotating_the_primary_keeps_old_objects_readable() -> None:
+    inner = MemoryBackend()
+    v1 = LocalKeyring.from_env({"UNISTORE_KEYRING": f"key-v1:{KEY_A}"})
+    await Encrypt(inner, v1).put_object("old", b"under v1")
+    v2 = LocalKeyring.from_env({"UNISTORE_KEYRING": f"key-v2:{KEY_B},key-v1:{KEY_A}"})
+    store = Encrypt(inner, v2)
+    await store.put_object("new", b"under v2")
+    assert (await store.get("old"), await store.get("new")) == (b"under v1", b"under v2")
+    infos = [await store.head(k) for k in ("old", "new")]
+    assert [i.encryption.key_id for i in infos if isinstance(i, EncryptedObjectInfo) and i.encryption] == [
+        "key-v1",
+        "key-v2",
+    ]
+    with pytest.raises(IntegrityError, match="no key 'key-v2'"):
+        await Encrypt(inner, v1).get("new")  # retired too early: refused, not garbage
+    wrong = LocalKeyring({"key-v1": b"C" * 32})
+    with pytest.raises(IntegrityError):
+        await Encrypt(inner, wrong).get("old")
+
+
+async def test_wrapped_keys_are_bound_to_their_context(keyring: LocalKeyring) -> None:
+    wrapped = await keyring.wrap(b"k" * 32, {"object": "a"})
+    assert await keyring.unwrap(wrapped, {"object": "a"}) == b"k" * 32
+    for bad, context in (
+        (wrapped, {"object": "b"}),
+        (WrappedKey("key-v1", wrapped.blob[:-1] + bytes([wrapped.blob[-1] ^ 1])), {"object": "a"}),
+        (WrappedKey("key-v1", b"\x01short"), {"object": "a"}),
+        (WrappedKey("nope", wrapped.blob), {"object": "a"}),
+    ):
+        with pytest.raises(IntegrityError):
+            await keyring.unwrap(bad, context)
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+async def test_urls_are_refused_without_a_signer(keyring: LocalKeyring) -> None:
+    store = Encrypt(MemoryBackend(base_url="http://x/files", url_secret="s" * 20), keyring)
+    assert not store.capabilities.signed_urls and store.capabilities.ranges
+    assert await store.put("a b.txt", b"x") == "a%20b.txt"  # no URL could serve plaintext
+    for call in (store.get_url("a b.txt"), store.sign_url("a b.txt")):
+        with pytest.raises(UnsupportedError, match="ciphertext"):
+            await call
+
+
+async def test_concurrent_reads_and_writes(keyring: LocalKeyring) -> None:
+    store = Encrypt(MemoryBackend(), keyring, segment_size=1000)
+    bodies = {f"k{i}": os.urandom(5_000 + i) for i in range(20)}
+    await asyncio.gather(*(store.put_object(k, _chunks(v, 333)) for k, v in bodies.items()))
+    got = await asyncio.gather(*(store.get(k) for k in bodies))
+    assert got == list(bodies.values())
+
+
+def test_keyring_settings_are_documented_and_read() -> None:
+    from dataclasses import fields
+
+    from unistore._settings_doc import field_docs, keyring_rows
+
+    docs = field_docs(LocalKeyringSettings)
+    assert all(docs.get(f.name) for f in fields(LocalKeyringSettings))
+    rows = keyring_rows()
+    assert [r.setting for r in rows] == [f.name for f in fields(LocalKeyringSettings)]
+    for row in rows:
+        assert row.variable is not None
+        assert getattr(LocalKeyringSettings.from_env({row.variable: "v"}), row.setting) == "v"
+    assert LocalKeyringSettings.from_env({}) == LocalKeyringSettings()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 83, 84, 85, 100, 101, 1000, 10_000])
+async def test_any_chunking_of_plaintext_and_ciphertext(chunk: int) -> None:
+    """Segments are cut the same way whatever chunks come in, on both sides."""
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    layout = Layout(100)
+    for size in (0, 44, 45, 128, 129, 2_000):
+        data = os.urandom(size)
+        cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+        ciphertext = b"".join([c async for c in cipher.encrypt_stream(_chunks(data, chunk))])
+        assert len(ciphertext) == layout.ciphertext_size(size)
+        plain = [c async for c in cipher.decrypt_stream(_chunks(ciphertext, chunk), 0, None, skip_header=True)]
+        assert b"".join(plain) == data
+        assert all(len(p) == layout.plain_len(i) for i, p in enumerate(plain[:-1]))
+        last = layout.segments(len(ciphertext)) - 1
+        tail = ciphertext[layout.cipher_start(1) :] if last else b""
+        if last:
+            got = b"".join([c async for c in cipher.decrypt_stream(_chunks(tail, chunk), 1, last, skip_header=False)])
+            assert got == data[layout.plain_start(1) :]
+            with pytest.raises(IntegrityError):  # one byte too many after the last segment
+                [c async for c in cipher.decrypt_stream(_chunks(tail + b"x", chunk), 1, last, skip_header=False)]
+
+
+class _Counting(LocalKeyring):
+    unwraps = 0
+
+    async def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        self.unwraps += 1
+        return await super().unwrap(wrapped, context)
+
+
+async def test_data_keys_are_cached_for_a_while() -> None:
+    keyring, now = _Counting({"k": os.urandom(32)}), [0.0]
+    store = Encrypt(MemoryBackend(), keyring, key_cache_size=2, key_cache_ttl=60, clock=lambda: now[0])
+    for name in "abc":
+        await store.put_object(name, name.encode() * 1000)
+    for _ in range(3):
+        assert await store.get("a") == b"a" * 1000
+        assert await (await store.open("a", range=ByteRange(5, 10))).read() == b"aaaaa"
+    assert keyring.unwraps == 1
+    await store.get("b")
+    await store.get("c")  # evicts a (size 2)
+    await store.get("a")
+    assert keyring.unwraps == 4
+    now[0] = 61.0  # expired
+    await store.get("a")
+    assert keyring.unwraps == 5
+    store.forget_keys()
+    await store.get("a")
+    assert keyring.unwraps == 6
+    await store.put_object("a", b"new version")  # a new data key: never served from the old entry
+    assert await store.get("a") == b"new version" and keyring.unwraps == 7
+    uncached = Encrypt(store.inner, keyring, key_cache_size=0)
+    await uncached.get("a")
+    await uncached.get("a")
+    assert keyring.unwraps == 9
+
+
+async def test_read_ahead_keeps_order_bounds_memory_raises_and_closes() -> None:
+    from unistore.encryption._stream import read_ahead
+
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    async def source(fail_at: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise ValueError("source broke")
+                pulled.append(i)
+                yield bytes([i])
+        finally:
+            closed.append(True)
+
+    assert [c async for c in read_ahead(source())] == [bytes([i]) for i in range(10)]
+    pulled.clear()
+    ahead = read_ahead(source(), depth=1)
+    assert await anext(ahead) == b"\x00"
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3  # one yielded, one queued, one in the pump's hands
+    await ahead.aclose()
+    assert closed[-1] is True
+    with pytest.raises(ValueError, match="source broke"):
+        [c async for c in read_ahead(source(fail_at=4))]
+
+
+async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyring) -> None:
+    for bad in ({"segment_size": 56}, {"segment_size": 2**31}, {"key_cache_size": -1}):
+        with pytest.raises(ConfigurationError):
+            Encrypt(MemoryBackend(), keyring, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        Encrypt(MemoryBackend(), object())  # type: ignore[arg-type]
+    store = Encrypt(MemoryBackend(), keyring)
+    with pytest.raises(InvalidMetadataError, match="bytes are left for yours"):
+        await store.put_object("m", b"x", metadata={"note": "y" * 1800})
+    assert not await store.exists("m")
+    await store.put_object("m", b"x", metadata={"note": "y" * 1400})
+    assert (await store.head("m")).metadata == {"note": "y" * 1400}
