@@ -15,6 +15,7 @@ from PIL import Image
 
 from unistore import (
     CloudinaryBackend,
+    CommonPrefix,
     ConfigurationError,
     InvalidArgumentError,
     InvalidKeyError,
@@ -331,3 +332,67 @@ def test_easy_storage_and_url_form(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (b.settings.cloud_name, b.settings.secure) == ("c2", False)  # typed option, not the string "false"
     b = backend_from_url("cloudinary://key:topsecret@cloud?folder=app&delivery_type=upload")
     assert isinstance(b, CloudinaryBackend) and b.settings.folder == "app/"
+
+
+# --- folder listing (folders + Search APIs) ------------------------------------------------------------
+
+
+async def test_a_folder_level_reads_nothing_below_it(fake_cloudinary: Any) -> None:
+    fake, _ = fake_cloudinary
+    b = make(fake_cloudinary, page_size=3)
+    p = f"lvl-{uuid.uuid4().hex[:8]}/"
+    await asyncio.gather(*(b.put_object(f"{p}deep/x/{i:02d}.txt", b"x") for i in range(30)))
+    await b.put_object(f"{p}top.txt", b"top")
+    await b.put_object(f"{p}top2.bin", b"2")
+    before = fake.requests
+    entries = [e async for e in b.iter_entries(p)]
+    assert [getattr(e, "prefix", None) or getattr(e, "key", None) for e in entries] == [
+        f"{p}deep/", f"{p}top.txt", f"{p}top2.bin"
+    ]
+    assert entries[1].size == 3 and entries[1].content_type == "text/plain"  # type: ignore[union-attr]
+    # folders (1) + search (1) + a probe of deep/ (1 to 3); a prefix scan of the 30 keys would take 10+ pages
+    assert fake.requests - before <= 5
+    # Cloudinary keeps emptied folders: the fake does too, the listing leaves them out
+    await asyncio.gather(*(b.remove(f"{p}deep/x/{i:02d}.txt") for i in range(30)))
+    assert f"{p}deep/x" in fake.folders
+    assert [e async for e in b.iter_entries(p + "deep/")] == []
+    assert len([e async for e in b.iter_entries(p)]) == 2
+    await b.aclose()
+
+
+async def test_folder_listing_pages_folders_with_next_cursor(fake_cloudinary: Any) -> None:
+    b = make(fake_cloudinary, page_size=2, folder=f"store-{uuid.uuid4().hex[:6]}")
+    await asyncio.gather(*(b.put_object(f"d{i}/k", b"") for i in range(5)))
+    assert [e.prefix async for e in b.iter_entries("") if isinstance(e, CommonPrefix)] == [
+        f"d{i}/" for i in range(5)
+    ]
+    assert [e.prefix async for e in b.iter_entries("", start_after="d2/") if isinstance(e, CommonPrefix)] == [
+        "d3/", "d4/"
+    ]
+    await b.aclose()
+
+
+async def test_fake_checks_auth_on_folders_and_search(fake_cloudinary: Any) -> None:
+    from unistore import PermissionDeniedError
+
+    fake, url = fake_cloudinary
+    api = f"{url}/v1_1/{fake.cloud_name}"
+    for path, method in ((f"{api}/folders", "GET"), (f"{api}/resources/search", "POST")):
+        async with httpx.AsyncClient() as c:
+            r = await c.request(method, path, auth=(fake.api_key, "wrong"), json={})
+        assert r.status_code == 401
+    b = make(fake_cloudinary, api_secret="wrong")
+    with pytest.raises(PermissionDeniedError):
+        [e async for e in b.iter_entries("")]
+    await b.aclose()
+
+
+async def test_fake_search_refuses_unknown_terms(fake_cloudinary: Any) -> None:
+    fake, url = fake_cloudinary
+    async with httpx.AsyncClient() as c:
+        r = await c.post(
+            f"{url}/v1_1/{fake.cloud_name}/resources/search",
+            auth=(fake.api_key, fake.api_secret),
+            json={"expression": "width>500"},
+        )
+    assert r.status_code == 400

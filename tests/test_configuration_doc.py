@@ -49,6 +49,7 @@ SAMPLES = {  # values the settings' checks accept, where a generic one would not
     "UNISTORE_AUTH": "off",
     "UNISTORE_SECRET": "s" * 20,
     "UNISTORE_WEBHOOKS": "http://127.0.0.1:1/hook",
+    "UNISTORE_UPLOAD_RULES": '[{"prefix": "img/", "max_size": 10}]',
     "UNISTORE_WEBHOOK_SECRET": "w" * 20,
     "UNISTORE_ACCEPTED_SECRETS": "o" * 20,
     "UNISTORE_METRICS": "open",

@@ -24,7 +24,6 @@ from unistore import (
     GCSBackend,
     IfMatch,
     InvalidArgumentError,
-    NotFoundError,
     PreconditionFailedError,
     backend_from_url,
     easy_storage,
@@ -66,6 +65,12 @@ class TestGCS(BackendConformance):
     @pytest.mark.xfail(strict=True, reason=EMULATOR_NO_SIGNATURES + "; it also ignores response-content-disposition")
     async def test_signed_url_round_trip(self, backend: Any, prefix: str) -> None:
         await super().test_signed_url_round_trip(backend, prefix)
+
+    @pytest.mark.xfail(
+        strict=True, reason="fake-gcs-server stores a metadata value patched to null as '' (GCS removes the name)"
+    )
+    async def test_replace_metadata_removes_names(self, backend: Any, prefix: str) -> None:
+        await super().test_replace_metadata_removes_names(backend, prefix)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -115,7 +120,7 @@ async def test_url_form_with_prefix(fake_gcs: dict[str, str]) -> None:
 
 async def test_ping_reports_a_missing_bucket(fake_gcs: dict[str, str]) -> None:
     b = GCSBackend(bucket="no-such-bucket", emulator_host=fake_gcs["url"])
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ConfigurationError, match="does not exist"):  # as S3's ping says it
         await b.ping()
     await b.aclose()
 

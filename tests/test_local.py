@@ -418,6 +418,27 @@ async def test_hand_made_temp_files_are_invisible(local: LocalBackend) -> None:
     assert not await local.exists("e")
 
 
+async def test_folder_listing_shows_no_store_files_and_no_empty_folders(local: LocalBackend) -> None:
+    await local.put_object("d/keep.txt", b"keep", content_type="text/x-kept", metadata={"a": "1"})
+    await local.put_object("d/sub/deep/k", b"k")
+    for rel in (".unistore.tmp.0123456789abcdef", "d/.unistore.tmp.deadbeefdeadbeef", "d/.unistore.gone.meta"):
+        (local.root / rel).write_bytes(b"partial")
+    (local.root / "d" / "inflight" / "x").mkdir(parents=True)  # a put in progress: only a temp file so far
+    (local.root / "d" / "inflight" / "x" / ".unistore.tmp.1111111111111111").write_bytes(b"partial")
+    (local.root / "d" / "empty").mkdir()
+    os.symlink(local.root / "d" / "sub", local.root / "d" / "link")  # never followed, never shown
+
+    def names(entries: list[Any]) -> list[str]:
+        return [getattr(e, "prefix", None) or e.key for e in entries]
+
+    assert names([e async for e in local.iter_entries("")]) == ["d/"]
+    level = [e async for e in local.iter_entries("d/")]
+    assert names(level) == ["d/keep.txt", "d/sub/"]
+    assert level[0].content_type == "text/x-kept" and level[0].metadata == {"a": "1"}  # the stored fields
+    assert names([e async for e in local.iter_entries("d/.")]) == []
+    assert names([e async for e in local.iter_entries("d/sub/")]) == ["d/sub/deep/"]
+
+
 async def test_user_keys_never_collide_with_store_files(local: LocalBackend) -> None:
     names = [
         "x", "x.meta", "x.meta.json", "x.json", "x.tmp", "x.tmp.1", ".x.meta", "_x.meta", "meta", "tmp",

@@ -48,6 +48,7 @@ from .backends.memory import MemoryBackend, MemorySettings
 
 if TYPE_CHECKING:
     from .fastapi import add_storage, get_storage
+    from .layers._scoped import Scoped, scoped
 
 FileNotFoundError = NotFoundError  # the spec lists this name; it subclasses the builtin
 
@@ -83,6 +84,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "S3Backend",
+    "Scoped",
     "StorageBackend",
     "StorageError",
     "SuffixRange",
@@ -97,6 +99,7 @@ __all__ = [
     "easy_storage",
     "get_storage",
     "parse_http_range",
+    "scoped",
     "validate_key",
     "validate_prefix",
 ]
@@ -113,6 +116,10 @@ def __getattr__(name: str) -> Any:
         except ImportError as exc:  # pragma: no cover - exercised without the extra
             raise ConfigurationError(f"{name} needs FastAPI: pip install 'unistore[fastapi]'") from exc
         return getattr(integration, name)
+    if name in ("Scoped", "scoped"):  # the layers package is imported on first use
+        from .layers import _scoped
+
+        return getattr(_scoped, name)
     if name in _LAZY_BACKENDS:
         from ._config import backend_class
 

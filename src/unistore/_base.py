@@ -15,6 +15,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from ._errors import (
@@ -37,9 +38,22 @@ from ._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    normalize_metadata,
 )
 
-__all__ = ["BaseBackend", "StorageBackend", "iter_body"]
+__all__ = ["BaseBackend", "StorageBackend", "iter_body", "signing_for_put"]
+
+_FOR_PUT: ContextVar[bool] = ContextVar("unistore_signing_for_put", default=False)
+
+
+def signing_for_put() -> bool:
+    """Whether the ``sign_url`` running now makes the URL that ``put`` returns.
+
+    The write and its URL are one operation for the caller: layers that count operations
+    (RateLimit's tokens, Observe's metrics and logs) count the write and not this URL, wherever
+    they sit in a stack (the layers above them call ``put_object`` and ``sign_url`` apart).
+    """
+    return _FOR_PUT.get()
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 _PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
@@ -103,6 +117,9 @@ class StorageBackend(Protocol):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str: ...
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo: ...
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo: ...
     async def ping(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -237,6 +254,29 @@ class BaseBackend(ABC):
                 content_disposition=info.content_disposition,
             )
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Behavior: replace the custom metadata of ``key``, keeping its body, content type,
+        cache-control and content-disposition, and return the new info. ``if_match`` raises
+        :class:`PreconditionFailedError` unless it equals the current etag, decided atomically
+        with the update; a missing object raises :class:`NotFoundError`. Readers see the old
+        metadata or the new, never a mix. The default streams the object onto itself with
+        ``IfMatch`` (so a concurrent write is never overwritten); backends that can change
+        metadata alone override it."""
+        meta = normalize_metadata(metadata)
+        async with await self.open(key, if_match=if_match) as dl:
+            info = dl.info
+            return await self.put_object(
+                key,
+                dl,
+                content_type=info.content_type,
+                metadata=meta,
+                mode=IfMatch(info.etag),
+                cache_control=info.cache_control,
+                content_disposition=info.content_disposition,
+            )
+
     @abstractmethod
     async def ping(self) -> None:
         """Behavior: return if the store is reachable and usable; raise a StorageError if not."""
@@ -266,14 +306,7 @@ class BaseBackend(ABC):
         public objects; ``get_url`` gives a signed one when signing works), with a warning.
         """
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
-        try:
-            return await self.sign_url(key)
-        except StorageError as exc:
-            plain = _unsigned_url(self, key)
-            if plain is None:
-                raise
-            logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
-            return plain
+        return await url_after_put(self, key)
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` (a ``FileNotFoundError``) if absent."""
@@ -310,6 +343,22 @@ class BaseBackend(ABC):
     async def get_metadata(self, key: str) -> dict[str, Any]:
         """Custom metadata at the top level plus the system fields of :meth:`ObjectInfo.as_dict`."""
         return (await self.head(key)).as_dict()
+
+
+async def url_after_put(store: StorageBackend, key: str) -> str:
+    """The URL ``put`` returns for ``key`` just stored in ``store``: signed, else (with a warning)
+    the store's unsigned URL when it has one. Signed under :func:`signing_for_put`."""
+    marker = _FOR_PUT.set(True)
+    try:
+        return await store.sign_url(key)
+    except StorageError as exc:
+        plain = _unsigned_url(store, key)
+        if plain is None:
+            raise
+        logging.getLogger("unistore").warning("stored %r but could not sign a URL for it (%s)", key, exc)
+        return plain
+    finally:
+        _FOR_PUT.reset(marker)
 
 
 def check_listing_args(prefix: str, start_after: str | None) -> None:

@@ -277,13 +277,26 @@ def _build(backend: str | None, options: Mapping[str, Any], env: Mapping[str, st
 
 
 def backend_from_url(url: str, **overrides: Any) -> BaseBackend:
-    """Build a backend from a URL: ``memory://``, ``file:///abs/path`` (``?fsync=false``...).
+    """Build a backend from a URL: ``memory://``, ``file:///abs/path`` (``?fsync=false``...),
+    ``s3://bucket[/prefix]``, ``gs://bucket[/prefix]``, ``cloudinary://…``, ``http(s)://…``.
 
-    Query parameters are settings (as strings, cast like environment variables).
+    Query parameters and ``overrides`` are settings (strings cast like environment variables).
+    For ``s3://`` and ``gs://`` the URL names the bucket and prefix and the environment supplies
+    the rest, as for :func:`easy_storage` (``STORAGE_S3_ENDPOINT``, ``STORAGE_S3_ACCESS_KEY``,
+    ``STORAGE_S3_REGION``…, ``STORAGE_EMULATOR_HOST``…); the URL's options win over it.
     """
     kind, options = url_settings(url)
     options.update(overrides)
-    return _build(kind, options, {})
+    return _build(kind, options, _url_env(kind))
+
+
+def _url_env(kind: str) -> Mapping[str, str]:
+    """The environment a storage URL of ``kind`` draws its other settings from: for bucket stores,
+    every variable but those naming a location (the URL names it); none for the others."""
+    if kind not in ("s3", "gcs"):
+        return {}
+    location = {_SPECS[kind].env["bucket"], _SPECS[kind].env["prefix"]}
+    return {k: v for k, v in os.environ.items() if k not in location}
 
 
 def url_settings(url: str) -> tuple[str, dict[str, Any]]:

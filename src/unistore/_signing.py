@@ -15,7 +15,7 @@ import hmac
 import time
 from urllib.parse import quote, urlencode
 
-from ._errors import ConfigurationError, InvalidArgumentError, PermissionDeniedError
+from ._errors import ConfigurationError, InvalidArgumentError, PermissionDeniedError, UnsupportedError
 
 __all__ = ["UrlSigner"]
 
@@ -50,7 +50,8 @@ class UrlSigner:
         method: str = "GET",
         now: float | None = None,
     ) -> str:
-        """A URL for ``key`` valid for ``expires_in`` seconds."""
+        """A URL for ``key`` valid for ``expires_in`` seconds; ``method`` GET or HEAD (one URL serves
+        both), anything else :class:`UnsupportedError` (the file route serves reads only)."""
         if not 0 < expires_in <= _MAX_EXPIRES_IN:
             raise InvalidArgumentError(f"expires_in must be in 1..{_MAX_EXPIRES_IN} seconds, got {expires_in}")
         expires = int(now if now is not None else time.time()) + int(expires_in)
@@ -58,7 +59,14 @@ class UrlSigner:
         params = {"expires": str(expires)}
         if disposition:
             params["disposition"] = disposition
-        params["signature"] = self._mac(method.upper(), key, expires, disposition)
+        method = method.upper()
+        if method not in ("GET", "HEAD"):
+            raise UnsupportedError(
+                f"signed URLs of this store serve downloads only (GET or HEAD), not {method}",
+                key=key,
+                operation="sign_url",
+            )
+        params["signature"] = self._mac("GET", key, expires, disposition)  # HEAD is verified as GET
         return f"{self.base_url}/{quote(key, safe='/')}?{urlencode(params)}"
 
     def verify(

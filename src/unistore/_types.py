@@ -53,7 +53,9 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: datetime
-    content_type: str = DEFAULT_CONTENT_TYPE
+    content_type: str | None = DEFAULT_CONTENT_TYPE
+    """The stored media type; ``None`` where it is unknown: in a listing whose service does not
+    return it (S3's ``ListObjectsV2``), never guessed. :meth:`head` gives the stored one."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     cache_control: str | None = None
     content_disposition: str | None = None
@@ -78,6 +80,7 @@ class ObjectInfo:
 
 
 # --- ranges ---------------------------------------------------------------------------
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@
 the app shuts down, answers ``GET /_ops/health``, maps :class:`StorageError`
 to its HTTP status (so an uncaught ``NotFoundError`` is a 404, never a 500),
 and with ``serve_files=True`` serves signed URLs at ``{file_route_prefix}/{key}``.
+``tenant_storage(current_tenant)`` is a dependency yielding one tenant's
+:func:`~unistore.scoped` view of that backend.
 
 Apps that take uploads should bound how long a body may stall:
 ``app.add_middleware(BodyTimeouts, idle=30)`` answers 408 (:class:`RequestTimeoutError`)
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -28,6 +31,7 @@ from ._base import StorageBackend
 from ._config import easy_storage
 from ._errors import (
     ConfigurationError,
+    InvalidKeyError,
     InvalidRangeError,
     NotModifiedError,
     PreconditionFailedError,
@@ -40,6 +44,7 @@ from ._request_limits import BodyTimeouts, RequestTimeoutError
 from ._signing import UrlSigner
 from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
+from .layers._scoped import scoped
 
 __all__ = [
     "BodyTimeouts",
@@ -49,6 +54,7 @@ __all__ = [
     "error_body",
     "get_storage",
     "storage_error_response",
+    "tenant_storage",
 ]
 
 logger = logging.getLogger("unistore")
@@ -143,6 +149,41 @@ Storage = Annotated[StorageBackend, Depends(get_storage)]
 """Shorthand for ``storage: StorageBackend = Depends(get_storage)``."""
 
 
+def tenant_storage(
+    tenant_id: Callable[..., Any], *, template: str = "tenants/{tenant_id}/"
+) -> Callable[..., Awaitable[StorageBackend]]:
+    """A dependency yielding the current tenant's view of the app's storage (:func:`unistore.scoped`).
+
+    ``tenant_id`` is itself a dependency returning the tenant's id (decide who the
+    caller is and raise 403 there). The view is confined to ``template`` with the
+    id filled in; keys are relative to it. An id that is not one plain key segment
+    (``/``, ``%``, ``..``, control characters) is refused with :class:`InvalidKeyError`
+    (400), so one tenant can never name another's prefix::
+
+        TenantStore = Annotated[StorageBackend, Depends(tenant_storage(current_tenant))]
+    """
+    if template.count("{tenant_id}") != 1 or not template.endswith("/"):
+        raise ConfigurationError("template must contain {tenant_id} once and end with '/'")
+
+    async def dependency(request: Request, tenant: str) -> StorageBackend:
+        if not isinstance(tenant, str) or "/" in tenant or "%" in tenant:
+            raise InvalidKeyError("a tenant id must be one key segment (no '/' or '%')", key=str(tenant))
+        validate_key(tenant)
+        return scoped(get_storage(request), template.format(tenant_id=tenant))
+
+    # FastAPI reads the signature: the tenant comes from the caller's own dependency.
+    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter(
+                "tenant", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str, default=Depends(tenant_id)
+            ),
+        ],
+        return_annotation=StorageBackend,
+    )
+    return dependency
+
+
 def storage_error_response(exc: StorageError, headers: dict[str, str] | None = None) -> Response:
     """The HTTP response for a storage error: its status and :func:`error_body`."""
     headers = dict(headers or {})
@@ -221,7 +262,7 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     served as ``application/octet-stream``; a stored disposition or cache policy unfit
     for a header is replaced by an attachment or the default.
     """
-    ctype = _servable_type(info.content_type)
+    ctype = _servable_type(info.content_type or DEFAULT_CONTENT_TYPE)
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": format_datetime(info.last_modified, usegmt=True),

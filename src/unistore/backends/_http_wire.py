@@ -167,6 +167,6 @@ def info_from_json(data: Mapping[str, Any]) -> ObjectInfo:
         size=int(data["size"]),
         etag=data["etag"],
         last_modified=datetime.fromisoformat(data["last_modified"]),
-        content_type=data.get("content_type") or "application/octet-stream",
+        content_type=data.get("content_type"),  # null where the store's listing does not know it
         metadata=dict(data.get("metadata") or {}),
     )

@@ -31,6 +31,7 @@ __all__ = [
     "TMP_PREFIX",
     "Temp",
     "copy_to_fd",
+    "holds_key",
     "load_secret",
     "meta_path",
     "read_small",
@@ -206,6 +207,19 @@ def scan_dir(fs: Beneath, dir_rel: str, name_prefix: str, start_after: str | Non
                     out.append((name, k, False))
     out.sort()
     return out
+
+
+def holds_key(fs: Beneath, dir_rel: str) -> bool:
+    """Whether directory ``dir_rel`` holds, at any depth, a file a listing shows (an empty
+    directory, or one with only in-progress temp files and sidecars, stands for no key).
+    Depth first, stopping at the first such file."""
+    pending = [dir_rel]
+    while pending:
+        entries = scan_dir(fs, pending.pop(), "", None)
+        if any(not is_dir for _, _, is_dir in entries):
+            return True
+        pending += [k for _, k, _ in reversed(entries)]
+    return False
 
 
 def _usable(validate: Callable[[object], str], text: str) -> bool:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from .._errors import ConfigurationError, InvalidArgumentError
 from .._keys import validate_key
-from .._types import check_content_type
+from .._types import check_content_type, guess_content_type
 from ._s3settings import MAX_PRESIGN, S3Settings
 from ._s3wire import Credentials
 
@@ -83,6 +83,8 @@ async def presign_post(
 
     The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
     content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+    ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with the
+    prefix, else the prefix itself; a form may replace it with any type under the prefix.
     """
     validate_key(key)
     expires = backend.default_expires_in if expires_in is None else expires_in
@@ -95,6 +97,10 @@ async def presign_post(
         fields["Content-Type"] = check_content_type(content_type) or ""
         conditions.append(["eq", "$Content-Type", fields["Content-Type"]])
     elif content_type_prefix is not None:
+        # A form must send Content-Type for the condition to hold: give it the key's type when that
+        # fits the prefix (a browser may replace it with the file's own type under the prefix).
+        guessed = guess_content_type(key)
+        fields["Content-Type"] = guessed if guessed.startswith(content_type_prefix) else content_type_prefix
         conditions.append(["starts-with", "$Content-Type", content_type_prefix])
     if max_size is not None:
         conditions.append(["content-length-range", min_size, max_size])

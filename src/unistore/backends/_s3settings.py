@@ -46,7 +46,9 @@ class S3Settings:
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
-    """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts."""
+    """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts. Grown where
+    S3's 10,000 parts would not hold the object: a body of known size gets the smallest whole-MiB part
+    that fits, a stream of unknown size doubles its part size every 800 parts (unless parts must be equal)."""
     max_concurrency: int = 8
     """Parts in flight per upload. A stream holds at most ``part_size * max_concurrency`` bytes;
     a file is read straight from each part's byte range (about 1 MiB per part in flight)."""

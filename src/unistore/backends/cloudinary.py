@@ -41,6 +41,7 @@ from .._keys import validate_key
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     ObjectInfo,
     Range,
@@ -62,7 +63,7 @@ from ._cloudinary_api import (
     resource_type_for,
     type_order,
 )
-from ._cloudinary_list import merged_listing
+from ._cloudinary_list import level_listing, merged_listing
 from ._cloudinary_upload import Source, upload_asset
 from ._cloudinary_urls import Urls
 from ._httpclient import pooled_client
@@ -394,6 +395,35 @@ class CloudinaryBackend(BaseBackend):
         for res in await self._names(prefix, start_after, True):
             yield self._info(res)
 
+    async def _admin(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None
+    ) -> dict[str, Any] | None:
+        """One Admin API call (HTTP Basic auth): its JSON answer, ``None`` on 404."""
+        kw: dict[str, Any] = {"params": params} if json is None else {"json": json}
+        r = await self._send(method, f"{self._api}/{path}", "list", None, auth=self._auth, **kw)
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise_for(r, "list", None)
+        page: dict[str, Any] = json_of(r, "list", None)
+        return page
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level through Cloudinary's folders: subfolders from the folders API, the level's
+        assets from the Search API (whose index may lag a fresh upload by seconds), empty folders
+        (Cloudinary keeps them) left out; nothing below the level is read. One level is held in
+        memory. Delimiters other than ``/`` use the computed default."""
+        if delimiter != "/":
+            async for entry in super().iter_entries(prefix, delimiter=delimiter, start_after=start_after):
+                yield entry
+            return
+        check_listing_args(prefix, start_after)
+        s = self.settings
+        for name, res in await level_listing(self._admin, s.folder, prefix, start_after, s.page_size, s.delivery_type):
+            yield CommonPrefix(name) if res is None else self._info(res)
+
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         folder = self.settings.folder
         for res in await self._names(prefix, start_after, False):
@@ -408,10 +438,10 @@ class CloudinaryBackend(BaseBackend):
         method: str = "GET",
         transform: Transform | None = None,
     ) -> str:
-        """GET URLs only. Without ``transform``: a Download API URL, signed and expiring after
+        """GET (or HEAD: the same URL) URLs only. Without ``transform``: a Download API URL, signed and expiring after
         ``expires_in`` (for public assets, the plain delivery URL). With ``transform``: a signed
         delivery URL, which Cloudinary does not expire (that needs its token-based-auth add-on)."""
-        if method.upper() != "GET":
+        if method.upper() not in ("GET", "HEAD"):
             raise UnsupportedError(
                 "Cloudinary has no presigned upload URLs", key=key, backend=self.name, operation="sign_url"
             )

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import InvalidArgumentError, NotFoundError, StorageError, UnavailableError
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
 from .._keys import validate_key
 from .._types import (
     Body,
@@ -42,6 +42,7 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
+from ._extras import require_extra
 from ._gcp import Credentials, load_credentials, v4_signed_url
 from ._gcs_settings import GCSSettings
 from ._gcs_upload import resumable_upload
@@ -82,6 +83,7 @@ class GCSBackend(BaseBackend):
     )
 
     def __init__(self, settings: GCSSettings | None = None, **options: Any) -> None:
+        require_extra("GCSBackend", "gcs", "httpx", "google.auth")  # google-auth: tokens and signing
         self.settings = s = settings_from(GCSSettings, settings, options)
         self.default_expires_in = s.url_expiration
         base = (s.emulator_host or s.endpoint).rstrip("/")
@@ -94,6 +96,7 @@ class GCSBackend(BaseBackend):
         self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
         self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
         self._client = pooled_client(s.timeout, s.max_connections)
+        self._bucket_exists = False  # until a request succeeds or the bucket is seen
 
     def __repr__(self) -> str:
         return f"GCSBackend(bucket={self.settings.bucket!r}, prefix={self.settings.prefix!r}, auth={self._creds.kind})"
@@ -101,6 +104,25 @@ class GCSBackend(BaseBackend):
     # --- the one request path (errors: ._gcs_wire) ------------------------------------
 
     async def _send(
+        self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """One request (see :meth:`_request`). GCS answers 404 for a missing bucket as for a missing
+        object: until the bucket is known to exist, a 404 asks for the bucket, and a missing one is a
+        :class:`ConfigurationError` (as on S3), never "no such object"."""
+        r = await self._request(method, url, op, key, stream=stream, **kw)
+        if r.status_code == 404 and not self._bucket_exists:
+            probe = await self._request("GET", self._bucket_path, op, key, params={"fields": "name"})
+            if probe.status_code == 404:
+                await r.aclose()
+                raise ConfigurationError(
+                    f"GCS bucket {self.settings.bucket!r} does not exist", key=key, backend=self.name, operation=op
+                )
+            self._bucket_exists = True  # it exists (or may not be asked about): the 404 is the object's
+        elif r.status_code < 300:
+            self._bucket_exists = True
+        return r
+
+    async def _request(
         self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
     ) -> httpx.Response:
         """One request, authenticated; transport errors translated. Idempotent requests are
@@ -438,6 +460,41 @@ class GCSBackend(BaseBackend):
             if body.get("done"):
                 return self._from_resource(body["resource"])
             params["rewriteToken"] = body["rewriteToken"]  # large or cross-class copies take several calls
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native: ``objects.patch`` of the metadata (names no longer wanted set to null),
+        with ``ifGenerationMatch`` (the body read) and ``ifMetagenerationMatch`` (the metadata
+        read). The generation, hence the etag, stays the same."""
+        validate_key(key)
+        meta = normalize_metadata(metadata)
+        r = await self._send(
+            "GET",
+            self._object_url(key),
+            "replace_metadata",
+            key,
+            params={"fields": "generation,metageneration,metadata"},
+        )
+        if r.status_code != 200:
+            raise_for(r, "replace_metadata", key)
+        res = json_of(r, "replace_metadata", key)
+        generation = str(res["generation"])
+        if if_match is not None and if_match != "*" and if_match.strip('"') != generation:
+            precondition_failed(key, "replace_metadata")
+        patch: dict[str, Any] = {name: None for name in res.get("metadata") or {}}
+        patch.update(meta)
+        params = {
+            "ifGenerationMatch": generation,
+            "ifMetagenerationMatch": str(res["metageneration"]),
+            "fields": INFO_FIELDS,
+        }
+        r = await self._send(
+            "PATCH", self._object_url(key), "replace_metadata", key, params=params, json={"metadata": patch}
+        )
+        if r.status_code != 200:
+            raise_for(r, "replace_metadata", key, IfMatch(generation))
+        return self._from_resource(json_of(r, "replace_metadata", key))
 
     async def ping(self) -> None:
         r = await self._send("GET", self._bucket_path, "ping", None, params={"fields": "name"})

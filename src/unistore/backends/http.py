@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
-from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError
+from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError, UnsupportedError
 from .._keys import validate_key
 from .._types import (
     Body,
@@ -405,8 +405,22 @@ class HttpBackend(BaseBackend):
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
+        """A signed URL from the service (``/v1/urls``) for ``GET`` or ``HEAD`` (signed for that
+        method where the store signs methods, as S3 does); the service hands out no signed write
+        URLs, so another ``method`` is :class:`UnsupportedError`."""
         validate_key(key)
-        params = {"expires_in": expires_in or self.default_expires_in, "download": "true" if download else "false"}
+        if method.upper() not in ("GET", "HEAD"):
+            raise UnsupportedError(
+                f"the unistore service signs download URLs only (GET or HEAD), not {method.upper()}",
+                key=key,
+                backend=self.name,
+                operation="sign_url",
+            )
+        params = {
+            "expires_in": expires_in or self.default_expires_in,
+            "download": "true" if download else "false",
+            "method": method.upper(),
+        }
         response = await self._send(
             "GET", "/v1/urls/" + quote(key, safe="/"), key=key, operation="sign_url", params=params
         )

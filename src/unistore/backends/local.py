@@ -84,7 +84,9 @@ from .._signing import UrlSigner
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
+    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -102,6 +104,7 @@ from ._localfs import (
     StripeLocks,
     Temp,
     copy_to_fd,
+    holds_key,
     load_secret,
     meta_path,
     scan_dir,
@@ -515,6 +518,44 @@ class LocalBackend(BaseBackend):
             if not committed:
                 await asyncio.to_thread(temp.discard)
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native: the kernel copies the data file (``copy_file_range``, a reflink where the file
+        system has them) into a new version that commits with its record under ``IfMatch`` of
+        the version copied, so a concurrent write is never overwritten."""
+        validate_key(key)
+        user = normalize_metadata(metadata)
+        info: ObjectInfo = await self._run("replace_metadata", key, self._replace_metadata_sync, key, user, if_match)
+        return info
+
+    def _replace_metadata_sync(self, key: str, user: dict[str, str], if_match: str | None) -> ObjectInfo:
+        opened, _, _ = self._open_sync(key, None, 0)
+        fd = opened.fd
+        current = _as_info(key, opened.info)
+        try:
+            check_read_conditions(current, if_match, None, self.name)
+            guessed = guess_content_type(key)
+            cc, cd = current.cache_control, current.content_disposition
+            meta: dict[str, Any] = {"ct": current.content_type, "meta": user, "cc": cc, "cd": cd}
+            meta["marked"] = not self._exact or bool(user or cc or cd) or meta["ct"] != guessed
+            temp = self._create_temp(key)
+            try:
+                if fd is None:
+                    size = 0
+                else:
+                    with os.fdopen(fd, "rb", closefd=True) as src:
+                        fd = None
+                        size = copy_to_fd(src, temp.fd, self.settings.chunk_size, lambda n: None)
+                written = self._commit(key, temp, size, meta, IfMatch(current.etag))
+            except BaseException:
+                temp.discard()
+                raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return _written_info(key, meta, written)
+
     async def sweep(self, *, older_than: float = STALE_AFTER) -> int:
         """Remove what killed writers left: temp files no live writer holds and sidecars of
         versions that never committed, untouched for ``older_than`` seconds, and directories
@@ -755,6 +796,39 @@ class LocalBackend(BaseBackend):
         if batch:
             for info in await self._run("list", prefix, self._infos, batch):
                 yield info
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One directory level: a sorted scan of the prefix's directory (subdirectories sort as
+        ``name/``), files as objects, a subdirectory as a folder when it holds a key at any depth
+        (found by a walk that stops at the first file). Store files never show. Delimiters other
+        than ``/`` use the computed default."""
+        if delimiter != "/":
+            async for entry in super().iter_entries(prefix, delimiter=delimiter, start_after=start_after):
+                yield entry
+            return
+        check_listing_args(prefix, start_after)
+        dir_rel, _, name_prefix = prefix.rpartition("/")
+        scan = await self._run("list", prefix, scan_dir, self._fs, dir_rel, name_prefix, start_after)
+        for i in range(0, len(scan), 256):
+            for entry in await self._run("list", prefix, self._level, scan[i : i + 256], start_after):
+                yield entry
+
+    def _level(self, scan: list[tuple[str, str, bool]], start_after: str | None) -> list[ObjectInfo | CommonPrefix]:
+        out: list[ObjectInfo | CommonPrefix] = []
+        for _, k, is_dir in scan:
+            if is_dir:
+                folder = k + "/"
+                if (start_after is None or folder > start_after) and holds_key(self._fs, k):
+                    out.append(CommonPrefix(folder))
+                continue
+            try:
+                out.append(self._head_sync(k))
+            except OSError as exc:
+                if exc.errno not in NOT_THERE:
+                    raise  # else deleted (or a link put in its way) since the scan: skip
+        return out
 
     def _infos(self, keys: list[str]) -> list[ObjectInfo]:
         out = []

@@ -16,8 +16,8 @@ import bisect
 import itertools
 import secrets
 import threading
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -31,13 +31,15 @@ from .._base import (
     iter_body,
     settings_from,
 )
-from .._errors import ConfigurationError, NotFoundError, QuotaExceededError
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, QuotaExceededError
 from .._keys import validate_key
 from .._signing import UrlSigner
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
+    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -73,6 +75,11 @@ class MemorySettings:
             raise ConfigurationError("url_expiration must be positive")
         if self.chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
+
+
+def _outside(folder: str) -> Callable[[str], bool]:
+    """A bisect key over sorted keys from inside ``folder``: False while inside, True past it."""
+    return lambda key: not key.startswith(folder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +286,42 @@ class MemoryBackend(BaseBackend):
         async for entry in self._iter_live(prefix, start_after):
             yield entry.info.key
 
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level from the sorted key index: a bisect to the first entry, then one step per
+        entry (an object, or a folder skipped whole by a bisect past its last key), so a level
+        costs O(entries · log n) however many keys lie below it."""
+        check_listing_args(prefix, start_after)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise InvalidArgumentError("delimiter must be a non-empty str")
+        keys = self._sorted_keys()  # a snapshot: later writes replace the list, never mutate it
+        objects = self._objects
+        first = prefix if start_after is None or start_after < prefix else start_after
+        i = bisect.bisect_right(keys, first) if first == start_after else bisect.bisect_left(keys, first)
+        n, width = 0, len(prefix)
+        while i < len(keys):
+            k = keys[i]
+            if not k.startswith(prefix):
+                break
+            cut = k.find(delimiter, width)
+            if cut < 0:
+                entry = objects.get(k)
+                if entry is not None:
+                    yield entry.info
+                i += 1
+            else:
+                folder = k[: cut + len(delimiter)]
+                end = bisect.bisect_left(keys, True, i, key=_outside(folder))
+                # the index keeps removed keys until it is rebuilt: a folder needs one live key
+                live = any(keys[j] in objects for j in range(i, end))
+                if live and (start_after is None or folder > start_after):
+                    yield CommonPrefix(folder)
+                i = end
+            n += 1
+            if n % 1000 == 999:
+                await asyncio.sleep(0)
+
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
@@ -301,6 +344,27 @@ class MemoryBackend(BaseBackend):
             cache_control=i.cache_control,
             content_disposition=i.content_disposition,
         )
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native: the body is shared, the new version gets a new etag."""
+        validate_key(key)
+        meta = normalize_metadata(metadata)
+        with self._lock:
+            current = self._objects.get(key)
+            if current is None:
+                raise NotFoundError("no such object", key=key, backend=self.name, operation="replace_metadata")
+            if if_match is not None:
+                check_write_mode(current.info, IfMatch(if_match), key, self.name)
+            info = replace(
+                current.info,
+                etag=f"{self._epoch}-{next(self._etags):x}",
+                last_modified=datetime.now(UTC),
+                metadata=meta,
+            )
+            self._objects[key] = _Entry(current.data, info)
+        return info
 
     async def ping(self) -> None:
         return None

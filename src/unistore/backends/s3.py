@@ -4,7 +4,7 @@ The data path speaks the S3 REST protocol directly with SigV4 signing
 (``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
 streamed transfers over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
-``docs/s3.md`` for the measurement). botocore is used only where it adds something: the standard AWS
+``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
 escape hatch ``backend._client`` for provider-specific calls.
 
@@ -52,6 +52,7 @@ from .._types import (
     normalize_metadata,
 )
 from . import _s3auth
+from ._extras import require_extra
 from ._s3http import S3Connection
 from ._s3multipart import PartFailure, PartInfo
 from ._s3sessions import S3Uploads, UploadSession
@@ -65,7 +66,7 @@ from ._s3wire import (
     xml_children,
     xml_find,
 )
-from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key
+from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
 MiB = 1024 * 1024
+_COPY_LIMIT = 5 * 1024**3  # the largest object one CopyObject may copy
 _SMALL_READ = 256 * 1024  # a GET at most this long is read at once and its connection released
 
 
@@ -93,6 +95,7 @@ class S3Backend(BaseBackend):
     )
 
     def __init__(self, settings: S3Settings | None = None, **options: Any) -> None:
+        require_extra("S3Backend", "s3", "aiohttp", "aioboto3")  # imported on first use
         self.settings = s = settings_from(S3Settings, settings, options)
         self.bucket = s.bucket
         self.default_expires_in = s.url_expiration
@@ -103,6 +106,7 @@ class S3Backend(BaseBackend):
         self.credentials = conn.credentials
         self._signer, self._host, self._origin = conn.signer, conn.host, conn.origin
         self._bucket_path, self._read_headers, self._write_extra = conn.bucket_path, conn.read_headers, conn.write_extra
+        self._bucket_exists = False  # a HEAD that succeeded, or the bucket seen after a HEAD's 404
         self._equal_parts = s.equal_parts if s.equal_parts is not None else "r2.cloudflarestorage.com" in conn.origin
         if not s.conditional_delete:
             self.capabilities = replace(type(self).capabilities, conditional_delete=False)  # type: ignore[misc]
@@ -150,8 +154,18 @@ class S3Backend(BaseBackend):
         )
 
     async def head(self, key: str) -> ObjectInfo:
+        """A HEAD's 404 has no body to tell a missing bucket from a missing object: until the bucket
+        is known to exist, the bucket is asked (a missing one is a :class:`ConfigurationError`)."""
         validate_key(key)
-        r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        try:
+            r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        except NotFoundError:
+            if not self._bucket_exists:
+                empty = {"list-type": "2", "max-keys": "0"}
+                await self._send("GET", self._bucket_path, op="head", key=key, query=empty)
+                self._bucket_exists = True
+            raise
+        self._bucket_exists = True
         return self._info(key, r.headers, int(r.headers.get("Content-Length", 0)))
 
     async def open(
@@ -261,8 +275,9 @@ class S3Backend(BaseBackend):
         headers, ctype, meta = self._write_headers(key, content_type, metadata, cache_control, content_disposition)
         cond = _condition_headers(mode)
         part_size = self.settings.part_size
-        if isinstance(body, bytes | bytearray | memoryview) and len(body) <= part_size:
-            chunks, size, rest = [bytes(body)], len(body), None
+        total = len(body) if isinstance(body, bytes | bytearray | memoryview) else None
+        if total is not None and total <= part_size:
+            chunks, size, rest = [bytes(body)], total, None  # type: ignore[arg-type]
         elif isinstance(body, os.PathLike) and (file_size := await path_size(body)) > part_size:
             from ._s3multipart import upload_file
 
@@ -275,7 +290,7 @@ class S3Backend(BaseBackend):
         if rest is not None:
             from ._s3multipart import upload_stream
 
-            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta)
+            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta, total)
         headers.update(checksum_header(self.settings.checksum, chunks)[0])
         headers.update(cond)
         headers["content-length"] = str(size)
@@ -381,6 +396,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
                     )
 
     async def iter_entries(
@@ -399,6 +415,7 @@ class S3Backend(BaseBackend):
                         size=int(xml_find(item, "Size", "0")),
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
+                        content_type=None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
@@ -457,6 +474,8 @@ class S3Backend(BaseBackend):
 
         The policy pins the key, and limits the size to ``[min_size, max_size]`` and the
         content type to ``content_type`` exactly or to ``content_type_prefix`` (``"image/"``).
+        ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
+        the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
         return await _s3auth.presign_post(
             self,
@@ -485,6 +504,46 @@ class S3Backend(BaseBackend):
         from ._s3multipart import copy_object
 
         return await copy_object(self, info, dst)
+
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Native up to 5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``,
+        conditional on the source etag (``x-amz-copy-source-if-match``) and on the destination's
+        (``If-Match``, where the server decides it); larger objects stream onto themselves."""
+        validate_key(key)
+        info = await self.head(key)
+        if if_match is not None and if_match != "*" and if_match.strip('"') != info.etag:
+            raise PreconditionFailedError(
+                "if_match does not match the current etag", key=key, backend=self.name, operation="replace_metadata"
+            )
+        if info.size > _COPY_LIMIT:
+            return await super().replace_metadata(key, metadata, if_match=info.etag)
+        headers, ctype, meta = self._write_headers(
+            key, info.content_type, metadata, info.cache_control, info.content_disposition
+        )
+        source = "/" + self.bucket + "/" + self._object_path(key).removeprefix(self._bucket_path)
+        headers.update(
+            {
+                "x-amz-copy-source": source,
+                "x-amz-copy-source-if-match": quote_etag(info.etag),
+                "if-match": quote_etag(info.etag),
+                "x-amz-metadata-directive": "REPLACE",
+            }
+        )
+        for name, value in self._read_headers.items():
+            headers[name.replace("x-amz-", "x-amz-copy-source-", 1)] = value
+        r = await self._send("PUT", self._object_path(key), op="replace_metadata", key=key, headers=headers)
+        root = xml_result(
+            r.body, r.headers, key=key, operation="replace_metadata", backend=self.name, bucket=self.bucket
+        )
+        return replace(
+            info,
+            etag=xml_find(root, "ETag").strip('"'),
+            last_modified=iso_date(xml_find(root, "LastModified")),
+            content_type=ctype,
+            metadata=meta,
+        )
 
     async def ping(self) -> None:
         try:

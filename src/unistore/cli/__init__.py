@@ -23,16 +23,33 @@ Expected failures print one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from . import _admin, _objects, _trees
-from ._common import EXIT_CODES, app, exit_code
+try:  # the [cli] extra; without it the console script says how to install it (exit 8, configuration)
+    import rich
+    import typer
+except ModuleNotFoundError as exc:
+    _MISSING: str | None = exc.name or "typer"
+else:
+    _MISSING = None
+    del rich, typer
+
+if _MISSING is None:
+    from . import _admin, _keys, _objects, _trees
+    from ._common import EXIT_CODES, app, exit_code
+
+    _COMMANDS = (_admin, _keys, _objects, _trees)  # imported for the commands they register on ``app``
 
 __all__ = ["EXIT_CODES", "app", "exit_code", "main"]
-
-_COMMANDS = (_admin, _objects, _trees)  # imported for the commands they register on ``app``
 
 
 def main() -> Any:
     """The ``unistore`` console script."""
+    if _MISSING is not None:
+        print(
+            f"unistore: the command line needs the {_MISSING!r} package: pip install 'unistore[cli]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(8)
     return app()

@@ -56,9 +56,10 @@ from .._records import exclusive, write_json
 from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
+    from ..backends._s3sessions import UploadSession
     from ..backends.s3 import PartInfo, S3Backend
 
-__all__ = ["Bars", "download", "human", "note", "progress", "read_file", "upload", "write_file"]
+__all__ = ["Bars", "download", "download_ranges", "human", "note", "progress", "read_file", "upload", "write_file"]
 
 err = Console(stderr=True)
 """The CLI's stderr: progress bars, notes and one-line errors."""
@@ -143,17 +144,28 @@ async def write_file(path: Path | None, chunks: AsyncIterator[bytes], advance: A
 
 @dataclass(frozen=True, slots=True)
 class _Partial:
-    """What ``DEST.part`` is a prefix of."""
+    """What ``DEST.part`` holds of one version of an object: a prefix (its length), or with
+    ``done`` the byte spans written so far (a parallel ranged download, see :func:`download_ranges`)."""
 
     key: str
     etag: str
     size: int
+    done: tuple[tuple[int, int], ...] | None = None
+
+    def prefix(self, have: int) -> int:
+        """How many bytes from the start are known to be that version's, of ``have`` on disk."""
+        if self.done is None:
+            return have
+        first = next((end for start, end in self.done if start == 0), 0)
+        return min(first, have)
 
 
 def _load_partial(side: Path) -> _Partial | None:
     try:
         raw = json.loads(side.read_text())
-        return _Partial(str(raw["key"]), str(raw["etag"]), int(raw["size"]))
+        done = raw.get("done")
+        spans = None if done is None else tuple((int(a), int(b)) for a, b in done)
+        return _Partial(str(raw["key"]), str(raw["etag"]), int(raw["size"]), spans)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -174,6 +186,10 @@ def _discard(*paths: Path) -> None:
 async def _open_rest(store: StorageBackend, key: str, part: Path, side: Path) -> tuple[Download, int]:
     """The rest of the object the partial file holds a prefix of, or (after discarding it) all of it."""
     recorded, have = await asyncio.to_thread(_load_partial, side), await asyncio.to_thread(_size, part)
+    if recorded is not None and recorded.done is not None and have > 0:  # a ranged download's spans
+        have = recorded.prefix(have)
+        if have > 0:
+            await asyncio.to_thread(os.truncate, part, have)
     if recorded is not None and recorded.key == key and recorded.etag and 0 < have <= recorded.size:
         caps = store.capabilities
         why = f"{store.name} cannot read one version from an offset"
@@ -252,6 +268,170 @@ async def download(
         return size - offset
 
 
+CHUNK = 8 * 1024 * 1024
+"""Bytes per ranged GET of :func:`download_ranges`."""
+
+
+def _missing(size: int, done: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
+    """The spans of ``[0, size)`` not in ``done`` (sorted, disjoint), cut into pieces of at most ``chunk``."""
+    out, pos = [], 0
+    for start, end in [*done, (size, size)]:
+        while pos < start:
+            out.append((pos, min(pos + chunk, start)))
+            pos = out[-1][1]
+        pos = max(pos, end)
+    return out
+
+
+def _merge(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int, int]]:
+    """``spans`` (sorted, disjoint) with ``new`` added, touching spans joined."""
+    out: list[tuple[int, int]] = []
+    start, end = new
+    for a, b in spans:
+        if b < start or a > end:
+            out.append((a, b))
+        else:
+            start, end = min(a, start), max(b, end)
+    out.append((start, end))
+    out.sort()
+    return out
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _sync_record(fd: int, side: Path, doc: dict[str, Any]) -> None:
+    """Make the written bytes durable, then record them (so a record never claims unwritten bytes)."""
+    os.fdatasync(fd)
+    write_json(side, doc)
+
+
+async def download_ranges(
+    store: StorageBackend,
+    key: str,
+    dest: Path,
+    *,
+    bars: Bars,
+    streams: asyncio.Semaphore,
+    chunk: int | None = None,
+) -> int:
+    """Download ``key`` to ``dest`` with parallel ranged reads (``streams`` bounds the reads in
+    flight, shared by a tree's files); the bytes read in this run.
+
+    Each range is written in place (``pwrite``) into ``DEST.part``, made as long as the
+    object; ``DEST.part.json`` records the object's etag and size and, as ranges complete
+    (after an ``fdatasync``), the spans written. A rerun reads only the missing spans, each
+    with ``If-Match`` on the recorded etag, so two versions are never spliced; the complete
+    file is fsynced and renamed to ``DEST``. A store without conditional ranged reads gets
+    :func:`download` (one resumable stream)."""
+    caps = store.capabilities
+    if caps.ranges and caps.conditional_get:
+        with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
+            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK)
+        if got is not None:
+            return got
+    return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
+
+
+async def _ranged(
+    store: StorageBackend, key: str, dest: Path, bars: Bars, streams: asyncio.Semaphore, step: int
+) -> int | None:
+    part = dest.with_name(dest.name + ".part")
+    side = dest.with_name(dest.name + ".part.json")
+    recorded, have = await asyncio.to_thread(_load_partial, side), await asyncio.to_thread(_size, part)
+    done: list[tuple[int, int]] = []
+    first: Download | None = None
+    if recorded is not None and recorded.key == key and recorded.etag and have > 0:
+        info = await store.head(key)
+        if (info.etag, info.size) == (recorded.etag, recorded.size):
+            limit = min(info.size, have)
+            spans = recorded.done if recorded.done is not None else ((0, have),)
+            for a, b in spans:
+                if 0 <= a < min(b, limit):
+                    done = _merge(done, (a, min(b, limit)))
+        else:
+            note(f"{key} changed since the partial download; starting over")
+    if done:
+        assert recorded is not None
+        etag, size = recorded.etag, recorded.size
+    else:
+        await asyncio.to_thread(_discard, part, side)
+        try:
+            first = await store.open(key, range=ByteRange(0, step))
+        except InvalidRangeError:  # an empty object
+            return None
+        etag, size = first.info.etag, first.info.size
+    resumed = sum(b - a for a, b in done)
+    if resumed:
+        note(f"resuming {key} at {human(resumed)}")
+    todo = _missing(size, done, step)
+    try:
+        fd = await asyncio.to_thread(os.open, part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except BaseException:
+        if first is not None:
+            await first.aclose()
+        raise
+    record: dict[str, Any] = {"key": key, "etag": etag, "size": size}
+    saving, saved = asyncio.Lock(), list(done)
+
+    async def save() -> None:
+        async with saving:
+            if saved != done:
+                snapshot = list(done)
+                await asyncio.to_thread(_sync_record, fd, side, {**record, "done": snapshot})
+                saved[:] = snapshot
+
+    async def fetch(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
+        start, end = span
+        try:
+            async with streams:
+                if dl is None:
+                    dl = await store.open(key, range=ByteRange(start, end), if_match=etag)
+                if (dl.info.etag, dl.info.size, dl.start, dl.end) != (etag, size, start, end):
+                    raise IntegrityError(
+                        f"{store.name} served bytes {dl.start}-{dl.end} of version {dl.info.etag!r} for "
+                        f"{start}-{end} of {etag!r}: rerun to start over", key=key, operation="get",
+                    )
+                pos = start
+                async for data in dl:
+                    await asyncio.to_thread(_pwrite_all, fd, data, pos)
+                    pos += len(data)
+                    advance(len(data))
+                if pos != end:
+                    raise IntegrityError(f"short read of {key}: {pos - start} of {end - start} bytes", key=key)
+        finally:
+            if dl is not None:
+                await dl.aclose()
+        done[:] = _merge(done, span)
+        await save()
+
+    try:
+        await asyncio.to_thread(os.ftruncate, fd, size)
+        await asyncio.to_thread(_sync_record, fd, side, {**record, "done": done})
+        with bars(f"get {key}", size, resumed) as advance:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for span in todo:
+                        tg.create_task(fetch(span, first, advance))
+                        first = None  # the first task owns it now
+            except BaseExceptionGroup as group:
+                raise group.exceptions[0] from None
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        if first is not None:
+            await first.aclose()
+        await asyncio.to_thread(os.close, fd)
+    if done != [(0, size)]:
+        raise IntegrityError(f"{part} is incomplete: rerun to resume", key=key)
+    await asyncio.to_thread(os.replace, part, dest)
+    await asyncio.to_thread(_discard, side)
+    return size - resumed
+
+
 # --- put ------------------------------------------------------------------------------------------
 
 
@@ -290,11 +470,7 @@ async def upload(
                 state = Path(state_dir or _default_state_dir())
                 return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance, part_slots)
         return await store.put_object(
-            key,
-            read_file(path, advance),
-            content_type=content_type,
-            metadata=metadata,
-            mode=mode,
+            key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
             cache_control=cache_control,
         )
 
@@ -380,10 +556,7 @@ async def _upload_s3(
             async with slots:
                 offset = (number - 1) * step
                 length = min(step, size - offset)
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(data) != length:
-                    raise IntegrityError("the file changed size during the upload", key=key, operation="put")
-                stored = await uploads.upload_part(opened, number, data)
+                stored = await _send_part(backend, opened, number, fd, offset, length)
                 async with record:
                     run.parts[number] = stored
                     await asyncio.to_thread(write_json, state_file, run.dump())
@@ -405,6 +578,38 @@ async def _upload_s3(
             raise
         await asyncio.to_thread(_discard, state_file)
         return info
+
+
+_SLICE = 1024 * 1024
+
+
+async def _send_part(
+    backend: S3Backend, session: UploadSession, number: int, fd: int, offset: int, length: int
+) -> PartInfo:
+    """Send part ``number``, bytes ``[offset, offset + length)`` of the file ``fd``, streamed from
+    the file in 1 MiB slices (hashed in a first pass when the session has a checksum): memory
+    stays about 1 MiB per part in flight, whatever the part size."""
+    from ..backends import _s3multipart
+    from ..backends._s3wire import checksum_header
+
+    def read(pos: int) -> bytes:
+        n = min(_SLICE, offset + length - pos)
+        data = os.pread(fd, n, pos)
+        if len(data) != n:
+            raise IntegrityError("the file changed size during the upload", key=session.key, operation="put")
+        return data
+
+    def digest() -> tuple[dict[str, str], str | None]:
+        return checksum_header(session.checksum, (read(pos) for pos in range(offset, offset + length, _SLICE)))
+
+    async def body() -> AsyncIterator[bytes]:
+        for pos in range(offset, offset + length, _SLICE):
+            yield await asyncio.to_thread(read, pos)
+
+    headers, checksum = ({}, None) if session.checksum == "none" else await asyncio.to_thread(digest)
+    return await _s3multipart._put_part(
+        backend, session.key, session.upload_id, number, body(), length, headers, checksum
+    )
 
 
 def _facts(part: PartInfo | None) -> tuple[int, str] | None:

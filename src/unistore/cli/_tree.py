@@ -48,9 +48,9 @@ from rich.progress import (
 )
 
 from .._base import StorageBackend
-from .._errors import AlreadyExistsError, IntegrityError, StorageError
+from .._errors import AlreadyExistsError, IntegrityError, InvalidRangeError, StorageError
 from .._types import ObjectInfo, WriteMode
-from ._transfer import Advance, download, err, human, note, upload
+from ._transfer import Advance, _s3, download, download_ranges, err, human, note, upload
 
 __all__ = [
     "Filters",
@@ -71,6 +71,13 @@ RESUME_AT = LARGE
 """Downloads at least this large keep a resumable ``.part`` (locked, fsynced); smaller ones
 are written in one go through a temp file and a rename (as ``get --no-resume``), which
 costs a fraction of the system calls: a rerun simply fetches them again."""
+
+SMALL = 1024 * 1024
+"""Files up to this size move in one piece: read, or written through a temp file and a rename
+with their modification time, in one call in a worker thread, sent or fetched in one request."""
+
+DOWNLOAD_STREAMS = 8
+"""Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
 
 UPLOAD_PARTS = 6
 """S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
@@ -108,7 +115,7 @@ class Filters:
 class Options:
     """How a tree transfer runs."""
 
-    transfers: int = 4
+    transfers: int = 16
     checksum: bool = False
     ignore_existing: bool = False
     delete: bool = False
@@ -254,7 +261,9 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _merged(src: AsyncIterator[Item], dst: AsyncIterator[Item]) -> AsyncIterator[tuple[Item | None, Item | None]]:
+async def _merged(
+    src: AsyncIterator[Item], dst: AsyncIterator[Item]
+) -> AsyncIterator[tuple[Item | None, Item | None]]:
     """Pairs of same-named files from two sorted listings (``None`` where one side lacks it).
 
     A listing out of code-point order would pair the wrong files (and ``--delete`` would
@@ -286,7 +295,8 @@ async def _ordered(items: AsyncIterator[Item]) -> AsyncIterator[Item]:
 
 
 class _Display:
-    """One progress display for a whole tree: files and bytes overall, a bar per large file."""
+    """One progress display for a whole tree: files and bytes overall, a bar per large file.
+    Disabled (quiet, or stderr not a terminal) it only counts: nothing per file goes through rich."""
 
     def __init__(self, quiet: bool) -> None:
         self.bar = Progress(
@@ -299,6 +309,7 @@ class _Display:
             disable=quiet or not err.is_terminal,
             transient=False,
         )
+        self.live = not self.bar.disable
         self.files = self.done = 0
         self.total: TaskID = self.bar.add_task("", total=0)
         self._describe()
@@ -308,16 +319,21 @@ class _Display:
 
     def plan(self, size: int) -> None:
         self.files += 1
-        task = self.bar.tasks[self.total]
-        self.bar.update(self.total, total=(task.total or 0) + size)
-        self._describe()
+        if self.live:
+            task = self.bar.tasks[self.total]
+            self.bar.update(self.total, total=(task.total or 0) + size)
+            self._describe()
 
     def finish(self) -> None:
         self.done += 1
-        self._describe()
+        if self.live:
+            self._describe()
 
     @contextlib.contextmanager
     def bars(self, label: str, total: int | None, done: int) -> Iterator[Advance]:
+        if not self.live:
+            yield _ignore
+            return
         own = self.bar.add_task(label, total=total, completed=done) if (total or 0) >= LARGE else None
         self.bar.advance(self.total, done)
 
@@ -333,6 +349,10 @@ class _Display:
                 self.bar.remove_task(own)
 
 
+def _ignore(n: int) -> None:
+    """The ``advance`` of a disabled display."""
+
+
 Action = Literal["copy", "check", "skip"]
 """copy; compare digests, then copy if they differ; nothing to copy (a move still removes the source)."""
 
@@ -340,9 +360,9 @@ Action = Literal["copy", "check", "skip"]
 async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     """Make ``dst`` hold ``src``'s selected files (see the module docstring)."""
     stats, started = TreeStats(), time.monotonic()
-    queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
+    queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=2 * opts.transfers)
     display = _Display(opts.quiet or opts.dry_run)
-    parts = asyncio.Semaphore(UPLOAD_PARTS)
+    shared = _Shared(display)
 
     async def produce() -> None:
         async for a, b in _merged(src.items(), dst.items()):
@@ -364,32 +384,9 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
             display.plan(a.size)
             await queue.put(("check" if b is not None and opts.checksum else "copy", a, b))
 
-    async def work() -> None:
-        while (job := await queue.get()) is not None:
-            action, a, b = job
-            try:
-                if action == "skip":
-                    pass
-                elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
-                    stats.unchanged += 1
-                else:
-                    await _copy(src, dst, a, opts, display, parts)
-                    stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
-                if opts.move:
-                    await src.remove(a.rel)
-            except AlreadyExistsError:
-                stats.existing += 1
-            except (StorageError, OSError) as exc:
-                stats.failed += 1
-                stats.first_error = stats.first_error or exc
-                message = exc.message if isinstance(exc, StorageError) else str(exc)
-                note(f"{type(exc).__name__}: {message or exc} ({src.name(a.rel)})")
-            finally:
-                display.finish()
-
     with display.bar, _first_error():
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(work()) for _ in range(opts.transfers)]
+            workers = [tg.create_task(_work(queue, src, dst, opts, shared, stats)) for _ in range(opts.transfers)]
             try:
                 await produce()
             finally:
@@ -403,6 +400,36 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     return stats
 
 
+_Job = tuple[Action, Item, "Item | None"]
+
+
+async def _work(
+    queue: asyncio.Queue[_Job | None], src: Tree, dst: Tree, opts: Options, shared: _Shared, stats: TreeStats
+) -> None:
+    """One transfer slot: jobs from ``queue`` until ``None``, each file's failure counted and told."""
+    while (job := await queue.get()) is not None:
+        action, a, b = job
+        try:
+            if action == "skip":
+                pass
+            elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
+                stats.unchanged += 1
+            else:
+                await _copy(src, dst, a, opts, shared)
+                stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
+            if opts.move:
+                await src.remove(a.rel)
+        except AlreadyExistsError:
+            stats.existing += 1
+        except (StorageError, OSError) as exc:
+            stats.failed += 1
+            stats.first_error = stats.first_error or exc
+            message = exc.message if isinstance(exc, StorageError) else str(exc)
+            note(f"{type(exc).__name__}: {message or exc} ({src.name(a.rel)})")
+        finally:
+            shared.display.finish()
+
+
 def _same_by_time(a: Item, b: Item) -> bool:
     return a.size == b.size and b.mtime >= math.floor(a.mtime)
 
@@ -411,54 +438,148 @@ async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
 
 
-async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, display: _Display, parts: asyncio.Semaphore) -> None:
+@dataclass(slots=True)
+class _Shared:
+    """What a tree's transfers share: the progress display, the bounds on S3 parts and ranged
+    reads in flight, and the local folders known to exist."""
+
+    display: _Display
+    parts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_PARTS))
+    streams: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOAD_STREAMS))
+    folders: set[Path] = field(default_factory=set)
+
+
+async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -> None:
     mode: WriteMode = "create" if opts.ignore_existing else "overwrite"
     metadata = dict(a.info.metadata) if a.info is not None else {}
     metadata.update(opts.metadata)
+    display = shared.display
     if isinstance(dst, StoreTree):
         key = dst.prefix + a.rel
         if opts.checksum:
             metadata["sha256"] = await src.sha256(a)
         if isinstance(src, LocalTree):
+            data = await asyncio.to_thread(_read_small, src.root / a.rel) if a.size <= SMALL else None
+            if data is not None:
+                with display.bars(f"cp {a.rel}", len(data), 0) as advance:
+                    await dst.store.put_object(
+                        key, data, content_type=opts.content_type, metadata=metadata, mode=mode,
+                        cache_control=opts.cache_control,
+                    )
+                    advance(len(data))
+                return
             await upload(
-                dst.store,
-                key,
-                src.root / a.rel,
-                content_type=opts.content_type,
-                metadata=metadata,
-                state_dir=opts.state_dir,
-                quiet=True,
-                bars=display.bars,
-                mode=mode,
-                cache_control=opts.cache_control,
-                part_slots=parts,
+                dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
+                state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+                part_slots=shared.parts,
             )
             return
         assert isinstance(src, StoreTree) and a.info is not None
         async with await src.store.open(src.prefix + a.rel) as dl:
+            stored = dl.info  # the object's own fields: a listing (S3's) may not carry them
             with display.bars(f"cp {a.rel}", a.size, 0) as advance:
                 await dst.store.put_object(
-                    key,
-                    _counted(dl.__aiter__(), advance),
-                    content_type=opts.content_type or a.info.content_type,
-                    metadata=metadata,
-                    mode=mode,
-                    cache_control=opts.cache_control or a.info.cache_control,
-                    content_disposition=a.info.content_disposition,
+                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or stored.content_type,
+                    metadata={**stored.metadata, **metadata}, mode=mode,
+                    cache_control=opts.cache_control or stored.cache_control,
+                    content_disposition=stored.content_disposition,
                 )
         return
     assert isinstance(dst, LocalTree)
     path = dst.root / a.rel
-    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     if isinstance(src, StoreTree):
-        resume = a.size >= RESUME_AT
-        await download(src.store, src.prefix + a.rel, path, resume=resume, quiet=True, bars=display.bars)
+        key = src.prefix + a.rel
+        if 0 < a.size <= SMALL and a.size < RESUME_AT:
+            data = await _get_small(src.store, key)
+            if data is not None:
+                with display.bars(f"get {key}", len(data), 0) as advance:
+                    _write_small(path, data, a.mtime, shared.folders)
+                    advance(len(data))
+                return
+        await asyncio.to_thread(_make_folder, path.parent, shared.folders)
+        if a.size >= RESUME_AT:
+            await download_ranges(src.store, key, path, bars=display.bars, streams=shared.streams)
+        else:
+            await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
     else:
         assert isinstance(src, LocalTree)
+        await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         with display.bars(f"cp {a.rel}", a.size, 0) as advance:
             await asyncio.to_thread(shutil.copyfile, src.root / a.rel, path)
             advance(a.size)
     await asyncio.to_thread(os.utime, path, (a.mtime, a.mtime))
+
+
+async def _get_small(store: StorageBackend, key: str) -> bytes | None:
+    """The object's bytes, or ``None`` when it is larger than ``SMALL`` (then it is streamed).
+
+    On S3 one ranged GET (``bytes=0-SMALL``, so a grown object is not read whole) through the
+    store's lean keep-alive pool: a third of the CPU of a streamed response."""
+    s3 = _s3(store)
+    if s3 is None:
+        async with await store.open(key) as dl:
+            if dl.content_length > SMALL:
+                return None
+            data = await dl.read()
+            if len(data) != dl.content_length:
+                raise IntegrityError(f"read {len(data)} of {dl.content_length} bytes", key=key, operation="get")
+            return data
+    headers = {**s3._read_headers, "range": f"bytes=0-{SMALL}"}
+    try:
+        r = await s3._send("GET", s3._object_path(key), op="open", key=key, headers=headers)
+    except InvalidRangeError:  # empty now
+        return None
+    total = r.headers.get("Content-Range", "").rpartition("/")[2]
+    if r.status not in (200, 206) or (r.status == 206 and not total.isdigit()) or len(r.body) > SMALL:
+        return None
+    body: bytes = r.body
+    return None if r.status == 206 and int(total) != len(body) else body
+
+
+def _make_folder(folder: Path, known: set[Path]) -> None:
+    if folder not in known:
+        folder.mkdir(parents=True, exist_ok=True)
+        known.add(folder)
+
+
+def _read_small(path: Path) -> bytes | None:
+    """The file's bytes, or ``None`` when it has grown past ``SMALL`` (then it is streamed)."""
+    chunks, n = [], 0
+    with open(path, "rb", buffering=0) as f:
+        while n <= SMALL and (chunk := f.read(SMALL + 1 - n)):
+            chunks.append(chunk)
+            n += len(chunk)
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if n <= SMALL else None
+
+
+def _write_small(path: Path, data: bytes, mtime: float, known: set[Path]) -> None:
+    """Write ``path`` atomically: a temp file beside it (``.unistore.*``, which listings skip)
+    gets the bytes and ``mtime``, then is renamed over ``path``. A partial download left by a
+    larger earlier version of the file goes."""
+    _make_folder(path.parent, known)
+    for leftover in (".part", ".part.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.with_name(path.name + leftover))
+    while True:
+        tmp = path.with_name(f".unistore.{os.urandom(6).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        break
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 async def _counted(chunks: AsyncIterator[bytes], advance: Advance) -> AsyncIterator[bytes]:

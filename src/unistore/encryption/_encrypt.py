@@ -466,6 +466,12 @@ class Encrypt(Layer):
         """Decrypt ``src`` and encrypt it again as ``dst`` (the body is bound to its key)."""
         return await BaseBackend.copy(self, src, dst, mode=mode)
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Decrypt ``key`` and encrypt it again with ``metadata`` (the body is bound to its metadata)."""
+        return await BaseBackend.replace_metadata(self, key, metadata, if_match=if_match)
+
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         return self._listed(prefix, start_after)
 

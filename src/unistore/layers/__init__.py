@@ -9,7 +9,7 @@ Compose them with :func:`stack`, outermost first::
 
 The recommended order, outermost first, is
 Observe → Idempotency → RateLimit → Cache → Retry → [Faults] → backend; each
-layer's docstring says why it sits where it does (``docs/layers.md``).
+layer's docstring says why it sits where it does (``docs/layers.md``; the design notes in ``docs/design.md``).
 """
 
 from ._cache import Cache
@@ -26,24 +26,47 @@ from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
 from ._retry import Retry, RetryEvent
+from ._scoped import Scoped, scoped
+from ._validate import (
+    FilenameRejectedError,
+    FileTooLargeError,
+    ImageTooLargeError,
+    UnsupportedMediaTypeError,
+    UploadRule,
+    Validate,
+    ValidationError,
+    ValidationPolicy,
+    sniff_type,
+)
 
 __all__ = [
     "Cache",
     "FaultSettings",
     "Faults",
+    "FileTooLargeError",
+    "FilenameRejectedError",
     "HotKeys",
     "Idempotency",
     "IdempotencyInProgressError",
     "IdempotencyKeyReusedError",
     "IdempotencyReplayGoneError",
+    "ImageTooLargeError",
     "Layer",
     "LayerFactory",
     "Observe",
     "RateLimit",
     "Retry",
     "RetryEvent",
+    "Scoped",
+    "UnsupportedMediaTypeError",
+    "UploadRule",
+    "Validate",
+    "ValidationError",
+    "ValidationPolicy",
     "current_idempotency_key",
     "idempotency_key",
     "request_context",
+    "scoped",
+    "sniff_type",
     "stack",
 ]

@@ -255,6 +255,15 @@ class Cache(Layer):
         finally:
             await self._drop(dst)
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        await self._drop(key)
+        try:
+            return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+        finally:
+            await self._drop(key)
+
     # --- forwarded explicitly: a transforming layer never forwards by default --------------
 
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:

@@ -104,6 +104,13 @@ class Layer(BaseBackend):
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:
         return await self._around("copy", dst, lambda: self.inner.copy(src, dst, mode=mode))
 
+    async def replace_metadata(
+        self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
+    ) -> ObjectInfo:
+        return await self._around(
+            "replace_metadata", key, lambda: self.inner.replace_metadata(key, metadata, if_match=if_match)
+        )
+
     async def ping(self) -> None:
         await self._around("ping", None, self.inner.ping)
 

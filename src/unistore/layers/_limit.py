@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from .._base import StorageBackend
+from .._base import StorageBackend, signing_for_put
 from .._errors import ConfigurationError, RateLimitedError
 from .._types import Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
@@ -172,8 +172,10 @@ class RateLimit(Layer):
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        # Signing is local computation for most stores; it takes a token but no permit.
-        await self._take_token("sign_url", key)
+        # Signing is local computation for most stores; it takes a token but no permit, and none
+        # when it makes the URL a put returns (the write already took the operation's token).
+        if not signing_for_put():
+            await self._take_token("sign_url", key)
         return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
 
 

@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from .._base import StorageBackend
+from .._base import StorageBackend, signing_for_put, url_after_put
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
-from .._types import Download, ObjectInfo, Range
+from .._types import Body, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 from ._metrics import KEY_LABELS, Metrics, metrics_for
 from ._retry import Retry, RetryEvent
@@ -295,6 +295,26 @@ class Observe(Layer):
                 record["trace_id"] = format(span.get_span_context().trace_id, "032x")
             self._logger.log(level, json.dumps(record))
 
+    async def put(
+        self,
+        key: str,
+        data: Body,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One ``put`` in the metrics, log and trace: the URL signing it ends with is part of it,
+        not an operation of its own."""
+        url = ""
+
+        async def stored_and_signed() -> ObjectInfo:
+            nonlocal url
+            info = await self.inner.put_object(key, data, content_type=content_type, metadata=metadata)
+            url = await url_after_put(self.inner, key)
+            return info
+
+        await self._around("put", key, stored_and_signed)
+        return url
+
     # --- primitives ------------------------------------------------------------------
 
     async def open(
@@ -322,6 +342,16 @@ class Observe(Layer):
                 yield chunk
 
         return rewrap(dl, counted(), dl.aclose)
+
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        def call() -> Awaitable[str]:
+            return self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+
+        if signing_for_put():  # the URL a put above returns: that put is the operation
+            return await call()
+        return await self._around("sign_url", key, call)
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         async for item in self._listing(prefix, self.inner.iter_objects(prefix, start_after=start_after)):

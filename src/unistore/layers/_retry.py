@@ -1,7 +1,7 @@
 """Retries of transient failures: full-jitter backoff, bounded attempts and time, resumed downloads.
 
 The schedule is our own fifteen lines rather than stamina or tenacity (see
-``docs/layers.md``): a per-call ``AsyncRetrying`` costs more than this layer's
+``docs/design.md``, "Layers"): a per-call ``AsyncRetrying`` costs more than this layer's
 whole budget, neither resumes a stream from the byte where it broke, and both
 would make the core depend on a package for arithmetic.
 """

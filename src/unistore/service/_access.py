@@ -8,12 +8,14 @@ from fastapi import Request
 
 from .._base import StorageBackend
 from .._errors import StorageError
+from ..layers import Scoped, ValidationPolicy
 from ._auth import FULL_ACCESS, Action, Grant, TokenAuthority
 from ._limits import GRANT_STATE, Buckets, Limiter
 from ._redis import RedisBuckets, RedisLink
 from ._settings import ServiceSettings
 
 __all__ = ["ServiceContext"]
+
 
 
 def _address(request: Request) -> str:
@@ -30,6 +32,7 @@ class ServiceContext:
     per_client: Limiter | None
     overall: Limiter | None
     redis: RedisLink | None = None
+    upload_policy: ValidationPolicy | None = None
 
     @classmethod
     def build(cls, storage: StorageBackend, settings: ServiceSettings) -> ServiceContext:
@@ -49,7 +52,7 @@ class ServiceContext:
 
         per_client = limiter("client", settings.token_rate, settings.token_burst)
         overall = limiter("service", settings.global_rate, settings.global_burst)
-        return cls(storage, settings, authority, per_client, overall, redis)
+        return cls(storage, settings, authority, per_client, overall, redis, settings.upload_policy)
 
     def identify(self, request: Request) -> tuple[str, Grant | None, bool]:
         """The rate-limit identity: the verified token's id, else the client address (auth off, or no valid token).
@@ -83,6 +86,16 @@ class ServiceContext:
         grant = self.admit(request)
         grant.require(action, key)
         return grant
+
+    def store(self, grant: Grant) -> StorageBackend:
+        """The store as ``grant`` reaches it: a view confined to the token's prefix (keys stay absolute).
+
+        Routes check the grant first (401/403 before a body is read); the view then
+        enforces the prefix by construction on every call the route makes.
+        """
+        if not grant.prefix:
+            return self.storage
+        return Scoped(self.storage, grant.prefix, relative=False)
 
     def url_lifetime(self, grant: Grant, expires_in: int) -> int:
         """``expires_in`` capped so a URL minted with ``grant`` never outlives its token."""

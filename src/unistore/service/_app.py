@@ -16,7 +16,7 @@ from .._config import easy_storage
 from .._errors import NotFoundError, UnsupportedError
 from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
-from ..layers import Idempotency, Layer, Observe
+from ..layers import Idempotency, Layer, Observe, Validate
 from ._access import ServiceContext
 from ._guard import admitted_route
 from ._hooks import Hook, Webhook
@@ -127,7 +127,8 @@ def create_app(
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
-    wrapped as ``Observe → Idempotency → backend``; idempotency records live in
+    wrapped as ``Observe → [Validate] → Idempotency → backend`` (Validate when
+    ``settings.upload_rules`` is set); idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
     upload sessions; expired ones are swept on the upload sweep timer too.
     ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``) are called with
@@ -141,8 +142,10 @@ def create_app(
     labels = settings.metrics_key_labels
     hot = RedisHotKeys(ctx.redis, raw.name) if ctx.redis is not None and labels != "off" else None
     records = Idempotency(raw, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
+    # Validation sits above Idempotency, which spools a keyed body to hash it: the size limit cuts the stream first.
+    checked = records if ctx.upload_policy is None else Validate(records, policy=ctx.upload_policy)
     storage: StorageBackend = Observe(
-        records,
+        checked,
         metrics=registry if registry is not None else False,
         hot_keys=0 if labels == "off" else 10,
         hot_key_labels="hash" if labels == "off" else labels,
@@ -150,7 +153,9 @@ def create_app(
     )
     ctx.storage = storage
 
-    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None)
+    app = FastAPI(
+        title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None
+    )
     _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.
@@ -177,7 +182,8 @@ def create_app(
         ttl=settings.upload_ttl,
         max_part_size=settings.max_body_size,
         hooks=[*hooks, *webhooks],
-        native=_native_uploads(raw),
+        # Direct sessions send bytes straight to the store, past validation: only without upload rules.
+        native=_native_uploads(raw) if ctx.upload_policy is None else None,
     )
     original = app.router.lifespan_context
 

@@ -36,7 +36,7 @@ from typing import Any, Final, Literal, TypeAlias, cast
 from .._errors import ConfigurationError, InvalidArgumentError, PermissionDeniedError
 from .._keys import validate_prefix
 
-__all__ = ["ACTIONS", "Action", "Grant", "TokenAuthority", "UnauthorizedError", "key_id"]
+__all__ = ["ACTIONS", "Action", "Grant", "TokenAuthority", "UnauthorizedError", "key_id", "secret_bytes"]
 
 Action: TypeAlias = Literal["read", "write", "delete", "metrics", "admin"]
 ACTIONS: Final[tuple[Action, ...]] = ("read", "write", "delete", "metrics", "admin")
@@ -110,13 +110,26 @@ def _check_subject(subject: object) -> str:
     return subject
 
 
+def secret_bytes(value: object, name: str) -> bytes:
+    """A secret given as bytes, or as str (UTF-8 encoded); anything else is a :class:`ConfigurationError`."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise ConfigurationError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
 class TokenAuthority:
     """Issues tokens with ``secret`` and verifies them with it or any of ``accepted`` (rotation overlap)."""
 
     __slots__ = ("_current", "_keys", "max_lifetime")
 
-    def __init__(self, secret: bytes, *, accepted: Iterable[bytes] = (), max_lifetime: int = 7 * 24 * 3600) -> None:
-        secrets = [secret, *accepted]
+    def __init__(
+        self, secret: bytes | str, *, accepted: Iterable[bytes | str] = (), max_lifetime: int = 7 * 24 * 3600
+    ) -> None:
+        """``secret`` and ``accepted`` are bytes, or str (used UTF-8 encoded, as ``UNISTORE_SECRET`` is)."""
+        secrets = [secret_bytes(s, "token secret") for s in (secret, *accepted)]
+        secret = secrets[0]
         if any(len(s) < 16 for s in secrets):
             raise ConfigurationError("token secrets must be at least 16 bytes")
         if max_lifetime < 1:

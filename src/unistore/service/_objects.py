@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request
@@ -134,7 +134,6 @@ def idempotency_scope(grant: Grant, *, authenticated: bool) -> str:
 def objects_router(ctx: ServiceContext) -> APIRouter:
     """The routes over ``ctx.storage``."""
     router = APIRouter(prefix="/v1", route_class=admitted_route(ctx))
-    storage = ctx.storage
 
     @router.put("/objects/{key:path}", status_code=201, openapi_extra=_BODY, operation_id="put_object")
     async def put_object(key: str, request: Request) -> JSONResponse:
@@ -143,6 +142,8 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         validate_key(key)
         check_length(request, ctx.settings.max_body_size, key)
         content_type = content_type_header(request)
+        if ctx.upload_policy is not None:  # what can be refused before the body: name, length, declared type
+            ctx.upload_policy.check_declared(key, size=declared_length(request), content_type=content_type)
         body = verified_body(
             request_body(request),
             expected=expected_digests(request.headers),
@@ -162,22 +163,22 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         # Set for every request, with or without a key: a write must never inherit a key
         # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
         with idempotency_key(op_id, scope=idempotency_scope(grant, authenticated=ctx.authority is not None)):
-            info = await storage.put_object(key, body, **options)
+            info = await ctx.store(grant).put_object(key, body, **options)
         return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
 
     @router.get("/objects/{key:path}", operation_id="get_object")
     @router.head("/objects/{key:path}", operation_id="head_object")
     async def get_object(key: str, request: Request) -> Response:
         """The object's bytes (streamed) with ``Range``, ``ETag`` and conditional requests (RFC 9110)."""
-        ctx.check(request, "read", key)
+        grant = ctx.check(request, "read", key)
         validate_key(key)
-        return await serve_object(storage, key, request, download=False, meta_headers=True)
+        return await serve_object(ctx.store(grant), key, request, download=False, meta_headers=True)
 
     @router.delete("/objects/{key:path}", operation_id="delete_object")
     async def delete_object(key: str, request: Request) -> dict[str, bool]:
         """Delete the object (``If-Match`` honoured); ``deleted`` tells whether it existed."""
-        ctx.check(request, "delete", key)
-        return {"deleted": await storage.remove(key, if_match=request.headers.get("if-match"))}
+        grant = ctx.check(request, "delete", key)
+        return {"deleted": await ctx.store(grant).remove(key, if_match=request.headers.get("if-match"))}
 
     @router.get("/objects", operation_id="list_objects")
     async def list_objects(
@@ -192,7 +193,7 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         ``next_cursor``) or after the key ``start_after``. With ``delimiter`` (``/``), one
         level: the objects directly under ``prefix`` and, in ``prefixes``, one entry per
         folder below it; ``limit`` counts both, and the cursor pages across both."""
-        ctx.check(request, "read", prefix)
+        store = ctx.store(ctx.check(request, "read", prefix))
         validate_prefix(prefix)
         limit = min(limit, ctx.settings.max_list_limit)
         after = decode_cursor(cursor) if cursor else start_after
@@ -200,9 +201,9 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         prefixes: list[str] = []
         last = None
         entries = (
-            storage.iter_objects(prefix, start_after=after)
+            store.iter_objects(prefix, start_after=after)
             if delimiter is None
-            else storage.iter_entries(prefix, delimiter=delimiter, start_after=after)
+            else store.iter_entries(prefix, delimiter=delimiter, start_after=after)
         )
         async for entry in entries:
             last = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
@@ -248,10 +249,11 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
                 raise InvalidArgumentError("the form's key field must be text", operation="put")
             name = key or file.filename or "upload"
             grant.require("write", name)
-            info = await storage.put_object(name, file, content_type=check_content_type(file.content_type))
+            store = ctx.store(grant)
+            info = await store.put_object(name, file, content_type=check_content_type(file.content_type))
         finally:
             await form.close()
-        url = await storage.sign_url(name, expires_in=ctx.url_lifetime(grant, 3600))
+        url = await store.sign_url(name, expires_in=ctx.url_lifetime(grant, 3600))
         return JSONResponse(dict(info_json(info), url=url), status_code=201)
 
     @router.get("/urls/{key:path}", operation_id="signed_url")
@@ -260,10 +262,19 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         request: Request,
         expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
         download: bool = False,
+        method: Literal["GET", "HEAD"] = "GET",
     ) -> dict[str, Any]:
-        """A signed URL sharing one existing object without a token; it expires no later than the token."""
-        expires_in = ctx.url_lifetime(ctx.check(request, "read", key), expires_in)
-        return {"url": await storage.get_url(key, expires_in=expires_in, download=download), "expires_in": expires_in}
+        """A signed URL sharing one existing object without a token, for ``GET`` or ``HEAD`` (a
+        store such as S3 signs the method); it expires no later than the token."""
+        grant = ctx.check(request, "read", key)
+        expires_in = ctx.url_lifetime(grant, expires_in)
+        store = ctx.store(grant)
+        if method == "GET":
+            url = await store.get_url(key, expires_in=expires_in, download=download)
+        else:
+            await store.head(key)  # as get_url: a URL only for an object that exists
+            url = await store.sign_url(key, expires_in=expires_in, download=download, method=method)
+        return {"url": url, "expires_in": expires_in}
 
     return router
 

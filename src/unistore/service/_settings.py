@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, StorageError
+from ..layers._validate import UploadRule, ValidationPolicy
+from ._auth import secret_bytes
 
-__all__ = ["KEY_LABELS", "ServiceSettings", "metrics_bind"]
+__all__ = ["KEY_LABELS", "ServiceSettings", "metrics_bind", "upload_rules_from_json"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -67,7 +71,8 @@ class ServiceSettings:
     auth: bool = True
     """Require a bearer token on every request; off lets every request do everything (local development only)."""
     secret: bytes | None = field(default=None, repr=False)
-    """Key that signs and verifies tokens (at least 16 bytes); required when ``auth`` is on."""
+    """Key that signs and verifies tokens (at least 16 bytes); required when ``auth`` is on. A str is
+    accepted and used UTF-8 encoded (as ``UNISTORE_SECRET`` is); other types are refused."""
     max_body_size: int = 5 * 1024**3
     """Largest request body, in bytes (413 beyond it)."""
     max_json_size: int = 1024**2
@@ -101,10 +106,10 @@ class ServiceSettings:
     webhooks: tuple[str, ...] = ()
     """URLs that receive each completion event as signed JSON (separated by commas or spaces)."""
     webhook_secret: bytes | None = field(default=None, repr=False)
-    """Key that signs webhook bodies; unset: ``secret``."""
+    """Key that signs webhook bodies; unset: ``secret``. A str is used UTF-8 encoded."""
     accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     """Older (or upcoming) secrets whose tokens are still verified but never minted, for rotation (separated by
-    commas or spaces)."""
+    commas or spaces; str items are used UTF-8 encoded)."""
     metrics: str = "token"
     """Who may read ``/metrics``: ``token`` (a token with the ``metrics`` action), ``open``, ``off``, or
     ``HOST:PORT`` (a separate listener, no token)."""
@@ -115,8 +120,27 @@ class ServiceSettings:
     unset: per process."""
     redis_prefix: str = "unistore"
     """Prefix of every Redis key the service writes."""
+    upload_rules: tuple[UploadRule, ...] = ()
+    """What uploads may contain, by key prefix (longest match; keys under no rule are refused): a JSON list of
+    objects with ``prefix`` and any of ``max_size``, ``content_types``, ``extensions``, ``max_pixels``,
+    ``max_width``, ``max_height`` (see ``docs/validation.md``); unset: no upload validation."""
+    upload_type_mismatch: Literal["refuse", "correct"] = "refuse"
+    """A declared ``Content-Type`` the bytes contradict: ``refuse`` (415) or ``correct`` (store the sniffed type)."""
+    upload_filename_checks: bool = True
+    """With ``upload_rules``: refuse names with two file extensions (``a.jpg.exe``) or format characters, and
+    extensions that disagree with the bytes."""
 
     def __post_init__(self) -> None:
+        # A str secret (as a Python caller naturally writes one) is used UTF-8 encoded, like UNISTORE_SECRET;
+        # anything else fails here, not at the first token.
+        for name in ("secret", "webhook_secret"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, secret_bytes(value, name))
+        if isinstance(self.accepted_secrets, str | bytes):
+            raise ConfigurationError("accepted_secrets must be a tuple of secrets, not one secret")
+        accepted = tuple(secret_bytes(s, "accepted_secrets item") for s in self.accepted_secrets)
+        object.__setattr__(self, "accepted_secrets", accepted)
         if self.auth and (self.secret is None or len(self.secret) < 16):
             raise ConfigurationError(
                 "auth needs a secret of at least 16 bytes (UNISTORE_SECRET); set UNISTORE_AUTH=off for local use"
@@ -155,6 +179,20 @@ class ServiceSettings:
             raise ConfigurationError("UNISTORE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
             raise ConfigurationError("redis_prefix must be non-empty, without spaces")
+        if not all(isinstance(r, UploadRule) for r in self.upload_rules):
+            raise ConfigurationError("upload_rules must be UploadRule values")
+        self.upload_policy  # noqa: B018 - builds the policy, so a bad one fails here
+
+    @property
+    def upload_policy(self) -> ValidationPolicy | None:
+        """The upload validation policy, or ``None`` when ``upload_rules`` is empty."""
+        if not self.upload_rules:
+            return None
+        return ValidationPolicy(
+            rules=self.upload_rules,
+            on_mismatch=self.upload_type_mismatch,
+            check_filenames=self.upload_filename_checks,
+        )
 
     def __repr__(self) -> str:
         secret = "<redacted>" if self.secret else None
@@ -174,7 +212,9 @@ class ServiceSettings:
         ``UNISTORE_UPLOAD_TTL``, ``UNISTORE_UPLOAD_SWEEP_INTERVAL``,
         ``UNISTORE_WEBHOOKS`` (URLs separated by commas or spaces), ``UNISTORE_WEBHOOK_SECRET``,
         ``UNISTORE_MAX_TOKEN_LIFETIME``, ``UNISTORE_ACCEPTED_SECRETS`` (separated by commas or spaces),
-        ``UNISTORE_METRICS``, ``UNISTORE_METRICS_KEY_LABELS``, ``UNISTORE_REDIS_URL``, ``UNISTORE_REDIS_PREFIX``.
+        ``UNISTORE_METRICS``, ``UNISTORE_METRICS_KEY_LABELS``, ``UNISTORE_REDIS_URL``, ``UNISTORE_REDIS_PREFIX``,
+        ``UNISTORE_UPLOAD_RULES`` (JSON), ``UNISTORE_UPLOAD_TYPE_MISMATCH``,
+        ``UNISTORE_UPLOAD_FILENAME_CHECKS`` (on/off).
         Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
@@ -190,7 +230,14 @@ class ServiceSettings:
             "accepted_secrets": tuple(s.encode() for s in _words(env.get("UNISTORE_ACCEPTED_SECRETS", ""))),
             "redis_url": env.get("UNISTORE_REDIS_URL") or None,
         }
-        for name in ("metrics", "metrics_key_labels", "redis_prefix"):
+        if env.get("UNISTORE_UPLOAD_RULES", "").strip():
+            kwargs["upload_rules"] = upload_rules_from_json(env["UNISTORE_UPLOAD_RULES"])
+        checks = env.get("UNISTORE_UPLOAD_FILENAME_CHECKS", "").strip().lower()
+        if checks:
+            if checks not in _TRUE | _FALSE:
+                raise ConfigurationError("UNISTORE_UPLOAD_FILENAME_CHECKS must be on or off")
+            kwargs["upload_filename_checks"] = checks in _TRUE
+        for name in ("metrics", "metrics_key_labels", "redis_prefix", "upload_type_mismatch"):
             text = env.get("UNISTORE_" + name.upper(), "").strip()
             if text:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text
@@ -219,3 +266,35 @@ class ServiceSettings:
                 except ValueError:
                     raise ConfigurationError(f"UNISTORE_{name.upper()} must be a {cast.__name__}") from None
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+_RULE_FIELDS = ("prefix", "max_size", "content_types", "extensions", "max_pixels", "max_width", "max_height")
+
+
+def upload_rules_from_json(text: str) -> tuple[UploadRule, ...]:
+    """``UNISTORE_UPLOAD_RULES``: a JSON list of rule objects (lists for ``content_types``/``extensions``)."""
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        raise ConfigurationError("UNISTORE_UPLOAD_RULES must be a JSON list of objects") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ConfigurationError("UNISTORE_UPLOAD_RULES must be a JSON list of objects")
+    rules = []
+    for item in data:
+        unknown = set(item) - set(_RULE_FIELDS)
+        if unknown:
+            raise ConfigurationError(f"UNISTORE_UPLOAD_RULES: unknown field(s) {', '.join(sorted(unknown))}")
+        options = dict(item)
+        for name in ("content_types", "extensions"):
+            if options.get(name) is not None:
+                values = options[name]
+                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    raise ConfigurationError(f"UNISTORE_UPLOAD_RULES: {name} must be a list of strings")
+                options[name] = frozenset(values)
+        if not isinstance(options.get("prefix", ""), str):
+            raise ConfigurationError("UNISTORE_UPLOAD_RULES: prefix must be a string")
+        try:
+            rules.append(UploadRule(**options))
+        except StorageError as exc:
+            raise ConfigurationError(f"UNISTORE_UPLOAD_RULES: {exc.message}") from None
+    return tuple(rules)

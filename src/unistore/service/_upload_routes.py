@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
 from .._errors import InvalidArgumentError
+from .._request_limits import declared_length
 from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._access import ServiceContext
 from ._digests import expected_digests
@@ -64,6 +65,12 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
     ) -> dict[str, Any]:
         """Start a session for ``key``; ``direct`` keeps the parts in the store (presigned part URLs)."""
         ctx.check(request, "write", key)
+        if ctx.upload_policy is not None:  # the name and declared type are refused now, not after every part
+            if direct:
+                raise InvalidArgumentError(
+                    "direct uploads would skip upload validation; send the parts through this service", key=key
+                )
+            ctx.upload_policy.check_declared(key, content_type=content_type)
         session = await sessions.create(
             key, content_type=content_type, metadata=metadata, part_size=part_size, direct=direct
         )
@@ -78,6 +85,8 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
         session = await sessions.get(upload_id)
         grant.require("write", session.key)
         check_length(request, min(session.part_size, sessions.max_part_size), session.key)
+        if ctx.upload_policy is not None:  # a part larger than the whole object may be is refused now
+            ctx.upload_policy.check_declared(session.key, size=declared_length(request))
         part = await sessions.upload_part(
             session, number, request_body(request), expected=expected_digests(request.headers)
         )

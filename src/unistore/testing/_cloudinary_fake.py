@@ -2,10 +2,14 @@
 
 It checks what the real service checks: Upload/Download API signatures (SHA-1
 or SHA-256 over the sorted params + secret), timestamps (±1 h) and expiry,
-HTTP Basic auth on the Admin API, chunked uploads (``Content-Range`` +
-``X-Unique-Upload-Id``), ``next_cursor`` paging, delivery-URL signatures for
+HTTP Basic auth on the Admin API (resources, folders, search), chunked uploads
+(``Content-Range`` + ``X-Unique-Upload-Id``), ``next_cursor`` paging, delivery-URL signatures for
 authenticated assets, images that Pillow cannot open ("Invalid image file"),
-and ``Range`` on delivery. It does not transform images: a transformed URL
+and ``Range`` on delivery. Folders behave as in fixed-folder mode: an upload
+creates the folders of its public id, and a folder outlives its last asset.
+The Search API understands ``field=value`` / ``field:value`` terms joined by
+``AND`` over ``folder``, ``type``, ``resource_type`` and ``public_id`` (a
+trailing ``*`` matches a prefix). It does not transform images: a transformed URL
 serves the original bytes with ``X-Fake-Transformation`` naming the
 transformation. Serve it with :func:`unistore.testing.running_server`.
 """
@@ -47,6 +51,31 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
 
 
+_TERM = re.compile(r'(\w+)\s*[=:]\s*("(?:\\.|[^"\\])*"|[^\s"()]+)')
+_SEARCHABLE = ("folder", "type", "resource_type", "public_id")
+
+
+def _parse_expression(expression: str) -> list[tuple[str, str, bool]]:
+    """``field=value AND …`` as ``(field, value, prefix)`` terms (a trailing unescaped ``*``: prefix)."""
+    terms = []
+    for part in re.split(r"\s+AND\s+", expression.strip()) if expression.strip() else []:
+        m = _TERM.fullmatch(part.strip())
+        if not m or m.group(1) not in _SEARCHABLE:
+            raise ValueError(f"unsupported term {part!r}")
+        raw = m.group(2)
+        if raw.startswith('"'):
+            raw = raw[1:-1]
+        wildcard = raw.endswith("*") and not raw.endswith("\\*")
+        value = re.sub(r"\\(.)", r"\1", raw[:-1] if wildcard else raw)
+        terms.append((m.group(1), value, wildcard))
+    return terms
+
+
+def _matches(asset: _Asset, name: str, value: str, prefix: bool) -> bool:
+    actual = asset.public_id.rpartition("/")[0] if name == "folder" else str(getattr(asset, name))
+    return actual.startswith(value) if prefix else actual == value
+
+
 @dataclass
 class _Asset:
     public_id: str
@@ -70,6 +99,7 @@ class _Asset:
             "etag": hashlib.md5(self.data).hexdigest(),
             "created_at": self.created_at,
             "tags": self.tags,
+            "folder": self.public_id.rpartition("/")[0],
         }
         if context and self.context:
             out["context"] = {"custom": dict(self.context)}
@@ -85,6 +115,7 @@ class FakeCloudinary:
     api_secret: str = "fake-secret-abcdefghijklmnop"
     assets: dict[tuple[str, str, str], _Asset] = field(default_factory=dict)
     chunks: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    folders: set[str] = field(default_factory=set)
     requests: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0
@@ -98,6 +129,9 @@ class FakeCloudinary:
                 Route(f"/v1_1/{c}/{{rt}}/upload", self.upload, methods=["POST"]),
                 Route(f"/v1_1/{c}/{{rt}}/destroy", self.destroy, methods=["POST"]),
                 Route(f"/v1_1/{c}/{{rt}}/download", self.download),
+                Route(f"/v1_1/{c}/folders", self.list_folders),
+                Route(f"/v1_1/{c}/folders/{{path:path}}", self.list_folders),
+                Route(f"/v1_1/{c}/resources/search", self.search, methods=["POST"]),
                 Route(f"/v1_1/{c}/resources/{{rt}}/{{type}}", self.list),
                 Route(f"/v1_1/{c}/resources/{{rt}}/{{type}}/{{pid:path}}", self.resource),
                 Route(f"/{c}/{{rt}}/{{type}}/{{rest:path}}", self.deliver),
@@ -198,6 +232,8 @@ class FakeCloudinary:
                 created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
             self.assets[key] = asset
+            segments = pid.split("/")[:-1]
+            self.folders.update("/".join(segments[: i + 1]) for i in range(len(segments)))
         return JSONResponse(asset.json())
 
     async def destroy(self, request: Request) -> Response:
@@ -248,6 +284,62 @@ class FakeCloudinary:
         start = int(q.get("next_cursor", "0") or 0)
         page = matching[start : start + max_results]
         out: dict[str, Any] = {"resources": [a.json(context=q.get("context") == "true") for a in page]}
+        if start + max_results < len(matching):
+            out["next_cursor"] = str(start + max_results)
+        return JSONResponse(out)
+
+    async def list_folders(self, request: Request) -> Response:
+        """``GET /folders`` (root folders) and ``GET /folders/:path`` (its subfolders)."""
+        self.requests += 1
+        bad = self._check_basic(request)
+        if bad:
+            return bad
+        parent = request.path_params.get("path", "").strip("/")
+        with self._lock:
+            if parent and parent not in self.folders:
+                return _error(404, f"Can't find folder with path {parent}")
+            below = sorted(f for f in self.folders if f.rpartition("/")[0] == parent)
+        q = request.query_params
+        max_results = min(int(q.get("max_results", "2000") or 2000), 2000)
+        start = int(q.get("next_cursor", "0") or 0)
+        page = below[start : start + max_results]
+        out: dict[str, Any] = {
+            "folders": [
+                {"name": f.rpartition("/")[2], "path": f, "external_id": hashlib.md5(f.encode()).hexdigest()}
+                for f in page
+            ],
+            "total_count": len(below),
+        }
+        if start + max_results < len(below):
+            out["next_cursor"] = str(start + max_results)
+        return JSONResponse(out)
+
+    async def search(self, request: Request) -> Response:
+        """``POST /resources/search`` with a JSON body (expression, sort_by, max_results,
+        next_cursor, with_field), across resource types."""
+        self.requests += 1
+        bad = self._check_basic(request)
+        if bad:
+            return bad
+        try:
+            body = await request.json()
+            terms = _parse_expression(str(body.get("expression", "")))
+            max_results = int(body.get("max_results", 50))
+            start = int(body.get("next_cursor") or 0)
+        except ValueError as exc:
+            return _error(400, f"Invalid search request: {exc}")
+        if not 1 <= max_results <= 500:
+            return _error(400, "max_results must be between 1 and 500")
+        sort = [next(iter(s.items())) for s in body.get("sort_by") or [{"created_at": "desc"}]]
+        with self._lock:
+            matching = [a for a in self.assets.values() if all(_matches(a, *t) for t in terms)]
+        for name, direction in reversed(sort):
+            if name not in ("public_id", "created_at"):
+                return _error(400, f"Unsupported sort field {name}")
+            matching.sort(key=lambda a: getattr(a, name), reverse=direction == "desc")
+        page = matching[start : start + max_results]
+        context = "context" in (body.get("with_field") or [])
+        out: dict[str, Any] = {"total_count": len(matching), "resources": [a.json(context) for a in page]}
         if start + max_results < len(matching):
             out["next_cursor"] = str(start + max_results)
         return JSONResponse(out)

@@ -12,6 +12,7 @@ HTTP: a store that signs its own URLs (local, memory) must be served by a live
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -257,10 +258,7 @@ class BackendConformance:
         async with await backend.open(prefix + "plain.html") as dl:
             assert (dl.info.cache_control, dl.info.content_disposition) == (None, None)
         await backend.put_object(
-            prefix + "set.html",
-            b"<p>",
-            content_type="text/html",
-            cache_control="public, max-age=60",
+            prefix + "set.html", b"<p>", content_type="text/html", cache_control="public, max-age=60",
             content_disposition='inline; filename="set.html"',
         )
         info = await backend.head(prefix + "set.html")
@@ -540,8 +538,20 @@ class BackendConformance:
             assert names(rest) == names(top[i + 1 :]), cursor
         inside = [e async for e in backend.iter_entries(prefix, start_after=prefix + "a/2/x")]
         assert names(inside) == ["a0/", "b", "c/", "d"]  # a cursor inside a folder skips the folder
+        # a folder stands for the keys below it: once the last one is gone, so is the folder
+        assert await backend.remove(prefix + "c/d/e")
+        assert names([e async for e in backend.iter_entries(prefix)]) == ["a-b", "a/", "a0/", "b", "d"]
         with pytest.raises(InvalidKeyError):
             [e async for e in backend.iter_entries("../")]
+
+    async def test_listings_never_invent_a_content_type(self, backend: StorageBackend, prefix: str) -> None:
+        await backend.put_object(prefix + "t/a.json", b"{}", content_type="text/x-stored")
+        listed = [i async for i in backend.iter_objects(prefix + "t/")]
+        entries = [e async for e in backend.iter_entries(prefix + "t/")]
+        for info in (*listed, *entries):
+            assert isinstance(info, ObjectInfo)
+            assert info.content_type in ("text/x-stored", None), info  # the stored type, or unknown
+        assert (await backend.head(prefix + "t/a.json")).content_type == "text/x-stored"
 
     async def test_list_prefix_is_validated(self, backend: StorageBackend) -> None:
         for bad in ("../", "/etc", "a//", "..\\"):
@@ -584,6 +594,74 @@ class BackendConformance:
         assert (got.content_type, dict(got.metadata)) == ("text/plain", {"a": "1"})
         with pytest.raises(NotFoundError):
             await backend.copy(prefix + "nope", prefix + "dst2")
+
+    # --- metadata-only updates ------------------------------------------------------------
+
+    async def test_replace_metadata(self, backend: StorageBackend, prefix: str) -> None:
+        key = prefix + "meta.txt"
+        body = os.urandom(70_000)
+        old = await backend.put_object(
+            key, body, content_type="text/plain", metadata={"a": "1", "b": "2"}, cache_control="max-age=60"
+        )
+        if not backend.capabilities.conditional_put:
+            with pytest.raises(UnsupportedError):
+                await backend.replace_metadata(key, {"a": "9"}, if_match=old.etag)
+            return
+        new = await backend.replace_metadata(key, {"a": "9", "b": "2", "c": "new"}, if_match=old.etag)
+        assert dict(new.metadata) == {"a": "9", "b": "2", "c": "new"}
+        got = await backend.head(key)
+        assert dict(got.metadata) == {"a": "9", "b": "2", "c": "new"}
+        assert (got.content_type, got.cache_control, got.size) == ("text/plain", "max-age=60", len(body))
+        assert got.etag == new.etag
+        assert await backend.get(key) == body
+        with pytest.raises(InvalidMetadataError):
+            await backend.replace_metadata(key, {"bad name": "x"})
+        assert dict((await backend.head(key)).metadata) == {"a": "9", "b": "2", "c": "new"}
+        with pytest.raises(NotFoundError):
+            await backend.replace_metadata(prefix + "absent", {"a": "1"})
+        assert not await backend.exists(prefix + "absent")
+
+    async def test_replace_metadata_removes_names(self, backend: StorageBackend, prefix: str) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_replace_metadata")
+        key = prefix + "fewer"
+        await backend.put_object(key, b"body", metadata={"a": "1", "b": "2"})
+        await backend.replace_metadata(key, {"a": "1"})
+        assert dict((await backend.head(key)).metadata) == {"a": "1"}
+        await backend.replace_metadata(key, {})
+        assert dict((await backend.head(key)).metadata) == {}
+        assert await backend.get(key) == b"body"
+
+    async def test_replace_metadata_if_match_never_overwrites_a_newer_version(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_replace_metadata")
+        key = prefix + "m"
+        old = await backend.put_object(key, b"old body", metadata={"v": "1"})
+        await backend.put_object(key, b"new body", metadata={"v": "2"})
+        with pytest.raises(PreconditionFailedError):
+            await backend.replace_metadata(key, {"v": "rewritten"}, if_match=old.etag)
+        got = await backend.head(key)
+        assert dict(got.metadata) == {"v": "2"} and await backend.get(key) == b"new body"
+
+    async def test_replace_metadata_races_writers_without_losing_a_write(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_replace_metadata")
+        key = prefix + "race"
+        await backend.put_object(key, b"v0")
+        for n in range(1, 16):
+            etag = (await backend.head(key)).etag
+            body = f"v{n}".encode()
+
+            async def update(etag: str = etag) -> None:
+                with contextlib.suppress(PreconditionFailedError):
+                    await backend.replace_metadata(key, {"touched": "yes"}, if_match=etag)
+
+            await asyncio.gather(update(), backend.put_object(key, body))
+            assert await backend.get(key) == body  # the metadata update never restored an older body
 
     # --- signed URLs over HTTP ---------------------------------------------------------
 
