@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import signal
 import socket
@@ -84,8 +85,6 @@ class ClamdServer:
     def kill(self) -> None:
         """Stop the daemon at once (SIGKILL), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
-            import os
-
             os.kill(self.pid, signal.SIGKILL)
 
 
