@@ -503,3 +503,32 @@ async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyri
     assert not await store.exists("m")
     await store.put_object("m", b"x", metadata={"note": "y" * 1400})
     assert (await store.head("m")).metadata == {"note": "y" * 1400}
+
+
+class _RefusesMidStream(Layer):
+    """A store that reads the first chunk of a body and then refuses the write (a conditional PUT
+    that failed on the server)."""
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        await anext(aiter(body))
+        from unistore import AlreadyExistsError
+
+        raise AlreadyExistsError("refused", key=key)
+
+
+async def test_a_refused_streamed_write_stops_reading_the_body(keyring: LocalKeyring) -> None:
+    store = Encrypt(_RefusesMidStream(MemoryBackend()), keyring, segment_size=1000)
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"x" * 10_000
+
+    from unistore import AlreadyExistsError
+
+    with pytest.raises(AlreadyExistsError):
+        await asyncio.wait_for(store.put_object("k", endless(), mode="create"), 10)
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3
+    assert [t for t in asyncio.all_tasks() if "pump" in repr(t)] == []  # nothing reads on
