@@ -129,3 +129,13 @@ def test_rotate_an_s3_store(seaweed: S3Server) -> None:
     assert code == 0 and "5 rewrapped" in out
     code, out, _ = cli("keys", "retire", "old", url, env=env)
     assert code == 0 and "(5 encrypted objects checked)" in out
+
+
+def test_reencrypt_written_before(store: tuple[str, Path]) -> None:
+    url, _ = store
+    code, out, _ = cli("keys", "rotate", "--reencrypt", url, "--written-before", "2000-01-01T00:00:00Z", env=NEW_ENV)
+    assert code == 0 and "15 reencrypted" in out  # nothing was written under the primary before 2000
+    code, out, _ = cli("keys", "rotate", "--reencrypt", url, "--written-before", "2000-01-01T00:00:00Z", env=NEW_ENV)
+    assert code == 0 and "15 current" in out
+    code, _, err = cli("keys", "rotate", "--reencrypt", url, "--written-before", "yesterday", env=NEW_ENV)
+    assert code == 6 and "ISO 8601" in err

@@ -395,3 +395,19 @@ async def test_transient_errors_are_retried(raw: StorageBackend) -> None:
     await fill(raw, 3)
     report = await rewrap(Encrypt(Flaky(raw), new_ring()), metrics=False)
     assert report.counts == {"rewrapped": 3}
+
+
+async def test_reencrypt_with_a_fixed_cutoff_is_idempotent(raw: StorageBackend) -> None:
+    from datetime import UTC, datetime
+
+    await fill(raw, 6)
+    await asyncio.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    counting = CountingWrites(raw)
+    store = Encrypt(counting, new_ring())
+    assert (await reencrypt(store, written_before=cutoff, metrics=False)).counts == {"reencrypted": 6}
+    again = await reencrypt(store, written_before=cutoff, metrics=False)
+    assert again.counts == {"current": 6}
+    assert {k: v for k, v in counting.writes.items() if not k.startswith(CHECKPOINT_PREFIX)} == {
+        f"docs/{i:04d}.txt": 1 for i in range(6)
+    }

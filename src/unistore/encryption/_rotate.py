@@ -18,6 +18,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .._base import StorageBackend
@@ -191,11 +192,15 @@ class _Job:
         progress: Callable[[RotationProgress], object] | None,
         metrics: Any,
         checkpoint_every: float,
+        written_before: datetime | None,
     ) -> None:
         if mode not in ("rewrap", "reencrypt"):
             raise ConfigurationError(f"unknown rotation mode {mode!r}: rewrap or reencrypt")
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if written_before is not None and written_before.tzinfo is None:
+            written_before = written_before.replace(tzinfo=UTC)
+        self.written_before = written_before
         self.enc = _encrypt_layer(store)
         self.raw = self.enc.inner
         self.keyring = self.enc.keyring
@@ -214,7 +219,7 @@ class _Job:
         self.started = time.monotonic()
         target = self.keyring.primary_id
         cp = await self.state.begin(target)
-        self.since = cp.started_at
+        self.since = self.written_before or cp.started_at
         counts = cp.counts
         running = self.metrics[1].labels(self.mode) if self.metrics else None
         if running is not None:
@@ -358,6 +363,7 @@ async def rotate(
     progress: Callable[[RotationProgress], object] | None = None,
     metrics: Any = None,
     checkpoint_every: float = 1.0,
+    written_before: datetime | None = None,
 ) -> RotationReport:
     """Rotate every object under ``prefix`` of ``store`` (an :class:`Encrypt` layer, or a stack holding
     one) to its keyring's primary KEK: ``mode="rewrap"`` or ``"reencrypt"``.
@@ -367,6 +373,10 @@ async def rotate(
     ``prometheus_client`` is installed, ``False``: none). The checkpoint is saved every
     ``checkpoint_every`` seconds and when the job stops for any reason; rerunning resumes. A job
     already running for the same store, mode and prefix raises :class:`RotationConflictError`.
+
+    ``reencrypt`` leaves alone objects under the primary KEK written at or after ``written_before``
+    (default: when the job first started, so a resumed job rewrites nothing twice); pass the same
+    ``written_before`` to rerun a finished job without rewriting anything again.
     """
     job = _Job(
         store,
@@ -377,6 +387,7 @@ async def rotate(
         progress=progress,
         metrics=metrics,
         checkpoint_every=checkpoint_every,
+        written_before=written_before,
     )
     return await job.run()
 
