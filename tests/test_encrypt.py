@@ -532,3 +532,14 @@ async def test_a_refused_streamed_write_stops_reading_the_body(keyring: LocalKey
     await asyncio.sleep(0.01)
     assert len(pulled) <= 3
     assert [t for t in asyncio.all_tasks() if "pump" in repr(t)] == []  # nothing reads on
+
+
+async def test_a_stack_over_encrypt_never_falls_back_to_a_ciphertext_url(keyring: LocalKeyring) -> None:
+    from unistore.layers import Retry
+
+    inner = MemoryBackend(base_url="http://x/files", url_secret="s" * 20)
+    stacked = Retry(Encrypt(inner, keyring))
+    url = await stacked.put("dir/a b.txt", b"x")
+    assert url == "dir/a%20b.txt" and "signature" not in url
+    with pytest.raises(UnsupportedError):
+        await stacked.get_url("dir/a b.txt")
