@@ -203,6 +203,7 @@ async def test_plain_objects_are_not_served_as_plaintext(keyring: LocalKeyring) 
     for call in (store.get("plain"), store.head("plain"), store.open("plain", range=ByteRange(0, 3))):
         with pytest.raises(IntegrityError):
             await call
+    assert await store.exists("plain") and not await store.exists("missing")
     with pytest.raises(NotFoundError):
         await store.get("missing")
 

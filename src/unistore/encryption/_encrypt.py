@@ -290,6 +290,10 @@ class Encrypt(Layer):
     async def head(self, key: str) -> ObjectInfo:
         return self._plain(await self.inner.head(key))
 
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (encrypted or not: nothing is decrypted)."""
+        return await self.inner.exists(key)
+
     async def put_object(
         self,
         key: str,
