@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
+import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -280,6 +282,21 @@ async def test_scanner_killed_mid_stream_fails_closed(doomed: ClamdServer, tmp_p
     with pytest.raises(ScannerUnavailableError):  # and the next write too, before reading its body
         await scan.put("next.txt", b"x")
     assert scan.unscanned_writes == 0
+
+
+async def test_a_hung_scanner_times_out_and_fails_closed(doomed: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=ClamdClient(doomed.tcp_url, timeout=1.0))
+    await scan.put("warm.txt", b"the engine version is known now")
+    os.kill(doomed.pid, signal.SIGSTOP)  # alive, accepting connections, answering nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(ScannerUnavailableError):
+            await scan.put("hung.bin", b"h" * MiB)
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(doomed.pid, signal.SIGCONT)
+    assert not await store.exists("hung.bin")
 
 
 @pytest.mark.parametrize("mode", ["reject", "quarantine"])
