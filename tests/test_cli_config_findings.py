@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,112 @@ async def test_presigned_post_form_with_a_type_prefix_uploads(request: pytest.Fi
         assert (await store.head(key)).content_type == "image/webp"
         unknown = await store.presign_post(f"post-{uuid.uuid4().hex[:8]}/blob", content_type_prefix="image/")
         assert unknown[1]["Content-Type"] == "image/"  # no guess fits: the prefix, for the form to refine
+
+
+# --- e. a missing GCS bucket is a configuration error, as on S3 ----------------------------------------------------
+
+
+async def test_a_missing_gcs_bucket_is_a_configuration_error(fake_gcs: dict[str, str], seaweed: S3Server) -> None:
+    from unistore import ConfigurationError, GCSBackend, NotFoundError
+
+    async with GCSBackend(bucket=f"missing-{uuid.uuid4().hex[:8]}", emulator_host=fake_gcs["url"]) as gcs:
+        calls = (
+            lambda: gcs.head("k"), lambda: gcs.get("k"), lambda: gcs.put_object("k", b"v"),
+            lambda: gcs.remove("k"), lambda: gcs.list_keys(), gcs.ping,
+        )  # fmt: skip
+        for call in calls:
+            with pytest.raises(ConfigurationError, match="does not exist"):
+                await call()
+    async with seaweed.backend(bucket=f"missing-{uuid.uuid4().hex[:8]}") as s3:
+        with pytest.raises(ConfigurationError, match="does not exist"):
+            await s3.head("k")  # the behaviour GCS now matches
+    async with GCSBackend(bucket=fake_gcs["bucket"], emulator_host=fake_gcs["url"]) as gcs:
+        with pytest.raises(NotFoundError, match="no such object"):
+            await gcs.head(f"absent-{uuid.uuid4().hex}")  # an existing bucket: still a missing object
+        assert not await gcs.remove(f"absent-{uuid.uuid4().hex}")
+
+
+# --- f. multipart part sizes fit S3's 10,000 parts -------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_part_size_for_a_known_size() -> None:
+    from unistore import InvalidArgumentError
+    from unistore.backends._s3multipart import MAX_PART, MAX_PARTS, part_size_for
+
+    assert part_size_for(0, 8 * MiB) == part_size_for(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB  # fits as configured
+    assert part_size_for(10_000 * 8 * MiB + 1, 8 * MiB) == 9 * MiB  # one byte more: the next whole MiB
+    for size in (78 * 1024**3, 100 * 1024**3, 1024**4, 5 * 1024**4):
+        part = part_size_for(size, 8 * MiB)
+        assert -(-size // part) <= MAX_PARTS and part % MiB == 0 and part <= MAX_PART
+        assert -(-size // (part - MiB)) > MAX_PARTS  # and the smallest such
+    assert part_size_for(5 * 1024**4, 5 * 1024 * MiB) == MAX_PART  # never beyond S3's 5 GiB
+    with pytest.raises(InvalidArgumentError):
+        part_size_for(5 * 1024**4 + 1, 8 * MiB)
+
+
+def test_stream_parts_grow_to_hold_5_tib() -> None:
+    from unistore.backends._s3multipart import GROWTH_STEP, MAX_PART, MAX_PARTS, stream_part_size
+
+    for start in (5 * MiB, 8 * MiB, 64 * MiB):
+        sizes = [stream_part_size(n, start) for n in range(1, MAX_PARTS + 1)]
+        assert sizes[:GROWTH_STEP] == [start] * GROWTH_STEP  # a small stream keeps its configured parts
+        assert sizes == sorted(sizes) and max(sizes) <= MAX_PART
+        assert sum(sizes) >= 5 * 1024**4
+
+
+async def test_uploads_cross_a_growth_step_and_fit_a_known_size(
+    seaweed: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from unistore.backends import _s3multipart
+
+    monkeypatch.setattr(_s3multipart, "GROWTH_STEP", 2)  # small steps: parts of 5, 5, 10, 10, 20... MiB
+    data = os.urandom(23 * MiB)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for pos in range(0, len(data), MiB):
+            yield data[pos : pos + MiB]
+
+    key = f"grow-{uuid.uuid4().hex[:8]}"
+    async with seaweed.backend(part_size=5 * MiB, checksum="sha256") as s3:
+        info = await s3.put_object(key + "/stream", stream())
+        assert info.etag.endswith("-4")  # 5 + 5 + 10 + 3 MiB, where fixed parts would take 5
+        assert hashlib.sha256(await s3.get(key + "/stream")).digest() == hashlib.sha256(data).digest()
+        monkeypatch.setattr(_s3multipart, "MAX_PARTS", 3)  # a known size: 20 MiB in 3 parts of 7 MiB
+        (tmp_path / "f").write_bytes(data[: 20 * MiB])
+        info = await s3.put_object(key + "/file", tmp_path / "f")
+        assert info.etag.endswith("-3")
+        assert await s3.get(key + "/file") == data[: 20 * MiB]
+
+
+# --- g. Observe counts a put once ------------------------------------------------------------------------------
+
+
+async def test_observe_counts_a_put_once() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from unistore import MemoryBackend
+    from unistore.layers import Observe
+
+    registry = CollectorRegistry()
+    store = Observe(MemoryBackend(), metrics=registry)
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"backend": "MemoryBackend", **labels}) or 0.0
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"de"
+
+    url = await store.put("a.txt", b"hello")
+    assert url.startswith(("http://", "https://", "/"))
+    await store.put("b.txt", body())
+    assert value("unistore_requests_total", operation="put") == 2
+    assert value("unistore_requests_total", operation="sign_url") == 0  # signing is part of the put
+    assert value("unistore_request_duration_seconds_count", operation="put") == 2
+    assert value("unistore_bytes_total", direction="in") == 10
+    await store.put_object("c.txt", b"x")
+    assert value("unistore_requests_total", operation="put") == 3

@@ -354,26 +354,26 @@ def test_tree_upload_bounds_the_s3_parts_in_flight_across_files(
     seaweed: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each large file used to run its own 8 parts, so 4 x 256 MiB at -j 4 peaked over 400 MiB.
-    The real upload_part is wrapped (not replaced) to count the parts in flight."""
-    from unistore.backends._s3sessions import S3Uploads
+    The real part upload is wrapped (not replaced) to count the parts in flight."""
+    from unistore.backends import _s3multipart
     from unistore.cli import _tree
 
     files = {f"big{i}.bin": os.urandom(8 * 1024 * 1024 + 1) for i in range(4)}  # 2 parts each
     make_tree(tmp_path / "src", files)
     monkeypatch.setattr(_tree, "UPLOAD_PARTS", 3, raising=False)
     now = peak = 0
-    real = S3Uploads.upload_part
+    real = _s3multipart._put_part
 
-    async def counted(self: S3Uploads, *args: Any, **kwargs: Any) -> Any:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
         nonlocal now, peak
         now += 1
         peak = max(peak, now)
         try:
-            return await real(self, *args, **kwargs)
+            return await real(*args, **kwargs)
         finally:
             now -= 1
 
-    monkeypatch.setattr(S3Uploads, "upload_part", counted)
+    monkeypatch.setattr(_s3multipart, "_put_part", counted)
     env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
     prefix = f"cli-parts-{uuid.uuid4().hex[:8]}"
     s3 = f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}"

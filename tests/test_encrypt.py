@@ -255,7 +255,15 @@ async def test_tink_decrypts_what_we_write(keyring: LocalKeyring, size: int) -> 
     inner = MemoryBackend()
     store = Encrypt(inner, keyring)
     data = os.urandom(size)
-    await store.put_object("dir/obj.bin", _chunks(data, 100_000), metadata={"owner": "me"})
+    await store.put_object("dir/obj.bin", data, metadata={"owner": "me"})  # in one piece
+    raw = await inner.head("dir/obj.bin")
+    wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
+    dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))
+    with _tink(dek, 65536).new_decrypting_stream(
+        io.BytesIO(await inner.get("dir/obj.bin")), associated_data("dir/obj.bin", raw.metadata)
+    ) as r:
+        assert r.read() == data
+    await store.put_object("dir/obj.bin", _chunks(data, 100_000), metadata={"owner": "me"})  # streamed
     raw = await inner.head("dir/obj.bin")
     wrapped = WrappedKey(raw.metadata[META_KEY_ID], base64.b64decode(raw.metadata[META_WRAPPED_KEY]))
     dek = await keyring.unwrap(wrapped, wrap_context("dir/obj.bin"))
@@ -453,3 +461,74 @@ async def test_data_keys_are_cached_for_a_while() -> None:
     await uncached.get("a")
     await uncached.get("a")
     assert keyring.unwraps == 9
+
+
+async def test_read_ahead_keeps_order_bounds_memory_raises_and_closes() -> None:
+    from unistore.encryption._stream import read_ahead
+
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    async def source(fail_at: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise ValueError("source broke")
+                pulled.append(i)
+                yield bytes([i])
+        finally:
+            closed.append(True)
+
+    assert [c async for c in read_ahead(source())] == [bytes([i]) for i in range(10)]
+    pulled.clear()
+    ahead = read_ahead(source(), depth=1)
+    assert await anext(ahead) == b"\x00"
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3  # one yielded, one queued, one in the pump's hands
+    await ahead.aclose()
+    assert closed[-1] is True
+    with pytest.raises(ValueError, match="source broke"):
+        [c async for c in read_ahead(source(fail_at=4))]
+
+
+async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyring) -> None:
+    for bad in ({"segment_size": 56}, {"segment_size": 2**31}, {"key_cache_size": -1}):
+        with pytest.raises(ConfigurationError):
+            Encrypt(MemoryBackend(), keyring, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        Encrypt(MemoryBackend(), object())  # type: ignore[arg-type]
+    store = Encrypt(MemoryBackend(), keyring)
+    with pytest.raises(InvalidMetadataError, match="bytes are left for yours"):
+        await store.put_object("m", b"x", metadata={"note": "y" * 1800})
+    assert not await store.exists("m")
+    await store.put_object("m", b"x", metadata={"note": "y" * 1400})
+    assert (await store.head("m")).metadata == {"note": "y" * 1400}
+
+
+class _RefusesMidStream(Layer):
+    """A store that reads the first chunk of a body and then refuses the write (a conditional PUT
+    that failed on the server)."""
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        await anext(aiter(body))
+        from unistore import AlreadyExistsError
+
+        raise AlreadyExistsError("refused", key=key)
+
+
+async def test_a_refused_streamed_write_stops_reading_the_body(keyring: LocalKeyring) -> None:
+    store = Encrypt(_RefusesMidStream(MemoryBackend()), keyring, segment_size=1000)
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"x" * 10_000
+
+    from unistore import AlreadyExistsError
+
+    with pytest.raises(AlreadyExistsError):
+        await asyncio.wait_for(store.put_object("k", endless(), mode="create"), 10)
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3
+    assert [t for t in asyncio.all_tasks() if "pump" in repr(t)] == []  # nothing reads on

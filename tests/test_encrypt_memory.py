@@ -1,4 +1,5 @@
-"""Encrypt streams at bounded memory: a 64 MiB put and get through it on the local store hold a few MiB."""
+"""Encrypt streams at bounded memory: a 64 MiB put and get through it on the local store hold a few
+MiB (a segment, and up to three 1 MiB chunks on each side of the cipher)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from unistore.encryption import Encrypt, LocalKeyring
 
 SIZE = 64 * 1024 * 1024
 CHUNK = 1024 * 1024
-LIMIT = 8 * 1024 * 1024
+LIMIT = 12 * 1024 * 1024
 
 
 async def _body(seed: bytes) -> AsyncIterator[bytes]:

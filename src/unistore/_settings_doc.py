@@ -28,6 +28,7 @@ __all__ = [
     "detection_order",
     "field_docs",
     "keyring_rows",
+    "kms_keyring_rows",
     "render",
     "service_rows",
     "settings_classes",
@@ -247,6 +248,24 @@ def cli_rows() -> list[Row]:
     return rows
 
 
+def kms_keyring_rows() -> list[tuple[str, type[Any], list[Row]]]:
+    """The settings choosing a keyring and those of the KMS keyrings, with section titles and rows
+    (a field's variable: the name its docstring starts with)."""
+    from .encryption._keyring_env import KEYRING_SETTINGS
+
+    out = []
+    for title, cls in KEYRING_SETTINGS():
+        docs = field_docs(cls)
+        variables = {f.name: _leading_variable(docs.get(f.name, "")) for f in fields(cls)}
+        out.append((title, cls, _rows(cls, variables)))
+    return out
+
+
+def _leading_variable(doc: str) -> str | None:
+    found = re.match(r"`([A-Z][A-Z0-9_]+)`: ", doc)
+    return found[1] if found else None
+
+
 def detection_order() -> list[str]:
     """:data:`AUTO_DETECT_VARIABLES` as ``detect_backend`` ranks them (the first one set wins)."""
     from ._config import detect_backend
@@ -319,6 +338,16 @@ def render() -> str:
         "",
     ]
     out += _table(keyring_rows(), "Setting")
+    out += [
+        "",
+        "## Choosing the keyring, and KMS keyrings",
+        "",
+        "`keyring_from_env()` (the service, `unistore keys`) builds the keyring these variables name: the",
+        "local keyring above, AWS KMS or Google Cloud KMS.",
+    ]
+    for title, cls, rows in kms_keyring_rows():
+        out += ["", f"### {title}", "", f"Settings: `{cls.__name__}`.", ""]
+        out += _table(rows, "Setting")
     out += [
         "",
         "## The command line (`unistore`)",

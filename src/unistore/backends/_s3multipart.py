@@ -25,11 +25,47 @@ from ._s3xml import parse_xml, xml_result
 if TYPE_CHECKING:
     from .s3 import S3Backend
 
-__all__ = ["PartFailure", "PartInfo", "copy_object", "upload_file", "upload_stream"]
+__all__ = [
+    "PartFailure",
+    "PartInfo",
+    "copy_object",
+    "part_size_for",
+    "stream_part_size",
+    "upload_file",
+    "upload_stream",
+]
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
+MAX_PART = 5 * 1024 * MiB
 MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024**4  # S3's largest object
+GROWTH_STEP = 800  # a stream of unknown size doubles its part size every GROWTH_STEP parts
+
+
+def part_size_for(size: int, part_size: int) -> int:
+    """The part size for an object of known ``size``: ``part_size``, or, when ``MAX_PARTS`` parts of it
+    cannot hold ``size``, the smallest whole MiB that can (at most 5 GiB). Over 5 TiB (S3's largest
+    object) is an :class:`InvalidArgumentError`.
+
+    >>> part_size_for(100 * 1024**3, 8 * MiB) // MiB  # 100 GiB in 8 MiB parts would take 12,800
+    11
+    """
+    if size > MAX_OBJECT:
+        raise InvalidArgumentError(f"an S3 object is at most 5 TiB; this one is {size} bytes")
+    need = -(-size // MAX_PARTS)
+    return min(MAX_PART, max(part_size, -(-need // MiB) * MiB))
+
+
+def stream_part_size(number: int, part_size: int) -> int:
+    """The size of part ``number`` (1-based) of a stream of unknown size: ``part_size``, doubled every
+    ``GROWTH_STEP`` parts, at most 5 GiB; so ``MAX_PARTS`` parts hold 5 TiB even from 5 MiB, while a
+    small stream keeps small parts (the memory a stream holds is its part size times the parts in flight).
+
+    >>> [stream_part_size(n, 8 * MiB) // MiB for n in (1, 800, 801, 1601, 10_000)]
+    [8, 8, 16, 32, 5120]
+    """
+    return min(MAX_PART, part_size << ((number - 1) // GROWTH_STEP))
 _SLICE = MiB
 
 
@@ -165,14 +201,17 @@ async def _abort(backend: S3Backend, key: str, upload_id: str) -> None:
     )
 
 
-async def _exact_parts(first: list[bytes], rest: AsyncIterator[bytes], part_size: int) -> AsyncIterator[list[Any]]:
-    """Re-cut a stream into parts of exactly ``part_size`` bytes (the last may be shorter).
+async def _exact_parts(
+    first: list[bytes], rest: AsyncIterator[bytes], part_size: Callable[[int], int]
+) -> AsyncIterator[list[Any]]:
+    """Re-cut a stream into parts of exactly ``part_size(number)`` bytes (the last may be shorter).
 
     A chunk that spans parts is sliced through a memoryview, so a large ``bytes`` body
     is cut without copying (each piece is a view of the caller's buffer).
     """
     buf: list[Any] = []
-    size = 0
+    size, number = 0, 1
+    target = part_size(number)
 
     async def source() -> AsyncIterator[bytes]:
         for c in first:
@@ -181,17 +220,18 @@ async def _exact_parts(first: list[bytes], rest: AsyncIterator[bytes], part_size
             yield c
 
     async for chunk in source():
-        view = memoryview(chunk) if len(chunk) > part_size - size else None
+        view = memoryview(chunk) if len(chunk) > target - size else None
         pos = 0
         while pos < len(chunk):
-            take = min(len(chunk) - pos, part_size - size)
+            take = min(len(chunk) - pos, target - size)
             piece = chunk if view is None else view[pos : pos + take]
             buf.append(piece)
             size += take
             pos += take
-            if size == part_size:
+            if size == target:
                 yield buf
-                buf, size = [], 0
+                buf, size, number = [], 0, number + 1
+                target = part_size(number)
     if buf:
         yield buf
 
@@ -241,9 +281,19 @@ async def upload_stream(
     rest: AsyncIterator[bytes],
     content_type: str,
     metadata: Mapping[str, str],
+    total: int | None = None,
 ) -> ObjectInfo:
-    """Upload a stream as parallel parts; abort on any failure (the body's own errors included)."""
+    """Upload a stream as parallel parts; abort on any failure (the body's own errors included).
+    ``total`` (the size, when known) fixes the part size (:func:`part_size_for`); a stream of unknown
+    size grows its parts (:func:`stream_part_size`), except where parts must be equal (R2)."""
     s = backend.settings
+    if total is not None:
+        fixed = part_size_for(total, s.part_size)
+        sizes: Callable[[int], int] = lambda _: fixed  # noqa: E731
+    elif backend._equal_parts:
+        sizes = lambda _: s.part_size  # noqa: E731
+    else:
+        sizes = lambda n: stream_part_size(n, s.part_size)  # noqa: E731
     mode = s.checksum
     upload_id = await _create(backend, key, headers, mode)
     slots = asyncio.Semaphore(s.max_concurrency)
@@ -258,7 +308,7 @@ async def upload_stream(
 
     async def send_parts(tg: asyncio.TaskGroup) -> None:
         nonlocal size
-        pieces = _exact_parts(first, rest, s.part_size).__aiter__()
+        pieces = _exact_parts(first, rest, sizes).__aiter__()
         number = 0
         while True:
             await slots.acquire()  # before reading the next part: at most max_concurrency parts in memory
@@ -271,7 +321,10 @@ async def upload_stream(
             if number > MAX_PARTS:
                 slots.release()
                 raise InvalidArgumentError(
-                    f"object needs more than {MAX_PARTS} parts: raise part_size", key=key, backend=backend.name
+                    f"object needs more than {MAX_PARTS} parts: raise part_size"
+                    + (" (parts must be equal here, so they cannot grow)" if backend._equal_parts else ""),
+                    key=key,
+                    backend=backend.name,
                 )
             n = sum(len(c) for c in chunks)
             size += n
@@ -299,10 +352,8 @@ async def upload_file(
     """
     s = backend.settings
     mode = s.checksum
-    part_size = s.part_size
+    part_size = part_size_for(size, s.part_size)
     count = -(-size // part_size)
-    if count > MAX_PARTS:
-        raise InvalidArgumentError(f"object needs more than {MAX_PARTS} parts: raise part_size", key=key)
     upload_id = await _create(backend, key, headers, mode)
     slots = asyncio.Semaphore(s.max_concurrency)
     fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)

@@ -46,7 +46,9 @@ class S3Settings:
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
-    """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts."""
+    """Bytes per multipart upload part (5 MiB to 5 GiB); larger bodies are uploaded in parts. Grown where
+    S3's 10,000 parts would not hold the object: a body of known size gets the smallest whole-MiB part
+    that fits, a stream of unknown size doubles its part size every 800 parts (unless parts must be equal)."""
     max_concurrency: int = 8
     """Parts in flight per upload. A stream holds at most ``part_size * max_concurrency`` bytes;
     a file is read straight from each part's byte range (about 1 MiB per part in flight)."""
@@ -61,6 +63,12 @@ class S3Settings:
     conditional_delete: bool = True
     """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
     raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
+    copy_if_match: bool | None = None
+    """The server decides `If-Match` (the destination's etag) on CopyObject atomically with the copy, as AWS does:
+    `replace_metadata` then copies the object onto itself inside the server. Off, it rewrites the object with a
+    conditional PUT (the body passes through the client), since a copy that is not conditional on the version it
+    replaces could overwrite a write landing during the copy. Unset: on for AWS (no `endpoint`), off for other
+    servers (moto ignores the header; SeaweedFS checks it, but not atomically)."""
     url_expiration: int = 3600
     """Lifetime of a presigned URL when the caller gives none, in seconds (at most 7 days)."""
     page_size: int = 1000

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import InvalidArgumentError, NotFoundError, StorageError, UnavailableError
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
 from .._keys import validate_key
 from .._types import (
     Body,
@@ -96,6 +96,7 @@ class GCSBackend(BaseBackend):
         self._bucket_path = f"{base}/storage/v1/b/{quote(s.bucket, safe='')}"
         self._upload_path = f"{base}/upload/storage/v1/b/{quote(s.bucket, safe='')}/o"
         self._client = pooled_client(s.timeout, s.max_connections)
+        self._bucket_exists = False  # until a request succeeds or the bucket is seen
 
     def __repr__(self) -> str:
         return f"GCSBackend(bucket={self.settings.bucket!r}, prefix={self.settings.prefix!r}, auth={self._creds.kind})"
@@ -103,6 +104,25 @@ class GCSBackend(BaseBackend):
     # --- the one request path (errors: ._gcs_wire) ------------------------------------
 
     async def _send(
+        self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """One request (see :meth:`_request`). GCS answers 404 for a missing bucket as for a missing
+        object: until the bucket is known to exist, a 404 asks for the bucket, and a missing one is a
+        :class:`ConfigurationError` (as on S3), never "no such object"."""
+        r = await self._request(method, url, op, key, stream=stream, **kw)
+        if r.status_code == 404 and not self._bucket_exists:
+            probe = await self._request("GET", self._bucket_path, op, key, params={"fields": "name"})
+            if probe.status_code == 404:
+                await r.aclose()
+                raise ConfigurationError(
+                    f"GCS bucket {self.settings.bucket!r} does not exist", key=key, backend=self.name, operation=op
+                )
+            self._bucket_exists = True  # it exists (or may not be asked about): the 404 is the object's
+        elif r.status_code < 300:
+            self._bucket_exists = True
+        return r
+
+    async def _request(
         self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any
     ) -> httpx.Response:
         """One request, authenticated; transport errors translated. Idempotent requests are
@@ -410,7 +430,7 @@ class GCSBackend(BaseBackend):
                 bucket=self.settings.bucket,
                 name=self._name(key),
                 method=method,
-                expires_in=expires_in or self.default_expires_in,
+                expires_in=self.default_expires_in if expires_in is None else expires_in,
                 extra_query=extra,
             )
         except Exception as exc:

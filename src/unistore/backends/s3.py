@@ -106,6 +106,7 @@ class S3Backend(BaseBackend):
         self.credentials = conn.credentials
         self._signer, self._host, self._origin = conn.signer, conn.host, conn.origin
         self._bucket_path, self._read_headers, self._write_extra = conn.bucket_path, conn.read_headers, conn.write_extra
+        self._bucket_exists = False  # a HEAD that succeeded, or the bucket seen after a HEAD's 404
         self._equal_parts = s.equal_parts if s.equal_parts is not None else "r2.cloudflarestorage.com" in conn.origin
         if not s.conditional_delete:
             self.capabilities = replace(type(self).capabilities, conditional_delete=False)  # type: ignore[misc]
@@ -153,8 +154,18 @@ class S3Backend(BaseBackend):
         )
 
     async def head(self, key: str) -> ObjectInfo:
+        """A HEAD's 404 has no body to tell a missing bucket from a missing object: until the bucket
+        is known to exist, the bucket is asked (a missing one is a :class:`ConfigurationError`)."""
         validate_key(key)
-        r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        try:
+            r = await self._send("HEAD", self._object_path(key), op="head", key=key, headers=dict(self._read_headers))
+        except NotFoundError:
+            if not self._bucket_exists:
+                empty = {"list-type": "2", "max-keys": "0"}
+                await self._send("GET", self._bucket_path, op="head", key=key, query=empty)
+                self._bucket_exists = True
+            raise
+        self._bucket_exists = True
         return self._info(key, r.headers, int(r.headers.get("Content-Length", 0)))
 
     async def open(
@@ -264,8 +275,9 @@ class S3Backend(BaseBackend):
         headers, ctype, meta = self._write_headers(key, content_type, metadata, cache_control, content_disposition)
         cond = _condition_headers(mode)
         part_size = self.settings.part_size
-        if isinstance(body, bytes | bytearray | memoryview) and len(body) <= part_size:
-            chunks, size, rest = [bytes(body)], len(body), None
+        total = len(body) if isinstance(body, bytes | bytearray | memoryview) else None
+        if total is not None and total <= part_size:
+            chunks, size, rest = [bytes(body)], total, None  # type: ignore[arg-type]
         elif isinstance(body, os.PathLike) and (file_size := await path_size(body)) > part_size:
             from ._s3multipart import upload_file
 
@@ -278,7 +290,7 @@ class S3Backend(BaseBackend):
         if rest is not None:
             from ._s3multipart import upload_stream
 
-            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta)
+            return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta, total)
         headers.update(checksum_header(self.settings.checksum, chunks)[0])
         headers.update(cond)
         headers["content-length"] = str(size)
@@ -496,10 +508,16 @@ class S3Backend(BaseBackend):
     async def replace_metadata(
         self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
     ) -> ObjectInfo:
-        """Native up to 5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``,
-        conditional on the source etag (``x-amz-copy-source-if-match``) and on the destination's
-        (``If-Match``, where the server decides it); larger objects stream onto themselves."""
+        """Native where the server honours ``If-Match`` on CopyObject (``copy_if_match``) and up to
+        5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``, conditional on the
+        source etag (``x-amz-copy-source-if-match``) and the destination's (``If-Match``). Else the
+        object streams onto itself with a conditional PUT."""
         validate_key(key)
+        native = self.settings.copy_if_match
+        if native is None:
+            native = self.settings.endpoint is None
+        if not native:
+            return await super().replace_metadata(key, metadata, if_match=if_match)
         info = await self.head(key)
         if if_match is not None and if_match != "*" and if_match.strip('"') != info.etag:
             raise PreconditionFailedError(

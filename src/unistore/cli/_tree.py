@@ -10,7 +10,11 @@ are; a bounded queue feeds ``transfers`` workers.
   bytes are read). Downloaded files get the object's modification time, so the next
   run compares equal.
 - Unchanged files are skipped, which is what makes a rerun after Ctrl-C cheap; large
-  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore._cli_transfer`).
+  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore.cli._transfer`):
+  downloads are parallel ranged reads written in place, uploads resumable multipart sessions
+  whose parts are streamed from the file.
+- Small files (``SMALL``) move in one piece: one read and one request up; one request down
+  and one write through a temp file and a rename, on a writer thread beside the event loop.
 - Filters: a path (relative to the tree, ``/``-separated) is selected when it matches
   one ``--include`` glob (if any are given) and no ``--exclude`` glob. ``*`` matches
   across ``/`` (as in aws-cli), so ``*.jpg`` selects JPEGs at any depth. Files left out
@@ -22,13 +26,16 @@ are; a bounded queue feeds ``transfers`` workers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fnmatch
 import hashlib
 import math
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -48,9 +55,9 @@ from rich.progress import (
 )
 
 from .._base import StorageBackend
-from .._errors import AlreadyExistsError, IntegrityError, StorageError
+from .._errors import AlreadyExistsError, IntegrityError, InvalidRangeError, StorageError
 from .._types import ObjectInfo, WriteMode
-from ._transfer import Advance, download, download_ranges, err, human, note, upload
+from ._transfer import Advance, _s3, download, download_ranges, err, human, note, upload
 
 __all__ = [
     "Filters",
@@ -73,8 +80,8 @@ are written in one go through a temp file and a rename (as ``get --no-resume``),
 costs a fraction of the system calls: a rerun simply fetches them again."""
 
 SMALL = 1024 * 1024
-"""Files up to this size move in one piece: read, or written through a temp file and a rename
-with their modification time, in one call in a worker thread, sent or fetched in one request."""
+"""Files up to this size move in one piece: read in one call, or written through a temp file and
+a rename with their modification time; sent or fetched in one request."""
 
 DOWNLOAD_STREAMS = 8
 """Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
@@ -115,7 +122,7 @@ class Filters:
 class Options:
     """How a tree transfer runs."""
 
-    transfers: int = 4
+    transfers: int = 16
     checksum: bool = False
     ignore_existing: bool = False
     delete: bool = False
@@ -360,7 +367,7 @@ Action = Literal["copy", "check", "skip"]
 async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     """Make ``dst`` hold ``src``'s selected files (see the module docstring)."""
     stats, started = TreeStats(), time.monotonic()
-    queue: asyncio.Queue[tuple[Action, Item, Item | None] | None] = asyncio.Queue(maxsize=2 * opts.transfers)
+    queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=2 * opts.transfers)
     display = _Display(opts.quiet or opts.dry_run)
     shared = _Shared(display)
 
@@ -384,32 +391,9 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
             display.plan(a.size)
             await queue.put(("check" if b is not None and opts.checksum else "copy", a, b))
 
-    async def work() -> None:
-        while (job := await queue.get()) is not None:
-            action, a, b = job
-            try:
-                if action == "skip":
-                    pass
-                elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
-                    stats.unchanged += 1
-                else:
-                    await _copy(src, dst, a, opts, shared)
-                    stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
-                if opts.move:
-                    await src.remove(a.rel)
-            except AlreadyExistsError:
-                stats.existing += 1
-            except (StorageError, OSError) as exc:
-                stats.failed += 1
-                stats.first_error = stats.first_error or exc
-                message = exc.message if isinstance(exc, StorageError) else str(exc)
-                note(f"{type(exc).__name__}: {message or exc} ({src.name(a.rel)})")
-            finally:
-                display.finish()
-
-    with display.bar, _first_error():
+    with display.bar, _first_error(), shared.threads, contextlib.closing(shared.writer):
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(work()) for _ in range(opts.transfers)]
+            workers = [tg.create_task(_work(queue, src, dst, opts, shared, stats)) for _ in range(opts.transfers)]
             try:
                 await produce()
             finally:
@@ -423,12 +407,107 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
     return stats
 
 
+_Job = tuple[Action, Item, "Item | None"]
+
+
+async def _work(
+    queue: asyncio.Queue[_Job | None], src: Tree, dst: Tree, opts: Options, shared: _Shared, stats: TreeStats
+) -> None:
+    """One transfer slot: jobs from ``queue`` until ``None``, each file's failure counted and told."""
+    while (job := await queue.get()) is not None:
+        action, a, b = job
+        try:
+            if action == "skip":
+                pass
+            elif action == "check" and b is not None and await _same_digest(src, dst, a, b):
+                stats.unchanged += 1
+            else:
+                await _copy(src, dst, a, opts, shared)
+                stats.copied, stats.bytes = stats.copied + 1, stats.bytes + a.size
+            if opts.move:
+                await src.remove(a.rel)
+        except AlreadyExistsError:
+            stats.existing += 1
+        except (StorageError, OSError) as exc:
+            stats.failed += 1
+            stats.first_error = stats.first_error or exc
+            message = exc.message if isinstance(exc, StorageError) else str(exc)
+            note(f"{type(exc).__name__}: {message or exc} ({src.name(a.rel)})")
+        finally:
+            shared.display.finish()
+
+
 def _same_by_time(a: Item, b: Item) -> bool:
     return a.size == b.size and b.mtime >= math.floor(a.mtime)
 
 
 async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
+
+
+_MORE: Any = object()  # the writer's queue ran empty: wait for more
+
+
+class _Writer:
+    """A thread that writes small downloaded files beside the event loop: creating a file is most
+    of a small download's cost, and it runs in parallel with the requests on the loop. Results
+    come back to the loop in batches (one wake-up for all the files written meanwhile)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Path, bytes, float, set[Path], asyncio.Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def write(self, path: Path, data: bytes, mtime: float, folders: set[Path]) -> None:
+        """:func:`_write_small` on the writer thread."""
+        if self.thread is None:
+            self.loop = asyncio.get_running_loop()
+            self.thread = threading.Thread(target=self._run, name="unistore-writer", daemon=True)
+            self.thread.start()
+        assert self.loop is not None
+        done = self.loop.create_future()
+        self.jobs.put((path, data, mtime, folders, done))
+        await done
+
+    def _run(self) -> None:
+        assert self.loop is not None
+        job = self.jobs.get()
+        while job is not None:
+            settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
+            while job is not None:  # everything queued meanwhile is one batch
+                path, data, mtime, folders, done = job
+                try:
+                    _write_small(path, data, mtime, folders)
+                    settled.append((done, None))
+                except BaseException as exc:  # handed to the waiting task
+                    settled.append((done, exc))
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    job = _MORE
+                    break
+            try:
+                self.loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # the loop is closed
+                return
+            if job is _MORE:
+                job = self.jobs.get()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+
+
+def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, exc in settled:
+        if done.done():
+            continue
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
 
 
 @dataclass(slots=True)
@@ -440,6 +519,10 @@ class _Shared:
     parts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_PARTS))
     streams: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOAD_STREAMS))
     folders: set[Path] = field(default_factory=set)
+    writer: _Writer = field(default_factory=lambda: _Writer())
+    threads: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(DOWNLOAD_STREAMS, "unistore-range")
+    )
 
 
 async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -> None:
@@ -482,19 +565,18 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
     path = dst.root / a.rel
     if isinstance(src, StoreTree):
         key = src.prefix + a.rel
-        if a.size <= SMALL and a.size < RESUME_AT:
-            async with await src.store.open(key) as dl:
-                data = await dl.read() if dl.content_length <= SMALL else None
-                if data is not None and len(data) != dl.content_length:
-                    raise IntegrityError(f"read {len(data)} of {dl.content_length} bytes", key=key, operation="get")
+        if 0 < a.size <= SMALL and a.size < RESUME_AT:
+            data = await _get_small(src.store, key)
             if data is not None:
                 with display.bars(f"get {key}", len(data), 0) as advance:
-                    _write_small(path, data, a.mtime, shared.folders)
+                    await shared.writer.write(path, data, a.mtime, shared.folders)
                     advance(len(data))
                 return
         await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         if a.size >= RESUME_AT:
-            await download_ranges(src.store, key, path, bars=display.bars, streams=shared.streams)
+            await download_ranges(
+                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads
+            )
         else:
             await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
     else:
@@ -504,6 +586,32 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
             await asyncio.to_thread(shutil.copyfile, src.root / a.rel, path)
             advance(a.size)
     await asyncio.to_thread(os.utime, path, (a.mtime, a.mtime))
+
+
+async def _get_small(store: StorageBackend, key: str) -> bytes | None:
+    """The object's bytes, or ``None`` when it is larger than ``SMALL`` (then it is streamed).
+
+    On S3 one ranged GET (``bytes=0-SMALL``, so a grown object is not read whole) through the
+    store's lean keep-alive pool: a third of the CPU of a streamed response."""
+    s3 = _s3(store)
+    if s3 is None:
+        async with await store.open(key) as dl:
+            if dl.content_length > SMALL:
+                return None
+            data = await dl.read()
+            if len(data) != dl.content_length:
+                raise IntegrityError(f"read {len(data)} of {dl.content_length} bytes", key=key, operation="get")
+            return data
+    headers = {**s3._read_headers, "range": f"bytes=0-{SMALL}"}
+    try:
+        r = await s3._send("GET", s3._object_path(key), op="open", key=key, headers=headers)
+    except InvalidRangeError:  # empty now
+        return None
+    total = r.headers.get("Content-Range", "").rpartition("/")[2]
+    if r.status not in (200, 206) or (r.status == 206 and not total.isdigit()) or len(r.body) > SMALL:
+        return None
+    body: bytes = r.body
+    return None if r.status == 206 and int(total) != len(body) else body
 
 
 def _make_folder(folder: Path, known: set[Path]) -> None:

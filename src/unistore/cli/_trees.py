@@ -206,7 +206,7 @@ def cp(
     exclude: ExcludeOpt = None,
     checksum: ChecksumOpt = False,
     dry_run: DryRunOpt = False,
-    transfers: TransfersOpt = 4,
+    transfers: TransfersOpt = 16,
     state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -247,7 +247,7 @@ def mv(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Move a tree.")] = False,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
-    transfers: TransfersOpt = 4,
+    transfers: TransfersOpt = 16,
     state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -289,7 +289,7 @@ def sync(
     cache_control: CacheOpt = None,
     meta: MetaOpt = None,
     dry_run: DryRunOpt = False,
-    transfers: TransfersOpt = 4,
+    transfers: TransfersOpt = 16,
     state_dir: StateDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -20,8 +20,22 @@ from ._encrypt import (
     wrap_context,
 )
 from ._keyring import Keyring, WrappedKey
+from ._keyring_env import KeyringSettings, keyring_from_env
 from ._kms_aws import AwsKmsKeyring, AwsKmsKeyringSettings
+from ._kms_gcp import GcpKmsKeyring, GcpKmsKeyringSettings
 from ._local import LocalKeyring, LocalKeyringSettings
+from ._rotate import (
+    KeyInUseError,
+    KeyUsage,
+    RotationConflictError,
+    RotationProgress,
+    RotationReport,
+    key_usage,
+    reencrypt,
+    retire_key,
+    rewrap,
+    rotate,
+)
 
 __all__ = [
     "ALGORITHM",
@@ -30,7 +44,12 @@ __all__ = [
     "Encrypt",
     "EncryptedObjectInfo",
     "EncryptionInfo",
+    "GcpKmsKeyring",
+    "GcpKmsKeyringSettings",
+    "KeyInUseError",
+    "KeyUsage",
     "Keyring",
+    "KeyringSettings",
     "LocalKeyring",
     "LocalKeyringSettings",
     "META_ALGORITHM",
@@ -40,7 +59,16 @@ __all__ = [
     "META_PLAINTEXT_SIZE",
     "META_SEGMENT_SIZE",
     "META_WRAPPED_KEY",
+    "RotationConflictError",
+    "RotationProgress",
+    "RotationReport",
     "WrappedKey",
     "associated_data",
+    "key_usage",
+    "keyring_from_env",
+    "reencrypt",
+    "retire_key",
+    "rewrap",
+    "rotate",
     "wrap_context",
 ]

@@ -26,10 +26,20 @@ from .._errors import (
     UnsupportedError,
 )
 from .._signing import UrlSigner
-from .._types import Body, ByteRange, Capabilities, Download, ObjectInfo, Range, WriteMode, normalize_metadata
-from ..layers._layer import Layer
+from .._types import (
+    MAX_METADATA_BYTES,
+    Body,
+    ByteRange,
+    Capabilities,
+    Download,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    normalize_metadata,
+)
+from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header
+from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, close, new_header, read_ahead
 
 __all__ = [
     "ALGORITHM",
@@ -62,6 +72,8 @@ META_PLAINTEXT_SHA256: Final = "x-storage-plaintext-sha256"
 RESERVED_PREFIX: Final = "x-storage-"
 _UNBOUND = frozenset({META_KEY_ID, META_WRAPPED_KEY, META_HEADER})  # rewrapping changes them; the header keys itself
 _READ_RETRIES = 3
+IN_MEMORY_LIMIT: Final = 1024 * 1024
+"""Bodies given as bytes up to this size are encrypted in one piece (they are in memory anyway)."""
 
 
 def wrap_context(key: str) -> dict[str, str]:
@@ -191,6 +203,8 @@ class Encrypt(Layer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(inner)
+        if not isinstance(keyring, Keyring):
+            raise ConfigurationError(f"keyring must provide the Keyring protocol, not {type(keyring).__name__}")
         if key_cache_size < 0 or key_cache_ttl < 0:
             raise ConfigurationError("key_cache_size and key_cache_ttl must be >= 0")
         self.keyring = keyring
@@ -307,15 +321,33 @@ class Encrypt(Layer):
         stored[META_KEY_ID] = wrapped.key_id
         stored[META_WRAPPED_KEY] = base64.b64encode(wrapped.blob).decode()
         stored[META_HEADER] = base64.b64encode(header).decode()
-        info = await self.inner.put_object(
-            key,
-            cipher.encrypt_stream(iter_body(body)),
-            content_type=content_type,
-            metadata=stored,
-            mode=mode,
-            cache_control=cache_control,
-            content_disposition=content_disposition,
-        )
+        total = sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in stored.items())
+        if total > MAX_METADATA_BYTES:
+            mine = total - sum(len(n.encode()) + len(v.encode("utf-8", "surrogatepass")) for n, v in user.items())
+            raise InvalidMetadataError(
+                f"metadata is {total} bytes with the {mine} bytes of encryption metadata; the limit is "
+                f"{MAX_METADATA_BYTES}, so {MAX_METADATA_BYTES - mine} bytes are left for yours",
+                key=key,
+                backend=self.name,
+                operation="put",
+            )
+        sealed: bytes | AsyncGenerator[bytes, None]
+        if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
+            sealed = cipher.encrypt_all(body)
+        else:
+            sealed = read_ahead(cipher.encrypt_stream(iter_body(body)))
+        try:
+            info = await self.inner.put_object(
+                key,
+                sealed,
+                content_type=content_type,
+                metadata=stored,
+                mode=mode,
+                cache_control=cache_control,
+                content_disposition=content_disposition,
+            )
+        finally:
+            await close(sealed)  # a store that stopped reading (a refused write) leaves no reader behind
         if not info.metadata:
             info = dataclasses.replace(info, metadata=stored)
         return self._plain(info)
@@ -353,7 +385,12 @@ class Encrypt(Layer):
         except BaseException:
             await dl.aclose()
             raise
-        chunks = _checked(cipher.decrypt_stream(aiter(dl), 0, None, skip_header=True), plain.size, key, self.name)
+        whole = in_memory(dl)
+        if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
+            last = Layout(plain.encryption.segment_size).segments(len(whole)) - 1
+            return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
+        segments = cipher.decrypt_stream(read_ahead(aiter(dl)), 0, None, skip_header=True)
+        chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
 
     async def _open_range_direct(
@@ -414,6 +451,13 @@ class Encrypt(Layer):
         first = layout.segment_of(lo)
         cipher = await self._cipher(key, dl.info.metadata, plain.encryption)
         last_index = layout.segments(dl.info.size) - 1
+        span = in_memory(dl)
+        if span is not None and hi - lo <= IN_MEMORY_LIMIT:  # the store already read it: no stream needed
+            skip = lo - layout.plain_start(first)
+            piece = cipher.decrypt_span(span, first, last_index, skip_header=first == 0)[skip : skip + hi - lo]
+            if len(piece) != hi - lo:
+                raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=self.name)
+            return Download(plain, piece, start=lo, end=hi, range_requested=True)
         segments = cipher.decrypt_stream(aiter(dl), first, last_index, skip_header=first == 0)
         chunks = _window(segments, lo - layout.plain_start(first), hi - lo, key, self.name)
         return Download(plain, chunks, start=lo, end=hi, range_requested=True, close=dl.aclose)
@@ -487,10 +531,13 @@ def range_attempts() -> range:
 async def _checked(chunks: AsyncIterator[bytes], size: int, key: str, backend: str) -> AsyncIterator[bytes]:
     """``chunks``, checked to add up to ``size`` bytes."""
     seen = 0
-    async for chunk in chunks:
-        seen += len(chunk)
-        if chunk:
-            yield chunk
+    try:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if chunk:
+                yield chunk
+    finally:
+        await close(chunks)
     if seen != size:
         raise IntegrityError(f"decrypted {seen} bytes, expected {size}", key=key, backend=backend)
 
@@ -512,7 +559,7 @@ async def _window(
             if length == 0:
                 return
     finally:
-        await segments.aclose()
+        await close(segments)
     if length:
         raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=backend)
 

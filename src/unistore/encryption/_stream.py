@@ -15,6 +15,8 @@ ciphertext segment size); ciphertexts interoperate with Tink's own ``StreamingAe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .._errors import IntegrityError
+from .._errors import ConfigurationError, IntegrityError
 
 __all__ = [
     "HEADER_SIZE",
@@ -32,7 +34,9 @@ __all__ = [
     "Layout",
     "SegmentCipher",
     "TAG_SIZE",
+    "close",
     "new_header",
+    "read_ahead",
 ]
 
 KEY_SIZE = 32
@@ -50,7 +54,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         if not HEADER_SIZE + TAG_SIZE < self.segment_size < 2**31:
-            raise ValueError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
+            raise ConfigurationError(f"segment size must be in {HEADER_SIZE + TAG_SIZE + 1}..{2**31 - 1}")
 
     @property
     def first_plain(self) -> int:
@@ -143,26 +147,64 @@ class SegmentCipher:
         segment plus one input chunk is held in memory. Whole segments are encrypted straight
         from the input chunk; only a segment spanning two chunks is copied.
         """
-        yield self.header
-        layout, index, pending = self.layout, 0, bytearray()
-        async for chunk in chunks:
-            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
-            if pending:
-                take = min(layout.plain_len(index) - len(pending), end)
-                pending += view[:take]
-                pos = take
-                if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
-                    out.append(self.encrypt(index, pending, False))
-                    index, pending = index + 1, bytearray()
-            while not pending and end - pos > layout.plain_len(index):
-                size = layout.plain_len(index)
-                out.append(self.encrypt(index, view[pos : pos + size], False))
-                pos, index = pos + size, index + 1
-            if pos < end:
-                pending += view[pos:]
-            for segment in out:
-                yield segment
-        yield self.encrypt(index, pending, True)
+        try:
+            yield self.header
+            layout, index, pending = self.layout, 0, bytearray()
+            async for chunk in chunks:
+                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                if pending:
+                    take = min(layout.plain_len(index) - len(pending), end)
+                    pending += view[:take]
+                    pos = take
+                    if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
+                        out.append(self.encrypt(index, pending, False))
+                        index, pending = index + 1, bytearray()
+                while not pending and end - pos > layout.plain_len(index):
+                    size = layout.plain_len(index)
+                    out.append(self.encrypt(index, view[pos : pos + size], False))
+                    pos, index = pos + size, index + 1
+                if pos < end:
+                    pending += view[pos:]
+                if out:  # one write per input chunk, not per segment
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            yield self.encrypt(index, pending, True)
+        finally:
+            await close(chunks)
+
+    def decrypt_span(self, ciphertext: bytes, first: int, last_index: int, *, skip_header: bool) -> bytes:
+        """The plaintext of in-memory ``ciphertext`` that starts at segment ``first`` (at the header
+        with ``skip_header``); segment ``last_index`` is the object's last one."""
+        view, pos, index, out = memoryview(ciphertext), 0, first, []
+        if skip_header:
+            if ciphertext[:HEADER_SIZE] != self.header:
+                raise IntegrityError("the ciphertext header does not match the object's metadata")
+            pos = HEADER_SIZE
+        while index <= last_index and pos < len(ciphertext):
+            size = self.layout.plain_len(index) + TAG_SIZE
+            if index == last_index:
+                if len(ciphertext) - pos < TAG_SIZE:
+                    raise IntegrityError(f"the ciphertext ends inside segment {index}")
+                out.append(self.decrypt(index, view[pos:], True))
+                pos = len(ciphertext)
+            elif len(ciphertext) - pos < size:
+                raise IntegrityError(f"the ciphertext ends inside segment {index}")
+            else:
+                out.append(self.decrypt(index, view[pos : pos + size], False))
+                pos += size
+            index += 1
+        if pos != len(ciphertext):
+            raise IntegrityError("the ciphertext is longer than its segments")
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def encrypt_all(self, plaintext: bytes) -> bytes:
+        """The whole ciphertext of an in-memory ``plaintext``."""
+        layout, view, out = self.layout, memoryview(plaintext), [self.header]
+        index, pos = 0, 0
+        while len(plaintext) - pos > layout.plain_len(index):
+            out.append(self.encrypt(index, view[pos : pos + layout.plain_len(index)], False))
+            pos, index = pos + layout.plain_len(index), index + 1
+        out.append(self.encrypt(index, view[pos:], True))
+        return b"".join(out)
 
     async def decrypt_stream(
         self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool
@@ -175,42 +217,98 @@ class SegmentCipher:
         authenticated before any of its bytes is yielded; a short or overlong stream raises
         :class:`IntegrityError`.
         """
-        layout, index, pending = self.layout, first, bytearray()
-        header: bytearray | None = bytearray() if skip_header else None
-        async for chunk in chunks:
-            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+        try:
+            layout, index, pending = self.layout, first, bytearray()
+            header: bytearray | None = bytearray() if skip_header else None
+            async for chunk in chunks:
+                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                if header is not None:
+                    pos = min(HEADER_SIZE - len(header), end)
+                    header += view[:pos]
+                    if len(header) < HEADER_SIZE:
+                        continue
+                    if header != self.header:
+                        raise IntegrityError("the ciphertext header does not match the object's metadata")
+                    header = None
+                if pending:
+                    take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
+                    pending += view[pos : pos + take]
+                    pos += take
+                    full = len(pending) == layout.plain_len(index) + TAG_SIZE
+                    if full and (pos < end if last_index is None else index < last_index):
+                        out.append(self.decrypt(index, pending, False))
+                        index, pending = index + 1, bytearray()
+                while not pending:
+                    size = layout.plain_len(index) + TAG_SIZE
+                    left = end - pos
+                    if left < size or (left == size if last_index is None else index >= last_index):
+                        break
+                    out.append(self.decrypt(index, view[pos : pos + size], False))
+                    pos, index = pos + size, index + 1
+                if pos < end:
+                    pending += view[pos:]
+                for segment in out:
+                    yield segment
             if header is not None:
-                pos = min(HEADER_SIZE - len(header), end)
-                header += view[:pos]
-                if len(header) < HEADER_SIZE:
-                    continue
-                if header != self.header:
-                    raise IntegrityError("the ciphertext header does not match the object's metadata")
-                header = None
-            if pending:
-                take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
-                pending += view[pos : pos + take]
-                pos += take
-                full = len(pending) == layout.plain_len(index) + TAG_SIZE
-                if full and (pos < end if last_index is None else index < last_index):
-                    out.append(self.decrypt(index, pending, False))
-                    index, pending = index + 1, bytearray()
-            while not pending:
-                size = layout.plain_len(index) + TAG_SIZE
-                left = end - pos
-                if left < size or (left == size if last_index is None else index >= last_index):
-                    break
-                out.append(self.decrypt(index, view[pos : pos + size], False))
-                pos, index = pos + size, index + 1
-            if pos < end:
-                pending += view[pos:]
-            for segment in out:
-                yield segment
-        if header is not None:
-            raise IntegrityError("the ciphertext ends inside its header")
-        if last_index is None or index == last_index:
-            if len(pending) < TAG_SIZE:
+                raise IntegrityError("the ciphertext ends inside its header")
+            if last_index is None or index == last_index:
+                if len(pending) < TAG_SIZE:
+                    raise IntegrityError(f"the ciphertext ends inside segment {index}")
+                yield self.decrypt(index, pending, True)
+            elif pending:
                 raise IntegrityError(f"the ciphertext ends inside segment {index}")
-            yield self.decrypt(index, pending, True)
-        elif pending:
-            raise IntegrityError(f"the ciphertext ends inside segment {index}")
+        finally:
+            await close(chunks)
+
+
+async def close(stream: object) -> None:
+    """Close an async generator (or anything with ``aclose``) that a consumer stops reading."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes, None]:
+    """``source``'s chunks, pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+
+    The cipher then works on one chunk while the store reads or writes the next one in its
+    I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
+    ``source`` is raised to the consumer, and closing this generator stops the task and closes
+    ``source``.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception as exc:  # handed to the consumer, who raises it
+            await queue.put(_Raised(exc))
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            assert isinstance(item, bytes | bytearray | memoryview)
+            yield bytes(item) if not isinstance(item, bytes) else item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await close(source)
