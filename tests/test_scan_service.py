@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,3 +163,22 @@ def test_scan_settings_from_env() -> None:
         True,
         5,
     )
+
+
+def test_a_503_is_not_replayed_once_the_scanner_is_back(tmp_path: Path) -> None:
+    """Scan sits above Idempotency: a write refused because clamd hung leaves no record to replay."""
+    backend = MemoryBackend()
+    with clamd_server() as clamd:
+        for c in serve(backend, UNISTORE_SCAN_URL=clamd.unix_url, UNISTORE_SCAN_TIMEOUT="1"):
+            assert c.put("/v1/objects/warm.txt", content=b"warm").status_code == 201
+            op = {"idempotency-key": "upload-42"}
+            os.kill(clamd.pid, signal.SIGSTOP)
+            try:
+                r = c.put("/v1/objects/doc.txt", content=b"report", headers=op)
+                assert r.status_code == 503 and r.headers["retry-after"], r.text
+            finally:
+                os.kill(clamd.pid, signal.SIGCONT)
+            assert c.get("/v1/objects/doc.txt").status_code == 404
+            r = c.put("/v1/objects/doc.txt", content=b"report", headers=op)
+            assert r.status_code == 201, r.text
+            assert c.get("/v1/objects/doc.txt").content == b"report"
