@@ -212,6 +212,22 @@ async def test_quarantine_keeps_the_body_out_of_reach_with_the_verdict(
     assert info.metadata["scan-verdict"] == "clean" and info.metadata["scan-engine"].startswith("ClamAV ")
 
 
+async def test_a_custom_quarantine_prefix_is_hidden_and_closed(clamd: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=clamd.unix_url, mode="quarantine", quarantine_prefix="held/")
+    with pytest.raises(MalwareFoundError) as caught:
+        await scan.put("in/a.com", EICAR)
+    assert caught.value.quarantine_key == "held/in/a.com" and await store.exists("held/in/a.com")
+    await scan.put("in/b.txt", b"clean")
+    assert await scan.list_keys("", limit=100) == ["in/b.txt"]
+    assert await scan.list_keys("held/", limit=100) == []
+    with pytest.raises(PermissionDeniedError):
+        await scan.copy("in/b.txt", "held/in/a.com")
+    with pytest.raises(NotFoundError):
+        await scan.get("held/in/a.com")
+    assert [i.key async for i in scan.iter_quarantined()] == ["held/in/a.com"]
+
+
 async def test_signed_writes_would_bypass_the_scan(clamd: ClamdServer) -> None:
     scan = Scan(MemoryBackend(url_secret="s" * 32), scanner=clamd.unix_url)
     with pytest.raises(UnsupportedError):
@@ -353,3 +369,11 @@ class TestConformanceScanLocal(BackendConformance):
     @pytest.fixture
     def backend(self, served_local: LocalBackend, clamd: ClamdServer) -> StorageBackend:
         return Scan(served_local, scanner=clamd.tcp_url)
+
+
+async def test_ping_checks_the_scanner_unless_fail_open(clamd: ClamdServer, tmp_path: Path) -> None:
+    await Scan(MemoryBackend(), scanner=clamd.unix_url).ping()
+    dead = f"unix://{tmp_path / 'gone.sock'}"
+    with pytest.raises(ScannerUnavailableError):
+        await Scan(MemoryBackend(), scanner=dead).ping()
+    await Scan(MemoryBackend(), scanner=dead, fail_open=True).ping()
