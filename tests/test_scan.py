@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from unistore import (
     ConfigurationError,
+    InvalidMetadataError,
     LocalBackend,
     MemoryBackend,
     NotFoundError,
@@ -377,3 +378,16 @@ async def test_ping_checks_the_scanner_unless_fail_open(clamd: ClamdServer, tmp_
     with pytest.raises(ScannerUnavailableError):
         await Scan(MemoryBackend(), scanner=dead).ping()
     await Scan(MemoryBackend(), scanner=dead, fail_open=True).ping()
+
+
+async def test_quarantine_verdicts_cannot_be_forged(clamd: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=clamd.unix_url, mode="quarantine")
+    with pytest.raises(InvalidMetadataError):
+        await scan.put("a.txt", b"x", metadata={"Scan-Verdict": "clean"})
+    await scan.put("a.txt", b"x", metadata={"owner": "u1"})
+    with pytest.raises(InvalidMetadataError):
+        await scan.replace_metadata("a.txt", {"scan-verdict": "clean"})
+    info = await scan.replace_metadata("a.txt", {"owner": "u2"})
+    assert info.metadata["owner"] == "u2" and info.metadata["scan-verdict"] == "clean"
+    assert (await scan.head("a.txt")).metadata["scan-engine"].startswith("ClamAV ")
