@@ -286,6 +286,9 @@ class Bench(Harness):
         a = self.a
         if not a.no_snapshot:
             self.take_snapshot()
+            # compiled as pip installs it: PYTHONDONTWRITEBYTECODE (set on shared machines) would
+            # otherwise make every unistore run compile its modules, ~0.3 s the peers never pay
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(self.work / "snapshot")], check=True)
         cfg = self.work / "empty.conf"
         cfg.write_text("")
         self.env.update(
@@ -358,7 +361,8 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         f"{meta.get('snapshot', '?')}; {meta.get('aws', '?')}; {meta.get('rclone', '?')}; "
         f"{meta.get('seaweedfs', '?')} (`weed mini`, one server for all). Small tree {meta.get('small')}, "
         f"large {meta.get('large')}; median of {meta.get('reps')} repetitions, interleaved. Every client with "
-        "its defaults (unistore 4 transfers, aws-cli 10 requests, rclone 4 transfers + 8 checkers).",
+        "its defaults (unistore 16 files in flight, 8 ranged reads or 6 parts of large files; aws-cli 10 "
+        "requests; rclone 4 transfers + 8 checkers).",
         "",
         "## Wall time (s, median) and ratio of unistore to the faster peer",
         "",
@@ -401,6 +405,15 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         lines += ["", "## Failed runs", ""]
         lines += [
             f"- {r['case']} {r['tool']} rep {r['rep']}: rc {r['rc']}: `{r['stderr'].strip()[-200:]}`" for r in failed
+        ]
+    loads = [r["load"] for r in R["runs"] if isinstance(r.get("load"), int | float)]
+    if loads:
+        lines += [
+            "",
+            "The machine (2 cores) was shared with other agents' builds and test runs while this ran: "
+            f"busy cores just before each measured run, median {statistics.median(loads):.2f}, "
+            f"max {max(loads):.2f}. Tools ran interleaved, so each case's tools saw similar load; "
+            "absolute times vary with it, ratios less.",
         ]
     lines += ["", "Targets: " + ", ".join(f"{c} {v}" for c, v in verdicts), ""]
     return "\n".join(lines)

@@ -28,17 +28,22 @@ The state dir is ``--state-dir``/``UNISTORE_STATE_DIR``, else the store's
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
+import http.client
 import json
 import os
+import ssl
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import (
@@ -297,7 +302,7 @@ def _merge(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int
     return out
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -310,6 +315,80 @@ def _sync_record(fd: int, side: Path, doc: dict[str, Any]) -> None:
     write_json(side, doc)
 
 
+class _Refused(Exception):
+    """A ranged GET answered with an error status (turned into a unistore error on the loop)."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+def _s3_error(refused: _Refused, key: str, store: StorageBackend) -> Exception:
+    from ..backends._s3wire import error_from_response
+
+    if refused.status == 412:
+        return IntegrityError(f"{key} changed during the download: rerun to start over", key=key, operation="get")
+    s3 = _s3(store)
+    bucket = s3.bucket if s3 is not None else ""
+    return error_from_response(
+        refused.status, refused.headers, refused.body, key=key, operation="get", backend=store.name, bucket=bucket
+    )
+
+
+_conns = threading.local()
+
+
+def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
+    """This thread's kept-alive connection to ``url``'s origin, and the request target."""
+    parts = urlsplit(url)
+    cached: dict[str, http.client.HTTPConnection] = _conns.__dict__.setdefault("by_origin", {})
+    conn = cached.get(parts.netloc)
+    if conn is None:
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.netloc, timeout=60, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(parts.netloc, timeout=60)
+        cached[parts.netloc] = conn
+    return conn, parts.path + ("?" + parts.query if parts.query else "")
+
+
+def _get_range(
+    url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, advance: Callable[[int], object]
+) -> None:
+    """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset."""
+    start, end = span
+    conn, target = _connection(url)
+    headers = {"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'}
+    try:
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+    except (OSError, http.client.HTTPException):  # a kept-alive connection the server closed: once more
+        conn.close()
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+    try:
+        if resp.status != 206:
+            raise _Refused(resp.status, dict(resp.getheaders()), resp.read(64 * 1024))
+        served = resp.getheader("Content-Range", "").removeprefix("bytes ").partition("/")[0]
+        if served != f"{start}-{end - 1}":
+            raise IntegrityError(f"asked for bytes {start}-{end - 1}, served {served!r}", operation="get")
+        buf = memoryview(bytearray(min(_SLICE, end - start)))
+        pos = start
+        while pos < end and not stop.is_set():
+            n = resp.readinto(buf[: min(len(buf), end - pos)])
+            if not n:
+                raise IntegrityError(f"short read: {pos - start} of {end - start} bytes", operation="get")
+            _pwrite_all(fd, buf[:n], pos)
+            pos += n
+            advance(n)
+        if pos < end:
+            raise InterruptedError("the download was interrupted")
+        resp.read()  # the end of the response, so the connection can serve the next range
+    except BaseException:
+        conn.close()
+        raise
+
+
 async def download_ranges(
     store: StorageBackend,
     key: str,
@@ -318,6 +397,7 @@ async def download_ranges(
     bars: Bars,
     streams: asyncio.Semaphore,
     chunk: int | None = None,
+    threads: concurrent.futures.Executor | None = None,
 ) -> int:
     """Download ``key`` to ``dest`` with parallel ranged reads (``streams`` bounds the reads in
     flight, shared by a tree's files); the bytes read in this run.
@@ -327,18 +407,30 @@ async def download_ranges(
     (after an ``fdatasync``), the spans written. A rerun reads only the missing spans, each
     with ``If-Match`` on the recorded etag, so two versions are never spliced; the complete
     file is fsynced and renamed to ``DEST``. A store without conditional ranged reads gets
-    :func:`download` (one resumable stream)."""
+    :func:`download` (one resumable stream).
+
+    With ``threads`` an S3 store's ranges are read on those threads (a presigned URL each,
+    ``http.client`` reading straight into a buffer that is written in place): receiving is
+    most of a download's work, and on one event loop it all ran on one core."""
     caps = store.capabilities
     if caps.ranges and caps.conditional_get:
         with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
-            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK)
+            s3 = _s3(store)
+            threads = threads if s3 is not None and not s3._read_headers else None  # SSE-C: no presigned reads
+            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads)
         if got is not None:
             return got
     return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
 
 
 async def _ranged(
-    store: StorageBackend, key: str, dest: Path, bars: Bars, streams: asyncio.Semaphore, step: int
+    store: StorageBackend,
+    key: str,
+    dest: Path,
+    bars: Bars,
+    streams: asyncio.Semaphore,
+    step: int,
+    threads: concurrent.futures.Executor | None,
 ) -> int | None:
     part = dest.with_name(dest.name + ".part")
     side = dest.with_name(dest.name + ".part.json")
@@ -386,29 +478,52 @@ async def _ranged(
                 saved[:] = snapshot
 
     async def fetch(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
-        start, end = span
         try:
-            async with streams:
-                if dl is None:
-                    dl = await store.open(key, range=ByteRange(start, end), if_match=etag)
-                if (dl.info.etag, dl.info.size, dl.start, dl.end) != (etag, size, start, end):
-                    raise IntegrityError(
-                        f"{store.name} served bytes {dl.start}-{dl.end} of version {dl.info.etag!r} for "
-                        f"{start}-{end} of {etag!r}: rerun to start over", key=key, operation="get",
-                    )
-                pos = start
-                async for data in dl:
-                    await asyncio.to_thread(_pwrite_all, fd, data, pos)
-                    pos += len(data)
-                    advance(len(data))
-                if pos != end:
-                    raise IntegrityError(f"short read of {key}: {pos - start} of {end - start} bytes", key=key)
+            async with streams:  # released before the record is saved
+                if dl is None and threads is not None:
+                    await on_thread(span, threads, advance)
+                else:
+                    await streamed(span, dl, advance)
         finally:
             if dl is not None:
                 await dl.aclose()
         done[:] = _merge(done, span)
         await save()
 
+    async def on_thread(span: tuple[int, int], threads: concurrent.futures.Executor, advance: Advance) -> None:
+        url = await store.sign_url(key, expires_in=3600)
+        loop = asyncio.get_running_loop()
+
+        def moved(n: int) -> None:
+            loop.call_soon_threadsafe(advance, n)
+
+        job = threads.submit(_get_range, url, span, etag, fd, stop, moved)
+        running.add(job)
+        try:
+            await asyncio.wrap_future(job)
+        except _Refused as refused:
+            raise _s3_error(refused, key, store) from None
+
+    async def streamed(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
+        start, end = span
+        if dl is None:
+            dl = await store.open(key, range=ByteRange(start, end), if_match=etag)
+        async with dl:
+            if (dl.info.etag, dl.info.size, dl.start, dl.end) != (etag, size, start, end):
+                raise IntegrityError(
+                    f"{store.name} served bytes {dl.start}-{dl.end} of version {dl.info.etag!r} for "
+                    f"{start}-{end} of {etag!r}: rerun to start over", key=key, operation="get",
+                )
+            pos = start
+            async for data in dl:
+                await asyncio.to_thread(_pwrite_all, fd, data, pos)
+                pos += len(data)
+                advance(len(data))
+        if pos != end:
+            raise IntegrityError(f"short read of {key}: {pos - start} of {end - start} bytes", key=key)
+
+    stop = threading.Event()  # tells range threads to give up (the run was interrupted)
+    running: set[concurrent.futures.Future[None]] = set()
     try:
         await asyncio.to_thread(os.ftruncate, fd, size)
         await asyncio.to_thread(_sync_record, fd, side, {**record, "done": done})
@@ -422,6 +537,9 @@ async def _ranged(
                 raise group.exceptions[0] from None
         await asyncio.to_thread(os.fsync, fd)
     finally:
+        stop.set()
+        if running:  # no thread may write to fd once it is closed (its number is reused)
+            await asyncio.to_thread(concurrent.futures.wait, running)
         if first is not None:
             await first.aclose()
         await asyncio.to_thread(os.close, fd)

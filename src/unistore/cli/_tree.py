@@ -10,7 +10,11 @@ are; a bounded queue feeds ``transfers`` workers.
   bytes are read). Downloaded files get the object's modification time, so the next
   run compares equal.
 - Unchanged files are skipped, which is what makes a rerun after Ctrl-C cheap; large
-  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore._cli_transfer`).
+  files (``RESUME_AT``) resume where they stopped (see :mod:`unistore.cli._transfer`):
+  downloads are parallel ranged reads written in place, uploads resumable multipart sessions
+  whose parts are streamed from the file.
+- Small files (``SMALL``) move in one piece: one read and one request up; one request down
+  and one write through a temp file and a rename, on a writer thread beside the event loop.
 - Filters: a path (relative to the tree, ``/``-separated) is selected when it matches
   one ``--include`` glob (if any are given) and no ``--exclude`` glob. ``*`` matches
   across ``/`` (as in aws-cli), so ``*.jpg`` selects JPEGs at any depth. Files left out
@@ -22,13 +26,16 @@ are; a bounded queue feeds ``transfers`` workers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fnmatch
 import hashlib
 import math
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -73,8 +80,8 @@ are written in one go through a temp file and a rename (as ``get --no-resume``),
 costs a fraction of the system calls: a rerun simply fetches them again."""
 
 SMALL = 1024 * 1024
-"""Files up to this size move in one piece: read, or written through a temp file and a rename
-with their modification time, in one call in a worker thread, sent or fetched in one request."""
+"""Files up to this size move in one piece: read in one call, or written through a temp file and
+a rename with their modification time; sent or fetched in one request."""
 
 DOWNLOAD_STREAMS = 8
 """Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
@@ -384,7 +391,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
             display.plan(a.size)
             await queue.put(("check" if b is not None and opts.checksum else "copy", a, b))
 
-    with display.bar, _first_error():
+    with display.bar, _first_error(), shared.threads, contextlib.closing(shared.writer):
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_work(queue, src, dst, opts, shared, stats)) for _ in range(opts.transfers)]
             try:
@@ -438,6 +445,71 @@ async def _same_digest(src: Tree, dst: Tree, a: Item, b: Item) -> bool:
     return a.size == b.size and await src.sha256(a) == await dst.sha256(b)
 
 
+_MORE: Any = object()  # the writer's queue ran empty: wait for more
+
+
+class _Writer:
+    """A thread that writes small downloaded files beside the event loop: creating a file is most
+    of a small download's cost, and it runs in parallel with the requests on the loop. Results
+    come back to the loop in batches (one wake-up for all the files written meanwhile)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Path, bytes, float, set[Path], asyncio.Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def write(self, path: Path, data: bytes, mtime: float, folders: set[Path]) -> None:
+        """:func:`_write_small` on the writer thread."""
+        if self.thread is None:
+            self.loop = asyncio.get_running_loop()
+            self.thread = threading.Thread(target=self._run, name="unistore-writer", daemon=True)
+            self.thread.start()
+        assert self.loop is not None
+        done = self.loop.create_future()
+        self.jobs.put((path, data, mtime, folders, done))
+        await done
+
+    def _run(self) -> None:
+        assert self.loop is not None
+        job = self.jobs.get()
+        while job is not None:
+            settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
+            while job is not None:  # everything queued meanwhile is one batch
+                path, data, mtime, folders, done = job
+                try:
+                    _write_small(path, data, mtime, folders)
+                    settled.append((done, None))
+                except BaseException as exc:  # handed to the waiting task
+                    settled.append((done, exc))
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    job = _MORE
+                    break
+            try:
+                self.loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # the loop is closed
+                return
+            if job is _MORE:
+                job = self.jobs.get()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+
+
+def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, exc in settled:
+        if done.done():
+            continue
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+
 @dataclass(slots=True)
 class _Shared:
     """What a tree's transfers share: the progress display, the bounds on S3 parts and ranged
@@ -447,6 +519,10 @@ class _Shared:
     parts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_PARTS))
     streams: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOAD_STREAMS))
     folders: set[Path] = field(default_factory=set)
+    writer: _Writer = field(default_factory=lambda: _Writer())
+    threads: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(DOWNLOAD_STREAMS, "unistore-range")
+    )
 
 
 async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -> None:
@@ -493,12 +569,14 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
             data = await _get_small(src.store, key)
             if data is not None:
                 with display.bars(f"get {key}", len(data), 0) as advance:
-                    _write_small(path, data, a.mtime, shared.folders)
+                    await shared.writer.write(path, data, a.mtime, shared.folders)
                     advance(len(data))
                 return
         await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         if a.size >= RESUME_AT:
-            await download_ranges(src.store, key, path, bars=display.bars, streams=shared.streams)
+            await download_ranges(
+                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads
+            )
         else:
             await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
     else:

@@ -175,7 +175,7 @@ def _tree_run(source: str, dest: str, tokens: SideTokens, opts: Options) -> None
     async def work() -> None:
         src, dst = parse_ref(source), parse_ref(dest)
         if src.key is None and dst.key is None:
-            raise InvalidArgumentError(f"both sides are local ({source!r}, {dest!r}): one must be a store")
+            _must_not_overlap(src.store, dst.store)
         if src.key is None and not await asyncio.to_thread(os.path.isdir, src.store):
             raise NotADirectoryError(f"not a directory: {src.store!r}")
         async with contextlib.AsyncExitStack() as stack:
@@ -184,6 +184,13 @@ def _tree_run(source: str, dest: str, tokens: SideTokens, opts: Options) -> None
             raise stats.first_error
 
     run(work)
+
+
+def _must_not_overlap(source: str, dest: str) -> None:
+    """A local-to-local tree transfer needs two separate directories (neither inside the other)."""
+    a, b = Path(source).resolve(), Path(dest).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise InvalidArgumentError(f"{source!r} and {dest!r} overlap: give two separate directories")
 
 
 def _options(**kw: object) -> Options:

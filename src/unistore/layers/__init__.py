@@ -26,6 +26,7 @@ from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
 from ._retry import Retry, RetryEvent
+from ._scan import QUARANTINE_PREFIX, Scan, ScanMode
 from ._scoped import Scoped, scoped
 from ._validate import (
     FilenameRejectedError,
@@ -54,9 +55,12 @@ __all__ = [
     "Layer",
     "LayerFactory",
     "Observe",
+    "QUARANTINE_PREFIX",
     "RateLimit",
     "Retry",
     "RetryEvent",
+    "Scan",
+    "ScanMode",
     "Scoped",
     "UnsupportedMediaTypeError",
     "UploadRule",
