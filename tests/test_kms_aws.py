@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from unistore import IntegrityError, MemoryBackend, TransientError
+from unistore import IntegrityError, LocalBackend, MemoryBackend, TransientError
 from unistore._errors import ConfigurationError, PermissionDeniedError
 from unistore.encryption import AwsKmsKeyring, AwsKmsKeyringSettings, Encrypt, WrappedKey
 from unistore.testing import BackendConformance, free_port
@@ -200,4 +200,16 @@ class TestEncryptOverAwsKmsConformance(BackendConformance):
     async def backend(self, moto: S3Server, kms_keys: dict[str, str]) -> AsyncIterator[Encrypt]:
         ring = keyring(moto, (kms_keys["new"], kms_keys["old"]))
         yield Encrypt(MemoryBackend(), ring)
+        await ring.aclose()
+
+
+class TestEncryptOverAwsKmsLocalConformance(TestEncryptOverAwsKmsConformance):
+    """The same on a local directory (no signer: its own URLs would serve ciphertext, so they are refused)."""
+
+    @pytest.fixture
+    async def backend(self, moto: S3Server, kms_keys: dict[str, str], tmp_path: Any) -> AsyncIterator[Encrypt]:
+        ring = keyring(moto, (kms_keys["new"], kms_keys["old"]))
+        raw = LocalBackend(base_path=str(tmp_path / "store"), fsync=False)
+        yield Encrypt(raw, ring)
+        await raw.aclose()
         await ring.aclose()

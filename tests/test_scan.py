@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
+import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from unistore import (
     ConfigurationError,
+    InvalidMetadataError,
     LocalBackend,
     MemoryBackend,
     NotFoundError,
@@ -99,9 +102,12 @@ async def test_a_signature_split_across_chunks_is_found(clamd: ClamdServer) -> N
 
 async def test_too_long_for_the_scanner_is_a_typed_413() -> None:
     with clamd_server(stream_max_length=1 * MiB) as small:
-        with pytest.raises(ScanTooLargeError) as caught:
-            await scan_bytes(b"z" * (3 * MiB), url=small.unix_url)
-        assert caught.value.status == 413
+        # clamd answers "size limit exceeded" and closes; over TCP the close often resets the connection
+        # and the answer is lost: a live clamd that dropped the stream is still "too long", never "down".
+        for url in [small.unix_url, small.tcp_url] * 8:
+            with pytest.raises(ScanTooLargeError) as caught:
+                await scan_bytes(b"z" * (3 * MiB), url=url)
+            assert caught.value.status == 413
         # The client's own bound refuses it before sending.
         with pytest.raises(ScanTooLargeError):
             await scan_bytes(b"z" * 2000, client=ClamdClient(small.unix_url, max_size=1000))
@@ -207,20 +213,37 @@ async def test_quarantine_keeps_the_body_out_of_reach_with_the_verdict(
     assert info.metadata["scan-verdict"] == "clean" and info.metadata["scan-engine"].startswith("ClamAV ")
 
 
+async def test_a_custom_quarantine_prefix_is_hidden_and_closed(clamd: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=clamd.unix_url, mode="quarantine", quarantine_prefix="held/")
+    with pytest.raises(MalwareFoundError) as caught:
+        await scan.put("in/a.com", EICAR)
+    assert caught.value.quarantine_key == "held/in/a.com" and await store.exists("held/in/a.com")
+    await scan.put("in/b.txt", b"clean")
+    assert await scan.list_keys("", limit=100) == ["in/b.txt"]
+    assert await scan.list_keys("held/", limit=100) == []
+    with pytest.raises(PermissionDeniedError):
+        await scan.copy("in/b.txt", "held/in/a.com")
+    with pytest.raises(NotFoundError):
+        await scan.get("held/in/a.com")
+    assert [i.key async for i in scan.iter_quarantined()] == ["held/in/a.com"]
+
+
 async def test_signed_writes_would_bypass_the_scan(clamd: ClamdServer) -> None:
     scan = Scan(MemoryBackend(url_secret="s" * 32), scanner=clamd.unix_url)
     with pytest.raises(UnsupportedError):
         await scan.sign_url("a.txt", method="PUT")
 
 
-async def test_a_large_clean_upload_streams_with_bounded_memory(clamd: ClamdServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["reject", "quarantine"])
+async def test_a_large_clean_upload_streams_with_bounded_memory(clamd: ClamdServer, tmp_path: Path, mode: str) -> None:
     store = LocalBackend(base_path=str(tmp_path / "store"), fsync=False)
-    scan = Scan(store, scanner=clamd.unix_url)
-    block = os.urandom(MiB)
+    scan = Scan(store, scanner=clamd.unix_url, mode=mode)  # type: ignore[arg-type]
+    block = os.urandom(64 * 1024)
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(32 * 16):
-            yield block[: 64 * 1024]
+            yield block
 
     tracemalloc.start()
     try:
@@ -228,24 +251,25 @@ async def test_a_large_clean_upload_streams_with_bounded_memory(clamd: ClamdServ
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert info.size == 32 * MiB
+    assert info.size == 32 * MiB and (await store.head("big.bin")).size == 32 * MiB
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
     await store.aclose()
 
 
-async def test_a_large_infected_upload_is_refused_at_the_end(clamd: ClamdServer, tmp_path: Path) -> None:
-    store = LocalBackend(base_path=str(tmp_path / "store"), fsync=False)
+async def test_a_large_infected_upload_is_refused_at_the_end(clamd: ClamdServer, store: StorageBackend) -> None:
+    """20 MiB, the marker in the last chunk: on S3 the parts already sent belong to an upload that is aborted."""
     scan = Scan(store, scanner=clamd.unix_url)
+    key = unique("big.bin")
 
     async def body() -> AsyncIterator[bytes]:
-        for _ in range(256):
+        for _ in range(320):
             yield b"\0" * (64 * 1024)
         yield TEST_MARKER
 
     with pytest.raises(MalwareFoundError):
-        await scan.put_object("big.bin", body())
-    assert not await store.exists("big.bin")
-    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file() and "big" in p.name] == []
+        await scan.put_object(key, body())
+    assert not await store.exists(key)
+    assert await store.list_keys(key.split("/")[0] + "/", limit=10) == []
 
 
 # --- the scanner dies: fail-closed by default, fail-open when configured ---------------------------
@@ -280,6 +304,21 @@ async def test_scanner_killed_mid_stream_fails_closed(doomed: ClamdServer, tmp_p
     with pytest.raises(ScannerUnavailableError):  # and the next write too, before reading its body
         await scan.put("next.txt", b"x")
     assert scan.unscanned_writes == 0
+
+
+async def test_a_hung_scanner_times_out_and_fails_closed(doomed: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=ClamdClient(doomed.tcp_url, timeout=1.0))
+    await scan.put("warm.txt", b"the engine version is known now")
+    os.kill(doomed.pid, signal.SIGSTOP)  # alive, accepting connections, answering nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(ScannerUnavailableError):
+            await scan.put("hung.bin", b"h" * MiB)
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(doomed.pid, signal.SIGCONT)
+    assert not await store.exists("hung.bin")
 
 
 @pytest.mark.parametrize("mode", ["reject", "quarantine"])
@@ -331,3 +370,53 @@ class TestConformanceScanLocal(BackendConformance):
     @pytest.fixture
     def backend(self, served_local: LocalBackend, clamd: ClamdServer) -> StorageBackend:
         return Scan(served_local, scanner=clamd.tcp_url)
+
+
+_WALK_ORDER = pytest.mark.xfail(strict=True, reason="SeaweedFS lists in directory-walk order (see test_s3_conformance)")
+
+
+class TestConformanceScanS3(BackendConformance):
+    list_count = 300
+
+    @pytest.fixture
+    async def backend(self, seaweed: S3Server, clamd: ClamdServer) -> AsyncIterator[StorageBackend]:
+        store = seaweed.backend()
+        yield Scan(store, scanner=clamd.unix_url)
+        await store.aclose()
+
+    @_WALK_ORDER
+    async def test_list_order_and_prefix_boundaries(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_order_and_prefix_boundaries(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_list_start_after(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_start_after(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_tricky_keys_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_tricky_keys_round_trip(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_delimited_listing_is_one_level_with_cursors(backend, prefix)
+
+
+async def test_ping_checks_the_scanner_unless_fail_open(clamd: ClamdServer, tmp_path: Path) -> None:
+    await Scan(MemoryBackend(), scanner=clamd.unix_url).ping()
+    dead = f"unix://{tmp_path / 'gone.sock'}"
+    with pytest.raises(ScannerUnavailableError):
+        await Scan(MemoryBackend(), scanner=dead).ping()
+    await Scan(MemoryBackend(), scanner=dead, fail_open=True).ping()
+
+
+async def test_quarantine_verdicts_cannot_be_forged(clamd: ClamdServer) -> None:
+    store = MemoryBackend()
+    scan = Scan(store, scanner=clamd.unix_url, mode="quarantine")
+    with pytest.raises(InvalidMetadataError):
+        await scan.put("a.txt", b"x", metadata={"Scan-Verdict": "clean"})
+    await scan.put("a.txt", b"x", metadata={"owner": "u1"})
+    with pytest.raises(InvalidMetadataError):
+        await scan.replace_metadata("a.txt", {"scan-verdict": "clean"})
+    info = await scan.replace_metadata("a.txt", {"owner": "u2"})
+    assert info.metadata["owner"] == "u2" and info.metadata["scan-verdict"] == "clean"
+    assert (await scan.head("a.txt")).metadata["scan-engine"].startswith("ClamAV ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,3 +163,42 @@ def test_scan_settings_from_env() -> None:
         True,
         5,
     )
+
+
+def test_a_503_is_not_replayed_once_the_scanner_is_back(tmp_path: Path) -> None:
+    """Scan sits above Idempotency: a write refused because clamd hung leaves no record to replay."""
+    backend = MemoryBackend()
+    with clamd_server() as clamd:
+        for c in serve(backend, UNISTORE_SCAN_URL=clamd.unix_url, UNISTORE_SCAN_TIMEOUT="1"):
+            assert c.put("/v1/objects/warm.txt", content=b"warm").status_code == 201
+            op = {"idempotency-key": "upload-42"}
+            os.kill(clamd.pid, signal.SIGSTOP)
+            try:
+                r = c.put("/v1/objects/doc.txt", content=b"report", headers=op)
+                assert r.status_code == 503 and r.headers["retry-after"], r.text
+            finally:
+                os.kill(clamd.pid, signal.SIGCONT)
+            assert c.get("/v1/objects/doc.txt").status_code == 404
+            r = c.put("/v1/objects/doc.txt", content=b"report", headers=op)
+            assert r.status_code == 201, r.text
+            assert c.get("/v1/objects/doc.txt").content == b"report"
+
+
+def test_longer_than_clamd_accepts_is_413_even_fail_open() -> None:
+    """A body clamd refuses to scan is never stored unscanned: the scanner is up, the body is the problem."""
+    backend = MemoryBackend()
+    with clamd_server(stream_max_length=1024 * 1024) as small:
+        for c in serve(backend, UNISTORE_SCAN_URL=small.unix_url, UNISTORE_SCAN_FAIL_OPEN="on"):
+            r = c.put("/v1/objects/huge.bin", content=b"h" * (3 * 1024 * 1024))
+            assert r.status_code == 413 and r.json()["error"]["type"] == "ScanTooLargeError", r.text
+            assert c.get("/v1/objects/huge.bin").status_code == 404
+            assert "unistore_scan_unscanned_writes_total 0.0" in c.get("/metrics").text
+
+
+def test_validation_refuses_before_the_scanner_sees_the_body(clamd: ClamdServer) -> None:
+    rules = '[{"prefix": "docs/", "max_size": 32}, {"prefix": "files/", "max_size": 1000}]'
+    for c in serve(MemoryBackend(), UNISTORE_SCAN_URL=clamd.unix_url, UNISTORE_UPLOAD_RULES=rules):
+        r = c.put("/v1/objects/docs/eicar.txt", content=EICAR)  # 68 bytes: too large before it is malware
+        assert r.status_code == 413 and r.json()["error"]["type"] == "FileTooLargeError", r.text
+        assert_malware(c.put("/v1/objects/files/eicar.txt", content=EICAR))
+        assert c.put("/v1/objects/files/ok.txt", content=b"fine").status_code == 201

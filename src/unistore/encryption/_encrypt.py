@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body
+from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body, url_after_put
 from .._errors import (
     ConfigurationError,
     IntegrityError,
@@ -290,6 +290,10 @@ class Encrypt(Layer):
     async def head(self, key: str) -> ObjectInfo:
         return self._plain(await self.inner.head(key))
 
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (encrypted or not: nothing is decrypted)."""
+        return await self.inner.exists(key)
+
     async def put_object(
         self,
         key: str,
@@ -519,8 +523,13 @@ class Encrypt(Layer):
         """Store ``data`` encrypted; a signed URL with a ``signer``, else the key as a relative URL."""
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
         if self.signer is None:
-            return quote(key, safe="/")
-        return await self.sign_url(key)
+            return self.unsigned_url(key)
+        return await url_after_put(self, key)
+
+    def unsigned_url(self, key: str) -> str:
+        """The key as a relative URL: no URL of the store below may stand in for one of this layer
+        (it would serve ciphertext), also when a layer above falls back to an unsigned URL."""
+        return quote(key, safe="/")
 
 
 def range_attempts() -> range:

@@ -13,7 +13,8 @@ clamd (``INSTREAM``) while it streams into the store. Two modes:
   infected one under ``quarantine_prefix`` + key (the caller still gets
   :class:`MalwareFoundError`, with ``quarantine_key``). Every object written
   records the verdict in its metadata: ``scan-verdict`` (``clean``,
-  ``infected`` or ``unscanned``), ``scan-signature`` and ``scan-engine``.
+  ``infected`` or ``unscanned``), ``scan-signature`` and ``scan-engine``; callers cannot set ``scan-*``
+  names, and ``replace_metadata`` keeps them.
 
 When clamd is down or times out the write fails with
 :class:`ScannerUnavailableError` (503 with ``Retry-After``) and stores nothing
@@ -32,7 +33,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any, Literal
 
 from .._base import StorageBackend, iter_body
-from .._errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnsupportedError
+from .._errors import (
+    ConfigurationError,
+    InvalidMetadataError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsupportedError,
+)
 from .._keys import RESERVED_PREFIX, reserved_keys, validate_key
 from .._types import Body, Download, ObjectInfo, Range, WriteMode
 from ..scanners._clamd import (
@@ -151,7 +158,15 @@ class Scan(Layer):
         self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
     ) -> ObjectInfo:
         self._guard(key, "replace_metadata")
-        return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+        if self.mode == "reject":
+            return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+        # The verdict stays as the scan recorded it: callers cannot set it, and a replacement keeps it.
+        _check_metadata(key, metadata)
+        info = await self.inner.head(key)
+        kept = {k: v for k, v in info.metadata.items() if k.lower().startswith(_SCAN_PREFIX)}
+        return await self.inner.replace_metadata(
+            key, {**(metadata or {}), **kept}, if_match=if_match if if_match is not None else info.etag
+        )
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
@@ -190,6 +205,8 @@ class Scan(Layer):
             "cache_control": cache_control,
             "content_disposition": content_disposition,
         }
+        if self.mode == "quarantine":
+            _check_metadata(key, metadata)
         if self.mode == "reject":
             session = await self._session(key)
             try:
@@ -313,6 +330,16 @@ class Scan(Layer):
             raise NotFoundError("not a quarantined key", key=quarantine_key, operation="remove")
         with reserved_keys():
             return await self.inner.remove(quarantine_key)
+
+
+_SCAN_PREFIX = "scan-"
+
+
+def _check_metadata(key: str, metadata: Mapping[str, Any] | None) -> None:
+    """Refuse caller metadata that would pass for a recorded verdict."""
+    for name in metadata or {}:
+        if str(name).lower().startswith(_SCAN_PREFIX):
+            raise InvalidMetadataError(f"metadata names starting with {_SCAN_PREFIX!r} belong to Scan", key=key)
 
 
 _REGISTRIES: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()

@@ -130,7 +130,7 @@ class InstreamSession:
         for start in range(0, len(view), client.chunk_size):
             piece = view[start : start + client.chunk_size]
             if self._reply.done():
-                raise self._early_reply(None)
+                raise await self._failure(None)
             try:
                 async with asyncio.timeout(client.timeout):
                     self._writer.write(struct.pack(">I", len(piece)))
@@ -138,16 +138,19 @@ class InstreamSession:
                     await self._writer.drain()
             except (OSError, TimeoutError) as exc:
                 await asyncio.wait({self._reply}, timeout=1.0)
-                raise self._early_reply(exc) from exc
+                raise await self._failure(exc) from exc
             self.size += len(piece)
 
-    def _early_reply(self, exc: BaseException | None) -> StorageError:
-        """The error for a stream clamd answered (or dropped) before its end."""
+    async def _failure(self, exc: BaseException | None) -> StorageError:
+        """The error for a stream clamd answered, dropped or stalled before its end."""
         reply = ""
         if self._reply.done() and not self._reply.cancelled() and self._reply.exception() is None:
             reply = self._reply.result().rstrip(b"\0").decode("utf-8", "replace")
         if "size limit" in reply:
             return ScanTooLargeError("the body is longer than the scanner accepts (StreamMaxLength)")
+        if not reply and not isinstance(exc, TimeoutError) and await self._client.alive():
+            # clamd answers but dropped this stream: its reply (the size limit) was lost with the connection.
+            return ScanTooLargeError("clamd closed the stream early (most likely past its StreamMaxLength)")
         why = type(exc).__name__ if exc is not None else (reply[:120] or "connection closed")
         return self._client.unavailable(f"clamd failed mid-stream ({why})")
 
@@ -156,12 +159,14 @@ class InstreamSession:
         client = self._client
         try:
             if self._reply.done():
-                raise self._early_reply(None)
+                raise await self._failure(None)
             async with asyncio.timeout(client.timeout):
                 self._writer.write(b"\0\0\0\0")
                 await self._writer.drain()
                 raw = await self._reply
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise await self._failure(exc) from exc
+        except (TimeoutError, asyncio.LimitOverrunError) as exc:
             raise client.unavailable(f"clamd gave no verdict ({type(exc).__name__})") from exc
         finally:
             await self.aclose()
@@ -238,6 +243,15 @@ class ClamdClient:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
         return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+    async def alive(self) -> bool:
+        """Whether clamd answers ``PING`` within ``min(timeout, 2)`` seconds."""
+        try:
+            async with asyncio.timeout(min(self.timeout, 2.0)):
+                await self.ping()
+        except (ScannerUnavailableError, TimeoutError):
+            return False
+        return True
 
     async def ping(self) -> None:
         """Check that clamd answers ``PONG`` (:class:`ScannerUnavailableError` otherwise)."""
