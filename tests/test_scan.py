@@ -372,6 +372,35 @@ class TestConformanceScanLocal(BackendConformance):
         return Scan(served_local, scanner=clamd.tcp_url)
 
 
+_WALK_ORDER = pytest.mark.xfail(strict=True, reason="SeaweedFS lists in directory-walk order (see test_s3_conformance)")
+
+
+class TestConformanceScanS3(BackendConformance):
+    list_count = 300
+
+    @pytest.fixture
+    async def backend(self, seaweed: S3Server, clamd: ClamdServer) -> AsyncIterator[StorageBackend]:
+        store = seaweed.backend()
+        yield Scan(store, scanner=clamd.unix_url)
+        await store.aclose()
+
+    @_WALK_ORDER
+    async def test_list_order_and_prefix_boundaries(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_order_and_prefix_boundaries(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_list_start_after(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_list_start_after(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_tricky_keys_round_trip(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_tricky_keys_round_trip(backend, prefix)
+
+    @_WALK_ORDER
+    async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_delimited_listing_is_one_level_with_cursors(backend, prefix)
+
+
 async def test_ping_checks_the_scanner_unless_fail_open(clamd: ClamdServer, tmp_path: Path) -> None:
     await Scan(MemoryBackend(), scanner=clamd.unix_url).ping()
     dead = f"unix://{tmp_path / 'gone.sock'}"
