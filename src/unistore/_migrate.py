@@ -32,6 +32,7 @@ CHECKPOINT_PREFIX = ".unistore/migrate/"
 """Where checkpoints live in the destination; keys under it are never migrated."""
 
 SCHEMA_VERSION = "schema_version"
+_MAX_DONE = 10_000
 
 log = logging.getLogger("unistore.migrate")
 
@@ -67,7 +68,12 @@ class MigrationReport:
     missing: list[str] = field(default_factory=list)
     differing: list[Difference] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    resumed: bool = False
+    """Whether this run started from a checkpoint."""
     resumed_after: str | None = None
+    """The checkpoint's key up to which every object was done."""
+    resumed_done: int = 0
+    """Objects past that key the checkpoint recorded as done, not looked at again."""
     dry_run: bool = False
     verify_only: bool = False
     seconds: float = 0.0
@@ -92,7 +98,9 @@ class MigrationReport:
             "missing": list(self.missing),
             "differing": [{"key": d.key, "reason": d.reason} for d in self.differing],
             "failed": [{"key": f.key, "reason": f.reason} for f in self.failed],
+            "resumed": self.resumed,
             "resumed_after": self.resumed_after,
+            "resumed_done": self.resumed_done,
             "dry_run": self.dry_run,
             "verify_only": self.verify_only,
             "seconds": round(self.seconds, 3),
@@ -107,8 +115,8 @@ class MigrationReport:
             f"differing {len(self.differing)}, failed {len(self.failed)} ({self.bytes_copied} bytes, "
             f"{self.seconds:.1f} s)"
         ]
-        if self.resumed_after is not None:
-            lines.append(f"resumed after {self.resumed_after!r}")
+        if self.resumed:
+            lines.append(f"resumed after {self.resumed_after!r} (+{self.resumed_done} done past it)")
         lines += [f"missing: {k}" for k in self.missing]
         lines += [f"differing: {d.key}: {d.reason}" for d in self.differing]
         lines += [f"failed: {f.key}: {f.reason}" for f in self.failed]
@@ -244,11 +252,14 @@ class _Run:
         self.watermark: str | None = None
         self.since_checkpoint = 0
         self.failed_keys: set[str] = set()
+        self.skip: set[str] = set()
+        self.saving = asyncio.Lock()
 
     async def go(self) -> MigrationReport:
         started = time.monotonic()
         after = await self._load_checkpoint() if self.writes else None
         self.report.resumed_after = after
+        self.report.resumed = after is not None or bool(self.skip)
         self.watermark = after
         sem = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
@@ -262,6 +273,9 @@ class _Run:
         try:
             async for info in self.src.iter_objects(self.prefix, start_after=after):
                 if info.key.startswith(RESERVED_PREFIX):  # the store's own state, never migrated
+                    continue
+                if info.key in self.skip:  # done by the interrupted run, past its watermark
+                    self.report.resumed_done += 1
                     continue
                 await sem.acquire()
                 self.pending.append(info.key)
@@ -290,11 +304,22 @@ class _Run:
                 doc = json.loads(await self.dst.get(self.checkpoint))
         except NotFoundError:
             return None
-        after = doc.get("after") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return None
+        done = doc.get("done")
+        if isinstance(done, list):
+            self.skip = {k for k in done if isinstance(k, str) and k.startswith(self.prefix)}
+        after = doc.get("after")
         return after if isinstance(after, str) and after.startswith(self.prefix) else None
 
     async def _save_checkpoint(self) -> None:
-        doc = {"prefix": self.prefix, "after": self.watermark, "saved": time.time()}
+        async with self.saving:  # one at a time, each with the state when it starts: never an older one last
+            await self._write_checkpoint()
+
+    async def _write_checkpoint(self) -> None:
+        doc: dict[str, Any] = {"prefix": self.prefix, "after": self.watermark, "saved": time.time()}
+        if len(self.done) <= _MAX_DONE:  # keys done past the watermark (a slow key holds it back)
+            doc["done"] = sorted(self.done)
         with reserved_keys():
             await self.dst.put_object(self.checkpoint, json.dumps(doc).encode(), content_type="application/json")
 
@@ -302,13 +327,11 @@ class _Run:
         """Mark ``key`` done; advance the watermark over the done keys at the head of the queue."""
         if key not in self.failed_keys:
             self.done.add(key)
-        moved = False
         while self.pending and self.pending[0] in self.done:
             self.watermark = self.pending.popleft()
             self.done.discard(self.watermark)
-            moved = True
         self.since_checkpoint += 1
-        if self.writes and moved and self.since_checkpoint >= self.checkpoint_every:
+        if self.writes and self.since_checkpoint >= self.checkpoint_every:
             self.since_checkpoint = 0
             try:
                 await self._save_checkpoint()
