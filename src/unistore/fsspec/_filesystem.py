@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
@@ -461,15 +462,17 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
 
     def discard(self) -> None:
         """Abandon the write: nothing is stored and the file is closed."""
-        if self._task is not None and not self._task.done():
-
-            async def abort() -> None:
-                assert self._task is not None
-                await self._push(ConnectionAbortedError("write discarded"))
-                await asyncio.gather(self._task, return_exceptions=True)
-
-            sync(self.fs.loop, abort)
         self.closed = True
+        if self._task is None or self._task.done():
+            return
+
+        async def abort() -> None:
+            assert self._task is not None
+            with contextlib.suppress(Exception):
+                await self._push(ConnectionAbortedError("write discarded"))
+            await asyncio.gather(self._task, return_exceptions=True)
+
+        sync(self.fs.loop, abort)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is not None and self.writable() and not self.closed:
