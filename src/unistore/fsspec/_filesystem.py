@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import fsspec
 from fsspec.asyn import AsyncFileSystem, sync, sync_wrapper
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile
@@ -39,6 +40,15 @@ def register_store(name: str, backend: StorageBackend) -> None:
     in this process; it wins over a store of the same name in the stores file."""
     with _STORES_LOCK:
         _STORES[name] = backend
+    _ensure_registered()
+
+
+def _ensure_registered() -> None:
+    """Register the protocols with fsspec when the package's entry points are not installed
+    (a source checkout); a protocol some other package already claims is left alone."""
+    for proto in PROTOCOLS:
+        with contextlib.suppress(ValueError):
+            fsspec.register_implementation(proto, UnistoreFileSystem)
 
 
 def unregister_store(name: str) -> None:
