@@ -277,3 +277,30 @@ def test_pandas_through_an_encrypt_and_cache_stack(seaweed: S3Server, pfx: str) 
     finally:
         unregister_store("secure")
         sync(UnistoreFileSystem(raw).loop, raw.aclose)
+
+
+async def test_open_async_reads_ranges_and_streams_writes(seaweed: S3Server, pfx: str) -> None:
+    backend = seaweed.backend(part_size=5 * MiB)
+    fs = UnistoreFileSystem(backend, asynchronous=True)
+    block = os.urandom(MiB)
+    try:
+        async with await fs.open_async(pfx + "a.bin", "wb", block_size=5 * MiB) as f:
+            for _ in range(11):
+                await f.write(block)
+        assert (await fs._info(pfx + "a.bin"))["size"] == 11 * MiB
+        async with await fs.open_async(pfx + "a.bin") as f:
+            f.seek(6 * MiB + 3)
+            assert await f.read(5) == block[3:8]
+
+        async def write_then_fail() -> None:
+            async with await fs.open_async(pfx + "a.bin", "wb", block_size=5 * MiB) as f:
+                await f.write(b"x" * (6 * MiB))
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await write_then_fail()
+        assert (await fs._info(pfx + "a.bin"))["size"] == 11 * MiB
+        with pytest.raises(FileNotFoundError):
+            await fs.open_async(pfx + "missing")
+    finally:
+        await backend.aclose()
