@@ -214,7 +214,8 @@ def test_constructors_and_protocols(tmp_path: Path) -> None:
         fs, path = fsspec.core.url_to_fs("unistore://mystack/dir/file.txt")
         assert fs.backend is mem and path == "dir/file.txt"
         assert fs.unstrip_protocol(path) == "unistore://mystack/dir/file.txt"
-        assert fsspec.open("unistore://mystack/dir/file.txt").open().read() == b"via url"
+        with fsspec.open("unistore://mystack/dir/file.txt") as r:
+            assert r.read() == b"via url"
     finally:
         unregister_store("mystack")
     fs, path = fsspec.core.url_to_fs("unistore+s3://bucket/a/b.csv", endpoint="http://127.0.0.1:1")
@@ -304,3 +305,18 @@ async def test_open_async_reads_ranges_and_streams_writes(seaweed: S3Server, pfx
             await fs.open_async(pfx + "missing")
     finally:
         await backend.aclose()
+
+
+@pytest.mark.parametrize("cache", ["simplecache", "blockcache"])
+def test_fsspec_caches_chain_over_unistore_urls(cache: str, tmp_path: Path) -> None:
+    register_store("chained", MemoryBackend())
+    try:
+        with fsspec.open("unistore://chained/d/k.bin", "wb") as w:
+            w.write(b"0123456789" * 1000)
+        opts = {cache: {"cache_storage": str(tmp_path / "cache")}}
+        with fsspec.open(f"{cache}::unistore://chained/d/k.bin", "rb", **opts) as f:
+            f.seek(5000)
+            assert f.read(10) == b"0123456789"
+        assert any((tmp_path / "cache").iterdir())  # the chained cache kept a copy
+    finally:
+        unregister_store("chained")
