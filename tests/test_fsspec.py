@@ -320,3 +320,24 @@ def test_fsspec_caches_chain_over_unistore_urls(cache: str, tmp_path: Path) -> N
         assert any((tmp_path / "cache").iterdir())  # the chained cache kept a copy
     finally:
         unregister_store("chained")
+
+
+def test_partitioned_pyarrow_dataset_written_and_read_back(seaweed: S3Server, pfx: str) -> None:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    backend = seaweed.backend(prefix=pfx)
+    fs = UnistoreFileSystem(backend)
+    try:
+        table = pa.table({"year": [2024, 2024, 2025, 2026] * 50, "v": list(range(200))})
+        pafs = PyFileSystem(FSSpecHandler(fs))
+        ds.write_dataset(table, "sales", format="parquet", filesystem=pafs, partitioning=["year"])
+        assert sorted(fs.ls("sales", detail=False)) == ["sales/2024", "sales/2025", "sales/2026"]
+        back = ds.dataset(
+            "sales", format="parquet", filesystem=pafs, partitioning=ds.partitioning(pa.schema([("year", pa.int64())]))
+        )
+        got = back.to_table(filter=ds.field("year") == 2024).sort_by("v")
+        assert got.column("v").to_pylist() == [v for v in range(200) if v % 4 in (0, 1)]
+    finally:
+        sync(fs.loop, backend.aclose)
