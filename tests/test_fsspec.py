@@ -222,6 +222,19 @@ def test_constructors_and_protocols(tmp_path: Path) -> None:
     assert path == "a/b.csv" and fs.unstrip_protocol(path) == "unistore+s3://bucket/a/b.csv"
 
 
+def test_instances_are_shared_per_url_never_per_backend_object(tmp_path: Path) -> None:
+    assert UnistoreFileSystem(f"file://{tmp_path}") is UnistoreFileSystem(f"file://{tmp_path}")
+    one, two = MemoryBackend(), MemoryBackend()  # equal reprs, different stores
+    assert UnistoreFileSystem(one).backend is one and UnistoreFileSystem(two).backend is two
+    register_store("swap", one)
+    try:
+        assert fsspec.core.url_to_fs("unistore://swap/k")[0].backend is one
+        register_store("swap", two)  # a re-registered name reaches the new store
+        assert fsspec.core.url_to_fs("unistore://swap/k")[0].backend is two
+    finally:
+        unregister_store("swap")
+
+
 def test_named_store_from_the_stores_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "stores.toml"
     conf.write_text(f'[stores.docs]\nurl = "file://{tmp_path / "docs"}"\n')

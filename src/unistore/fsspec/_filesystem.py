@@ -16,6 +16,7 @@ import fsspec
 from fsspec.asyn import AbstractAsyncStreamedFile, AsyncFileSystem, sync, sync_wrapper
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile
+from fsspec.spec import _Cached as _FsspecCached
 
 from .._base import StorageBackend
 from .._config import backend_from_url
@@ -47,6 +48,7 @@ def register_store(name: str, backend: StorageBackend) -> None:
     in this process; it wins over a store of the same name in the stores file."""
     with _STORES_LOCK:
         _STORES[name] = backend
+    UnistoreFileSystem.clear_instance_cache()  # a cached filesystem may hold the name's old store
     _ensure_registered()
 
 
@@ -62,6 +64,7 @@ def unregister_store(name: str) -> None:
     """Forget a store registered with :func:`register_store` (no error if unknown)."""
     with _STORES_LOCK:
         _STORES.pop(name, None)
+    UnistoreFileSystem.clear_instance_cache()
 
 
 def _named_backend(name: str, overrides: Mapping[str, Any]) -> StorageBackend:
@@ -77,7 +80,18 @@ def _named_backend(name: str, overrides: Mapping[str, Any]) -> StorageBackend:
     return backend_from_url(url, **overrides)
 
 
-class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
+class _Cached(_FsspecCached):  # type: ignore[misc]
+    """fsspec's instance cache, skipped for a backend object: stores' reprs may be equal, so
+    only a URL or a store name (and its options) identifies the filesystem to share."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        backend = args[0] if args else kwargs.get("backend")
+        if backend is not None and not isinstance(backend, str):
+            kwargs["skip_instance_cache"] = True
+        return super().__call__(*args, **kwargs)
+
+
+class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[misc]
     """An fsspec filesystem whose paths are the keys of one unistore store.
 
     Build it from a backend object (``UnistoreFileSystem(backend)``), a store URL
@@ -88,7 +102,6 @@ class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
 
     protocol: ClassVar[tuple[str, ...]] = PROTOCOLS
     root_marker = ""
-    cachable = False  # one instance per backend object: reprs of different stores may be equal
     async_impl = True
 
     def __init__(
