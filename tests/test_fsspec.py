@@ -354,3 +354,15 @@ def test_partitioned_pyarrow_dataset_written_and_read_back(seaweed: S3Server, pf
         assert got.column("v").to_pylist() == [v for v in range(200) if v % 4 in (0, 1)]
     finally:
         sync(fs.loop, backend.aclose)
+
+
+def test_find_from_one_flat_listing_matches_fsspecs_walk(fs: UnistoreFileSystem) -> None:
+    from fsspec.asyn import AsyncFileSystem
+
+    fs.pipe({"t/a/b/c.txt": b"1", "t/a/d.txt": b"2", "t/e.txt": b"3", "t.txt": b"4", "u/f": b"5"})
+    for path in ("", "t", "t/a", "t/e.txt"):
+        for withdirs in (False, True):
+            walked = sync(fs.loop, AsyncFileSystem._find, fs, path, withdirs=withdirs)
+            assert fs.find(path, withdirs=withdirs) == walked, (path, withdirs)
+    assert fs.find("t", detail=True)["t/a/d.txt"]["size"] == 1
+    assert fs.find("missing") == []

@@ -226,6 +226,32 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
             out = [await self._info(path)]  # a file lists as itself; a missing path raises
         return out if detail else [e["name"] for e in out]
 
+    async def _find(
+        self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs: Any
+    ) -> list[str] | dict[str, dict[str, Any]]:
+        """Every file below ``path`` from one flat listing (not one listing per folder)."""
+        if maxdepth is not None:
+            found: list[str] | dict[str, dict[str, Any]] = await super()._find(path, maxdepth, withdirs, **kwargs)
+            return found
+        path = self._strip_protocol(path)
+        detail = kwargs.pop("detail", False)
+        out: dict[str, dict[str, Any]] = {}
+        if withdirs and path and await self._is_folder(path):
+            out[path] = self._dir_entry(path)
+        prefix = path + "/" if path else ""
+        async for info in self.backend.iter_objects(prefix):
+            out[info.key] = self._file_entry(info)
+            if withdirs:
+                parts = info.key[len(prefix) :].split("/")[:-1]
+                for i in range(1, len(parts) + 1):
+                    folder = prefix + "/".join(parts[:i])
+                    out.setdefault(folder, self._dir_entry(folder))
+        if not out and path:
+            with contextlib.suppress(NotFoundError):
+                out[path] = self._file_entry(await self.backend.head(path))
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
+
     async def _modified(self, path: str) -> datetime:
         info = await self._info(path)
         if info["type"] != "file":
