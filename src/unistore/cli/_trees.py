@@ -133,14 +133,15 @@ def rm(
     keys: list[str],
     store: StoreOpt = None,
     token: TokenOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="KEYS are prefixes: delete below.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="KEYS are folders: delete below.")] = False,
     dry_run: DryRunOpt = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="No question before deleting over 1,000.")] = False,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     transfers: TransfersOpt = 8,
 ) -> None:
-    """Delete KEYS (a missing key is not an error), or with -r every object under the prefixes."""
+    """Delete KEYS (a missing key is not an error), or with -r every object in the folders KEYS
+    (``www`` is ``www/``, never ``www-old/``)."""
 
     async def work() -> None:
         for text in keys:
@@ -152,6 +153,7 @@ def rm(
                     else:
                         typer.echo(f"{'deleted' if await s.delete(key) else 'absent'} {key}")
                     continue
+                key = key if not key or key.endswith("/") else key + "/"  # the folder, as cp -r reads it
                 count = await remove_tree(
                     s, key, filters=_filters(include, exclude), dry_run=dry_run,
                     confirm=(lambda n: True) if yes else stdin_confirms, transfers=transfers,
