@@ -147,3 +147,11 @@ def test_urls_missing_their_slashes_and_drive_letters(named: dict[str, str], tmp
     assert code == 6 and "did you mean gs://bucket/photos/?" in err
     code, _, err = cli("cp", str(tmp_path / "a.txt"), "C:/x.txt", "-q", env=named)  # a drive letter is local
     assert code == 3 and "no such local directory" in err and "'C:'" in err
+
+
+def test_an_empty_listing_of_an_unsaved_name_says_so(named: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    env = {**named, "UNISTORE_STORE": f"file://{tmp_path / 'other'}"}
+    code, out, err = cli("ls", "hmoe:photos/", env=env)
+    assert (code, out) == (0, "") and "no store named 'hmoe' is saved" in err
+    assert cli("ls", "home:photos/", env=env)[2] == ""  # a saved store's empty folder: nothing to say

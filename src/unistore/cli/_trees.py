@@ -15,7 +15,7 @@ from .._errors import InvalidArgumentError
 from .._types import CommonPrefix, ObjectInfo
 from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_at, open_store, run
 from ._objects import CacheOpt, MetaOpt, NoClobberOpt, TypeOpt, copy_one
-from ._refs import Ref, parse_ref
+from ._refs import Ref, parse_ref, store_path
 from ._transfer import human, note
 from ._tree import Filters, LocalTree, Options, StoreTree, Tree, remove_tree, stdin_confirms, transfer_tree
 
@@ -78,6 +78,8 @@ def list_objects(
                 listed += 1
             if as_json:
                 typer.echo("]")
+            if not listed and (unsaved := store_path(prefix, store)[2]):
+                note(f"nothing under {prefix!r}; no store named {unsaved!r} is saved (unistore store list)")
 
     run(work)
 
