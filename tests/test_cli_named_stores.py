@@ -155,3 +155,10 @@ def test_an_empty_listing_of_an_unsaved_name_says_so(named: dict[str, str], tmp_
     code, out, err = cli("ls", "hmoe:photos/", env=env)
     assert (code, out) == (0, "") and "no store named 'hmoe' is saved" in err
     assert cli("ls", "home:photos/", env=env)[2] == ""  # a saved store's empty folder: nothing to say
+
+
+def test_cp_of_a_directory_without_r_says_to_use_r(named: dict[str, str], site: Path) -> None:
+    for dest in (str(site.parent / "copy"), "home:copy"):
+        code, _, err = cli("cp", str(site), dest, "-q", env=named)
+        assert code == 6 and "is a directory: copy it with cp -r" in err
+    assert not (site.parent / "copy").exists()

@@ -239,6 +239,8 @@ def cp(
 
     async def work() -> None:
         src, dst = parse_ref(source), parse_ref(dest)
+        if src.key is None and await asyncio.to_thread(os.path.isdir, src.store):
+            raise InvalidArgumentError(f"{source!r} is a directory: copy it with cp -r")
         if dry_run:
             typer.echo(f"would copy {source} -> {dest}")
             return
