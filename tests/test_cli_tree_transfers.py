@@ -38,6 +38,7 @@ from unistore.backends.local import LocalBackend
 from unistore.cli import _transfer, _tree, main
 
 _transfer.CHUNK = 256 * 1024
+_transfer.RECORD_EVERY = 0.05
 _tree.RESUME_AT = 1024 * 1024
 _tree.DOWNLOAD_STREAMS = 2
 opened = LocalBackend.open
@@ -126,7 +127,7 @@ def test_ranged_download_killed_midway_resumes_only_the_missing_spans(
     part, side = down / "big.bin.part", down / "big.bin.part.json"
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("UNISTORE_", "STORAGE_"))}
     environ["PYTHONPATH"] = SRC
-    cmd = [sys.executable, "-c", SLOW_RANGED_CLI, "cp", "-r", f"file://{root}#t", str(down)]
+    cmd = [sys.executable, "-c", SLOW_RANGED_CLI, "cp", "-r", f"file://{root}?chunk_size=65536#t", str(down)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environ)
     try:
         deadline = time.monotonic() + 60

@@ -39,6 +39,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,10 @@ async def download(
 CHUNK = 8 * 1024 * 1024
 """Bytes per ranged GET of :func:`download_ranges`."""
 
+RECORD_EVERY = 1.0
+"""Seconds between records of a ranged download's progress (each an ``fdatasync`` of the
+partial file, then the record): an interrupted run reads again at most this long's ranges."""
+
 
 def _missing(size: int, done: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
     """The spans of ``[0, size)`` not in ``done`` (sorted, disjoint), cut into pieces of at most ``chunk``."""
@@ -404,9 +409,10 @@ async def download_ranges(
 
     Each range is written in place (``pwrite``) into ``DEST.part``, made as long as the
     object; ``DEST.part.json`` records the object's etag and size and, as ranges complete
-    (after an ``fdatasync``), the spans written. A rerun reads only the missing spans, each
-    with ``If-Match`` on the recorded etag, so two versions are never spliced; the complete
-    file is fsynced and renamed to ``DEST``. A store without conditional ranged reads gets
+    (after an ``fdatasync``, at most every ``RECORD_EVERY``), the spans written. A rerun
+    reads only the missing spans, each with ``If-Match`` on the recorded etag, so two
+    versions are never spliced; the complete file is fsynced and renamed to ``DEST``. A
+    store without conditional ranged reads gets
     :func:`download` (one resumable stream).
 
     With ``threads`` an S3 store's ranges are read on those threads (a presigned URL each,
@@ -468,14 +474,16 @@ async def _ranged(
             await first.aclose()
         raise
     record: dict[str, Any] = {"key": key, "etag": etag, "size": size}
-    saving, saved = asyncio.Lock(), list(done)
+    saving, saved, last = asyncio.Lock(), list(done), [time.monotonic()]
 
     async def save() -> None:
+        if saving.locked() or time.monotonic() - last[0] < RECORD_EVERY:
+            return  # the next save records these spans too
         async with saving:
             if saved != done:
                 snapshot = list(done)
                 await asyncio.to_thread(_sync_record, fd, side, {**record, "done": snapshot})
-                saved[:] = snapshot
+                saved[:], last[0] = snapshot, time.monotonic()
 
     async def fetch(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
         try:

@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
 from ._idempotency import (
     Idempotency,
@@ -57,6 +58,7 @@ __all__ = [
     "Observe",
     "QUARANTINE_PREFIX",
     "RateLimit",
+    "ReadFallback",
     "Retry",
     "RetryEvent",
     "Scan",
