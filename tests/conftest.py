@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from unistore import LocalBackend, MemoryBackend, add_storage
 from unistore.testing import RedisServer, free_port, redis_server, running_server
+from unistore.testing._clamd import ClamdServer, clamd_server
 from unistore.testing._s3servers import S3Server, moto_server, seaweedfs
 
 SECRET = "test-secret-0123456789abcdef"
@@ -102,4 +103,16 @@ def fake_cloudinary() -> Iterator[tuple[object, str]]:
 def redis() -> Iterator[RedisServer]:
     """A redis-server child process on a free port (no persistence), stopped by its pid."""
     with redis_server() as server:
+        yield server
+
+
+# --- ClamAV: Debian clamd, one per worker, with a generated test database ----------------------
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[ClamdServer]:
+    """clamd on a Unix socket and a TCP port, loading only the generated EICAR/marker signatures.
+
+    Fails (never skips) when clamd is not installed: CI installs it (make test-tools)."""
+    with clamd_server() as server:
         yield server

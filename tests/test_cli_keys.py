@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from unistore import LocalBackend
 from unistore.cli import app
 from unistore.encryption import META_KEY_ID, META_WRAPPED_KEY, Encrypt, LocalKeyring
+from unistore.testing._s3servers import S3Server
 
 runner = CliRunner()
 OLD = base64.b64encode(os.urandom(32)).decode()
@@ -107,3 +108,34 @@ def test_usage_errors(store: tuple[str, Path], tmp_path: Path) -> None:
     assert code == 8 and "primary" in err
     code, _, err = cli("keys", "usage", f"file://{tmp_path / 'nowhere'}", env=NEW_ENV)
     assert code == 3
+
+
+def test_rotate_an_s3_store(seaweed: S3Server) -> None:
+    """The same commands on SeaweedFS, the store given as an s3:// URL (credentials from STORAGE_S3_*)."""
+    prefix = f"cli-keys-{os.urandom(4).hex()}"
+
+    async def fill() -> None:
+        raw = seaweed.backend(prefix=f"{prefix}/")
+        enc = Encrypt(raw, LocalKeyring.from_env(OLD_ENV))
+        for i in range(5):
+            await enc.put_object(f"r/{i}", f"report {i}".encode())
+        await raw.aclose()
+
+    asyncio.run(fill())
+    env = {**NEW_ENV, "STORAGE_S3_ACCESS_KEY": seaweed.access_key, "STORAGE_S3_SECRET_KEY": seaweed.secret_key}
+    url = f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}&region={seaweed.region}"
+    assert cli("keys", "usage", url, env=env)[1].split("\n")[0] == "5\told"
+    code, out, _ = cli("keys", "rotate", "--rewrap", url, "--quiet", env=env)
+    assert code == 0 and "5 rewrapped" in out
+    code, out, _ = cli("keys", "retire", "old", url, env=env)
+    assert code == 0 and "(5 encrypted objects checked)" in out
+
+
+def test_reencrypt_written_before(store: tuple[str, Path]) -> None:
+    url, _ = store
+    code, out, _ = cli("keys", "rotate", "--reencrypt", url, "--written-before", "2000-01-01T00:00:00Z", env=NEW_ENV)
+    assert code == 0 and "15 reencrypted" in out  # nothing was written under the primary before 2000
+    code, out, _ = cli("keys", "rotate", "--reencrypt", url, "--written-before", "2000-01-01T00:00:00Z", env=NEW_ENV)
+    assert code == 0 and "15 current" in out
+    code, _, err = cli("keys", "rotate", "--reencrypt", url, "--written-before", "yesterday", env=NEW_ENV)
+    assert code == 6 and "ISO 8601" in err

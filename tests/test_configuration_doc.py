@@ -34,6 +34,7 @@ REQUIRED: dict[str, dict[str, str]] = {  # what each backend needs to build at a
     "cloudinary": {"CLOUDINARY_URL": "cloudinary://k:s@c"},
 }
 SAMPLES = {  # values the settings' checks accept, where a generic one would not do
+    "UNISTORE_SCAN_URL": "unix:///run/clamav/clamd.ctl",
     "STORAGE_S3_ENDPOINT": "http://127.0.0.1:1",
     "STORAGE_S3_PREFIX": "app/",
     "STORAGE_S3_SSE": "aws:kms",

@@ -12,7 +12,7 @@
 - A page that needs a store server runs against the suite's own servers: ``SERVERS`` names
   them per page, and ``_server_env`` turns each into the ``STORAGE_*`` variables a reader
   would set (SeaweedFS for S3, fake-gcs-server for GCS, the Cloudinary fake, a unistore
-  service). Python and bash blocks of that page both see them.
+  service, clamd). Python and bash blocks of that page both see them.
 - A block that cannot run here (real cloud accounts, a long-running server in the
   foreground) says so in its fence, ```` ```bash not-run: REASON ````; the reason is required.
 - Other fences (```` ```text ````, plain ```` ``` ````) show output or wire formats, not code;
@@ -55,6 +55,7 @@ SERVERS: dict[str, tuple[str, ...]] = {
     "docs/backend-gcs.md": ("fake_gcs",),
     "docs/backend-cloudinary.md": ("fake_cloudinary",),
     "docs/backend-http.md": ("docs_service",),
+    "docs/scanning.md": ("clamd",),
 }
 SERVICE_SECRET = "docs-service-secret-0123456789abcdef"
 
@@ -135,6 +136,8 @@ def _server_env(name: str, server: Any) -> dict[str, str]:
 
         token = TokenAuthority(SERVICE_SECRET.encode()).issue(["admin"], expires_in=3600)
         return {"STORAGE_HTTP_URL": server, "STORAGE_HTTP_TOKEN": token}
+    if name == "clamd":
+        return {"UNISTORE_CLAMD_URL": server.unix_url}
     raise AssertionError(f"no such docs server {name!r}")
 
 

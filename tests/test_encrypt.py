@@ -203,6 +203,7 @@ async def test_plain_objects_are_not_served_as_plaintext(keyring: LocalKeyring) 
     for call in (store.get("plain"), store.head("plain"), store.open("plain", range=ByteRange(0, 3))):
         with pytest.raises(IntegrityError):
             await call
+    assert await store.exists("plain") and not await store.exists("missing")
     with pytest.raises(NotFoundError):
         await store.get("missing")
 
@@ -503,3 +504,43 @@ async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyri
     assert not await store.exists("m")
     await store.put_object("m", b"x", metadata={"note": "y" * 1400})
     assert (await store.head("m")).metadata == {"note": "y" * 1400}
+
+
+class _RefusesMidStream(Layer):
+    """A store that reads the first chunk of a body and then refuses the write (a conditional PUT
+    that failed on the server)."""
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        await anext(aiter(body))
+        from unistore import AlreadyExistsError
+
+        raise AlreadyExistsError("refused", key=key)
+
+
+async def test_a_refused_streamed_write_stops_reading_the_body(keyring: LocalKeyring) -> None:
+    store = Encrypt(_RefusesMidStream(MemoryBackend()), keyring, segment_size=1000)
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"x" * 10_000
+
+    from unistore import AlreadyExistsError
+
+    with pytest.raises(AlreadyExistsError):
+        await asyncio.wait_for(store.put_object("k", endless(), mode="create"), 10)
+    await asyncio.sleep(0.01)
+    assert len(pulled) <= 3
+    assert [t for t in asyncio.all_tasks() if "pump" in repr(t)] == []  # nothing reads on
+
+
+async def test_a_stack_over_encrypt_never_falls_back_to_a_ciphertext_url(keyring: LocalKeyring) -> None:
+    from unistore.layers import Retry
+
+    inner = MemoryBackend(base_url="http://x/files", url_secret="s" * 20)
+    stacked = Retry(Encrypt(inner, keyring))
+    url = await stacked.put("dir/a b.txt", b"x")
+    assert url == "dir/a%20b.txt" and "signature" not in url
+    with pytest.raises(UnsupportedError):
+        await stacked.get_url("dir/a b.txt")

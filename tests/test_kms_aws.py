@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from unistore import IntegrityError, MemoryBackend, TransientError
+from unistore import IntegrityError, LocalBackend, MemoryBackend, TransientError
 from unistore._errors import ConfigurationError, PermissionDeniedError
 from unistore.encryption import AwsKmsKeyring, AwsKmsKeyringSettings, Encrypt, WrappedKey
-from unistore.testing import free_port
+from unistore.testing import BackendConformance, free_port
 from unistore.testing._s3servers import S3Server
 
 pytestmark = pytest.mark.xdist_group("moto")
@@ -187,3 +187,29 @@ def test_settings() -> None:
         with pytest.raises(ConfigurationError):
             AwsKmsKeyringSettings.from_env(env)
     assert "secret" not in repr(AwsKmsKeyringSettings(keys=("k",), access_key="a", secret_key="secret"))
+
+
+class TestEncryptOverAwsKmsConformance(BackendConformance):
+    """The conformance suite over Encrypt(memory) with every data key wrapped by moto's KMS."""
+
+    list_count = 120
+    race_writers = 5
+    race_increments = 4
+
+    @pytest.fixture
+    async def backend(self, moto: S3Server, kms_keys: dict[str, str]) -> AsyncIterator[Encrypt]:
+        ring = keyring(moto, (kms_keys["new"], kms_keys["old"]))
+        yield Encrypt(MemoryBackend(), ring)
+        await ring.aclose()
+
+
+class TestEncryptOverAwsKmsLocalConformance(TestEncryptOverAwsKmsConformance):
+    """The same on a local directory (no signer: its own URLs would serve ciphertext, so they are refused)."""
+
+    @pytest.fixture
+    async def backend(self, moto: S3Server, kms_keys: dict[str, str], tmp_path: Any) -> AsyncIterator[Encrypt]:
+        ring = keyring(moto, (kms_keys["new"], kms_keys["old"]))
+        raw = LocalBackend(base_path=str(tmp_path / "store"), fsync=False)
+        yield Encrypt(raw, ring)
+        await raw.aclose()
+        await ring.aclose()

@@ -12,7 +12,7 @@ import pytest
 from unistore import IntegrityError, MemoryBackend, TransientError
 from unistore._errors import ConfigurationError, PermissionDeniedError
 from unistore.encryption import Encrypt, GcpKmsKeyring, GcpKmsKeyringSettings, WrappedKey
-from unistore.testing import free_port, running_server
+from unistore.testing import BackendConformance, free_port, running_server
 from unistore.testing._gcp_kms_fake import FakeCloudKms
 
 OLD = "projects/p/locations/global/keyRings/ring/cryptoKeys/old"
@@ -166,3 +166,17 @@ def test_settings() -> None:
     ):
         with pytest.raises(ConfigurationError):
             GcpKmsKeyringSettings.from_env(env)
+
+
+class TestEncryptOverCloudKmsConformance(BackendConformance):
+    """The conformance suite over Encrypt(memory) with every data key wrapped by the Cloud KMS fake."""
+
+    list_count = 120
+    race_writers = 5
+    race_increments = 4
+
+    @pytest.fixture
+    async def backend(self, cloud: tuple[FakeCloudKms, Path]) -> AsyncIterator[Encrypt]:
+        ring = make(cloud, primary=NEW)
+        yield Encrypt(MemoryBackend(), ring)
+        await ring.aclose()

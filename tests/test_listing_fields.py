@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
 
-from unistore import LocalBackend, ObjectInfo
+from unistore import CommonPrefix, LocalBackend, ObjectInfo
 from unistore.cli import app
 from unistore.testing import S3Server
 
@@ -56,7 +59,40 @@ def test_ls_long_prints_a_dash_and_stat_the_stored_type(seaweed: S3Server, tmp_p
         async with LocalBackend(base_path=str(dst)) as local:
             return await local.head("copy/d/a.json")
 
-    import asyncio
-
     info = asyncio.run(stored())
     assert info.content_type == "application/x-stored" and dict(info.metadata) == {"k": "v"}
+
+
+def test_the_service_lists_a_folder_through_the_stores_native_listing() -> None:
+    """Layers that list objects as their inner store does (the service's Observe, Idempotency and
+    Validate) pass its native folder listing through instead of computing one."""
+    import httpx
+
+    from unistore import MemoryBackend
+    from unistore.service import ServiceSettings, create_app
+    from unistore.testing import running_server
+
+    class Counting(MemoryBackend):
+        calls: ClassVar[dict[str, int]] = {"entries": 0, "objects": 0}
+
+        def iter_entries(self, *args: Any, **kw: Any) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+            self.calls["entries"] += 1
+            return super().iter_entries(*args, **kw)
+
+        def iter_objects(self, *args: Any, **kw: Any) -> AsyncIterator[ObjectInfo]:
+            self.calls["objects"] += 1
+            return super().iter_objects(*args, **kw)
+
+    store = Counting()
+
+    async def fill() -> None:
+        for i in range(30):
+            await store.put_object(f"d{i % 10}/k{i}", b"x")
+        await store.put_object("top.txt", b"x")
+
+    asyncio.run(fill())
+    with running_server(create_app(store, settings=ServiceSettings(auth=False))) as url:
+        page = httpx.get(f"{url}/v1/objects", params={"prefix": "", "delimiter": "/"}).json()
+    assert page["prefixes"] == [f"d{i}/" for i in range(10)]
+    assert [o["key"] for o in page["objects"]] == ["top.txt"]
+    assert Counting.calls == {"entries": 1, "objects": 0}  # not one iter_objects per folder

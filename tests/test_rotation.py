@@ -295,3 +295,119 @@ async def test_writes_through_if_match_are_still_refused_for_stale_etags() -> No
     mode: WriteMode = IfMatch(info.etag)
     with pytest.raises(PreconditionFailedError):
         await store.put_object("k", b"three", mode=mode)
+
+
+class RacingRewrite(Layer):
+    """Before each of the job's conditional rewrites, a live writer overwrites the object."""
+
+    def __init__(self, inner: StorageBackend, writer: Encrypt, bodies: dict[str, bytes]) -> None:
+        super().__init__(inner)
+        self.writer = writer
+        self.bodies = bodies
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> ObjectInfo:
+        if isinstance(kw.get("mode"), IfMatch) and not key.startswith(CHECKPOINT_PREFIX):
+            new = b"newer " + key.encode()
+            self.bodies[key] = new
+            await self.writer.put_object(key, new)
+        return await self.inner.put_object(key, body, **kw)
+
+
+async def test_reencrypt_never_overwrites_a_live_write(raw: StorageBackend) -> None:
+    bodies = await fill(raw, 6)
+    writer = Encrypt(raw, new_ring())
+    report = await reencrypt(Encrypt(RacingRewrite(raw, writer, bodies), new_ring()), metrics=False)
+    assert report.counts == {"current": 6}
+    for key, body in bodies.items():
+        assert await writer.get(key) == body == b"newer " + key.encode()
+
+
+async def test_a_new_primary_restarts_an_unfinished_job(raw: StorageBackend) -> None:
+    await fill(raw, 10)
+    state = CheckpointStore(raw, "rewrap", "")
+    stale = await state.begin("some-older-primary")
+    stale.cursor = "docs/0008.txt"
+    await state.save(stale)
+    report = await rewrap(Encrypt(raw, new_ring()), metrics=False)  # the target changed: every object again
+    assert report.counts == {"rewrapped": 10}
+    assert (await key_usage(Encrypt(raw, new_ring()))).counts == {"new": 10}
+
+
+async def test_rewrap_on_gcs_patches_metadata_only(fake_gcs: dict[str, str]) -> None:
+    from unistore.backends.gcs import GCSBackend
+
+    raw = GCSBackend(bucket=fake_gcs["bucket"], emulator_host=fake_gcs["url"], credentials=fake_gcs["credentials"])
+    try:
+        prefix = f"rot-{os.urandom(4).hex()}/"
+        bodies = await fill(raw, 8, prefix)
+        generations = {k: (await raw.head(k)).etag for k in bodies}
+        store = Encrypt(raw, new_ring())
+        assert (await rewrap(store, prefix, metrics=False)).counts == {"rewrapped": 8}
+        for key, body in bodies.items():
+            assert (await raw.head(key)).etag == generations[key]  # same generation: the body was not rewritten
+            assert await store.get(key) == body
+        assert (await key_usage(store, prefix)).counts == {"new": 8}
+    finally:
+        await raw.aclose()
+
+
+class SlowFirst(Layer):
+    """The first object's head is slow; counts the heads in flight."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.now = self.peak = 0
+
+    async def head(self, key: str) -> ObjectInfo:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(0.3 if key.endswith("0000.txt") else 0.001)
+            return await self.inner.head(key)
+        finally:
+            self.now -= 1
+
+
+async def test_concurrency_stays_bounded_behind_a_slow_object(raw: StorageBackend) -> None:
+    await fill(raw, 60)
+    slow = SlowFirst(raw)
+    report = await rewrap(Encrypt(slow, new_ring()), concurrency=4, metrics=False)
+    assert report.counts == {"rewrapped": 60} and slow.peak <= 4
+
+
+class Flaky(Layer):
+    """Each object's first two metadata updates fail as if the store were briefly unreachable."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.failures: dict[str, int] = {}
+
+    async def replace_metadata(self, key: str, metadata: Any, *, if_match: str | None = None) -> ObjectInfo:
+        if self.failures.get(key, 0) < 2:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            from unistore import UnavailableError
+
+            raise UnavailableError("blip", key=key)
+        return await self.inner.replace_metadata(key, metadata, if_match=if_match)
+
+
+async def test_transient_errors_are_retried(raw: StorageBackend) -> None:
+    await fill(raw, 3)
+    report = await rewrap(Encrypt(Flaky(raw), new_ring()), metrics=False)
+    assert report.counts == {"rewrapped": 3}
+
+
+async def test_reencrypt_with_a_fixed_cutoff_is_idempotent(raw: StorageBackend) -> None:
+    from datetime import UTC, datetime
+
+    await fill(raw, 6)
+    await asyncio.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    counting = CountingWrites(raw)
+    store = Encrypt(counting, new_ring())
+    assert (await reencrypt(store, written_before=cutoff, metrics=False)).counts == {"reencrypted": 6}
+    again = await reencrypt(store, written_before=cutoff, metrics=False)
+    assert again.counts == {"current": 6}
+    assert {k: v for k, v in counting.writes.items() if not k.startswith(CHECKPOINT_PREFIX)} == {
+        f"docs/{i:04d}.txt": 1 for i in range(6)
+    }

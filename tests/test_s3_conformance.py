@@ -84,3 +84,7 @@ class TestS3Moto(BackendConformance):
     @_MOTO_RACES
     async def test_create_only_race_has_one_winner(self, backend: S3Backend, prefix: str) -> None:
         await super().test_create_only_race_has_one_winner(backend, prefix)
+
+    @_MOTO_RACES
+    async def test_replace_metadata_races_writers_without_losing_a_write(self, backend: S3Backend, prefix: str) -> None:
+        await super().test_replace_metadata_races_writers_without_losing_a_write(backend, prefix)

@@ -17,9 +17,18 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from unistore import LocalBackend, MemoryBackend, RateLimitedError, StorageBackend, UnsupportedError, add_storage
+from unistore import (
+    InvalidArgumentError,
+    LocalBackend,
+    MemoryBackend,
+    RateLimitedError,
+    StorageBackend,
+    UnsupportedError,
+    add_storage,
+)
 from unistore._base import BaseBackend
 from unistore.backends.cloudinary import CloudinaryBackend
+from unistore.backends.gcs import GCSBackend
 from unistore.backends.http import HttpBackend
 from unistore.layers import Cache, Idempotency, Observe, RateLimit, Retry
 from unistore.service import ServiceSettings, TokenAuthority, create_app
@@ -223,3 +232,35 @@ async def test_http_backend_head_url_works_over_an_s3_service(s3_service: str) -
         assert get.content == b"hello"
     finally:
         await store.aclose()
+
+
+async def test_expires_in_zero_is_refused_not_an_hour(served: BaseBackend, http_store: HttpBackend) -> None:
+    # Before: local, memory, GCS, Cloudinary and HttpBackend read ``expires_in or default``, so a URL
+    # asked to expire at once (0) lived for the default hour; S3 already refused it.
+    for store in (served, http_store):
+        await store.put_object("doc.txt", b"hello")
+        with pytest.raises(InvalidArgumentError):
+            await store.sign_url("doc.txt", expires_in=0)
+        with pytest.raises(InvalidArgumentError):
+            await store.get_url("doc.txt", expires_in=0)
+        assert await store.get_url("doc.txt", expires_in=None)  # None: the store's default lifetime
+
+
+async def test_gcs_and_cloudinary_refuse_expires_in_zero(
+    fake_gcs: dict[str, str], fake_cloudinary: tuple[Any, str]
+) -> None:
+    fake, url = fake_cloudinary
+    cld = CloudinaryBackend(
+        cloud_name=fake.cloud_name, api_key=fake.api_key, api_secret=fake.api_secret,
+        upload_prefix=url, cname=urlsplit(url).netloc, secure=False,
+    )
+    gcs = GCSBackend(bucket=fake_gcs["bucket"], emulator_host=fake_gcs["url"], credentials=fake_gcs["credentials"])
+    try:
+        for store in (gcs, cld):
+            await store.put_object("findings/zero.txt", b"x", content_type="text/plain")
+            with pytest.raises(InvalidArgumentError):
+                await store.sign_url("findings/zero.txt", expires_in=0)
+            await store.remove("findings/zero.txt")
+    finally:
+        await gcs.aclose()
+        await cld.aclose()

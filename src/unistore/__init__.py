@@ -31,6 +31,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._keys import validate_key, validate_prefix
+from ._migrate import MigrationReport, migrate
 from ._signing import UrlSigner
 from ._types import (
     ByteRange,
@@ -76,6 +77,7 @@ __all__ = [
     "LocalSettings",
     "MemoryBackend",
     "MemorySettings",
+    "MigrationReport",
     "NotFoundError",
     "NotModifiedError",
     "ObjectInfo",
@@ -98,6 +100,7 @@ __all__ = [
     "detect_backend",
     "easy_storage",
     "get_storage",
+    "migrate",
     "parse_http_range",
     "scoped",
     "validate_key",

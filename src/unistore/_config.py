@@ -79,6 +79,7 @@ _SPECS: dict[str, _Spec] = {
             "sse_customer_key": "STORAGE_S3_SSE_CUSTOMER_KEY",
             "storage_class": "STORAGE_S3_STORAGE_CLASS",
             "conditional_delete": "STORAGE_S3_CONDITIONAL_DELETE",
+            "copy_if_match": "STORAGE_S3_COPY_IF_MATCH",
             "url_expiration": "STORAGE_URL_EXPIRATION",
         },
         extra="s3",

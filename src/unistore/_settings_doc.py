@@ -286,6 +286,15 @@ def _table(rows: list[Row], setting: str) -> list[str]:
     return lines
 
 
+_CLAMD_ROW = Row(
+    "UNISTORE_CLAMD_URL",
+    "url",
+    "text, optional",
+    "`unix:///var/run/clamav/clamd.ctl`",
+    "clamd's socket: `unix:///path` or `tcp://host:port`; unset: Debian's `clamav-daemon` socket.",
+)
+
+
 def render() -> str:
     """``docs/configuration.md``."""
     from ._config import _SPECS, detect_backend
@@ -328,6 +337,15 @@ def render() -> str:
         "",
     ]
     out += _table(service_rows(), "Setting")
+    out += [
+        "",
+        "## The malware scanner (`unistore.scanners`)",
+        "",
+        "`scan_file`, `scan_bytes`, `scan_stream` and `ClamdClient()` reach clamd here when given no URL",
+        "(the service uses `UNISTORE_SCAN_URL` above; see `docs/scanning.md`).",
+        "",
+    ]
+    out += _table([_CLAMD_ROW], "Setting")
     out += [
         "",
         "## The local encryption keyring (`LocalKeyring`)",

@@ -43,7 +43,9 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     store with their metadata kept (an attacker with write access to the directory or bucket)."""
     raw: StorageBackend
     root = tmp_path / "store"
-    if request.param.startswith("local"):
+    if request.param == "local":  # small read chunks: reads stream, segments span chunks
+        raw = LocalBackend(base_path=str(root), fsync=False, chunk_size=5000)
+    elif request.param == "local-disk":  # whole small reads in one piece
         raw = LocalBackend(base_path=str(root), fsync=False)
     else:
         server: S3Server = request.getfixturevalue("seaweed")

@@ -63,6 +63,12 @@ class S3Settings:
     conditional_delete: bool = True
     """The server honours If-Match on DELETE (AWS, SeaweedFS, MinIO, moto). Off: ``remove(if_match=)``
     raises :class:`UnsupportedError` and two concurrent deletes may both report ``True``."""
+    copy_if_match: bool | None = None
+    """The server decides `If-Match` (the destination's etag) on CopyObject atomically with the copy, as AWS does:
+    `replace_metadata` then copies the object onto itself inside the server. Off, it rewrites the object with a
+    conditional PUT (the body passes through the client), since a copy that is not conditional on the version it
+    replaces could overwrite a write landing during the copy. Unset: on for AWS (no `endpoint`), off for other
+    servers (moto ignores the header; SeaweedFS checks it, but not atomically)."""
     url_expiration: int = 3600
     """Lifetime of a presigned URL when the caller gives none, in seconds (at most 7 days)."""
     page_size: int = 1000

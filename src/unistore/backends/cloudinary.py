@@ -445,7 +445,7 @@ class CloudinaryBackend(BaseBackend):
             raise UnsupportedError(
                 "Cloudinary has no presigned upload URLs", key=key, backend=self.name, operation="sign_url"
             )
-        expires = expires_in or self.default_expires_in
+        expires = self.default_expires_in if expires_in is None else expires_in
         if expires <= 0:
             raise InvalidArgumentError("expires_in must be positive", key=key)
         return self._urls.url_for(await self._resource(key, "sign_url"), expires, download, transform)

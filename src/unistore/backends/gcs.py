@@ -430,7 +430,7 @@ class GCSBackend(BaseBackend):
                 bucket=self.settings.bucket,
                 name=self._name(key),
                 method=method,
-                expires_in=expires_in or self.default_expires_in,
+                expires_in=self.default_expires_in if expires_in is None else expires_in,
                 extra_query=extra,
             )
         except Exception as exc:

@@ -417,7 +417,7 @@ class HttpBackend(BaseBackend):
                 operation="sign_url",
             )
         params = {
-            "expires_in": expires_in or self.default_expires_in,
+            "expires_in": self.default_expires_in if expires_in is None else expires_in,
             "download": "true" if download else "false",
             "method": method.upper(),
         }

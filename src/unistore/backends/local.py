@@ -847,7 +847,10 @@ class LocalBackend(BaseBackend):
     ) -> str:
         validate_key(key)
         return self._signer.sign(
-            key, expires_in=expires_in or self.default_expires_in, download=download, method=method
+            key,
+            expires_in=self.default_expires_in if expires_in is None else expires_in,
+            download=download,
+            method=method,
         )
 
     async def ping(self) -> None:

@@ -326,7 +326,7 @@ class MemoryBackend(BaseBackend):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
         validate_key(key)
-        expires = expires_in or self.default_expires_in
+        expires = self.default_expires_in if expires_in is None else expires_in
         return self._signer.sign(key, expires_in=expires, download=download, method=method)
 
     async def copy(self, src: str, dst: str, *, mode: WriteMode = "overwrite") -> ObjectInfo:

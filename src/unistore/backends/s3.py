@@ -508,10 +508,16 @@ class S3Backend(BaseBackend):
     async def replace_metadata(
         self, key: str, metadata: Mapping[str, Any] | None, *, if_match: str | None = None
     ) -> ObjectInfo:
-        """Native up to 5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``,
-        conditional on the source etag (``x-amz-copy-source-if-match``) and on the destination's
-        (``If-Match``, where the server decides it); larger objects stream onto themselves."""
+        """Native where the server honours ``If-Match`` on CopyObject (``copy_if_match``) and up to
+        5 GiB: CopyObject onto itself with ``x-amz-metadata-directive: REPLACE``, conditional on the
+        source etag (``x-amz-copy-source-if-match``) and the destination's (``If-Match``). Else the
+        object streams onto itself with a conditional PUT."""
         validate_key(key)
+        native = self.settings.copy_if_match
+        if native is None:
+            native = self.settings.endpoint is None
+        if not native:
+            return await super().replace_metadata(key, metadata, if_match=if_match)
         info = await self.head(key)
         if if_match is not None and if_match != "*" and if_match.strip('"') != info.etag:
             raise PreconditionFailedError(

@@ -29,7 +29,7 @@ from .._errors import (
     UnavailableError,
     UnsupportedError,
 )
-from ._refs import store_url
+from ._refs import config_path, store_path, store_url
 from ._transfer import note
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "closing",
     "exit_code",
     "metadata_options",
+    "open_at",
     "open_store",
     "run",
 ]
@@ -160,6 +161,23 @@ def open_store(url: str | None, token: str | None = None, *, read_only: bool = F
     name = store.name
     _OPENED[name] = _shown(url) if name not in _OPENED or _OPENED[name] == _shown(url) else name
     return store
+
+
+def open_at(
+    text: str, store: str | None, token: str | None = None, *, read_only: bool = False
+) -> tuple[StorageBackend, str]:
+    """The store and key a key argument names (``NAME:path``, an object URL, or a key of ``store``:
+    see :func:`unistore.cli._refs.store_path`)."""
+    where, key, name = store_path(text, store)
+    try:
+        return open_store(where, token, read_only=read_only), key
+    except ConfigurationError as exc:
+        if name is None or where is not None or exc.message != NO_STORE:
+            raise
+        raise ConfigurationError(
+            f"no store named {name!r} in {config_path()} (unistore store add {name} URL), and no default store"
+            " (--store, UNISTORE_STORE or STORAGE_*)"
+        ) from None
 
 
 def _open_url(url: str, token: str | None, *, read_only: bool) -> StorageBackend:

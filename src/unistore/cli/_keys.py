@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import typer
@@ -48,12 +49,26 @@ def rotate_command(
     ] = False,
     rate: Annotated[float | None, typer.Option(min=0.001, help="At most this many objects per second.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Objects in flight.")] = 8,
+    written_before: Annotated[
+        str | None,
+        typer.Option(
+            help="--reencrypt: leave objects under the primary KEK written at or after this ISO 8601 time "
+            "(default: when the job first started)."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Move every object under PREFIX to the keyring's primary KEK; resumes a killed run."""
     if rewrap_ == reencrypt_:
         note("give exactly one of --rewrap and --reencrypt")
         raise typer.Exit(2)
+    cutoff = None
+    if written_before is not None:
+        try:
+            cutoff = datetime.fromisoformat(written_before.replace("Z", "+00:00"))
+        except ValueError:
+            note(f"--written-before must be an ISO 8601 time, not {written_before!r}")
+            raise typer.Exit(6) from None
     mode: Literal["rewrap", "reencrypt"] = "rewrap" if rewrap_ else "reencrypt"
 
     async def work() -> int:
@@ -80,6 +95,7 @@ def rotate_command(
                 rate=rate,
                 concurrency=concurrency,
                 progress=show,
+                written_before=cutoff,
             )
         finally:
             await raw.aclose()

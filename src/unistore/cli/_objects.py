@@ -12,7 +12,7 @@ import typer
 
 from .._errors import InvalidArgumentError
 from .._types import Download, WriteMode
-from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_store, run
+from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_at, open_store, run
 from ._refs import Ref, local_target
 from ._transfer import download, progress, read_file, upload, write_file
 
@@ -47,9 +47,10 @@ def put(
     async def work() -> None:
         path, metadata = None if source == "-" else Path(source), metadata_options(meta)
         mode: WriteMode = "create" if ignore_existing else "overwrite"
-        async with closing(open_store(store, token)) as s:
+        s, at = open_at(key, store, token)
+        async with closing(s):
             info = await upload(
-                s, key, path, content_type=content_type, metadata=metadata, state_dir=state_dir, quiet=quiet,
+                s, at, path, content_type=content_type, metadata=metadata, state_dir=state_dir, quiet=quiet,
                 mode=mode, cache_control=cache_control,
             )
         typer.echo(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
@@ -69,12 +70,13 @@ def get(
     """Download KEY (streamed) to a file or stdout; a rerun resumes an interrupted download (DEST.part)."""
 
     async def work() -> None:
-        target = None if dest == "-" else local_target(dest, key)
-        async with closing(open_store(store, token, read_only=True)) as s:
+        s, at = open_at(key, store, token, read_only=True)
+        async with closing(s):
+            target = None if dest == "-" else local_target(dest, at)
             if target is not None:
-                await download(s, key, target, resume=not no_resume, quiet=quiet)
+                await download(s, at, target, resume=not no_resume, quiet=quiet)
                 return
-            async with await s.open(key) as dl:
+            async with await s.open(at) as dl:
                 with progress(f"get {key}", dl.content_length, quiet) as advance:
                     await write_file(None, dl.__aiter__(), advance)
 
@@ -86,10 +88,10 @@ def cat(keys: list[str], store: StoreOpt = None, token: TokenOpt = None) -> None
     """Write the objects KEYS to stdout, one after another, streamed."""
 
     async def work() -> None:
-        async with closing(open_store(store, token, read_only=True)) as s:
-            for key in keys:
-                async with await s.open(key) as dl:
-                    await write_file(None, dl.__aiter__(), lambda n: None)
+        for key in keys:
+            s, at = open_at(key, store, token, read_only=True)
+            async with closing(s), await s.open(at) as dl:
+                await write_file(None, dl.__aiter__(), lambda n: None)
 
     run(work)
 
@@ -99,8 +101,9 @@ def stat(key: str, store: StoreOpt = None, token: TokenOpt = None) -> None:
     """Print KEY's stored fields and metadata as JSON."""
 
     async def work() -> None:
-        async with closing(open_store(store, token, read_only=True)) as s:
-            typer.echo(json.dumps(await s.get_metadata(key), indent=2, ensure_ascii=False))
+        s, at = open_at(key, store, token, read_only=True)
+        async with closing(s):
+            typer.echo(json.dumps(await s.get_metadata(at), indent=2, ensure_ascii=False))
 
     run(work)
 
@@ -117,8 +120,9 @@ def url(
     """Print a signed URL for KEY (also: presign)."""
 
     async def work() -> None:
-        async with closing(open_store(store, token, read_only=method.upper() == "GET")) as s:
-            typer.echo(await s.sign_url(key, expires_in=expires_in, download=download_, method=method.upper()))
+        s, at = open_at(key, store, token, read_only=method.upper() == "GET")
+        async with closing(s):
+            typer.echo(await s.sign_url(at, expires_in=expires_in, download=download_, method=method.upper()))
 
     run(work)
 

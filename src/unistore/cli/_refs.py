@@ -23,7 +23,17 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError, InvalidArgumentError
 
-__all__ = ["HINT", "NamedStore", "Ref", "config_path", "load_stores", "local_target", "parse_ref", "save_stores"]
+__all__ = [
+    "HINT",
+    "NamedStore",
+    "Ref",
+    "config_path",
+    "load_stores",
+    "local_target",
+    "parse_ref",
+    "save_stores",
+    "store_path",
+]
 
 HINT = "an object is STORE_URL#KEY, NAME:KEY, s3://bucket/key, gs://bucket/key or http(s)://HOST/v1/objects/KEY"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -141,7 +151,37 @@ def parse_ref(text: str, stores: dict[str, NamedStore] | None = None) -> Ref:
         named = (load_stores() if stores is None else stores).get(name)
         if named is not None:
             return Ref(named.url, key, named.token)
+        if _looks_named(name) and not os.path.lexists(text):
+            raise ConfigurationError(
+                f"{text!r} is ambiguous: no store named {name!r} in {config_path()} (unistore store add {name} URL),"
+                f" and no such local file; for a local path write ./{text}"
+            )
     return Ref(text, None)
+
+
+def _looks_named(name: str) -> bool:
+    return len(name) >= 2 and set(name) <= _NAME_CHARS
+
+
+def store_path(
+    text: str, store: str | None, stores: dict[str, NamedStore] | None = None
+) -> tuple[str | None, str, str | None]:
+    """A key argument of ``ls``/``cat``/``rm``/... as ``(store, key, name)``: ``NAME:path`` is
+    ``path`` in the saved store ``NAME`` (saved names win, as rclone's remotes do), an object URL
+    (``s3://bucket/path``, ``STORE_URL#path``...) its store and key; anything else is a key of
+    ``store``. ``name`` is an unsaved ``NAME`` the text may have meant (for the error when no
+    store is configured)."""
+    if "://" in text:
+        ref = parse_ref(text, stores)
+        if ref.key is None:  # file:///dir: that directory as a store
+            return "file://" + ref.store, "", None
+        return ref.store, ref.key, None
+    name, colon, key = text.partition(":")
+    if colon and _looks_named(name):
+        if name in (load_stores() if stores is None else stores):
+            return name, key, None
+        return store, text, name
+    return store, text, None
 
 
 def local_target(dest: str, key: str) -> Path:

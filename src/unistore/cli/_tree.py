@@ -148,14 +148,15 @@ class TreeStats:
     failed: int = 0
     first_error: BaseException | None = None
 
-    def summary(self, seconds: float) -> str:
-        parts = [f"copied {self.copied} ({human(self.bytes)})"]
+    def summary(self, seconds: float, dry_run: bool = False) -> str:
+        would = "would " if dry_run else ""
+        parts = [f"{would}{'copy' if dry_run else 'copied'} {self.copied} ({human(self.bytes)})"]
         if self.unchanged:
             parts.append(f"skipped {self.unchanged} unchanged")
         if self.existing:
             parts.append(f"skipped {self.existing} existing")
         if self.deleted:
-            parts.append(f"deleted {self.deleted}")
+            parts.append(f"{would}{'delete' if dry_run else 'deleted'} {self.deleted}")
         if self.failed:
             parts.append(f"failed {self.failed}")
         return ", ".join(parts) + f" in {seconds:.1f} s"
@@ -403,7 +404,7 @@ async def transfer_tree(src: Tree, dst: Tree, opts: Options) -> TreeStats:
         with _first_error():
             await _delete_extra(src, dst, opts, stats)
     if not opts.quiet:
-        note(stats.summary(time.monotonic() - started))
+        note(stats.summary(time.monotonic() - started, opts.dry_run))
     return stats
 
 

@@ -13,7 +13,7 @@ import typer
 
 from .._errors import InvalidArgumentError
 from .._types import CommonPrefix, ObjectInfo
-from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_store, run
+from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_at, open_store, run
 from ._objects import CacheOpt, MetaOpt, NoClobberOpt, TypeOpt, copy_one
 from ._refs import Ref, parse_ref
 from ._transfer import human, note
@@ -55,8 +55,9 @@ def list_objects(
     """List PREFIX one level deep (folders end with /), or every key with -r; streamed."""
 
     async def work() -> None:
-        async with closing(open_store(store, token, read_only=True)) as s:
-            entries = s.iter_objects(prefix) if recursive else s.iter_entries(prefix)
+        s, at = open_at(prefix, store, token, read_only=True)
+        async with closing(s):
+            entries = s.iter_objects(at) if recursive else s.iter_entries(at)
             listed = 0
             if as_json:
                 typer.echo("[", nl=False)
@@ -106,22 +107,23 @@ def disk_usage(
     async def work() -> None:
         groups: dict[str, list[int]] = {}
         total = [0, 0]
-        async with closing(open_store(store, token, read_only=True)) as s:
-            async for info in s.iter_objects(prefix):
-                rest = info.key[len(prefix) :]
+        s, at = open_at(prefix, store, token, read_only=True)
+        async with closing(s):
+            async for info in s.iter_objects(at):
+                rest = info.key[len(at) :]
                 cut = rest.find("/")
-                name = prefix + (rest[: cut + 1] if cut >= 0 else rest)
+                name = at + (rest[: cut + 1] if cut >= 0 else rest)
                 total[0], total[1] = total[0] + 1, total[1] + info.size
                 if not summarize:
                     group = groups.setdefault(name, [0, 0])
                     group[0], group[1] = group[0] + 1, group[1] + info.size
         if as_json:
             rows = [{"prefix": k, "objects": c, "bytes": b} for k, (c, b) in groups.items()]
-            typer.echo(json.dumps({"prefix": prefix, "objects": total[0], "bytes": total[1], "entries": rows}))
+            typer.echo(json.dumps({"prefix": at, "objects": total[0], "bytes": total[1], "entries": rows}))
             return
         for name, (count, size) in groups.items():
             typer.echo(f"{count:>10}  {human(size):>10}  {name}")
-        typer.echo(f"{total[0]:>10}  {human(total[1]):>10}  {prefix or '(all)'} total ({total[1]} bytes)")
+        typer.echo(f"{total[0]:>10}  {human(total[1]):>10}  {at or '(all)'} total ({total[1]} bytes)")
 
     run(work)
 
@@ -141,8 +143,9 @@ def rm(
     """Delete KEYS (a missing key is not an error), or with -r every object under the prefixes."""
 
     async def work() -> None:
-        async with closing(open_store(store, token)) as s:
-            for key in keys:
+        for text in keys:
+            s, key = open_at(text, store, token)
+            async with closing(s):
                 if not recursive:
                     if dry_run:
                         typer.echo(f"would delete {key}")
@@ -175,7 +178,7 @@ def _tree_run(source: str, dest: str, tokens: SideTokens, opts: Options) -> None
     async def work() -> None:
         src, dst = parse_ref(source), parse_ref(dest)
         if src.key is None and dst.key is None:
-            raise InvalidArgumentError(f"both sides are local ({source!r}, {dest!r}): one must be a store")
+            _must_not_overlap(src.store, dst.store)
         if src.key is None and not await asyncio.to_thread(os.path.isdir, src.store):
             raise NotADirectoryError(f"not a directory: {src.store!r}")
         async with contextlib.AsyncExitStack() as stack:
@@ -184,6 +187,13 @@ def _tree_run(source: str, dest: str, tokens: SideTokens, opts: Options) -> None
             raise stats.first_error
 
     run(work)
+
+
+def _must_not_overlap(source: str, dest: str) -> None:
+    """A local-to-local tree transfer needs two separate directories (neither inside the other)."""
+    a, b = Path(source).resolve(), Path(dest).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise InvalidArgumentError(f"{source!r} and {dest!r} overlap: give two separate directories")
 
 
 def _options(**kw: object) -> Options:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body
+from .._base import BaseBackend, StorageBackend, check_read_conditions, iter_body, url_after_put
 from .._errors import (
     ConfigurationError,
     IntegrityError,
@@ -39,7 +39,7 @@ from .._types import (
 )
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, new_header, read_ahead
+from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, close, new_header, read_ahead
 
 __all__ = [
     "ALGORITHM",
@@ -290,6 +290,10 @@ class Encrypt(Layer):
     async def head(self, key: str) -> ObjectInfo:
         return self._plain(await self.inner.head(key))
 
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (encrypted or not: nothing is decrypted)."""
+        return await self.inner.exists(key)
+
     async def put_object(
         self,
         key: str,
@@ -331,16 +335,23 @@ class Encrypt(Layer):
                 backend=self.name,
                 operation="put",
             )
-        small = isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT
-        info = await self.inner.put_object(
-            key,
-            cipher.encrypt_all(body) if small else read_ahead(cipher.encrypt_stream(iter_body(body))),  # type: ignore[arg-type]
-            content_type=content_type,
-            metadata=stored,
-            mode=mode,
-            cache_control=cache_control,
-            content_disposition=content_disposition,
-        )
+        sealed: bytes | AsyncGenerator[bytes, None]
+        if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
+            sealed = cipher.encrypt_all(body)
+        else:
+            sealed = read_ahead(cipher.encrypt_stream(iter_body(body)))
+        try:
+            info = await self.inner.put_object(
+                key,
+                sealed,
+                content_type=content_type,
+                metadata=stored,
+                mode=mode,
+                cache_control=cache_control,
+                content_disposition=content_disposition,
+            )
+        finally:
+            await close(sealed)  # a store that stopped reading (a refused write) leaves no reader behind
         if not info.metadata:
             info = dataclasses.replace(info, metadata=stored)
         return self._plain(info)
@@ -380,8 +391,8 @@ class Encrypt(Layer):
             raise
         whole = in_memory(dl)
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
-            data = b"".join([c async for c in cipher.decrypt_stream(_once(whole), 0, None, skip_header=True)])
-            return Download(plain, data)
+            last = Layout(plain.encryption.segment_size).segments(len(whole)) - 1
+            return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
         segments = cipher.decrypt_stream(read_ahead(aiter(dl)), 0, None, skip_header=True)
         chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
@@ -444,6 +455,13 @@ class Encrypt(Layer):
         first = layout.segment_of(lo)
         cipher = await self._cipher(key, dl.info.metadata, plain.encryption)
         last_index = layout.segments(dl.info.size) - 1
+        span = in_memory(dl)
+        if span is not None and hi - lo <= IN_MEMORY_LIMIT:  # the store already read it: no stream needed
+            skip = lo - layout.plain_start(first)
+            piece = cipher.decrypt_span(span, first, last_index, skip_header=first == 0)[skip : skip + hi - lo]
+            if len(piece) != hi - lo:
+                raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=self.name)
+            return Download(plain, piece, start=lo, end=hi, range_requested=True)
         segments = cipher.decrypt_stream(aiter(dl), first, last_index, skip_header=first == 0)
         chunks = _window(segments, lo - layout.plain_start(first), hi - lo, key, self.name)
         return Download(plain, chunks, start=lo, end=hi, range_requested=True, close=dl.aclose)
@@ -505,8 +523,13 @@ class Encrypt(Layer):
         """Store ``data`` encrypted; a signed URL with a ``signer``, else the key as a relative URL."""
         await self.put_object(key, data, content_type=content_type, metadata=metadata)
         if self.signer is None:
-            return quote(key, safe="/")
-        return await self.sign_url(key)
+            return self.unsigned_url(key)
+        return await url_after_put(self, key)
+
+    def unsigned_url(self, key: str) -> str:
+        """The key as a relative URL: no URL of the store below may stand in for one of this layer
+        (it would serve ciphertext), also when a layer above falls back to an unsigned URL."""
+        return quote(key, safe="/")
 
 
 def range_attempts() -> range:
@@ -517,10 +540,13 @@ def range_attempts() -> range:
 async def _checked(chunks: AsyncIterator[bytes], size: int, key: str, backend: str) -> AsyncIterator[bytes]:
     """``chunks``, checked to add up to ``size`` bytes."""
     seen = 0
-    async for chunk in chunks:
-        seen += len(chunk)
-        if chunk:
-            yield chunk
+    try:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if chunk:
+                yield chunk
+    finally:
+        await close(chunks)
     if seen != size:
         raise IntegrityError(f"decrypted {seen} bytes, expected {size}", key=key, backend=backend)
 
@@ -542,13 +568,9 @@ async def _window(
             if length == 0:
                 return
     finally:
-        await segments.aclose()
+        await close(segments)
     if length:
         raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=backend)
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def _skip(dl: Download, count: int) -> Download:

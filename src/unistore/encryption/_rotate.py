@@ -18,6 +18,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .._base import StorageBackend
@@ -27,6 +28,7 @@ from .._errors import (
     NotFoundError,
     PreconditionFailedError,
     StorageError,
+    TransientError,
 )
 from .._types import IfMatch, ObjectInfo
 from ._encrypt import META_ALGORITHM, META_KEY_ID, META_WRAPPED_KEY, Encrypt, EncryptionInfo, wrap_context
@@ -50,6 +52,8 @@ Mode = Literal["rewrap", "reencrypt"]
 _ATTEMPTS = 5  # tries per object while live writers keep changing it
 _SMALL = 16 * 1024 * 1024  # re-encrypted from memory up to this size (keeps the plaintext size and digest)
 _SAMPLES = 20
+_BEHIND = 64
+_TRANSIENT_TRIES = 5  # a throttled or unreachable KMS or store: backoff 0.2, 0.4, 0.8, 1.6 s, then the job stops
 
 
 class KeyInUseError(PreconditionFailedError):
@@ -188,11 +192,15 @@ class _Job:
         progress: Callable[[RotationProgress], object] | None,
         metrics: Any,
         checkpoint_every: float,
+        written_before: datetime | None,
     ) -> None:
         if mode not in ("rewrap", "reencrypt"):
             raise ConfigurationError(f"unknown rotation mode {mode!r}: rewrap or reencrypt")
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if written_before is not None and written_before.tzinfo is None:
+            written_before = written_before.replace(tzinfo=UTC)
+        self.written_before = written_before
         self.enc = _encrypt_layer(store)
         self.raw = self.enc.inner
         self.keyring = self.enc.keyring
@@ -211,7 +219,7 @@ class _Job:
         self.started = time.monotonic()
         target = self.keyring.primary_id
         cp = await self.state.begin(target)
-        self.since = cp.started_at
+        self.since = self.written_before or cp.started_at
         counts = cp.counts
         running = self.metrics[1].labels(self.mode) if self.metrics else None
         if running is not None:
@@ -221,16 +229,15 @@ class _Job:
         try:
             try:
                 async for info in self._listing(cp.cursor):
+                    await self._room(inflight, counts, cp)
                     await self.pace.wait()
                     inflight.append((info.key, asyncio.create_task(self._one(info))))
-                    if len(inflight) >= self.concurrency:
-                        await asyncio.wait([t for _, t in inflight], return_when=asyncio.FIRST_COMPLETED)
                     cp.cursor = self._settle(inflight, counts, cp.cursor)
                     if time.monotonic() - last_save >= self.checkpoint_every:
                         await self.state.save(cp)
                         last_save = time.monotonic()
                 while inflight:
-                    await asyncio.wait([t for _, t in inflight], return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([inflight[0][1]])
                     cp.cursor = self._settle(inflight, counts, cp.cursor)
             except BaseException:
                 for _, task in inflight:
@@ -247,6 +254,19 @@ class _Job:
         return RotationReport(
             self.mode, self.prefix, target, dict(counts), tuple(self.failed), cp.runs, time.monotonic() - self.started
         )
+
+    async def _room(self, inflight: deque[tuple[str, asyncio.Task[str]]], counts: dict[str, int], cp: Any) -> None:
+        """Wait until fewer than ``concurrency`` objects are in flight, and the finished ones waiting
+        behind a slow one (to advance the cursor in key order) are at most ``_BEHIND`` per slot."""
+        while True:
+            cp.cursor = self._settle(inflight, counts, cp.cursor)
+            pending = [t for _, t in inflight if not t.done()]
+            if len(pending) >= self.concurrency:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            elif len(inflight) >= self.concurrency * _BEHIND:
+                await asyncio.wait([inflight[0][1]])
+            else:
+                return
 
     async def _listing(self, cursor: str | None) -> AsyncIterator[ObjectInfo]:
         async for info in self.raw.iter_objects(self.prefix, start_after=cursor):
@@ -269,6 +289,16 @@ class _Job:
         return cursor
 
     async def _one(self, listed: ObjectInfo) -> str:
+        for attempt in range(_TRANSIENT_TRIES):
+            try:
+                return await self._attempt(listed)
+            except TransientError:
+                if attempt == _TRANSIENT_TRIES - 1:
+                    raise  # the job stops; its checkpoint lets a rerun resume
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, listed: ObjectInfo) -> str:
         key = listed.key
         primary = self.keyring.primary_id
         if self.mode == "rewrap" and listed.metadata.get(META_KEY_ID) == primary:
@@ -333,6 +363,7 @@ async def rotate(
     progress: Callable[[RotationProgress], object] | None = None,
     metrics: Any = None,
     checkpoint_every: float = 1.0,
+    written_before: datetime | None = None,
 ) -> RotationReport:
     """Rotate every object under ``prefix`` of ``store`` (an :class:`Encrypt` layer, or a stack holding
     one) to its keyring's primary KEK: ``mode="rewrap"`` or ``"reencrypt"``.
@@ -342,6 +373,10 @@ async def rotate(
     ``prometheus_client`` is installed, ``False``: none). The checkpoint is saved every
     ``checkpoint_every`` seconds and when the job stops for any reason; rerunning resumes. A job
     already running for the same store, mode and prefix raises :class:`RotationConflictError`.
+
+    ``reencrypt`` leaves alone objects under the primary KEK written at or after ``written_before``
+    (default: when the job first started, so a resumed job rewrites nothing twice); pass the same
+    ``written_before`` to rerun a finished job without rewriting anything again.
     """
     job = _Job(
         store,
@@ -352,6 +387,7 @@ async def rotate(
         progress=progress,
         metrics=metrics,
         checkpoint_every=checkpoint_every,
+        written_before=written_before,
     )
     return await job.run()
 

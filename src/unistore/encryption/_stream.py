@@ -34,6 +34,7 @@ __all__ = [
     "Layout",
     "SegmentCipher",
     "TAG_SIZE",
+    "close",
     "new_header",
     "read_ahead",
 ]
@@ -146,26 +147,54 @@ class SegmentCipher:
         segment plus one input chunk is held in memory. Whole segments are encrypted straight
         from the input chunk; only a segment spanning two chunks is copied.
         """
-        yield self.header
-        layout, index, pending = self.layout, 0, bytearray()
-        async for chunk in chunks:
-            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
-            if pending:
-                take = min(layout.plain_len(index) - len(pending), end)
-                pending += view[:take]
-                pos = take
-                if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
-                    out.append(self.encrypt(index, pending, False))
-                    index, pending = index + 1, bytearray()
-            while not pending and end - pos > layout.plain_len(index):
-                size = layout.plain_len(index)
-                out.append(self.encrypt(index, view[pos : pos + size], False))
-                pos, index = pos + size, index + 1
-            if pos < end:
-                pending += view[pos:]
-            if out:  # one write per input chunk, not per segment
-                yield out[0] if len(out) == 1 else b"".join(out)
-        yield self.encrypt(index, pending, True)
+        try:
+            yield self.header
+            layout, index, pending = self.layout, 0, bytearray()
+            async for chunk in chunks:
+                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                if pending:
+                    take = min(layout.plain_len(index) - len(pending), end)
+                    pending += view[:take]
+                    pos = take
+                    if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
+                        out.append(self.encrypt(index, pending, False))
+                        index, pending = index + 1, bytearray()
+                while not pending and end - pos > layout.plain_len(index):
+                    size = layout.plain_len(index)
+                    out.append(self.encrypt(index, view[pos : pos + size], False))
+                    pos, index = pos + size, index + 1
+                if pos < end:
+                    pending += view[pos:]
+                if out:  # one write per input chunk, not per segment
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            yield self.encrypt(index, pending, True)
+        finally:
+            await close(chunks)
+
+    def decrypt_span(self, ciphertext: bytes, first: int, last_index: int, *, skip_header: bool) -> bytes:
+        """The plaintext of in-memory ``ciphertext`` that starts at segment ``first`` (at the header
+        with ``skip_header``); segment ``last_index`` is the object's last one."""
+        view, pos, index, out = memoryview(ciphertext), 0, first, []
+        if skip_header:
+            if ciphertext[:HEADER_SIZE] != self.header:
+                raise IntegrityError("the ciphertext header does not match the object's metadata")
+            pos = HEADER_SIZE
+        while index <= last_index and pos < len(ciphertext):
+            size = self.layout.plain_len(index) + TAG_SIZE
+            if index == last_index:
+                if len(ciphertext) - pos < TAG_SIZE:
+                    raise IntegrityError(f"the ciphertext ends inside segment {index}")
+                out.append(self.decrypt(index, view[pos:], True))
+                pos = len(ciphertext)
+            elif len(ciphertext) - pos < size:
+                raise IntegrityError(f"the ciphertext ends inside segment {index}")
+            else:
+                out.append(self.decrypt(index, view[pos : pos + size], False))
+                pos += size
+            index += 1
+        if pos != len(ciphertext):
+            raise IntegrityError("the ciphertext is longer than its segments")
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def encrypt_all(self, plaintext: bytes) -> bytes:
         """The whole ciphertext of an in-memory ``plaintext``."""
@@ -188,45 +217,55 @@ class SegmentCipher:
         authenticated before any of its bytes is yielded; a short or overlong stream raises
         :class:`IntegrityError`.
         """
-        layout, index, pending = self.layout, first, bytearray()
-        header: bytearray | None = bytearray() if skip_header else None
-        async for chunk in chunks:
-            view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+        try:
+            layout, index, pending = self.layout, first, bytearray()
+            header: bytearray | None = bytearray() if skip_header else None
+            async for chunk in chunks:
+                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                if header is not None:
+                    pos = min(HEADER_SIZE - len(header), end)
+                    header += view[:pos]
+                    if len(header) < HEADER_SIZE:
+                        continue
+                    if header != self.header:
+                        raise IntegrityError("the ciphertext header does not match the object's metadata")
+                    header = None
+                if pending:
+                    take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
+                    pending += view[pos : pos + take]
+                    pos += take
+                    full = len(pending) == layout.plain_len(index) + TAG_SIZE
+                    if full and (pos < end if last_index is None else index < last_index):
+                        out.append(self.decrypt(index, pending, False))
+                        index, pending = index + 1, bytearray()
+                while not pending:
+                    size = layout.plain_len(index) + TAG_SIZE
+                    left = end - pos
+                    if left < size or (left == size if last_index is None else index >= last_index):
+                        break
+                    out.append(self.decrypt(index, view[pos : pos + size], False))
+                    pos, index = pos + size, index + 1
+                if pos < end:
+                    pending += view[pos:]
+                for segment in out:
+                    yield segment
             if header is not None:
-                pos = min(HEADER_SIZE - len(header), end)
-                header += view[:pos]
-                if len(header) < HEADER_SIZE:
-                    continue
-                if header != self.header:
-                    raise IntegrityError("the ciphertext header does not match the object's metadata")
-                header = None
-            if pending:
-                take = min(max(layout.plain_len(index) + TAG_SIZE - len(pending), 0), end - pos)
-                pending += view[pos : pos + take]
-                pos += take
-                full = len(pending) == layout.plain_len(index) + TAG_SIZE
-                if full and (pos < end if last_index is None else index < last_index):
-                    out.append(self.decrypt(index, pending, False))
-                    index, pending = index + 1, bytearray()
-            while not pending:
-                size = layout.plain_len(index) + TAG_SIZE
-                left = end - pos
-                if left < size or (left == size if last_index is None else index >= last_index):
-                    break
-                out.append(self.decrypt(index, view[pos : pos + size], False))
-                pos, index = pos + size, index + 1
-            if pos < end:
-                pending += view[pos:]
-            for segment in out:
-                yield segment
-        if header is not None:
-            raise IntegrityError("the ciphertext ends inside its header")
-        if last_index is None or index == last_index:
-            if len(pending) < TAG_SIZE:
+                raise IntegrityError("the ciphertext ends inside its header")
+            if last_index is None or index == last_index:
+                if len(pending) < TAG_SIZE:
+                    raise IntegrityError(f"the ciphertext ends inside segment {index}")
+                yield self.decrypt(index, pending, True)
+            elif pending:
                 raise IntegrityError(f"the ciphertext ends inside segment {index}")
-            yield self.decrypt(index, pending, True)
-        elif pending:
-            raise IntegrityError(f"the ciphertext ends inside segment {index}")
+        finally:
+            await close(chunks)
+
+
+async def close(stream: object) -> None:
+    """Close an async generator (or anything with ``aclose``) that a consumer stops reading."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _Raised:
@@ -272,6 +311,4 @@ async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGener
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close(source)

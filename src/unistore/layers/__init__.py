@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
 from ._idempotency import (
     Idempotency,
@@ -26,6 +27,7 @@ from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
 from ._retry import Retry, RetryEvent
+from ._scan import QUARANTINE_PREFIX, Scan, ScanMode
 from ._scoped import Scoped, scoped
 from ._validate import (
     FilenameRejectedError,
@@ -54,9 +56,13 @@ __all__ = [
     "Layer",
     "LayerFactory",
     "Observe",
+    "QUARANTINE_PREFIX",
     "RateLimit",
+    "ReadFallback",
     "Retry",
     "RetryEvent",
+    "Scan",
+    "ScanMode",
     "Scoped",
     "UnsupportedMediaTypeError",
     "UploadRule",

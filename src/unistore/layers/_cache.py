@@ -10,7 +10,7 @@ from typing import Any
 
 from .._base import StorageBackend, check_read_conditions
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
-from .._types import Body, ByteRange, Download, ObjectInfo, Range, WriteMode
+from .._types import Body, ByteRange, CommonPrefix, Download, ObjectInfo, Range, WriteMode
 from ..backends.memory import MemoryBackend
 from ._layer import Layer, in_memory
 
@@ -271,6 +271,12 @@ class Cache(Layer):
 
     def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         return self.inner.iter_keys(prefix, start_after=start_after)
+
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """Listings are never cached: the inner store's own folder listing."""
+        return self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after)
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

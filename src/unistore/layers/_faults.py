@@ -10,7 +10,7 @@ from typing import Any
 
 from .._base import StorageBackend, settings_from
 from .._errors import ConfigurationError, RateLimitedError, TransientError, UnavailableError
-from .._types import Body, Download, ObjectInfo, Range, WriteMode
+from .._types import Body, CommonPrefix, Download, ObjectInfo, Range, WriteMode
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["FaultSettings", "Faults"]
@@ -190,6 +190,13 @@ class Faults(Layer):
         await self._before("list", None)
         async for key in self.inner.iter_keys(prefix, start_after=start_after):
             yield key
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        await self._before("list", None)
+        async for entry in self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after):
+            yield entry
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

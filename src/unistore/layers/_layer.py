@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .._base import BaseBackend, StorageBackend
-from .._types import Body, Capabilities, Download, ObjectInfo, Range, WriteMode
+from .._types import Body, Capabilities, CommonPrefix, Download, ObjectInfo, Range, WriteMode
 
 __all__ = ["Layer", "LayerFactory", "in_memory", "rewrap", "stack"]
 
@@ -93,6 +93,16 @@ class Layer(BaseBackend):
 
     def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         return self.inner.iter_keys(prefix, start_after=start_after)
+
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """The inner store's own (native) folder listing when this layer lists objects as the inner
+        store does (it does not override :meth:`iter_objects`); else the computed one over this
+        layer's :meth:`iter_objects`, so a layer that changes listed objects changes these too."""
+        if type(self).iter_objects is Layer.iter_objects:
+            return self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after)
+        return BaseBackend.iter_entries(self, prefix, delimiter=delimiter, start_after=start_after)
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"

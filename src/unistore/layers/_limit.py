@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .._base import StorageBackend, signing_for_put
 from .._errors import ConfigurationError, RateLimitedError
-from .._types import Download, ObjectInfo, Range
+from .._types import CommonPrefix, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["RateLimit"]
@@ -27,10 +27,14 @@ class RateLimit(Layer):
 
     A streamed download holds its permit until it is exhausted, fails or is
     closed (an in-memory one releases it at once). A listing holds it until its
-    first item. When saturated, ``wait=True`` queues; ``wait=False`` raises
+    first item, and takes one token per page of :attr:`LIST_PAGE` entries. When
+    saturated, ``wait=True`` queues; ``wait=False`` raises
     :class:`RateLimitedError` at once with ``retry_after``: the time until the
     next token, or ``busy_retry_after`` when every permit is taken.
     """
+
+    LIST_PAGE = 1000
+    """Entries per listing page (S3's and GCS's page): a listing takes a token per page."""
 
     def __init__(
         self,
@@ -157,6 +161,11 @@ class RateLimit(Layer):
         async for key in self._listing(self.inner.iter_keys(prefix, start_after=start_after)):
             yield key
 
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        return self._listing(self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after))
+
     async def _listing(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         held = await self._acquire("list", None)
         try:
@@ -166,7 +175,11 @@ class RateLimit(Layer):
         if first is None:
             return
         yield first
+        count = 1
         async for item in items:
+            if count % self.LIST_PAGE == 0:  # the first item of the next page
+                await self._take_token("list", None)
+            count += 1
             yield item
 
     async def sign_url(

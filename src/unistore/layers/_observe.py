@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .._base import StorageBackend, signing_for_put, url_after_put
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
-from .._types import Body, Download, ObjectInfo, Range
+from .._types import Body, CommonPrefix, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 from ._metrics import KEY_LABELS, Metrics, metrics_for
 from ._retry import Retry, RetryEvent
@@ -359,6 +359,14 @@ class Observe(Layer):
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         async for item in self._listing(prefix, self.inner.iter_keys(prefix, start_after=start_after)):
+            yield item
+
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """The inner store's folder listing (native where it has one), measured as a ``list``."""
+        entries = self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after)
+        async for item in self._listing(prefix, entries):
             yield item
 
     async def _listing(self, prefix: str, items: AsyncIterator[T]) -> AsyncIterator[T]:

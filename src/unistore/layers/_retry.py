@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 
 from .._base import StorageBackend, iter_body
 from .._errors import ConfigurationError, InvalidRangeError, PreconditionFailedError, TransientError
-from .._types import Body, ByteRange, Download, ObjectInfo, Range, WriteMode
+from .._types import Body, ByteRange, CommonPrefix, Download, ObjectInfo, Range, WriteMode
 from ._layer import Layer, in_memory, rewrap
 
 __all__ = ["Retry", "RetryEvent"]
@@ -187,6 +187,18 @@ class Retry(Layer):
         ):
             yield info
 
+    async def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """The inner store's folder listing; after a transient error it resumes past the last
+        entry (object key or folder prefix) it yielded."""
+        async for entry in self._resume_listing(
+            prefix,
+            start_after,
+            lambda after: self.inner.iter_entries(prefix, delimiter=delimiter, start_after=after),
+        ):
+            yield entry
+
     async def _resume_listing(
         self, prefix: str, after: str | None, listing: Callable[[str | None], AsyncIterator[Any]]
     ) -> AsyncIterator[Any]:
@@ -195,12 +207,16 @@ class Retry(Layer):
             try:
                 async for item in listing(after):
                     yield item
-                    after = item if isinstance(item, str) else item.key
+                    after = item if isinstance(item, str) else _cursor(item)
                     attempt = 1
                 return
             except TransientError as exc:
                 await self._backoff("list", prefix, attempt, exc, since)
                 attempt += 1
+
+
+def _cursor(item: ObjectInfo | CommonPrefix) -> str:
+    return item.prefix if isinstance(item, CommonPrefix) else item.key
 
 
 class _Replay:

@@ -16,7 +16,7 @@ from .._config import easy_storage
 from .._errors import NotFoundError, UnsupportedError
 from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
-from ..layers import Idempotency, Layer, Observe, Validate
+from ..layers import Idempotency, Layer, Observe, Scan, Validate
 from ._access import ServiceContext
 from ._guard import admitted_route
 from ._hooks import Hook, Webhook
@@ -117,6 +117,19 @@ def _native_uploads(backend: StorageBackend) -> Any:
     return uploads if isinstance(uploads, S3Uploads) else None
 
 
+def _scan(inner: StorageBackend, settings: ServiceSettings, registry: Any) -> Scan:
+    from ..scanners import ClamdClient
+
+    client = ClamdClient(settings.scan_url, timeout=settings.scan_timeout)
+    return Scan(
+        inner,
+        scanner=client,
+        mode=settings.scan_mode,
+        fail_open=settings.scan_fail_open,
+        metrics=registry if registry is not None else False,
+    )
+
+
 def create_app(
     backend: StorageBackend | None = None,
     *,
@@ -127,8 +140,8 @@ def create_app(
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
-    wrapped as ``Observe → [Validate] → Idempotency → backend`` (Validate when
-    ``settings.upload_rules`` is set); idempotency records live in
+    wrapped as ``Observe → [Validate] → [Scan] → Idempotency → backend`` (Validate when
+    ``settings.upload_rules`` is set, Scan when ``settings.scan_url`` is); idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
     upload sessions; expired ones are swept on the upload sweep timer too.
     ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``) are called with
@@ -143,7 +156,10 @@ def create_app(
     hot = RedisHotKeys(ctx.redis, raw.name) if ctx.redis is not None and labels != "off" else None
     records = Idempotency(raw, store=state, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease)
     # Validation sits above Idempotency, which spools a keyed body to hash it: the size limit cuts the stream first.
-    checked = records if ctx.upload_policy is None else Validate(records, policy=ctx.upload_policy)
+    # Scanning sits between them: it sees only bodies validation let through, streams each to clamd as it
+    # arrives, and fails the write before Idempotency or the store below commit anything.
+    scanned = records if settings.scan_url is None else _scan(records, settings, registry)
+    checked = scanned if ctx.upload_policy is None else Validate(scanned, policy=ctx.upload_policy)
     storage: StorageBackend = Observe(
         checked,
         metrics=registry if registry is not None else False,
@@ -182,8 +198,8 @@ def create_app(
         ttl=settings.upload_ttl,
         max_part_size=settings.max_body_size,
         hooks=[*hooks, *webhooks],
-        # Direct sessions send bytes straight to the store, past validation: only without upload rules.
-        native=_native_uploads(raw) if ctx.upload_policy is None else None,
+        # Direct sessions send bytes straight to the store, past validation and scanning: only without either.
+        native=_native_uploads(raw) if ctx.upload_policy is None and settings.scan_url is None else None,
     )
     original = app.router.lifespan_context
 

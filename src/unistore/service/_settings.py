@@ -129,6 +129,17 @@ class ServiceSettings:
     upload_filename_checks: bool = True
     """With ``upload_rules``: refuse names with two file extensions (``a.jpg.exe``) or format characters, and
     extensions that disagree with the bytes."""
+    scan_url: str | None = None
+    """clamd to scan every upload with: ``unix:///path`` or ``tcp://host:port`` (see ``docs/scanning.md``);
+    unset: no malware scanning."""
+    scan_mode: Literal["reject", "quarantine"] = "reject"
+    """An infected upload: ``reject`` (422, nothing stored) or ``quarantine`` (422, the body kept under
+    ``.unistore/quarantine/`` with the verdict in its metadata, readable by no token)."""
+    scan_fail_open: bool = False
+    """When clamd is down or times out: off refuses the upload (503 with ``Retry-After``); on stores it
+    unscanned and counts it in ``unistore_scan_unscanned_writes_total``."""
+    scan_timeout: float = 30.0
+    """Seconds each exchange with clamd may take (connect, each chunk, the verdict)."""
 
     def __post_init__(self) -> None:
         # A str secret (as a Python caller naturally writes one) is used UTF-8 encoded, like UNISTORE_SECRET;
@@ -182,6 +193,12 @@ class ServiceSettings:
         if not all(isinstance(r, UploadRule) for r in self.upload_rules):
             raise ConfigurationError("upload_rules must be UploadRule values")
         self.upload_policy  # noqa: B018 - builds the policy, so a bad one fails here
+        if self.scan_mode not in ("reject", "quarantine"):
+            raise ConfigurationError("scan_mode must be reject or quarantine (UNISTORE_SCAN_MODE)")
+        if self.scan_timeout <= 0:
+            raise ConfigurationError("scan_timeout must be > 0")
+        if self.scan_url is not None and not self.scan_url.startswith(("unix://", "tcp://")):
+            raise ConfigurationError("UNISTORE_SCAN_URL must be a unix:///path or tcp://host:port URL")
 
     @property
     def upload_policy(self) -> ValidationPolicy | None:
@@ -214,7 +231,8 @@ class ServiceSettings:
         ``UNISTORE_MAX_TOKEN_LIFETIME``, ``UNISTORE_ACCEPTED_SECRETS`` (separated by commas or spaces),
         ``UNISTORE_METRICS``, ``UNISTORE_METRICS_KEY_LABELS``, ``UNISTORE_REDIS_URL``, ``UNISTORE_REDIS_PREFIX``,
         ``UNISTORE_UPLOAD_RULES`` (JSON), ``UNISTORE_UPLOAD_TYPE_MISMATCH``,
-        ``UNISTORE_UPLOAD_FILENAME_CHECKS`` (on/off).
+        ``UNISTORE_UPLOAD_FILENAME_CHECKS`` (on/off), ``UNISTORE_SCAN_URL``, ``UNISTORE_SCAN_MODE``,
+        ``UNISTORE_SCAN_FAIL_OPEN`` (on/off), ``UNISTORE_SCAN_TIMEOUT``.
         Auth is on unless ``UNISTORE_AUTH`` says off."""
         env = os.environ if env is None else env
         auth_text = env.get("UNISTORE_AUTH", "on").strip().lower()
@@ -229,15 +247,17 @@ class ServiceSettings:
             "webhook_secret": hook_secret.encode() if hook_secret else None,
             "accepted_secrets": tuple(s.encode() for s in _words(env.get("UNISTORE_ACCEPTED_SECRETS", ""))),
             "redis_url": env.get("UNISTORE_REDIS_URL") or None,
+            "scan_url": env.get("UNISTORE_SCAN_URL") or None,
         }
         if env.get("UNISTORE_UPLOAD_RULES", "").strip():
             kwargs["upload_rules"] = upload_rules_from_json(env["UNISTORE_UPLOAD_RULES"])
-        checks = env.get("UNISTORE_UPLOAD_FILENAME_CHECKS", "").strip().lower()
-        if checks:
-            if checks not in _TRUE | _FALSE:
-                raise ConfigurationError("UNISTORE_UPLOAD_FILENAME_CHECKS must be on or off")
-            kwargs["upload_filename_checks"] = checks in _TRUE
-        for name in ("metrics", "metrics_key_labels", "redis_prefix", "upload_type_mismatch"):
+        for name in ("upload_filename_checks", "scan_fail_open"):
+            flag = env.get("UNISTORE_" + name.upper(), "").strip().lower()
+            if flag:
+                if flag not in _TRUE | _FALSE:
+                    raise ConfigurationError(f"UNISTORE_{name.upper()} must be on or off")
+                kwargs[name] = flag in _TRUE
+        for name in ("metrics", "metrics_key_labels", "redis_prefix", "upload_type_mismatch", "scan_mode"):
             text = env.get("UNISTORE_" + name.upper(), "").strip()
             if text:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text
@@ -257,6 +277,7 @@ class ServiceSettings:
             "upload_ttl": float,
             "upload_sweep_interval": float,
             "max_token_lifetime": int,
+            "scan_timeout": float,
         }
         for name, cast in casts.items():
             raw = env.get("UNISTORE_" + name.upper())

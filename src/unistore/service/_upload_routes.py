@@ -65,6 +65,10 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
     ) -> dict[str, Any]:
         """Start a session for ``key``; ``direct`` keeps the parts in the store (presigned part URLs)."""
         ctx.check(request, "write", key)
+        if direct and ctx.settings.scan_url is not None:
+            raise InvalidArgumentError(
+                "direct uploads would skip malware scanning; send the parts through this service", key=key
+            )
         if ctx.upload_policy is not None:  # the name and declared type are refused now, not after every part
             if direct:
                 raise InvalidArgumentError(

@@ -544,6 +544,40 @@ class BackendConformance:
         with pytest.raises(InvalidKeyError):
             [e async for e in backend.iter_entries("../")]
 
+    async def test_delimited_listing_pages_across_folders_and_objects(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        sem = asyncio.Semaphore(16)
+
+        async def put(k: str) -> None:
+            async with sem:
+                await backend.put_object(prefix + k, b"")
+
+        keys = [f"lvl/d{i:02d}/x" for i in range(0, 60, 2)] + [f"lvl/e{i:02d}" for i in range(1, 60, 2)]
+        keys += ["lvl/d10/deeper/y", "other/z"]
+        await asyncio.gather(*(put(k) for k in keys))
+        level = prefix + "lvl/"
+        full = [e async for e in backend.iter_entries(level)]
+        names = [e.prefix if isinstance(e, CommonPrefix) else e.key for e in full]
+        expected = sorted(
+            [f"{level}d{i:02d}/" for i in range(0, 60, 2)] + [f"{level}e{i:02d}" for i in range(1, 60, 2)]
+        )
+        assert names == expected
+        # a client paging 7 entries at a time, each page resumed after the last name it saw
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            page: list[str] = []
+            async for e in backend.iter_entries(level, start_after=after):
+                page.append(e.prefix if isinstance(e, CommonPrefix) else e.key)
+                if len(page) == 7:
+                    break
+            if not page:
+                break
+            seen += page
+            after = page[-1]
+        assert seen == expected
+
     async def test_listings_never_invent_a_content_type(self, backend: StorageBackend, prefix: str) -> None:
         await backend.put_object(prefix + "t/a.json", b"{}", content_type="text/x-stored")
         listed = [i async for i in backend.iter_objects(prefix + "t/")]

@@ -1,0 +1,467 @@
+"""Migrate (backfill) every object under a prefix from one store to another, verified and resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._base import StorageBackend
+from ._errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
+from ._keys import RESERVED_PREFIX, reserved_keys, validate_prefix
+from ._types import ObjectInfo
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "Difference",
+    "Failure",
+    "MigrationReport",
+    "Upgrade",
+    "checkpoint_key",
+    "migrate",
+]
+
+CHECKPOINT_PREFIX = ".unistore/migrate/"
+"""Where checkpoints live in the destination; keys under it are never migrated."""
+
+SCHEMA_VERSION = "schema_version"
+
+Upgrade = Callable[[bytes, ObjectInfo, int], bytes | Awaitable[bytes]]
+"""``upgrade(data, info, version)`` returns the object's bytes at ``version + 1``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A destination object that is not what the source would give: ``reason`` says how."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An object that could not be copied or checked, with the error."""
+
+    key: str
+    reason: str
+
+
+@dataclass(slots=True)
+class MigrationReport:
+    """What one run did. ``copied`` counts objects written (or, in a dry run, that would be);
+    ``skipped`` identical objects already there; ``missing`` (verify-only) absent ones."""
+
+    copied: int = 0
+    skipped: int = 0
+    bytes_copied: int = 0
+    upgraded: int = 0
+    missing: list[str] = field(default_factory=list)
+    differing: list[Difference] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    resumed_after: str | None = None
+    dry_run: bool = False
+    verify_only: bool = False
+    seconds: float = 0.0
+
+    @property
+    def examined(self) -> int:
+        """Objects looked at in this run."""
+        return self.copied + self.skipped + len(self.missing) + len(self.differing) + len(self.failed)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing missing, differing or failed."""
+        return not (self.missing or self.differing or self.failed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "copied": self.copied,
+            "skipped": self.skipped,
+            "bytes_copied": self.bytes_copied,
+            "upgraded": self.upgraded,
+            "missing": list(self.missing),
+            "differing": [{"key": d.key, "reason": d.reason} for d in self.differing],
+            "failed": [{"key": f.key, "reason": f.reason} for f in self.failed],
+            "resumed_after": self.resumed_after,
+            "dry_run": self.dry_run,
+            "verify_only": self.verify_only,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+        }
+
+    def text(self) -> str:
+        """A short human-readable summary, one problem per line."""
+        verb = "would copy" if self.dry_run else "copied"
+        lines = [
+            f"{verb} {self.copied}, skipped {self.skipped}, missing {len(self.missing)}, "
+            f"differing {len(self.differing)}, failed {len(self.failed)} ({self.bytes_copied} bytes, "
+            f"{self.seconds:.1f} s)"
+        ]
+        if self.resumed_after is not None:
+            lines.append(f"resumed after {self.resumed_after!r}")
+        lines += [f"missing: {k}" for k in self.missing]
+        lines += [f"differing: {d.key}: {d.reason}" for d in self.differing]
+        lines += [f"failed: {f.key}: {f.reason}" for f in self.failed]
+        return "\n".join(lines)
+
+
+class _Bucket:
+    """A token bucket: ``take(n)`` waits until ``n`` tokens (at ``rate`` per second) are available."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, n: float) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            if self.tokens < 0:
+                await asyncio.sleep(-self.tokens / self.rate)
+
+
+class _Metrics:
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter
+
+        self.objects = Counter(
+            "unistore_migrate_objects", "Objects examined by migrations, by outcome", ["outcome"], registry=registry
+        )
+        self.bytes = Counter("unistore_migrate_bytes", "Bytes copied by migrations", registry=registry)
+
+
+def checkpoint_key(prefix: str, job: str) -> str:
+    """The checkpoint object of ``job`` over ``prefix``."""
+    digest = hashlib.sha256(f"{job}\0{prefix}".encode()).hexdigest()[:24]
+    return f"{CHECKPOINT_PREFIX}{digest}.json"
+
+
+async def migrate(
+    src: StorageBackend,
+    dst: StorageBackend,
+    prefix: str = "",
+    *,
+    dry_run: bool = False,
+    verify_only: bool = False,
+    concurrency: int = 8,
+    ops_per_second: float | None = None,
+    bytes_per_second: float | None = None,
+    schema_version: int | None = None,
+    upgrade: Upgrade | None = None,
+    job: str = "default",
+    checkpoint_every: int = 50,
+    metrics: Any = None,
+    on_progress: Callable[[MigrationReport], None] | None = None,
+) -> MigrationReport:
+    """Copy every object under ``prefix`` from ``src`` to ``dst`` and return a report.
+
+    Each copy keeps the body, content type, metadata, cache-control and content-disposition, is
+    written with ``mode="create"`` (an object already at ``dst`` is never overwritten: an
+    identical one is *skipped*, another one reported *differing*), and is read back from ``dst``
+    and checked by SHA-256 against the bytes read from ``src``. Progress is checkpointed in
+    ``dst`` under :data:`CHECKPOINT_PREFIX` (one checkpoint per ``job`` and ``prefix``), so a
+    rerun after a crash or kill starts after the last key up to which all were done; a run
+    without problems removes its checkpoint.
+
+    ``schema_version=N`` stamps ``schema_version=N`` metadata on every copy; with ``upgrade``,
+    a source object at version ``v < N`` (``N - 1`` when unstamped) is passed through
+    ``upgrade(data, info, v)`` for each ``v`` up to ``N`` (the whole object is held in memory).
+    ``verify_only`` reports missing and differing objects, writing nothing; ``dry_run`` reports
+    what would be copied. ``ops_per_second`` and ``bytes_per_second`` cap the pace;
+    ``metrics`` is a ``prometheus_client.CollectorRegistry`` to count into.
+    """
+    validate_prefix(prefix)
+    if concurrency < 1 or checkpoint_every < 1:
+        raise InvalidArgumentError("concurrency and checkpoint_every must be at least 1")
+    if upgrade is not None and schema_version is None:
+        raise InvalidArgumentError("an upgrade function needs a target schema_version")
+    for rate in (ops_per_second, bytes_per_second):
+        if rate is not None and rate <= 0:
+            raise InvalidArgumentError("rates must be positive")
+    run = _Run(
+        src,
+        dst,
+        prefix,
+        dry_run=dry_run,
+        verify_only=verify_only,
+        concurrency=concurrency,
+        ops=_Bucket(ops_per_second) if ops_per_second else None,
+        bytes_=_Bucket(bytes_per_second) if bytes_per_second else None,
+        schema_version=schema_version,
+        upgrade=upgrade,
+        checkpoint=checkpoint_key(prefix, job),
+        checkpoint_every=checkpoint_every,
+        metrics=_Metrics(metrics) if metrics is not None else None,
+        on_progress=on_progress,
+    )
+    return await run.go()
+
+
+class _Run:
+    def __init__(
+        self,
+        src: StorageBackend,
+        dst: StorageBackend,
+        prefix: str,
+        *,
+        dry_run: bool,
+        verify_only: bool,
+        concurrency: int,
+        ops: _Bucket | None,
+        bytes_: _Bucket | None,
+        schema_version: int | None,
+        upgrade: Upgrade | None,
+        checkpoint: str,
+        checkpoint_every: int,
+        metrics: _Metrics | None,
+        on_progress: Callable[[MigrationReport], None] | None,
+    ) -> None:
+        self.src, self.dst, self.prefix = src, dst, prefix
+        self.writes = not (dry_run or verify_only)
+        self.verify_only = verify_only
+        self.concurrency = concurrency
+        self.ops, self.bytes = ops, bytes_
+        self.schema_version, self.upgrade = schema_version, upgrade
+        self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
+        self.metrics, self.on_progress = metrics, on_progress
+        self.report = MigrationReport(dry_run=dry_run, verify_only=verify_only)
+        self.pending: deque[str] = deque()
+        self.done: set[str] = set()
+        self.watermark: str | None = None
+        self.since_checkpoint = 0
+        self.failed_keys: set[str] = set()
+
+    async def go(self) -> MigrationReport:
+        started = time.monotonic()
+        after = await self._load_checkpoint() if self.writes else None
+        self.report.resumed_after = after
+        self.watermark = after
+        sem = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(info: ObjectInfo) -> None:
+            try:
+                await self._one(info)
+            finally:
+                sem.release()
+
+        try:
+            async for info in self.src.iter_objects(self.prefix, start_after=after):
+                if info.key.startswith(RESERVED_PREFIX):  # the store's own state, never migrated
+                    continue
+                await sem.acquire()
+                self.pending.append(info.key)
+                task = asyncio.create_task(one(info))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        self.report.seconds = time.monotonic() - started
+        if self.writes:
+            if self.report.failed:
+                await self._save_checkpoint()
+            else:
+                with reserved_keys():
+                    await self.dst.remove(self.checkpoint)
+        return self.report
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    async def _load_checkpoint(self) -> str | None:
+        try:
+            with reserved_keys():
+                doc = json.loads(await self.dst.get(self.checkpoint))
+        except NotFoundError:
+            return None
+        after = doc.get("after") if isinstance(doc, dict) else None
+        return after if isinstance(after, str) and after.startswith(self.prefix) else None
+
+    async def _save_checkpoint(self) -> None:
+        doc = {"prefix": self.prefix, "after": self.watermark, "saved": time.time()}
+        with reserved_keys():
+            await self.dst.put_object(self.checkpoint, json.dumps(doc).encode(), content_type="application/json")
+
+    async def _finished(self, key: str) -> None:
+        """Mark ``key`` done; advance the watermark over the done keys at the head of the queue."""
+        if key not in self.failed_keys:
+            self.done.add(key)
+        moved = False
+        while self.pending and self.pending[0] in self.done:
+            self.watermark = self.pending.popleft()
+            self.done.discard(self.watermark)
+            moved = True
+        self.since_checkpoint += 1
+        if self.writes and moved and self.since_checkpoint >= self.checkpoint_every:
+            self.since_checkpoint = 0
+            await self._save_checkpoint()
+        if self.on_progress is not None:
+            self.on_progress(self.report)
+
+    # --- one object -------------------------------------------------------------------
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.objects.labels(outcome).inc()
+
+    async def _one(self, listed: ObjectInfo) -> None:
+        key = listed.key
+        try:
+            if self.ops is not None:
+                await self.ops.take(1)
+            await self._examine(key)
+        except StorageError as exc:
+            self.failed_keys.add(key)
+            self.report.failed.append(Failure(key, f"{type(exc).__name__}: {exc}"))
+            self._count("failed")
+        await self._finished(key)
+
+    async def _wanted(self, key: str) -> tuple[bytes, ObjectInfo, dict[str, str]]:
+        """The bytes, source info and metadata the destination copy should have."""
+        async with await self.src.open(key) as dl:
+            info = dl.info
+            data = await dl.read()
+        meta = dict(info.metadata)
+        if self.schema_version is not None:
+            version = _version(meta, self.schema_version - (1 if self.upgrade else 0))
+            if self.upgrade is not None and version < self.schema_version:
+                while version < self.schema_version:
+                    out = self.upgrade(data, info, version)
+                    data = await out if isinstance(out, Awaitable) else out
+                    version += 1
+                self.report.upgraded += 1
+            meta[SCHEMA_VERSION] = str(max(version, self.schema_version))
+        return data, info, meta
+
+    async def _examine(self, key: str) -> None:
+        try:
+            existing: ObjectInfo | None = await self.dst.head(key)
+        except NotFoundError:
+            existing = None
+        if existing is None and self.verify_only:
+            self.report.missing.append(key)
+            self._count("missing")
+            return
+        if existing is None and not self.writes:  # dry run
+            info = await self.src.head(key)
+            self.report.copied += 1
+            self.report.bytes_copied += info.size
+            self._count("copied")
+            return
+        if existing is None and await self._copy(key):
+            return
+        await self._compare(key)
+
+    async def _copy(self, key: str) -> bool:
+        """Create ``key`` at the destination; ``False`` if another writer created it first."""
+        if self.upgrade is not None:
+            data, info, meta = await self._wanted(key)
+            body: Any = data
+            size = len(data)
+            src_digest = hashlib.sha256(data).hexdigest()
+            holder = None
+        else:
+            holder = await self.src.open(key)
+            info = holder.info
+            meta = dict(info.metadata)
+            if self.schema_version is not None:
+                meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
+            size = info.size
+            sha = hashlib.sha256()
+            body = self._hashing(holder, sha)
+        try:
+            if self.bytes is not None and self.upgrade is not None:
+                await self.bytes.take(size)
+            try:
+                written = await self.dst.put_object(
+                    key,
+                    body,
+                    content_type=info.content_type,
+                    metadata=meta,
+                    mode="create",
+                    cache_control=info.cache_control,
+                    content_disposition=info.content_disposition,
+                )
+            except AlreadyExistsError:
+                return False
+        finally:
+            if holder is not None:
+                await holder.aclose()
+        if holder is not None:
+            src_digest = sha.hexdigest()
+        back = hashlib.sha256(await self.dst.get(key)).hexdigest()
+        if back != src_digest:
+            await _discard(self.dst, key, written.etag)
+            raise _integrity(key, "the copy read back differs from the source (SHA-256)")
+        self.report.copied += 1
+        self.report.bytes_copied += size
+        if self.metrics is not None:
+            self.metrics.bytes.inc(size)
+        self._count("copied")
+        return True
+
+    async def _hashing(self, chunks: AsyncIterable[bytes], sha: Any) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            if self.bytes is not None:
+                await self.bytes.take(len(chunk))
+            sha.update(chunk)
+            yield chunk
+
+    async def _compare(self, key: str) -> None:
+        """Report ``key`` (present at the destination) as skipped when identical, else differing."""
+        data, info, meta = await self._wanted(key)
+        async with await self.dst.open(key) as dl:
+            there = dl.info
+            there_data = await dl.read()
+        reasons = []
+        if hashlib.sha256(there_data).digest() != hashlib.sha256(data).digest():
+            reasons.append("content differs (SHA-256)")
+        ignore = () if self.schema_version is not None else (SCHEMA_VERSION,)
+        if _without(there.metadata, ignore) != _without(meta, ignore):
+            reasons.append("metadata differs")
+        if info.content_type != there.content_type:
+            reasons.append(f"content type {there.content_type!r} != {info.content_type!r}")
+        if (info.cache_control or None) != (there.cache_control or None):
+            reasons.append("cache-control differs")
+        if reasons:
+            self.report.differing.append(Difference(key, "; ".join(reasons)))
+            self._count("differing")
+        else:
+            self.report.skipped += 1
+            self._count("skipped")
+
+
+def _version(meta: Mapping[str, str], default: int) -> int:
+    try:
+        return int(meta[SCHEMA_VERSION])
+    except (KeyError, ValueError):
+        return default
+
+
+def _without(meta: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in meta.items() if k not in names}
+
+
+def _integrity(key: str, message: str) -> StorageError:
+    from ._errors import IntegrityError
+
+    return IntegrityError(message, key=key)
+
+
+async def _discard(store: StorageBackend, key: str, etag: str) -> None:
+    """Remove a bad copy we wrote (only that version), so a rerun copies it again."""
+    with contextlib.suppress(StorageError):
+        await store.remove(key, if_match=etag)
