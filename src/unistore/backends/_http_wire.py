@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
