@@ -130,6 +130,27 @@ def _scan(inner: StorageBackend, settings: ServiceSettings, registry: Any) -> Sc
     )
 
 
+def _encrypted(raw: StorageBackend) -> StorageBackend:
+    """``raw`` wrapped in :class:`Encrypt` with the keyring the environment configures. Signed file URLs
+    are this service's: the store's own signer when it has one (local, memory), else one keyed by
+    ``STORAGE_URL_SECRET`` (a random key when unset: URLs then last as long as the process) for
+    ``STORAGE_BASE_URL``; without a base URL the encrypted store signs no URLs."""
+    import os
+    import secrets
+
+    from .._signing import UrlSigner
+    from ..encryption import Encrypt, keyring_from_env
+
+    if isinstance(raw, Encrypt):  # already encrypted by the caller
+        return raw
+    signer = getattr(raw, "signer", None)
+    if not isinstance(signer, UrlSigner):
+        base_url = os.environ.get("STORAGE_BASE_URL", "").strip()
+        secret = os.environ.get("STORAGE_URL_SECRET", "").encode() or secrets.token_bytes(32)
+        signer = UrlSigner(secret, base_url) if base_url else None
+    return Encrypt(raw, keyring_from_env(), signer=signer)
+
+
 def create_app(
     backend: StorageBackend | None = None,
     *,
@@ -140,8 +161,10 @@ def create_app(
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
-    wrapped as ``Observe → [Validate] → [Scan] → Idempotency → backend`` (Validate when
-    ``settings.upload_rules`` is set, Scan when ``settings.scan_url`` is); idempotency records live in
+    wrapped as ``Observe → [Validate] → [Scan] → Idempotency → [Encrypt] → backend`` (Validate when
+    ``settings.upload_rules`` is set, Scan when ``settings.scan_url`` is, Encrypt when
+    ``settings.encrypt`` is, with the keyring :func:`~unistore.encryption.keyring_from_env` builds and
+    the service's own signer for ``/files`` URLs); idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
     upload sessions; expired ones are swept on the upload sweep timer too.
     ``hooks`` (and a :class:`Webhook` per ``settings.webhooks``) are called with
@@ -149,6 +172,8 @@ def create_app(
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
+    if settings.encrypt:
+        raw = _encrypted(raw)
     registry = _registry()
     state = StateStore(raw)
     ctx = ServiceContext.build(raw, settings)

@@ -140,6 +140,10 @@ class ServiceSettings:
     unscanned and counts it in ``unistore_scan_unscanned_writes_total``."""
     scan_timeout: float = 30.0
     """Seconds each exchange with clamd may take (connect, each chunk, the verdict)."""
+    encrypt: bool = False
+    """Encrypt every object body before it reaches the store (``Encrypt``, see ``docs/encryption.md``) with the
+    keyring the ``UNISTORE_KEYRING*``, ``UNISTORE_AWS_KMS_*`` or ``UNISTORE_GCP_KMS_*`` variables configure;
+    signed ``/files`` URLs then serve the decrypted bytes."""
 
     def __post_init__(self) -> None:
         # A str secret (as a Python caller naturally writes one) is used UTF-8 encoded, like UNISTORE_SECRET;
@@ -251,7 +255,7 @@ class ServiceSettings:
         }
         if env.get("UNISTORE_UPLOAD_RULES", "").strip():
             kwargs["upload_rules"] = upload_rules_from_json(env["UNISTORE_UPLOAD_RULES"])
-        for name in ("upload_filename_checks", "scan_fail_open"):
+        for name in ("upload_filename_checks", "scan_fail_open", "encrypt"):
             flag = env.get("UNISTORE_" + name.upper(), "").strip().lower()
             if flag:
                 if flag not in _TRUE | _FALSE:
