@@ -137,3 +137,28 @@ def test_object_urls_as_key_arguments(seaweed: S3Server, tmp_path: Path) -> None
     assert cli("ls", f"s3://unistore-tests/{prefix}/{query}", env=env)[:2] == (0, f"{prefix}/d/\n")
     assert cli("cat", f"s3://unistore-tests/{prefix}/d/a.txt{query}", env=env)[:2] == (0, "alpha")
     assert cli("ls", f"file://{tmp_path}", env=env)[1].split() == ["a.txt"]
+
+
+def test_urls_missing_their_slashes_and_drive_letters(named: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    code, _, err = cli("cp", str(tmp_path / "a.txt"), "s3:bucket/a.txt", "-q", env=named)
+    assert code == 6 and "did you mean s3://bucket/a.txt?" in err
+    code, _, err = cli("ls", "gs:bucket/photos/", env=named)
+    assert code == 6 and "did you mean gs://bucket/photos/?" in err
+    code, _, err = cli("cp", str(tmp_path / "a.txt"), "C:/x.txt", "-q", env=named)  # a drive letter is local
+    assert code == 3 and "no such local directory" in err and "'C:'" in err
+
+
+def test_an_empty_listing_of_an_unsaved_name_says_so(named: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    env = {**named, "UNISTORE_STORE": f"file://{tmp_path / 'other'}"}
+    code, out, err = cli("ls", "hmoe:photos/", env=env)
+    assert (code, out) == (0, "") and "no store named 'hmoe' is saved" in err
+    assert cli("ls", "home:photos/", env=env)[2] == ""  # a saved store's empty folder: nothing to say
+
+
+def test_cp_of_a_directory_without_r_says_to_use_r(named: dict[str, str], site: Path) -> None:
+    for dest in (str(site.parent / "copy"), "home:copy"):
+        code, _, err = cli("cp", str(site), dest, "-q", env=named)
+        assert code == 6 and "is a directory: copy it with cp -r" in err
+    assert not (site.parent / "copy").exists()

@@ -136,3 +136,13 @@ def test_a_local_stores_links_are_served_by_unistore_serve(tmp_path: Path) -> No
         link = _run({}, "url", "a.txt", "-s", store)[1].strip()
         assert link.startswith(f"{url}/files/a.txt?")
         assert httpx.get(link).text == "hello\n"
+
+
+def test_rm_r_deletes_the_folder_not_every_key_sharing_its_prefix(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    for key in ("www/a", "www/sub/b", "www-old/c", "www.html"):
+        assert _run(env, "put", key, str(tmp_path / "a"), "-s", "home", "-q")[0] == 0
+    code, out, _ = _run(env, "rm", "-r", "home:www", "--dry-run")
+    assert code == 0 and out.splitlines()[-1] == "would delete 2 under www/"
+    assert _run(env, "rm", "-r", "www", "-s", "home", "--yes")[:2] == (0, "deleted 2 under www/\n")
+    assert _run(env, "ls", "-r", "home:")[1].split() == ["www-old/c", "www.html"]

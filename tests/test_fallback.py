@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from unistore import CommonPrefix, LocalBackend, MemoryBackend, NotFoundError, StorageBackend
+from unistore import (
+    CommonPrefix,
+    LocalBackend,
+    MemoryBackend,
+    NotFoundError,
+    ObjectInfo,
+    PermissionDeniedError,
+    StorageBackend,
+)
 from unistore._types import ByteRange, Download
 from unistore.layers import ReadFallback
 from unistore.testing import BackendConformance
@@ -178,3 +186,16 @@ async def test_sign_url_points_at_the_store_that_has_the_key(tmp_path: Path) -> 
     assert (await store.get_url("n")).startswith("http://new.example/")
     assert (await store.sign_url("absent")).startswith("http://new.example/")
     await store.aclose()
+
+
+class _ReadOnly(MemoryBackend):
+    async def put_object(self, key: str, body: object, **kw: object) -> ObjectInfo:  # type: ignore[override]
+        raise PermissionDeniedError("read-only", key=key)
+
+
+async def test_a_failed_promotion_is_served_from_old(caplog: pytest.LogCaptureFixture) -> None:
+    old = MemoryBackend()
+    store = ReadFallback(_ReadOnly(), old, promote=True)
+    await old.put_object("k", b"from old")
+    assert await store.get("k") == b"from old"
+    assert "promoting 'k'" in caplog.text

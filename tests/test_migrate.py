@@ -244,3 +244,33 @@ def test_sigkill_then_rerun_copies_nothing_twice(tmp_path: Path) -> None:
             assert not await dst.exists(checkpoint_key("", "default"))
 
     asyncio.run(check())
+
+
+class _Corrupting(Layer):
+    """Stores a flipped last byte for the keys in ``bad`` (a disk or proxy corrupting data)."""
+
+    def __init__(self, inner: StorageBackend, bad: set[str]) -> None:
+        super().__init__(inner)
+        self.bad = bad
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> ObjectInfo:  # type: ignore[override]
+        if key in self.bad:
+            data = b"".join([c async for c in body])
+            body = data[:-1] + bytes([data[-1] ^ 1])
+        return await super().put_object(key, body, **kw)
+
+
+async def test_a_corrupted_copy_is_removed_reported_and_retried_on_rerun() -> None:
+    src, inner = MemoryBackend(), MemoryBackend()
+    await _fill(src)
+    dst = _Corrupting(inner, {"dir/b.json"})
+    report = await migrate(src, dst, checkpoint_every=1)
+    assert [(f.key, "SHA-256" in f.reason) for f in report.failed] == [("dir/b.json", True)]
+    assert not await inner.exists("dir/b.json")  # the bad copy is not left behind
+    with reserved_keys():
+        assert await inner.exists(checkpoint_key("", "default"))  # kept, up to the failed key
+    dst.bad.clear()
+    again = await migrate(src, dst)
+    assert again.resumed_after == "a.txt"  # the last key before the failure
+    assert (again.copied, again.ok) == (1, True)
+    assert await inner.get("dir/b.json") == await src.get("dir/b.json")

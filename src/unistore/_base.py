@@ -427,6 +427,11 @@ def settings_from(cls: Callable[..., _S], settings: _S | None, options: Mapping[
         return cls(**options)
     if options:
         raise ConfigurationError("pass either settings or keyword options, not both")
+    if isinstance(cls, type) and not isinstance(settings, cls):
+        hint = f"; for a URL pass url={settings!r}" if isinstance(settings, str) else ""
+        raise ConfigurationError(
+            f"settings must be a {cls.__name__}, not {type(settings).__name__} (or pass keyword options){hint}"
+        )
     return settings
 
 

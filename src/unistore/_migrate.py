@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -31,6 +32,8 @@ CHECKPOINT_PREFIX = ".unistore/migrate/"
 """Where checkpoints live in the destination; keys under it are never migrated."""
 
 SCHEMA_VERSION = "schema_version"
+
+log = logging.getLogger("unistore.migrate")
 
 Upgrade = Callable[[bytes, ObjectInfo, int], bytes | Awaitable[bytes]]
 """``upgrade(data, info, version)`` returns the object's bytes at ``version + 1``."""
@@ -174,7 +177,7 @@ async def migrate(
     rerun after a crash or kill starts after the last key up to which all were done; a run
     without problems removes its checkpoint.
 
-    ``schema_version=N`` stamps ``schema_version=N`` metadata on every copy; with ``upgrade``,
+    ``schema_version=N`` stamps ``schema_version=N`` on every copy without one; with ``upgrade``,
     a source object at version ``v < N`` (``N - 1`` when unstamped) is passed through
     ``upgrade(data, info, v)`` for each ``v`` up to ``N`` (the whole object is held in memory).
     ``verify_only`` reports missing and differing objects, writing nothing; ``dry_run`` reports
@@ -307,7 +310,10 @@ class _Run:
         self.since_checkpoint += 1
         if self.writes and moved and self.since_checkpoint >= self.checkpoint_every:
             self.since_checkpoint = 0
-            await self._save_checkpoint()
+            try:
+                await self._save_checkpoint()
+            except StorageError as exc:  # the copy goes on; a rerun would only re-check more keys
+                log.warning("saving the migration checkpoint failed: %s", exc)
         if self.on_progress is not None:
             self.on_progress(self.report)
 
@@ -421,13 +427,19 @@ class _Run:
             yield chunk
 
     async def _compare(self, key: str) -> None:
-        """Report ``key`` (present at the destination) as skipped when identical, else differing."""
-        data, info, meta = await self._wanted(key)
-        async with await self.dst.open(key) as dl:
-            there = dl.info
-            there_data = await dl.read()
+        """Report ``key`` (present at the destination) as skipped when identical, else differing.
+        Both sides are hashed as they stream, except a source that goes through ``upgrade``."""
+        if self.upgrade is not None:
+            data, info, meta = await self._wanted(key)
+            want = hashlib.sha256(data).digest()
+        else:
+            info, want = await _digest(self.src, key)
+            meta = dict(info.metadata)
+            if self.schema_version is not None:
+                meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
+        there, got = await _digest(self.dst, key)
         reasons = []
-        if hashlib.sha256(there_data).digest() != hashlib.sha256(data).digest():
+        if got != want:
             reasons.append("content differs (SHA-256)")
         ignore = () if self.schema_version is not None else (SCHEMA_VERSION,)
         if _without(there.metadata, ignore) != _without(meta, ignore):
@@ -442,6 +454,15 @@ class _Run:
         else:
             self.report.skipped += 1
             self._count("skipped")
+
+
+async def _digest(store: StorageBackend, key: str) -> tuple[ObjectInfo, bytes]:
+    """The object's info and the SHA-256 of its bytes, streamed."""
+    sha = hashlib.sha256()
+    async with await store.open(key) as dl:
+        async for chunk in dl:
+            sha.update(chunk)
+        return dl.info, sha.digest()
 
 
 def _version(meta: Mapping[str, str], default: int) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -111,8 +113,32 @@ def translate(*, key: str | None, backend: str, operation: str) -> Iterator[None
         yield
     except httpx.TransportError as exc:
         raise UnavailableError(
-            f"service unreachable: {type(exc).__name__}", key=key, backend=backend, operation=operation
+            f"cannot reach {_origin(exc)}: {_reason(exc)}", key=key, backend=backend, operation=operation
         ) from exc
+
+
+def _origin(exc: httpx.TransportError) -> str:
+    """The scheme, host and port the failed request went to (never its path, query or credentials)."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without a request
+        return "the service"
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port is not None else "")
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """Why a transport failed, in words: the operating system's reason when there is one."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "connection timed out" if isinstance(exc, httpx.ConnectTimeout) else "timed out"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return "host name not found"
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            text = os.strerror(seen.errno) if seen.errno else str(seen.strerror)
+            return text[:1].lower() + text[1:]
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def _bare(etag: str) -> str:

@@ -118,7 +118,8 @@ def _describe(exc: BaseException) -> str:
         if exc.backend and exc.backend not in text:
             where.append(f"in {_OPENED.get(exc.backend, exc.backend)}")
         cause = exc.__cause__
-        if isinstance(exc, UnavailableError) and cause is not None and str(cause) not in text:
+        told = str(cause) in text or text.startswith("cannot reach ")  # the cause is already in the message
+        if isinstance(exc, UnavailableError) and cause is not None and not told:
             text += f" ({cause})"
         return f"{type(exc).__name__}: {text}" + (f" ({' '.join(where)})" if where else "")
     return f"{type(exc).__name__}: {exc}"

@@ -43,7 +43,7 @@ def migrate_command(
     rate: Annotated[float | None, typer.Option("--bytes-per-second", min=1, help="At most N bytes a second.")] = None,
     jobs: Annotated[int, typer.Option("--transfers", "-j", min=1, max=256, help="Objects in flight at once.")] = 8,
     schema_version: Annotated[
-        int | None, typer.Option("--schema-version", help="Stamp schema_version=N on every copy.")
+        int | None, typer.Option("--schema-version", help="Stamp schema_version=N on copies without one.")
     ] = None,
     upgrade: Annotated[
         str | None, typer.Option("--upgrade", help="MODULE:FUNCTION(data, info, version) -> bytes at version+1.")

@@ -37,6 +37,7 @@ __all__ = [
 
 HINT = "an object is STORE_URL#KEY, NAME:KEY, s3://bucket/key, gs://bucket/key or http(s)://HOST/v1/objects/KEY"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+_SCHEMES = ("s3", "gs", "file", "http", "https", "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ def save_stores(stores: dict[str, NamedStore], path: Path | None = None) -> Path
 def check_name(name: str) -> str:
     """A store name: lower-case letters, digits, ``-`` and ``_``, at least two characters (so
     ``C:`` and ``s3:`` never read as one)."""
-    if len(name) < 2 or not set(name) <= _NAME_CHARS or name in ("s3", "gs", "file", "http", "https", "memory"):
+    if len(name) < 2 or not set(name) <= _NAME_CHARS or name in _SCHEMES:
         raise InvalidArgumentError(f"store names are 2+ of [a-z0-9_-] and not a URL scheme, got {name!r}")
     return name
 
@@ -127,6 +128,8 @@ def parse_ref(text: str, stores: dict[str, NamedStore] | None = None) -> Ref:
     if "#" in text and "://" in text.split("#", 1)[0]:
         store, key = text.split("#", 1)
         return Ref(store, key)
+    if "://" not in text and ":" in text:
+        _no_scheme_typo(*text.partition(":")[::2], text)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs"):
@@ -163,6 +166,12 @@ def _looks_named(name: str) -> bool:
     return len(name) >= 2 and set(name) <= _NAME_CHARS
 
 
+def _no_scheme_typo(name: str, rest: str, text: str) -> None:
+    """``s3:bucket/key`` (a URL missing its ``//``) is refused with the likely meaning."""
+    if name.lower() in _SCHEMES and not os.path.lexists(text):
+        raise InvalidArgumentError(f"{text!r} is not a URL: did you mean {name}://{rest.lstrip('/')}? ({HINT})")
+
+
 def store_path(
     text: str, store: str | None, stores: dict[str, NamedStore] | None = None
 ) -> tuple[str | None, str, str | None]:
@@ -178,6 +187,8 @@ def store_path(
         return ref.store, ref.key, None
     name, colon, key = text.partition(":")
     if colon and _looks_named(name):
+        if store is None:
+            _no_scheme_typo(name, key, text)
         if name in (load_stores() if stores is None else stores):
             return name, key, None
         return store, text, name

@@ -15,7 +15,7 @@ from .._errors import InvalidArgumentError
 from .._types import CommonPrefix, ObjectInfo
 from ._common import QuietOpt, StoreOpt, TokenOpt, app, closing, metadata_options, open_at, open_store, run
 from ._objects import CacheOpt, MetaOpt, NoClobberOpt, TypeOpt, copy_one
-from ._refs import Ref, parse_ref
+from ._refs import Ref, parse_ref, store_path
 from ._transfer import human, note
 from ._tree import Filters, LocalTree, Options, StoreTree, Tree, remove_tree, stdin_confirms, transfer_tree
 
@@ -78,6 +78,8 @@ def list_objects(
                 listed += 1
             if as_json:
                 typer.echo("]")
+            if not listed and (unsaved := store_path(prefix, store)[2]):
+                note(f"nothing under {prefix!r}; no store named {unsaved!r} is saved (unistore store list)")
 
     run(work)
 
@@ -133,14 +135,15 @@ def rm(
     keys: list[str],
     store: StoreOpt = None,
     token: TokenOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="KEYS are prefixes: delete below.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="KEYS are folders: delete below.")] = False,
     dry_run: DryRunOpt = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="No question before deleting over 1,000.")] = False,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     transfers: TransfersOpt = 8,
 ) -> None:
-    """Delete KEYS (a missing key is not an error), or with -r every object under the prefixes."""
+    """Delete KEYS (a missing key is not an error), or with -r every object in the folders KEYS
+    (``www`` is ``www/``, never ``www-old/``)."""
 
     async def work() -> None:
         for text in keys:
@@ -152,6 +155,7 @@ def rm(
                     else:
                         typer.echo(f"{'deleted' if await s.delete(key) else 'absent'} {key}")
                     continue
+                key = key if not key or key.endswith("/") else key + "/"  # the folder, as cp -r reads it
                 count = await remove_tree(
                     s, key, filters=_filters(include, exclude), dry_run=dry_run,
                     confirm=(lambda n: True) if yes else stdin_confirms, transfers=transfers,
@@ -235,6 +239,8 @@ def cp(
 
     async def work() -> None:
         src, dst = parse_ref(source), parse_ref(dest)
+        if src.key is None and await asyncio.to_thread(os.path.isdir, src.store):
+            raise InvalidArgumentError(f"{source!r} is a directory: copy it with cp -r")
         if dry_run:
             typer.echo(f"would copy {source} -> {dest}")
             return

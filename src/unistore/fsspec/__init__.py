@@ -5,6 +5,20 @@ Needs the ``fsspec`` extra (``pip install unistore[fsspec]``).
 
 from __future__ import annotations
 
-from ._filesystem import PROTOCOLS, UnistoreFile, UnistoreFileSystem, register_store, unregister_store
+from ._filesystem import (
+    PROTOCOLS,
+    UnistoreFile,
+    UnistoreFileSystem,
+    UnistoreStreamedFile,
+    register_store,
+    unregister_store,
+)
 
-__all__ = ["PROTOCOLS", "UnistoreFile", "UnistoreFileSystem", "register_store", "unregister_store"]
+__all__ = [
+    "PROTOCOLS",
+    "UnistoreFile",
+    "UnistoreFileSystem",
+    "UnistoreStreamedFile",
+    "register_store",
+    "unregister_store",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
@@ -11,16 +12,25 @@ from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from fsspec.asyn import AsyncFileSystem, sync, sync_wrapper
+import fsspec
+from fsspec.asyn import AbstractAsyncStreamedFile, AsyncFileSystem, sync, sync_wrapper
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile
+from fsspec.spec import _Cached as _FsspecCached
 
 from .._base import StorageBackend
 from .._config import backend_from_url
 from .._errors import ConfigurationError, InvalidRangeError, NotFoundError
 from .._types import ByteRange, CommonPrefix, ObjectInfo, Range, SuffixRange, WriteMode
 
-__all__ = ["PROTOCOLS", "UnistoreFile", "UnistoreFileSystem", "register_store", "unregister_store"]
+__all__ = [
+    "PROTOCOLS",
+    "UnistoreFile",
+    "UnistoreFileSystem",
+    "UnistoreStreamedFile",
+    "register_store",
+    "unregister_store",
+]
 
 #: The fsspec protocols this filesystem answers to (each registered through the
 #: ``fsspec.specs`` entry point): ``unistore://NAME/key`` for a store registered in
@@ -38,12 +48,23 @@ def register_store(name: str, backend: StorageBackend) -> None:
     in this process; it wins over a store of the same name in the stores file."""
     with _STORES_LOCK:
         _STORES[name] = backend
+    UnistoreFileSystem.clear_instance_cache()  # a cached filesystem may hold the name's old store
+    _ensure_registered()
+
+
+def _ensure_registered() -> None:
+    """Register the protocols with fsspec when the package's entry points are not installed
+    (a source checkout); a protocol some other package already claims is left alone."""
+    for proto in PROTOCOLS:
+        with contextlib.suppress(ValueError):
+            fsspec.register_implementation(proto, UnistoreFileSystem)
 
 
 def unregister_store(name: str) -> None:
     """Forget a store registered with :func:`register_store` (no error if unknown)."""
     with _STORES_LOCK:
         _STORES.pop(name, None)
+    UnistoreFileSystem.clear_instance_cache()
 
 
 def _named_backend(name: str, overrides: Mapping[str, Any]) -> StorageBackend:
@@ -59,7 +80,18 @@ def _named_backend(name: str, overrides: Mapping[str, Any]) -> StorageBackend:
     return backend_from_url(url, **overrides)
 
 
-class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
+class _Cached(_FsspecCached):  # type: ignore[misc]
+    """fsspec's instance cache, skipped for a backend object: stores' reprs may be equal, so
+    only a URL or a store name (and its options) identifies the filesystem to share."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        backend = args[0] if args else kwargs.get("backend")
+        if backend is not None and not isinstance(backend, str):
+            kwargs["skip_instance_cache"] = True
+        return super().__call__(*args, **kwargs)
+
+
+class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[misc]
     """An fsspec filesystem whose paths are the keys of one unistore store.
 
     Build it from a backend object (``UnistoreFileSystem(backend)``), a store URL
@@ -70,7 +102,6 @@ class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
 
     protocol: ClassVar[tuple[str, ...]] = PROTOCOLS
     root_marker = ""
-    cachable = False  # one instance per backend object: reprs of different stores may be equal
     async_impl = True
 
     def __init__(
@@ -194,6 +225,32 @@ class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
         if not out and path:
             out = [await self._info(path)]  # a file lists as itself; a missing path raises
         return out if detail else [e["name"] for e in out]
+
+    async def _find(
+        self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs: Any
+    ) -> list[str] | dict[str, dict[str, Any]]:
+        """Every file below ``path`` from one flat listing (not one listing per folder)."""
+        if maxdepth is not None:
+            found: list[str] | dict[str, dict[str, Any]] = await super()._find(path, maxdepth, withdirs, **kwargs)
+            return found
+        path = self._strip_protocol(path)
+        detail = kwargs.pop("detail", False)
+        out: dict[str, dict[str, Any]] = {}
+        if withdirs and path and await self._is_folder(path):
+            out[path] = self._dir_entry(path)
+        prefix = path + "/" if path else ""
+        async for info in self.backend.iter_objects(prefix):
+            out[info.key] = self._file_entry(info)
+            if withdirs:
+                parts = info.key[len(prefix) :].split("/")[:-1]
+                for i in range(1, len(parts) + 1):
+                    folder = prefix + "/".join(parts[:i])
+                    out.setdefault(folder, self._dir_entry(folder))
+        if not out and path:
+            with contextlib.suppress(NotFoundError):
+                out[path] = self._file_entry(await self.backend.head(path))
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
 
     async def _modified(self, path: str) -> datetime:
         info = await self._info(path)
@@ -363,6 +420,19 @@ class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
 
     # --- files -------------------------------------------------------------------
 
+    async def open_async(self, path: str, mode: str = "rb", **kwargs: Any) -> UnistoreStreamedFile:
+        """A file for ``async with``: ``"rb"`` (ranged reads) or ``"wb"`` (streamed upload)."""
+        if mode not in ("rb", "wb") or kwargs.get("compression"):
+            raise ValueError(f"open_async supports modes 'rb' and 'wb' without compression, got {mode!r}")
+        path = self._strip_protocol(path)
+        size = None
+        if mode == "rb":
+            info = await self._info(path)
+            if info["type"] != "file":
+                raise IsADirectoryError(path)
+            size = info["size"]
+        return UnistoreStreamedFile(self, path, mode, size, **kwargs)
+
     def _open(
         self,
         path: str,
@@ -383,14 +453,15 @@ class UnistoreFileSystem(AsyncFileSystem):  # type: ignore[misc]
         )
 
 
-class _Feed:
-    """The async body of a streamed write: chunks handed over from the writing thread,
-    at most ``depth`` waiting (bounded memory); an error aborts the write."""
+class _Upload:
+    """One streamed write: chunks handed to a running ``put_object`` through a queue of
+    ``depth`` (bounded memory); an error pushed in aborts it, so nothing is stored."""
 
-    def __init__(self, depth: int = 1) -> None:
+    def __init__(self, backend: StorageBackend, key: str, mode: WriteMode, depth: int = 1) -> None:
         self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+        self.task: asyncio.Future[ObjectInfo] = asyncio.ensure_future(backend.put_object(key, self._body(), mode=mode))
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def _body(self) -> AsyncIterator[bytes]:
         while True:
             item = await self.queue.get()
             if item is None:
@@ -398,6 +469,25 @@ class _Feed:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    async def push(self, item: bytes | BaseException | None) -> None:
+        put: asyncio.Future[None] = asyncio.ensure_future(self.queue.put(item))
+        task: asyncio.Future[Any] = self.task
+        await asyncio.wait([put, task], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            put.cancel()
+            if item is not None:
+                task.result()  # re-raise the upload's failure
+
+    async def finish(self) -> None:
+        await self.push(None)
+        await self.task
+
+    async def abort(self) -> None:
+        if not self.task.done():
+            with contextlib.suppress(Exception):
+                await self.push(ConnectionAbortedError("write discarded"))
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
@@ -415,8 +505,7 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
         if mode == "xb" and fs.isfile(path):
             raise FileExistsError(path)  # early; the write itself is also create-only
         super().__init__(fs, path, mode, **kwargs)
-        self._feed: _Feed | None = None
-        self._task: asyncio.Future[ObjectInfo] | None = None
+        self._upload: _Upload | None = None
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         data: bytes = sync(self.fs.loop, self.fs._cat_file, self.path, start, end)
@@ -426,53 +515,73 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
         """Nothing yet: a file closed within one block is written with a single put."""
 
     async def _start(self) -> None:
-        self._feed = _Feed()
-        mode: WriteMode = "create" if self.mode == "xb" else "overwrite"
-        self._task = asyncio.ensure_future(self.fs.backend.put_object(self.path, self._feed, mode=mode))
-
-    async def _push(self, item: bytes | BaseException | None) -> None:
-        assert self._feed is not None and self._task is not None
-        put: asyncio.Future[None] = asyncio.ensure_future(self._feed.queue.put(item))
-        task: asyncio.Future[Any] = self._task
-        await asyncio.wait([put, task], return_when=asyncio.FIRST_COMPLETED)
-        if self._task.done():
-            put.cancel()
-            if item is not None:
-                self._task.result()  # re-raise the upload's failure
-
-    async def _finish(self) -> None:
-        await self._push(None)
-        assert self._task is not None
-        await self._task
+        self._upload = _Upload(self.fs.backend, self.path, "create" if self.mode == "xb" else "overwrite")
 
     def _upload_chunk(self, final: bool = False) -> bool:
         data = self.buffer.getvalue()
-        if self._task is None and final:
-            mode = "create" if self.mode == "xb" else "overwrite"
-            sync(self.fs.loop, self.fs._pipe_file, self.path, data, mode)
+        if self._upload is None and final:
+            sync(self.fs.loop, self.fs._pipe_file, self.path, data, "create" if self.mode == "xb" else "overwrite")
             return True
-        if self._task is None:
+        if self._upload is None:
             sync(self.fs.loop, self._start)
+        assert self._upload is not None
         if data:
-            sync(self.fs.loop, self._push, data)
+            sync(self.fs.loop, self._upload.push, data)
         if final:
-            sync(self.fs.loop, self._finish)
+            sync(self.fs.loop, self._upload.finish)
         return True
 
     def discard(self) -> None:
         """Abandon the write: nothing is stored and the file is closed."""
-        if self._task is not None and not self._task.done():
-
-            async def abort() -> None:
-                assert self._task is not None
-                await self._push(ConnectionAbortedError("write discarded"))
-                await asyncio.gather(self._task, return_exceptions=True)
-
-            sync(self.fs.loop, abort)
         self.closed = True
+        if self._upload is not None:
+            sync(self.fs.loop, self._upload.abort)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is not None and self.writable() and not self.closed:
             self.discard()
         else:
             self.close()
+
+
+class UnistoreStreamedFile(AbstractAsyncStreamedFile):  # type: ignore[misc]
+    """The file of :meth:`UnistoreFileSystem.open_async`: ``await f.read(n)`` fetches a range;
+    writes stream into one upload like :class:`UnistoreFile`, stored on a clean close."""
+
+    DEFAULT_BLOCK_SIZE = 5 * 2**20
+    fs: UnistoreFileSystem
+
+    def __init__(self, fs: UnistoreFileSystem, path: str, mode: str, size: int | None, **kwargs: Any) -> None:
+        super().__init__(fs, path, mode, size=size, cache_type="none", **kwargs)
+        self._upload: _Upload | None = None
+
+    async def _fetch_range(self, start: int, end: int) -> bytes:
+        return await self.fs._cat_file(self.path, start, end)
+
+    async def _initiate_upload(self) -> None:
+        """Nothing yet: a file closed within one block is written with a single put."""
+
+    async def _upload_chunk(self, final: bool = False) -> bool:
+        data = self.buffer.getvalue()
+        if self._upload is None and final:
+            await self.fs._pipe_file(self.path, data)
+            return True
+        if self._upload is None:
+            self._upload = _Upload(self.fs.backend, self.path, "overwrite")
+        if data:
+            await self._upload.push(data)
+        if final:
+            await self._upload.finish()
+        return True
+
+    async def discard(self) -> None:
+        """Abandon the write: nothing is stored and the file is closed."""
+        self.closed = True
+        if self._upload is not None:
+            await self._upload.abort()
+
+    async def __aexit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None and self.mode == "wb" and not self.closed:
+            await self.discard()
+        else:
+            await self.close()
