@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._dualwrite import DualWrite, OutboxEntry
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
 from ._idempotency import (
@@ -43,6 +44,7 @@ from ._validate import (
 
 __all__ = [
     "Cache",
+    "DualWrite",
     "FaultSettings",
     "Faults",
     "FileTooLargeError",
@@ -56,6 +58,7 @@ __all__ = [
     "Layer",
     "LayerFactory",
     "Observe",
+    "OutboxEntry",
     "QUARANTINE_PREFIX",
     "RateLimit",
     "ReadFallback",

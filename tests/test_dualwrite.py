@@ -1,0 +1,214 @@
+"""DualWrite: the conformance suite over (memory, memory) and (local, S3), and its own behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from unistore import LocalBackend, MemoryBackend, StorageBackend
+from unistore.layers import DualWrite, Faults
+from unistore.testing import BackendConformance
+from unistore.testing._s3servers import S3Server
+
+
+class TestDualWriteMemory(BackendConformance):
+    list_count = 500
+
+    @pytest.fixture
+    def backend(self, served_memory: MemoryBackend) -> StorageBackend:
+        return DualWrite(served_memory, MemoryBackend(), metrics=False)
+
+
+class TestDualWriteLocalAndS3(BackendConformance):
+    """Primary = local files, secondary = S3 (SeaweedFS)."""
+
+    list_count = 300
+
+    @pytest.fixture
+    async def backend(self, served_local: LocalBackend, seaweed: S3Server) -> AsyncIterator[StorageBackend]:
+        secondary = seaweed.backend()
+        yield DualWrite(served_local, secondary, metrics=False)
+        await secondary.aclose()
+
+
+# --- behaviour ---------------------------------------------------------------------------------
+
+
+async def _same(primary: StorageBackend, secondary: StorageBackend, prefix: str = "") -> None:
+    """The secondary holds exactly the primary's user objects, byte for byte, with their metadata."""
+    keys = [k async for k in primary.iter_keys(prefix) if not k.startswith(".unistore")]
+    assert [k async for k in secondary.iter_keys(prefix)] == keys
+    for key in keys:
+        a, b = await primary.head(key), await secondary.head(key)
+        assert await primary.get(key) == await secondary.get(key), key
+        assert (a.content_type, dict(a.metadata), a.cache_control) == (b.content_type, dict(b.metadata), b.cache_control)
+
+
+async def test_writes_and_deletes_reach_both() -> None:
+    primary, secondary = MemoryBackend(), MemoryBackend()
+    dw = DualWrite(primary, secondary, metrics=False)
+    info = await dw.put_object("a.txt", b"one", metadata={"v": "1"}, cache_control="no-cache")
+    assert info == await primary.head("a.txt")  # the primary's result is returned
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"str"
+        yield b"eamed"
+
+    await dw.put_object("b.bin", stream(), content_type="application/x-test")
+    await dw.copy("a.txt", "c.txt")
+    await dw.replace_metadata("c.txt", {"v": "2"})
+    await _same(primary, secondary)
+    assert await secondary.get("b.bin") == b"streamed"
+    assert await dw.remove("a.txt")
+    assert not await secondary.exists("a.txt")
+    assert await dw.outbox() == []
+
+
+async def test_secondary_failure_is_queued_and_replayed() -> None:
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    secondary = Faults(real_secondary, error_rate=1.0)
+    registry = CollectorRegistry()
+    dw = DualWrite(primary, secondary, metrics=registry)
+    await dw.put("k1", b"v1")  # the caller never sees the secondary's failures
+    await dw.put("k2", b"v2")
+    await real_secondary.put("gone", b"x")
+    await primary.put("gone", b"x")
+    assert await dw.delete("gone")
+    entries = await dw.outbox()
+    assert sorted(e.key for e in entries) == ["gone", "k1", "k2"]
+    assert all(e.attempts == 1 and "injected fault" in e.error for e in entries)
+    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", {"backend": "MemoryBackend"}) == 3
+    assert registry.get_sample_value("unistore_dualwrite_replay_failures_total", {"backend": "MemoryBackend"}) == 3
+    assert (registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", {"backend": "MemoryBackend"}) or 0) > 0
+    assert await dw.list_keys() == ["k1", "k2"]  # the outbox is never listed
+
+    assert await dw.replay() == 3  # still down: entries stay, attempts counted
+    assert {e.attempts for e in await dw.outbox()} == {2}
+
+    secondary.enabled = False
+    assert await dw.replay() == 0
+    await _same(primary, real_secondary)
+    assert await dw.outbox() == []
+    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", {"backend": "MemoryBackend"}) == 0
+    assert registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", {"backend": "MemoryBackend"}) == 0
+
+
+async def test_outbox_survives_a_restart() -> None:
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    first = DualWrite(primary, Faults(real_secondary, error_rate=1.0), metrics=False)
+    for i in range(5):
+        await first.put(f"r/{i}", f"v{i}".encode())
+    # a new process: a new DualWrite over the same primary (and so the same outbox)
+    second = DualWrite(primary, real_secondary, metrics=False)
+    assert len(await second.outbox()) == 5
+    assert await second.replay() == 0
+    await _same(primary, real_secondary)
+
+
+async def test_separate_outbox_store() -> None:
+    primary, real_secondary, box = MemoryBackend(), MemoryBackend(), MemoryBackend()
+    dw = DualWrite(primary, Faults(real_secondary, error_rate=1.0), outbox=box, metrics=False)
+    await dw.put("x", b"1")
+    assert [k async for k in primary.iter_keys()] == ["x"]
+    assert len([k async for k in box.iter_keys(".unistore")]) == 1
+    assert await DualWrite(primary, real_secondary, outbox=box, metrics=False).replay() == 0
+    assert await real_secondary.get("x") == b"1"
+
+
+async def test_old_outbox_entry_never_overwrites_a_newer_secondary_object() -> None:
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    secondary = Faults(real_secondary, error_rate=1.0)
+    dw = DualWrite(primary, secondary, metrics=False)
+    await dw.put("doc", b"old")  # secondary down: queued
+    secondary.enabled = False
+    await dw.put("doc", b"new")  # secondary back: written directly
+    assert await real_secondary.get("doc") == b"new"
+    assert len(await dw.outbox()) == 1
+    assert await dw.replay() == 0  # replays the primary's current object, never the queued one
+    assert await real_secondary.get("doc") == b"new"
+    assert await dw.outbox() == []
+
+
+async def test_a_stale_copy_loses_its_conditional_write() -> None:
+    """A sync that read an old primary version while a newer one reached the secondary fails its
+    conditional write and starts over: the newer object is never replaced by the older."""
+    primary, secondary = MemoryBackend(), MemoryBackend()
+    dw = DualWrite(primary, secondary, metrics=False)
+    await dw.put("k", b"v1")
+    writes: list[bytes] = []
+    real_put = secondary.put_object
+
+    async def racing_put(key: str, body: object, **kw: object) -> object:
+        if not writes:  # the first sync round: a newer version lands on both stores meanwhile
+            writes.append(b"raced")
+            await primary.put("k", b"v3")
+            await real_put("k", b"v3")
+        return await real_put(key, body, **kw)  # type: ignore[arg-type]
+
+    await primary.put("k", b"v2")
+    secondary.put_object = racing_put  # type: ignore[method-assign]
+    await dw.sync("k")
+    assert await secondary.get("k") == b"v3" == await primary.get("k")
+
+
+async def test_concurrent_writes_with_a_flapping_secondary_converge() -> None:
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    secondary = Faults(real_secondary, error_rate=0.5, seed=7)
+    dw = DualWrite(primary, secondary, metrics=False)
+    rng = random.Random(3)
+
+    async def writer(n: int) -> None:
+        for i in range(30):
+            key = f"hot/{rng.randrange(3)}"
+            if rng.random() < 0.15:
+                await dw.delete(key)
+            else:
+                await dw.put(key, f"{n}-{i}".encode())
+            if rng.random() < 0.2:
+                secondary.enabled = not secondary.enabled
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer(n) for n in range(8)))
+    assert secondary.counts["error"] > 0
+    secondary.enabled = False
+    assert await dw.replay() == 0
+    await _same(primary, real_secondary, "hot/")
+
+
+async def test_background_replayer_drains_the_outbox() -> None:
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    secondary = Faults(real_secondary, error_rate=1.0)
+    dw = DualWrite(primary, secondary, replay_interval=0.02, metrics=False)
+    await dw.put("bg", b"data")
+    secondary.enabled = False
+    for _ in range(200):
+        if await real_secondary.exists("bg") and not await dw.outbox():
+            break
+        await asyncio.sleep(0.02)
+    assert await real_secondary.get("bg") == b"data"
+    await dw.aclose()
+    assert dw._task is not None and dw._task.done()
+
+
+async def test_primary_failure_fails_the_caller_and_skips_the_secondary() -> None:
+    primary, secondary = MemoryBackend(), MemoryBackend()
+    dw = DualWrite(Faults(primary, error_rate={"put": 1.0}), secondary, metrics=False)
+    from unistore import UnavailableError
+    from unistore._errors import RateLimitedError
+
+    with pytest.raises((UnavailableError, RateLimitedError)):
+        await dw.put("p", b"x")
+    assert not await secondary.exists("p")
+
+
+def test_bad_options_are_refused() -> None:
+    from unistore import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        DualWrite(MemoryBackend(), MemoryBackend(), outbox_prefix="outbox/", metrics=False)
+    with pytest.raises(ConfigurationError):
+        DualWrite(MemoryBackend(), MemoryBackend(), replay_interval=0, metrics=False)
