@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -45,7 +47,11 @@ async def _same(primary: StorageBackend, secondary: StorageBackend, prefix: str 
     for key in keys:
         a, b = await primary.head(key), await secondary.head(key)
         assert await primary.get(key) == await secondary.get(key), key
-        assert (a.content_type, dict(a.metadata), a.cache_control) == (b.content_type, dict(b.metadata), b.cache_control)
+        assert (a.content_type, dict(a.metadata), a.cache_control) == (
+            b.content_type,
+            dict(b.metadata),
+            b.cache_control,
+        )
 
 
 async def test_writes_and_deletes_reach_both() -> None:
@@ -81,9 +87,10 @@ async def test_secondary_failure_is_queued_and_replayed() -> None:
     entries = await dw.outbox()
     assert sorted(e.key for e in entries) == ["gone", "k1", "k2"]
     assert all(e.attempts == 1 and "injected fault" in e.error for e in entries)
-    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", {"backend": "MemoryBackend"}) == 3
-    assert registry.get_sample_value("unistore_dualwrite_replay_failures_total", {"backend": "MemoryBackend"}) == 3
-    assert (registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", {"backend": "MemoryBackend"}) or 0) > 0
+    label = {"backend": "MemoryBackend"}
+    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", label) == 3
+    assert registry.get_sample_value("unistore_dualwrite_replay_failures_total", label) == 3
+    assert (registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", label) or 0) > 0
     assert await dw.list_keys() == ["k1", "k2"]  # the outbox is never listed
 
     assert await dw.replay() == 3  # still down: entries stay, attempts counted
@@ -93,8 +100,8 @@ async def test_secondary_failure_is_queued_and_replayed() -> None:
     assert await dw.replay() == 0
     await _same(primary, real_secondary)
     assert await dw.outbox() == []
-    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", {"backend": "MemoryBackend"}) == 0
-    assert registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", {"backend": "MemoryBackend"}) == 0
+    assert registry.get_sample_value("unistore_dualwrite_outbox_depth", label) == 0
+    assert registry.get_sample_value("unistore_dualwrite_replication_lag_seconds", label) == 0
 
 
 async def test_outbox_survives_a_restart() -> None:
@@ -212,3 +219,29 @@ def test_bad_options_are_refused() -> None:
         DualWrite(MemoryBackend(), MemoryBackend(), outbox_prefix="outbox/", metrics=False)
     with pytest.raises(ConfigurationError):
         DualWrite(MemoryBackend(), MemoryBackend(), replay_interval=0, metrics=False)
+
+
+async def test_local_primary_s3_secondary_outage_and_restart(tmp_path: Path, seaweed: S3Server) -> None:
+    """Real stores: the outbox lives in the local primary's files; a new instance (a restarted
+    process) drains it into SeaweedFS once it is reachable again."""
+    prefix = f"dw-{uuid.uuid4().hex[:8]}/"
+    primary = LocalBackend(base_path=str(tmp_path / "primary"), fsync=False)
+    real_secondary = seaweed.backend()
+    try:
+        down = Faults(real_secondary, error_rate=1.0)
+        first = DualWrite(primary, down, metrics=False)
+        await first.put(prefix + "a", b"first", metadata={"n": "1"})
+        await first.put(prefix + "a", b"second", metadata={"n": "2"})  # written twice while down
+        await first.put(prefix + "b/ü.txt", b"", content_type="text/plain")
+        await real_secondary.put(prefix + "stale", b"x")
+        await primary.put(prefix + "stale", b"x")
+        await first.delete(prefix + "stale")
+        assert len(await first.outbox()) == 3
+
+        restarted = DualWrite(LocalBackend(base_path=str(tmp_path / "primary"), fsync=False), real_secondary)
+        assert await restarted.replay() == 0
+        await _same(primary, real_secondary, prefix)
+        assert await real_secondary.get(prefix + "a") == b"second"
+        assert await restarted.list_keys(prefix) == [prefix + "a", prefix + "b/ü.txt"]
+    finally:
+        await real_secondary.aclose()

@@ -330,21 +330,20 @@ class DualWrite(Layer):
             if previous is None:
                 found = await self._read_entry(entry_key)
                 previous = found[0] if found else None
+            since = previous.since if previous else time.time()
             doc = {
                 "key": key,
-                "since": previous.since if previous else time.time(),
+                "since": since,
                 "attempts": (previous.attempts if previous else 0) + 1,
                 "error": f"{type(exc).__name__}: {exc}"[:500],
             }
             with reserved_keys():
-                await self.outbox_store.put_object(
-                    entry_key, json.dumps(doc).encode(), content_type="application/json"
-                )
+                await self.outbox_store.put_object(entry_key, json.dumps(doc).encode(), content_type="application/json")
             if previous is None:
                 if self._depth is not None:
                     self._depth.inc()
                 if self._oldest is None:
-                    self._oldest = float(doc["since"])
+                    self._oldest = since
         except Exception as outbox_exc:  # the primary write stands; say loudly that replication is lost
             log.error("could not record %r in the dual-write outbox: %s", key, outbox_exc)
 
