@@ -182,11 +182,11 @@ class DualWrite(Layer):
                 await self.secondary.put_object(
                     key,
                     data,
-                    content_type=info.content_type,
-                    metadata=info.metadata,
+                    content_type=content_type,
+                    metadata=metadata,
                     mode=self._guard(before),
-                    cache_control=info.cache_control,
-                    content_disposition=info.content_disposition,
+                    cache_control=cache_control,
+                    content_disposition=content_disposition,
                 )
                 return info
             except PreconditionFailedError:
@@ -363,30 +363,35 @@ class DualWrite(Layer):
         out.sort(key=lambda e: e.since)
         return out
 
-    async def replay(self) -> int:
-        """Sync every key in the outbox once; remove the entries that succeeded. Returns how many
-        entries are left (failed again, or rewritten by a newer failure meanwhile)."""
+    async def replay(self, *, concurrency: int = 8) -> int:
+        """Sync every key in the outbox once (``concurrency`` keys at a time); remove the entries
+        that succeeded. Returns how many are left (failed again, or rewritten by a newer failure
+        meanwhile)."""
         with reserved_keys():
             keys = [k async for k in self.outbox_store.iter_keys(self.outbox_prefix)]
         left: list[float] = []
-        for entry_key in keys:
-            found = await self._read_entry(entry_key)
-            if found is None:
-                continue
-            entry, etag = found
-            try:
-                await self.sync(entry.key)
-            except Exception as exc:
-                await self._record(entry.key, exc, previous=entry)
-                left.append(entry.since)
-                continue
-            try:
-                with reserved_keys():
-                    await self.outbox_store.remove(
-                        entry_key, if_match=etag if self.outbox_store.capabilities.conditional_delete else None
-                    )
-            except PreconditionFailedError:  # a newer failure rewrote it: replay it next time
-                left.append(entry.since)
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(entry_key: str) -> None:
+            async with sem:
+                found = await self._read_entry(entry_key)
+                if found is None:
+                    return
+                entry, etag = found
+                try:
+                    await self.sync(entry.key)
+                except Exception as exc:
+                    await self._record(entry.key, exc, previous=entry)
+                    left.append(entry.since)
+                    return
+                try:
+                    with reserved_keys():
+                        conditional = self.outbox_store.capabilities.conditional_delete
+                        await self.outbox_store.remove(entry_key, if_match=etag if conditional else None)
+                except PreconditionFailedError:  # a newer failure rewrote it: replay it next time
+                    left.append(entry.since)
+
+        await asyncio.gather(*(one(k) for k in keys))
         self._oldest = min(left) if left else None
         if self._depth is not None:
             self._depth.set(len(left))
