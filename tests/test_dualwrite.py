@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from unistore import LocalBackend, MemoryBackend, StorageBackend
-from unistore.layers import DualWrite, Faults
+from unistore import LocalBackend, MemoryBackend, ObjectInfo, StorageBackend, UnavailableError
+from unistore._types import Body
+from unistore.layers import DualWrite, Faults, Layer
 from unistore.testing import BackendConformance
 from unistore.testing._s3servers import S3Server
 
@@ -245,3 +247,42 @@ async def test_local_primary_s3_secondary_outage_and_restart(tmp_path: Path, sea
         assert await restarted.list_keys(prefix) == [prefix + "a", prefix + "b/ü.txt"]
     finally:
         await real_secondary.aclose()
+
+
+class _RacingSecondary(Layer):
+    """Runs ``race`` once, just before its first write lands (a concurrent writer's turn)."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.race: Callable[[], Awaitable[None]] | None = None
+        self.down = False
+
+    async def put_object(self, key: str, body: Body, **kw: Any) -> ObjectInfo:
+        if self.down:
+            raise UnavailableError("secondary down", key=key)
+        race, self.race = self.race, None
+        if race is not None:
+            await race()
+        return await self.inner.put_object(key, body, **kw)
+
+
+async def test_an_entry_rewritten_during_replay_is_kept() -> None:
+    """A write whose secondary copy fails while a replay of the same key is under way rewrites
+    the key's entry; the replay then leaves the entry for the next round instead of removing it."""
+    primary, real_secondary = MemoryBackend(), MemoryBackend()
+    secondary = _RacingSecondary(real_secondary)
+    dw = DualWrite(primary, secondary, metrics=False)
+    secondary.down = True
+    await dw.put("k", b"v1")
+    secondary.down = False
+
+    async def newer_write_fails_on_secondary() -> None:
+        secondary.down = True
+        await dw.put("k", b"v2")
+        secondary.down = False
+
+    secondary.race = newer_write_fails_on_secondary
+    assert await dw.replay() == 1  # the replay copied v1; the entry (now for v2) stays
+    assert [e.attempts for e in await dw.outbox()] == [2]
+    assert await dw.replay() == 0
+    assert await real_secondary.get("k") == b"v2" == await primary.get("k")
