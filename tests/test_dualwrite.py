@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from unistore import LocalBackend, MemoryBackend, ObjectInfo, StorageBackend, Un
 from unistore._types import Body
 from unistore.layers import DualWrite, Faults, Layer
 from unistore.testing import BackendConformance
-from unistore.testing._s3servers import S3Server
+from unistore.testing._s3servers import S3Server, seaweedfs
 
 
 class TestDualWriteMemory(BackendConformance):
@@ -286,3 +287,35 @@ async def test_an_entry_rewritten_during_replay_is_kept() -> None:
     assert [e.attempts for e in await dw.outbox()] == [2]
     assert await dw.replay() == 0
     assert await real_secondary.get("k") == b"v2" == await primary.get("k")
+
+
+async def test_secondary_server_stopped_and_restarted(tmp_path: Path) -> None:
+    """A real outage: SeaweedFS is stopped while the application writes, then started again on
+    the same data. No caller fails, and the outbox drains into the restarted server."""
+    primary = LocalBackend(base_path=str(tmp_path / "primary"), fsync=False)
+    data = tmp_path / "weed"
+    with seaweedfs(data) as server:
+        server.create_bucket("dual-write")
+        secondary = server.backend("dual-write")
+        dw = DualWrite(primary, secondary, metrics=False)
+        await dw.put("before.txt", b"replicated live")
+        await dw.put("twice.txt", b"v1")
+        assert await secondary.get("twice.txt") == b"v1"
+    # the server is down now
+    started = time.monotonic()
+    await dw.put("during.txt", b"queued")
+    await dw.put("twice.txt", b"v2")  # newer than what the secondary holds
+    await dw.delete("before.txt")
+    assert time.monotonic() - started < 30
+    assert sorted(e.key for e in await dw.outbox()) == ["before.txt", "during.txt", "twice.txt"]
+    await secondary.aclose()
+    with seaweedfs(data) as server:  # back, on new ports, with the same data
+        secondary = server.backend("dual-write")
+        try:
+            assert await secondary.get("twice.txt") == b"v1"  # the outage kept it behind
+            restarted = DualWrite(primary, secondary, metrics=False)
+            assert await restarted.replay() == 0
+            await _same(primary, secondary)
+            assert await secondary.get("twice.txt") == b"v2"
+        finally:
+            await secondary.aclose()
