@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +26,7 @@ class TestDualWriteMemory(BackendConformance):
 
     @pytest.fixture
     def backend(self, served_memory: MemoryBackend) -> StorageBackend:
-        return DualWrite(served_memory, MemoryBackend(), metrics=False)
+        return DualWrite(served_memory, MemoryBackend(), outbox=MemoryBackend(), metrics=False)
 
 
 class TestDualWriteLocalAndS3(BackendConformance):
@@ -36,7 +37,7 @@ class TestDualWriteLocalAndS3(BackendConformance):
     @pytest.fixture
     async def backend(self, served_local: LocalBackend, seaweed: S3Server) -> AsyncIterator[StorageBackend]:
         secondary = seaweed.backend()
-        yield DualWrite(served_local, secondary, metrics=False)
+        yield DualWrite(served_local, secondary, outbox=MemoryBackend(), metrics=False)
         await secondary.aclose()
 
 
@@ -319,3 +320,24 @@ async def test_secondary_server_stopped_and_restarted(tmp_path: Path) -> None:
             assert await secondary.get("twice.txt") == b"v2"
         finally:
             await secondary.aclose()
+
+
+async def test_upload_urls_are_watched_until_they_expire(seaweed: S3Server) -> None:
+    """An upload through a signed URL bypasses the layer: the key is watched by every replay
+    until the URL expires, so the upload reaches the secondary whenever it happens."""
+    primary, secondary, box = seaweed.backend(), MemoryBackend(), MemoryBackend()
+    dw = DualWrite(primary, secondary, outbox=box, metrics=False)
+    key = f"upload-{uuid.uuid4().hex[:8]}.bin"
+    try:
+        url = await dw.sign_url(key, method="PUT", expires_in=60)
+        assert await dw.replay() == 0  # nothing uploaded yet: nothing to copy, nothing failed
+        async with httpx.AsyncClient() as client:
+            response = await client.put(url, content=b"uploaded directly")
+            assert response.status_code < 300, response.text
+        await dw.replay()
+        assert await secondary.get(key) == b"uploaded directly"
+        [entry] = await dw.outbox()  # still watched: the URL can be used again until it expires
+        assert entry.key == key and entry.attempts == 0 and entry.watch_until > time.time() + 60
+    finally:
+        await primary.remove(key)
+        await primary.aclose()

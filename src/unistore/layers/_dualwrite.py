@@ -37,6 +37,9 @@ class OutboxEntry:
     """When the secondary first fell behind on this key (UNIX time)."""
     attempts: int
     error: str
+    watch_until: float = 0.0
+    """Set when an upload URL was signed for the key: the key is synced on every replay until
+    then (UNIX time), even after a successful one, since the upload may come later."""
 
 
 class _Metrics:
@@ -218,6 +221,18 @@ class DualWrite(Layer):
         await self._sync_or_record(key)
         return info
 
+    async def sign_url(
+        self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
+    ) -> str:
+        """The primary's URL. An upload URL (``PUT``/``POST``) bypasses this layer, so the key is
+        put in the outbox, watched by every replay until the URL expires."""
+        url = await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+        if method.upper() in ("PUT", "POST"):
+            self._start()
+            seconds = self.default_expires_in if expires_in is None else expires_in
+            await self._record(key, None, watch_until=time.time() + seconds + 60)
+        return url
+
     # --- listings (the primary's, without the outbox) ---------------------------------
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
@@ -311,7 +326,13 @@ class DualWrite(Layer):
                 return None
         try:
             doc = json.loads(raw)
-            entry = OutboxEntry(str(doc["key"]), float(doc["since"]), int(doc["attempts"]), str(doc.get("error", "")))
+            entry = OutboxEntry(
+                str(doc["key"]),
+                float(doc["since"]),
+                int(doc["attempts"]),
+                str(doc.get("error", "")),
+                float(doc.get("watch_until", 0.0)),
+            )
         except (ValueError, KeyError, TypeError):
             log.error("unreadable dual-write outbox entry %r; removing it", entry_key)
             with reserved_keys():
@@ -319,12 +340,21 @@ class DualWrite(Layer):
             return None
         return entry, etag
 
-    async def _record(self, key: str, exc: BaseException, previous: OutboxEntry | None = None) -> None:
-        """Write (or rewrite) ``key``'s outbox entry; each rewrite changes its etag, so a replay that
+    async def _record(
+        self,
+        key: str,
+        exc: BaseException | None,
+        previous: OutboxEntry | None = None,
+        *,
+        watch_until: float = 0.0,
+    ) -> None:
+        """Write (or rewrite) ``key``'s outbox entry for the failure ``exc`` (``None``: to watch an
+        upload URL until ``watch_until``). Each rewrite changes the entry's etag, so a replay that
         finished an older state never removes it."""
-        if self._failures is not None:
-            self._failures.inc()
-        log.warning("secondary write of %r failed (%s); queued in the outbox", key, exc)
+        if exc is not None:
+            if self._failures is not None:
+                self._failures.inc()
+            log.warning("secondary write of %r failed (%s); queued in the outbox", key, exc)
         entry_key = self._entry_key(key)
         try:
             if previous is None:
@@ -334,12 +364,13 @@ class DualWrite(Layer):
             doc = {
                 "key": key,
                 "since": since,
-                "attempts": (previous.attempts if previous else 0) + 1,
-                "error": f"{type(exc).__name__}: {exc}"[:500],
+                "attempts": (previous.attempts if previous else 0) + (exc is not None),
+                "error": f"{type(exc).__name__}: {exc}"[:500] if exc else (previous.error if previous else ""),
+                "watch_until": max(watch_until, previous.watch_until if previous else 0.0),
             }
             with reserved_keys():
                 await self.outbox_store.put_object(entry_key, json.dumps(doc).encode(), content_type="application/json")
-            if previous is None:
+            if previous is None and exc is not None:
                 if self._depth is not None:
                     self._depth.inc()
                 if self._oldest is None:
@@ -383,6 +414,8 @@ class DualWrite(Layer):
                 except Exception as exc:
                     await self._record(entry.key, exc, previous=entry)
                     left.append(entry.since)
+                    return
+                if entry.watch_until > time.time():  # an upload URL may still be used: keep watching
                     return
                 try:
                     with reserved_keys():
