@@ -131,6 +131,7 @@ class DualWrite(Layer):
         self.replay_interval = replay_interval
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._failing = False
         self._secondary_conditional = secondary.capabilities.conditional_put
         self._metrics = _metrics_for(metrics)
         label = getattr(primary, "name", type(primary).__name__)
@@ -191,6 +192,7 @@ class DualWrite(Layer):
                     cache_control=cache_control,
                     content_disposition=content_disposition,
                 )
+                self._failing = False
                 return info
             except PreconditionFailedError:
                 pass  # a newer copy landed: sync from the primary's current object
@@ -311,6 +313,8 @@ class DualWrite(Layer):
             await self.sync(key)
         except Exception as exc:
             await self._record(key, exc)
+        else:
+            self._failing = False
 
     # --- the outbox --------------------------------------------------------------------
 
@@ -354,7 +358,10 @@ class DualWrite(Layer):
         if exc is not None:
             if self._failures is not None:
                 self._failures.inc()
-            log.warning("secondary write of %r failed (%s); queued in the outbox", key, exc)
+            # one warning per outage, not one per write
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "secondary write of %r failed (%s); queued in the outbox", key, exc)
+            self._failing = True
         entry_key = self._entry_key(key)
         try:
             if previous is None:
