@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._compress import Compress, CompressedObjectInfo, looks_compressed
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
 from ._idempotency import (
@@ -43,6 +44,8 @@ from ._validate import (
 
 __all__ = [
     "Cache",
+    "Compress",
+    "CompressedObjectInfo",
     "FaultSettings",
     "Faults",
     "FileTooLargeError",
@@ -71,6 +74,7 @@ __all__ = [
     "ValidationPolicy",
     "current_idempotency_key",
     "idempotency_key",
+    "looks_compressed",
     "request_context",
     "scoped",
     "sniff_type",
