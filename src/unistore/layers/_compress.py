@@ -226,12 +226,12 @@ class Compress(Layer):
     def _compress_all(self, data: bytes) -> bytes:
         if self.encoding == "gzip":
             return gzip.compress(data, compresslevel=self.level, mtime=0)
-        return bytes(_zstd().ZstdCompressor(level=self.level).compress(data))
+        return bytes(_zstd().ZstdCompressor(level=self.level, write_checksum=True).compress(data))
 
     def _compressor(self) -> Any:
         if self.encoding == "gzip":
             return zlib.compressobj(self.level, zlib.DEFLATED, 31)
-        return _zstd().ZstdCompressor(level=self.level).compressobj()
+        return _zstd().ZstdCompressor(level=self.level, write_checksum=True).compressobj()
 
     def _count(self, outcome: str, saved: int = 0) -> None:
         if self._metrics is not None:
