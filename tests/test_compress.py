@@ -9,12 +9,13 @@ import random
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 from prometheus_client import CollectorRegistry
 
-from unistore import ByteRange, LocalBackend, MemoryBackend, SuffixRange
+from unistore import ByteRange, Download, LocalBackend, MemoryBackend, SuffixRange
 from unistore._errors import (
     ConfigurationError,
     IntegrityError,
@@ -22,7 +23,8 @@ from unistore._errors import (
     InvalidRangeError,
     UnsupportedError,
 )
-from unistore.layers import Compress, CompressedObjectInfo, looks_compressed
+from unistore.encryption import Encrypt, LocalKeyring
+from unistore.layers import Compress, CompressedObjectInfo, Layer, looks_compressed
 from unistore.layers._compress import META_ENCODING, META_PLAIN_SIZE
 
 WORDS = [f"word{i}" for i in range(500)]
@@ -251,3 +253,38 @@ async def test_metrics_count_bytes_saved() -> None:
     assert registry.get_sample_value("unistore_compress_saved_bytes_total", labels) == len(data) - info.stored_size
     outcome = {"backend": store.name, "outcome": "not_worth"}
     assert registry.get_sample_value("unistore_compress_objects_total", outcome) == 1
+
+
+class _OverwriteAfterRangedOpen(Layer):
+    """Writes a new version right after the first ranged open: a concurrent writer, on cue."""
+
+    def __init__(self, inner: MemoryBackend, new: bytes) -> None:
+        super().__init__(inner)
+        self.new: bytes | None = new
+
+    async def open(self, key: str, **options: Any) -> Download:
+        dl = await self.inner.open(key, **options)
+        if options.get("range") is not None and self.new is not None:
+            new, self.new = self.new, None
+            await Compress(self.inner, metrics=False).put_object(key, new)
+        return dl
+
+
+async def test_range_read_of_an_object_overwritten_meanwhile_reads_the_new_version() -> None:
+    old, new = text(100_000, seed=1), text(120_000, seed=2)
+    store = Compress(_OverwriteAfterRangedOpen(MemoryBackend(), new), metrics=False)
+    await store.put_object("o", old)
+    async with await store.open("o", range=ByteRange(1000, 2000)) as dl:
+        assert await dl.read() == new[1000:2000]
+    assert dl.info.size == len(new)
+
+
+async def test_above_encrypt() -> None:
+    store = Compress(Encrypt(MemoryBackend(), LocalKeyring({"k": os.urandom(32)})), encoding="zstd", metrics=False)
+    data = text(300_000)
+    await store.put_object("secret.txt", chunks(data), metadata={"a": "b"})
+    info = await store.head("secret.txt")
+    assert isinstance(info, CompressedObjectInfo) and info.size == len(data) and dict(info.metadata) == {"a": "b"}
+    assert await store.get("secret.txt") == data
+    async with await store.open("secret.txt", range=ByteRange(250_000, 250_100)) as dl:
+        assert await dl.read() == data[250_000:250_100]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import quote
 
-from .._base import StorageBackend, iter_body, url_after_put
+from .._base import StorageBackend, check_read_conditions, iter_body, url_after_put
 from .._errors import (
     ConfigurationError,
     IntegrityError,
@@ -50,6 +50,7 @@ SPOOL_IN_MEMORY: Final = 1024 * 1024
 _OUT_CHUNK = 64 * 1024
 _ZSTD_SLICE = 8 * 1024
 _READ_RETRIES = 3
+_ATTEMPTS = range(_READ_RETRIES)
 
 SKIP_TYPES: Final = frozenset(
     {
@@ -436,44 +437,58 @@ class Compress(Layer):
     ) -> Download:
         if range is None:
             dl = await self.inner.open(key, if_match=if_match, if_none_match=if_none_match)
-            return await self._decoded(key, dl, None)
+            try:
+                plain = self._plain(dl.info)
+            except BaseException:
+                await dl.aclose()
+                raise
+            if not isinstance(plain, CompressedObjectInfo):
+                return dl
+            return self._inflating(key, dl, plain, 0, plain.size, False)
+        for _attempt in _ATTEMPTS:
+            try:
+                return await self._open_range(key, range, if_match, if_none_match)
+            except _Overwritten:
+                continue  # overwritten between two requests: read the new version
+        raise PreconditionFailedError("the object kept changing while being read", key=key, backend=self.name)
+
+    async def _open_range(self, key: str, rng: Range, if_match: str | None, if_none_match: str | None) -> Download:
+        """``rng`` of ``key``: the store's own range read when stored as is, else inflated from the start."""
         try:
-            dl = await self.inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
+            dl = await self.inner.open(key, range=rng, if_match=if_match, if_none_match=if_none_match)
         except InvalidRangeError:
-            info = self._plain(await self.inner.head(key))  # a range past the stored (compressed) end
+            info = self._plain(await self.inner.head(key))  # a range past the stored (compressed) end?
             if not isinstance(info, CompressedObjectInfo):
                 raise
-            dl = await self.inner.open(key, if_match=info.etag, if_none_match=if_none_match)
-            return await self._decoded(key, dl, range, whole=True)
-        return await self._decoded(key, dl, range)
-
-    async def _decoded(self, key: str, dl: Download, rng: Range | None, *, whole: bool = False) -> Download:
-        try:
-            plain = self._plain(dl.info)
-        except BaseException:
-            await dl.aclose()
-            raise
-        if not isinstance(plain, CompressedObjectInfo):
-            return dl
-        if rng is None:
-            return self._inflating(key, dl, plain, 0, plain.size, False)
+            check_read_conditions(info, if_match, if_none_match, self.name)
+            plain: ObjectInfo = info
+        else:
+            try:
+                plain = self._plain(dl.info)
+            except BaseException:
+                await dl.aclose()
+                raise
+            if not isinstance(plain, CompressedObjectInfo):
+                return dl
+            await dl.aclose()  # a span of compressed bytes is useless: read from the start
         try:
             lo, hi = rng.resolve(plain.size)
         except InvalidRangeError as exc:
-            await dl.aclose()
             exc.key, exc.backend = key, self.name
             raise
-        if whole:
-            return self._inflating(key, dl, plain, lo, hi, True)
-        await dl.aclose()  # a span of compressed bytes is useless: read from the start
-        start = await self.inner.open(key, if_match=plain.etag)
         try:
-            again = self._plain(start.info)
+            whole = await self.inner.open(key, if_match=plain.etag)
+        except PreconditionFailedError:
+            if if_match is not None:
+                raise
+            raise _Overwritten from None
+        try:
+            again = self._plain(whole.info)
         except BaseException:
-            await start.aclose()
+            await whole.aclose()
             raise
         assert isinstance(again, CompressedObjectInfo)
-        return self._inflating(key, start, again, lo, hi, True)
+        return self._inflating(key, whole, again, lo, hi, True)
 
     def _inflating(
         self, key: str, dl: Download, plain: CompressedObjectInfo, lo: int, hi: int, ranged: bool
@@ -507,6 +522,10 @@ class Compress(Layer):
                     operation="sign_url",
                 )
         return await self.inner.sign_url(key, expires_in=expires_in, download=download, method=method)
+
+
+class _Overwritten(Exception):
+    """The object changed between a range read's two requests."""
 
 
 async def _chain(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
