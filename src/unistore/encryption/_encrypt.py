@@ -458,7 +458,7 @@ class Encrypt(Layer):
         span = in_memory(dl)
         if span is not None and hi - lo <= IN_MEMORY_LIMIT:  # the store already read it: no stream needed
             skip = lo - layout.plain_start(first)
-            piece = cipher.decrypt_span(span, first, last_index, skip_header=first == 0)[skip : skip + hi - lo]
+            piece = cipher.decrypt_span(span, first, last_index, skip_header=first == 0, skip=skip, length=hi - lo)
             if len(piece) != hi - lo:
                 raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=self.name)
             return Download(plain, piece, start=lo, end=hi, range_requested=True)
