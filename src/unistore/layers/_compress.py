@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import mimetypes
@@ -48,6 +49,7 @@ SAMPLE_SIZE: Final = 64 * 1024
 SPOOL_IN_MEMORY: Final = 1024 * 1024
 """Compressed output of a streamed body is held in memory up to this size, then in a temporary file."""
 _OUT_CHUNK = 64 * 1024
+_IN_THREAD = 256 * 1024  # compress at least this many bytes in a worker thread, off the event loop
 _ZSTD_SLICE = 8 * 1024
 _READ_RETRIES = 3
 _ATTEMPTS = range(_READ_RETRIES)
@@ -229,6 +231,11 @@ class Compress(Layer):
             return gzip.compress(data, compresslevel=self.level, mtime=0)
         return bytes(_zstd().ZstdCompressor(level=self.level, write_checksum=True).compress(data))
 
+    async def _compress_off_loop(self, data: bytes) -> bytes:
+        if len(data) >= _IN_THREAD:
+            return await asyncio.to_thread(self._compress_all, data)
+        return self._compress_all(data)
+
     def _compressor(self) -> Any:
         if self.encoding == "gzip":
             return zlib.compressobj(self.level, zlib.DEFLATED, 31)
@@ -314,7 +321,7 @@ class Compress(Layer):
         head = b"".join(sample)
         outcome = self._skip_reason(head, kind)
         if outcome is None:
-            probe = self._compress_all(head)
+            probe = await self._compress_off_loop(head)
             if not self._worth(len(head), len(probe)):
                 outcome = "not_worth"
         if outcome is not None:
@@ -327,7 +334,10 @@ class Compress(Layer):
             total = len(head)
             async for chunk in source:
                 total += len(chunk)
-                spool.write(compressor.compress(chunk))
+                if len(chunk) >= _IN_THREAD:
+                    spool.write(await asyncio.to_thread(compressor.compress, chunk))
+                else:
+                    spool.write(compressor.compress(chunk))
             spool.write(compressor.flush())
             stored_size = spool.tell()
             spool.seek(0)
@@ -348,7 +358,7 @@ class Compress(Layer):
     ) -> ObjectInfo:
         outcome = "skipped_small" if len(data) < self.min_size else self._skip_reason(data[:SAMPLE_SIZE], kind)
         if outcome is None:
-            packed = self._compress_all(data)
+            packed = await self._compress_off_loop(data)
             if self._worth(len(data), len(packed)):
                 stored = {**user, META_ENCODING: self.encoding, META_PLAIN_SIZE: str(len(data))}
                 info = await self.inner.put_object(key, packed, metadata=stored, **options)
