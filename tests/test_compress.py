@@ -288,3 +288,31 @@ async def test_above_encrypt() -> None:
     assert await store.get("secret.txt") == data
     async with await store.open("secret.txt", range=ByteRange(250_000, 250_100)) as dl:
         assert await dl.read() == data[250_000:250_100]
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        "gzip",
+        pytest.param(
+            "zstd",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="zstandard's decompressobj has no output limit: one 8 KiB input slice can inflate to "
+                "hundreds of MiB (gzip uses zlib's max_length)",
+            ),
+        ),
+    ],
+)
+async def test_a_decompression_bomb_is_read_in_bounded_pieces(encoding: str) -> None:
+    """A body written below the layer that inflates 1000:1 still streams in small pieces."""
+    plain = 64 << 20
+    bomb = gzip.compress(bytes(plain), 9) if encoding == "gzip" else zstandard.ZstdCompressor().compress(bytes(plain))
+    assert len(bomb) < plain // 1000
+    store = Compress(MemoryBackend(), metrics=False)
+    await store.inner.put_object("bomb", bomb, metadata={META_ENCODING: encoding, META_PLAIN_SIZE: str(plain)})
+    largest = total = 0
+    async with await store.open("bomb") as dl:
+        async for chunk in dl:
+            largest, total = max(largest, len(chunk)), total + len(chunk)
+    assert total == plain and largest <= 1 << 20
