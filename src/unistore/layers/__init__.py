@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._compress import Compress, CompressedObjectInfo, looks_compressed
 from ._dualwrite import DualWrite, OutboxEntry
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
@@ -44,6 +45,8 @@ from ._validate import (
 
 __all__ = [
     "Cache",
+    "Compress",
+    "CompressedObjectInfo",
     "DualWrite",
     "FaultSettings",
     "Faults",
@@ -74,6 +77,7 @@ __all__ = [
     "ValidationPolicy",
     "current_idempotency_key",
     "idempotency_key",
+    "looks_compressed",
     "request_context",
     "scoped",
     "sniff_type",
