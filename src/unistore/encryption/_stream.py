@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ MAX_SEGMENTS = 2**32
 _Job = tuple[int, bytes | bytearray | memoryview, bool]
 """One segment to seal or open: its index, its bytes and whether it is the last one."""
 _Op = Callable[[int, bytes | bytearray | memoryview, bool], bytes]
+_InFlight = deque["asyncio.Future[list[bytes]]"]
 
 
 @dataclass(frozen=True)
@@ -149,28 +151,32 @@ class SegmentCipher:
     def _run(op: _Op, jobs: Sequence[_Job]) -> list[bytes]:
         return [op(index, data, last) for index, data, last in jobs]
 
-    async def _map(
-        self,
-        op: _Op,
-        jobs: list[_Job],
-        pool: Executor | None,
-        threads: int,
-    ) -> list[bytes]:
-        """``op`` over ``jobs`` in order: inline without ``pool``, else in up to ``threads`` contiguous
-        groups on ``pool`` (AES-GCM releases the GIL). The first failing job's error is raised, and
-        only after every group has finished, so no result of a failed batch escapes."""
-        if pool is None or threads < 2 or len(jobs) < 2:
-            return self._run(op, jobs)
-        count = min(threads, len(jobs))
-        step = -(-len(jobs) // count)
-        loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(pool, self._run, op, jobs[i : i + step]) for i in range(0, len(jobs), step)]
-        done = await asyncio.gather(*futures, return_exceptions=True)
-        out: list[bytes] = []
-        for part in done:
-            if isinstance(part, BaseException):
-                raise part
-            out.extend(part)
+    async def _pipeline(
+        self, op: _Op, jobs: list[_Job], inflight: _InFlight, pool: Executor | None, threads: int
+    ) -> list[list[bytes]]:
+        """Queue ``op`` over one chunk's ``jobs`` and return the results now due, per chunk, in order.
+
+        Without ``pool`` (or with ``threads`` < 2) the jobs run here and now. Else they run as one
+        task on ``pool`` and the results of the oldest chunks are returned once more than
+        ``threads`` chunks are in flight (or as soon as they are done): up to ``threads`` chunks
+        are sealed or opened at once while the caller reads the next one. A chunk's results are
+        only returned once every segment of it succeeded; its error is raised in its turn.
+        """
+        if pool is None or threads < 2:
+            return [self._run(op, jobs)]
+        if jobs:
+            inflight.append(asyncio.get_running_loop().run_in_executor(pool, self._run, op, jobs))
+        out = []
+        while inflight and (len(inflight) > threads or inflight[0].done()):
+            out.append(await inflight.popleft())
+        return out
+
+    @staticmethod
+    async def _drain(inflight: _InFlight) -> list[list[bytes]]:
+        """The results of every chunk still in flight, in order."""
+        out = []
+        while inflight:
+            out.append(await inflight.popleft())
         return out
 
     async def encrypt_stream(
@@ -181,8 +187,9 @@ class SegmentCipher:
         A segment is sealed as the last one only at the end of the input, so at most one
         segment plus one input chunk is held in memory. Whole segments are encrypted straight
         from the input chunk; only a segment spanning two chunks is copied. With ``pool`` and
-        ``threads`` > 1 the segments of a chunk are sealed on up to ``threads`` threads of it.
+        ``threads`` > 1 up to ``threads`` chunks are sealed at once on its threads (in order).
         """
+        inflight: _InFlight = deque()
         try:
             yield self.header
             layout, index, pending = self.layout, 0, bytearray()
@@ -201,11 +208,15 @@ class SegmentCipher:
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
-                out = await self._map(self.encrypt, jobs, pool, threads)
-                if out:  # one write per input chunk, not per segment
-                    yield out[0] if len(out) == 1 else b"".join(out)
+                for out in await self._pipeline(self.encrypt, jobs, inflight, pool, threads):
+                    if out:  # one write per input chunk, not per segment
+                        yield out[0] if len(out) == 1 else b"".join(out)
+            for out in await self._drain(inflight):
+                yield out[0] if len(out) == 1 else b"".join(out)
             yield self.encrypt(index, pending, True)
         finally:
+            for future in inflight:
+                future.cancel()
             await close(chunks)
 
     def decrypt_span(
@@ -289,10 +300,11 @@ class SegmentCipher:
         ``last_index`` is the index of the object's last segment when the caller knows it (a
         range read), else the last segment is whatever the stream ends with. Each segment is
         authenticated before any of its bytes is yielded; a short or overlong stream raises
-        :class:`IntegrityError`. With ``pool`` and ``threads`` > 1 the segments of a chunk are
-        opened on up to ``threads`` threads of it, and yielded (in order) once all of them
-        authenticate.
+        :class:`IntegrityError`. With ``pool`` and ``threads`` > 1 up to ``threads`` chunks are
+        opened at once on its threads; a chunk's segments are yielded, in order, once all of
+        them authenticate.
         """
+        inflight: _InFlight = deque()
         try:
             layout, index, pending = self.layout, first, bytearray()
             header: bytearray | None = bytearray() if skip_header else None
@@ -323,7 +335,10 @@ class SegmentCipher:
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
-                out = await self._map(self.decrypt, jobs, pool, threads)
+                for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
+                    for segment in out:
+                        yield segment
+            for out in await self._drain(inflight):
                 for segment in out:
                     yield segment
             if header is not None:
@@ -335,6 +350,8 @@ class SegmentCipher:
             elif pending:
                 raise IntegrityError(f"the ciphertext ends inside segment {index}")
         finally:
+            for future in inflight:
+                future.cancel()
             await close(chunks)
 
 
