@@ -15,7 +15,8 @@ worker process so peak RSS is its own (S3 uploads keep 4 parts of 8 MiB in fligh
 ``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
 instead of one with the default (the CPU count); ``--skip-small`` skips the 4 KiB runs. The load
 average and busy cores are recorded before each large run. Variants alternate in a rotating order
-per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
+per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
+peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 
 from __future__ import annotations
