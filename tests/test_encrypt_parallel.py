@@ -68,16 +68,20 @@ async def _tampered(tmp_path: Path, keyring: LocalKeyring, edit: str) -> tuple[E
     """A threaded store holding ``DATA`` as "x" with segment 400 (of 770) flipped or cut off."""
     store = _store(tmp_path, keyring, 4)
     await store.put_object("x", DATA)
-    path = next(p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size > len(DATA))
-    body = bytearray(path.read_bytes())
     bad = 400
-    at = bad * SEGMENT + 100
+    _edit(tmp_path, bad * SEGMENT + 100, edit)
+    return store, bad
+
+
+def _edit(root: Path, at: int, edit: str) -> None:
+    """Flip a bit of the stored ciphertext at ``at``, or cut it off there."""
+    path = next(p for p in root.rglob("*") if p.is_file() and p.stat().st_size > len(DATA))
+    body = bytearray(path.read_bytes())
     if edit == "flip":
         body[at] ^= 1
     else:
         del body[at:]
     path.write_bytes(bytes(body))
-    return store, bad
 
 
 @pytest.mark.parametrize("edit", ["flip", "truncate"])
