@@ -13,7 +13,7 @@ worker process so peak RSS is its own (S3 uploads keep 4 parts of 8 MiB in fligh
 - 4 KiB ``put_object`` and ``get``: CPU µs per operation (``time.process_time``), median of 3 runs.
 
 ``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
-instead of one with the default (the CPU count); ``--skip-small`` skips the 4 KiB runs. The load
+instead of one with the default (1); ``--skip-small`` skips the 4 KiB runs. The load
 average and busy cores are recorded before each large run. Variants alternate in a rotating order
 per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
 peak RSS < 64 MiB, range read < 2x unencrypted.
@@ -73,7 +73,7 @@ def _store(spec: dict[str, Any]) -> Any:
             **options,
         )
     if spec["variant"].startswith("encrypt"):
-        return Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}), threads=spec.get("threads"))
+        return Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}), threads=spec.get("threads") or 1)
     return base
 
 
@@ -177,7 +177,9 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=2000, help="4 KiB operations per run")
     ap.add_argument("--range-reads", type=int, default=30)
     ap.add_argument(
-        "--threads", default="", help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: CPU count)"
+        "--threads",
+        default="",
+        help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: the layer default, 1)",
     )
     ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
     ap.add_argument("--markdown", help="also write the table to this file")

@@ -109,7 +109,7 @@ async def test_a_bad_middle_segment_stops_the_threaded_stream_before_it(
 async def test_threads_setting(tmp_path: Path, keyring: LocalKeyring) -> None:
     with pytest.raises(ConfigurationError):
         _store(tmp_path, keyring, 0)
-    assert Encrypt(LocalBackend(base_path=str(tmp_path)), keyring).threads == max(1, os.cpu_count() or 1)
+    assert Encrypt(LocalBackend(base_path=str(tmp_path)), keyring).threads == 1
 
     def cipher_threads() -> int:
         return sum(t.name.startswith("unistore-encrypt") for t in threading.enumerate())
