@@ -320,6 +320,17 @@ def _sync_record(fd: int, side: Path, doc: dict[str, Any]) -> None:
     write_json(side, doc)
 
 
+def _start(fd: int, size: int, side: Path, doc: dict[str, Any]) -> None:
+    """Size the partial file and record what it holds so far: the spans in ``doc`` were made
+    durable by the run that recorded them, so no sync is needed here."""
+    os.ftruncate(fd, size)
+    write_json(side, doc)
+
+
+_RESIGN_AFTER = 1800.0
+"""Seconds a presigned range URL (valid for an hour) is reused before a fresh one is signed."""
+
+
 class _Refused(Exception):
     """A ranged GET answered with an error status (turned into a unistore error on the loop)."""
 
@@ -403,6 +414,7 @@ async def download_ranges(
     streams: asyncio.Semaphore,
     chunk: int | None = None,
     threads: concurrent.futures.Executor | None = None,
+    listed: ObjectInfo | None = None,
 ) -> int:
     """Download ``key`` to ``dest`` with parallel ranged reads (``streams`` bounds the reads in
     flight, shared by a tree's files); the bytes read in this run.
@@ -417,13 +429,15 @@ async def download_ranges(
 
     With ``threads`` an S3 store's ranges are read on those threads (a presigned URL each,
     ``http.client`` reading straight into a buffer that is written in place): receiving is
-    most of a download's work, and on one event loop it all ran on one core."""
+    most of a download's work, and on one event loop it all ran on one core. ``listed`` (the
+    object as a listing showed it) lets those reads start at once, without a first read for the
+    etag: every range still carries ``If-Match``, so a changed object is refused, never spliced."""
     caps = store.capabilities
     if caps.ranges and caps.conditional_get:
         with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
             s3 = _s3(store)
             threads = threads if s3 is not None and not s3._read_headers else None  # SSE-C: no presigned reads
-            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads)
+            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads, listed)
         if got is not None:
             return got
     return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
@@ -437,6 +451,7 @@ async def _ranged(
     streams: asyncio.Semaphore,
     step: int,
     threads: concurrent.futures.Executor | None,
+    listed: ObjectInfo | None = None,
 ) -> int | None:
     part = dest.with_name(dest.name + ".part")
     side = dest.with_name(dest.name + ".part.json")
@@ -456,6 +471,9 @@ async def _ranged(
     if done:
         assert recorded is not None
         etag, size = recorded.etag, recorded.size
+    elif threads is not None and listed is not None and listed.etag and listed.size > 0:
+        await asyncio.to_thread(_discard, part, side)
+        etag, size = listed.etag, listed.size
     else:
         await asyncio.to_thread(_discard, part, side)
         try:
@@ -499,7 +517,9 @@ async def _ranged(
         await save()
 
     async def on_thread(span: tuple[int, int], threads: concurrent.futures.Executor, advance: Advance) -> None:
-        url = await store.sign_url(key, expires_in=3600)
+        if not urls or time.monotonic() - urls[0][1] > _RESIGN_AFTER:  # one signature serves many ranges
+            urls[:] = [(await store.sign_url(key, expires_in=3600), time.monotonic())]
+        url = urls[0][0]
         loop = asyncio.get_running_loop()
 
         def moved(n: int) -> None:
@@ -532,9 +552,9 @@ async def _ranged(
 
     stop = threading.Event()  # tells range threads to give up (the run was interrupted)
     running: set[concurrent.futures.Future[None]] = set()
+    urls: list[tuple[str, float]] = []
     try:
-        await asyncio.to_thread(os.ftruncate, fd, size)
-        await asyncio.to_thread(_sync_record, fd, side, {**record, "done": done})
+        await asyncio.to_thread(_start, fd, size, side, {**record, "done": done})
         with bars(f"get {key}", size, resumed) as advance:
             try:
                 async with asyncio.TaskGroup() as tg:

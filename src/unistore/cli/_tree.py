@@ -576,7 +576,8 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
         await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         if a.size >= RESUME_AT:
             await download_ranges(
-                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads
+                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads,
+                listed=a.info,
             )
         else:
             await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
