@@ -414,7 +414,6 @@ async def download_ranges(
     streams: asyncio.Semaphore,
     chunk: int | None = None,
     threads: concurrent.futures.Executor | None = None,
-    listed: ObjectInfo | None = None,
 ) -> int:
     """Download ``key`` to ``dest`` with parallel ranged reads (``streams`` bounds the reads in
     flight, shared by a tree's files); the bytes read in this run.
@@ -429,15 +428,13 @@ async def download_ranges(
 
     With ``threads`` an S3 store's ranges are read on those threads (a presigned URL each,
     ``http.client`` reading straight into a buffer that is written in place): receiving is
-    most of a download's work, and on one event loop it all ran on one core. ``listed`` (the
-    object as a listing showed it) lets those reads start at once, without a first read for the
-    etag: every range still carries ``If-Match``, so a changed object is refused, never spliced."""
+    most of a download's work, and on one event loop it all ran on one core."""
     caps = store.capabilities
     if caps.ranges and caps.conditional_get:
         with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
             s3 = _s3(store)
             threads = threads if s3 is not None and not s3._read_headers else None  # SSE-C: no presigned reads
-            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads, listed)
+            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads)
         if got is not None:
             return got
     return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
@@ -451,7 +448,6 @@ async def _ranged(
     streams: asyncio.Semaphore,
     step: int,
     threads: concurrent.futures.Executor | None,
-    listed: ObjectInfo | None = None,
 ) -> int | None:
     part = dest.with_name(dest.name + ".part")
     side = dest.with_name(dest.name + ".part.json")
@@ -471,9 +467,6 @@ async def _ranged(
     if done:
         assert recorded is not None
         etag, size = recorded.etag, recorded.size
-    elif threads is not None and listed is not None and listed.etag and listed.size > 0:
-        await asyncio.to_thread(_discard, part, side)
-        etag, size = listed.etag, listed.size
     else:
         await asyncio.to_thread(_discard, part, side)
         try:

@@ -576,8 +576,7 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
         await asyncio.to_thread(_make_folder, path.parent, shared.folders)
         if a.size >= RESUME_AT:
             await download_ranges(
-                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads,
-                listed=a.info,
+                src.store, key, path, bars=display.bars, streams=shared.streams, threads=shared.threads
             )
         else:
             await download(src.store, key, path, resume=False, quiet=True, bars=display.bars)
