@@ -9,7 +9,7 @@ import mimetypes
 import tempfile
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import quote
@@ -50,7 +50,6 @@ SPOOL_IN_MEMORY: Final = 1024 * 1024
 """Compressed output of a streamed body is held in memory up to this size, then in a temporary file."""
 _OUT_CHUNK = 64 * 1024
 _IN_THREAD = 256 * 1024  # compress at least this many bytes in a worker thread, off the event loop
-_ZSTD_SLICE = 8 * 1024
 _READ_RETRIES = 3
 _ATTEMPTS = range(_READ_RETRIES)
 
@@ -117,6 +116,21 @@ def _zstd() -> Any:
     except ImportError as exc:
         raise ConfigurationError("zstd compression needs zstandard: pip install 'unistore[compress]'") from exc
     return zstandard
+
+
+def _zstd_reader() -> tuple[Any, type[Exception]]:
+    """A zstd decompressor with an output limit per call (PEP 784's API: ``compression.zstd``
+    from Python 3.14, its ``backports.zstd`` before): ``zstandard``'s has none."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError as exc:
+            raise ConfigurationError(
+                "reading zstd needs backports.zstd on Python < 3.14: pip install 'unistore[compress]'"
+            ) from exc
+    return zstd.ZstdDecompressor(), zstd.ZstdError
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,37 +565,33 @@ async def _inflate(
     """Plain bytes ``[lo, hi)`` of a body of ``size`` plain bytes; IntegrityError if it is corrupt."""
     if encoding == "gzip":
         d: Any = zlib.decompressobj(31)
-        bounded = True
         errors: tuple[type[BaseException], ...] = (zlib.error,)
     else:
-        zstandard = _zstd()
-        d = zstandard.ZstdDecompressor().decompressobj()
-        bounded = False
-        errors = (zstandard.ZstdError,)
+        d, error = _zstd_reader()
+        errors = (error,)
     pos = 0
 
     def bad(why: str) -> IntegrityError:
         return IntegrityError(f"the compressed body is corrupt: {why}", key=key, backend=backend, operation="get")
 
-    def pieces(data: bytes) -> list[bytes]:
-        """Decompress ``data`` in outputs of bounded size."""
-        out: list[bytes] = []
+    def pieces(data: bytes) -> Iterator[bytes]:
+        """Decompress ``data`` lazily, in outputs of at most ``_OUT_CHUNK`` bytes: a body that
+        inflates 1000:1 never holds more than one output in memory."""
         try:
-            if bounded:
+            if encoding == "gzip":
                 while data:
-                    part = d.decompress(data, _OUT_CHUNK)
-                    out.append(part)
+                    yield d.decompress(data, _OUT_CHUNK)
                     data = d.unconsumed_tail
                     if d.eof:
                         break
             else:
-                for at in range(0, len(data), _ZSTD_SLICE):
-                    out.append(d.decompress(data[at : at + _ZSTD_SLICE]))
+                yield d.decompress(data, _OUT_CHUNK)
+                while not d.eof and not d.needs_input:
+                    yield d.decompress(b"", _OUT_CHUNK)
         except errors as exc:
             raise bad(str(exc) or type(exc).__name__) from None
         if d.eof and d.unused_data:
             raise bad("bytes after the end of the compressed stream")
-        return out
 
     async for chunk in chunks:
         if not chunk:
