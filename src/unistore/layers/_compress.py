@@ -23,7 +23,18 @@ from .._errors import (
     PreconditionFailedError,
     UnsupportedError,
 )
-from .._types import Body, Download, ObjectInfo, Range, WriteMode, normalize_metadata
+from .._keys import validate_key
+from .._signing import UrlSigner
+from .._types import (
+    Body,
+    Download,
+    ObjectInfo,
+    Range,
+    WriteMode,
+    accept_encoding,
+    accepted_encodings,
+    normalize_metadata,
+)
 from ._layer import Layer
 
 __all__ = [
@@ -203,8 +214,11 @@ class Compress(Layer):
     Where it belongs: above Encrypt (ciphertext does not compress) and below Observe, RateLimit
     and Cache. URLs: the store's own URLs would serve compressed bytes without their
     ``Content-Encoding``, so ``sign_url`` refuses compressed objects (uncompressed ones get the
-    store's URL). ``metrics`` is a Prometheus registry, ``True`` (the global one), ``None`` (the
-    global one if prometheus_client is installed) or ``False``.
+    store's URL) unless a ``signer`` is given: a :class:`~unistore.UrlSigner` whose ``base_url`` is
+    the ``/files`` route of an app serving this layer (``add_storage(..., serve_files=True)``, or
+    the unistore service), which then signs every download URL. ``metrics`` is a Prometheus
+    registry, ``True`` (the global one), ``None`` (the global one if prometheus_client is
+    installed) or ``False``.
     """
 
     transforms_bodies: ClassVar[bool] = True
@@ -218,8 +232,10 @@ class Compress(Layer):
         min_savings: float = 0.1,
         min_size: int = 256,
         metrics: Any = None,
+        signer: UrlSigner | None = None,
     ) -> None:
         super().__init__(inner)
+        self.signer = signer
         if encoding not in ("gzip", "zstd"):
             raise ConfigurationError(f"encoding must be 'gzip' or 'zstd', not {encoding!r}")
         if not 0 <= min_savings < 1 or min_size < 0:
@@ -437,19 +453,11 @@ class Compress(Layer):
     ) -> tuple[Download, str | None]:
         """The stored bytes and their encoding if it is in ``accept`` (serve them with that
         ``Content-Encoding``), else the decompressed body and ``None``. ``info.size`` is the
-        plain size either way; the Download's span is that of the bytes it yields."""
-        dl = await self.inner.open(key, if_match=if_match, if_none_match=if_none_match)
-        try:
-            plain = self._plain(dl.info)
-        except BaseException:
-            await dl.aclose()
-            raise
-        if not isinstance(plain, CompressedObjectInfo):
-            return dl, None
-        assert plain.content_encoding is not None
-        if plain.content_encoding in accept:
-            return Download(plain, aiter(dl), start=0, end=dl.end, close=dl.aclose), plain.content_encoding
-        return self._inflating(key, dl, plain, 0, plain.size, False), None
+        plain size either way; the Download's span is that of the bytes it yields. The same as
+        :meth:`open` inside :func:`~unistore.accept_encoding`, which works through other layers too."""
+        with accept_encoding(*accept):
+            dl = await self.open(key, if_match=if_match, if_none_match=if_none_match)
+        return dl, dl.encoding
 
     async def open(
         self,
@@ -468,6 +476,9 @@ class Compress(Layer):
                 raise
             if not isinstance(plain, CompressedObjectInfo):
                 return dl
+            assert plain.content_encoding is not None
+            if plain.content_encoding in accepted_encodings():  # served as stored (Content-Encoding)
+                return Download(plain, aiter(dl), start=0, end=dl.end, close=dl.aclose, encoding=plain.content_encoding)
             return self._inflating(key, dl, plain, 0, plain.size, False)
         for _attempt in _ATTEMPTS:
             try:
@@ -534,7 +545,12 @@ class Compress(Layer):
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        """The store's URL for an uncompressed object; :class:`UnsupportedError` for a compressed one."""
+        """Downloads: the ``signer``'s URL when there is one, else the store's URL for an uncompressed
+        object and :class:`UnsupportedError` for a compressed one. Uploads: the store's URL."""
+        if method.upper() in ("GET", "HEAD") and self.signer is not None:
+            validate_key(key)
+            expires = expires_in if expires_in is not None else self.default_expires_in
+            return self.signer.sign(key, expires_in=expires, download=download, method=method)
         if method.upper() in ("GET", "HEAD"):
             info = await self.inner.head(key)
             if META_ENCODING in info.metadata:
