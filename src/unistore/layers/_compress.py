@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gzip
 import mimetypes
 import tempfile
 import weakref
@@ -119,6 +118,19 @@ def _skipped_type(content_type: str | None) -> bool:
     if kind in _COMPRESSIBLE_MEDIA:
         return False
     return kind in SKIP_TYPES or kind.split("/", 1)[0] in ("image", "video", "audio")
+
+
+def _load_zlib() -> Any:
+    """zlib-ng's zlib when installed (the ``compress`` extra: the same gzip format, deflate about
+    twice as fast at the same level), else the standard library's."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        return zlib
+    return zlib_ng
+
+
+_zlib: Any = _load_zlib()
 
 
 def _zstd() -> Any:
@@ -258,7 +270,8 @@ class Compress(Layer):
 
     def _compress_all(self, data: bytes) -> bytes:
         if self.encoding == "gzip":
-            return gzip.compress(data, compresslevel=self.level, mtime=0)
+            c = _zlib.compressobj(self.level, zlib.DEFLATED, 31)
+            return bytes(c.compress(data) + c.flush())
         return bytes(_zstd().ZstdCompressor(level=self.level, write_checksum=True).compress(data))
 
     async def _compress_off_loop(self, data: bytes) -> bytes:
@@ -268,7 +281,7 @@ class Compress(Layer):
 
     def _compressor(self) -> Any:
         if self.encoding == "gzip":
-            return zlib.compressobj(self.level, zlib.DEFLATED, 31)
+            return _zlib.compressobj(self.level, zlib.DEFLATED, 31)
         return _zstd().ZstdCompressor(level=self.level, write_checksum=True).compressobj()
 
     def _count(self, outcome: str, saved: int = 0) -> None:
@@ -580,8 +593,8 @@ async def _inflate(
 ) -> AsyncIterator[bytes]:
     """Plain bytes ``[lo, hi)`` of a body of ``size`` plain bytes; IntegrityError if it is corrupt."""
     if encoding == "gzip":
-        d: Any = zlib.decompressobj(31)
-        errors: tuple[type[BaseException], ...] = (zlib.error,)
+        d: Any = _zlib.decompressobj(31)
+        errors: tuple[type[BaseException], ...] = (_zlib.error,)
     else:
         d, error = _zstd_reader()
         errors = (error,)
