@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import BaseBackend, StorageBackend
+from ._bluegreen import BlueGreen, Release
 from ._config import backend_from_url, detect_backend, easy_storage
 from ._errors import (
     AlreadyExistsError,
@@ -58,6 +59,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExistsError",
     "BaseBackend",
+    "BlueGreen",
     "ByteRange",
     "Capabilities",
     "CloudinaryBackend",
@@ -85,6 +87,7 @@ __all__ = [
     "PreconditionFailedError",
     "QuotaExceededError",
     "RateLimitedError",
+    "Release",
     "S3Backend",
     "Scoped",
     "StorageBackend",
