@@ -34,7 +34,8 @@ from unistore.cdn import (
     PlainCDN,
     attachment,
 )
-from unistore.layers import CDN
+from unistore.encryption import Encrypt, LocalKeyring
+from unistore.layers import CDN, Compress, Retry
 from unistore.testing import no_sleep, running_server
 from unistore.testing._cdn_fakes import FakeCDN, SignatureRejected, verify_bunny, verify_cloudfront
 from unistore.testing._s3servers import S3Server
@@ -485,3 +486,7 @@ def test_layer_settings_are_checked(cf: CloudFrontURLs) -> None:
         CDN(MemoryBackend(), urls="https://cdn.example.com")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         CDN(MemoryBackend(), urls=cf, wildcard_after=0)
+    with pytest.raises(ConfigurationError, match="below Compress"):
+        CDN(Compress(MemoryBackend(), metrics=False), urls=cf)
+    with pytest.raises(ConfigurationError, match="below Compress"):
+        CDN(Retry(Encrypt(MemoryBackend(), LocalKeyring({"k": bytes(32)}))), urls=cf)

@@ -46,7 +46,9 @@ class CDN(Layer):
     ``retry_interval`` seconds later and on every flush. :meth:`aclose` flushes what is left
     (for at most ``close_timeout`` seconds) and closes the purger.
 
-    Where it belongs: outermost but for Observe (it changes URLs only; the bytes are the store's).
+    Where it belongs: outside Retry and RateLimit, inside Observe; never above a layer that changes
+    bytes (Compress, Encrypt: the CDN would serve the stored bytes), which raises
+    :class:`ConfigurationError`.
     """
 
     def __init__(
@@ -67,6 +69,11 @@ class CDN(Layer):
         super().__init__(inner)
         if not isinstance(urls, CDNUrls):
             raise ConfigurationError("urls must be a CDN URL maker (CloudFrontURLs, BunnyURLs, PlainCDN)")
+        below = inner.layers() if isinstance(inner, Layer) else [inner]
+        if any(getattr(node, "transforms_bodies", False) for node in below):
+            raise ConfigurationError(
+                "a CDN serves the bytes the store holds: put CDN below Compress and Encrypt, not above"
+            )
         if batch_delay < 0 or retry_interval <= 0 or close_timeout < 0:
             raise ConfigurationError("batch_delay and close_timeout must be >= 0, retry_interval > 0")
         if wildcard_after is not None and wildcard_after < 1:
