@@ -384,6 +384,39 @@ async def test_bunny_purge_checks_the_access_key(purge_api: tuple[FakeCDN, str])
     await purger.aclose()
 
 
+async def test_a_huge_queue_becomes_one_wildcard(purge_api: tuple[FakeCDN, str]) -> None:
+    fake, api = purge_api
+    store = CDN(
+        fake.origin,
+        urls=PlainCDN("https://z.b-cdn.net"),
+        purger=BunnyPurger("bunny-api-key", api_url=api),
+        batch_delay=60,
+        max_queue=5,
+    )
+    for i in range(20):
+        await store.put_object(f"k{i}", b"x")
+    await store.flush()
+    assert fake.purges == [["https://z.b-cdn.net/*"]]  # one request, not twenty
+    await store.aclose()
+
+
+async def test_the_queue_survives_a_new_event_loop(purge_api: tuple[FakeCDN, str]) -> None:
+    fake, api = purge_api
+    store = _cloudflare(fake, api, batch_delay=60)
+    await store.put_object("a.txt", b"1")
+
+    def other_loop() -> None:
+        async def main() -> None:
+            await store.put_object("b.txt", b"1")
+            await store.flush()
+
+        asyncio.run(main())
+
+    await asyncio.to_thread(other_loop)
+    assert fake.purges == [["https://cdn.example.com/a.txt", "https://cdn.example.com/b.txt"]]
+    await store.aclose()
+
+
 # --- CloudFront invalidations at moto ----------------------------------------------------------
 
 

@@ -80,9 +80,9 @@ class _HttpPurger:
         return response
 
     async def aclose(self) -> None:
-        """Close the HTTP client (safe to call twice)."""
+        """Close the HTTP client (safe to call twice; one made on another event loop is dropped)."""
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
 
 
@@ -223,7 +223,7 @@ class CloudFrontInvalidator:
     async def aclose(self) -> None:
         """Close the CloudFront client (safe to call twice)."""
         context, self._context, self._client = self._context, None, None
-        if context is not None:
+        if context is not None and self._loop is asyncio.get_running_loop():
             await context.__aexit__(None, None, None)
 
 

@@ -39,7 +39,8 @@ class CDN(Layer):
     and a delete that removed something queue the key's CDN URL. The queue is flushed
     ``batch_delay`` seconds after the first write (or by :meth:`flush`): URLs are de-duplicated,
     with ``wildcard_after`` more than that many under one folder are one ``folder/*`` (CloudFront
-    bills per path), and sent in batches of the purger's ``max_batch``. Each batch is retried on
+    bills per path), and sent in batches of the purger's ``max_batch``; past ``max_queue`` queued
+    URLs, a purger that takes wildcards purges ``{base_url}/*`` once instead. Each batch is retried on
     :class:`TransientError` with :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its
     ``asyncio.sleep``); a batch that still fails
     never fails the write: its URLs are kept in :attr:`failed_purges`, logged, and tried again
@@ -63,6 +64,7 @@ class CDN(Layer):
         attempts: int = 5,
         retry_interval: float = 60.0,
         close_timeout: float = 10.0,
+        max_queue: int = 100_000,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -76,6 +78,8 @@ class CDN(Layer):
             )
         if batch_delay < 0 or retry_interval <= 0 or close_timeout < 0:
             raise ConfigurationError("batch_delay and close_timeout must be >= 0, retry_interval > 0")
+        if max_queue < 1:
+            raise ConfigurationError("max_queue must be >= 1")
         if wildcard_after is not None and wildcard_after < 1:
             raise ConfigurationError("wildcard_after must be >= 1")
         self.urls = urls
@@ -91,6 +95,8 @@ class CDN(Layer):
         self._failed: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self.max_queue = max_queue
         self.purged = 0
         """URLs (or wildcards) purged so far."""
         self.purge_requests = 0
@@ -192,9 +198,15 @@ class CDN(Layer):
     def _enqueue(self, key: str) -> None:
         if self.purger is None:
             return
-        self._pending[self.urls.url(key)] = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="unistore-cdn-purge")
+        everything = self.urls.base_url + "/*"
+        if everything not in self._pending:
+            self._pending[self.urls.url(key)] = None
+        if len(self._pending) + len(self._failed) > self.max_queue and self.purger.wildcards:
+            self._failed.clear()  # too many to track one by one: purge the whole distribution once
+            self._pending = {everything: None}
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="unistore-cdn-purge")
 
     async def _run(self) -> None:
         delay = self.batch_delay
@@ -210,6 +222,9 @@ class CDN(Layer):
 
     def _coalesce(self, urls: list[str]) -> list[str]:
         assert self.purger is not None
+        everything = self.urls.base_url + "/*"
+        if everything in urls:
+            return [everything]
         if not self.purger.wildcards or self.wildcard_after is None:
             return urls
         folders: dict[str, list[str]] = {}
@@ -224,8 +239,9 @@ class CDN(Layer):
         """Purge every queued and every failed URL now; failures are recorded, never raised."""
         if self.purger is None:
             return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         purger = self.purger
         async with self._lock:
             urls = list(dict.fromkeys([*self._failed, *self._pending]))
