@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from unistore import (
+    CommonPrefix,
     ConfigurationError,
     InvalidArgumentError,
     MemoryBackend,
@@ -25,6 +26,7 @@ from unistore import (
     PermissionDeniedError,
     UnsupportedError,
 )
+from unistore._keys import reserved_keys
 from unistore.cdn import (
     BunnyPurger,
     BunnyURLs,
@@ -415,6 +417,57 @@ async def test_the_queue_survives_a_new_event_loop(purge_api: tuple[FakeCDN, str
     await asyncio.to_thread(other_loop)
     assert fake.purges == [["https://cdn.example.com/a.txt", "https://cdn.example.com/b.txt"]]
     await store.aclose()
+
+
+async def test_failed_purges_outlive_the_process_in_the_outbox(purge_api: tuple[FakeCDN, str]) -> None:
+    fake, api = purge_api
+    origin = fake.origin
+    fake.fail_next = [503] * 10
+    first = _cloudflare(fake, api, batch_delay=60, attempts=2, outbox=origin, close_timeout=1)
+    await first.put_object("a.txt", b"1")
+    await first.put_object("dir/b.txt", b"1")
+    await first.flush()
+    assert len(first.failed_purges) == 2
+    assert await first.list_keys() == ["a.txt", "dir/b.txt"]  # the outbox is not listed
+    root = [e.prefix if isinstance(e, CommonPrefix) else e.key async for e in first.iter_entries()]
+    assert root == ["a.txt", "dir/"]
+    with reserved_keys():
+        assert len([k async for k in origin.iter_keys(".unistore/cdn-purges/")]) == 2
+    assert first._task is not None
+    first._task.cancel()  # the process dies: no close, no flush
+    fake.fail_next = []
+    second = _cloudflare(fake, api, batch_delay=60, outbox=origin)
+    await second.flush()  # a new process picks the failed purges up
+    assert [sorted(batch) for batch in fake.purges] == [
+        ["https://cdn.example.com/a.txt", "https://cdn.example.com/dir/b.txt"]
+    ]
+    assert not second.failed_purges
+    with reserved_keys():
+        assert [k async for k in origin.iter_keys(".unistore/cdn-purges/")] == []
+    await second.aclose()
+
+
+async def test_a_close_that_times_out_records_what_it_did_not_purge() -> None:
+    class Hanging:
+        max_batch = 10
+        wildcards = False
+
+        async def purge(self, urls: list[str]) -> None:
+            await asyncio.sleep(3600)
+
+        async def aclose(self) -> None:
+            pass
+
+    outbox = MemoryBackend()
+    store = CDN(
+        MemoryBackend(), urls=PlainCDN("https://cdn.example.com"), purger=Hanging(), outbox=outbox, close_timeout=0.1
+    )
+    await store.put_object("a.txt", b"1")
+    await store.aclose()
+    assert store.failed_purges == {"https://cdn.example.com/a.txt": "interrupted"}
+    with reserved_keys():
+        [entry] = [k async for k in outbox.iter_keys(".unistore/cdn-purges/")]
+        assert json.loads(await outbox.get(entry))["url"] == "https://cdn.example.com/a.txt"
 
 
 # --- CloudFront invalidations at moto ----------------------------------------------------------

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from .._base import StorageBackend
 from .._errors import ConfigurationError, InvalidArgumentError, StorageError, UnsupportedError
-from .._keys import validate_key, validate_prefix
-from .._types import Body, ObjectInfo, WriteMode
+from .._keys import RESERVED_PREFIX, reserved_keys, validate_key, validate_prefix
+from .._types import Body, CommonPrefix, ObjectInfo, WriteMode
 from ..cdn._purge import Purger
 from ..cdn._urls import CDNUrls, CloudFrontURLs, attachment, cdn_path
 from ._layer import Layer
@@ -23,6 +25,17 @@ from ._retry import Retry
 __all__ = ["CDN"]
 
 log = logging.getLogger("unistore.layers.cdn")
+
+PURGE_OUTBOX = RESERVED_PREFIX + "/cdn-purges/"
+
+
+_T = TypeVar("_T")
+
+
+async def _hide(found: AsyncIterator[_T], name: Callable[[_T], str]) -> AsyncIterator[_T]:
+    async for item in found:
+        if not name(item).startswith(RESERVED_PREFIX):
+            yield item
 
 
 class CDN(Layer):
@@ -44,8 +57,10 @@ class CDN(Layer):
     :class:`TransientError` with :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its
     ``asyncio.sleep``); a batch that still fails
     never fails the write: its URLs are kept in :attr:`failed_purges`, logged, and tried again
-    ``retry_interval`` seconds later and on every flush. :meth:`aclose` flushes what is left
-    (for at most ``close_timeout`` seconds) and closes the purger.
+    ``retry_interval`` seconds later and on every flush. With an ``outbox`` store they are also
+    recorded there (under ``.unistore/cdn-purges/``, hidden from this layer's listings), so a
+    restarted process retries them. :meth:`aclose` flushes what is left (for at most
+    ``close_timeout`` seconds) and closes the purger.
 
     Where it belongs: outside Retry and RateLimit, inside Observe; never above a layer that changes
     bytes (Compress, Encrypt: the CDN would serve the stored bytes), which raises
@@ -65,6 +80,7 @@ class CDN(Layer):
         retry_interval: float = 60.0,
         close_timeout: float = 10.0,
         max_queue: int = 100_000,
+        outbox: StorageBackend | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +113,9 @@ class CDN(Layer):
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.max_queue = max_queue
+        self.outbox = outbox
+        self._outbox_loaded = False
+        self._recorded: set[str] = set()
         self.purged = 0
         """URLs (or wildcards) purged so far."""
         self.purge_requests = 0
@@ -183,6 +202,24 @@ class CDN(Layer):
         self._enqueue(key)
         return info
 
+    # --- listings: the store's, without the purge outbox -------------------------------
+
+    def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        found = self.inner.iter_objects(prefix, start_after=start_after)
+        return found if self.outbox is None else _hide(found, lambda info: info.key)
+
+    def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
+        found = self.inner.iter_keys(prefix, start_after=start_after)
+        return found if self.outbox is None else _hide(found, lambda key: key)
+
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        found = self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after)
+        if self.outbox is None:
+            return found
+        return _hide(found, lambda e: e.prefix if isinstance(e, CommonPrefix) else e.key)
+
     # --- the purge queue ----------------------------------------------------------------
 
     @property
@@ -244,23 +281,68 @@ class CDN(Layer):
             self._lock, self._lock_loop = asyncio.Lock(), loop
         purger = self.purger
         async with self._lock:
+            if self.outbox is not None and not self._outbox_loaded:
+                await self._load_outbox()
             urls = list(dict.fromkeys([*self._failed, *self._pending]))
-            errors, self._failed = self._failed, {}
+            self._failed = {}
             self._pending.clear()
             batches = self._coalesce(urls)
-            for i in range(0, len(batches), purger.max_batch):
-                batch = batches[i : i + purger.max_batch]
-                try:
-                    await self._retry._around("purge", None, functools.partial(purger.purge, batch))
-                except StorageError as exc:
-                    for url in batch:
-                        self._failed[url] = str(exc)
-                    log.warning("CDN purge of %d URL(s) failed, will retry: %s", len(batch), exc)
-                    continue
-                self.purge_requests += 1
-                self.purged += len(batch)
-                for url in batch:
-                    errors.pop(url, None)
+            done = 0
+            try:
+                for done in range(0, len(batches), purger.max_batch):
+                    batch = batches[done : done + purger.max_batch]
+                    try:
+                        await self._retry._around("purge", None, functools.partial(purger.purge, batch))
+                    except StorageError as exc:
+                        for url in batch:
+                            self._failed[url] = str(exc)
+                        log.warning("CDN purge of %d URL(s) failed, will retry: %s", len(batch), exc)
+                        continue
+                    self.purge_requests += 1
+                    self.purged += len(batch)
+            except BaseException:  # cancelled (a close that timed out): keep what was not purged
+                for url in batches[done:]:
+                    self._failed.setdefault(url, "interrupted")
+                raise
+            finally:
+                if self.outbox is not None:
+                    await asyncio.shield(self._sync_outbox())
+
+    # --- the durable record of failed purges ----------------------------------------------
+
+    def _entry_key(self, url: str) -> str:
+        return PURGE_OUTBOX + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+    async def _load_outbox(self) -> None:
+        """Take the failed purges recorded by an earlier process into :attr:`failed_purges`."""
+        assert self.outbox is not None
+        self._outbox_loaded = True
+        try:
+            with reserved_keys():
+                keys = [k async for k in self.outbox.iter_keys(PURGE_OUTBOX)]
+                for entry_key in keys:
+                    doc = json.loads(await self.outbox.get(entry_key))
+                    self._failed.setdefault(str(doc["url"]), str(doc.get("error", "")))
+                    self._recorded.add(str(doc["url"]))
+        except (StorageError, ValueError, KeyError, TypeError) as exc:
+            log.error("could not read the CDN purge outbox: %s", exc)
+
+    async def _sync_outbox(self) -> None:
+        """Record the URLs still failing and forget the ones purged since."""
+        assert self.outbox is not None
+        try:
+            with reserved_keys():
+                for url in [u for u in self._failed if u not in self._recorded]:
+                    doc = {"url": url, "error": self._failed[url][:500], "since": time.time()}
+                    await self.outbox.put_object(
+                        self._entry_key(url), json.dumps(doc).encode(), content_type="application/json"
+                    )
+                    self._recorded.add(url)
+                for url in [u for u in self._recorded if u not in self._failed]:
+                    await self.outbox.remove(self._entry_key(url))
+                    self._recorded.discard(url)
+        except StorageError as exc:
+            log.error("could not update the CDN purge outbox: %s", exc)
 
     async def aclose(self) -> None:
         """Flush the purge queue (for at most ``close_timeout`` seconds), close the purger and the store."""
@@ -276,6 +358,7 @@ class CDN(Layer):
                 except TimeoutError:
                     log.warning("CDN purge flush on close timed out")
             if self._failed:
-                log.warning("CDN purges lost on close: %s", sorted(self._failed))
+                where = "kept in the outbox" if self.outbox is not None else "lost"
+                log.warning("CDN purges not done on close (%s): %s", where, sorted(self._failed))
             await self.purger.aclose()
         await self.inner.aclose()
