@@ -13,6 +13,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._cdn import CDN
 from ._compress import Compress, CompressedObjectInfo, looks_compressed
 from ._dualwrite import DualWrite
 from ._fallback import ReadFallback
@@ -46,6 +47,7 @@ from ._validate import (
 )
 
 __all__ = [
+    "CDN",
     "Cache",
     "Compress",
     "CompressedObjectInfo",
