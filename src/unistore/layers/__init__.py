@@ -14,6 +14,7 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 
 from ._cache import Cache
 from ._compress import Compress, CompressedObjectInfo, looks_compressed
+from ._dedup import Dedup, DedupObjectInfo, SweepReport
 from ._dualwrite import DualWrite, OutboxEntry
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
@@ -47,6 +48,8 @@ __all__ = [
     "Cache",
     "Compress",
     "CompressedObjectInfo",
+    "Dedup",
+    "DedupObjectInfo",
     "DualWrite",
     "FaultSettings",
     "Faults",
@@ -70,6 +73,7 @@ __all__ = [
     "Scan",
     "ScanMode",
     "Scoped",
+    "SweepReport",
     "UnsupportedMediaTypeError",
     "UploadRule",
     "Validate",
