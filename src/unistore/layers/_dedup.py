@@ -617,6 +617,12 @@ class Dedup(Layer):
         report: dict[str, int] = dict.fromkeys(
             ("references", "stale_markers_removed", "bodies", "bodies_removed", "bytes_reclaimed", "claims_cleared"), 0
         )
+        with reserved_keys():
+            claims = [info async for info in self.inner.iter_objects(_SWEEPING)]
+        for claim in claims:
+            if (now - claim.last_modified).total_seconds() > self.grace + 2 * self.lease:  # a dead sweeper's
+                await self._drop(claim.key, if_match=claim.etag)
+                report["claims_cleared"] += 1
         live: dict[str, int] = {}
         with reserved_keys():
             markers = [info async for info in self.inner.iter_objects(_REFS)]
@@ -643,12 +649,6 @@ class Dedup(Layer):
             report["bodies"] += 1
             physical += body.size
             logical += body.size * live.get(sha, 0)
-        with reserved_keys():
-            claims = [info async for info in self.inner.iter_objects(_SWEEPING)]
-        for claim in claims:
-            if (now - claim.last_modified).total_seconds() > 2 * self.lease:
-                await self._drop(claim.key, if_match=claim.etag)
-                report["claims_cleared"] += 1
         self._count("reclaimed", report["bytes_reclaimed"])
         if self._metrics is not None:
             self._metrics["stored_logical"].labels(self.name).set(logical)
@@ -676,7 +676,7 @@ class Dedup(Layer):
             with reserved_keys():
                 await self.inner.put_object(claim, uuid.uuid4().hex.encode(), mode="create")
         except PreconditionFailedError:
-            return False  # another sweep holds it (or died holding it: cleared after 2 x lease)
+            return False  # another sweep holds it (or died holding it: cleared after grace)
         try:
             with reserved_keys():
                 async for _ in self.inner.iter_keys(f"{_REFS}{sha}/"):
