@@ -37,3 +37,17 @@ def test_public_names_defined_in_private_modules_are_reexported() -> None:
 
 def test_py_typed_marker_is_shipped() -> None:
     assert (Path(unistore.__file__).parent / "py.typed").is_file()
+
+
+def test_every_layer_class_is_exported_from_unistore_layers() -> None:
+    import unistore.layers
+    from unistore.layers import Layer
+
+    for info in pkgutil.iter_modules(unistore.layers.__path__, "unistore.layers."):
+        module = importlib.import_module(info.name)
+        for attr in module.__all__:
+            value = getattr(module, attr)
+            if isinstance(value, type) and issubclass(value, Layer):
+                assert attr in unistore.layers.__all__, f"{info.name}.{attr} is not exported by unistore.layers"
+    for name in ("Dedup", "DedupObjectInfo", "SweepReport"):
+        assert name in unistore.layers.__all__
