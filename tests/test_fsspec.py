@@ -445,3 +445,18 @@ def test_get_file_reads_in_pieces(tmp_path: Path, s3fs: UnistoreFileSystem, pfx:
     assert (tmp_path / "empty").read_bytes() == b""
     with pytest.raises(FileNotFoundError):
         s3fs.get_file(pfx + "missing", str(tmp_path / "missing"))
+
+
+def test_put_file_without_progress_uploads_parts_from_the_file(
+    tmp_path: Path, s3fs: UnistoreFileSystem, pfx: str
+) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(12 * MiB + 3))
+    s3fs.put_file(str(src), pfx + "up.bin")
+    assert "-" in s3fs.info(pfx + "up.bin")["etag"]  # a multipart upload
+    assert s3fs.cat_file(pfx + "up.bin") == src.read_bytes()
+    with pytest.raises(FileExistsError):
+        s3fs.put_file(str(src), pfx + "up.bin", mode="create")
+    with pytest.raises(FileNotFoundError):
+        s3fs.put_file(str(tmp_path / "missing"), pfx + "never.bin")
+    assert not s3fs.exists(pfx + "never.bin")

@@ -9,13 +9,14 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.asyn import AbstractAsyncStreamedFile, AsyncFileSystem, sync, sync_wrapper
 from fsspec.caching import BaseCache, register_cache
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback, NoOpCallback
 from fsspec.spec import AbstractBufferedFile
 from fsspec.spec import _Cached as _FsspecCached
 
@@ -480,9 +481,14 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         mode: str = "overwrite",
         **kwargs: Any,
     ) -> None:
+        """Upload a local file. Without a progress callback the store reads the file itself (on S3:
+        parts read from their byte ranges, several at once); with one, the file is streamed in order."""
         if await asyncio.to_thread(os.path.isdir, lpath):
             return  # folders are implicit
         rpath = self._strip_protocol(rpath)
+        if callback is DEFAULT_CALLBACK or isinstance(callback, NoOpCallback):
+            await self.backend.put_object(rpath, Path(lpath), mode=self._mode(mode))
+            return
         f = await asyncio.to_thread(open, lpath, "rb")
         callback.set_size(os.fstat(f.fileno()).st_size)
 
