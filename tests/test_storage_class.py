@@ -75,6 +75,5 @@ async def test_stores_without_classes_refuse_rather_than_ignore(make: Any, tmp_p
 
 def test_class_names_are_checked() -> None:
     for bad in ("standard", "", "X" * 60, "A-B", 3):
-        with pytest.raises(InvalidArgumentError):
-            with storage_class(bad):  # type: ignore[arg-type]
-                pass
+        with pytest.raises(InvalidArgumentError), storage_class(bad):  # type: ignore[arg-type]
+            pass
