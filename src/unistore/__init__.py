@@ -44,6 +44,7 @@ from ._types import (
     ObjectInfo,
     SuffixRange,
     WriteMode,
+    accept_encoding,
     parse_http_range,
 )
 from .backends.local import LocalBackend, LocalSettings
@@ -102,6 +103,7 @@ __all__ = [
     "UnsupportedError",
     "UrlSigner",
     "WriteMode",
+    "accept_encoding",
     "add_storage",
     "backend_from_url",
     "detect_backend",

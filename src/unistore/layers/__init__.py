@@ -13,7 +13,9 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._cdn import CDN
 from ._compress import Compress, CompressedObjectInfo, looks_compressed
+from ._dedup import Dedup, DedupObjectInfo, SweepReport
 from ._dualwrite import DualWrite
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
@@ -46,9 +48,12 @@ from ._validate import (
 )
 
 __all__ = [
+    "CDN",
     "Cache",
     "Compress",
     "CompressedObjectInfo",
+    "Dedup",
+    "DedupObjectInfo",
     "DualWrite",
     "FaultSettings",
     "Faults",
@@ -73,6 +78,7 @@ __all__ = [
     "Scan",
     "ScanMode",
     "Scoped",
+    "SweepReport",
     "UnsupportedMediaTypeError",
     "UploadRule",
     "Validate",
