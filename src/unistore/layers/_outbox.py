@@ -22,7 +22,7 @@ from .._types import CommonPrefix, IfMatch, ObjectInfo, WriteMode
 from ._layer import Layer
 from ._metrics import registry_for
 
-__all__ = ["OutboxEntry", "OutboxLayer"]
+__all__ = ["OutboxEntry"]  # OutboxLayer is the private base of DualWrite and Replicate
 
 log = logging.getLogger("unistore.layers.outbox")
 
