@@ -388,3 +388,29 @@ def test_sigkill_mid_write_loses_nothing(tmp_path: Path) -> None:
         await _same(src, rep.replica, "k/")
 
     asyncio.run(check())
+
+
+async def test_the_background_replayer_does_not_inherit_the_first_writers_context() -> None:
+    """The replayer is started by the first write; it must not run every later copy with that
+    write's context variables (its storage class, idempotency key, request id...)."""
+    import contextvars
+
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
+    seen: list[str] = []
+
+    class Spy(Layer):
+        async def put_object(self, key: str, body: Body, **kw: Any) -> ObjectInfo:
+            seen.append(tag.get())
+            return await self.inner.put_object(key, body, **kw)
+
+    source, replica = MemoryBackend(), MemoryBackend()
+    rep = Replicate(source, Spy(replica), replay_interval=30, metrics=False)
+    token = tag.set("first request")
+    await rep.put("a", b"1")  # starts the replayer
+    tag.reset(token)
+    for _ in range(200):
+        if await replica.exists("a"):
+            break
+        await asyncio.sleep(0.01)
+    await rep.aclose()
+    assert seen == ["none"]
