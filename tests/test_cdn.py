@@ -300,6 +300,7 @@ def purge_api() -> Iterator[tuple[FakeCDN, str]]:
 
 def _cloudflare(fake: FakeCDN, api: str, token: str = "cf-token", **options: Any) -> CDN:
     purger = CloudflarePurger("zone-1", token, api_url=api + "/client/v4")
+    options.setdefault("metrics", False)
     return CDN(fake.origin, urls=PlainCDN("https://cdn.example.com"), purger=purger, sleep=no_sleep, **options)
 
 
@@ -336,6 +337,26 @@ async def test_purge_auth_failure_never_fails_the_write_and_is_retried_later(
     store.purger._token = "cf-token"  # type: ignore[attr-defined]  # the operator fixes the token
     await store.flush()
     assert fake.purges == [["https://cdn.example.com/a.txt"]] and not store.failed_purges
+    await store.aclose()
+
+
+async def test_purge_metrics(purge_api: tuple[FakeCDN, str]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    fake, api = purge_api
+    registry = CollectorRegistry()
+    fake.fail_next = [503, 503]
+    store = _cloudflare(fake, api, batch_delay=60, attempts=2, metrics=registry)
+    await store.put_object("a.txt", b"1")
+    await store.put_object("b.txt", b"1")
+    labels = {"backend": "MemoryBackend"}
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 2
+    await store.flush()
+    assert registry.get_sample_value("unistore_cdn_purge_failures_total", labels) == 2
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 2
+    await store.flush()
+    assert registry.get_sample_value("unistore_cdn_purged_urls_total", labels) == 2
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 0
     await store.aclose()
 
 

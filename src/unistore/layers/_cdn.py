@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -30,6 +31,39 @@ PURGE_OUTBOX = RESERVED_PREFIX + "/cdn-purges/"
 
 
 _T = TypeVar("_T")
+_METRICS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _metrics(option: Any) -> tuple[Any, Any, Any] | None:
+    """(purged URLs, failed URLs, queue depth) in ``option``'s registry (see :class:`CDN`)."""
+    if option is False:
+        return None
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        if option is None:
+            return None
+        raise ConfigurationError("metrics need prometheus_client: pip install 'unistore[observe]'") from exc
+    registry = prometheus_client.REGISTRY if option is None or option is True else option
+    found = _METRICS.get(registry)
+    if found is None:
+        purged = prometheus_client.Counter(
+            "unistore_cdn_purged_urls", "CDN URLs (or wildcards) purged.", ["backend"], registry=registry
+        )
+        failed = prometheus_client.Counter(
+            "unistore_cdn_purge_failures",
+            "CDN URLs whose purge failed (retried later).",
+            ["backend"],
+            registry=registry,
+        )
+        depth = prometheus_client.Gauge(
+            "unistore_cdn_purge_queue",
+            "CDN URLs queued or failed, waiting for a purge.",
+            ["backend"],
+            registry=registry,
+        )
+        found = _METRICS[registry] = (purged, failed, depth)
+    return found
 
 
 async def _hide(found: AsyncIterator[_T], name: Callable[[_T], str]) -> AsyncIterator[_T]:
@@ -60,7 +94,9 @@ class CDN(Layer):
     ``retry_interval`` seconds later and on every flush. With an ``outbox`` store they are also
     recorded there (under ``.unistore/cdn-purges/``, hidden from this layer's listings), so a
     restarted process retries them. :meth:`aclose` flushes what is left (for at most
-    ``close_timeout`` seconds) and closes the purger.
+    ``close_timeout`` seconds) and closes the purger. ``metrics`` (a Prometheus registry, ``True``
+    for the global one, ``None`` for the global one if prometheus_client is installed, or
+    ``False``) counts purged and failed URLs and gauges the queue.
 
     Where it belongs: outside Retry and RateLimit, inside Observe; never above a layer that changes
     bytes (Compress, Encrypt: the CDN would serve the stored bytes), which raises
@@ -81,6 +117,7 @@ class CDN(Layer):
         close_timeout: float = 10.0,
         max_queue: int = 100_000,
         outbox: StorageBackend | None = None,
+        metrics: Any = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +151,7 @@ class CDN(Layer):
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.max_queue = max_queue
         self.outbox = outbox
+        self._metrics = _metrics(metrics)
         self._outbox_loaded = False
         self._recorded: set[str] = set()
         self.purged = 0
@@ -241,6 +279,7 @@ class CDN(Layer):
         if len(self._pending) + len(self._failed) > self.max_queue and self.purger.wildcards:
             self._failed.clear()  # too many to track one by one: purge the whole distribution once
             self._pending = {everything: None}
+        self._gauge()
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._run(), name="unistore-cdn-purge")
@@ -297,16 +336,25 @@ class CDN(Layer):
                         for url in batch:
                             self._failed[url] = str(exc)
                         log.warning("CDN purge of %d URL(s) failed, will retry: %s", len(batch), exc)
+                        if self._metrics is not None:
+                            self._metrics[1].labels(self.name).inc(len(batch))
                         continue
                     self.purge_requests += 1
                     self.purged += len(batch)
+                    if self._metrics is not None:
+                        self._metrics[0].labels(self.name).inc(len(batch))
             except BaseException:  # cancelled (a close that timed out): keep what was not purged
                 for url in batches[done:]:
                     self._failed.setdefault(url, "interrupted")
                 raise
             finally:
+                self._gauge()
                 if self.outbox is not None:
                     await asyncio.shield(self._sync_outbox())
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics[2].labels(self.name).set(len(self._pending) + len(self._failed))
 
     # --- the durable record of failed purges ----------------------------------------------
 
