@@ -285,6 +285,15 @@ async def test_bunny_edge_serves_signed_urls_and_purges_make_writes_visible(
         await store.delete("news/today.html")
         await store.flush()
         assert (await client.get(url)).status_code == 404
+        in_path = CDN(fake.origin, urls=BunnyURLs(edge, "zone-key", token_in_path=True), private=True)
+        await in_path.put_object("videos/1/index.m3u8", b"#EXTM3U")
+        url = await in_path.get_url("videos/1/index.m3u8")
+        assert url.startswith(edge + "/bcdn_token=HS256-") and url.endswith("/videos/1/index.m3u8")
+        assert (await client.get(url)).content == b"#EXTM3U"
+        basic = CDN(fake.origin, urls=BunnyURLs(edge, "zone-key", scheme="md5"), private=True)
+        assert (await client.get(await basic.get_url("videos/1/index.m3u8"))).content == b"#EXTM3U"
+        wrong = CDN(fake.origin, urls=BunnyURLs(edge, "not-the-zone-key"), private=True)
+        assert (await client.get(await wrong.get_url("videos/1/index.m3u8"))).status_code == 403
     await store.aclose()
 
 
