@@ -482,7 +482,7 @@ async def test_a_close_that_times_out_records_what_it_did_not_purge() -> None:
         max_batch = 10
         wildcards = False
 
-        async def purge(self, urls: list[str]) -> None:
+        async def purge(self, urls: list[str], *, reference: str) -> None:
             await asyncio.sleep(3600)
 
         async def aclose(self) -> None:
@@ -568,6 +568,16 @@ async def test_cloudfront_invalidation_batches_paths(
     assert _invalidated(client, distribution) == [["/a.txt", "/copy.txt", "/dir/%C3%BC.txt", "/dir/b%20c.txt"]]
     store.purger = None  # the fixture closes the invalidator
     await store.aclose()
+
+
+async def test_cloudfront_caller_reference_is_the_batch_reference(
+    cloudfront: tuple[Any, str, CloudFrontInvalidator],
+) -> None:
+    client, distribution, invalidator = cloudfront
+    await invalidator.purge([f"{BASE}/x.txt"], reference="batch-1")
+    [item] = client.list_invalidations(DistributionId=distribution)["InvalidationList"]["Items"]
+    batch = client.get_invalidation(DistributionId=distribution, Id=item["Id"])["Invalidation"]["InvalidationBatch"]
+    assert batch["CallerReference"] == "batch-1"
 
 
 async def test_cloudfront_wildcards_collapse_a_busy_folder(

@@ -75,7 +75,7 @@ async def test_keys_with_wildcards_purge_only_themselves() -> None:
         def __init__(self) -> None:
             self.urls: list[str] = []
 
-        async def purge(self, urls: list[str]) -> None:
+        async def purge(self, urls: list[str], *, reference: str) -> None:
             self.urls.extend(urls)
 
         async def aclose(self) -> None:

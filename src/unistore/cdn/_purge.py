@@ -29,8 +29,9 @@ class Purger(Protocol):
     max_batch: int
     wildcards: bool
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """Purge ``urls``; raise a :class:`TransientError` when a retry may succeed."""
+    async def purge(self, urls: Sequence[str], *, reference: str) -> None:
+        """Purge ``urls``; raise a :class:`TransientError` when a retry may succeed. ``reference``
+        is the same on every retry of one batch (an idempotency token, where the API takes one)."""
         ...
 
     async def aclose(self) -> None:
@@ -104,8 +105,8 @@ class BunnyPurger(_HttpPurger):
     def __repr__(self) -> str:
         return f"BunnyPurger(api_url={self.api_url!r})"
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """One purge request per URL."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """One purge request per URL (purging twice is harmless: ``reference`` is not sent)."""
         for url in urls:
             await self._send(
                 "BunnyCDN purge",
@@ -135,8 +136,8 @@ class CloudflarePurger(_HttpPurger):
     def __repr__(self) -> str:
         return f"CloudflarePurger(zone_id={self.zone_id!r})"
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """Purge ``urls`` (at most :attr:`max_batch`) in one request."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """Purge ``urls`` (at most :attr:`max_batch`) in one request (``reference`` is not sent)."""
         if any(url.endswith("*") for url in urls):
             raise InvalidArgumentError("Cloudflare purges by exact URL, not by wildcard", operation="purge")
         response = await self._send(
@@ -208,13 +209,14 @@ class CloudFrontInvalidator:
         self._context, self._loop = context, loop
         return self._client
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """One ``CreateInvalidation`` for the paths of ``urls``."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """One ``CreateInvalidation`` for the paths of ``urls``; ``reference`` is its
+        ``CallerReference``, so a retry after a lost answer does not pay for a second one."""
         paths = sorted({urlsplit(url).path or "/" for url in urls})
         if not paths:
             return
         client = await self._cloudfront()
-        batch = {"Paths": {"Quantity": len(paths), "Items": paths}, "CallerReference": uuid.uuid4().hex}
+        batch = {"Paths": {"Quantity": len(paths), "Items": paths}, "CallerReference": reference or uuid.uuid4().hex}
         try:
             await client.create_invalidation(DistributionId=self.distribution_id, InvalidationBatch=batch)
         except Exception as exc:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -331,7 +332,9 @@ class CDN(Layer):
                 for done in range(0, len(batches), purger.max_batch):
                     batch = batches[done : done + purger.max_batch]
                     try:
-                        await self._retry._around("purge", None, functools.partial(purger.purge, batch))
+                        await self._retry._around(
+                            "purge", None, functools.partial(purger.purge, batch, reference=uuid.uuid4().hex)
+                        )
                     except StorageError as exc:
                         for url in batch:
                             self._failed[url] = str(exc)
