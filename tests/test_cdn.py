@@ -24,6 +24,7 @@ from unistore import (
     MemoryBackend,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
     UnsupportedError,
 )
 from unistore._keys import reserved_keys
@@ -567,6 +568,32 @@ async def test_cloudfront_invalidation_batches_paths(
     await store.flush()
     assert _invalidated(client, distribution) == [["/a.txt", "/copy.txt", "/dir/%C3%BC.txt", "/dir/b%20c.txt"]]
     store.purger = None  # the fixture closes the invalidator
+    await store.aclose()
+
+
+async def test_a_retried_batch_keeps_its_reference() -> None:
+    class Flaky:
+        max_batch = 1
+        wildcards = False
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        async def purge(self, urls: list[str], *, reference: str) -> None:
+            self.calls.append((urls[0], reference))
+            if len(self.calls) % 2:
+                raise UnavailableError("lost answer")
+
+        async def aclose(self) -> None:
+            pass
+
+    flaky = Flaky()
+    store = CDN(MemoryBackend(), urls=PlainCDN("https://cdn.example.com"), purger=flaky, sleep=no_sleep, metrics=False)
+    await store.put_object("a", b"1")
+    await store.put_object("b", b"1")
+    await store.flush()
+    (a1, ra1), (a2, ra2), (b1, rb1), (b2, rb2) = flaky.calls
+    assert a1 == a2 and b1 == b2 and ra1 == ra2 and rb1 == rb2 and ra1 != rb1
     await store.aclose()
 
 
