@@ -533,7 +533,9 @@ async def _ranged(
             if (dl.info.etag, dl.info.size, dl.start, dl.end) != (etag, size, start, end):
                 raise IntegrityError(
                     f"{store.name} served bytes {dl.start}-{dl.end} of version {dl.info.etag!r} for "
-                    f"{start}-{end} of {etag!r}: rerun to start over", key=key, operation="get",
+                    f"{start}-{end} of {etag!r}: rerun to start over",
+                    key=key,
+                    operation="get",
                 )
             pos = start
             async for data in dl:
@@ -609,7 +611,11 @@ async def upload(
                 state = Path(state_dir or _default_state_dir())
                 return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance, part_slots)
         return await store.put_object(
-            key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
+            key,
+            read_file(path, advance),
+            content_type=content_type,
+            metadata=metadata,
+            mode=mode,
             cache_control=cache_control,
         )
 
