@@ -30,7 +30,7 @@ from ._idempotency import (
 from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
-from ._outbox import OutboxEntry
+from ._outbox import OutboxEntry, OutboxLayer
 from ._replicate import Replicate
 from ._retry import Retry, RetryEvent
 from ._scan import QUARANTINE_PREFIX, Scan, ScanMode
@@ -69,6 +69,7 @@ __all__ = [
     "LayerFactory",
     "Observe",
     "OutboxEntry",
+    "OutboxLayer",
     "QUARANTINE_PREFIX",
     "RateLimit",
     "ReadFallback",
