@@ -35,6 +35,7 @@ from unistore.cdn import (
     CloudFrontInvalidator,
     CloudFrontURLs,
     PlainCDN,
+    SpacesPurger,
     attachment,
 )
 from unistore.encryption import Encrypt, LocalKeyring
@@ -499,6 +500,38 @@ async def test_a_close_that_times_out_records_what_it_did_not_purge() -> None:
     with reserved_keys():
         [entry] = [k async for k in outbox.iter_keys(".unistore/cdn-purges/")]
         assert json.loads(await outbox.get(entry))["url"] == "https://cdn.example.com/a.txt"
+
+
+async def test_spaces_cdn_purges_object_paths_and_makes_writes_visible() -> None:
+    fake = FakeCDN(MemoryBackend())
+    with running_server(fake.edge_app) as edge, running_server(fake.api_app) as api:
+        fake.url = edge
+        purger = SpacesPurger(fake.spaces_endpoint, "do-token", api_url=api + "/v2")
+        store = CDN(fake.origin, urls=PlainCDN(edge), purger=purger, batch_delay=60, wildcard_after=2, metrics=False)
+        async with httpx.AsyncClient() as client:
+            url = await store.put("docs/a b.txt", b"v1", "text/plain")
+            assert (await client.get(url)).content == b"v1"
+            await store.put("docs/a b.txt", b"v2", "text/plain")
+            assert (await client.get(url)).content == b"v1"
+            await store.flush()
+            assert fake.purges == [["docs/a b.txt"]]
+            assert (await client.get(url)).content == b"v2"
+            for name in ("x", "y", "z"):
+                await store.put_object(f"img/{name}.png", b"png")
+            await store.flush()
+            assert fake.purges[-1] == ["img/*"]
+        wrong = CDN(
+            fake.origin,
+            urls=PlainCDN(edge),
+            purger=SpacesPurger(fake.spaces_endpoint, "nope", api_url=api + "/v2"),
+            batch_delay=60,
+            metrics=False,
+        )
+        await wrong.put_object("a.txt", b"1")
+        await wrong.flush()
+        assert fake.rejected == 1 and "401" in wrong.failed_purges[f"{edge}/a.txt"]
+        await store.aclose()
+        await wrong.aclose()
 
 
 # --- CloudFront invalidations at moto ----------------------------------------------------------
