@@ -85,19 +85,19 @@ class CDN(Layer):
 
     Purges: an overwrite (any write but ``mode="create"``), a copy onto a key, a metadata change
     and a delete that removed something queue the key's CDN URL. The queue is flushed
-    ``batch_delay`` seconds after the first write (or by :meth:`flush`): URLs are de-duplicated,
-    with ``wildcard_after`` more than that many under one folder are one ``folder/*`` (CloudFront
-    bills per path), and sent in batches of the purger's ``max_batch``; past ``max_queue`` queued
-    URLs, a purger that takes wildcards purges ``{base_url}/*`` once instead. Each batch is retried on
-    :class:`TransientError` with :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its
-    ``asyncio.sleep``); a batch that still fails
-    never fails the write: its URLs are kept in :attr:`failed_purges`, logged, and tried again
-    ``retry_interval`` seconds later and on every flush. With an ``outbox`` store they are also
-    recorded there (under ``.unistore/cdn-purges/``, hidden from this layer's listings), so a
-    restarted process retries them. :meth:`aclose` flushes what is left (for at most
-    ``close_timeout`` seconds) and closes the purger. ``metrics`` (a Prometheus registry, ``True``
-    for the global one, ``None`` for the global one if prometheus_client is installed, or
-    ``False``) counts purged and failed URLs and gauges the queue.
+    ``batch_delay`` seconds after the first write (or by :meth:`flush`): URLs are de-duplicated;
+    with ``wildcard_after``, more than that many under one folder are one ``folder/*``
+    (CloudFront bills per path); past ``max_queue`` queued URLs, one ``{base_url}/*``; batches
+    are the purger's ``max_batch``. Each batch is retried on :class:`TransientError` with
+    :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its ``asyncio.sleep``), with the
+    same ``reference`` each time. A batch that still fails never fails the write: its URLs are
+    kept in :attr:`failed_purges`, logged, and tried again ``retry_interval`` seconds later and
+    on every flush; with an ``outbox`` store they are also recorded there (under
+    ``.unistore/cdn-purges/``, hidden from this layer's listings), so a restarted process
+    retries them. :meth:`aclose` flushes what is left (for at most ``close_timeout`` seconds)
+    and closes the purger. ``metrics`` (a Prometheus registry, ``True`` for the global one,
+    ``None`` for the global one if prometheus_client is installed, or ``False``) counts purged
+    and failed URLs and gauges the queue.
 
     Where it belongs: outside Retry and RateLimit, inside Observe; never above a layer that changes
     bytes (Compress, Encrypt: the CDN would serve the stored bytes), which raises
