@@ -173,7 +173,7 @@ async def _reader(dedup: Dedup, stop: asyncio.Event) -> None:
 async def run_interleaving(seed: int) -> None:
     rng = random.Random(seed)
     mem = MemoryBackend()
-    dedup = Dedup(Steps(mem, rng), grace=600, lease=0.2, metrics=False)
+    dedup = Dedup(Steps(mem, rng), grace=600, lease=0.5, metrics=False)
     for key in rng.sample(KEYS, rng.randrange(len(KEYS) + 1)):  # a starting state, without faults
         await dedup.put_object(key, rng.choice(CONTENTS))
     if rng.random() < 0.5:  # an unreferenced body, which a sweep may take while a put wants it
@@ -229,7 +229,7 @@ async def test_a_delete_racing_a_put_of_the_same_content_never_loses_the_body() 
     for seed in range(200):
         rng = random.Random(seed)
         mem = MemoryBackend()
-        dedup = Dedup(Steps(mem, rng), grace=600, lease=0.2, metrics=False)
+        dedup = Dedup(Steps(mem, rng), grace=600, lease=0.5, metrics=False)
         await dedup.put_object("old", CONTENTS[1])
         await asyncio.gather(dedup.delete("old"), dedup.put_object("new", CONTENTS[1]), dedup.sweep(body_grace=0))
         assert await dedup.get("new") == CONTENTS[1], seed

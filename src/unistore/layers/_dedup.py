@@ -32,7 +32,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, Final, TypeVar
 from urllib.parse import quote
 
 from .._base import StorageBackend, _bare, check_read_conditions, iter_body
@@ -52,6 +52,7 @@ from .._keys import RESERVED_PREFIX, reserved_keys, validate_key
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -82,10 +83,13 @@ _HASH_CHUNK = 4 * 1024 * 1024
 _COMMIT_ATTEMPTS = 64
 _READ_ATTEMPTS = 4
 _READS = range(_READ_ATTEMPTS)  # ``open`` has a parameter named range
+_LIST_BATCH = 32
+"""Listed objects whose size is asked for at once (where a listing has no metadata)."""
 _DEFINITE = (PreconditionFailedError, InvalidArgumentError, InvalidMetadataError, InvalidKeyError, TypeError)
 """Failures of a write that prove nothing was written."""
 
 log = logging.getLogger("unistore.dedup")
+_E = TypeVar("_E", ObjectInfo, ObjectInfo | CommonPrefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,21 +567,45 @@ class Dedup(Layer):
         raise PreconditionFailedError("the object kept changing while being read", key=key, backend=self.name)
 
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
-        return self._listed(prefix, start_after)
+        return self._listed(self.inner.iter_objects(prefix, start_after=start_after))
 
-    async def _listed(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
-        async for info in self.inner.iter_objects(prefix, start_after=start_after):
-            if info.key.startswith(RESERVED_PREFIX):
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """The store's own folder listing, its objects as :meth:`iter_objects` shows them."""
+        return self._listed(self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after))
+
+    async def _listed(self, entries: AsyncIterator[_E]) -> AsyncIterator[_E]:
+        """``entries`` without the layer's own objects, manifests shown as their bodies. Where the
+        listing has no metadata (S3), objects of a manifest's size are asked for theirs, a batch at once."""
+        batch: list[_E] = []
+        async for entry in entries:
+            name = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            if name.startswith(RESERVED_PREFIX):
                 continue
-            if not info.metadata and info.size == MANIFEST_SIZE:
-                found = await self._inner_head(info.key)  # a listing without metadata (S3): ask
-                if found is None:
-                    continue
-                info = found
+            batch.append(entry)
+            if len(batch) >= _LIST_BATCH:
+                for item in await self._resolve(batch):
+                    yield item
+                batch = []
+        for item in await self._resolve(batch):
+            yield item
+
+    async def _resolve(self, batch: list[_E]) -> list[_E]:
+        async def one(entry: _E) -> _E | None:
+            if isinstance(entry, CommonPrefix):
+                return entry
+            info: ObjectInfo | None = entry
+            if not entry.metadata and entry.size == MANIFEST_SIZE:
+                info = await self._inner_head(entry.key)
+            if info is None:
+                return None  # removed meanwhile
             try:
-                yield self._logical(info)
+                return self._logical(info)
             except IntegrityError:  # a listing never fails on one odd object
-                yield info
+                return info
+
+        return [item for item in await asyncio.gather(*(one(e) for e in batch)) if item is not None]
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         async for key in self.inner.iter_keys(prefix, start_after=start_after):
@@ -681,8 +709,8 @@ class Dedup(Layer):
             with reserved_keys():
                 async for _ in self.inner.iter_keys(f"{_REFS}{sha}/"):
                     return False  # a put took a reference before our claim: it keeps the body
-                if time.monotonic() - started > self.lease / 2:
-                    return False  # too slow: a waiting put may break the claim soon
+                if time.monotonic() - started > self.lease / 4:
+                    return False  # too slow: a waiting put may break the claim soon (after lease)
                 try:
                     return await self.inner.remove(body.key, if_match=body.etag)
                 except PreconditionFailedError:
