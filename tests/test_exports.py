@@ -39,6 +39,24 @@ def test_py_typed_marker_is_shipped() -> None:
     assert (Path(unistore.__file__).parent / "py.typed").is_file()
 
 
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [
+        ("unistore._batch", "unistore"),
+        ("unistore._bluegreen", "unistore"),
+        ("unistore.layers._dualwrite", "unistore.layers"),
+        ("unistore.layers._fallback", "unistore.layers"),
+        ("unistore.layers._replicate", "unistore.layers"),
+    ],
+)
+def test_data_movement_helpers_are_reexported(module: str, package: str) -> None:
+    """What the moving-data page imports comes from the packages, not the private modules."""
+    names = importlib.import_module(module).__all__
+    exported = importlib.import_module(package).__all__
+    assert names and all(n in exported for n in names)
+    assert "OutboxEntry" in importlib.import_module("unistore.layers").__all__
+
+
 def test_every_layer_class_is_exported_from_unistore_layers() -> None:
     import unistore.layers
     from unistore.layers import Layer

@@ -366,3 +366,97 @@ def test_find_from_one_flat_listing_matches_fsspecs_walk(fs: UnistoreFileSystem)
             assert fs.find(path, withdirs=withdirs) == walked, (path, withdirs)
     assert fs.find("t", detail=True)["t/a/d.txt"]["size"] == 1
     assert fs.find("missing") == []
+
+
+class _CountingMemory(MemoryBackend):
+    """A memory store that records the span of every read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, Any]] = []
+
+    async def open(self, key: str, **kwargs: Any) -> Any:
+        self.reads.append((key, kwargs.get("range")))
+        return await super().open(key, **kwargs)
+
+
+def test_cat_ranges_shares_requests_between_near_ranges() -> None:
+    store = _CountingMemory()
+    fs = UnistoreFileSystem(store)
+    data = os.urandom(16 * MiB)
+    fs.pipe_file("a", data)
+    fs.pipe_file("b", b"0123456789")
+    starts = [0, 100, 50, 2 * MiB, 15 * MiB, 15 * MiB + 10]
+    ends = [10, 200, 150, 2 * MiB + 5, 15 * MiB + 20, 16 * MiB + 99]  # overlapping, out of order, past the end
+    store.reads.clear()
+    got = fs.cat_ranges(["a"] * 6 + ["b", "b"], [*starts, 2, 8], [*ends, 4, 20])
+    assert got == [data[s:e] for s, e in zip(starts, ends, strict=True)] + [b"23", b"89"]
+    assert len(store.reads) == 4  # a: the three ranges below 200, 2 MiB alone, the two at 15 MiB; b: one
+    store.reads.clear()
+    assert fs.cat_ranges(["a", "a"], [0, 8 * MiB], [10, 8 * MiB + 10], max_gap=0) == [
+        data[:10],
+        data[8 * MiB : 8 * MiB + 10],
+    ]
+    assert len(store.reads) == 2
+    assert fs.cat_ranges(["a", "a", "a"], [-5, None, 3], [None, 4, -16 * MiB + 6]) == [data[-5:], data[:4], data[3:6]]
+    out = fs.cat_ranges(["a", "nope", "nope"], [0, 0, 5], [4, 4, 9])
+    assert out[0] == data[:4] and isinstance(out[1], FileNotFoundError) and isinstance(out[2], FileNotFoundError)
+    with pytest.raises(FileNotFoundError):
+        fs.cat_ranges(["a", "nope"], [0, 0], [4, 4], on_error="raise")
+
+
+def test_open_reads_ahead_only_when_reading_on() -> None:
+    store = _CountingMemory()
+    fs = UnistoreFileSystem(store)
+    data = os.urandom(8 * MiB)
+    fs.pipe_file("f", data)
+    with fs.open("f", block_size=MiB) as f:
+        store.reads.clear()
+        chunks = [f.read(64 * 1024) for _ in range(32)]  # 2 MiB from the start: a few block reads
+        assert b"".join(chunks) == data[: 2 * MiB] and len(store.reads) <= 3
+        store.reads.clear()
+        f.seek(6 * MiB)
+        assert f.read(100_000) == data[6 * MiB : 6 * MiB + 100_000]  # a jump: just the span asked for
+        f.seek(3 * MiB)
+        assert f.read(3 * MiB) == data[3 * MiB : 6 * MiB]  # a block or more: as asked
+        spans = [r for _, r in store.reads]
+        assert [(r.start, r.end) for r in spans] == [(6 * MiB, 6 * MiB + 100_000), (3 * MiB, 6 * MiB)]
+    with fs.open("f", cache_type="readahead", block_size=MiB) as f:  # fsspec's own on request
+        f.seek(5 * MiB)
+        assert f.read(10) == data[5 * MiB : 5 * MiB + 10] and f.cache.name == "readahead"
+
+
+def test_get_file_reads_in_pieces(tmp_path: Path, s3fs: UnistoreFileSystem, pfx: str) -> None:
+    from unistore.fsspec import _filesystem
+
+    data = os.urandom(2 * _filesystem._GET_PIECE + 12345)
+    s3fs.pipe_file(pfx + "big", data)
+    s3fs.pipe_file(pfx + "empty", b"")
+    seen: list[int] = []
+
+    class Progress(Callback):  # type: ignore[misc]
+        def call(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(self.value)
+
+    s3fs.get_file(pfx + "big", str(tmp_path / "big"), callback=Progress())
+    assert (tmp_path / "big").read_bytes() == data
+    assert seen[-1] == len(data) and len(seen) >= 3
+    s3fs.get_file(pfx + "empty", str(tmp_path / "empty"))
+    assert (tmp_path / "empty").read_bytes() == b""
+    with pytest.raises(FileNotFoundError):
+        s3fs.get_file(pfx + "missing", str(tmp_path / "missing"))
+
+
+def test_put_file_without_progress_uploads_parts_from_the_file(
+    tmp_path: Path, s3fs: UnistoreFileSystem, pfx: str
+) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(12 * MiB + 3))
+    s3fs.put_file(str(src), pfx + "up.bin")
+    assert "-" in s3fs.info(pfx + "up.bin")["etag"]  # a multipart upload
+    assert s3fs.cat_file(pfx + "up.bin") == src.read_bytes()
+    with pytest.raises(FileExistsError):
+        s3fs.put_file(str(src), pfx + "up.bin", mode="create")
+    with pytest.raises(FileNotFoundError):
+        s3fs.put_file(str(tmp_path / "missing"), pfx + "never.bin")
+    assert not s3fs.exists(pfx + "never.bin")

