@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator
 
 import pytest
 
 from unistore import LocalBackend, MemoryBackend, StorageBackend
-from unistore.layers import Dedup
-from unistore.testing import BackendConformance
+from unistore.layers import Dedup, Faults, Retry
+from unistore.testing import BackendConformance, no_sleep
 from unistore.testing._s3servers import S3Server
 
 _WALK_ORDER = pytest.mark.xfail(strict=True, reason="SeaweedFS lists in directory-walk order (see test_s3_conformance)")
@@ -30,6 +31,17 @@ class TestDedupLocal(DedupConformance):
     @pytest.fixture
     def backend(self, served_local: LocalBackend) -> StorageBackend:
         return Dedup(served_local, metrics=False)
+
+
+class TestDedupOverRetryAndFaults(DedupConformance):
+    """Dedup above Retry, with a fifth of the requests below failing (and a fifth of downloads
+    cut): every step of its protocol must survive being retried."""
+
+    @pytest.fixture
+    def backend(self, served_memory: MemoryBackend, request: pytest.FixtureRequest) -> StorageBackend:
+        seed = zlib.crc32(request.node.nodeid.encode())
+        faults = Faults(served_memory, seed=seed, error_rate=0.2, cut_rate=0.2, sleep=no_sleep)
+        return Dedup(Retry(faults, attempts=20, deadline=60.0, sleep=no_sleep, seed=seed), metrics=False)
 
 
 class TestDedupS3(DedupConformance):

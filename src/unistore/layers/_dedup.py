@@ -272,6 +272,20 @@ class Dedup(Layer):
         except (StorageError, OSError) as exc:
             log.debug("could not remove %r (%s); a sweep will", key, exc)
 
+    async def _create(self, key: str, data: bytes) -> bool:
+        """Write internal object ``key`` create-only; whether it is ours. A retry below us that
+        replays a create which had landed finds it there: the same bytes make it ours."""
+        try:
+            with reserved_keys():
+                await self.inner.put_object(key, data, mode="create")
+        except PreconditionFailedError:
+            try:
+                with reserved_keys():
+                    return await (await self.inner.open(key)).read() == data
+            except NotFoundError:
+                return False
+        return True
+
     def _count(self, name: str, value: float, *labels: str) -> None:
         if self._metrics is not None and value:
             self._metrics[name].labels(self.name, *labels).inc(value)
@@ -296,8 +310,7 @@ class Dedup(Layer):
             sha, size, source = await _hashed(body, spool)
             ref = uuid.uuid4().hex
             marker = self._marker(sha, ref)
-            with reserved_keys():
-                await self.inner.put_object(marker, key.encode("utf-8", "surrogatepass"), mode="create")
+            await self._create(marker, key.encode("utf-8", "surrogatepass"))
             started = time.monotonic()
             try:
                 uploaded = await self._ensure_body(sha, size, source)
@@ -468,8 +481,7 @@ class Dedup(Layer):
         self._check_write(dst, logical.metadata, None, None, None, mode)
         ref = uuid.uuid4().hex
         marker = self._marker(sha, ref)
-        with reserved_keys():
-            await self.inner.put_object(marker, dst.encode("utf-8", "surrogatepass"), mode="create")
+        await self._create(marker, dst.encode("utf-8", "surrogatepass"))
         try:
             try:
                 await self._ensure_body(sha, logical.size, None)
@@ -558,7 +570,7 @@ class Dedup(Layer):
             whole = in_memory(body)
             return Download(
                 logical,
-                aiter(body) if whole is None else whole,
+                _reserved(body) if whole is None else whole,
                 start=body.start,
                 end=body.end,
                 range_requested=body.range_requested,
@@ -700,10 +712,7 @@ class Dedup(Layer):
         """Remove an unreferenced body under a create-only claim; whether it was removed."""
         claim = _SWEEPING + sha
         started = time.monotonic()
-        try:
-            with reserved_keys():
-                await self.inner.put_object(claim, uuid.uuid4().hex.encode(), mode="create")
-        except PreconditionFailedError:
+        if not await self._create(claim, uuid.uuid4().hex.encode()):
             return False  # another sweep holds it (or died holding it: cleared after grace)
         try:
             with reserved_keys():
@@ -739,6 +748,19 @@ async def _hashed(body: Body, spool: IO[bytes]) -> tuple[str, int, bytes | IO[by
         size += len(chunk)
     spool.seek(0)
     return h.hexdigest(), size, spool
+
+
+async def _reserved(dl: Download) -> AsyncIterator[bytes]:
+    """``dl``'s chunks, each pulled with the reserved names allowed (a Retry below resumes a
+    broken body stream by opening the body's key again, from inside this iteration)."""
+    chunks = aiter(dl)
+    while True:
+        with reserved_keys():
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+        yield chunk
 
 
 def _sha256(data: bytes) -> str:
