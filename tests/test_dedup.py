@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -9,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,7 +25,7 @@ from unistore import (
     UnsupportedError,
 )
 from unistore._keys import reserved_keys
-from unistore._types import Capabilities
+from unistore._types import Capabilities, ObjectInfo
 from unistore.layers import Compress, Dedup, DedupObjectInfo, Layer
 from unistore.layers._dedup import DEDUP_PREFIX
 from unistore.testing._s3servers import S3Server
@@ -201,3 +203,37 @@ async def test_s3_listing_reports_logical_sizes(seaweed: S3Server) -> None:
         assert await store.list_keys(prefix) == [prefix + "big", prefix + "small"]
     finally:
         await s3.aclose()
+
+
+class _SlowUpload(Layer):
+    """Holds body uploads until ``go`` is set."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.uploading = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def put_object(self, key: str, body: Any, **options: Any) -> ObjectInfo:
+        if key.startswith(DEDUP_PREFIX + "blobs/"):
+            self.uploading.set()
+            await self.go.wait()
+        return await self.inner.put_object(key, body, **options)
+
+
+async def test_a_put_slower_than_half_the_grace_period_restores_its_reference() -> None:
+    """A sweep took the reference of a put still uploading (it looked crashed); before writing
+    its record the put finds itself older than grace / 2 and writes its reference again."""
+    mem = MemoryBackend()
+    slow = _SlowUpload(mem)
+    store = Dedup(slow, grace=0.2, metrics=False)
+    put = asyncio.create_task(store.put_object("slow.bin", b"slow body"))
+    await slow.uploading.wait()
+    report = await store.sweep(now=datetime.now(UTC) + LATER)
+    assert report.stale_markers_removed == 1
+    await asyncio.sleep(0.15)
+    slow.go.set()
+    info = await put
+    assert await store.refcount(info.sha256) == 1  # type: ignore[attr-defined]
+    report = await store.sweep(now=datetime.now(UTC) + LATER, body_grace=0)
+    assert report.bodies_removed == 0 and report.references == 1
+    assert await store.get("slow.bin") == b"slow body"
