@@ -24,6 +24,7 @@ from unistore import (
     StorageBackend,
     UnsupportedError,
 )
+from unistore._errors import UnavailableError
 from unistore._keys import reserved_keys
 from unistore._types import Capabilities, ObjectInfo
 from unistore.layers import Compress, Dedup, DedupObjectInfo, Layer
@@ -237,3 +238,27 @@ async def test_a_put_slower_than_half_the_grace_period_restores_its_reference() 
     report = await store.sweep(now=datetime.now(UTC) + LATER, body_grace=0)
     assert report.bodies_removed == 0 and report.references == 1
     assert await store.get("slow.bin") == b"slow body"
+
+
+class _BrokenBody(Layer):
+    """Every removal of one body fails (a permission problem, say)."""
+
+    def __init__(self, inner: StorageBackend, sha: str) -> None:
+        super().__init__(inner)
+        self.sha = sha
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        if key.endswith("/" + self.sha) and "/blobs/" in key:
+            raise UnavailableError("cannot remove this one", key=key)
+        return await self.inner.remove(key, if_match=if_match)
+
+
+async def test_one_body_that_cannot_be_removed_does_not_stop_the_sweep() -> None:
+    mem = MemoryBackend()
+    store = Dedup(_BrokenBody(mem, hashlib.sha256(b"stuck").hexdigest()), metrics=False)
+    for key, body in (("a", b"stuck"), ("b", b"free 1"), ("c", b"free 2")):
+        await store.put_object(key, body)
+        await store.delete(key)
+    report = await store.sweep(now=datetime.now(UTC) + LATER)
+    assert (report.errors, report.bodies_removed, report.bodies) == (1, 2, 1)
+    assert not [k for k in await _internal(mem) if "/sweeping/" in k]  # its claim is released

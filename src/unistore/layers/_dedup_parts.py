@@ -81,6 +81,8 @@ class SweepReport:
     """Bytes the bodies left in the store take."""
     claims_cleared: int = 0
     """Sweep claims of crashed sweepers removed."""
+    errors: int = 0
+    """Bodies that could not be checked or removed this time (logged; the next sweep retries)."""
 
 
 _METRICS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import datetime
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["sweep"]
 
+log = logging.getLogger("unistore.dedup")
+
 
 async def sweep(layer: Dedup, now: datetime | None, body_grace: float | None) -> SweepReport:
     """Remove stale markers and unreferenced bodies older than ``grace`` seconds.
@@ -29,7 +32,16 @@ async def sweep(layer: Dedup, now: datetime | None, body_grace: float | None) ->
     now = now or layer._clock()
     body_age = layer.grace if body_grace is None else body_grace
     report: dict[str, int] = dict.fromkeys(
-        ("references", "stale_markers_removed", "bodies", "bodies_removed", "bytes_reclaimed", "claims_cleared"), 0
+        (
+            "references",
+            "stale_markers_removed",
+            "bodies",
+            "bodies_removed",
+            "bytes_reclaimed",
+            "claims_cleared",
+            "errors",
+        ),
+        0,
     )
     with reserved_keys():
         claims = [info async for info in layer.inner.iter_objects(SWEEPING)]
@@ -56,7 +68,13 @@ async def sweep(layer: Dedup, now: datetime | None, body_grace: float | None) ->
     for body in bodies:
         sha = body.key.rpartition("/")[2]
         old = (now - body.last_modified).total_seconds() >= body_age
-        if live.get(sha, 0) == 0 and old and await _reclaim(layer, sha, body):
+        try:
+            removed = live.get(sha, 0) == 0 and old and await _reclaim(layer, sha, body)
+        except (StorageError, OSError) as exc:  # one body's trouble never stops the sweep
+            log.warning("could not sweep body %s (%s); the next sweep will retry", sha, exc)
+            report["errors"] += 1
+            removed = False
+        if removed:
             report["bodies_removed"] += 1
             report["bytes_reclaimed"] += body.size
             continue
