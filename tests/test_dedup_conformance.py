@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from unistore import LocalBackend, MemoryBackend, StorageBackend
+from unistore import GCSBackend, LocalBackend, MemoryBackend, StorageBackend
 from unistore.layers import Dedup, Faults, Retry
 from unistore.testing import BackendConformance, no_sleep
 from unistore.testing._s3servers import S3Server
@@ -68,3 +68,25 @@ class TestDedupS3(DedupConformance):
     @_WALK_ORDER
     async def test_delimited_listing_is_one_level_with_cursors(self, backend: StorageBackend, prefix: str) -> None:
         await super().test_delimited_listing_is_one_level_with_cursors(backend, prefix)
+
+
+class TestDedupGCS(DedupConformance):
+    """fake-gcs-server: generations as etags, preconditions, listings with metadata."""
+
+    list_count = 60  # the emulator takes a few ms a request (as in test_gcs)
+    race_writers = 8
+    race_increments = 5
+
+    @pytest.fixture
+    async def backend(self, fake_gcs: dict[str, str]) -> AsyncIterator[StorageBackend]:
+        store = GCSBackend(
+            bucket=fake_gcs["bucket"], emulator_host=fake_gcs["url"], credentials=fake_gcs["credentials"], page_size=25
+        )
+        yield Dedup(store, metrics=False)
+        await store.aclose()
+
+    @pytest.mark.xfail(
+        strict=True, reason="fake-gcs-server stores a metadata value patched to null as '' (GCS removes the name)"
+    )
+    async def test_replace_metadata_removes_names(self, backend: StorageBackend, prefix: str) -> None:
+        await super().test_replace_metadata_removes_names(backend, prefix)
