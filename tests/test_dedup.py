@@ -21,6 +21,7 @@ from unistore import (
     InvalidKeyError,
     InvalidMetadataError,
     MemoryBackend,
+    PreconditionFailedError,
     StorageBackend,
     UnsupportedError,
 )
@@ -262,3 +263,41 @@ async def test_one_body_that_cannot_be_removed_does_not_stop_the_sweep() -> None
     report = await store.sweep(now=datetime.now(UTC) + LATER)
     assert (report.errors, report.bodies_removed, report.bodies) == (1, 2, 1)
     assert not [k for k in await _internal(mem) if "/sweeping/" in k]  # its claim is released
+
+
+class _LostReply(Layer):
+    """The first record write lands, a delete of the key runs to its end, then the write reports
+    412: what a Retry below Dedup surfaces when it replays a write whose reply was lost."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.during: Any = None
+
+    async def put_object(self, key: str, body: Any, **options: Any) -> ObjectInfo:
+        info = await self.inner.put_object(key, body, **options)
+        if self.during is not None and not key.startswith(DEDUP_PREFIX):
+            during, self.during = self.during, None
+            await during()
+            raise PreconditionFailedError("the replayed write found its own version", key=key)
+        return info
+
+
+async def test_a_write_that_landed_behind_a_412_and_was_deleted_is_not_rewritten_unprotected() -> None:
+    """The delete released the landed record's reference; the put must not write that reference
+    again (no marker would protect the body): it writes the record under a new one."""
+    mem = MemoryBackend()
+    lost = _LostReply(mem)
+    store = Dedup(lost, metrics=False)
+    deleted: list[bool] = []
+
+    async def delete() -> None:
+        deleted.append(await store.delete("k"))
+
+    lost.during = delete
+    info = await store.put_object("k", b"payload")
+    assert deleted == [True]
+    sha = info.sha256  # type: ignore[attr-defined]
+    assert await store.refcount(sha) == 1
+    report = await store.sweep(now=datetime.now(UTC) + LATER, body_grace=0)
+    assert report.bodies_removed == 0 and report.references == 1
+    assert await store.get("k") == b"payload"

@@ -27,7 +27,7 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import quote
@@ -226,22 +226,32 @@ class Dedup(Layer):
         if isinstance(body, str):
             raise TypeError("body must be bytes, not str: encode it first")
         user = self._check_write(key, metadata, content_type, cache_control, content_disposition, mode)
+        name = key.encode("utf-8", "surrogatepass")
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
             sha, size, source = await hashed(body, spool)
-            ref = uuid.uuid4().hex
-            marker = self._marker(sha, ref)
-            await self._create(marker, key.encode("utf-8", "surrogatepass"))
+            refs = [uuid.uuid4().hex]
+            await self._create(self._marker(sha, refs[0]), name)
             started = time.monotonic()
+
+            async def protect() -> None:  # a new reference, its marker, and the body under it
+                refs.append(uuid.uuid4().hex)
+                await self._create(self._marker(sha, refs[-1]), name)
+                await self._ensure_body(sha, size, source)
+
             try:
                 uploaded = await self._ensure_body(sha, size, source)
                 if time.monotonic() - started > self.grace / 2:
-                    await self._refresh(marker, key, sha, size, source)
-                info, old = await self._commit(
-                    key, sha, size, ref, mode, user, content_type, cache_control, content_disposition
+                    await self._refresh(self._marker(sha, refs[0]), key, sha, size, source)
+                info, old, ref = await self._commit(
+                    key, sha, size, refs, protect, mode, user, content_type, cache_control, content_disposition
                 )
             except _DEFINITE:
-                await self._drop(marker)
+                for unused in refs:
+                    await self._drop(self._marker(sha, unused))
                 raise
+        for unused in refs:
+            if unused != ref:
+                await self._drop(self._marker(sha, unused))
         await self._release(old)
         self._count("logical", size)
         self._count("physical", size if uploaded else 0)
@@ -281,7 +291,7 @@ class Dedup(Layer):
         if found is not None and found.size == size:
             return False
         if source is None:  # a copy: nothing to upload from
-            raise NotFoundError("the body is gone (the source was deleted)", backend=self.name)
+            raise _BodyGone
         if not isinstance(source, bytes | os.PathLike):
             source.seek(0)
         body: Any = verified(source, sha, blob, self.name) if isinstance(source, os.PathLike) else source
@@ -318,37 +328,48 @@ class Dedup(Layer):
         key: str,
         sha: str,
         size: int,
-        ref: str,
+        refs: list[str],
+        protect: Callable[[], Awaitable[None]],
         mode: WriteMode,
         user: dict[str, str],
         content_type: str | None,
         cache_control: str | None,
         content_disposition: str | None,
-    ) -> tuple[ObjectInfo, ObjectInfo | None]:
-        """Write the manifest under ``mode``; the new info and the version it replaced."""
-        stored = {**user, META_SHA: sha, META_SIZE: str(size), META_REF: ref}
-        options: dict[str, Any] = {
-            "content_type": content_type,
-            "metadata": stored,
-            "cache_control": cache_control,
-            "content_disposition": content_disposition,
-        }
-        data = manifest_bytes(sha, ref)
-        for attempt in range(_COMMIT_ATTEMPTS):  # know exactly which version the write replaces
+    ) -> tuple[ObjectInfo, ObjectInfo | None, str]:
+        """Write the manifest under ``mode``, conditionally on the version read just before (so the
+        replaced version is known); the new info, the version it replaced, and the reference used.
+
+        A 412 may hide a write that landed (a Retry below replayed it): the next attempt then takes
+        a new reference (``protect``), since a delete may already have released the landed one.
+        """
+        for attempt in range(_COMMIT_ATTEMPTS):
             current = await self._inner_head(key)
-            if current is not None and current.metadata.get(META_REF) == ref:
-                return current, None  # ours already: a retry below us replayed a write that had landed
+            if current is not None and current.metadata.get(META_REF) in refs:
+                return current, None, current.metadata[META_REF]  # one of ours landed after all
             if isinstance(mode, IfMatch) and (
                 current is None or (mode.etag != "*" and _bare(mode.etag) != current.etag)
             ):
                 raise PreconditionFailedError("if_match does not match the current etag", key=key, backend=self.name)
-            guard: WriteMode = "create" if current is None else IfMatch(current.etag)
             if mode == "create" and current is not None:
                 raise AlreadyExistsError("key already exists", key=key, backend=self.name, operation="put")
+            ref = refs[-1]
+            stored = {**user, META_SHA: sha, META_SIZE: str(size), META_REF: ref}
+            guard: WriteMode = "create" if current is None else IfMatch(current.etag)
             try:
-                return await self.inner.put_object(key, data, mode=guard, **options), current
+                info = await self.inner.put_object(
+                    key,
+                    manifest_bytes(sha, ref),
+                    mode=guard,
+                    content_type=content_type,
+                    metadata=stored,
+                    cache_control=cache_control,
+                    content_disposition=content_disposition,
+                )
             except PreconditionFailedError:
                 await asyncio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
+                await protect()
+                continue
+            return (info if info.metadata else dataclasses.replace(info, metadata=stored)), current, ref
         raise PreconditionFailedError("the key kept changing under the write", key=key, backend=self.name)
 
     async def _release(self, old: ObjectInfo | None) -> None:
@@ -399,28 +420,39 @@ class Dedup(Layer):
             return await self.inner.copy(src, dst, mode=mode)
         logical = self._logical(info)
         self._check_write(dst, logical.metadata, None, None, None, mode)
-        ref = uuid.uuid4().hex
-        marker = self._marker(sha, ref)
-        await self._create(marker, dst.encode("utf-8", "surrogatepass"))
+        name = dst.encode("utf-8", "surrogatepass")
+        refs = [uuid.uuid4().hex]
+        await self._create(self._marker(sha, refs[0]), name)
+
+        async def protect() -> None:
+            refs.append(uuid.uuid4().hex)
+            await self._create(self._marker(sha, refs[-1]), name)
+            await self._ensure_body(sha, logical.size, None)
+
         try:
             try:
                 await self._ensure_body(sha, logical.size, None)
-            except NotFoundError:
+                new, old, ref = await self._commit(
+                    dst,
+                    sha,
+                    logical.size,
+                    refs,
+                    protect,
+                    mode,
+                    dict(logical.metadata),
+                    logical.content_type,
+                    logical.cache_control,
+                    logical.content_disposition,
+                )
+            except _BodyGone:
                 raise NotFoundError("the source was deleted", key=src, backend=self.name) from None
-            new, old = await self._commit(
-                dst,
-                sha,
-                logical.size,
-                ref,
-                mode,
-                dict(logical.metadata),
-                logical.content_type,
-                logical.cache_control,
-                logical.content_disposition,
-            )
         except (*_DEFINITE, NotFoundError):
-            await self._drop(marker)
+            for unused in refs:
+                await self._drop(self._marker(sha, unused))
             raise
+        for unused in refs:
+            if unused != ref:
+                await self._drop(self._marker(sha, unused))
         await self._release(old)
         self._count("logical", logical.size)
         self._count("puts", 1, "deduplicated")
@@ -573,3 +605,7 @@ class Dedup(Layer):
         stores' ``last_modified`` is compared with it). Safe to run from several processes.
         """
         return await sweep(self, now, body_grace)
+
+
+class _BodyGone(Exception):
+    """A copy found no body to reference (its source was deleted and swept)."""
