@@ -160,6 +160,10 @@ async def test_objects_written_before_the_layer_read_as_they_are() -> None:
     assert not isinstance(await store.head("plain.txt"), DedupObjectInfo)
     await store.copy("plain.txt", "copied.txt")
     assert await store.get("copied.txt") == b"written without Dedup"
+    info = await store.put_object("dedup.txt", b"deduplicated")
+    await store.copy("plain.txt", "dedup.txt")  # over a deduplicated key: its reference goes
+    assert await store.get("dedup.txt") == b"written without Dedup"
+    assert await store.refcount(info.sha256) == 0  # type: ignore[attr-defined]
     assert await store.delete("plain.txt")
 
 

@@ -416,8 +416,12 @@ class Dedup(Layer):
         validate_key(src)
         info = await self.inner.head(src)
         sha = info.metadata.get(META_SHA)
-        if sha is None:
-            return await self.inner.copy(src, dst, mode=mode)
+        if sha is None:  # an object written before the layer: a plain copy
+            validate_key(dst)
+            before = await self._inner_head(dst)
+            copied = await self.inner.copy(src, dst, mode=mode)
+            await self._release(before)  # a record it replaced (released twice if raced: harmless)
+            return copied
         logical = self._logical(info)
         self._check_write(dst, logical.metadata, None, None, None, mode)
         name = dst.encode("utf-8", "surrogatepass")
