@@ -49,27 +49,36 @@ async def sweep(layer: Dedup, now: datetime | None, body_grace: float | None) ->
         if (now - claim.last_modified).total_seconds() > layer.grace + 2 * layer.lease:  # a dead sweeper's
             await layer._drop(claim.key, if_match=claim.etag)
             report["claims_cleared"] += 1
-    live: dict[str, int] = {}
+    live: dict[str, int] = {}  # the sweep holds one count per body, not the listings
+    stale: list[ObjectInfo] = []
     with reserved_keys():
-        markers = [info async for info in layer.inner.iter_objects(REFS)]
-    for marker in markers:
-        sha, _, ref = marker.key[len(REFS) :].partition("/")
-        if (now - marker.last_modified).total_seconds() >= layer.grace and not await _marker_live(
-            layer, marker, sha, ref
-        ):
-            await layer._drop(marker.key, if_match=marker.etag)
-            report["stale_markers_removed"] += 1
-            continue
-        live[sha] = live.get(sha, 0) + 1
+        async for marker in layer.inner.iter_objects(REFS):
+            sha, _, ref = marker.key[len(REFS) :].partition("/")
+            if (now - marker.last_modified).total_seconds() >= layer.grace and not await _marker_live(
+                layer, marker, sha, ref
+            ):
+                stale.append(marker)
+                continue
+            live[sha] = live.get(sha, 0) + 1
+    for marker in stale:
+        await layer._drop(marker.key, if_match=marker.etag)
+        report["stale_markers_removed"] += 1
     report["references"] = sum(live.values())
     logical = physical = 0
+    orphans: list[ObjectInfo] = []
     with reserved_keys():
-        bodies = [info async for info in layer.inner.iter_objects(BLOBS)]
-    for body in bodies:
+        async for body in layer.inner.iter_objects(BLOBS):
+            sha = body.key.rpartition("/")[2]
+            if live.get(sha, 0) == 0 and (now - body.last_modified).total_seconds() >= body_age:
+                orphans.append(body)
+                continue
+            report["bodies"] += 1
+            physical += body.size
+            logical += body.size * live.get(sha, 0)
+    for body in orphans:
         sha = body.key.rpartition("/")[2]
-        old = (now - body.last_modified).total_seconds() >= body_age
         try:
-            removed = live.get(sha, 0) == 0 and old and await _reclaim(layer, sha, body)
+            removed = await _reclaim(layer, sha, body)
         except (StorageError, OSError) as exc:  # one body's trouble never stops the sweep
             log.warning("could not sweep body %s (%s); the next sweep will retry", sha, exc)
             report["errors"] += 1
@@ -77,10 +86,9 @@ async def sweep(layer: Dedup, now: datetime | None, body_grace: float | None) ->
         if removed:
             report["bodies_removed"] += 1
             report["bytes_reclaimed"] += body.size
-            continue
-        report["bodies"] += 1
-        physical += body.size
-        logical += body.size * live.get(sha, 0)
+        else:
+            report["bodies"] += 1
+            physical += body.size
     layer._count("reclaimed", report["bytes_reclaimed"])
     if layer._metrics is not None:
         layer._metrics["stored_logical"].labels(layer.name).set(logical)
