@@ -674,6 +674,8 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
         if kwargs.get("cache_type") is None:
             kwargs["cache_type"] = _ReadAhead.name
         super().__init__(fs, path, mode, **kwargs)
+        if mode == "rb" and self.details.get("type") == "directory":
+            raise IsADirectoryError(f"{path!r} is a folder")
         self._upload: _Upload | None = None
 
     def _fetch_range(self, start: int, end: int) -> bytes:
