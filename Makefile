@@ -57,7 +57,7 @@ typecheck: lint
 
 ## The service suite's load generator and physical-limit anchor, and the cli suite's peer rclone
 ## (Debian packages; needs root). The cli suite's other peer, awscli, is in the [bench] extra.
-BENCH_TOOLS := nginx wrk rclone
+BENCH_TOOLS := nginx wrk rclone zstd
 bench-tools:
 	@missing=""; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
@@ -68,8 +68,8 @@ bench-tools:
 
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
-BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan fsspec
-bench: $(VENV)/.bench-installed $(if $(filter service cli,$(BENCH_SUITES)),bench-tools)
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec
+bench: $(VENV)/.bench-installed $(if $(filter service cli compress,$(BENCH_SUITES)),bench-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
@@ -81,8 +81,11 @@ bench: $(VENV)/.bench-installed $(if $(filter service cli,$(BENCH_SUITES)),bench
 	    cli) script=bench/cli.py ;; \
 	    encrypt) script=bench/encrypt.py ;; \
 	    scan) script=bench/scan.py ;; \
+	    memory) script=bench/memory_put.py ;; \
+	    compress) script=bench/compress.py ;; \
+	    dedup) script=bench/dedup.py ;; \
 	    fsspec) script=bench/fsspec_bench.py ;; \
-	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan fsspec)"; exit 2 ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec)"; exit 2 ;; \
 	  esac; \
 	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
 	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \

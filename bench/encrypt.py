@@ -1,6 +1,7 @@
 """The Encrypt layer against the same store unencrypted and against S3 SSE-C, side by side.
 
-Run: ``.venv/bin/python bench/encrypt.py [--quick] [--stores local,s3] [--reps N] [--markdown FILE]``.
+Run: ``.venv/bin/python bench/encrypt.py [--quick] [--stores local,s3] [--reps N] [--threads 1,2]
+[--skip-small] [--markdown FILE]``.
 
 Per store (a local directory, fsync off; S3 on a SeaweedFS ``weed mini`` started here) and
 variant (plain, ``Encrypt`` with a local keyring, and on S3 server-side SSE-C), each in its own
@@ -11,8 +12,11 @@ worker process so peak RSS is its own (S3 uploads keep 4 parts of 8 MiB in fligh
 - a 64 KiB range read from the middle of that object: median wall time of ``--range-reads``;
 - 4 KiB ``put_object`` and ``get``: CPU µs per operation (``time.process_time``), median of 3 runs.
 
-Variants alternate in a rotating order per repetition; medians over ``--reps``. Targets:
-Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
+``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
+instead of one with the default (1); ``--skip-small`` skips the 4 KiB runs. The load
+average and busy cores are recorded before each large run. Variants alternate in a rotating order
+per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
+peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 
 from __future__ import annotations
@@ -64,12 +68,12 @@ def _store(spec: dict[str, Any]) -> Any:
             access_key=spec["access_key"],
             secret_key=spec["secret_key"],
             region="us-east-1",
-            prefix=f"bench-{spec['variant']}/",
+            prefix=f"bench-{spec['variant'].replace(' ', '-')}/",
             max_concurrency=S3_PARTS_IN_FLIGHT,
             **options,
         )
-    if spec["variant"] == "encrypt":
-        return Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}))
+    if spec["variant"].startswith("encrypt"):
+        return Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}), threads=spec.get("threads") or 1)
     return base
 
 
@@ -172,6 +176,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ops", type=int, default=2000, help="4 KiB operations per run")
     ap.add_argument("--range-reads", type=int, default=30)
+    ap.add_argument(
+        "--threads",
+        default="",
+        help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: the layer default, 1)",
+    )
+    ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="write the raw results to this file")
     a = ap.parse_args()
@@ -181,6 +191,8 @@ def main() -> None:
     if a.quick:
         a.size, a.reps, a.ops, a.range_reads = 64, 1, 300, 10
     stores = [s for s in a.stores.split(",") if s]
+    threads = [int(t) for t in a.threads.split(",") if t]
+    encrypts = {f"encrypt t{t}": t for t in threads} or {"encrypt": None}
     kek = base64.b64encode(os.urandom(32)).decode()
     sse_c_key = base64.b64encode(os.urandom(32)).decode()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -197,11 +209,12 @@ def main() -> None:
         try:
             for rep in range(a.reps):
                 for store in stores:
-                    variants = ["plain", "encrypt", *(["sse-c"] if store == "s3" else [])]
+                    variants = ["plain", *encrypts, *(["sse-c"] if store == "s3" else [])]
                     for variant in rotate(variants, rep):
                         base: dict[str, Any] = {"store": store, "variant": variant, "kek": kek, "sse_c_key": sse_c_key}
+                        base["threads"] = encrypts.get(variant)
                         if store == "local":
-                            base["path"] = str(Path(work) / f"local-{variant}")
+                            base["path"] = str(Path(work) / f"local-{variant.replace(' ', '-')}")
                         else:
                             base |= {
                                 "endpoint": server.endpoint,
@@ -210,15 +223,17 @@ def main() -> None:
                                 "bucket": "bench",
                             }
                         cell = results.setdefault(f"{store} {variant}", {"large": [], "small": []})
-                        load.append(machine_busy_cores(0.3))
+                        busy = machine_busy_cores(0.3)
+                        load.append(busy)
                         large = base | {"job": "large", "size": a.size * MiB, "range_reads": a.range_reads}
-                        cell["large"].append(_run_worker(large))
-                        cell["small"].append(_run_worker(base | {"job": "small", "ops": a.ops}))
-                        print(f"rep {rep + 1} {store} {variant}: {cell['large'][-1]} {cell['small'][-1]}", flush=True)
+                        cell["large"].append(_run_worker(large) | {"busy_cores": busy, "loadavg": os.getloadavg()[0]})
+                        if not a.skip_small:
+                            cell["small"].append(_run_worker(base | {"job": "small", "ops": a.ops}))
+                        print(f"rep {rep + 1} {store} {variant}: {cell['large'][-1]} {cell['small'][-1:]}", flush=True)
         finally:
             if server_cm is not None:
                 server_cm.__exit__(None, None, None)
-    table = _table(results, stores, a, statistics.median(load) if load else 0.0)
+    table = _table(results, stores, [*encrypts], a, statistics.median(load) if load else 0.0)
     print(table)
     if a.markdown:
         Path(a.markdown).write_text(table)
@@ -236,7 +251,9 @@ def _ratio(value: float | None, base: float | None, invert: bool = False) -> str
     return f"{(base / value if invert else value / base):.2f}x"
 
 
-def _table(results: dict[str, dict[str, list[dict[str, Any]]]], stores: list[str], a: Any, load: float) -> str:
+def _table(
+    results: dict[str, dict[str, list[dict[str, Any]]]], stores: list[str], encrypts: list[str], a: Any, load: float
+) -> str:
     lines = [
         f"Object {a.size} MiB, {a.reps} repetition(s), medians; 4 KiB ops: {a.ops} per run, median of 3 runs; "
         f"range: 64 KiB from the middle, median of {a.range_reads}. Other processes kept a median "
@@ -248,7 +265,7 @@ def _table(results: dict[str, dict[str, list[dict[str, Any]]]], stores: list[str
     ]
     for store in stores:
         plain = results.get(f"{store} plain", {"large": [], "small": []})
-        for variant in ("plain", "encrypt", "sse-c"):
+        for variant in ("plain", *encrypts, "sse-c"):
             cell = results.get(f"{store} {variant}")
             if cell is None:
                 continue

@@ -37,3 +37,35 @@ def test_public_names_defined_in_private_modules_are_reexported() -> None:
 
 def test_py_typed_marker_is_shipped() -> None:
     assert (Path(unistore.__file__).parent / "py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [
+        ("unistore._batch", "unistore"),
+        ("unistore._bluegreen", "unistore"),
+        ("unistore.layers._dualwrite", "unistore.layers"),
+        ("unistore.layers._fallback", "unistore.layers"),
+        ("unistore.layers._replicate", "unistore.layers"),
+    ],
+)
+def test_data_movement_helpers_are_reexported(module: str, package: str) -> None:
+    """What the moving-data page imports comes from the packages, not the private modules."""
+    names = importlib.import_module(module).__all__
+    exported = importlib.import_module(package).__all__
+    assert names and all(n in exported for n in names)
+    assert "OutboxEntry" in importlib.import_module("unistore.layers").__all__
+
+
+def test_every_layer_class_is_exported_from_unistore_layers() -> None:
+    import unistore.layers
+    from unistore.layers import Layer
+
+    for info in pkgutil.iter_modules(unistore.layers.__path__, "unistore.layers."):
+        module = importlib.import_module(info.name)
+        for attr in module.__all__:
+            value = getattr(module, attr)
+            if isinstance(value, type) and issubclass(value, Layer):
+                assert attr in unistore.layers.__all__, f"{info.name}.{attr} is not exported by unistore.layers"
+    for name in ("Dedup", "DedupObjectInfo", "SweepReport"):
+        assert name in unistore.layers.__all__

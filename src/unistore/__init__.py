@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import BaseBackend, StorageBackend
+from ._batch import Batch, BatchSnapshot, BatchStore
+from ._bluegreen import BlueGreen, Release
 from ._config import backend_from_url, detect_backend, easy_storage
 from ._errors import (
     AlreadyExistsError,
@@ -42,6 +44,7 @@ from ._types import (
     ObjectInfo,
     SuffixRange,
     WriteMode,
+    accept_encoding,
     parse_http_range,
 )
 from .backends.local import LocalBackend, LocalSettings
@@ -58,6 +61,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExistsError",
     "BaseBackend",
+    "Batch",
+    "BatchSnapshot",
+    "BatchStore",
+    "BlueGreen",
     "ByteRange",
     "Capabilities",
     "CloudinaryBackend",
@@ -85,6 +92,7 @@ __all__ = [
     "PreconditionFailedError",
     "QuotaExceededError",
     "RateLimitedError",
+    "Release",
     "S3Backend",
     "Scoped",
     "StorageBackend",
@@ -95,6 +103,7 @@ __all__ = [
     "UnsupportedError",
     "UrlSigner",
     "WriteMode",
+    "accept_encoding",
     "add_storage",
     "backend_from_url",
     "detect_backend",

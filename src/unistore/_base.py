@@ -55,6 +55,7 @@ def signing_for_put() -> bool:
     """
     return _FOR_PUT.get()
 
+
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 _PAST = "\U0010ffff"  # sorts after every character a key can hold: folder + _PAST skips the folder
 

@@ -6,7 +6,9 @@ import functools
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Final, Literal, Protocol, TypeAlias
@@ -28,6 +30,8 @@ __all__ = [
     "Range",
     "SuffixRange",
     "WriteMode",
+    "accept_encoding",
+    "accepted_encodings",
     "check_content_type",
     "check_header_value",
     "guess_content_type",
@@ -80,7 +84,6 @@ class ObjectInfo:
 
 
 # --- ranges ---------------------------------------------------------------------------
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +298,12 @@ class Download:
     call :meth:`aclose`) so the underlying handle is released even when the
     stream is abandoned half-way. ``chunks`` may be ``bytes`` when the whole span
     is already in memory (small objects): then nothing needs releasing.
+    ``encoding`` is set (``gzip``, ``zstd``) when the chunks are the object's stored,
+    compressed bytes, served as they are to a reader inside :func:`accept_encoding`; then
+    ``info.size`` is still the plain size and ``content_length`` the encoded one.
     """
 
-    __slots__ = ("_chunks", "_close", "_data", "end", "info", "range_requested", "start")
+    __slots__ = ("_chunks", "_close", "_data", "encoding", "end", "info", "range_requested", "start")
 
     def __init__(
         self,
@@ -308,8 +314,10 @@ class Download:
         end: int | None = None,
         range_requested: bool = False,
         close: Callable[[], Awaitable[None]] | None = None,
+        encoding: str | None = None,
     ) -> None:
         self.info = info
+        self.encoding = encoding
         self.start = start
         self.end = info.size if end is None else end
         self.range_requested = range_requested
@@ -363,3 +371,24 @@ class Download:
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     if data:
         yield data
+
+
+_ACCEPT: ContextVar[tuple[str, ...]] = ContextVar("unistore_accept_encoding", default=())
+
+
+@contextmanager
+def accept_encoding(*encodings: str) -> Iterator[None]:
+    """Whole-object reads inside may return a compressed object's stored bytes as they are
+    (``Download.encoding`` names the encoding) when it is one of ``encodings``: what an HTTP
+    server does for a client whose ``Accept-Encoding`` lists it. Ranged reads and every other
+    object stay plain. ``accept_encoding()`` with no names turns it off again inside."""
+    token = _ACCEPT.set(tuple(encodings))
+    try:
+        yield
+    finally:
+        _ACCEPT.reset(token)
+
+
+def accepted_encodings() -> tuple[str, ...]:
+    """The encodings the innermost :func:`accept_encoding` allows (none outside one)."""
+    return _ACCEPT.get()

@@ -42,7 +42,7 @@ from ._keys import validate_key
 from ._mime import check_content_type, inline_safe
 from ._request_limits import BodyTimeouts, RequestTimeoutError
 from ._signing import UrlSigner
-from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, is_metadata_name, parse_http_range
+from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, accept_encoding, is_metadata_name, parse_http_range
 from .layers._layer import in_memory
 from .layers._scoped import scoped
 
@@ -348,18 +348,20 @@ async def serve_object(
     raw_range = h.get("range")
     rng = parse_http_range(raw_range) if raw_range is not None else None
     if_range = h.get("if-range") if rng is not None else None
-    try:
-        dl = await storage.open(key, range=rng)
-    except InvalidRangeError:
-        info = await storage.head(key)
-        _check_conditions(info, h)
-        if if_range is None or _if_range_holds(if_range, info):
-            raise
-        dl = await storage.open(key)  # a stale If-Range: the whole current object
-    else:
-        if if_range is not None and not _if_range_holds(if_range, dl.info):
-            await dl.aclose()
-            dl = await storage.open(key)
+    # a compressed object may go out as stored when the client takes its encoding; ranges stay plain
+    with accept_encoding(*(_accepted_encodings(h.get("accept-encoding", "")) if rng is None else ())):
+        try:
+            dl = await storage.open(key, range=rng)
+        except InvalidRangeError:
+            info = await storage.head(key)
+            _check_conditions(info, h)
+            if if_range is None or _if_range_holds(if_range, info):
+                raise
+            dl = await storage.open(key)  # a stale If-Range: the whole current object
+        else:
+            if if_range is not None and not _if_range_holds(if_range, dl.info):
+                await dl.aclose()
+                dl = await storage.open(key)
     try:
         _check_conditions(dl.info, h)
     except NotModifiedError as exc:
@@ -370,6 +372,10 @@ async def serve_object(
         raise
     headers = object_headers(dl.info, download=download, meta_headers=meta_headers)
     headers["Content-Length"] = str(dl.content_length)
+    if getattr(dl.info, "content_encoding", None):  # stored compressed: the body depends on Accept-Encoding
+        headers["Vary"] = "Accept-Encoding"
+    if dl.encoding:
+        headers["Content-Encoding"] = dl.encoding
     status = 200
     if dl.range_requested:
         status = 206
@@ -381,6 +387,29 @@ async def serve_object(
     if data is not None:  # read whole already (a small object): no stream, no disconnect watcher task
         return Response(data, status_code=status, headers=headers)
     return StreamingResponse(_drain(dl), status_code=status, headers=headers)
+
+
+_SERVABLE_ENCODINGS = ("zstd", "gzip")
+
+
+def _accepted_encodings(header: str) -> tuple[str, ...]:
+    """The stored encodings an ``Accept-Encoding`` value takes (RFC 9110 §12.5.3): listed, or
+    matched by ``*``, with a quality above 0."""
+    named: dict[str, float] = {}
+    for item in header.split(","):
+        coding, _, params = item.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        if coding.strip():
+            named[coding.strip().lower()] = q
+    star = named.get("*", 0.0)
+    return tuple(c for c in _SERVABLE_ENCODINGS if named.get(c, star) > 0)
 
 
 _ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|\Z)|\s*([^\s,]+)\s*(?:,|\Z)')

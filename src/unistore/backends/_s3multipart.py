@@ -66,6 +66,8 @@ def stream_part_size(number: int, part_size: int) -> int:
     [8, 8, 16, 32, 5120]
     """
     return min(MAX_PART, part_size << ((number - 1) // GROWTH_STEP))
+
+
 _SLICE = MiB
 
 

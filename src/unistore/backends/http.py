@@ -165,6 +165,8 @@ class HttpBackend(BaseBackend):
         """
         attempt = 0
         client = self.client if url is None else self._store()
+        # sizes, ranges and etags describe the plain bytes: never let a compressed object come back encoded
+        headers = {**(headers or {}), "Accept-Encoding": "identity"}
         while True:
             content: Any = None
             if body is not None:

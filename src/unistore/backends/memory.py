@@ -2,9 +2,10 @@
 
 Every capability is native: conditional writes and reads, ranges, streaming,
 signed URLs (served by ``add_storage(app, serve_files=True)``). Objects are
-immutable ``bytes``; a write builds the new object completely, then commits it
-in one step under a lock, so concurrent tasks (and threads) never see a partial
-object. ``max_size`` bounds the total bytes stored (:class:`QuotaExceededError`).
+immutable ``bytes`` pieces of ``chunk_size`` (a streamed write is never joined
+into one copy, so it peaks at its own size); a write builds the new object
+completely, then commits it in one step under a lock, so concurrent tasks (and
+threads) never see a partial object. ``max_size`` bounds the total bytes stored (:class:`QuotaExceededError`).
 Deviation: data is lost when the process exits; with no ``url_secret`` the
 signing secret is random per instance, so URLs only work in this process.
 """
@@ -83,8 +84,43 @@ def _outside(folder: str) -> Callable[[str], bool]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Body:
+    """An object's bytes as immutable pieces; ``starts[i]`` is the offset of ``pieces[i]``."""
+
+    pieces: tuple[bytes, ...]
+    starts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, pieces: list[bytes]) -> _Body:
+        starts, pos = [], 0
+        for p in pieces:
+            starts.append(pos)
+            pos += len(p)
+        return cls(tuple(pieces), tuple(starts))
+
+    def slices(self, start: int, end: int) -> list[memoryview]:
+        """Views of bytes ``[start, end)``, one per piece they touch."""
+        out: list[memoryview] = []
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        while i < len(self.pieces) and start < end:
+            base = self.starts[i]
+            piece = self.pieces[i]
+            out.append(memoryview(piece)[start - base : min(end, base + len(piece)) - base])
+            start = base + len(piece)
+            i += 1
+        return out
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)``: the piece itself when it is exactly that range."""
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i >= 0 and self.starts[i] == start and len(self.pieces[i]) == end - start:
+            return self.pieces[i]
+        return b"".join(self.slices(start, end))
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
-    data: bytes
+    body: _Body
     info: ObjectInfo
 
 
@@ -154,21 +190,20 @@ class MemoryBackend(BaseBackend):
         check_read_conditions(info, if_match, if_none_match, self.name)
         start, end = (0, info.size) if range is None else range.resolve(info.size)
         if end - start <= self.settings.chunk_size:
-            data = entry.data if (start, end) == (0, info.size) else entry.data[start:end]
+            data = entry.body.read(start, end)
             return Download(info, data, start=start, end=end, range_requested=range is not None)
         return Download(
             info,
-            self._chunks(entry.data, start, end),
+            self._chunks(entry.body, start, end),
             start=start,
             end=end,
             range_requested=range is not None,
         )
 
-    async def _chunks(self, data: bytes, start: int, end: int) -> AsyncIterator[bytes]:
-        view = memoryview(data)
+    async def _chunks(self, body: _Body, start: int, end: int) -> AsyncIterator[bytes]:
         step = self.settings.chunk_size
         for pos in range(start, end, step):
-            yield bytes(view[pos : min(pos + step, end)])
+            yield body.read(pos, min(pos + step, end))
 
     async def put_object(
         self,
@@ -186,28 +221,55 @@ class MemoryBackend(BaseBackend):
         content_type = check_content_type(content_type) or guess_content_type(key)
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
-        limit = self.settings.max_size
         if isinstance(body, bytes):
-            data = body
+            data = _Body.of([body])
         else:
-            parts: list[bytes] = []
-            size = 0
-            async for chunk in iter_body(body, self.settings.chunk_size):
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    raise self._quota(key, size)
-                parts.append(chunk)
-            data = b"".join(parts)
+            data = await self._read_body(key, body)
+        return self._commit(key, data, content_type, meta, mode, cache_control, content_disposition)
+
+    async def _read_body(self, key: str, body: Body) -> _Body:
+        """``body`` as pieces of ``chunk_size`` (a small piece is copied once into the next)."""
+        limit, step = self.settings.max_size, self.settings.chunk_size
+        pieces: list[bytes] = []
+        pending = bytearray()
+        size = 0
+        async for chunk in iter_body(body, step):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise self._quota(key, size)
+            if not pending and len(chunk) >= step and isinstance(chunk, bytes):
+                pieces.append(chunk)
+                continue
+            pending += chunk
+            while len(pending) >= step:
+                pieces.append(bytes(pending[:step]))
+                del pending[:step]
+        if pending:
+            pieces.append(bytes(pending))
+        return _Body.of(pieces)
+
+    def _commit(
+        self,
+        key: str,
+        data: _Body,
+        content_type: str | None,
+        meta: dict[str, str],
+        mode: WriteMode,
+        cache_control: str | None,
+        content_disposition: str | None,
+    ) -> ObjectInfo:
+        limit = self.settings.max_size
+        size = data.starts[-1] + len(data.pieces[-1]) if data.pieces else 0
         with self._lock:
             current = self._objects.get(key)
             check_write_mode(current.info if current else None, mode, key, self.name)
             old_size = current.info.size if current else 0
-            new_total = self._total - old_size + len(data)
+            new_total = self._total - old_size + size
             if limit is not None and new_total > limit:
-                raise self._quota(key, len(data))
+                raise self._quota(key, size)
             info = ObjectInfo(
                 key=key,
-                size=len(data),
+                size=size,
                 etag=f"{self._epoch}-{next(self._etags):x}",
                 last_modified=datetime.now(UTC),
                 content_type=content_type,
@@ -334,15 +396,10 @@ class MemoryBackend(BaseBackend):
         entry = self._objects.get(src)
         if entry is None:
             raise NotFoundError("no such object", key=src, backend=self.name, operation="copy")
+        validate_key(dst)
         i = entry.info
-        return await self.put_object(
-            dst,
-            entry.data,
-            content_type=i.content_type,
-            metadata=i.metadata,
-            mode=mode,
-            cache_control=i.cache_control,
-            content_disposition=i.content_disposition,
+        return self._commit(
+            dst, entry.body, i.content_type, dict(i.metadata), mode, i.cache_control, i.content_disposition
         )
 
     async def replace_metadata(
@@ -363,7 +420,7 @@ class MemoryBackend(BaseBackend):
                 last_modified=datetime.now(UTC),
                 metadata=meta,
             )
-            self._objects[key] = _Entry(current.data, info)
+            self._objects[key] = _Entry(current.body, info)
         return info
 
     async def ping(self) -> None:

@@ -50,8 +50,15 @@ def put(
         s, at = open_at(key, store, token)
         async with closing(s):
             info = await upload(
-                s, at, path, content_type=content_type, metadata=metadata, state_dir=state_dir, quiet=quiet,
-                mode=mode, cache_control=cache_control,
+                s,
+                at,
+                path,
+                content_type=content_type,
+                metadata=metadata,
+                state_dir=state_dir,
+                quiet=quiet,
+                mode=mode,
+                cache_control=cache_control,
             )
         typer.echo(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
 
@@ -172,7 +179,12 @@ async def copy_one(
                     raise InvalidArgumentError(f"{dst.store!r} names no object (give a key)")
                 d = await stack.enter_async_context(closing(open_store(dst.store, dst_token or dst.token)))
                 await d.put_object(
-                    dst.key, chunks, content_type=content, metadata=extra, mode=mode, cache_control=cache,
+                    dst.key,
+                    chunks,
+                    content_type=content,
+                    metadata=extra,
+                    mode=mode,
+                    cache_control=cache,
                     content_disposition=disposition,
                 )
     if src.key is None or dl is None:

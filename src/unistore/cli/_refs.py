@@ -141,9 +141,7 @@ def parse_ref(text: str, stores: dict[str, NamedStore] | None = None) -> Ref:
             raise InvalidArgumentError(f"a file URL is file:///absolute/path, got {text!r}")
         return Ref(unquote(parts.path), None)
     if scheme in ("http", "https"):
-        base, marker, key = (parts.path + ("/" if parts.path.endswith("/v1/objects") else "")).partition(
-            "/v1/objects/"
-        )
+        base, marker, key = (parts.path + ("/" if parts.path.endswith("/v1/objects") else "")).partition("/v1/objects/")
         if not marker:
             raise InvalidArgumentError(f"{text!r} names no object of a unistore service: {HINT}")
         return Ref(urlunsplit((scheme, parts.netloc, base, "", "")), unquote(key))

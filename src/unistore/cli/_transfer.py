@@ -320,6 +320,17 @@ def _sync_record(fd: int, side: Path, doc: dict[str, Any]) -> None:
     write_json(side, doc)
 
 
+def _start(fd: int, size: int, side: Path, doc: dict[str, Any]) -> None:
+    """Size the partial file and record what it holds so far: the spans in ``doc`` were made
+    durable by the run that recorded them, so no sync is needed here."""
+    os.ftruncate(fd, size)
+    write_json(side, doc)
+
+
+_RESIGN_AFTER = 1800.0
+"""Seconds a presigned range URL (valid for an hour) is reused before a fresh one is signed."""
+
+
 class _Refused(Exception):
     """A ranged GET answered with an error status (turned into a unistore error on the loop)."""
 
@@ -499,7 +510,9 @@ async def _ranged(
         await save()
 
     async def on_thread(span: tuple[int, int], threads: concurrent.futures.Executor, advance: Advance) -> None:
-        url = await store.sign_url(key, expires_in=3600)
+        if not urls or time.monotonic() - urls[0][1] > _RESIGN_AFTER:  # one signature serves many ranges
+            urls[:] = [(await store.sign_url(key, expires_in=3600), time.monotonic())]
+        url = urls[0][0]
         loop = asyncio.get_running_loop()
 
         def moved(n: int) -> None:
@@ -520,7 +533,9 @@ async def _ranged(
             if (dl.info.etag, dl.info.size, dl.start, dl.end) != (etag, size, start, end):
                 raise IntegrityError(
                     f"{store.name} served bytes {dl.start}-{dl.end} of version {dl.info.etag!r} for "
-                    f"{start}-{end} of {etag!r}: rerun to start over", key=key, operation="get",
+                    f"{start}-{end} of {etag!r}: rerun to start over",
+                    key=key,
+                    operation="get",
                 )
             pos = start
             async for data in dl:
@@ -532,9 +547,9 @@ async def _ranged(
 
     stop = threading.Event()  # tells range threads to give up (the run was interrupted)
     running: set[concurrent.futures.Future[None]] = set()
+    urls: list[tuple[str, float]] = []
     try:
-        await asyncio.to_thread(os.ftruncate, fd, size)
-        await asyncio.to_thread(_sync_record, fd, side, {**record, "done": done})
+        await asyncio.to_thread(_start, fd, size, side, {**record, "done": done})
         with bars(f"get {key}", size, resumed) as advance:
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -596,7 +611,11 @@ async def upload(
                 state = Path(state_dir or _default_state_dir())
                 return await _upload_s3(s3, key, path, content_type, dict(metadata), state, advance, part_slots)
         return await store.put_object(
-            key, read_file(path, advance), content_type=content_type, metadata=metadata, mode=mode,
+            key,
+            read_file(path, advance),
+            content_type=content_type,
+            metadata=metadata,
+            mode=mode,
             cache_control=cache_control,
         )
 

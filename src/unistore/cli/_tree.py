@@ -269,9 +269,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _merged(
-    src: AsyncIterator[Item], dst: AsyncIterator[Item]
-) -> AsyncIterator[tuple[Item | None, Item | None]]:
+async def _merged(src: AsyncIterator[Item], dst: AsyncIterator[Item]) -> AsyncIterator[tuple[Item | None, Item | None]]:
     """Pairs of same-named files from two sorted listings (``None`` where one side lacks it).
 
     A listing out of code-point order would pair the wrong files (and ``--delete`` would
@@ -540,14 +538,26 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
             if data is not None:
                 with display.bars(f"cp {a.rel}", len(data), 0) as advance:
                     await dst.store.put_object(
-                        key, data, content_type=opts.content_type, metadata=metadata, mode=mode,
+                        key,
+                        data,
+                        content_type=opts.content_type,
+                        metadata=metadata,
+                        mode=mode,
                         cache_control=opts.cache_control,
                     )
                     advance(len(data))
                 return
             await upload(
-                dst.store, key, src.root / a.rel, content_type=opts.content_type, metadata=metadata,
-                state_dir=opts.state_dir, quiet=True, bars=display.bars, mode=mode, cache_control=opts.cache_control,
+                dst.store,
+                key,
+                src.root / a.rel,
+                content_type=opts.content_type,
+                metadata=metadata,
+                state_dir=opts.state_dir,
+                quiet=True,
+                bars=display.bars,
+                mode=mode,
+                cache_control=opts.cache_control,
                 part_slots=shared.parts,
             )
             return
@@ -556,8 +566,11 @@ async def _copy(src: Tree, dst: Tree, a: Item, opts: Options, shared: _Shared) -
             stored = dl.info  # the object's own fields: a listing (S3's) may not carry them
             with display.bars(f"cp {a.rel}", a.size, 0) as advance:
                 await dst.store.put_object(
-                    key, _counted(dl.__aiter__(), advance), content_type=opts.content_type or stored.content_type,
-                    metadata={**stored.metadata, **metadata}, mode=mode,
+                    key,
+                    _counted(dl.__aiter__(), advance),
+                    content_type=opts.content_type or stored.content_type,
+                    metadata={**stored.metadata, **metadata},
+                    mode=mode,
                     cache_control=opts.cache_control or stored.cache_control,
                     content_disposition=stored.content_disposition,
                 )

@@ -157,8 +157,12 @@ def rm(
                     continue
                 key = key if not key or key.endswith("/") else key + "/"  # the folder, as cp -r reads it
                 count = await remove_tree(
-                    s, key, filters=_filters(include, exclude), dry_run=dry_run,
-                    confirm=(lambda n: True) if yes else stdin_confirms, transfers=transfers,
+                    s,
+                    key,
+                    filters=_filters(include, exclude),
+                    dry_run=dry_run,
+                    confirm=(lambda n: True) if yes else stdin_confirms,
+                    transfers=transfers,
                 )
                 if count == 0 and not dry_run and not yes:
                     note(f"nothing deleted under {key!r} (over 1,000 objects need --yes when not asked on a terminal)")
@@ -231,9 +235,16 @@ def cp(
     metadata = metadata_options(meta)
     if recursive:
         opts = _options(
-            transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, dry_run=dry_run, quiet=quiet,
-            filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-            metadata=metadata, state_dir=state_dir,
+            transfers=transfers,
+            checksum=checksum,
+            ignore_existing=ignore_existing,
+            dry_run=dry_run,
+            quiet=quiet,
+            filters=_filters(include, exclude),
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata=metadata,
+            state_dir=state_dir,
         )
         return _tree_run(source, dest, (src_token or token, dst_token or token), opts)
 
@@ -245,9 +256,16 @@ def cp(
             typer.echo(f"would copy {source} -> {dest}")
             return
         await copy_one(
-            src, dst, src_token=src_token or token, dst_token=dst_token or token, content_type=content_type,
-            cache_control=cache_control, metadata=metadata, mode="create" if ignore_existing else "overwrite",
-            quiet=quiet, label=f"cp {source}",
+            src,
+            dst,
+            src_token=src_token or token,
+            dst_token=dst_token or token,
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata=metadata,
+            mode="create" if ignore_existing else "overwrite",
+            quiet=quiet,
+            label=f"cp {source}",
         )
 
     run(work)
@@ -280,8 +298,16 @@ def mv(
         if src.key is None:
             raise InvalidArgumentError(f"{source!r} is not an object: mv moves objects (use cp for local files)")
         remove = await copy_one(
-            src, dst, src_token=src_token or token, dst_token=dst_token or token, content_type=None,
-            cache_control=None, metadata={}, mode="overwrite", quiet=quiet, label=f"mv {source}",
+            src,
+            dst,
+            src_token=src_token or token,
+            dst_token=dst_token or token,
+            content_type=None,
+            cache_control=None,
+            metadata={},
+            mode="overwrite",
+            quiet=quiet,
+            label=f"mv {source}",
         )
         if remove is not None:
             await remove()
@@ -312,8 +338,16 @@ def sync(
     """Make DEST hold what SOURCE holds: copy new and changed files (size and time, or
     --checksum), and with --delete remove the ones SOURCE lacks."""
     opts = _options(
-        transfers=transfers, checksum=checksum, ignore_existing=ignore_existing, delete=delete, dry_run=dry_run,
-        quiet=quiet, filters=_filters(include, exclude), content_type=content_type, cache_control=cache_control,
-        metadata=metadata_options(meta), state_dir=state_dir,
+        transfers=transfers,
+        checksum=checksum,
+        ignore_existing=ignore_existing,
+        delete=delete,
+        dry_run=dry_run,
+        quiet=quiet,
+        filters=_filters(include, exclude),
+        content_type=content_type,
+        cache_control=cache_control,
+        metadata=metadata_options(meta),
+        state_dir=state_dir,
     )
     _tree_run(source, dest, (src_token or token, dst_token or token), opts)

@@ -11,6 +11,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
@@ -185,6 +186,10 @@ class Encrypt(Layer):
     Reads keep the data keys of the last ``key_cache_size`` objects read for ``key_cache_ttl``
     seconds, so re-reading an object (a range read, a cached page) asks the keyring (a KMS)
     once; ``forget_keys()`` empties that cache, ``key_cache_size=0`` turns it off.
+
+    ``threads`` > 1 seals and opens the segments of streamed puts and gets on that many threads,
+    up to ``threads`` chunks at once (AES-GCM runs outside the GIL); the default, 1, keeps all
+    cipher work on the event loop's thread, which measured faster on 2 cores (bench/encrypt.py).
     """
 
     transforms_bodies: ClassVar[bool] = True
@@ -200,6 +205,7 @@ class Encrypt(Layer):
         digest: bool = True,
         key_cache_size: int = 256,
         key_cache_ttl: float = 300.0,
+        threads: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(inner)
@@ -207,12 +213,16 @@ class Encrypt(Layer):
             raise ConfigurationError(f"keyring must provide the Keyring protocol, not {type(keyring).__name__}")
         if key_cache_size < 0 or key_cache_ttl < 0:
             raise ConfigurationError("key_cache_size and key_cache_ttl must be >= 0")
+        if threads < 1:
+            raise ConfigurationError("threads must be >= 1")
         self.keyring = keyring
         self.layout = Layout(segment_size)
         self.signer = signer
         self.digest = digest
         self.key_cache_size = key_cache_size
         self.key_cache_ttl = key_cache_ttl
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
         self._clock = clock
         self._ciphers: OrderedDict[tuple[str, bytes, bytes, bytes], tuple[float, SegmentCipher]] = OrderedDict()
 
@@ -234,6 +244,20 @@ class Encrypt(Layer):
 
     def __repr__(self) -> str:
         return f"Encrypt({self.inner!r}, {self.keyring!r})"
+
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """The threads the cipher runs on (started on first use), or None with ``threads=1``."""
+        if self.threads < 2:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="unistore-encrypt")
+        return self._pool
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+        await super().aclose()
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -339,7 +363,7 @@ class Encrypt(Layer):
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
         else:
-            sealed = read_ahead(cipher.encrypt_stream(iter_body(body)))
+            sealed = read_ahead(cipher.encrypt_stream(iter_body(body), pool=self._workers(), threads=self.threads))
         try:
             info = await self.inner.put_object(
                 key,
@@ -393,7 +417,9 @@ class Encrypt(Layer):
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
             last = Layout(plain.encryption.segment_size).segments(len(whole)) - 1
             return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
-        segments = cipher.decrypt_stream(read_ahead(aiter(dl)), 0, None, skip_header=True)
+        segments = cipher.decrypt_stream(
+            read_ahead(aiter(dl)), 0, None, skip_header=True, pool=self._workers(), threads=self.threads
+        )
         chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
 
@@ -462,7 +488,9 @@ class Encrypt(Layer):
             if len(piece) != hi - lo:
                 raise IntegrityError("the ciphertext ended before the requested range", key=key, backend=self.name)
             return Download(plain, piece, start=lo, end=hi, range_requested=True)
-        segments = cipher.decrypt_stream(aiter(dl), first, last_index, skip_header=first == 0)
+        segments = cipher.decrypt_stream(
+            aiter(dl), first, last_index, skip_header=first == 0, pool=self._workers(), threads=self.threads
+        )
         chunks = _window(segments, lo - layout.plain_start(first), hi - lo, key, self.name)
         return Download(plain, chunks, start=lo, end=hi, range_requested=True, close=dl.aclose)
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -44,6 +46,11 @@ NONCE_PREFIX_SIZE = 7
 HEADER_SIZE = 1 + KEY_SIZE + NONCE_PREFIX_SIZE
 TAG_SIZE = 16
 MAX_SEGMENTS = 2**32
+
+_Job = tuple[int, bytes | bytearray | memoryview, bool]
+"""One segment to seal or open: its index, its bytes and whether it is the last one."""
+_Op = Callable[[int, bytes | bytearray | memoryview, bool], bytes]
+_InFlight = deque["asyncio.Future[list[bytes]]"]
 
 
 @dataclass(frozen=True)
@@ -140,35 +147,76 @@ class SegmentCipher:
             where = "last segment" if last else "segment"
             raise IntegrityError(f"{where} {index} does not authenticate (tampered, truncated or reordered)") from None
 
-    async def encrypt_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    @staticmethod
+    def _run(op: _Op, jobs: Sequence[_Job]) -> list[bytes]:
+        return [op(index, data, last) for index, data, last in jobs]
+
+    async def _pipeline(
+        self, op: _Op, jobs: list[_Job], inflight: _InFlight, pool: Executor | None, threads: int
+    ) -> list[list[bytes]]:
+        """Queue ``op`` over one chunk's ``jobs`` and return the results now due, per chunk, in order.
+
+        Without ``pool`` (or with ``threads`` < 2) the jobs run here and now. Else they run as one
+        task on ``pool`` and the results of the oldest chunks are returned once more than
+        ``threads`` chunks are in flight (or as soon as they are done): up to ``threads`` chunks
+        are sealed or opened at once while the caller reads the next one. A chunk's results are
+        only returned once every segment of it succeeded; its error is raised in its turn.
+        """
+        if pool is None or threads < 2:
+            return [self._run(op, jobs)]
+        if jobs:
+            inflight.append(asyncio.get_running_loop().run_in_executor(pool, self._run, op, jobs))
+        out = []
+        while inflight and (len(inflight) > threads or inflight[0].done()):
+            out.append(await inflight.popleft())
+        return out
+
+    @staticmethod
+    async def _drain(inflight: _InFlight) -> list[list[bytes]]:
+        """The results of every chunk still in flight, in order."""
+        out = []
+        while inflight:
+            out.append(await inflight.popleft())
+        return out
+
+    async def encrypt_stream(
+        self, chunks: AsyncIterator[bytes], *, pool: Executor | None = None, threads: int = 1
+    ) -> AsyncIterator[bytes]:
         """The whole ciphertext of the plaintext ``chunks``: the header, then one chunk per segment.
 
         A segment is sealed as the last one only at the end of the input, so at most one
         segment plus one input chunk is held in memory. Whole segments are encrypted straight
-        from the input chunk; only a segment spanning two chunks is copied.
+        from the input chunk; only a segment spanning two chunks is copied. With ``pool`` and
+        ``threads`` > 1 up to ``threads`` chunks are sealed at once on its threads (in order).
         """
+        inflight: _InFlight = deque()
         try:
             yield self.header
             layout, index, pending = self.layout, 0, bytearray()
             async for chunk in chunks:
-                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                view, pos, end, jobs = memoryview(chunk), 0, len(chunk), list[_Job]()
                 if pending:
                     take = min(layout.plain_len(index) - len(pending), end)
                     pending += view[:take]
                     pos = take
                     if len(pending) == layout.plain_len(index) and pos < end:  # more follows: not the last
-                        out.append(self.encrypt(index, pending, False))
+                        jobs.append((index, pending, False))
                         index, pending = index + 1, bytearray()
                 while not pending and end - pos > layout.plain_len(index):
                     size = layout.plain_len(index)
-                    out.append(self.encrypt(index, view[pos : pos + size], False))
+                    jobs.append((index, view[pos : pos + size], False))
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
-                if out:  # one write per input chunk, not per segment
-                    yield out[0] if len(out) == 1 else b"".join(out)
+                for out in await self._pipeline(self.encrypt, jobs, inflight, pool, threads):
+                    if out:  # one write per input chunk, not per segment
+                        yield out[0] if len(out) == 1 else b"".join(out)
+            for out in await self._drain(inflight):
+                yield out[0] if len(out) == 1 else b"".join(out)
             yield self.encrypt(index, pending, True)
         finally:
+            for future in inflight:
+                future.cancel()
             await close(chunks)
 
     def decrypt_span(
@@ -237,7 +285,14 @@ class SegmentCipher:
         return b"".join(out)
 
     async def decrypt_stream(
-        self, chunks: AsyncIterator[bytes], first: int, last_index: int | None, *, skip_header: bool
+        self,
+        chunks: AsyncIterator[bytes],
+        first: int,
+        last_index: int | None,
+        *,
+        skip_header: bool,
+        pool: Executor | None = None,
+        threads: int = 1,
     ) -> AsyncGenerator[bytes, None]:
         """The plaintext of ciphertext ``chunks`` that start at segment ``first``'s encrypted bytes
         (or at the header, with ``skip_header``, which must then equal this cipher's header).
@@ -245,13 +300,16 @@ class SegmentCipher:
         ``last_index`` is the index of the object's last segment when the caller knows it (a
         range read), else the last segment is whatever the stream ends with. Each segment is
         authenticated before any of its bytes is yielded; a short or overlong stream raises
-        :class:`IntegrityError`.
+        :class:`IntegrityError`. With ``pool`` and ``threads`` > 1 up to ``threads`` chunks are
+        opened at once on its threads; a chunk's segments are yielded, in order, once all of
+        them authenticate.
         """
+        inflight: _InFlight = deque()
         try:
             layout, index, pending = self.layout, first, bytearray()
             header: bytearray | None = bytearray() if skip_header else None
             async for chunk in chunks:
-                view, pos, end, out = memoryview(chunk), 0, len(chunk), []
+                view, pos, end, jobs = memoryview(chunk), 0, len(chunk), list[_Job]()
                 if header is not None:
                     pos = min(HEADER_SIZE - len(header), end)
                     header += view[:pos]
@@ -266,17 +324,21 @@ class SegmentCipher:
                     pos += take
                     full = len(pending) == layout.plain_len(index) + TAG_SIZE
                     if full and (pos < end if last_index is None else index < last_index):
-                        out.append(self.decrypt(index, pending, False))
+                        jobs.append((index, pending, False))
                         index, pending = index + 1, bytearray()
                 while not pending:
                     size = layout.plain_len(index) + TAG_SIZE
                     left = end - pos
                     if left < size or (left == size if last_index is None else index >= last_index):
                         break
-                    out.append(self.decrypt(index, view[pos : pos + size], False))
+                    jobs.append((index, view[pos : pos + size], False))
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
+                for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
+                    for segment in out:
+                        yield segment
+            for out in await self._drain(inflight):
                 for segment in out:
                     yield segment
             if header is not None:
@@ -288,6 +350,8 @@ class SegmentCipher:
             elif pending:
                 raise IntegrityError(f"the ciphertext ends inside segment {index}")
         finally:
+            for future in inflight:
+                future.cancel()
             await close(chunks)
 
 

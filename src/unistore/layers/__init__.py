@@ -13,8 +13,10 @@ layer's docstring says why it sits where it does (``docs/layers.md``; the design
 """
 
 from ._cache import Cache
+from ._cdn import CDN
 from ._compress import Compress, CompressedObjectInfo, looks_compressed
-from ._dualwrite import DualWrite, OutboxEntry
+from ._dedup import Dedup, DedupObjectInfo, SweepReport
+from ._dualwrite import DualWrite
 from ._fallback import ReadFallback
 from ._faults import Faults, FaultSettings
 from ._idempotency import (
@@ -28,6 +30,8 @@ from ._idempotency import (
 from ._layer import Layer, LayerFactory, stack
 from ._limit import RateLimit
 from ._observe import HotKeys, Observe, request_context
+from ._outbox import OutboxEntry
+from ._replicate import Replicate
 from ._retry import Retry, RetryEvent
 from ._scan import QUARANTINE_PREFIX, Scan, ScanMode
 from ._scoped import Scoped, scoped
@@ -44,9 +48,12 @@ from ._validate import (
 )
 
 __all__ = [
+    "CDN",
     "Cache",
     "Compress",
     "CompressedObjectInfo",
+    "Dedup",
+    "DedupObjectInfo",
     "DualWrite",
     "FaultSettings",
     "Faults",
@@ -65,11 +72,13 @@ __all__ = [
     "QUARANTINE_PREFIX",
     "RateLimit",
     "ReadFallback",
+    "Replicate",
     "Retry",
     "RetryEvent",
     "Scan",
     "ScanMode",
     "Scoped",
+    "SweepReport",
     "UnsupportedMediaTypeError",
     "UploadRule",
     "Validate",

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._base import StorageBackend, check_read_conditions
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
-from .._types import Body, ByteRange, CommonPrefix, Download, ObjectInfo, Range, WriteMode
+from .._types import Body, ByteRange, CommonPrefix, Download, ObjectInfo, Range, WriteMode, accept_encoding
 from ..backends.memory import MemoryBackend
 from ._layer import Layer, in_memory
 
@@ -148,6 +148,10 @@ class Cache(Layer):
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> Download:
+        with accept_encoding():  # the cache holds plain bytes, whatever the caller accepts
+            return await self._open(key, range, if_match, if_none_match)
+
+    async def _open(self, key: str, range: Range | None, if_match: str | None, if_none_match: str | None) -> Download:
         entry = self._index.get(key)
         if entry is not None:
             if self._clock() >= entry.fresh_until:

@@ -163,4 +163,12 @@ def rewrap(
     close: Callable[[], Awaitable[None]] | None = None,
 ) -> Download:
     """A Download with ``dl``'s info and span but other ``chunks`` and ``close``."""
-    return Download(dl.info, chunks, start=dl.start, end=dl.end, range_requested=dl.range_requested, close=close)
+    return Download(
+        dl.info,
+        chunks,
+        start=dl.start,
+        end=dl.end,
+        range_requested=dl.range_requested,
+        close=close,
+        encoding=dl.encoding,
+    )

@@ -12,7 +12,7 @@ from .._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._observe import HotKeys
 
-__all__ = ["BoundMetrics", "KEY_LABELS", "Metrics", "key_label", "metrics_for"]
+__all__ = ["BoundMetrics", "KEY_LABELS", "Metrics", "key_label", "metrics_for", "registry_for"]
 
 KEY_LABELS = ("hash", "prefix", "raw")
 
@@ -39,8 +39,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 _BY_REGISTRY: weakref.WeakKeyDictionary[Any, Metrics] = weakref.WeakKeyDictionary()
 
 
-def metrics_for(option: Any) -> Metrics | None:
-    """The metrics for ``option``: a registry, ``True`` (global registry), ``None`` (global if installed), ``False``."""
+def registry_for(option: Any) -> Any:
+    """The registry ``option`` names: a registry, ``True`` (the global one), ``None`` (the global
+    one if prometheus_client is installed, else none), ``False`` (none)."""
     if option is False:
         return None
     try:
@@ -49,7 +50,14 @@ def metrics_for(option: Any) -> Metrics | None:
         if option is None:
             return None
         raise ConfigurationError("metrics need prometheus_client: pip install 'unistore[observe]'") from exc
-    registry = prometheus_client.REGISTRY if option is None or option is True else option
+    return prometheus_client.REGISTRY if option is None or option is True else option
+
+
+def metrics_for(option: Any) -> Metrics | None:
+    """The metrics for ``option``: a registry, ``True`` (global registry), ``None`` (global if installed), ``False``."""
+    registry = registry_for(option)
+    if registry is None:
+        return None
     metrics = _BY_REGISTRY.get(registry)
     if metrics is None:
         metrics = _BY_REGISTRY[registry] = Metrics(registry)

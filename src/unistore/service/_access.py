@@ -17,7 +17,6 @@ from ._settings import ServiceSettings
 __all__ = ["ServiceContext"]
 
 
-
 def _address(request: Request) -> str:
     return "addr:" + (request.client.host if request.client else "unknown")
 

@@ -130,25 +130,32 @@ def _scan(inner: StorageBackend, settings: ServiceSettings, registry: Any) -> Sc
     )
 
 
-def _encrypted(raw: StorageBackend) -> StorageBackend:
-    """``raw`` wrapped in :class:`Encrypt` with the keyring the environment configures. Signed file URLs
-    are this service's: the store's own signer when it has one (local, memory), else one keyed by
-    ``STORAGE_URL_SECRET`` (a random key when unset: URLs then last as long as the process) for
-    ``STORAGE_BASE_URL``; without a base URL the encrypted store signs no URLs."""
+def _service_signer(raw: StorageBackend) -> Any:
+    """The signer of this service's ``/files`` URLs for a layer that must serve its objects itself: the
+    store's own signer when it has one (local, memory), else one keyed by ``STORAGE_URL_SECRET`` (a random
+    key when unset: URLs then last as long as the process) for ``STORAGE_BASE_URL``; ``None`` without a
+    base URL (the layer then signs no URLs of its own)."""
     import os
     import secrets
 
     from .._signing import UrlSigner
-    from ..encryption import Encrypt, keyring_from_env
 
-    if isinstance(raw, Encrypt):  # already encrypted by the caller
-        return raw
     signer = getattr(raw, "signer", None)
     if not isinstance(signer, UrlSigner):
         base_url = os.environ.get("STORAGE_BASE_URL", "").strip()
         secret = os.environ.get("STORAGE_URL_SECRET", "").encode() or secrets.token_bytes(32)
         signer = UrlSigner(secret, base_url) if base_url else None
-    return Encrypt(raw, keyring_from_env(), signer=signer)
+    return signer
+
+
+def _encrypted(raw: StorageBackend) -> StorageBackend:
+    """``raw`` wrapped in :class:`Encrypt` with the keyring the environment configures and the service's
+    signer (:func:`_service_signer`)."""
+    from ..encryption import Encrypt, keyring_from_env
+
+    if isinstance(raw, Encrypt):  # already encrypted by the caller
+        return raw
+    return Encrypt(raw, keyring_from_env(), signer=_service_signer(raw))
 
 
 def create_app(
@@ -161,8 +168,9 @@ def create_app(
     """The storage service over ``backend`` (auto-detected from ``STORAGE_*`` when ``None``).
 
     ``settings`` default to :meth:`ServiceSettings.from_env`. The backend is
-    wrapped as ``Observe → [Validate] → [Scan] → Idempotency → [Encrypt] → backend`` (Validate when
-    ``settings.upload_rules`` is set, Scan when ``settings.scan_url`` is, Encrypt when
+    wrapped as ``Observe → [Validate] → [Scan] → Idempotency → [Compress] → [Encrypt] → backend`` (Validate
+    when ``settings.upload_rules`` is set, Scan when ``settings.scan_url`` is, Compress when
+    ``settings.compress`` is not ``off``, Encrypt when
     ``settings.encrypt`` is, with the keyring :func:`~unistore.encryption.keyring_from_env` builds and
     the service's own signer for ``/files`` URLs); idempotency records live in
     the backend itself (``.unistore/service/``), so replicas share them, as do
@@ -172,9 +180,14 @@ def create_app(
     """
     settings = settings if settings is not None else ServiceSettings.from_env()
     raw = backend if backend is not None else easy_storage()
+    registry = _registry()
     if settings.encrypt:
         raw = _encrypted(raw)
-    registry = _registry()
+    if settings.compress != "off":  # compressed before it is encrypted: ciphertext does not compress
+        from ..layers import Compress
+
+        counters = registry if registry is not None else False
+        raw = Compress(raw, encoding=settings.compress, metrics=counters, signer=_service_signer(raw))
     state = StateStore(raw)
     ctx = ServiceContext.build(raw, settings)
     labels = settings.metrics_key_labels
@@ -194,9 +207,7 @@ def create_app(
     )
     ctx.storage = storage
 
-    app = FastAPI(
-        title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None
-    )
+    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None)
     _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.

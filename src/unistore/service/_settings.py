@@ -144,6 +144,10 @@ class ServiceSettings:
     """Encrypt every object body before it reaches the store (``Encrypt``, see ``docs/encryption.md``) with the
     keyring the ``UNISTORE_KEYRING*``, ``UNISTORE_AWS_KMS_*`` or ``UNISTORE_GCP_KMS_*`` variables configure;
     signed ``/files`` URLs then serve the decrypted bytes."""
+    compress: Literal["off", "gzip", "zstd"] = "off"
+    """Compress bodies before they reach the store (``Compress``, see ``docs/compression.md``; before encryption
+    when both are on): ``gzip`` or ``zstd`` (the ``compress`` extra). Reads send the stored bytes with
+    ``Content-Encoding`` to clients whose ``Accept-Encoding`` takes it, and plain bytes to the others."""
 
     def __post_init__(self) -> None:
         # A str secret (as a Python caller naturally writes one) is used UTF-8 encoded, like UNISTORE_SECRET;
@@ -199,6 +203,8 @@ class ServiceSettings:
         self.upload_policy  # noqa: B018 - builds the policy, so a bad one fails here
         if self.scan_mode not in ("reject", "quarantine"):
             raise ConfigurationError("scan_mode must be reject or quarantine (UNISTORE_SCAN_MODE)")
+        if self.compress not in ("off", "gzip", "zstd"):
+            raise ConfigurationError("compress must be off, gzip or zstd (UNISTORE_COMPRESS)")
         if self.scan_timeout <= 0:
             raise ConfigurationError("scan_timeout must be > 0")
         if self.scan_url is not None and not self.scan_url.startswith(("unix://", "tcp://")):
@@ -261,7 +267,7 @@ class ServiceSettings:
                 if flag not in _TRUE | _FALSE:
                     raise ConfigurationError(f"UNISTORE_{name.upper()} must be on or off")
                 kwargs[name] = flag in _TRUE
-        for name in ("metrics", "metrics_key_labels", "redis_prefix", "upload_type_mismatch", "scan_mode"):
+        for name in ("metrics", "metrics_key_labels", "redis_prefix", "upload_type_mismatch", "scan_mode", "compress"):
             text = env.get("UNISTORE_" + name.upper(), "").strip()
             if text:
                 kwargs[name] = text.lower() if name != "redis_prefix" else text

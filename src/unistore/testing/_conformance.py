@@ -258,7 +258,10 @@ class BackendConformance:
         async with await backend.open(prefix + "plain.html") as dl:
             assert (dl.info.cache_control, dl.info.content_disposition) == (None, None)
         await backend.put_object(
-            prefix + "set.html", b"<p>", content_type="text/html", cache_control="public, max-age=60",
+            prefix + "set.html",
+            b"<p>",
+            content_type="text/html",
+            cache_control="public, max-age=60",
             content_disposition='inline; filename="set.html"',
         )
         info = await backend.head(prefix + "set.html")
