@@ -481,3 +481,14 @@ def test_put_file_without_progress_uploads_parts_from_the_file(
     with pytest.raises(FileNotFoundError):
         s3fs.put_file(str(tmp_path / "missing"), pfx + "never.bin")
     assert not s3fs.exists(pfx + "never.bin")
+
+
+def test_pieces_and_merged_ranges_through_an_encrypt_and_cache_stack(tmp_path: Path) -> None:
+    fs = UnistoreFileSystem(Encrypt(Cache(MemoryBackend()), LocalKeyring({"k1": os.urandom(32)})))
+    data = os.urandom(20 * MiB + 5)
+    fs.pipe_file("x", data)
+    fs.get_file("x", str(tmp_path / "x"))
+    assert (tmp_path / "x").read_bytes() == data
+    starts = [0, 100, 5 * MiB, 20 * MiB]
+    ends = [10, 300, 5 * MiB + 100, 20 * MiB + 99]
+    assert fs.cat_ranges(["x"] * 4, starts, ends) == [data[s:e] for s, e in zip(starts, ends, strict=True)]
