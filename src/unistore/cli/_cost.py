@@ -122,7 +122,11 @@ def _show(report: dict[str, Any]) -> None:
         f" {u['puts']:,.0f} puts, {u['gets']:,.0f} gets, {u['lists']:,.0f} lists, {u['egress_gb']:,.2f} GB sent"
         f" ({report['source']}; prices of {report['prices_checked']}, {report['currency']})"
     )
-    table = Table("provider", "storage", "requests", "egress", "other", "total", "notes")
+    table = Table(title=f"A month's bill ({report['currency']}; * recommended)")
+    table.add_column("provider", no_wrap=True)
+    for money in ("storage", "requests", "egress", "other", "total"):
+        table.add_column(money, justify="right", no_wrap=True)
+    table.add_column("notes")
     pick = report["recommendation"]["key"]
     for p in report["providers"]:
         total = "n/a" if p["total"] is None else f"{p['total']:,.2f}"

@@ -29,14 +29,14 @@ from ._calc import (
 )
 
 __all__ = [
-    "GB",
-    "SMALL_OBJECT",
     "Access",
+    "GB",
     "Plan",
     "Price",
     "PriceTable",
     "Projection",
     "Recommendation",
+    "SMALL_OBJECT",
     "Usage",
     "access_pattern",
     "load_prices",

@@ -18,14 +18,14 @@ from .._base import StorageBackend
 from .._errors import ConfigurationError, InvalidArgumentError
 
 __all__ = [
-    "GB",
-    "SMALL_OBJECT",
     "Access",
+    "GB",
     "Plan",
     "Price",
     "PriceTable",
     "Projection",
     "Recommendation",
+    "SMALL_OBJECT",
     "Usage",
     "access_pattern",
     "load_prices",
