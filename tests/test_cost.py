@@ -133,6 +133,9 @@ async def test_recommendation_follows_egress(store_dir: Path) -> None:
     big = {"stored_bytes": 5000 * GB, "objects": 1_000_000}
     assert pick(**big, egress_bytes=10 * GB, gets=0) == "s3-glacier-ir"
     assert pick(**big, egress_bytes=10_000 * GB, gets=10_000_000) == "r2"
+    within_b2 = Usage(stored_bytes=2000 * GB, objects=1000, egress_bytes=3000 * GB, gets=1000)
+    choice = recommend(within_b2, project_all(within_b2, prices))
+    assert choice.key == "r2" and "Backblaze B2 projects less" in choice.reason  # B2: egress free up to 3x stored
     warm = Usage(stored_bytes=5000 * GB, objects=1_000_000, egress_bytes=1000 * GB, gets=5_000_000)
     projections = project_all(warm, prices)
     choice = recommend(warm, projections)

@@ -419,6 +419,8 @@ def recommend(usage: Usage, projections: list[Projection], access: Access | None
     if pattern == "hot" and egress > 100 and r2 is not None and r2.fits:
         s3 = by_key.get("s3-standard")
         versus = f"; S3 Standard would charge {_money(s3.egress)} for it" if s3 is not None else ""
+        if cheapest.key != r2.key and (cheapest.total or 0.0) < (r2.total or 0.0):
+            versus += f" ({cheapest.name} projects less, {_money(cheapest.total or 0.0)}, while its terms hold)"
         return made(r2, f"hot data sending {egress:,.0f} GB a month: R2 charges nothing for egress{versus}")
     if pattern == "cold":
         archive = _cheapest(projections, ("wasabi", "s3-glacier-ir"))
