@@ -46,6 +46,7 @@ from ._types import (
     WriteMode,
     accept_encoding,
     parse_http_range,
+    storage_class,
 )
 from .backends.local import LocalBackend, LocalSettings
 from .backends.memory import MemoryBackend, MemorySettings
@@ -112,6 +113,7 @@ __all__ = [
     "migrate",
     "parse_http_range",
     "scoped",
+    "storage_class",
     "validate_key",
     "validate_prefix",
 ]

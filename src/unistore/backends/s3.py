@@ -48,6 +48,7 @@ from .._types import (
     WriteMode,
     check_content_type,
     check_header_value,
+    current_storage_class,
     guess_content_type,
     normalize_metadata,
 )
@@ -56,7 +57,7 @@ from ._extras import require_extra
 from ._s3http import FAST_MAX, S3Connection
 from ._s3multipart import PartFailure, PartInfo
 from ._s3sessions import S3Uploads, UploadSession
-from ._s3settings import S3Settings
+from ._s3settings import S3Settings, check_s3_class
 from ._s3wire import (
     checksum_header,
     decode_meta,
@@ -151,6 +152,7 @@ class S3Backend(BaseBackend):
             metadata=meta,
             cache_control=headers.get("Cache-Control"),
             content_disposition=headers.get("Content-Disposition"),
+            storage_class=headers.get("x-amz-storage-class") or "STANDARD",  # S3 names every class but this one
         )
 
     async def head(self, key: str) -> ObjectInfo:
@@ -268,6 +270,9 @@ class S3Backend(BaseBackend):
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
         headers = {"content-type": ctype, **self._write_extra}
+        wanted = current_storage_class()
+        if wanted is not None:
+            headers["x-amz-storage-class"] = check_s3_class(wanted)
         for name, value in meta.items():
             headers["x-amz-meta-" + name] = encode_meta(value)
         if cache_control:
@@ -413,6 +418,7 @@ class S3Backend(BaseBackend):
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
                         content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
+                        storage_class=xml_find(item, "StorageClass") or None,
                     )
 
     async def iter_entries(
@@ -432,6 +438,7 @@ class S3Backend(BaseBackend):
                         etag=xml_find(item, "ETag").strip('"'),
                         last_modified=iso_date(xml_find(item, "LastModified")),
                         content_type=None,
+                        storage_class=xml_find(item, "StorageClass") or None,
                     )
                     entries.append((key, info))
             for item in xml_children(page, "CommonPrefixes"):
