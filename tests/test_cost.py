@@ -204,7 +204,7 @@ async def _exercise(store: Observe) -> None:
     assert (usage.stored_bytes, usage.objects) == (STORED - SIZES["a/mid.bin"], 2)
 
 
-def _scrape(registry: CollectorRegistry) -> tuple[str, str]:
+def _scrape(registry: CollectorRegistry, tmp_store: Path | None = None) -> tuple[str, str]:
     metrics = FastAPI()
     metrics.mount("/metrics", make_asgi_app(registry))
     port = free_port()
@@ -212,15 +212,23 @@ def _scrape(registry: CollectorRegistry) -> tuple[str, str]:
         url = f"http://127.0.0.1:{port}/metrics/"
         text = httpx.get(url).text
         code, out, err = cli("cost", "--from-metrics", url, "--window", "86400", "--month", "2026-02", "--json")
-    assert code == 0, err
+        assert code == 0, err
+        assert "unistore_stored_bytes" not in err  # measure_usage ran: the gauge is there
+        scan = f"file://{tmp_store}" if tmp_store is not None else None
+        if scan is not None:  # stored volume from a listing, the month's requests from the metrics
+            code, both, err = cli("cost", "--from-metrics", url, "--scan", scan, "--window", "86400", "--json")
+            assert code == 0, err
+            report = json.loads(both)
+            assert report["usage"]["stored_bytes"] == STORED and report["usage"]["objects"] == 3
+            assert report["usage"]["puts"] > 0 and " and listing of " in report["source"]
     return text, out
 
 
-def test_cost_from_a_scrape_of_observe(tmp_path: Path) -> None:
+def test_cost_from_a_scrape_of_observe(tmp_path: Path, store_dir: Path) -> None:
     registry = CollectorRegistry()
     store = Observe(LocalBackend(base_path=str(tmp_path / "s")), metrics=registry)
     asyncio.run(_exercise(store))
-    text, out = _scrape(registry)
+    text, out = _scrape(registry, store_dir)
     usage, window = usage_from_metrics(text, window=86400, month="2026-02")
     assert window == 86400
     assert (usage.stored_bytes, usage.objects) == (STORED - SIZES["a/mid.bin"], 2)
@@ -267,7 +275,9 @@ def test_cost_command_scans_a_store_and_recommends(store_dir: Path, tmp_path: Pa
     code, _, err = cli("cost", "--scan", f"file://{tmp_path / 'nothing'}")
     assert code == 3
     code, _, err = cli("cost", "--scan", url, "--from-metrics", "http://127.0.0.1:9/metrics")
-    assert code == 6
+    assert code == 7 and "cannot reach" in err
+    code, _, err = cli("cost", "--scan", url, "--access", "tepid")
+    assert code == 2
 
 
 # --- alerting rules and dashboard -------------------------------------------------------------
@@ -337,3 +347,19 @@ def test_dashboard_and_rules_use_only_exported_metrics(tmp_path: Path) -> None:
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     in_rules = set().union(*(_metric_names(r["expr"]) for r in rules))
     assert in_rules and in_rules <= exported, in_rules - exported
+
+
+def test_metrics_without_a_usage_scan_say_so(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+
+    async def one_put() -> None:
+        await Observe(LocalBackend(base_path=str(tmp_path / "s")), metrics=registry).put_object("k", b"x" * 10)
+
+    asyncio.run(one_put())
+    metrics = FastAPI()
+    metrics.mount("/metrics", make_asgi_app(registry))
+    with running_server(metrics, free_port()) as base:
+        code, out, err = cli("cost", "--from-metrics", f"{base}/metrics/", "--window", "3600", "--json")
+    assert code == 0, err
+    assert "no unistore_stored_bytes in the metrics" in err
+    assert json.loads(out)["usage"]["puts"] == pytest.approx(month_seconds() / 3600)

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import InvalidArgumentError, UnavailableError
+from .._errors import UnavailableError
 from ..cost import GB, Access, Usage, load_prices, month_seconds, project_all, recommend, scan_usage, usage_from_metrics
 from ._common import TokenOpt, app, closing, open_store, run
+from ._transfer import note
 
 __all__ = ["cost"]
 
@@ -61,26 +62,36 @@ def cost(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     token: TokenOpt = None,
+    metrics_token: Annotated[
+        str | None, typer.Option(help="Bearer token for --from-metrics when it differs from --token.")
+    ] = None,
 ) -> None:
-    """Project a month's storage bill on every provider from a store's listing (--scan) or a
-    service's metrics (--from-metrics), and recommend one."""
+    """Project a month's storage bill on every provider from a store's listing (--scan), a
+    service's metrics (--from-metrics), or both (stored volume from the listing, requests and
+    egress from the metrics), and recommend one."""
     if access not in (None, "hot", "warm", "cold"):
         raise typer.BadParameter("must be hot, warm or cold", param_hint="--access")
 
     async def work() -> dict[str, Any]:
-        if scan is not None and from_metrics is not None:
-            raise InvalidArgumentError("pass --scan or --from-metrics, not both")
         table = load_prices(prices)
         seconds = month_seconds(month)
-        usage, source = Usage(), "assumptions only"
+        usage, sources = Usage(), []
         if from_metrics is not None:
-            text = await _scrape(from_metrics, token)
+            text = await _scrape(from_metrics, metrics_token or token)
             usage, covered = usage_from_metrics(text, backend=backend, window=window, month=month)
-            source = f"metrics of {from_metrics} over {covered / 3600:,.1f} h"
-        elif scan is not None:
+            sources.append(f"metrics of {from_metrics} over {covered / 3600:,.1f} h")
+            if scan is None and stored_gb is None and "unistore_stored_bytes{" not in text:
+                note(
+                    "no unistore_stored_bytes in the metrics (Observe.measure_usage never ran): storage counts as 0;"
+                    " add --scan STORE or --stored-gb"
+                )
+        if scan is not None:  # with --from-metrics: what is stored from the listing, the rest from the metrics
             async with closing(open_store(scan, token, read_only=True)) as store:
-                usage = await scan_usage(store)
-            source = f"listing of {scan}"
+                found = await scan_usage(store)
+            fields = ("stored_bytes", "objects", "small_objects", "small_bytes")
+            usage = replace(usage, **{f: getattr(found, f) for f in fields})
+            sources.append(f"listing of {scan}")
+        source = " and ".join(sources) or "assumptions only"
         given = {
             "stored_bytes": _gb(stored_gb),
             "egress_bytes": _gb(egress_gb),
