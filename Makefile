@@ -34,7 +34,7 @@ serve: $(VENV)/.serve-installed
 
 ## The servers and browser the suite drives (Debian packages; installed when root and missing).
 ## Each entry is COMMAND:DEBIAN-PACKAGE.
-TEST_TOOLS := redis-server:redis-server chromium:chromium clamd:clamav-daemon
+TEST_TOOLS := redis-server:redis-server chromium:chromium clamd:clamav-daemon promtool:prometheus
 test-tools:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
