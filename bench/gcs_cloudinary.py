@@ -144,7 +144,7 @@ def _cld_backend(url: str) -> Any:
 
 
 async def cld_ops(url: str, n: int, reps: int) -> list[tuple[str, ...]]:
-    from unistore.backends._cloudinary_api import api_signature, url_signature
+    from unistore.backends.cloudinary._api import api_signature, url_signature
     from unistore.testing._cloudinary_fake import FakeCloudinary
 
     f = FakeCloudinary()
@@ -222,7 +222,7 @@ def _rss_child(kind: str, url: str, which: str, q: Any) -> None:
                             buf.clear()
                     get = c.stream("GET", f"{url}/storage/v1/b/bench/o/rawbig", params={"alt": "media"})
                 else:
-                    from unistore.backends._cloudinary_api import api_signature, url_signature
+                    from unistore.backends.cloudinary._api import api_signature, url_signature
                     from unistore.testing._cloudinary_fake import FakeCloudinary
 
                     f = FakeCloudinary()

@@ -184,7 +184,7 @@ MiB = 1024 * 1024
 
 def test_part_size_for_a_known_size() -> None:
     from unistore import InvalidArgumentError
-    from unistore.backends._s3multipart import MAX_PART, MAX_PARTS, part_size_for
+    from unistore.backends.s3._multipart import MAX_PART, MAX_PARTS, part_size_for
 
     assert part_size_for(0, 8 * MiB) == part_size_for(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB  # fits as configured
     assert part_size_for(10_000 * 8 * MiB + 1, 8 * MiB) == 9 * MiB  # one byte more: the next whole MiB
@@ -198,7 +198,7 @@ def test_part_size_for_a_known_size() -> None:
 
 
 def test_stream_parts_grow_to_hold_5_tib() -> None:
-    from unistore.backends._s3multipart import GROWTH_STEP, MAX_PART, MAX_PARTS, stream_part_size
+    from unistore.backends.s3._multipart import GROWTH_STEP, MAX_PART, MAX_PARTS, stream_part_size
 
     for start in (5 * MiB, 8 * MiB, 64 * MiB):
         sizes = [stream_part_size(n, start) for n in range(1, MAX_PARTS + 1)]
@@ -212,7 +212,7 @@ async def test_uploads_cross_a_growth_step_and_fit_a_known_size(
 ) -> None:
     import hashlib
 
-    from unistore.backends import _s3multipart
+    from unistore.backends.s3 import _multipart as _s3multipart
 
     monkeypatch.setattr(_s3multipart, "GROWTH_STEP", 2)  # small steps: parts of 5, 5, 10, 10, 20... MiB
     data = os.urandom(23 * MiB)

@@ -259,7 +259,7 @@ def test_large_uploads_stream_parts_from_the_file(
     seaweed: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A part is no longer read into memory whole: the part upload gets a stream of 1 MiB slices."""
-    from unistore.backends import _s3multipart
+    from unistore.backends.s3 import _multipart as _s3multipart
 
     data = os.urandom(8 * MiB + 3 * MiB + 5)  # two parts of the default 8 MiB
     (tmp_path / "src").mkdir()

@@ -355,7 +355,7 @@ def test_tree_upload_bounds_the_s3_parts_in_flight_across_files(
 ) -> None:
     """Each large file used to run its own 8 parts, so 4 x 256 MiB at -j 4 peaked over 400 MiB.
     The real part upload is wrapped (not replaced) to count the parts in flight."""
-    from unistore.backends import _s3multipart
+    from unistore.backends.s3 import _multipart as _s3multipart
     from unistore.cli import _tree
 
     files = {f"big{i}.bin": os.urandom(8 * 1024 * 1024 + 1) for i in range(4)}  # 2 parts each

@@ -291,7 +291,7 @@ async def test_fake_rejects_bad_credentials(fake_cloudinary: Any) -> None:
 
 async def test_fake_rejects_stale_timestamps(fake_cloudinary: Any) -> None:
     fake, url = fake_cloudinary
-    from unistore.backends._cloudinary_api import api_signature
+    from unistore.backends.cloudinary._api import api_signature
 
     params = {"public_id": "old", "timestamp": "1000000000"}
     params["signature"] = api_signature(params, fake.api_secret)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from unistore import InvalidKeyError, backend_from_url, easy_storage, validate_key
-from unistore.backends._cloudinary_api import encode_public_id, url_signature
 from unistore.backends.cloudinary import CloudinaryBackend, Transform
+from unistore.backends.cloudinary._api import encode_public_id, url_signature
 from unistore.testing._cloudinary_fake import FakeCloudinary
 
 RESERVED = "?&#\\%<>+~"

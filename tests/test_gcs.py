@@ -312,7 +312,7 @@ async def test_signing_without_a_key_is_a_configuration_error(fake_gcs: dict[str
 
 async def test_v4_signature_matches_a_fixed_vector(tmp_path: Path) -> None:
     """Deterministic: same key, time and request give the same URL, and it verifies."""
-    from unistore.backends._gcp import IAM_ENDPOINT, load_credentials, v4_signed_url
+    from unistore.backends.gcs._credentials import IAM_ENDPOINT, load_credentials, v4_signed_url
     from unistore.testing._gcs_server import make_service_account
 
     path = make_service_account(tmp_path / "sa.json")
@@ -344,7 +344,7 @@ async def test_service_account_tokens_come_from_its_token_uri(tmp_path: Path) ->
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from unistore.backends._gcp import load_credentials
+    from unistore.backends.gcs._credentials import load_credentials
     from unistore.testing import running_server
     from unistore.testing._gcs_server import make_service_account
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from unistore import LocalBackend
-from unistore.backends._localfs import meta_path
-from unistore.backends._localmeta import XATTR, sidecar_path
+from unistore.backends.local._fs import meta_path
+from unistore.backends.local._meta import XATTR, sidecar_path
 
 SECRET = "test-secret-0123456789abcdef"
 

@@ -34,8 +34,8 @@ from unistore import (
     backend_from_url,
     easy_storage,
 )
-from unistore.backends._s3wire import EMPTY_SHA256, Credentials, SigV4, decode_meta, encode_meta
 from unistore.backends.s3 import S3Backend
+from unistore.backends.s3._wire import EMPTY_SHA256, Credentials, SigV4, decode_meta, encode_meta
 from unistore.testing import TRICKY_KEYS, free_port, running_server
 from unistore.testing._s3servers import S3Server
 

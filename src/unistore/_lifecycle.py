@@ -293,7 +293,7 @@ async def _s3_get(store: S3Backend) -> tuple[LifecycleRule, ...]:
 
 
 async def _s3_put(store: S3Backend, rules: Sequence[LifecycleRule]) -> None:
-    from .backends._s3settings import check_s3_class
+    from .backends.s3._settings import check_s3_class
 
     for r in rules:
         if r.transition_class is not None:
@@ -343,7 +343,7 @@ def _gcs_rules(rule: LifecycleRule, base: str) -> list[dict[str, Any]]:
 
 
 async def _gcs_bucket(store: GCSBackend, method: str, **kw: Any) -> dict[str, Any]:
-    from .backends._gcs_wire import json_of
+    from .backends.gcs._wire import json_of
 
     r = await store._send(method, store._bucket_path, "lifecycle", None, params={"fields": "lifecycle"}, **kw)
     res = json_of(r, "lifecycle", None)
@@ -370,7 +370,7 @@ async def _gcs_get(store: GCSBackend) -> tuple[LifecycleRule, ...]:
 
 
 async def _gcs_put(store: GCSBackend, rules: Sequence[LifecycleRule]) -> None:
-    from .backends._gcs_wire import check_gcs_class
+    from .backends.gcs._wire import check_gcs_class
 
     base = store.settings.prefix
     kept = []

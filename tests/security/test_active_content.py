@@ -253,7 +253,7 @@ async def test_metadata_names_with_a_trailing_newline_are_refused(name: str) -> 
 
 @pytest.mark.parametrize("value", ["plain\n", "x\r\n"])
 def test_s3_metadata_values_with_a_newline_are_encoded_not_sent_raw(value: str) -> None:
-    from unistore.backends._s3wire import decode_meta, encode_meta
+    from unistore.backends.s3._wire import decode_meta, encode_meta
 
     wire = encode_meta(value)
     assert wire.startswith("=?UTF-8?B?") and "\n" not in wire and "\r" not in wire

@@ -184,7 +184,7 @@ EXPECTED_STEPS = {
 async def test_a_writer_killed_after_any_commit_step_leaves_one_whole_version(
     tmp_path: Path, sidecars: bool, transition: str
 ) -> None:
-    from unistore.backends._localmeta import sidecar_path
+    from unistore.backends.local._meta import sidecar_path
 
     old, new = TRANSITIONS[transition]
     store = _store(tmp_path / "s", sidecars)
@@ -421,7 +421,7 @@ async def test_sweep_removes_stale_leftovers_and_never_a_live_writers(tmp_path: 
 
 
 def _is_live_sidecar(root: Path, key: str, name: str) -> bool:
-    from unistore.backends._localmeta import sidecar_path
+    from unistore.backends.local._meta import sidecar_path
 
     data = root / key
     return Path(sidecar_path(str(data), data.stat().st_ino)).name == name
@@ -658,7 +658,7 @@ async def test_a_secret_writer_killed_before_publishing_leaves_nothing_that_matt
 
 
 async def test_sweep_removes_a_sidecar_whose_inode_now_belongs_to_another_file(tmp_path: Path) -> None:
-    from unistore.backends._localmeta import sidecar_path
+    from unistore.backends.local._meta import sidecar_path
 
     store = _store(tmp_path / "s", True)
     await OLD_META.write(store, "d/live")  # sidecar mode: its sidecar must survive every sweep

@@ -33,7 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from unistore import MemoryBackend, UnavailableError
-from unistore.backends._http_wire import error_from_response
+from unistore.backends.http._wire import error_from_response
 from unistore.fastapi import BodyTimeouts, Storage, add_storage
 from unistore.service import ServiceSettings, TokenAuthority, Webhook, create_app
 from unistore.service._uploads import MAX_PARTS

@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from unistore import ConfigurationError, InvalidKeyError, LocalBackend, NotFoundError
-from unistore.backends import _beneath
-from unistore.backends._localmeta import sidecar_path
+from unistore.backends.local import _beneath
+from unistore.backends.local._meta import sidecar_path
 
 SECRET = "traversal-test-secret-0123456789"
 RACE_SECONDS = 2.5

@@ -62,8 +62,8 @@ from .._records import exclusive, write_json
 from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
-    from ..backends._s3sessions import UploadSession
     from ..backends.s3 import PartInfo, S3Backend
+    from ..backends.s3._sessions import UploadSession
 
 __all__ = ["Bars", "download", "download_ranges", "human", "note", "progress", "read_file", "upload", "write_file"]
 
@@ -340,7 +340,7 @@ class _Refused(Exception):
 
 
 def _s3_error(refused: _Refused, key: str, store: StorageBackend) -> Exception:
-    from ..backends._s3wire import error_from_response
+    from ..backends.s3._wire import error_from_response
 
     if refused.status == 412:
         return IntegrityError(f"{key} changed during the download: rerun to start over", key=key, operation="get")
@@ -663,7 +663,7 @@ async def _upload_s3(
     part_slots: asyncio.Semaphore | None = None,
 ) -> ObjectInfo:
     """Upload ``path`` as a resumable ``backend.uploads`` session recorded under ``state_dir``."""
-    from ..backends._s3multipart import MAX_PARTS
+    from ..backends.s3._multipart import MAX_PARTS
 
     st = await asyncio.to_thread(os.stat, path)
     s, uploads = backend.settings, backend.uploads
@@ -734,8 +734,8 @@ async def _send_part(
     """Send part ``number``, bytes ``[offset, offset + length)`` of the file ``fd``, streamed from
     the file in 1 MiB slices (hashed in a first pass when the session has a checksum): memory
     stays about 1 MiB per part in flight, whatever the part size."""
-    from ..backends import _s3multipart
-    from ..backends._s3wire import checksum_header
+    from ..backends.s3 import _multipart as _s3multipart
+    from ..backends.s3._wire import checksum_header
 
     def read(pos: int) -> bytes:
         n = min(_SLICE, offset + length - pos)

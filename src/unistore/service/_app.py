@@ -110,7 +110,7 @@ def _native_uploads(backend: StorageBackend) -> Any:
             return None
         backend = backend.inner
     try:
-        from ..backends._s3sessions import S3Uploads
+        from ..backends.s3._sessions import S3Uploads
     except ImportError:  # the S3 extra is not installed, so the backend is not S3
         return None
     uploads = getattr(backend, "uploads", None)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from .._errors import InvalidArgumentError
 from .._request_limits import declared_length
-from ..backends._s3wire import md5_of_etag  # stdlib only: no S3 extra needed
+from ..backends.s3._wire import md5_of_etag  # stdlib only: no S3 extra needed
 from ._access import ServiceContext
 from ._digests import expected_digests
 from ._guard import admitted_route

@@ -45,7 +45,7 @@ from ._hooks import Hook
 from ._state import StateStore
 
 if TYPE_CHECKING:
-    from ..backends._s3sessions import S3Uploads
+    from ..backends.s3._sessions import S3Uploads
 
 __all__ = ["PartInfo", "SCHEMA_VERSION", "Session", "UploadSessions"]
 

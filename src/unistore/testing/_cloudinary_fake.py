@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..backends._cloudinary_api import parse_context, smart_escape
+from ..backends.cloudinary._api import parse_context, smart_escape
 
 __all__ = ["FakeCloudinary"]
 

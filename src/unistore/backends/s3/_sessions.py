@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._base import iter_body
-from .._errors import IntegrityError, InvalidArgumentError, UnsupportedError
-from .._keys import validate_key
-from .._types import Body, ObjectInfo, WriteMode
-from ._s3multipart import MAX_PARTS, PartInfo, _abort, _complete, _create, _upload_part
-from ._s3settings import MAX_PRESIGN
-from ._s3wire import iso_date, md5_of_etag, xml_children, xml_find
-from ._s3xml import ENCODED, name_decoder, parse_xml
+from ..._base import iter_body
+from ..._errors import IntegrityError, InvalidArgumentError, UnsupportedError
+from ..._keys import validate_key
+from ..._types import Body, ObjectInfo, WriteMode
+from ._multipart import MAX_PARTS, PartInfo, _abort, _complete, _create, _upload_part
+from ._settings import MAX_PRESIGN
+from ._wire import iso_date, md5_of_etag, xml_children, xml_find
+from ._xml import ENCODED, name_decoder, parse_xml
 
 if TYPE_CHECKING:
-    from .s3 import S3Backend
+    from . import S3Backend
 
 __all__ = ["S3Uploads", "UploadSession"]
 
@@ -177,7 +177,7 @@ class S3Uploads:
         stored parts, then make the object visible. A missing part or a checksum that
         differs raises :class:`IntegrityError`, a part over ``max_part_size``
         :class:`InvalidArgumentError`; either leaves the session open for a retry."""
-        from .s3 import _condition_headers
+        from ._wire import condition_headers as _condition_headers
 
         wanted = [p if isinstance(p, PartInfo) else PartInfo(int(p[0]), -1, "", p[1]) for p in manifest]
         if not wanted:

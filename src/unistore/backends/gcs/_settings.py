@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._errors import ConfigurationError
-from .._keys import validate_prefix
-from ._gcp import IAM_ENDPOINT
+from ..._errors import ConfigurationError
+from ..._keys import validate_prefix
+from ._credentials import IAM_ENDPOINT
 
 __all__ = ["API", "GCSSettings"]
 

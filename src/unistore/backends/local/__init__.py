@@ -3,7 +3,7 @@
 Layout: the object ``a/b.txt`` is the file ``ROOT/a/b.txt``. Everything the
 store keeps for itself starts with ``.unistore`` (a segment prefix no key may
 use): temp files ``.unistore.tmp.<pid>.<tag>.<n>`` beside their target,
-sidecars ``.unistore.<inode>.<name>.vm`` (see ``_localmeta``), and
+sidecars ``.unistore.<inode>.<name>.vm`` (see ``_meta``), and
 ``ROOT/.unistore/`` for lock stripes and the persisted URL secret.
 
 Versions. Every write sets the data file's mtime to a fresh stamp: a
@@ -55,13 +55,12 @@ import stat as stat_mod
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
-from .._base import (
-    DEFAULT_CHUNK_SIZE,
+from ..._base import (
     BaseBackend,
     check_listing_args,
     check_read_conditions,
@@ -71,7 +70,7 @@ from .._base import (
     refuse_storage_class,
     settings_from,
 )
-from .._errors import (
+from ..._errors import (
     ConfigurationError,
     InvalidKeyError,
     InvalidRangeError,
@@ -80,9 +79,9 @@ from .._errors import (
     QuotaExceededError,
     StorageError,
 )
-from .._keys import RESERVED_PREFIX, validate_key
-from .._signing import UrlSigner
-from .._types import (
+from ..._keys import RESERVED_PREFIX, validate_key
+from ..._signing import UrlSigner
+from ..._types import (
     Body,
     Capabilities,
     CommonPrefix,
@@ -97,7 +96,7 @@ from .._types import (
     normalize_metadata,
 )
 from ._beneath import NOT_THERE, Beneath
-from ._localfs import (
+from ._fs import (
     O_CLOEXEC,
     O_NOFOLLOW,
     O_NONBLOCK,
@@ -111,7 +110,12 @@ from ._localfs import (
     scan_dir,
     write_all,
 )
-from ._localmeta import (
+from ._info import Written as _Written
+from ._info import as_info as _as_info
+from ._info import stat_etag as _stat_etag
+from ._info import stat_info as _stat_info
+from ._info import written_info as _written_info
+from ._meta import (
     encode,
     matches,
     probe_xattr,
@@ -121,7 +125,8 @@ from ._localmeta import (
     try_set_xattr,
     write_sidecar,
 )
-from ._localsweep import clear_dir, sweep_tree
+from ._settings import LocalSettings
+from ._sweep import clear_dir, sweep_tree
 
 __all__ = ["LocalBackend", "LocalSettings"]
 
@@ -130,35 +135,6 @@ STALE_AFTER = 600.0
 SWEEP_EVERY = 6 * 3600.0
 """Seconds between the sweeps a store starts by itself (the first at its first write)."""
 LOGGER = logging.getLogger("unistore.local")
-
-
-@dataclass(frozen=True, slots=True)
-class LocalSettings:
-    """Settings of :class:`LocalBackend`, named after ``STORAGE_*`` variables without the prefix."""
-
-    base_path: str = "/data/uploads"
-    """Directory holding the files, created if missing (default ``RAILWAY_VOLUME_MOUNT_PATH`` when that is set)."""
-    base_url: str = "http://localhost:8000/files"
-    """Public URL prefix of the route serving the files; signed URLs are ``{base_url}/{key}?expires=…&signature=…``."""
-    url_secret: str | None = field(default=None, repr=False)
-    """Key that signs URLs. Unset: a random secret created once and kept in ``<base_path>/.unistore/url-secret``
-    (0600)."""
-    url_expiration: int = 3600
-    """Lifetime of a signed URL when the caller gives none, in seconds."""
-    fsync: bool = True
-    """Flush each write (file and directory) to disk before it is reported done; off trades crash safety for speed."""
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    """Bytes per read or write when streaming."""
-    max_object_size: int | None = None
-    """Largest object accepted, in bytes (larger writes fail with ``QuotaExceededError``); unset: no limit."""
-
-    def __post_init__(self) -> None:
-        if self.url_expiration <= 0:
-            raise ConfigurationError("url_expiration must be positive")
-        if self.chunk_size <= 0:
-            raise ConfigurationError("chunk_size must be positive")
-        if self.max_object_size is not None and self.max_object_size < 0:
-            raise ConfigurationError("max_object_size must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -888,43 +864,6 @@ def _crash_point(step: str, key: str) -> None:
 
 def _set_mtime(fd: int, stamp: int) -> None:
     os.utime(fd, ns=(stamp, stamp))  # futimens: every POSIX system this runs on has it
-
-
-def _stat_etag(st: os.stat_result) -> str:
-    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-
-
-def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
-    """Info of a version without a sidecar: etag from inode, mtime and size; type from the name."""
-    return ObjectInfo(
-        key=key,
-        size=st.st_size,
-        etag=_stat_etag(st),
-        last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC),
-        content_type=guess_content_type(key),
-    )
-
-
-_Written: TypeAlias = tuple[int, int, str]
-"""What a commit returns: size, mtime stamp (ns), etag."""
-
-
-def _written_info(key: str, meta: dict[str, Any], written: _Written) -> ObjectInfo:
-    size, stamp, etag = written
-    return ObjectInfo(
-        key=key,
-        size=size,
-        etag=etag,
-        last_modified=datetime.fromtimestamp(stamp / 1e9, UTC),
-        content_type=meta["ct"],
-        metadata=meta["meta"],
-        cache_control=meta["cc"],
-        content_disposition=meta["cd"],
-    )
-
-
-def _as_info(key: str, info: ObjectInfo | os.stat_result) -> ObjectInfo:
-    return info if isinstance(info, ObjectInfo) else _stat_info(key, info)
 
 
 def _opener(d: int) -> Callable[[str, int], int]:

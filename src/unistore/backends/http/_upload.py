@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import NotFoundError
-from .._records import exclusive, write_json
-from .._types import ObjectInfo
-from ._http_wire import info_from_json
+from ..._errors import NotFoundError
+from ..._records import exclusive, write_json
+from ..._types import ObjectInfo
+from ._wire import info_from_json
 
 if TYPE_CHECKING:
-    from .http import HttpBackend
+    from . import HttpBackend
 
 __all__ = ["upload_file"]
 

@@ -13,8 +13,8 @@ at least 5 MB) go in chunks (``Content-Range`` + ``X-Unique-Upload-Id``).
 Capabilities: ranges, streaming, signed GET URLs. Not supported
 (:class:`UnsupportedError`): conditional writes, reads and deletes (Cloudinary
 has no atomic precondition), presigned PUT. Public ids are capped at 255
-characters. Private modules: conventions and errors (``_cloudinary_api``), URLs
-(``_cloudinary_urls``), uploads (``_cloudinary_upload``), listing (``_cloudinary_list``).
+characters. Private modules: conventions and errors (``_api``), URLs
+(``_urls``), uploads (``_upload``), listing (``_list``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from .._base import BaseBackend, check_listing_args, refuse_storage_class, settings_from
-from .._errors import (
+from ..._base import BaseBackend, check_listing_args, refuse_storage_class, settings_from
+from ..._errors import (
     ConfigurationError,
     InvalidArgumentError,
     NotFoundError,
@@ -37,8 +37,8 @@ from .._errors import (
     UnavailableError,
     UnsupportedError,
 )
-from .._keys import validate_key
-from .._types import (
+from ..._keys import validate_key
+from ..._types import (
     Body,
     Capabilities,
     CommonPrefix,
@@ -51,7 +51,8 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
-from ._cloudinary_api import (
+from .._httpclient import pooled_client
+from ._api import (
     RESOURCE_TYPES,
     Transform,
     asset_context,
@@ -63,10 +64,9 @@ from ._cloudinary_api import (
     resource_type_for,
     type_order,
 )
-from ._cloudinary_list import level_listing, merged_listing
-from ._cloudinary_upload import Source, upload_asset
-from ._cloudinary_urls import Urls
-from ._httpclient import pooled_client
+from ._list import level_listing, merged_listing
+from ._upload import Source, upload_asset
+from ._urls import Urls
 
 __all__ = ["CloudinaryBackend", "CloudinarySettings", "Transform"]
 
@@ -117,7 +117,7 @@ class CloudinarySettings:
             if parts.scheme != "cloudinary" or not parts.hostname or not parts.username or not parts.password:
                 raise ConfigurationError("CLOUDINARY_URL must look like cloudinary://api_key:api_secret@cloud_name")
             if parts.query:
-                from .._config import url_settings
+                from ..._config import url_settings
 
                 defaults = {f.name: f.default for f in fields(self)}
                 for name, value in url_settings(self.url)[1].items():
@@ -166,7 +166,7 @@ class CloudinaryBackend(BaseBackend):
     def __repr__(self) -> str:
         return f"CloudinaryBackend(cloud_name={self.settings.cloud_name!r}, folder={self.settings.folder!r})"
 
-    # --- the one request path (response errors: _cloudinary_api.raise_for) ----------
+    # --- the one request path (response errors: _api.raise_for) ----------
 
     async def _send(
         self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any

@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import httpx
 
-from .._base import iter_body
-from .._types import Body
-from ._cloudinary_api import json_of, raise_for
+from ..._base import iter_body
+from ..._types import Body
+from ._api import json_of, raise_for
 
 __all__ = ["Source", "form_body", "upload_asset"]
 

@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn
 
 import httpx
 
-from .._errors import (
+from ..._errors import (
     AlreadyExistsError,
     ConfigurationError,
     InvalidArgumentError,
@@ -31,7 +31,7 @@ from .._errors import (
     UnavailableError,
     parse_retry_after,
 )
-from .._types import IfMatch, ObjectInfo, WriteMode
+from ..._types import IfMatch, ObjectInfo, WriteMode
 
 __all__ = [
     "GCS_STORAGE_CLASSES",

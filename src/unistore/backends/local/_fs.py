@@ -19,8 +19,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._errors import InvalidKeyError
-from .._keys import RESERVED_PREFIX, validate_key, validate_prefix
+from ..._errors import InvalidKeyError
+from ..._keys import RESERVED_PREFIX, validate_key, validate_prefix
 from ._beneath import NOT_THERE, Beneath
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 
-from .._errors import (
+from ..._errors import (
     InvalidArgumentError,
     InvalidKeyError,
     InvalidRangeError,
@@ -30,7 +30,7 @@ from .._errors import (
     UnavailableError,
     parse_retry_after,
 )
-from .._types import ObjectInfo, guess_content_type
+from ..._types import ObjectInfo, guess_content_type
 
 __all__ = [
     "RESOURCE_TYPES",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ._cloudinary_api import Transform, api_signature, smart_escape, url_signature
+from ._api import Transform, api_signature, smart_escape, url_signature
 
 __all__ = ["Urls"]
 

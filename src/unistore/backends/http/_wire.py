@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 import httpx
 
-from .. import _errors
-from .._errors import (
+from ... import _errors
+from ..._errors import (
     InvalidArgumentError,
     InvalidRangeError,
     NotFoundError,
@@ -35,7 +35,7 @@ from .._errors import (
     UnsupportedError,
     parse_retry_after,
 )
-from .._types import ByteRange, ObjectInfo, Range, SuffixRange
+from ..._types import ByteRange, ObjectInfo, Range, SuffixRange
 
 __all__ = ["error_from_response", "info_from_headers", "info_from_json", "range_header", "retry_after", "translate"]
 
@@ -57,7 +57,7 @@ _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+)")
 
 
 def _error_classes() -> dict[str, type[StorageError]]:
-    from ..layers import IdempotencyInProgressError, IdempotencyKeyReusedError, IdempotencyReplayGoneError
+    from ...layers import IdempotencyInProgressError, IdempotencyKeyReusedError, IdempotencyReplayGoneError
 
     found: dict[str, type[StorageError]] = {
         name: getattr(_errors, name) for name in _errors.__all__ if name not in ("StorageError",)

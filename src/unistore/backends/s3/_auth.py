@@ -7,14 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .._errors import ConfigurationError, InvalidArgumentError
-from .._keys import validate_key
-from .._types import check_content_type, guess_content_type
-from ._s3settings import MAX_PRESIGN, S3Settings
-from ._s3wire import Credentials
+from ..._errors import ConfigurationError, InvalidArgumentError
+from ..._keys import validate_key
+from ..._types import check_content_type, guess_content_type
+from ._settings import MAX_PRESIGN, S3Settings
+from ._wire import Credentials
 
 if TYPE_CHECKING:
-    from .s3 import S3Backend
+    from . import S3Backend
 
 __all__ = ["BotoProxy", "boto_client", "presign", "presign_post", "static_credentials"]
 

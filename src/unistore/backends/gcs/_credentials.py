@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .._errors import ConfigurationError, InvalidArgumentError
+from ..._errors import ConfigurationError, InvalidArgumentError
 
 __all__ = ["Credentials", "IAM_ENDPOINT", "MAX_SIGNED_URL_SECONDS", "load_credentials", "v4_signed_url"]
 
@@ -121,7 +121,7 @@ class Credentials:
             return email, delegated
 
         async def sign_blob(message: bytes) -> bytes:
-            from ._gcs_wire import raise_for
+            from ._wire import raise_for
 
             token = (await self._resolved()).token
             url = f"{iam_endpoint.rstrip('/')}/v1/projects/-/serviceAccounts/{quote(email, safe='@')}:signBlob"

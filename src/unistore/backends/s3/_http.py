@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._errors import ConfigurationError, StorageError, UnavailableError
-from ._s3auth import static_credentials
-from ._s3fast import FastPool
-from ._s3settings import S3Settings
-from ._s3wire import Credentials, SigV4, error_from_response, uri_encode
+from ..._errors import ConfigurationError, StorageError, UnavailableError
+from ._auth import static_credentials
+from ._fast import FastPool
+from ._settings import S3Settings
+from ._wire import Credentials, SigV4, error_from_response, uri_encode
 
 if TYPE_CHECKING:
     import aiohttp

@@ -1,7 +1,7 @@
 """S3-compatible object storage: AWS S3, MinIO, SeaweedFS, Cloudflare R2, Backblaze B2, Wasabi, DO Spaces.
 
 The data path speaks the S3 REST protocol directly with SigV4 signing
-(``_s3wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_s3fast``),
+(``_wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_fast``),
 streamed transfers over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
 ``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
-from .._errors import (
+from ..._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
+from ..._errors import (
     ConfigurationError,
     InvalidArgumentError,
     NotFoundError,
@@ -35,14 +35,13 @@ from .._errors import (
     UnavailableError,
     UnsupportedError,
 )
-from .._keys import validate_key
-from .._types import (
+from ..._keys import validate_key
+from ..._types import (
     Body,
     ByteRange,
     Capabilities,
     CommonPrefix,
     Download,
-    IfMatch,
     ObjectInfo,
     Range,
     WriteMode,
@@ -52,13 +51,13 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
-from . import _s3auth
-from ._extras import require_extra
-from ._s3http import FAST_MAX, S3Connection
-from ._s3multipart import PartFailure, PartInfo
-from ._s3sessions import S3Uploads, UploadSession
-from ._s3settings import S3Settings, check_s3_class
-from ._s3wire import (
+from .._extras import require_extra
+from . import _auth
+from ._http import FAST_MAX, S3Connection
+from ._multipart import PartFailure, PartInfo
+from ._sessions import S3Uploads, UploadSession
+from ._settings import S3Settings, check_s3_class
+from ._wire import (
     checksum_header,
     decode_meta,
     encode_meta,
@@ -67,7 +66,10 @@ from ._s3wire import (
     xml_children,
     xml_find,
 )
-from ._s3xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
+from ._wire import (
+    condition_headers as _condition_headers,
+)
+from ._xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
 
 if TYPE_CHECKING:
     import aiohttp
@@ -113,7 +115,7 @@ class S3Backend(BaseBackend):
             self.capabilities = replace(type(self).capabilities, conditional_delete=False)  # type: ignore[misc]
         self._boto: Any = None  # aiobotocore client context, created on first use of _client
         self._boto_client: Any = None
-        self._client = _s3auth.BotoProxy(self)
+        self._client = _auth.BotoProxy(self)
         self._part_listeners: list[Callable[[PartFailure], object]] = []
 
     def add_part_listener(self, callback: Callable[[PartFailure], object]) -> None:
@@ -300,7 +302,7 @@ class S3Backend(BaseBackend):
         if total is not None and total <= part_size:
             chunks, size, rest = [bytes(body)], total, None  # type: ignore[arg-type]
         elif isinstance(body, os.PathLike) and (file_size := await path_size(body)) > part_size:
-            from ._s3multipart import upload_file
+            from ._multipart import upload_file
 
             return await upload_file(self, key, os.fspath(body), file_size, headers, cond, ctype, meta)
         else:
@@ -309,7 +311,7 @@ class S3Backend(BaseBackend):
             if size < part_size:
                 rest = None
         if rest is not None:
-            from ._s3multipart import upload_stream
+            from ._multipart import upload_stream
 
             return await upload_stream(self, key, headers, cond, chunks, rest, ctype, meta, total)
         headers.update(checksum_header(self.settings.checksum, chunks)[0])
@@ -442,7 +444,7 @@ class S3Backend(BaseBackend):
                 if usable_key(key):
                     yield key
 
-    # --- URLs (SigV4 presigning, in _s3auth) -----------------------------------------------------
+    # --- URLs (SigV4 presigning, in _auth) -----------------------------------------------------
 
     async def presign(
         self,
@@ -459,14 +461,14 @@ class S3Backend(BaseBackend):
         overrides the response's Content-Type. PUT: ``content_type`` is signed, so the
         uploader must send exactly that ``Content-Type``. At most 7 days.
         """
-        return await _s3auth.presign(
+        return await _auth.presign(
             self, key, method=method, expires_in=expires_in, download=download, content_type=content_type
         )
 
     async def sign_url(
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
-        return await _s3auth.presign(self, key, method=method, expires_in=expires_in, download=download)
+        return await _auth.presign(self, key, method=method, expires_in=expires_in, download=download)
 
     async def presign_post(
         self,
@@ -485,7 +487,7 @@ class S3Backend(BaseBackend):
         ``fields`` always carry ``Content-Type``: with a prefix, the key's type where it starts with
         the prefix, else the prefix itself; a form may replace it with any type under the prefix.
         """
-        return await _s3auth.presign_post(
+        return await _auth.presign_post(
             self,
             key,
             expires_in=expires_in,
@@ -497,7 +499,7 @@ class S3Backend(BaseBackend):
 
     async def boto_client(self) -> Any:
         """The raw aiobotocore S3 client (created once, closed by :meth:`aclose`)."""
-        return await _s3auth.boto_client(self)
+        return await _auth.boto_client(self)
 
     # --- copy, health, close ------------------------------------------------------------------------
 
@@ -509,7 +511,7 @@ class S3Backend(BaseBackend):
         if mode != "overwrite":
             return await super().copy(src, dst, mode=mode)
         info = await self.head(src)
-        from ._s3multipart import copy_object
+        from ._multipart import copy_object
 
         return await copy_object(self, info, dst)
 
@@ -589,16 +591,6 @@ def _listed(item: Any, name: Callable[[str], str], cut: int) -> ObjectInfo | Non
         content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
         storage_class=fields.get("StorageClass") or None,
     )
-
-
-def _condition_headers(mode: WriteMode) -> dict[str, str]:
-    if mode == "overwrite":
-        return {}
-    if mode == "create":
-        return {"if-none-match": "*"}
-    if isinstance(mode, IfMatch):
-        return {"if-match": quote_etag(mode.etag)}
-    raise TypeError(f"invalid write mode {mode!r}")
 
 
 async def _fill(it: AsyncIterator[bytes], target: int) -> tuple[list[bytes], int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from .._errors import ConfigurationError, InvalidArgumentError
+from ..._errors import ConfigurationError, InvalidArgumentError
 
 __all__ = [
     "MAX_PRESIGN",

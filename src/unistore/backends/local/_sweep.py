@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._keys import RESERVED_PREFIX
+from ..._keys import RESERVED_PREFIX
 from ._beneath import Beneath
-from ._localmeta import LEGACY_SUFFIX, SIDECAR_SUFFIX, read_sidecar
+from ._meta import LEGACY_SUFFIX, SIDECAR_SUFFIX, read_sidecar
 
 __all__ = ["clear_dir", "sweep_tree"]
 

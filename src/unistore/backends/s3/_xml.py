@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
-from .._errors import InvalidKeyError, UnavailableError
-from .._keys import validate_key
-from ._s3wire import error_from_response, xml_find
+from ..._errors import InvalidKeyError, UnavailableError
+from ..._keys import validate_key
+from ._wire import error_from_response, xml_find
 
 __all__ = ["ENCODED", "name_decoder", "parse_xml", "usable_key", "xml_result"]
 

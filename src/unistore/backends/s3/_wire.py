@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
-from .._errors import (
+from ..._base import quote_etag
+from ..._errors import (
     AlreadyExistsError,
     ConfigurationError,
     IntegrityError,
@@ -37,6 +38,7 @@ from .._errors import (
     UnsupportedError,
     parse_retry_after,
 )
+from ..._types import IfMatch, WriteMode
 
 __all__ = [
     "Credentials",
@@ -44,6 +46,7 @@ __all__ = [
     "SigV4",
     "UNSIGNED",
     "checksum_header",
+    "condition_headers",
     "decode_meta",
     "encode_meta",
     "error_from_response",
@@ -371,3 +374,14 @@ def checksum_header(mode: str, chunks: Iterable[bytes | memoryview]) -> tuple[di
         h.update(c)
     digest = base64.b64encode(h.digest()).decode()
     return ({"content-md5": digest} if mode == "md5" else {"x-amz-checksum-sha256": digest}), digest
+
+
+def condition_headers(mode: WriteMode) -> dict[str, str]:
+    """The precondition headers of a write in ``mode``."""
+    if mode == "overwrite":
+        return {}
+    if mode == "create":
+        return {"if-none-match": "*"}
+    if isinstance(mode, IfMatch):
+        return {"if-match": quote_etag(mode.etag)}
+    raise TypeError(f"invalid write mode {mode!r}")

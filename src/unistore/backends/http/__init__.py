@@ -1,7 +1,7 @@
 """``HttpBackend``: a :class:`~unistore.StorageBackend` over a remote unistore service (``unistore serve``).
 
 One pooled ``httpx.AsyncClient`` per backend. Service errors come back as the
-same unistore error classes (``_http_wire`` is the one boundary). Requests that
+same unistore error classes (``_wire`` is the one boundary). Requests that
 can be repeated safely (reads, deletes, listings, and writes whose body is
 bytes or a path) are retried on transport errors, 429 and 503, with
 exponential backoff and full jitter, never sooner than the service's
@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import (
+from ..._base import (
     DEFAULT_CHUNK_SIZE,
     BaseBackend,
     check_listing_args,
@@ -40,9 +40,9 @@ from .._base import (
     refuse_storage_class,
     settings_from,
 )
-from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError, UnsupportedError
-from .._keys import validate_key
-from .._types import (
+from ..._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError, UnsupportedError
+from ..._keys import validate_key
+from ..._types import (
     Body,
     ByteRange,
     Capabilities,
@@ -56,8 +56,8 @@ from .._types import (
     check_header_value,
     normalize_metadata,
 )
-from ._http_wire import error_from_response, info_from_headers, info_from_json, range_header, translate
-from ._httpclient import pooled_client
+from .._httpclient import pooled_client
+from ._wire import error_from_response, info_from_headers, info_from_json, range_header, translate
 
 __all__ = ["HttpBackend", "HttpSettings"]
 
@@ -273,7 +273,7 @@ class HttpBackend(BaseBackend):
         completion manifest the service verifies. ``progress(n)`` is told the bytes found
         already stored (once, first), then each part's size as it is stored.
         """
-        from ._http_upload import upload_file
+        from ._upload import upload_file
 
         validate_key(key)
         s = self.settings
@@ -364,7 +364,7 @@ class HttpBackend(BaseBackend):
             body = bytes(body)
         replayable = isinstance(body, bytes | os.PathLike)
         if replayable:
-            from ..layers import current_idempotency_key
+            from ...layers import current_idempotency_key
 
             headers["Idempotency-Key"] = current_idempotency_key() or uuid.uuid4().hex
         response = await self._send(

@@ -24,7 +24,7 @@ import stat as stat_mod
 from collections.abc import Callable
 from typing import Any
 
-from .._keys import RESERVED_PREFIX
+from ..._keys import RESERVED_PREFIX
 
 __all__ = [
     "LEGACY_SUFFIX",

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from ._cloudinary_api import RESOURCE_TYPES, decode_public_id, encode_public_id, type_order
+from ._api import RESOURCE_TYPES, decode_public_id, encode_public_id, type_order
 
 __all__ = ["level_listing", "merged_listing"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from .._types import WriteMode
-from ._gcs_wire import INFO_FIELDS, json_of, raise_for
+from ..._types import WriteMode
+from ._wire import INFO_FIELDS, json_of, raise_for
 
 __all__ = ["resumable_upload"]
 

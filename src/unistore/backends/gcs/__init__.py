@@ -4,14 +4,14 @@ The object's **generation** is the etag: ``mode="create"`` sends
 ``ifGenerationMatch=0``, ``IfMatch(g)`` sends ``ifGenerationMatch=g``, and GCS
 decides the condition atomically with the write. Bodies up to ``chunk_size``
 go in one multipart upload; larger ones stream through a resumable session
-(:mod:`._gcs_upload`; memory bounded by one chunk, cancelled if the body fails
+(:mod:`._upload`; memory bounded by one chunk, cancelled if the body fails
 so the stored object is untouched). ``open`` is one media request whose
 headers give the info of exactly the generation served (custom metadata, when
 there is any, from the JSON resource of that generation); small bodies are read
 at once. Copies are server-side (``rewrite``). Credentials are google-auth's;
 URLs are V4-signed with a service-account key, else through IAM ``signBlob``
-(:mod:`._gcp`). ``STORAGE_EMULATOR_HOST`` points everything at an emulator (no
-tokens). Errors are translated in :mod:`._gcs_wire`; settings in :mod:`._gcs_settings`.
+(:mod:`._credentials`). ``STORAGE_EMULATOR_HOST`` points everything at an emulator (no
+tokens). Errors are translated in :mod:`._wire`; settings in :mod:`._settings`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,17 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, check_read_conditions, iter_body, settings_from
-from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
-from .._keys import validate_key
-from .._types import (
+from ..._base import (
+    DEFAULT_CHUNK_SIZE,
+    BaseBackend,
+    check_listing_args,
+    check_read_conditions,
+    iter_body,
+    settings_from,
+)
+from ..._errors import ConfigurationError, InvalidArgumentError, NotFoundError, StorageError, UnavailableError
+from ..._keys import validate_key
+from ..._types import (
     Body,
     ByteRange,
     Capabilities,
@@ -43,11 +50,12 @@ from .._types import (
     guess_content_type,
     normalize_metadata,
 )
-from ._extras import require_extra
-from ._gcp import Credentials, load_credentials, v4_signed_url
-from ._gcs_settings import GCSSettings
-from ._gcs_upload import resumable_upload
-from ._gcs_wire import (
+from .._extras import require_extra
+from .._httpclient import pooled_client
+from ._credentials import Credentials, load_credentials, v4_signed_url
+from ._settings import GCSSettings
+from ._upload import resumable_upload
+from ._wire import (
     INFO_FIELDS,
     check_gcs_class,
     has_custom_metadata,
@@ -60,7 +68,6 @@ from ._gcs_wire import (
     translate,
     write_conditions,
 )
-from ._httpclient import pooled_client
 
 __all__ = ["GCSBackend", "GCSSettings"]
 
@@ -103,7 +110,7 @@ class GCSBackend(BaseBackend):
     def __repr__(self) -> str:
         return f"GCSBackend(bucket={self.settings.bucket!r}, prefix={self.settings.prefix!r}, auth={self._creds.kind})"
 
-    # --- the one request path (errors: ._gcs_wire) ------------------------------------
+    # --- the one request path (errors: ._wire) ------------------------------------
 
     async def _send(
         self, method: str, url: str, op: str, key: str | None, *, stream: bool = False, **kw: Any

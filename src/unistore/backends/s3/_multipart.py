@@ -4,7 +4,7 @@ A streamed upload holds at most ``max_concurrency`` parts in memory (a slot is
 taken before the next part is read); a file is read straight from each part's
 byte range. Any failure (the body source, a part, the completion) aborts the
 upload, so no parts are left behind to be billed. The resumable sessions built
-on the same requests are in ``_s3sessions``.
+on the same requests are in ``_sessions``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._errors import IntegrityError, InvalidArgumentError, StorageError
-from .._types import ObjectInfo
-from ._s3wire import checksum_header, http_date, iso_date, xml_find
-from ._s3xml import parse_xml, xml_result
+from ..._errors import IntegrityError, InvalidArgumentError, StorageError
+from ..._types import ObjectInfo
+from ._wire import checksum_header, http_date, iso_date, xml_find
+from ._xml import parse_xml, xml_result
 
 if TYPE_CHECKING:
-    from .s3 import S3Backend
+    from . import S3Backend
 
 __all__ = [
     "PartFailure",
