@@ -27,6 +27,7 @@ from ._errors import (
     NotModifiedError,
     PreconditionFailedError,
     StorageError,
+    UnsupportedError,
 )
 from ._keys import validate_prefix
 from ._types import (
@@ -499,4 +500,16 @@ def check_remove_condition(current: ObjectInfo | None, if_match: str | None, key
     if current is None or (if_match != "*" and _bare(if_match) != current.etag):
         raise PreconditionFailedError(
             "if_match does not match the current etag", key=key, backend=backend, operation="delete"
+        )
+
+
+def refuse_storage_class(backend: str, key: str) -> None:
+    """:class:`UnsupportedError` when a write is asked for a storage class (:func:`~unistore.storage_class`)
+    on a store that has none, before a byte is read: a silently ignored class would cost money later."""
+    from ._types import current_storage_class
+
+    wanted = current_storage_class()
+    if wanted is not None:
+        raise UnsupportedError(
+            f"{backend} has no storage classes (asked for {wanted})", key=key, backend=backend, operation="put"
         )

@@ -34,10 +34,12 @@ __all__ = [
     "accepted_encodings",
     "check_content_type",
     "check_header_value",
+    "current_storage_class",
     "guess_content_type",
     "is_metadata_name",
     "normalize_metadata",
     "parse_http_range",
+    "storage_class",
 ]
 
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
@@ -63,6 +65,9 @@ class ObjectInfo:
     metadata: Mapping[str, str] = field(default_factory=dict)
     cache_control: str | None = None
     content_disposition: str | None = None
+    storage_class: str | None = None
+    """The store's storage class (S3's ``STANDARD_IA``, GCS's ``NEARLINE`` ...) where the store
+    reports one; ``None`` on stores without classes and where the answer does not say."""
 
     def as_dict(self) -> dict[str, object]:
         """The spec's ``get_metadata`` dict: custom metadata at the top level, then
@@ -80,6 +85,8 @@ class ObjectInfo:
             out["cache_control"] = self.cache_control
         if self.content_disposition is not None:
             out["content_disposition"] = self.content_disposition
+        if self.storage_class is not None:
+            out["storage_class"] = self.storage_class
         return out
 
 
@@ -371,6 +378,29 @@ class Download:
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     if data:
         yield data
+
+
+_CLASS: ContextVar[str | None] = ContextVar("unistore_storage_class", default=None)
+
+
+@contextmanager
+def storage_class(name: str | None) -> Iterator[None]:
+    """Writes inside store their objects in the storage class ``name`` (S3: ``STANDARD_IA``,
+    ``INTELLIGENT_TIERING``, ``GLACIER_IR`` ...; GCS: ``NEARLINE``, ``COLDLINE``, ``ARCHIVE`` ...),
+    through any stack of layers. Stores without classes refuse such writes
+    (:class:`UnsupportedError`) rather than ignore them; ``None`` is the store's default again."""
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{1,39}", name)):
+        raise InvalidArgumentError(f"storage class must be an upper-case name like STANDARD_IA, not {name!r}")
+    token = _CLASS.set(name)
+    try:
+        yield
+    finally:
+        _CLASS.reset(token)
+
+
+def current_storage_class() -> str | None:
+    """The class the innermost :func:`storage_class` asks writes to use (``None``: the default)."""
+    return _CLASS.get()
 
 
 _ACCEPT: ContextVar[tuple[str, ...]] = ContextVar("unistore_accept_encoding", default=())

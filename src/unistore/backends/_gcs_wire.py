@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import httpx
 
@@ -34,7 +34,9 @@ from .._errors import (
 from .._types import IfMatch, ObjectInfo, WriteMode
 
 __all__ = [
+    "GCS_STORAGE_CLASSES",
     "INFO_FIELDS",
+    "check_gcs_class",
     "has_custom_metadata",
     "info_from_media",
     "info_from_resource",
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 BACKEND = "GCSBackend"
-INFO_FIELDS = "name,size,generation,updated,contentType,metadata,cacheControl,contentDisposition"
+INFO_FIELDS = "name,size,generation,updated,contentType,metadata,cacheControl,contentDisposition,storageClass"
 
 
 def raise_for(r: httpx.Response, op: str, key: str | None, mode: WriteMode = "overwrite") -> NoReturn:
@@ -149,7 +151,22 @@ def info_from_resource(res: Mapping[str, Any], prefix: str) -> ObjectInfo:
         metadata={str(k): str(v) for k, v in meta.items()},
         cache_control=res.get("cacheControl"),
         content_disposition=res.get("contentDisposition"),
+        storage_class=res.get("storageClass") or None,
     )
+
+
+GCS_STORAGE_CLASSES: Final = frozenset(
+    {"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE", "MULTI_REGIONAL", "REGIONAL", "DURABLE_REDUCED_AVAILABILITY"}
+)
+"""The storage classes an object resource's ``storageClass`` takes."""
+
+
+def check_gcs_class(name: str) -> str:
+    """``name`` if GCS knows the class, else :class:`InvalidArgumentError` (before a byte is sent)."""
+    if name not in GCS_STORAGE_CLASSES:
+        known = ", ".join(sorted(GCS_STORAGE_CLASSES))
+        raise InvalidArgumentError(f"GCS has no storage class {name!r}; one of {known}")
+    return name
 
 
 def has_custom_metadata(r: httpx.Response) -> bool:
@@ -185,6 +202,7 @@ def info_from_media(key: str, r: httpx.Response) -> tuple[ObjectInfo, int, int]:
         content_type=h.get("content-type", "application/octet-stream"),
         cache_control=h.get("cache-control"),
         content_disposition=h.get("content-disposition"),
+        storage_class=h.get("x-goog-storage-class") or None,
     )
     return info, start, start + length
 

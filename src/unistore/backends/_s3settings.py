@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidArgumentError
 
-__all__ = ["MAX_PRESIGN", "S3Settings"]
+__all__ = [
+    "MAX_PRESIGN",
+    "S3Settings",
+    "S3_STORAGE_CLASSES",
+    "check_s3_class",
+]
 
 MiB = 1024 * 1024
 MAX_PRESIGN = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
@@ -116,3 +121,28 @@ class S3Settings:
             raise ConfigurationError("prefix must not start with '/' and must end with '/'")
         if self.endpoint is not None and urlsplit(self.endpoint).scheme not in ("http", "https"):
             raise ConfigurationError(f"endpoint must be an http(s) URL, not {self.endpoint!r}")
+
+
+S3_STORAGE_CLASSES: Final = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "GLACIER_IR",
+        "OUTPOSTS",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    }
+)
+"""The storage classes S3's PutObject takes (``x-amz-storage-class``)."""
+
+
+def check_s3_class(name: str) -> str:
+    """``name`` if S3 knows the class, else :class:`InvalidArgumentError` (before a byte is sent)."""
+    if name not in S3_STORAGE_CLASSES:
+        raise InvalidArgumentError(f"S3 has no storage class {name!r}; one of {', '.join(sorted(S3_STORAGE_CLASSES))}")
+    return name

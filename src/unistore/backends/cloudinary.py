@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from .._base import BaseBackend, check_listing_args, settings_from
+from .._base import BaseBackend, check_listing_args, refuse_storage_class, settings_from
 from .._errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -292,6 +292,7 @@ class CloudinaryBackend(BaseBackend):
         cache_control: str | None = None,
         content_disposition: str | None = None,
     ) -> ObjectInfo:
+        refuse_storage_class(self.name, key)
         res = await self._put(key, body, content_type, metadata, mode, cache_control, content_disposition)
         return self._info(res)
 

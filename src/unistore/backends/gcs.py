@@ -39,6 +39,7 @@ from .._types import (
     WriteMode,
     check_content_type,
     check_header_value,
+    current_storage_class,
     guess_content_type,
     normalize_metadata,
 )
@@ -48,6 +49,7 @@ from ._gcs_settings import GCSSettings
 from ._gcs_upload import resumable_upload
 from ._gcs_wire import (
     INFO_FIELDS,
+    check_gcs_class,
     has_custom_metadata,
     info_from_media,
     info_from_resource,
@@ -279,6 +281,9 @@ class GCSBackend(BaseBackend):
             "contentType": check_content_type(content_type) or guess_content_type(key),
             "metadata": normalize_metadata(metadata),
         }
+        wanted = current_storage_class()
+        if wanted is not None:
+            resource["storageClass"] = check_gcs_class(wanted)
         if check_header_value("cache_control", cache_control) is not None:
             resource["cacheControl"] = cache_control
         if check_header_value("content_disposition", content_disposition) is not None:

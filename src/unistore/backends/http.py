@@ -30,7 +30,16 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._base import DEFAULT_CHUNK_SIZE, BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
+from .._base import (
+    DEFAULT_CHUNK_SIZE,
+    BaseBackend,
+    check_listing_args,
+    iter_body,
+    path_size,
+    quote_etag,
+    refuse_storage_class,
+    settings_from,
+)
 from .._errors import ConfigurationError, IntegrityError, InvalidArgumentError, TransientError, UnsupportedError
 from .._keys import validate_key
 from .._types import (
@@ -324,6 +333,7 @@ class HttpBackend(BaseBackend):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
+        refuse_storage_class(self.name, key)
         headers = {f"X-Meta-{k}": quote(v, safe="") for k, v in normalize_metadata(metadata).items()}
         content_type = check_content_type(content_type)
         if content_type is not None:

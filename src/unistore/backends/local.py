@@ -68,6 +68,7 @@ from .._base import (
     check_remove_condition,
     check_write_mode,
     iter_body,
+    refuse_storage_class,
     settings_from,
 )
 from .._errors import (
@@ -475,6 +476,7 @@ class LocalBackend(BaseBackend):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
+        refuse_storage_class(self.name, key)
         if time.monotonic() >= self._next_sweep:
             self._start_sweep()
         guessed = guess_content_type(key)

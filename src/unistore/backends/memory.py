@@ -30,6 +30,7 @@ from .._base import (
     check_remove_condition,
     check_write_mode,
     iter_body,
+    refuse_storage_class,
     settings_from,
 )
 from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, QuotaExceededError
@@ -217,6 +218,7 @@ class MemoryBackend(BaseBackend):
         content_disposition: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
+        refuse_storage_class(self.name, key)
         meta = normalize_metadata(metadata)
         content_type = check_content_type(content_type) or guess_content_type(key)
         check_header_value("cache_control", cache_control)

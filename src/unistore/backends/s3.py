@@ -48,6 +48,7 @@ from .._types import (
     WriteMode,
     check_content_type,
     check_header_value,
+    current_storage_class,
     guess_content_type,
     normalize_metadata,
 )
@@ -56,7 +57,7 @@ from ._extras import require_extra
 from ._s3http import FAST_MAX, S3Connection
 from ._s3multipart import PartFailure, PartInfo
 from ._s3sessions import S3Uploads, UploadSession
-from ._s3settings import S3Settings
+from ._s3settings import S3Settings, check_s3_class
 from ._s3wire import (
     checksum_header,
     decode_meta,
@@ -151,6 +152,7 @@ class S3Backend(BaseBackend):
             metadata=meta,
             cache_control=headers.get("Cache-Control"),
             content_disposition=headers.get("Content-Disposition"),
+            storage_class=headers.get("x-amz-storage-class") or "STANDARD",  # S3 names every class but this one
         )
 
     async def head(self, key: str) -> ObjectInfo:
@@ -268,6 +270,9 @@ class S3Backend(BaseBackend):
         check_header_value("cache_control", cache_control)
         check_header_value("content_disposition", content_disposition)
         headers = {"content-type": ctype, **self._write_extra}
+        wanted = current_storage_class()
+        if wanted is not None:
+            headers["x-amz-storage-class"] = check_s3_class(wanted)
         for name, value in meta.items():
             headers["x-amz-meta-" + name] = encode_meta(value)
         if cache_control:
@@ -405,15 +410,9 @@ class S3Backend(BaseBackend):
         cut = len(self.settings.prefix)
         async for page, name in self._pages(prefix, start_after):
             for item in xml_children(page, "Contents"):
-                key = name(xml_find(item, "Key"))[cut:]
-                if usable_key(key):
-                    yield ObjectInfo(
-                        key=key,
-                        size=int(xml_find(item, "Size", "0")),
-                        etag=xml_find(item, "ETag").strip('"'),
-                        last_modified=iso_date(xml_find(item, "LastModified")),
-                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
-                    )
+                info = _listed(item, name, cut)
+                if info is not None:
+                    yield info
 
     async def iter_entries(
         self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
@@ -424,16 +423,9 @@ class S3Backend(BaseBackend):
         async for page, name in self._pages(prefix, start_after, delimiter):
             entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
             for item in xml_children(page, "Contents"):
-                key = name(xml_find(item, "Key"))[cut:]
-                if usable_key(key):
-                    info = ObjectInfo(
-                        key=key,
-                        size=int(xml_find(item, "Size", "0")),
-                        etag=xml_find(item, "ETag").strip('"'),
-                        last_modified=iso_date(xml_find(item, "LastModified")),
-                        content_type=None,
-                    )
-                    entries.append((key, info))
+                info = _listed(item, name, cut)
+                if info is not None:
+                    entries.append((info.key, info))
             for item in xml_children(page, "CommonPrefixes"):
                 folder = name(xml_find(item, "Prefix"))[cut:]
                 if folder.endswith(delimiter) and usable_key(folder[: -len(delimiter)]):
@@ -580,6 +572,23 @@ class S3Backend(BaseBackend):
         boto, self._boto, self._boto_client = self._boto, None, None
         if boto is not None:
             await boto.__aexit__(None, None, None)
+
+
+def _listed(item: Any, name: Callable[[str], str], cut: int) -> ObjectInfo | None:
+    """The object of a listing's ``Contents`` element (its children read in one pass, in any
+    namespace), or None for a key unistore cannot use."""
+    fields = {child.tag.rpartition("}")[2]: child.text or "" for child in item}
+    key = name(fields.get("Key", ""))[cut:]
+    if not usable_key(key):
+        return None
+    return ObjectInfo(
+        key=key,
+        size=int(fields.get("Size") or 0),
+        etag=fields.get("ETag", "").strip('"'),
+        last_modified=iso_date(fields.get("LastModified")),
+        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
+        storage_class=fields.get("StorageClass") or None,
+    )
 
 
 def _condition_headers(mode: WriteMode) -> dict[str, str]:

@@ -107,6 +107,12 @@ class Metrics:
         self.in_flight = Gauge(
             "unistore_requests_in_flight", "Storage operations running now.", ["backend"], registry=registry
         )
+        self.stored_bytes = Gauge(
+            "unistore_stored_bytes", "Bytes stored, as of the last usage scan.", ["backend"], registry=registry
+        )
+        self.stored_objects = Gauge(
+            "unistore_stored_objects", "Objects stored, as of the last usage scan.", ["backend"], registry=registry
+        )
         self._hot: list[tuple[str, weakref.ref[HotKeys], int, str]] = []
         registry.register(_HotKeyCollector(self))
 
@@ -166,6 +172,10 @@ class BoundMetrics:
 
     def part_failure(self) -> None:
         self._metrics.part_failures.labels(self._backend).inc()
+
+    def stored(self, size: float, objects: float) -> None:
+        self._metrics.stored_bytes.labels(self._backend).set(size)
+        self._metrics.stored_objects.labels(self._backend).set(objects)
 
 
 class _HotKeyCollector:

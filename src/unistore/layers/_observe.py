@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._base import StorageBackend, signing_for_put, url_after_put
 from .._errors import ConfigurationError, NotFoundError, NotModifiedError, StorageError
@@ -24,6 +24,9 @@ from .._types import Body, CommonPrefix, Download, ObjectInfo, Range
 from ._layer import Layer, in_memory, rewrap
 from ._metrics import KEY_LABELS, Metrics, metrics_for
 from ._retry import Retry, RetryEvent
+
+if TYPE_CHECKING:
+    from ..cost import Usage
 
 __all__ = ["HotKeys", "Observe", "request_context"]
 
@@ -120,7 +123,8 @@ class Observe(Layer):
     backend), ``unistore_errors_total`` (by error type),
     ``unistore_retries_total``, ``unistore_bytes_total`` (direction in/out),
     ``unistore_requests_in_flight``, ``unistore_multipart_part_failures_total``
-    (parts of multipart uploads that failed, from stores that report them), ``unistore_hot_key_requests`` (top
+    (parts of multipart uploads that failed, from stores that report them), ``unistore_stored_bytes`` and
+    ``unistore_stored_objects`` (as of the last :meth:`measure_usage`), ``unistore_hot_key_requests`` (top
     ``hot_keys`` keys over ``hot_window`` seconds, labelled as ``hot_key_labels`` says: ``"hash"`` by
     default, so no key name is exported, else ``"prefix"`` or ``"raw"``; see
     :func:`~unistore.layers._metrics.key_label`). ``hot_tracker`` replaces the
@@ -314,6 +318,16 @@ class Observe(Layer):
 
         await self._around("put", key, stored_and_signed)
         return url
+
+    async def measure_usage(self) -> Usage:
+        """List the whole store below (a ``list`` request per page) and set ``unistore_stored_bytes``
+        and ``unistore_stored_objects`` to what it holds; the usage found."""
+        from ..cost import scan_usage
+
+        usage = await scan_usage(self)
+        if self._children is not None:
+            self._children.stored(usage.stored_bytes, usage.objects)
+        return usage
 
     # --- primitives ------------------------------------------------------------------
 
