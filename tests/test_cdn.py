@@ -443,6 +443,8 @@ async def test_the_queue_survives_a_new_event_loop(purge_api: tuple[FakeCDN, str
         async def main() -> None:
             await store.put_object("b.txt", b"1")
             await store.flush()
+            assert store.purger is not None
+            await store.purger.aclose()  # its client belongs to this loop
 
         asyncio.run(main())
 
@@ -467,6 +469,8 @@ async def test_failed_purges_outlive_the_process_in_the_outbox(purge_api: tuple[
         assert len([k async for k in origin.iter_keys(".unistore/cdn-purges/")]) == 2
     assert first._task is not None
     first._task.cancel()  # the process dies: no close, no flush
+    assert first.purger is not None
+    await first.purger.aclose()  # (its connections die with it)
     fake.fail_next = []
     second = _cloudflare(fake, api, batch_delay=60, outbox=origin)
     await second.flush()  # a new process picks the failed purges up
