@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -363,3 +364,33 @@ def test_metrics_without_a_usage_scan_say_so(tmp_path: Path) -> None:
     assert code == 0, err
     assert "no unistore_stored_bytes in the metrics" in err
     assert json.loads(out)["usage"]["puts"] == pytest.approx(month_seconds() / 3600)
+
+
+def test_service_measures_its_store_on_a_timer(store_dir: Path) -> None:
+    """UNISTORE_USAGE_SCAN_INTERVAL: the service lists its store on a timer, so its /metrics carry the
+    stored volume that ``unistore cost --from-metrics`` and the storage-growth alert read."""
+    from unistore.service import ServiceSettings, create_app
+
+    settings = ServiceSettings.from_env(
+        {"UNISTORE_AUTH": "off", "UNISTORE_METRICS": "open", "UNISTORE_USAGE_SCAN_INTERVAL": "0.2"}
+    )
+    assert settings.usage_scan_interval == 0.2
+    service = create_app(LocalBackend(base_path=str(store_dir)), settings=settings)
+    with running_server(service, free_port()) as url, httpx.Client(base_url=url) as c:
+        assert c.put("/v1/objects/new.bin", content=b"n" * 5000).status_code == 201
+        for _ in range(100):
+            got = {
+                s.name: s.value
+                for family in text_string_to_metric_families(c.get("/metrics").text)
+                for s in family.samples
+                if s.name.startswith("unistore_stored_")
+            }
+            if got.get("unistore_stored_objects") == 4:
+                break
+            time.sleep(0.05)
+        assert got == {"unistore_stored_objects": 4, "unistore_stored_bytes": STORED + 5000}
+        code, out, err = cli("cost", "--from-metrics", f"{url}/metrics", "--window", "3600", "--json")
+    assert code == 0, err
+    assert json.loads(out)["usage"]["stored_bytes"] == STORED + 5000
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(auth=False, usage_scan_interval=0)
