@@ -33,6 +33,7 @@ from unistore.cost import (
     scan_usage,
     usage_from_metrics,
 )
+from unistore.cost._calc import OPERATION_KIND
 from unistore.layers import Observe
 from unistore.testing import free_port, running_server
 
@@ -236,6 +237,15 @@ def test_cost_from_a_scrape_of_observe(tmp_path: Path, store_dir: Path) -> None:
     # a day of counters, 28 days in February: puts 3, gets (2 opens + 1 head), lists (1 + measure_usage's 1), 1 delete
     assert (usage.puts, usage.gets, usage.lists, usage.deletes) == (3 * 28, 3 * 28, 2 * 28, 28)
     assert usage.egress_bytes == SIZES["a/big.bin"] * 28
+    seen = {
+        s.labels["operation"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "unistore_requests_total"
+    }
+    assert seen == {"put", "open", "head", "list", "remove", "sign_url"}
+    assert seen - {"sign_url"} <= set(OPERATION_KIND)  # signing is local: never billed
+    assert set(OPERATION_KIND) >= {"copy", "replace_metadata", "ping"}
     other, _ = usage_from_metrics(text, backend="S3Backend", window=86400)
     assert other.puts == 0 and other.stored_bytes == 0
     report = json.loads(out)
