@@ -12,8 +12,9 @@ interleaved with the client order rotated):
 - ``put-file`` / ``get-file``: ``put_file`` / ``get_file`` of a 256 MiB local file
 - ``find``: ``find`` below a prefix of 10,000 keys (100 folders of 100 keys)
 
-Measured in the worker: wall time of the operation (building the filesystem included, the
-interpreter start and imports not), and the peak RSS of the worker process (``VmHWM``,
+Measured in the worker: wall time of the operation (building the filesystem and whatever the
+client loads on first use included; the interpreter start and the import of the client's
+package not), and the peak RSS of the worker process (``VmHWM``,
 imports included: each client loads only what its case needs). Target: wall time <= 0.9x the
 faster peer's on every row, peak RSS <= the lower peer's. Medians of the repetitions.
 
@@ -92,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def import_client(client: str) -> None:
-    """Import the client's modules (outside the measured time)."""
+    """Import the client's package, as its user would, before the clock starts; what a client
+    loads on first use (unistore: aiohttp for streamed bodies; s3fs: botocore's service model)
+    counts in the operation's time and RSS."""
     if client == "unistore":
         import unistore.backends.s3
         import unistore.fsspec  # noqa: F401

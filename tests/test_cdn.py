@@ -24,6 +24,7 @@ from unistore import (
     MemoryBackend,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
     UnsupportedError,
 )
 from unistore._keys import reserved_keys
@@ -34,6 +35,7 @@ from unistore.cdn import (
     CloudFrontInvalidator,
     CloudFrontURLs,
     PlainCDN,
+    SpacesPurger,
     attachment,
 )
 from unistore.encryption import Encrypt, LocalKeyring
@@ -285,6 +287,15 @@ async def test_bunny_edge_serves_signed_urls_and_purges_make_writes_visible(
         await store.delete("news/today.html")
         await store.flush()
         assert (await client.get(url)).status_code == 404
+        in_path = CDN(fake.origin, urls=BunnyURLs(edge, "zone-key", token_in_path=True), private=True)
+        await in_path.put_object("videos/1/index.m3u8", b"#EXTM3U")
+        url = await in_path.get_url("videos/1/index.m3u8")
+        assert url.startswith(edge + "/bcdn_token=HS256-") and url.endswith("/videos/1/index.m3u8")
+        assert (await client.get(url)).content == b"#EXTM3U"
+        basic = CDN(fake.origin, urls=BunnyURLs(edge, "zone-key", scheme="md5"), private=True)
+        assert (await client.get(await basic.get_url("videos/1/index.m3u8"))).content == b"#EXTM3U"
+        wrong = CDN(fake.origin, urls=BunnyURLs(edge, "not-the-zone-key"), private=True)
+        assert (await client.get(await wrong.get_url("videos/1/index.m3u8"))).status_code == 403
     await store.aclose()
 
 
@@ -300,6 +311,7 @@ def purge_api() -> Iterator[tuple[FakeCDN, str]]:
 
 def _cloudflare(fake: FakeCDN, api: str, token: str = "cf-token", **options: Any) -> CDN:
     purger = CloudflarePurger("zone-1", token, api_url=api + "/client/v4")
+    options.setdefault("metrics", False)
     return CDN(fake.origin, urls=PlainCDN("https://cdn.example.com"), purger=purger, sleep=no_sleep, **options)
 
 
@@ -336,6 +348,26 @@ async def test_purge_auth_failure_never_fails_the_write_and_is_retried_later(
     store.purger._token = "cf-token"  # type: ignore[attr-defined]  # the operator fixes the token
     await store.flush()
     assert fake.purges == [["https://cdn.example.com/a.txt"]] and not store.failed_purges
+    await store.aclose()
+
+
+async def test_purge_metrics(purge_api: tuple[FakeCDN, str]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    fake, api = purge_api
+    registry = CollectorRegistry()
+    fake.fail_next = [503, 503]
+    store = _cloudflare(fake, api, batch_delay=60, attempts=2, metrics=registry)
+    await store.put_object("a.txt", b"1")
+    await store.put_object("b.txt", b"1")
+    labels = {"backend": "MemoryBackend"}
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 2
+    await store.flush()
+    assert registry.get_sample_value("unistore_cdn_purge_failures_total", labels) == 2
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 2
+    await store.flush()
+    assert registry.get_sample_value("unistore_cdn_purged_urls_total", labels) == 2
+    assert registry.get_sample_value("unistore_cdn_purge_queue", labels) == 0
     await store.aclose()
 
 
@@ -452,7 +484,7 @@ async def test_a_close_that_times_out_records_what_it_did_not_purge() -> None:
         max_batch = 10
         wildcards = False
 
-        async def purge(self, urls: list[str]) -> None:
+        async def purge(self, urls: list[str], *, reference: str) -> None:
             await asyncio.sleep(3600)
 
         async def aclose(self) -> None:
@@ -468,6 +500,38 @@ async def test_a_close_that_times_out_records_what_it_did_not_purge() -> None:
     with reserved_keys():
         [entry] = [k async for k in outbox.iter_keys(".unistore/cdn-purges/")]
         assert json.loads(await outbox.get(entry))["url"] == "https://cdn.example.com/a.txt"
+
+
+async def test_spaces_cdn_purges_object_paths_and_makes_writes_visible() -> None:
+    fake = FakeCDN(MemoryBackend())
+    with running_server(fake.edge_app) as edge, running_server(fake.api_app) as api:
+        fake.url = edge
+        purger = SpacesPurger(fake.spaces_endpoint, "do-token", api_url=api + "/v2")
+        store = CDN(fake.origin, urls=PlainCDN(edge), purger=purger, batch_delay=60, wildcard_after=2, metrics=False)
+        async with httpx.AsyncClient() as client:
+            url = await store.put("docs/a b.txt", b"v1", "text/plain")
+            assert (await client.get(url)).content == b"v1"
+            await store.put("docs/a b.txt", b"v2", "text/plain")
+            assert (await client.get(url)).content == b"v1"
+            await store.flush()
+            assert fake.purges == [["docs/a b.txt"]]
+            assert (await client.get(url)).content == b"v2"
+            for name in ("x", "y", "z"):
+                await store.put_object(f"img/{name}.png", b"png")
+            await store.flush()
+            assert fake.purges[-1] == ["img/*"]
+        wrong = CDN(
+            fake.origin,
+            urls=PlainCDN(edge),
+            purger=SpacesPurger(fake.spaces_endpoint, "nope", api_url=api + "/v2"),
+            batch_delay=60,
+            metrics=False,
+        )
+        await wrong.put_object("a.txt", b"1")
+        await wrong.flush()
+        assert fake.rejected == 1 and "401" in wrong.failed_purges[f"{edge}/a.txt"]
+        await store.aclose()
+        await wrong.aclose()
 
 
 # --- CloudFront invalidations at moto ----------------------------------------------------------
@@ -538,6 +602,42 @@ async def test_cloudfront_invalidation_batches_paths(
     assert _invalidated(client, distribution) == [["/a.txt", "/copy.txt", "/dir/%C3%BC.txt", "/dir/b%20c.txt"]]
     store.purger = None  # the fixture closes the invalidator
     await store.aclose()
+
+
+async def test_a_retried_batch_keeps_its_reference() -> None:
+    class Flaky:
+        max_batch = 1
+        wildcards = False
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        async def purge(self, urls: list[str], *, reference: str) -> None:
+            self.calls.append((urls[0], reference))
+            if len(self.calls) % 2:
+                raise UnavailableError("lost answer")
+
+        async def aclose(self) -> None:
+            pass
+
+    flaky = Flaky()
+    store = CDN(MemoryBackend(), urls=PlainCDN("https://cdn.example.com"), purger=flaky, sleep=no_sleep, metrics=False)
+    await store.put_object("a", b"1")
+    await store.put_object("b", b"1")
+    await store.flush()
+    (a1, ra1), (a2, ra2), (b1, rb1), (b2, rb2) = flaky.calls
+    assert a1 == a2 and b1 == b2 and ra1 == ra2 and rb1 == rb2 and ra1 != rb1
+    await store.aclose()
+
+
+async def test_cloudfront_caller_reference_is_the_batch_reference(
+    cloudfront: tuple[Any, str, CloudFrontInvalidator],
+) -> None:
+    client, distribution, invalidator = cloudfront
+    await invalidator.purge([f"{BASE}/x.txt"], reference="batch-1")
+    [item] = client.list_invalidations(DistributionId=distribution)["InvalidationList"]["Items"]
+    batch = client.get_invalidation(DistributionId=distribution, Id=item["Id"])["Invalidation"]["InvalidationBatch"]
+    assert batch["CallerReference"] == "batch-1"
 
 
 async def test_cloudfront_wildcards_collapse_a_busy_folder(

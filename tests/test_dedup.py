@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -9,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,11 +21,13 @@ from unistore import (
     InvalidKeyError,
     InvalidMetadataError,
     MemoryBackend,
+    PreconditionFailedError,
     StorageBackend,
     UnsupportedError,
 )
+from unistore._errors import UnavailableError
 from unistore._keys import reserved_keys
-from unistore._types import Capabilities
+from unistore._types import Capabilities, ObjectInfo
 from unistore.layers import Compress, Dedup, DedupObjectInfo, Layer
 from unistore.layers._dedup import DEDUP_PREFIX
 from unistore.testing._s3servers import S3Server
@@ -156,6 +160,10 @@ async def test_objects_written_before_the_layer_read_as_they_are() -> None:
     assert not isinstance(await store.head("plain.txt"), DedupObjectInfo)
     await store.copy("plain.txt", "copied.txt")
     assert await store.get("copied.txt") == b"written without Dedup"
+    info = await store.put_object("dedup.txt", b"deduplicated")
+    await store.copy("plain.txt", "dedup.txt")  # over a deduplicated key: its reference goes
+    assert await store.get("dedup.txt") == b"written without Dedup"
+    assert await store.refcount(info.sha256) == 0  # type: ignore[attr-defined]
     assert await store.delete("plain.txt")
 
 
@@ -201,3 +209,99 @@ async def test_s3_listing_reports_logical_sizes(seaweed: S3Server) -> None:
         assert await store.list_keys(prefix) == [prefix + "big", prefix + "small"]
     finally:
         await s3.aclose()
+
+
+class _SlowUpload(Layer):
+    """Holds body uploads until ``go`` is set."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.uploading = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def put_object(self, key: str, body: Any, **options: Any) -> ObjectInfo:
+        if key.startswith(DEDUP_PREFIX + "blobs/"):
+            self.uploading.set()
+            await self.go.wait()
+        return await self.inner.put_object(key, body, **options)
+
+
+async def test_a_put_slower_than_half_the_grace_period_restores_its_reference() -> None:
+    """A sweep took the reference of a put still uploading (it looked crashed); before writing
+    its record the put finds itself older than grace / 2 and writes its reference again."""
+    mem = MemoryBackend()
+    slow = _SlowUpload(mem)
+    store = Dedup(slow, grace=0.2, metrics=False)
+    put = asyncio.create_task(store.put_object("slow.bin", b"slow body"))
+    await slow.uploading.wait()
+    report = await store.sweep(now=datetime.now(UTC) + LATER)
+    assert report.stale_markers_removed == 1
+    await asyncio.sleep(0.15)
+    slow.go.set()
+    info = await put
+    assert await store.refcount(info.sha256) == 1  # type: ignore[attr-defined]
+    report = await store.sweep(now=datetime.now(UTC) + LATER, body_grace=0)
+    assert report.bodies_removed == 0 and report.references == 1
+    assert await store.get("slow.bin") == b"slow body"
+
+
+class _BrokenBody(Layer):
+    """Every removal of one body fails (a permission problem, say)."""
+
+    def __init__(self, inner: StorageBackend, sha: str) -> None:
+        super().__init__(inner)
+        self.sha = sha
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        if key.endswith("/" + self.sha) and "/blobs/" in key:
+            raise UnavailableError("cannot remove this one", key=key)
+        return await self.inner.remove(key, if_match=if_match)
+
+
+async def test_one_body_that_cannot_be_removed_does_not_stop_the_sweep() -> None:
+    mem = MemoryBackend()
+    store = Dedup(_BrokenBody(mem, hashlib.sha256(b"stuck").hexdigest()), metrics=False)
+    for key, body in (("a", b"stuck"), ("b", b"free 1"), ("c", b"free 2")):
+        await store.put_object(key, body)
+        await store.delete(key)
+    report = await store.sweep(now=datetime.now(UTC) + LATER)
+    assert (report.errors, report.bodies_removed, report.bodies) == (1, 2, 1)
+    assert not [k for k in await _internal(mem) if "/sweeping/" in k]  # its claim is released
+
+
+class _LostReply(Layer):
+    """The first record write lands, a delete of the key runs to its end, then the write reports
+    412: what a Retry below Dedup surfaces when it replays a write whose reply was lost."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        super().__init__(inner)
+        self.during: Any = None
+
+    async def put_object(self, key: str, body: Any, **options: Any) -> ObjectInfo:
+        info = await self.inner.put_object(key, body, **options)
+        if self.during is not None and not key.startswith(DEDUP_PREFIX):
+            during, self.during = self.during, None
+            await during()
+            raise PreconditionFailedError("the replayed write found its own version", key=key)
+        return info
+
+
+async def test_a_write_that_landed_behind_a_412_and_was_deleted_is_not_rewritten_unprotected() -> None:
+    """The delete released the landed record's reference; the put must not write that reference
+    again (no marker would protect the body): it writes the record under a new one."""
+    mem = MemoryBackend()
+    lost = _LostReply(mem)
+    store = Dedup(lost, metrics=False)
+    deleted: list[bool] = []
+
+    async def delete() -> None:
+        deleted.append(await store.delete("k"))
+
+    lost.during = delete
+    info = await store.put_object("k", b"payload")
+    assert deleted == [True]
+    sha = info.sha256  # type: ignore[attr-defined]
+    assert await store.refcount(sha) == 1
+    report = await store.sweep(now=datetime.now(UTC) + LATER, body_grace=0)
+    assert report.bodies_removed == 0 and report.references == 1
+    assert await store.get("k") == b"payload"

@@ -1,11 +1,13 @@
 """Dedup's reference counts under concurrency and crashes.
 
 Random interleavings of puts, deletes and copies of the same few bodies and keys, racing a
-sweeper, with a fault injected into some operations at one step (an error before the step's
-effect, an error after it, or a crash: that operation's every later request fails, so no
-cleanup reaches the store); and worker processes killed with SIGKILL mid-stream. At the end a
-sweep with a clock past the grace period runs and the store must hold exactly: one marker per
-manifest (refcount = true references), every referenced body with its content, no other body.
+sweeper, with a fault injected into some operations at one step: an error before the step's
+effect, an error after it, a 412 after it (what a Retry below surfaces when it replays a
+conditional write whose reply was lost), or a crash (that operation's every later request
+fails, so no cleanup reaches the store); and worker processes killed with SIGKILL mid-stream.
+At the end a sweep with a clock past the grace period runs and the store must hold exactly:
+one marker per manifest (refcount = true references), every referenced body with its
+content, no other body.
 A reader racing the writers must never find a manifest whose body is gone.
 """
 
@@ -24,14 +26,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from unistore import IntegrityError, LocalBackend, MemoryBackend, NotFoundError, StorageBackend, StorageError
-from unistore._errors import UnavailableError
+from unistore._errors import PreconditionFailedError, UnavailableError
 from unistore._keys import reserved_keys
-from unistore._types import Download, ObjectInfo, Range
+from unistore._types import Download, ObjectInfo, Range, WriteMode
 from unistore.layers import Dedup, Layer
 from unistore.layers._dedup import DEDUP_PREFIX
 
@@ -51,7 +53,7 @@ class Plan:
     """When (which request of the operation) and how the operation fails."""
 
     at: int | None = None
-    kind: str = "before"  # before | after | kill | kill-after
+    kind: str = "before"  # before | after | replayed | kill | kill-after
     step: int = 0
     dead: bool = False
 
@@ -66,7 +68,7 @@ class Steps(Layer):
         super().__init__(inner)
         self.rng = rng
 
-    async def _gate(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _gate(self, call: Callable[[], Awaitable[T]], conditional: bool = False) -> T:
         plan = PLAN.get() or Plan()
         if plan.dead:
             raise Killed
@@ -81,12 +83,23 @@ class Steps(Layer):
             if plan.kind == "kill-after":
                 await call()
             raise Killed
+        if plan.kind == "replayed":  # the reply was lost and a Retry replayed the request
+            result = await call()
+            if conditional:
+                raise PreconditionFailedError("the replay met the version the first attempt wrote")
+            return result
         if plan.kind == "after":
             await call()
         raise UnavailableError("injected fault")
 
     async def _around(self, operation: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
         return await self._gate(call)
+
+    async def put_object(self, key: str, body: Any, *, mode: WriteMode = "overwrite", **options: Any) -> ObjectInfo:
+        return await self._gate(lambda: self.inner.put_object(key, body, mode=mode, **options), mode != "overwrite")
+
+    async def remove(self, key: str, *, if_match: str | None = None) -> bool:
+        return await self._gate(lambda: self.inner.remove(key, if_match=if_match), if_match is not None)
 
     async def open(
         self, key: str, *, range: Range | None = None, if_match: str | None = None, if_none_match: str | None = None
@@ -173,7 +186,7 @@ async def _reader(dedup: Dedup, stop: asyncio.Event) -> None:
 async def run_interleaving(seed: int) -> None:
     rng = random.Random(seed)
     mem = MemoryBackend()
-    dedup = Dedup(Steps(mem, rng), grace=600, lease=0.2, metrics=False)
+    dedup = Dedup(Steps(mem, rng), grace=600, lease=0.5, metrics=False)
     for key in rng.sample(KEYS, rng.randrange(len(KEYS) + 1)):  # a starting state, without faults
         await dedup.put_object(key, rng.choice(CONTENTS))
     if rng.random() < 0.5:  # an unreferenced body, which a sweep may take while a put wants it
@@ -183,7 +196,9 @@ async def run_interleaving(seed: int) -> None:
     for _ in range(rng.randrange(2, 8)):
         faulty = rng.random() < 0.6
         plans.append(
-            Plan(rng.randrange(9), rng.choice(["before", "after", "kill", "kill-after"])) if faulty else Plan()
+            Plan(rng.randrange(9), rng.choice(["before", "after", "replayed", "kill", "kill-after"]))
+            if faulty
+            else Plan()
         )
     stop = asyncio.Event()
     reader = asyncio.create_task(_reader(dedup, stop))
@@ -229,7 +244,7 @@ async def test_a_delete_racing_a_put_of_the_same_content_never_loses_the_body() 
     for seed in range(200):
         rng = random.Random(seed)
         mem = MemoryBackend()
-        dedup = Dedup(Steps(mem, rng), grace=600, lease=0.2, metrics=False)
+        dedup = Dedup(Steps(mem, rng), grace=600, lease=0.5, metrics=False)
         await dedup.put_object("old", CONTENTS[1])
         await asyncio.gather(dedup.delete("old"), dedup.put_object("new", CONTENTS[1]), dedup.sweep(body_grace=0))
         assert await dedup.get("new") == CONTENTS[1], seed

@@ -136,6 +136,8 @@ def test_errors_map_to_builtins(fs: UnistoreFileSystem) -> None:
         fs.modified("d")
     with pytest.raises(NotImplementedError):
         fs.open("d/f", "ab")
+    with pytest.raises(IsADirectoryError):
+        fs.open("d")
     assert fs.cat_file("d/f") == b"1"
 
 
@@ -183,6 +185,25 @@ def test_server_side_copy_checksum_ukey_modified(s3fs: UnistoreFileSystem, pfx: 
     s3fs.pipe_file(pfx + "a", b"two")
     assert s3fs.checksum(pfx + "a") != before
     assert s3fs.modified(pfx + "a") == s3fs.info(pfx + "a")["LastModified"]
+
+
+def test_refused_credentials_are_a_permission_error(seaweed: S3Server, pfx: str) -> None:
+    from unistore.backends.s3 import S3Backend
+
+    backend = S3Backend(
+        bucket="unistore-tests",
+        endpoint=seaweed.endpoint,
+        access_key=seaweed.access_key,
+        secret_key="wrong-secret-0000",
+    )
+    fs = UnistoreFileSystem(backend)
+    try:
+        with pytest.raises(PermissionError):
+            fs.pipe_file(pfx + "denied", b"x")
+        with pytest.raises(PermissionError):
+            fs.cat_file(pfx + "denied")
+    finally:
+        sync(fs.loop, backend.aclose)
 
 
 def test_sign_gives_a_working_url(s3fs: UnistoreFileSystem, pfx: str) -> None:
@@ -460,3 +481,14 @@ def test_put_file_without_progress_uploads_parts_from_the_file(
     with pytest.raises(FileNotFoundError):
         s3fs.put_file(str(tmp_path / "missing"), pfx + "never.bin")
     assert not s3fs.exists(pfx + "never.bin")
+
+
+def test_pieces_and_merged_ranges_through_an_encrypt_and_cache_stack(tmp_path: Path) -> None:
+    fs = UnistoreFileSystem(Encrypt(Cache(MemoryBackend()), LocalKeyring({"k1": os.urandom(32)})))
+    data = os.urandom(20 * MiB + 5)
+    fs.pipe_file("x", data)
+    fs.get_file("x", str(tmp_path / "x"))
+    assert (tmp_path / "x").read_bytes() == data
+    starts = [0, 100, 5 * MiB, 20 * MiB]
+    ends = [10, 300, 5 * MiB + 100, 20 * MiB + 99]
+    assert fs.cat_ranges(["x"] * 4, starts, ends) == [data[s:e] for s, e in zip(starts, ends, strict=True)]

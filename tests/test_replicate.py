@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from unistore import (
     ConfigurationError,
     GCSBackend,
+    InvalidKeyError,
     LocalBackend,
     MemoryBackend,
     ObjectInfo,
@@ -37,10 +38,30 @@ class TestReplicateMemory(BackendConformance):
         return Replicate(served_memory, MemoryBackend(), outbox=MemoryBackend(), replay_interval=None, metrics=False)
 
 
+class TestReplicateLocalToS3(BackendConformance):
+    """Source = local files (served over HTTP), replica = S3 (SeaweedFS); after each test the
+    replica holds what the source holds under the test's prefix."""
+
+    list_count = 200
+
+    @pytest.fixture
+    async def backend(
+        self, served_local: LocalBackend, seaweed: S3Server, prefix: str
+    ) -> AsyncIterator[StorageBackend]:
+        replica = seaweed.backend()
+        rep = Replicate(served_local, replica, outbox=MemoryBackend(), replay_interval=None, metrics=False)
+        yield rep
+        try:  # whatever the test did, the replica ends as the source after one round
+            assert await rep.replay() == 0
+            await _same(served_local, replica, prefix)
+        finally:
+            await replica.aclose()
+
+
 async def _same(source: StorageBackend, replica: StorageBackend, prefix: str = "") -> None:
     """The replica holds exactly the source's user objects, byte for byte, with their metadata."""
-    keys = [k async for k in source.iter_keys(prefix) if not k.startswith(".unistore")]
-    assert [k async for k in replica.iter_keys(prefix) if not k.startswith(".unistore")] == keys
+    keys = sorted([k async for k in source.iter_keys(prefix) if not k.startswith(".unistore")])
+    assert sorted([k async for k in replica.iter_keys(prefix) if not k.startswith(".unistore")]) == keys
     for key in keys:
         a, b = await source.head(key), await replica.head(key)
         assert await source.get(key) == await replica.get(key), key
@@ -234,6 +255,17 @@ async def test_concurrent_writers_with_a_flapping_replica_converge() -> None:
     await _same(source, real, "hot/")
 
 
+async def test_an_invalid_key_is_refused_before_anything_is_recorded() -> None:
+    """A key no store accepts never reaches the outbox (it would fail every replay forever)."""
+    source, replica, box = MemoryBackend(), MemoryBackend(), MemoryBackend()
+    rep = Replicate(source, replica, outbox=box, replay_interval=None, metrics=False)
+    with pytest.raises(InvalidKeyError):
+        await rep.put("../escape", b"x")
+    with pytest.raises(InvalidKeyError):
+        await rep.copy("a", "a/../../b")
+    assert await rep.outbox() == [] and await box.list_keys(".unistore") == []
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ConfigurationError):
         Replicate(MemoryBackend(), MemoryBackend(), outbox_prefix="outbox/", metrics=False)
@@ -356,3 +388,29 @@ def test_sigkill_mid_write_loses_nothing(tmp_path: Path) -> None:
         await _same(src, rep.replica, "k/")
 
     asyncio.run(check())
+
+
+async def test_the_background_replayer_does_not_inherit_the_first_writers_context() -> None:
+    """The replayer is started by the first write; it must not run every later copy with that
+    write's context variables (its storage class, idempotency key, request id...)."""
+    import contextvars
+
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
+    seen: list[str] = []
+
+    class Spy(Layer):
+        async def put_object(self, key: str, body: Body, **kw: Any) -> ObjectInfo:
+            seen.append(tag.get())
+            return await self.inner.put_object(key, body, **kw)
+
+    source, replica = MemoryBackend(), MemoryBackend()
+    rep = Replicate(source, Spy(replica), replay_interval=30, metrics=False)
+    token = tag.set("first request")
+    await rep.put("a", b"1")  # starts the replayer
+    tag.reset(token)
+    for _ in range(200):
+        if await replica.exists("a"):
+            break
+        await asyncio.sleep(0.01)
+    await rep.aclose()
+    assert seen == ["none"]

@@ -33,6 +33,15 @@ from ._errors import (
     UnsupportedError,
 )
 from ._keys import validate_key, validate_prefix
+from ._lifecycle import (
+    LifecycleRule,
+    SweepResult,
+    apply_lifecycle,
+    read_lifecycle,
+    rules_from_json,
+    rules_to_json,
+    sweep_lifecycle,
+)
 from ._migrate import MigrationReport, migrate
 from ._signing import UrlSigner
 from ._types import (
@@ -81,6 +90,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidRangeError",
+    "LifecycleRule",
     "LocalBackend",
     "LocalSettings",
     "MemoryBackend",
@@ -99,6 +109,7 @@ __all__ = [
     "StorageBackend",
     "StorageError",
     "SuffixRange",
+    "SweepResult",
     "TransientError",
     "UnavailableError",
     "UnsupportedError",
@@ -106,14 +117,19 @@ __all__ = [
     "WriteMode",
     "accept_encoding",
     "add_storage",
+    "apply_lifecycle",
     "backend_from_url",
     "detect_backend",
     "easy_storage",
     "get_storage",
     "migrate",
     "parse_http_range",
+    "read_lifecycle",
+    "rules_from_json",
+    "rules_to_json",
     "scoped",
     "storage_class",
+    "sweep_lifecycle",
     "validate_key",
     "validate_prefix",
 ]

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from unistore import MemoryBackend
-from unistore.cdn import BunnyPurger, BunnyURLs, CloudflarePurger, CloudFrontURLs, PlainCDN
+from unistore.cdn import BunnyPurger, BunnyURLs, CloudflarePurger, CloudFrontURLs, PlainCDN, SpacesPurger
 from unistore.layers import CDN
 from unistore.testing import running_server
 from unistore.testing._cdn_fakes import FakeCDN
@@ -75,7 +75,7 @@ async def test_keys_with_wildcards_purge_only_themselves() -> None:
         def __init__(self) -> None:
             self.urls: list[str] = []
 
-        async def purge(self, urls: list[str]) -> None:
+        async def purge(self, urls: list[str], *, reference: str) -> None:
             self.urls.extend(urls)
 
         async def aclose(self) -> None:
@@ -100,9 +100,13 @@ async def test_credentials_never_show(caplog: pytest.LogCaptureFixture) -> None:
         CloudFrontURLs("https://d1.cloudfront.net", "KSEC", PEM),
         BunnyURLs("https://z.b-cdn.net", "zone-secret-key"),
     ]
-    purgers = [BunnyPurger("bunny-secret-api-key"), CloudflarePurger("zone", "cf-secret-token")]
+    purgers = [
+        BunnyPurger("bunny-secret-api-key"),
+        CloudflarePurger("zone", "cf-secret-token"),
+        SpacesPurger("endpoint", "do-secret-token"),
+    ]
     shown = " ".join(repr(x) for x in [*urls, *purgers])
-    for secret in ("PRIVATE KEY", "zone-secret-key", "bunny-secret-api-key", "cf-secret-token"):
+    for secret in ("PRIVATE KEY", "zone-secret-key", "bunny-secret-api-key", "cf-secret-token", "do-secret-token"):
         assert secret not in shown
     fake = FakeCDN(MemoryBackend())
     with running_server(fake.api_app) as api:

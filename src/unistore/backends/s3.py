@@ -410,16 +410,9 @@ class S3Backend(BaseBackend):
         cut = len(self.settings.prefix)
         async for page, name in self._pages(prefix, start_after):
             for item in xml_children(page, "Contents"):
-                key = name(xml_find(item, "Key"))[cut:]
-                if usable_key(key):
-                    yield ObjectInfo(
-                        key=key,
-                        size=int(xml_find(item, "Size", "0")),
-                        etag=xml_find(item, "ETag").strip('"'),
-                        last_modified=iso_date(xml_find(item, "LastModified")),
-                        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
-                        storage_class=xml_find(item, "StorageClass") or None,
-                    )
+                info = _listed(item, name, cut)
+                if info is not None:
+                    yield info
 
     async def iter_entries(
         self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
@@ -430,17 +423,9 @@ class S3Backend(BaseBackend):
         async for page, name in self._pages(prefix, start_after, delimiter):
             entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
             for item in xml_children(page, "Contents"):
-                key = name(xml_find(item, "Key"))[cut:]
-                if usable_key(key):
-                    info = ObjectInfo(
-                        key=key,
-                        size=int(xml_find(item, "Size", "0")),
-                        etag=xml_find(item, "ETag").strip('"'),
-                        last_modified=iso_date(xml_find(item, "LastModified")),
-                        content_type=None,
-                        storage_class=xml_find(item, "StorageClass") or None,
-                    )
-                    entries.append((key, info))
+                info = _listed(item, name, cut)
+                if info is not None:
+                    entries.append((info.key, info))
             for item in xml_children(page, "CommonPrefixes"):
                 folder = name(xml_find(item, "Prefix"))[cut:]
                 if folder.endswith(delimiter) and usable_key(folder[: -len(delimiter)]):
@@ -587,6 +572,23 @@ class S3Backend(BaseBackend):
         boto, self._boto, self._boto_client = self._boto, None, None
         if boto is not None:
             await boto.__aexit__(None, None, None)
+
+
+def _listed(item: Any, name: Callable[[str], str], cut: int) -> ObjectInfo | None:
+    """The object of a listing's ``Contents`` element (its children read in one pass, in any
+    namespace), or None for a key unistore cannot use."""
+    fields = {child.tag.rpartition("}")[2]: child.text or "" for child in item}
+    key = name(fields.get("Key", ""))[cut:]
+    if not usable_key(key):
+        return None
+    return ObjectInfo(
+        key=key,
+        size=int(fields.get("Size") or 0),
+        etag=fields.get("ETag", "").strip('"'),
+        last_modified=iso_date(fields.get("LastModified")),
+        content_type=None,  # ListObjectsV2 does not return it: unknown, never guessed
+        storage_class=fields.get("StorageClass") or None,
+    )
 
 
 def _condition_headers(mode: WriteMode) -> dict[str, str]:

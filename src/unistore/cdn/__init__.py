@@ -1,5 +1,5 @@
 """CDN delivery: URL makers (CloudFront signed URLs and cookies, BunnyCDN tokens, plain CDN
-domains) and cache purgers (CloudFront invalidations, BunnyCDN and Cloudflare purges).
+domains) and cache purgers (CloudFront invalidations, BunnyCDN, Cloudflare and Spaces CDN purges).
 
 The :class:`~unistore.layers.CDN` layer puts them in front of any store (``docs/cdn.md``)::
 
@@ -10,7 +10,7 @@ The :class:`~unistore.layers.CDN` layer puts them in front of any store (``docs/
                 purger=CloudFrontInvalidator("E1ABCDEF"), private=True)
 """
 
-from ._purge import BunnyPurger, CloudflarePurger, CloudFrontInvalidator, Purger
+from ._purge import BunnyPurger, CloudflarePurger, CloudFrontInvalidator, Purger, SpacesPurger
 from ._urls import BunnyURLs, CDNUrls, CloudFrontURLs, PlainCDN, attachment, cdn_path
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "CloudflarePurger",
     "PlainCDN",
     "Purger",
+    "SpacesPurger",
     "attachment",
     "cdn_path",
 ]

@@ -1,4 +1,4 @@
-"""CDN cache purges: CloudFront invalidations, BunnyCDN purge, Cloudflare purge by URL."""
+"""CDN cache purges: CloudFront invalidations, BunnyCDN purge, Cloudflare purge by URL, Spaces CDN cache purge."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .._errors import (
     ConfigurationError,
@@ -18,7 +18,7 @@ from .._errors import (
     parse_retry_after,
 )
 
-__all__ = ["BunnyPurger", "CloudFrontInvalidator", "CloudflarePurger", "Purger"]
+__all__ = ["BunnyPurger", "CloudFrontInvalidator", "CloudflarePurger", "Purger", "SpacesPurger"]
 
 
 @runtime_checkable
@@ -29,8 +29,9 @@ class Purger(Protocol):
     max_batch: int
     wildcards: bool
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """Purge ``urls``; raise a :class:`TransientError` when a retry may succeed."""
+    async def purge(self, urls: Sequence[str], *, reference: str) -> None:
+        """Purge ``urls``; raise a :class:`TransientError` when a retry may succeed. ``reference``
+        is the same on every retry of one batch (an idempotency token, where the API takes one)."""
         ...
 
     async def aclose(self) -> None:
@@ -104,8 +105,8 @@ class BunnyPurger(_HttpPurger):
     def __repr__(self) -> str:
         return f"BunnyPurger(api_url={self.api_url!r})"
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """One purge request per URL."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """One purge request per URL (purging twice is harmless: ``reference`` is not sent)."""
         for url in urls:
             await self._send(
                 "BunnyCDN purge",
@@ -135,8 +136,8 @@ class CloudflarePurger(_HttpPurger):
     def __repr__(self) -> str:
         return f"CloudflarePurger(zone_id={self.zone_id!r})"
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """Purge ``urls`` (at most :attr:`max_batch`) in one request."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """Purge ``urls`` (at most :attr:`max_batch`) in one request (``reference`` is not sent)."""
         if any(url.endswith("*") for url in urls):
             raise InvalidArgumentError("Cloudflare purges by exact URL, not by wildcard", operation="purge")
         response = await self._send(
@@ -152,6 +153,38 @@ class CloudflarePurger(_HttpPurger):
             ok = False
         if not ok:
             raise UnavailableError(f"Cloudflare purge did not succeed: {response.text[:200]}", operation="purge")
+
+
+class SpacesPurger(_HttpPurger):
+    """DigitalOcean Spaces CDN: ``DELETE {api}/cdn/endpoints/{endpoint_id}/cache`` with
+    ``{"files": [...]}`` (object paths, ``dir/*`` for a folder) and ``Authorization: Bearer
+    {api_token}``, up to 50 paths a request (DigitalOcean's rate limit)."""
+
+    max_batch: int = 50
+    wildcards: bool = True
+    API: ClassVar[str] = "https://api.digitalocean.com/v2"
+
+    def __init__(self, endpoint_id: str, api_token: str, *, api_url: str = API, timeout: float = 10.0) -> None:
+        super().__init__(timeout)
+        if not endpoint_id or not api_token:
+            raise ConfigurationError("SpacesPurger needs endpoint_id (the CDN endpoint's ID) and api_token")
+        self.endpoint_id = endpoint_id
+        self._token = api_token
+        self.api_url = api_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"SpacesPurger(endpoint_id={self.endpoint_id!r})"
+
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """Purge the object paths of ``urls`` in one request (``reference`` is not sent)."""
+        files = [unquote(urlsplit(url).path.lstrip("/")) for url in urls]
+        await self._send(
+            "Spaces CDN purge",
+            "DELETE",
+            f"{self.api_url}/cdn/endpoints/{quote(self.endpoint_id, safe='')}/cache",
+            json={"files": files},
+            headers={"Authorization": f"Bearer {self._token}"},
+        )
 
 
 class CloudFrontInvalidator:
@@ -208,13 +241,14 @@ class CloudFrontInvalidator:
         self._context, self._loop = context, loop
         return self._client
 
-    async def purge(self, urls: Sequence[str]) -> None:
-        """One ``CreateInvalidation`` for the paths of ``urls``."""
+    async def purge(self, urls: Sequence[str], *, reference: str = "") -> None:
+        """One ``CreateInvalidation`` for the paths of ``urls``; ``reference`` is its
+        ``CallerReference``, so a retry after a lost answer does not pay for a second one."""
         paths = sorted({urlsplit(url).path or "/" for url in urls})
         if not paths:
             return
         client = await self._cloudfront()
-        batch = {"Paths": {"Quantity": len(paths), "Items": paths}, "CallerReference": uuid.uuid4().hex}
+        batch = {"Paths": {"Quantity": len(paths), "Items": paths}, "CallerReference": reference or uuid.uuid4().hex}
         try:
             await client.create_invalidation(DistributionId=self.distribution_id, InvalidationBatch=batch)
         except Exception as exc:

@@ -36,10 +36,11 @@ else:
     del rich, typer
 
 if _MISSING is None:
-    from . import _admin, _cost, _keys, _migrate, _objects, _trees
+    from . import _admin, _cost, _keys, _lifecycle, _migrate, _objects, _trees
     from ._common import EXIT_CODES, app, exit_code
 
-    _COMMANDS = (_admin, _cost, _keys, _migrate, _objects, _trees)  # imported for the commands they register on ``app``
+    # imported for the commands they register on ``app``
+    _COMMANDS = (_admin, _cost, _keys, _lifecycle, _migrate, _objects, _trees)
 
 __all__ = ["EXIT_CODES", "app", "exit_code", "main"]
 

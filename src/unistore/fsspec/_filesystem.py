@@ -42,10 +42,10 @@ PROTOCOLS = ("unistore", "unistore+s3", "unistore+gs")
 
 _CHUNK = 1024 * 1024
 #: ``cat_ranges``: ranges of one file closer than this are read with one request...
-_RANGE_GAP = 512 * 1024
+_RANGE_GAP = _CHUNK
 #: ...of at most this many bytes (a single range may be longer), at most _RANGE_READS at once
-_RANGE_BLOCK = 4 * _CHUNK
-_RANGE_READS = 8
+_RANGE_BLOCK = 8 * _CHUNK
+_RANGE_READS = 4
 #: ``get_file``: an object is read in pieces of this size, _GET_READS at once
 _GET_PIECE = 8 * _CHUNK
 #: an open file's read away from the last one fetches at least this much
@@ -353,7 +353,7 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         **kwargs: Any,
     ) -> list[bytes | BaseException]:
         """Ranges of files, read concurrently: ranges of one file less than ``max_gap`` bytes
-        apart (512 KiB by default) share one request of a few MiB, so memory stays bounded."""
+        apart (1 MiB by default) share one request of at most 8 MiB, 4 at once: memory stays bounded."""
         if not isinstance(paths, list):
             raise TypeError("paths must be a list")
         n = len(paths)
@@ -674,6 +674,8 @@ class UnistoreFile(AbstractBufferedFile):  # type: ignore[misc]
         if kwargs.get("cache_type") is None:
             kwargs["cache_type"] = _ReadAhead.name
         super().__init__(fs, path, mode, **kwargs)
+        if mode == "rb" and self.details.get("type") == "directory":
+            raise IsADirectoryError(f"{path!r} is a folder")
         self._upload: _Upload | None = None
 
     def _fetch_range(self, start: int, end: int) -> bytes:

@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import time
+import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -30,6 +32,39 @@ PURGE_OUTBOX = RESERVED_PREFIX + "/cdn-purges/"
 
 
 _T = TypeVar("_T")
+_METRICS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _metrics(option: Any) -> tuple[Any, Any, Any] | None:
+    """(purged URLs, failed URLs, queue depth) in ``option``'s registry (see :class:`CDN`)."""
+    if option is False:
+        return None
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        if option is None:
+            return None
+        raise ConfigurationError("metrics need prometheus_client: pip install 'unistore[observe]'") from exc
+    registry = prometheus_client.REGISTRY if option is None or option is True else option
+    found = _METRICS.get(registry)
+    if found is None:
+        purged = prometheus_client.Counter(
+            "unistore_cdn_purged_urls", "CDN URLs (or wildcards) purged.", ["backend"], registry=registry
+        )
+        failed = prometheus_client.Counter(
+            "unistore_cdn_purge_failures",
+            "CDN URLs whose purge failed (retried later).",
+            ["backend"],
+            registry=registry,
+        )
+        depth = prometheus_client.Gauge(
+            "unistore_cdn_purge_queue",
+            "CDN URLs queued or failed, waiting for a purge.",
+            ["backend"],
+            registry=registry,
+        )
+        found = _METRICS[registry] = (purged, failed, depth)
+    return found
 
 
 async def _hide(found: AsyncIterator[_T], name: Callable[[_T], str]) -> AsyncIterator[_T]:
@@ -50,17 +85,19 @@ class CDN(Layer):
 
     Purges: an overwrite (any write but ``mode="create"``), a copy onto a key, a metadata change
     and a delete that removed something queue the key's CDN URL. The queue is flushed
-    ``batch_delay`` seconds after the first write (or by :meth:`flush`): URLs are de-duplicated,
-    with ``wildcard_after`` more than that many under one folder are one ``folder/*`` (CloudFront
-    bills per path), and sent in batches of the purger's ``max_batch``; past ``max_queue`` queued
-    URLs, a purger that takes wildcards purges ``{base_url}/*`` once instead. Each batch is retried on
-    :class:`TransientError` with :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its
-    ``asyncio.sleep``); a batch that still fails
-    never fails the write: its URLs are kept in :attr:`failed_purges`, logged, and tried again
-    ``retry_interval`` seconds later and on every flush. With an ``outbox`` store they are also
-    recorded there (under ``.unistore/cdn-purges/``, hidden from this layer's listings), so a
-    restarted process retries them. :meth:`aclose` flushes what is left (for at most
-    ``close_timeout`` seconds) and closes the purger.
+    ``batch_delay`` seconds after the first write (or by :meth:`flush`): URLs are de-duplicated;
+    with ``wildcard_after``, more than that many under one folder are one ``folder/*``
+    (CloudFront bills per path); past ``max_queue`` queued URLs, one ``{base_url}/*``; batches
+    are the purger's ``max_batch``. Each batch is retried on :class:`TransientError` with
+    :class:`Retry`'s schedule (``attempts``; ``sleep`` replaces its ``asyncio.sleep``), with the
+    same ``reference`` each time. A batch that still fails never fails the write: its URLs are
+    kept in :attr:`failed_purges`, logged, and tried again ``retry_interval`` seconds later and
+    on every flush; with an ``outbox`` store they are also recorded there (under
+    ``.unistore/cdn-purges/``, hidden from this layer's listings), so a restarted process
+    retries them. :meth:`aclose` flushes what is left (for at most ``close_timeout`` seconds)
+    and closes the purger. ``metrics`` (a Prometheus registry, ``True`` for the global one,
+    ``None`` for the global one if prometheus_client is installed, or ``False``) counts purged
+    and failed URLs and gauges the queue.
 
     Where it belongs: outside Retry and RateLimit, inside Observe; never above a layer that changes
     bytes (Compress, Encrypt: the CDN would serve the stored bytes), which raises
@@ -81,6 +118,7 @@ class CDN(Layer):
         close_timeout: float = 10.0,
         max_queue: int = 100_000,
         outbox: StorageBackend | None = None,
+        metrics: Any = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +152,7 @@ class CDN(Layer):
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.max_queue = max_queue
         self.outbox = outbox
+        self._metrics = _metrics(metrics)
         self._outbox_loaded = False
         self._recorded: set[str] = set()
         self.purged = 0
@@ -241,6 +280,7 @@ class CDN(Layer):
         if len(self._pending) + len(self._failed) > self.max_queue and self.purger.wildcards:
             self._failed.clear()  # too many to track one by one: purge the whole distribution once
             self._pending = {everything: None}
+        self._gauge()
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._run(), name="unistore-cdn-purge")
@@ -292,21 +332,32 @@ class CDN(Layer):
                 for done in range(0, len(batches), purger.max_batch):
                     batch = batches[done : done + purger.max_batch]
                     try:
-                        await self._retry._around("purge", None, functools.partial(purger.purge, batch))
+                        await self._retry._around(
+                            "purge", None, functools.partial(purger.purge, batch, reference=uuid.uuid4().hex)
+                        )
                     except StorageError as exc:
                         for url in batch:
                             self._failed[url] = str(exc)
                         log.warning("CDN purge of %d URL(s) failed, will retry: %s", len(batch), exc)
+                        if self._metrics is not None:
+                            self._metrics[1].labels(self.name).inc(len(batch))
                         continue
                     self.purge_requests += 1
                     self.purged += len(batch)
+                    if self._metrics is not None:
+                        self._metrics[0].labels(self.name).inc(len(batch))
             except BaseException:  # cancelled (a close that timed out): keep what was not purged
                 for url in batches[done:]:
                     self._failed.setdefault(url, "interrupted")
                 raise
             finally:
+                self._gauge()
                 if self.outbox is not None:
                     await asyncio.shield(self._sync_outbox())
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics[2].labels(self.name).set(len(self._pending) + len(self._failed))
 
     # --- the durable record of failed purges ----------------------------------------------
 

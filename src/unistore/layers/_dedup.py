@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
 import random
 import tempfile
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
-from .._base import StorageBackend, _bare, check_read_conditions, iter_body
+from .._base import StorageBackend, _bare, check_read_conditions
 from .._errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -52,6 +49,7 @@ from .._keys import RESERVED_PREFIX, reserved_keys, validate_key
 from .._types import (
     Body,
     Capabilities,
+    CommonPrefix,
     Download,
     IfMatch,
     ObjectInfo,
@@ -61,114 +59,40 @@ from .._types import (
     check_header_value,
     normalize_metadata,
 )
+from ._dedup_parts import (
+    BLOBS,
+    DEDUP_PREFIX,
+    MANIFEST_SIZE,
+    META_PREFIX,
+    META_REF,
+    META_SHA,
+    META_SIZE,
+    REFS,
+    SWEEPING,
+    DedupObjectInfo,
+    SweepReport,
+    dedup_metrics,
+    hashed,
+    manifest_bytes,
+    reserved_chunks,
+    verified,
+)
+from ._dedup_sweep import sweep
 from ._layer import Layer, in_memory
 
 __all__ = ["DEDUP_PREFIX", "Dedup", "DedupObjectInfo", "META_PREFIX", "SweepReport"]
 
-DEDUP_PREFIX: Final = RESERVED_PREFIX + "/dedup/"
-"""Where bodies, markers and sweep claims live in the wrapped store."""
-META_PREFIX: Final = "x-dedup-"
-"""Metadata names the layer keeps on a manifest (refused in the caller's metadata)."""
-_META_SHA: Final = META_PREFIX + "sha256"
-_META_SIZE: Final = META_PREFIX + "size"
-_META_REF: Final = META_PREFIX + "ref"
-_BLOBS: Final = DEDUP_PREFIX + "blobs/"
-_REFS: Final = DEDUP_PREFIX + "refs/"
-_SWEEPING: Final = DEDUP_PREFIX + "sweeping/"
-MANIFEST_SIZE: Final = len(f"unistore-dedup 1 {'0' * 64} {'0' * 32}\n")
 _SPOOL_IN_MEMORY = 1024 * 1024
-_IN_THREAD = 1024 * 1024
-_HASH_CHUNK = 4 * 1024 * 1024
 _COMMIT_ATTEMPTS = 64
 _READ_ATTEMPTS = 4
 _READS = range(_READ_ATTEMPTS)  # ``open`` has a parameter named range
+_LIST_BATCH = 32
+"""Listed objects whose size is asked for at once (where a listing has no metadata)."""
 _DEFINITE = (PreconditionFailedError, InvalidArgumentError, InvalidMetadataError, InvalidKeyError, TypeError)
 """Failures of a write that prove nothing was written."""
 
 log = logging.getLogger("unistore.dedup")
-
-
-@dataclass(frozen=True, slots=True)
-class DedupObjectInfo(ObjectInfo):
-    """An :class:`ObjectInfo` of a deduplicated object: ``sha256`` names its body."""
-
-    sha256: str = ""
-
-    def as_dict(self) -> dict[str, object]:
-        """The custom metadata and ``sha256``, then the system fields."""
-        out: dict[str, object] = dict(self.metadata)
-        out["sha256"] = self.sha256
-        out.update(ObjectInfo.as_dict(self))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class SweepReport:
-    """What one :meth:`Dedup.sweep` found and did."""
-
-    references: int = 0
-    """Markers kept: live references plus writes still in progress (younger than ``grace``)."""
-    stale_markers_removed: int = 0
-    bodies: int = 0
-    """Bodies left in the store."""
-    bodies_removed: int = 0
-    bytes_reclaimed: int = 0
-    logical_bytes: int = 0
-    """Bytes the references stand for (each body's size once per marker kept)."""
-    physical_bytes: int = 0
-    """Bytes the bodies left in the store take."""
-    claims_cleared: int = 0
-    """Sweep claims of crashed sweepers removed."""
-
-
-_METRICS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def _metrics(option: Any) -> dict[str, Any] | None:
-    """Dedup's metric families in ``option``'s registry (see :class:`Dedup`)."""
-    if option is False:
-        return None
-    try:
-        import prometheus_client
-    except ImportError as exc:
-        if option is None:
-            return None
-        raise ConfigurationError("metrics need prometheus_client: pip install 'unistore[observe]'") from exc
-    registry = prometheus_client.REGISTRY if option is None or option is True else option
-    found = _METRICS.get(registry)
-    if found is None:
-        c, g = prometheus_client.Counter, prometheus_client.Gauge
-        found = _METRICS[registry] = {
-            "logical": c(
-                "unistore_dedup_logical_bytes", "Bytes written through Dedup.", ["backend"], registry=registry
-            ),
-            "physical": c(
-                "unistore_dedup_physical_bytes", "Bytes Dedup uploaded as new bodies.", ["backend"], registry=registry
-            ),
-            "puts": c(
-                "unistore_dedup_puts", "Writes through Dedup, by outcome.", ["backend", "outcome"], registry=registry
-            ),
-            "reclaimed": c(
-                "unistore_dedup_reclaimed_bytes", "Bytes of bodies removed by sweeps.", ["backend"], registry=registry
-            ),
-            "stored_logical": g(
-                "unistore_dedup_stored_logical_bytes",
-                "Bytes the references stand for, at the last sweep.",
-                ["backend"],
-                registry=registry,
-            ),
-            "stored_physical": g(
-                "unistore_dedup_stored_physical_bytes",
-                "Bytes the bodies take, at the last sweep.",
-                ["backend"],
-                registry=registry,
-            ),
-        }
-    return found
-
-
-def _manifest_bytes(sha: str, ref: str) -> bytes:
-    return f"unistore-dedup 1 {sha} {ref}\n".encode()
+_E = TypeVar("_E", ObjectInfo, ObjectInfo | CommonPrefix)
 
 
 class Dedup(Layer):
@@ -181,7 +105,7 @@ class Dedup(Layer):
     store's own). Counts live in the store, so every process and replica over it shares them.
 
     Bodies are removed only by :meth:`sweep`, after ``grace`` seconds: set it above the longest
-    a put can take (a put older than ``grace`` refreshes its marker before committing). A sweep
+    a put can take (a put older than ``grace / 2`` refreshes its marker before committing). A sweep
     claims a body create-only before removing it, and a put that finds a claim waits for it to
     end (at most ``lease`` seconds); see ``docs/design.md`` for the protocol.
 
@@ -211,7 +135,7 @@ class Dedup(Layer):
         self.grace = float(grace)
         self.lease = float(lease)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._metrics = _metrics(metrics)
+        self._metrics = dedup_metrics(metrics)
 
     def __repr__(self) -> str:
         return f"Dedup({self.inner!r}, grace={self.grace})"
@@ -225,19 +149,19 @@ class Dedup(Layer):
 
     @staticmethod
     def _blob(sha: str) -> str:
-        return f"{_BLOBS}{sha[:2]}/{sha}"
+        return f"{BLOBS}{sha[:2]}/{sha}"
 
     @staticmethod
     def _marker(sha: str, ref: str) -> str:
-        return f"{_REFS}{sha}/{ref}"
+        return f"{REFS}{sha}/{ref}"
 
     def _logical(self, info: ObjectInfo) -> ObjectInfo:
         """``info`` of a stored object as the caller sees it (a manifest as its body)."""
-        sha = info.metadata.get(_META_SHA)
+        sha = info.metadata.get(META_SHA)
         if sha is None:
             return info
         try:
-            size = int(info.metadata[_META_SIZE])
+            size = int(info.metadata[META_SIZE])
         except (KeyError, ValueError):
             raise IntegrityError("a manifest without a valid size", key=info.key, backend=self.name) from None
         user = {name: value for name, value in info.metadata.items() if not name.startswith(META_PREFIX)}
@@ -268,6 +192,20 @@ class Dedup(Layer):
         except (StorageError, OSError) as exc:
             log.debug("could not remove %r (%s); a sweep will", key, exc)
 
+    async def _create(self, key: str, data: bytes) -> bool:
+        """Write internal object ``key`` create-only; whether it is ours. A retry below us that
+        replays a create which had landed finds it there: the same bytes make it ours."""
+        try:
+            with reserved_keys():
+                await self.inner.put_object(key, data, mode="create")
+        except PreconditionFailedError:
+            try:
+                with reserved_keys():
+                    return await (await self.inner.open(key)).read() == data
+            except NotFoundError:
+                return False
+        return True
+
     def _count(self, name: str, value: float, *labels: str) -> None:
         if self._metrics is not None and value:
             self._metrics[name].labels(self.name, *labels).inc(value)
@@ -288,23 +226,32 @@ class Dedup(Layer):
         if isinstance(body, str):
             raise TypeError("body must be bytes, not str: encode it first")
         user = self._check_write(key, metadata, content_type, cache_control, content_disposition, mode)
+        name = key.encode("utf-8", "surrogatepass")
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-            sha, size, source = await _hashed(body, spool)
-            ref = uuid.uuid4().hex
-            marker = self._marker(sha, ref)
-            with reserved_keys():
-                await self.inner.put_object(marker, key.encode("utf-8", "surrogatepass"), mode="create")
+            sha, size, source = await hashed(body, spool)
+            refs = [uuid.uuid4().hex]
+            await self._create(self._marker(sha, refs[0]), name)
             started = time.monotonic()
+
+            async def protect() -> None:  # a new reference, its marker, and the body under it
+                refs.append(uuid.uuid4().hex)
+                await self._create(self._marker(sha, refs[-1]), name)
+                await self._ensure_body(sha, size, source)
+
             try:
                 uploaded = await self._ensure_body(sha, size, source)
                 if time.monotonic() - started > self.grace / 2:
-                    await self._refresh(marker, key, sha, size, source)
-                info, old = await self._commit(
-                    key, sha, size, ref, mode, user, content_type, cache_control, content_disposition
+                    await self._refresh(self._marker(sha, refs[0]), key, sha, size, source)
+                info, old, ref = await self._commit(
+                    key, sha, size, refs, protect, mode, user, content_type, cache_control, content_disposition
                 )
             except _DEFINITE:
-                await self._drop(marker)
+                for unused in refs:
+                    await self._drop(self._marker(sha, unused))
                 raise
+        for unused in refs:
+            if unused != ref:
+                await self._drop(self._marker(sha, unused))
         await self._release(old)
         self._count("logical", size)
         self._count("physical", size if uploaded else 0)
@@ -327,7 +274,7 @@ class Dedup(Layer):
             raise InvalidMetadataError(
                 f"metadata names starting with {META_PREFIX!r} belong to Dedup", key=key, backend=self.name
             )
-        placeholder = {_META_SHA: "0" * 64, _META_SIZE: "0" * 20, _META_REF: "0" * 32}
+        placeholder = {META_SHA: "0" * 64, META_SIZE: "0" * 20, META_REF: "0" * 32}
         normalize_metadata({**user, **placeholder})  # ours must fit beside the caller's
         check_content_type(content_type)
         check_header_value("cache_control", cache_control)
@@ -344,10 +291,10 @@ class Dedup(Layer):
         if found is not None and found.size == size:
             return False
         if source is None:  # a copy: nothing to upload from
-            raise NotFoundError("the body is gone (the source was deleted)", backend=self.name)
+            raise _BodyGone
         if not isinstance(source, bytes | os.PathLike):
             source.seek(0)
-        body: Any = _verified(source, sha, blob, self.name) if isinstance(source, os.PathLike) else source
+        body: Any = verified(source, sha, blob, self.name) if isinstance(source, os.PathLike) else source
         write_mode: WriteMode = "create" if found is None else IfMatch(found.etag)  # a damaged body: replace it
         try:
             with reserved_keys():
@@ -358,7 +305,7 @@ class Dedup(Layer):
 
     async def _wait_for_sweep(self, sha: str) -> None:
         """Wait while a sweep claims this body; break a claim held longer than ``lease``."""
-        claim = _SWEEPING + sha
+        claim = SWEEPING + sha
         seen: tuple[str, float] | None = None
         while (held := await self._inner_head(claim)) is not None:
             now = time.monotonic()
@@ -381,43 +328,54 @@ class Dedup(Layer):
         key: str,
         sha: str,
         size: int,
-        ref: str,
+        refs: list[str],
+        protect: Callable[[], Awaitable[None]],
         mode: WriteMode,
         user: dict[str, str],
         content_type: str | None,
         cache_control: str | None,
         content_disposition: str | None,
-    ) -> tuple[ObjectInfo, ObjectInfo | None]:
-        """Write the manifest under ``mode``; the new info and the version it replaced."""
-        stored = {**user, _META_SHA: sha, _META_SIZE: str(size), _META_REF: ref}
-        options: dict[str, Any] = {
-            "content_type": content_type,
-            "metadata": stored,
-            "cache_control": cache_control,
-            "content_disposition": content_disposition,
-        }
-        data = _manifest_bytes(sha, ref)
-        for attempt in range(_COMMIT_ATTEMPTS):  # know exactly which version the write replaces
+    ) -> tuple[ObjectInfo, ObjectInfo | None, str]:
+        """Write the manifest under ``mode``, conditionally on the version read just before (so the
+        replaced version is known); the new info, the version it replaced, and the reference used.
+
+        A 412 may hide a write that landed (a Retry below replayed it): the next attempt then takes
+        a new reference (``protect``), since a delete may already have released the landed one.
+        """
+        for attempt in range(_COMMIT_ATTEMPTS):
             current = await self._inner_head(key)
-            if current is not None and current.metadata.get(_META_REF) == ref:
-                return current, None  # ours already: a retry below us replayed a write that had landed
+            if current is not None and current.metadata.get(META_REF) in refs:
+                return current, None, current.metadata[META_REF]  # one of ours landed after all
             if isinstance(mode, IfMatch) and (
                 current is None or (mode.etag != "*" and _bare(mode.etag) != current.etag)
             ):
                 raise PreconditionFailedError("if_match does not match the current etag", key=key, backend=self.name)
-            guard: WriteMode = "create" if current is None else IfMatch(current.etag)
             if mode == "create" and current is not None:
                 raise AlreadyExistsError("key already exists", key=key, backend=self.name, operation="put")
+            ref = refs[-1]
+            stored = {**user, META_SHA: sha, META_SIZE: str(size), META_REF: ref}
+            guard: WriteMode = "create" if current is None else IfMatch(current.etag)
             try:
-                return await self.inner.put_object(key, data, mode=guard, **options), current
+                info = await self.inner.put_object(
+                    key,
+                    manifest_bytes(sha, ref),
+                    mode=guard,
+                    content_type=content_type,
+                    metadata=stored,
+                    cache_control=cache_control,
+                    content_disposition=content_disposition,
+                )
             except PreconditionFailedError:
                 await asyncio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
+                await protect()
+                continue
+            return (info if info.metadata else dataclasses.replace(info, metadata=stored)), current, ref
         raise PreconditionFailedError("the key kept changing under the write", key=key, backend=self.name)
 
     async def _release(self, old: ObjectInfo | None) -> None:
         """Drop the marker of a manifest that is no longer stored."""
-        if old is not None and _META_SHA in old.metadata and _META_REF in old.metadata:
-            await self._drop(self._marker(old.metadata[_META_SHA], old.metadata[_META_REF]))
+        if old is not None and META_SHA in old.metadata and META_REF in old.metadata:
+            await self._drop(self._marker(old.metadata[META_SHA], old.metadata[META_REF]))
 
     async def put(
         self,
@@ -457,34 +415,48 @@ class Dedup(Layer):
         """A new reference to ``src``'s body: no body bytes move."""
         validate_key(src)
         info = await self.inner.head(src)
-        sha = info.metadata.get(_META_SHA)
-        if sha is None:
-            return await self.inner.copy(src, dst, mode=mode)
+        sha = info.metadata.get(META_SHA)
+        if sha is None:  # an object written before the layer: a plain copy
+            validate_key(dst)
+            before = await self._inner_head(dst)
+            copied = await self.inner.copy(src, dst, mode=mode)
+            await self._release(before)  # a record it replaced (released twice if raced: harmless)
+            return copied
         logical = self._logical(info)
         self._check_write(dst, logical.metadata, None, None, None, mode)
-        ref = uuid.uuid4().hex
-        marker = self._marker(sha, ref)
-        with reserved_keys():
-            await self.inner.put_object(marker, dst.encode("utf-8", "surrogatepass"), mode="create")
+        name = dst.encode("utf-8", "surrogatepass")
+        refs = [uuid.uuid4().hex]
+        await self._create(self._marker(sha, refs[0]), name)
+
+        async def protect() -> None:
+            refs.append(uuid.uuid4().hex)
+            await self._create(self._marker(sha, refs[-1]), name)
+            await self._ensure_body(sha, logical.size, None)
+
         try:
             try:
                 await self._ensure_body(sha, logical.size, None)
-            except NotFoundError:
+                new, old, ref = await self._commit(
+                    dst,
+                    sha,
+                    logical.size,
+                    refs,
+                    protect,
+                    mode,
+                    dict(logical.metadata),
+                    logical.content_type,
+                    logical.cache_control,
+                    logical.content_disposition,
+                )
+            except _BodyGone:
                 raise NotFoundError("the source was deleted", key=src, backend=self.name) from None
-            new, old = await self._commit(
-                dst,
-                sha,
-                logical.size,
-                ref,
-                mode,
-                dict(logical.metadata),
-                logical.content_type,
-                logical.cache_control,
-                logical.content_disposition,
-            )
         except (*_DEFINITE, NotFoundError):
-            await self._drop(marker)
+            for unused in refs:
+                await self._drop(self._marker(sha, unused))
             raise
+        for unused in refs:
+            if unused != ref:
+                await self._drop(self._marker(sha, unused))
         await self._release(old)
         self._count("logical", logical.size)
         self._count("puts", 1, "deduplicated")
@@ -528,9 +500,9 @@ class Dedup(Layer):
     ) -> Download:
         for _attempt in _READS:
             info = await self.inner.head(key)
-            if _META_SHA not in info.metadata:
+            if META_SHA not in info.metadata:
                 dl = await self.inner.open(key, range=range, if_match=if_match, if_none_match=if_none_match)
-                if _META_SHA not in dl.info.metadata:
+                if META_SHA not in dl.info.metadata:
                     return dl
                 await dl.aclose()  # it became a manifest meanwhile
                 continue
@@ -554,7 +526,7 @@ class Dedup(Layer):
             whole = in_memory(body)
             return Download(
                 logical,
-                aiter(body) if whole is None else whole,
+                reserved_chunks(body) if whole is None else whole,
                 start=body.start,
                 end=body.end,
                 range_requested=body.range_requested,
@@ -563,21 +535,45 @@ class Dedup(Layer):
         raise PreconditionFailedError("the object kept changing while being read", key=key, backend=self.name)
 
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
-        return self._listed(prefix, start_after)
+        return self._listed(self.inner.iter_objects(prefix, start_after=start_after))
 
-    async def _listed(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
-        async for info in self.inner.iter_objects(prefix, start_after=start_after):
-            if info.key.startswith(RESERVED_PREFIX):
+    def iter_entries(
+        self, prefix: str = "", *, delimiter: str = "/", start_after: str | None = None
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """The store's own folder listing, its objects as :meth:`iter_objects` shows them."""
+        return self._listed(self.inner.iter_entries(prefix, delimiter=delimiter, start_after=start_after))
+
+    async def _listed(self, entries: AsyncIterator[_E]) -> AsyncIterator[_E]:
+        """``entries`` without the layer's own objects, manifests shown as their bodies. Where the
+        listing has no metadata (S3), objects of a manifest's size are asked for theirs, a batch at once."""
+        batch: list[_E] = []
+        async for entry in entries:
+            name = entry.prefix if isinstance(entry, CommonPrefix) else entry.key
+            if name.startswith(RESERVED_PREFIX):
                 continue
-            if not info.metadata and info.size == MANIFEST_SIZE:
-                found = await self._inner_head(info.key)  # a listing without metadata (S3): ask
-                if found is None:
-                    continue
-                info = found
+            batch.append(entry)
+            if len(batch) >= _LIST_BATCH:
+                for item in await self._resolve(batch):
+                    yield item
+                batch = []
+        for item in await self._resolve(batch):
+            yield item
+
+    async def _resolve(self, batch: list[_E]) -> list[_E]:
+        async def one(entry: _E) -> _E | None:
+            if isinstance(entry, CommonPrefix):
+                return entry
+            info: ObjectInfo | None = entry
+            if not entry.metadata and entry.size == MANIFEST_SIZE:
+                info = await self._inner_head(entry.key)
+            if info is None:
+                return None  # removed meanwhile
             try:
-                yield self._logical(info)
+                return self._logical(info)
             except IntegrityError:  # a listing never fails on one odd object
-                yield info
+                return info
+
+        return [item for item in await asyncio.gather(*(one(e) for e in batch)) if item is not None]
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         async for key in self.inner.iter_keys(prefix, start_after=start_after):
@@ -602,7 +598,7 @@ class Dedup(Layer):
         """The markers of body ``sha256``: its references plus writes in progress or crashed
         (those are exact again after a :meth:`sweep` older than ``grace``)."""
         with reserved_keys():
-            return sum([1 async for _ in self.inner.iter_keys(f"{_REFS}{sha256}/")])
+            return sum([1 async for _ in self.inner.iter_keys(f"{REFS}{sha256}/")])
 
     async def sweep(self, *, now: datetime | None = None, body_grace: float | None = None) -> SweepReport:
         """Remove stale markers and unreferenced bodies older than ``grace`` seconds.
@@ -612,126 +608,8 @@ class Dedup(Layer):
         create-only, checked again for markers, and removed. ``now`` replaces the clock (the
         stores' ``last_modified`` is compared with it). Safe to run from several processes.
         """
-        now = now or self._clock()
-        body_age = self.grace if body_grace is None else body_grace
-        report: dict[str, int] = dict.fromkeys(
-            ("references", "stale_markers_removed", "bodies", "bodies_removed", "bytes_reclaimed", "claims_cleared"), 0
-        )
-        with reserved_keys():
-            claims = [info async for info in self.inner.iter_objects(_SWEEPING)]
-        for claim in claims:
-            if (now - claim.last_modified).total_seconds() > self.grace + 2 * self.lease:  # a dead sweeper's
-                await self._drop(claim.key, if_match=claim.etag)
-                report["claims_cleared"] += 1
-        live: dict[str, int] = {}
-        with reserved_keys():
-            markers = [info async for info in self.inner.iter_objects(_REFS)]
-        for marker in markers:
-            sha, _, ref = marker.key[len(_REFS) :].partition("/")
-            if (now - marker.last_modified).total_seconds() >= self.grace and not await self._marker_live(
-                marker, sha, ref
-            ):
-                await self._drop(marker.key, if_match=marker.etag)
-                report["stale_markers_removed"] += 1
-                continue
-            live[sha] = live.get(sha, 0) + 1
-        report["references"] = sum(live.values())
-        logical = physical = 0
-        with reserved_keys():
-            bodies = [info async for info in self.inner.iter_objects(_BLOBS)]
-        for body in bodies:
-            sha = body.key.rpartition("/")[2]
-            old = (now - body.last_modified).total_seconds() >= body_age
-            if live.get(sha, 0) == 0 and old and await self._reclaim(sha, body):
-                report["bodies_removed"] += 1
-                report["bytes_reclaimed"] += body.size
-                continue
-            report["bodies"] += 1
-            physical += body.size
-            logical += body.size * live.get(sha, 0)
-        self._count("reclaimed", report["bytes_reclaimed"])
-        if self._metrics is not None:
-            self._metrics["stored_logical"].labels(self.name).set(logical)
-            self._metrics["stored_physical"].labels(self.name).set(physical)
-        return SweepReport(**report, logical_bytes=logical, physical_bytes=physical)
-
-    async def _marker_live(self, marker: ObjectInfo, sha: str, ref: str) -> bool:
-        """Whether the manifest the marker names still names it (or cannot be checked now)."""
-        try:
-            with reserved_keys():
-                async with await self.inner.open(marker.key) as dl:
-                    key = (await dl.read()).decode("utf-8", "surrogatepass")
-            current = await self._inner_head(key)
-        except NotFoundError:
-            return False  # removed meanwhile
-        except (StorageError, UnicodeDecodeError):
-            return True  # keep what cannot be checked
-        return current is not None and current.metadata.get(_META_SHA) == sha and current.metadata.get(_META_REF) == ref
-
-    async def _reclaim(self, sha: str, body: ObjectInfo) -> bool:
-        """Remove an unreferenced body under a create-only claim; whether it was removed."""
-        claim = _SWEEPING + sha
-        started = time.monotonic()
-        try:
-            with reserved_keys():
-                await self.inner.put_object(claim, uuid.uuid4().hex.encode(), mode="create")
-        except PreconditionFailedError:
-            return False  # another sweep holds it (or died holding it: cleared after grace)
-        try:
-            with reserved_keys():
-                async for _ in self.inner.iter_keys(f"{_REFS}{sha}/"):
-                    return False  # a put took a reference before our claim: it keeps the body
-                if time.monotonic() - started > self.lease / 2:
-                    return False  # too slow: a waiting put may break the claim soon
-                try:
-                    return await self.inner.remove(body.key, if_match=body.etag)
-                except PreconditionFailedError:
-                    return False
-        finally:
-            await self._drop(claim)
+        return await sweep(self, now, body_grace)
 
 
-async def _hashed(body: Body, spool: IO[bytes]) -> tuple[str, int, bytes | IO[bytes] | os.PathLike[str]]:
-    """The body's SHA-256, size, and what to upload it from (bytes, the spool, or the path)."""
-    if isinstance(body, bytes | bytearray | memoryview):
-        data = bytes(body)
-        digest = await asyncio.to_thread(_sha256, data) if len(data) >= _IN_THREAD else _sha256(data)
-        return digest, len(data), data
-    if isinstance(body, os.PathLike):
-        digest, size = await asyncio.to_thread(_hash_file, os.fspath(body))
-        return digest, size, body
-    h = hashlib.sha256()
-    size = 0
-    async for chunk in iter_body(body):
-        if len(chunk) >= _IN_THREAD:
-            await asyncio.to_thread(h.update, chunk)
-        else:
-            h.update(chunk)
-        spool.write(chunk)
-        size += len(chunk)
-    spool.seek(0)
-    return h.hexdigest(), size, spool
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _hash_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-async def _verified(path: os.PathLike[str], sha: str, key: str, backend: str) -> AsyncIterator[bytes]:
-    """The file's bytes, failing the upload (so nothing is stored) if they no longer hash to ``sha``."""
-    h = hashlib.sha256()
-    async for chunk in iter_body(path, _HASH_CHUNK):
-        await asyncio.to_thread(h.update, chunk)
-        yield chunk
-    if h.hexdigest() != sha:
-        raise IntegrityError("the file changed while it was stored", key=key, backend=backend, operation="put")
+class _BodyGone(Exception):
+    """A copy found no body to reference (its source was deleted and swept)."""

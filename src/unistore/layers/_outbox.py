@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from .._types import CommonPrefix, IfMatch, ObjectInfo, WriteMode
 from ._layer import Layer
 from ._metrics import registry_for
 
-__all__ = ["OutboxEntry", "OutboxLayer"]
+__all__ = ["OutboxEntry"]  # OutboxLayer is the private base of DualWrite and Replicate
 
 log = logging.getLogger("unistore.layers.outbox")
 
@@ -363,7 +364,11 @@ class OutboxLayer(Layer):
         if self.replay_interval is None or self._closed or (self._task is not None and not self._task.done()):
             return
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(self.replay_interval, self._wake))
+        # a context of its own: not the one of the write that happened to start it (its storage
+        # class, idempotency key or request id would otherwise apply to every later copy)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(self.replay_interval, self._wake), context=contextvars.Context()
+        )
 
     def _poke(self) -> None:
         """Have the background replayer run now instead of at its next interval."""

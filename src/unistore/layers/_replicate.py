@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .._base import StorageBackend
 from .._errors import ConfigurationError
-from .._keys import RESERVED_PREFIX
+from .._keys import RESERVED_PREFIX, validate_key
 from .._types import Body, ObjectInfo, WriteMode
 from ._outbox import OutboxLayer
 
@@ -85,6 +85,7 @@ class Replicate(OutboxLayer):
 
     async def _logged(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one write on ``source`` between a pending outbox record and a done one."""
+        validate_key(key)  # a key no store takes would never leave the outbox
         self._start()
         entry = await self._record(key, None, pending_until=time.time() + self.settle, strict=True)
         try:

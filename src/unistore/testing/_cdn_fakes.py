@@ -19,7 +19,9 @@ every request as the real service does:
 The purge APIs follow the documented REST calls and check their authentication:
 ``POST /purge?url=…`` with ``AccessKey`` (Bunny; 401 otherwise) and
 ``POST /client/v4/zones/{zone}/purge_cache`` with ``Authorization: Bearer`` (Cloudflare; 403
-with ``success: false`` otherwise; at most 100 ``files``). ``fail_next`` answers the next
+with ``success: false`` otherwise; at most 100 ``files``) and
+``DELETE /v2/cdn/endpoints/{id}/cache`` with ``Authorization: Bearer`` (Spaces CDN; 401
+otherwise; at most 50 relative ``files``). ``fail_next`` answers the next
 purges with 503 (or 429 with ``Retry-After``) to exercise retries. Serve ``.edge_app`` and
 ``.api_app`` with :func:`unistore.testing.running_server`.
 """
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -190,6 +192,8 @@ class FakeCDN:
     bunny_api_key: str = "bunny-api-key"
     cloudflare_zone: str = "zone-1"
     cloudflare_token: str = "cf-token"
+    spaces_endpoint: str = "19f06b6a-3ace-4315-b086-499a0e521b76"
+    spaces_token: str = "do-token"
     url: str = "http://127.0.0.1"
     """Where ``edge_app`` is served (set it before use: signed resources name it)."""
     cache: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
@@ -253,6 +257,7 @@ class FakeCDN:
             routes=[
                 Route("/purge", self._bunny_purge, methods=["POST", "GET"]),
                 Route("/client/v4/zones/{zone}/purge_cache", self._cloudflare_purge, methods=["POST"]),
+                Route("/v2/cdn/endpoints/{endpoint}/cache", self._spaces_purge, methods=["DELETE"]),
             ]
         )
 
@@ -274,6 +279,27 @@ class FakeCDN:
         self.purges.append([url])
         self._evict(url)
         return Response(status_code=200)
+
+    async def _spaces_purge(self, request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        if not hmac.compare_digest(auth, f"Bearer {self.spaces_token}"):
+            self.rejected += 1
+            return JSONResponse({"id": "unauthorized", "message": "Unable to authenticate you"}, 401)
+        if request.path_params["endpoint"] != self.spaces_endpoint:
+            return JSONResponse({"id": "not_found", "message": "The resource you requested could not be found."}, 404)
+        try:
+            files = (await request.json())["files"]
+            paths = [str(f) for f in files]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"id": "bad_request", "message": "files is required"}, 400)
+        if not paths or len(paths) > 50 or any(p.startswith(("/", "http")) for p in paths):
+            return JSONResponse({"id": "bad_request", "message": "invalid files"}, 400)
+        if (injected := self._injected()) is not None:
+            return injected
+        self.purges.append(paths)
+        for path in paths:
+            self._evict("/" + quote(path, safe="/*"))
+        return Response(status_code=204)
 
     async def _cloudflare_purge(self, request: Request) -> Response:
         auth = request.headers.get("authorization", "")
