@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,7 @@ from unistore.cost import (
     scan_usage,
     usage_from_metrics,
 )
+from unistore.cost._calc import OPERATION_KIND
 from unistore.layers import Observe
 from unistore.testing import free_port, running_server
 
@@ -84,7 +86,7 @@ async def test_scan_of_a_local_store_and_the_bill_per_provider(store_dir: Path) 
     assert ia.other == pytest.approx(500 * 0.01)
     b2 = by["b2"]  # egress free up to three times the stored volume; puts free
     assert b2.egress == pytest.approx((500 - 3 * gb) * 0.01)
-    assert b2.requests == pytest.approx((10_000 * 0.004 + 1_000_000 * 0.0004) / 1000)
+    assert b2.requests == pytest.approx((10_000 * 0.004 + (1_000_000 - 75_000) * 0.0004) / 1000)  # 2,500 free a day
     assert by["r2"].total == 0.0  # inside R2's free tier: 10 GB, 1M class A, 10M class B
     wasabi = by["wasabi"]  # the 1 TB monthly minimum; 500 GB sent of 4 MiB stored breaks its egress policy
     assert wasabi.storage == pytest.approx(1024 * 0.006826)
@@ -235,6 +237,15 @@ def test_cost_from_a_scrape_of_observe(tmp_path: Path, store_dir: Path) -> None:
     # a day of counters, 28 days in February: puts 3, gets (2 opens + 1 head), lists (1 + measure_usage's 1), 1 delete
     assert (usage.puts, usage.gets, usage.lists, usage.deletes) == (3 * 28, 3 * 28, 2 * 28, 28)
     assert usage.egress_bytes == SIZES["a/big.bin"] * 28
+    seen = {
+        s.labels["operation"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "unistore_requests_total"
+    }
+    assert seen == {"put", "open", "head", "list", "remove", "sign_url"}
+    assert seen - {"sign_url"} <= set(OPERATION_KIND)  # signing is local: never billed
+    assert set(OPERATION_KIND) >= {"copy", "replace_metadata", "ping"}
     other, _ = usage_from_metrics(text, backend="S3Backend", window=86400)
     assert other.puts == 0 and other.stored_bytes == 0
     report = json.loads(out)
@@ -363,3 +374,33 @@ def test_metrics_without_a_usage_scan_say_so(tmp_path: Path) -> None:
     assert code == 0, err
     assert "no unistore_stored_bytes in the metrics" in err
     assert json.loads(out)["usage"]["puts"] == pytest.approx(month_seconds() / 3600)
+
+
+def test_service_measures_its_store_on_a_timer(store_dir: Path) -> None:
+    """UNISTORE_USAGE_SCAN_INTERVAL: the service lists its store on a timer, so its /metrics carry the
+    stored volume that ``unistore cost --from-metrics`` and the storage-growth alert read."""
+    from unistore.service import ServiceSettings, create_app
+
+    settings = ServiceSettings.from_env(
+        {"UNISTORE_AUTH": "off", "UNISTORE_METRICS": "open", "UNISTORE_USAGE_SCAN_INTERVAL": "0.2"}
+    )
+    assert settings.usage_scan_interval == 0.2
+    service = create_app(LocalBackend(base_path=str(store_dir)), settings=settings)
+    with running_server(service, free_port()) as url, httpx.Client(base_url=url) as c:
+        assert c.put("/v1/objects/new.bin", content=b"n" * 5000).status_code == 201
+        for _ in range(100):
+            got = {
+                s.name: s.value
+                for family in text_string_to_metric_families(c.get("/metrics").text)
+                for s in family.samples
+                if s.name.startswith("unistore_stored_")
+            }
+            if got.get("unistore_stored_objects") == 4:
+                break
+            time.sleep(0.05)
+        assert got == {"unistore_stored_objects": 4, "unistore_stored_bytes": STORED + 5000}
+        code, out, err = cli("cost", "--from-metrics", f"{url}/metrics", "--window", "3600", "--json")
+    assert code == 0, err
+    assert json.loads(out)["usage"]["stored_bytes"] == STORED + 5000
+    with pytest.raises(ConfigurationError):
+        ServiceSettings(auth=False, usage_scan_interval=0)

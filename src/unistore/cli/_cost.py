@@ -45,7 +45,12 @@ def cost(
     ] = None,
     month: Annotated[str | None, typer.Option(help="YYYY-MM to project (default: this month).")] = None,
     prices: Annotated[
-        str | None, typer.Option("--prices", envvar="UNISTORE_PRICES", help="Price table overriding the packaged one.")
+        str | None,
+        typer.Option(
+            "--prices",
+            envvar="UNISTORE_PRICES",
+            help="Price table (TOML) whose entries override the packaged ones, field by field.",
+        ),
     ] = None,
     stored_gb: GbOpt = None,
     egress_gb: GbOpt = None,

@@ -55,6 +55,16 @@ async def _sweep_every(sessions: UploadSessions, records: Idempotency, interval:
             LOGGER.exception("sweeping expired idempotency records failed")
 
 
+async def _measure_every(storage: Observe, interval: float) -> None:
+    """The stored-bytes and stored-objects gauges, refreshed by a listing every ``interval`` seconds."""
+    while True:
+        try:
+            await storage.measure_usage()
+        except Exception:  # a store hiccup must not end the timer
+            LOGGER.exception("measuring the store's usage failed")
+        await asyncio.sleep(interval)
+
+
 async def _sync_every(hot: RedisHotKeys, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -198,7 +208,7 @@ def create_app(
     # arrives, and fails the write before Idempotency or the store below commit anything.
     scanned = records if settings.scan_url is None else _scan(records, settings, registry)
     checked = scanned if ctx.upload_policy is None else Validate(scanned, policy=ctx.upload_policy)
-    storage: StorageBackend = Observe(
+    storage: Observe = Observe(
         checked,
         metrics=registry if registry is not None else False,
         hot_keys=0 if labels == "off" else 10,
@@ -245,6 +255,8 @@ def create_app(
         timers = [asyncio.create_task(_sweep_every(sessions, records, settings.upload_sweep_interval))]
         if hot is not None:
             timers.append(asyncio.create_task(_sync_every(hot, 1.0)))
+        if settings.usage_scan_interval is not None and registry is not None:
+            timers.append(asyncio.create_task(_measure_every(storage, settings.usage_scan_interval)))
         exporter = _start_exporter(settings.metrics, registry)
         try:
             async with original(a) as state_:

@@ -103,6 +103,9 @@ class ServiceSettings:
     """Seconds an upload session lives."""
     upload_sweep_interval: float = 600.0
     """Seconds between sweeps of expired upload sessions."""
+    usage_scan_interval: float | None = None
+    """Seconds between listings of the whole store that set the ``unistore_stored_bytes`` and
+    ``unistore_stored_objects`` metrics (for ``unistore cost`` and storage-growth alerts); unset: never."""
     webhooks: tuple[str, ...] = ()
     """URLs that receive each completion event as signed JSON (separated by commas or spaces)."""
     webhook_secret: bytes | None = field(default=None, repr=False)
@@ -182,6 +185,8 @@ class ServiceSettings:
             if not url.startswith(("http://", "https://")):
                 raise ConfigurationError(f"webhook URL must be http(s): {url!r}")
         durations = (self.idempotency_ttl, self.idempotency_lease, self.max_token_lifetime, self.upload_ttl)
+        if self.usage_scan_interval is not None and self.usage_scan_interval <= 0:
+            raise ConfigurationError("usage_scan_interval must be > 0 (or unset)")
         if min(*durations, self.upload_sweep_interval) <= 0:
             raise ConfigurationError(
                 "idempotency_ttl, idempotency_lease, max_token_lifetime, upload_ttl and upload_sweep_interval "
@@ -286,6 +291,7 @@ class ServiceSettings:
             "idempotency_lease": float,
             "upload_ttl": float,
             "upload_sweep_interval": float,
+            "usage_scan_interval": float,
             "max_token_lifetime": int,
             "scan_timeout": float,
         }
