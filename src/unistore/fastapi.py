@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import format_datetime
@@ -224,14 +225,18 @@ async def _health(request: Request) -> JSONResponse:
         else:  # a foreign error: its text may hold anything, so name its type only
             reason = f"unexpected {type(exc).__name__}"
             logger.warning("unistore: health check of %s failed", storage.name, exc_info=exc)
-        return JSONResponse(
-            {
-                "status": "unhealthy",
-                "storage": {"backend": storage.name, "status": "disconnected", "error": reason},
-            },
-            status_code=503,
-        )
-    return JSONResponse({"status": "healthy", "storage": {"backend": storage.name, "status": "connected"}})
+        storage_state: dict[str, Any] = {"backend": storage.name, "status": "disconnected", "error": reason}
+        return JSONResponse(_with_worker(request, {"status": "unhealthy", "storage": storage_state}), status_code=503)
+    return JSONResponse(
+        _with_worker(request, {"status": "healthy", "storage": {"backend": storage.name, "status": "connected"}})
+    )
+
+
+def _with_worker(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` plus the pid of the worker process answering, when the app asks for it (the service does)."""
+    if getattr(request.app.state, "report_worker", False):
+        body["worker"] = {"pid": os.getpid()}
+    return body
 
 
 # --- file route ------------------------------------------------------------------------

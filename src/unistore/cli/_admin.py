@@ -43,6 +43,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No tokens (local development only).")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Worker processes sharing the port and the store (default: env WEB_CONCURRENCY, else 1)."
+        ),
+    ] = None,
     header_timeout: Annotated[
         float | None, typer.Option(help="Seconds to send request headers (default 10; env UNISTORE_HEADER_TIMEOUT).")
     ] = None,
@@ -58,7 +64,11 @@ def serve(
 
     timeouts = {"HEADER_TIMEOUT": header_timeout, "BODY_TIMEOUT": body_timeout, "BODY_DEADLINE": body_deadline}
     serve_forever(
-        host, port, no_auth=no_auth, overrides={f"UNISTORE_{k}": str(v) for k, v in timeouts.items() if v is not None}
+        host,
+        port,
+        no_auth=no_auth,
+        overrides={f"UNISTORE_{k}": str(v) for k, v in timeouts.items() if v is not None},
+        workers=workers,
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
@@ -22,10 +23,19 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, str] | None = None) -> None:
+def serve(
+    host: str,
+    port: int,
+    *,
+    no_auth: bool = False,
+    overrides: dict[str, str] | None = None,
+    workers: int | None = None,
+) -> None:
     """Build the app from the environment (``STORAGE_*``, ``UNISTORE_*``) and serve it until interrupted.
 
     ``overrides`` are ``UNISTORE_*`` values that win over the environment (the command's options).
+    ``workers`` processes (default ``WEB_CONCURRENCY``, else 1) share the port and the store; SIGTERM
+    lets every request in flight finish before a worker exits.
     """
     import uvicorn
 
@@ -34,16 +44,29 @@ def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, s
     from ._server import http_protocol
 
     configure_logging()
+    try:
+        count = workers if workers is not None else int(os.environ.get("WEB_CONCURRENCY") or 1)
+    except ValueError:
+        count = 0
+    if count < 1:
+        print("unistore serve: --workers (WEB_CONCURRENCY) must be a whole number >= 1", file=sys.stderr)
+        raise SystemExit(2)
     _check_port(host, port)
     if not os.environ.get("STORAGE_BASE_URL"):
         # Signed file URLs point at this server, wherever it was started.
         shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
         os.environ["STORAGE_BASE_URL"] = f"http://{shown}:{port}/files"
+    # Workers are new processes that build the app from the environment: the options go there.
+    os.environ.update(overrides or {})
+    if no_auth:
+        os.environ["UNISTORE_AUTH"] = "off"
     try:
-        env = {**os.environ, **(overrides or {})}
-        if no_auth:
-            env["UNISTORE_AUTH"] = "off"
-        settings = ServiceSettings.from_env(env)
+        settings = ServiceSettings.from_env()
+        if count > 1 and settings.metrics not in ("token", "open", "off"):
+            raise ConfigurationError(
+                f"UNISTORE_METRICS={settings.metrics} is one listener, which {count} workers cannot share:"
+                " use UNISTORE_METRICS=token (each worker then reports its own counts)"
+            )
         app = create_app(settings=settings)
     except ConfigurationError as exc:
         print(f"unistore serve: {exc}", file=sys.stderr)
@@ -55,18 +78,24 @@ def serve(host: str, port: int, *, no_auth: bool = False, overrides: dict[str, s
     if not settings.auth:
         note = "" if host in ("127.0.0.1", "localhost", "::1") else "  -- do not expose it"
         print(f"  auth:    OFF (UNISTORE_AUTH=off){note}")
+    if count > 1:
+        print(f"  workers: {count} processes (GET /_ops/health names the one that answers)")
     print(f"  health:  http://{host}:{port}/_ops/health")
     print(f"  API:     http://{host}:{port}/docs", flush=True)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        http=http_protocol(settings.header_timeout),
-        ws="none",  # the service has no websocket routes
-        log_level="info",
-        access_log=False,
-        log_config=None,
-    )
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "http": http_protocol(settings.header_timeout),
+        "ws": "none",  # the service has no websocket routes
+        "log_level": "info",
+        "access_log": False,
+        "log_config": None,
+    }
+    if count == 1:
+        uvicorn.run(app, **common)
+        return
+    del app  # each worker builds its own from the same environment
+    uvicorn.run("unistore.service._server:app_from_env", factory=True, workers=count, **common)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -97,16 +126,17 @@ _TIMEOUTS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``--host``/``--port``/``--no-auth`` and the timeouts, and serve."""
+    """Parse ``--host``/``--port``/``--no-auth``/``--workers`` and the timeouts, and serve."""
     parser = argparse.ArgumentParser(prog="unistore serve", description="Run the unistore storage service.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-auth", action="store_true", help="serve without tokens (local development only)")
+    parser.add_argument("--workers", type=int, help="worker processes sharing the port [env WEB_CONCURRENCY, else 1]")
     for name, text in _TIMEOUTS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"{text}; env UNISTORE_{name.upper()}")
     args = parser.parse_args(argv)
     overrides = {f"UNISTORE_{n.upper()}": str(getattr(args, n)) for n in _TIMEOUTS if getattr(args, n) is not None}
-    serve(args.host, args.port, no_auth=args.no_auth, overrides=overrides)
+    serve(args.host, args.port, no_auth=args.no_auth, overrides=overrides, workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def create_app(
     # Stores that sign their own URLs (local, memory) get the route that serves them.
     add_storage(app, raw, serve_files=getattr(raw, "signer", None) is not None)
     app.state.service = ctx
+    app.state.report_worker = True  # /_ops/health names the worker process (``serve --workers N``)
     counter = histogram = None
     if registry is not None:
         from prometheus_client import Counter, Histogram

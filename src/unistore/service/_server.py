@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 else:
     _Host = asyncio.Protocol
 
-__all__ = ["http_protocol"]
+__all__ = ["app_from_env", "http_protocol"]
 
 LOGGER = logging.getLogger("unistore.service")
 
@@ -79,13 +79,9 @@ class _HeaderDeadline(_Host):
         super().connection_lost(exc)
 
 
-def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11, as uvicorn's ``auto``)
-    with a ``header_timeout``-second deadline for request headers: pass it as ``http=``."""
-    if header_timeout <= 0:
-        raise ValueError("header_timeout must be > 0")
+def _build(name: str, base_name: str, header_timeout: float) -> type[asyncio.Protocol]:
     base: type[asyncio.Protocol]
-    if importlib.util.find_spec("httptools") is not None:
+    if base_name == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         base = HttpToolsProtocol
@@ -93,4 +89,41 @@ def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
         base = H11Protocol
-    return type(f"HeaderDeadline{base.__name__}", (_HeaderDeadline, base), {"header_timeout": header_timeout})
+    cls = type(name, (_HeaderDeadline, base), {"header_timeout": header_timeout, "__module__": __name__})
+    globals()[name] = cls
+    return cls
+
+
+def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools when installed, else h11, as uvicorn's ``auto``)
+    with a ``header_timeout``-second deadline for request headers: pass it as ``http=``.
+
+    The class is found again by its name in a worker process (uvicorn pickles its
+    configuration for ``workers=N``): the name carries the parser and the timeout in µs.
+    """
+    if header_timeout <= 0:
+        raise ValueError("header_timeout must be > 0")
+    base_name = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    micros = max(1, round(header_timeout * 1e6))
+    name = f"HeaderDeadline_{base_name}_{micros}"
+    found = globals().get(name)
+    return found if isinstance(found, type) else _build(name, base_name, micros / 1e6)
+
+
+def __getattr__(name: str) -> Any:
+    """The protocol class :func:`http_protocol` made in another process, rebuilt from its name."""
+    head, _, rest = name.partition("_")
+    base_name, _, micros = rest.partition("_")
+    if head == "HeaderDeadline" and base_name in ("httptools", "h11") and micros.isdigit() and int(micros) > 0:
+        return _build(name, base_name, int(micros) / 1e6)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def app_from_env() -> Any:
+    """The service app built from the environment in a worker process (``uvicorn --factory``):
+    the ``serve`` command puts its options in the environment before it starts the workers."""
+    from . import ServiceSettings, create_app
+    from .__main__ import configure_logging
+
+    configure_logging()
+    return create_app(settings=ServiceSettings.from_env())
