@@ -247,9 +247,11 @@ def test_four_workers_two_killed_copy_every_object_exactly_once(
 
 @pytest.mark.xdist_group("migrate-workers")
 def test_four_workers_against_one(tmp_path: Path, source: Path, seaweed: S3Server) -> None:
-    one, _ = _run(tmp_path / "one", source, _target(seaweed), 1) if (tmp_path / "one").mkdir() is None else (0, [])
+    (tmp_path / "one").mkdir()
+    (tmp_path / "four").mkdir()
+    one, _ = _run(tmp_path / "one", source, _target(seaweed), 1)
     target = _target(seaweed)
-    four, reports = _run(tmp_path / "four", source, target, 4) if (tmp_path / "four").mkdir() is None else (0, [])
+    four, reports = _run(tmp_path / "four", source, target, 4)
     writes = _writes(tmp_path / "four")
     assert sorted(writes) == [f"obj/{i:05}" for i in range(COUNT)]  # each exactly once
     assert sum(rep["copied"] for rep in reports) == COUNT
