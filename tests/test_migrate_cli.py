@@ -97,3 +97,17 @@ def test_upgrade_function_from_a_module(
     assert _read(dst, "p/0.txt")[:2] == (b"OBJECT 0", {"m": "1", "schema_version": "2"})
     code, _, err = cli("migrate", f"file://{src}", f"file://{dst}", "--schema-version", "2", "--upgrade", "nocolon")
     assert code == 2 and "MODULE:FUNCTION" in err
+
+
+def test_worker_mode_shares_the_job_through_leases(stores: tuple[Path, Path]) -> None:
+    src, dst = stores
+    code, out, _ = cli(
+        "migrate", f"file://{src}", f"file://{dst}", "p/", "-q", "--worker", "--range-size", "2", "--json"
+    )
+    doc = json.loads(out)
+    assert (code, doc["copied"], doc["ranges"], doc["ok"]) == (0, 6, [0, 1, 2, 3], True)
+    assert _read(dst, "p/5.txt")[0] == b"object 5"
+    code, out, _ = cli("migrate", f"file://{src}", f"file://{dst}", "p/", "-q", "--worker", "--json")
+    assert (code, json.loads(out)["copied"], json.loads(out)["ranges"]) == (0, 0, [])  # the job is done
+    code, _, err = cli("migrate", f"file://{src}", f"file://{dst}", "--worker", "--dry-run")
+    assert code == 2 and "--worker" in err

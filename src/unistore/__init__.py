@@ -43,6 +43,7 @@ from ._lifecycle import (
     sweep_lifecycle,
 )
 from ._migrate import MigrationReport, migrate
+from ._migrate_workers import migrate_worker
 from ._signing import UrlSigner
 from ._types import (
     ByteRange,
@@ -123,6 +124,7 @@ __all__ = [
     "easy_storage",
     "get_storage",
     "migrate",
+    "migrate_worker",
     "parse_http_range",
     "read_lifecycle",
     "rules_from_json",

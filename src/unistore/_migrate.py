@@ -77,6 +77,10 @@ class MigrationReport:
     dry_run: bool = False
     verify_only: bool = False
     seconds: float = 0.0
+    ranges: list[int] = field(default_factory=list)
+    """With workers (:func:`migrate_worker`): the key ranges this worker finished."""
+    ranges_lost: list[int] = field(default_factory=list)
+    """Ranges whose lease this worker lost before finishing (another worker completes them)."""
 
     @property
     def examined(self) -> int:
@@ -104,6 +108,8 @@ class MigrationReport:
             "dry_run": self.dry_run,
             "verify_only": self.verify_only,
             "seconds": round(self.seconds, 3),
+            "ranges": list(self.ranges),
+            "ranges_lost": list(self.ranges_lost),
             "ok": self.ok,
         }
 
@@ -117,6 +123,8 @@ class MigrationReport:
         ]
         if self.resumed:
             lines.append(f"resumed after {self.resumed_after!r} (+{self.resumed_done} done past it)")
+        if self.ranges or self.ranges_lost:
+            lines.append(f"ranges finished: {len(self.ranges)}, lost to other workers: {len(self.ranges_lost)}")
         lines += [f"missing: {k}" for k in self.missing]
         lines += [f"differing: {d.key}: {d.reason}" for d in self.differing]
         lines += [f"failed: {f.key}: {f.reason}" for f in self.failed]
@@ -237,8 +245,11 @@ class _Run:
         checkpoint_every: int,
         metrics: _Metrics | None,
         on_progress: Callable[[MigrationReport], None] | None,
+        start: str | None = None,
+        upto: str | None = None,
     ) -> None:
         self.src, self.dst, self.prefix = src, dst, prefix
+        self.start, self.upto = start, upto  # only keys in (start, upto]
         self.writes = not (dry_run or verify_only)
         self.verify_only = verify_only
         self.concurrency = concurrency
@@ -259,6 +270,8 @@ class _Run:
         started = time.monotonic()
         after = await self._load_checkpoint() if self.writes else None
         self.report.resumed_after = after
+        if self.start is not None and (after is None or after < self.start):
+            after = self.start
         self.report.resumed = after is not None or bool(self.skip)
         self.watermark = after
         sem = asyncio.Semaphore(self.concurrency)
@@ -272,6 +285,8 @@ class _Run:
 
         try:
             async for info in self.src.iter_objects(self.prefix, start_after=after):
+                if self.upto is not None and info.key > self.upto:
+                    break
                 if info.key.startswith(RESERVED_PREFIX):  # the store's own state, never migrated
                     continue
                 if info.key in self.skip:  # done by the interrupted run, past its watermark

@@ -11,6 +11,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from .._errors import InvalidArgumentError
 from .._migrate import MigrationReport, Upgrade, migrate
+from .._migrate_workers import migrate_worker
 from ._common import QuietOpt, app, closing, open_store, run
 from ._transfer import err
 
@@ -49,6 +50,13 @@ def migrate_command(
         str | None, typer.Option("--upgrade", help="MODULE:FUNCTION(data, info, version) -> bytes at version+1.")
     ] = None,
     job: Annotated[str, typer.Option("--job", help="Name of this migration's checkpoint.")] = "default",
+    worker: Annotated[
+        bool, typer.Option("--worker", help="Run as one of many workers sharing the job through leases in DST.")
+    ] = False,
+    lease_seconds: Annotated[
+        float, typer.Option("--lease-seconds", min=0.1, help="With --worker: a lease not renewed this long is free.")
+    ] = 30.0,
+    range_size: Annotated[int, typer.Option("--range-size", min=1, help="With --worker: keys per range.")] = 10_000,
     src_token: Annotated[str | None, typer.Option("--src-token", help="Token for the source side.")] = None,
     dst_token: Annotated[str | None, typer.Option("--dst-token", help="Token for the destination side.")] = None,
     metrics_file: Annotated[
@@ -64,6 +72,8 @@ def migrate_command(
     some failed."""
     if dry_run and verify_only:
         raise typer.BadParameter("--dry-run and --verify-only do not go together")
+    if worker and (dry_run or verify_only):
+        raise typer.BadParameter("--worker copies; run --dry-run or --verify-only without it")
     try:
         function = _upgrade_function(upgrade) if upgrade else None
     except (InvalidArgumentError, ImportError) as exc:
@@ -87,6 +97,22 @@ def migrate_command(
                         f"{len(report.differing) + len(report.missing)} differing/missing, {len(report.failed)} failed",
                     )
 
+                if worker:
+                    return await migrate_worker(
+                        s,
+                        d,
+                        prefix,
+                        lease_seconds=lease_seconds,
+                        range_size=range_size,
+                        job=job,
+                        concurrency=jobs,
+                        ops_per_second=ops,
+                        bytes_per_second=rate,
+                        schema_version=schema_version,
+                        upgrade=function,
+                        metrics=registry,
+                        on_progress=shown,
+                    )
                 return await migrate(
                     s,
                     d,
