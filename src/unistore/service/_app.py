@@ -27,6 +27,7 @@ from ._redis import RedisHotKeys
 from ._settings import ServiceSettings, metrics_bind
 from ._state import StateStore
 from ._upload_routes import uploads_router
+from ._ui import mount_ui
 from ._uploads import UploadSessions
 
 __all__ = ["create_app"]
@@ -333,4 +334,5 @@ def create_app(
         }
 
     app.include_router(tokens)
+    mount_ui(app, raw)
     return app
