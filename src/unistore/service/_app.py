@@ -26,8 +26,8 @@ from ._ops import RequestIdMiddleware, install_error_handlers
 from ._redis import RedisHotKeys
 from ._settings import ServiceSettings, metrics_bind
 from ._state import StateStore
-from ._upload_routes import uploads_router
 from ._ui import mount_ui
+from ._upload_routes import uploads_router
 from ._uploads import UploadSessions
 
 __all__ = ["create_app"]

@@ -131,7 +131,8 @@ def mount_ui(app: FastAPI, store: StorageBackend) -> None:
 
     @app.get("/ui/", include_in_schema=False)
     async def ui_page(request: Request) -> Response:
-        return Response(assets.page, media_type="text/html; charset=utf-8", headers=headers(await policy(request), "no-cache"))
+        csp = await policy(request)
+        return Response(assets.page, media_type="text/html; charset=utf-8", headers=headers(csp, "no-cache"))
 
     @app.get("/ui/assets/{name}", include_in_schema=False)
     async def ui_asset(name: str, request: Request) -> Response:
