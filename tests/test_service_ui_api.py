@@ -238,3 +238,63 @@ def test_a_source_overwritten_during_a_move_survives(kind: str, tmp_path: Path) 
         assert "kept" in r.json()["error"]["message"]
         assert c.get("/v1/objects/src.txt").content == b"written meanwhile"  # the concurrent write is not lost
         assert backend.victim is None  # the race did happen
+
+
+# --- folders: a zero-byte PREFIX/.keep marker -----------------------------------------------------
+
+
+def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "local":
+        return LocalBackend(base_path=str(tmp_path), fsync=False)
+    if kind == "s3":
+        return request.getfixturevalue("seaweed").backend(prefix=f"keep-{uuid.uuid4().hex[:8]}/")
+    if kind == "gcs":
+        from unistore.backends.gcs import GCSBackend
+
+        gcs = request.getfixturevalue("fake_gcs")
+        return GCSBackend(
+            bucket=gcs["bucket"],
+            emulator_host=gcs["url"],
+            credentials=gcs["credentials"],
+            prefix=f"k{uuid.uuid4().hex[:8]}/",
+        )
+    from test_cloudinary import make as make_cloudinary
+
+    return make_cloudinary(request.getfixturevalue("fake_cloudinary"), folder=f"k{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("kind", ["memory", "local", "s3", "gcs", "cloudinary"])
+def test_a_keep_marker_makes_a_folder_every_backend_lists(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    app = create_app(_backend(kind, request, tmp_path), settings=ServiceSettings(auth=False))
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        r = c.put("/v1/objects/docs/new folder/.keep", content=b"")
+        assert r.status_code == 201, r.text
+        assert r.json()["size"] == 0
+        top = c.get("/v1/objects", params={"prefix": "", "delimiter": "/"}).json()
+        assert top["prefixes"] == ["docs/"] and top["objects"] == []
+        level = c.get("/v1/objects", params={"prefix": "docs/", "delimiter": "/"}).json()
+        assert level["prefixes"] == ["docs/new folder/"]
+        inside = c.get("/v1/objects", params={"prefix": "docs/new folder/", "delimiter": "/"}).json()
+        assert [o["key"] for o in inside["objects"]] == ["docs/new folder/.keep"] and inside["prefixes"] == []
+        assert c.get("/v1/objects/docs/new folder/.keep").content == b""
+
+
+_SEAWEED_KEEPS_FOLDERS = pytest.mark.xfail(
+    strict=True, reason="SeaweedFS's filer keeps an emptied directory and lists it as a common prefix"
+)
+
+
+@pytest.mark.parametrize(
+    "kind", ["memory", "local", pytest.param("s3", marks=_SEAWEED_KEEPS_FOLDERS), "gcs", "cloudinary"]
+)
+def test_deleting_the_last_marker_removes_the_folder(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    app = create_app(_backend(kind, request, tmp_path), settings=ServiceSettings(auth=False))
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        assert c.put("/v1/objects/gone/sub/.keep", content=b"").status_code == 201
+        assert c.delete("/v1/objects/gone/sub/.keep").json() == {"deleted": True}
+        assert c.get("/v1/objects", params={"prefix": ""}).json()["objects"] == []
+        assert c.get("/v1/objects", params={"prefix": "", "delimiter": "/"}).json()["prefixes"] == []
