@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from test_cli import cli
 from unistore import LocalBackend, MemoryBackend
+from unistore.cli._admin import parse_duration
 from unistore.service import ServiceSettings, TokenAuthority, create_app
 from unistore.testing import running_server
 
@@ -298,3 +300,55 @@ def test_deleting_the_last_marker_removes_the_folder(kind: str, request: pytest.
         assert c.delete("/v1/objects/gone/sub/.keep").json() == {"deleted": True}
         assert c.get("/v1/objects", params={"prefix": ""}).json()["objects"] == []
         assert c.get("/v1/objects", params={"prefix": "", "delimiter": "/"}).json()["prefixes"] == []
+
+
+# --- unistore ui-link -------------------------------------------------------------------------------
+
+
+def _link_token(out: str, base: str) -> str:
+    line = out.strip()
+    assert line.startswith(f"{base}/ui/#token="), line
+    return line.removeprefix(f"{base}/ui/#token=")
+
+
+def test_ui_link_mints_with_the_secret(svc: Svc, pfx: str) -> None:
+    code, out, err = cli(
+        "ui-link",
+        "--url",
+        svc.url + "/",
+        "--prefix",
+        pfx,
+        "--expires",
+        "2h",
+        env={"UNISTORE_SECRET": SECRET.decode(), "UNISTORE_TOKEN": ""},
+    )
+    assert code == 0, err
+    grant = svc.authority.verify(_link_token(out, svc.url))
+    assert grant.actions == {"read", "write", "delete"} and grant.prefix == pfx and grant.subject == "ui"
+    assert abs(grant.expires - (time.time() + 7200)) < 30
+    with svc.client(_link_token(out, svc.url)) as c:  # the link's token works on the service
+        assert c.get("/v1/whoami").json()["prefix"] == pfx
+
+
+def test_ui_link_asks_the_service_with_an_admin_token(svc: Svc, pfx: str) -> None:
+    admin = svc.token(["admin"], expires_in=3600)
+    env = {"UNISTORE_SECRET": "", "UNISTORE_TOKEN": admin}
+    code, out, err = cli("ui-link", "--url", svc.url, "--prefix", pfx, "--actions", "read", "--expires", "30m", env=env)
+    assert code == 0, err
+    grant = svc.authority.verify(_link_token(out, svc.url))
+    assert grant.actions == {"read"} and grant.prefix == pfx and grant.subject == "ui/ui"
+    assert abs(grant.expires - (time.time() + 1800)) < 30
+    reader = svc.token(["read"])
+    code, _, err = cli("ui-link", "--url", svc.url, env={"UNISTORE_SECRET": "", "UNISTORE_TOKEN": reader})
+    assert code == 4 and "admin" in err  # a token that may not mint is refused by the service
+
+
+def test_ui_link_refuses_bad_durations_and_missing_credentials() -> None:
+    assert [parse_duration(d) for d in ("8h", "30m", "2d", "45s", "600", "1H")] == [28800, 1800, 172800, 45, 600, 3600]
+    env = {"UNISTORE_SECRET": "ui-link-secret-0123456789abcdef", "UNISTORE_TOKEN": ""}
+    for bad in ("8x", "h", "-1h", "0m", "1.5h", ""):
+        code, _, err = cli("ui-link", "--expires", bad, env=env)
+        assert code == 6 and "duration" in err, (bad, err)
+    code, _, err = cli("ui-link", "--expires", "30d", env=env)  # beyond the longest token
+    assert code == 6
+    assert cli("ui-link", env={"UNISTORE_SECRET": "", "UNISTORE_TOKEN": ""})[0] == 8
