@@ -3,6 +3,9 @@ and browser-style upload sessions (per-part SHA-256, resume, direct parts comple
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from test_cli import cli
 from unistore import LocalBackend, MemoryBackend
 from unistore.cli._admin import parse_duration
 from unistore.service import ServiceSettings, TokenAuthority, create_app
-from unistore.testing import running_server
+from unistore.testing import S3Server, running_server
 
 SECRET = b"ui-api-secret-0123456789abcdef"
 
@@ -352,3 +355,149 @@ def test_ui_link_refuses_bad_durations_and_missing_credentials() -> None:
     code, _, err = cli("ui-link", "--expires", "30d", env=env)  # beyond the longest token
     assert code == 6
     assert cli("ui-link", env={"UNISTORE_SECRET": "", "UNISTORE_TOKEN": ""})[0] == 8
+
+
+# --- upload sessions as a browser drives them -------------------------------------------------------
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _repr_digest(data: bytes) -> str:
+    return f"sha-256=:{_b64(hashlib.sha256(data).digest())}:"
+
+
+def test_stored_session_parts_checked_by_sha256_resumed_and_completed_by_number(svc: Svc, pfx: str) -> None:
+    parts = [os.urandom(64 * KiB), os.urandom(64 * KiB), os.urandom(5 * KiB)]
+    with svc.client(svc.token(["read", "write"], prefix=pfx)) as c:
+        sid = c.post("/v1/uploads", json={"key": f"{pfx}big.bin", "part_size": 64 * KiB}).json()["upload_id"]
+        sent = c.put(f"/v1/uploads/{sid}/parts/1", content=parts[0], headers={"repr-digest": _repr_digest(parts[0])})
+        assert sent.status_code == 200 and sent.json() == {
+            "number": 1,
+            "size": len(parts[0]),
+            "sha256": _b64(hashlib.sha256(parts[0]).digest()),
+        }
+        garbled = c.put(
+            f"/v1/uploads/{sid}/parts/2", content=parts[1][::-1], headers={"repr-digest": _repr_digest(parts[1])}
+        )
+        assert garbled.status_code == 400 and garbled.json()["error"]["type"] == "IntegrityError"
+        listed = c.get(f"/v1/uploads/{sid}/parts").json()["parts"]
+        assert listed == [sent.json()]  # the refused part is not there: resume sends 2 and 3 only
+        for n in (2, 3):
+            data = parts[n - 1]
+            assert (
+                c.put(
+                    f"/v1/uploads/{sid}/parts/{n}", content=data, headers={"repr-digest": _repr_digest(data)}
+                ).status_code
+                == 200
+            )
+        listed = c.get(f"/v1/uploads/{sid}/parts").json()["parts"]
+        assert [(p["number"], p["size"]) for p in listed] == [(1, 64 * KiB), (2, 64 * KiB), (3, 5 * KiB)]
+        done = c.post(f"/v1/uploads/{sid}/complete", json={"parts": [{"number": n} for n in (1, 2, 3)]})
+        assert done.status_code == 201, done.text
+        assert c.get(f"/v1/objects/{pfx}big.bin").content == b"".join(parts)
+
+
+def test_a_manifest_checksum_is_still_checked_when_given(svc: Svc, pfx: str) -> None:
+    with svc.client(svc.token(["read", "write"], prefix=pfx)) as c:
+        sid = c.post("/v1/uploads", json={"key": f"{pfx}x.bin"}).json()["upload_id"]
+        assert c.put(f"/v1/uploads/{sid}/parts/1", content=b"abc").status_code == 200
+        wrong = {"parts": [{"number": 1, "sha256": _b64(hashlib.sha256(b"abd").digest())}]}
+        assert c.post(f"/v1/uploads/{sid}/complete", json=wrong).status_code == 400
+        assert c.post(f"/v1/uploads/{sid}/complete", json={"parts": [{"number": 2}]}).status_code == 400
+        assert c.post(f"/v1/uploads/{sid}/complete", json={"parts": [{"number": 1, "md5": "AAAA"}]}).status_code == 400
+        assert c.head(f"/v1/objects/{pfx}x.bin").status_code == 404
+
+
+@pytest.fixture
+def s3_prefix() -> str:
+    return f"ui-direct-{uuid.uuid4().hex[:8]}/"
+
+
+def test_direct_parts_complete_without_etags(seaweed: S3Server, s3_prefix: str) -> None:
+    app = create_app(seaweed.backend(prefix=s3_prefix), settings=ServiceSettings(auth=False))
+    parts = [os.urandom(5 * MiB), os.urandom(1234)]
+    with running_server(app) as url, httpx.Client(base_url=url) as c, httpx.Client(timeout=60) as store:
+        assert c.get("/v1/whoami").json()["direct_uploads"] is True
+        r = c.post("/v1/uploads", json={"key": "d/big.bin", "direct": True, "part_size": 5 * MiB})
+        assert r.status_code == 201 and r.json()["checksum"] == "md5"
+        sid = r.json()["upload_id"]
+        specs = c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}, {"number": 2}]}).json()["parts"]
+        assert store.put(specs[0]["url"], content=parts[0], headers=specs[0]["headers"]).status_code == 200
+        listed = c.get(f"/v1/uploads/{sid}/parts").json()["parts"]  # resume: part 2 is missing
+        assert [(p["number"], p["size"], p["md5"]) for p in listed] == [
+            (1, 5 * MiB, _b64(hashlib.md5(parts[0]).digest()))
+        ]
+        assert store.put(specs[1]["url"], content=parts[1], headers=specs[1]["headers"]).status_code == 200
+        done = c.post(f"/v1/uploads/{sid}/complete", json={"parts": [{"number": 1}, {"number": 2}]})
+        assert done.status_code == 201, done.text
+        assert done.json()["size"] == len(parts[0]) + len(parts[1])
+        assert c.get("/v1/objects/d/big.bin").content == b"".join(parts)
+    assert _open_uploads(seaweed, s3_prefix) == []
+
+
+def test_direct_sha256_parts_complete_with_the_digests_they_were_signed_with(seaweed: S3Server, s3_prefix: str) -> None:
+    app = create_app(seaweed.backend(prefix=s3_prefix, checksum="sha256"), settings=ServiceSettings(auth=False))
+    parts = [os.urandom(5 * MiB), os.urandom(99)]
+    shas = [_b64(hashlib.sha256(p).digest()) for p in parts]
+    with running_server(app) as url, httpx.Client(base_url=url) as c, httpx.Client(timeout=60) as store:
+        r = c.post("/v1/uploads", json={"key": "s.bin", "direct": True, "part_size": 5 * MiB})
+        sid = r.json()["upload_id"]
+        specs = c.post(
+            f"/v1/uploads/{sid}/part-urls",
+            json={"parts": [{"number": i + 1, "checksum": d} for i, d in enumerate(shas)]},
+        ).json()["parts"]
+        for spec, body in zip(specs, parts, strict=True):
+            assert store.put(spec["url"], content=body, headers=spec["headers"]).status_code == 200
+        listed = c.get(f"/v1/uploads/{sid}/parts").json()["parts"]
+        # SeaweedFS's ListParts reports no ChecksumSHA256 (AWS S3 does): the digest is "" here
+        assert [(p["number"], p["size"], p["sha256"]) for p in listed] == [(1, 5 * MiB, ""), (2, 99, "")]
+        by_number = c.post(f"/v1/uploads/{sid}/complete", json={"parts": [{"number": 1}, {"number": 2}]})
+        assert by_number.status_code == 400 and "SHA-256" in by_number.json()["error"]["message"]
+        manifest = [{"number": i + 1, "sha256": d} for i, d in enumerate(shas)]  # no ETags: the digests it signed
+        done = c.post(f"/v1/uploads/{sid}/complete", json={"parts": manifest})
+        assert done.status_code == 201, done.text
+        assert c.get("/v1/objects/s.bin").content == b"".join(parts)
+
+
+def _open_uploads(seaweed: S3Server, prefix: str) -> list[str]:
+    listing = seaweed.client().list_multipart_uploads(Bucket="unistore-tests", Prefix=prefix)
+    return [u["UploadId"] for u in listing.get("Uploads", [])]
+
+
+def _preflight(endpoint: str, bucket: str, origin: str) -> httpx.Response:
+    return httpx.options(
+        f"{endpoint}/{bucket}/any/key.bin?partNumber=1&uploadId=x",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "PUT",
+            "access-control-request-headers": "content-md5,x-amz-checksum-sha256",
+        },
+    )
+
+
+def test_the_bucket_cors_rule_lets_the_service_origin_put_parts(seaweed: S3Server) -> None:
+    bucket = seaweed.create_bucket(f"ui-cors-{uuid.uuid4().hex[:8]}")
+    origin, other = "http://files.example:8000", "http://evil.example"
+    code, out, err = cli("ui-cors", origin, "--max-age", "600", env=seaweed.env(bucket))
+    assert code == 0, err
+    assert out.strip() == f"browser uploads allowed from {origin}"
+    ok = _preflight(seaweed.endpoint, bucket, origin)
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == origin
+    assert {m.strip() for m in ok.headers["access-control-allow-methods"].split(",")} == {"PUT", "GET", "HEAD"}
+    assert ok.headers["access-control-expose-headers"] == "ETag"
+    assert "x-amz-checksum-sha256" in ok.headers["access-control-allow-headers"]
+    refused = _preflight(seaweed.endpoint, bucket, other)
+    assert "access-control-allow-origin" not in refused.headers
+
+
+def test_ui_cors_refuses_bad_origins_and_stores_without_buckets(seaweed: S3Server, tmp_path: Path) -> None:
+    bucket = seaweed.create_bucket(f"ui-cors-{uuid.uuid4().hex[:8]}")
+    for bad in ("files.example", "http://files.example/ui/", "*", "ftp://x"):
+        code, _, err = cli("ui-cors", bad, env=seaweed.env(bucket))
+        assert code == 6 and "origin" in err, (bad, err)
+    assert cli("ui-cors", "http://a.example", "--store", f"file://{tmp_path}")[0] == 11

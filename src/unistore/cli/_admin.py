@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError
-from ._common import TokenOpt, app, run
+from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, UnsupportedError
+from ._common import StoreOpt, TokenOpt, app, closing, open_store, run
 from ._refs import NamedStore, check_name, config_path, load_stores, save_stores
 
 __all__ = ["parse_duration", "stores_app", "version_callback"]
@@ -162,6 +162,34 @@ async def _token_from_service(
     if r.status_code != 201:
         raise error_from_response(r, r.content, key=None, backend="HttpBackend", operation="token")
     return str(r.json()["token"])
+
+
+@app.command("ui-cors")
+def ui_cors(
+    origins: Annotated[list[str], typer.Argument(help="The service's origin(s), scheme://host[:port].")],
+    store: StoreOpt = None,
+    max_age: Annotated[int, typer.Option(min=0, max=86400, help="Seconds browsers cache the preflight.")] = 3600,
+) -> None:
+    """Let the web UI on ORIGINS send upload parts straight to the S3 bucket (sets its CORS rule).
+
+    Replaces the bucket's whole CORS configuration with one rule: the origins,
+    PUT/GET/HEAD, any request header, ETag exposed.
+    """
+
+    async def work() -> None:
+        from ..layers import Layer
+
+        async with closing(open_store(store)) as backend:
+            inner = backend
+            while isinstance(inner, Layer):
+                inner = inner.inner
+            allow = getattr(inner, "allow_browser_uploads", None)
+            if allow is None:
+                raise UnsupportedError(f"{inner.name} has no bucket CORS: only S3 stores take direct browser uploads")
+            await allow(origins, max_age=max_age)
+            typer.echo("browser uploads allowed from " + ", ".join(await inner.cors_origins()))  # type: ignore[attr-defined]
+
+    run(work)
 
 
 @stores_app.command("add")
