@@ -501,3 +501,32 @@ def test_ui_cors_refuses_bad_origins_and_stores_without_buckets(seaweed: S3Serve
         code, _, err = cli("ui-cors", bad, env=seaweed.env(bucket))
         assert code == 6 and "origin" in err, (bad, err)
     assert cli("ui-cors", "http://a.example", "--store", f"file://{tmp_path}")[0] == 11
+
+
+def test_a_move_is_refused_up_front_where_the_store_cannot_delete_conditionally(seaweed: S3Server) -> None:
+    backend = seaweed.backend(prefix=f"ui-nocond-{uuid.uuid4().hex[:8]}/", conditional_delete=False)
+    with (
+        running_server(create_app(backend, settings=ServiceSettings(auth=False))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        _put(c, "a.txt", b"a")
+        r = c.post("/v1/copy", json={"source": "a.txt", "dest": "b.txt", "delete_source": True})
+        assert r.status_code == 400 and "conditional delete" in r.json()["error"]["message"]
+        assert c.head("/v1/objects/b.txt").status_code == 404 and c.head("/v1/objects/a.txt").status_code == 200
+        assert c.post("/v1/copy", json={"source": "a.txt", "dest": "b.txt"}).status_code == 201  # a copy is fine
+
+
+def test_a_move_on_s3_uses_the_native_copy_and_deletes_the_source(seaweed: S3Server) -> None:
+    backend = seaweed.backend(prefix=f"ui-move-{uuid.uuid4().hex[:8]}/")
+    with (
+        running_server(create_app(backend, settings=ServiceSettings(auth=False))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        _put(c, "a.txt", b"on s3", **{"x-meta-owner": "bob"})
+        r = c.post("/v1/copy", json={"source": "a.txt", "dest": "sub/b.txt", "delete_source": True})
+        assert r.status_code == 201, r.text
+        assert (r.json()["metadata"], r.json()["content_type"]) == ({"owner": "bob"}, "text/plain")
+        assert c.get("/v1/objects/sub/b.txt").content == b"on s3"
+        assert c.head("/v1/objects/a.txt").status_code == 404
+        clobber = c.post("/v1/copy", json={"source": "sub/b.txt", "dest": "sub/b.txt", "mode": "create"})
+        assert clobber.status_code == 412

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
 from .._base import StorageBackend
-from .._errors import PreconditionFailedError, StorageError
+from .._errors import InvalidArgumentError, PreconditionFailedError, StorageError
 from .._keys import validate_key
 from .._types import ObjectInfo, WriteMode
 from ._access import ServiceContext
@@ -118,6 +118,13 @@ def ui_api_router(ctx: ServiceContext, sessions: UploadSessions, backend: str) -
         if delete_source and source == dest:
             raise PreconditionFailedError("a move onto itself would delete the object", key=source, operation="copy")
         store = ctx.store(grant)
+        if delete_source and not store.capabilities.conditional_delete:
+            raise InvalidArgumentError(
+                "this store cannot delete only an unchanged source (no conditional delete), so it cannot move"
+                " without risking a concurrent write: copy, then delete",
+                key=source,
+                operation="copy",
+            )
         info, etag = await copy_object(
             store, source, dest, if_match=if_match, mode=mode, pinned=delete_source or if_match is not None
         )
