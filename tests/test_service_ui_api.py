@@ -19,6 +19,7 @@ import pytest
 from test_cli import cli
 from unistore import LocalBackend, MemoryBackend
 from unistore.cli._admin import parse_duration
+from unistore.layers import UploadRule
 from unistore.service import ServiceSettings, TokenAuthority, create_app
 from unistore.testing import S3Server, running_server
 
@@ -530,3 +531,28 @@ def test_a_move_on_s3_uses_the_native_copy_and_deletes_the_source(seaweed: S3Ser
         assert c.head("/v1/objects/a.txt").status_code == 404
         clobber = c.post("/v1/copy", json={"source": "sub/b.txt", "dest": "sub/b.txt", "mode": "create"})
         assert clobber.status_code == 412
+
+
+def test_a_create_mode_move_that_lost_the_race_takes_its_copy_back() -> None:
+    backend = _RacyCopyMemory()
+    with (
+        running_server(create_app(backend, settings=ServiceSettings(auth=False))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        _put(c, "src.txt", b"original")
+        backend.victim = "src.txt"
+        body = {"source": "src.txt", "dest": "new.txt", "mode": "create", "delete_source": True}
+        r = c.post("/v1/copy", json=body)
+        assert r.status_code == 412 and backend.victim is None
+        assert c.head("/v1/objects/new.txt").status_code == 404  # no copy of an unknown version is left
+        assert c.get("/v1/objects/src.txt").content == b"written meanwhile"
+
+
+def test_whoami_offers_no_direct_uploads_where_parts_cannot_be_presigned(seaweed: S3Server) -> None:
+    sse_c = seaweed.backend(sse_customer_key=base64.b64encode(os.urandom(32)).decode())
+    for backend, settings in (
+        (sse_c, ServiceSettings(auth=False)),
+        (seaweed.backend(), ServiceSettings(auth=False, upload_rules=(UploadRule(max_size=MiB),))),
+    ):
+        with running_server(create_app(backend, settings=settings)) as url, httpx.Client(base_url=url) as c:
+            assert c.get("/v1/whoami").json()["direct_uploads"] is False
