@@ -19,6 +19,7 @@ from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe, Scan, Validate
 from ._access import ServiceContext
 from ._guard import admitted_route
+from ._fast import ObjectFastPath
 from ._hooks import Hook, Webhook
 from ._limits import LimitMiddleware
 from ._objects import objects_router
@@ -234,6 +235,7 @@ def create_app(
         histogram = Histogram(
             "unistore_http_request_duration_seconds", "HTTP request latency.", ["method"], registry=registry
         )
+    app.add_middleware(ObjectFastPath, ctx=ctx)  # innermost: after the limits, reading the timed body
     app.add_middleware(BodyTimeouts, idle=settings.body_timeout, total=settings.body_deadline)
     app.add_middleware(LimitMiddleware, identify=ctx.identify, per_client=ctx.per_client, overall=ctx.overall)
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)

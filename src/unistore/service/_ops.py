@@ -30,7 +30,14 @@ from ..fastapi import error_body
 from ..layers import request_context
 from ._auth import UnauthorizedError
 
-__all__ = ["RequestIdFilter", "RequestIdMiddleware", "current_request_id", "error_response", "install_error_handlers"]
+__all__ = [
+    "RequestIdFilter",
+    "RequestIdMiddleware",
+    "current_request_id",
+    "error_response",
+    "install_error_handlers",
+    "storage_error_answer",
+]
 
 LOGGER = logging.getLogger("unistore.service")
 _REQUEST_ID: ContextVar[str] = ContextVar("unistore_service_request_id", default="-")
@@ -82,11 +89,17 @@ def error_response(exc: StorageError) -> Response:
     return JSONResponse(_body(type(exc).__name__, exc.message or type(exc).__name__, exc.key), status, headers=headers)
 
 
-async def _storage_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StorageError)
+def storage_error_answer(exc: StorageError) -> Response:
+    """What the app answers a storage error raised by a route: :func:`error_response`, logged when a 5xx
+    that is not transient (a server fault rather than bad input or an overload)."""
     if exc.status >= 500 and not isinstance(exc, TransientError):
         LOGGER.error("storage error: %s", exc)
     return error_response(exc)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageError)
+    return storage_error_answer(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
