@@ -18,8 +18,8 @@ from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe, Scan, Validate
 from ._access import ServiceContext
-from ._guard import admitted_route
 from ._fast import ObjectFastPath
+from ._guard import admitted_route
 from ._hooks import Hook, Webhook
 from ._limits import LimitMiddleware
 from ._objects import objects_router

@@ -14,11 +14,12 @@ their pattern does not match).
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import StorageError
 from ._access import ServiceContext
-from ._auth import Grant
+from ._auth import Action, Grant
 from ._limits import GRANT_STATE
 from ._objects import get_response, put_response
 from ._ops import storage_error_answer
@@ -27,7 +28,7 @@ __all__ = ["ObjectFastPath"]
 
 _PREFIX = "/v1/objects/"
 _SKIP = len(_PREFIX)
-_ACTIONS = {"GET": "read", "HEAD": "read", "PUT": "write"}
+_ACTIONS: dict[str, Action] = {"GET": "read", "HEAD": "read", "PUT": "write"}
 
 
 class ObjectFastPath:
@@ -56,12 +57,13 @@ class ObjectFastPath:
             return
         request = Request(scope, receive)
         key = path[_SKIP:]
+        response: Response
         try:
             state = scope.get("state")
             grant = state.get(GRANT_STATE) if state is not None else None
             if not isinstance(grant, Grant):
                 grant = self.ctx.grant(request)
-            grant.require(action, key)  # type: ignore[arg-type]
+            grant.require(action, key)
             if action == "write":
                 response = await put_response(self.ctx, grant, key, request)
             else:
