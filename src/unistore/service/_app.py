@@ -215,6 +215,8 @@ def create_app(
         hot_keys=0 if labels == "off" else 10,
         hot_key_labels="hash" if labels == "off" else labels,
         hot_tracker=hot,
+        # One line per request at INFO, the access line: storage operations log at DEBUG (failures at WARNING).
+        log_level=logging.DEBUG,
     )
     ctx.storage = storage
 
