@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quiet-budget", type=float, default=60)
     a = ap.parse_args(argv)
     if a.quick:
-        a.reps, a.small_n, a.large_n, a.large_mib = 1, 300, 2, 16
+        a.reps, a.small_n, a.large_n, a.large_mib = 1, 300, 2, 64
     return a
 
 

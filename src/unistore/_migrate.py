@@ -37,8 +37,11 @@ CHECKPOINT_PREFIX = ".unistore/migrate/"
 
 SCHEMA_VERSION = "schema_version"
 _MAX_DONE = 10_000
-_PART_SLOTS = 6
+_PART_SLOTS = 4
 """Parts of large S3 copies in flight at once over the whole run (each held in memory)."""
+_PART_SIZE = 5 * 1024 * 1024
+"""Their size (S3's smallest, larger only where 10,000 parts could not hold the object): what a
+kill can make a rerun send again is at most ``_PART_SLOTS`` parts."""
 
 log = logging.getLogger("unistore.migrate")
 
@@ -438,7 +441,7 @@ class _Run:
     async def _copy(self, key: str, size: int = 0) -> bool:
         """Create ``key`` at the destination; ``False`` if another writer created it first."""
         s3 = _s3(self.dst)
-        if self.upgrade is None and s3 is not None and size > 2 * s3.settings.part_size:
+        if self.upgrade is None and s3 is not None and size > s3.settings.part_size:
             return await self._copy_parts(s3, key)
         if self.upgrade is not None:
             data, info, meta = await self._wanted(key)
@@ -496,12 +499,14 @@ class _Run:
         return self.checkpoint.removesuffix(".json") + "/parts/"
 
     async def _copy_parts(self, s3: S3Backend, key: str) -> bool:
-        """Copy ``key`` into S3 as a multipart upload whose session and finished parts (with the
-        SHA-256 of each part's source bytes) are recorded in the destination after every part: a
-        rerun after a kill resumes the session and sends only the parts the server does not hold.
-        The copy read back is checked part by part against those digests."""
+        """Copy ``key`` into S3 as a multipart upload whose session is recorded in the destination
+        (with the SHA-256 of each finished part's source bytes, saved at most once a second). A
+        rerun after a kill resumes the session and sends only the parts the server does not hold
+        (a held part missing from the record is re-read from the source and kept if its checksum
+        matches). The copy read back is checked part by part against those digests."""
         from .backends.s3 import PartInfo
-        from .backends.s3._multipart import part_size_for
+        from .backends.s3._multipart import _upload_part, part_size_for
+        from .backends.s3._wire import checksum_header
 
         info = await self.src.head(key)
         meta = dict(info.metadata)
@@ -509,23 +514,36 @@ class _Run:
             meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
         uploads = s3.uploads
         state_key = self._parts_prefix + hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
-        step = part_size_for(info.size, s3.settings.part_size)
+        step = part_size_for(info.size, _PART_SIZE)
+        count = -(-info.size // step)
         ident = {"key": key, "etag": info.etag, "size": info.size, "part_size": step}
         parts: dict[int, tuple[PartInfo, str]] = {}
+
+        async def read(number: int) -> list[bytes]:
+            start = (number - 1) * step
+            end = min(start + step, info.size)
+            async with await self.src.open(key, range=ByteRange(start, end), if_match=info.etag) as dl:
+                chunks = [chunk async for chunk in dl]
+            if sum(len(c) for c in chunks) != end - start:
+                raise _integrity(key, "the source changed during the copy")
+            return chunks
+
         session = None
+        held: dict[int, PartInfo] = {}
         state = await self._read_state(state_key)
         if state is not None and all(state.get(k) == v for k, v in ident.items()):
             try:
                 session = uploads.resume(str(state["token"]))
-                held = {p.number: (p.size, p.etag) for p in await uploads.list_parts(session)}
+                held = {p.number: p for p in await uploads.list_parts(session)}
             except (NotFoundError, InvalidArgumentError, KeyError):  # expired, completed or aborted
                 session = None
             else:
-                for n, (size, etag, checksum, digest) in dict(state.get("parts", {})).items():
-                    if held.get(int(n)) == (size, etag):
-                        parts[int(n)] = (PartInfo(int(n), size, etag, checksum), digest)
+                for n, (size, etag, digest) in dict(state.get("parts", {})).items():
+                    part = held.get(int(n))
+                    if part is not None and (part.size, part.etag) == (size, etag):
+                        parts[int(n)] = (part, digest)
         elif state is not None:  # the source changed since: that session is no use
-            with contextlib.suppress(StorageError, KeyError):
+            with contextlib.suppress(StorageError, KeyError, InvalidArgumentError):
                 await uploads.abort(uploads.resume(str(state["token"])))
         if session is None:
             session = await uploads.start(
@@ -537,52 +555,64 @@ class _Run:
             )
         opened = session
         record = asyncio.Lock()
+        saved = 0.0
 
-        async def save() -> None:
-            doc = {
-                **ident,
-                "token": opened.token,
-                "parts": {n: [p.size, p.etag, p.checksum, d] for n, (p, d) in sorted(parts.items())},
-            }
-            with reserved_keys():
-                await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+        async def save(force: bool = False) -> None:
+            nonlocal saved
+            async with record:
+                if not force and time.monotonic() - saved < 1.0:
+                    return
+                saved = time.monotonic()
+                done = {n: [p.size, p.etag, d] for n, (p, d) in sorted(parts.items())}
+                doc = {**ident, "token": opened.token, "parts": done}
+                with reserved_keys():
+                    await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+
+        async def adopt(part: PartInfo) -> None:
+            """Keep a part the server holds but the record missed, if the source bytes match it."""
+            if part.size != min(step, info.size - (part.number - 1) * step) or part.checksum is None:
+                return
+            async with self.part_slots:
+                chunks = await read(part.number)
+                checksum = checksum_header(opened.checksum, chunks)[1]
+                if checksum == part.checksum:
+                    parts[part.number] = (part, await asyncio.to_thread(_sha256_hex, chunks))
 
         async def send(number: int) -> None:
-            start = (number - 1) * step
-            end = min(start + step, info.size)
             async with self.part_slots:
-                async with await self.src.open(key, range=ByteRange(start, end), if_match=info.etag) as dl:
-                    data = await dl.read()
-                if len(data) != end - start:
-                    raise _integrity(key, "the source changed during the copy")
+                chunks = await read(number)
+                size = sum(len(c) for c in chunks)
                 if self.bytes is not None:
-                    await self.bytes.take(len(data))
-                digest = hashlib.sha256(data).hexdigest()
-                part = await uploads.upload_part(opened, number, data)
-                del data
-            async with record:
-                parts[number] = (part, digest)
-                await save()
-
-        if not parts:
+                    await self.bytes.take(size)
+                digest = await asyncio.to_thread(_sha256_hex, chunks)
+                part = await _upload_part(s3, opened.key, opened.upload_id, number, chunks, size, opened.checksum)
+                del chunks
+            parts[number] = (part, digest)
             await save()
-        count = max(1, -(-info.size // step))
+
         try:
+            if session is not None and held:
+                async with asyncio.TaskGroup() as tg:
+                    for number, part in held.items():
+                        if number not in parts and number <= count:
+                            tg.create_task(adopt(part))
+            await save(force=True)
             async with asyncio.TaskGroup() as tg:
                 for number in range(1, count + 1):
                     if number not in parts:
                         tg.create_task(send(number))
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
+        await save(force=True)
         try:
-            written = await uploads.complete(opened, [parts[n][0] for n in sorted(parts)], mode="create")
+            written = await uploads.complete(opened, [parts[n][0] for n in range(1, count + 1)], mode="create")
         except AlreadyExistsError:
             with contextlib.suppress(StorageError):
                 await uploads.abort(opened)
             await self._drop_state(state_key)
             return False
         await self._drop_state(state_key)
-        if await _part_digests(self.dst, key, step) != [parts[n][1] for n in sorted(parts)]:
+        if await _part_digests(self.dst, key, step) != [parts[n][1] for n in range(1, count + 1)]:
             await _discard(self.dst, key, written.etag)
             raise _integrity(key, "the copy read back differs from the source (SHA-256)")
         self._copied(info.size)
@@ -674,6 +704,13 @@ def _s3(store: StorageBackend) -> S3Backend | None:
     """``store`` if it is an S3 store itself (not behind a layer, whose writes must go through it)."""
     module = sys.modules.get("unistore.backends.s3")
     return cast("S3Backend", store) if module is not None and type(store) is module.S3Backend else None
+
+
+def _sha256_hex(chunks: list[bytes]) -> str:
+    sha = hashlib.sha256()
+    for chunk in chunks:
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 async def _part_digests(store: StorageBackend, key: str, step: int) -> list[str]:
