@@ -191,13 +191,14 @@ class Bench(Harness):
     def make_sources(self) -> None:
         a = self.a
         self.dirs = {"small": self.work / "src-small", "large": self.work / "src-large"}
-        if not self.dirs["small"].exists():
+        wanted = {c.split("-")[0] for c in self.cases}
+        if "small" in wanted and not self.dirs["small"].exists():
             for i in range(a.small_n):
                 d = self.dirs["small"] / f"d{i // 100:03d}"
                 if i % 100 == 0:
                     d.mkdir(parents=True, exist_ok=True)
                 (d / f"f{i:05d}.bin").write_bytes(os.urandom(a.small_size))
-        if not self.dirs["large"].exists():
+        if "large" in wanted and not self.dirs["large"].exists():
             self.dirs["large"].mkdir(parents=True)
             for i in range(a.large_n):
                 with open(self.dirs["large"] / f"big{i}.bin", "wb") as f:
