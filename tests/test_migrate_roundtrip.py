@@ -42,14 +42,19 @@ def store(spec):
     from unistore import LocalBackend
     return LocalBackend(**spec)
 
+def note(line):
+    with open(sys.argv[3], "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\\n")
+
 def logged(cls, name, key_of):
     original = getattr(cls, name)
     async def wrapper(self, *args, **kwargs):
-        out = await original(self, *args, **kwargs)
         key = key_of(args, kwargs)
-        if not key.startswith(".unistore"):
-            with open(sys.argv[3], "a", encoding="utf-8") as f:
-                f.write(json.dumps(key) + "\\n")
+        if key.startswith(".unistore"):
+            return await original(self, *args, **kwargs)
+        note(["start", key])
+        out = await original(self, *args, **kwargs)
+        note(["done", key])
         return out
     setattr(cls, name, wrapper)
 
