@@ -30,6 +30,10 @@ per-round ratios.
     make bench BENCH_SUITES=service BENCH_ARGS=--quick   # 1 round, 3 s, 256 MiB
     .venv/bin/python bench/service.py --markdown bench/SERVICE_RESULTS.md --json bench/service-results.json
 
+``--workers N`` runs each unistore service with N worker processes (``unistore serve --workers``);
+nothing is pinned then, as the workers need every core. ``--baseline REV`` adds the service from an
+older tree, auth off and (with ``unistore-auth``) auth on, as before/after rows.
+
 Targets: large GET >= 0.5x nginx; small GET >= 1.0x Starlette StaticFiles; the service's
 memory flat under load (peak RSS growth < 64 MiB in every workload, 1 GiB objects included).
 """
@@ -82,7 +86,7 @@ LABELS = {
     "unistore-auth": "unistore service, auth on (bearer token)",
     "unistore-fsync": "unistore service, auth off, fsync on (the default)",
 }
-OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync", "unistore-base")
+OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync", "unistore-base", "unistore-auth-base")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -95,9 +99,12 @@ def free_port() -> int:
         return port
 
 
+PINNING = [True]  # off with --workers N > 1: the workers need every core
+
+
 def pin(cpu: str) -> list[str]:
-    """``taskset -c CPU`` when the machine has two cores or more and taskset exists."""
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+    """``taskset -c CPU`` when the machine has two cores or more and taskset exists (and one worker each)."""
+    if PINNING[0] and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", cpu]
     return []
 
@@ -258,8 +265,8 @@ def nginx_has_dav(nginx: str) -> bool:
 class Fleet:
     """Starts, tracks and stops the servers."""
 
-    def __init__(self, work: Path, root: Path, logs: Path) -> None:
-        self.work, self.root, self.logs = work, root, logs
+    def __init__(self, work: Path, root: Path, logs: Path, workers: int = 1) -> None:
+        self.work, self.root, self.logs, self.workers = work, root, logs, workers
         self.servers: dict[str, Server] = {}
         self.notes: list[str] = []
 
@@ -336,6 +343,8 @@ class Fleet:
             token = TokenAuthority(secret.encode()).issue(["read", "write"], expires_in=24 * 3600, subject="bench")
             headers["Authorization"] = f"Bearer {token}"
         cmd = [sys.executable, "-m", "unistore.service", "--host", "127.0.0.1", "--port", str(port)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         proc = self.spawn(name, cmd + ([] if auth else ["--no-auth"]), env)
         base = f"http://127.0.0.1:{port}/v1/objects/"
         self.wait_ready(name, proc, base + "small/k0", headers)
@@ -394,7 +403,7 @@ class Bench:
         self.root = self.work / "data"
         self.logs = self.work / "logs"
         self.logs.mkdir()
-        self.fleet = Fleet(self.work, self.root, self.logs)
+        self.fleet = Fleet(self.work, self.root, self.logs, a.workers)
         self.large = a.large_mib * MiB
         self.cells: dict[str, dict[str, list[dict[str, Any]]]] = {w: {} for w in WORKLOADS}
         self.waited = 0.0
@@ -454,9 +463,13 @@ class Bench:
         if self.a.baseline:
             LABELS["unistore-base"] = f"unistore service, auth off, at {self.a.baseline} (baseline)"
             src = self.baseline_src(self.a.baseline)
-            f.start_unistore("unistore-base", auth=False, fsync=False, ops=WORKLOADS, src=src)
+            if wanted("unistore"):
+                f.start_unistore("unistore-base", auth=False, fsync=False, ops=WORKLOADS, src=src)
         if wanted("unistore-auth"):
             f.start_unistore("unistore-auth", auth=True, fsync=False, ops=WORKLOADS)
+        if self.a.baseline and wanted("unistore-auth"):
+            LABELS["unistore-auth-base"] = f"unistore service, auth on, at {self.a.baseline} (baseline)"
+            f.start_unistore("unistore-auth-base", auth=True, fsync=False, ops=WORKLOADS, src=src)
         if wanted("unistore-fsync"):
             f.start_unistore("unistore-fsync", auth=False, fsync=True, ops=("small-put", "large-put"))
         log("servers: " + ", ".join(f"{n} pid {s.proc.pid} at {s.base}" for n, s in f.servers.items()))
@@ -645,6 +658,7 @@ class Bench:
             "loop": "uvloop" if have("uvloop") else "asyncio",
             "http": "httptools" if have("httptools") else "h11",
             "pinned": bool(pin(SERVER_CPU)),
+            "workers": self.a.workers,
             "tree": head.stdout.strip() + (" (+ uncommitted changes in src)" if dirty.stdout.strip() else ""),
             "rounds": self.a.rounds,
             "seconds": self.a.seconds,
@@ -654,6 +668,11 @@ class Bench:
             "small_keys": SMALL_KEYS,
             "labels": {n: LABELS.get(n, n) for n in self.fleet.servers},
         }
+
+
+def workers(m: dict[str, Any]) -> str:
+    n = m.get("workers", 1)
+    return "one worker" if n == 1 else f"the unistore services with {n} workers (`--workers {n}`), nothing pinned"
 
 
 def summary(workload: str, r: dict[str, Any]) -> str:
@@ -706,7 +725,7 @@ def render(R: dict[str, Any]) -> str:
         f"{m['cpus']} CPUs, Python {m['python']}, kernel {m['kernel']}; {m['nginx']}, {m['wrk']}, "
         f"uvicorn {m['uvicorn']} ({m['loop']}, {m['http']}), Starlette {m['starlette']}; unistore tree {m['tree']}.",
         "",
-        f"Every server: one process, one worker{', pinned to CPU 0 (clients on CPU 1)' if m['pinned'] else ''}. "
+        f"Every server: one process, {workers(m)}{', pinned to CPU 0 (clients on CPU 1)' if m['pinned'] else ''}. "
         f"{m['rounds']} interleaved round(s) ({m['large_reps']} large transfers per server and round; "
         "a new seeded server order for every pass); "
         f"cells are `median (min{DASH}max)`, ratios medians of per-round ratios. "
@@ -718,9 +737,10 @@ def render(R: dict[str, Any]) -> str:
         "(interrupt time left out), the worst round: above ~0.1 that round was disturbed.",
         "",
     ]
-    if "unistore-base" in labels and any("unistore-base" in c for c in cells.values()):
+    base_rows = [labels[n] for n in ("unistore-base", "unistore-auth-base") if any(n in c for c in cells.values())]
+    if base_rows:
         out += [
-            f"The row '{labels['unistore-base']}' is the service from an older tree (`--baseline`), "
+            f"The row(s) {', '.join(repr(b) for b in base_rows)}: the service from an older tree (`--baseline`), "
             "measured in the same rounds: the before/after of the changes since.",
             "",
         ]
@@ -924,7 +944,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline",
         default=None,
         metavar="REV",
-        help="also run the service (auth off) from src/unistore at git revision REV: before/after rows",
+        help="also run the service from src/unistore at git revision REV (auth off, and auth on when"
+        " unistore-auth runs): before/after rows",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=1, help="worker processes of each unistore service (> 1: nothing is pinned)"
     )
     ap.add_argument("--workdir", default=None, help="parent of the scratch directory (not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory and the server logs")
@@ -937,6 +961,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.quick:
         a.rounds, a.seconds, a.warmup, a.large_mib, a.large_reps = 1, 3.0, 1.0, min(a.large_mib, 256), 1
+    if a.workers < 1:
+        ap.error("--workers must be >= 1")
+    PINNING[0] = a.workers == 1
     if a.quiet_threshold is None:
         a.quiet_threshold = 0.0 if a.quick else 0.25
     a.workloads = [w for w in a.workloads.split(",") if w]

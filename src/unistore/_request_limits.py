@@ -8,6 +8,8 @@ refused before a byte is read, a chunked body as soon as the count passes it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any, cast
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect, Request
@@ -63,6 +65,47 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
+def _ready(awaitable: Awaitable[Message]) -> tuple[bool, Any]:
+    """Run ``receive()``'s coroutine up to its first wait: ``(True, message)`` when it finished
+    without one (the body was already there, the common case), else ``(False, rest)``, an awaitable
+    that goes on from there. A message at hand thus costs no timer."""
+    if not isinstance(awaitable, Coroutine):
+        return False, awaitable
+    try:
+        first = awaitable.send(None)
+    except StopIteration as done:
+        return True, done.value
+    return False, _Rest(awaitable, first)
+
+
+class _Rest:
+    """The rest of a coroutine that has yielded ``first`` to the event loop (see :func:`_ready`)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Message], first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation (the timeout): into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return cast(Message, done.value)
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return cast(Message, done.value)
+
+
 class BodyTimeouts:
     """ASGI middleware: a request body that stalls gets 408 instead of holding the connection.
 
@@ -95,14 +138,17 @@ class BodyTimeouts:
                 return await receive()
             if expired:
                 raise RequestTimeoutError("the request body stalled", operation="receive")
-            wait = self.idle if deadline is None else min(self.idle, deadline - loop.time())
-            try:
-                async with asyncio.timeout(max(wait, 0.0)):
-                    message = await receive()
-            except TimeoutError:
-                expired = True
-                what = "no body bytes" if wait == self.idle else "the body did not end"
-                raise RequestTimeoutError(f"{what} within {wait:.3g} s", operation="receive") from None
+            ready, got = _ready(receive())
+            message: Message = got
+            if not ready:  # the server has no message yet: wait for it, bounded
+                wait = self.idle if deadline is None else min(self.idle, deadline - loop.time())
+                try:
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        message = await got
+                except TimeoutError:
+                    expired = True
+                    what = "no body bytes" if wait == self.idle else "the body did not end"
+                    raise RequestTimeoutError(f"{what} within {wait:.3g} s", operation="receive") from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 ended = True
             return message

@@ -44,7 +44,15 @@ from ._keys import validate_key
 from ._mime import check_content_type, inline_safe
 from ._request_limits import BodyTimeouts, RequestTimeoutError
 from ._signing import UrlSigner
-from ._types import DEFAULT_CONTENT_TYPE, Download, ObjectInfo, accept_encoding, is_metadata_name, parse_http_range
+from ._types import (
+    DEFAULT_CONTENT_TYPE,
+    Download,
+    ObjectInfo,
+    accept_encoding,
+    accepted_encodings,
+    is_metadata_name,
+    parse_http_range,
+)
 from .layers._layer import in_memory
 from .layers._scoped import scoped
 
@@ -246,6 +254,8 @@ def _with_worker(request: Request, body: dict[str, Any]) -> dict[str, Any]:
 def content_disposition(kind: str, key: str) -> str:
     """``attachment``/``inline`` with the key's file name, escaped per RFC 6266 and RFC 8187."""
     name = key.rsplit("/", 1)[-1]
+    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name and "%" not in name:
+        return f'{kind}; filename="{name}"'  # the common case: nothing to escape
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\%' else "_" for c in name)
     value = f'{kind}; filename="{fallback}"'
     if fallback != name:
@@ -378,7 +388,8 @@ async def serve_object(
     rng = parse_http_range(raw_range) if raw_range is not None else None
     if_range = h.get("if-range") if rng is not None else None
     # a compressed object may go out as stored when the client takes its encoding; ranges stay plain
-    with accept_encoding(*(_accepted_encodings(h.get("accept-encoding", "")) if rng is None else ())):
+    accepted = _accepted_encodings(h.get("accept-encoding", "")) if rng is None else ()
+    with accept_encoding(*accepted) if accepted != accepted_encodings() else contextlib.nullcontext():
         try:
             dl = await storage.open(key, range=rng)
         except InvalidRangeError:
@@ -424,6 +435,8 @@ _SERVABLE_ENCODINGS = ("zstd", "gzip")
 def _accepted_encodings(header: str) -> tuple[str, ...]:
     """The stored encodings an ``Accept-Encoding`` value takes (RFC 9110 §12.5.3): listed, or
     matched by ``*``, with a quality above 0."""
+    if not header:
+        return ()
     named: dict[str, float] = {}
     for item in header.split(","):
         coding, _, params = item.partition(";")

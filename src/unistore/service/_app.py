@@ -18,7 +18,7 @@ from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe, Scan, Validate
 from ._access import ServiceContext
-from ._fast import ObjectFastPath
+from ._fast import ObjectFastPath, ServiceApp
 from ._guard import admitted_route
 from ._hooks import Hook, Webhook
 from ._limits import LimitMiddleware
@@ -222,7 +222,7 @@ def create_app(
     )
     ctx.storage = storage
 
-    app = FastAPI(title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None)
+    app = ServiceApp(title=title, version="1", summary="An HTTP object store over any unistore backend.", docs_url=None)
     _self_hosted_docs(app)
     install_error_handlers(app)
     # Stores that sign their own URLs (local, memory) get the route that serves them.

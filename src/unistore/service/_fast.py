@@ -13,6 +13,7 @@ their pattern does not match).
 
 from __future__ import annotations
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,11 +25,63 @@ from ._limits import GRANT_STATE
 from ._objects import get_response, put_response
 from ._ops import storage_error_answer
 
-__all__ = ["ObjectFastPath"]
+__all__ = ["ObjectFastPath", "ServiceApp", "object_action"]
 
 _PREFIX = "/v1/objects/"
 _SKIP = len(_PREFIX)
 _ACTIONS: dict[str, Action] = {"GET": "read", "HEAD": "read", "PUT": "write"}
+
+
+def object_action(scope: Scope) -> Action | None:
+    """The action a request :class:`ObjectFastPath` answers needs (``read``, ``write``), else ``None``."""
+    path = scope.get("path", "")
+    action = _ACTIONS.get(scope.get("method", ""))
+    if (
+        action is None
+        or scope["type"] != "http"
+        or not path.startswith(_PREFIX)
+        or scope.get("root_path")
+        or "\n" in path
+    ):
+        return None
+    return action
+
+
+class ServiceApp(FastAPI):
+    """The service's FastAPI app: requests :class:`ObjectFastPath` answers go straight down the
+    app's own middleware (the same classes, options and order) to it, past the layers FastAPI puts
+    around every request (its error, body-limit and telemetry middleware, none of which acts on
+    them: the request-id middleware answers every exception first, and no body limit is set).
+
+    FastAPI's native OpenTelemetry instrumentation, when a provider is configured at the first
+    such request, keeps them on FastAPI's own path so they are traced as before.
+    """
+
+    _hot: ASGIApp | None = None
+    _traced: bool | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if object_action(scope) is not None and not self.root_path:
+            if self._traced is None:
+                telemetry = getattr(self, "_native_telemetry", None)
+                self._traced = bool(telemetry is not None and telemetry.enabled())
+            if not self._traced:
+                if self._hot is None:
+                    self._hot = self._build_hot()
+                scope["app"] = self
+                await self._hot(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _build_hot(self) -> ASGIApp:
+        app: ASGIApp = _declined
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+async def _declined(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError(f"no fast path for {scope.get('method')} {scope.get('path')}")  # object_action said yes
 
 
 class ObjectFastPath:
@@ -44,19 +97,12 @@ class ObjectFastPath:
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        action = _ACTIONS.get(scope.get("method", ""))
-        if (
-            action is None
-            or scope["type"] != "http"
-            or not path.startswith(_PREFIX)
-            or scope.get("root_path")
-            or "\n" in path
-        ):
+        action = object_action(scope)
+        if action is None:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        key = path[_SKIP:]
+        key = scope["path"][_SKIP:]
         response: Response
         try:
             state = scope.get("state")

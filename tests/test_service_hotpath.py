@@ -1,0 +1,198 @@
+"""The object routes' fast path answers exactly as the FastAPI routes do; the hot path's caches keep their rules."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from unistore import MemoryBackend
+from unistore.service import ServiceSettings, TokenAuthority, UnauthorizedError, _auth, _fast, create_app
+from unistore.service._fast import ObjectFastPath
+from unistore.service._ops import new_request_id
+from unistore.testing import running_server
+
+SECRET = b"hot-path-secret-0123456789abcdef"
+AUTHORITY = TokenAuthority(SECRET)
+ADMIN = AUTHORITY.issue(["admin"], expires_in=3600, subject="root")
+READER = AUTHORITY.issue(["read"], expires_in=3600, subject="reader")
+SCOPED = AUTHORITY.issue(["read", "write"], prefix="mine/", expires_in=3600, subject="scoped")
+MD5_OF_X = base64.b64encode(hashlib.md5(b"x").digest()).decode()
+
+
+def _routed_only(app: Any) -> Any:
+    """The same app with the fast path taken out: every request goes through FastAPI's routing."""
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not ObjectFastPath]
+    app._traced = True  # ServiceApp: never the direct path either
+    return app
+
+
+@pytest.fixture(scope="module")
+def urls() -> Iterator[tuple[str, str]]:
+    backend = MemoryBackend()
+    settings = ServiceSettings(secret=SECRET, max_body_size=1000)
+    with (
+        running_server(create_app(backend, settings=settings)) as fast,
+        running_server(_routed_only(create_app(backend, settings=settings))) as routed,
+    ):
+        with httpx.Client(base_url=fast, headers={"authorization": f"Bearer {ADMIN}"}) as c:
+            assert c.put("/v1/objects/o/plain.txt", content=b"0123456789" * 10).status_code == 201
+            page = b"<script>alert(1)</script>"
+            assert c.put("/v1/objects/o/page", content=page, headers={"content-type": "text/html"}).status_code == 201
+            meta = {"x-meta-owner": "J%C3%BCrgen", "cache-control": "max-age=60", "content-disposition": "inline"}
+            assert c.put("/v1/objects/o/meta.bin", content=b"m", headers=meta).status_code == 201
+        yield fast, routed
+
+
+def _etag(base: str) -> str:
+    r = httpx.head(base + "/v1/objects/o/plain.txt", headers={"authorization": f"Bearer {ADMIN}"})
+    return str(r.headers["etag"])
+
+
+_READS: list[tuple[str, str, str | None, dict[str, str]]] = [
+    ("GET", "o/plain.txt", ADMIN, {}),
+    ("HEAD", "o/plain.txt", ADMIN, {}),
+    ("GET", "o/plain.txt", READER, {"range": "bytes=10-19"}),
+    ("GET", "o/plain.txt", READER, {"range": "bytes=500-600"}),
+    ("GET", "o/plain.txt", READER, {"range": "bytes=0-1", "if-range": '"stale"'}),
+    ("GET", "o/plain.txt", READER, {"if-none-match": "ETAG"}),
+    ("GET", "o/plain.txt", READER, {"if-match": '"other"'}),
+    ("GET", "o/page", READER, {}),
+    ("GET", "o/meta.bin", READER, {"x-request-id": "mine-1"}),
+    ("GET", "o/missing", READER, {}),
+    ("GET", "o/plain.txt", None, {}),
+    ("GET", "o/plain.txt", "ust2.forged.token.here", {}),
+    ("GET", "o/plain.txt", SCOPED, {}),
+    ("HEAD", "o/../x", READER, {}),
+    ("GET", ".unistore/service/x", ADMIN, {}),
+    ("GET", "", ADMIN, {}),
+]
+
+
+@pytest.mark.parametrize(("method", "key", "token", "headers"), _READS)
+def test_reads_answer_as_the_routes_do(
+    urls: tuple[str, str], method: str, key: str, token: str | None, headers: dict[str, str]
+) -> None:
+    answers = []
+    for base in urls:
+        sent = {k: v.replace("ETAG", _etag(base)) for k, v in headers.items()}
+        if token:
+            sent["authorization"] = f"Bearer {token}"
+        r = httpx.request(method, f"{base}/v1/objects/{key}", headers=sent)
+        got = dict(r.headers)
+        got.pop("date")
+        rid = got.pop("x-request-id")
+        assert rid == headers.get("x-request-id", rid) and re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", rid)
+        answers.append((r.status_code, got, r.content))
+    assert answers[0] == answers[1]
+
+
+_WRITES: list[tuple[str, str | None, dict[str, str], bytes]] = [
+    ("w/a.txt+", ADMIN, {"content-type": "text/plain", "x-meta-a": "b", "cache-control": "no-store"}, b"hello"),
+    ("w/a.txt", READER, {}, b"x"),
+    ("w/b", None, {}, b"x"),
+    ("other/b", SCOPED, {}, b"x"),
+    ("w/big", ADMIN, {}, b"x" * 1001),
+    ("w/md5", ADMIN, {"content-md5": MD5_OF_X}, b"y"),
+    ("w/md5", ADMIN, {"content-md5": "not base64!"}, b"x"),
+    ("w/ct", ADMIN, {"content-type": "text/plain, text/html"}, b"x"),
+    ("w/meta", ADMIN, {"x-meta-bad": "%FF"}, b"x"),
+    ("w/idem", ADMIN, {"idempotency-key": "k" * 201}, b"x"),
+    ("o/plain.txt", ADMIN, {"if-none-match": "*"}, b"x"),
+    ("o/plain.txt", ADMIN, {"if-match": '"nope"'}, b"x"),
+    ("bad//key", ADMIN, {}, b"x"),
+]
+
+
+@pytest.mark.parametrize(("key", "token", "headers", "body"), _WRITES)
+def test_writes_answer_as_the_routes_do(
+    urls: tuple[str, str], key: str, token: str | None, headers: dict[str, str], body: bytes
+) -> None:
+    answers = []
+    for n, base in enumerate(urls):
+        sent = dict(headers, authorization=f"Bearer {token}") if token else dict(headers)
+        name = key.replace("+", str(n))  # "+": a key of each app's own (both are written)
+        r = httpx.put(f"{base}/v1/objects/{name}", content=body, headers=sent)
+        got = dict(r.headers)
+        for volatile in ("date", "x-request-id", "etag", "content-length"):
+            got.pop(volatile, None)
+        data = r.json()
+        if r.status_code == 201:  # another key, another time: compare the shape and the stored fields
+            assert data.pop("key") == name and data.pop("etag") and data.pop("last_modified")
+        answers.append((r.status_code, got, data))
+    assert answers[0] == answers[1]
+    assert answers[0][0] != 500
+
+
+def test_the_fast_path_answers_the_object_routes(urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_get, real_put = _fast.get_response, _fast.put_response
+
+    async def counted_get(*args: Any) -> Any:
+        calls.append("get")
+        return await real_get(*args)
+
+    async def counted_put(*args: Any) -> Any:
+        calls.append("put")
+        return await real_put(*args)
+
+    monkeypatch.setattr(_fast, "get_response", counted_get)
+    monkeypatch.setattr(_fast, "put_response", counted_put)
+    fast, routed = urls
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    for base in (fast, routed):
+        assert httpx.put(base + "/v1/objects/c/x", content=b"x", headers=auth).status_code == 201
+        assert httpx.get(base + "/v1/objects/c/x", headers=auth).content == b"x"
+        assert httpx.head(base + "/v1/objects/c/x", headers=auth).status_code == 200
+        assert httpx.get(base + "/v1/objects", params={"prefix": "c/"}, headers=auth).status_code == 200
+    assert calls == ["put", "get", "get"]  # the routed app and the listing never took it
+
+
+def test_verified_tokens_are_remembered_until_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = TokenAuthority(SECRET)
+    now = [1_000_000.0]
+    monkeypatch.setattr(_auth.time, "time", lambda: now[0])
+    token = authority.issue(["read"], expires_in=60)
+    grant = authority.verify(token)
+    macs: list[str] = []
+    real_mac = TokenAuthority._mac
+
+    def counted_mac(self: TokenAuthority, kid: str, payload: str) -> str:
+        macs.append(kid)
+        return real_mac(self, kid, payload)
+
+    monkeypatch.setattr(TokenAuthority, "_mac", counted_mac)
+    assert authority.verify(token) is grant and macs == []  # remembered: no signature check again
+    now[0] += 59
+    assert authority.verify(token) is grant
+    now[0] += 1
+    with pytest.raises(UnauthorizedError, match="expired"):
+        authority.verify(token)
+    with pytest.raises(UnauthorizedError, match="expired"):
+        authority.verify(token)
+    fresh = authority.issue(["read"], expires_in=600)
+    assert authority.verify(fresh).expires == int(now[0]) + 600
+    authority.max_lifetime = 10  # a lower server-wide lifetime shortens remembered tokens too
+    assert authority.verify(fresh).expires == int(now[0]) + 10
+    assert authority.verify(fresh, now=now[0] + 5).expires == int(now[0]) + 10
+
+
+def test_the_token_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = TokenAuthority(SECRET)
+    monkeypatch.setattr(TokenAuthority, "cache_size", 3)
+    tokens = [authority.issue(["read"], subject=f"s{i}") for i in range(5)]
+    for token in tokens:
+        authority.verify(token)
+    authority.verify(tokens[2])  # used most recently: kept
+    authority.verify(tokens[0])  # forgotten, verified again: evicts the least recently used (tokens[3])
+    assert list(authority._verified) == [tokens[4], tokens[2], tokens[0]]
+
+
+def test_request_ids_are_unique_hex() -> None:
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
