@@ -685,3 +685,71 @@ def test_time_is_pinned_in_presign() -> None:
     creds = Credentials("AK", "SK")
     a = signer.presign(creds, "GET", "h", "/b/k", 60, now=time.time())
     assert "X-Amz-Expires=60" in a and "X-Amz-Signature=" in a
+
+
+@pytest.mark.parametrize("checksum", ["md5", "none"])
+async def test_file_parts_go_through_sendfile_over_plain_http(
+    seaweed: S3Server, pfx: str, tmp_path: Any, checksum: str
+) -> None:
+    """Over plain TCP the kernel sends each part's range (no copy through Python)."""
+    backend = seaweed.backend(part_size=5 * MiB, max_concurrency=2, checksum=checksum)
+    data = os.urandom(11 * MiB + 3)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    loop = asyncio.get_running_loop()
+    sent: list[tuple[int, int | None]] = []
+    real = loop.sendfile
+
+    async def counting(transport: Any, file: Any, offset: int = 0, count: int | None = None, **kw: Any) -> int:
+        sent.append((offset, count))
+        return await real(transport, file, offset, count, **kw)
+
+    loop.sendfile = counting  # type: ignore[method-assign]  # spies on the real call
+    try:
+        await backend.put_object(pfx + "sf.bin", path)
+        assert sorted(sent) == [(0, 5 * MiB), (5 * MiB, 5 * MiB), (10 * MiB, MiB + 3)]
+        assert await backend.get(pfx + "sf.bin") == data
+    finally:
+        del loop.sendfile
+        await backend.aclose()
+
+
+async def test_file_parts_fall_back_to_reads_without_sendfile(seaweed: S3Server, pfx: str, tmp_path: Any) -> None:
+    backend = seaweed.backend(part_size=5 * MiB, max_concurrency=2, checksum="none")
+    data = os.urandom(10 * MiB + 7)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    loop = asyncio.get_running_loop()
+
+    async def refused(*args: Any, **kwargs: Any) -> int:
+        raise asyncio.SendfileNotAvailableError("not here")
+
+    loop.sendfile = refused  # type: ignore[method-assign]  # as on a loop without sendfile (uvloop)
+    try:
+        await backend.put_object(pfx + "nosf.bin", path)
+        assert await backend.get(pfx + "nosf.bin") == data
+    finally:
+        del loop.sendfile
+        await backend.aclose()
+
+
+async def test_file_that_shrinks_while_sent_by_the_kernel_fails(seaweed: S3Server, pfx: str, tmp_path: Any) -> None:
+    backend = seaweed.backend(part_size=5 * MiB, max_concurrency=1, checksum="none")
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(os.urandom(16 * MiB))
+    original = backend._send
+
+    async def send_then_truncate(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        if kwargs.get("op") == "upload_part":
+            os.truncate(path, 6 * MiB)  # another process rewrites the file mid-upload
+        return result
+
+    backend._send = send_then_truncate  # type: ignore[method-assign]  # wraps the real request
+    try:
+        with pytest.raises(IntegrityError, match="changed size"):
+            await backend.put_object(pfx + "shrink-sf.bin", path)
+        assert not await backend.exists(pfx + "shrink-sf.bin")
+        assert await backend.uploads.list(pfx) == []
+    finally:
+        await backend.aclose()

@@ -134,7 +134,7 @@ def _base(name: str) -> Any:
 class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
-        self.registry = adapters.REGISTRY
+        self.registry = dict(adapters.REGISTRY)
         self.workloads = set(a.workloads.split(","))
         self.concs = [int(c) for c in a.concurrency.split(",")]
         only = {x for x in a.adapters.split(",") if x}
@@ -145,6 +145,7 @@ class Bench(Harness):
         self.names = [n for n in adapters.REGISTRY if (not only or n in only) and n not in skip]
         if a.old_src:
             for n in [n for n in self.names if n.startswith("unistore-s3")]:
+                self.registry[f"{n}@old"] = adapters.REGISTRY[n]
                 self.names.insert(self.names.index(n) + 1, f"{n}@old")
         self.caps = {k: int(v) for k, v in (c.split("=") for c in a.cap)}
         self.own_work = a.workdir is None
@@ -157,9 +158,7 @@ class Bench(Harness):
         self.R: dict[str, Any] = {
             "meta": {},
             "failures": [],
-            "labels": {
-                n: _base(n).label + (" [old tree]" if n.endswith("@old") else "") for n in self.names
-            },
+            "labels": {n: _base(n).label + (" [old tree]" if n.endswith("@old") else "") for n in self.names},
             "groups": {n: _base(n).group for n in self.names},
             "transfer": {n: _base(n).transfer for n in self.names},
             "params": {
@@ -182,7 +181,9 @@ class Bench(Harness):
         if a.old_src:
             old = self.work / "snapshot-old"
             shutil.rmtree(old, ignore_errors=True)
-            shutil.copytree(Path(a.old_src) / "unistore", old / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                Path(a.old_src) / "unistore", old / "unistore", ignore=shutil.ignore_patterns("__pycache__")
+            )
             rest = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p and "snapshot" not in p]
             self.old_env["PYTHONPATH"] = os.pathsep.join([str(old), *rest])
         self.cfg: dict[str, Any] = {}
