@@ -55,8 +55,8 @@ lint: $(VENV)/.dev-installed
 
 typecheck: lint
 
-## The service suite's load generator and physical-limit anchor, and the cli suite's peer rclone
-## (Debian packages; needs root). The cli suite's other peer, awscli, is in the [bench] extra.
+## The service suite's load generator and physical-limit anchor, and the cli and migrate suites' peer
+## rclone (Debian packages; needs root). Their other peer, awscli, is in the [bench] extra.
 BENCH_TOOLS := nginx wrk rclone zstd
 bench-tools:
 	@missing=""; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
@@ -68,8 +68,8 @@ bench-tools:
 
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
-BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate
-bench: $(VENV)/.bench-installed $(if $(filter service cli compress,$(BENCH_SUITES)),bench-tools)
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate
+bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate,$(BENCH_SUITES)),bench-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
@@ -87,7 +87,8 @@ bench: $(VENV)/.bench-installed $(if $(filter service cli compress,$(BENCH_SUITE
 	    fsspec) script=bench/fsspec_bench.py ;; \
 	    cdn) script=bench/cdn_sign.py ;; \
 	    replicate) script=bench/replicate.py ;; \
-	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate)"; exit 2 ;; \
+	    migrate) script=bench/migrate.py ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate)"; exit 2 ;; \
 	  esac; \
 	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
 	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \
