@@ -1,10 +1,14 @@
-// The folder listing: pages fetched with the cursor and rendered as they arrive, sorting,
-// multi-select and keyboard navigation (arrow keys move between rows, Enter opens).
+// The folder listing: pages fetched with the cursor as they are needed, sorting, multi-select
+// and keyboard navigation (arrow keys move between rows, Enter opens). The table is virtual:
+// only the rows in view (and a few around them) are in the document, so a folder of 100,000
+// entries sorts and scrolls as fast as one of 100.
 import * as api from "./api.js";
 import { el } from "./dialogs.js";
 import { baseName, formatCount, formatDate, formatSize } from "./format.js";
 
 export const PAGE_SIZE = 1000;
+export const ROW_HEIGHT = 36; // px, as .files tbody tr in app.css
+const OVERSCAN = 10;
 const SORTS = { name: "Name", size: "Size", date: "Modified" };
 
 /** Whether a listed key is a folder marker, which the listing hides. */
@@ -38,6 +42,9 @@ export class Browser {
     this.sort = { field: "name", dir: 1 };
     this.selected = new Set();
     this.canSelect = options.can.has("delete");
+    this.activeIndex = 0;
+    this.activeColumn = "button.name";
+    this.range = [0, 0];
     this.build(container);
   }
 
@@ -48,24 +55,37 @@ export class Browser {
     const headerCells = [];
     if (this.canSelect) headerCells.push(el("th", { class: "col-select", scope: "col" }, this.selectAll));
     for (const [field, label] of Object.entries(SORTS)) {
-      const button = el("button", { type: "button", class: "sort", text: label, onclick: () => this.sortBy(field) });
+      const button = el("button", { type: "button", class: "sort", onclick: () => this.sortBy(field) },
+        label, el("span", { class: "arrow", "aria-hidden": "true" }));
       this.sortButtons[field] = button;
       this.headers[field] = el("th", { scope: "col", class: `col-${field}` }, button);
     }
     headerCells.push(this.headers.name, this.headers.size, el("th", { scope: "col", class: "col-type", text: "Type" }), this.headers.date);
-    this.body = el("tbody", { onkeydown: (event) => this.onKey(event), onfocusin: (event) => this.setActive(event.target) });
-    this.table = el("table", { class: "files" }, el("thead", {}, el("tr", {}, headerCells)), this.body);
+    this.columns = headerCells.length;
+    this.head = el("thead", {}, el("tr", { "aria-rowindex": "1" }, headerCells));
+    this.body = el("tbody", { onfocusin: (event) => this.onFocus(event.target) });
+    this.table = el("table", { class: "files" }, this.head, this.body);
+    this.topSpacer = this.spacer();
+    this.bottomSpacer = this.spacer();
+    this.scroller = el("div", {
+      class: "scroller", tabindex: "-1",
+      onscroll: () => this.scheduleRender(),
+      onkeydown: (event) => this.onKey(event),
+    }, this.table);
     this.empty = el("p", { class: "empty", hidden: true });
     this.moreButton = el("button", { type: "button", text: "Load more", hidden: true, onclick: () => this.loadMore() });
     this.count = el("span", { class: "count", "aria-live": "polite" });
     this.footer = el("div", { class: "more" }, this.count, this.moreButton);
-    container.replaceChildren(this.table, this.empty, this.footer);
-    // Infinite scroll: the next page loads when the footer scrolls into view.
-    this.observer = new IntersectionObserver((seen) => {
-      if (seen.some((entry) => entry.isIntersecting) && this.cursor && !this.loading) this.loadMore();
-    }, { rootMargin: "200px" });
-    this.observer.observe(this.footer);
+    container.replaceChildren(this.scroller, this.empty, this.footer);
+    window.addEventListener("resize", () => this.scheduleRender());
     this.showSort();
+  }
+
+  spacer() {
+    const cell = el("td", { colspan: "6" });
+    const row = el("tr", { class: "spacer", "aria-hidden": "true" }, cell);
+    row.cell = cell;
+    return row;
   }
 
   /** Show the folder `prefix`, its entries whose names start with `filter`. */
@@ -76,7 +96,9 @@ export class Browser {
     this.entries = [];
     this.cursor = null;
     this.selected.clear();
-    this.active = null;
+    this.selectAll.checked = false;
+    this.activeIndex = 0;
+    this.scroller.scrollTop = 0;
     this.body.replaceChildren();
     this.table.setAttribute("aria-label", `Contents of ${prefix || "the top folder"}`);
     await this.fetchPage(this.generation);
@@ -95,16 +117,14 @@ export class Browser {
     try {
       const page = await api.listPage(this.prefix + this.filter, { cursor: this.cursor, limit: PAGE_SIZE });
       if (generation !== this.generation) return; // another folder was opened meanwhile
-      const added = [];
       for (const prefix of page.prefixes || []) {
-        added.push({ folder: true, key: prefix, name: baseName(prefix) });
+        this.entries.push({ folder: true, key: prefix, name: baseName(prefix) });
       }
       for (const object of page.objects) {
-        if (!isMarker(object.key)) added.push({ folder: false, name: baseName(object.key), ...object });
+        if (!isMarker(object.key)) this.entries.push({ folder: false, name: baseName(object.key), ...object });
       }
-      this.entries.push(...added);
       this.cursor = page.next_cursor;
-      this.render();
+      this.reorder();
     } catch (err) {
       if (generation === this.generation) {
         this.count.textContent = "";
@@ -129,9 +149,9 @@ export class Browser {
       })));
     }
     const name = el("button", {
-      type: "button", tabindex: "-1", class: entry.folder ? "name folder" : "name file", text: entry.name,
+      type: "button", tabindex: "-1", class: entry.folder ? "name folder" : "name file",
       onclick: () => (entry.folder ? this.options.onNavigate(entry.key) : this.options.onOpen(entry)),
-    });
+    }, el("span", { class: "icon", "aria-hidden": "true" }), entry.name);
     cells.push(
       el("td", { class: "col-name" }, name),
       el("td", { class: "col-size", text: entry.folder ? "" : formatSize(entry.size) }),
@@ -140,22 +160,22 @@ export class Browser {
         datetime: entry.last_modified, title: entry.last_modified, text: formatDate(entry.last_modified),
       })),
     );
-    entry.row = el("tr", { "data-key": entry.key }, cells);
+    entry.row = el("tr", { "data-key": entry.key, class: this.selected.has(entry.key) ? "selected" : null }, cells);
     entry.row.entry = entry;
     return entry.row;
   }
 
-  /** Lay out the loaded entries in the current order (rows are made once and then only moved). */
-  render() {
-    const focused = document.activeElement;
+  /** Sort the loaded entries and show them (after a page arrives, a sort or a removal). */
+  reorder() {
+    const activeKey = this.entries[this.activeIndex] && this.entries[this.activeIndex].key;
     this.entries.sort(compare(this.sort.field, this.sort.dir));
-    this.body.replaceChildren(...this.entries.map((entry) => this.row(entry)));
-    if (focused && this.body.contains(focused)) focused.focus();
-    if (!this.active || !this.body.contains(this.active)) {
-      const first = this.body.querySelector("button.name");
-      if (first) this.setActive(first);
-    }
+    this.entries.forEach((entry, i) => { entry.index = i; });
+    const found = activeKey ? this.entries.findIndex((entry) => entry.key === activeKey) : -1;
+    this.activeIndex = found >= 0 ? found : Math.min(this.activeIndex, Math.max(this.entries.length - 1, 0));
+    this.range = null; // force a new window
+    this.render();
     const n = this.entries.length;
+    this.table.setAttribute("aria-rowcount", String(n + 1));
     this.empty.hidden = n > 0;
     this.empty.textContent = this.filter ? `Nothing here starts with “${this.filter}”.` : "This folder is empty.";
     this.count.textContent = this.cursor
@@ -164,10 +184,42 @@ export class Browser {
     this.options.onChange();
   }
 
+  scheduleRender() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => { this.frame = 0; this.render(); });
+  }
+
+  /** Put the rows in view (plus a margin) in the table, spacers standing in for the rest. */
+  render() {
+    const n = this.entries.length;
+    const headHeight = this.head.offsetHeight;
+    const view = Math.max(this.scroller.clientHeight, window.innerHeight);
+    const first = Math.max(0, Math.floor((this.scroller.scrollTop - headHeight) / ROW_HEIGHT) - OVERSCAN);
+    const last = Math.min(n, first + Math.ceil(view / ROW_HEIGHT) + 2 * OVERSCAN);
+    if (this.range && this.range[0] === first && this.range[1] === last) return;
+    this.range = [first, last];
+    const hadFocus = this.body.contains(document.activeElement);
+    const rows = [];
+    for (let i = first; i < last; i++) {
+      const row = this.row(this.entries[i]);
+      row.setAttribute("aria-rowindex", String(i + 2));
+      const active = i === this.activeIndex;
+      for (const control of row.querySelectorAll("button, input")) control.tabIndex = active && control.matches(this.activeColumn) ? 0 : -1;
+      rows.push(row);
+    }
+    this.topSpacer.cell.style.height = `${first * ROW_HEIGHT}px`;
+    this.bottomSpacer.cell.style.height = `${(n - last) * ROW_HEIGHT}px`;
+    this.body.replaceChildren(...(first > 0 ? [this.topSpacer] : []), ...rows, ...(last < n ? [this.bottomSpacer] : []));
+    this.scroller.tabIndex = this.activeIndex >= first && this.activeIndex < last ? -1 : 0;
+    if (hadFocus && !this.body.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
+    // Infinite scroll: the next page loads as the end of what is loaded comes into view.
+    if (this.cursor && !this.loading && last >= n - OVERSCAN) this.loadMore();
+  }
+
   sortBy(field) {
     this.sort = { field, dir: this.sort.field === field ? -this.sort.dir : 1 };
     this.showSort();
-    this.render();
+    this.reorder();
   }
 
   showSort() {
@@ -181,9 +233,11 @@ export class Browser {
 
   select(entry, on) {
     if (on) this.selected.add(entry.key); else this.selected.delete(entry.key);
-    entry.row.classList.toggle("selected", on);
-    const box = entry.row.querySelector("input[type=checkbox]");
-    if (box) box.checked = on;
+    if (entry.row) {
+      entry.row.classList.toggle("selected", on);
+      const box = entry.row.querySelector("input[type=checkbox]");
+      if (box) box.checked = on;
+    }
     this.selectAll.checked = this.selected.size > 0 && this.selected.size === this.entries.length;
     this.options.onChange();
   }
@@ -203,32 +257,57 @@ export class Browser {
   selectedEntries() { return this.entries.filter((entry) => this.selected.has(entry.key)); }
 
   /** Roving focus: one control in the listing is in the Tab order, the one last focused. */
-  setActive(target) {
-    if (!(target instanceof HTMLElement) || !target.closest("tr")) return;
-    if (this.active && this.active !== target) this.active.tabIndex = -1;
-    this.active = target;
+  onFocus(target) {
+    const row = target.closest("tr");
+    if (!row || !row.entry) return;
+    this.activeIndex = row.entry.index;
+    this.activeColumn = target.matches("input") ? "input" : "button.name";
+    for (const control of this.body.querySelectorAll("[tabindex='0']")) if (control !== target) control.tabIndex = -1;
     target.tabIndex = 0;
+    this.scroller.tabIndex = -1;
+  }
+
+  /** Focus row `index` (scrolling it into view), in the current column. */
+  focusIndex(index) {
+    const n = this.entries.length;
+    if (!n) return;
+    index = Math.max(0, Math.min(n - 1, index));
+    this.activeIndex = index;
+    const top = this.head.offsetHeight + index * ROW_HEIGHT;
+    const scroller = this.scroller;
+    if (top < scroller.scrollTop + this.head.offsetHeight) scroller.scrollTop = top - this.head.offsetHeight;
+    else if (top + ROW_HEIGHT > scroller.scrollTop + scroller.clientHeight) scroller.scrollTop = top + ROW_HEIGHT - scroller.clientHeight;
+    this.render();
+    const row = this.entries[index].row;
+    const target = row.querySelector(this.activeColumn) || row.querySelector("button.name");
+    target.focus({ preventScroll: true });
+    if (row.getBoundingClientRect().bottom > window.innerHeight || row.getBoundingClientRect().top < 0) {
+      row.scrollIntoView({ block: "nearest" });
+    }
+    if (index >= n - 1 && this.cursor) this.loadMore();
   }
 
   onKey(event) {
+    if (event.target.closest("thead")) return;
     const row = event.target.closest("tr");
-    if (!row) return;
-    const column = event.target.matches("input") ? "input" : "button.name";
+    const index = row && row.entry ? row.entry.index : this.activeIndex;
+    const page = Math.max(1, Math.floor(this.scroller.clientHeight / ROW_HEIGHT) - 1);
     let next = null;
     switch (event.key) {
-      case "ArrowDown": next = row.nextElementSibling; break;
-      case "ArrowUp": next = row.previousElementSibling; break;
-      case "Home": next = this.body.firstElementChild; break;
-      case "End": next = this.body.lastElementChild; break;
-      case "PageDown": next = this.body.children[Math.min(row.sectionRowIndex + 10, this.body.children.length - 1)]; break;
-      case "PageUp": next = this.body.children[Math.max(row.sectionRowIndex - 10, 0)]; break;
+      case "ArrowDown": next = row ? index + 1 : index; break;
+      case "ArrowUp": next = row ? index - 1 : index; break;
+      case "Home": next = 0; break;
+      case "End": next = this.entries.length - 1; break;
+      case "PageDown": next = index + page; break;
+      case "PageUp": next = index - page; break;
       case "ArrowLeft": case "ArrowRight": {
-        const other = row.querySelector(column === "input" ? "button.name" : "input");
+        if (!row) return;
+        const other = row.querySelector(event.target.matches("input") ? "button.name" : "input");
         if (other) { event.preventDefault(); other.focus(); }
         return;
       }
       case "Delete":
-        if (this.canSelect) {
+        if (this.canSelect && row) {
           event.preventDefault();
           this.options.onDelete(this.selected.size ? this.selectedEntries() : [row.entry]);
         }
@@ -236,12 +315,7 @@ export class Browser {
       default: return;
     }
     event.preventDefault();
-    if (next) {
-      const target = next.querySelector(column) || next.querySelector("button.name");
-      target.focus();
-      target.scrollIntoView({ block: "nearest" });
-      if (event.key === "End" && this.cursor) this.loadMore();
-    }
+    this.focusIndex(next);
   }
 
   /** Forget entries that are gone (after a delete or a move) without listing again. */
@@ -249,6 +323,7 @@ export class Browser {
     const gone = new Set(keys);
     this.entries = this.entries.filter((entry) => !gone.has(entry.key));
     for (const key of keys) this.selected.delete(key);
-    this.render();
+    this.selectAll.checked = false;
+    this.reorder();
   }
 }
