@@ -240,3 +240,196 @@ def test_sort_by_name_size_and_date(ui_service: Callable[..., UiService], new_pa
     page.get_by_role("button", name="Modified", exact=True).click()
     assert names(page)[-1] == "c.txt"
     assert page_errors == []
+
+
+def test_delete_one_after_confirming_and_several_at_once(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    svc = served({f"d/{n}.txt": (n.encode(), "text/plain") for n in ("a", "b", "c", "d")} | {"d/sub/x.txt": b"x", "d/sub/y/z.txt": b"z"})
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="d/").click()
+    expect_names(page, ["sub/", "a.txt", "b.txt", "c.txt", "d.txt"])
+    # one file, from its details panel; cancelling first keeps it
+    page.get_by_role("button", name="a.txt").click()
+    page.get_by_role("complementary").get_by_role("button", name="Delete").click()
+    dialog = page.get_by_role("dialog", name="Delete")
+    expect(dialog).to_contain_text("Delete “a.txt”? This cannot be undone.")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    assert http_get(svc, "d/a.txt").status_code == 200
+    page.get_by_role("complementary").get_by_role("button", name="Delete").click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect_names(page, ["sub/", "b.txt", "c.txt", "d.txt"])
+    expect(page.get_by_role("status").first).to_contain_text("Deleted “a.txt”.")
+    assert http_get(svc, "d/a.txt").status_code == 404
+    # several: two files and a folder with everything in it
+    delete_selected = page.get_by_role("button", name="Delete selected")
+    expect(delete_selected).to_be_disabled()
+    page.get_by_role("checkbox", name="Select b.txt").check()
+    page.get_by_role("checkbox", name="Select d.txt").check()
+    page.get_by_role("checkbox", name="Select sub/").check()
+    expect(delete_selected).to_have_text("Delete selected (3)")
+    delete_selected.click()
+    expect(dialog).to_contain_text("Delete 3 items and everything inside the folder?")
+    dialog.get_by_role("button", name="Delete").click()
+    expect_names(page, ["c.txt"])
+    assert [http_get(svc, k).status_code for k in ("d/b.txt", "d/d.txt", "d/sub/x.txt", "d/sub/y/z.txt", "d/c.txt")] == [404, 404, 404, 404, 200]
+    # the keyboard: Delete on the focused row asks too
+    page.get_by_role("button", name="c.txt").focus()
+    page.keyboard.press("Delete")
+    expect(dialog).to_contain_text("“c.txt”")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert page_errors == []
+
+
+def http_get(svc: UiService, key: str) -> httpx.Response:
+    return httpx.get(f"{svc.url}/v1/objects/{key}", headers={"Authorization": "Bearer " + svc.token()})
+
+
+def test_rename_and_move_are_conditional_copies(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    svc = served({"r/old.txt": (b"payload", "text/plain"), "r/taken.txt": (b"other", "text/plain")})
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="r/").click()
+    page.get_by_role("button", name="old.txt").click()
+    page.get_by_role("button", name="Rename or move").click()
+    dialog = page.get_by_role("dialog", name=re.compile("^Rename or move"))
+    field = dialog.get_by_label("New name or path")
+    expect(field).to_have_value("r/old.txt")
+    # onto an existing name: refused, nothing lost
+    field.fill("r/taken.txt")
+    dialog.get_by_role("button", name="Rename").click()
+    expect(page.locator("#status")).to_contain_text("Not renamed")
+    assert http_get(svc, "r/taken.txt").content == b"other" and http_get(svc, "r/old.txt").content == b"payload"
+    # a plain rename
+    page.get_by_role("button", name="Rename or move").click()
+    field.fill("r/new.txt")
+    field.press("Enter")
+    expect_names(page, ["new.txt", "taken.txt"])
+    expect(page.locator("#status")).to_have_text("Renamed to new.txt")
+    assert http_get(svc, "r/new.txt").content == b"payload" and http_get(svc, "r/old.txt").status_code == 404
+    # a move to another folder; and a stale etag (changed behind the page's back) is refused
+    page.get_by_role("button", name="new.txt").click()
+    httpx.put(f"{svc.url}/v1/objects/r/new.txt", content=b"changed", headers={"Authorization": "Bearer " + svc.token()})
+    page.get_by_role("button", name="Rename or move").click()
+    field.fill("elsewhere/new.txt")
+    dialog.get_by_role("button", name="Rename").click()
+    expect(page.locator("#status")).to_contain_text("Not renamed")
+    assert http_get(svc, "r/new.txt").content == b"changed" and http_get(svc, "elsewhere/new.txt").status_code == 404
+    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="new.txt").click()
+    page.get_by_role("button", name="Rename or move").click()
+    field.fill("elsewhere/new.txt")
+    dialog.get_by_role("button", name="Rename").click()
+    expect(page.locator("#status")).to_have_text("Moved to elsewhere/new.txt")
+    expect_names(page, ["taken.txt"])
+    assert http_get(svc, "elsewhere/new.txt").content == b"changed"
+    assert page_errors == [] or only_failed_requests(page_errors, 412)
+
+
+def only_failed_requests(errors: list[str], status: int) -> bool:
+    return all(f"status of {status}" in e for e in errors)
+
+
+def test_create_a_folder(ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+    svc = ui_service()
+    page = signed_in(new_page, svc)
+    expect(page.get_by_text("This folder is empty.")).to_be_visible()
+    page.get_by_role("button", name="New folder").click()
+    dialog = page.get_by_role("dialog", name="New folder")
+    dialog.get_by_label("Folder name").fill("reports")
+    dialog.get_by_role("button", name="Create").click()
+    expect_names(page, ["reports/"])
+    page.get_by_role("button", name="reports/").click()
+    # the marker object is there but never listed
+    expect(page.get_by_text("This folder is empty.")).to_be_visible()
+    assert http_get(svc, "reports/.keep").status_code == 200
+    assert page_errors == []
+
+
+def test_share_link_opens_without_a_token_and_download_is_an_attachment(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    body = bytes(range(256)) * 40
+    svc = served({"s/report.bin": (body, "application/octet-stream")})
+    page = signed_in(new_page, svc, svc.token(expires_in=7 * 86400))
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="s/").click()
+    page.get_by_role("button", name="report.bin").click()
+    page.get_by_role("button", name="Share").click()
+    dialog = page.get_by_role("dialog", name="Share report.bin")
+    dialog.get_by_label("Link expires after").select_option(label="1 day")
+    expect(dialog.get_by_role("status")).to_contain_text("for 24 h")
+    link = dialog.get_by_role("textbox", name="Share link").input_value()
+    assert link.startswith(svc.url + "/files/s/report.bin?")
+    dialog.get_by_role("button", name="Copy link").click()
+    expect(dialog.get_by_role("status")).to_have_text("Link copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == link
+    dialog.get_by_role("button", name="Close").click()
+    # a fresh browser context: no token, no session storage
+    stranger = new_page()
+    response = stranger.request.get(link)
+    assert response.status == 200 and response.body() == body
+    # download: a signed attachment URL
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download").click()
+    download = info.value
+    assert download.suggested_filename == "report.bin"
+    assert Path(download.path()).read_bytes() == body
+    assert page_errors == []
+
+
+def test_stored_html_previews_as_text_and_never_runs(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    evil = b"<html><body><h1>hi</h1><script>alert('x'); window.pwned = 1; document.title = 'pwned'</script>" \
+        b"<img src=x onerror=\"window.pwned = 2\"></body></html>"
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="window.pwned = 3"><script>window.pwned = 4</script></svg>'
+    svc = served({"x/evil.html": (evil, "text/html"), "x/evil.svg": (svg, "image/svg+xml")})
+    page = signed_in(new_page, svc)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.get_by_role("button", name="x/").click()
+    page.get_by_role("button", name="evil.html").click()
+    expect(page.get_by_label("Contents of evil.html")).to_have_text(evil.decode())
+    page.get_by_role("button", name="evil.svg").click()
+    expect(page.get_by_label("Contents of evil.svg")).to_have_text(svg.decode())
+    page.wait_for_timeout(300)
+    assert dialogs == []
+    assert page.evaluate("window.pwned") is None and page.title() != "pwned"
+    assert page.locator("#details h1, #details svg, #details iframe, #details script").count() == 0
+    assert page_errors == []
+
+
+def test_images_preview_from_a_blob_and_metadata_shows(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5f1f5b40000000049454e44ae426082"
+    )
+    svc = served({"i/dot.png": (png, "image/png")})
+
+    async def tag() -> None:
+        await svc.backend.put_object(
+            "i/tagged.txt", b"t", content_type="text/plain",
+            metadata={"schema_version": "3", "x-storage-key-id": "key-2026", "owner": "ana"},
+        )
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, tag()).result()
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="i/").click()
+    page.get_by_role("button", name="dot.png").click()
+    image = page.get_by_role("img", name="Preview of dot.png")
+    expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+    assert image.evaluate("(img) => img.decode().then(() => img.naturalWidth)") == 1
+    page.get_by_role("button", name="tagged.txt").click()
+    details = page.get_by_role("complementary", name="tagged.txt")
+    meta = details.locator("dl.meta")
+    expect(meta).to_contain_text("Schema version3")
+    expect(meta).to_contain_text("Encryption key idkey-2026")
+    expect(meta).to_contain_text("ownerana")
+    assert page_errors == []

@@ -81,10 +81,12 @@ export function shareDialog(name, sign) {
     const make = async () => {
       note.textContent = "Creating the link…";
       try {
-        const signed = await sign(Number(select.value));
+        const wanted = Number(select.value);
+        const signed = await sign(wanted);
         link.value = signed.url;
         copyButton.disabled = false;
-        note.textContent = `Anyone with this link can download the file for ${formatDuration(signed.expires_in)}.`;
+        const capped = signed.expires_in < wanted - 60 ? " (no longer than your own sign-in lasts)" : "";
+        note.textContent = `Anyone with this link can download the file for ${formatDuration(signed.expires_in)}${capped}.`;
       } catch (err) {
         note.textContent = err.message;
       }

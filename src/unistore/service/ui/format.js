@@ -26,8 +26,10 @@ export function formatCount(n) { return n.toLocaleString(); }
 /** A duration in seconds as "45 s", "20 min", "8 h", "7 days". */
 export function formatDuration(seconds) {
   if (seconds < 60) return `${seconds} s`;
-  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
-  if (seconds < 2 * 86400) return `${Math.round(seconds / 3600)} h`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 59) return `${minutes} min`;
+  const hours = Math.round(seconds / 3600);
+  if (hours < 48) return `${hours} h`;
   return `${Math.round(seconds / 86400)} days`;
 }
 
