@@ -153,7 +153,6 @@ def test_breadcrumbs_folders_and_details(served: Callable[..., UiService], new_p
     details = page.get_by_role("complementary", name="data.json")
     expect(details.get_by_label("Contents of data.json")).to_have_text('{\n  "b": 1,\n  "a": [\n    1,\n    2\n  ]\n}')
     expect(details).to_contain_text("application/json")
-    page.screenshot(path=str(DOCS_IMG / "web-ui.png"))
     details.get_by_role("button", name="Close details").click()
     expect(details).to_be_hidden()
     assert page_errors == []
@@ -432,4 +431,113 @@ def test_images_preview_from_a_blob_and_metadata_shows(
     expect(meta).to_contain_text("Schema version3")
     expect(meta).to_contain_text("Encryption key idkey-2026")
     expect(meta).to_contain_text("ownerana")
+    assert page_errors == []
+
+
+def test_a_read_only_token_is_offered_nothing_it_may_not_do(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    svc = served({"ro/a.txt": (b"a", "text/plain")})
+    page = signed_in(new_page, svc, svc.token(["read"]))
+    page.get_by_role("button", name="ro/").click()
+    expect_names(page, ["a.txt"])
+    for name in ("New folder", "Delete selected", "Upload"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+    expect(page.locator("#uploads")).to_be_hidden()
+    expect(page.get_by_role("checkbox")).to_have_count(0)
+    page.get_by_role("button", name="a.txt").click()
+    details = page.get_by_role("complementary", name="a.txt")
+    expect(details.get_by_role("button", name="Download")).to_be_visible()
+    expect(details.get_by_role("button", name="Share")).to_be_visible()
+    expect(details.get_by_role("button", name="Delete")).to_have_count(0)
+    expect(details.get_by_role("button", name="Rename or move")).to_have_count(0)
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="a.txt").press("Delete")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert page_errors == []
+
+
+def test_keyboard_filter_and_a_scoped_token(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    svc = ui_service()
+    plant(svc.backend, {"team/alpha.txt": (b"A", "text/plain"), "team/beta.txt": b"B", "team/alps/x.txt": b"x", "other/no.txt": b"n"})
+    page = signed_in(new_page, svc, svc.token(prefix="team/"))
+    crumbs = page.get_by_role("navigation", name="Folder path")
+    expect(crumbs.get_by_role("link")).to_have_text(["team"])
+    expect_names(page, ["alps/", "alpha.txt", "beta.txt"])
+    # arrow keys, Enter opens a folder, Backspace goes up, Enter on a file opens its details
+    page.get_by_role("button", name="alps/").focus()
+    page.keyboard.press("ArrowDown")
+    expect(page.get_by_role("button", name="alpha.txt")).to_be_focused()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_role("checkbox", name="Select alpha.txt")).to_be_focused()
+    page.keyboard.press("Space")
+    expect(page.get_by_role("button", name="Delete selected")).to_have_text("Delete selected (1)")
+    page.keyboard.press("ArrowUp")
+    expect(page.get_by_role("checkbox", name="Select alps/")).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    expect_names(page, ["x.txt"])
+    page.keyboard.press("Backspace")
+    expect_names(page, ["alps/", "alpha.txt", "beta.txt"])
+    page.get_by_role("button", name="beta.txt").press("Enter")
+    expect(page.get_by_role("complementary", name="beta.txt")).to_be_visible()
+    expect(page.get_by_role("button", name="Close details")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("button", name="beta.txt")).to_be_focused()
+    # exactly one listing control is in the Tab order
+    assert page.locator("#listing tbody [tabindex='0']").count() == 1
+    # the filter narrows by name prefix, on the server
+    page.get_by_role("searchbox", name="Filter by name").fill("alp")
+    expect_names(page, ["alps/", "alpha.txt"])
+    page.get_by_role("searchbox", name="Filter by name").fill("zzz")
+    expect(page.get_by_text("Nothing here starts with “zzz”.")).to_be_visible()
+    # a folder outside the token's prefix is never shown
+    page.goto(svc.url + "/ui/#p=other%2F")
+    expect_names(page, ["alps/", "alpha.txt", "beta.txt"])
+    assert page_errors == []
+
+
+def test_error_and_offline_states(served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+    svc = served({"a.txt": b"a"})
+    page = signed_in(new_page, svc)
+    expect_names(page, ["a.txt"])
+    page.context.set_offline(True)
+    expect(page.get_by_text("You are offline")).to_be_visible()
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#status")).to_contain_text("You are offline.")
+    expect(page.get_by_role("button", name="Retry")).to_be_visible()
+    page.context.set_offline(False)
+    expect(page.get_by_text("You are offline")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("")
+    expect_names(page, ["a.txt"])
+    # the token expires (here: is revoked by a new secret on a new service) → back to sign-in with a message
+    page.evaluate("sessionStorage.setItem('unistore.token', 'expired')")
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("sign in again")
+    assert only_unauthorized([e for e in page_errors if "ERR_INTERNET_DISCONNECTED" not in e])
+
+
+@pytest.mark.parametrize("width", [1280, 360])
+def test_screenshots_at_desktop_and_phone_width(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str], tmp_path: Path, width: int
+) -> None:
+    svc = served(SAMPLE | {f"docs/notes-{i:02d}.md": (b"# note %d\n" % i, "text/markdown") for i in range(12)})
+    page = signed_in(new_page, svc, width=width, height=800)
+    page.get_by_role("button", name="docs/").click()
+    expect(page.get_by_role("button", name="readme.txt")).to_be_visible()
+    # nothing sticks out sideways
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.screenshot(path=str(tmp_path / f"web-ui-{width}.png"))
+    page.get_by_role("button", name="readme.txt").click()
+    details = page.get_by_role("complementary", name="readme.txt")
+    expect(details.get_by_label("Contents of readme.txt")).to_have_text("hello world\n")
+    for control in details.get_by_role("button").all():
+        box = control.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+    page.screenshot(path=str(tmp_path / f"web-ui-{width}-details.png"))
+    if width == 1280:
+        page.screenshot(path=str(DOCS_IMG / "web-ui.png"))
     assert page_errors == []
