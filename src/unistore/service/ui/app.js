@@ -161,9 +161,9 @@ function handleError(err) {
   showStatus(err.message, { error: true, retry: browser ? () => { showStatus(""); browser.refresh(); } : start });
 }
 
-function showConnection() {
+function showConnection(event) {
   $("offline").hidden = navigator.onLine;
-  if (navigator.onLine && browser && $("status").classList.contains("error")) {
+  if (navigator.onLine && browser && !$("app").hidden && event && event.type === "online") {
     showStatus("");
     browser.refresh();
   }
