@@ -538,6 +538,9 @@ def test_screenshots_at_desktop_and_phone_width(
         box = control.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
     page.screenshot(path=str(tmp_path / f"web-ui-{width}-details.png"))
-    if width == 1280:
+    if width == 1280:  # the docs' picture: a JSON file's details beside the listing
+        page.get_by_role("button", name="data.json").click()
+        expect(page.get_by_label("Contents of data.json")).to_contain_text('"a": [')
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(DOCS_IMG / "web-ui.png"))
     assert page_errors == []

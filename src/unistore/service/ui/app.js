@@ -56,7 +56,7 @@ function showApp() {
   browser = new Browser($("listing"), {
     can,
     onOpen: openDetails,
-    onNavigate: (prefix) => go(prefix),
+    onNavigate: (prefix) => go(prefix, { fromListing: true }),
     onDelete: deleteEntries,
     onChange: updateSelection,
     onError: handleError,
@@ -65,9 +65,17 @@ function showApp() {
   uploads.replaceChildren();
   uploads.hidden = !can.has("write");
   if (can.has("write")) {
-    mountUploads(uploads, { me, api, getPrefix: () => browser.prefix, onUploaded: () => browser.refresh() });
+    mountUploads(uploads, { me, api, getPrefix: () => browser.prefix, onUploaded: refreshSoon });
   }
   route();
+}
+
+let refreshTimer = 0;
+
+/** List the folder again shortly (uploads finish one by one; one listing follows a burst of them). */
+function refreshSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => { if (browser) browser.refresh(); }, 300);
 }
 
 // ---- navigation ----------------------------------------------------------------------------
@@ -80,7 +88,10 @@ function currentPrefix() {
 
 function hashFor(prefix) { return "#" + new URLSearchParams({ p: prefix }); }
 
-function go(prefix) {
+let focusListing = false; // after opening a folder from the listing, keep the focus in it
+
+function go(prefix, { fromListing = false } = {}) {
+  focusListing = fromListing;
   if (location.hash !== hashFor(prefix)) location.hash = hashFor(prefix);
   else route();
 }
@@ -93,9 +104,11 @@ function route() {
   showStatus("");
   renderCrumbs(prefix);
   document.title = `${prefix || "/"} · unistore`;
+  const refocus = focusListing;
+  focusListing = false;
   browser.open(prefix).then(() => {
     const first = $("listing").querySelector("button.name[tabindex='0']");
-    if (first && document.activeElement === document.body) first.focus({ preventScroll: true });
+    if (first && refocus) first.focus({ preventScroll: true });
   });
 }
 
@@ -316,7 +329,7 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && shown) { closeDetails(true); return; }
   if ((event.key === "Backspace" || (event.altKey && event.key === "ArrowUp")) && browser.prefix !== home) {
     event.preventDefault();
-    go(parentOf(browser.prefix));
+    go(parentOf(browser.prefix), { fromListing: true });
   }
 });
 showConnection();
