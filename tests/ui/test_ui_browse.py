@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,9 @@ SAMPLE = {
 }
 
 
-def test_sign_in_by_pasting_a_token(ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+def test_sign_in_by_pasting_a_token(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
     svc = ui_service()
     plant(svc.backend, {"hello.txt": b"hi"})
     page: Page = new_page()
@@ -129,12 +131,16 @@ def test_a_bad_token_shows_the_sign_in_with_a_message(
     assert only_unauthorized(page_errors)
 
 
-def test_breadcrumbs_folders_and_details(served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+def test_breadcrumbs_folders_and_details(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
     svc = served(SAMPLE)
     page = signed_in(new_page, svc)
     expect_names(page, ["docs/", "top.txt"])
     page.get_by_role("button", name="docs/").click()
-    expect(page.get_by_role("navigation", name="Folder path").get_by_role("link", name="docs")).to_have_attribute("aria-current", "page")
+    expect(page.get_by_role("navigation", name="Folder path").get_by_role("link", name="docs")).to_have_attribute(
+        "aria-current", "page"
+    )
     expect_names(page, ["sub/", "big.bin", "data.json", "readme.txt"])
     expect(page.get_by_role("row", name=re.compile("big.bin"))).to_contain_text("4.9 KiB")
     page.get_by_role("button", name="sub/").click()
@@ -169,7 +175,8 @@ def test_a_2500_entry_folder_pages_in_and_stays_responsive(
     page: Page = new_page()
     # long tasks on the main thread while pages arrive (the page must never freeze)
     page.add_init_script(
-        "window.__long = []; new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push(e.duration); })"
+        "window.__long = []; new PerformanceObserver((l) => {"
+        " for (const e of l.getEntries()) window.__long.push(e.duration); })"
         ".observe({ type: 'longtask', buffered: true });"
     )
     page.goto(svc.link(svc.token(["read"])).replace("#", "#p=many%2F&"))
@@ -222,7 +229,9 @@ SCROLL_AND_READ = """async () => {
 }"""
 
 
-def test_sort_by_name_size_and_date(ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+def test_sort_by_name_size_and_date(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
     svc = ui_service()
     plant(svc.backend, {"b.txt": b"12345", "a.txt": b"123"})
     time.sleep(0.02)
@@ -244,7 +253,10 @@ def test_sort_by_name_size_and_date(ui_service: Callable[..., UiService], new_pa
 def test_delete_one_after_confirming_and_several_at_once(
     served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:
-    svc = served({f"d/{n}.txt": (n.encode(), "text/plain") for n in ("a", "b", "c", "d")} | {"d/sub/x.txt": b"x", "d/sub/y/z.txt": b"z"})
+    svc = served(
+        {f"d/{n}.txt": (n.encode(), "text/plain") for n in ("a", "b", "c", "d")}
+        | {"d/sub/x.txt": b"x", "d/sub/y/z.txt": b"z"}
+    )
     page = signed_in(new_page, svc)
     page.get_by_role("button", name="d/").click()
     expect_names(page, ["sub/", "a.txt", "b.txt", "c.txt", "d.txt"])
@@ -272,7 +284,9 @@ def test_delete_one_after_confirming_and_several_at_once(
     expect(dialog).to_contain_text("Delete 3 items and everything inside the folder?")
     dialog.get_by_role("button", name="Delete").click()
     expect_names(page, ["c.txt"])
-    assert [http_get(svc, k).status_code for k in ("d/b.txt", "d/d.txt", "d/sub/x.txt", "d/sub/y/z.txt", "d/c.txt")] == [404, 404, 404, 404, 200]
+    assert [
+        http_get(svc, k).status_code for k in ("d/b.txt", "d/d.txt", "d/sub/x.txt", "d/sub/y/z.txt", "d/c.txt")
+    ] == [404, 404, 404, 404, 200]
     # the keyboard: Delete on the focused row asks too
     page.get_by_role("button", name="c.txt").focus()
     page.keyboard.press("Delete")
@@ -332,7 +346,9 @@ def only_failed_requests(errors: list[str], status: int) -> bool:
     return all(f"status of {status}" in e for e in errors)
 
 
-def test_create_a_folder(ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+def test_create_a_folder(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
     svc = ui_service()
     page = signed_in(new_page, svc)
     expect(page.get_by_text("This folder is empty.")).to_be_visible()
@@ -383,8 +399,10 @@ def test_share_link_opens_without_a_token_and_download_is_an_attachment(
 def test_stored_html_previews_as_text_and_never_runs(
     served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:
-    evil = b"<html><body><h1>hi</h1><script>alert('x'); window.pwned = 1; document.title = 'pwned'</script>" \
-        b"<img src=x onerror=\"window.pwned = 2\"></body></html>"
+    evil = (
+        b"<html><body><h1>hi</h1><script>alert('x'); window.pwned = 1; document.title = 'pwned'</script>"
+        b'<img src=x onerror="window.pwned = 2"></body></html>'
+    )
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="window.pwned = 3"><script>window.pwned = 4</script></svg>'
     svc = served({"x/evil.html": (evil, "text/html"), "x/evil.svg": (svg, "image/svg+xml")})
     page = signed_in(new_page, svc)
@@ -413,7 +431,9 @@ def test_images_preview_from_a_blob_and_metadata_shows(
 
     async def tag() -> None:
         await svc.backend.put_object(
-            "i/tagged.txt", b"t", content_type="text/plain",
+            "i/tagged.txt",
+            b"t",
+            content_type="text/plain",
             metadata={"schema_version": "3", "x-storage-key-id": "key-2026", "owner": "ana"},
         )
 
@@ -461,7 +481,10 @@ def test_keyboard_filter_and_a_scoped_token(
     ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:
     svc = ui_service()
-    plant(svc.backend, {"team/alpha.txt": (b"A", "text/plain"), "team/beta.txt": b"B", "team/alps/x.txt": b"x", "other/no.txt": b"n"})
+    plant(
+        svc.backend,
+        {"team/alpha.txt": (b"A", "text/plain"), "team/beta.txt": b"B", "team/alps/x.txt": b"x", "other/no.txt": b"n"},
+    )
     page = signed_in(new_page, svc, svc.token(prefix="team/"))
     crumbs = page.get_by_role("navigation", name="Folder path")
     expect(crumbs.get_by_role("link")).to_have_text(["team"])
@@ -499,7 +522,9 @@ def test_keyboard_filter_and_a_scoped_token(
     assert page_errors == []
 
 
-def test_error_and_offline_states(served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]) -> None:
+def test_error_and_offline_states(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
     svc = served({"a.txt": b"a"})
     page = signed_in(new_page, svc)
     expect_names(page, ["a.txt"])
