@@ -545,6 +545,41 @@ def test_error_and_offline_states(
     assert only_unauthorized([e for e in page_errors if "ERR_INTERNET_DISCONNECTED" not in e])
 
 
+def test_pdf_audio_and_video_play_in_the_browsers_own_viewers_from_signed_urls(
+    served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    pdf = (
+        b"%PDF-1.1\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    svc = served(
+        {
+            "m/doc.pdf": (pdf, "application/pdf"),
+            "m/clip.webm": (b"\x1aE\xdf\xa3", "video/webm"),
+            "m/song.ogg": (b"OggS", "audio/ogg"),
+            "m/blob.bin": (b"\0\1", "application/x-thing"),
+        }
+    )
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="m/").click()
+    page.get_by_role("button", name="doc.pdf").click()
+    frame = page.locator("#details iframe")
+    expect(frame).to_have_attribute("src", re.compile(re.escape(svc.url) + r"/files/m/doc\.pdf\?.*signature="))
+    expect(frame).to_have_attribute("title", "Preview of doc.pdf")
+    # what the frame loads is the stored PDF, served as a PDF that nothing may sniff into a page
+    r = httpx.get(frame.get_attribute("src") or "")
+    assert r.content == pdf and r.headers["content-type"] == "application/pdf"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    page.get_by_role("button", name="clip.webm").click()
+    expect(page.locator("#details video[controls]")).to_have_attribute("src", re.compile(r"/files/m/clip\.webm\?"))
+    page.get_by_role("button", name="song.ogg").click()
+    expect(page.locator("#details audio[controls]")).to_have_attribute("src", re.compile(r"/files/m/song\.ogg\?"))
+    page.get_by_role("button", name="blob.bin").click()
+    expect(page.get_by_role("complementary", name="blob.bin")).to_contain_text("No preview for this type of file.")
+    # the media files are not real media: the players may say so, nothing else is logged
+    assert [e for e in page_errors if "MEDIA" not in e.upper()] == []
+
+
 @pytest.mark.parametrize("width", [1280, 360])
 def test_screenshots_at_desktop_and_phone_width(
     served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str], tmp_path: Path, width: int

@@ -68,7 +68,7 @@ export class Browser {
     this.topSpacer = this.spacer();
     this.bottomSpacer = this.spacer();
     this.scroller = el("div", {
-      class: "scroller", tabindex: "-1",
+      class: "scroller", tabindex: "-1", role: "region", "aria-label": "Files",
       onscroll: () => this.scheduleRender(),
       onkeydown: (event) => this.onKey(event),
     }, this.table);
@@ -210,7 +210,7 @@ export class Browser {
     this.topSpacer.cell.style.height = `${first * ROW_HEIGHT}px`;
     this.bottomSpacer.cell.style.height = `${(n - last) * ROW_HEIGHT}px`;
     this.body.replaceChildren(...(first > 0 ? [this.topSpacer] : []), ...rows, ...(last < n ? [this.bottomSpacer] : []));
-    this.scroller.tabIndex = this.activeIndex >= first && this.activeIndex < last ? -1 : 0;
+    this.scroller.tabIndex = n > 0 && !(this.activeIndex >= first && this.activeIndex < last) ? 0 : -1;
     if (hadFocus && !this.body.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
     // Infinite scroll: the next page loads as the end of what is loaded comes into view.
     if (this.cursor && !this.loading && last >= n - OVERSCAN) this.loadMore();
