@@ -159,6 +159,7 @@ def test_breadcrumbs_folders_and_details(
     details = page.get_by_role("complementary", name="data.json")
     expect(details.get_by_label("Contents of data.json")).to_have_text('{\n  "b": 1,\n  "a": [\n    1,\n    2\n  ]\n}')
     expect(details).to_contain_text("application/json")
+    expect(page.locator("#listing tr[aria-current]")).to_have_attribute("data-key", "docs/data.json")
     details.get_by_role("button", name="Close details").click()
     expect(details).to_be_hidden()
     assert page_errors == []

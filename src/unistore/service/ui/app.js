@@ -209,6 +209,7 @@ function openDetails(entry) {
   panel.hidden = false;
   document.body.classList.add("has-details");
   closePreview = renderPreview(preview, entry, entry.name);
+  browser.markOpen(entry.key);
   closeButton.focus();
 }
 
@@ -220,6 +221,7 @@ function closeDetails(refocus = false) {
   $("details").hidden = true;
   $("details").replaceChildren();
   document.body.classList.remove("has-details");
+  if (browser && key) browser.markOpen(null);
   if (refocus && key) {
     const row = [...$("listing").querySelectorAll("tr")].find((tr) => tr.dataset.key === key);
     if (row) row.querySelector("button.name").focus();

@@ -203,6 +203,9 @@ export class Browser {
     for (let i = first; i < last; i++) {
       const row = this.row(this.entries[i]);
       row.setAttribute("aria-rowindex", String(i + 2));
+      const open = this.entries[i].key === this.openKey;
+      row.classList.toggle("open", open);
+      if (open) row.setAttribute("aria-current", "true"); else row.removeAttribute("aria-current");
       const active = i === this.activeIndex;
       for (const control of row.querySelectorAll("button, input")) control.tabIndex = active && control.matches(this.activeColumn) ? 0 : -1;
       rows.push(row);
@@ -214,6 +217,13 @@ export class Browser {
     if (hadFocus && !this.body.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
     // Infinite scroll: the next page loads as the end of what is loaded comes into view.
     if (this.cursor && !this.loading && last >= n - OVERSCAN) this.loadMore();
+  }
+
+  /** Mark the row whose details are shown (`null`: none). */
+  markOpen(key) {
+    this.openKey = key;
+    this.range = null;
+    this.render();
   }
 
   sortBy(field) {
