@@ -56,7 +56,7 @@ export function renderPreview(target, info, name) {
       status.textContent = "This file is empty.";
     } else {
       api.readStart(info.key, TEXT_PREVIEW_BYTES, { signal: abort.signal }).then((buffer) => {
-        const pre = el("pre", { class: "text-preview", tabindex: "0", "aria-label": `Contents of ${name}` });
+        const pre = el("pre", { class: "text-preview", tabindex: "0", role: "region", "aria-label": `Contents of ${name}` });
         pre.textContent = asText(buffer, info);
         const parts = [pre];
         status.textContent = info.size > TEXT_PREVIEW_BYTES
