@@ -233,6 +233,33 @@ SCROLL_AND_READ = """async () => {
 }"""
 
 
+def test_a_failed_page_stops_the_infinite_scroll_until_asked(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    store = MemoryBackend()
+    plant(store, {f"p/{i:04d}": b"" for i in range(1500)})
+    svc = ui_service(store)
+    page: Page = new_page()
+    failed: list[str] = []
+
+    def refuse(route: Any) -> None:
+        failed.append(route.request.url)
+        route.abort()
+
+    page.route(re.compile(r".*/v1/objects\?.*cursor=.*"), refuse)
+    page.goto(svc.link(svc.token()).replace("#", "#p=p%2F&"))
+    count = page.locator(".more .count")
+    expect(count).to_have_text("1,000 loaded, more available")
+    page.locator("#listing .scroller").evaluate("(s) => { s.scrollTop = s.scrollHeight; }")
+    expect(page.locator("#status")).to_contain_text("cannot be reached")
+    page.wait_for_timeout(500)
+    assert len(failed) == 1  # one failed page, not a storm of retries
+    page.unroute(re.compile(r".*/v1/objects\?.*cursor=.*"))
+    page.get_by_role("button", name="Load more").click()
+    expect(count).to_have_text("1,500 items")
+    assert [e for e in page_errors if "ERR_FAILED" not in e] == []
+
+
 def test_sort_by_name_size_and_date(
     ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:

@@ -73,7 +73,7 @@ export class Browser {
       onkeydown: (event) => this.onKey(event),
     }, this.table);
     this.empty = el("p", { class: "empty", hidden: true });
-    this.moreButton = el("button", { type: "button", text: "Load more", hidden: true, onclick: () => this.loadMore() });
+    this.moreButton = el("button", { type: "button", text: "Load more", hidden: true, onclick: () => this.askMore() });
     this.count = el("span", { class: "count", "aria-live": "polite" });
     this.footer = el("div", { class: "more" }, this.count, this.moreButton);
     container.replaceChildren(this.scroller, this.empty, this.footer);
@@ -95,6 +95,7 @@ export class Browser {
     this.generation += 1;
     this.entries = [];
     this.cursor = null;
+    this.stalled = false;
     this.selected.clear();
     this.selectAll.checked = false;
     this.activeIndex = 0;
@@ -108,6 +109,12 @@ export class Browser {
 
   async loadMore() {
     if (this.cursor && !this.loading) await this.fetchPage(this.generation);
+  }
+
+  /** Load more because the reader asked (the button): also after a failed page. */
+  async askMore() {
+    this.stalled = false;
+    await this.loadMore();
   }
 
   async fetchPage(generation) {
@@ -127,6 +134,7 @@ export class Browser {
       this.reorder();
     } catch (err) {
       if (generation === this.generation) {
+        this.stalled = true; // no more automatic pages until asked (Load more, Refresh)
         this.count.textContent = "";
         this.options.onError(err);
       }
@@ -135,6 +143,7 @@ export class Browser {
         this.loading = false;
         this.moreButton.disabled = false;
         this.moreButton.hidden = !this.cursor;
+        this.scheduleRender(); // still at the end of what is loaded: the next page follows
       }
     }
   }
@@ -196,6 +205,8 @@ export class Browser {
     const view = Math.max(this.scroller.clientHeight, window.innerHeight);
     const first = Math.max(0, Math.floor((this.scroller.scrollTop - headHeight) / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(n, first + Math.ceil(view / ROW_HEIGHT) + 2 * OVERSCAN);
+    // Infinite scroll: the next page loads as the end of what is loaded comes into view.
+    if (this.cursor && !this.loading && !this.stalled && last >= n - OVERSCAN) queueMicrotask(() => this.loadMore());
     if (this.range && this.range[0] === first && this.range[1] === last) return;
     this.range = [first, last];
     const hadFocus = this.body.contains(document.activeElement);
@@ -215,8 +226,6 @@ export class Browser {
     this.body.replaceChildren(...(first > 0 ? [this.topSpacer] : []), ...rows, ...(last < n ? [this.bottomSpacer] : []));
     this.scroller.tabIndex = n > 0 && !(this.activeIndex >= first && this.activeIndex < last) ? 0 : -1;
     if (hadFocus && !this.body.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
-    // Infinite scroll: the next page loads as the end of what is loaded comes into view.
-    if (this.cursor && !this.loading && last >= n - OVERSCAN) this.loadMore();
   }
 
   /** Mark the row whose details are shown (`null`: none). */
