@@ -342,6 +342,7 @@ def test_rename_and_move_are_conditional_copies(
     dialog = page.get_by_role("dialog", name=re.compile("^Rename or move"))
     field = dialog.get_by_label("New name or path")
     expect(field).to_have_value("r/old.txt")
+    assert field.evaluate("(f) => [f.selectionStart, f.selectionEnd]") == [2, 5]  # "old": type over it
     # onto an existing name: refused, nothing lost
     field.fill("r/taken.txt")
     dialog.get_by_role("button", name="Rename").click()

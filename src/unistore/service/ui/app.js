@@ -259,8 +259,11 @@ async function newFolder() {
 }
 
 async function rename(entry) {
+  const start = entry.key.lastIndexOf("/") + 1;
+  const dot = entry.key.lastIndexOf(".");
   const dest = await askText(`Rename or move ${entry.name}`, "New name or path", {
     value: entry.key,
+    select: [start, dot > start ? dot : entry.key.length], // the name, without its folder or extension
     action: "Rename",
     check: (text) => (text.endsWith("/") ? "End the path with a file name." : text === entry.key ? "That is its current name." : ""),
   });

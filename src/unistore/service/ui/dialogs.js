@@ -44,8 +44,11 @@ export async function confirmAction(title, message, action) {
   return Boolean(answer);
 }
 
-/** Ask for a line of text (a name or a path); resolves the trimmed text or null. `check` returns an error or "". */
-export function askText(title, label, { value = "", action = "OK", check = () => "" } = {}) {
+/**
+ * Ask for a line of text (a name or a path); resolves the trimmed text or null. `check` returns an
+ * error or ""; `select` is the [start, end] of the text selected at first (all of it by default).
+ */
+export function askText(title, label, { value = "", action = "OK", check = () => "", select = null } = {}) {
   return modal(title, (close) => {
     const input = el("input", { type: "text", value, required: true, autocomplete: "off", spellcheck: "false" });
     const error = el("p", { class: "error", role: "alert" });
@@ -63,7 +66,10 @@ export function askText(title, label, { value = "", action = "OK", check = () =>
     el("div", { class: "buttons" },
       el("button", { type: "button", text: "Cancel", onclick: () => close(null) }),
       el("button", { type: "submit", text: action })));
-    queueMicrotask(() => { input.focus(); input.select(); });
+    queueMicrotask(() => {
+      input.focus();
+      if (select) input.setSelectionRange(...select); else input.select();
+    });
     return [form];
   });
 }
