@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from ui_support import SECRET, UiService
 
-from unistore import MemoryBackend, StorageBackend
+from unistore import LocalBackend, MemoryBackend, StorageBackend
 from unistore.service import ServiceSettings, create_app
 from unistore.testing import free_port, running_server
 
@@ -393,6 +393,29 @@ def test_create_a_folder(
     # the marker object is there but never listed
     expect(page.get_by_text("This folder is empty.")).to_be_visible()
     assert http_get(svc, "reports/.keep").status_code == 200
+    assert page_errors == []
+
+
+def test_folders_on_a_local_directory(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str], tmp_path: Path
+) -> None:
+    store = LocalBackend(base_path=str(tmp_path / "files"), fsync=False)
+    plant(store, {"old/a.txt": (b"a", "text/plain"), "old/deep/b.txt": b"b"})
+    svc = ui_service(store)
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="New folder").click()
+    page.get_by_role("dialog", name="New folder").get_by_label("Folder name").fill("made/inner")
+    page.keyboard.press("Enter")
+    expect_names(page, ["made/", "old/"])
+    assert (tmp_path / "files" / "made" / "inner").is_dir()
+    page.get_by_role("button", name="made/").click()
+    expect_names(page, ["inner/"])
+    page.get_by_role("navigation", name="Folder path").get_by_role("link", name="Home").click()
+    page.get_by_role("checkbox", name="Select old/").check()
+    page.get_by_role("button", name="Delete selected").click()
+    page.get_by_role("dialog", name="Delete").get_by_role("button", name="Delete").click()
+    expect_names(page, ["made/"])
+    assert not list((tmp_path / "files" / "old").rglob("*.txt"))
     assert page_errors == []
 
 
