@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -416,6 +417,37 @@ def test_folders_on_a_local_directory(
     page.get_by_role("dialog", name="Delete").get_by_role("button", name="Delete").click()
     expect_names(page, ["made/"])
     assert not list((tmp_path / "files" / "old").rglob("*.txt"))
+    assert page_errors == []
+
+
+def test_an_s3_store_previews_shares_downloads_and_renames(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str], seaweed: Any
+) -> None:
+    """SeaweedFS behind the service: its signed URLs are on another origin, which the page's policy allows."""
+    store = seaweed.backend(prefix=f"ui-{uuid.uuid4().hex[:8]}/")
+    body = b"name,size\n" + b"".join(b"row%05d,%05d\n" % (i, i) for i in range(8000))  # 117 KiB
+    plant(store, {"s3/table.csv": (body, "text/csv"), "s3/keep.txt": (b"k", "text/plain")})
+    svc = ui_service(store)
+    page = signed_in(new_page, svc)
+    page.get_by_role("button", name="s3/").click()
+    page.get_by_role("button", name="table.csv").click()
+    # the first 64 KiB only, by a Range request
+    expect(page.get_by_label("Contents of table.csv")).to_have_text(body[: 64 * 1024].decode())
+    expect(page.get_by_role("complementary")).to_contain_text("Showing the first 64 KiB of 117 KiB.")
+    page.get_by_role("button", name="Share").click()
+    link = page.get_by_role("textbox", name="Share link")
+    expect(link).to_have_value(re.compile(r"^http://"))
+    url = link.input_value()
+    assert not url.startswith(svc.url)  # straight from the store
+    page.keyboard.press("Escape")
+    assert new_page().request.get(url).body() == body
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download").click()
+    assert Path(info.value.path()).read_bytes() == body
+    page.get_by_role("button", name="Rename or move").click()
+    page.get_by_role("dialog").get_by_label("New name or path").fill("s3/renamed.csv")
+    page.keyboard.press("Enter")
+    expect_names(page, ["keep.txt", "renamed.csv"])
     assert page_errors == []
 
 
