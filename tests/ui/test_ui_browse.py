@@ -211,6 +211,17 @@ def test_a_2500_entry_folder_pages_in_and_stays_responsive(
     expect(page.get_by_role("button", name=f"f{total - 12:05d}.txt")).to_be_focused()
     page.keyboard.press("Home")
     expect(page.get_by_role("button", name="dir0/")).to_be_focused()
+    # scrolling a little keeps the focus on its row; scrolling it out of the page hands it to the list
+    scroller = page.locator("#listing .scroller")
+    page.get_by_role("button", name="dir5/").focus()
+    scroller.evaluate("async (s) => { s.scrollTop = 540; await new Promise((r) => requestAnimationFrame(r)); }")
+    assert page.locator("#listing tbody tr").first.get_attribute("class") == "spacer"  # rows 0-3 left the page
+    expect(page.get_by_role("button", name="dir5/")).to_be_focused()
+    scroller.evaluate("async (s) => { s.scrollTop = 20000; await new Promise((r) => requestAnimationFrame(r)); }")
+    expect(scroller).to_be_focused()
+    page.keyboard.press("ArrowDown")  # back to the row that had the focus
+    expect(page.get_by_role("button", name="dir5/")).to_be_focused()
+    page.keyboard.press("Home")
     page.keyboard.press("ArrowDown")
     expect(page.get_by_role("button", name="dir1/")).to_be_focused()
     # sorting every loaded row stays fast

@@ -1,7 +1,7 @@
 // The folder listing: pages fetched with the cursor as they are needed, sorting, multi-select
 // and keyboard navigation (arrow keys move between rows, Enter opens). The table is virtual:
-// only the rows in view (and a few around them) are in the document, so a folder of 100,000
-// entries sorts and scrolls as fast as one of 100.
+// only the rows in view (and a few around them) are in the document, so a folder of tens of
+// thousands of entries sorts and scrolls without freezing the page.
 import * as api from "./api.js";
 import { el } from "./dialogs.js";
 import { baseName, formatCount, formatDate, formatSize } from "./format.js";
@@ -209,7 +209,8 @@ export class Browser {
     if (this.cursor && !this.loading && !this.stalled && last >= n - OVERSCAN) queueMicrotask(() => this.loadMore());
     if (this.range && this.range[0] === first && this.range[1] === last) return;
     this.range = [first, last];
-    const hadFocus = this.body.contains(document.activeElement);
+    const focused = document.activeElement;
+    const hadFocus = this.body.contains(focused);
     const rows = [];
     for (let i = first; i < last; i++) {
       const row = this.row(this.entries[i]);
@@ -225,7 +226,9 @@ export class Browser {
     this.bottomSpacer.cell.style.height = `${(n - last) * ROW_HEIGHT}px`;
     this.body.replaceChildren(...(first > 0 ? [this.topSpacer] : []), ...rows, ...(last < n ? [this.bottomSpacer] : []));
     this.scroller.tabIndex = n > 0 && !(this.activeIndex >= first && this.activeIndex < last) ? 0 : -1;
-    if (hadFocus && !this.body.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
+    if (hadFocus) { // a row that stays in view keeps the focus; one scrolled away hands it to the list
+      (this.body.contains(focused) ? focused : this.scroller).focus({ preventScroll: true });
+    }
   }
 
   /** Mark the row whose details are shown (`null`: none). */
