@@ -290,19 +290,25 @@ async function deleteEntries(entries) {
   if (!(await confirmAction("Delete", `Delete ${what}${inside}? This cannot be undone.`, "Delete"))) return;
   showStatus(`Deleting ${what}…`);
   const jobs = [];
+  const failures = [];
   for (const entry of entries) {
     if (entry.folder) {
-      for (const key of await api.allKeys(entry.key).catch(() => [])) jobs.push([key, null]);
+      try {
+        for (const key of await api.allKeys(entry.key)) jobs.push([key, null]);
+      } catch (err) {
+        failures.push(`${entry.key}: ${err.message}`);
+      }
     } else {
       jobs.push([entry.key, entry.etag]); // only the version that was listed
     }
   }
-  const failures = [];
-  let next = 0;
+  let next = 0, done = 0;
   const worker = async () => {
     while (next < jobs.length) {
       const [key, etag] = jobs[next++];
       try { await api.remove(key, etag); } catch (err) { failures.push(`${key}: ${err.message}`); }
+      done += 1;
+      if (jobs.length > 1) showStatus(`Deleting… ${formatCount(done)} of ${formatCount(jobs.length)} objects`);
     }
   };
   await Promise.all(Array.from({ length: DELETE_CONCURRENCY }, worker));
