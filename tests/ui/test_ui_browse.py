@@ -123,6 +123,19 @@ def test_sign_in_by_link_drops_the_token_from_the_address(
     assert page_errors == []
 
 
+def test_a_service_without_auth_opens_straight_away(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    svc = ui_service(auth=False)
+    plant(svc.backend, {"open.txt": b"o"})
+    page: Page = new_page()
+    page.goto(svc.url + "/ui/")
+    expect_names(page, ["open.txt"])
+    expect(page.locator("#who")).to_have_text("auth off")
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    assert page_errors == []
+
+
 def test_a_bad_token_shows_the_sign_in_with_a_message(
     ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:
