@@ -4,6 +4,7 @@ and browser-style upload sessions (per-part SHA-256, resume, direct parts comple
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import time
@@ -24,6 +25,8 @@ from unistore.service import ServiceSettings, TokenAuthority, create_app
 from unistore.testing import S3Server, running_server
 
 SECRET = b"ui-api-secret-0123456789abcdef"
+OPEN = ServiceSettings(auth=False)
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 @dataclass
@@ -483,6 +486,8 @@ def _preflight(endpoint: str, bucket: str, origin: str) -> httpx.Response:
 def test_the_bucket_cors_rule_lets_the_service_origin_put_parts(seaweed: S3Server) -> None:
     bucket = seaweed.create_bucket(f"ui-cors-{uuid.uuid4().hex[:8]}")
     origin, other = "http://files.example:8000", "http://evil.example"
+    # SeaweedFS answers every origin while a bucket has no CORS configuration; the rule narrows it
+    assert _preflight(seaweed.endpoint, bucket, other).headers["access-control-allow-origin"] == other
     code, out, err = cli("ui-cors", origin, "--max-age", "600", env=seaweed.env(bucket))
     assert code == 0, err
     assert out.strip() == f"browser uploads allowed from {origin}"
@@ -556,3 +561,60 @@ def test_whoami_offers_no_direct_uploads_where_parts_cannot_be_presigned(seaweed
     ):
         with running_server(create_app(backend, settings=settings)) as url, httpx.Client(base_url=url) as c:
             assert c.get("/v1/whoami").json()["direct_uploads"] is False
+
+
+_BROWSER_PUT = """
+async ({specs, sizes, id}) => {
+  const out = [];
+  for (let i = 0; i < specs.length; i++) {
+    const body = new Uint8Array(sizes[i]);
+    for (let o = 0; o < body.length; o += 65536) crypto.getRandomValues(body.subarray(o, o + 65536));
+    try {
+      const r = await fetch(specs[i].url, {method: "PUT", body, headers: specs[i].headers});
+      out.push({status: r.status, etag: r.headers.get("ETag")});
+    } catch (e) {
+      out.push({error: String(e)});
+    }
+  }
+  const done = await fetch("/v1/uploads/" + id + "/complete", {
+    method: "POST", headers: {"content-type": "application/json"},
+    body: JSON.stringify({parts: specs.map((_, i) => ({number: i + 1}))}),
+  });
+  return {parts: out, complete: done.status};
+}
+"""
+
+
+@pytest.mark.xdist_group("chromium")
+def test_chromium_on_the_service_origin_sends_parts_straight_to_seaweedfs(seaweed: S3Server) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sizes = [5 * MiB, 1000]
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for case in ("refused", "sent"):  # one service per bucket: a bucket has one CORS configuration
+            bucket = seaweed.create_bucket(f"ui-browser-{uuid.uuid4().hex[:8]}")
+            url = stack.enter_context(running_server(create_app(seaweed.backend(bucket), settings=OPEN)))
+            origin = "http://elsewhere.example" if case == "refused" else url
+            code, _, err = cli("ui-cors", origin, env=seaweed.env(bucket))
+            assert code == 0, err
+            c = stack.enter_context(httpx.Client(base_url=url))
+            sid = c.post("/v1/uploads", json={"key": "f.bin", "direct": True, "part_size": 5 * MiB}).json()["upload_id"]
+            specs = c.post(f"/v1/uploads/{sid}/part-urls", json={"parts": [{"number": 1}, {"number": 2}]}).json()
+            runs.append((case, url, c, sid, specs["parts"]))
+        results: dict[str, Any] = {}
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS, timeout=20_000)
+            try:
+                page = browser.new_page()
+                for case, url, _, sid, parts in runs:
+                    page.goto(url + "/", wait_until="load")  # a page of the service's origin
+                    results[case] = page.evaluate(_BROWSER_PUT, {"specs": parts, "sizes": sizes, "id": sid})
+            finally:
+                browser.close()
+        refused, sent = results["refused"], results["sent"]
+        assert all("error" in r for r in refused["parts"]), refused  # the rule names another origin
+        assert refused["complete"] != 201
+        assert [r["status"] for r in sent["parts"]] == [200, 200], sent
+        assert all(r["etag"] for r in sent["parts"])  # ETag exposed to the page
+        assert sent["complete"] == 201  # completed by part numbers alone
+        assert runs[1][2].head("/v1/objects/f.bin").headers["content-length"] == str(sum(sizes))
