@@ -320,3 +320,28 @@ def test_local_writes_land_inside_root(tmp_path: Path, key: str) -> None:
     with open(target, "rb") as f:
         assert f.read() == b"payload"
     assert sorted(os.listdir(sandbox)) == ["store"]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.text(alphabet="ab-_.:/%\\\x01.unistore", max_size=40) | st.sampled_from(["a/.unistore/b", "a//b", "a/./b"]))
+def test_plain_key_shortcut_agrees_with_every_rule(key: str) -> None:
+    """The one-regex shortcut for common keys decides exactly as the full rules do."""
+    from unistore import _keys
+
+    def full(k: str) -> bool:
+        real = _keys._PLAIN
+        _keys._PLAIN = __import__("re").compile(r"(?!)")  # never matches: the full rules decide
+        try:
+            validate_key(k)
+            return True
+        except InvalidKeyError:
+            return False
+        finally:
+            _keys._PLAIN = real
+
+    try:
+        validate_key(key)
+        fast = True
+    except InvalidKeyError:
+        fast = False
+    assert fast == full(key)

@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--no-snapshot", action="store_true", help="measure the live src/ tree instead of a copy taken at the start"
     )
+    ap.add_argument(
+        "--old-src",
+        default=None,
+        help="a src/ directory of another tree (e.g. /work/main/src): every selected unistore-s3* client "
+        "also runs on it, as NAME@old, interleaved with this tree's",
+    )
     ap.add_argument("--json", default=None, help="write the raw results here too")
     ap.add_argument("--markdown", default=None, help="write the tables to this file too")
     ap.add_argument("--profile-dir", default=None, help="cProfile every measured region, stats in this directory")
@@ -120,6 +126,11 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _base(name: str) -> Any:
+    """The adapter class of ``name`` (``NAME@old`` runs ``NAME`` on the old tree)."""
+    return adapters.REGISTRY[name.removesuffix("@old")]
+
+
 class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -132,6 +143,9 @@ class Bench(Harness):
         if unknown:
             raise SystemExit(f"unknown adapters {sorted(unknown)}; known: {sorted(adapters.REGISTRY)}")
         self.names = [n for n in adapters.REGISTRY if (not only or n in only) and n not in skip]
+        if a.old_src:
+            for n in [n for n in self.names if n.startswith("unistore-s3")]:
+                self.names.insert(self.names.index(n) + 1, f"{n}@old")
         self.caps = {k: int(v) for k, v in (c.split("=") for c in a.cap)}
         self.own_work = a.workdir is None
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="unistore-s3bench-"))
@@ -143,9 +157,11 @@ class Bench(Harness):
         self.R: dict[str, Any] = {
             "meta": {},
             "failures": [],
-            "labels": {n: adapters.REGISTRY[n].label for n in self.names},
-            "groups": {n: adapters.REGISTRY[n].group for n in self.names},
-            "transfer": {n: adapters.REGISTRY[n].transfer for n in self.names},
+            "labels": {
+                n: _base(n).label + (" [old tree]" if n.endswith("@old") else "") for n in self.names
+            },
+            "groups": {n: _base(n).group for n in self.names},
+            "transfer": {n: _base(n).transfer for n in self.names},
             "params": {
                 "small_n": a.small_n,
                 "small_size": a.small_size,
@@ -162,11 +178,18 @@ class Bench(Harness):
         self.env["AWS_EC2_METADATA_DISABLED"] = "true"
         if not a.no_snapshot:
             self.take_snapshot()
+        self.old_env = dict(self.env)
+        if a.old_src:
+            old = self.work / "snapshot-old"
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.copytree(Path(a.old_src) / "unistore", old / "unistore", ignore=shutil.ignore_patterns("__pycache__"))
+            rest = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p and "snapshot" not in p]
+            self.old_env["PYTHONPATH"] = os.pathsep.join([str(old), *rest])
         self.cfg: dict[str, Any] = {}
         self.server_pids: list[int] = []
 
     def cap(self, name: str) -> int | None:
-        return self.caps.get(name, adapters.REGISTRY[name].small_ops_cap)
+        return self.caps.get(name, _base(name).small_ops_cap)
 
     def worker(
         self, name: str, workload: str, params: dict[str, Any], tag: str = "", bucket: str = BUCKET, quiet: bool = True
@@ -177,7 +200,7 @@ class Bench(Harness):
         if self.a.profile_dir:
             prof = str(Path(self.a.profile_dir) / f"{self.run_no:04d}-{name}-{workload}{tag}")
         spec = {
-            "adapter": name,
+            "adapter": name.removesuffix("@old"),
             "workload": workload,
             "params": params,
             "profile": prof,
@@ -192,7 +215,7 @@ class Bench(Harness):
                 text=True,
                 timeout=self.a.worker_timeout,
                 check=False,
-                env=self.env,
+                env=self.old_env if name.endswith("@old") else self.env,
             )
             logf.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
             line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)

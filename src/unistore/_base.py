@@ -39,6 +39,7 @@ from ._types import (
     ObjectInfo,
     Range,
     WriteMode,
+    current_storage_class,
     normalize_metadata,
 )
 
@@ -506,8 +507,6 @@ def check_remove_condition(current: ObjectInfo | None, if_match: str | None, key
 def refuse_storage_class(backend: str, key: str) -> None:
     """:class:`UnsupportedError` when a write is asked for a storage class (:func:`~unistore.storage_class`)
     on a store that has none, before a byte is read: a silently ignored class would cost money later."""
-    from ._types import current_storage_class
-
     wanted = current_storage_class()
     if wanted is not None:
         raise UnsupportedError(

@@ -34,6 +34,9 @@ RESERVED_PREFIX = ".unistore"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# Keys no rule below can refuse: ASCII names of 255 bytes at most, no segment starting with
+# "." (so never ".", "..", or reserved), no "%", "\\", ":" or control character.
+_PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.]*(?:/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*)*")
 _RESERVED_ALLOWED: ContextVar[bool] = ContextVar("unistore_reserved_keys", default=False)
 
 
@@ -97,6 +100,8 @@ def validate_key(key: object) -> str:
     """Return ``key`` unchanged if it obeys the key rules; raise :class:`InvalidKeyError`."""
     if not isinstance(key, str):
         raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
+    if len(key) <= MAX_SEGMENT_BYTES and _PLAIN.fullmatch(key):
+        return key  # the common case, decided by one regex
     if not key:
         raise InvalidKeyError("key must not be empty", key=key)
     try:

@@ -7,16 +7,20 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._base import StorageBackend
 from ._errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from ._keys import RESERVED_PREFIX, reserved_keys, validate_prefix
-from ._types import ObjectInfo
+from ._types import ByteRange, ObjectInfo
+
+if TYPE_CHECKING:
+    from .backends.s3 import S3Backend
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -33,8 +37,20 @@ CHECKPOINT_PREFIX = ".unistore/migrate/"
 
 SCHEMA_VERSION = "schema_version"
 _MAX_DONE = 10_000
+_PART_SLOTS = 4
+"""Parts of large S3 copies in flight at once over the whole run (each held in memory)."""
+_PART_SIZE = 5 * 1024 * 1024
+"""Their size (S3's smallest, larger only where 10,000 parts could not hold the object): what a
+kill can make a rerun send again is at most ``_PART_SLOTS`` parts."""
 
 log = logging.getLogger("unistore.migrate")
+
+
+class _Unknown:
+    """What a listing says about a key it could not look at: ask the store."""
+
+
+UNKNOWN = _Unknown()
 
 Upgrade = Callable[[bytes, ObjectInfo, int], bytes | Awaitable[bytes]]
 """``upgrade(data, info, version)`` returns the object's bytes at ``version + 1``."""
@@ -187,8 +203,12 @@ async def migrate(
 
     Each copy keeps the body, content type, metadata, cache-control and content-disposition, is
     written with ``mode="create"`` (an object already at ``dst`` is never overwritten: an
-    identical one is *skipped*, another one reported *differing*), and is read back from ``dst``
-    and checked by SHA-256 against the bytes read from ``src``. Progress is checkpointed in
+    identical one is *skipped*, another one reported *differing*), and is checked against the
+    bytes read from ``src``: read back from ``dst`` and compared by SHA-256, except into an
+    :class:`~unistore.backends.s3.S3Backend` itself (no layer in between) with body checksums on,
+    whose server checks the Content-MD5 (or SHA-256) of every request and part, computed from
+    those bytes. Objects larger than a part go into such an S3 store as a multipart upload whose
+    session is recorded in ``dst``, so a rerun sends only the parts it lacks. Progress is checkpointed in
     ``dst`` under :data:`CHECKPOINT_PREFIX` (one checkpoint per ``job`` and ``prefix``), so a
     rerun after a crash or kill starts after the last key up to which all were done; a run
     without problems removes its checkpoint.
@@ -265,6 +285,10 @@ class _Run:
         self.failed_keys: set[str] = set()
         self.skip: set[str] = set()
         self.saving = asyncio.Lock()
+        self.part_slots = asyncio.Semaphore(_PART_SLOTS)
+        s3 = _s3(dst)
+        # the server checks each request's Content-MD5 / SHA-256, computed from the bytes read from src
+        self.server_checked = s3 is not None and s3.settings.checksum != "none"
 
     async def go(self) -> MigrationReport:
         started = time.monotonic()
@@ -277,9 +301,11 @@ class _Run:
         sem = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def one(info: ObjectInfo) -> None:
+        listing = _Listing(self.dst, self.prefix, after) if self.writes else None
+
+        async def one(info: ObjectInfo, there: ObjectInfo | _Unknown | None) -> None:
             try:
-                await self._one(info)
+                await self._one(info, there)
             finally:
                 sem.release()
 
@@ -292,9 +318,10 @@ class _Run:
                 if info.key in self.skip:  # done by the interrupted run, past its watermark
                     self.report.resumed_done += 1
                     continue
+                there = await listing.find(info.key) if listing is not None else UNKNOWN
                 await sem.acquire()
                 self.pending.append(info.key)
-                task = asyncio.create_task(one(info))
+                task = asyncio.create_task(one(info, there))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -302,6 +329,8 @@ class _Run:
         finally:
             for task in tasks:
                 task.cancel()
+            if listing is not None:
+                await listing.aclose()
         self.report.seconds = time.monotonic() - started
         if self.writes:
             if self.report.failed:
@@ -309,6 +338,8 @@ class _Run:
             else:
                 with reserved_keys():
                     await self.dst.remove(self.checkpoint)
+                    async for stale in self.dst.iter_keys(self._parts_prefix):  # of uploads another run finished
+                        await self.dst.remove(stale)
         return self.report
 
     # --- checkpoints ----------------------------------------------------------------
@@ -361,12 +392,12 @@ class _Run:
         if self.metrics is not None:
             self.metrics.objects.labels(outcome).inc()
 
-    async def _one(self, listed: ObjectInfo) -> None:
+    async def _one(self, listed: ObjectInfo, there: ObjectInfo | _Unknown | None) -> None:
         key = listed.key
         try:
             if self.ops is not None:
                 await self.ops.take(1)
-            await self._examine(key)
+            await self._examine(key, there, listed.size)
         except StorageError as exc:
             self.failed_keys.add(key)
             self.report.failed.append(Failure(key, f"{type(exc).__name__}: {exc}"))
@@ -390,11 +421,16 @@ class _Run:
             meta[SCHEMA_VERSION] = str(max(version, self.schema_version))
         return data, info, meta
 
-    async def _examine(self, key: str) -> None:
-        try:
-            existing: ObjectInfo | None = await self.dst.head(key)
-        except NotFoundError:
-            existing = None
+    async def _examine(self, key: str, there: ObjectInfo | _Unknown | None = UNKNOWN, size: int = 0) -> None:
+        """``there`` is what the destination's listing showed (``UNKNOWN``: ask it)."""
+        existing: ObjectInfo | None
+        if isinstance(there, _Unknown):
+            try:
+                existing = await self.dst.head(key)
+            except NotFoundError:
+                existing = None
+        else:
+            existing = there
         if existing is None and self.verify_only:
             self.report.missing.append(key)
             self._count("missing")
@@ -405,12 +441,15 @@ class _Run:
             self.report.bytes_copied += info.size
             self._count("copied")
             return
-        if existing is None and await self._copy(key):
+        if existing is None and await self._copy(key, size):
             return
         await self._compare(key)
 
-    async def _copy(self, key: str) -> bool:
+    async def _copy(self, key: str, size: int = 0) -> bool:
         """Create ``key`` at the destination; ``False`` if another writer created it first."""
+        s3 = _s3(self.dst)
+        if self.upgrade is None and s3 is not None and size > s3.settings.part_size:
+            return await self._copy_parts(s3, key)
         if self.upgrade is not None:
             data, info, meta = await self._wanted(key)
             body: Any = data
@@ -446,16 +485,163 @@ class _Run:
                 await holder.aclose()
         if holder is not None:
             src_digest = sha.hexdigest()
-        back = hashlib.sha256(await self.dst.get(key)).hexdigest()
+        if self.server_checked:
+            self._copied(size)
+            return True
+        back = (await _digest(self.dst, key))[1].hex()
         if back != src_digest:
             await _discard(self.dst, key, written.etag)
             raise _integrity(key, "the copy read back differs from the source (SHA-256)")
+        self._copied(size)
+        return True
+
+    def _copied(self, size: int) -> None:
         self.report.copied += 1
         self.report.bytes_copied += size
         if self.metrics is not None:
             self.metrics.bytes.inc(size)
         self._count("copied")
+
+    # --- large objects into S3: resumable part by part ----------------------------------
+
+    @property
+    def _parts_prefix(self) -> str:
+        return self.checkpoint.removesuffix(".json") + "/parts/"
+
+    async def _copy_parts(self, s3: S3Backend, key: str) -> bool:
+        """Copy ``key`` into S3 as a multipart upload whose session is recorded in the destination
+        (with the SHA-256 of each finished part's source bytes, saved at most once a second). A
+        rerun after a kill resumes the session and sends only the parts the server does not hold
+        (a held part missing from the record is re-read from the source and kept if its checksum
+        matches). The copy read back is checked part by part against those digests."""
+        from .backends.s3 import PartInfo
+        from .backends.s3._multipart import _upload_part, part_size_for
+        from .backends.s3._wire import checksum_header
+
+        info = await self.src.head(key)
+        meta = dict(info.metadata)
+        if self.schema_version is not None:
+            meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
+        uploads = s3.uploads
+        state_key = self._parts_prefix + hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
+        step = part_size_for(info.size, _PART_SIZE)
+        count = -(-info.size // step)
+        ident = {"key": key, "etag": info.etag, "size": info.size, "part_size": step}
+        parts: dict[int, tuple[PartInfo, str]] = {}
+
+        async def read(number: int) -> list[bytes]:
+            start = (number - 1) * step
+            end = min(start + step, info.size)
+            async with await self.src.open(key, range=ByteRange(start, end), if_match=info.etag) as dl:
+                chunks = [chunk async for chunk in dl]
+            if sum(len(c) for c in chunks) != end - start:
+                raise _integrity(key, "the source changed during the copy")
+            return chunks
+
+        session = None
+        held: dict[int, PartInfo] = {}
+        state = await self._read_state(state_key)
+        if state is not None and all(state.get(k) == v for k, v in ident.items()):
+            try:
+                session = uploads.resume(str(state["token"]))
+                held = {p.number: p for p in await uploads.list_parts(session)}
+            except (NotFoundError, InvalidArgumentError, KeyError):  # expired, completed or aborted
+                session = None
+            else:
+                for n, (size, etag, digest) in dict(state.get("parts", {})).items():
+                    part = held.get(int(n))
+                    if part is not None and (part.size, part.etag) == (size, etag):
+                        parts[int(n)] = (part, digest)
+        elif state is not None:  # the source changed since: that session is no use
+            with contextlib.suppress(StorageError, KeyError, InvalidArgumentError):
+                await uploads.abort(uploads.resume(str(state["token"])))
+        if session is None:
+            session = await uploads.start(
+                key,
+                content_type=info.content_type,
+                metadata=meta,
+                cache_control=info.cache_control,
+                content_disposition=info.content_disposition,
+            )
+        opened = session
+        record = asyncio.Lock()
+        saved = 0.0
+
+        async def save(force: bool = False) -> None:
+            nonlocal saved
+            async with record:
+                if not force and time.monotonic() - saved < 1.0:
+                    return
+                saved = time.monotonic()
+                done = {n: [p.size, p.etag, d] for n, (p, d) in sorted(parts.items())}
+                doc = {**ident, "token": opened.token, "parts": done}
+                with reserved_keys():
+                    await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+
+        async def adopt(part: PartInfo) -> None:
+            """Keep a part the server holds but the record missed, if the source bytes match it."""
+            if part.size != min(step, info.size - (part.number - 1) * step) or part.checksum is None:
+                return
+            async with self.part_slots:
+                chunks = await read(part.number)
+                checksum = checksum_header(opened.checksum, chunks)[1]
+                if checksum == part.checksum:
+                    digest = "" if self.server_checked else await asyncio.to_thread(_sha256_hex, chunks)
+                    parts[part.number] = (part, digest)
+
+        async def send(number: int) -> None:
+            async with self.part_slots:
+                chunks = await read(number)
+                size = sum(len(c) for c in chunks)
+                if self.bytes is not None:
+                    await self.bytes.take(size)
+                digest = "" if self.server_checked else await asyncio.to_thread(_sha256_hex, chunks)
+                part = await _upload_part(s3, opened.key, opened.upload_id, number, chunks, size, opened.checksum)
+                del chunks
+            parts[number] = (part, digest)
+            await save()
+
+        try:
+            if session is not None and held:
+                async with asyncio.TaskGroup() as tg:
+                    for number, part in held.items():
+                        if number not in parts and number <= count:
+                            tg.create_task(adopt(part))
+            await save(force=True)
+            async with asyncio.TaskGroup() as tg:
+                for number in range(1, count + 1):
+                    if number not in parts:
+                        tg.create_task(send(number))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        await save(force=True)
+        try:
+            written = await uploads.complete(opened, [parts[n][0] for n in range(1, count + 1)], mode="create")
+        except AlreadyExistsError:
+            with contextlib.suppress(StorageError):
+                await uploads.abort(opened)
+            await self._drop_state(state_key)
+            return False
+        await self._drop_state(state_key)
+        if not self.server_checked and await _part_digests(self.dst, key, step) != [
+            parts[n][1] for n in range(1, count + 1)
+        ]:
+            await _discard(self.dst, key, written.etag)
+            raise _integrity(key, "the copy read back differs from the source (SHA-256)")
+        self._copied(info.size)
         return True
+
+    async def _read_state(self, state_key: str) -> dict[str, Any] | None:
+        try:
+            with reserved_keys():
+                doc = json.loads(await self.dst.get(state_key))
+        except (NotFoundError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def _drop_state(self, state_key: str) -> None:
+        with reserved_keys(), contextlib.suppress(StorageError):
+            await self.dst.remove(state_key)
 
     async def _hashing(self, chunks: AsyncIterable[bytes], sha: Any) -> AsyncIterator[bytes]:
         async for chunk in chunks:
@@ -492,6 +678,71 @@ class _Run:
         else:
             self.report.skipped += 1
             self._count("skipped")
+
+
+class _Listing:
+    """The destination's listing walked alongside the source's (both in key order): tells for
+    each source key whether the destination listed it, sparing a ``head`` per object. It is only
+    a hint: a key it misses is still written with ``mode="create"``, so nothing is overwritten."""
+
+    def __init__(self, store: StorageBackend, prefix: str, after: str | None) -> None:
+        self.it = aiter(store.iter_objects(prefix, start_after=after))
+        self.head: ObjectInfo | None = None
+        self.done = False
+        self.broken = False
+
+    async def find(self, key: str) -> ObjectInfo | _Unknown | None:
+        if self.broken:
+            return UNKNOWN
+        try:
+            while not self.done and (self.head is None or self.head.key < key):
+                try:
+                    self.head = await anext(self.it)
+                except StopAsyncIteration:
+                    self.done, self.head = True, None
+        except StorageError as exc:  # e.g. no listing permission at the destination: head each key
+            log.info("listing the destination failed (%s): checking each key instead", exc)
+            self.broken = True
+            return UNKNOWN
+        return self.head if self.head is not None and self.head.key == key else None
+
+    async def aclose(self) -> None:
+        closer = getattr(self.it, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+def _s3(store: StorageBackend) -> S3Backend | None:
+    """``store`` if it is an S3 store itself (not behind a layer, whose writes must go through it)."""
+    module = sys.modules.get("unistore.backends.s3")
+    return cast("S3Backend", store) if module is not None and type(store) is module.S3Backend else None
+
+
+def _sha256_hex(chunks: list[bytes]) -> str:
+    sha = hashlib.sha256()
+    for chunk in chunks:
+        sha.update(chunk)
+    return sha.hexdigest()
+
+
+async def _part_digests(store: StorageBackend, key: str, step: int) -> list[str]:
+    """The SHA-256 of each ``step``-byte part of the object, streamed."""
+    out: list[str] = []
+    sha, left = hashlib.sha256(), step
+    async with await store.open(key) as dl:
+        async for chunk in dl:
+            view = memoryview(chunk)
+            while view:
+                take = view[:left]
+                sha.update(take)
+                view, left = view[len(take) :], left - len(take)
+                if not left:
+                    out.append(sha.hexdigest())
+                    sha, left = hashlib.sha256(), step
+    if left != step or not out:
+        out.append(sha.hexdigest())
+    return out
 
 
 async def _digest(store: StorageBackend, key: str) -> tuple[ObjectInfo, bytes]:

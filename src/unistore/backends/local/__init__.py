@@ -125,6 +125,7 @@ from ._meta import (
     try_set_xattr,
     write_sidecar,
 )
+from ._pool import run_in_thread
 from ._settings import LocalSettings
 from ._sweep import clear_dir, sweep_tree
 
@@ -221,10 +222,9 @@ class LocalBackend(BaseBackend):
         return StorageError(f"I/O error ({exc.strerror or exc})", **where)
 
     async def _run(self, operation: str, key: str | None, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` in a worker thread, translating its errors. (``run_in_executor``
-        rather than ``to_thread``: these functions read no context variables.)"""
+        """Run ``fn(*args)`` in a worker thread (see ``_pool``), translating its errors."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            return await run_in_thread(fn, *args)
         except (StorageError, OSError) as exc:
             mapped = self._translate(exc, operation, key)
             if mapped is exc:
@@ -274,7 +274,7 @@ class LocalBackend(BaseBackend):
             self._last_us = us
         if marked:
             return us * 1000 + _MARK
-        low = self._jitter.randrange(999)
+        low = int(self._jitter.random() * 999)  # 0..998, skipping _MARK: random() is one C call
         return us * 1000 + low + (low >= _MARK)
 
     def _info(
@@ -456,17 +456,18 @@ class LocalBackend(BaseBackend):
         if time.monotonic() >= self._next_sweep:
             self._start_sweep()
         guessed = guess_content_type(key)
+        cd = content_disposition
         meta: dict[str, Any] = {
-            "ct": check_content_type(content_type) or guessed,
-            "meta": normalize_metadata(metadata),
-            "cc": check_header_value("cache_control", cache_control),
-            "cd": check_header_value("content_disposition", content_disposition),
+            "ct": (content_type is not None and check_content_type(content_type)) or guessed,
+            "meta": normalize_metadata(metadata) if metadata else {},
+            "cc": None if cache_control is None else check_header_value("cache_control", cache_control),
+            "cd": None if cd is None else check_header_value("content_disposition", cd),
         }
         # Only a version the key's name cannot describe needs a sidecar.
         meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
-        if isinstance(mode, str) and mode not in ("overwrite", "create"):
+        if mode != "overwrite" and isinstance(mode, str) and mode != "create":
             raise TypeError(f"invalid write mode {mode!r}")
-        if isinstance(body, bytes | bytearray | memoryview):
+        if isinstance(body, _BYTES_LIKE):
             data = bytes(body) if not isinstance(body, bytes) else body
             self._check_size(key, len(data))
             return _written_info(key, meta, await self._run("put", key, self._put_bytes_sync, key, data, meta, mode))
@@ -849,6 +850,7 @@ _NOT_OBJECT = frozenset({errno.ELOOP, errno.ENXIO})
 """Errors that mean "not an object": a symbolic link met on the way; a socket opened."""
 
 _MARK = 777
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 """``mtime_ns % 1000`` of a data file whose version has a record (see ``_stamp``)."""
 
 CrashHook: TypeAlias = "Callable[[str, str], None]"

@@ -150,6 +150,8 @@ class Beneath:
         calls, ``fsync`` and ``os.scandir`` (a new open file description, never shared)."""
         if not rel:
             return os.open(".", _DIR_FLAGS, dir_fd=self._fd)
+        if "/" not in rel:  # one name: O_NOFOLLOW refuses a link as openat2 would, without ctypes
+            return os.open(_checked(rel), _DIR_FLAGS, dir_fd=self._fd)
         if USE_OPENAT2 and _OPENAT2.ok:
             return _OPENAT2.open(self._fd, rel, _DIR_FLAGS, 0)
         return self._walk(rel)

@@ -267,7 +267,10 @@ class Temp:
 def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
     """Write every chunk completely (``os.write`` may write less than asked)."""
     for chunk in chunks:
-        view = memoryview(chunk)
+        n = os.write(fd, chunk)
+        if n == len(chunk):
+            continue
+        view = memoryview(chunk)[n:]
         while view:
             n = os.write(fd, view)
             view = view[n:]

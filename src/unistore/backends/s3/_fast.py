@@ -10,24 +10,44 @@ bodies (downloads, multipart parts) stay on aiohttp.
 A connection is reused only after a complete response that did not ask to
 close. A reused connection that turns out to be closed before any response
 byte arrives is replaced once (the server never saw the request).
+
+A body that is a byte range of a file (:class:`FileRange`, a multipart part read from
+disk) goes the same way on a plain-TCP connection: the kernel sends it with
+``sendfile`` (``loop.sendfile``), so its bytes are never copied into Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["FastPool", "FastResponse", "StaleConnection"]
+__all__ = ["FastPool", "FastResponse", "FileRange", "ShortFile", "StaleConnection"]
 
 _MAX_HEADER = 64 * 1024
 
 
 class StaleConnection(ConnectionError):
     """A kept-alive connection was closed by the server before it answered."""
+
+
+class ShortFile(Exception):
+    """A :class:`FileRange` body ended early: the file shrank while it was being sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """A request body of ``length`` bytes at ``offset`` of the open file ``fd``. ``chunks()``
+    yields the same bytes, for transports that cannot ``sendfile`` (TLS, aiohttp)."""
+
+    fd: int
+    offset: int
+    length: int
+    chunks: Callable[[], AsyncIterator[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,52 @@ class FastPool:
                     conn.writer.write(payload)
                     if payload is head and body is not None:
                         conn.writer.write(body)
+                    async with asyncio.timeout(self._timeout):
+                        await conn.writer.drain()
+                        response, keep = await self._read(conn, method, reused)
+                except StaleConnection:
+                    conn.close()
+                    if attempt == 0:
+                        continue
+                    raise
+                except BaseException:
+                    conn.close()
+                    raise
+                if keep and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+                return response
+        raise AssertionError("unreachable")
+
+    @property
+    def can_sendfile(self) -> bool:
+        """Whether :meth:`request_file` may be used (plain TCP: ``sendfile`` cannot encrypt)."""
+        return self._ssl is None
+
+    async def request_file(
+        self, method: str, target: str, host_header: str, headers: Mapping[str, str], body: FileRange
+    ) -> FastResponse:
+        """Send one request whose body is ``body``'s file range, sent by the kernel, and read the
+        response. :class:`ShortFile` if the file ends before the range does."""
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
+        for name, value in headers.items():
+            lines.append(f"{name}: {value}\r\n")
+        if "content-length" not in headers:
+            lines.append(f"Content-Length: {body.length}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        async with self._slots:
+            for attempt in (0, 1):
+                conn, reused = await self._acquire(fresh=attempt > 0)
+                try:
+                    conn.writer.write(head)
+                    try:
+                        await _send_range(conn.writer, body)
+                    except (BrokenPipeError, ConnectionResetError) as exc:
+                        if reused:  # closed while idle: the server saw no request
+                            raise StaleConnection("connection closed before the request was sent") from exc
+                        raise
                     async with asyncio.timeout(self._timeout):
                         await conn.writer.drain()
                         response, keep = await self._read(conn, method, reused)
@@ -173,3 +239,25 @@ class FastPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+async def _send_range(writer: asyncio.StreamWriter, body: FileRange) -> None:
+    """Write ``body``'s bytes after what ``writer`` holds: ``sendfile`` where the loop has it,
+    else 1 MiB ``pread``s in a worker thread. :class:`ShortFile` if the file is too short."""
+    # A file object over the shared descriptor that does not own it: sendfile reads at explicit
+    # offsets, so its one seek at the end moves a position nobody else uses.
+    with os.fdopen(body.fd, "rb", buffering=0, closefd=False) as file:
+        try:
+            sent = await asyncio.get_running_loop().sendfile(
+                writer.transport, file, body.offset, body.length, fallback=False
+            )
+        except (asyncio.SendfileNotAvailableError, NotImplementedError, RuntimeError):
+            sent = None  # refused before a byte was sent (uvloop, an unusual transport)
+    if sent is None:
+        sent = 0
+        async for chunk in body.chunks():
+            writer.write(chunk)
+            sent += len(chunk)
+            await writer.drain()
+    if sent != body.length:
+        raise ShortFile(f"the file ended {body.length - sent} bytes early")

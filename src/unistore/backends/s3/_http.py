@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..._errors import ConfigurationError, StorageError, UnavailableError
+from ..._errors import ConfigurationError, IntegrityError, StorageError, UnavailableError
 from ._auth import static_credentials
-from ._fast import FastPool
+from ._fast import FastPool, FileRange, ShortFile
 from ._settings import S3Settings
 from ._wire import Credentials, SigV4, error_from_response, uri_encode
 
@@ -162,6 +162,11 @@ class S3Connection:
             body is None or (isinstance(body, bytes | bytearray | memoryview) and len(body) <= FAST_MAX)
         ):
             return await self._send_small(method, target, headers, body, op, key, create)
+        if isinstance(body, FileRange):
+            pool = self._fast()
+            if pool.can_sendfile and not stream:
+                return await self._send_small(method, target, headers, body, op, key, create)
+            body = body.chunks()
         url = self.origin + target
         import aiohttp
         from yarl import URL
@@ -226,14 +231,21 @@ class S3Connection:
         method: str,
         target: str,
         headers: dict[str, str],
-        body: bytes | bytearray | memoryview | None,
+        body: bytes | bytearray | memoryview | FileRange | None,
         op: str,
         key: str | None,
         create: bool,
     ) -> Response:
-        """A request whose whole body is in memory, through the lean keep-alive pool."""
+        """A request whose whole body is in memory or a file range, through the lean keep-alive pool."""
         try:
-            r = await self._fast().request(method, target, self.host, headers, body)
+            if isinstance(body, FileRange):
+                r = await self._fast().request_file(method, target, self.host, headers, body)
+            else:
+                r = await self._fast().request(method, target, self.host, headers, body)
+        except ShortFile as exc:
+            raise IntegrityError(
+                f"the file changed size during the upload ({exc})", key=key, backend=self.backend_name, operation=op
+            ) from exc
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
             raise UnavailableError(
                 f"request failed: {type(exc).__name__}: {exc}", key=key, backend=self.backend_name, operation=op
