@@ -28,6 +28,14 @@ DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 WRITE_DOCS_IMG = os.environ.get("UNISTORE_DOCS_SCREENSHOTS") == "1"
 
 
+@pytest.fixture(autouse=True)
+def patient_expect() -> Iterator[None]:
+    """A busy two-core machine is slow to paint, not wrong: assertions wait up to 10 s here."""
+    expect.set_options(timeout=10_000)
+    yield
+    expect.set_options(timeout=5_000)  # Playwright's default, for the other modules
+
+
 def plant(store: StorageBackend, objects: dict[str, bytes | tuple[bytes, str]]) -> None:
     """Put objects straight into the store (not through the UI)."""
 
