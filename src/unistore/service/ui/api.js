@@ -80,23 +80,6 @@ export async function allKeys(prefix) {
   return keys;
 }
 
-/** One object's info from a HEAD request (the listing's shape, metadata from `X-Meta-*`). */
-export async function head(key) {
-  const response = await request(objectPath(key), { method: "HEAD" });
-  const metadata = {};
-  for (const [name, value] of response.headers) {
-    if (name.startsWith("x-meta-")) metadata[name.slice(7)] = decodeURIComponent(value);
-  }
-  return {
-    key,
-    size: Number(response.headers.get("content-length")),
-    etag: (response.headers.get("etag") || "").replace(/^W\//, "").replace(/"/g, ""),
-    content_type: response.headers.get("content-type"),
-    last_modified: response.headers.get("last-modified"),
-    metadata,
-  };
-}
-
 /** Delete one object; with `etag`, only if it is still that version (412 otherwise). */
 export function remove(key, etag = null) {
   const headers = etag ? { "If-Match": `"${etag}"` } : {};
