@@ -17,7 +17,7 @@ def test_the_page_names_only_hashed_assets_and_is_never_cached(ui_service: Calla
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.headers["cache-control"] == "no-cache"
     refs = re.findall(r'(?:src|href)="([^"]+)"', r.text)
-    assert refs and all(re.fullmatch(r"assets/[a-z]+\.[0-9a-f]{12}\.(js|css)", ref) for ref in refs), refs
+    assert refs and all(re.fullmatch(r"assets/[a-z]+\.[0-9a-f]{12}\.(js|css|svg)", ref) for ref in refs), refs
     for ref in refs:
         asset = httpx.get(f"{svc.url}/ui/{ref}")
         assert asset.status_code == 200
