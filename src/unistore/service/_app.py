@@ -27,6 +27,7 @@ from ._redis import RedisHotKeys
 from ._settings import ServiceSettings, metrics_bind
 from ._state import StateStore
 from ._ui import mount_ui
+from ._ui_api import ui_api_router
 from ._upload_routes import uploads_router
 from ._uploads import UploadSessions
 
@@ -279,6 +280,7 @@ def create_app(
     app.router.lifespan_context = lifespan
     app.state.uploads = sessions
     app.include_router(uploads_router(ctx, sessions))
+    app.include_router(ui_api_router(ctx, sessions, raw.name))
 
     @app.get("/", include_in_schema=False)
     async def index() -> dict[str, Any]:
