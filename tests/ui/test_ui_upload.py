@@ -19,7 +19,7 @@ import httpx
 import pytest
 from ui_support import UiService
 
-from unistore import MemoryBackend
+from unistore import MemoryBackend, UnavailableError
 from unistore._types import Body, ObjectInfo, WriteMode
 from unistore.testing import S3Server
 
@@ -27,15 +27,18 @@ pytestmark = pytest.mark.xdist_group("chromium")
 
 MiB = 1024 * 1024
 T = TypeVar("T")
+_PART_BODY = re.compile(r"\.unistore/service/uploads/parts/[^/]+/(\d{5})$")
 _PART = re.compile(r"\.unistore/service/uploads/parts/[^/]+/(\d{5})\.sha256$")
 
 
 class CountingBackend(MemoryBackend):
     """A MemoryBackend that records every upload-session part the service stores (by part number)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_once: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.parts: list[int] = []
+        self.failed: list[int] = []
+        self.fail_once = set(fail_once)
         self._lock = threading.Lock()
 
     async def put_object(
@@ -49,6 +52,11 @@ class CountingBackend(MemoryBackend):
         cache_control: str | None = None,
         content_disposition: str | None = None,
     ) -> ObjectInfo:
+        m = _PART_BODY.search(key)
+        if m is not None and int(m[1]) in self.fail_once:  # the store is briefly unavailable for this part
+            self.fail_once.discard(int(m[1]))
+            self.failed.append(int(m[1]))
+            raise UnavailableError("the store is briefly unavailable", key=key)
         info = await super().put_object(
             key,
             body,
@@ -210,6 +218,49 @@ def test_a_reload_mid_upload_resumes_and_sends_only_the_missing_parts(
     assert pending.count() == 0
 
 
+def test_offline_pauses_and_online_resumes_without_resending_stored_parts(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], tmp_path: Path
+) -> None:
+    backend = CountingBackend()
+    svc = ui_service(backend)
+    token = svc.token()
+    big = tmp_path / "drop.bin"
+    big.write_bytes(os.urandom(60 * MiB))
+    page = _open(new_page, svc, token)
+    _throttle(page, 12 * MiB)
+    page.get_by_label("Files to upload").set_input_files(big)
+    deadline = time.monotonic() + 20
+    while len(backend.received()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    page.context.set_offline(True)
+    row = _row(page, "drop.bin")
+    row.locator("text=Paused: offline").wait_for()
+    time.sleep(0.5)
+    before = set(backend.received())
+    page.context.set_offline(False)
+    _wait_done(page, 1)
+    after = backend.received()[len(before) :]
+    assert sorted(after) == sorted(set(range(1, 9)) - before)
+    got = _get(svc, token, "drop.bin").content
+    assert hashlib.sha256(got).digest() == hashlib.sha256(big.read_bytes()).digest()
+
+
+def test_a_part_the_service_fails_is_retried(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], tmp_path: Path
+) -> None:
+    backend = CountingBackend(fail_once=frozenset({2}))
+    svc = ui_service(backend)
+    token = svc.token()
+    big = tmp_path / "retry.bin"
+    big.write_bytes(os.urandom(20 * MiB))
+    page = _open(new_page, svc, token)
+    page.get_by_label("Files to upload").set_input_files(big)
+    _wait_done(page, 1)
+    assert backend.failed == [2] and sorted(backend.received()) == [1, 2, 3]
+    got = _get(svc, token, "retry.bin").content
+    assert hashlib.sha256(got).digest() == hashlib.sha256(big.read_bytes()).digest()
+
+
 def test_cancel_aborts_the_session_and_stores_nothing(
     ui_service: Callable[..., UiService], new_page: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -265,7 +316,9 @@ def test_a_read_only_token_sees_no_upload_controls(
     assert page.locator("#uploads").is_hidden()
 
 
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
 def test_direct_parts_go_straight_to_seaweedfs(
+    checksum: str,
     ui_service: Callable[..., UiService],
     new_page: Callable[..., Any],
     tmp_path: Path,
@@ -273,7 +326,7 @@ def test_direct_parts_go_straight_to_seaweedfs(
     page_errors: list[str],
 ) -> None:
     prefix = f"ui-{uuid.uuid4().hex[:8]}/"
-    backend = seaweed.backend(prefix=prefix, checksum="sha256")
+    backend = seaweed.backend(prefix=prefix, checksum=checksum)
     svc = ui_service(backend)
     token = svc.token()
     big = tmp_path / "direct.bin"
