@@ -163,6 +163,38 @@ def test_a_folder_of_20_files_lands_under_its_folder_name(
     assert _errors(page_errors) == [] and page.failed == []
 
 
+def _drop(page: Any, selector: str, paths: list[Path]) -> None:
+    """Drag ``paths`` (files or folders) from the desktop onto ``selector``: Chromium's own drag
+    pipeline (CDP Input.dispatchDragEvent), so folders arrive as directory entries."""
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+
+
+@pytest.mark.parametrize("target", ["#uploads .upload-drop", "header"])
+def test_a_dropped_folder_is_walked_and_a_dropped_file_kept(
+    target: str, ui_service: Callable[..., UiService], new_page: Callable[..., Any], tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    svc = ui_service(backend)
+    token = svc.token()
+    files = {"album/a.txt": b"a", "album/deep/er/b.bin": os.urandom(70_000), "loose.txt": b"loose"}
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    for i in range(150):  # more than one readEntries batch (Chromium answers 100 at a time)
+        (tmp_path / "album" / f"n{i:03d}").write_bytes(b"%d" % i)
+        files[f"album/n{i:03d}"] = b"%d" % i
+    page = _open(new_page, svc, token)
+    _drop(page, target, [tmp_path / "album", tmp_path / "loose.txt"])
+    _wait_done(page, len(files))
+    assert _sync(lambda: _contents(backend, list(files))) == files
+    assert page.url.startswith(svc.url + "/ui/")  # the browser did not navigate to a dropped file
+
+
 def test_a_60_mib_file_goes_through_a_session_with_moving_progress(
     ui_service: Callable[..., UiService], new_page: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -156,6 +156,35 @@ function failureOf(response) {
   return new HttpFailure(status, status === 0 ? "The network is unreachable." : message, retryable);
 }
 
+let dropTarget = null;     // the mounted panel that takes drops (none for a read-only token)
+let listening = false;
+
+function carriesFiles(event) {
+  return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+}
+
+/** One set of page-wide drag-and-drop listeners, whatever the number of mounts. */
+function listenForDrops() {
+  if (listening) return;
+  listening = true;
+  const over = (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();  // also keeps the browser from opening a file dropped beside the panel
+    event.dataTransfer.dropEffect = dropTarget ? "copy" : "none";
+    if (dropTarget) dropTarget.over();
+  };
+  document.addEventListener("dragenter", over);
+  document.addEventListener("dragover", over);
+  document.addEventListener("dragleave", (event) => {
+    if (dropTarget && !event.relatedTarget) dropTarget.leave();  // the pointer left the window
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    if (dropTarget) dropTarget.drop(event.dataTransfer);
+  });
+}
+
 /**
  * The upload panel inside `container`: pickers, a drop zone, one row per file and an overall bar.
  * Options: `me` (GET /v1/whoami), `api` (api.js), `getPrefix()` (the folder files land in),
@@ -173,6 +202,7 @@ export function mountUploads(container, options = {}) {
   const direct = options.direct !== undefined ? options.direct : Boolean(me.direct_uploads);
 
   container.replaceChildren();
+  dropTarget = null;
   const canWrite = !me.actions || me.actions.includes("write") || me.actions.includes("admin");
   if (!canWrite) {
     container.hidden = true;
@@ -205,26 +235,20 @@ export function mountUploads(container, options = {}) {
   dropZone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
   });
-  const over = (event) => {
-    if (!event.dataTransfer || !Array.from(event.dataTransfer.types || []).includes("Files")) return;
-    event.preventDefault();
-    event.dataTransfer.dropEffect = "copy";
-    dropZone.classList.add("upload-drop-over");
+  // Files dropped anywhere on the page are uploaded (never opened by the browser in place of the app).
+  dropTarget = {
+    over() { dropZone.classList.add("upload-drop-over"); },
+    leave() { dropZone.classList.remove("upload-drop-over"); },
+    async drop(dataTransfer) {
+      dropZone.classList.remove("upload-drop-over");
+      try {
+        add(await filesOfDrop(dataTransfer));
+      } catch (err) {
+        summary.textContent = "Could not read the dropped items: " + err.message;
+      }
+    },
   };
-  container.addEventListener("dragenter", over);
-  container.addEventListener("dragover", over);
-  container.addEventListener("dragleave", (event) => {
-    if (!container.contains(event.relatedTarget)) dropZone.classList.remove("upload-drop-over");
-  });
-  container.addEventListener("drop", async (event) => {
-    event.preventDefault();
-    dropZone.classList.remove("upload-drop-over");
-    try {
-      add(await filesOfDrop(event.dataTransfer));
-    } catch (err) {
-      summary.textContent = "Could not read the dropped items: " + err.message;
-    }
-  });
+  listenForDrops();
 
   const overall = el("progress", { class: "upload-overall", max: 1, value: 0, "aria-label": "All uploads" });
   const summary = el("p", { class: "upload-summary", role: "status", "aria-live": "polite" });
@@ -263,16 +287,20 @@ export function mountUploads(container, options = {}) {
 
   function add(items) {
     const prefix = getPrefix() || "";
+    let added = 0, doubles = 0;
     for (const item of items) {
       const file = item instanceof Blob ? item : item.file;
       const path = item instanceof Blob ? item.name : item.path;
       const job = newJob(file, prefix + path);
+      if (jobs.some((j) => !j.finished && j.record === job.record)) { doubles++; continue; }
       jobs.push(job);
       list.append(job.row);
+      added++;
     }
-    if (items.length) overall.hidden = false;
+    if (added) overall.hidden = false;
     pump();
     render();
+    if (doubles) summary.textContent += ` · ${doubles} already uploading, not added again`;
   }
 
   function newJob(file, key) {
@@ -396,7 +424,8 @@ export function mountUploads(container, options = {}) {
         const listed = await control(`/v1/uploads/${saved.upload_id}/parts`);
         return { ...listed, parts: listed.parts || [], resumed: true };
       } catch (err) {
-        localStorage.removeItem(job.record);  // expired, finished or aborted elsewhere: start afresh
+        if (err.status !== 404) throw err;  // kept for the next try: only a gone session starts afresh
+        localStorage.removeItem(job.record);  // expired, finished or aborted elsewhere
       }
     }
     const body = { key: job.key, content_type: job.file.type || "application/octet-stream", direct };
