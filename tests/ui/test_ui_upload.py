@@ -86,6 +86,17 @@ def _sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return out[0]
 
 
+def _settled(backend: CountingBackend) -> set[int]:
+    """The parts stored once no more arrive for half a second (requests cut mid-way have ended)."""
+    seen = backend.received()
+    while True:
+        time.sleep(0.5)
+        now = backend.received()
+        if now == seen:
+            return set(now)
+        seen = now
+
+
 def _get(svc: UiService, token: str, key: str) -> httpx.Response:
     return httpx.get(f"{svc.url}/v1/objects/{key}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
@@ -236,12 +247,12 @@ def test_a_reload_mid_upload_resumes_and_sends_only_the_missing_parts(
         time.sleep(0.05)
     page.reload()
     page.get_by_role("button", name="Upload files").wait_for()
-    time.sleep(0.5)  # requests cut by the reload finish (or fail) at the server
-    before = set(backend.received())
+    before = _settled(backend)
     assert 3 <= len(before) < 8, before
     pending = page.locator("#uploads li.upload-pending-row")
     assert "resume.bin" in pending.inner_text() and "interrupted" in pending.inner_text()
     page.get_by_label("Files to upload").set_input_files(big)
+    _row(page, "resume.bin").locator(f"text=Resuming: {len(before)} of 8 parts").wait_for()
     _wait_done(page, 1)
     after = backend.received()[len(before) :]
     assert sorted(after) == sorted(set(range(1, 9)) - before)  # only the missing parts, each once
@@ -267,8 +278,7 @@ def test_offline_pauses_and_online_resumes_without_resending_stored_parts(
     page.context.set_offline(True)
     row = _row(page, "drop.bin")
     row.locator("text=Paused: offline").wait_for()
-    time.sleep(0.5)
-    before = set(backend.received())
+    before = _settled(backend)
     page.context.set_offline(False)
     _wait_done(page, 1)
     after = backend.received()[len(before) :]

@@ -446,6 +446,7 @@ export function mountUploads(container, options = {}) {
     const size = session.part_size;
     const count = Math.max(1, Math.ceil(job.size / size));
     const have = new Map(session.parts.map((p) => [p.number, p]));
+    if (session.resumed) job.message = `Resuming: ${have.size} of ${count} parts were stored before`;
     const checksums = new Map();
     let next = 1;
 
