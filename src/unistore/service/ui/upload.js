@@ -139,7 +139,8 @@ function transfer(job, { method, url, body, headers, onProgress }) {
     xhr.onload = () => { done(); resolve({ status: xhr.status, body: xhr.responseText }); };
     xhr.onerror = () => { done(); resolve({ status: 0, body: "" }); };
     xhr.ontimeout = xhr.onerror;
-    xhr.onabort = () => { done(); reject(new Cancelled()); };
+    // Aborted because the browser went offline: a failed attempt (retried once online), not a cancel.
+    xhr.onabort = () => { done(); if (xhr.offline) resolve({ status: 0, body: "" }); else reject(new Cancelled()); };
     job.requests.add(xhr);
     xhr.send(body);
   });
@@ -347,6 +348,7 @@ export function mountUploads(container, options = {}) {
         job.message = "Failed: " + err.message + (job.session ? " (pick the file again to resume)" : "");
       }
     } finally {
+      job.ended = performance.now();
       job.finished = true;
       job.inflight.clear();
       showPending();
@@ -368,7 +370,7 @@ export function mountUploads(container, options = {}) {
       if (response.status >= 200 && response.status < 300) return response;
       const failure = failureOf(response);
       if (!failure.retryable || tries >= RETRY_LIMIT) throw failure;
-      if (!navigator.onLine) continue;  // paused above until the browser is back online
+      if (!navigator.onLine) { tries--; continue; }  // paused above until online; not counted as a try
       job.message = `Retrying (${failure.message})`;
       render();
       await sleep(Math.min(30_000, 500 * 2 ** (tries - 1)) * (0.75 + Math.random() / 2));
@@ -561,10 +563,13 @@ export function mountUploads(container, options = {}) {
     for (const job of jobs) {
       const bytes = job.state === "done" ? job.size : bytesOf(job);
       if (job.state !== "cancelled") { total += job.size; done += bytes; }
+      if (job.finished) { finished++; if (job.state === "failed") failed++; }
+      if (job.state === "running") active++;
+      if (job.shown === job.state && job.state !== "running") continue;  // a settled row is drawn once
+      job.shown = job.state;
       const { progress, info, cancel } = job.view;
-      progress.value = bytes;
+      progress.value = job.state === "done" ? progress.max : bytes;
       if (job.state === "running") {
-        active++;
         job.rate = rateOf(job, now, bytes);
         const parts = [`${formatBytes(bytes)} of ${formatBytes(job.size)}`];
         if (job.rate > 0) parts.push(`${formatBytes(job.rate)}/s`, formatDuration((job.size - bytes) / job.rate) + " left");
@@ -573,16 +578,12 @@ export function mountUploads(container, options = {}) {
       } else if (job.state === "queued") {
         info.textContent = `${formatBytes(job.size)} · waiting`;
       } else {
-        finished++;
-        if (job.state === "failed") failed++;
-        const elapsed = (now - job.started) / 1000;
+        const elapsed = ((job.ended || now) - job.started) / 1000;
         info.textContent = job.state === "done"
           ? `${formatBytes(job.size)} · ${job.message}` + (elapsed > 1 ? ` in ${formatDuration(elapsed)}` : "")
           : job.message;
-        if (cancel.textContent !== "Clear") {
-          cancel.textContent = "Clear";
-          cancel.setAttribute("aria-label", `Clear ${job.key} from the list`);
-        }
+        cancel.textContent = "Clear";
+        cancel.setAttribute("aria-label", `Clear ${job.key} from the list`);
       }
       job.row.dataset.state = job.state;
     }
@@ -595,7 +596,13 @@ export function mountUploads(container, options = {}) {
   }
 
   window.addEventListener("online", () => render());
-  window.addEventListener("offline", () => render());
+  window.addEventListener("offline", () => {
+    // A request in flight may stall rather than fail: stop it now, and send it again once online.
+    for (const job of jobs) {
+      for (const xhr of job.requests) { xhr.offline = true; xhr.abort(); }
+    }
+    render();
+  });
   showPending();
   return { add, jobs };
 }
