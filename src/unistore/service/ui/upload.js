@@ -465,22 +465,33 @@ export function mountUploads(container, options = {}) {
         return;
       }
       const onProgress = (loaded) => { job.inflight.set(number, loaded); schedule(); };
-      if (session.direct) {
+      const send = async () => {
+        if (!session.direct) {
+          const headers = authHeaders({ "Content-Type": "application/octet-stream", "Repr-Digest": `sha-256=:${checksum}:` });
+          return transfer(job, {
+            method: "PUT", url: `/v1/uploads/${session.upload_id}/parts/${number}`, body: blob, headers, onProgress,
+          });
+        }
         const want = { number };
         if (checksum) want.checksum = checksum;
-        await withRetry(job, async () => {
-          const signed = await control(`/v1/uploads/${session.upload_id}/part-urls`, {
-            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ parts: [want] }),
-          });
-          const spec = signed.parts[0];
-          return transfer(job, { method: spec.method, url: spec.url, body: blob, headers: spec.headers, onProgress });
+        const signed = await control(`/v1/uploads/${session.upload_id}/part-urls`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ parts: [want] }),
         });
-      } else {
-        const headers = authHeaders({ "Content-Type": "application/octet-stream", "Repr-Digest": `sha-256=:${checksum}:` });
-        await withRetry(job, () => transfer(job, {
-          method: "PUT", url: `/v1/uploads/${session.upload_id}/parts/${number}`, body: blob, headers, onProgress,
-        }));
-      }
+        const spec = signed.parts[0];
+        return transfer(job, { method: spec.method, url: spec.url, body: blob, headers: spec.headers, onProgress });
+      };
+      let lost = false;  // the last attempt's answer never came: the part may have arrived all the same
+      await withRetry(job, async () => {
+        if (lost && checksum) {
+          const listed = await control(`/v1/uploads/${session.upload_id}/parts`);
+          const found = listed.parts.find((p) => p.number === number);
+          if (found && found.size === blob.size && found.sha256 === checksum) return { status: 200, body: "" };
+        }
+        job.inflight.set(number, 0);
+        const response = await send();
+        lost = response.status === 0;
+        return response;
+      });
       checksums.set(number, checksum);
       job.inflight.delete(number);
       job.sent += blob.size;
