@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from email.utils import format_datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
@@ -267,15 +268,14 @@ def object_headers(info: ObjectInfo, *, download: bool, meta_headers: bool = Fal
     served as ``application/octet-stream``; a stored disposition or cache policy unfit
     for a header is replaced by an attachment or the default.
     """
-    ctype = _servable_type(info.content_type or DEFAULT_CONTENT_TYPE)
+    ctype, active = _served_type(info.content_type or DEFAULT_CONTENT_TYPE)
     headers = {
         "ETag": f'"{info.etag}"',
-        "Last-Modified": format_datetime(info.last_modified, usegmt=True),
+        "Last-Modified": _http_date(info.last_modified),
         "Accept-Ranges": "bytes",
         "Content-Type": ctype,
         "X-Content-Type-Options": "nosniff",
     }
-    active = not inline_safe(ctype)
     stored = info.content_disposition
     if download or active or (stored is not None and not _header_safe(stored)):
         headers["Content-Disposition"] = content_disposition("attachment", info.key)
@@ -302,6 +302,30 @@ _HEADER_SAFE = re.compile(r"[\x20-\x7e\t]*")
 def _header_safe(value: str) -> bool:
     """Whether ``value`` can be sent verbatim as a header field value (RFC 9110 §5.5)."""
     return _HEADER_SAFE.fullmatch(value) is not None
+
+
+_ZERO = timedelta(0)
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _http_date(when: datetime) -> str:
+    """``when`` as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``),
+    as ``email.utils.format_datetime(when.astimezone(UTC), usegmt=True)`` writes it, at a fifth of its cost."""
+    if when.utcoffset() != _ZERO:
+        when = when.astimezone(UTC)
+    return (
+        f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} {when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} GMT"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _served_type(stored: str) -> tuple[str, bool]:
+    """The type a stored one is served as (:func:`_servable_type`) and whether it is active content
+    (not :func:`~unistore._mime.inline_safe`), remembered for the types seen most recently."""
+    ctype = _servable_type(stored)
+    return ctype, not inline_safe(ctype)
 
 
 def _servable_type(stored: str) -> str:

@@ -22,6 +22,8 @@ Routes (JSON unless serving bytes; every error is ``{"error": {"type", "message"
   ``"direct": true`` (S3-compatible backends) ``POST /v1/uploads/{id}/part-urls``
   hands out presigned part URLs, so parts go straight to the store. Completion
   events go to the app's hooks and to ``UNISTORE_WEBHOOKS`` (signed, see :class:`Webhook`).
+- ``POST /v1/copy``: copy (or, with ``delete_source``, move) an object; answered like a ``PUT``.
+- ``GET /v1/whoami``: what the presented token may do (actions, prefix, expiry, backend).
 - ``POST /v1/tokens``: issue a scoped token (``admin``).
 - ``GET /files/{key}?...signature``: signed URLs (local and memory backends).
 - ``GET /_ops/health``, ``GET /metrics`` (Prometheus; needs a ``metrics`` token unless

@@ -18,6 +18,7 @@ from .._request_limits import BodyTimeouts
 from ..fastapi import add_storage
 from ..layers import Idempotency, Layer, Observe, Scan, Validate
 from ._access import ServiceContext
+from ._fast import ObjectFastPath
 from ._guard import admitted_route
 from ._hooks import Hook, Webhook
 from ._limits import LimitMiddleware
@@ -216,6 +217,8 @@ def create_app(
         hot_keys=0 if labels == "off" else 10,
         hot_key_labels="hash" if labels == "off" else labels,
         hot_tracker=hot,
+        # One line per request at INFO, the access line: storage operations log at DEBUG (failures at WARNING).
+        log_level=logging.DEBUG,
     )
     ctx.storage = storage
 
@@ -236,6 +239,7 @@ def create_app(
         histogram = Histogram(
             "unistore_http_request_duration_seconds", "HTTP request latency.", ["method"], registry=registry
         )
+    app.add_middleware(ObjectFastPath, ctx=ctx)  # innermost: after the limits, reading the timed body
     app.add_middleware(BodyTimeouts, idle=settings.body_timeout, total=settings.body_deadline)
     app.add_middleware(LimitMiddleware, identify=ctx.identify, per_client=ctx.per_client, overall=ctx.overall)
     app.add_middleware(RequestIdMiddleware, counter=counter, histogram=histogram)

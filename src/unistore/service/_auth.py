@@ -29,6 +29,7 @@ import hmac
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias, cast
@@ -122,7 +123,11 @@ def secret_bytes(value: object, name: str) -> bytes:
 class TokenAuthority:
     """Issues tokens with ``secret`` and verifies them with it or any of ``accepted`` (rotation overlap)."""
 
-    __slots__ = ("_current", "_keys", "max_lifetime")
+    __slots__ = ("_current", "_keys", "_verified", "max_lifetime")
+
+    cache_size: Final = 4096
+    """Verified tokens remembered (least recently used forgotten first), so a client sending its
+    token on every request pays for the signature check and the claims' parsing once."""
 
     def __init__(
         self, secret: bytes | str, *, accepted: Iterable[bytes | str] = (), max_lifetime: int = 7 * 24 * 3600
@@ -137,6 +142,7 @@ class TokenAuthority:
         self._keys = {key_id(s): s for s in reversed(secrets)}
         self._current = key_id(secret)
         self.max_lifetime = max_lifetime
+        self._verified: OrderedDict[str, tuple[Grant, int]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TokenAuthority(key_id={self._current!r}, accepted={len(self._keys) - 1}, secret=<redacted>)"
@@ -194,12 +200,30 @@ class TokenAuthority:
         return f"{_VERSION}.{kid}.{payload}.{self._mac(kid, payload)}"
 
     def verify(self, token: str, *, now: float | None = None) -> Grant:
-        """The :class:`Grant` of a genuine, unexpired token; :class:`UnauthorizedError` otherwise."""
+        """The :class:`Grant` of a genuine, unexpired token; :class:`UnauthorizedError` otherwise.
+
+        A token verified at the present time is remembered until it expires (at most
+        :attr:`cache_size` of them), and asked again it costs a lookup and a clock read.
+        """
+        if now is None:
+            cached = self._verified.get(token)
+            if cached is not None and cached[1] == self.max_lifetime:
+                if cached[0].expires > time.time():
+                    self._verified.move_to_end(token)
+                    return cached[0]
+                del self._verified[token]
+            grant = self._verify(token, time.time())
+            self._verified[token] = (grant, self.max_lifetime)
+            if len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
+            return grant
+        return self._verify(token, now)
+
+    def _verify(self, token: str, current: float) -> Grant:
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != _VERSION or not all(parts):
             raise UnauthorizedError("malformed bearer token")
         _, kid, payload, signature = parts
-        current = time.time() if now is None else now
         if kid not in self._keys:
             raise UnauthorizedError("bearer token is signed with an unknown or retired key")
         if not hmac.compare_digest(self._mac(kid, payload).encode(), signature.encode("utf-8", "replace")):

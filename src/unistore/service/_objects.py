@@ -28,7 +28,15 @@ from ._digests import expected_digests, verified_body
 from ._guard import admitted_route
 from ._state import is_internal
 
-__all__ = ["check_length", "content_type_header", "info_json", "objects_router", "request_body"]
+__all__ = [
+    "check_length",
+    "content_type_header",
+    "get_response",
+    "info_json",
+    "objects_router",
+    "put_response",
+    "request_body",
+]
 
 _BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 _FORM = {
@@ -138,41 +146,13 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
     @router.put("/objects/{key:path}", status_code=201, openapi_extra=_BODY, operation_id="put_object")
     async def put_object(key: str, request: Request) -> JSONResponse:
         """Store the streamed body; see the module docstring for the headers it honours."""
-        grant = ctx.check(request, "write", key)
-        validate_key(key)
-        check_length(request, ctx.settings.max_body_size, key)
-        content_type = content_type_header(request)
-        if ctx.upload_policy is not None:  # what can be refused before the body: name, length, declared type
-            ctx.upload_policy.check_declared(key, size=declared_length(request), content_type=content_type)
-        body = verified_body(
-            request_body(request),
-            expected=expected_digests(request.headers),
-            max_size=ctx.settings.max_body_size,
-            key=key,
-        )
-        options: dict[str, Any] = dict(
-            content_type=content_type,
-            metadata=metadata_from_headers(request),
-            mode=write_mode(request),
-            cache_control=request.headers.get("cache-control"),
-            content_disposition=request.headers.get("content-disposition"),
-        )
-        op_id = request.headers.get("idempotency-key")
-        if op_id is not None and not 0 < len(op_id) <= 200:
-            raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
-        # Set for every request, with or without a key: a write must never inherit a key
-        # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
-        with idempotency_key(op_id, scope=idempotency_scope(grant, authenticated=ctx.authority is not None)):
-            info = await ctx.store(grant).put_object(key, body, **options)
-        return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
+        return await put_response(ctx, ctx.check(request, "write", key), key, request)
 
     @router.get("/objects/{key:path}", operation_id="get_object")
     @router.head("/objects/{key:path}", operation_id="head_object")
     async def get_object(key: str, request: Request) -> Response:
         """The object's bytes (streamed) with ``Range``, ``ETag`` and conditional requests (RFC 9110)."""
-        grant = ctx.check(request, "read", key)
-        validate_key(key)
-        return await serve_object(ctx.store(grant), key, request, download=False, meta_headers=True)
+        return await get_response(ctx, ctx.check(request, "read", key), key, request)
 
     @router.delete("/objects/{key:path}", operation_id="delete_object")
     async def delete_object(key: str, request: Request) -> dict[str, bool]:
@@ -277,6 +257,39 @@ def objects_router(ctx: ServiceContext) -> APIRouter:
         return {"url": url, "expires_in": expires_in}
 
     return router
+
+
+async def put_response(ctx: ServiceContext, grant: Grant, key: str, request: Request) -> JSONResponse:
+    """``PUT /v1/objects/{key}`` for a caller holding ``grant`` (already checked for ``write`` on ``key``)."""
+    validate_key(key)
+    headers = request.headers
+    limit = ctx.settings.max_body_size
+    check_length(request, limit, key)
+    content_type = content_type_header(request)
+    if ctx.upload_policy is not None:  # what can be refused before the body: name, length, declared type
+        ctx.upload_policy.check_declared(key, size=declared_length(request), content_type=content_type)
+    body = verified_body(request_body(request), expected=expected_digests(headers), max_size=limit, key=key)
+    options: dict[str, Any] = dict(
+        content_type=content_type,
+        metadata=metadata_from_headers(request),
+        mode=write_mode(request),
+        cache_control=headers.get("cache-control"),
+        content_disposition=headers.get("content-disposition"),
+    )
+    op_id = headers.get("idempotency-key")
+    if op_id is not None and not 0 < len(op_id) <= 200:
+        raise InvalidArgumentError("Idempotency-Key must be 1..200 characters")
+    # Set for every request, with or without a key: a write must never inherit a key
+    # from an enclosing context (see RequestIdMiddleware on contexts leaking in uvicorn).
+    with idempotency_key(op_id, scope=idempotency_scope(grant, authenticated=ctx.authority is not None)):
+        info = await ctx.store(grant).put_object(key, body, **options)
+    return JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
+
+
+async def get_response(ctx: ServiceContext, grant: Grant, key: str, request: Request) -> Response:
+    """``GET``/``HEAD /v1/objects/{key}`` for a caller holding ``grant`` (already checked for ``read``)."""
+    validate_key(key)
+    return await serve_object(ctx.store(grant), key, request, download=False, meta_headers=True)
 
 
 async def request_body(request: Request) -> AsyncIterator[bytes]:

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +31,15 @@ from ..fastapi import error_body
 from ..layers import request_context
 from ._auth import UnauthorizedError
 
-__all__ = ["RequestIdFilter", "RequestIdMiddleware", "current_request_id", "error_response", "install_error_handlers"]
+__all__ = [
+    "RequestIdFilter",
+    "RequestIdMiddleware",
+    "current_request_id",
+    "error_response",
+    "install_error_handlers",
+    "new_request_id",
+    "storage_error_answer",
+]
 
 LOGGER = logging.getLogger("unistore.service")
 _REQUEST_ID: ContextVar[str] = ContextVar("unistore_service_request_id", default="-")
@@ -82,11 +91,17 @@ def error_response(exc: StorageError) -> Response:
     return JSONResponse(_body(type(exc).__name__, exc.message or type(exc).__name__, exc.key), status, headers=headers)
 
 
-async def _storage_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StorageError)
+def storage_error_answer(exc: StorageError) -> Response:
+    """What the app answers a storage error raised by a route: :func:`error_response`, logged when a 5xx
+    that is not transient (a server fault rather than bad input or an overload)."""
     if exc.status >= 500 and not isinstance(exc, TransientError):
         LOGGER.error("storage error: %s", exc)
     return error_response(exc)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageError)
+    return storage_error_answer(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -127,6 +142,7 @@ class RequestIdMiddleware:
         self.app = app
         self.counter = counter
         self.histogram = histogram
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,8 +152,9 @@ class RequestIdMiddleware:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
-        token = _REQUEST_ID.set(rid)
+        rid = sent if sent and _SANE_ID.fullmatch(sent) else new_request_id()
+        header = (b"x-request-id", rid.encode("latin-1"))
+        _REQUEST_ID.set(rid)  # this task's own context: nothing to reset
         status = 0
         started = time.perf_counter()
 
@@ -145,7 +162,8 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-Id"] = rid
+                message["headers"] = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                message["headers"].append(header)
             await send(message)
 
         try:
@@ -159,9 +177,34 @@ class RequestIdMiddleware:
             status = status or 500
         finally:
             elapsed = time.perf_counter() - started
-            LOGGER.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+            if LOGGER.isEnabledFor(logging.INFO):  # the access line, without looking up its caller's frame
+                args = (scope["method"], scope["path"], status, elapsed * 1000)
+                LOGGER.handle(LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, _ACCESS, args, None))
             if self.counter is not None:
-                method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
-                self.counter.labels(method, str(status)).inc()
-                self.histogram.labels(method).observe(elapsed)
-            _REQUEST_ID.reset(token)
+                self._count(scope["method"], status, elapsed)
+
+    def _count(self, method: str, status: int, elapsed: float) -> None:
+        children = self._children.get((method, status))
+        if children is None:
+            label = method if method in _METHODS else "OTHER"  # bounded label values
+            children = self.counter.labels(label, str(status)), self.histogram.labels(label)
+            if method in _METHODS:
+                self._children[method, status] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+
+_ACCESS = "%s %s %d %.1fms"
+_ID_PREFIX: list[str] = []
+_ID_COUNT = itertools.count()
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits, 16 random per process and a 16-digit counter (unique, and
+    cheaper than a UUID: no system call)."""
+    if not _ID_PREFIX:
+        _ID_PREFIX.append(secrets.token_hex(8))
+    return f"{_ID_PREFIX[0]}{next(_ID_COUNT):016x}"
+
+
+os.register_at_fork(after_in_child=_ID_PREFIX.clear)  # a forked worker draws its own prefix

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
 from .._base import StorageBackend
-from .._errors import PreconditionFailedError, StorageError
+from .._errors import InvalidArgumentError, PreconditionFailedError, StorageError
 from .._keys import validate_key
 from .._types import ObjectInfo, WriteMode
 from ._access import ServiceContext
@@ -33,21 +33,22 @@ def _server_side_copy(store: StorageBackend) -> bool:
 
 async def copy_object(
     store: StorageBackend, source: str, dest: str, *, if_match: str | None, mode: WriteMode, pinned: bool
-) -> tuple[ObjectInfo, str]:
-    """Copy ``source`` to ``dest``; the destination's info and the etag of the source version copied.
+) -> tuple[ObjectInfo, str | None]:
+    """Copy ``source`` to ``dest``: the destination's info, and the etag of the source version copied
+    when ``pinned``.
 
-    ``if_match`` must equal the source's etag (412). When ``pinned`` (a move, or
-    ``if_match`` given) the copy is of exactly that version: streamed from a read
-    pinned to the etag, or, where the store copies natively, checked by reading the
-    source's etag again after the copy (412 if it changed meanwhile).
+    ``pinned`` (a move, or ``if_match`` given) copies exactly one version: the
+    source's current etag, which must equal ``if_match`` if given (412). The copy
+    streams from a read pinned to that etag or, where the store copies natively,
+    the source's etag is read again after the copy (412 if it changed meanwhile).
     """
-    head = await store.head(source)
-    if if_match is not None and if_match.strip('"') != head.etag:
+    if not pinned:
+        return await store.copy(source, dest, mode=mode), None
+    etag = (await store.head(source)).etag
+    if if_match is not None and if_match.strip('"') != etag:
         raise PreconditionFailedError("if_match does not match the source's etag", key=source, operation="copy")
-    if not pinned or not _server_side_copy(store):
-        if not pinned:
-            return await store.copy(source, dest, mode=mode), head.etag
-        async with await store.open(source, if_match=head.etag) as dl:
+    if not _server_side_copy(store):
+        async with await store.open(source, if_match=etag) as dl:
             info = dl.info
             copied = await store.put_object(
                 dest,
@@ -58,17 +59,16 @@ async def copy_object(
                 cache_control=info.cache_control,
                 content_disposition=info.content_disposition,
             )
-        return copied, head.etag
+        return copied, etag
     copied = await store.copy(source, dest, mode=mode)
-    after = await store.head(source)
-    if after.etag != head.etag:
+    if (await store.head(source)).etag != etag:
         if mode == "create":  # the destination is ours: take back a copy of an unknown version
             with contextlib.suppress(StorageError):
                 await store.remove(dest, if_match=copied.etag)
         raise PreconditionFailedError(
             "the source changed while it was copied; the source was kept", key=source, operation="copy"
         )
-    return copied, head.etag
+    return copied, etag
 
 
 def ui_api_router(ctx: ServiceContext, sessions: UploadSessions, backend: str) -> APIRouter:
@@ -118,10 +118,17 @@ def ui_api_router(ctx: ServiceContext, sessions: UploadSessions, backend: str) -
         if delete_source and source == dest:
             raise PreconditionFailedError("a move onto itself would delete the object", key=source, operation="copy")
         store = ctx.store(grant)
+        if delete_source and not store.capabilities.conditional_delete:
+            raise InvalidArgumentError(
+                "this store cannot delete only an unchanged source (no conditional delete), so it cannot move"
+                " without risking a concurrent write: copy, then delete",
+                key=source,
+                operation="copy",
+            )
         info, etag = await copy_object(
             store, source, dest, if_match=if_match, mode=mode, pinned=delete_source or if_match is not None
         )
-        if delete_source:
+        if delete_source and etag is not None:
             try:
                 await store.remove(source, if_match=etag)
             except PreconditionFailedError:

@@ -30,8 +30,9 @@ class ManifestEntry(BaseModel):
     md5: str | None = Field(None, min_length=1, max_length=100, description="base64 MD5 (direct MD5 sessions)")
     etag: str | None = Field(None, min_length=1, max_length=100, description="the store's part ETag (instead of md5)")
 
-    def checksum(self, session: Session) -> str:
-        """This entry's checksum in ``session``'s algorithm (400 if it has none)."""
+    def checksum(self, session: Session) -> str | None:
+        """This entry's checksum in ``session``'s algorithm; ``None`` for an entry with none (the
+        stored part is taken as it is); 400 for a checksum in another algorithm only."""
         if session.checksum == "sha256" and self.sha256:
             return self.sha256
         if session.checksum == "md5" and self.md5:
@@ -40,6 +41,8 @@ class ManifestEntry(BaseModel):
             md5 = md5_of_etag(self.etag)
             if md5 is not None:
                 return md5
+        if self.sha256 is None and self.md5 is None and self.etag is None:
+            return None
         raise InvalidArgumentError(f"manifest part {self.number} needs its {session.checksum}", key=session.key)
 
 
@@ -130,7 +133,11 @@ def uploads_router(ctx: ServiceContext, sessions: UploadSessions) -> APIRouter:
     async def complete_upload(
         upload_id: str, request: Request, parts: Annotated[list[ManifestEntry], Body(embed=True, min_length=1)]
     ) -> dict[str, Any]:
-        """Verify the manifest against the stored parts and write the object."""
+        """Verify the manifest against the stored parts and write the object.
+
+        An entry with only its ``number`` takes the stored part as it is (a browser
+        cannot always read a direct part's ``ETag``); each part was verified when it
+        arrived if it was sent with its checksum."""
         grant = ctx.admit(request)
         session = await sessions.get(upload_id)
         grant.require("write", session.key)

@@ -292,9 +292,10 @@ class UploadSessions:
                 parts.append(PartInfo(int(name), info.size, digest))
         return parts
 
-    async def complete(self, session: Session, manifest: Sequence[tuple[int, str]]) -> ObjectInfo:
+    async def complete(self, session: Session, manifest: Sequence[tuple[int, str | None]]) -> ObjectInfo:
         """Check every manifest entry (number, checksum in the session's algorithm) against the
-        stored part, then make the object visible from the parts in order."""
+        stored part, then make the object visible from the parts in order. An entry whose
+        checksum is ``None`` takes the stored part as it is (its stored checksum)."""
         numbers = [n for n, _ in manifest]
         if not manifest or numbers != sorted(set(numbers)):
             raise InvalidArgumentError("the manifest must list distinct part numbers in ascending order")
@@ -303,13 +304,15 @@ class UploadSessions:
             info = await native.complete(native.resume(token), manifest, max_part_size=session.part_size)
         else:
             stored = {p.number: p for p in await self.list_parts(session)}
+            checked: list[tuple[int, str]] = []
             for number, digest in manifest:
                 part = stored.get(number)
                 if part is None:
                     raise InvalidArgumentError(f"part {number} was not uploaded", key=session.key)
-                if part.checksum != digest:
+                if digest is not None and part.checksum != digest:
                     raise IntegrityError(f"part {number} does not match its manifest checksum", key=session.key)
-            info = await self._join(session, manifest)
+                checked.append((number, part.checksum))
+            info = await self._join(session, checked)
         await self._discard(session.id)
         await self._emit(
             {

@@ -21,7 +21,7 @@ Deviations from the common contract, all S3's own:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -560,6 +560,21 @@ class S3Backend(BaseBackend):
             content_type=ctype,
             metadata=meta,
         )
+
+    async def allow_browser_uploads(self, origins: Sequence[str], *, max_age: int = 3600) -> None:
+        """Set the bucket's CORS rule so pages on ``origins`` (``scheme://host[:port]``) may send
+        presigned part uploads straight to it: ``PUT``/``GET``/``HEAD``, any request header, ``ETag``
+        exposed, preflights cached ``max_age`` seconds. Replaces the bucket's whole CORS configuration
+        (S3 keeps one per bucket, whatever this backend's ``prefix``)."""
+        from ._cors import put_browser_cors
+
+        await put_browser_cors(self, origins, max_age=max_age)
+
+    async def cors_origins(self) -> list[str]:
+        """The origins the bucket's CORS configuration allows (empty without one)."""
+        from ._cors import get_cors_origins
+
+        return await get_cors_origins(self)
 
     async def ping(self) -> None:
         try:

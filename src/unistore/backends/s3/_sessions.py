@@ -168,15 +168,16 @@ class S3Uploads:
     async def complete(
         self,
         session: UploadSession,
-        manifest: Sequence[tuple[int, str]] | Sequence[PartInfo],
+        manifest: Sequence[tuple[int, str | None]] | Sequence[PartInfo],
         *,
         mode: WriteMode = "overwrite",
         max_part_size: int | None = None,
     ) -> ObjectInfo:
         """Check ``manifest`` — ``(number, checksum)`` pairs or :class:`PartInfo` — against the
-        stored parts, then make the object visible. A missing part or a checksum that
-        differs raises :class:`IntegrityError`, a part over ``max_part_size``
-        :class:`InvalidArgumentError`; either leaves the session open for a retry."""
+        stored parts, then make the object visible; a ``None`` checksum takes the stored part as
+        it is. A missing part or a checksum that differs raises :class:`IntegrityError`, a part
+        over ``max_part_size`` :class:`InvalidArgumentError`; either leaves the session open for
+        a retry."""
         from ._wire import condition_headers as _condition_headers
 
         wanted = [p if isinstance(p, PartInfo) else PartInfo(int(p[0]), -1, "", p[1]) for p in manifest]
