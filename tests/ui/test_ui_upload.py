@@ -373,9 +373,10 @@ def test_direct_parts_go_straight_to_seaweedfs(
     seaweed: S3Server,
     page_errors: list[str],
 ) -> None:
-    prefix = f"ui-{uuid.uuid4().hex[:8]}/"
-    backend = seaweed.backend(prefix=prefix, checksum=checksum)
+    bucket = seaweed.create_bucket(f"ui-up-{uuid.uuid4().hex[:8]}")
+    backend = seaweed.backend(bucket, prefix="ui/", checksum=checksum)
     svc = ui_service(backend)
+    _sync(lambda: backend.allow_browser_uploads([svc.url]))  # the rule `unistore ui-cors` sets
     token = svc.token()
     big = tmp_path / "direct.bin"
     big.write_bytes(os.urandom(20 * MiB))
