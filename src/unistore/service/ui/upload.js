@@ -189,8 +189,8 @@ function listenForDrops() {
 /**
  * The upload panel inside `container`: pickers, a drop zone, one row per file and an overall bar.
  * Options: `me` (GET /v1/whoami), `api` (api.js), `getPrefix()` (the folder files land in),
- * `onUploaded(key)` (after each stored object). Returns `{add(files), jobs}`; `add` takes
- * `[{file, path}]` or Files.
+ * `onUploaded()` (objects were stored: called once a burst of finished files settles).
+ * Returns `{add(items), jobs}`; `add` takes `[{file, path}]` or Files.
  */
 export function mountUploads(container, options = {}) {
   const me = options.me || {};
@@ -332,13 +332,22 @@ export function mountUploads(container, options = {}) {
     }
   }
 
+  // The listing is refreshed once a burst of finished files settles, not once per file.
+  let refreshTimer = null;
+  function uploaded() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => {
+      try { onUploaded(); } catch (_) { /* the listing shows its own error */ }
+    }, running > 1 ? 500 : 50);
+  }
+
   async function run(job) {
     try {
       if (job.size < SMALL_LIMIT) await putSmall(job);
       else await putLarge(job);
       job.state = "done";
       job.message = "Uploaded";
-      try { onUploaded(job.key); } catch (_) { /* the listing refreshes itself */ }
+      uploaded();
     } catch (err) {
       if (err instanceof Cancelled || job.cancelled) {
         job.state = "cancelled";
@@ -367,7 +376,10 @@ export function mountUploads(container, options = {}) {
         if (err instanceof Cancelled) throw err;
         response = { status: err.status || 0, body: JSON.stringify({ error: { message: err.message } }) };
       }
-      if (response.status >= 200 && response.status < 300) return response;
+      if (response.status >= 200 && response.status < 300) {
+        if (job.message.startsWith("Retrying")) job.message = "";
+        return response;
+      }
       const failure = failureOf(response);
       if (!failure.retryable || tries >= RETRY_LIMIT) throw failure;
       if (!navigator.onLine) { tries--; continue; }  // paused above until online; not counted as a try
