@@ -68,8 +68,8 @@ bench-tools:
 
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
-BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate
-bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate,$(BENCH_SUITES)),bench-tools)
+BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate ui
+bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate,$(BENCH_SUITES)),bench-tools) $(if $(filter ui,$(BENCH_SUITES)),test-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
@@ -88,7 +88,8 @@ bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate,$(BEN
 	    cdn) script=bench/cdn_sign.py ;; \
 	    replicate) script=bench/replicate.py ;; \
 	    migrate) script=bench/migrate.py ;; \
-	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate)"; exit 2 ;; \
+	    ui) script=bench/ui_upload.py ;; \
+	    *) echo "unknown bench suite $$suite (core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate ui)"; exit 2 ;; \
 	  esac; \
 	  echo "== bench suite $$suite: $$script $(BENCH_ARGS)"; \
 	  $(BIN)/python $$script $(BENCH_ARGS) || status=1; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -117,6 +118,27 @@ def test_sessions_are_scoped_to_their_key(up: Up) -> None:
         assert c.post("/v1/uploads", json={"key": "tenants/a/g"}).status_code == 201
     with httpx.Client(base_url=up.url) as anonymous:
         assert anonymous.get(f"/v1/uploads/{other}/parts").status_code == 401
+
+
+async def test_a_part_arriving_during_an_abort_leaves_nothing_behind() -> None:
+    store = MemoryBackend()
+    sessions = UploadSessions(store, StateStore(store), ttl=60, max_part_size=100)
+    session = await sessions.create("k", part_size=10)
+    streaming, release = asyncio.Event(), asyncio.Event()
+
+    async def body() -> Any:
+        yield b"01234"
+        streaming.set()
+        await release.wait()  # the session is aborted while the part's body is still arriving
+        yield b"56789"
+
+    task = asyncio.create_task(sessions.upload_part(session, 1, body(), expected={}))
+    await streaming.wait()
+    await sessions.abort(session)
+    release.set()
+    with pytest.raises(NotFoundError, match="ended"):
+        await task
+    assert [k async for k in StateStore(store).iter_keys("uploads/")] == []
 
 
 async def test_expired_sessions_are_refused_and_swept() -> None:

@@ -249,6 +249,14 @@ class UploadSessions:
         info = await self.state.put_object(_part_key(session.id, number), hashed())
         digest = base64.b64encode(sha.digest()).decode()
         await self.state.put_object(_part_key(session.id, number) + ".sha256", digest.encode())
+        # An abort (or completion) that ran while this body streamed has already discarded the
+        # session's parts: this one would stay behind, an orphan no sweep finds. Take it back.
+        try:
+            await self.state.head(_session_key(session.id))
+        except NotFoundError:
+            await self.state.remove(_part_key(session.id, number) + ".sha256")
+            await self.state.remove(_part_key(session.id, number))
+            raise NotFoundError("the upload session ended while this part arrived", operation="upload") from None
         return PartInfo(number, info.size, digest)
 
     async def part_url(
