@@ -314,6 +314,26 @@ def test_sort_by_name_size_and_date(
     assert page_errors == []
 
 
+def test_sorting_a_large_folder_by_size_orders_the_whole_folder(
+    ui_service: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
+) -> None:
+    store = MemoryBackend()
+    total = 2500  # three pages: the largest objects are in the last page by name
+    plant(store, {f"big/f{i:05d}.bin": b"x" * i for i in range(total)})
+    svc = ui_service(store)
+    page: Page = new_page()
+    page.goto(svc.link(svc.token(["read"])).replace("#", "#p=big%2F&"))
+    count = page.locator(".more .count")
+    expect(count).to_have_text("1,000 loaded, more available")
+    page.get_by_role("button", name="Size", exact=True).click()
+    expect(count).to_have_text("2,500 items")  # the rest of the folder was fetched to sort it
+    expect(page.locator("#listing tbody button.name").first).to_have_text("f00000.bin")
+    page.get_by_role("button", name="Size", exact=True).click()
+    expect(page.locator("th.col-size")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("#listing tbody button.name").first).to_have_text(f"f{total - 1:05d}.bin")
+    assert page_errors == []
+
+
 def test_delete_one_after_confirming_and_several_at_once(
     served: Callable[..., UiService], new_page: Callable[..., Any], page_errors: list[str]
 ) -> None:

@@ -9,6 +9,9 @@ import { baseName, formatCount, formatDate, formatSize } from "./format.js";
 export const PAGE_SIZE = 1000;
 export const ROW_HEIGHT = 36; // px, as .files tbody tr in app.css
 const OVERSCAN = 10;
+// Sorting by size or date first loads the rest of the folder, up to this many entries, so the
+// order is the folder's and not only that of the pages seen so far.
+export const SORT_LOAD_LIMIT = 100_000;
 const SORTS = { name: "Name", size: "Size", date: "Modified" };
 
 /** Whether a listed key is a folder marker, which the listing hides. */
@@ -188,7 +191,7 @@ export class Browser {
     this.empty.hidden = n > 0;
     this.empty.textContent = this.filter ? `Nothing here starts with “${this.filter}”.` : "This folder is empty.";
     this.count.textContent = this.cursor
-      ? `${formatCount(n)} loaded, more available` + (this.sort.field !== "name" ? " (sorted among those loaded)" : "")
+      ? `${formatCount(n)} loaded, more available` + (this.sort.field !== "name" ? (this.loading ? " (loading the rest to sort)" : " (sorted among those loaded)") : "")
       : `${formatCount(n)} ${n === 1 ? "item" : "items"}`;
     this.options.onChange();
   }
@@ -242,6 +245,17 @@ export class Browser {
     this.sort = { field, dir: this.sort.field === field ? -this.sort.dir : 1 };
     this.showSort();
     this.reorder();
+    if (field !== "name") this.loadAll();
+  }
+
+  /** Fetch the remaining pages (up to SORT_LOAD_LIMIT entries): a sort by size or date then covers the folder. */
+  async loadAll() {
+    const generation = this.generation;
+    while (this.cursor && !this.stalled && generation === this.generation && this.entries.length < SORT_LOAD_LIMIT) {
+      if (this.loading) await new Promise((resolve) => setTimeout(resolve, 50)); // a page already on its way
+      else await this.fetchPage(generation);
+    }
+    if (generation === this.generation && !this.loading) this.reorder(); // the count says where it stopped
   }
 
   showSort() {
