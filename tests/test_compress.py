@@ -165,9 +165,10 @@ async def test_open_encoded_hands_out_the_stored_bytes() -> None:
     assert encoding == "zstd" and zstandard.ZstdDecompressor().decompress(await dl.read()) == data
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "append", "wrong-size"])
-async def test_corrupted_body_raises_integrity_error(layer: Compress, damage: str) -> None:
-    data = text(400_000)
+@pytest.mark.parametrize("size", [400_000, 4_000])  # streamed inflate; small zstd bodies in one call
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append", "wrong-size", "smaller-size"])
+async def test_corrupted_body_raises_integrity_error(layer: Compress, damage: str, size: int) -> None:
+    data = text(size)
     await layer.put_object("c", data)
     raw = await layer.inner.get("c")
     meta = dict((await layer.inner.head("c")).metadata)
@@ -177,11 +178,25 @@ async def test_corrupted_body_raises_integrity_error(layer: Compress, damage: st
         raw = raw[: len(raw) // 2]
     elif damage == "append":
         raw += b"garbage"
-    else:
+    elif damage == "wrong-size":
         meta[META_PLAIN_SIZE] = str(len(data) + 1)
+    else:
+        meta[META_PLAIN_SIZE] = str(len(data) - 1)
     await layer.inner.put_object("c", raw, metadata=meta)
     with pytest.raises(IntegrityError):
         await layer.get("c")
+
+
+async def test_small_zstd_bodies_read_whole_and_in_ranges() -> None:
+    store = Compress(MemoryBackend(), encoding="zstd", metrics=False)
+    data = text(4096)
+    await store.put_object("s", data)
+    assert (await store.inner.head("s")).size < len(data)  # stored compressed
+    assert await store.get("s") == data
+    async with await store.open("s", range=ByteRange(100, 200)) as dl:
+        assert await dl.read() == data[100:200]
+    for _ in range(3):  # the reused context carries nothing from one body to the next
+        assert await store.get("s") == data
 
 
 async def test_streamed_64_mib_at_bounded_memory(tmp_path: Path) -> None:
