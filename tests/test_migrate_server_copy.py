@@ -94,7 +94,11 @@ async def test_schema_stamp_replaces_the_whole_metadata_set(buckets: tuple[S3Bac
     report = await migrate(src, dst, schema_version=3)
     assert (report.copied, report.ok) == (2, True)
     a = await dst.head("a")
-    assert (a.metadata, a.content_type, a.cache_control) == ({"keep": "1", "schema_version": "3"}, "text/plain", "no-cache")
+    assert (a.metadata, a.content_type, a.cache_control) == (
+        {"keep": "1", "schema_version": "3"},
+        "text/plain",
+        "no-cache",
+    )
     assert (await dst.head("b")).metadata == {"schema_version": "7"}
 
 
