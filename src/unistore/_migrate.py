@@ -215,6 +215,11 @@ async def migrate(
     rerun after a crash or kill starts after the last key up to which all were done; a run
     without problems removes its checkpoint.
 
+    Between two S3 stores on one endpoint with the same credentials (buckets and prefixes may
+    differ) objects are copied inside the server (CopyObject; UploadPartCopy above the
+    destination's ``multipart_copy_threshold``, resumable like large uploads), create-only,
+    and each copy's etag is checked against the source's (the copy read back where they differ).
+
     ``schema_version=N`` stamps ``schema_version=N`` on every copy without one; with ``upgrade``,
     a source object at version ``v < N`` (``N - 1`` when unstamped) is passed through
     ``upgrade(data, info, v)`` for each ``v`` up to ``N`` (the whole object is held in memory).
