@@ -170,6 +170,10 @@ class LocalBackend(BaseBackend):
             if new and not prepared:
                 os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
                 prepared = True
+            # a secret already there (or anything in its place) is read, and refused, now
+            secret = None
+            if not self.settings.url_secret and prepared and _has_entry(self._fs, RESERVED_PREFIX, "url-secret"):
+                secret = load_secret(self._fs, RESERVED_PREFIX)
         except OSError as exc:
             why = "a symbolic link or non-directory in the way" if exc.errno in NOT_THERE else exc.strerror
             raise ConfigurationError(
@@ -178,8 +182,9 @@ class LocalBackend(BaseBackend):
             ) from exc
         self._signer_lock = threading.Lock()
         self._signer_now: UrlSigner | None = None
-        if self.settings.url_secret:
-            self._signer_now = UrlSigner(self.settings.url_secret.encode(), self.settings.base_url)
+        if self.settings.url_secret or secret:
+            key = secret or (self.settings.url_secret or "").encode()
+            self._signer_now = UrlSigner(key, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
         self._locks = StripeLocks(self._fs, f"{RESERVED_PREFIX}/locks")
         self._clock_lock = threading.Lock()
@@ -204,8 +209,14 @@ class LocalBackend(BaseBackend):
         if self._signer_now is None:
             with self._signer_lock:
                 if self._signer_now is None:
-                    os.close(self._fs.make_dirs(RESERVED_PREFIX))
-                    self._signer_now = UrlSigner(load_secret(self._fs, RESERVED_PREFIX), self.settings.base_url)
+                    try:
+                        os.close(self._fs.make_dirs(RESERVED_PREFIX))
+                        secret = load_secret(self._fs, RESERVED_PREFIX)
+                    except OSError as exc:
+                        raise ConfigurationError(
+                            f"cannot create the URL secret in {str(self.root)!r}: {exc.strerror}", backend=self.name
+                        ) from exc
+                    self._signer_now = UrlSigner(secret, self.settings.base_url)
         return self._signer_now
 
     # --- error boundary ---------------------------------------------------------------
@@ -897,6 +908,18 @@ def _has_dir(fs: Beneath, rel: str) -> bool:
         os.close(fs.open_dir(rel))
     except FileNotFoundError:
         return False
+    return True
+
+
+def _has_entry(fs: Beneath, directory: str, name: str) -> bool:
+    """Whether ``directory`` holds anything named ``name`` (of any type, a link not followed)."""
+    dfd = fs.open_dir(directory)
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(dfd)
     return True
 
 
