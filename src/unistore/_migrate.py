@@ -407,7 +407,7 @@ class _Run:
         try:
             if self.ops is not None:
                 await self.ops.take(1)
-            await self._examine(key, there, listed.size)
+            await self._examine(key, there, listed.size, listed)
         except StorageError as exc:
             self.failed_keys.add(key)
             self.report.failed.append(Failure(key, f"{type(exc).__name__}: {exc}"))
@@ -431,7 +431,9 @@ class _Run:
             meta[SCHEMA_VERSION] = str(max(version, self.schema_version))
         return data, info, meta
 
-    async def _examine(self, key: str, there: ObjectInfo | _Unknown | None = UNKNOWN, size: int = 0) -> None:
+    async def _examine(
+        self, key: str, there: ObjectInfo | _Unknown | None = UNKNOWN, size: int = 0, listed: ObjectInfo | None = None
+    ) -> None:
         """``there`` is what the destination's listing showed (``UNKNOWN``: ask it)."""
         existing: ObjectInfo | None
         if isinstance(there, _Unknown):
@@ -451,14 +453,14 @@ class _Run:
             self.report.bytes_copied += info.size
             self._count("copied")
             return
-        if existing is None and await self._copy(key, size):
+        if existing is None and await self._copy(key, size, listed):
             return
         await self._compare(key)
 
-    async def _copy(self, key: str, size: int = 0) -> bool:
+    async def _copy(self, key: str, size: int = 0, listed: ObjectInfo | None = None) -> bool:
         """Create ``key`` at the destination; ``False`` if another writer created it first."""
         if self.upgrade is None and self.pair is not None:
-            return await self._copy_server(key, *self.pair)
+            return await self._copy_server(key, *self.pair, listed)
         s3 = _s3(self.dst)
         if self.upgrade is None and s3 is not None and size > s3.settings.part_size:
             return await self._copy_parts(s3, key)
@@ -644,16 +646,22 @@ class _Run:
 
     # --- S3 to S3 on one server: copied inside the server ----------------------------------
 
-    async def _copy_server(self, key: str, src: S3Backend, dst: S3Backend) -> bool:
+    async def _copy_server(self, key: str, src: S3Backend, dst: S3Backend, listed: ObjectInfo | None = None) -> bool:
         """Copy ``key`` inside the server (CopyObject, or UploadPartCopy above the destination's
-        ``multipart_copy_threshold``), create-only, then check the copy's etag against the source's."""
+        ``multipart_copy_threshold``), create-only, then check the copy's etag against the source's.
+        A whole-object copy that keeps the metadata as it is goes by the listing's etag and size
+        (conditional on that etag), without a ``head``."""
         from .backends.s3._multipart import copy_whole
 
-        info = await src.head(key)
-        meta = dict(info.metadata)
+        whole = min(dst.settings.multipart_copy_threshold, _COPY_LIMIT)
+        if listed is not None and listed.etag and self.schema_version is None and listed.size <= whole:
+            info, meta = listed, dict(listed.metadata)
+        else:
+            info = await src.head(key)
+            meta = dict(info.metadata)
         if self.schema_version is not None:
             meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
-        if info.size > min(dst.settings.multipart_copy_threshold, _COPY_LIMIT):
+        if info.size > whole:
             etag = await self._copy_server_parts(key, src, dst, info, meta)
             if etag is None:
                 return False
