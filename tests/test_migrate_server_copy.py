@@ -157,6 +157,21 @@ async def test_a_differing_endpoint_streams_through_the_client(
         await other.aclose()
 
 
+async def test_a_destination_not_trusting_copy_conditions_streams(
+    seaweed: S3Server, buckets: tuple[S3Backend, S3Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, _ = buckets
+    dst = seaweed.backend(seaweed.create_bucket(f"mnoc-{uuid.uuid4().hex[:8]}"), copy_if_match=False)
+    await src.put_object("s", b"small")
+    calls = _Calls(monkeypatch)
+    try:
+        report = await migrate(src, dst)
+        assert (report.copied, report.ok, calls.whole) == (1, True, 0)
+        assert await dst.get("s") == b"small"
+    finally:
+        await dst.aclose()
+
+
 _KILLED = """
 import asyncio, json, sys
 from unistore import migrate

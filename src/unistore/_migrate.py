@@ -855,7 +855,8 @@ def _s3(store: StorageBackend) -> S3Backend | None:
 
 def _same_server(src: StorageBackend, dst: StorageBackend) -> tuple[S3Backend, S3Backend] | None:
     """Both stores if they are S3 stores themselves on the same endpoint, region and credentials
-    (any buckets and prefixes) without SSE-C keys: the server can copy between them."""
+    (any buckets and prefixes) without SSE-C keys, and the destination's ``copy_if_match`` is not
+    set off: the server can copy between them."""
     a, b = _s3(src), _s3(dst)
     if a is None or b is None:
         return None
@@ -868,6 +869,8 @@ def _same_server(src: StorageBackend, dst: StorageBackend) -> tuple[S3Backend, S
         sb.session_token,
     )
     if not same or sa.sse_customer_key or sb.sse_customer_key or a._origin != b._origin:
+        return None
+    if sb.copy_if_match is False:  # told that the server's conditions on copies are not to be trusted
         return None
     return a, b
 
