@@ -570,6 +570,7 @@ async def test_secrets_never_in_repr(env: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_generated_secret_is_persisted_and_never_shown(tmp_path: Path) -> None:
     backend = LocalBackend(base_path=str(tmp_path / "p"), fsync=False)
+    assert backend.signer  # the secret is created when first needed
     files = list((tmp_path / "p").rglob("*secret*"))
     assert len(files) == 1
     secret = files[0].read_text().strip()

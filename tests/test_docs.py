@@ -52,6 +52,7 @@ NOT_RUN = re.compile(r"^\s*not-run:\s*(?P<reason>.*\S)?\s*$")
 SERVERS: dict[str, tuple[str, ...]] = {
     # page: the session servers its blocks run against (turned into variables by _server_env)
     "docs/backend-s3.md": ("seaweed",),
+    "docs/migrations.md": ("seaweed",),
     "docs/backend-gcs.md": ("fake_gcs",),
     "docs/backend-cloudinary.md": ("fake_cloudinary",),
     "docs/backend-http.md": ("docs_service",),

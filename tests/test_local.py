@@ -296,12 +296,14 @@ def _secret_path(root: Path) -> Path:
 
 async def test_generated_secret_is_persisted_private_and_shared(tmp_path: Path, pool: Pool) -> None:
     root = tmp_path / "store"
+    a = LocalBackend(base_path=str(root), fsync=False)
+    path = _secret_path(root)
+    assert not path.exists()  # created when the first URL is signed, never by merely opening the store
     old_umask = os.umask(0)  # even with a permissive umask the secret is private
     try:
-        a = LocalBackend(base_path=str(root), fsync=False)
+        assert a.signer is a.signer
     finally:
         os.umask(old_umask)
-    path = _secret_path(root)
     assert path.is_file()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_bytes().strip()) >= 32

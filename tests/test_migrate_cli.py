@@ -112,3 +112,18 @@ def test_worker_mode_shares_the_job_through_leases(stores: tuple[Path, Path]) ->
     assert (code, json.loads(out)["copied"], json.loads(out)["ranges"]) == (0, 0, [])  # the job is done
     code, _, err = cli("migrate", f"file://{src}", f"file://{dst}", "--worker", "--dry-run")
     assert code == 2 and "--worker" in err
+
+
+def test_a_file_source_is_never_written(tmp_path: Path) -> None:
+    """A plain folder as the source: the migration reads it and leaves no file (no URL secret,
+    no lock directory) behind in it."""
+    src, dst = tmp_path / "plain", tmp_path / "dst"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"a")
+    (src / "sub" / "b.bin").write_bytes(b"b" * 1000)
+    before = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
+    code, out, err = cli("migrate", f"file://{src}", f"file://{dst}", "--json")
+    assert code == 0, err
+    assert json.loads(out)["copied"] == 2
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == before
+    assert _read(dst, "sub/b.bin")[0] == b"b" * 1000

@@ -20,7 +20,7 @@ from ._keys import RESERVED_PREFIX, reserved_keys, validate_prefix
 from ._types import ByteRange, ObjectInfo
 
 if TYPE_CHECKING:
-    from .backends.s3 import S3Backend
+    from .backends.s3 import PartInfo, S3Backend
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -39,6 +39,8 @@ SCHEMA_VERSION = "schema_version"
 _MAX_DONE = 10_000
 _PART_SLOTS = 4
 """Parts of large S3 copies in flight at once over the whole run (each held in memory)."""
+_COPY_LIMIT = 5 * 1024**3
+"""The largest object one CopyObject may copy."""
 _PART_SIZE = 5 * 1024 * 1024
 """Their size (S3's smallest, larger only where 10,000 parts could not hold the object): what a
 kill can make a rerun send again is at most ``_PART_SLOTS`` parts."""
@@ -213,6 +215,11 @@ async def migrate(
     rerun after a crash or kill starts after the last key up to which all were done; a run
     without problems removes its checkpoint.
 
+    Between two S3 stores on one endpoint with the same credentials (buckets and prefixes may
+    differ) objects are copied inside the server (CopyObject; UploadPartCopy above the
+    destination's ``multipart_copy_threshold``, resumable like large uploads), create-only,
+    and each copy's etag is checked against the source's (the copy read back where they differ).
+
     ``schema_version=N`` stamps ``schema_version=N`` on every copy without one; with ``upgrade``,
     a source object at version ``v < N`` (``N - 1`` when unstamped) is passed through
     ``upgrade(data, info, v)`` for each ``v`` up to ``N`` (the whole object is held in memory).
@@ -286,6 +293,9 @@ class _Run:
         self.skip: set[str] = set()
         self.saving = asyncio.Lock()
         self.part_slots = asyncio.Semaphore(_PART_SLOTS)
+        self.pair = _same_server(src, dst)
+        """Both S3 stores on one server with the same credentials: objects are copied inside the server."""
+        self.copy_slots = asyncio.Semaphore(8)
         s3 = _s3(dst)
         # the server checks each request's Content-MD5 / SHA-256, computed from the bytes read from src
         self.server_checked = s3 is not None and s3.settings.checksum != "none"
@@ -397,7 +407,7 @@ class _Run:
         try:
             if self.ops is not None:
                 await self.ops.take(1)
-            await self._examine(key, there, listed.size)
+            await self._examine(key, there, listed.size, listed)
         except StorageError as exc:
             self.failed_keys.add(key)
             self.report.failed.append(Failure(key, f"{type(exc).__name__}: {exc}"))
@@ -421,7 +431,9 @@ class _Run:
             meta[SCHEMA_VERSION] = str(max(version, self.schema_version))
         return data, info, meta
 
-    async def _examine(self, key: str, there: ObjectInfo | _Unknown | None = UNKNOWN, size: int = 0) -> None:
+    async def _examine(
+        self, key: str, there: ObjectInfo | _Unknown | None = UNKNOWN, size: int = 0, listed: ObjectInfo | None = None
+    ) -> None:
         """``there`` is what the destination's listing showed (``UNKNOWN``: ask it)."""
         existing: ObjectInfo | None
         if isinstance(there, _Unknown):
@@ -441,12 +453,14 @@ class _Run:
             self.report.bytes_copied += info.size
             self._count("copied")
             return
-        if existing is None and await self._copy(key, size):
+        if existing is None and await self._copy(key, size, listed):
             return
         await self._compare(key)
 
-    async def _copy(self, key: str, size: int = 0) -> bool:
+    async def _copy(self, key: str, size: int = 0, listed: ObjectInfo | None = None) -> bool:
         """Create ``key`` at the destination; ``False`` if another writer created it first."""
+        if self.upgrade is None and self.pair is not None:
+            return await self._copy_server(key, *self.pair, listed)
         s3 = _s3(self.dst)
         if self.upgrade is None and s3 is not None and size > s3.settings.part_size:
             return await self._copy_parts(s3, key)
@@ -514,7 +528,6 @@ class _Run:
         rerun after a kill resumes the session and sends only the parts the server does not hold
         (a held part missing from the record is re-read from the source and kept if its checksum
         matches). The copy read back is checked part by part against those digests."""
-        from .backends.s3 import PartInfo
         from .backends.s3._multipart import _upload_part, part_size_for
         from .backends.s3._wire import checksum_header
 
@@ -631,6 +644,127 @@ class _Run:
         self._copied(info.size)
         return True
 
+    # --- S3 to S3 on one server: copied inside the server ----------------------------------
+
+    async def _copy_server(self, key: str, src: S3Backend, dst: S3Backend, listed: ObjectInfo | None = None) -> bool:
+        """Copy ``key`` inside the server (CopyObject, or UploadPartCopy above the destination's
+        ``multipart_copy_threshold``), create-only, then check the copy's etag against the source's.
+        A whole-object copy that keeps the metadata as it is goes by the listing's etag and size
+        (conditional on that etag), without a ``head``."""
+        from .backends.s3._multipart import copy_whole
+
+        whole = min(dst.settings.multipart_copy_threshold, _COPY_LIMIT)
+        if listed is not None and listed.etag and self.schema_version is None and listed.size <= whole:
+            info, meta = listed, dict(listed.metadata)
+        else:
+            info = await src.head(key)
+            meta = dict(info.metadata)
+        if self.schema_version is not None:
+            meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
+        if info.size > whole:
+            etag = await self._copy_server_parts(key, src, dst, info, meta)
+            if etag is None:
+                return False
+        else:
+            replace = None
+            if meta != info.metadata:  # a stamp: the whole set is written (REPLACE)
+                replace = dst._write_headers(
+                    key, info.content_type, meta, info.cache_control, info.content_disposition
+                )[0]
+            if self.bytes is not None:
+                await self.bytes.take(info.size)
+            async with self.copy_slots:
+                try:
+                    etag = (await copy_whole(dst, src, info, key, cond={"if-none-match": "*"}, replace=replace))[0]
+                except AlreadyExistsError:
+                    return False
+        if etag != info.etag and not await _same_bytes(src, dst, info):
+            await _discard(self.dst, key, etag)
+            raise _integrity(key, "the copy differs from the source (etag, then the bytes read back)")
+        self._copied(info.size)
+        return True
+
+    async def _copy_server_parts(
+        self, key: str, src: S3Backend, dst: S3Backend, info: ObjectInfo, meta: dict[str, str]
+    ) -> str | None:
+        """UploadPartCopy in parallel, in the source's own part layout where it can be learnt (so
+        the copy's etag is the source's where the server computes part etags as MD5s); the session
+        and the finished parts are recorded in the destination, so a rerun copies only the parts
+        it lacks. The copy's etag, or ``None`` if another writer created ``key`` first."""
+        from .backends.s3 import UploadSession
+        from .backends.s3._multipart import MAX_PARTS, MIN_PART, _create, copy_part, part_size_for
+
+        step = await _source_part_size(src, info)
+        if step is None or step < MIN_PART or -(-info.size // step) > MAX_PARTS:
+            step = part_size_for(info.size, dst.settings.copy_part_size)
+        count = max(1, -(-info.size // step))
+        uploads = dst.uploads
+        state_key = self._parts_prefix + hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
+        ident = {"key": key, "etag": info.etag, "size": info.size, "part_size": step, "copy": src.bucket}
+        parts: dict[int, PartInfo] = {}
+        session: UploadSession | None = None
+        state = await self._read_state(state_key)
+        if state is not None and all(state.get(k) == v for k, v in ident.items()):
+            try:
+                session = UploadSession(key, str(state["upload_id"]), "none")
+                held = {p.number: p for p in await uploads.list_parts(session)}
+            except (NotFoundError, InvalidArgumentError, KeyError):  # expired, completed or aborted
+                session = None
+            else:
+                for n, (size, etag) in dict(state.get("parts", {})).items():
+                    part = held.get(int(n))
+                    if part is not None and (part.size, part.etag) == (size, etag):
+                        parts[int(n)] = part
+        elif state is not None:  # another source version or layout: that session is no use
+            with contextlib.suppress(StorageError, KeyError):
+                await uploads.abort(UploadSession(key, str(state["upload_id"]), "none"))
+        if session is None:
+            headers = dst._write_headers(key, info.content_type, meta, info.cache_control, info.content_disposition)[0]
+            session = UploadSession(key, await _create(dst, key, headers, "none"), "none")
+        opened = session
+        record = asyncio.Lock()
+        saved = 0.0
+
+        async def save(force: bool = False) -> None:
+            nonlocal saved
+            async with record:
+                if not force and time.monotonic() - saved < 1.0:
+                    return
+                saved = time.monotonic()
+                done = {n: [p.size, p.etag] for n, p in sorted(parts.items())}
+                doc = {**ident, "upload_id": opened.upload_id, "parts": done}
+                with reserved_keys():
+                    await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+
+        async def send(number: int) -> None:
+            start = (number - 1) * step
+            end = min(start + step, info.size)
+            if self.bytes is not None:
+                await self.bytes.take(end - start)
+            async with self.copy_slots:
+                part = await copy_part(dst, src, info, key, opened.upload_id, number, start, end)
+            parts[number] = part
+            await save()
+
+        await save(force=True)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for number in range(1, count + 1):
+                    if number not in parts:
+                        tg.create_task(send(number))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        await save(force=True)
+        try:
+            written = await uploads.complete(opened, [parts[n] for n in range(1, count + 1)], mode="create")
+        except AlreadyExistsError:
+            with contextlib.suppress(StorageError):
+                await uploads.abort(opened)
+            await self._drop_state(state_key)
+            return None
+        await self._drop_state(state_key)
+        return written.etag
+
     async def _read_state(self, state_key: str) -> dict[str, Any] | None:
         try:
             with reserved_keys():
@@ -717,6 +851,78 @@ def _s3(store: StorageBackend) -> S3Backend | None:
     """``store`` if it is an S3 store itself (not behind a layer, whose writes must go through it)."""
     module = sys.modules.get("unistore.backends.s3")
     return cast("S3Backend", store) if module is not None and type(store) is module.S3Backend else None
+
+
+def _same_server(src: StorageBackend, dst: StorageBackend) -> tuple[S3Backend, S3Backend] | None:
+    """Both stores if they are S3 stores themselves on the same endpoint, region and credentials
+    (any buckets and prefixes) without SSE-C keys, and the destination's ``copy_if_match`` is not
+    set off: the server can copy between them."""
+    a, b = _s3(src), _s3(dst)
+    if a is None or b is None:
+        return None
+    sa, sb = a.settings, b.settings
+    same = (sa.endpoint, sa.region, sa.access_key, sa.secret_key, sa.session_token) == (
+        sb.endpoint,
+        sb.region,
+        sb.access_key,
+        sb.secret_key,
+        sb.session_token,
+    )
+    if not same or sa.sse_customer_key or sb.sse_customer_key or a._origin != b._origin:
+        return None
+    if sb.copy_if_match is False:  # told that the server's conditions on copies are not to be trusted
+        return None
+    return a, b
+
+
+async def _source_part_size(src: S3Backend, info: ObjectInfo) -> int | None:
+    """The size of part 1 of a multipart-uploaded object (``HEAD ?partNumber=1``), ``None`` for
+    another object or a server that does not answer it."""
+    _, dash, count = info.etag.partition("-")
+    if not dash or not count.isdigit() or int(count) < 2:
+        return None
+    try:
+        r = await src._send("HEAD", src._object_path(info.key), op="head", key=info.key, query={"partNumber": "1"})
+        size = int(r.headers.get("Content-Length", "0"))
+        parts = int(r.headers.get("x-amz-mp-parts-count", count))
+    except (StorageError, ValueError):
+        return None
+    return size if 0 < size < info.size and parts == int(count) else None
+
+
+async def _same_bytes(src: S3Backend, dst: S3Backend, info: ObjectInfo) -> bool:
+    """Whether the destination's copy of ``info`` holds the source's bytes, read back: its MD5 (or
+    the composite MD5 in the source's part layout) against the source's etag where that is one,
+    else the SHA-256 of both sides."""
+    etag, dash, count = info.etag.partition("-")
+    md5ish = len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
+    if md5ish and not dash:
+        return (await _hashed(dst, info.key, info.size, "md5"))[0] == etag.lower()
+    step = (info.size if count == "1" else await _source_part_size(src, info)) if md5ish else None
+    if step is not None and count.isdigit():
+        digests = await _hashed(dst, info.key, step, "md5")
+        joined = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests)).hexdigest()
+        return f"{joined}-{len(digests)}" == f"{etag.lower()}-{count}"
+    return (await _digest(src, info.key))[1] == (await _digest(dst, info.key))[1]
+
+
+async def _hashed(store: StorageBackend, key: str, step: int, algorithm: str) -> list[str]:
+    """The hex digest of each ``step``-byte part of the object, streamed."""
+    out: list[str] = []
+    h, left = hashlib.new(algorithm), max(step, 1)
+    async with await store.open(key) as dl:
+        async for chunk in dl:
+            view = memoryview(chunk)
+            while view:
+                take = view[:left]
+                h.update(take)
+                view, left = view[len(take) :], left - len(take)
+                if not left:
+                    out.append(h.hexdigest())
+                    h, left = hashlib.new(algorithm), step
+    if left != step or not out:
+        out.append(h.hexdigest())
+    return out
 
 
 def _sha256_hex(chunks: list[bytes]) -> str:

@@ -648,6 +648,7 @@ async def test_a_secret_writer_killed_before_publishing_leaves_nothing_that_matt
     leftover = root / ".unistore" / ".unistore.tmp.0123456789abcdef"
     leftover.write_bytes(b"half a secr")  # a process killed between creating and linking its secret
     store = LocalBackend(base_path=str(root), fsync=False)
+    assert store.signer  # the secret is made when first needed
     secret = (root / ".unistore" / "url-secret").read_bytes()
     assert len(secret) >= 32 and secret != b"half a secr"
     again = LocalBackend(base_path=str(root)).signer

@@ -66,7 +66,8 @@ def migrate_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Copy every object under PREFIX from SRC to DST: metadata included, each copy checked by
-    SHA-256, never overwriting an object DST already has; rerun to resume after an interruption.
+    SHA-256 (between buckets of one S3 server: copied inside the server, checked by ETag), never
+    overwriting an object DST already has; rerun to resume after an interruption.
 
     Exit 0 when everything is there and identical, 9 when objects are missing or differ, 1 when
     some failed."""

@@ -161,21 +161,30 @@ class LocalBackend(BaseBackend):
         self.settings = settings_from(LocalSettings, settings, options)
         self.root = Path(self.settings.base_path).absolute()
         try:
+            new = not self.root.is_dir()
             self.root.mkdir(parents=True, exist_ok=True)
             self._fs = Beneath(str(self.root))  # every path below is opened relative to it
-            os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
-            secret = (
-                self.settings.url_secret.encode()
-                if self.settings.url_secret
-                else load_secret(self._fs, RESERVED_PREFIX)
-            )
+            # an existing folder unistore never wrote to stays untouched until its first write (it
+            # may be a read-only source); the URL secret is made when the first URL is signed
+            prepared = _has_dir(self._fs, RESERVED_PREFIX)
+            if new and not prepared:
+                os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+                prepared = True
+            # a secret already there (or anything in its place) is read, and refused, now
+            secret = None
+            if not self.settings.url_secret and prepared and _has_entry(self._fs, RESERVED_PREFIX, "url-secret"):
+                secret = load_secret(self._fs, RESERVED_PREFIX)
         except OSError as exc:
             why = "a symbolic link or non-directory in the way" if exc.errno in NOT_THERE else exc.strerror
             raise ConfigurationError(
                 f"cannot set up base_path {str(self.root)!r} ({why}); set STORAGE_BASE_PATH",
                 backend=self.name,
             ) from exc
-        self._signer = UrlSigner(secret, self.settings.base_url)
+        self._signer_lock = threading.Lock()
+        self._signer_now: UrlSigner | None = None
+        if self.settings.url_secret or secret:
+            key = secret or (self.settings.url_secret or "").encode()
+            self._signer_now = UrlSigner(key, self.settings.base_url)
         self.default_expires_in = self.settings.url_expiration
         self._locks = StripeLocks(self._fs, f"{RESERVED_PREFIX}/locks")
         self._clock_lock = threading.Lock()
@@ -184,8 +193,9 @@ class LocalBackend(BaseBackend):
         self._jitter = random.Random(secrets.token_bytes(16))
         self._temp_seq = itertools.count()
         self._temp_tag = secrets.token_hex(4)
-        self._exact = self._probe_exact_mtime()
-        self._xattr = self._probe_xattr()
+        # unprobed, the safe choices: look for a record on every file; try xattrs, else sidecars
+        self._exact, self._xattr = (self._probe_exact_mtime(), self._probe_xattr()) if prepared else (False, True)
+        self._prepared = prepared
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0  # the first write starts a sweep of crash leftovers
 
@@ -194,8 +204,20 @@ class LocalBackend(BaseBackend):
 
     @property
     def signer(self) -> UrlSigner:
-        """The signer the file route verifies this backend's URLs with."""
-        return self._signer
+        """The signer the file route verifies this backend's URLs with (its secret is created in
+        ``<base_path>/.unistore/url-secret`` on first use unless ``url_secret`` is set)."""
+        if self._signer_now is None:
+            with self._signer_lock:
+                if self._signer_now is None:
+                    try:
+                        os.close(self._fs.make_dirs(RESERVED_PREFIX))
+                        secret = load_secret(self._fs, RESERVED_PREFIX)
+                    except OSError as exc:
+                        raise ConfigurationError(
+                            f"cannot create the URL secret in {str(self.root)!r}: {exc.strerror}", backend=self.name
+                        ) from exc
+                    self._signer_now = UrlSigner(secret, self.settings.base_url)
+        return self._signer_now
 
     # --- error boundary ---------------------------------------------------------------
 
@@ -453,6 +475,7 @@ class LocalBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         refuse_storage_class(self.name, key)
+        self._prepare()
         if time.monotonic() >= self._next_sweep:
             self._start_sweep()
         guessed = guess_content_type(key)
@@ -517,6 +540,7 @@ class LocalBackend(BaseBackend):
             guessed = guess_content_type(key)
             cc, cd = current.cache_control, current.content_disposition
             meta: dict[str, Any] = {"ct": current.content_type, "meta": user, "cc": cc, "cd": cd}
+            self._prepare()
             meta["marked"] = not self._exact or bool(user or cc or cd) or meta["ct"] != guessed
             temp = self._create_temp(key)
             try:
@@ -563,6 +587,17 @@ class LocalBackend(BaseBackend):
             raise QuotaExceededError(
                 f"object is larger than max_object_size={limit}", key=key, backend=self.name, operation="put"
             )
+
+    def _prepare(self) -> None:
+        """Before the first write to a folder unistore never wrote to: its state directory, and
+        the file system probes (until then reads take the safe choices)."""
+        if self._prepared:
+            return
+        with self._signer_lock:
+            if not self._prepared:
+                os.close(self._fs.make_dirs(f"{RESERVED_PREFIX}/locks"))
+                self._exact, self._xattr = self._probe_exact_mtime(), self._probe_xattr()
+                self._prepared = True
 
     def _create_temp(self, key: str) -> Temp:
         """A new temp file in ``key``'s directory, creating (real, never linked) directories."""
@@ -825,7 +860,7 @@ class LocalBackend(BaseBackend):
         self, key: str, *, expires_in: int | None = None, download: bool = False, method: str = "GET"
     ) -> str:
         validate_key(key)
-        return self._signer.sign(
+        return self.signer.sign(
             key,
             expires_in=self.default_expires_in if expires_in is None else expires_in,
             download=download,
@@ -866,6 +901,26 @@ def _crash_point(step: str, key: str) -> None:
 
 def _set_mtime(fd: int, stamp: int) -> None:
     os.utime(fd, ns=(stamp, stamp))  # futimens: every POSIX system this runs on has it
+
+
+def _has_dir(fs: Beneath, rel: str) -> bool:
+    try:
+        os.close(fs.open_dir(rel))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _has_entry(fs: Beneath, directory: str, name: str) -> bool:
+    """Whether ``directory`` holds anything named ``name`` (of any type, a link not followed)."""
+    dfd = fs.open_dir(directory)
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(dfd)
+    return True
 
 
 def _opener(d: int) -> Callable[[str, int], int]:

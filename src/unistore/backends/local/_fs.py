@@ -153,7 +153,12 @@ class StripeLocks:
                 self._pid = os.getpid()
             fd = self._fds.get(stripe)
             if fd is None:
-                fd = self._fs.open(f"{self._dir}/{stripe:03d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                path = f"{self._dir}/{stripe:03d}.lock"
+                try:
+                    fd = self._fs.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                except FileNotFoundError:  # the first lock taken in this store: make the directory
+                    os.close(self._fs.make_dirs(self._dir))
+                    fd = self._fs.open(path, os.O_RDWR | os.O_CREAT, 0o600)
                 self._fds[stripe] = fd
             return fd
 

@@ -19,8 +19,8 @@ class LocalSettings:
     base_url: str = "http://localhost:8000/files"
     """Public URL prefix of the route serving the files; signed URLs are ``{base_url}/{key}?expires=…&signature=…``."""
     url_secret: str | None = field(default=None, repr=False)
-    """Key that signs URLs. Unset: a random secret created once and kept in ``<base_path>/.unistore/url-secret``
-    (0600)."""
+    """Key that signs URLs. Unset: a random secret created when the first URL is signed and kept in
+    ``<base_path>/.unistore/url-secret`` (0600)."""
     url_expiration: int = 3600
     """Lifetime of a signed URL when the caller gives none, in seconds."""
     fsync: bool = True

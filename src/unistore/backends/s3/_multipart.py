@@ -31,6 +31,9 @@ __all__ = [
     "PartFailure",
     "PartInfo",
     "copy_object",
+    "copy_part",
+    "copy_source",
+    "copy_whole",
     "part_size_for",
     "stream_part_size",
     "upload_file",
@@ -411,19 +414,66 @@ async def _abort_quietly(backend: S3Backend, key: str, upload_id: str) -> None:
         await _abort(backend, key, upload_id)
 
 
+def copy_source(source: S3Backend, info: ObjectInfo) -> dict[str, str]:
+    """The headers naming ``info`` (a key of ``source``'s bucket) as a copy's source, conditional on its etag."""
+    path = "/" + source.bucket + "/" + source._object_path(info.key).removeprefix(source._bucket_path)
+    headers = {"x-amz-copy-source": path, "x-amz-copy-source-if-match": f'"{info.etag}"'}
+    for name, value in source._read_headers.items():
+        headers[name.replace("x-amz-", "x-amz-copy-source-", 1)] = value
+    return headers
+
+
+async def copy_whole(
+    backend: S3Backend,
+    source: S3Backend,
+    info: ObjectInfo,
+    dst: str,
+    *,
+    cond: Mapping[str, str] | None = None,
+    replace: Mapping[str, str] | None = None,
+) -> tuple[str, datetime]:
+    """CopyObject of ``info`` (in ``source``'s bucket, which may be another bucket of the same server)
+    to ``dst``: the copy's etag and date. ``replace``: these write headers instead of the source's
+    metadata (``x-amz-metadata-directive: REPLACE``). ``cond``: precondition headers on ``dst``
+    (``If-None-Match: *`` raises :class:`AlreadyExistsError` when ``dst`` exists)."""
+    headers = {**copy_source(source, info), **backend._write_extra, "x-amz-metadata-directive": "COPY"}
+    if replace is not None:
+        headers.update(replace)
+        headers["x-amz-metadata-directive"] = "REPLACE"
+    headers.update(cond or {})
+    create = (cond or {}).get("if-none-match") == "*"
+    r = await backend._send("PUT", backend._object_path(dst), op="copy", key=dst, headers=headers, create=create)
+    root = xml_result(
+        r.body, r.headers, key=dst, operation="copy", backend=backend.name, bucket=backend.bucket, create=create
+    )
+    return xml_find(root, "ETag").strip('"'), iso_date(xml_find(root, "LastModified"))
+
+
+async def copy_part(
+    backend: S3Backend, source: S3Backend, info: ObjectInfo, dst: str, upload_id: str, number: int, start: int, end: int
+) -> PartInfo:
+    """UploadPartCopy: bytes ``[start, end)`` of ``info`` (in ``source``'s bucket) as part ``number`` of
+    ``dst``'s upload ``upload_id``, conditional on the source's etag."""
+    headers = {**copy_source(source, info), **backend._read_headers}
+    if info.size:
+        headers["x-amz-copy-source-range"] = f"bytes={start}-{end - 1}"
+    r = await backend._send(
+        "PUT",
+        backend._object_path(dst),
+        op="copy_part",
+        key=dst,
+        query={"partNumber": str(number), "uploadId": upload_id},
+        headers=headers,
+    )
+    root = xml_result(r.body, r.headers, key=dst, operation="copy_part", backend=backend.name, bucket=backend.bucket)
+    return PartInfo(number, end - start, xml_find(root, "ETag").strip('"'))
+
+
 async def copy_object(backend: S3Backend, src: ObjectInfo, dst: str) -> ObjectInfo:
     """Server-side copy of ``src`` to ``dst`` with its content type and metadata."""
     s = backend.settings
-    source = "/" + backend.bucket + "/" + backend._object_path(src.key).removeprefix(backend._bucket_path)
-    copy_headers = {"x-amz-copy-source": source, "x-amz-copy-source-if-match": f'"{src.etag}"'}
-    if backend._read_headers:
-        for name, value in backend._read_headers.items():
-            copy_headers[name.replace("x-amz-", "x-amz-copy-source-", 1)] = value
     if src.size <= s.multipart_copy_threshold:
-        headers = {**copy_headers, **backend._write_extra, "x-amz-metadata-directive": "COPY"}
-        r = await backend._send("PUT", backend._object_path(dst), op="copy", key=dst, headers=headers)
-        root = xml_result(r.body, r.headers, key=dst, operation="copy", backend=backend.name, bucket=backend.bucket)
-        etag, date = xml_find(root, "ETag").strip('"'), iso_date(xml_find(root, "LastModified"))
+        etag, date = await copy_whole(backend, backend, src, dst)
     else:
         full = await backend.head(src.key)
         write_headers, _, _ = backend._write_headers(
@@ -433,18 +483,8 @@ async def copy_object(backend: S3Backend, src: ObjectInfo, dst: str) -> ObjectIn
         try:
             parts = []
             for number, start in enumerate(range(0, src.size, s.copy_part_size), 1):
-                end = min(start + s.copy_part_size, src.size) - 1
-                h = {**copy_headers, "x-amz-copy-source-range": f"bytes={start}-{end}", **backend._read_headers}
-                r = await backend._send(
-                    "PUT",
-                    backend._object_path(dst),
-                    op="copy_part",
-                    key=dst,
-                    query={"partNumber": str(number), "uploadId": upload_id},
-                    headers=h,
-                )
-                root = parse_xml(r.body, operation="copy_part", backend=backend.name, key=dst)
-                parts.append(PartInfo(number, end + 1 - start, xml_find(root, "ETag").strip('"')))
+                end = min(start + s.copy_part_size, src.size)
+                parts.append(await copy_part(backend, backend, src, dst, upload_id, number, start, end))
             done = await _complete(backend, dst, upload_id, parts, {}, False, "none")
         except BaseException:
             await asyncio.shield(_abort_quietly(backend, dst, upload_id))
