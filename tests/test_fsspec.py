@@ -4,9 +4,10 @@ pandas round trips over S3 (SeaweedFS) and an Encrypt+Cache stack."""
 from __future__ import annotations
 
 import os
+import random
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from fsspec.asyn import sync
 from fsspec.callbacks import Callback
 
-from unistore import LocalBackend, MemoryBackend
+from unistore import Download, LocalBackend, MemoryBackend
 from unistore.encryption import Encrypt, LocalKeyring
 from unistore.fsspec import PROTOCOLS, UnistoreFileSystem, register_store, unregister_store
 from unistore.layers import Cache
@@ -424,6 +425,49 @@ def test_cat_ranges_shares_requests_between_near_ranges() -> None:
     assert out[0] == data[:4] and isinstance(out[1], FileNotFoundError) and isinstance(out[2], FileNotFoundError)
     with pytest.raises(FileNotFoundError):
         fs.cat_ranges(["a", "nope"], [0, 0], [4, 4], on_error="raise")
+
+
+class _ChunkedMemory(_CountingMemory):
+    """A memory store whose downloads stream in small chunks of uneven size."""
+
+    async def open(self, key: str, **kwargs: Any) -> Any:
+        whole = await super().open(key, **kwargs)
+        data = await whole.read()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            at, sizes = 0, [1, 4095, 40_000, 65_536, 7]
+            while at < len(data):
+                size = sizes[at % len(sizes)]
+                yield data[at : at + size]
+                at += size
+
+        return Download(whole.info, chunks(), start=whole.start, end=whole.end, range_requested=True)
+
+
+def test_cat_ranges_cuts_merged_ranges_from_the_stream() -> None:
+    store = _ChunkedMemory()
+    fs = UnistoreFileSystem(store)
+    data = os.urandom(3 * MiB)
+    fs.pipe_file("a", data)
+    rng = random.Random(5)
+    starts = [rng.randrange(0, len(data)) for _ in range(300)] + [0, 10, 10, 3 * MiB - 5, 3 * MiB + 7, 500]
+    ends = [s + rng.randrange(0, 70_000) for s in starts[:300]] + [3 * MiB, 20, 10, 3 * MiB + 9, 3 * MiB + 9, 400]
+    store.reads.clear()
+    got = fs.cat_ranges(["a"] * len(starts), starts, ends)  # overlapping, empty, reversed, past the end
+    assert got == [data[s:e] for s, e in zip(starts, ends, strict=True)]
+    assert len(store.reads) == 1  # all within 1 MiB of each other, 8 MiB at most: one request
+
+
+def test_cat_ranges_splits_a_long_extent_into_one_request_per_read() -> None:
+    store = _CountingMemory()
+    fs = UnistoreFileSystem(store)
+    data = os.urandom(64 * MiB)
+    fs.pipe_file("a", data)
+    starts = list(range(0, 64 * MiB - 1000, 256 * 1024))
+    store.reads.clear()
+    got = fs.cat_ranges(["a"] * len(starts), starts, [s + 1000 for s in starts])
+    assert got == [data[s : s + 1000] for s in starts]
+    assert len(store.reads) == 4  # 16 MiB each, read side by side (not eight of 8 MiB)
 
 
 def test_open_reads_ahead_only_when_reading_on() -> None:

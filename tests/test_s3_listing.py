@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -138,3 +139,31 @@ async def test_unparsable_xml_is_a_storage_error_and_a_5xx_under_add_storage() -
             assert r.status_code == 503
         finally:
             await backend.aclose()
+
+
+async def test_listing_requests_the_next_page_ahead_without_extra_requests(seaweed: S3Server) -> None:
+    pfx = f"ahead-{os.urandom(4).hex()}/"
+    backend = seaweed.backend(page_size=2)
+    lists: list[dict[str, str]] = []
+    send = backend._send
+
+    async def counting(method: str, path: str, **kwargs: Any) -> Any:
+        if kwargs.get("op") == "list":
+            lists.append(dict(kwargs.get("query") or {}))
+        return await send(method, path, **kwargs)
+
+    try:
+        for i in range(9):
+            await backend.put_object(f"{pfx}k{i}", b"x")
+        backend._send = counting  # type: ignore[method-assign]
+        assert [i.key async for i in backend.iter_objects(pfx)] == [f"{pfx}k{i}" for i in range(9)]
+        assert len(lists) == 5  # pages of 2, 2, 2, 2, 1: none requested twice, none past the last
+        assert len({q.get("continuation-token", q.get("start-after", "")) for q in lists}) == 5
+        lists.clear()
+        async for _ in backend.iter_keys(pfx):
+            break  # a caller that stops after the first key: no page requested ahead
+        assert len(lists) == 1
+        entries = [e async for e in backend.iter_entries(pfx)]
+        assert len(entries) == 9
+    finally:
+        await backend.aclose()

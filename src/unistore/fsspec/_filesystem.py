@@ -41,9 +41,10 @@ __all__ = [
 PROTOCOLS = ("unistore", "unistore+s3", "unistore+gs")
 
 _CHUNK = 1024 * 1024
-#: ``cat_ranges``: ranges of one file closer than this are read with one request...
+#: ``cat_ranges``: ranges of one file closer than this are read with one request, _RANGE_READS
+#: requests at once, each spanning at most a _RANGE_READS-th of the file's ranges' extent but
+#: _RANGE_BLOCK at least (a single range may be longer)
 _RANGE_GAP = _CHUNK
-#: ...of at most this many bytes (a single range may be longer), at most _RANGE_READS at once
 _RANGE_BLOCK = 8 * _CHUNK
 _RANGE_READS = 4
 #: ``get_file``: an object is read in pieces of this size, _GET_READS at once
@@ -352,8 +353,10 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         on_error: str = "return",
         **kwargs: Any,
     ) -> list[bytes | BaseException]:
-        """Ranges of files, read concurrently: ranges of one file less than ``max_gap`` bytes
-        apart (1 MiB by default) share one request of at most 8 MiB, 4 at once: memory stays bounded."""
+        """Ranges of files, read concurrently (``batch_size`` requests at once, 4 by default): ranges
+        of one file less than ``max_gap`` bytes apart (1 MiB by default) share one request, split so
+        that the requests can run side by side; each range is cut out as the body streams by, so
+        memory holds the ranges, not the gaps between them."""
         if not isinstance(paths, list):
             raise TypeError("paths must be a list")
         n = len(paths)
@@ -371,33 +374,32 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
             else:
                 groups.setdefault(self._strip_protocol(p), []).append(i)
         jobs: list[tuple[str, int, int, list[int]]] = []  # one request: path, start, end, its ranges
+        reads = batch_size or _RANGE_READS
         for path, idx in groups.items():
             idx.sort(key=lambda i: starts[i] or 0)
+            extent = max(int(ends[i]) for i in idx) - (starts[idx[0]] or 0)  # type: ignore[arg-type]
+            block = max(_RANGE_BLOCK, -(-extent // reads))
             for i in idx:
                 a, b = starts[i] or 0, int(ends[i])  # type: ignore[arg-type]
                 if jobs and jobs[-1][0] == path:
                     _, ja, jb, members = jobs[-1]
-                    if a - jb <= gap and max(b, jb) - ja <= _RANGE_BLOCK:
+                    if a - jb <= gap and max(b, jb) - ja <= block:
                         jobs[-1] = (path, ja, max(b, jb), [*members, i])
                         continue
                 jobs.append((path, a, b, [i]))
-        limit = asyncio.Semaphore(batch_size or _RANGE_READS)
+        limit = asyncio.Semaphore(reads)
 
         async def fetch(path: str, a: int, b: int, members: list[int]) -> None:
             async with limit:
                 try:
-                    data = await self._cat_file(path, a, b, **kwargs)
+                    if len(members) == 1:
+                        out[members[0]] = await self._cat_file(path, a, b, **kwargs)
+                    else:
+                        spans = [(starts[i] or 0, max(starts[i] or 0, int(ends[i])), i) for i in members]  # type: ignore[arg-type]
+                        await self._read_spans(path, a, b, spans, out)
                 except Exception as exc:
                     for i in members:
                         out[i] = exc
-                    return
-            if len(members) == 1:
-                out[members[0]] = data
-                return
-            view = memoryview(data)
-            for i in members:
-                lo = (starts[i] or 0) - a
-                out[i] = bytes(view[lo : max(lo, int(ends[i]) - a)])  # type: ignore[arg-type]
 
         async def one(i: int) -> None:
             async with limit:
@@ -412,6 +414,44 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
                 if isinstance(item, BaseException):
                     raise item
         return out
+
+    async def _read_spans(
+        self, path: str, a: int, b: int, spans: list[tuple[int, int, int]], out: list[bytes | BaseException]
+    ) -> None:
+        """Read ``[a, b)`` of ``path`` with one request and store each ``(start, end, index)`` span's
+        bytes at ``out[index]`` as the body streams by: only the bytes of spans not yet complete are
+        held, so a long request costs no more memory than its spans (the gaps are dropped)."""
+        try:
+            download = await self.backend.open(path, range=ByteRange(a, b))
+        except InvalidRangeError:  # starts past the end: every span reads nothing
+            for _, _, i in spans:
+                out[i] = b""
+            return
+        spans.sort()
+        k, held, held_at = 0, bytearray(), download.start  # held: the body from held_at on
+        async with download:
+            pos = download.start
+            async for chunk in download:
+                at, pos = pos, pos + len(chunk)
+                if held:
+                    held += chunk
+                elif pos > spans[k][0]:  # the first byte the next span needs
+                    held_at = max(at, spans[k][0])
+                    held = bytearray(memoryview(chunk)[held_at - at :])
+                else:
+                    continue  # a gap between spans
+                while k < len(spans) and spans[k][1] <= pos:
+                    lo, hi, i = spans[k]
+                    out[i] = bytes(held[lo - held_at : hi - held_at])
+                    k += 1
+                if k == len(spans):
+                    break
+                keep = spans[k][0] - held_at
+                if keep > 0:
+                    del held[:keep]  # done with everything before the next span
+                    held_at += keep
+        for lo, hi, i in spans[k:]:  # past the end of the object: what there is
+            out[i] = bytes(held[max(0, lo - held_at) : max(0, hi - held_at)])
 
     async def _get_file(self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any) -> None:
         """Download in pieces read concurrently and written in place (memory: a few pieces)."""

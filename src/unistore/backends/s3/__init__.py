@@ -20,6 +20,8 @@ Deviations from the common contract, all S3's own:
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -63,13 +65,12 @@ from ._wire import (
     encode_meta,
     http_date,
     iso_date,
-    xml_children,
     xml_find,
 )
 from ._wire import (
     condition_headers as _condition_headers,
 )
-from ._xml import ENCODED, name_decoder, parse_xml, usable_key, xml_result
+from ._xml import ENCODED, ListPage, parse_xml, usable_key, xml_result
 
 if TYPE_CHECKING:
     import aiohttp
@@ -378,40 +379,57 @@ class S3Backend(BaseBackend):
 
     async def _pages(
         self, prefix: str, start_after: str | None, delimiter: str | None = None
-    ) -> AsyncIterator[tuple[Any, Callable[[str], str]]]:
-        """ListObjectsV2 answers with their name decoder. The next page starts from the
-        continuation token, or after the page's last (decoded) key where the token is missing
-        or altered: SeaweedFS's token is the raw last key with control characters replaced."""
+    ) -> AsyncIterator[ListPage]:
+        """ListObjectsV2 answers. The next page starts from the continuation token, or after the
+        page's last (decoded) name where the token is missing or altered: SeaweedFS's token is the
+        raw last key with control characters replaced. From the third page on, the next page is
+        requested while the caller reads the current one (a caller that stops after the first
+        page, as a folder test does, costs no extra request)."""
         check_listing_args(prefix, start_after)
         base = self.settings.prefix
         first = {"list-type": "2", "prefix": base + prefix, "max-keys": str(self.settings.page_size)}
         first["encoding-type"] = ENCODED
         if delimiter is not None:
             first["delimiter"] = delimiter
-        query = dict(first)
+        query: dict[str, str] | None = dict(first)
         if start_after is not None:
-            query["start-after"] = base + start_after
-        while True:
+            query = {**first, "start-after": base + start_after}
+
+        async def fetch(query: dict[str, str]) -> ListPage:
             r = await self._send("GET", self._bucket_path, op="list", query=query)
-            root = parse_xml(r.body, operation="list", backend=self.name, key=prefix)
-            name = name_decoder(root)
-            yield root, name
-            if xml_find(root, "IsTruncated") != "true":
-                return
-            token = xml_find(root, "NextContinuationToken")
-            names = [name(e.text or "") for e in root.findall("{*}Contents/{*}Key")[-1:]]
-            names += [name(e.text or "") for e in root.findall("{*}CommonPrefixes/{*}Prefix")[-1:]]
+            return ListPage(parse_xml(r.body, operation="list", backend=self.name, key=prefix))
+
+        def following(page: ListPage) -> dict[str, str] | None:
+            if page.fields.get("IsTruncated") != "true":
+                return None
+            token = page.fields.get("NextContinuationToken")
             if token and "\ufffd" not in token:
-                query = {**first, "continuation-token": token}
-            elif names:
-                query = {**first, "start-after": max(names)}
-            else:
-                return
+                return {**first, "continuation-token": token}
+            names = [page.name(e.findtext("{*}Key") or "") for e in page.contents[-1:]]
+            names += [page.name(e.findtext("{*}Prefix") or "") for e in page.prefixes[-1:]]
+            return {**first, "start-after": max(names)} if names else None
+
+        ahead: asyncio.Future[ListPage] | None = None
+        try:
+            for number in itertools.count():
+                if query is None:
+                    return
+                page = await (ahead if ahead is not None else fetch(query))
+                ahead, query = None, following(page)
+                if query is not None and number >= 1:
+                    ahead = asyncio.ensure_future(fetch(query))
+                yield page
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+            if ahead is not None:
+                ahead.add_done_callback(_quiet)
 
     async def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         cut = len(self.settings.prefix)
-        async for page, name in self._pages(prefix, start_after):
-            for item in xml_children(page, "Contents"):
+        async for page in self._pages(prefix, start_after):
+            name = page.name
+            for item in page.contents:
                 info = _listed(item, name, cut)
                 if info is not None:
                     yield info
@@ -422,13 +440,14 @@ class S3Backend(BaseBackend):
         if not isinstance(delimiter, str) or not delimiter:
             raise InvalidArgumentError("delimiter must be a non-empty str")
         cut = len(self.settings.prefix)
-        async for page, name in self._pages(prefix, start_after, delimiter):
+        async for page in self._pages(prefix, start_after, delimiter):
+            name = page.name
             entries: list[tuple[str, ObjectInfo | CommonPrefix]] = []
-            for item in xml_children(page, "Contents"):
+            for item in page.contents:
                 info = _listed(item, name, cut)
                 if info is not None:
                     entries.append((info.key, info))
-            for item in xml_children(page, "CommonPrefixes"):
+            for item in page.prefixes:
                 folder = name(xml_find(item, "Prefix"))[cut:]
                 if folder.endswith(delimiter) and usable_key(folder[: -len(delimiter)]):
                     entries.append((folder, CommonPrefix(folder)))
@@ -438,9 +457,10 @@ class S3Backend(BaseBackend):
 
     async def iter_keys(self, prefix: str = "", *, start_after: str | None = None) -> AsyncIterator[str]:
         cut = len(self.settings.prefix)
-        async for page, name in self._pages(prefix, start_after):
-            for item in page.iterfind("{*}Contents/{*}Key"):
-                key = name(item.text or "")[cut:]
+        async for page in self._pages(prefix, start_after):
+            name = page.name
+            for item in page.contents:
+                key = name(item.findtext("{*}Key") or "")[cut:]
                 if usable_key(key):
                     yield key
 
@@ -589,6 +609,12 @@ class S3Backend(BaseBackend):
         boto, self._boto, self._boto_client = self._boto, None, None
         if boto is not None:
             await boto.__aexit__(None, None, None)
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so that its failure is not reported as unhandled."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _listed(item: Any, name: Callable[[str], str], cut: int) -> ObjectInfo | None:

@@ -282,7 +282,8 @@ def iso_date(value: str | None) -> datetime:
     """An S3 XML timestamp (``2026-01-02T03:04:05.000Z``) as an aware datetime."""
     if not value:
         return datetime.now(UTC)
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo is UTC else when.astimezone(UTC)
 
 
 def xml_find(el: ElementTree.Element, name: str, default: str = "") -> str:

@@ -19,7 +19,7 @@ from ..._errors import InvalidKeyError, UnavailableError
 from ..._keys import validate_key
 from ._wire import error_from_response, xml_find
 
-__all__ = ["ENCODED", "name_decoder", "parse_xml", "usable_key", "xml_result"]
+__all__ = ["ENCODED", "ListPage", "name_decoder", "parse_xml", "usable_key", "xml_result"]
 
 ENCODED = "url"
 """The ``encoding-type`` every listing asks for."""
@@ -43,6 +43,30 @@ def parse_xml(body: bytes, *, operation: str, backend: str, key: str | None = No
         ) from exc
 
 
+class ListPage:
+    """One ListObjectsV2 answer, read in one pass over its top-level elements (in any or no
+    namespace): its ``Contents`` and ``CommonPrefixes`` elements, the text of the others
+    (``fields``: ``IsTruncated``, ``NextContinuationToken``...) and its name decoder."""
+
+    __slots__ = ("contents", "fields", "name", "prefixes")
+
+    def __init__(self, root: ElementTree.Element) -> None:
+        self.contents: list[ElementTree.Element] = []
+        self.prefixes: list[ElementTree.Element] = []
+        self.fields: dict[str, str] = {}
+        contents, prefixes, fields = self.contents, self.prefixes, self.fields
+        for child in root:
+            tag = child.tag
+            tag = tag[tag.rfind("}") + 1 :]
+            if tag == "Contents":
+                contents.append(child)
+            elif tag == "CommonPrefixes":
+                prefixes.append(child)
+            elif tag not in fields:
+                fields[tag] = child.text or ""
+        self.name: Callable[[str], str] = _decode if fields.get("EncodingType") == ENCODED else _raw
+
+
 def name_decoder(root: ElementTree.Element) -> Callable[[str], str]:
     """How to read key names (``Key``, ``Prefix``, ``NextKeyMarker``...) of the answer ``root``."""
     if xml_find(root, "EncodingType") != ENCODED:
@@ -55,6 +79,8 @@ def _raw(value: str) -> str:
 
 
 def _decode(value: str) -> str:
+    if "%" not in value and "+" not in value:
+        return value  # nothing to decode (most names)
     if not _ENCODED_FORM.fullmatch(value):
         return value
     return unquote_plus(value, errors="surrogateescape")
