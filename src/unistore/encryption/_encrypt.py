@@ -40,7 +40,17 @@ from .._types import (
 )
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, close, new_header, read_ahead
+from ._stream import (
+    HEADER_SIZE,
+    KEY_SIZE,
+    TAG_SIZE,
+    Layout,
+    SegmentCipher,
+    close,
+    flatten,
+    new_header,
+    read_ahead,
+)
 
 __all__ = [
     "ALGORITHM",
@@ -363,7 +373,8 @@ class Encrypt(Layer):
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
         else:
-            sealed = read_ahead(cipher.encrypt_stream(iter_body(body), pool=self._workers(), threads=self.threads))
+            batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
+            sealed = flatten(read_ahead(batches))  # one hand-off per input chunk, its segments unjoined
         try:
             info = await self.inner.put_object(
                 key,
