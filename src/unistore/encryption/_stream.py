@@ -398,7 +398,8 @@ _END = object()
 
 
 async def read_ahead(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerator[_T, None]:
-    """``source``'s items (chunks, or lists of them), pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+    """``source``'s items (chunks, or lists of them), pulled by a task that runs up to ``depth``
+    items ahead of the consumer.
 
     The cipher then works on one chunk while the store reads or writes the next one in its
     I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
