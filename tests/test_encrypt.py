@@ -544,3 +544,127 @@ async def test_a_stack_over_encrypt_never_falls_back_to_a_ciphertext_url(keyring
     assert url == "dir/a%20b.txt" and "signature" not in url
     with pytest.raises(UnsupportedError):
         await stacked.get_url("dir/a b.txt")
+
+
+# --- cost of the streamed paths and of re-reads -------------------------------------------------
+
+
+class _Writes(MemoryBackend):
+    """Records the length of every body chunk a streamed put hands the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        if isinstance(body, bytes | bytearray | memoryview):
+            return await super().put_object(key, body, **kw)
+
+        async def recorded() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                self.chunks.append(len(chunk))
+                yield chunk
+
+        return await super().put_object(key, recorded(), **kw)
+
+
+async def test_a_streamed_put_hands_the_store_its_segments_unjoined(keyring: LocalKeyring) -> None:
+    """No copy of a chunk's segments into one piece: the store gets the header, then each segment."""
+    inner = _Writes()
+    store = Encrypt(inner, keyring, segment_size=1000)
+    data = os.urandom(10_000)
+    await store.put_object("s", _chunks(data, 3000))
+    layout = store.layout
+    assert inner.chunks[:2] == [40, 960]  # the header, then segment 0 (which shares its 1000 bytes with it)
+    assert set(inner.chunks[2:-1]) == {1000} and 16 < inner.chunks[-1] <= 1000
+    assert sum(inner.chunks) == layout.ciphertext_size(len(data))
+    assert await store.get("s") == data
+
+
+async def test_encrypt_batches_are_the_stream_unjoined() -> None:
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", Layout(100))
+    data = os.urandom(1_000)
+    for chunk in (1, 50, 84, 300, 1_000):
+        batches = [b async for b in cipher.encrypt_batches(_chunks(data, chunk))]
+        assert batches[0] == [cipher.header] and all(batches)
+        pieces = [p for b in batches for p in b]
+        assert len(pieces[1]) == 60 and {len(p) for p in pieces[2:-1]} <= {100}
+        joined = b"".join([c async for c in cipher.encrypt_stream(_chunks(data, chunk))])
+        assert b"".join(pieces) == joined
+        plain = [c async for c in cipher.decrypt_stream(_chunks(joined, 7), 0, None, skip_header=True)]
+        assert b"".join(plain) == data
+
+
+async def test_a_streamed_get_decrypts_each_segment_only_when_asked_for_it() -> None:
+    """The segments of a read chunk are decrypted one at a time, as the reader takes them: the
+    plaintext of a whole chunk is never held at once."""
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    opened: list[int] = []
+
+    class Counting(SegmentCipher):
+        def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview, last: bool) -> bytes:
+            opened.append(index)
+            return super().decrypt(index, ciphertext, last)
+
+    cipher = Counting(os.urandom(32), new_header(), b"ad", Layout(100))
+    data = os.urandom(2_000)
+    ciphertext = cipher.encrypt_all(data)
+    stream = cipher.decrypt_stream(_chunks(ciphertext, len(ciphertext)), 0, None, skip_header=True)
+    assert await anext(stream) == data[:44]
+    assert opened == [0]
+    assert await anext(stream) == data[44:128]
+    assert opened == [0, 1]
+    await stream.aclose()
+
+
+async def test_decrypt_span_returns_exactly_the_window_asked_for() -> None:
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    layout = Layout(100)
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+    for size in (0, 44, 45, 300, 1_000):
+        data = os.urandom(size)
+        ciphertext = cipher.encrypt_all(data)
+        last = layout.segments(len(ciphertext)) - 1
+        assert cipher.decrypt_span(ciphertext, 0, last, skip_header=True) == data
+        for first in range(last + 1):
+            span = ciphertext[layout.cipher_start(first) if first else 0 :]
+            base = layout.plain_start(first)
+            for skip in range(0, size - base, 13):
+                for length in (1, 44, 84, 85, 200, size - base - skip):
+                    length = min(length, size - base - skip)
+                    got = cipher.decrypt_span(span, first, last, skip_header=first == 0, skip=skip, length=length)
+                    assert got == data[base + skip : base + skip + length]
+        if last:
+            broken = bytearray(ciphertext)
+            broken[-1] ^= 1
+            with pytest.raises(IntegrityError):
+                cipher.decrypt_span(bytes(broken), 0, last, skip_header=True, skip=0, length=1)
+
+
+async def test_remembered_metadata_never_hides_a_change(keyring: LocalKeyring) -> None:
+    """Re-reads skip parsing the metadata only while it is exactly what was read before: a changed
+    value under the same key and size is parsed and authenticated again."""
+    inner = MemoryBackend()
+    store = Encrypt(inner, keyring)
+    data = os.urandom(200_000)
+    await store.put_object("k", data, metadata={"owner": "alice"})
+    assert await (await store.open("k", range=ByteRange(70_000, 70_010))).read() == data[70_000:70_010]
+    assert "k" in store._envelopes
+    stored = dict((await inner.head("k")).metadata)
+    await inner.replace_metadata("k", {**stored, "owner": "mallory"})
+    with pytest.raises(IntegrityError):
+        await (await store.open("k", range=ByteRange(70_000, 70_010))).read()
+    with pytest.raises(IntegrityError):
+        await store.get("k")
+    await inner.replace_metadata("k", stored)
+    assert await store.get("k") == data
+    store.forget_keys()
+    assert not store._envelopes
+    assert [info.size async for info in store.iter_objects()] == [len(data)]
+    assert not store._envelopes  # a listing does not fill the cache
+    uncached = Encrypt(inner, keyring, key_cache_size=0)
+    assert await uncached.get("k") == data and not uncached._envelopes

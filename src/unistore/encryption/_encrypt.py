@@ -40,7 +40,17 @@ from .._types import (
 )
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
-from ._stream import HEADER_SIZE, KEY_SIZE, TAG_SIZE, Layout, SegmentCipher, close, new_header, read_ahead
+from ._stream import (
+    HEADER_SIZE,
+    KEY_SIZE,
+    TAG_SIZE,
+    Layout,
+    SegmentCipher,
+    close,
+    flatten,
+    new_header,
+    read_ahead,
+)
 
 __all__ = [
     "ALGORITHM",
@@ -147,6 +157,17 @@ class EncryptionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class _Envelope:
+    """One stored object's parsed encryption metadata, remembered with the metadata and size it came from."""
+
+    metadata: dict[str, str]
+    size: int
+    env: EncryptionInfo
+    plaintext_size: int
+    associated_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class EncryptedObjectInfo(ObjectInfo):
     """An :class:`ObjectInfo` of an encrypted object: ``size`` is the plaintext size, ``metadata``
     the caller's, and ``encryption`` how it is encrypted; :meth:`as_dict` (``get_metadata``) shows
@@ -225,6 +246,7 @@ class Encrypt(Layer):
         self._pool: ThreadPoolExecutor | None = None
         self._clock = clock
         self._ciphers: OrderedDict[tuple[str, bytes, bytes, bytes], tuple[float, SegmentCipher]] = OrderedDict()
+        self._envelopes: OrderedDict[str, _Envelope] = OrderedDict()
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
@@ -261,31 +283,50 @@ class Encrypt(Layer):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _plain(self, info: ObjectInfo) -> EncryptedObjectInfo:
-        """``info`` of the stored ciphertext as the caller sees it."""
+    def _envelope(self, key: str, info: ObjectInfo, remember: bool = True) -> _Envelope:
+        """How the stored ciphertext ``info`` of ``key`` is encrypted, its plaintext size and the
+        associated data its body is bound to; IntegrityError if its metadata is not that of an
+        encrypted object. Remembered for the objects last read (while their metadata and size
+        stay exactly the same), so a re-read skips the parsing and the associated data."""
+        hit = self._envelopes.get(key)
+        if hit is not None and hit.size == info.size and hit.metadata == info.metadata:
+            self._envelopes.move_to_end(key)
+            return hit
         env = EncryptionInfo.parse(info.metadata, info.key, self.name)
         size = Layout(env.segment_size).plaintext_size(info.size)
         if env.plaintext_size is not None and env.plaintext_size != size:
             raise IntegrityError(
                 "the stored plaintext size does not match the ciphertext", key=info.key, backend=self.name
             )
+        found = _Envelope(dict(info.metadata), info.size, env, size, associated_data(key, info.metadata))
+        if remember and self.key_cache_size:
+            self._envelopes[key] = found
+            self._envelopes.move_to_end(key)
+            while len(self._envelopes) > self.key_cache_size:
+                self._envelopes.popitem(last=False)
+        return found
+
+    def _plain(self, info: ObjectInfo, remember: bool = True) -> EncryptedObjectInfo:
+        """``info`` of the stored ciphertext as the caller sees it."""
+        found = self._envelope(info.key, info, remember)
         user = {name: value for name, value in info.metadata.items() if not name.startswith(RESERVED_PREFIX)}
         return EncryptedObjectInfo(
             key=info.key,
-            size=size,
+            size=found.plaintext_size,
             etag=info.etag,
             last_modified=info.last_modified,
             content_type=info.content_type,
             metadata=user,
             cache_control=info.cache_control,
             content_disposition=info.content_disposition,
-            encryption=env,
+            encryption=found.env,
         )
 
-    async def _cipher(self, key: str, stored: Mapping[str, str], env: EncryptionInfo) -> SegmentCipher:
+    async def _cipher(self, key: str, stored: ObjectInfo) -> SegmentCipher:
         """The segment cipher of one stored object: from the cache (same wrapped key, header and
         associated data, within ``key_cache_ttl``), else unwrapped by the keyring."""
-        ad = associated_data(key, stored)
+        found = self._envelope(key, stored)
+        env, ad = found.env, found.associated_data
         slot = (env.key_id, env.wrapped_key, env.header, ad)
         now = self._clock()
         hit = self._ciphers.get(slot)
@@ -308,6 +349,7 @@ class Encrypt(Layer):
     def forget_keys(self) -> None:
         """Drop every cached data key (e.g. after retiring a KEK): the next reads unwrap again."""
         self._ciphers.clear()
+        self._envelopes.clear()
 
     # --- primitives -------------------------------------------------------------------
 
@@ -363,7 +405,8 @@ class Encrypt(Layer):
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
         else:
-            sealed = read_ahead(cipher.encrypt_stream(iter_body(body), pool=self._workers(), threads=self.threads))
+            batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
+            sealed = flatten(read_ahead(batches))  # one hand-off per input chunk, its segments unjoined
         try:
             info = await self.inner.put_object(
                 key,
@@ -409,7 +452,7 @@ class Encrypt(Layer):
         try:
             plain = self._plain(dl.info)
             assert plain.encryption is not None
-            cipher = await self._cipher(key, dl.info.metadata, plain.encryption)
+            cipher = await self._cipher(key, dl.info)
         except BaseException:
             await dl.aclose()
             raise
@@ -479,7 +522,7 @@ class Encrypt(Layer):
         assert plain.encryption is not None
         layout = Layout(plain.encryption.segment_size)
         first = layout.segment_of(lo)
-        cipher = await self._cipher(key, dl.info.metadata, plain.encryption)
+        cipher = await self._cipher(key, dl.info)
         last_index = layout.segments(dl.info.size) - 1
         span = in_memory(dl)
         if span is not None and hi - lo <= IN_MEMORY_LIMIT:  # the store already read it: no stream needed
@@ -512,7 +555,7 @@ class Encrypt(Layer):
             plain: ObjectInfo | None = None
             if info.metadata and META_ALGORITHM in info.metadata:
                 try:
-                    plain = self._plain(info)
+                    plain = self._plain(info, remember=False)
                 except StorageError:  # a listing never fails on one odd object
                     plain = None
             if plain is None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +39,7 @@ __all__ = [
     "SegmentCipher",
     "TAG_SIZE",
     "close",
+    "flatten",
     "new_header",
     "read_ahead",
 ]
@@ -51,6 +54,9 @@ _Job = tuple[int, bytes | bytearray | memoryview, bool]
 """One segment to seal or open: its index, its bytes and whether it is the last one."""
 _Op = Callable[[int, bytes | bytearray | memoryview, bool], bytes]
 _InFlight = deque["asyncio.Future[list[bytes]]"]
+_COUNTER = struct.Struct(">I?")
+"""The nonce's tail: the segment index (4 bytes, big-endian) and the last-segment flag."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class SegmentCipher:
     def _nonce(self, index: int, last: bool) -> bytes:
         if index >= MAX_SEGMENTS:
             raise IntegrityError("too many segments")
-        return self._prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+        return self._prefix + _COUNTER.pack(index, last)
 
     def encrypt(self, index: int, plaintext: bytes | bytearray | memoryview, last: bool) -> bytes:
         """Segment ``index``'s ciphertext."""
@@ -182,16 +188,30 @@ class SegmentCipher:
     async def encrypt_stream(
         self, chunks: AsyncIterator[bytes], *, pool: Executor | None = None, threads: int = 1
     ) -> AsyncIterator[bytes]:
-        """The whole ciphertext of the plaintext ``chunks``: the header, then one chunk per segment.
+        """The whole ciphertext of the plaintext ``chunks``: the header, then one chunk per input chunk
+        (its segments joined), then the last segment. See :meth:`encrypt_batches`."""
+        batches = self.encrypt_batches(chunks, pool=pool, threads=threads)
+        try:
+            async for batch in batches:
+                yield batch[0] if len(batch) == 1 else b"".join(batch)
+        finally:
+            await close(batches)
+
+    async def encrypt_batches(
+        self, chunks: AsyncIterator[bytes], *, pool: Executor | None = None, threads: int = 1
+    ) -> AsyncIterator[list[bytes]]:
+        """The whole ciphertext of the plaintext ``chunks``, as lists of pieces: ``[header]``, then
+        the segments sealed from each input chunk (no list is empty), then ``[last segment]``.
 
         A segment is sealed as the last one only at the end of the input, so at most one
         segment plus one input chunk is held in memory. Whole segments are encrypted straight
-        from the input chunk; only a segment spanning two chunks is copied. With ``pool`` and
-        ``threads`` > 1 up to ``threads`` chunks are sealed at once on its threads (in order).
+        from the input chunk; only a segment spanning two chunks is copied. Nothing is joined:
+        a store that writes the pieces one after the other copies each byte once. With ``pool``
+        and ``threads`` > 1 up to ``threads`` chunks are sealed at once on its threads (in order).
         """
         inflight: _InFlight = deque()
         try:
-            yield self.header
+            yield [self.header]
             layout, index, pending = self.layout, 0, bytearray()
             async for chunk in chunks:
                 view, pos, end, jobs = memoryview(chunk), 0, len(chunk), list[_Job]()
@@ -209,11 +229,12 @@ class SegmentCipher:
                 if pos < end:
                     pending += view[pos:]
                 for out in await self._pipeline(self.encrypt, jobs, inflight, pool, threads):
-                    if out:  # one write per input chunk, not per segment
-                        yield out[0] if len(out) == 1 else b"".join(out)
+                    if out:
+                        yield out
             for out in await self._drain(inflight):
-                yield out[0] if len(out) == 1 else b"".join(out)
-            yield self.encrypt(index, pending, True)
+                if out:
+                    yield out
+            yield [self.encrypt(index, pending, True)]
         finally:
             for future in inflight:
                 future.cancel()
@@ -233,8 +254,9 @@ class SegmentCipher:
         with ``skip_header``); segment ``last_index`` is the object's last one. Only ``length``
         bytes after the first ``skip`` are returned (all of them when ``length`` is None).
 
-        Every segment is decrypted straight into one buffer (no per-segment bytes, no join), and
-        the part asked for is copied out of it once.
+        Each segment is decrypted into its own bytes and the part asked for is joined from views
+        of them: one copy, and no zeroed buffer as large as the span (which, from 128 KiB up,
+        glibc maps fresh and faults in on every read).
         """
         view, pos, index, spans = memoryview(ciphertext), 0, first, []
         if skip_header:
@@ -256,23 +278,21 @@ class SegmentCipher:
             index += 1
         if pos != len(ciphertext):
             raise IntegrityError("the ciphertext is longer than its segments")
-        if len(spans) == 1 and skip == 0 and length is None:
-            index, lo, hi, last = spans[0]
-            return self.decrypt(index, view[lo:hi], last)
-        out = bytearray(sum(hi - lo - TAG_SIZE for _, lo, hi, _ in spans))
-        target, at = memoryview(out), 0
-        for index, lo, hi, last in spans:
-            size = hi - lo - TAG_SIZE
-            try:
-                self._aead.decrypt_into(self._nonce(index, last), view[lo:hi], None, target[at : at + size])
-            except InvalidTag:
-                where = "last segment" if last else "segment"
-                raise IntegrityError(
-                    f"{where} {index} does not authenticate (tampered, truncated or reordered)"
-                ) from None
-            at += size
-        end = len(out) if length is None else skip + length
-        return bytes(target[skip:end])
+        plain = [self.decrypt(index, view[lo:hi], last) for index, lo, hi, last in spans]
+        if skip == 0 and length is None:
+            return plain[0] if len(plain) == 1 else b"".join(plain)
+        left = sum(map(len, plain)) - skip if length is None else length
+        pieces: list[bytes | memoryview] = []
+        for segment in plain:
+            if skip >= len(segment):
+                skip -= len(segment)
+                continue
+            if left <= 0:
+                break
+            piece = memoryview(segment)[skip : skip + left]
+            pieces.append(piece)
+            skip, left = 0, left - len(piece)
+        return b"".join(pieces)
 
     def encrypt_all(self, plaintext: bytes) -> bytes:
         """The whole ciphertext of an in-memory ``plaintext``."""
@@ -307,6 +327,7 @@ class SegmentCipher:
         inflight: _InFlight = deque()
         try:
             layout, index, pending = self.layout, first, bytearray()
+            sequential = pool is None or threads < 2
             header: bytearray | None = bytearray() if skip_header else None
             async for chunk in chunks:
                 view, pos, end, jobs = memoryview(chunk), 0, len(chunk), list[_Job]()
@@ -335,6 +356,10 @@ class SegmentCipher:
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
+                if sequential:  # each segment decrypted just before it is yielded: a small working set
+                    for at, data, last in jobs:
+                        yield self.decrypt(at, data, last)
+                    continue
                 for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
                     for segment in out:
                         yield segment
@@ -372,8 +397,9 @@ class _Raised:
 _END = object()
 
 
-async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes, None]:
-    """``source``'s chunks, pulled by a task that runs up to ``depth`` chunks ahead of the consumer.
+async def read_ahead(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerator[_T, None]:
+    """``source``'s items (chunks, or lists of them), pulled by a task that runs up to ``depth``
+    items ahead of the consumer.
 
     The cipher then works on one chunk while the store reads or writes the next one in its
     I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
@@ -399,10 +425,19 @@ async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGener
                 return
             if isinstance(item, _Raised):
                 raise item.error
-            assert isinstance(item, bytes | bytearray | memoryview)
-            yield bytes(item) if not isinstance(item, bytes) else item
+            yield cast(_T, item)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await close(source)
+
+
+async def flatten(batches: AsyncIterator[list[bytes]]) -> AsyncGenerator[bytes, None]:
+    """Every piece of every list of ``batches``, in order; closing it closes ``batches``."""
+    try:
+        async for batch in batches:
+            for piece in batch:
+                yield piece
+    finally:
+        await close(batches)
