@@ -470,7 +470,8 @@ class LocalBackend(BaseBackend):
         if isinstance(body, _BYTES_LIKE):
             data = bytes(body) if not isinstance(body, bytes) else body
             self._check_size(key, len(data))
-            return _written_info(key, meta, await self._run("put", key, self._put_chunks_sync, key, [data], len(data), meta, mode))
+            written = await self._run("put", key, self._put_chunks_sync, key, [data], len(data), meta, mode)
+            return _written_info(key, meta, written)
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
             return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
