@@ -8,10 +8,11 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from unistore import LocalBackend
+from unistore import LocalBackend, PreconditionFailedError, QuotaExceededError
 from unistore.backends.local._pool import run_in_thread
 
 
@@ -77,3 +78,51 @@ async def test_a_forked_child_gets_its_own_threads(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert await backend.get("child") == b"c"
     assert sys.modules["unistore.backends.local._pool"]._POOL.threads >= 1
+
+
+async def test_a_short_stream_is_written_in_one_worker_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unistore.backends.local as local
+
+    calls: list[str] = []
+
+    def counting(fn: object, *args: object) -> object:
+        calls.append(getattr(fn, "__name__", "?"))
+        return run_in_thread(fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "run_in_thread", counting)
+    backend = LocalBackend(base_path=str(tmp_path), fsync=False, chunk_size=1024)
+
+    async def body(parts: list[bytes]) -> Any:
+        for part in parts:
+            yield part
+
+    info = await backend.put_object("s/short", body([b"ab", b"", b"cd"]))
+    assert calls == ["_put_chunks_sync"] and info.size == 4
+    assert await backend.get("s/short") == b"abcd"
+    calls.clear()
+    long = [bytes([i]) * 700 for i in range(5)]  # past one chunk: a temp file, then the rest streamed
+    info = await backend.put_object("s/long", body(long), mode="create")
+    assert calls[0] == "_create_temp" and calls[-1] == "_commit" and info.size == 3500
+    assert await backend.get("s/long") == b"".join(long)
+    assert not [p for p in await asyncio.to_thread(lambda: list(tmp_path.rglob("*"))) if ".tmp." in p.name]
+
+
+async def test_a_short_stream_keeps_the_size_limit_and_leaves_nothing(tmp_path: Path) -> None:
+    backend = LocalBackend(base_path=str(tmp_path), fsync=False, chunk_size=1 << 20, max_object_size=10)
+
+    async def body(parts: list[bytes], fail: bool = False) -> Any:
+        for part in parts:
+            yield part
+        if fail:
+            raise ConnectionResetError("client went away")
+
+    with pytest.raises(QuotaExceededError):
+        await backend.put_object("s/big", body([b"x" * 6, b"y" * 6]))
+    with pytest.raises(ConnectionResetError):
+        await backend.put_object("s/cut", body([b"x" * 6], fail=True))
+    await backend.put_object("s/once", body([b"1"]), mode="create")
+    with pytest.raises(PreconditionFailedError):
+        await backend.put_object("s/once", body([b"2"]), mode="create")
+    assert await backend.get("s/once") == b"1"
+    assert not await backend.exists("s/big") and not await backend.exists("s/cut")
+    assert await asyncio.to_thread(lambda: [p.name for p in (tmp_path / "s").iterdir()]) == ["once"]

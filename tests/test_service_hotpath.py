@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 import hashlib
 import re
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import pytest
 from unistore import MemoryBackend
 from unistore.service import ServiceSettings, TokenAuthority, UnauthorizedError, _auth, _fast, create_app
 from unistore.service._fast import ObjectFastPath
-from unistore.service._ops import new_request_id
+from unistore.service._ops import InContext, RequestIdMiddleware, new_request_id
 from unistore.testing import running_server
 
 SECRET = b"hot-path-secret-0123456789abcdef"
@@ -196,3 +198,59 @@ def test_the_token_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_request_ids_are_unique_hex() -> None:
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("hotpath_seen", default="unset")
+
+
+async def test_each_request_runs_in_a_fresh_context_of_its_own() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(_SEEN.get())
+        _SEEN.set(scope["path"])
+        await asyncio.sleep(0)
+        seen.append(_SEEN.get())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        pass
+
+    middleware = RequestIdMiddleware(app)
+    _SEEN.set("caller")
+    for path in ("/a", "/b"):
+        await middleware({"type": "http", "method": "GET", "path": path, "headers": []}, None, send)
+    assert seen == ["unset", "/a", "unset", "/b"] and _SEEN.get() == "caller"
+
+
+async def test_in_context_returns_raises_and_passes_cancellation_on() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("x")
+
+    assert await InContext(answer(), contextvars.Context()) == 42
+    with pytest.raises(KeyError):
+        await InContext(fail(), contextvars.Context())
+    cleaned: list[bool] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(_SEEN.get() == "unset")
+
+    async def outer() -> None:
+        await InContext(slow(), contextvars.Context())
+
+    _SEEN.set("caller")
+    task = asyncio.create_task(outer())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True]

@@ -9,7 +9,6 @@ input is a 4xx, never a 5xx.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import itertools
 import logging
@@ -17,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Coroutine, Generator
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..layers import request_context
 from ._auth import UnauthorizedError
 
 __all__ = [
+    "InContext",
     "RequestIdFilter",
     "RequestIdMiddleware",
     "current_request_id",
@@ -148,7 +149,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await asyncio.create_task(self._serve(scope, receive, send), context=contextvars.Context())
+        await InContext(self._serve(scope, receive, send), contextvars.Context())
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
@@ -192,6 +193,33 @@ class RequestIdMiddleware:
                 self._children[method, status] = children
         children[0].inc()
         children[1].observe(elapsed)
+
+
+class InContext:
+    """Await ``coro`` with every step of it run in ``context``, in the awaiting task: what
+    ``await asyncio.create_task(coro, context=context)`` does, without a second task (its
+    creation, its scheduling and the wake-up of the awaiting task, on every request).
+    Cancelling the awaiting task cancels ``coro``."""
+
+    __slots__ = ("context", "coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+        self.coro, self.context = coro, context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, run = self.coro, self.context.run
+        send: Any = coro.send
+        arg: Any = None
+        while True:
+            try:
+                waited = run(send, arg)
+            except StopIteration as done:
+                return done.value
+            try:
+                arg = yield waited
+                send = coro.send
+            except BaseException as exc:  # thrown into the awaiting task (a cancellation): pass it on
+                arg, send = exc, coro.throw
 
 
 _ACCESS = "%s %s %d %.1fms"

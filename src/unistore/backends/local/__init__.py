@@ -493,22 +493,37 @@ class LocalBackend(BaseBackend):
         if isinstance(body, _BYTES_LIKE):
             data = bytes(body) if not isinstance(body, bytes) else body
             self._check_size(key, len(data))
-            return _written_info(key, meta, await self._run("put", key, self._put_bytes_sync, key, data, meta, mode))
+            written = await self._run("put", key, self._put_chunks_sync, key, [data], len(data), meta, mode)
+            return _written_info(key, meta, written)
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
             return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
+        # A stream that ends within one chunk (a request body, mostly) is written and committed
+        # in one worker-thread call, like bytes; a longer one gets a temp file at its first chunk.
+        chunk_size = self.settings.chunk_size
+        chunks = iter_body(body, chunk_size)
+        size = 0
+        buf: list[bytes] = []
+        async for chunk in chunks:
+            size += len(chunk)
+            self._check_size(key, size)
+            buf.append(chunk)
+            if size >= chunk_size:
+                break
+        else:
+            written = await self._run("put", key, self._put_chunks_sync, key, buf, size, meta, mode)
+            return _written_info(key, meta, written)
         temp: Temp = await self._run("put", key, self._create_temp, key)
         committed = False
         try:
-            size = 0
-            buf: list[bytes] = []
-            buffered = 0
-            async for chunk in iter_body(body, self.settings.chunk_size):
+            await self._run("put", key, write_all, temp.fd, buf)
+            buf, buffered = [], 0
+            async for chunk in chunks:
                 size += len(chunk)
                 self._check_size(key, size)
                 buf.append(chunk)
                 buffered += len(chunk)
-                if buffered >= self.settings.chunk_size:
+                if buffered >= chunk_size:
                     await self._run("put", key, write_all, temp.fd, buf)
                     buf, buffered = [], 0
             if buf:
@@ -626,11 +641,14 @@ class LocalBackend(BaseBackend):
                 raise
         raise StorageError("could not create a temp file", key=key, backend=self.name)
 
-    def _put_bytes_sync(self, key: str, data: bytes, meta: dict[str, Any], mode: WriteMode) -> _Written:
+    def _put_chunks_sync(
+        self, key: str, chunks: list[bytes], size: int, meta: dict[str, Any], mode: WriteMode
+    ) -> _Written:
+        """Write ``chunks`` (``size`` bytes in all) to a new temp file and commit it, in one call."""
         temp = self._create_temp(key)
         try:
-            write_all(temp.fd, [data])
-            return self._commit(key, temp, len(data), meta, mode)
+            write_all(temp.fd, chunks)
+            return self._commit(key, temp, size, meta, mode)
         except BaseException:
             temp.discard()
             raise
