@@ -577,19 +577,17 @@ class _Run:
                 content_disposition=info.content_disposition,
             )
         opened = session
-        record = asyncio.Lock()
-        saved = 0.0
+        checkpoint = _Checkpoint(self.dst, state_key)
 
         async def save(force: bool = False) -> None:
-            nonlocal saved
-            async with record:
-                if not force and time.monotonic() - saved < 1.0:
-                    return
-                saved = time.monotonic()
-                done = {n: [p.size, p.etag, d] for n, (p, d) in sorted(parts.items())}
-                doc = {**ident, "token": opened.token, "parts": done}
-                with reserved_keys():
-                    await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+            await checkpoint.save(
+                lambda: {
+                    **ident,
+                    "token": opened.token,
+                    "parts": {n: [p.size, p.etag, d] for n, (p, d) in sorted(parts.items())},
+                },
+                force,
+            )
 
         async def adopt(part: PartInfo) -> None:
             """Keep a part the server holds but the record missed, if the source bytes match it."""
@@ -722,19 +720,17 @@ class _Run:
             headers = dst._write_headers(key, info.content_type, meta, info.cache_control, info.content_disposition)[0]
             session = UploadSession(key, await _create(dst, key, headers, "none"), "none")
         opened = session
-        record = asyncio.Lock()
-        saved = 0.0
+        checkpoint = _Checkpoint(self.dst, state_key)
 
         async def save(force: bool = False) -> None:
-            nonlocal saved
-            async with record:
-                if not force and time.monotonic() - saved < 1.0:
-                    return
-                saved = time.monotonic()
-                done = {n: [p.size, p.etag] for n, p in sorted(parts.items())}
-                doc = {**ident, "upload_id": opened.upload_id, "parts": done}
-                with reserved_keys():
-                    await self.dst.put_object(state_key, json.dumps(doc).encode(), content_type="application/json")
+            await checkpoint.save(
+                lambda: {
+                    **ident,
+                    "upload_id": opened.upload_id,
+                    "parts": {n: [p.size, p.etag] for n, p in sorted(parts.items())},
+                },
+                force,
+            )
 
         async def send(number: int) -> None:
             start = (number - 1) * step
@@ -812,6 +808,24 @@ class _Run:
         else:
             self.report.skipped += 1
             self._count("skipped")
+
+
+class _Checkpoint:
+    """The record of one large copy's finished parts, kept in the destination, written at most once a second."""
+
+    def __init__(self, dst: StorageBackend, key: str) -> None:
+        self._dst, self._key = dst, key
+        self._lock = asyncio.Lock()
+        self._saved = 0.0
+
+    async def save(self, doc: Callable[[], dict[str, Any]], force: bool = False) -> None:
+        """Write ``doc()`` unless it was written less than a second ago (``force``: write anyway)."""
+        async with self._lock:
+            if not force and time.monotonic() - self._saved < 1.0:
+                return
+            self._saved = time.monotonic()
+            with reserved_keys():
+                await self._dst.put_object(self._key, json.dumps(doc()).encode(), content_type="application/json")
 
 
 class _Listing:
