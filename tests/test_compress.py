@@ -199,6 +199,36 @@ async def test_small_zstd_bodies_read_whole_and_in_ranges() -> None:
         assert await store.get("s") == data
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+async def test_zstd_streams_on_one_or_more_threads(threads: int) -> None:
+    """zstd's own multithreading writes the same format: one frame that any zstd reader inflates."""
+    store = Compress(MemoryBackend(), encoding="zstd", threads=threads, metrics=False)
+    assert store.threads == threads
+    data = text(24 << 20)
+    await store.put_object("z", chunks(data, 1 << 20))
+    stored = await store.inner.get("z")
+    assert len(stored) < len(data) // 2
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == data
+    assert await store.get("z") == data
+
+
+async def test_zstd_threads_must_not_be_negative() -> None:
+    with pytest.raises(ConfigurationError):
+        Compress(MemoryBackend(), encoding="zstd", threads=-1)
+
+
+async def test_small_zstd_bodies_share_a_compressor_per_level() -> None:
+    """Small bodies are compressed on a reused compressor: each one is still its own whole frame."""
+    fast = Compress(MemoryBackend(), encoding="zstd", level=1, metrics=False)
+    strong = Compress(MemoryBackend(), encoding="zstd", level=19, metrics=False)
+    data = text(8192)
+    for store in (fast, strong, fast):
+        await store.put_object("s", data)
+        body = await store.inner.get("s")
+        assert zstandard.ZstdDecompressor().decompress(body) == data
+    assert len(await strong.inner.get("s")) <= len(await fast.inner.get("s"))
+
+
 async def test_streamed_64_mib_at_bounded_memory(tmp_path: Path) -> None:
     store = Compress(LocalBackend(base_path=str(tmp_path), fsync=False), level=1, metrics=False)
     block = text(1 << 20)

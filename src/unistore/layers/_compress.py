@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import mimetypes
+import os
 import tempfile
 import threading
 import weakref
@@ -142,8 +144,10 @@ def _zstd() -> Any:
     return zstandard
 
 
+@functools.cache
 def _zstd_module() -> Any:
-    """PEP 784's ``compression.zstd`` (Python 3.14), else its ``backports.zstd``."""
+    """PEP 784's ``compression.zstd`` (Python 3.14), else its ``backports.zstd``; looked up once (a
+    failed import searches ``sys.path`` again on every call)."""
     try:
         from compression import zstd  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -167,6 +171,23 @@ _SMALL_ZSTD = 256 * 1024
 decompressor costs about 50 us (its context), more than inflating 4 KiB."""
 
 _shared = threading.local()
+
+
+def _default_threads() -> int:
+    """zstd threads for streamed bodies by default: 2 where there are 2 cores or more."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def _zstd_compressor(level: int) -> Any:
+    """A one-shot zstd compressor at ``level`` (with checksum), reused per thread: building one
+    costs more than compressing a few KiB."""
+    cache: dict[int, Any] | None = getattr(_shared, "compressors", None)
+    if cache is None:
+        cache = _shared.compressors = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = _zstd().ZstdCompressor(level=level, write_checksum=True)
+    return c
 
 
 def _inflate_small_zstd(body: bytes, size: int) -> bytes:
@@ -268,7 +289,9 @@ class Compress(Layer):
     ``Content-Encoding``, so ``sign_url`` refuses compressed objects (uncompressed ones get the
     store's URL) unless a ``signer`` is given: a :class:`~unistore.UrlSigner` whose ``base_url`` is
     the ``/files`` route of an app serving this layer (``add_storage(..., serve_files=True)``, or
-    the unistore service), which then signs every download URL. ``metrics`` is a Prometheus
+    the unistore service), which then signs every download URL. ``threads`` is how many threads
+    zstd compresses a streamed body on (zstd's own multithreading, same format; default 2 on a
+    machine with 2 or more cores, 0 = on one thread); bodies given as bytes use one thread. ``metrics`` is a Prometheus
     registry, ``True`` (the global one), ``None`` (the global one if prometheus_client is
     installed) or ``False``.
     """
@@ -285,9 +308,13 @@ class Compress(Layer):
         min_size: int = 256,
         metrics: Any = None,
         signer: UrlSigner | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__(inner)
         self.signer = signer
+        if threads is not None and threads < 0:
+            raise ConfigurationError("threads must be >= 0")
+        self.threads = _default_threads() if threads is None else threads
         if encoding not in ("gzip", "zstd"):
             raise ConfigurationError(f"encoding must be 'gzip' or 'zstd', not {encoding!r}")
         if not 0 <= min_savings < 1 or min_size < 0:
@@ -312,7 +339,7 @@ class Compress(Layer):
         if self.encoding == "gzip":
             c = _zlib.compressobj(self.level, zlib.DEFLATED, 31)
             return bytes(c.compress(data) + c.flush())
-        return bytes(_zstd().ZstdCompressor(level=self.level, write_checksum=True).compress(data))
+        return bytes(_zstd_compressor(self.level).compress(data))
 
     async def _compress_off_loop(self, data: bytes) -> bytes:
         if len(data) >= _IN_THREAD:
@@ -322,7 +349,7 @@ class Compress(Layer):
     def _compressor(self) -> Any:
         if self.encoding == "gzip":
             return _zlib.compressobj(self.level, zlib.DEFLATED, 31)
-        return _zstd().ZstdCompressor(level=self.level, write_checksum=True).compressobj()
+        return _zstd().ZstdCompressor(level=self.level, write_checksum=True, threads=self.threads).compressobj()
 
     def _count(self, outcome: str, saved: int = 0) -> None:
         if self._metrics is not None:
