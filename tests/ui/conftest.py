@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,24 +16,64 @@ from unistore.service import ServiceSettings, create_app
 from unistore.testing import running_server
 
 
+class _Playwright:
+    """Playwright's sync API and its event loop, which it leaves set as the thread's running loop.
+
+    Left set, every ``asyncio.run`` later on this thread (pytest-asyncio's tests sharing the
+    xdist worker) fails with "cannot be called from a running event loop": the loop is set only
+    while a browser test (or a fixture of one) runs, and taken off the thread otherwise."""
+
+    def __init__(self, api: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.api, self.loop = api, loop
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self.loop)
+        try:
+            yield self.api
+        finally:
+            asyncio.events._set_running_loop(previous)
+
+
 @pytest.fixture(scope="session")
-def playwright_sync() -> Iterator[Any]:
+def playwright_sync() -> Iterator[_Playwright]:
     if not os.path.exists(CHROMIUM):
         pytest.fail("Debian chromium is not installed: `make test-tools` installs it (run as root)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        yield p
+    manager = sync_playwright()
+    api = manager.__enter__()
+    handle = _Playwright(api, asyncio.events._get_running_loop())
+    asyncio.events._set_running_loop(None)
+    try:
+        yield handle
+    finally:
+        with handle.active():
+            manager.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _playwright_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Playwright's loop on the thread for the browser tests only (see :class:`_Playwright`)."""
+    if "playwright_sync" not in request.fixturenames:
+        yield
+        return
+    handle: _Playwright = request.getfixturevalue("playwright_sync")
+    with handle.active():
+        yield
 
 
 @pytest.fixture(scope="session")
-def browser(playwright_sync: Any) -> Iterator[Any]:
+def browser(playwright_sync: _Playwright) -> Iterator[Any]:
     """One headless Chromium for the session (each test opens its own context)."""
-    b = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=30_000)
+    with playwright_sync.active() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=30_000)
     try:
         yield b
     finally:
-        b.close()
+        with playwright_sync.active():
+            b.close()
 
 
 @pytest.fixture

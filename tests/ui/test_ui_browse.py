@@ -764,3 +764,16 @@ def test_screenshots_at_desktop_and_phone_width(
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str((DOCS_IMG if WRITE_DOCS_IMG else tmp_path) / "web-ui.png"))
     assert page_errors == []
+
+
+def test_the_browser_leaves_no_running_loop_on_the_thread(request: pytest.FixtureRequest) -> None:
+    """Async tests that share this worker after the browser started still get to run their own loop."""
+    browser = request.getfixturevalue("browser")
+    assert browser.is_connected()
+    assert asyncio.events._get_running_loop() is None
+
+    async def ping() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    assert asyncio.run(ping()) == "ok"
