@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The storage service over HTTP, side by side with nginx and Starlette (issue: service benchmarks).
+"""The storage service over HTTP, side by side with nginx, Starlette and rclone.
 
 Servers, each one process with one worker, pinned to CPU 0 (the load generator runs on CPU 1):
 
@@ -11,7 +11,12 @@ Servers, each one process with one worker, pinned to CPU 0 (the load generator r
 * ``unistore``: ``python -m unistore.service`` over a local directory, auth off (``--no-auth``),
   ``STORAGE_FSYNC=false`` (nginx and Starlette do not fsync either);
 * ``unistore-auth``: the same with bearer tokens (auth on), to show what auth costs;
-* ``unistore-fsync``: PUT only, the default ``STORAGE_FSYNC=true`` (durable writes).
+* ``unistore-fsync``: PUT only, the default ``STORAGE_FSYNC=true`` (durable writes);
+* ``rclone-http`` / ``rclone-webdav``: ``rclone serve http`` (GET) and ``rclone serve webdav`` (GET
+  and PUT) of the directory, what a user picks for HTTP access to files on a disk (rclone 1.60 has
+  no ``serve s3``), with ``GOMAXPROCS=1`` so the Go code runs on one thread: req/s per core;
+* ``unistore-2w``: 4 KiB GET only, ``unistore serve --workers 2``, auth off, in a second phase of
+  every round with nothing pinned (the workers and the client share both cores).
 
 All serve the same files (written once through ``LocalBackend``); uvicorn runs with the same
 settings for Starlette and unistore (``access_log=False``, loop and HTTP parser ``auto``: uvloop
@@ -26,7 +31,7 @@ before each transfer). Around every measurement the servers' RSS is sampled
 Rounds are interleaved (a new seeded server order for every pass); cells are medians, ratios medians of
 per-round ratios.
 
-    make bench BENCH_SUITES=service                      # full: 3 rounds, 10 s wrk runs, 1 GiB
+    make bench BENCH_SUITES=service                      # full: 3 rounds, 10 s wrk runs, 1 GiB x 2 (~14 min)
     make bench BENCH_SUITES=service BENCH_ARGS=--quick   # 1 round, 3 s, 256 MiB
     .venv/bin/python bench/service.py --markdown bench/SERVICE_RESULTS.md --json bench/service-results.json
 
@@ -34,8 +39,11 @@ per-round ratios.
 nothing is pinned then, as the workers need every core. ``--baseline REV`` adds the service from an
 older tree, auth off and (with ``unistore-auth``) auth on, as before/after rows.
 
-Targets: large GET >= 0.5x nginx; small GET >= 1.0x Starlette StaticFiles; the service's
-memory flat under load (peak RSS growth < 64 MiB in every workload, 1 GiB objects included).
+Targets: large GET >= 0.5x nginx (and stays >= 0.7x); small GET >= 1.0x Starlette StaticFiles;
+4 KiB GET and PUT req/s per core >= 0.5x rclone (serve http, serve webdav); server CPU with auth on,
+one worker, <= 170 µs per 4 KiB GET and <= 350 µs per 4 KiB PUT; 4 KiB GET with 2 workers >= 1.7x
+one worker; the service's memory flat under load (peak RSS growth < 64 MiB in every workload, 1 GiB
+objects included).
 """
 
 from __future__ import annotations
@@ -85,8 +93,16 @@ LABELS = {
     "unistore": "unistore service, auth off",
     "unistore-auth": "unistore service, auth on (bearer token)",
     "unistore-fsync": "unistore service, auth off, fsync on (the default)",
+    "rclone-http": "rclone serve http (GOMAXPROCS=1)",
+    "rclone-webdav": "rclone serve webdav (GOMAXPROCS=1)",
+    "unistore-2w": "unistore service, auth off, 2 workers (`--workers 2`), unpinned",
 }
-OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync", "unistore-base", "unistore-auth-base")
+OUR_SERVERS = ("unistore", "unistore-auth", "unistore-fsync", "unistore-base", "unistore-auth-base", "unistore-2w")
+RCLONE_REF = {"small-get": "rclone-http", "small-put": "rclone-webdav"}  # the peer of "x rclone"
+RCLONE_OPS = {"http": ("small-get", "large-get"), "webdav": WORKLOADS}
+SCALE_WORKERS = 2
+# Per-request CPU targets of the service with auth on, one worker (server CPU µs per 4 KiB request).
+CPU_TARGETS_US = {"small-get": 170.0, "small-put": 350.0}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -102,9 +118,9 @@ def free_port() -> int:
 PINNING = [True]  # off with --workers N > 1: the workers need every core
 
 
-def pin(cpu: str) -> list[str]:
+def pin(cpu: str, pinned: bool = True) -> list[str]:
     """``taskset -c CPU`` when the machine has two cores or more and taskset exists (and one worker each)."""
-    if PINNING[0] and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+    if pinned and PINNING[0] and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", cpu]
     return []
 
@@ -206,6 +222,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     ops: tuple[str, ...]
     headers: dict[str, str] = field(default_factory=dict)
+    pinned: bool = True  # False: server and client run on any core (the 2-worker phase)
 
     def pids(self) -> list[int]:
         """The serving processes (nginx: master and its worker)."""
@@ -214,7 +231,9 @@ class Server:
     def mem_pids(self) -> list[int]:
         """Processes whose memory counts: nginx's worker, else the server process itself."""
         kids = children(self.proc.pid)
-        return kids if self.name == "nginx" and kids else [self.proc.pid]
+        if self.name == "nginx" and kids:
+            return kids
+        return [self.proc.pid, *kids] if self.name == "unistore-2w" else [self.proc.pid]
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -280,9 +299,11 @@ class Fleet:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not answer {url} in 30 s; see {self.logs}/{name}.log")
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, pinned: bool = True
+    ) -> subprocess.Popen[bytes]:
         logf = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen(pin(SERVER_CPU) + cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(pin(SERVER_CPU, pinned) + cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
 
     def start_nginx(self) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -321,8 +342,31 @@ class Fleet:
         self.wait_ready("starlette", proc, base + "small/k0", {})
         self.servers["starlette"] = Server("starlette", base, proc, WORKLOADS)
 
+    def start_rclone(self, protocol: str) -> None:
+        """``rclone serve http|webdav`` over the data directory (a local path, no config file), one Go
+        thread running Go code (``GOMAXPROCS=1``), pinned like the others."""
+        rclone = shutil.which("rclone")
+        if not rclone:
+            raise SystemExit("rclone is not installed: run `make bench` (it installs nginx, wrk and rclone)")
+        name = f"rclone-{protocol}"
+        (self.root / "put" / name).mkdir(parents=True, exist_ok=True)  # rclone's PUT makes no directories
+        port = free_port()
+        env = {**os.environ, "GOMAXPROCS": "1"}
+        cmd = [rclone, "serve", protocol, str(self.root), "--addr", f"127.0.0.1:{port}", "--config", os.devnull]
+        proc = self.spawn(name, cmd, env)
+        base = f"http://127.0.0.1:{port}/"
+        self.wait_ready(name, proc, base + "small/k0", {})
+        self.servers[name] = Server(name, base, proc, RCLONE_OPS[protocol])
+
     def start_unistore(
-        self, name: str, *, auth: bool, fsync: bool, ops: tuple[str, ...], src: Path = REPO / "src"
+        self,
+        name: str,
+        *,
+        auth: bool,
+        fsync: bool,
+        ops: tuple[str, ...],
+        src: Path = REPO / "src",
+        workers: int | None = None,
     ) -> None:
         port = free_port()
         env = dict(os.environ)
@@ -343,12 +387,14 @@ class Fleet:
             token = TokenAuthority(secret.encode()).issue(["read", "write"], expires_in=24 * 3600, subject="bench")
             headers["Authorization"] = f"Bearer {token}"
         cmd = [sys.executable, "-m", "unistore.service", "--host", "127.0.0.1", "--port", str(port)]
-        if self.workers > 1:
-            cmd += ["--workers", str(self.workers)]
-        proc = self.spawn(name, cmd + ([] if auth else ["--no-auth"]), env)
+        count = workers or self.workers
+        if count > 1:
+            cmd += ["--workers", str(count)]
+        pinned = workers is None  # a server with its own worker count runs in the unpinned phase
+        proc = self.spawn(name, cmd + ([] if auth else ["--no-auth"]), env, pinned)
         base = f"http://127.0.0.1:{port}/v1/objects/"
         self.wait_ready(name, proc, base + "small/k0", headers)
-        self.servers[name] = Server(name, base, proc, ops, headers)
+        self.servers[name] = Server(name, base, proc, ops, headers, pinned)
 
     def stop(self) -> None:
         for s in self.servers.values():
@@ -458,6 +504,9 @@ class Bench:
             f.start_nginx()
         if wanted("starlette"):
             f.start_starlette()
+        for protocol in RCLONE_OPS:
+            if wanted(f"rclone-{protocol}"):
+                f.start_rclone(protocol)
         if wanted("unistore"):
             f.start_unistore("unistore", auth=False, fsync=False, ops=WORKLOADS)
         if self.a.baseline:
@@ -472,6 +521,8 @@ class Bench:
             f.start_unistore("unistore-auth-base", auth=True, fsync=False, ops=WORKLOADS, src=src)
         if wanted("unistore-fsync"):
             f.start_unistore("unistore-fsync", auth=False, fsync=True, ops=("small-put", "large-put"))
+        if wanted("unistore-2w") and self.a.workers == 1:
+            f.start_unistore("unistore-2w", auth=False, fsync=False, ops=("small-get",), workers=SCALE_WORKERS)
         log("servers: " + ", ".join(f"{n} pid {s.proc.pid} at {s.base}" for n, s in f.servers.items()))
 
     # ------------------------------------------------------------ one measurement
@@ -516,7 +567,7 @@ class Bench:
         script = self.work / f"wrk-{server.name}-{op}.lua"
         script.write_text(LUA.format(n=SMALL_KEYS, path=path, prefix=prefix, headers=hdrs, body=body, method=op))
         cmd = [
-            *pin(CLIENT_CPU),
+            *pin(CLIENT_CPU, server.pinned),
             self.wrk,
             "-t1",
             f"-c{CONNECTIONS}",
@@ -535,7 +586,7 @@ class Bench:
     def transfer(self, server: Server, op: str) -> dict[str, Any]:
         key = "large/obj" if op == "GET" else f"put/{server.name}/large"
         cmd = [
-            *pin(CLIENT_CPU),
+            *pin(CLIENT_CPU, server.pinned),
             sys.executable,
             str(Path(__file__).resolve()),
             "_client",
@@ -590,27 +641,25 @@ class Bench:
         try:
             self.start()
             self.warm_up()
-            names = list(self.fleet.servers)
+            # Two phases per round: the pinned servers (one core each, the client on the other),
+            # then the unpinned ones (the 2-worker service, which needs both cores with the client).
+            phases = [
+                [n for n, s in self.fleet.servers.items() if s.pinned],
+                [n for n, s in self.fleet.servers.items() if not s.pinned],
+            ]
             for rnd in range(self.a.rounds):
                 log(f"round {rnd + 1}/{self.a.rounds}")
-                for w in self.a.workloads:
-                    for rep in range(1 if w.startswith("small") else self.a.large_reps):
-                        # A new order every time (seeded): which server runs right after which
-                        # changes too (a rotation keeps the neighbours; after a 1 GiB write the
-                        # next writer paid for it).
-                        order = random.Random(f"{rnd}/{w}/{rep}").sample(names, len(names))
-                        for name in order:
-                            s = self.fleet.servers[name]
-                            if w not in s.ops:
-                                continue
-                            try:
-                                r = self.run_workload(w, s)
-                            except Exception as exc:  # one failed cell must not lose the run
-                                self.failures.append(f"round {rnd + 1} {w} {name}: {exc}")
-                                log("FAILED " + self.failures[-1])
-                                continue
-                            self.cells[w].setdefault(name, []).append(r)
-                            log(f"  {w:9s} {name:14s} {summary(w, r)}")
+                for phase, names in enumerate(phases):
+                    if names and phase:
+                        log("  unpinned phase")
+                    for w in self.a.workloads:
+                        for rep in range(1 if w.startswith("small") else self.a.large_reps):
+                            # A new order every time (seeded): which server runs right after which
+                            # changes too (a rotation keeps the neighbours; after a 1 GiB write the
+                            # next writer paid for it).
+                            order = random.Random(f"{rnd}/{w}/{rep}").sample(names, len(names))
+                            for name in order:
+                                self.cell(rnd, w, self.fleet.servers[name])
             for name, s in self.fleet.servers.items():
                 self.rss_run[name]["end_kib"] = MemWatch(s.mem_pids()).rss()
         finally:
@@ -626,6 +675,19 @@ class Bench:
             "notes": self.fleet.notes,
             "failures": self.failures,
         }
+
+    def cell(self, rnd: int, w: str, s: Server) -> None:
+        """Measure workload ``w`` on server ``s`` once (if it serves it); a failure is recorded, not raised."""
+        if w not in s.ops:
+            return
+        try:
+            r = self.run_workload(w, s)
+        except Exception as exc:  # one failed cell must not lose the run
+            self.failures.append(f"round {rnd + 1} {w} {s.name}: {exc}")
+            log("FAILED " + self.failures[-1])
+            return
+        self.cells[w].setdefault(s.name, []).append(r)
+        log(f"  {w:9s} {s.name:14s} {summary(w, r)}")
 
     def meta(self, started: float) -> dict[str, Any]:
         def version(cmd: list[str]) -> str:
@@ -653,6 +715,7 @@ class Bench:
             "kernel": platform.release(),
             "nginx": version([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
             "wrk": version([self.wrk, "-v"]),
+            "rclone": version([shutil.which("rclone") or "rclone", "version"]),
             "uvicorn": uvicorn.__version__,
             "starlette": starlette.__version__,
             "loop": "uvloop" if have("uvloop") else "asyncio",
@@ -706,6 +769,16 @@ def ratios(cells: dict[str, list[dict[str, Any]]], name: str, ref: str, metric: 
     return [x[metric] / y[metric] for x, y in zip(a, b, strict=False) if y[metric]]
 
 
+def per_request_us(rows: list[dict[str, Any]], metric: str) -> list[float]:
+    """CPU µs per request of every round (``metric``: ``server_cpu_s`` or ``client_cpu_s``)."""
+    return [r[metric] / max(r["requests"], 1) * 1e6 for r in rows]
+
+
+def client_cores(rows: list[dict[str, Any]]) -> list[float]:
+    """Cores the client (wrk, or the streaming client) used during each round's measurement."""
+    return [r["client_cpu_s"] / r["wall_s"] for r in rows]
+
+
 def growth_mib(rows: list[dict[str, Any]]) -> float:
     return max((r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in rows) if rows else float("nan")
 
@@ -723,9 +796,12 @@ def render(R: dict[str, Any]) -> str:
         "",
         f"Run {m['started']}, {m['minutes']:.1f} min (of which {m['waited_s']:.0f} s waiting for a quiet machine); "
         f"{m['cpus']} CPUs, Python {m['python']}, kernel {m['kernel']}; {m['nginx']}, {m['wrk']}, "
-        f"uvicorn {m['uvicorn']} ({m['loop']}, {m['http']}), Starlette {m['starlette']}; unistore tree {m['tree']}.",
+        f"uvicorn {m['uvicorn']} ({m['loop']}, {m['http']}), Starlette {m['starlette']}, "
+        f"{m.get('rclone', 'rclone ?')}; unistore tree {m['tree']}.",
         "",
-        f"Every server: one process, {workers(m)}{', pinned to CPU 0 (clients on CPU 1)' if m['pinned'] else ''}. "
+        f"Every server: one process, {workers(m)}{', pinned to CPU 0 (clients on CPU 1)' if m['pinned'] else ''}; "
+        "rclone (`serve http` and `serve webdav` of the local directory: this rclone has no `serve s3`) with "
+        "`GOMAXPROCS=1`, so its Go code runs on one thread and, pinned like the rest, req/s is per core. "
         f"{m['rounds']} interleaved round(s) ({m['large_reps']} large transfers per server and round; "
         "a new seeded server order for every pass); "
         f"cells are `median (min{DASH}max)`, ratios medians of per-round ratios. "
@@ -734,9 +810,18 @@ def render(R: dict[str, Any]) -> str:
         "`socket.sendfile`), GET from the page cache (file read just before), PUT verified on disk. "
         "RSS growth = peak RSS during the workload (VmHWM) minus RSS before it, worst round. "
         "'other' = cores busy in processes other than the server and the client during a measurement "
-        "(interrupt time left out), the worst round: above ~0.1 that round was disturbed.",
+        "(interrupt time left out), the worst round: above ~0.1 that round was disturbed. "
+        "x rclone: against `rclone serve http` for GET, `rclone serve webdav` for PUT.",
         "",
     ]
+    if any("unistore-2w" in c for c in cells.values()):
+        out += [
+            f"The 2-worker service (`unistore serve --workers {SCALE_WORKERS}`, auth off) runs in a second phase of "
+            "every round with nothing pinned: its workers and the client (wrk) share both cores, so the client's "
+            "CPU (column 'client CPU') is taken from the workers. Its ratio is against the one-worker pinned "
+            "service of the same round.",
+            "",
+        ]
     base_rows = [labels[n] for n in ("unistore-base", "unistore-auth-base") if any(n in c for c in cells.values())]
     if base_rows:
         out += [
@@ -759,18 +844,21 @@ def render(R: dict[str, Any]) -> str:
         out += [
             f"#### {title}, {m['connections']} connections",
             "",
-            "| server | req/s | x StaticFiles | x nginx | p99 ms | p50 ms | server CPU µs/req "
-            "| RSS growth MiB | errors | other, worst (cores) |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| server | req/s | x StaticFiles | x nginx | x rclone | p99 ms | p50 ms | server CPU µs/req "
+            "| client CPU µs/req (cores) | RSS growth MiB | errors | other, worst (cores) |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
+        rclone = RCLONE_REF[w]
         for name, rs in sorted(rows.items(), key=lambda kv: rank(kv[0])):
             errors = sum(r["non2xx"] + r["socket_errors"] for r in rs)
             out.append(
                 f"| {labels.get(name, name)} | {span([r['rps'] for r in rs], ',.0f')} "
                 f"| {span(ratios(rows, name, 'starlette', 'rps'), '.2f', 'x')} "
                 f"| {span(ratios(rows, name, 'nginx', 'rps'), '.2f', 'x')} "
+                f"| {span(ratios(rows, name, rclone, 'rps'), '.2f', 'x')} "
                 f"| {span([r['p99_ms'] for r in rs], '.2f')} | {span([r['p50_ms'] for r in rs], '.2f')} "
-                f"| {med([r['server_cpu_s'] / max(r['requests'], 1) * 1e6 for r in rs]):.0f} "
+                f"| {med(per_request_us(rs, 'server_cpu_s')):.0f} "
+                f"| {med(per_request_us(rs, 'client_cpu_s')):.0f} ({med(client_cores(rs)):.2f}) "
                 f"| {growth_mib(rs):.1f} | {errors} | {max(r['other_cores'] for r in rs):.2f} |"
             )
         out.append("")
@@ -819,8 +907,44 @@ def target_rows(R: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             return "n/a", "n/a"
         return span(values, ".2f", "x"), "PASS" if med(values) >= need else "MISS"
 
-    v, res = verdict(ratios(cells.get("large-get", {}), "unistore", "nginx", "mib_s"), 0.5)
+    large_get = ratios(cells.get("large-get", {}), "unistore", "nginx", "mib_s")
+    v, res = verdict(large_get, 0.5)
     rows.append(("large GET MiB/s: unistore / nginx", v, ">= 0.5x", res))
+    v, res = verdict(large_get, 0.7)
+    rows.append(("large GET MiB/s: unistore / nginx, stays at", v, ">= 0.7x", res))
+    for w, title in (("small-get", "GET"), ("small-put", "PUT")):
+        peer = RCLONE_REF[w]
+        v, res = verdict(ratios(cells.get(w, {}), "unistore", peer, "rps"), 0.5)
+        rows.append((f"4 KiB {title} req/s per core: unistore / `{peer.replace('-', ' serve ')}`", v, ">= 0.5x", res))
+    v, _ = verdict(ratios(cells.get("small-get", {}), "unistore", "rclone-webdav", "rps"), 0.5)
+    rows.append(("(for information) 4 KiB GET: unistore / `rclone serve webdav`", v, "", ""))
+    for w, title in (("small-get", "GET"), ("small-put", "PUT")):
+        rs = cells.get(w, {}).get("unistore-auth", [])
+        need = CPU_TARGETS_US[w]
+        us = per_request_us(rs, "server_cpu_s")
+        rows.append(
+            (
+                f"server CPU per 4 KiB {title}, auth on, one worker",
+                span(us, ".0f", " µs") if us else "n/a",
+                f"<= {need:.0f} µs",
+                ("PASS" if med(us) <= need else "MISS") if us else "n/a",
+            )
+        )
+    scale = ratios(cells.get("small-get", {}), "unistore-2w", "unistore", "rps")
+    v, res = verdict(scale, 1.7)
+    rows.append((f"4 KiB GET req/s: {SCALE_WORKERS} workers (unpinned) / 1 worker (pinned)", v, ">= 1.7x", res))
+    two = cells.get("small-get", {}).get("unistore-2w", [])
+    if two:
+        cores = med(client_cores(two))
+        us = med(per_request_us(two, "client_cpu_s"))
+        rows.append(
+            (
+                f"(for information) the client's cost in the {SCALE_WORKERS}-worker phase: wrk CPU",
+                f"{cores:.2f} cores ({us:.0f} µs/req)",
+                "",
+                "",
+            )
+        )
     v, res = verdict(ratios(cells.get("small-get", {}), "unistore", "starlette", "rps"), 1.0)
     rows.append(("4 KiB GET req/s (64 conns): unistore / Starlette StaticFiles", v, ">= 1.0x", res))
     v, _ = verdict(ratios(cells.get("small-get", {}), "unistore-auth", "starlette", "rps"), 1.0)
@@ -931,14 +1055,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--large-reps",
         type=int,
-        default=3,
+        default=2,
         help="large transfers per server and round (loopback throughput is noisy on a VM)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument(
         "--servers",
         default="",
-        help="comma list of servers to run (default all: nginx,starlette,unistore,unistore-auth,unistore-fsync)",
+        help="comma list of servers to run (default all: nginx,starlette,rclone-http,rclone-webdav,unistore,"
+        "unistore-auth,unistore-fsync,unistore-2w)",
     )
     ap.add_argument(
         "--baseline",
@@ -957,7 +1082,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render the tables of a --json file")
     ap.add_argument("--quiet-threshold", type=float, default=None, help="default 0.25 cores (0 with --quick)")
     ap.add_argument("--quiet-timeout", type=float, default=60)
-    ap.add_argument("--quiet-budget", type=float, default=600)
+    ap.add_argument("--quiet-budget", type=float, default=90, help="seconds the whole run may wait for a quiet machine")
     a = ap.parse_args(argv)
     if a.quick:
         a.rounds, a.seconds, a.warmup, a.large_mib, a.large_reps = 1, 3.0, 1.0, min(a.large_mib, 256), 1
