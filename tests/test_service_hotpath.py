@@ -8,6 +8,7 @@ import contextvars
 import hashlib
 import re
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -254,3 +255,45 @@ async def test_in_context_returns_raises_and_passes_cancellation_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == [True]
+
+
+def test_a_put_answers_the_bytes_json_response_would() -> None:
+    """The PUT's ``CreatedResponse`` sends what ``JSONResponse(info, 201, headers={"ETag": ...})`` sent."""
+    from datetime import datetime
+
+    from starlette.responses import JSONResponse
+
+    from unistore import ObjectInfo
+    from unistore.service._objects import CreatedResponse, info_json
+
+    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    info = ObjectInfo(
+        key="a/ü b.txt", size=3, etag="0123abcd", content_type="text/plain", last_modified=when, metadata={"o": "Jü"}
+    )
+    old = JSONResponse(info_json(info), status_code=201, headers={"ETag": f'"{info.etag}"'})
+    new = CreatedResponse(info)
+    assert (new.status_code, new.body, new.raw_headers, new.background) == (201, old.body, old.raw_headers, None)
+    assert isinstance(new, JSONResponse) and new.headers["etag"] == '"0123abcd"'
+
+
+async def test_a_put_without_an_idempotency_key_works_out_no_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idempotency scope (a JSON of the token's subject and prefix) is only made for a request with a key."""
+    from unistore.service import _objects
+
+    scopes: list[str] = []
+    real = _objects.idempotency_scope
+
+    def counted(grant: Any, *, authenticated: bool) -> str:
+        scopes.append(real(grant, authenticated=authenticated))
+        return scopes[-1]
+
+    monkeypatch.setattr(_objects, "idempotency_scope", counted)
+    app = create_app(MemoryBackend(), settings=ServiceSettings(secret=SECRET))
+    auth = {"authorization": f"Bearer {SCOPED}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.put("/v1/objects/mine/a", content=b"x", headers=auth)).status_code == 201
+        assert scopes == []
+        first = await c.put("/v1/objects/mine/b", content=b"y", headers={**auth, "idempotency-key": "op-1"})
+        again = await c.put("/v1/objects/mine/b", content=b"y", headers={**auth, "idempotency-key": "op-1"})
+        assert first.status_code == again.status_code == 201 and first.json() == again.json()
+    assert scopes == ['token:["scoped", "mine/"]'] * 2
