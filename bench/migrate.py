@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quick:
         a.reps, a.small_n, a.large_n, a.large_mib = 1, 300, 2, 64
     return a
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 class CountingProxy:
@@ -229,6 +237,25 @@ class Bench(Harness):
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
 
+    def server_cpu(self) -> float:
+        """CPU seconds (user + system) the SeaweedFS process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.s3.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def vacuum(self) -> None:
+        """Have the master reclaim the space of deleted objects (``weed mini`` keeps it until
+        its periodic vacuum, and the large cases would leave GiBs behind)."""
+        try:
+            args = Path(f"/proc/{self.s3.pid}/cmdline").read_bytes().decode().split("\0")
+            port = next(a.split("=", 1)[1] for a in args if a.startswith("-master.port="))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/vol/vacuum?garbageThreshold=0.01", timeout=120):
+                pass
+        except (OSError, StopIteration, ValueError) as exc:
+            log(f"  vacuum failed: {exc}")
+
     def endpoints(self, tool: str, case: str, prefix: str, endpoint: str | None = None) -> tuple[str, str]:
         data, where = case.split("-")
         if where == "local":
@@ -244,15 +271,21 @@ class Bench(Harness):
         src, dst = self.endpoints(tool, case, prefix)
         cmd = self.command(tool, src, dst, f"{case}-{tool}-{rep}")
         load = self.wait_quiet()
+        server, client = self.server_cpu(), children_cpu()
         r = run_measured(cmd, self.env, self.a.timeout)
         r.update(case=case, tool=tool, rep=rep, load=load)
+        r.update(server_cpu=self.server_cpu() - server, client_cpu=children_cpu() - client)
         if r["rc"] == 0:
             got = self.s3_count(DST_BUCKET, prefix)
             if got != self.size[data]:
                 r["rc"], r["stderr"] = -100, f"destination holds {got}, expected {self.size[data]}"
         self.s3_delete(DST_BUCKET, prefix)
+        self.vacuum()
         mark = "" if r["rc"] == 0 else f"  FAILED rc={r['rc']}: {r['stderr'].strip()[-300:]}"
-        log(f"  {case:12} {tool:8} rep {rep}: {r['wall']:7.2f} s  peak RSS {r['rss'] / MiB:6.1f} MiB{mark}")
+        log(
+            f"  {case:12} {tool:8} rep {rep}: {r['wall']:7.2f} s  peak RSS {r['rss'] / MiB:6.1f} MiB  "
+            f"CPU server {r['server_cpu']:5.2f} s client {r['client_cpu']:5.2f} s{mark}"
+        )
         return r
 
     def resume(self, case: str) -> dict[str, Any]:
@@ -442,6 +475,24 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         verdict = "?" if ratio is None else ("PASS" if ratio <= 0.8 else "MISS")
         rs = f"{ratio:.2f}x" if ratio is not None else "-"
         lines.append(f"| {case} | " + " | ".join(cells) + f" | {rs} | <= 0.8x | {verdict} |")
+    cpu_cases = [c for c in cases if any("server_cpu" in r for r in R["runs"] if r["case"] == c)]
+    if cpu_cases:
+        lines += [
+            "",
+            "## CPU per run (s, median): the server's (SeaweedFS, the whole `weed mini` process) and the client's",
+            "",
+            "| case | " + " | ".join(f"{t} server | {t} client" for t in tools) + " |",
+            "|---|" + "---:|---:|" * len(tools),
+        ]
+        for case in cpu_cases:
+            cells = []
+            for t in tools:
+                ok = [
+                    r for r in R["runs"] if r["case"] == case and r["tool"] == t and r["rc"] == 0 and "server_cpu" in r
+                ]
+                for k in ("server_cpu", "client_cpu"):
+                    cells.append(f"{statistics.median(r[k] for r in ok):.2f}" if ok else "-")
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Peak RSS of the client process tree (MiB, highest over repetitions)",

@@ -253,3 +253,36 @@ def test_a_killed_large_server_side_copy_resumes_with_the_parts_it_lacks(
             await dst.aclose()
 
     asyncio.run(rerun())
+
+
+async def test_a_rerun_judges_copies_with_the_source_etag_without_reading_them(
+    buckets: tuple[S3Backend, S3Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unistore import _migrate
+
+    src, dst = buckets
+    big = os.urandom(20 * MiB + 5)  # copied part by part: its etag is the server's own, not the source's
+    await src.put_object("big", big)
+    await src.put_object("mid", os.urandom(9 * MiB), metadata={"m": "1"})  # one CopyObject: the etag goes along
+    await src.put_object("page", b"<p>hi</p>", content_type="text/html")
+    await dst.put_object("page", b"<p>hi</p>", content_type="text/plain")  # same bytes, same MD5 etag
+    report = await migrate(src, dst)
+    assert (report.copied, sorted(d.key for d in report.differing)) == (2, ["page"])
+    read: list[str] = []
+    digest = _migrate._digest
+
+    async def counted(store: Any, key: str) -> Any:
+        read.append(key)
+        return await digest(store, key)
+
+    monkeypatch.setattr(_migrate, "_digest", counted)
+    again = await migrate(src, dst)
+    assert (again.copied, again.skipped) == (0, 2)
+    assert [(d.key, d.reason) for d in again.differing] == [("page", "content type 'text/plain' != 'text/html'")]
+    # only the part-by-part copy (another etag) is read, on both sides
+    assert sorted(read) == ["big", "big"]
+    # verify-only reads both sides of everything
+    read.clear()
+    checked = await migrate(src, dst, verify_only=True)
+    assert (checked.skipped, len(checked.differing)) == (2, 1)
+    assert sorted(read) == ["big", "big", "mid", "mid", "page", "page"]

@@ -455,6 +455,8 @@ class _Run:
             return
         if existing is None and await self._copy(key, size, listed):
             return
+        if existing is not None and listed is not None and await self._compare_etags(key, listed, existing):
+            return
         await self._compare(key)
 
     async def _copy(self, key: str, size: int = 0, listed: ObjectInfo | None = None) -> bool:
@@ -792,9 +794,30 @@ class _Run:
             if self.schema_version is not None:
                 meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
         there, got = await _digest(self.dst, key)
-        reasons = []
-        if got != want:
-            reasons.append("content differs (SHA-256)")
+        self._judge(key, info, meta, there, "content differs (SHA-256)" if got != want else None)
+
+    async def _compare_etags(self, key: str, listed: ObjectInfo, there: ObjectInfo) -> bool:
+        """Between two stores of one S3 server, a destination object with the source's ETag and
+        size holds the source's bytes (the check a copy made inside the server passes): judge it
+        by its metadata (a ``head`` on each side) without reading either body. ``False`` when
+        the ETags differ or this run does not write (``verify_only`` reads both sides)."""
+        if not self.writes or self.pair is None or self.upgrade is not None:
+            return False
+        if not listed.etag or listed.etag != there.etag or listed.size != there.size:
+            return False
+        info = await self.src.head(key)
+        existing = await self.dst.head(key)
+        if (info.etag, info.size) != (existing.etag, existing.size):  # either side changed meanwhile
+            return False
+        meta = dict(info.metadata)
+        if self.schema_version is not None:
+            meta[SCHEMA_VERSION] = str(_version(meta, self.schema_version))
+        self._judge(key, info, meta, existing, None)
+        return True
+
+    def _judge(self, key: str, info: ObjectInfo, meta: dict[str, str], there: ObjectInfo, content: str | None) -> None:
+        """Count ``key`` skipped, or differing for ``content`` (a reason) or any metadata that differs."""
+        reasons = [content] if content else []
         ignore = () if self.schema_version is not None else (SCHEMA_VERSION,)
         if _without(there.metadata, ignore) != _without(meta, ignore):
             reasons.append("metadata differs")
