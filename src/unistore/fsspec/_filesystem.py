@@ -47,8 +47,10 @@ _CHUNK = 1024 * 1024
 _RANGE_GAP = _CHUNK
 _RANGE_BLOCK = 8 * _CHUNK
 _RANGE_READS = 4
-#: ``get_file``: an object is read in pieces of this size, _GET_READS at once
+#: ``get_file``: an object is read in pieces of this size, _GET_READS at once; so is a single
+#: read of _SPLIT_AT bytes or more (``cat_file``, a large read of an open file)
 _GET_PIECE = 8 * _CHUNK
+_SPLIT_AT = 2 * _GET_PIECE
 #: an open file's read away from the last one fetches at least this much
 _MIN_FETCH = 64 * 1024
 _GET_READS = 4
@@ -337,11 +339,38 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         if isinstance(span, bytes):
             await self.backend.head(path)  # still raise for a missing file
             return span
+        if isinstance(span, ByteRange) and span.end is not None and span.end - span.start >= _SPLIT_AT:
+            return await self._cat_pieces(path, span.start, span.end)
         try:
             download = await self.backend.open(path, range=span)
         except InvalidRangeError:
             return b""  # start past the end reads nothing, as for a local file
         return await download.read()
+
+    async def _cat_pieces(self, path: str, a: int, b: int) -> bytes:
+        """Bytes ``[a, b)`` of ``path`` read as ``_GET_PIECE`` pieces, ``_GET_READS`` at once (one
+        stream is bound by the store's latency, several fill the link). Pieces of different versions
+        of the object (it was replaced meanwhile) are read again with one request."""
+        limit = asyncio.Semaphore(_GET_READS)
+
+        async def piece(lo: int) -> tuple[str | None, bytes]:
+            async with limit:
+                try:
+                    download = await self.backend.open(path, range=ByteRange(lo, min(lo + _GET_PIECE, b)))
+                except InvalidRangeError:  # past the end of the object
+                    return None, b""
+                if download.start != lo:  # not the range asked for: let the plain read sort it out
+                    await download.aclose()
+                    return "", b""
+                return download.info.etag, await download.read()
+
+        got = await asyncio.gather(*(piece(lo) for lo in range(a, b, _GET_PIECE)))
+        if len({etag for etag, _ in got if etag is not None}) > 1 or any(etag == "" for etag, _ in got):
+            try:
+                return await (await self.backend.open(path, range=ByteRange(a, b))).read()
+            except InvalidRangeError:
+                return b""
+        return b"".join(data for _, data in got)
 
     async def _cat_ranges(
         self,
