@@ -163,7 +163,8 @@ async def test_streamed_bodies_keep_the_connection_only_when_read_to_the_end(
             except asyncio.IncompleteReadError:
                 break
             if "/chunked" in head:
-                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n")
+                chunked = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             try:
