@@ -353,16 +353,16 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
         of the object (it was replaced meanwhile) are read again with one request."""
         limit = asyncio.Semaphore(_GET_READS)
 
-        async def piece(lo: int) -> tuple[str | None, bytes]:
+        async def piece(lo: int) -> tuple[str | None, list[bytes]]:
             async with limit:
                 try:
                     download = await self.backend.open(path, range=ByteRange(lo, min(lo + _GET_PIECE, b)))
                 except InvalidRangeError:  # past the end of the object
-                    return None, b""
-                if download.start != lo:  # not the range asked for: let the plain read sort it out
-                    await download.aclose()
-                    return "", b""
-                return download.info.etag, await download.read()
+                    return None, []
+                async with download:
+                    if download.start != lo:  # not the range asked for: let the plain read sort it out
+                        return "", []
+                    return download.info.etag, [chunk async for chunk in download]
 
         got = await asyncio.gather(*(piece(lo) for lo in range(a, b, _GET_PIECE)))
         if len({etag for etag, _ in got if etag is not None}) > 1 or any(etag == "" for etag, _ in got):
@@ -370,7 +370,7 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
                 return await (await self.backend.open(path, range=ByteRange(a, b))).read()
             except InvalidRangeError:
                 return b""
-        return b"".join(data for _, data in got)
+        return b"".join([chunk for _, chunks in got for chunk in chunks])  # the one copy
 
     async def _cat_ranges(
         self,

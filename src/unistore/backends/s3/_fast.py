@@ -20,16 +20,19 @@ disk) goes the same way on a plain-TCP connection: the kernel sends it with
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["FastPool", "FastResponse", "FastStream", "FileRange", "ShortFile", "StaleConnection"]
 
 _MAX_HEADER = 64 * 1024
+_HIGH_WATER = 2 * 1024 * 1024  # received body bytes a stream holds before it stops reading
 
 
 class StaleConnection(ConnectionError):
@@ -83,19 +86,52 @@ class FastStream:
         self._open = True  # holding a slot of the pool
 
     async def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
-        """The body in chunks of at most ``size`` bytes, as they arrive."""
-        reader, timeout = self._reader, self._pool._timeout
-        while self._open and (self._left is None or self._left > 0):
-            async with asyncio.timeout(timeout):
-                chunk = await reader.read(size if self._left is None else min(size, self._left))
-            if not chunk:
-                if self._left is None:
-                    break
-                raise ConnectionResetError(f"connection closed with {self._left} body bytes to come")
+        """The body in chunks of at most ``size`` bytes, as they arrive: each is one ``recv`` of the
+        socket, handed on without a copy (what the stream reader already held comes first)."""
+        conn, timeout = self._conn, self._pool._timeout
+        reader = self._reader
+        held: bytearray = reader._buffer  # type: ignore[attr-defined]  # body bytes read with the head
+        if held and self._open:
+            take = len(held) if self._left is None else min(len(held), self._left)
+            first = bytes(held[:take])
+            del held[:take]
             if self._left is not None:
-                self._left -= len(chunk)
-            yield chunk
-        self._left = 0
+                self._left -= take
+            for at in range(0, len(first), size):
+                yield first[at : at + size]
+        if conn is None or not (self._left is None or self._left > 0) or reader.at_eof():
+            if self._left:
+                raise ConnectionResetError(f"connection closed with {self._left} body bytes to come")
+            self._left = 0
+            self.release()
+            return
+        transport = cast(asyncio.Transport, conn.writer.transport)
+        stream_protocol = transport.get_protocol()
+        body = _Body(transport, self._left)
+        transport.set_protocol(body)
+        if reader._paused:  # type: ignore[attr-defined]  # the stream reader had paused the socket
+            reader._paused = False  # type: ignore[attr-defined]
+            transport.resume_reading()
+        try:
+            while True:
+                async with asyncio.timeout(timeout):
+                    chunk = await body.next()
+                if chunk is None:
+                    break
+                for at in range(0, len(chunk), size):
+                    yield chunk if len(chunk) <= size else chunk[at : at + size]
+        finally:
+            self._left = body.left
+            if body.left == 0 and not body.closed and not body.extra:
+                transport.set_protocol(stream_protocol)  # the next response's head goes to the stream reader
+                if body.paused:
+                    transport.resume_reading()
+            else:
+                self._keep = False
+        if self._left is None:
+            self._left = 0
+        if self._left:
+            raise ConnectionResetError(f"connection closed with {self._left} body bytes to come")
         self.release()
 
     async def read(self) -> bytes:
@@ -103,17 +139,9 @@ class FastStream:
         if not self._open:
             return b""
         try:
-            async with asyncio.timeout(self._pool._timeout):
-                if self._left is None:
-                    data = await self._reader.read()
-                else:
-                    data = await self._reader.readexactly(self._left)
-        except BaseException:
+            return b"".join([chunk async for chunk in self.iter_chunks(1 << 30)])
+        finally:
             self.release()
-            raise
-        self._left = 0
-        self.release()
-        return data
 
     def release(self) -> None:
         """Give the connection back (kept alive only after a complete body); safe to call twice."""
@@ -123,6 +151,65 @@ class FastStream:
         if self._open:
             self._open = False
             self._pool._slots.release()
+
+
+class _Body(asyncio.Protocol):
+    """The protocol of a connection while a response body streams in: the chunks the transport
+    receives are queued as they are (no copy), reading pauses while ``_HIGH_WATER`` bytes wait."""
+
+    def __init__(self, transport: asyncio.BaseTransport, left: int | None) -> None:
+        self.transport = transport
+        self.left = left  # body bytes not yet received; None: until the connection closes
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.paused = self.closed = self.extra = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.left is not None:
+            if len(data) > self.left:  # more than the response: the connection cannot be reused
+                self.extra = True
+                data = data[: self.left]
+            self.left -= len(data)
+        if data:
+            self.chunks.append(data)
+            self.queued += len(data)
+        if self.queued >= _HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> bytes | None:
+        """The next chunk, or None at the end of the body (or of the connection)."""
+        while not self.chunks:
+            if self.left == 0 or self.closed:
+                if self.error is not None and self.left:
+                    raise ConnectionResetError(f"connection lost: {self.error}")
+                return None
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+            self.waiter = None
+        chunk = self.chunks.popleft()
+        self.queued -= len(chunk)
+        if self.paused and self.queued < _HIGH_WATER // 2 and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+        return chunk
 
 
 class _Conn:
