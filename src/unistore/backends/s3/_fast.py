@@ -93,13 +93,13 @@ class FastStream:
         held: bytearray = reader._buffer  # type: ignore[attr-defined]  # body bytes read with the head
         if held and self._open:
             take = len(held) if self._left is None else min(len(held), self._left)
-            first = bytes(held[:take])
+            first = bytes(memoryview(held)[:take])
             del held[:take]
             if self._left is not None:
                 self._left -= take
             for at in range(0, len(first), size):
                 yield first[at : at + size]
-        if conn is None or not (self._left is None or self._left > 0) or reader.at_eof():
+        if conn is None or not (self._left is None or self._left > 0) or reader.at_eof() or conn.writer.is_closing():
             if self._left:
                 raise ConnectionResetError(f"connection closed with {self._left} body bytes to come")
             self._left = 0
