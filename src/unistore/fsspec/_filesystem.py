@@ -471,7 +471,7 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
                     continue  # a gap between spans
                 while k < len(spans) and spans[k][1] <= pos:
                     lo, hi, i = spans[k]
-                    out[i] = bytes(held[lo - held_at : hi - held_at])
+                    out[i] = bytes(memoryview(held)[lo - held_at : hi - held_at])  # one copy
                     k += 1
                 if k == len(spans):
                     break
@@ -480,7 +480,7 @@ class UnistoreFileSystem(AsyncFileSystem, metaclass=_Cached):  # type: ignore[mi
                     del held[:keep]  # done with everything before the next span
                     held_at += keep
         for lo, hi, i in spans[k:]:  # past the end of the object: what there is
-            out[i] = bytes(held[max(0, lo - held_at) : max(0, hi - held_at)])
+            out[i] = bytes(memoryview(held)[max(0, lo - held_at) : max(0, hi - held_at)])
 
     async def _get_file(self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any) -> None:
         """Download in pieces read concurrently and written in place (memory: a few pieces)."""
