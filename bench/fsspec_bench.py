@@ -45,7 +45,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "src"))
+sys.path.append(str(REPO / "src"))  # after PYTHONPATH: workers run the snapshot, not the live tree
 
 from _common import Harness, log, rotate, status_kib  # noqa: E402
 
