@@ -45,7 +45,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "src"))
+sys.path.append(str(REPO / "src"))  # after PYTHONPATH: workers run the snapshot, not the live tree
 
 from _common import Harness, log, rotate, status_kib  # noqa: E402
 
@@ -176,16 +176,16 @@ def worker(client: str, case: str, spec: dict[str, Any]) -> None:
             raise SystemExit(f"unknown case {case}")
 
     rss_before = status_kib("VmHWM") * 1024  # per process image (ru_maxrss would carry the parent's over exec)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if spec.get("profile") and client == "unistore":
         import cProfile
 
         cProfile.runctx("operation()", globals(), {"operation": operation}, spec["profile"])
     else:
         operation()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     rss = status_kib("VmHWM") * 1024
-    print(json.dumps({"wall": wall, "rss": rss, "rss_imports": rss_before, "checks": checks}), flush=True)
+    print(json.dumps({"wall": wall, "cpu": cpu, "rss": rss, "rss_imports": rss_before, "checks": checks}), flush=True)
     os._exit(0)  # no teardown in the measurement (some clients' finalizers run at exit)
 
 

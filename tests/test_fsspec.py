@@ -491,6 +491,46 @@ def test_open_reads_ahead_only_when_reading_on() -> None:
         assert f.read(10) == data[5 * MiB : 5 * MiB + 10] and f.cache.name == "readahead"
 
 
+def test_a_large_read_is_fetched_as_pieces_side_by_side() -> None:
+    store = _CountingMemory()
+    fs = UnistoreFileSystem(store)
+    data = os.urandom(40 * MiB)
+    fs.pipe_file("a", data)
+    store.reads.clear()
+    assert fs.cat_file("a", 1, 35 * MiB) == data[1 : 35 * MiB]
+    bounds = [(1 + i * 8 * MiB, min(1 + (i + 1) * 8 * MiB, 35 * MiB)) for i in range(5)]
+    assert sorted((r.start, r.end) for _, r in store.reads) == bounds
+    assert fs.cat_file("a", 30 * MiB, 70 * MiB) == data[30 * MiB :]  # past the end: what there is
+    assert fs.cat_file("a", 50 * MiB, 90 * MiB) == b""
+    with fs.open("a", block_size=MiB) as f:  # an open file's large read (pyarrow's coalesced reads)
+        store.reads.clear()
+        f.seek(MiB)
+        assert f.read(20 * MiB) == data[MiB : 21 * MiB] and len(store.reads) == 3
+
+
+class _ReplacedMidway(_CountingMemory):
+    """A memory store whose object is replaced just before its second 8 MiB piece is read."""
+
+    new = b""
+
+    async def open(self, key: str, **kwargs: Any) -> Any:
+        span = kwargs.get("range")
+        if self.new and span is not None and span.start == 8 * MiB:
+            new, self.new = self.new, b""
+            await self.put_object(key, new)
+        return await super().open(key, **kwargs)
+
+
+def test_pieces_of_two_versions_are_read_again_as_one() -> None:
+    store = _ReplacedMidway()
+    fs = UnistoreFileSystem(store)
+    fs.pipe_file("a", os.urandom(24 * MiB))
+    store.new = os.urandom(24 * MiB)
+    new = store.new
+    assert fs.cat_file("a", 0, 24 * MiB) == new  # never a mix of the two
+    assert store.reads[-1][1].end - store.reads[-1][1].start == 24 * MiB
+
+
 def test_get_file_reads_in_pieces(tmp_path: Path, s3fs: UnistoreFileSystem, pfx: str) -> None:
     from unistore.fsspec import _filesystem
 

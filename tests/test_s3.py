@@ -753,3 +753,48 @@ async def test_file_that_shrinks_while_sent_by_the_kernel_fails(seaweed: S3Serve
         assert await backend.uploads.list(pfx) == []
     finally:
         await backend.aclose()
+
+
+async def test_crc32_checksums_are_the_default_and_the_server_checks_them(
+    seaweed: S3Server, pfx: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every body and part carries x-amz-checksum-crc32 by default; a body that does not match it is
+    refused (single PUT, streamed parts, parts sent from a file). Sessions keep MD5 part checksums."""
+    import zlib
+
+    from unistore.backends.s3 import _multipart
+    from unistore.backends.s3._wire import checksum_header
+
+    backend = seaweed.backend(part_size=5 * MiB)
+    assert backend.settings.checksum == "crc32"
+    data = os.urandom(11 * MiB + 5)
+    value = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert checksum_header("crc32", [data[:7], memoryview(data)[7:]]) == ({"x-amz-checksum-crc32": value}, value)
+    path = tmp_path / "body.bin"
+    path.write_bytes(data)
+    try:
+        await backend.put_object(pfx + "stream", data)
+        await backend.put_object(pfx + "file", path)
+        await backend.put_object(pfx + "small", data[:1000])
+        for key, want in (("stream", data), ("file", data), ("small", data[:1000])):
+            assert await (await backend.open(pfx + key)).read() == want
+        session = await backend.uploads.start(pfx + "session")
+        assert session.checksum == "md5"
+        await backend.uploads.abort(session)
+
+        real = _multipart.checksum_header
+
+        def wrong(mode: str, chunks: Any) -> tuple[dict[str, str], str | None]:
+            headers, _ = real(mode, chunks)
+            return {name: "AAAAAA==" for name in headers}, "AAAAAA=="
+
+        monkeypatch.setattr(_multipart, "checksum_header", wrong)
+        for body in (data, path):
+            with pytest.raises(IntegrityError):
+                await backend.put_object(pfx + "refused", body)
+        monkeypatch.setattr("unistore.backends.s3.checksum_header", wrong)
+        with pytest.raises(IntegrityError):
+            await backend.put_object(pfx + "refused", data[:1000])
+        assert not await backend.exists(pfx + "refused")
+    finally:
+        await backend.aclose()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from unistore.backends.s3._fast import FastPool
+from unistore.testing._s3servers import S3Server
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -145,3 +146,94 @@ async def test_a_small_range_read_goes_through_the_pool_even_when_the_range_is_i
         assert "range: bytes=2-4" in heads[0] and "user-agent: python" not in heads[0]  # not aiohttp's
     finally:
         await store.aclose()
+
+
+async def test_streamed_bodies_keep_the_connection_only_when_read_to_the_end(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    connections = 0
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                head, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if "/chunked" in head:
+                chunked = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    for _ in range(3):  # read to the end: one connection serves them all
+        r = await pool.stream("GET", "/k", "h", {})
+        chunks = [c async for c in r.iter_chunks(64 * 1024)]
+        assert b"".join(chunks) == body and max(map(len, chunks)) <= 64 * 1024 and len(chunks) >= 16
+    r = await pool.stream("GET", "/k", "h", {})
+    assert await r.read() == body
+    assert connections == 1
+    r = await pool.stream("GET", "/k", "h", {})
+    async for _ in r.iter_chunks(1000):
+        break
+    r.release()  # abandoned half-way: the connection is closed, not reused
+    r.release()
+    r = await pool.stream("GET", "/chunked", "h", {})
+    assert (r.status, b"".join([c async for c in r.iter_chunks(3)])) == (200, b"Wikipedia")
+    assert connections == 2
+    for _ in range(5):  # every stream gave its slot back (the pool's limit is 4)
+        r = await pool.stream("GET", "/k", "h", {})
+        r.release()
+    pool.close()
+
+
+async def test_a_streamed_body_cut_short_is_an_error(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    r = await pool.stream("GET", "/x", "h", {})
+    with pytest.raises(ConnectionResetError):
+        async for _ in r.iter_chunks(1000):
+            pass
+    r.release()
+    pool.close()
+
+
+def test_s3_reads_do_not_load_aiohttp(seaweed: S3Server) -> None:
+    """Downloads stream through the lean pool: a process that only reads never imports aiohttp."""
+    import subprocess
+    import sys
+
+    code = f"""
+import asyncio, sys
+from unistore import ByteRange
+from unistore.backends.s3 import S3Backend
+
+async def main():
+    s = S3Backend(bucket="unistore-tests", endpoint={seaweed.endpoint!r}, access_key={seaweed.access_key!r},
+                  secret_key={seaweed.secret_key!r}, region={seaweed.region!r})
+    data = bytes(range(256)) * 12288  # 3 MiB
+    await s.put_object("fast/no-aiohttp", data[: 1 << 20])
+    assert "aiohttp" not in sys.modules
+    assert await (await s.open("fast/no-aiohttp")).read() == data[: 1 << 20]
+    assert await (await s.open("fast/no-aiohttp", range=ByteRange(10, None))).read() == data[10 : 1 << 20]
+    await s.aclose()
+    print("aiohttp" in sys.modules)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

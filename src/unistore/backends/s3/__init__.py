@@ -1,8 +1,8 @@
 """S3-compatible object storage: AWS S3, MinIO, SeaweedFS, Cloudflare R2, Backblaze B2, Wasabi, DO Spaces.
 
 The data path speaks the S3 REST protocol directly with SigV4 signing
-(``_wire``): small requests over a lean HTTP/1.1 keep-alive pool (``_fast``),
-streamed transfers over one pooled aiohttp session per event loop. Per request
+(``_wire``): requests and downloads over a lean HTTP/1.1 keep-alive pool (``_fast``),
+streamed uploads over one pooled aiohttp session per event loop. Per request
 that costs a fraction of botocore's CPU and less than obstore's (see
 ``docs/design.md``, "S3 backend", for the measurement). botocore is used only where it adds something: the standard AWS
 credential chain (profiles, SSO, IMDS, session tokens) and the raw client
@@ -25,7 +25,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..._base import BaseBackend, check_listing_args, iter_body, path_size, quote_etag, settings_from
 from ..._errors import (
@@ -55,6 +55,7 @@ from ..._types import (
 )
 from .._extras import require_extra
 from . import _auth
+from ._fast import FastStream
 from ._http import FAST_MAX, S3Connection
 from ._multipart import PartFailure, PartInfo
 from ._sessions import S3Uploads, UploadSession
@@ -71,10 +72,6 @@ from ._wire import (
     condition_headers as _condition_headers,
 )
 from ._xml import ENCODED, ListPage, parse_xml, usable_key, xml_result
-
-if TYPE_CHECKING:
-    import aiohttp
-
 
 __all__ = ["PartFailure", "PartInfo", "S3Backend", "S3Settings", "S3Uploads", "UploadSession"]
 
@@ -245,13 +242,11 @@ class S3Backend(BaseBackend):
         info = self._info(key, r.headers, size)
         return Download(info, data, start=start, end=start + len(data), range_requested=True)
 
-    async def _stream(self, resp: aiohttp.ClientResponse, key: str) -> AsyncIterator[bytes]:
-        import aiohttp
-
+    async def _stream(self, resp: FastStream, key: str) -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.content.iter_chunked(_SMALL_READ):
+            async for chunk in resp.iter_chunks(_SMALL_READ):
                 yield chunk
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             raise UnavailableError(
                 f"download interrupted: {type(exc).__name__}: {exc}", key=key, backend=self.name, operation="open"
             ) from exc

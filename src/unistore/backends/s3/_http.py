@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ..._errors import ConfigurationError, IntegrityError, StorageError, UnavailableError
 from ._auth import static_credentials
-from ._fast import FastPool, FileRange, ShortFile
+from ._fast import FastPool, FastStream, FileRange, ShortFile
 from ._settings import S3Settings
 from ._wire import Credentials, SigV4, error_from_response, uri_encode
 
@@ -149,8 +149,9 @@ class S3Connection:
     ) -> Any:
         """Sign and send one request; non-2xx and transport failures become unistore errors here.
 
-        Returns a :class:`_Response` with the whole body, or (``stream=True``) the open
-        aiohttp response, which the caller must release.
+        Returns a :class:`Response` with the whole body, or (``stream=True``) the open
+        response (a :class:`FastStream` for a request without a body, else aiohttp's), which the
+        caller must release.
         """
         headers = {} if headers is None else headers
         creds = self._static or await self.credentials()
@@ -162,6 +163,8 @@ class S3Connection:
             body is None or (isinstance(body, bytes | bytearray | memoryview) and len(body) <= FAST_MAX)
         ):
             return await self._send_small(method, target, headers, body, op, key, create)
+        if stream and body is None:
+            return await self._stream(method, target, headers, op, key)
         if isinstance(body, FileRange):
             pool = self._fast()
             if pool.can_sendfile and not stream:
@@ -262,6 +265,33 @@ class S3Connection:
                 create=create,
             )
         return Response(r.status, r.headers, r.body)
+
+    async def _stream(self, method: str, target: str, headers: dict[str, str], op: str, key: str | None) -> FastStream:
+        """A bodiless request (a download) through the lean pool, its body left to read."""
+        try:
+            r = await self._fast().stream(method, target, self.host, headers)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            raise UnavailableError(
+                f"request failed: {type(exc).__name__}: {exc}", key=key, backend=self.backend_name, operation=op
+            ) from exc
+        if r.status >= 300:
+            try:
+                data = await r.read()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                data = b""
+            finally:
+                r.release()
+            raise error_from_response(
+                r.status,
+                r.headers,
+                data,
+                key=key,
+                operation=op,
+                backend=self.backend_name,
+                bucket=self.settings.bucket,
+                create=False,
+            )
+        return r
 
     async def close(self) -> None:
         """Close the pooled sessions (new ones are made if the connection is used again).

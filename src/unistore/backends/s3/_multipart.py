@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..._errors import IntegrityError, InvalidArgumentError, StorageError
 from ..._types import ObjectInfo
 from ._fast import FileRange
-from ._wire import checksum_header, http_date, iso_date, xml_find
+from ._wire import CHECKSUM_ALGORITHMS, checksum_header, http_date, iso_date, xml_find
 from ._xml import parse_xml, xml_result
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ _SLICE = MiB
 
 @dataclass(frozen=True, slots=True)
 class PartInfo:
-    """One stored part: its number, size, etag and checksum (base64 SHA-256 or MD5, per ``checksum``)."""
+    """One stored part: its number, size, etag and checksum (base64 CRC-32, SHA-256 or MD5, per ``checksum``)."""
 
     number: int
     size: int
@@ -151,8 +151,8 @@ async def _upload_part(
 
 async def _create(backend: S3Backend, key: str, headers: Mapping[str, str], mode: str) -> str:
     h = dict(headers)
-    if mode == "sha256":
-        h["x-amz-checksum-algorithm"] = "SHA256"
+    if mode in CHECKSUM_ALGORITHMS:
+        h["x-amz-checksum-algorithm"] = CHECKSUM_ALGORITHMS[mode]
     r = await backend._send(
         "POST", backend._object_path(key), op="create_multipart", key=key, query={"uploads": ""}, headers=h
     )
@@ -169,8 +169,9 @@ async def _complete(
     mode: str,
 ) -> _Completed:
     items = []
+    tag = "Checksum" + CHECKSUM_ALGORITHMS.get(mode, "")
     for p in sorted(parts, key=lambda p: p.number):
-        extra = f"<ChecksumSHA256>{p.checksum}</ChecksumSHA256>" if mode == "sha256" and p.checksum else ""
+        extra = f"<{tag}>{p.checksum}</{tag}>" if mode in CHECKSUM_ALGORITHMS and p.checksum else ""
         items.append(f'<Part><PartNumber>{p.number}</PartNumber><ETag>"{p.etag}"</ETag>{extra}</Part>')
     xml = f"<CompleteMultipartUpload>{''.join(items)}</CompleteMultipartUpload>".encode()
     headers = {"content-type": "application/xml", **cond, **backend._read_headers}

@@ -63,10 +63,13 @@ class S3Uploads:
         cache_control: str | None = None,
         content_disposition: str | None = None,
     ) -> UploadSession:
-        """Open a session for ``key``; nothing is visible until :meth:`complete`."""
+        """Open a session for ``key``; nothing is visible until :meth:`complete`. Its parts carry the
+        backend's ``checksum`` (MD5 where that is ``crc32``: the checksums callers compute and compare)."""
         validate_key(key)
         headers, _, _ = self._b._write_headers(key, content_type, metadata, cache_control, content_disposition)
         mode = self._b.settings.checksum
+        if mode == "crc32":  # callers (browsers, the service) send and compare MD5 part checksums
+            mode = "md5"
         return UploadSession(key, await _create(self._b, key, headers, mode), mode)
 
     def resume(self, token: str) -> UploadSession:

@@ -45,9 +45,11 @@ class S3Settings:
     """``auto``: virtual-hosted on AWS for DNS-safe bucket names, path style on custom endpoints."""
     prefix: str = ""
     """Prepended to every key (``"app1/"`` keeps several apps in one bucket)."""
-    checksum: Literal["md5", "sha256", "none"] = "md5"
-    """Body checksum sent with every upload and part: ``md5`` (Content-MD5, accepted everywhere),
-    ``sha256`` (the newer x-amz-checksum-sha256, kept by the server per part), or ``none``."""
+    checksum: Literal["crc32", "md5", "sha256", "none"] = "crc32"
+    """Body checksum sent with every upload and part, verified by the server: ``crc32``
+    (x-amz-checksum-crc32, what AWS's SDKs send by default; a tenth of MD5's CPU), ``md5``
+    (Content-MD5, for servers that predate the x-amz-checksum headers), ``sha256``
+    (x-amz-checksum-sha256), or ``none``. Resumable upload sessions use MD5 under ``crc32``."""
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
@@ -94,8 +96,8 @@ class S3Settings:
             raise ConfigurationError("S3Backend needs a bucket: set STORAGE_S3_BUCKET (or bucket=...)")
         if self.addressing_style not in ("auto", "path", "virtual"):
             raise ConfigurationError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
-        if self.checksum not in ("md5", "sha256", "none"):
-            raise ConfigurationError(f"checksum must be md5, sha256 or none, not {self.checksum!r}")
+        if self.checksum not in ("crc32", "md5", "sha256", "none"):
+            raise ConfigurationError(f"checksum must be crc32, md5, sha256 or none, not {self.checksum!r}")
         if self.sse not in (None, "AES256", "aws:kms"):
             raise ConfigurationError(f"sse must be AES256 or aws:kms, not {self.sse!r}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
