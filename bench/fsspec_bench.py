@@ -110,8 +110,14 @@ def make_fs(client: str, spec: dict[str, Any]) -> tuple[Any, str]:
     if client == "unistore":
         from unistore.fsspec import UnistoreFileSystem
 
+        # SeaweedFS checks x-amz-checksum-crc32, as s3fs (botocore >= 1.36) sends by default; unistore
+        # sends it by default only to AWS and R2 (Content-MD5 elsewhere), so say so, as a user would
         fs = UnistoreFileSystem(
-            f"s3://{BUCKET}", endpoint=spec["endpoint"], access_key=spec["key"], secret_key=spec["secret"]
+            f"s3://{BUCKET}",
+            endpoint=spec["endpoint"],
+            access_key=spec["key"],
+            secret_key=spec["secret"],
+            checksum="crc32",
         )
         return fs, ""
     if client == "s3fs":

@@ -57,6 +57,7 @@ SAMPLES = {  # values the settings' checks accept, where a generic one would not
     "UNISTORE_METRICS_KEY_LABELS": "raw",
     "UNISTORE_REDIS_URL": "redis://127.0.0.1:1",
     "UNISTORE_MAX_LIST_LIMIT": "50",
+    "STORAGE_S3_CHECKSUM": "sha256",  # "auto" is crc32 on AWS, the first alternative
 }
 
 

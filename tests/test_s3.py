@@ -34,7 +34,7 @@ from unistore import (
     backend_from_url,
     easy_storage,
 )
-from unistore.backends.s3 import S3Backend
+from unistore.backends.s3 import S3Backend, S3Settings
 from unistore.backends.s3._wire import EMPTY_SHA256, Credentials, SigV4, decode_meta, encode_meta
 from unistore.testing import TRICKY_KEYS, free_port, running_server
 from unistore.testing._s3servers import S3Server
@@ -755,17 +755,35 @@ async def test_file_that_shrinks_while_sent_by_the_kernel_fails(seaweed: S3Serve
         await backend.aclose()
 
 
-async def test_crc32_checksums_are_the_default_and_the_server_checks_them(
+@pytest.mark.parametrize(
+    ("endpoint", "want"),
+    [
+        (None, "crc32"),
+        ("https://s3.eu-west-1.amazonaws.com", "crc32"),
+        ("https://acct.r2.cloudflarestorage.com", "crc32"),
+        ("https://s3.eu-central-003.backblazeb2.com", "md5"),
+        ("https://fra1.digitaloceanspaces.com", "md5"),
+        ("http://127.0.0.1:9000", "md5"),
+        ("https://notamazonaws.com", "md5"),
+    ],
+)
+def test_auto_checksum_is_crc32_only_where_the_server_is_known_to_check_it(endpoint: str | None, want: str) -> None:
+    """B2 and others answer 400 to x-amz-checksum-crc32: other endpoints keep Content-MD5 unless told."""
+    assert S3Settings(bucket="b", endpoint=endpoint).checksum == want
+    assert S3Settings(bucket="b", endpoint=endpoint, checksum="crc32").checksum == "crc32"
+
+
+async def test_crc32_checksums_are_sent_and_the_server_checks_them(
     seaweed: S3Server, pfx: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every body and part carries x-amz-checksum-crc32 by default; a body that does not match it is
-    refused (single PUT, streamed parts, parts sent from a file). Sessions keep MD5 part checksums."""
+    """With ``checksum="crc32"`` every body and part carries x-amz-checksum-crc32; a body that does
+    not match it is refused (single PUT, streamed parts, parts sent from a file). Sessions keep MD5."""
     import zlib
 
     from unistore.backends.s3 import _multipart
     from unistore.backends.s3._wire import checksum_header
 
-    backend = seaweed.backend(part_size=5 * MiB)
+    backend = seaweed.backend(part_size=5 * MiB, checksum="crc32")
     assert backend.settings.checksum == "crc32"
     data = os.urandom(11 * MiB + 5)
     value = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()

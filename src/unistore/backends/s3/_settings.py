@@ -45,11 +45,13 @@ class S3Settings:
     """``auto``: virtual-hosted on AWS for DNS-safe bucket names, path style on custom endpoints."""
     prefix: str = ""
     """Prepended to every key (``"app1/"`` keeps several apps in one bucket)."""
-    checksum: Literal["crc32", "md5", "sha256", "none"] = "crc32"
+    checksum: Literal["auto", "crc32", "md5", "sha256", "none"] = "auto"
     """Body checksum sent with every upload and part, verified by the server: ``crc32``
     (x-amz-checksum-crc32, what AWS's SDKs send by default; a tenth of MD5's CPU), ``md5``
-    (Content-MD5, for servers that predate the x-amz-checksum headers), ``sha256``
-    (x-amz-checksum-sha256), or ``none``. Resumable upload sessions use MD5 under ``crc32``."""
+    (Content-MD5, which every S3-compatible server checks), ``sha256`` (x-amz-checksum-sha256),
+    or ``none``. ``auto``: ``crc32`` on AWS and Cloudflare R2, ``md5`` on other endpoints (Backblaze
+    B2 and some others refuse the newer headers; MinIO, SeaweedFS and Ceph accept ``crc32``).
+    Resumable upload sessions use MD5 under ``crc32``."""
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
@@ -96,8 +98,10 @@ class S3Settings:
             raise ConfigurationError("S3Backend needs a bucket: set STORAGE_S3_BUCKET (or bucket=...)")
         if self.addressing_style not in ("auto", "path", "virtual"):
             raise ConfigurationError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
-        if self.checksum not in ("crc32", "md5", "sha256", "none"):
-            raise ConfigurationError(f"checksum must be crc32, md5, sha256 or none, not {self.checksum!r}")
+        if self.checksum not in ("auto", "crc32", "md5", "sha256", "none"):
+            raise ConfigurationError(f"checksum must be auto, crc32, md5, sha256 or none, not {self.checksum!r}")
+        if self.checksum == "auto":
+            object.__setattr__(self, "checksum", "crc32" if _verifies_crc32(self.endpoint) else "md5")
         if self.sse not in (None, "AES256", "aws:kms"):
             raise ConfigurationError(f"sse must be AES256 or aws:kms, not {self.sse!r}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
@@ -148,3 +152,14 @@ def check_s3_class(name: str) -> str:
     if name not in S3_STORAGE_CLASSES:
         raise InvalidArgumentError(f"S3 has no storage class {name!r}; one of {', '.join(sorted(S3_STORAGE_CLASSES))}")
     return name
+
+
+_CRC32_HOSTS: Final = ("amazonaws.com", "amazonaws.com.cn", "r2.cloudflarestorage.com")
+
+
+def _verifies_crc32(endpoint: str | None) -> bool:
+    """Whether the server at ``endpoint`` (None: AWS) is known to check x-amz-checksum-crc32."""
+    if endpoint is None:
+        return True
+    host = (urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in _CRC32_HOSTS)
