@@ -45,6 +45,7 @@ CHUNK = MiB
 RANGE = 64 * 1024
 SMALL = b"x" * 4096
 TARGETS = {"throughput": 0.8, "rss_mib": 64.0, "range": 2.0}
+S3_PART_MIB = 8
 S3_PARTS_IN_FLIGHT = 4
 """8 MiB parts, 4 in flight: an S3 upload then holds up to 32 MiB whatever the layer (the default 8 holds 64)."""
 
@@ -69,7 +70,8 @@ def _store(spec: dict[str, Any]) -> Any:
             secret_key=spec["secret_key"],
             region="us-east-1",
             prefix=f"bench-{spec['variant'].replace(' ', '-')}/",
-            max_concurrency=S3_PARTS_IN_FLIGHT,
+            part_size=spec.get("s3_part_mib", S3_PART_MIB) * MiB,
+            max_concurrency=spec.get("s3_parts", S3_PARTS_IN_FLIGHT),
             **options,
         )
     if spec["variant"].startswith("encrypt"):
@@ -102,6 +104,8 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             info = await store.put_object("large.bin", _source(size))
             t1 = time.perf_counter()
+            put_peak = status_kib("VmHWM")
+            reset_peak_rss()
             got = 0
             async with await store.open("large.bin") as dl:
                 async for chunk in dl:
@@ -109,7 +113,8 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             t2 = time.perf_counter()
             if info.size != size or got != size:
                 raise RuntimeError(f"sizes {info.size}, {got}, expected {size}")
-            peak = status_kib("VmHWM")
+            get_peak = status_kib("VmHWM")
+            peak = max(put_peak, get_peak)
             mid = size // 2 + 12_345
             times = []
             for _ in range(spec["range_reads"]):
@@ -125,6 +130,8 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "get_mib_s": size / MiB / (t2 - t1),
                 "peak_rss_mib": peak / 1024,
                 "rss_growth_mib": (peak - idle) / 1024,
+                "put_peak_rss_mib": put_peak / 1024,
+                "get_peak_rss_mib": get_peak / 1024,
                 "range_ms": statistics.median(times) * 1000,
             }
         else:
@@ -181,6 +188,8 @@ def main() -> None:
         default="",
         help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: the layer default, 1)",
     )
+    ap.add_argument("--s3-parts", default="", help="S3 part size in MiB and parts in flight, e.g. 8x4")
+    ap.add_argument("--variants", default="", help="only these variants, e.g. plain,encrypt")
     ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="write the raw results to this file")
@@ -210,9 +219,13 @@ def main() -> None:
             for rep in range(a.reps):
                 for store in stores:
                     variants = ["plain", *encrypts, *(["sse-c"] if store == "s3" else [])]
+                    variants = [v for v in variants if not a.variants or v in a.variants.split(",")]
                     for variant in rotate(variants, rep):
                         base: dict[str, Any] = {"store": store, "variant": variant, "kek": kek, "sse_c_key": sse_c_key}
                         base["threads"] = encrypts.get(variant)
+                        if a.s3_parts:
+                            part_mib, parts = a.s3_parts.split("x")
+                            base |= {"s3_part_mib": int(part_mib), "s3_parts": int(parts)}
                         if store == "local":
                             base["path"] = str(Path(work) / f"local-{variant.replace(' ', '-')}")
                         else:

@@ -73,7 +73,7 @@ def stream_part_size(number: int, part_size: int) -> int:
     return min(MAX_PART, part_size << ((number - 1) // GROWTH_STEP))
 
 
-_SLICE = MiB
+_SLICE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +221,9 @@ async def _exact_parts(
     target = part_size(number)
 
     async def source() -> AsyncIterator[bytes]:
-        for c in first:
-            yield c
+        first.reverse()
+        while first:  # popped, so the first part is freed once sent, not when the upload ends
+            yield first.pop()
         async for c in rest:
             yield c
 
