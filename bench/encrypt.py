@@ -101,10 +101,32 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             await store.get("warm")
             idle = status_kib("VmRSS")
             reset_peak_rss()
+            if os.environ.get("BENCH_TRACE"):
+                import tracemalloc
+
+                tracemalloc.start(8)
+                best: list[Any] = [0, None]
+
+                async def watch() -> None:
+                    while True:
+                        await asyncio.sleep(0.02)
+                        cur = tracemalloc.get_traced_memory()[0]
+                        if cur > best[0]:
+                            best[0], best[1] = cur, tracemalloc.take_snapshot()
+
+                watcher = asyncio.create_task(watch())
             t0 = time.perf_counter()
             info = await store.put_object("large.bin", _source(size))
             t1 = time.perf_counter()
             put_peak = status_kib("VmHWM")
+            if os.environ.get("BENCH_TRACE"):
+                import tracemalloc
+
+                print("traced peak MiB", tracemalloc.get_traced_memory()[1] / MiB, best[0] / MiB, file=sys.stderr)
+                watcher.cancel()
+                for stat in best[1].statistics("traceback")[:6]:
+                    print(stat.size / MiB, "\n".join(stat.traceback.format()[-8:]), file=sys.stderr)
+                tracemalloc.stop()
             reset_peak_rss()
             got = 0
             async with await store.open("large.bin") as dl:
@@ -163,6 +185,8 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=1800
     )
+    if os.environ.get("BENCH_TRACE"):
+        print(done.stderr[-6000:])
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -312,6 +312,7 @@ async def upload_stream(
         try:
             parts.append(await _upload_part(backend, key, upload_id, number, chunks, n, mode))
         finally:
+            chunks.clear()  # freed now, even if the HTTP client still holds its body (until a GC pass)
             slots.release()
 
     async def send_parts(tg: asyncio.TaskGroup) -> None:
