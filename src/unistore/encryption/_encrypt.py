@@ -299,12 +299,25 @@ class Encrypt(Layer):
                 "the stored plaintext size does not match the ciphertext", key=info.key, backend=self.name
             )
         found = _Envelope(dict(info.metadata), info.size, env, size, associated_data(key, info.metadata))
-        if remember and self.key_cache_size:
+        if remember:
+            self._remember(key, found)
+        return found
+
+    def _remember(self, key: str, found: _Envelope) -> None:
+        """Keep ``found`` as the envelope of ``key`` (the ``key_cache_size`` last ones are kept)."""
+        if self.key_cache_size:
             self._envelopes[key] = found
             self._envelopes.move_to_end(key)
             while len(self._envelopes) > self.key_cache_size:
                 self._envelopes.popitem(last=False)
-        return found
+
+    def _written_size(self, key: str, info: ObjectInfo, env: EncryptionInfo) -> int:
+        """The plaintext size of the ciphertext ``info`` just written; IntegrityError if the store
+        kept another size than the body's."""
+        size = self.layout.plaintext_size(info.size)
+        if env.plaintext_size is not None and env.plaintext_size != size:
+            raise IntegrityError("the stored plaintext size does not match the ciphertext", key=key, backend=self.name)
+        return size
 
     def _plain(self, info: ObjectInfo, remember: bool = True) -> EncryptedObjectInfo:
         """``info`` of the stored ciphertext as the caller sees it."""
@@ -386,7 +399,8 @@ class Encrypt(Layer):
             if self.digest:
                 stored[META_PLAINTEXT_SHA256] = hashlib.sha256(body).hexdigest()
         dek, header = os.urandom(KEY_SIZE), new_header()
-        cipher = SegmentCipher(dek, header, associated_data(key, stored), self.layout)
+        ad = associated_data(key, stored)
+        cipher = SegmentCipher(dek, header, ad, self.layout)
         wrapped = await self.keyring.wrap(dek, wrap_context(key))
         stored[META_KEY_ID] = wrapped.key_id
         stored[META_WRAPPED_KEY] = base64.b64encode(wrapped.blob).decode()
@@ -406,7 +420,7 @@ class Encrypt(Layer):
             sealed = cipher.encrypt_all(body)
         else:
             batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
-            sealed = flatten(read_ahead(batches))  # one hand-off per input chunk, its segments unjoined
+            sealed = flatten(read_ahead(batches, lean=True))  # one hand-off per input chunk, its segments unjoined
         try:
             info = await self.inner.put_object(
                 key,
@@ -421,6 +435,18 @@ class Encrypt(Layer):
             await close(sealed)  # a store that stopped reading (a refused write) leaves no reader behind
         if not info.metadata:
             info = dataclasses.replace(info, metadata=stored)
+        if info.metadata == stored:  # what was just written: no need to parse it back
+            size_text = stored.get(META_PLAINTEXT_SIZE)
+            env = EncryptionInfo(
+                ALGORITHM,
+                wrapped.key_id,
+                wrapped.blob,
+                self.layout.segment_size,
+                header,
+                None if size_text is None else int(size_text),
+                stored.get(META_PLAINTEXT_SHA256),
+            )
+            self._remember(key, _Envelope(stored, info.size, env, self._written_size(key, info, env), ad))
         return self._plain(info)
 
     async def open(
