@@ -5,14 +5,17 @@ Run: ``.venv/bin/python bench/encrypt.py [--quick] [--stores local,s3] [--reps N
 
 Per store (a local directory, fsync off; S3 on a SeaweedFS ``weed mini`` started here) and
 variant (plain, ``Encrypt`` with a local keyring, and on S3 server-side SSE-C), each in its own
-worker process so peak RSS is its own (S3 uploads keep 4 parts of 8 MiB in flight, for all variants):
+worker process so peak RSS is its own (S3 uploads keep 2 parts of 5 MiB in flight, for all variants;
+``--s3-parts 8x4`` for 4 of 8 MiB):
 
 - a streamed put and a streamed get of one ``--size`` object (1 GiB; 1 MiB source chunks,
   nothing held): MiB/s, and the worker's peak RSS (absolute, and over its idle RSS);
 - a 64 KiB range read from the middle of that object: median wall time of ``--range-reads``;
 - 4 KiB ``put_object`` and ``get``: CPU µs per operation (``time.process_time``), median of 3 runs.
 
-``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
+Peak RSS is also reported for the put and the get apart (``put_peak_rss_mib``, ``get_peak_rss_mib``
+in ``--json``); ``BENCH_TRACE=1`` prints the put's traced Python peak and its largest owners.
+``--variants plain,encrypt`` runs only those. ``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
 instead of one with the default (1); ``--skip-small`` skips the 4 KiB runs. The load
 average and busy cores are recorded before each large run. Variants alternate in a rotating order
 per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
@@ -45,9 +48,10 @@ CHUNK = MiB
 RANGE = 64 * 1024
 SMALL = b"x" * 4096
 TARGETS = {"throughput": 0.8, "rss_mib": 64.0, "range": 2.0}
-S3_PART_MIB = 8
-S3_PARTS_IN_FLIGHT = 4
-"""8 MiB parts, 4 in flight: an S3 upload then holds up to 32 MiB whatever the layer (the default 8 holds 64)."""
+S3_PART_MIB = 5
+S3_PARTS_IN_FLIGHT = 2
+"""5 MiB parts (S3's smallest), 2 in flight: an S3 upload then holds up to 10 MiB whatever the layer
+(the defaults, 8 MiB x 8, hold 64 MiB; ``--s3-parts 8x4`` is what runs before 2026-12-06 used)."""
 
 
 # --- the worker: one store, one variant ---------------------------------------------------------
