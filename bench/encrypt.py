@@ -18,8 +18,8 @@ in ``--json``); ``BENCH_TRACE=1`` prints the put's traced Python peak and its la
 ``--variants plain,encrypt`` runs only those. ``--threads 1,2`` runs one Encrypt variant per
 cipher thread count (``encrypt t1``, ``encrypt t2``) instead of one with the default (1);
 ``--skip-small`` skips the 4 KiB runs. The load average and busy cores are recorded before
-each large run. Variants alternate in a rotating order per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
-peak RSS < 64 MiB, range read < 2x unencrypted.
+each large run. Variants alternate in a rotating order per repetition; medians over ``--reps``.
+Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 
 from __future__ import annotations
