@@ -5,18 +5,21 @@ Run: ``.venv/bin/python bench/encrypt.py [--quick] [--stores local,s3] [--reps N
 
 Per store (a local directory, fsync off; S3 on a SeaweedFS ``weed mini`` started here) and
 variant (plain, ``Encrypt`` with a local keyring, and on S3 server-side SSE-C), each in its own
-worker process so peak RSS is its own (S3 uploads keep 4 parts of 8 MiB in flight, for all variants):
+worker process so peak RSS is its own (S3 uploads keep 2 parts of 5 MiB in flight, for all variants;
+``--s3-parts 8x4`` for 4 of 8 MiB):
 
 - a streamed put and a streamed get of one ``--size`` object (1 GiB; 1 MiB source chunks,
   nothing held): MiB/s, and the worker's peak RSS (absolute, and over its idle RSS);
 - a 64 KiB range read from the middle of that object: median wall time of ``--range-reads``;
 - 4 KiB ``put_object`` and ``get``: CPU µs per operation (``time.process_time``), median of 3 runs.
 
-``--threads 1,2`` runs one Encrypt variant per cipher thread count (``encrypt t1``, ``encrypt t2``)
-instead of one with the default (1); ``--skip-small`` skips the 4 KiB runs. The load
-average and busy cores are recorded before each large run. Variants alternate in a rotating order
-per repetition; medians over ``--reps``. Targets: Encrypt >= 0.8x the unencrypted throughput,
-peak RSS < 64 MiB, range read < 2x unencrypted.
+Peak RSS is also reported for the put and the get apart (``put_peak_rss_mib``, ``get_peak_rss_mib``
+in ``--json``); ``BENCH_TRACE=1`` prints the put's traced Python peak and its largest owners.
+``--variants plain,encrypt`` runs only those. ``--threads 1,2`` runs one Encrypt variant per
+cipher thread count (``encrypt t1``, ``encrypt t2``) instead of one with the default (1);
+``--skip-small`` skips the 4 KiB runs. The load average and busy cores are recorded before
+each large run. Variants alternate in a rotating order per repetition; medians over ``--reps``.
+Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ CHUNK = MiB
 RANGE = 64 * 1024
 SMALL = b"x" * 4096
 TARGETS = {"throughput": 0.8, "rss_mib": 64.0, "range": 2.0}
-S3_PARTS_IN_FLIGHT = 4
-"""8 MiB parts, 4 in flight: an S3 upload then holds up to 32 MiB whatever the layer (the default 8 holds 64)."""
+S3_PART_MIB = 5
+S3_PARTS_IN_FLIGHT = 2
+"""5 MiB parts (S3's smallest), 2 in flight: an S3 upload then holds up to 10 MiB whatever the layer
+(the defaults, 8 MiB x 8, hold 64 MiB; ``--s3-parts 8x4`` is what runs before 2026-12-06 used)."""
 
 
 # --- the worker: one store, one variant ---------------------------------------------------------
@@ -69,7 +74,8 @@ def _store(spec: dict[str, Any]) -> Any:
             secret_key=spec["secret_key"],
             region="us-east-1",
             prefix=f"bench-{spec['variant'].replace(' ', '-')}/",
-            max_concurrency=S3_PARTS_IN_FLIGHT,
+            part_size=spec.get("s3_part_mib", S3_PART_MIB) * MiB,
+            max_concurrency=spec.get("s3_parts", S3_PARTS_IN_FLIGHT),
             **options,
         )
     if spec["variant"].startswith("encrypt"):
@@ -99,9 +105,33 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             await store.get("warm")
             idle = status_kib("VmRSS")
             reset_peak_rss()
+            if os.environ.get("BENCH_TRACE"):
+                import tracemalloc
+
+                tracemalloc.start(8)
+                best: list[Any] = [0, None]
+
+                async def watch() -> None:
+                    while True:
+                        await asyncio.sleep(0.02)
+                        cur = tracemalloc.get_traced_memory()[0]
+                        if cur > best[0]:
+                            best[0], best[1] = cur, tracemalloc.take_snapshot()
+
+                watcher = asyncio.create_task(watch())
             t0 = time.perf_counter()
             info = await store.put_object("large.bin", _source(size))
             t1 = time.perf_counter()
+            put_peak = status_kib("VmHWM")
+            if os.environ.get("BENCH_TRACE"):
+                import tracemalloc
+
+                print("traced peak MiB", tracemalloc.get_traced_memory()[1] / MiB, best[0] / MiB, file=sys.stderr)
+                watcher.cancel()
+                for stat in best[1].statistics("traceback")[:6]:
+                    print(stat.size / MiB, "\n".join(stat.traceback.format()[-8:]), file=sys.stderr)
+                tracemalloc.stop()
+            reset_peak_rss()
             got = 0
             async with await store.open("large.bin") as dl:
                 async for chunk in dl:
@@ -109,7 +139,8 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             t2 = time.perf_counter()
             if info.size != size or got != size:
                 raise RuntimeError(f"sizes {info.size}, {got}, expected {size}")
-            peak = status_kib("VmHWM")
+            get_peak = status_kib("VmHWM")
+            peak = max(put_peak, get_peak)
             mid = size // 2 + 12_345
             times = []
             for _ in range(spec["range_reads"]):
@@ -125,6 +156,8 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "get_mib_s": size / MiB / (t2 - t1),
                 "peak_rss_mib": peak / 1024,
                 "rss_growth_mib": (peak - idle) / 1024,
+                "put_peak_rss_mib": put_peak / 1024,
+                "get_peak_rss_mib": get_peak / 1024,
                 "range_ms": statistics.median(times) * 1000,
             }
         else:
@@ -156,6 +189,8 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=1800
     )
+    if os.environ.get("BENCH_TRACE"):
+        print(done.stderr[-6000:])
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -181,6 +216,8 @@ def main() -> None:
         default="",
         help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: the layer default, 1)",
     )
+    ap.add_argument("--s3-parts", default="", help="S3 part size in MiB and parts in flight, e.g. 8x4")
+    ap.add_argument("--variants", default="", help="only these variants, e.g. plain,encrypt")
     ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="write the raw results to this file")
@@ -210,9 +247,13 @@ def main() -> None:
             for rep in range(a.reps):
                 for store in stores:
                     variants = ["plain", *encrypts, *(["sse-c"] if store == "s3" else [])]
+                    variants = [v for v in variants if not a.variants or v in a.variants.split(",")]
                     for variant in rotate(variants, rep):
                         base: dict[str, Any] = {"store": store, "variant": variant, "kek": kek, "sse_c_key": sse_c_key}
                         base["threads"] = encrypts.get(variant)
+                        if a.s3_parts:
+                            part_mib, parts = a.s3_parts.split("x")
+                            base |= {"s3_part_mib": int(part_mib), "s3_parts": int(parts)}
                         if store == "local":
                             base["path"] = str(Path(work) / f"local-{variant.replace(' ', '-')}")
                         else:

@@ -492,6 +492,48 @@ async def test_read_ahead_keeps_order_bounds_memory_raises_and_closes() -> None:
         [c async for c in read_ahead(source(fail_at=4))]
 
 
+async def test_lean_read_ahead_pulls_one_item_past_the_consumer() -> None:
+    from unistore.encryption._stream import read_ahead
+
+    pulled: list[int] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for i in range(10):
+            pulled.append(i)
+            yield bytes([i])
+
+    ahead = read_ahead(source(), lean=True)
+    got = [await anext(ahead)]
+    for _ in range(3):
+        await asyncio.sleep(0.01)  # the consumer waits (a store writing): the task may run ahead
+        assert len(pulled) == len(got) + 1  # the consumer's item and the next, never two ahead
+        got.append(await anext(ahead))
+    got += [c async for c in ahead]
+    assert got == [bytes([i]) for i in range(10)]
+
+
+async def test_a_put_reads_back_without_parsing_its_own_metadata(
+    keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unistore.encryption import EncryptionInfo
+
+    parsed: list[str] = []
+    original = EncryptionInfo.parse
+
+    def counting(cls: type[EncryptionInfo], metadata: Mapping[str, str], key: str, backend: str) -> EncryptionInfo:
+        parsed.append(key)
+        return original(metadata, key, backend)
+
+    monkeypatch.setattr(EncryptionInfo, "parse", classmethod(counting))
+    store = Encrypt(MemoryBackend(), keyring)
+    info = await store.put_object("p", b"payload", metadata={"a": "1"})
+    assert await store.get("p") == b"payload"
+    assert await store.head("p") == info
+    info.metadata["a"] = "changed by the caller"  # type: ignore[index]  # a copy: what is remembered stays
+    assert (await store.head("p")).metadata == {"a": "1"}
+    assert parsed == []
+
+
 async def test_configuration_and_metadata_budget_are_checked(keyring: LocalKeyring) -> None:
     for bad in ({"segment_size": 56}, {"segment_size": 2**31}, {"key_cache_size": -1}):
         with pytest.raises(ConfigurationError):

@@ -254,6 +254,33 @@ async def test_streamed_multipart_upload_and_download(seaweed: S3Server, pfx: st
         await backend.aclose()
 
 
+async def test_streamed_upload_holds_only_the_parts_in_flight(seaweed: S3Server, pfx: str) -> None:
+    """A streamed upload's memory is its parts in flight: the first part is freed once sent, and a
+    sent part is not kept alive by the HTTP client until a garbage collection."""
+    import gc
+    import tracemalloc
+
+    backend = seaweed.backend(part_size=5 * MiB, max_concurrency=2)
+    block = os.urandom(MiB)
+
+    async def source() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield bytes(memoryview(block))  # a fresh chunk each time, as a file read would allocate it
+
+    await backend.put_object(pfx + "warm.bin", _chunks(os.urandom(6 * MiB), MiB))  # imports, connections
+    gc.disable()  # what the client keeps must not be freed by a collection that happens to run
+    tracemalloc.start()
+    try:
+        info = await backend.put_object(pfx + "lean.bin", source())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+        await backend.aclose()
+    assert info.size == 40 * MiB
+    assert peak < 13 * MiB, f"{peak / MiB:.1f} MiB traced for 2 parts of 5 MiB in flight"
+
+
 @pytest.mark.parametrize("checksum", ["md5", "sha256", "none"])
 async def test_file_upload_reads_parts_from_their_ranges(
     seaweed: S3Server, pfx: str, tmp_path: Any, checksum: str

@@ -165,6 +165,9 @@ class _Envelope:
     env: EncryptionInfo
     plaintext_size: int
     associated_data: bytes
+    user: dict[str, str]
+    """The caller's metadata (without the encryption metadata); copied into every info handed out."""
+    layout: Layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,39 +296,64 @@ class Encrypt(Layer):
             self._envelopes.move_to_end(key)
             return hit
         env = EncryptionInfo.parse(info.metadata, info.key, self.name)
-        size = Layout(env.segment_size).plaintext_size(info.size)
+        layout = self.layout if env.segment_size == self.layout.segment_size else Layout(env.segment_size)
+        size = layout.plaintext_size(info.size)
         if env.plaintext_size is not None and env.plaintext_size != size:
             raise IntegrityError(
                 "the stored plaintext size does not match the ciphertext", key=info.key, backend=self.name
             )
-        found = _Envelope(dict(info.metadata), info.size, env, size, associated_data(key, info.metadata))
-        if remember and self.key_cache_size:
+        found = _Envelope(
+            dict(info.metadata),
+            info.size,
+            env,
+            size,
+            associated_data(key, info.metadata),
+            _user(info.metadata),
+            layout,
+        )
+        if remember:
+            self._remember(key, found)
+        return found
+
+    def _remember(self, key: str, found: _Envelope) -> None:
+        """Keep ``found`` as the envelope of ``key`` (the ``key_cache_size`` last ones are kept)."""
+        if self.key_cache_size:
             self._envelopes[key] = found
             self._envelopes.move_to_end(key)
             while len(self._envelopes) > self.key_cache_size:
                 self._envelopes.popitem(last=False)
-        return found
 
-    def _plain(self, info: ObjectInfo, remember: bool = True) -> EncryptedObjectInfo:
-        """``info`` of the stored ciphertext as the caller sees it."""
-        found = self._envelope(info.key, info, remember)
-        user = {name: value for name, value in info.metadata.items() if not name.startswith(RESERVED_PREFIX)}
+    def _written_size(self, key: str, info: ObjectInfo, env: EncryptionInfo) -> int:
+        """The plaintext size of the ciphertext ``info`` just written; IntegrityError if the store
+        kept another size than the body's."""
+        size = self.layout.plaintext_size(info.size)
+        if env.plaintext_size is not None and env.plaintext_size != size:
+            raise IntegrityError("the stored plaintext size does not match the ciphertext", key=key, backend=self.name)
+        return size
+
+    def _plain(self, info: ObjectInfo, remember: bool = True, found: _Envelope | None = None) -> EncryptedObjectInfo:
+        """``info`` of the stored ciphertext as the caller sees it (``found``: its envelope, if known)."""
+        if found is None:
+            found = self._envelope(info.key, info, remember)
         return EncryptedObjectInfo(
-            key=info.key,
-            size=found.plaintext_size,
-            etag=info.etag,
-            last_modified=info.last_modified,
-            content_type=info.content_type,
-            metadata=user,
-            cache_control=info.cache_control,
-            content_disposition=info.content_disposition,
-            encryption=found.env,
+            info.key,
+            found.plaintext_size,
+            info.etag,
+            info.last_modified,
+            info.content_type,
+            dict(found.user),
+            info.cache_control,
+            info.content_disposition,
+            None,
+            found.env,
         )
 
-    async def _cipher(self, key: str, stored: ObjectInfo) -> SegmentCipher:
-        """The segment cipher of one stored object: from the cache (same wrapped key, header and
-        associated data, within ``key_cache_ttl``), else unwrapped by the keyring."""
-        found = self._envelope(key, stored)
+    async def _cipher(self, key: str, stored: ObjectInfo, found: _Envelope | None = None) -> SegmentCipher:
+        """The segment cipher of one stored object (``found``: its envelope, if known): from the
+        cache (same wrapped key, header and associated data, within ``key_cache_ttl``), else
+        unwrapped by the keyring."""
+        if found is None:
+            found = self._envelope(key, stored)
         env, ad = found.env, found.associated_data
         slot = (env.key_id, env.wrapped_key, env.header, ad)
         now = self._clock()
@@ -335,7 +363,7 @@ class Encrypt(Layer):
             return hit[1]
         dek = await self.keyring.unwrap(WrappedKey(env.key_id, env.wrapped_key), wrap_context(key))
         try:
-            cipher = SegmentCipher(dek, env.header, ad, Layout(env.segment_size))
+            cipher = SegmentCipher(dek, env.header, ad, found.layout)
         except StorageError as exc:
             exc.key, exc.backend = key, self.name
             raise
@@ -386,7 +414,8 @@ class Encrypt(Layer):
             if self.digest:
                 stored[META_PLAINTEXT_SHA256] = hashlib.sha256(body).hexdigest()
         dek, header = os.urandom(KEY_SIZE), new_header()
-        cipher = SegmentCipher(dek, header, associated_data(key, stored), self.layout)
+        ad = associated_data(key, stored)
+        cipher = SegmentCipher(dek, header, ad, self.layout)
         wrapped = await self.keyring.wrap(dek, wrap_context(key))
         stored[META_KEY_ID] = wrapped.key_id
         stored[META_WRAPPED_KEY] = base64.b64encode(wrapped.blob).decode()
@@ -406,7 +435,7 @@ class Encrypt(Layer):
             sealed = cipher.encrypt_all(body)
         else:
             batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
-            sealed = flatten(read_ahead(batches))  # one hand-off per input chunk, its segments unjoined
+            sealed = flatten(read_ahead(batches, lean=True))  # one hand-off per input chunk, its segments unjoined
         try:
             info = await self.inner.put_object(
                 key,
@@ -421,6 +450,19 @@ class Encrypt(Layer):
             await close(sealed)  # a store that stopped reading (a refused write) leaves no reader behind
         if not info.metadata:
             info = dataclasses.replace(info, metadata=stored)
+        if info.metadata == stored:  # what was just written: no need to parse it back
+            size_text = stored.get(META_PLAINTEXT_SIZE)
+            env = EncryptionInfo(
+                ALGORITHM,
+                wrapped.key_id,
+                wrapped.blob,
+                self.layout.segment_size,
+                header,
+                None if size_text is None else int(size_text),
+                stored.get(META_PLAINTEXT_SHA256),
+            )
+            size = self._written_size(key, info, env)
+            self._remember(key, _Envelope(stored, info.size, env, size, ad, user, self.layout))
         return self._plain(info)
 
     async def open(
@@ -450,15 +492,15 @@ class Encrypt(Layer):
     async def _open_whole(self, key: str, if_match: str | None, if_none_match: str | None) -> Download:
         dl = await self.inner.open(key, if_match=if_match, if_none_match=if_none_match)
         try:
-            plain = self._plain(dl.info)
-            assert plain.encryption is not None
-            cipher = await self._cipher(key, dl.info)
+            found = self._envelope(key, dl.info)
+            plain = self._plain(dl.info, found=found)
+            cipher = await self._cipher(key, dl.info, found)
         except BaseException:
             await dl.aclose()
             raise
         whole = in_memory(dl)
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
-            last = Layout(plain.encryption.segment_size).segments(len(whole)) - 1
+            last = found.layout.segments(len(whole)) - 1
             return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
         segments = cipher.decrypt_stream(
             read_ahead(aiter(dl)), 0, None, skip_header=True, pool=self._workers(), threads=self.threads
@@ -485,15 +527,15 @@ class Encrypt(Layer):
                 f"range start {rng.start} is past the end ({size} bytes)", size=size, key=key, backend=self.name
             ) from None
         try:
-            plain = self._plain(dl.info)
-            assert plain.encryption is not None
-            if plain.encryption.segment_size != layout.segment_size:
+            found = self._envelope(key, dl.info)
+            if found.layout.segment_size != layout.segment_size:
                 await dl.aclose()
                 return None
+            plain = self._plain(dl.info, found=found)
             lo, hi = rng.resolve(plain.size)
             if dl.start != start or dl.end != (dl.info.size if end is None else min(end, dl.info.size)):
                 raise IntegrityError("the store served another span than asked", key=key, backend=self.name)
-            return await self._decrypting(key, dl, plain, lo, hi)
+            return await self._decrypting(key, dl, plain, lo, hi, found)
         except BaseException:
             await dl.aclose()
             raise
@@ -517,12 +559,16 @@ class Encrypt(Layer):
             await dl.aclose()
             raise
 
-    async def _decrypting(self, key: str, dl: Download, plain: EncryptedObjectInfo, lo: int, hi: int) -> Download:
-        """A Download of plaintext ``[lo, hi)`` from ``dl``, which starts at the segment holding ``lo``."""
-        assert plain.encryption is not None
-        layout = Layout(plain.encryption.segment_size)
+    async def _decrypting(
+        self, key: str, dl: Download, plain: EncryptedObjectInfo, lo: int, hi: int, found: _Envelope | None = None
+    ) -> Download:
+        """A Download of plaintext ``[lo, hi)`` from ``dl``, which starts at the segment holding ``lo``
+        (``found``: the envelope of ``dl.info``, if known)."""
+        if found is None:
+            found = self._envelope(key, dl.info)
+        layout = found.layout
         first = layout.segment_of(lo)
-        cipher = await self._cipher(key, dl.info)
+        cipher = await self._cipher(key, dl.info, found)
         last_index = layout.segments(dl.info.size) - 1
         span = in_memory(dl)
         if span is not None and hi - lo <= IN_MEMORY_LIMIT:  # the store already read it: no stream needed
@@ -601,6 +647,11 @@ class Encrypt(Layer):
         """The key as a relative URL: no URL of the store below may stand in for one of this layer
         (it would serve ciphertext), also when a layer above falls back to an unsigned URL."""
         return quote(key, safe="/")
+
+
+def _user(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The caller's part of stored ``metadata``."""
+    return {name: value for name, value in metadata.items() if not name.startswith(RESERVED_PREFIX)}
 
 
 def range_attempts() -> range:

@@ -228,9 +228,12 @@ class SegmentCipher:
                     pos, index = pos + size, index + 1
                 if pos < end:
                     pending += view[pos:]
-                for out in await self._pipeline(self.encrypt, jobs, inflight, pool, threads):
+                done = await self._pipeline(self.encrypt, jobs, inflight, pool, threads)
+                del chunk, view, jobs  # the input chunk is not held while its ciphertext waits
+                for out in done:
                     if out:
                         yield out
+                del done
             for out in await self._drain(inflight):
                 if out:
                     yield out
@@ -397,14 +400,16 @@ class _Raised:
 _END = object()
 
 
-async def read_ahead(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerator[_T, None]:
+async def read_ahead(source: AsyncIterator[_T], depth: int = 1, *, lean: bool = False) -> AsyncGenerator[_T, None]:
     """``source``'s items (chunks, or lists of them), pulled by a task that runs up to ``depth``
     items ahead of the consumer.
 
     The cipher then works on one chunk while the store reads or writes the next one in its
-    I/O thread (or on the network). At most ``depth + 2`` chunks are held; an error of
-    ``source`` is raised to the consumer, and closing this generator stops the task and closes
-    ``source``.
+    I/O thread (or on the network). At most ``depth + 2`` chunks are held; with ``lean`` the
+    task pulls the next item only once the consumer took the last one, so at most 2 are held
+    (the consumer's and the next), which suits a consumer that waits on I/O between items (a
+    store writing them). An error of ``source`` is raised to the consumer, and closing this
+    generator stops the task and closes ``source``.
     """
     queue: asyncio.Queue[object] = asyncio.Queue(depth)
 
@@ -412,6 +417,9 @@ async def read_ahead(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerato
         try:
             async for chunk in source:
                 await queue.put(chunk)
+                del chunk
+                if lean:
+                    await queue.join()
         except Exception as exc:  # handed to the consumer, who raises it
             await queue.put(_Raised(exc))
         else:
@@ -421,6 +429,7 @@ async def read_ahead(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerato
     try:
         while True:
             item = await queue.get()
+            queue.task_done()
             if item is _END:
                 return
             if isinstance(item, _Raised):

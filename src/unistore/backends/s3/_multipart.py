@@ -73,7 +73,7 @@ def stream_part_size(number: int, part_size: int) -> int:
     return min(MAX_PART, part_size << ((number - 1) // GROWTH_STEP))
 
 
-_SLICE = MiB
+_SLICE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +96,22 @@ class PartFailure:
     error: StorageError
 
 
-async def _body(chunks: Sequence[Any]) -> AsyncIterator[Any]:
-    """Feed a part to the socket in slices of at most 1 MiB, so the transport never
-    buffers a second copy of a whole part (aiohttp drains between writes)."""
-    for c in chunks:
+async def _body(chunks: list[Any]) -> AsyncIterator[Any]:
+    """Feed a part to the socket in slices of at most 256 KiB, so the transport never
+    buffers a second copy of a whole part (aiohttp drains between writes). Each chunk is
+    taken out of ``chunks`` as it is sent (a part is never resent: a failed one fails the
+    upload), so a part's memory is freed while it is sent, not when the server answers."""
+    chunks.reverse()
+    while chunks:
+        c = chunks.pop()
         if len(c) <= _SLICE:
             yield c
         else:
             view = memoryview(c)
             for i in range(0, len(view), _SLICE):
                 yield view[i : i + _SLICE]
+            view.release()
+        del c
 
 
 async def _put_part(
@@ -138,9 +144,9 @@ async def _put_part(
 
 
 async def _upload_part(
-    backend: S3Backend, key: str, upload_id: str, number: int, chunks: Sequence[bytes], size: int, mode: str
+    backend: S3Backend, key: str, upload_id: str, number: int, chunks: list[bytes], size: int, mode: str
 ) -> PartInfo:
-    """Send one part held in memory (hashed in a thread above 1 MiB)."""
+    """Send one part held in memory (hashed in a thread above 1 MiB); ``chunks`` is emptied as it is sent."""
     if size >= MiB:
         headers, checksum = await asyncio.to_thread(checksum_header, mode, chunks)
     else:
@@ -222,8 +228,9 @@ async def _exact_parts(
     target = part_size(number)
 
     async def source() -> AsyncIterator[bytes]:
-        for c in first:
-            yield c
+        first.reverse()
+        while first:  # popped, so the first part is freed once sent, not when the upload ends
+            yield first.pop()
         async for c in rest:
             yield c
 
@@ -312,6 +319,7 @@ async def upload_stream(
         try:
             parts.append(await _upload_part(backend, key, upload_id, number, chunks, n, mode))
         finally:
+            chunks.clear()  # freed now, even if the HTTP client still holds its body (until a GC pass)
             slots.release()
 
     async def send_parts(tg: asyncio.TaskGroup) -> None:
