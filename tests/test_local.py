@@ -28,6 +28,7 @@ import pytest
 
 from unistore import (
     AlreadyExistsError,
+    ByteRange,
     IfMatch,
     InvalidKeyError,
     LocalBackend,
@@ -793,3 +794,61 @@ async def test_unquoted_key_in_url_never_reveals_the_path(local: LocalBackend) -
     url = await local.get_url("dir/ünï code.txt")
     assert str(local.root) not in unquote(url)
     assert unquote(urlsplit(url).path).endswith("/dir/ünï code.txt")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_stream_reads_one_chunk_ahead_and_closes_its_file_however_it_ends(tmp_path: Path) -> None:
+    """The next chunk is read while the caller holds this one; a reader that stops early, or is
+    cancelled while a read is under way, still has its file closed once that read is over."""
+    backend = LocalBackend(base_path=tmp_path, fsync=False, chunk_size=65536)
+    data = os.urandom(5 * 65536 + 7)
+    await backend.put_object("big.bin", data)
+    before = _open_fds()
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(offset)
+        return real_pread(fd, n, offset)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "pread", counting_pread)
+        async with await backend.open("big.bin") as dl:
+            async for _ in dl:
+                for _ in range(100):  # the second chunk is being read while the caller holds the first
+                    if len(reads) == 2:
+                        break
+                    await asyncio.sleep(0.005)
+                assert reads == [0, 65536]
+                break
+    async with await backend.open("big.bin") as dl:
+        got = [bytes(c) async for c in dl]
+    assert b"".join(got) == data and [len(c) for c in got[:5]] == [65536] * 5
+    for stop_after in (1, 3):
+        async with await backend.open("big.bin") as dl:
+            n = 0
+            async for _ in dl:
+                n += 1
+                if n == stop_after:
+                    break
+    dl = await backend.open("big.bin")
+
+    async def read_all() -> bytes:
+        return b"".join([bytes(c) async for c in dl])
+
+    task = asyncio.create_task(read_all())
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await dl.aclose()
+    for _ in range(100):  # the read under way finishes in its thread, then the file is closed
+        if _open_fds() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert _open_fds() == before
+    async with await backend.open("big.bin", range=ByteRange(65530, 3 * 65536 + 2)) as dl:
+        assert await dl.read() == data[65530 : 3 * 65536 + 2]

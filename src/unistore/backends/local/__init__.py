@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -451,16 +452,34 @@ class LocalBackend(BaseBackend):
         )
 
     async def _stream(self, fd: int, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """The bytes ``[start, end)`` of ``fd`` in chunks; the next chunk is read in a worker thread
+        while the caller uses this one (a consumer that decrypts, hashes or sends overlaps the read)."""
+        pos, step = start, self.settings.chunk_size
+        ahead: asyncio.Future[bytes] | None = (
+            run_in_thread(os.pread, fd, min(step, end - pos), pos) if pos < end else None
+        )
         try:
-            pos, step = start, self.settings.chunk_size
-            while pos < end:
-                chunk = await self._run("read", key, os.pread, fd, min(step, end - pos), pos)
+            while ahead is not None:
+                try:
+                    chunk = await asyncio.shield(ahead)  # a cancelled caller leaves the read to finish
+                except (StorageError, OSError) as exc:
+                    ahead = None
+                    mapped = self._translate(exc, "read", key)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+                ahead = None
                 if not chunk:
                     raise StorageError("object shrank while reading", key=key, backend=self.name)
                 pos += len(chunk)
+                if pos < end:
+                    ahead = run_in_thread(os.pread, fd, min(step, end - pos), pos)
                 yield chunk
         finally:
-            os.close(fd)
+            if ahead is None or ahead.done():
+                _close_after(fd, ahead)
+            else:  # a worker thread may be reading the file now: close it (and free its number) after
+                ahead.add_done_callback(functools.partial(_close_after, fd))
 
     async def put_object(
         self,
@@ -910,6 +929,13 @@ CrashHook: TypeAlias = "Callable[[str, str], None]"
 _crash_hook: CrashHook | None = None
 """Test seam: called with the name of each step of a commit as it completes, and the key (a
 crash test's child process installs one that stops there, to be killed). ``None`` in normal use."""
+
+
+def _close_after(fd: int, read: asyncio.Future[bytes] | None) -> None:
+    """Close ``fd`` once ``read`` (a read-ahead nobody will use, if any) is over."""
+    if read is not None and not read.cancelled():
+        read.exception()  # retrieved: an unused read's error is not "never retrieved"
+    os.close(fd)
 
 
 def _crash_point(step: str, key: str) -> None:
