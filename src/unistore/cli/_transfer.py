@@ -35,7 +35,9 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -327,6 +329,9 @@ def _start(fd: int, size: int, side: Path, doc: dict[str, Any]) -> None:
     write_json(side, doc)
 
 
+PROGRESS_EVERY = 0.1
+"""Seconds between a range thread's progress reports to the event loop (each one wakes it)."""
+
 _RESIGN_AFTER = 1800.0
 """Seconds a presigned range URL (valid for an hour) is reused before a fresh one is signed."""
 
@@ -371,7 +376,11 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
 def _get_range(
     url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, advance: Callable[[int], object]
 ) -> None:
-    """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset."""
+    """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset.
+
+    A plain-HTTP body goes from the socket to the file with ``splice`` (Linux; see
+    :func:`_splice_body`), never copied through Python; otherwise (TLS, other systems, a file
+    system that refuses ``splice``) it is read into a buffer and written with ``pwrite``."""
     start, end = span
     conn, target = _connection(url)
     headers = {"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'}
@@ -388,8 +397,17 @@ def _get_range(
         served = resp.getheader("Content-Range", "").removeprefix("bytes ").partition("/")[0]
         if served != f"{start}-{end - 1}":
             raise IntegrityError(f"asked for bytes {start}-{end - 1}, served {served!r}", operation="get")
-        buf = memoryview(bytearray(min(_SLICE, end - start)))
         pos = start
+        sock = conn.sock
+        if _splice_works[0] and type(sock) is socket.socket and not resp.chunked and resp.length == end - start:
+            held = resp.read(min(len(resp.fp.peek(1)), end - pos))  # what the response's reader buffered
+            _pwrite_all(fd, held, pos)
+            pos += len(held)
+            advance(len(held))
+            spliced = _splice_body(sock, fd, pos, end, stop, advance)
+            resp.length -= spliced - pos  # read from the socket itself, past the response's reader
+            pos = spliced
+        buf = memoryview(bytearray(min(_SLICE, end - pos)))
         while pos < end and not stop.is_set():
             n = resp.readinto(buf[: min(len(buf), end - pos)])
             if not n:
@@ -403,6 +421,97 @@ def _get_range(
     except BaseException:
         conn.close()
         raise
+
+
+_splice_works = [hasattr(os, "splice")]
+"""Whether ``os.splice`` exists and has not been refused (then the buffered path is used)."""
+
+_PIPE_SIZE = 1024 * 1024
+"""Bytes one ``splice`` moves at most (the pipe's capacity, when the system allows it)."""
+
+_pipes = threading.local()
+
+
+def _pipe() -> tuple[int, int]:
+    """This thread's pipe between the socket and the file (made once, as large as allowed)."""
+    pair: tuple[int, int] | None = getattr(_pipes, "pair", None)
+    if pair is None:
+        import fcntl  # Linux, as splice
+
+        pair = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError, AttributeError):  # over fs.pipe-max-size: the default 64 KiB
+            fcntl.fcntl(pair[1], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        _pipes.pair = pair
+    return pair
+
+
+def _drop_pipe() -> None:
+    """Close this thread's pipe (it may hold bytes of a body that failed half-way)."""
+    pair: tuple[int, int] | None = getattr(_pipes, "pair", None)
+    _pipes.pair = None
+    for end in pair or ():
+        os.close(end)
+
+
+_REFUSED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+"""``splice`` errors that mean "not supported here" (the bytes are then read and written)."""
+
+
+def _splice_body(
+    sock: socket.socket, fd: int, pos: int, end: int, stop: threading.Event, advance: Callable[[int], object]
+) -> int:
+    """Move the body bytes ``[pos, end)`` from ``sock`` into ``fd`` at their offset through this
+    thread's pipe: the kernel passes the socket's pages to the pipe and copies them once, into
+    the page cache. The socket blocks with a receive timeout of ``sock``'s own. Returns the
+    offset reached (``end``, or less when stopped or when ``splice`` is refused: the caller
+    reads the rest from the response)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(None)
+    if timeout:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(timeout), 0))
+    try:
+        r, w = _pipe()
+        while pos < end and not stop.is_set():
+            try:
+                n = os.splice(sock.fileno(), w, min(_PIPE_SIZE, end - pos))
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise TimeoutError(f"no body bytes for {timeout} s") from None
+            except OSError as exc:
+                if exc.errno not in _REFUSED:
+                    raise
+                _splice_works[0] = False
+                return pos
+            if not n:
+                raise IntegrityError(f"short read: the connection closed at byte {pos} of {end}", operation="get")
+            _pipe_to_file(r, fd, n, pos)
+            pos += n
+            advance(n)
+        return pos
+    except BaseException:
+        _drop_pipe()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _pipe_to_file(r: int, fd: int, n: int, pos: int) -> None:
+    """Write the ``n`` bytes in the pipe ``r`` into ``fd`` at ``pos``."""
+    while n:
+        try:
+            moved = os.splice(r, fd, n, offset_dst=pos) if _splice_works[0] else 0
+        except OSError as exc:
+            if exc.errno not in _REFUSED:
+                raise
+            _splice_works[0] = False  # this file system cannot take spliced pages: read them back
+            moved = 0
+        if not moved:
+            data = os.read(r, n)
+            if not data:
+                raise IntegrityError(f"the pipe held {n} bytes fewer than spliced into it", operation="get")
+            _pwrite_all(fd, data, pos)
+            moved = len(data)
+        n, pos = n - moved, pos + moved
 
 
 async def download_ranges(
@@ -469,11 +578,17 @@ async def _ranged(
         etag, size = recorded.etag, recorded.size
     else:
         await asyncio.to_thread(_discard, part, side)
-        try:
-            first = await store.open(key, range=ByteRange(0, step))
-        except InvalidRangeError:  # an empty object
-            return None
-        etag, size = first.info.etag, first.info.size
+        if threads is not None:  # every range on the threads: the version to read is the HEAD's
+            head = await store.head(key)
+            if not head.size:
+                return None
+            etag, size = head.etag, head.size
+        else:
+            try:
+                first = await store.open(key, range=ByteRange(0, step))
+            except InvalidRangeError:  # an empty object
+                return None
+            etag, size = first.info.etag, first.info.size
     resumed = sum(b - a for a, b in done)
     if resumed:
         note(f"resuming {key} at {human(resumed)}")
@@ -514,9 +629,14 @@ async def _ranged(
             urls[:] = [(await store.sign_url(key, expires_in=3600), time.monotonic())]
         url = urls[0][0]
         loop = asyncio.get_running_loop()
+        held, told = [0], [time.monotonic()]  # bytes not yet shown; when the loop was last told
 
-        def moved(n: int) -> None:
-            loop.call_soon_threadsafe(advance, n)
+        def moved(n: int) -> None:  # on the range's thread: the loop is woken at most every PROGRESS_EVERY
+            held[0] += n
+            now = time.monotonic()
+            if now - told[0] >= PROGRESS_EVERY:
+                loop.call_soon_threadsafe(advance, held[0])
+                held[0], told[0] = 0, now
 
         job = threads.submit(_get_range, url, span, etag, fd, stop, moved)
         running.add(job)
@@ -524,6 +644,9 @@ async def _ranged(
             await asyncio.wrap_future(job)
         except _Refused as refused:
             raise _s3_error(refused, key, store) from None
+        finally:
+            if held[0]:
+                advance(held[0])
 
     async def streamed(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
         start, end = span
