@@ -5,6 +5,7 @@ uploads streamed part by part from the file. Real stores and CLI processes."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import os
@@ -342,3 +343,57 @@ def test_s3_ranges_are_read_on_threads_resumed_and_checked_against_the_version(
     again = runner.invoke(app, ["cp", "-r", s3, str(tmp_path / "again")], env=env)
     assert again.exit_code != 0 and "changed during the download" in again.stderr
     assert not (tmp_path / "again" / "big.bin").exists()  # nothing spliced was made visible
+
+
+@pytest.mark.parametrize("mode", ["spliced", "socket-refused", "file-refused", "no-splice"])
+def test_s3_range_bodies_go_socket_to_file_by_splice_or_are_read_and_written(
+    seaweed: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Plain-HTTP range bodies are spliced from the socket into the file; where ``splice`` is
+    refused (by the socket or by the file system) or absent, the bytes are read and written
+    instead, with the same result."""
+    from unistore import S3Backend
+
+    prefix = f"cli-splice-{uuid.uuid4().hex[:8]}"
+    data = os.urandom(3 * MiB + 4321)
+
+    async def put_s3() -> None:
+        s3 = S3Backend(
+            bucket="unistore-tests", endpoint=seaweed.endpoint, access_key=seaweed.access_key,
+            secret_key=seaweed.secret_key,
+        )
+        try:
+            await s3.put_object(f"{prefix}/big.bin", data)
+        finally:
+            await s3.aclose()
+
+    asyncio.run(put_s3())
+    monkeypatch.setattr(_transfer, "CHUNK", 512 * KiB)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    monkeypatch.setattr(_transfer, "_splice_works", [mode != "no-splice"])
+    real = os.splice
+    calls = {"socket": 0, "file": 0}
+
+    def splice(src: int, dst: int, count: int, offset_src: int | None = None, offset_dst: int | None = None) -> int:
+        side = "file" if offset_dst is not None else "socket"
+        calls[side] += 1
+        if (mode, side) in (("socket-refused", "socket"), ("file-refused", "file")):
+            raise OSError(errno.EINVAL, "refused")
+        return real(src, dst, count, offset_src=offset_src, offset_dst=offset_dst)
+
+    monkeypatch.setattr(os, "splice", splice)
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    down = tmp_path / "down"
+    result = runner.invoke(
+        app, ["cp", "-r", f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}", str(down)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert (down / "big.bin").read_bytes() == data
+    assert [p.name for p in down.iterdir()] == ["big.bin"]
+    if mode == "spliced":
+        assert calls["socket"] >= 6 and calls["file"] >= calls["socket"]  # every whole range went by splice
+        assert _transfer._splice_works == [True]
+    elif mode == "no-splice":
+        assert calls == {"socket": 0, "file": 0}
+    else:
+        assert calls[mode.partition("-")[0]] >= 1 and _transfer._splice_works == [False]  # refused once, then read
