@@ -48,29 +48,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
 from .._records import exclusive, write_json
 from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..backends.s3 import PartInfo, S3Backend
     from ..backends.s3._sessions import UploadSession
 
 __all__ = ["Bars", "download", "download_ranges", "human", "note", "progress", "read_file", "upload", "write_file"]
 
-err = Console(stderr=True)
-"""The CLI's stderr: progress bars, notes and one-line errors."""
+_consoles: list[Console] = []
+
+
+def err() -> Console:
+    """The CLI's stderr: progress bars, notes and one-line errors (rich, imported on first use)."""
+    if not _consoles:
+        from rich.console import Console
+
+        _consoles.append(Console(stderr=True))
+    return _consoles[0]
+
 
 Advance = Callable[[int], None]
 Bars = Callable[[str, "int | None", int], contextlib.AbstractContextManager[Advance]]
@@ -88,26 +89,34 @@ def human(size: float) -> str:
 
 def note(message: str) -> None:
     """One line on stderr, prefixed ``unistore:``."""
-    err.print(f"unistore: {message}", markup=False, highlight=False, soft_wrap=True)
+    err().print(f"unistore: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def progress(label: str, total: int | None, quiet: bool, done: int = 0) -> Iterator[Advance]:
     """A transfer bar (bytes, rate, ETA) on stderr when it is a terminal, starting at ``done``;
     yields ``advance(n)``."""
+    if quiet or not err().is_terminal:
+        yield _ignore
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
+        console=err(),
         transient=False,
     )
     with bar:
         task = bar.add_task(label, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
+
+
+def _ignore(n: int) -> None:
+    """The ``advance`` of a display that shows nothing."""
 
 
 async def read_file(path: Path | None, advance: Advance, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
