@@ -397,3 +397,34 @@ def test_s3_range_bodies_go_socket_to_file_by_splice_or_are_read_and_written(
         assert calls == {"socket": 0, "file": 0}
     else:
         assert calls[mode.partition("-")[0]] >= 1 and _transfer._splice_works == [False]  # refused once, then read
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_each_completed_range_is_handed_to_the_disk_and_the_file_still_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    """Every range written is handed to the disk at once (``POSIX_FADV_DONTNEED`` starts its
+    writeback), so the ``fsync`` at the end has little left to write; a system that refuses the
+    advice changes nothing."""
+    root = tmp_path / "store"
+    data = os.urandom(2 * MiB + 99)
+    put(root, "t/big.bin", data)
+    monkeypatch.setattr(_transfer, "CHUNK", 256 * KiB)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    advised: list[tuple[int, int]] = []
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        advised.append((offset, offset + length))
+        if refused:
+            raise OSError(errno.ESPIPE, "refused")
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    result = runner.invoke(app, ["cp", "-r", f"file://{root}#t", str(tmp_path / "down"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "down" / "big.bin").read_bytes() == data
+    assert sorted(advised) == _transfer._missing(len(data), [], 256 * KiB)  # each range, once
+    assert synced  # the completed file is still made durable before it is renamed
