@@ -428,3 +428,65 @@ def test_each_completed_range_is_handed_to_the_disk_and_the_file_still_fsynced(
     assert (tmp_path / "down" / "big.bin").read_bytes() == data
     assert sorted(advised) == _transfer._missing(len(data), [], 256 * KiB)  # each range, once
     assert synced  # the completed file is still made durable before it is renamed
+
+
+def test_ranges_in_flight_record_their_written_start_so_large_ranges_resume_mid_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range records its bytes written so far while it is still being read (every
+    ``RECORD_EVERY``, not only when it completes): a run killed inside one large range resumes
+    from where that range got to."""
+    root = tmp_path / "store"
+    data = os.urandom(4 * MiB + 777)
+    put(root, "t/big.bin", data)
+    down = tmp_path / "down"
+    side = down / "big.bin.part.json"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("UNISTORE_", "STORAGE_"))}
+    environ["PYTHONPATH"] = SRC
+    one_range = SLOW_RANGED_CLI.replace("_transfer.CHUNK = 256 * 1024", "_transfer.CHUNK = 4 * 1024 * 1024")
+    cmd = [sys.executable, "-c", one_range, "cp", "-r", f"file://{root}?chunk_size=65536#t", str(down)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environ)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(b - a for a, b in ((record_of(side) or {}).get("done") or [])) < MiB:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the download never got far enough"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    record = record_of(side)
+    assert record is not None
+    spans = [tuple(s) for s in record["done"]]
+    assert any(a == 0 and MiB <= b < 4 * MiB for a, b in spans), spans  # inside the first range
+    have = sum(b - a for a, b in spans)
+    with open(down / "big.bin.part", "rb") as f:
+        for a, b in spans:
+            f.seek(a)
+            assert f.read(b - a) == data[a:b]
+    read_again = 0
+    opened = LocalBackend.open
+
+    async def counted(self: LocalBackend, key: str, **options: Any) -> Download:
+        nonlocal read_again
+        dl = await opened(self, key, **options)
+        read_again += dl.content_length
+        return dl
+
+    monkeypatch.setattr(LocalBackend, "open", counted)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    result = runner.invoke(app, ["cp", "-r", f"file://{root}#t", str(down)])
+    assert result.exit_code == 0, result.output
+    assert read_again == len(data) - have and (down / "big.bin").read_bytes() == data
+
+
+def test_big_files_are_read_in_a_few_large_ranges() -> None:
+    assert _transfer._range_size(32 * MiB) == _transfer.CHUNK  # under WIDE_AT: 8 MiB ranges
+    assert _transfer._range_size(256 * MiB) == 64 * MiB  # 4 ranges
+    assert _transfer._range_size(200 * MiB) == 50 * MiB
+    assert _transfer._range_size(10 * 1024 * MiB) == _transfer.MAX_RANGE

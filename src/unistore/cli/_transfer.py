@@ -286,7 +286,21 @@ async def download(
 
 
 CHUNK = 8 * 1024 * 1024
-"""Bytes per ranged GET of :func:`download_ranges`."""
+"""Bytes per ranged GET of :func:`download_ranges` (files under ``WIDE_AT``)."""
+
+WIDE_AT = 128 * 1024 * 1024
+"""Files at least this large are read in ``RANGES_PER_FILE`` ranges of at most ``MAX_RANGE``:
+each GET costs the server a lookup and the client a round trip before its first byte, and
+in-flight ranges record their progress anyway (see :func:`download_ranges`)."""
+
+RANGES_PER_FILE = 4
+MAX_RANGE = 64 * 1024 * 1024
+
+
+def _range_size(size: int) -> int:
+    """Bytes per ranged GET for a file of ``size`` bytes."""
+    return CHUNK if size < WIDE_AT else max(CHUNK, min(MAX_RANGE, size // RANGES_PER_FILE))
+
 
 RECORD_EVERY = 1.0
 """Seconds between records of a ranged download's progress (each an ``fdatasync`` of the
@@ -566,7 +580,7 @@ async def download_ranges(
         with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
             s3 = _s3(store)
             threads = threads if s3 is not None and not s3._read_headers else None  # SSE-C: no presigned reads
-            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads)
+            got = await _ranged(store, key, dest, bars, streams, chunk, threads)
         if got is not None:
             return got
     return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
@@ -578,7 +592,7 @@ async def _ranged(
     dest: Path,
     bars: Bars,
     streams: asyncio.Semaphore,
-    step: int,
+    chunk: int | None,
     threads: concurrent.futures.Executor | None,
 ) -> int | None:
     part = dest.with_name(dest.name + ".part")
@@ -608,13 +622,14 @@ async def _ranged(
             etag, size = head.etag, head.size
         else:
             try:
-                first = await store.open(key, range=ByteRange(0, step))
+                first = await store.open(key, range=ByteRange(0, chunk or CHUNK))
             except InvalidRangeError:  # an empty object
                 return None
             etag, size = first.info.etag, first.info.size
     resumed = sum(b - a for a, b in done)
     if resumed:
         note(f"resuming {key} at {human(resumed)}")
+    step = chunk or (CHUNK if first is not None else _range_size(size))  # the first range is open already
     todo = _missing(size, done, step)
     try:
         fd = await asyncio.to_thread(os.open, part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -625,23 +640,41 @@ async def _ranged(
     record: dict[str, Any] = {"key": key, "etag": etag, "size": size}
     saving, saved, last = asyncio.Lock(), list(done), [time.monotonic()]
 
+    partial: dict[tuple[int, int], int] = {}  # a range in flight -> its bytes written from its start
+
     async def save() -> None:
         if saving.locked() or time.monotonic() - last[0] < RECORD_EVERY:
             return  # the next save records these spans too
         async with saving:
-            if saved != done:
-                snapshot = list(done)
+            snapshot = list(done)  # and the written start of each range in flight
+            for (start, _), written in list(partial.items()):
+                snapshot = _merge(snapshot, (start, start + written)) if written else snapshot
+            if saved != snapshot:
                 await asyncio.to_thread(_sync_record, fd, side, {**record, "done": snapshot})
                 saved[:], last[0] = snapshot, time.monotonic()
 
+    async def keep_recording() -> None:
+        """Save every ``RECORD_EVERY`` until the ranges are done (large ranges complete seldom)."""
+        while True:
+            try:
+                await asyncio.wait_for(finished.wait(), RECORD_EVERY)
+                return
+            except TimeoutError:
+                await save()
+
     async def fetch(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
+        def tracked(n: int) -> None:  # bytes already written, from the range's start on
+            advance(n)
+            partial[span] = partial.get(span, 0) + n
+
         try:
             async with streams:  # released before the record is saved
                 if dl is None and threads is not None:
-                    await on_thread(span, threads, advance)
+                    await on_thread(span, threads, tracked)
                 else:
-                    await streamed(span, dl, advance)
+                    await streamed(span, dl, tracked)
         finally:
+            partial.pop(span, None)
             if dl is not None:
                 await dl.aclose()
         done[:] = _merge(done, span)
@@ -696,8 +729,11 @@ async def _ranged(
     stop = threading.Event()  # tells range threads to give up (the run was interrupted)
     running: set[concurrent.futures.Future[None]] = set()
     urls: list[tuple[str, float]] = []
+    finished = asyncio.Event()
+    recorder: asyncio.Task[None] | None = None
     try:
         await asyncio.to_thread(_start, fd, size, side, {**record, "done": done})
+        recorder = asyncio.create_task(keep_recording())
         with bars(f"get {key}", size, resumed) as advance:
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -706,9 +742,16 @@ async def _ranged(
                         first = None  # the first task owns it now
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
+        finished.set()
+        await recorder  # its last save is over (and its error, if any, is the download's)
         await asyncio.to_thread(os.fsync, fd)
     finally:
         stop.set()
+        finished.set()
+        if recorder is not None:  # no record is written from a thread once fd is closed
+            await asyncio.wait([recorder])
+            if not recorder.cancelled():
+                recorder.exception()  # retrieved: the error being raised is the download's
         if running:  # no thread may write to fd once it is closed (its number is reused)
             await asyncio.to_thread(concurrent.futures.wait, running)
         if first is not None:
