@@ -78,7 +78,7 @@ SMALL = 1024 * 1024
 a rename with their modification time; sent or fetched in one request."""
 
 DOWNLOAD_STREAMS = 8
-"""Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
+"""Ranged reads in flight across all of a tree's large downloads (sized by ``_transfer._range_size``)."""
 
 UPLOAD_PARTS = 6
 """S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
