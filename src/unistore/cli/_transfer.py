@@ -397,7 +397,7 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
 
 
 def _get_range(
-    url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, advance: Callable[[int], object]
+    url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, report: Callable[[int], object]
 ) -> None:
     """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset.
 
@@ -405,6 +405,16 @@ def _get_range(
     :func:`_splice_body`), never copied through Python; otherwise (TLS, other systems, a file
     system that refuses ``splice``) it is read into a buffer and written with ``pwrite``."""
     start, end = span
+    flushed, written = start, start
+
+    def advance(n: int) -> None:  # bytes written in order: every WRITE_BACK_EVERY of them go to the disk
+        nonlocal flushed, written
+        report(n)
+        written += n
+        if written - flushed >= WRITE_BACK_EVERY:
+            _write_back(fd, flushed, written)
+            flushed = written
+
     conn, target = _connection(url)
     headers = {"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'}
     try:
@@ -441,14 +451,17 @@ def _get_range(
         if pos < end:
             raise InterruptedError("the download was interrupted")
         resp.read()  # the end of the response, so the connection can serve the next range
-        _write_back(fd, start, end)
+        _write_back(fd, flushed, end)
     except BaseException:
         conn.close()
         raise
 
 
 WRITE_BACK = hasattr(os, "posix_fadvise")
-"""Whether each completed range is handed to the disk at once (see :func:`_write_back`)."""
+"""Whether written ranges are handed to the disk at once (see :func:`_write_back`)."""
+
+WRITE_BACK_EVERY = 8 * 1024 * 1024
+"""Bytes a range thread writes between two hand-overs to the disk (and at its end)."""
 
 
 def _write_back(fd: int, start: int, end: int) -> None:
