@@ -51,7 +51,13 @@ def __getattr__(name: str) -> Any:
 
 def _missing() -> str | None:
     """The [cli] extra's package that is not installed, if any (checked without importing it)."""
-    return next((name for name in ("typer", "rich") if importlib.util.find_spec(name) is None), None)
+    for name in ("typer", "rich"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ImportError:  # a finder that refuses it outright
+            return name
+    return None
 
 
 def main() -> Any:
