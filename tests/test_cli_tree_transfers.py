@@ -5,6 +5,7 @@ uploads streamed part by part from the file. Real stores and CLI processes."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import os
@@ -342,3 +343,150 @@ def test_s3_ranges_are_read_on_threads_resumed_and_checked_against_the_version(
     again = runner.invoke(app, ["cp", "-r", s3, str(tmp_path / "again")], env=env)
     assert again.exit_code != 0 and "changed during the download" in again.stderr
     assert not (tmp_path / "again" / "big.bin").exists()  # nothing spliced was made visible
+
+
+@pytest.mark.parametrize("mode", ["spliced", "socket-refused", "file-refused", "no-splice"])
+def test_s3_range_bodies_go_socket_to_file_by_splice_or_are_read_and_written(
+    seaweed: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Plain-HTTP range bodies are spliced from the socket into the file; where ``splice`` is
+    refused (by the socket or by the file system) or absent, the bytes are read and written
+    instead, with the same result."""
+    from unistore import S3Backend
+
+    prefix = f"cli-splice-{uuid.uuid4().hex[:8]}"
+    data = os.urandom(3 * MiB + 4321)
+
+    async def put_s3() -> None:
+        s3 = S3Backend(
+            bucket="unistore-tests", endpoint=seaweed.endpoint, access_key=seaweed.access_key,
+            secret_key=seaweed.secret_key,
+        )
+        try:
+            await s3.put_object(f"{prefix}/big.bin", data)
+        finally:
+            await s3.aclose()
+
+    asyncio.run(put_s3())
+    monkeypatch.setattr(_transfer, "CHUNK", 512 * KiB)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    monkeypatch.setattr(_transfer, "_splice_works", [mode != "no-splice"])
+    real = os.splice
+    calls = {"socket": 0, "file": 0}
+
+    def splice(src: int, dst: int, count: int, offset_src: int | None = None, offset_dst: int | None = None) -> int:
+        side = "file" if offset_dst is not None else "socket"
+        calls[side] += 1
+        if (mode, side) in (("socket-refused", "socket"), ("file-refused", "file")):
+            raise OSError(errno.EINVAL, "refused")
+        return real(src, dst, count, offset_src=offset_src, offset_dst=offset_dst)
+
+    monkeypatch.setattr(os, "splice", splice)
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    down = tmp_path / "down"
+    result = runner.invoke(
+        app, ["cp", "-r", f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}", str(down)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert (down / "big.bin").read_bytes() == data
+    assert [p.name for p in down.iterdir()] == ["big.bin"]
+    if mode == "spliced":
+        assert calls["socket"] >= 6 and calls["file"] >= calls["socket"]  # every whole range went by splice
+        assert _transfer._splice_works == [True]
+    elif mode == "no-splice":
+        assert calls == {"socket": 0, "file": 0}
+    else:
+        assert calls[mode.partition("-")[0]] >= 1 and _transfer._splice_works == [False]  # refused once, then read
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_each_completed_range_is_handed_to_the_disk_and_the_file_still_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    """Every range written is handed to the disk at once (``POSIX_FADV_DONTNEED`` starts its
+    writeback), so the ``fsync`` at the end has little left to write; a system that refuses the
+    advice changes nothing."""
+    root = tmp_path / "store"
+    data = os.urandom(2 * MiB + 99)
+    put(root, "t/big.bin", data)
+    monkeypatch.setattr(_transfer, "CHUNK", 256 * KiB)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    advised: list[tuple[int, int]] = []
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        advised.append((offset, offset + length))
+        if refused:
+            raise OSError(errno.ESPIPE, "refused")
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    result = runner.invoke(app, ["cp", "-r", f"file://{root}#t", str(tmp_path / "down"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "down" / "big.bin").read_bytes() == data
+    assert sorted(advised) == _transfer._missing(len(data), [], 256 * KiB)  # each range, once
+    assert synced  # the completed file is still made durable before it is renamed
+
+
+def test_ranges_in_flight_record_their_written_start_so_large_ranges_resume_mid_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range records its bytes written so far while it is still being read (every
+    ``RECORD_EVERY``, not only when it completes): a run killed inside one large range resumes
+    from where that range got to."""
+    root = tmp_path / "store"
+    data = os.urandom(4 * MiB + 777)
+    put(root, "t/big.bin", data)
+    down = tmp_path / "down"
+    side = down / "big.bin.part.json"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("UNISTORE_", "STORAGE_"))}
+    environ["PYTHONPATH"] = SRC
+    one_range = SLOW_RANGED_CLI.replace("_transfer.CHUNK = 256 * 1024", "_transfer.CHUNK = 4 * 1024 * 1024")
+    cmd = [sys.executable, "-c", one_range, "cp", "-r", f"file://{root}?chunk_size=65536#t", str(down)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environ)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(b - a for a, b in ((record_of(side) or {}).get("done") or [])) < MiB:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the download never got far enough"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    record = record_of(side)
+    assert record is not None
+    spans = [tuple(s) for s in record["done"]]
+    assert any(a == 0 and MiB <= b < 4 * MiB for a, b in spans), spans  # inside the first range
+    have = sum(b - a for a, b in spans)
+    with open(down / "big.bin.part", "rb") as f:
+        for a, b in spans:
+            f.seek(a)
+            assert f.read(b - a) == data[a:b]
+    read_again = 0
+    opened = LocalBackend.open
+
+    async def counted(self: LocalBackend, key: str, **options: Any) -> Download:
+        nonlocal read_again
+        dl = await opened(self, key, **options)
+        read_again += dl.content_length
+        return dl
+
+    monkeypatch.setattr(LocalBackend, "open", counted)
+    monkeypatch.setattr(_tree, "RESUME_AT", MiB)
+    result = runner.invoke(app, ["cp", "-r", f"file://{root}#t", str(down)])
+    assert result.exit_code == 0, result.output
+    assert read_again == len(data) - have and (down / "big.bin").read_bytes() == data
+
+
+def test_big_files_are_read_in_a_few_large_ranges() -> None:
+    assert _transfer._range_size(32 * MiB) == _transfer.CHUNK  # under WIDE_AT: 8 MiB ranges
+    assert _transfer._range_size(256 * MiB) == 64 * MiB  # 4 ranges
+    assert _transfer._range_size(200 * MiB) == 50 * MiB
+    assert _transfer._range_size(10 * 1024 * MiB) == _transfer.MAX_RANGE

@@ -23,34 +23,55 @@ Expected failures print one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-try:  # the [cli] extra; without it the console script says how to install it (exit 8, configuration)
-    import rich
-    import typer
-except ModuleNotFoundError as exc:
-    _MISSING: str | None = exc.name or "typer"
-else:
-    _MISSING = None
-    del rich, typer
-
-if _MISSING is None:
-    from . import _admin, _cost, _keys, _lifecycle, _migrate, _objects, _trees
+if TYPE_CHECKING:
     from ._common import EXIT_CODES, app, exit_code
 
-    # imported for the commands they register on ``app``
-    _COMMANDS = (_admin, _cost, _keys, _lifecycle, _migrate, _objects, _trees)
-
 __all__ = ["EXIT_CODES", "app", "exit_code", "main"]
+
+_COMMANDS = ("_admin", "_cost", "_keys", "_lifecycle", "_migrate", "_objects", "_trees")
+"""The modules whose commands register on ``app`` when they are imported."""
+
+
+def __getattr__(name: str) -> Any:
+    # typer, rich and the commands are imported on first use: `unistore --version` needs none of them
+    if name in ("EXIT_CODES", "app", "exit_code"):
+        from . import _common
+
+        for module in _COMMANDS:
+            importlib.import_module(f"{__name__}.{module}")
+        value = getattr(_common, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _missing() -> str | None:
+    """The [cli] extra's package that is not installed, if any (checked without importing it)."""
+    for name in ("typer", "rich"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ImportError:  # a finder that refuses it outright
+            return name
+    return None
 
 
 def main() -> Any:
     """The ``unistore`` console script."""
-    if _MISSING is not None:
+    if sys.argv[1:] == ["--version"]:  # answered before typer and the commands are imported
+        from ._version import version_line
+
+        print(version_line())
+        raise SystemExit(0)
+    missing = _missing()
+    if missing is not None:  # the [cli] extra: say how to install it (exit 8, configuration)
         print(
-            f"unistore: the command line needs the {_MISSING!r} package: pip install 'unistore[cli]'",
+            f"unistore: the command line needs the {missing!r} package: pip install 'unistore[cli]'",
             file=sys.stderr,
         )
         raise SystemExit(8)
-    return app()
+    return __getattr__("app")()

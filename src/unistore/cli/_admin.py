@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from .._errors import ConfigurationError, InvalidArgumentError, NotFoundError, UnsupportedError
 from ._common import StoreOpt, TokenOpt, app, closing, open_store, run
 from ._refs import NamedStore, check_name, config_path, load_stores, save_stores
+from ._version import version_line
 
 __all__ = ["parse_duration", "stores_app", "version_callback"]
 
@@ -22,10 +22,7 @@ app.add_typer(stores_app, name="store")
 def version_callback(value: bool) -> None:
     """``--version``: print the installed version and exit."""
     if value:
-        try:
-            typer.echo(f"unistore {version('unistore')}")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            typer.echo("unistore (not installed)")
+        typer.echo(version_line())
         raise typer.Exit()
 
 

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 
 from .._errors import UnavailableError
-from ..cost import GB, Access, Usage, load_prices, month_seconds, project_all, recommend, scan_usage, usage_from_metrics
 from ._common import TokenOpt, app, closing, open_store, run
 from ._transfer import note
 
@@ -34,6 +33,8 @@ async def _scrape(url: str, token: str | None) -> str:
 
 
 def _gb(value: float | None) -> float | None:
+    from ..cost import GB
+
     return None if value is None else value * GB
 
 
@@ -74,6 +75,8 @@ def cost(
     """Project a month's storage bill on every provider from a store's listing (--scan), a
     service's metrics (--from-metrics), or both (stored volume from the listing, requests and
     egress from the metrics), and recommend one."""
+    from ..cost import Access, Usage, load_prices, month_seconds, project_all, recommend, scan_usage, usage_from_metrics
+
     if access not in (None, "hot", "warm", "cold"):
         raise typer.BadParameter("must be hot, warm or cold", param_hint="--access")
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from .._errors import InvalidArgumentError
-from .._migrate import MigrationReport, Upgrade, migrate
-from .._migrate_workers import migrate_worker
 from ._common import QuietOpt, app, closing, open_store, run
 from ._transfer import err
+
+if TYPE_CHECKING:
+    from .._migrate import MigrationReport, Upgrade
 
 __all__: list[str] = []
 
@@ -87,7 +87,12 @@ def migrate_command(
 
     async def work() -> MigrationReport:
         async with closing(open_store(src, src_token, read_only=True)) as s, closing(open_store(dst, dst_token)) as d:
-            bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, disable=quiet)
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            from .._migrate import migrate
+            from .._migrate_workers import migrate_worker
+
+            bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err(), disable=quiet)
             with bar:
                 task = bar.add_task("migrating", total=None)
 

@@ -35,7 +35,9 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -46,29 +48,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from .._base import StorageBackend
 from .._errors import IntegrityError, InvalidArgumentError, InvalidRangeError, NotFoundError, PreconditionFailedError
 from .._records import exclusive, write_json
 from .._types import ByteRange, Download, ObjectInfo, WriteMode
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..backends.s3 import PartInfo, S3Backend
     from ..backends.s3._sessions import UploadSession
 
 __all__ = ["Bars", "download", "download_ranges", "human", "note", "progress", "read_file", "upload", "write_file"]
 
-err = Console(stderr=True)
-"""The CLI's stderr: progress bars, notes and one-line errors."""
+_consoles: list[Console] = []
+
+
+def err() -> Console:
+    """The CLI's stderr: progress bars, notes and one-line errors (rich, imported on first use)."""
+    if not _consoles:
+        from rich.console import Console
+
+        _consoles.append(Console(stderr=True))
+    return _consoles[0]
+
 
 Advance = Callable[[int], None]
 Bars = Callable[[str, "int | None", int], contextlib.AbstractContextManager[Advance]]
@@ -86,26 +89,34 @@ def human(size: float) -> str:
 
 def note(message: str) -> None:
     """One line on stderr, prefixed ``unistore:``."""
-    err.print(f"unistore: {message}", markup=False, highlight=False, soft_wrap=True)
+    err().print(f"unistore: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def progress(label: str, total: int | None, quiet: bool, done: int = 0) -> Iterator[Advance]:
     """A transfer bar (bytes, rate, ETA) on stderr when it is a terminal, starting at ``done``;
     yields ``advance(n)``."""
+    if quiet or not err().is_terminal:
+        yield _ignore
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
+        console=err(),
         transient=False,
     )
     with bar:
         task = bar.add_task(label, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
+
+
+def _ignore(n: int) -> None:
+    """The ``advance`` of a display that shows nothing."""
 
 
 async def read_file(path: Path | None, advance: Advance, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
@@ -275,7 +286,21 @@ async def download(
 
 
 CHUNK = 8 * 1024 * 1024
-"""Bytes per ranged GET of :func:`download_ranges`."""
+"""Bytes per ranged GET of :func:`download_ranges` (files under ``WIDE_AT``)."""
+
+WIDE_AT = 128 * 1024 * 1024
+"""Files at least this large are read in ``RANGES_PER_FILE`` ranges of at most ``MAX_RANGE``:
+each GET costs the server a lookup and the client a round trip before its first byte, and
+in-flight ranges record their progress anyway (see :func:`download_ranges`)."""
+
+RANGES_PER_FILE = 4
+MAX_RANGE = 64 * 1024 * 1024
+
+
+def _range_size(size: int) -> int:
+    """Bytes per ranged GET for a file of ``size`` bytes."""
+    return CHUNK if size < WIDE_AT else max(CHUNK, min(MAX_RANGE, size // RANGES_PER_FILE))
+
 
 RECORD_EVERY = 1.0
 """Seconds between records of a ranged download's progress (each an ``fdatasync`` of the
@@ -327,6 +352,9 @@ def _start(fd: int, size: int, side: Path, doc: dict[str, Any]) -> None:
     write_json(side, doc)
 
 
+PROGRESS_EVERY = 0.1
+"""Seconds between a range thread's progress reports to the event loop (each one wakes it)."""
+
 _RESIGN_AFTER = 1800.0
 """Seconds a presigned range URL (valid for an hour) is reused before a fresh one is signed."""
 
@@ -369,10 +397,24 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
 
 
 def _get_range(
-    url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, advance: Callable[[int], object]
+    url: str, span: tuple[int, int], etag: str, fd: int, stop: threading.Event, report: Callable[[int], object]
 ) -> None:
-    """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset."""
+    """GET bytes ``span`` of ``url`` if its etag is still ``etag``, written into ``fd`` at their offset.
+
+    A plain-HTTP body goes from the socket to the file with ``splice`` (Linux; see
+    :func:`_splice_body`), never copied through Python; otherwise (TLS, other systems, a file
+    system that refuses ``splice``) it is read into a buffer and written with ``pwrite``."""
     start, end = span
+    flushed, written = start, start
+
+    def advance(n: int) -> None:  # bytes written in order: every WRITE_BACK_EVERY of them go to the disk
+        nonlocal flushed, written
+        report(n)
+        written += n
+        if written - flushed >= WRITE_BACK_EVERY:
+            _write_back(fd, flushed, written)
+            flushed = written
+
     conn, target = _connection(url)
     headers = {"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'}
     try:
@@ -388,8 +430,17 @@ def _get_range(
         served = resp.getheader("Content-Range", "").removeprefix("bytes ").partition("/")[0]
         if served != f"{start}-{end - 1}":
             raise IntegrityError(f"asked for bytes {start}-{end - 1}, served {served!r}", operation="get")
-        buf = memoryview(bytearray(min(_SLICE, end - start)))
         pos = start
+        sock = conn.sock
+        if _splice_works[0] and type(sock) is socket.socket and not resp.chunked and resp.length == end - start:
+            held = resp.read(min(len(resp.fp.peek(1)), end - pos))  # what the response's reader buffered
+            _pwrite_all(fd, held, pos)
+            pos += len(held)
+            advance(len(held))
+            spliced = _splice_body(sock, fd, pos, end, stop, advance)
+            resp.length -= spliced - pos  # read from the socket itself, past the response's reader
+            pos = spliced
+        buf = memoryview(bytearray(min(_SLICE, end - pos)))
         while pos < end and not stop.is_set():
             n = resp.readinto(buf[: min(len(buf), end - pos)])
             if not n:
@@ -400,9 +451,117 @@ def _get_range(
         if pos < end:
             raise InterruptedError("the download was interrupted")
         resp.read()  # the end of the response, so the connection can serve the next range
+        _write_back(fd, flushed, end)
     except BaseException:
         conn.close()
         raise
+
+
+WRITE_BACK = hasattr(os, "posix_fadvise")
+"""Whether written ranges are handed to the disk at once (see :func:`_write_back`)."""
+
+WRITE_BACK_EVERY = 8 * 1024 * 1024
+"""Bytes a range thread writes between two hand-overs to the disk (and at its end)."""
+
+
+def _write_back(fd: int, start: int, end: int) -> None:
+    """Start writing bytes ``[start, end)`` of ``fd`` to the disk now, without waiting (Linux
+    does this for ``POSIX_FADV_DONTNEED`` and drops the pages once clean): the ``fsync`` that
+    ends the download then finds little left to write, instead of the whole file."""
+    if WRITE_BACK:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
+_splice_works = [hasattr(os, "splice")]
+"""Whether ``os.splice`` exists and has not been refused (then the buffered path is used)."""
+
+_PIPE_SIZE = 1024 * 1024
+"""Bytes one ``splice`` moves at most (the pipe's capacity, when the system allows it)."""
+
+_pipes = threading.local()
+
+
+def _pipe() -> tuple[int, int]:
+    """This thread's pipe between the socket and the file (made once, as large as allowed)."""
+    pair: tuple[int, int] | None = getattr(_pipes, "pair", None)
+    if pair is None:
+        import fcntl  # Linux, as splice
+
+        pair = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError, AttributeError):  # over fs.pipe-max-size: the default 64 KiB
+            fcntl.fcntl(pair[1], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        _pipes.pair = pair
+    return pair
+
+
+def _drop_pipe() -> None:
+    """Close this thread's pipe (it may hold bytes of a body that failed half-way)."""
+    pair: tuple[int, int] | None = getattr(_pipes, "pair", None)
+    _pipes.pair = None
+    for end in pair or ():
+        os.close(end)
+
+
+_REFUSED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+"""``splice`` errors that mean "not supported here" (the bytes are then read and written)."""
+
+
+def _splice_body(
+    sock: socket.socket, fd: int, pos: int, end: int, stop: threading.Event, advance: Callable[[int], object]
+) -> int:
+    """Move the body bytes ``[pos, end)`` from ``sock`` into ``fd`` at their offset through this
+    thread's pipe: the kernel passes the socket's pages to the pipe and copies them once, into
+    the page cache. The socket blocks with a receive timeout of ``sock``'s own. Returns the
+    offset reached (``end``, or less when stopped or when ``splice`` is refused: the caller
+    reads the rest from the response)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(None)
+    if timeout:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(timeout), 0))
+    try:
+        r, w = _pipe()
+        while pos < end and not stop.is_set():
+            try:
+                n = os.splice(sock.fileno(), w, min(_PIPE_SIZE, end - pos))
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise TimeoutError(f"no body bytes for {timeout} s") from None
+            except OSError as exc:
+                if exc.errno not in _REFUSED:
+                    raise
+                _splice_works[0] = False
+                return pos
+            if not n:
+                raise IntegrityError(f"short read: the connection closed at byte {pos} of {end}", operation="get")
+            _pipe_to_file(r, fd, n, pos)
+            pos += n
+            advance(n)
+        return pos
+    except BaseException:
+        _drop_pipe()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _pipe_to_file(r: int, fd: int, n: int, pos: int) -> None:
+    """Write the ``n`` bytes in the pipe ``r`` into ``fd`` at ``pos``."""
+    while n:
+        try:
+            moved = os.splice(r, fd, n, offset_dst=pos) if _splice_works[0] else 0
+        except OSError as exc:
+            if exc.errno not in _REFUSED:
+                raise
+            _splice_works[0] = False  # this file system cannot take spliced pages: read them back
+            moved = 0
+        if not moved:
+            data = os.read(r, n)
+            if not data:
+                raise IntegrityError(f"the pipe held {n} bytes fewer than spliced into it", operation="get")
+            _pwrite_all(fd, data, pos)
+            moved = len(data)
+        n, pos = n - moved, pos + moved
 
 
 async def download_ranges(
@@ -434,7 +593,7 @@ async def download_ranges(
         with exclusive(dest.with_name(dest.name + ".part.lock"), str(dest)):
             s3 = _s3(store)
             threads = threads if s3 is not None and not s3._read_headers else None  # SSE-C: no presigned reads
-            got = await _ranged(store, key, dest, bars, streams, chunk or CHUNK, threads)
+            got = await _ranged(store, key, dest, bars, streams, chunk, threads)
         if got is not None:
             return got
     return await download(store, key, dest, resume=True, quiet=True, bars=bars)  # empty, or no ranges
@@ -446,7 +605,7 @@ async def _ranged(
     dest: Path,
     bars: Bars,
     streams: asyncio.Semaphore,
-    step: int,
+    chunk: int | None,
     threads: concurrent.futures.Executor | None,
 ) -> int | None:
     part = dest.with_name(dest.name + ".part")
@@ -469,14 +628,21 @@ async def _ranged(
         etag, size = recorded.etag, recorded.size
     else:
         await asyncio.to_thread(_discard, part, side)
-        try:
-            first = await store.open(key, range=ByteRange(0, step))
-        except InvalidRangeError:  # an empty object
-            return None
-        etag, size = first.info.etag, first.info.size
+        if threads is not None:  # every range on the threads: the version to read is the HEAD's
+            head = await store.head(key)
+            if not head.size:
+                return None
+            etag, size = head.etag, head.size
+        else:
+            try:
+                first = await store.open(key, range=ByteRange(0, chunk or CHUNK))
+            except InvalidRangeError:  # an empty object
+                return None
+            etag, size = first.info.etag, first.info.size
     resumed = sum(b - a for a, b in done)
     if resumed:
         note(f"resuming {key} at {human(resumed)}")
+    step = chunk or (CHUNK if first is not None else _range_size(size))  # the first range is open already
     todo = _missing(size, done, step)
     try:
         fd = await asyncio.to_thread(os.open, part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -487,23 +653,41 @@ async def _ranged(
     record: dict[str, Any] = {"key": key, "etag": etag, "size": size}
     saving, saved, last = asyncio.Lock(), list(done), [time.monotonic()]
 
+    partial: dict[tuple[int, int], int] = {}  # a range in flight -> its bytes written from its start
+
     async def save() -> None:
         if saving.locked() or time.monotonic() - last[0] < RECORD_EVERY:
             return  # the next save records these spans too
         async with saving:
-            if saved != done:
-                snapshot = list(done)
+            snapshot = list(done)  # and the written start of each range in flight
+            for (start, _), written in list(partial.items()):
+                snapshot = _merge(snapshot, (start, start + written)) if written else snapshot
+            if saved != snapshot:
                 await asyncio.to_thread(_sync_record, fd, side, {**record, "done": snapshot})
                 saved[:], last[0] = snapshot, time.monotonic()
 
+    async def keep_recording() -> None:
+        """Save every ``RECORD_EVERY`` until the ranges are done (large ranges complete seldom)."""
+        while True:
+            try:
+                await asyncio.wait_for(finished.wait(), RECORD_EVERY)
+                return
+            except TimeoutError:
+                await save()
+
     async def fetch(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
+        def tracked(n: int) -> None:  # bytes already written, from the range's start on
+            advance(n)
+            partial[span] = partial.get(span, 0) + n
+
         try:
             async with streams:  # released before the record is saved
                 if dl is None and threads is not None:
-                    await on_thread(span, threads, advance)
+                    await on_thread(span, threads, tracked)
                 else:
-                    await streamed(span, dl, advance)
+                    await streamed(span, dl, tracked)
         finally:
+            partial.pop(span, None)
             if dl is not None:
                 await dl.aclose()
         done[:] = _merge(done, span)
@@ -514,9 +698,14 @@ async def _ranged(
             urls[:] = [(await store.sign_url(key, expires_in=3600), time.monotonic())]
         url = urls[0][0]
         loop = asyncio.get_running_loop()
+        held, told = [0], [time.monotonic()]  # bytes not yet shown; when the loop was last told
 
-        def moved(n: int) -> None:
-            loop.call_soon_threadsafe(advance, n)
+        def moved(n: int) -> None:  # on the range's thread: the loop is woken at most every PROGRESS_EVERY
+            held[0] += n
+            now = time.monotonic()
+            if now - told[0] >= PROGRESS_EVERY:
+                loop.call_soon_threadsafe(advance, held[0])
+                held[0], told[0] = 0, now
 
         job = threads.submit(_get_range, url, span, etag, fd, stop, moved)
         running.add(job)
@@ -524,6 +713,9 @@ async def _ranged(
             await asyncio.wrap_future(job)
         except _Refused as refused:
             raise _s3_error(refused, key, store) from None
+        finally:
+            if held[0]:
+                advance(held[0])
 
     async def streamed(span: tuple[int, int], dl: Download | None, advance: Advance) -> None:
         start, end = span
@@ -544,12 +736,17 @@ async def _ranged(
                 advance(len(data))
         if pos != end:
             raise IntegrityError(f"short read of {key}: {pos - start} of {end - start} bytes", key=key)
+        if WRITE_BACK:
+            await asyncio.to_thread(_write_back, fd, start, end)
 
     stop = threading.Event()  # tells range threads to give up (the run was interrupted)
     running: set[concurrent.futures.Future[None]] = set()
     urls: list[tuple[str, float]] = []
+    finished = asyncio.Event()
+    recorder: asyncio.Task[None] | None = None
     try:
         await asyncio.to_thread(_start, fd, size, side, {**record, "done": done})
+        recorder = asyncio.create_task(keep_recording())
         with bars(f"get {key}", size, resumed) as advance:
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -558,9 +755,16 @@ async def _ranged(
                         first = None  # the first task owns it now
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
+        finished.set()
+        await recorder  # its last save is over (and its error, if any, is the download's)
         await asyncio.to_thread(os.fsync, fd)
     finally:
         stop.set()
+        finished.set()
+        if recorder is not None:  # no record is written from a thread once fd is closed
+            await asyncio.wait([recorder])
+            if not recorder.cancelled():
+                recorder.exception()  # retrieved: the error being raised is the download's
         if running:  # no thread may write to fd once it is closed (its number is reused)
             await asyncio.to_thread(concurrent.futures.wait, running)
         if first is not None:

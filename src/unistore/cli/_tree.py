@@ -41,23 +41,17 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from .._base import StorageBackend
 from .._errors import AlreadyExistsError, IntegrityError, InvalidRangeError, StorageError
 from .._types import ObjectInfo, WriteMode
-from ._transfer import Advance, _s3, download, download_ranges, err, human, note, upload
+from ._transfer import Advance, _ignore, _s3, download, download_ranges, err, human, note, upload
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = [
     "Filters",
@@ -84,7 +78,7 @@ SMALL = 1024 * 1024
 a rename with their modification time; sent or fetched in one request."""
 
 DOWNLOAD_STREAMS = 8
-"""Ranged reads in flight across all of a tree's large downloads (``CHUNK`` bytes each, streamed)."""
+"""Ranged reads in flight across all of a tree's large downloads (sized by ``_transfer._range_size``)."""
 
 UPLOAD_PARTS = 6
 """S3 parts in flight across all of a tree's multipart uploads (8 MiB each by default): what
@@ -305,29 +299,39 @@ class _Display:
     Disabled (quiet, or stderr not a terminal) it only counts: nothing per file goes through rich."""
 
     def __init__(self, quiet: bool) -> None:
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=quiet or not err.is_terminal,
-            transient=False,
-        )
-        self.live = not self.bar.disable
+        self.live = not quiet and err().is_terminal
         self.files = self.done = 0
-        self.total: TaskID = self.bar.add_task("", total=0)
-        self._describe()
+        self.bar: Progress | contextlib.nullcontext[None] = contextlib.nullcontext()
+        if self.live:  # rich's progress display is imported only to be shown
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err(),
+                transient=False,
+            )
+            self.total: TaskID = self._bar.add_task("", total=0)
+            self._describe()
 
     def _describe(self) -> None:
-        self.bar.update(self.total, description=f"{self.done}/{self.files} files")
+        self._bar.update(self.total, description=f"{self.done}/{self.files} files")
 
     def plan(self, size: int) -> None:
         self.files += 1
         if self.live:
-            task = self.bar.tasks[self.total]
-            self.bar.update(self.total, total=(task.total or 0) + size)
+            task = self._bar.tasks[self.total]
+            self._bar.update(self.total, total=(task.total or 0) + size)
             self._describe()
 
     def finish(self) -> None:
@@ -340,23 +344,19 @@ class _Display:
         if not self.live:
             yield _ignore
             return
-        own = self.bar.add_task(label, total=total, completed=done) if (total or 0) >= LARGE else None
-        self.bar.advance(self.total, done)
+        own = self._bar.add_task(label, total=total, completed=done) if (total or 0) >= LARGE else None
+        self._bar.advance(self.total, done)
 
         def advance(n: int) -> None:
-            self.bar.advance(self.total, n)
+            self._bar.advance(self.total, n)
             if own is not None:
-                self.bar.advance(own, n)
+                self._bar.advance(own, n)
 
         try:
             yield advance
         finally:
             if own is not None:
-                self.bar.remove_task(own)
-
-
-def _ignore(n: int) -> None:
-    """The ``advance`` of a disabled display."""
+                self._bar.remove_task(own)
 
 
 Action = Literal["copy", "check", "skip"]
