@@ -237,3 +237,32 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+async def test_bytes_arriving_while_the_caller_holds_the_first_chunks_are_not_lost(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    """The body read along with the head is handed out first; what arrives meanwhile is read next."""
+    body = bytes(range(256)) * 1024  # 256 KiB
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:65536])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client is still busy with the first 64 KiB
+        writer.write(body[65536:])
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    pool = _pool(await serve(handler))
+    r = await pool.stream("GET", "/slow", "h", {})
+    await asyncio.sleep(0.1)  # the first 64 KiB wait in the stream reader's buffer
+    got = bytearray()
+    async with asyncio.timeout(4):
+        async for chunk in r.iter_chunks(4096):
+            got += chunk
+            await asyncio.sleep(0.02)
+    assert bytes(got) == body
+    r.release()
+    pool.close()

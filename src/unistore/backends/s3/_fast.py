@@ -91,20 +91,23 @@ class FastStream:
         conn, timeout = self._conn, self._pool._timeout
         reader = self._reader
         held: bytearray = reader._buffer  # type: ignore[attr-defined]  # body bytes read with the head
+        first = b""
         if held and self._open:
             take = len(held) if self._left is None else min(len(held), self._left)
             first = bytes(memoryview(held)[:take])
             del held[:take]
             if self._left is not None:
                 self._left -= take
+        if conn is None or not (self._left is None or self._left > 0) or reader.at_eof() or conn.writer.is_closing():
             for at in range(0, len(first), size):
                 yield first[at : at + size]
-        if conn is None or not (self._left is None or self._left > 0) or reader.at_eof() or conn.writer.is_closing():
             if self._left:
                 raise ConnectionResetError(f"connection closed with {self._left} body bytes to come")
             self._left = 0
             self.release()
             return
+        # The body's protocol takes over before anything is yielded: bytes that arrive while the
+        # caller holds a chunk must not land in the stream reader's buffer, where nobody reads them.
         transport = cast(asyncio.Transport, conn.writer.transport)
         stream_protocol = transport.get_protocol()
         body = _Body(transport, self._left)
@@ -113,6 +116,9 @@ class FastStream:
             reader._paused = False  # type: ignore[attr-defined]
             transport.resume_reading()
         try:
+            for at in range(0, len(first), size):
+                yield first[at : at + size]
+            del first
             while True:
                 async with asyncio.timeout(timeout):
                     chunk = await body.next()
