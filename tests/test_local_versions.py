@@ -171,3 +171,33 @@ async def test_file_body_over_max_object_size_stores_nothing(tmp_path: Path) -> 
         await store.put_object("k", src)
     assert await store.get("k") == b"old"
     assert [p.name for p in (tmp_path / "q").iterdir() if p.name.startswith(".unistore.tmp")] == []
+
+
+async def test_a_sidecar_removed_by_a_writer_that_freed_our_inode_is_written_again(
+    sidecar_store: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new temp file can take the inode of the version another writer has just replaced; that
+    writer then removes the replaced version's sidecar, which has our sidecar's name. The commit
+    notices under the key's lock and writes its sidecar again, so the metadata is never lost."""
+    import unistore.backends.local as local
+
+    await sidecar_store.put_object("k", b"old", metadata={"writer": "0"})
+
+    from unistore.backends.local._meta import SIDECAR_SUFFIX
+
+    current = versioned(sidecar_store, "k").name
+    removed: list[str] = []
+
+    def other_writer_removes_it(step: str, key: str) -> None:
+        if step == "sidecar-written" and key == "k":  # ours, just written: removed as the other writer would
+            (ours,) = [p for p in sidecar_store.root.iterdir() if p.name.endswith(SIDECAR_SUFFIX) and p.name != current]
+            ours.unlink()
+            removed.append(ours.name)
+
+    monkeypatch.setattr(local, "_crash_hook", other_writer_removes_it)
+    await sidecar_store.put_object("k", b"new", metadata={"writer": "1"})
+    monkeypatch.setattr(local, "_crash_hook", None)
+    assert removed == [versioned(sidecar_store, "k").name]
+    info = await sidecar_store.head("k")
+    assert (await sidecar_store.get("k"), info.metadata) == (b"new", {"writer": "1"})
+    assert versioned(sidecar_store, "k").exists()

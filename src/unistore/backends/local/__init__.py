@@ -718,6 +718,10 @@ class LocalBackend(BaseBackend):
             try:
                 if mode != "overwrite":
                     check_write_mode(self._current(key, d), mode, key, self.name)
+                if sidecar is not None and not _has_entry_at(d, sidecar):
+                    # Our temp file took the inode of a version another writer just replaced, and
+                    # that writer then removed "its" old sidecar: ours (the same name). Write it again.
+                    write_sidecar(sidecar, encode(record), fsync, d)
                 old = self._old_sidecar(d, name)
                 self._replace_data(key, d, temp.name, name)
                 committed = True
@@ -936,6 +940,15 @@ def _close_after(fd: int, read: asyncio.Future[bytes] | None) -> None:
     if read is not None and not read.cancelled():
         read.exception()  # retrieved: an unused read's error is not "never retrieved"
     os.close(fd)
+
+
+def _has_entry_at(d: int, name: str) -> bool:
+    """Whether ``name`` exists in the directory ``d`` (a symbolic link counts, not followed)."""
+    try:
+        os.stat(name, dir_fd=d, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _crash_point(step: str, key: str) -> None:
