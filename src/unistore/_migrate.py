@@ -636,7 +636,7 @@ class _Run:
             await self._drop_state(state_key)
             return False
         await self._drop_state(state_key)
-        if not self.server_checked and await _part_digests(self.dst, key, step) != [
+        if not self.server_checked and await _hashed(self.dst, key, step, "sha256") != [
             parts[n][1] for n in range(1, count + 1)
         ]:
             await _discard(self.dst, key, written.etag)
@@ -967,25 +967,6 @@ def _sha256_hex(chunks: list[bytes]) -> str:
     for chunk in chunks:
         sha.update(chunk)
     return sha.hexdigest()
-
-
-async def _part_digests(store: StorageBackend, key: str, step: int) -> list[str]:
-    """The SHA-256 of each ``step``-byte part of the object, streamed."""
-    out: list[str] = []
-    sha, left = hashlib.sha256(), step
-    async with await store.open(key) as dl:
-        async for chunk in dl:
-            view = memoryview(chunk)
-            while view:
-                take = view[:left]
-                sha.update(take)
-                view, left = view[len(take) :], left - len(take)
-                if not left:
-                    out.append(sha.hexdigest())
-                    sha, left = hashlib.sha256(), step
-    if left != step or not out:
-        out.append(sha.hexdigest())
-    return out
 
 
 async def _digest(store: StorageBackend, key: str) -> tuple[ObjectInfo, bytes]:
