@@ -23,9 +23,9 @@ import asyncio
 import collections
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -33,6 +33,18 @@ __all__ = ["FastPool", "FastResponse", "FastStream", "FileRange", "ShortFile", "
 
 _MAX_HEADER = 64 * 1024
 _HIGH_WATER = 2 * 1024 * 1024  # received body bytes a stream holds before it stops reading
+_T = TypeVar("_T")
+
+
+def _request_head(method: str, target: str, host_header: str, headers: Mapping[str, str], length: int | None) -> bytes:
+    """The request line and headers, with a ``Content-Length`` of ``length`` unless given or ``None``."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n")
+    if length is not None and "content-length" not in headers:
+        lines.append(f"Content-Length: {length}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 class StaleConnection(ConnectionError):
@@ -252,88 +264,54 @@ class FastPool:
         body: bytes | bytearray | memoryview | None,
     ) -> FastResponse:
         """Send one request and read its whole response (``TimeoutError``/``OSError`` on failure)."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n")
-        length = 0 if body is None else len(body)
-        if (body is not None or method in ("PUT", "POST")) and "content-length" not in headers:
-            lines.append(f"Content-Length: {length}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
-        payload = head + bytes(body) if body is not None and length <= 65536 else head
+        length = None if body is None and method not in ("PUT", "POST") else (0 if body is None else len(body))
+        head = _request_head(method, target, host_header, headers, length)
+        small = body is not None and len(body) <= 65536
+        payload = head + bytes(body) if small and body is not None else head
+
+        async def send(conn: _Conn, reused: bool) -> None:
+            conn.writer.write(payload)
+            if not small and body is not None:
+                conn.writer.write(body)
+
         async with self._slots:
-            for attempt in (0, 1):
-                conn, reused = await self._acquire(fresh=attempt > 0)
-                try:
-                    conn.writer.write(payload)
-                    if payload is head and body is not None:
-                        conn.writer.write(body)
-                    async with asyncio.timeout(self._timeout):
-                        await conn.writer.drain()
-                        response, keep = await self._read(conn, method, reused)
-                except StaleConnection:
-                    conn.close()
-                    if attempt == 0:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if keep and not self._closed:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
-                return response
-        raise AssertionError("unreachable")
+            conn, (response, keep) = await self._exchange(send, lambda conn, reused: self._read(conn, method, reused))
+            self._done(conn, keep)
+            return response
 
     async def stream(self, method: str, target: str, host_header: str, headers: Mapping[str, str]) -> FastStream:
         """Send a request without a body and return once the response head is read; the body is
         read from the :class:`FastStream` (which holds one of the pool's connections until then)."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = _request_head(method, target, host_header, headers, None)
+
+        async def send(conn: _Conn, reused: bool) -> None:
+            conn.writer.write(head)
+
         await self._slots.acquire()
         try:
-            for attempt in (0, 1):
-                conn, reused = await self._acquire(fresh=attempt > 0)
-                try:
-                    conn.writer.write(head)
-                    async with asyncio.timeout(self._timeout):
-                        await conn.writer.drain()
-                        status, fields, keep = await self._head(conn, reused)
-                except StaleConnection:
-                    conn.close()
-                    if attempt == 0:
-                        continue
-                    raise
+            conn, (status, fields, keep) = await self._exchange(send, self._head)
+            left: int | None
+            if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                left = 0
+            elif "chunked" in fields.get("Transfer-Encoding", "").lower():
+                try:  # not what S3 sends for objects: read it whole
+                    body = await self._chunked(conn.reader)
                 except BaseException:
                     conn.close()
                     raise
-                left: int | None
-                if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-                    left = 0
-                elif "chunked" in fields.get("Transfer-Encoding", "").lower():
-                    try:  # not what S3 sends for objects: read it whole
-                        body = await self._chunked(conn.reader)
-                    except BaseException:
-                        conn.close()
-                        raise
-                    self._done(conn, keep)
-                    held = asyncio.StreamReader()
-                    held.feed_data(body)
-                    held.feed_eof()
-                    return FastStream(self, None, held, status, CIMultiDictProxy(fields), len(body), False)
-                elif (length := fields.get("Content-Length")) is not None:
-                    left = int(length)
-                else:
-                    left, keep = None, False
-                return FastStream(self, conn, conn.reader, status, CIMultiDictProxy(fields), left, keep)
+                self._done(conn, keep)
+                held = asyncio.StreamReader()
+                held.feed_data(body)
+                held.feed_eof()
+                return FastStream(self, None, held, status, CIMultiDictProxy(fields), len(body), False)
+            elif (length := fields.get("Content-Length")) is not None:
+                left = int(length)
+            else:
+                left, keep = None, False
+            return FastStream(self, conn, conn.reader, status, CIMultiDictProxy(fields), left, keep)
         except BaseException:
             self._slots.release()
             raise
-        raise AssertionError("unreachable")
 
     def _done(self, conn: _Conn, keep: bool) -> None:
         if keep and not self._closed:
@@ -351,40 +329,45 @@ class FastPool:
     ) -> FastResponse:
         """Send one request whose body is ``body``'s file range, sent by the kernel, and read the
         response. :class:`ShortFile` if the file ends before the range does."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n")
-        if "content-length" not in headers:
-            lines.append(f"Content-Length: {body.length}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = _request_head(method, target, host_header, headers, body.length)
+
+        async def send(conn: _Conn, reused: bool) -> None:
+            conn.writer.write(head)
+            try:
+                await _send_range(conn.writer, body)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                if reused:  # closed while idle: the server saw no request
+                    raise StaleConnection("connection closed before the request was sent") from exc
+                raise
+
         async with self._slots:
-            for attempt in (0, 1):
-                conn, reused = await self._acquire(fresh=attempt > 0)
-                try:
-                    conn.writer.write(head)
-                    try:
-                        await _send_range(conn.writer, body)
-                    except (BrokenPipeError, ConnectionResetError) as exc:
-                        if reused:  # closed while idle: the server saw no request
-                            raise StaleConnection("connection closed before the request was sent") from exc
-                        raise
-                    async with asyncio.timeout(self._timeout):
-                        await conn.writer.drain()
-                        response, keep = await self._read(conn, method, reused)
-                except StaleConnection:
-                    conn.close()
-                    if attempt == 0:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if keep and not self._closed:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
-                return response
+            conn, (response, keep) = await self._exchange(send, lambda conn, reused: self._read(conn, method, reused))
+            self._done(conn, keep)
+            return response
+
+    async def _exchange(
+        self,
+        send: Callable[[_Conn, bool], Awaitable[None]],
+        receive: Callable[[_Conn, bool], Awaitable[_T]],
+    ) -> tuple[_Conn, _T]:
+        """Send with ``send`` on a pooled connection and read the answer with ``receive``; a reused
+        connection found closed (:class:`StaleConnection`) is replaced by a new one, once. The
+        connection is closed on any failure and otherwise returned with what ``receive`` read."""
+        for attempt in (0, 1):
+            conn, reused = await self._acquire(fresh=attempt > 0)
+            try:
+                await send(conn, reused)
+                async with asyncio.timeout(self._timeout):
+                    await conn.writer.drain()
+                    return conn, await receive(conn, reused)
+            except StaleConnection:
+                conn.close()
+                if attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
         raise AssertionError("unreachable")
 
     async def _acquire(self, fresh: bool) -> tuple[_Conn, bool]:
