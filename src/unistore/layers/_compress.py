@@ -37,7 +37,7 @@ from .._types import (
     accepted_encodings,
     normalize_metadata,
 )
-from ._layer import Layer
+from ._layer import Layer, replace_keeping
 
 __all__ = [
     "Compress",
@@ -264,6 +264,11 @@ def _counters(option: Any) -> tuple[Any, Any] | None:
         )
         found = _COUNTERS[registry] = (saved, objects)
     return found
+
+
+def _owned_by_compress(name: str) -> bool:
+    """Whether a metadata name is one Compress writes."""
+    return name.startswith(RESERVED_PREFIX)
 
 
 class Compress(Layer):
@@ -501,19 +506,11 @@ class Compress(Layer):
             raise InvalidMetadataError(
                 f"metadata names starting with {RESERVED_PREFIX!r} belong to Compress", key=key, backend=self.name
             )
-        for _attempt in range(_READ_RETRIES):
-            current = await self.inner.head(key)
-            if if_match is not None and current.etag != if_match:
-                raise PreconditionFailedError("the object changed", key=key, backend=self.name)
-            mine = {n: v for n, v in current.metadata.items() if n.startswith(RESERVED_PREFIX)}
-            try:
-                info = await self.inner.replace_metadata(key, {**user, **mine}, if_match=current.etag)
-            except PreconditionFailedError:
-                if if_match is not None:
-                    raise
-                continue
-            return self._plain(info)
-        raise PreconditionFailedError("the object kept changing", key=key, backend=self.name)
+        return self._plain(
+            await replace_keeping(
+                self.inner, key, user, _owned_by_compress, if_match=if_match, layer=self.name, attempts=_READ_RETRIES
+            )
+        )
 
     # --- reads ------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ from ._dedup_parts import (
     verified,
 )
 from ._dedup_sweep import sweep
-from ._layer import Layer, in_memory
+from ._layer import Layer, in_memory, replace_keeping
 
 __all__ = ["DEDUP_PREFIX", "Dedup", "DedupObjectInfo", "META_PREFIX", "SweepReport"]
 
@@ -93,6 +93,11 @@ _DEFINITE = (PreconditionFailedError, InvalidArgumentError, InvalidMetadataError
 
 log = logging.getLogger("unistore.dedup")
 _E = TypeVar("_E", ObjectInfo, ObjectInfo | CommonPrefix)
+
+
+def _owned_by_dedup(name: str) -> bool:
+    """Whether a metadata name is one of the manifest's."""
+    return name.startswith(META_PREFIX)
 
 
 class Dedup(Layer):
@@ -471,19 +476,11 @@ class Dedup(Layer):
             raise InvalidMetadataError(
                 f"metadata names starting with {META_PREFIX!r} belong to Dedup", key=key, backend=self.name
             )
-        for _attempt in range(_READ_ATTEMPTS):
-            current = await self.inner.head(key)
-            if if_match is not None and if_match != "*" and _bare(if_match) != current.etag:
-                raise PreconditionFailedError("the object changed", key=key, backend=self.name)
-            mine = {n: v for n, v in current.metadata.items() if n.startswith(META_PREFIX)}
-            try:
-                info = await self.inner.replace_metadata(key, {**user, **mine}, if_match=current.etag)
-            except PreconditionFailedError:
-                if if_match is not None:
-                    raise
-                continue
-            return self._logical(info)
-        raise PreconditionFailedError("the object kept changing", key=key, backend=self.name)
+        return self._logical(
+            await replace_keeping(
+                self.inner, key, user, _owned_by_dedup, if_match=if_match, layer=self.name, attempts=_READ_ATTEMPTS
+            )
+        )
 
     # --- reads -----------------------------------------------------------------------------
 

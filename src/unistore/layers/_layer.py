@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from .._base import BaseBackend, StorageBackend
+from .._base import BaseBackend, StorageBackend, _bare
+from .._errors import PreconditionFailedError
 from .._types import Body, Capabilities, CommonPrefix, Download, ObjectInfo, Range, WriteMode
 
-__all__ = ["Layer", "LayerFactory", "in_memory", "rewrap", "stack"]
+__all__ = ["Layer", "LayerFactory", "in_memory", "replace_keeping", "rewrap", "stack"]
 
 T = TypeVar("T")
 
@@ -172,3 +173,34 @@ def rewrap(
         close=close,
         encoding=dl.encoding,
     )
+
+
+async def replace_keeping(
+    inner: StorageBackend,
+    key: str,
+    metadata: Mapping[str, Any],
+    owned: Callable[[str], bool],
+    *,
+    if_match: str | None,
+    layer: str,
+    attempts: int = 4,
+) -> ObjectInfo:
+    """Replace ``key``'s metadata on ``inner`` with ``metadata`` plus the names a layer keeps
+    for itself (those ``owned`` accepts), as ``inner`` stores them now.
+
+    The replacement is conditional on the version whose names were read, so a concurrent write
+    is never overwritten with stale layer metadata; without ``if_match`` a lost race is retried
+    (up to ``attempts`` reads), with it the caller's version must be current (``*`` matches any,
+    quoted and weak etags are compared bare).
+    """
+    for _attempt in range(attempts):
+        current = await inner.head(key)
+        if if_match is not None and if_match != "*" and _bare(if_match) != current.etag:
+            raise PreconditionFailedError("the object changed", key=key, backend=layer, operation="replace_metadata")
+        kept = {name: value for name, value in current.metadata.items() if owned(name)}
+        try:
+            return await inner.replace_metadata(key, {**metadata, **kept}, if_match=current.etag)
+        except PreconditionFailedError:
+            if if_match is not None:
+                raise
+    raise PreconditionFailedError("the object kept changing", key=key, backend=layer, operation="replace_metadata")

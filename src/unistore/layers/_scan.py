@@ -49,7 +49,7 @@ from ..scanners._clamd import (
     ScannerUnavailableError,
     ScanResult,
 )
-from ._layer import Layer
+from ._layer import Layer, replace_keeping
 
 __all__ = ["QUARANTINE_PREFIX", "Scan", "ScanMode"]
 
@@ -66,6 +66,11 @@ VERDICT = "scan-verdict"
 SIGNATURE = "scan-signature"
 ENGINE = "scan-engine"
 ORIGINAL_KEY = "scan-key"
+
+
+def _owned_by_scan(name: str) -> bool:
+    """Whether a metadata name holds a scan verdict."""
+    return name.lower().startswith(_SCAN_PREFIX)
 
 
 class Scan(Layer):
@@ -162,10 +167,8 @@ class Scan(Layer):
             return await self.inner.replace_metadata(key, metadata, if_match=if_match)
         # The verdict stays as the scan recorded it: callers cannot set it, and a replacement keeps it.
         _check_metadata(key, metadata)
-        info = await self.inner.head(key)
-        kept = {k: v for k, v in info.metadata.items() if k.lower().startswith(_SCAN_PREFIX)}
-        return await self.inner.replace_metadata(
-            key, {**(metadata or {}), **kept}, if_match=if_match if if_match is not None else info.etag
+        return await replace_keeping(
+            self.inner, key, metadata or {}, _owned_by_scan, if_match=if_match, layer=self.name
         )
 
     async def sign_url(

@@ -682,6 +682,20 @@ class BackendConformance:
         got = await backend.head(key)
         assert dict(got.metadata) == {"v": "2"} and await backend.get(key) == b"new body"
 
+    async def test_replace_metadata_if_match_takes_star_and_http_quoted_etags(
+        self, backend: StorageBackend, prefix: str
+    ) -> None:
+        if not backend.capabilities.conditional_put:
+            pytest.skip("no conditional_put: covered by test_replace_metadata")
+        key = prefix + "quoted"
+        await backend.put_object(key, b"body", metadata={"v": "1"})
+        star = await backend.replace_metadata(key, {"v": "2"}, if_match="*")
+        quoted = await backend.replace_metadata(key, {"v": "3"}, if_match=f'"{star.etag}"')
+        assert dict((await backend.head(key)).metadata) == {"v": "3"} == dict(quoted.metadata)
+        with pytest.raises(NotFoundError):
+            await backend.replace_metadata(prefix + "absent-quoted", {"v": "1"}, if_match="*")
+        assert await backend.get(key) == b"body"
+
     async def test_replace_metadata_races_writers_without_losing_a_write(
         self, backend: StorageBackend, prefix: str
     ) -> None:
