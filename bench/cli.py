@@ -11,8 +11,19 @@ tool order rotated):
 - ``nochange-up`` / ``nochange-down``: ``sync`` of the 10,000 files onto a destination that the
   same tool synced before (nothing to do)
 
+A fourth "client", ``floor``, runs in the large cases only: the leanest transfer of the same
+bytes to and from the same server that HTTP allows, to show how close any client can get. It is
+``curl --parallel`` with presigned URLs made by the harness before the clock starts: one PUT per
+file, the body read from the source file, no checksum header (``large-up``); ``--floor-ranges``
+ranged GETs per file written to ``/dev/null`` (``large-down``: no file, no fsync). It is not a
+peer: the ratio is to the faster of aws/rclone, and ``floor / faster peer`` says whether the row
+can be passed at all by a client of this server on this machine.
+
 Measured: wall time of the client process and peak RSS of its process tree (psutil polling
-every 20 ms, and the kernel's own peak of the process from ``wait4``). Targets from the issue:
+every 20 ms, and the kernel's own peak of the process from ``wait4``), the CPU time of the client
+process tree (``wait4``) and of the SeaweedFS server process (``/proc/PID/stat``) during the run:
+both are far less disturbed by other load than the wall, and with client and server on the same
+cores, ``(client CPU + server CPU) / cores`` bounds the wall from below. Targets from the issue:
 wall time <= 0.8x the faster of aws/rclone, peak RSS < 128 MiB, no-change sync >= 2x faster
 than both.
 
@@ -52,7 +63,9 @@ from unistore.testing._s3servers import seaweedfs  # noqa: E402
 
 MiB = 1 << 20
 BUCKET = "unistore-cli-bench"
-TOOLS = ["unistore", "aws", "rclone"]
+TOOLS = ["unistore", "aws", "rclone", "floor"]
+PEERS = ("aws", "rclone")
+FLOOR_CASES = ("large-up", "large-down")
 CASES = ["small-up", "small-down", "large-up", "large-down", "nochange-up", "nochange-down"]
 RSS_TARGET = 128 * MiB
 PROFILE = (
@@ -71,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--small-size", type=int, default=4096)
     ap.add_argument("--large-n", type=int, default=4)
     ap.add_argument("--large-mib", type=int, default=256)
+    ap.add_argument("--floor-ranges", type=int, default=4, help="ranged GETs per file of the floor client's download")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-snapshot", action="store_true", help="run the live src/ tree, not a copy")
@@ -103,22 +117,34 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict[str, str], timeout: int) -> dict[str, Any]:
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(cmd: list[str], env: dict[str, str], timeout: int, server_pid: int = 0) -> dict[str, Any]:
     """Run ``cmd``; its wall time and peak RSS: of its process tree (polled), and of the client
     process itself as the kernel counts it (``/usr/bin/time``, when installed; ``wait4`` here
-    would count this harness's own RSS at fork time)."""
+    would count this harness's own RSS at fork time); the CPU time of the client's process tree
+    (``wait4``) and of process ``server_pid`` meanwhile."""
     timed = shutil.which("time", path="/usr/bin:/bin")
     fd, maxrss_file = tempfile.mkstemp(prefix="clibench-time-")
     os.close(fd)
     if timed:
         cmd = [timed, "-f", "%M", "-o", maxrss_file, *cmd]
+    server0 = proc_cpu(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ps = psutil.Process(proc.pid)
-    peak, status, done = 0, 0, False
+    peak, status, done, usage = 0, 0, False, None
     try:
         while True:
-            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 done = True
                 break
@@ -131,8 +157,9 @@ def run_measured(cmd: list[str], env: dict[str, str], timeout: int) -> dict[str,
             for p in [*ps.children(recursive=True), ps]:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
-            pid, status, _ = os.wait4(proc.pid, 0)
+            pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    server = proc_cpu(server_pid) - server0 if server_pid else None
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.stderr:
@@ -150,6 +177,9 @@ def run_measured(cmd: list[str], env: dict[str, str], timeout: int) -> dict[str,
         "rss": max(peak, maxrss),
         "rc": proc.returncode,
         "stderr": err[-2000:],
+        "user": usage.ru_utime if usage else None,
+        "sys": usage.ru_stime if usage else None,
+        "server_cpu": server,
     }
 
 
@@ -198,6 +228,34 @@ class Bench(Harness):
             sub = ["cp", "--recursive"] if verb == "copy" else ["sync"]
             return [self.aws_path(), "s3", *sub, src, dst, "--endpoint-url", self.s3.endpoint, "--only-show-errors"]
         return ["rclone", "copy" if verb == "copy" else "sync", src, dst]
+
+    def floor_command(self, direction: str, src_local: Path, prefix: str, out: Path) -> list[str]:
+        """The floor client: ``curl --parallel`` on presigned URLs (made here, before the clock),
+        one PUT per file from the file, or ``--floor-ranges`` ranged GETs per object into
+        /dev/null, the bytes received summed into ``out`` (``-w``) for the check."""
+        sign = self.client.generate_presigned_url
+        curl = ["curl", "-sS", "--fail", "--parallel", "--parallel-immediate"]
+        if direction == "up":
+            files = sorted(p for p in src_local.rglob("*") if p.is_file())
+            args = [*curl, "--parallel-max", str(len(files))]
+            for f in files:
+                key = f"{prefix}/{f.relative_to(src_local).as_posix()}"
+                url = sign("put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=3600)
+                args += ["-T", str(f), url, "-o", "/dev/null"]
+            return args
+        n = max(1, self.a.floor_ranges)
+        objects = [
+            o
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+            for o in page.get("Contents", [])
+        ]
+        args = [*curl, "--parallel-max", str(len(objects) * n), "-w", "%{size_download}\\n"]
+        for o in objects:
+            url = sign("get_object", Params={"Bucket": BUCKET, "Key": o["Key"]}, ExpiresIn=3600)
+            step = -(-o["Size"] // n)
+            for start in range(0, o["Size"], step):
+                args += ["-r", f"{start}-{min(start + step, o['Size']) - 1}", url, "-o", "/dev/null"]
+        return ["sh", "-c", 'exec "$@" > "$0"', str(out), *args]
 
     # ---- trees -------------------------------------------------------------------------------
     def make_sources(self) -> None:
@@ -259,17 +317,25 @@ class Bench(Harness):
             src, dst = str(src_local), self.s3url(tool, prefix)
         else:
             src, dst = self.s3url(tool, f"src/{data}"), str(local)
-        cmd = self.command(tool, verb, src, dst, f"{case}-{tool}-{rep}")
+        received = self.work / "floor-received.txt"
+        if tool == "floor":
+            floor_prefix = prefix if direction == "up" else f"src/{data}"
+            cmd = self.floor_command(direction, src_local, floor_prefix, received)
+        else:
+            cmd = self.command(tool, verb, src, dst, f"{case}-{tool}-{rep}")
         if kind == "nochange" and not (local.exists() if direction == "down" else self.s3_count(prefix)[0]):
             log(f"  {case} {tool}: first sync (not measured)")
             first = run_measured(cmd, self.env, self.a.timeout)
             if first["rc"]:
                 log(f"  {tool} first sync failed: {first['stderr'].strip()[-300:]}")
         load = self.wait_quiet()
-        r = run_measured(cmd, self.env, self.a.timeout)
-        r.update(case=case, tool=tool, rep=rep, load=load)
+        r = run_measured(cmd, self.env, self.a.timeout, self.s3.pid)
+        r.update(case=case, tool=tool, rep=rep, load=load, bytes=self.size[data][1])
         if r["rc"] == 0:
-            got = self.s3_count(prefix) if direction == "up" else self.local_count(local)
+            if tool == "floor" and direction == "down":  # into /dev/null: count what curl received
+                got = (self.size[data][0], sum(int(x) for x in received.read_text().split()))
+            else:
+                got = self.s3_count(prefix) if direction == "up" else self.local_count(local)
             if got != self.size[data]:
                 r["rc"], r["stderr"] = -100, f"destination holds {got}, expected {self.size[data]}"
         if kind != "nochange":
@@ -278,7 +344,11 @@ class Bench(Harness):
             else:
                 shutil.rmtree(local, ignore_errors=True)
         mark = "" if r["rc"] == 0 else f"  FAILED rc={r['rc']}: {r['stderr'].strip()[-300:]}"
-        log(f"  {case:13} {tool:8} rep {rep}: {r['wall']:7.2f} s  peak RSS {r['rss'] / MiB:6.1f} MiB{mark}")
+        log(
+            f"  {case:13} {tool:8} rep {rep}: {r['wall']:7.2f} s  peak RSS {r['rss'] / MiB:6.1f} MiB  "
+            f"client CPU {r['user']:.2f} u + {r['sys']:.2f} s  server CPU {r['server_cpu']:.2f} s  "
+            f"load {load:.2f}{mark}"
+        )
         return r
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -315,6 +385,8 @@ class Bench(Harness):
             for rep in range(a.reps):
                 for case in self.cases:
                     for tool in rotate(self.tools, rep + self.cases.index(case)):
+                        if tool == "floor" and case not in FLOOR_CASES:
+                            continue
                         self.R["runs"].append(self.measure(case, tool, rep))
                         self.save()
         self.save()
@@ -352,6 +424,45 @@ class Bench(Harness):
         }
 
 
+def cpu_table(R: dict[str, Any], tools: list[str], cases: list[str]) -> list[str]:
+    """The CPU section: per case and tool, median client CPU (user + sys) and server CPU per GiB
+    moved, and the wall no client could beat with that server CPU on these cores."""
+    rows = []
+    cores = R.get("meta", {}).get("cpus") or os.cpu_count() or 1
+    for case in cases:
+        for tool in tools:
+            ok = [
+                r
+                for r in R["runs"]
+                if r["case"] == case and r["tool"] == tool and r["rc"] == 0 and r.get("server_cpu") is not None
+            ]
+            if not ok:
+                continue
+            gib = ok[0]["bytes"] / (1 << 30)
+            user = statistics.median(r["user"] for r in ok)
+            sys_ = statistics.median(r["sys"] for r in ok)
+            server = statistics.median(r["server_cpu"] for r in ok)
+            wall = statistics.median(r["wall"] for r in ok)
+            rows.append(
+                f"| {case} | {tool} | {wall:.2f} | {user:.2f} + {sys_:.2f} | {server:.2f} | {server / gib:.2f} "
+                f"| {(user + sys_ + server) / cores:.2f} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## CPU time during the run (s, median): client process tree and the SeaweedFS server",
+        "",
+        f"`bound` = (client CPU + server CPU) / {cores} cores: the wall the run cannot beat on this machine "
+        "(the server shares the cores with the client); less than the wall where the run waited (disk, "
+        "scheduling, other load).",
+        "",
+        "| case | tool | wall | client user + sys | server | server per GiB | bound |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
     meta = R.get("meta", {})
     lines = [
@@ -366,8 +477,11 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         "",
         "## Wall time (s, median) and ratio of unistore to the faster peer",
         "",
-        "| case | " + " | ".join(tools) + " | unistore / faster peer | target | result |",
-        "|---|" + "---:|" * len(tools) + "---:|---|---|",
+        "| case | "
+        + " | ".join(tools)
+        + " | unistore / faster peer | target | result |"
+        + (" floor / faster peer |" if "floor" in tools else ""),
+        "|---|" + "---:|" * len(tools) + "---:|---|---|" + ("---:|" if "floor" in tools else ""),
     ]
     med: dict[tuple[str, str], float] = {}
     for case in cases:
@@ -377,7 +491,7 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
                 med[case, tool] = statistics.median(ok)
     verdicts = []
     for case in cases:
-        peers = [med[case, t] for t in tools if t != "unistore" and (case, t) in med]
+        peers = [med[case, t] for t in tools if t in PEERS and (case, t) in med]
         ran = {r["tool"] for r in R["runs"] if r["case"] == case}
         cells = [f"{med[case, t]:.2f}" if (case, t) in med else ("failed" if t in ran else "-") for t in tools]
         ratio = med[case, "unistore"] / min(peers) if peers and (case, "unistore") in med else None
@@ -385,7 +499,12 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         verdict = "?" if ratio is None else ("PASS" if ratio <= limit else "MISS")
         verdicts.append((case, verdict))
         rs = f"{ratio:.2f}x" if ratio is not None else "-"
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {rs} | <= {limit}x | {verdict} |")
+        row = f"| {case} | " + " | ".join(cells) + f" | {rs} | <= {limit}x | {verdict} |"
+        if "floor" in tools:
+            fl = med[case, "floor"] / min(peers) if peers and (case, "floor") in med else None
+            row += f" {fl:.2f}x |" if fl is not None else " - |"
+        lines.append(row)
+    lines += cpu_table(R, tools, cases)
     lines += [
         "",
         "## Peak RSS of the client process tree (MiB, highest over repetitions)",
@@ -397,6 +516,8 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         peaks = {
             t: max((r["rss"] for r in R["runs"] if r["case"] == case and r["tool"] == t), default=0) for t in tools
         }
+        if not any(peaks.values()):
+            continue
         u = peaks.get("unistore", 0)
         v = "?" if not u else ("PASS" if u < RSS_TARGET else "MISS")
         lines.append(f"| {case} | " + " | ".join(f"{peaks[t] / MiB:.0f}" for t in tools) + f" | {v} |")
