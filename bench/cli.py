@@ -249,12 +249,14 @@ class Bench(Harness):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
             for o in page.get("Contents", [])
         ]
-        args = [*curl, "--parallel-max", str(len(objects) * n), "-w", "%{size_download}\\n"]
+        args = [*curl, "--parallel-max", str(len(objects) * n)]
         for o in objects:
             url = sign("get_object", Params={"Bucket": BUCKET, "Key": o["Key"]}, ExpiresIn=3600)
             step = -(-o["Size"] // n)
-            for start in range(0, o["Size"], step):
-                args += ["-r", f"{start}-{min(start + step, o['Size']) - 1}", url, "-o", "/dev/null"]
+            for start in range(0, o["Size"], step):  # a range is an option of its own transfer (--next)
+                args += ["-sS", "--fail", "-w", "%{size_download}\\n", "-o", "/dev/null"]
+                args += ["-r", f"{start}-{min(start + step, o['Size']) - 1}", url, "--next"]
+        args.pop()
         return ["sh", "-c", 'exec "$@" > "$0"', str(out), *args]
 
     # ---- trees -------------------------------------------------------------------------------

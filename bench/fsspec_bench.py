@@ -155,14 +155,14 @@ def floor(case: str, spec: dict[str, Any], checks: dict[str, Any]) -> Callable[[
     )
     key = f"put/floor-{spec['run_id']}.bin"
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
-    args = [*curl, "--parallel", "--parallel-immediate", "--parallel-max", str(len(spec["parts"]))]
-    heads = []
+    args = ["curl", "--parallel", "--parallel-immediate", "--parallel-max", str(len(spec["parts"]))]
+    heads: list[str] = []
     for i, part in enumerate(spec["parts"], 1):
         url = s3.generate_presigned_url(
             "upload_part", Params={"Bucket": BUCKET, "Key": key, "UploadId": upload, "PartNumber": i}
         )
         heads.append(os.path.join(spec["tmp"], f"floor-head-{spec['run_id']}-{i}"))
-        args += ["-T", part, url, "-o", "/dev/null", "-D", heads[-1]]
+        args += [*(["--next"] if i > 1 else []), *curl[1:], "-T", part, url, "-o", "/dev/null", "-D", heads[-1]]
 
     def put_parts() -> None:
         subprocess.run(args, check=True)
