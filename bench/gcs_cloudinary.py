@@ -80,13 +80,8 @@ def _row(label: str, raw: list[tuple[float, float]], uni: list[tuple[float, floa
     ratio = statistics.median(max(r[0] / u[0], u[1] / r[1]) for r, u in zip(raw, uni, strict=True))
     r_rate, r_cpu = statistics.median(x[0] for x in raw), statistics.median(x[1] for x in raw)
     u_rate, u_cpu = statistics.median(x[0] for x in uni), statistics.median(x[1] for x in uni)
-    return (
-        label,
-        f"{r_rate:,.0f} ops/s, {r_cpu:,.0f} µs CPU",
-        f"{u_rate:,.0f} ops/s, {u_cpu:,.0f} µs CPU",
-        f"{ratio:.2f}x",
-        "PASS" if ratio <= LIMIT else "MISS",
-    )
+    return (label, f"{r_rate:,.0f} ops/s, {r_cpu:,.0f} µs CPU", f"{u_rate:,.0f} ops/s, {u_cpu:,.0f} µs CPU",
+            f"{ratio:.2f}x", "PASS" if ratio <= LIMIT else "MISS")
 
 
 # --- GCS ----------------------------------------------------------------------------------------
@@ -107,21 +102,11 @@ async def gcs_ops(url: str, n: int, reps: int) -> list[tuple[str, ...]]:
     async def raw_put(i: int) -> None:
         boundary = secrets.token_hex(16)
         meta = json.dumps({"name": f"obj/{i}", "contentType": "application/octet-stream"}).encode()
-        body = b"".join(
-            [
-                f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode(),
-                meta,
-                f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(),
-                data,
-                f"\r\n--{boundary}--\r\n".encode(),
-            ]
-        )
-        r = await raw.post(
-            upload,
-            params={"uploadType": "multipart"},
-            content=body,
-            headers={"Content-Type": f"multipart/related; boundary={boundary}"},
-        )
+        body = b"".join([f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode(), meta,
+                         f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(), data,
+                         f"\r\n--{boundary}--\r\n".encode()])
+        r = await raw.post(upload, params={"uploadType": "multipart"}, content=body,
+                           headers={"Content-Type": f"multipart/related; boundary={boundary}"})
         r.raise_for_status()
         r.json()
 
@@ -154,15 +139,8 @@ def _cld_backend(url: str) -> Any:
     from unistore.testing._cloudinary_fake import FakeCloudinary
 
     f = FakeCloudinary()
-    return CloudinaryBackend(
-        cloud_name=f.cloud_name,
-        api_key=f.api_key,
-        api_secret=f.api_secret,
-        upload_prefix=url,
-        cname=url.split("//")[1],
-        secure=False,
-        chunk_size=8 * 1024 * 1024,
-    )
+    return CloudinaryBackend(cloud_name=f.cloud_name, api_key=f.api_key, api_secret=f.api_secret, upload_prefix=url,
+                             cname=url.split("//")[1], secure=False, chunk_size=8 * 1024 * 1024)
 
 
 async def cld_ops(url: str, n: int, reps: int) -> list[tuple[str, ...]]:
@@ -176,14 +154,8 @@ async def cld_ops(url: str, n: int, reps: int) -> list[tuple[str, ...]]:
     versions: dict[int, int] = {}
 
     async def raw_put(i: int) -> None:  # the SDK's uploader.upload with the parameters unistore sends
-        params = {
-            "public_id": f"obj/{i}.bin",
-            "type": "authenticated",
-            "overwrite": "true",
-            "invalidate": "true",
-            "context": "_ct=application/octet-stream",
-            "timestamp": str(int(time.time())),
-        }
+        params = {"public_id": f"obj/{i}.bin", "type": "authenticated", "overwrite": "true", "invalidate": "true",
+                  "context": "_ct=application/octet-stream", "timestamp": str(int(time.time()))}
         params["signature"] = api_signature(params, f.api_secret)
         params["api_key"] = f.api_key
         r = await raw.post(f"{url}/v1_1/{f.cloud_name}/raw/upload", data=params, files={"file": ("b", data)})
@@ -192,9 +164,8 @@ async def cld_ops(url: str, n: int, reps: int) -> list[tuple[str, ...]]:
 
     async def raw_get(i: int) -> None:  # a signed delivery GET for a known asset (version from the upload)
         source = f"obj/{i}.bin"
-        r = await raw.get(
-            f"{url}/{f.cloud_name}/raw/authenticated/{url_signature(source, f.api_secret)}/v{versions[i]}/{source}"
-        )
+        r = await raw.get(f"{url}/{f.cloud_name}/raw/authenticated/{url_signature(source, f.api_secret)}/"
+                          f"v{versions[i]}/{source}")
         r.raise_for_status()
 
     async def open_read(i: int) -> None:
@@ -237,22 +208,16 @@ def _rss_child(kind: str, url: str, which: str, q: Any) -> None:
         else:  # raw: GCS resumable session in 8 MiB chunks / Cloudinary chunked upload, then a streamed GET
             async with httpx.AsyncClient(timeout=120) as c:
                 if kind == "gcs":
-                    r = await c.post(
-                        f"{url}/upload/storage/v1/b/bench/o",
-                        params={"uploadType": "resumable"},
-                        json={"name": "rawbig"},
-                    )
+                    r = await c.post(f"{url}/upload/storage/v1/b/bench/o", params={"uploadType": "resumable"},
+                                     json={"name": "rawbig"})
                     loc, off, buf = r.headers["location"], 0, bytearray()
                     async for chunk in body():
                         buf += chunk
                         if len(buf) == 8 << 20:
                             last = off + len(buf) == BIG
                             total = str(BIG) if last else "*"
-                            await c.put(
-                                loc,
-                                content=bytes(buf),
-                                headers={"Content-Range": f"bytes {off}-{off + len(buf) - 1}/{total}"},
-                            )
+                            await c.put(loc, content=bytes(buf),
+                                        headers={"Content-Range": f"bytes {off}-{off + len(buf) - 1}/{total}"})
                             off += len(buf)
                             buf.clear()
                     get = c.stream("GET", f"{url}/storage/v1/b/bench/o/rawbig", params={"alt": "media"})
@@ -268,24 +233,16 @@ def _rss_child(kind: str, url: str, which: str, q: Any) -> None:
                     async for chunk in body():
                         buf += chunk
                         if len(buf) == 8 << 20:
-                            r = await c.post(
-                                f"{url}/v1_1/{f.cloud_name}/raw/upload",
-                                data=params,
-                                files={"file": ("b", bytes(buf))},
-                                headers={
-                                    "Content-Range": f"bytes {off}-{off + len(buf) - 1}/{BIG}",
-                                    "X-Unique-Upload-Id": uid,
-                                },
-                            )
+                            r = await c.post(f"{url}/v1_1/{f.cloud_name}/raw/upload", data=params,
+                                             files={"file": ("b", bytes(buf))},
+                                             headers={"Content-Range": f"bytes {off}-{off + len(buf) - 1}/{BIG}",
+                                                      "X-Unique-Upload-Id": uid})
                             res = r.json()
                             off += len(buf)
                             buf.clear()
                     src = "rawbig.bin"
-                    get = c.stream(
-                        "GET",
-                        f"{url}/{f.cloud_name}/raw/authenticated/"
-                        f"{url_signature(src, f.api_secret)}/v{res['version']}/{src}",
-                    )
+                    get = c.stream("GET", f"{url}/{f.cloud_name}/raw/authenticated/"
+                                   f"{url_signature(src, f.api_secret)}/v{res['version']}/{src}")
                 async with get as resp:
                     async for _ in resp.aiter_bytes():
                         pass
@@ -337,24 +294,15 @@ def main() -> None:
                 raw_rss, uni_rss = peak_rss(kind, url, "raw", rss_reps), peak_rss(kind, url, "unistore", rss_reps)
                 ratio = uni_rss / raw_rss
                 label = "GCS" if kind == "gcs" else "Cloudinary"
-                rows.append(
-                    (
-                        f"{label} 64 MiB streamed put+get, peak RSS",
-                        f"{raw_rss:.0f} MiB",
-                        f"{uni_rss:.0f} MiB",
-                        f"{ratio:.2f}x",
-                        "PASS" if ratio <= LIMIT else "MISS",
-                    )
-                )
+                rows.append((f"{label} 64 MiB streamed put+get, peak RSS", f"{raw_rss:.0f} MiB", f"{uni_rss:.0f} MiB",
+                             f"{ratio:.2f}x", "PASS" if ratio <= LIMIT else "MISS"))
     finally:
         cld_proc.terminate()
         cld_proc.join(5)
     header = "| measure | raw httpx | unistore | overhead | ≤1.2x |\n|---|---|---|---|---|\n"
     table = header + "\n".join("| " + " | ".join(r) + " |" for r in rows)
-    load = (
-        f"{n} ops x {reps} interleaved blocks; load average (1 min) {load_before[0]:.1f} before, "
+    load = f"{n} ops x {reps} interleaved blocks; load average (1 min) {load_before[0]:.1f} before, " \
         f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs"
-    )
     print(table)
     print(load)
     if args.markdown:

@@ -113,7 +113,11 @@ class Report:
                     ]
                 for op in ("put", "get"):
                     row.append(cell(vals(runs, lambda r, op=op: r[op]["cpu_us_per_op"])))
-                row.append(cell(vals(runs, lambda r: max(r["put"]["other_cores"], r["get"]["other_cores"]))))
+                row.append(
+                    cell(
+                        vals(runs, lambda r: max(r["put"]["other_cores"], r["get"]["other_cores"]))
+                    )
+                )
                 rows.append(row)
             n = self.R["params"]["small_n"]
             parts.append(
@@ -217,7 +221,10 @@ class Report:
         rows = [[self.label(n), self.R["transfer"].get(n, "")] for n in L]
         parts.append(table(["client", "how the object is moved"], rows))
         reps = self.R["params"].get("large_reps")
-        return f"#### One {mib:,} MiB object, {reps} repetition(s), fresh process per case\n\n" + "\n\n".join(parts)
+        return (
+            f"#### One {mib:,} MiB object, {reps} repetition(s), fresh process per case\n\n"
+            + "\n\n".join(parts)
+        )
 
     def listing(self) -> str:
         Ls = self.R.get("list") or {}
@@ -238,16 +245,19 @@ class Report:
                 ]
             )
         n = self.R["params"]["list_n"]
-        return f"#### List {n:,} keys under one prefix (each store lists what it wrote itself)\n\n" + table(
-            [
-                "client",
-                "seconds",
-                "x base (time, lower is better)",
-                "client CPU s",
-                "keys",
-                "other processes (cores)",
-            ],
-            rows,
+        return (
+            f"#### List {n:,} keys under one prefix (each store lists what it wrote itself)\n\n"
+            + table(
+                [
+                    "client",
+                    "seconds",
+                    "x base (time, lower is better)",
+                    "client CPU s",
+                    "keys",
+                    "other processes (cores)",
+                ],
+                rows,
+            )
         )
 
     # ------------------------------------------------------------ targets
@@ -266,7 +276,9 @@ class Report:
             rows.append([what, ratio_str(r, spread=True), need, res])
             checks.append({"target": what, "ratios": r, "need": need, "result": res})
 
-        def ratio_check(what: str, a: Runs, b: Runs, f: Callable[[dict[str, Any]], float], need: float) -> None:
+        def ratio_check(
+            what: str, a: Runs, b: Runs, f: Callable[[dict[str, Any]], float], need: float
+        ) -> None:
             r = ratios(vals(a, f), vals(b, f))
             add(what, r, f">= {need:g}x", statistics.median(r) >= need if r else None)
 
