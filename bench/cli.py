@@ -21,7 +21,10 @@ bytes to and from the same server that HTTP allows, to show how close any client
 file, the body read from the source file, no checksum header (``large-up``); ``--floor-ranges``
 ranged GETs per file written to ``/dev/null`` (``large-down``: no file, no fsync). It is not a
 peer: the ratio is to the faster of aws/rclone, and ``floor / faster peer`` says whether the row
-can be passed at all by a client of this server on this machine.
+can be passed at all by a client of this server on this machine. ``floor-sync`` (``large-down``)
+is the leanest durable download, as unistore's (which fsyncs every file before it reports it
+done): one GET per object with ``curl --parallel`` into the destination files, then ``sync`` of
+the files (``fsync`` each); it shows what the disk adds.
 
 Measured: wall time of the client process and peak RSS of its process tree (psutil polling
 every 20 ms, and the kernel's own peak of the process from ``wait4``), the CPU time of the client
@@ -67,9 +70,9 @@ from unistore.testing._s3servers import seaweedfs  # noqa: E402
 
 MiB = 1 << 20
 BUCKET = "unistore-cli-bench"
-TOOLS = ["unistore", "aws", "rclone", "floor"]
+TOOLS = ["unistore", "aws", "rclone", "floor", "floor-sync"]
 PEERS = ("aws", "rclone")
-FLOOR_CASES = ("large-up", "large-down")
+FLOOR_CASES = {"floor": ("large-up", "large-down"), "floor-sync": ("large-down",)}
 CASES = ["small-up", "small-down", "large-up", "large-down", "nochange-up", "nochange-down"]
 RSS_TARGET = 128 * MiB
 PROFILE = (
@@ -270,6 +273,23 @@ class Bench(Harness):
         args.pop()
         return ["sh", "-c", 'exec "$@" > "$0"', str(out), *args]
 
+    def floor_sync_command(self, prefix: str, local: Path) -> list[str]:
+        """The durable floor download: one GET per object into ``local`` (``curl --parallel``),
+        then ``sync`` (``fsync``) of every file written."""
+        sign = self.client.generate_presigned_url
+        objects = [
+            o["Key"]
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+            for o in page.get("Contents", [])
+        ]
+        args = ["curl", "-sS", "--fail", "--parallel", "--parallel-immediate", "--parallel-max", str(len(objects))]
+        args.append("--create-dirs")
+        files = []
+        for key in objects:
+            files.append(str(local / key.removeprefix(prefix + "/")))
+            args += [sign("get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=3600), "-o", files[-1]]
+        return ["sh", "-c", '"$@" && exec sync -- "$0"/*', str(local), *args]
+
     # ---- trees -------------------------------------------------------------------------------
     def make_sources(self) -> None:
         a = self.a
@@ -331,7 +351,9 @@ class Bench(Harness):
         else:
             src, dst = self.s3url(tool, f"src/{data}"), str(local)
         received = self.work / "floor-received.txt"
-        if tool == "floor":
+        if tool == "floor-sync":
+            cmd = self.floor_sync_command(f"src/{data}", local)
+        elif tool == "floor":
             floor_prefix = prefix if direction == "up" else f"src/{data}"
             cmd = self.floor_command(direction, src_local, floor_prefix, received)
         else:
@@ -398,7 +420,7 @@ class Bench(Harness):
             for rep in range(a.reps):
                 for case in self.cases:
                     for tool in rotate(self.tools, rep + self.cases.index(case)):
-                        if tool == "floor" and case not in FLOOR_CASES:
+                        if tool in FLOOR_CASES and case not in FLOOR_CASES[tool]:
                             continue
                         self.R["runs"].append(self.measure(case, tool, rep))
                         self.save()
@@ -479,6 +501,7 @@ def cpu_table(R: dict[str, Any], tools: list[str], cases: list[str]) -> list[str
 
 def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
     meta = R.get("meta", {})
+    floors = [t for t in tools if t in FLOOR_CASES]
     lines = [
         "# unistore CLI vs aws-cli vs rclone (issue 12)",
         "",
@@ -495,8 +518,8 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         "| case | "
         + " | ".join(tools)
         + " | unistore / faster peer | target | result |"
-        + (" floor / faster peer |" if "floor" in tools else ""),
-        "|---|" + "---:|" * len(tools) + "---:|---|---|" + ("---:|" if "floor" in tools else ""),
+        + "".join(f" {t} / faster peer |" for t in floors),
+        "|---|" + "---:|" * len(tools) + "---:|---|---|" + "---:|" * len(floors),
     ]
     med: dict[tuple[str, str], float] = {}
     for case in cases:
@@ -515,8 +538,8 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
         verdicts.append((case, verdict))
         rs = f"{ratio:.2f}x" if ratio is not None else "-"
         row = f"| {case} | " + " | ".join(cells) + f" | {rs} | <= {limit}x | {verdict} |"
-        if "floor" in tools:
-            fl = med[case, "floor"] / min(peers) if peers and (case, "floor") in med else None
+        for t in floors:
+            fl = med[case, t] / min(peers) if peers and (case, t) in med else None
             row += f" {fl:.2f}x |" if fl is not None else " - |"
         lines.append(row)
     lines += cpu_table(R, tools, cases)
