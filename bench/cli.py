@@ -558,7 +558,9 @@ def summarize(R: dict[str, Any], tools: list[str], cases: list[str]) -> str:
             continue
         u = peaks.get("unistore", 0)
         v = "?" if not u else ("PASS" if u < RSS_TARGET else "MISS")
-        lines.append(f"| {case} | " + " | ".join(f"{peaks[t] / MiB:.0f}" for t in tools) + f" | {v} |")
+        lines.append(
+            f"| {case} | " + " | ".join(f"{peaks[t] / MiB:.0f}" if peaks[t] else "-" for t in tools) + f" | {v} |"
+        )
     failed = [r for r in R["runs"] if r["rc"] != 0]
     if failed:
         lines += ["", "## Failed runs", ""]
