@@ -200,6 +200,9 @@ class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.tools = [t for t in a.tools.split(",") if t]
+        if not shutil.which("curl") and any(t in FLOOR_CASES for t in self.tools):
+            log("curl is not installed: the floor clients are left out")
+            self.tools = [t for t in self.tools if t not in FLOOR_CASES]
         self.cases = [c for c in a.cases.split(",") if c]
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="unistore-clibench-"))
         self.work.mkdir(parents=True, exist_ok=True)

@@ -339,6 +339,9 @@ class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.clients = [c for c in a.clients.split(",") if c]
+        if not shutil.which("curl") and "floor" in self.clients:
+            log("curl is not installed: the floor client is left out")
+            self.clients.remove("floor")
         self.cases = [c for c in a.cases.split(",") if c]
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="fsspec-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
