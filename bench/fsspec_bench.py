@@ -12,6 +12,14 @@ interleaved with the client order rotated):
 - ``put-file`` / ``get-file``: ``put_file`` / ``get_file`` of a 256 MiB local file
 - ``find``: ``find`` below a prefix of 10,000 keys (100 folders of 100 keys)
 
+A fourth client, ``floor``, runs ``put-file`` and ``get-file`` only: the leanest transfer of the
+same bytes HTTP allows, to show how close any client of this server can get on this machine.
+It is ``curl`` on a presigned URL (made by the harness, before the clock): ``--floor-parts``
+parts PUT at once (one plain PUT when 1; else a multipart upload whose create and complete,
+botocore calls, are timed too), no checksum header; one GET into the target file. It is not a
+peer: the ratio is to the faster of s3fs/obstore, and ``floor / faster peer`` says whether a row
+can be passed at all.
+
 Measured in the worker: wall time of the operation (building the filesystem and whatever the
 client loads on first use included; the interpreter start and the import of the client's
 package not), and the peak RSS of the worker process (``VmHWM``,
@@ -32,6 +40,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -39,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +61,9 @@ from _common import Harness, log, rotate, status_kib  # noqa: E402
 
 MiB = 1 << 20
 BUCKET = "unistore-fsspec-bench"
-CLIENTS = ["unistore", "s3fs", "obstore"]
+CLIENTS = ["unistore", "s3fs", "obstore", "floor"]
+PEERS = ("s3fs", "obstore")
+FLOOR_CASES = ("put-file", "get-file")
 CASES = ["parquet-all", "parquet-2col", "cat-ranges", "put-file", "get-file", "find"]
 RATIO_TARGET = 0.9
 PARQUET, BLOB, TREE = "data/table.parquet", "data/blob.bin", "tree"
@@ -68,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--range-kib", type=int, default=64)
     ap.add_argument("--folders", type=int, default=100)
     ap.add_argument("--per-folder", type=int, default=100)
+    ap.add_argument("--floor-parts", type=int, default=1, help="parts the floor client PUTs at once (1: one PUT)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-snapshot", action="store_true", help="run the live src/ tree, not a copy")
@@ -103,6 +116,66 @@ def import_client(client: str) -> None:
         import s3fs  # noqa: F401
     elif client == "obstore":
         import obstore.fsspec  # noqa: F401
+    elif client == "floor":
+        import botocore.session  # noqa: F401
+
+
+def floor(case: str, spec: dict[str, Any], checks: dict[str, Any]) -> Callable[[], None]:
+    """The floor client's operation: curl on presigned URLs (see the module's docstring). What it
+    needs before the first byte (the botocore client, a multipart upload created, its parts'
+    URLs presigned) is done here, before the clock; the operation runs curl (and completes the
+    upload)."""
+    curl = ["curl", "-sS", "--fail"]
+    if case == "get-file":
+        target = os.path.join(spec["tmp"], f"get-floor-{spec['run_id']}.bin")
+
+        def get() -> None:
+            subprocess.run([*curl, "-o", target, spec["get_url"]], check=True)
+            checks["size"] = os.path.getsize(target)
+            os.unlink(target)
+
+        return get
+    if len(spec["parts"]) <= 1:
+
+        def put() -> None:
+            subprocess.run([*curl, "-o", "/dev/null", "-T", spec["local"], spec["put_url"]], check=True)
+            checks["size"] = os.path.getsize(spec["local"])
+
+        return put
+    import botocore.session
+    from botocore.config import Config
+
+    s3 = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=spec["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=spec["key"],
+        aws_secret_access_key=spec["secret"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    key = f"put/floor-{spec['run_id']}.bin"
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    args = ["curl", "--parallel", "--parallel-immediate", "--parallel-max", str(len(spec["parts"]))]
+    heads: list[str] = []
+    for i, part in enumerate(spec["parts"], 1):
+        url = s3.generate_presigned_url(
+            "upload_part", Params={"Bucket": BUCKET, "Key": key, "UploadId": upload, "PartNumber": i}
+        )
+        heads.append(os.path.join(spec["tmp"], f"floor-head-{spec['run_id']}-{i}"))
+        args += [*(["--next"] if i > 1 else []), *curl[1:], "-T", part, url, "-o", "/dev/null", "-D", heads[-1]]
+
+    def put_parts() -> None:
+        subprocess.run(args, check=True)
+        parts = []
+        for i, head in enumerate(heads, 1):
+            lines = Path(head).read_text().splitlines()
+            etag = next(x.split(":", 1)[1].strip() for x in lines if x.lower().startswith("etag:"))
+            parts.append({"PartNumber": i, "ETag": etag})
+            os.unlink(head)
+        s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+        checks["size"] = s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+
+    return put_parts
 
 
 def make_fs(client: str, spec: dict[str, Any]) -> tuple[Any, str]:
@@ -153,6 +226,8 @@ def worker(client: str, case: str, spec: dict[str, Any]) -> None:
     checks: dict[str, Any] = {}
 
     def operation() -> None:
+        if client == "floor":
+            return floor_op()
         fs, root = make_fs(client, spec)
         if case == "parquet-all":
             table = pq.read_table(root + PARQUET, filesystem=fs)
@@ -181,7 +256,10 @@ def worker(client: str, case: str, spec: dict[str, Any]) -> None:
         else:
             raise SystemExit(f"unknown case {case}")
 
+    if client == "floor":
+        floor_op = floor(case, spec, checks)
     rss_before = status_kib("VmHWM") * 1024  # per process image (ru_maxrss would carry the parent's over exec)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the floor's curl
     start, cpu_start = time.perf_counter(), time.process_time()
     if spec.get("profile") and client == "unistore":
         import cProfile
@@ -190,6 +268,8 @@ def worker(client: str, case: str, spec: dict[str, Any]) -> None:
     else:
         operation()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu += kids_after.ru_utime + kids_after.ru_stime - kids.ru_utime - kids.ru_stime
     rss = status_kib("VmHWM") * 1024
     print(json.dumps({"wall": wall, "cpu": cpu, "rss": rss, "rss_imports": rss_before, "checks": checks}), flush=True)
     os._exit(0)  # no teardown in the measurement (some clients' finalizers run at exit)
@@ -231,10 +311,37 @@ async def seed(endpoint: str, key: str, secret: str, work: Path, a: argparse.Nam
         await b.aclose()
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def split_file(path: Path, n: int, into: Path) -> list[str]:
+    """``path`` cut into ``n`` files of (nearly) equal size under ``into``; their paths."""
+    into.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size
+    step = -(-size // n)
+    out = []
+    with open(path, "rb") as f:
+        for i, start in enumerate(range(0, size, step)):
+            part = into / f"part{i:03}"
+            part.write_bytes(os.pread(f.fileno(), min(step, size - start), start))
+            out.append(str(part))
+    return out
+
+
 class Bench(Harness):
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.clients = [c for c in a.clients.split(",") if c]
+        if not shutil.which("curl") and "floor" in self.clients:
+            log("curl is not installed: the floor client is left out")
+            self.clients.remove("floor")
         self.cases = [c for c in a.cases.split(",") if c]
         self.work = Path(a.workdir or tempfile.mkdtemp(prefix="fsspec-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
@@ -245,20 +352,39 @@ class Bench(Harness):
         self.waited = 0.0
         self.R: dict[str, Any] = {"runs": []}
 
+    def floor_spec(self, case: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The presigned URLs of the floor client's run."""
+        sign = self.s3client.generate_presigned_url
+        if case == "get-file":
+            return {**spec, "get_url": sign("get_object", Params={"Bucket": BUCKET, "Key": BLOB}, ExpiresIn=3600)}
+        key = f"put/floor-{spec['run_id']}.bin"
+        return {**spec, "put_url": sign("put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=3600)}
+
     def measure(self, case: str, client: str, rep: int, spec: dict[str, Any]) -> dict[str, Any]:
-        self.wait_quiet()
+        load = self.wait_quiet()
         spec = {**spec, "run_id": f"{rep}-{time.monotonic_ns()}"}
+        if client == "floor":
+            spec = self.floor_spec(case, spec)
         if self.a.profile_dir:
             Path(self.a.profile_dir).mkdir(parents=True, exist_ok=True)
             spec["profile"] = str(Path(self.a.profile_dir) / f"{case}-{client}-{rep}.prof")
         cmd = [sys.executable, __file__, "--worker", client, case, "--spec", json.dumps(spec)]
+        server0 = proc_cpu(self.server_pid)
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=self.a.timeout)
-        row: dict[str, Any] = {"case": case, "client": client, "rep": rep, "rc": out.returncode}
+        server = proc_cpu(self.server_pid) - server0
+        row: dict[str, Any] = {
+            "case": case,
+            "client": client,
+            "rep": rep,
+            "rc": out.returncode,
+            "server_cpu": server,
+            "load": load,
+        }
         if out.returncode == 0 and out.stdout.strip():
             row.update(json.loads(out.stdout.strip().splitlines()[-1]))
             log(
                 f"  {case:12} {client:9} rep {rep}: {row['wall']:7.3f} s  peak RSS {row['rss'] / MiB:6.1f} MiB"
-                f"  {row['checks']}"
+                f"  CPU {row['cpu']:.2f} s  server CPU {server:.2f} s  load {load:.2f}  {row['checks']}"
             )
         else:
             row["error"] = out.stderr.strip()[-600:]
@@ -277,7 +403,11 @@ class Bench(Harness):
         with open(self.work / "blob.bin", "wb") as f:
             for _ in range(a.mib):
                 f.write(os.urandom(MiB))
+        parts = [str(self.work / "blob.bin")]
+        if a.floor_parts > 1 and "floor" in self.clients:  # the floor's parts as files of their own
+            parts = split_file(self.work / "blob.bin", a.floor_parts, self.work / "floor-parts")
         with seaweedfs(self.work / "weed") as s3:
+            self.server_pid, self.s3client = s3.pid, s3.client()
             s3.create_bucket(BUCKET)
             log(f"seeding the bucket ({a.folders * a.per_folder} keys for find; not measured)")
             asyncio.run(seed(s3.endpoint, s3.access_key, s3.secret_key, self.work, a))
@@ -290,11 +420,14 @@ class Bench(Harness):
                 "blob_size": a.mib * MiB,
                 "local": str(self.work / "blob.bin"),
                 "tmp": str(self.work),
+                "parts": parts,
             }
             self.R["meta"] = self.meta()
             for rep in range(a.reps):
                 for case in self.cases:
                     for client in rotate(self.clients, rep + self.cases.index(case)):
+                        if client == "floor" and case not in FLOOR_CASES:
+                            continue
                         self.R["runs"].append(self.measure(case, client, rep, spec))
                         self.save()
         self.save()
@@ -324,7 +457,7 @@ class Bench(Harness):
 
 def summarize(R: dict[str, Any], clients: list[str], cases: list[str]) -> str:
     meta = R.get("meta", {})
-    peers = [c for c in clients if c != "unistore"]
+    peers = [c for c in clients if c in PEERS]
 
     def med(case: str, client: str, field: str) -> float | None:
         vals = [r[field] for r in R["runs"] if r["case"] == case and r["client"] == client and r.get("rc") == 0]
@@ -343,8 +476,11 @@ def summarize(R: dict[str, Any], clients: list[str], cases: list[str]) -> str:
         "",
         "## Wall time of the operation (s, median)",
         "",
-        "| case | " + " | ".join(clients) + " | unistore / faster peer | target <= 0.9x |",
-        "|---|" + "---:|" * len(clients) + "---:|:---:|",
+        "| case | "
+        + " | ".join(clients)
+        + " | unistore / faster peer | target <= 0.9x |"
+        + (" floor / faster peer |" if "floor" in clients else ""),
+        "|---|" + "---:|" * len(clients) + "---:|:---:|" + ("---:|" if "floor" in clients else ""),
     ]
     for case in cases:
         vals = {c: med(case, c, "wall") for c in clients}
@@ -353,7 +489,38 @@ def summarize(R: dict[str, Any], clients: list[str], cases: list[str]) -> str:
         ratio = u / peer if u is not None and peer else None
         verdict = "?" if ratio is None else ("PASS" if ratio <= RATIO_TARGET else "MISS")
         cells = " | ".join("-" if vals[c] is None else f"{vals[c]:.3f}" for c in clients)
-        lines.append(f"| {case} | {cells} | {'-' if ratio is None else f'{ratio:.2f}x'} | {verdict} |")
+        row = f"| {case} | {cells} | {'-' if ratio is None else f'{ratio:.2f}x'} | {verdict} |"
+        if "floor" in clients:
+            fl = vals["floor"] / peer if vals["floor"] is not None and peer else None
+            row += " - |" if fl is None else f" {fl:.2f}x |"
+        lines.append(row)
+    cpu_rows = []
+    cores = os.cpu_count() or 1
+    for case in cases:
+        for c in clients:
+            server, cpu = med(case, c, "server_cpu"), med(case, c, "cpu")
+            if server is None or cpu is None or case not in FLOOR_CASES:
+                continue
+            gib = meta.get("mib", 256) / 1024
+            cpu_rows.append(
+                f"| {case} | {c} | {med(case, c, 'wall'):.3f} | {cpu:.2f} | {server:.2f} | {server / gib:.2f} "
+                f"| {(cpu + server) / cores:.2f} |"
+            )
+    if cpu_rows:
+        lines += [
+            "",
+            "## CPU time of the transfers (s, median): the client and the SeaweedFS server",
+            "",
+            "Client: the operation's process CPU (and its children's: the floor's curl). Server: the SeaweedFS "
+            "process over the whole worker run (start-up and imports included, when the server idles). `bound` = "
+            f"(client + server) / {cores} cores: the wall the operation cannot beat with the server on the same "
+            "cores.",
+            "",
+            "| case | client | wall | client CPU | server CPU | server per GiB | bound |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            *cpu_rows,
+        ]
+    clients = [c for c in clients if c != "floor"]
     lines += [
         "",
         "## Peak RSS of the client process (MiB, median; imports included)",

@@ -7,6 +7,7 @@ store (the service or SeaweedFS); for a ``file://`` store by the bytes the store
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ SRC = str(Path(unistore.__file__).parents[1])
 CLI = "from unistore.cli import main; main()"
 SLOW_LOCAL_CLI = """
 import asyncio
+import zlib
 from unistore._types import Download
 from unistore.backends.local import LocalBackend
 from unistore.cli import main
@@ -349,8 +352,13 @@ class S3Put:
             UNISTORE_STATE_DIR=str(self.state),
         )
 
+    checksum = "auto"
+
     def store(self, endpoint: str) -> str:
-        return f"s3://unistore-tests/{self.prefix}?endpoint={endpoint}&part_size={5 * MiB}&max_concurrency=1"
+        return (
+            f"s3://unistore-tests/{self.prefix}?endpoint={endpoint}&part_size={5 * MiB}&max_concurrency=1"
+            f"&checksum={self.checksum}"
+        )
 
     def recorded(self) -> dict[str, Any]:
         files = list(self.state.glob("s3-*.json")) if self.state.exists() else []
@@ -393,6 +401,25 @@ def test_put_killed_over_s3_resumes_the_session_and_sends_only_missing_parts(sea
     assert json.loads(done.stdout)["size"] == len(up.data)
     assert list(up.state.glob("*.json")) == []
     asyncio.run(up.check())  # the killed run's session was the one completed
+
+
+def test_put_to_a_crc32_store_sends_crc32_parts_and_resumes_them(seaweed: S3Server, tmp_path: Path) -> None:
+    """With ``checksum=crc32`` the CLI's session keeps CRC-32 (it hashes its parts itself, no MD5):
+    the server checks each part's x-amz-checksum-crc32, and a killed put resumes that session."""
+    up = S3Put(seaweed, tmp_path)
+    up.checksum = "crc32"
+    with Proxy(seaweed.endpoint, rate=8 * MiB) as wire:
+        stored = up.kill_after_two_parts(wire)
+        token = up.recorded()["token"]
+        assert json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["c"] == "crc32"
+        crc = {int(n): p[2] for n, p in up.recorded()["parts"].items()}
+        assert crc[1] == base64.b64encode(zlib.crc32(up.data[: 5 * MiB]).to_bytes(4, "big")).decode()
+        done = up.run(wire.url)
+    assert done.returncode == 0, done.stderr
+    missing = len(up.data) - stored
+    assert missing <= wire.up < missing + OVERHEAD  # only the missing parts went again
+    assert list(up.state.glob("*.json")) == []
+    asyncio.run(up.check())
 
 
 def test_put_to_s3_starts_over_when_the_recorded_session_is_gone(seaweed: S3Server, tmp_path: Path) -> None:

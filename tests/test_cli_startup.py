@@ -83,3 +83,31 @@ def test_an_s3_tree_download_imports_no_aiohttp(seaweed: S3Server, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "down").iterdir()} == files
     assert "aiohttp" not in imported(proc)
+
+
+def test_an_s3_tree_upload_sends_its_parts_without_aiohttp(seaweed: S3Server, tmp_path: Path) -> None:
+    """The parts of a large file go from the file to the socket by ``sendfile`` on the lean pool."""
+    from unistore import S3Backend
+
+    prefix = f"cli-startup-up-{uuid.uuid4().hex[:8]}"
+    files = {"big.bin": os.urandom(21 * 1024 * 1024 + 5), "small.txt": b"small"}
+    (tmp_path / "up").mkdir()
+    for name, data in files.items():
+        (tmp_path / "up" / name).write_bytes(data)
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    dst = f"s3://unistore-tests/{prefix}?endpoint={seaweed.endpoint}"
+    proc = run("cp", "-r", str(tmp_path / "up"), dst, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "aiohttp" not in imported(proc)
+
+    async def get() -> dict[str, bytes]:
+        s3 = S3Backend(
+            bucket="unistore-tests", endpoint=seaweed.endpoint, access_key=seaweed.access_key,
+            secret_key=seaweed.secret_key,
+        )
+        try:
+            return {name: await s3.get(f"{prefix}/{name}") for name in files}
+        finally:
+            await s3.aclose()
+
+    assert asyncio.run(get()) == files

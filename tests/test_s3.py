@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -615,18 +616,28 @@ _RESUME = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("checksum", ["md5", "sha256"])
+@pytest.mark.parametrize("checksum", ["md5", "sha256", "crc32-kept"])
 async def test_resumable_session_finished_by_another_process(seaweed: S3Server, pfx: str, checksum: str) -> None:
-    backend = seaweed.backend(part_size=5 * MiB, checksum=checksum)
+    """A session is resumed from its token in another process (which has the default checksum):
+    the token carries the session's checksum, ``crc32`` too when the session kept it."""
+    keep = checksum == "crc32-kept"
+    backend = seaweed.backend(part_size=5 * MiB, checksum=checksum.removesuffix("-kept"))
     data = os.urandom(12 * MiB + 5)
     parts = [data[i : i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
     try:
-        session = await backend.uploads.start(pfx + "resumed.bin", content_type="application/x-r", metadata={"v": "2"})
+        session = await backend.uploads.start(
+            pfx + "resumed.bin", content_type="application/x-r", metadata={"v": "2"}, keep_crc32=keep
+        )
+        assert session.checksum == checksum.removesuffix("-kept")
         # this "client" uploads parts 3 and 2 (out of order, concurrently), then goes away
         done = await asyncio.gather(
             backend.uploads.upload_part(session, 3, parts[2]), backend.uploads.upload_part(session, 2, parts[1])
         )
         saved = json.dumps({p.number: p.checksum for p in done})
+        if keep:
+            assert {p.number: p.checksum for p in done} == {
+                n: base64.b64encode(zlib.crc32(parts[n - 1]).to_bytes(4, "big")).decode() for n in (2, 3)
+            }
         assert not await backend.exists(pfx + "resumed.bin")
         assert [p.number for p in await backend.uploads.list_parts(session)] == [2, 3]
         proc = await asyncio.create_subprocess_exec(
@@ -651,6 +662,41 @@ async def test_resumable_session_finished_by_another_process(seaweed: S3Server, 
         info = await backend.head(pfx + "resumed.bin")
         assert (info.content_type, dict(info.metadata)) == ("application/x-r", {"v": "2"})
         assert await backend.uploads.list(pfx) == []
+    finally:
+        await backend.aclose()
+
+
+async def test_a_crc32_session_presigns_parts_with_their_crc32(seaweed: S3Server, pfx: str) -> None:
+    """A part presigned in a kept-CRC-32 session is accepted with its CRC-32 only, and a session
+    started without ``keep_crc32`` on a crc32 backend uses MD5 (what browsers send)."""
+    import urllib.error
+    import urllib.request
+
+    backend = seaweed.backend(part_size=5 * MiB, checksum="crc32")
+    try:
+        assert (await backend.uploads.start(pfx + "md5.bin")).checksum == "md5"
+        session = await backend.uploads.start(pfx + "p.bin", keep_crc32=True)
+        body = os.urandom(1000)
+        crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        with pytest.raises(InvalidArgumentError, match="CRC-32"):
+            await backend.uploads.presign_part(session, 1)
+        with pytest.raises(InvalidArgumentError, match="CRC-32"):
+            await backend.uploads.presign_part(session, 1, checksum=base64.b64encode(b"12345").decode())
+        url, headers = await backend.uploads.presign_part(session, 1, checksum=crc)
+        assert headers == {"x-amz-checksum-crc32": crc}
+
+        def put(data: bytes) -> int:
+            req = urllib.request.Request(url, data=data, method="PUT", headers=headers)
+            try:
+                with urllib.request.urlopen(req) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert await asyncio.to_thread(put, b"x" + body[1:]) >= 400  # not the signed checksum
+        assert await asyncio.to_thread(put, body) == 200
+        info = await backend.uploads.complete(session, [(1, crc)])
+        assert info.size == 1000 and await backend.get(pfx + "p.bin") == body
     finally:
         await backend.aclose()
 

@@ -51,7 +51,7 @@ class S3Settings:
     (Content-MD5, which every S3-compatible server checks), ``sha256`` (x-amz-checksum-sha256),
     or ``none``. ``auto``: ``crc32`` on AWS and Cloudflare R2, ``md5`` on other endpoints (Backblaze
     B2 and some others refuse the newer headers; MinIO, SeaweedFS and Ceph accept ``crc32``).
-    Resumable upload sessions use MD5 under ``crc32``."""
+    Resumable upload sessions use MD5 under ``crc32`` (those of the CLI, which hashes its own parts, keep CRC-32)."""
     equal_parts: bool | None = None
     """Multipart parts must all have the same size but the last (R2). Unset: on for R2 endpoints only."""
     part_size: int = 8 * MiB
