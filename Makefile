@@ -56,8 +56,8 @@ lint: $(VENV)/.dev-installed
 typecheck: lint
 
 ## The service suite's load generator and physical-limit anchor, and the cli and migrate suites' peer
-## rclone (Debian packages; needs root). Their other peer, awscli, is in the [bench] extra.
-BENCH_TOOLS := nginx wrk rclone zstd
+## rclone, and curl for their floor clients (Debian packages; needs root). Their other peer, awscli, is in the [bench] extra.
+BENCH_TOOLS := nginx wrk rclone zstd curl
 bench-tools:
 	@missing=""; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
