@@ -69,7 +69,7 @@ bench-tools:
 ## Side-by-side benchmarks against the peers named in the issues; prints ratio tables.
 ## make bench BENCH_SUITES="s3 layers" BENCH_ARGS=--quick runs some suites, smaller.
 BENCH_SUITES ?= core s3 layers gcs-cloudinary engines service cli encrypt scan memory compress dedup fsspec cdn replicate migrate ui
-bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate,$(BENCH_SUITES)),bench-tools) $(if $(filter ui,$(BENCH_SUITES)),test-tools)
+bench: $(VENV)/.bench-installed $(if $(filter service cli compress migrate fsspec,$(BENCH_SUITES)),bench-tools) $(if $(filter ui,$(BENCH_SUITES)),test-tools)
 	@status=0; for suite in $(BENCH_SUITES); do \
 	  case $$suite in \
 	    core) script=bench/run.py ;; \
