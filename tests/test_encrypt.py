@@ -610,17 +610,82 @@ class _Writes(MemoryBackend):
         return await super().put_object(key, recorded(), **kw)
 
 
-async def test_a_streamed_put_hands_the_store_its_segments_unjoined(keyring: LocalKeyring) -> None:
-    """No copy of a chunk's segments into one piece: the store gets the header, then each segment."""
+async def test_a_streamed_put_hands_the_store_pieces_of_whole_segments(
+    keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store gets the ciphertext in pieces of whole segments (the first one led by the
+    header), each sealed into one reused buffer: a few pieces per MiB, not one per segment."""
+    from unistore.encryption import _stream
+
+    monkeypatch.setattr(_stream, "PIECE", 3_500)  # 3 segments of 1000 bytes per piece
     inner = _Writes()
     store = Encrypt(inner, keyring, segment_size=1000)
     data = os.urandom(10_000)
     await store.put_object("s", _chunks(data, 3000))
     layout = store.layout
-    assert inner.chunks[:2] == [40, 960]  # the header, then segment 0 (which shares its 1000 bytes with it)
-    assert set(inner.chunks[2:-1]) == {1000} and 16 < inner.chunks[-1] <= 1000
+    # per 3000-byte input chunk: the whole segments it completes, in pieces of at most 3
+    assert inner.chunks == [3000, 3000, 3000, 1000, 216]
     assert sum(inner.chunks) == layout.ciphertext_size(len(data))
     assert await store.get("s") == data
+    monkeypatch.setattr(_stream, "PIECE", 10)  # smaller than a segment: one segment per piece
+    inner.chunks.clear()
+    await store.put_object("s", _chunks(data, 3000))
+    assert inner.chunks[0] == 1000 and set(inner.chunks[:-1]) == {1000}
+    assert await store.get("s") == data
+
+
+async def test_a_default_streamed_put_of_1_mib_chunks_hands_the_store_4_pieces_per_mib(keyring: LocalKeyring) -> None:
+    inner = _Writes()
+    store = Encrypt(inner, keyring)
+    data = os.urandom(4 << 20)
+    await store.put_object("s", _chunks(data, 1 << 20))
+    assert len(inner.chunks) == 17 and set(inner.chunks[:-1]) == {256 << 10}  # 64 KiB segments, 4 a piece
+    assert inner.chunks[-1] == store.layout.ciphertext_size(len(data)) - 16 * (256 << 10)
+    assert await store.get("s") == data
+
+
+@pytest.mark.parametrize("segment_size", [100, 1000, 64 * 1024])
+async def test_sealed_pieces_are_the_ciphertext_of_every_other_way_of_sealing(segment_size: int) -> None:
+    """The same ciphertext, byte for byte, whatever the chunking and the piece size: the format is
+    the one objects written before had (they read as ever)."""
+    from unistore.encryption import _stream
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    layout = Layout(segment_size)
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+    first, plain = layout.first_plain, layout.plain
+    for size in (0, 1, first - 1, first, first + 1, first + plain, first + plain + 1, 5 * plain + 3, 300_001):
+        data = os.urandom(size)
+        whole = cipher.encrypt_all(data)
+        for chunk in {1 if size < 3_000 else 997, first, plain, plain + 1, 65_536, max(size, 1)}:
+            for piece in (1, segment_size, 3 * segment_size + 5, 256 * 1024):
+                _stream.PIECE, saved = piece, _stream.PIECE
+                try:
+                    pieces = [p async for b in cipher.seal(_chunks(data, chunk)) for p in b]
+                finally:
+                    _stream.PIECE = saved
+                assert b"".join(pieces) == whole
+                assert all(len(p) % segment_size == 0 for p in pieces[:-1])
+            batches = [p async for b in cipher.encrypt_batches(_chunks(data, chunk)) for p in b]
+            assert b"".join(batches) == whole
+
+
+GOLDEN_SHA256 = "efda2add84482676d4b1c18e0755d96ba3587d8489ae24dd908c2d04aca29d70"
+"""SHA-256 of the ciphertext below, as the code of 2026-12-06 (before pieces) wrote it."""
+
+
+async def test_the_stream_format_is_unchanged() -> None:
+    """A fixed key, header and plaintext give the ciphertext they always gave, in one piece or streamed."""
+    from unistore.encryption._stream import Layout, SegmentCipher
+
+    header = bytes([40]) + bytes(range(1, 40))
+    cipher = SegmentCipher(b"K" * 32, header, b"associated", Layout(100))
+    data = bytes(range(256)) * 4
+    assert hashlib.sha256(cipher.encrypt_all(data)).hexdigest() == GOLDEN_SHA256
+    streamed = b"".join([p async for b in cipher.seal(_chunks(data, 77)) for p in b])
+    assert hashlib.sha256(streamed).hexdigest() == GOLDEN_SHA256
+    plain = [c async for c in cipher.decrypt_stream(_chunks(streamed, 333), 0, None, skip_header=True)]
+    assert b"".join(plain) == data
 
 
 async def test_encrypt_batches_are_the_stream_unjoined() -> None:
@@ -644,21 +709,26 @@ async def test_a_streamed_get_decrypts_each_segment_only_when_asked_for_it() -> 
     plaintext of a whole chunk is never held at once."""
     from unistore.encryption._stream import Layout, SegmentCipher, new_header
 
-    opened: list[int] = []
+    opened: list[bytes] = []
 
-    class Counting(SegmentCipher):
-        def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview, last: bool) -> bytes:
-            opened.append(index)
-            return super().decrypt(index, ciphertext, last)
+    class Counting:
+        def __init__(self, aead: Any) -> None:
+            self.aead = aead
 
-    cipher = Counting(os.urandom(32), new_header(), b"ad", Layout(100))
+        def decrypt(self, nonce: bytes, data: Any, ad: Any) -> bytes:
+            opened.append(nonce[-5:])
+            out: bytes = self.aead.decrypt(nonce, data, ad)
+            return out
+
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", Layout(100))
     data = os.urandom(2_000)
     ciphertext = cipher.encrypt_all(data)
+    cipher._aead = Counting(cipher._aead)  # type: ignore[assignment]
     stream = cipher.decrypt_stream(_chunks(ciphertext, len(ciphertext)), 0, None, skip_header=True)
     assert await anext(stream) == data[:44]
-    assert opened == [0]
+    assert opened == [bytes(5)]
     assert await anext(stream) == data[44:128]
-    assert opened == [0, 1]
+    assert opened == [bytes(5), bytes([0, 0, 0, 1, 0])]
     await stream.aclose()
 
 

@@ -433,9 +433,12 @@ class Encrypt(Layer):
         sealed: bytes | AsyncGenerator[bytes, None]
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
-        else:
-            batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
-            sealed = flatten(read_ahead(batches, lean=True))  # one hand-off per input chunk, its segments unjoined
+        else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
+            if self.threads < 2:
+                batches = cipher.seal(iter_body(body))
+            else:
+                batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
+            sealed = flatten(read_ahead(batches, lean=True))
         try:
             info = await self.inner.put_object(
                 key,
