@@ -21,7 +21,8 @@ cipher thread count (``encrypt t1``, ``encrypt t2``) instead of one with the def
 per GiB (user + system, the store's I/O threads included): ``put_cpu_s_gib``, ``get_cpu_s_gib``.
 ``--compare-src DIR`` adds a variant ``encrypt base`` whose worker imports ``unistore`` from
 ``DIR`` (another checkout's ``src``), to compare two versions of the layer interleaved in one run.
-The load average and busy cores are recorded before each large run. Variants alternate in a rotating order per repetition; medians over ``--reps``.
+The load average and busy cores are recorded before each large run. Variants alternate in a
+rotating order per repetition; medians over ``--reps``.
 Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 

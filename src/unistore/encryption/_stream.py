@@ -222,7 +222,9 @@ class SegmentCipher:
                         fill = 0
                     if index >= MAX_SEGMENTS - 1:
                         raise IntegrityError("too many segments")
-                    aead.encrypt_into(prefix + pack(index, False), view[pos : pos + size], None, out[fill : fill + size + TAG_SIZE])
+                    aead.encrypt_into(
+                        prefix + pack(index, False), view[pos : pos + size], None, out[fill : fill + size + TAG_SIZE]
+                    )
                     fill, pos, index, size = fill + size + TAG_SIZE, pos + size, index + 1, plain
                 pending += view[pos:]
                 if index and fill:
