@@ -434,6 +434,7 @@ class Encrypt(Layer):
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
         else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
+            batches: AsyncIterator[list[bytes]]
             if self.threads < 2:
                 batches = cipher.seal(iter_body(body))
             else:
