@@ -780,3 +780,22 @@ async def test_remembered_metadata_never_hides_a_change(keyring: LocalKeyring) -
     assert not store._envelopes  # a listing does not fill the cache
     uncached = Encrypt(inner, keyring, key_cache_size=0)
     assert await uncached.get("k") == data and not uncached._envelopes
+
+
+async def test_a_streamed_local_get_leaves_the_read_ahead_to_the_store(tmp_path: Path, keyring: LocalKeyring) -> None:
+    """The local store reads its next chunk while the caller decrypts this one: the layer adds no
+    read-ahead task of its own there (one more hop and one more chunk alive per chunk), elsewhere it does."""
+    from unistore import LocalBackend
+
+    data = os.urandom(3 << 20)
+    for inner, pumps in ((LocalBackend(base_path=str(tmp_path), fsync=False), False), (MemoryBackend(), True)):
+        store = Encrypt(inner, keyring)
+        await store.put_object("big", _chunks(data, 1 << 20))
+        got, seen = [], set()
+        async with await store.open("big") as dl:
+            async for chunk in dl:
+                got.append(chunk)
+                seen.add(any("pump" in repr(t) for t in asyncio.all_tasks()))
+        assert b"".join(got) == data
+        assert (True in seen) is pumps
+        await store.aclose()

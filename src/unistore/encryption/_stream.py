@@ -44,7 +44,7 @@ __all__ = [
     "read_ahead",
 ]
 
-PIECE = int(__import__("os").environ.get("UNISTORE_ENC_PIECE", 256 * 1024))
+PIECE = 256 * 1024
 """Ciphertext bytes a streamed put seals into one piece (whole segments; at least one)."""
 
 KEY_SIZE = 32
