@@ -799,3 +799,34 @@ async def test_a_streamed_local_get_leaves_the_read_ahead_to_the_store(tmp_path:
         assert b"".join(got) == data
         assert (True in seen) is pumps
         await store.aclose()
+
+
+async def test_a_streamed_put_seals_ahead_only_over_the_local_store(tmp_path: Path, keyring: LocalKeyring) -> None:
+    """The local store writes in a worker thread while the loop waits, so the next chunk is sealed
+    meanwhile; any other store is handed each chunk's ciphertext as it pulls it (one sealed chunk
+    less held, which is what an S3 upload's memory needs)."""
+    from unistore import LocalBackend
+
+    seen: list[bool] = []
+
+    async def watched(body: Any) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            seen.append(any("pump" in repr(t) for t in asyncio.all_tasks()))
+            yield chunk
+
+    class Local(LocalBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            return await super().put_object(key, watched(body), **kw)
+
+    class Memory(MemoryBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            return await super().put_object(key, watched(body), **kw)
+
+    data = os.urandom(3 << 20)
+    for inner, ahead in ((Local(base_path=str(tmp_path), fsync=False), True), (Memory(), False)):
+        seen.clear()
+        store = Encrypt(inner, keyring)
+        await store.put_object("big", _chunks(data, 1 << 20))
+        assert (True in seen) is ahead
+        assert await store.get("big") == data
+        await store.aclose()
