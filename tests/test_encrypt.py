@@ -659,13 +659,16 @@ async def test_sealed_pieces_are_the_ciphertext_of_every_other_way_of_sealing(se
         whole = cipher.encrypt_all(data)
         for chunk in {1 if size < 3_000 else 997, first, plain, plain + 1, 65_536, max(size, 1)}:
             for piece in (1, segment_size, 3 * segment_size + 5, 256 * 1024):
-                _stream.PIECE, saved = piece, _stream.PIECE
-                try:
-                    pieces = [p async for b in cipher.seal(_chunks(data, chunk)) for p in b]
-                finally:
-                    _stream.PIECE = saved
-                assert b"".join(pieces) == whole
-                assert all(len(p) % segment_size == 0 for p in pieces[:-1])
+                for per_chunk in (True, False):
+                    _stream.PIECE, saved = piece, _stream.PIECE
+                    try:
+                        batches = [b async for b in cipher.seal(_chunks(data, chunk), per_chunk=per_chunk)]
+                    finally:
+                        _stream.PIECE = saved
+                    pieces = [p for b in batches for p in b]
+                    assert b"".join(pieces) == whole
+                    assert all(len(p) % segment_size == 0 for p in pieces[:-1])
+                    assert all(batches) and (per_chunk or {len(b) for b in batches} == {1})
             batches = [p async for b in cipher.encrypt_batches(_chunks(data, chunk)) for p in b]
             assert b"".join(batches) == whole
 

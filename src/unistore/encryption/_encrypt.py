@@ -434,12 +434,13 @@ class Encrypt(Layer):
         sealed: bytes | AsyncGenerator[bytes, None]
         if isinstance(body, bytes) and len(body) <= IN_MEMORY_LIMIT:
             sealed = cipher.encrypt_all(body)
+        elif self.threads < 2 and _local(self.inner):
+            # The local store writes in a worker thread while the loop waits: the next input chunk
+            # is sealed meanwhile. Elsewhere (a network store sends on its own) that would only
+            # hold more sealed bytes, so each piece is handed on as soon as it is sealed.
+            sealed = flatten(read_ahead(cipher.seal(iter_body(body)), lean=True))
         elif self.threads < 2:
-            batches: AsyncIterator[list[bytes]] = cipher.seal(iter_body(body))
-            # The local store writes in a worker thread while the loop waits: seal the next input
-            # chunk meanwhile. Elsewhere (network stores send on their own) that would only hold
-            # one more sealed chunk.
-            sealed = flatten(read_ahead(batches, lean=True) if _local(self.inner) else batches)
+            sealed = flatten(cipher.seal(iter_body(body), per_chunk=False))
         else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
             batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
             sealed = flatten(read_ahead(batches, lean=True))

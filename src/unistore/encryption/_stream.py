@@ -188,9 +188,10 @@ class SegmentCipher:
             out.append(await inflight.popleft())
         return out
 
-    async def seal(self, chunks: AsyncIterator[bytes]) -> AsyncGenerator[list[bytes], None]:
+    async def seal(self, chunks: AsyncIterator[bytes], *, per_chunk: bool = True) -> AsyncGenerator[list[bytes], None]:
         """The whole ciphertext of the plaintext ``chunks``, as one list of pieces per input chunk
-        (none for a chunk that completes no segment) and a last list at the end of the input.
+        (none for a chunk that completes no segment) and a last list at the end of the input; with
+        ``per_chunk=False`` each piece as soon as it is sealed, alone in its list (fewer bytes held).
 
         A piece is whole segments, about :data:`PIECE` bytes (one segment if segments are larger);
         the first one starts with the header. Each segment is sealed by ``encrypt_into`` straight
@@ -220,6 +221,9 @@ class SegmentCipher:
                     if fill + size + TAG_SIZE > room:
                         pieces.append(bytes(out[:fill]))
                         fill = 0
+                        if not per_chunk:
+                            yield pieces
+                            pieces = []
                     if index >= MAX_SEGMENTS - 1:
                         raise IntegrityError("too many segments")
                     aead.encrypt_into(
