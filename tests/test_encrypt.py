@@ -16,6 +16,7 @@ import pytest
 
 from unistore import (
     ByteRange,
+    LocalBackend,
     ConfigurationError,
     IntegrityError,
     InvalidMetadataError,
@@ -610,15 +611,34 @@ class _Writes(MemoryBackend):
         return await super().put_object(key, recorded(), **kw)
 
 
+class _LocalWrites(LocalBackend):
+    """Records the length of every body chunk a streamed put hands the local store."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.chunks: list[int] = []
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        if isinstance(body, bytes | bytearray | memoryview):
+            return await super().put_object(key, body, **kw)
+
+        async def recorded() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                self.chunks.append(len(chunk))
+                yield chunk
+
+        return await super().put_object(key, recorded(), **kw)
+
+
 async def test_a_streamed_put_hands_the_store_pieces_of_whole_segments(
-    keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store gets the ciphertext in pieces of whole segments (the first one led by the
     header), each sealed into one reused buffer: a few pieces per MiB, not one per segment."""
     from unistore.encryption import _stream
 
     monkeypatch.setattr(_stream, "PIECE", 3_500)  # 3 segments of 1000 bytes per piece
-    inner = _Writes()
+    inner = _LocalWrites(base_path=str(tmp_path), fsync=False)
     store = Encrypt(inner, keyring, segment_size=1000)
     data = os.urandom(10_000)
     await store.put_object("s", _chunks(data, 3000))
@@ -634,13 +654,22 @@ async def test_a_streamed_put_hands_the_store_pieces_of_whole_segments(
     assert await store.get("s") == data
 
 
-async def test_a_default_streamed_put_of_1_mib_chunks_hands_the_store_4_pieces_per_mib(keyring: LocalKeyring) -> None:
-    inner = _Writes()
-    store = Encrypt(inner, keyring)
+async def test_a_default_streamed_put_of_1_mib_chunks_hands_the_local_store_4_pieces_per_mib(
+    tmp_path: Path, keyring: LocalKeyring
+) -> None:
+    """The local store gets 256 KiB pieces (4 segments each); any other store one segment at a
+    time, as soon as it is sealed (fewer sealed bytes held by a network upload)."""
     data = os.urandom(4 << 20)
+    local = _LocalWrites(base_path=str(tmp_path), fsync=False)
+    store = Encrypt(local, keyring)
     await store.put_object("s", _chunks(data, 1 << 20))
-    assert len(inner.chunks) == 17 and set(inner.chunks[:-1]) == {256 << 10}  # 64 KiB segments, 4 a piece
-    assert inner.chunks[-1] == store.layout.ciphertext_size(len(data)) - 16 * (256 << 10)
+    assert len(local.chunks) == 17 and set(local.chunks[:-1]) == {256 << 10}
+    assert local.chunks[-1] == store.layout.ciphertext_size(len(data)) - 16 * (256 << 10)
+    assert await store.get("s") == data
+    memory = _Writes()
+    store = Encrypt(memory, keyring)
+    await store.put_object("s", _chunks(data, 1 << 20))
+    assert len(memory.chunks) == 65 and set(memory.chunks[:-1]) == {64 << 10}
     assert await store.get("s") == data
 
 
@@ -788,7 +817,6 @@ async def test_remembered_metadata_never_hides_a_change(keyring: LocalKeyring) -
 async def test_a_streamed_local_get_leaves_the_read_ahead_to_the_store(tmp_path: Path, keyring: LocalKeyring) -> None:
     """The local store reads its next chunk while the caller decrypts this one: the layer adds no
     read-ahead task of its own there (one more hop and one more chunk alive per chunk), elsewhere it does."""
-    from unistore import LocalBackend
 
     data = os.urandom(3 << 20)
     for inner, pumps in ((LocalBackend(base_path=str(tmp_path), fsync=False), False), (MemoryBackend(), True)):
@@ -808,7 +836,6 @@ async def test_a_streamed_put_seals_ahead_only_over_the_local_store(tmp_path: Pa
     """The local store writes in a worker thread while the loop waits, so the next chunk is sealed
     meanwhile; any other store is handed each chunk's ciphertext as it pulls it (one sealed chunk
     less held, which is what an S3 upload's memory needs)."""
-    from unistore import LocalBackend
 
     seen: list[bool] = []
 

@@ -437,10 +437,10 @@ class Encrypt(Layer):
         elif self.threads < 2 and _local(self.inner):
             # The local store writes in a worker thread while the loop waits: the next input chunk
             # is sealed meanwhile. Elsewhere (a network store sends on its own) that would only
-            # hold more sealed bytes, so each piece is handed on as soon as it is sealed.
+            # hold more sealed bytes, so each segment is handed on as soon as it is sealed.
             sealed = flatten(read_ahead(cipher.seal(iter_body(body)), lean=True))
         elif self.threads < 2:
-            sealed = flatten(cipher.seal(iter_body(body), per_chunk=False))
+            sealed = flatten(cipher.seal(iter_body(body), per_chunk=False, piece=0))
         else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
             batches = cipher.encrypt_batches(iter_body(body), pool=self._workers(), threads=self.threads)
             sealed = flatten(read_ahead(batches, lean=True))

@@ -188,13 +188,15 @@ class SegmentCipher:
             out.append(await inflight.popleft())
         return out
 
-    async def seal(self, chunks: AsyncIterator[bytes], *, per_chunk: bool = True) -> AsyncGenerator[list[bytes], None]:
+    async def seal(
+        self, chunks: AsyncIterator[bytes], *, per_chunk: bool = True, piece: int | None = None
+    ) -> AsyncGenerator[list[bytes], None]:
         """The whole ciphertext of the plaintext ``chunks``, as one list of pieces per input chunk
         (none for a chunk that completes no segment) and a last list at the end of the input; with
         ``per_chunk=False`` each piece as soon as it is sealed, alone in its list (fewer bytes held).
 
-        A piece is whole segments, about :data:`PIECE` bytes (one segment if segments are larger);
-        the first one starts with the header. Each segment is sealed by ``encrypt_into`` straight
+        A piece is whole segments, about ``piece`` bytes (:data:`PIECE`; one segment if segments
+        are larger); the first one starts with the header. Each segment is sealed by ``encrypt_into`` straight
         from the input chunk into one reused buffer, and each piece is one copy of it: no object
         and no zero-filled output per segment, a few pieces per MiB for the store to take. Only a
         segment spanning two input chunks is gathered first. A segment is sealed as the last one
@@ -202,7 +204,7 @@ class SegmentCipher:
         """
         layout, aead, prefix, pack = self.layout, self._aead, self._prefix, _COUNTER.pack
         seg, first, plain = layout.segment_size, layout.first_plain, layout.plain
-        room = max(PIECE // seg, 1) * seg  # every sealed segment but the last fills ``seg`` bytes
+        room = max((PIECE if piece is None else piece) // seg, 1) * seg  # each segment but the last fills ``seg``
         out = memoryview(bytearray(room))
         out[:HEADER_SIZE] = self.header
         fill, index, pending = HEADER_SIZE, 0, bytearray()
