@@ -16,11 +16,11 @@ import pytest
 
 from unistore import (
     ByteRange,
-    LocalBackend,
     ConfigurationError,
     IntegrityError,
     InvalidMetadataError,
     InvalidRangeError,
+    LocalBackend,
     MemoryBackend,
     NotFoundError,
     SuffixRange,
