@@ -35,6 +35,7 @@ from .._errors import ConfigurationError, IntegrityError
 __all__ = [
     "HEADER_SIZE",
     "KEY_SIZE",
+    "PIECE",
     "Layout",
     "SegmentCipher",
     "TAG_SIZE",
