@@ -35,8 +35,8 @@ from .._errors import ConfigurationError, IntegrityError
 __all__ = [
     "HEADER_SIZE",
     "KEY_SIZE",
-    "PIECE",
     "Layout",
+    "PIECE",
     "SegmentCipher",
     "TAG_SIZE",
     "close",
