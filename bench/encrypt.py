@@ -17,8 +17,12 @@ Peak RSS is also reported for the put and the get apart (``put_peak_rss_mib``, `
 in ``--json``); ``BENCH_TRACE=1`` prints the put's traced Python peak and its largest owners.
 ``--variants plain,encrypt`` runs only those. ``--threads 1,2`` runs one Encrypt variant per
 cipher thread count (``encrypt t1``, ``encrypt t2``) instead of one with the default (1);
-``--skip-small`` skips the 4 KiB runs. The load average and busy cores are recorded before
-each large run. Variants alternate in a rotating order per repetition; medians over ``--reps``.
+``--skip-small`` skips the 4 KiB runs. The put and the get also report their process CPU time
+per GiB (user + system, the store's I/O threads included): ``put_cpu_s_gib``, ``get_cpu_s_gib``.
+``--compare-src DIR`` adds a variant ``encrypt base`` whose worker imports ``unistore`` from
+``DIR`` (another checkout's ``src``), to compare two versions of the layer interleaved in one run.
+The load average and busy cores are recorded before each large run. Variants alternate in a
+rotating order per repetition; medians over ``--reps``.
 Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
 """
 
@@ -41,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine_busy_cores, reset_peak_rss, rotate, status_kib  # noqa: E402
+from _common import machine_busy_cores, reset_peak_rss, rotate, self_cpu, status_kib  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -119,9 +123,9 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                             best[0], best[1] = cur, tracemalloc.take_snapshot()
 
                 watcher = asyncio.create_task(watch())
-            t0 = time.perf_counter()
+            c0, t0 = self_cpu()[0], time.perf_counter()
             info = await store.put_object("large.bin", _source(size))
-            t1 = time.perf_counter()
+            c1, t1 = self_cpu()[0], time.perf_counter()
             put_peak = status_kib("VmHWM")
             if os.environ.get("BENCH_TRACE"):
                 import tracemalloc
@@ -136,7 +140,7 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             async with await store.open("large.bin") as dl:
                 async for chunk in dl:
                     got += len(chunk)
-            t2 = time.perf_counter()
+            c2, t2 = self_cpu()[0], time.perf_counter()
             if info.size != size or got != size:
                 raise RuntimeError(f"sizes {info.size}, {got}, expected {size}")
             get_peak = status_kib("VmHWM")
@@ -151,9 +155,12 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 if len(body) != RANGE:
                     raise RuntimeError("short range read")
             await store.delete("large.bin")
+            gib = size / (1024 * MiB)
             out = {
                 "put_mib_s": size / MiB / (t1 - t0),
                 "get_mib_s": size / MiB / (t2 - t1),
+                "put_cpu_s_gib": (c1 - c0) / gib,
+                "get_cpu_s_gib": (c2 - c1) / gib,
                 "peak_rss_mib": peak / 1024,
                 "rss_growth_mib": (peak - idle) / 1024,
                 "put_peak_rss_mib": put_peak / 1024,
@@ -219,17 +226,23 @@ def main() -> None:
     ap.add_argument("--s3-parts", default="", help="S3 part size in MiB and parts in flight, e.g. 8x4")
     ap.add_argument("--variants", default="", help="only these variants, e.g. plain,encrypt")
     ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
+    ap.add_argument("--compare-src", help="add a variant 'encrypt base' importing unistore from this src directory")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="write the raw results to this file")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(asyncio.run(_worker(json.loads(a.worker)))))
+        spec = json.loads(a.worker)
+        if spec.get("src"):  # another version of unistore: it must be imported before any other
+            sys.path.insert(0, spec["src"])
+        print(json.dumps(asyncio.run(_worker(spec))))
         return
     if a.quick:
         a.size, a.reps, a.ops, a.range_reads = 64, 1, 300, 10
     stores = [s for s in a.stores.split(",") if s]
     threads = [int(t) for t in a.threads.split(",") if t]
-    encrypts = {f"encrypt t{t}": t for t in threads} or {"encrypt": None}
+    encrypts: dict[str, int | None] = {f"encrypt t{t}": t for t in threads} or {"encrypt": None}
+    if a.compare_src:
+        encrypts["encrypt base"] = threads[0] if threads else None
     kek = base64.b64encode(os.urandom(32)).decode()
     sse_c_key = base64.b64encode(os.urandom(32)).decode()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -251,6 +264,8 @@ def main() -> None:
                     for variant in rotate(variants, rep):
                         base: dict[str, Any] = {"store": store, "variant": variant, "kek": kek, "sse_c_key": sse_c_key}
                         base["threads"] = encrypts.get(variant)
+                        if variant == "encrypt base":
+                            base["src"] = str(Path(a.compare_src).resolve())
                         if a.s3_parts:
                             part_mib, parts = a.s3_parts.split("x")
                             base |= {"s3_part_mib": int(part_mib), "s3_parts": int(parts)}
@@ -300,9 +315,9 @@ def _table(
         f"range: 64 KiB from the middle, median of {a.range_reads}. Other processes kept a median "
         f"{load:.1f} cores busy (2-core shared machine).",
         "",
-        "| store | variant | put MiB/s | get MiB/s | put vs plain | get vs plain | peak RSS MiB (growth) "
-        "| 64 KiB range ms | range vs plain | 4 KiB put CPU µs | 4 KiB get CPU µs | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| store | variant | put MiB/s | get MiB/s | put vs plain | get vs plain | put CPU s/GiB | get CPU s/GiB "
+        "| peak RSS MiB (growth) | 64 KiB range ms | range vs plain | 4 KiB put CPU µs | 4 KiB get CPU µs | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for store in stores:
         plain = results.get(f"{store} plain", {"large": [], "small": []})
@@ -318,6 +333,7 @@ def _table(
                 f"| {store} | {variant} | {_fmt(put)} | {_fmt(get)} "
                 f"| {_ratio(put, _median(plain['large'], 'put_mib_s'))} "
                 f"| {_ratio(get, _median(plain['large'], 'get_mib_s'))} "
+                f"| {_fmt(_median(large, 'put_cpu_s_gib'), 2)} | {_fmt(_median(large, 'get_cpu_s_gib'), 2)} "
                 f"| {_fmt(_median(large, 'peak_rss_mib'))} ({_fmt(_median(large, 'rss_growth_mib'))}) "
                 f"| {_fmt(rng, 2)} | {_ratio(rng, _median(plain['large'], 'range_ms'))} "
                 f"| {_fmt(_median(small, 'put_cpu_us'), 1)} | {_fmt(_median(small, 'get_cpu_us'), 1)} "

@@ -20,6 +20,7 @@ from unistore import (
     IntegrityError,
     InvalidMetadataError,
     InvalidRangeError,
+    LocalBackend,
     MemoryBackend,
     NotFoundError,
     SuffixRange,
@@ -610,17 +611,113 @@ class _Writes(MemoryBackend):
         return await super().put_object(key, recorded(), **kw)
 
 
-async def test_a_streamed_put_hands_the_store_its_segments_unjoined(keyring: LocalKeyring) -> None:
-    """No copy of a chunk's segments into one piece: the store gets the header, then each segment."""
-    inner = _Writes()
+class _LocalWrites(LocalBackend):
+    """Records the length of every body chunk a streamed put hands the local store."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.chunks: list[int] = []
+
+    async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+        if isinstance(body, bytes | bytearray | memoryview):
+            return await super().put_object(key, body, **kw)
+
+        async def recorded() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                self.chunks.append(len(chunk))
+                yield chunk
+
+        return await super().put_object(key, recorded(), **kw)
+
+
+async def test_a_streamed_put_hands_the_store_pieces_of_whole_segments(
+    tmp_path: Path, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store gets the ciphertext in pieces of whole segments (the first one led by the
+    header), each sealed into one reused buffer: a few pieces per MiB, not one per segment."""
+    from unistore.encryption import _stream
+
+    monkeypatch.setattr(_stream, "PIECE", 3_500)  # 3 segments of 1000 bytes per piece
+    inner = _LocalWrites(base_path=str(tmp_path), fsync=False)
     store = Encrypt(inner, keyring, segment_size=1000)
     data = os.urandom(10_000)
     await store.put_object("s", _chunks(data, 3000))
     layout = store.layout
-    assert inner.chunks[:2] == [40, 960]  # the header, then segment 0 (which shares its 1000 bytes with it)
-    assert set(inner.chunks[2:-1]) == {1000} and 16 < inner.chunks[-1] <= 1000
+    # per 3000-byte input chunk: the whole segments it completes, in pieces of at most 3
+    assert inner.chunks == [3000, 3000, 3000, 1000, 216]
     assert sum(inner.chunks) == layout.ciphertext_size(len(data))
     assert await store.get("s") == data
+    monkeypatch.setattr(_stream, "PIECE", 10)  # smaller than a segment: one segment per piece
+    inner.chunks.clear()
+    await store.put_object("s", _chunks(data, 3000))
+    assert inner.chunks[0] == 1000 and set(inner.chunks[:-1]) == {1000}
+    assert await store.get("s") == data
+
+
+async def test_a_default_streamed_put_of_1_mib_chunks_hands_the_local_store_4_pieces_per_mib(
+    tmp_path: Path, keyring: LocalKeyring
+) -> None:
+    """The local store gets 256 KiB pieces (4 segments each); any other store one segment at a
+    time, as soon as it is sealed (fewer sealed bytes held by a network upload)."""
+    data = os.urandom(4 << 20)
+    local = _LocalWrites(base_path=str(tmp_path), fsync=False)
+    store = Encrypt(local, keyring)
+    await store.put_object("s", _chunks(data, 1 << 20))
+    assert len(local.chunks) == 17 and set(local.chunks[:-1]) == {256 << 10}
+    assert local.chunks[-1] == store.layout.ciphertext_size(len(data)) - 16 * (256 << 10)
+    assert await store.get("s") == data
+    memory = _Writes()
+    store = Encrypt(memory, keyring)
+    await store.put_object("s", _chunks(data, 1 << 20))
+    assert len(memory.chunks) == 65 and set(memory.chunks[:-1]) == {64 << 10}
+    assert await store.get("s") == data
+
+
+@pytest.mark.parametrize("segment_size", [100, 1000, 64 * 1024])
+async def test_sealed_pieces_are_the_ciphertext_of_every_other_way_of_sealing(segment_size: int) -> None:
+    """The same ciphertext, byte for byte, whatever the chunking and the piece size: the format is
+    the one objects written before had (they read as ever)."""
+    from unistore.encryption import _stream
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    layout = Layout(segment_size)
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+    first, plain = layout.first_plain, layout.plain
+    for size in (0, 1, first - 1, first, first + 1, first + plain, first + plain + 1, 5 * plain + 3, 300_001):
+        data = os.urandom(size)
+        whole = cipher.encrypt_all(data)
+        for chunk in {1 if size < 3_000 else 997, first, plain, plain + 1, 65_536, max(size, 1)}:
+            for piece in (1, segment_size, 3 * segment_size + 5, 256 * 1024):
+                for per_chunk in (True, False):
+                    _stream.PIECE, saved = piece, _stream.PIECE
+                    try:
+                        batches = [b async for b in cipher.seal(_chunks(data, chunk), per_chunk=per_chunk)]
+                    finally:
+                        _stream.PIECE = saved
+                    pieces = [p for b in batches for p in b]
+                    assert b"".join(pieces) == whole
+                    assert all(len(p) % segment_size == 0 for p in pieces[:-1])
+                    assert all(batches) and (per_chunk or {len(b) for b in batches} == {1})
+            batches = [p async for b in cipher.encrypt_batches(_chunks(data, chunk)) for p in b]
+            assert b"".join(batches) == whole
+
+
+GOLDEN_SHA256 = "efda2add84482676d4b1c18e0755d96ba3587d8489ae24dd908c2d04aca29d70"
+"""SHA-256 of the ciphertext below, as the code of 2026-12-06 (before pieces) wrote it."""
+
+
+async def test_the_stream_format_is_unchanged() -> None:
+    """A fixed key, header and plaintext give the ciphertext they always gave, in one piece or streamed."""
+    from unistore.encryption._stream import Layout, SegmentCipher
+
+    header = bytes([40]) + bytes(range(1, 40))
+    cipher = SegmentCipher(b"K" * 32, header, b"associated", Layout(100))
+    data = bytes(range(256)) * 4
+    assert hashlib.sha256(cipher.encrypt_all(data)).hexdigest() == GOLDEN_SHA256
+    streamed = b"".join([p async for b in cipher.seal(_chunks(data, 77)) for p in b])
+    assert hashlib.sha256(streamed).hexdigest() == GOLDEN_SHA256
+    plain = [c async for c in cipher.decrypt_stream(_chunks(streamed, 333), 0, None, skip_header=True)]
+    assert b"".join(plain) == data
 
 
 async def test_encrypt_batches_are_the_stream_unjoined() -> None:
@@ -644,21 +741,26 @@ async def test_a_streamed_get_decrypts_each_segment_only_when_asked_for_it() -> 
     plaintext of a whole chunk is never held at once."""
     from unistore.encryption._stream import Layout, SegmentCipher, new_header
 
-    opened: list[int] = []
+    opened: list[bytes] = []
 
-    class Counting(SegmentCipher):
-        def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview, last: bool) -> bytes:
-            opened.append(index)
-            return super().decrypt(index, ciphertext, last)
+    class Counting:
+        def __init__(self, aead: Any) -> None:
+            self.aead = aead
 
-    cipher = Counting(os.urandom(32), new_header(), b"ad", Layout(100))
+        def decrypt(self, nonce: bytes, data: Any, ad: Any) -> bytes:
+            opened.append(nonce[-5:])
+            out: bytes = self.aead.decrypt(nonce, data, ad)
+            return out
+
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", Layout(100))
     data = os.urandom(2_000)
     ciphertext = cipher.encrypt_all(data)
+    cipher._aead = Counting(cipher._aead)  # type: ignore[assignment]
     stream = cipher.decrypt_stream(_chunks(ciphertext, len(ciphertext)), 0, None, skip_header=True)
     assert await anext(stream) == data[:44]
-    assert opened == [0]
+    assert opened == [bytes(5)]
     assert await anext(stream) == data[44:128]
-    assert opened == [0, 1]
+    assert opened == [bytes(5), bytes([0, 0, 0, 1, 0])]
     await stream.aclose()
 
 
@@ -710,3 +812,51 @@ async def test_remembered_metadata_never_hides_a_change(keyring: LocalKeyring) -
     assert not store._envelopes  # a listing does not fill the cache
     uncached = Encrypt(inner, keyring, key_cache_size=0)
     assert await uncached.get("k") == data and not uncached._envelopes
+
+
+async def test_a_streamed_local_get_leaves_the_read_ahead_to_the_store(tmp_path: Path, keyring: LocalKeyring) -> None:
+    """The local store reads its next chunk while the caller decrypts this one: the layer adds no
+    read-ahead task of its own there (one more hop and one more chunk alive per chunk), elsewhere it does."""
+
+    data = os.urandom(3 << 20)
+    for inner, pumps in ((LocalBackend(base_path=str(tmp_path), fsync=False), False), (MemoryBackend(), True)):
+        store = Encrypt(inner, keyring)
+        await store.put_object("big", _chunks(data, 1 << 20))
+        got, seen = [], set()
+        async with await store.open("big") as dl:
+            async for chunk in dl:
+                got.append(chunk)
+                seen.add(any("pump" in repr(t) for t in asyncio.all_tasks()))
+        assert b"".join(got) == data
+        assert (True in seen) is pumps
+        await store.aclose()
+
+
+async def test_a_streamed_put_seals_ahead_only_over_the_local_store(tmp_path: Path, keyring: LocalKeyring) -> None:
+    """The local store writes in a worker thread while the loop waits, so the next chunk is sealed
+    meanwhile; any other store is handed each chunk's ciphertext as it pulls it (one sealed chunk
+    less held, which is what an S3 upload's memory needs)."""
+
+    seen: list[bool] = []
+
+    async def watched(body: Any) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            seen.append(any("pump" in repr(t) for t in asyncio.all_tasks()))
+            yield chunk
+
+    class Local(LocalBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            return await super().put_object(key, watched(body), **kw)
+
+    class Memory(MemoryBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            return await super().put_object(key, watched(body), **kw)
+
+    data = os.urandom(3 << 20)
+    for inner, ahead in ((Local(base_path=str(tmp_path), fsync=False), True), (Memory(), False)):
+        seen.clear()
+        store = Encrypt(inner, keyring)
+        await store.put_object("big", _chunks(data, 1 << 20))
+        assert (True in seen) is ahead
+        assert await store.get("big") == data
+        await store.aclose()

@@ -36,6 +36,7 @@ __all__ = [
     "HEADER_SIZE",
     "KEY_SIZE",
     "Layout",
+    "PIECE",
     "SegmentCipher",
     "TAG_SIZE",
     "close",
@@ -43,6 +44,9 @@ __all__ = [
     "new_header",
     "read_ahead",
 ]
+
+PIECE = 256 * 1024
+"""Ciphertext bytes a streamed put seals into one piece (whole segments; at least one)."""
 
 KEY_SIZE = 32
 NONCE_PREFIX_SIZE = 7
@@ -184,6 +188,64 @@ class SegmentCipher:
         while inflight:
             out.append(await inflight.popleft())
         return out
+
+    async def seal(
+        self, chunks: AsyncIterator[bytes], *, per_chunk: bool = True, piece: int | None = None
+    ) -> AsyncGenerator[list[bytes], None]:
+        """The whole ciphertext of the plaintext ``chunks``, as one list of pieces per input chunk
+        (none for a chunk that completes no segment) and a last list at the end of the input; with
+        ``per_chunk=False`` each piece as soon as it is sealed, alone in its list (fewer bytes held).
+
+        A piece is whole segments, about ``piece`` bytes (:data:`PIECE`; one segment if segments
+        are larger); the first one starts with the header. Each segment is sealed by ``encrypt_into`` straight
+        from the input chunk into one reused buffer, and each piece is one copy of it: no object
+        and no zero-filled output per segment, a few pieces per MiB for the store to take. Only a
+        segment spanning two input chunks is gathered first. A segment is sealed as the last one
+        only at the end of the input; closing this generator closes ``chunks``.
+        """
+        layout, aead, prefix, pack = self.layout, self._aead, self._prefix, _COUNTER.pack
+        seg, first, plain = layout.segment_size, layout.first_plain, layout.plain
+        room = max((PIECE if piece is None else piece) // seg, 1) * seg  # each segment but the last fills ``seg``
+        out = memoryview(bytearray(room))
+        out[:HEADER_SIZE] = self.header
+        fill, index, pending = HEADER_SIZE, 0, bytearray()
+        try:
+            async for chunk in chunks:
+                view, pos, end, pieces = memoryview(chunk), 0, len(chunk), list[bytes]()
+                size = first if index == 0 else plain
+                if pending:
+                    pos = min(size - len(pending), end)
+                    pending += view[:pos]
+                    if pos == end:  # not full, or full but maybe the last segment
+                        continue
+                    aead.encrypt_into(prefix + pack(index, False), pending, None, out[fill : fill + size + TAG_SIZE])
+                    fill, index, size, pending = fill + size + TAG_SIZE, index + 1, plain, bytearray()
+                while end - pos > size:  # more follows: not the last segment
+                    if fill + size + TAG_SIZE > room:
+                        pieces.append(bytes(out[:fill]))
+                        fill = 0
+                        if not per_chunk:
+                            yield pieces
+                            pieces = []
+                    if index >= MAX_SEGMENTS - 1:
+                        raise IntegrityError("too many segments")
+                    aead.encrypt_into(
+                        prefix + pack(index, False), view[pos : pos + size], None, out[fill : fill + size + TAG_SIZE]
+                    )
+                    fill, pos, index, size = fill + size + TAG_SIZE, pos + size, index + 1, plain
+                pending += view[pos:]
+                if index and fill:
+                    pieces.append(bytes(out[:fill]))
+                    fill = 0
+                del chunk, view  # the input chunk is not held while its ciphertext waits
+                if pieces:
+                    yield pieces
+                del pieces
+            size = len(pending) + TAG_SIZE
+            aead.encrypt_into(prefix + pack(index, True), pending, None, out[fill : fill + size])
+            yield [bytes(out[: fill + size])]
+        finally:
+            await close(chunks)
 
     async def encrypt_stream(
         self, chunks: AsyncIterator[bytes], *, pool: Executor | None = None, threads: int = 1
@@ -330,6 +392,8 @@ class SegmentCipher:
         inflight: _InFlight = deque()
         try:
             layout, index, pending = self.layout, first, bytearray()
+            aead, prefix, pack = self._aead, self._prefix, _COUNTER.pack
+            first_plain, plain = layout.first_plain, layout.plain
             sequential = pool is None or threads < 2
             header: bytearray | None = bytearray() if skip_header else None
             async for chunk in chunks:
@@ -350,19 +414,36 @@ class SegmentCipher:
                     if full and (pos < end if last_index is None else index < last_index):
                         jobs.append((index, pending, False))
                         index, pending = index + 1, bytearray()
-                while not pending:
+                while not pending and not sequential:
                     size = layout.plain_len(index) + TAG_SIZE
                     left = end - pos
                     if left < size or (left == size if last_index is None else index >= last_index):
                         break
                     jobs.append((index, view[pos : pos + size], False))
                     pos, index = pos + size, index + 1
+                if sequential:  # each segment decrypted just before it is yielded: a small working set
+                    for at, data, last in jobs:  # the one completed from the last chunk
+                        yield self.decrypt(at, data, last)
+                    try:
+                        while not pending:
+                            size = (first_plain if index == 0 else plain) + TAG_SIZE
+                            left = end - pos
+                            if left < size or (left == size if last_index is None else index >= last_index):
+                                break
+                            if index >= MAX_SEGMENTS:
+                                raise IntegrityError("too many segments")
+                            segment = aead.decrypt(prefix + pack(index, False), view[pos : pos + size], None)
+                            pos, index = pos + size, index + 1
+                            yield segment
+                    except InvalidTag:
+                        raise IntegrityError(
+                            f"segment {index} does not authenticate (tampered, truncated or reordered)"
+                        ) from None
+                    if pos < end:
+                        pending += view[pos:]
+                    continue
                 if pos < end:
                     pending += view[pos:]
-                if sequential:  # each segment decrypted just before it is yielded: a small working set
-                    for at, data, last in jobs:
-                        yield self.decrypt(at, data, last)
-                    continue
                 for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
                     for segment in out:
                         yield segment
