@@ -6,7 +6,8 @@ unless ``--no-auth``) per source tree given with ``--src`` (default this tree's 
 (after as many warm-up requests), cycling through the keys. Modes:
 
 * ``cpu``: the server pinned to CPU 0, ``wrk -t1 -c64`` pinned to CPU 1 for ``--seconds`` (as
-  bench/service.py runs it); the server process's CPU time (user and system, all threads) per request. Trees are measured interleaved, ``--rounds`` times; medians.
+  bench/service.py runs it); the server process's CPU time (user and system, all threads) per
+  request. Trees are measured interleaved, ``--rounds`` times; medians.
 * ``callgrind``: the server under ``valgrind --tool=callgrind`` with instrumentation switched on only
   for the measured requests: user-space instructions per request (all threads), and the profile
   (``--out DIR``: ``callgrind.out.<tree>.<op>``, read it with ``callgrind_annotate --inclusive=yes``).
@@ -49,9 +50,20 @@ def free_port() -> int:
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid``, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    """(user, system) CPU seconds of ``pid`` and its descendants (granian's worker), all threads."""
+    user = system = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        user += int(fields[11]) / TICKS
+        system += int(fields[12]) / TICKS
+    return user, system
 
 
 # ----------------------------------------------------------------------------- client
@@ -204,13 +216,9 @@ def serve_main(argv: list[str]) -> None:
     main(argv)
 
 
-def bare_main(argv: list[str]) -> None:
-    """The floor: a bare ASGI app under the service's uvicorn settings (GET: 4 KiB from memory with the
-    service's headers; PUT: the body read, a 201 with a JSON body)."""
-    import uvicorn
-
-    from unistore.service._server import http_protocol
-
+def bare_app() -> Any:
+    """The floor: a bare ASGI app (GET: 4 KiB from memory with the service's headers; PUT: the body
+    read, a 201 with a JSON body)."""
     data = os.urandom(SIZE)
     get_headers = [
         (b"content-type", b"application/octet-stream"),
@@ -243,9 +251,44 @@ def bare_main(argv: list[str]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": get_headers})
         await send({"type": "http.response.body", "body": data})
 
+    return app
+
+
+def bare_main(argv: list[str]) -> None:
+    """:func:`bare_app` under the service's uvicorn settings."""
+    import uvicorn
+
+    from unistore.service._server import http_protocol
+
     port = int(argv[argv.index("--port") + 1])
-    uvicorn.run(app, host="127.0.0.1", port=port, http=http_protocol(10.0), ws="none", log_level="warning",
-                access_log=False, log_config=None)
+    uvicorn.run(
+        bare_app(),
+        host="127.0.0.1",
+        port=port,
+        http=http_protocol(10.0),
+        ws="none",
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+    )
+
+
+GRANIAN = [
+    "--interface",
+    "asgi",
+    "--loop",
+    "uvloop",
+    "--runtime-mode",
+    "st",
+    "--no-ws",
+    "--http",
+    "1",
+    "--http1-header-read-timeout",
+    "10000",
+    "--log-level",
+    "warning",
+    "--factory",
+]
 
 
 class Service:
@@ -275,7 +318,13 @@ class Service:
         if mode == "cprofile":
             assert profile_out is not None
             env["PROFILE_OUT"] = str(profile_out)
-        if mode == "cprofile" or variant != "full":
+        if variant.startswith("granian"):  # the service's own app factory (or the bare app) under granian
+            env["PYTHONPATH"] = os.pathsep.join((str(src), str(HERE)))
+            target = "unistore.service._server:app_from_env"
+            if variant == "granian-bare":
+                target = "service_profile:bare_app"
+            cmd = [sys.executable, "-m", "granian", *GRANIAN, "--port", str(self.port), target]
+        elif mode == "cprofile" or variant != "full":
             cmd = [sys.executable, __file__, "_serve", *args]
         else:
             cmd = [sys.executable, "-m", "unistore.service", *args]
@@ -289,7 +338,7 @@ class Service:
                 *cmd,
             ]
         self.mode = mode
-        self.logf = open(log, "wb")
+        self.logf = open(log, "wb")  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             ["taskset", "-c", SERVER_CPU, *cmd], stdout=self.logf, stderr=subprocess.STDOUT, env=env
         )
@@ -382,7 +431,7 @@ def report_pstats(path: Path, count: int) -> None:
     total = sum(v[2] for v in stats.values())
     print(f"  own time of the loop thread under cProfile: {total / count * 1e6:.0f} µs/request (inflated)")
     groups: dict[str, float] = {}
-    for (file, _line, fn), v in stats.items():
+    for (file, _line, _fn), v in stats.items():
         label = "builtins (C functions: socket, queue, str, json...)" if file == "~" else "other"
         for name, needle in GROUPS:
             if needle in file:
@@ -412,7 +461,8 @@ def main() -> None:
         action="append",
         help="full (as served), nolog (no access line), inline (the local backend's file calls on the loop,"
         " no worker thread), gcfreeze (gc.freeze after start-up, threshold 10,000), bare (a bare ASGI app"
-        " under the same uvicorn settings: the protocol's floor); repeatable [full]",
+        " under the same uvicorn settings: the protocol's floor), granian (the app under granian's ASGI"
+        " server, single-threaded runtime, uvloop), granian-bare; repeatable [full]",
     )
     p.add_argument("--out", help="directory for profiles and server logs [a temporary one]")
     a = p.parse_args()
@@ -444,12 +494,12 @@ def main() -> None:
                     variant=variant,
                 )
                 print(f"{tag}: {src} (pid {services[tag].proc.pid}, port {services[tag].port})", flush=True)
-        for tag, svc in services.items():  # warm-up: every op, as many requests as measured (callgrind: fewer)
+        for svc in services.values():  # warm-up: every op, as many requests as measured (callgrind: fewer)
             for op in ops:
                 run_client(svc.port, op, min(a.requests, 2000), svc.headers)
         for r in range(rounds):
             for op in ops:
-                for tag, svc in (services.items() if r % 2 == 0 else reversed(services.items())):
+                for tag, svc in services.items() if r % 2 == 0 else reversed(services.items()):
                     seconds = a.seconds if a.mode == "cpu" else None
                     m = svc.measure(op, a.requests, start=r * 37, seconds=seconds)
                     results.setdefault((tag, op), []).append(m)
