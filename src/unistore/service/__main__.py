@@ -27,7 +27,8 @@ class LineFormatter(logging.Formatter):
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         try:
-            values = style._defaults | record.__dict__ if style._defaults else record.__dict__
+            defaults = getattr(style, "_defaults", None)
+            values = defaults | record.__dict__ if defaults else record.__dict__
             return self._fmt % values  # type: ignore[operator]
         except KeyError:  # a field the record lacks: the error logging itself reports
             return super().format(record)
