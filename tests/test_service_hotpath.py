@@ -441,3 +441,40 @@ def test_serving_freezes_the_start_up_heap_and_collects_young_objects_less_often
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_access_record_is_the_record_make_record_makes() -> None:
+    """The access line's record, copied from a first one, has every field ``makeRecord`` gives it
+    (only the time differs); a custom record factory still makes every record."""
+    import logging
+
+    from unistore.service._ops import _ACCESS, LOGGER, access_record
+
+    args = ("GET", "/v1/objects/a", 200, 1.5)
+    access_record(("PUT", "/first", 201, 2.0))  # the first one of this thread
+    made = LOGGER.makeRecord(LOGGER.name, logging.INFO, _ops_file(), 0, _ACCESS, args, None)
+    copied = access_record(args)
+    assert type(copied) is logging.LogRecord
+    timed = ("created", "msecs", "relativeCreated")
+    assert {k: v for k, v in copied.__dict__.items() if k not in timed} == {
+        k: v for k, v in made.__dict__.items() if k not in timed
+    }
+    assert abs(copied.created - made.created) < 5 and 0 <= copied.msecs < 1000
+    assert abs((copied.relativeCreated - made.relativeCreated) - (copied.created - made.created) * 1000) < 1
+    assert copied.getMessage() == "GET /v1/objects/a 200 1.5ms"
+
+    class Tagged(logging.LogRecord):
+        pass
+
+    real = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(Tagged)
+    try:
+        assert type(access_record(args)) is Tagged
+    finally:
+        logging.setLogRecordFactory(real)
+
+
+def _ops_file() -> str:
+    from unistore.service import _ops
+
+    return _ops.__file__
