@@ -297,3 +297,184 @@ async def test_a_put_without_an_idempotency_key_works_out_no_scope(monkeypatch: 
         again = await c.put("/v1/objects/mine/b", content=b"y", headers={**auth, "idempotency-key": "op-1"})
         assert first.status_code == again.status_code == 201 and first.json() == again.json()
     assert scopes == ['token:["scoped", "mine/"]'] * 2
+
+
+_SMALL_WRITES: list[tuple[dict[str, str], bytes]] = [
+    ({}, b"0123456789"),
+    ({}, b""),
+    ({"content-md5": MD5_OF_X}, b"x"),
+    ({"content-md5": MD5_OF_X}, b"y"),
+    ({"repr-digest": "sha-256=:" + base64.b64encode(hashlib.sha256(b"z").digest()).decode() + ":"}, b"z"),
+    ({"repr-digest": "sha-256=:" + base64.b64encode(hashlib.sha256(b"z").digest()).decode() + ":"}, b"q"),
+    ({"repr-digest": "sha-256=:bad"}, b"z"),
+    ({}, b"x" * 1001),
+    ({"if-none-match": "*"}, b"x"),
+    ({"content-type": "text/plain"}, b"x"),
+]
+
+
+@pytest.mark.parametrize(("headers", "body"), _SMALL_WRITES)
+def test_a_small_body_read_whole_answers_and_stores_as_a_streamed_one(
+    monkeypatch: pytest.MonkeyPatch, headers: dict[str, str], body: bytes
+) -> None:
+    """A body under ``SMALL_BODY`` is read whole and stored as bytes: the same answer, the same object
+    (or none), as the streamed body every larger one still is."""
+    from unistore.service import _objects
+
+    answers = []
+    for small in (_objects.SMALL_BODY, -1):  # -1: every body streams, as before
+        monkeypatch.setattr(_objects, "SMALL_BODY", small)
+        backend = MemoryBackend()
+        app = create_app(backend, settings=ServiceSettings(secret=SECRET, max_body_size=1000))
+        with running_server(app) as base, httpx.Client(base_url=base) as c:
+            auth = {"authorization": f"Bearer {ADMIN}"}
+            assert c.put("/v1/objects/o/taken", content=b"old", headers=auth).status_code == 201
+            key = "o/taken" if "if-none-match" in headers else "o/new"
+            r = c.put(f"/v1/objects/{key}", content=body, headers={**headers, **auth})
+            stored = c.get(f"/v1/objects/{key}", headers=auth)
+            answer = r.json()
+            if r.status_code == 201:
+                answer = {k: v for k, v in answer.items() if k not in ("etag", "last_modified")}
+            answers.append((r.status_code, answer, stored.status_code, stored.content))
+    assert answers[0] == answers[1]
+    assert answers[0][0] < 500
+
+
+async def test_a_client_gone_mid_small_body_is_a_400() -> None:
+    """A small body whose client hangs up before its end is a 400, as a streamed body's is, and nothing is stored."""
+    backend = MemoryBackend()
+    app = create_app(backend, settings=ServiceSettings(secret=SECRET))
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"half", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {ADMIN}".encode()), (b"content-length", b"8")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": "/v1/objects/o/cut",
+        "raw_path": b"/v1/objects/o/cut",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b"disconnected before the body ended" in sent[1]["body"]
+    assert not await backend.exists("o/cut")
+
+
+def test_the_line_formatter_writes_what_the_standard_one_does() -> None:
+    """``LineFormatter`` (the serve command's) gives every line the text ``logging.Formatter`` gives it."""
+    import logging
+    import sys
+
+    from unistore.service.__main__ import LOG_FORMAT, LineFormatter
+
+    standard, line = logging.Formatter(LOG_FORMAT), LineFormatter(LOG_FORMAT)
+    records = []
+    for when in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_800_000_123.25):
+        record = logging.LogRecord("unistore.service", logging.INFO, __file__, 1, "%s %s %d", ("GET", "/a", 200), None)
+        record.created, record.msecs, record.request_id = when, (when - int(when)) * 1000, "rid"
+        records.append(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    failed.request_id = "-"
+    records.append(failed)
+    for record in records:
+        assert line.format(record) == standard.format(record)
+    lacking = logging.LogRecord("x", logging.INFO, __file__, 1, "no request id", None, None)
+    with pytest.raises(ValueError, match="request_id"):
+        line.format(lacking)
+    dated = LineFormatter(LOG_FORMAT, datefmt="%H:%M")
+    assert dated.format(records[0]) == logging.Formatter(LOG_FORMAT, datefmt="%H:%M").format(records[0])
+
+
+def test_accepted_content_types_are_remembered_and_refusals_are_not() -> None:
+    from unistore import InvalidArgumentError
+    from unistore._mime import _CHECKED, _CHECKED_MAX, check_content_type
+
+    assert check_content_type(" text/plain ") == "text/plain"
+    assert _CHECKED[" text/plain "] == "text/plain"
+    assert check_content_type(" text/plain ") == "text/plain"
+    assert check_content_type("  ") is None and check_content_type(None) is None
+    for bad in ("text/plain, text/html", "*/*", "text/\x01", "nope"):
+        for _ in range(2):
+            with pytest.raises(InvalidArgumentError):
+                check_content_type(bad)
+        assert bad not in _CHECKED
+    with pytest.raises(InvalidArgumentError):
+        check_content_type(b"text/plain")  # type: ignore[arg-type]
+    for n in range(_CHECKED_MAX + 10):
+        assert check_content_type(f"application/x-n{n}") == f"application/x-n{n}"
+    assert len(_CHECKED) <= _CHECKED_MAX
+    assert check_content_type("text/" + "a" * 300) == "text/" + "a" * 300
+    assert "text/" + "a" * 300 not in _CHECKED
+
+
+def test_serving_freezes_the_start_up_heap_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from unistore.service.__main__ import GC_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_access_record_is_the_record_make_record_makes() -> None:
+    """The access line's record, copied from a first one, has every field ``makeRecord`` gives it
+    (only the time differs); a custom record factory still makes every record."""
+    import logging
+
+    from unistore.service._ops import _ACCESS, LOGGER, access_record
+
+    args = ("GET", "/v1/objects/a", 200, 1.5)
+    access_record(("PUT", "/first", 201, 2.0))  # the first one of this thread
+    made = LOGGER.makeRecord(LOGGER.name, logging.INFO, _ops_file(), 0, _ACCESS, args, None)
+    copied = access_record(args)
+    assert type(copied) is logging.LogRecord
+    timed = ("created", "msecs", "relativeCreated")
+    assert {k: v for k, v in copied.__dict__.items() if k not in timed} == {
+        k: v for k, v in made.__dict__.items() if k not in timed
+    }
+    assert abs(copied.created - made.created) < 5 and 0 <= copied.msecs < 1000
+    assert abs((copied.relativeCreated - made.relativeCreated) - (copied.created - made.created) * 1000) < 1
+    assert copied.getMessage() == "GET /v1/objects/a 200 1.5ms"
+
+    class Tagged(logging.LogRecord):
+        pass
+
+    real = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(Tagged)
+    try:
+        assert type(access_record(args)) is Tagged
+    finally:
+        logging.setLogRecordFactory(real)
+
+
+def _ops_file() -> str:
+    from unistore.service import _ops
+
+    return _ops.__file__

@@ -211,6 +211,13 @@ def inline_safe(content_type: str | None) -> bool:
     return mime is not None and mime.essence in INLINE_SAFE
 
 
+_CHECKED: dict[str, str | None] = {}
+_CHECKED_MAX = 1024
+"""Values :func:`check_content_type` accepted, with its answer: a request's type (the same few on every
+write) is parsed once. The first ``_CHECKED_MAX`` distinct ones (of at most 256 characters) are kept; a
+refused value never is."""
+
+
 def check_content_type(value: str | None) -> str | None:
     """A content type fit to store: exactly one valid MIME type (surrounding whitespace removed).
 
@@ -220,8 +227,20 @@ def check_content_type(value: str | None) -> str | None:
     """
     if value is None:
         return None
+    if type(value) is str:
+        try:
+            return _CHECKED[value]
+        except KeyError:
+            checked = _check_content_type(value)
+            if len(_CHECKED) < _CHECKED_MAX and len(value) <= 256:
+                _CHECKED[value] = checked
+            return checked
     if not isinstance(value, str):
         raise InvalidArgumentError(f"content_type must be a string, not {type(value).__name__}")
+    return _check_content_type(value)
+
+
+def _check_content_type(value: str) -> str | None:
     if not all(" " <= c <= "~" or c == "\t" for c in value):
         raise InvalidArgumentError("content_type must be printable ASCII (RFC 9110 §5.5)")
     text = value.strip(_TAB_OR_SPACE)

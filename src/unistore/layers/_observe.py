@@ -28,7 +28,7 @@ from ._retry import Retry, RetryEvent
 if TYPE_CHECKING:
     from ..cost import Usage
 
-__all__ = ["HotKeys", "Observe", "request_context"]
+__all__ = ["HotKeys", "Observe", "request_context", "tag_request"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,12 @@ def request_context(*, request_id: str | None = None, client_id: str | None = No
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def tag_request(*, request_id: str | None = None, client_id: str | None = None) -> None:
+    """What :func:`request_context` does, for the rest of the current :class:`contextvars.Context`
+    (nothing to undo): for a caller that serves each request in a context of its own."""
+    _CONTEXT.set((request_id, client_id))
 
 
 def _outcome(exc: BaseException) -> str:

@@ -6,9 +6,60 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+class LineFormatter(logging.Formatter):
+    """:class:`logging.Formatter` writing the same lines with less work per line (there is one per
+    request): the default time stamp (``2026-12-06 04:12:32,017``) is made once a second, and a
+    line without exception or stack text is ``%``-formatted in one step."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        style = self._style
+        if record.exc_info or record.exc_text or record.stack_info or type(style) is not logging.PercentStyle:
+            return super().format(record)
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        try:
+            defaults = getattr(style, "_defaults", None)
+            values = defaults | record.__dict__ if defaults else record.__dict__
+            return self._fmt % values  # type: ignore[operator]
+        except KeyError:  # a field the record lacks: the error logging itself reports
+            return super().format(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second, text
+        return self.default_msec_format % (text, record.msecs)
+
+
+GC_THRESHOLD = 10_000
+"""Container allocations between two young-generation collections of a serving process (Python's
+default is 700: a 4 KiB request allocates about that many, so nearly every request paid for one)."""
+
+
+def tune_gc() -> None:
+    """Set up the garbage collector of a process that is about to serve: what start-up built (the app,
+    its routes and models, the imported modules) is moved out of the collector's way (``gc.freeze``),
+    so a full collection walks only what serving created, and young collections run every
+    :data:`GC_THRESHOLD` allocations. Reference cycles are still collected, a little later."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, older, oldest)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -16,7 +67,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     from . import RequestIdFilter
 
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -92,6 +143,7 @@ def serve(
         "log_config": None,
     }
     if count == 1:
+        tune_gc()
         uvicorn.run(app, **common)
         return
     del app  # each worker builds its own from the same environment

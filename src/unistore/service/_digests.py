@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 from .._errors import IntegrityError, InvalidArgumentError, QuotaExceededError
 
-__all__ = ["expected_digests", "verified_body"]
+__all__ = ["check_digests", "expected_digests", "verified_body"]
 
 _ALGORITHMS = {"sha-256": "sha256", "sha-512": "sha512"}
 _MEMBER = re.compile(r"\s*([a-z0-9*_\-.]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(?:,|\Z)")
@@ -51,6 +51,14 @@ def expected_digests(headers: Mapping[str, str]) -> dict[str, bytes]:
                 out[name] = _b64(m.group(2), "Repr-Digest")
             pos = m.end()
     return out
+
+
+def check_digests(data: bytes, *, expected: Mapping[str, bytes], key: str) -> None:
+    """Raise as :func:`verified_body` does at its end if a digest of the whole body ``data`` differs."""
+    for name, digest in expected.items():
+        if hashlib.new(name, data).digest() != digest:
+            label = "Content-MD5" if name == "md5" else "Repr-Digest"
+            raise IntegrityError(f"{label} does not match the body ({name})", key=key, operation="put")
 
 
 async def verified_body(

@@ -9,12 +9,14 @@ input is a 4xx, never a 5xx.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Coroutine, Generator
 from contextvars import ContextVar
@@ -28,13 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import InvalidRangeError, NotModifiedError, StorageError, TransientError
 from ..fastapi import error_body
-from ..layers import request_context
+from ..layers._observe import tag_request
 from ._auth import UnauthorizedError
 
 __all__ = [
     "InContext",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "access_record",
     "current_request_id",
     "error_response",
     "install_error_handlers",
@@ -152,10 +155,15 @@ class RequestIdMiddleware:
         await InContext(self._serve(scope, receive, send), contextvars.Context())
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        sent = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                sent = value.decode("latin-1")
+                break
         rid = sent if sent and _SANE_ID.fullmatch(sent) else new_request_id()
         header = (b"x-request-id", rid.encode("latin-1"))
         _REQUEST_ID.set(rid)  # this task's own context: nothing to reset
+        tag_request(request_id=rid)  # the storage operations' too
         status = 0
         started = time.perf_counter()
 
@@ -168,8 +176,7 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            with request_context(request_id=rid):
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except Exception:
             LOGGER.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             if status == 0:
@@ -180,7 +187,7 @@ class RequestIdMiddleware:
             elapsed = time.perf_counter() - started
             if LOGGER.isEnabledFor(logging.INFO):  # the access line, without looking up its caller's frame
                 args = (scope["method"], scope["path"], status, elapsed * 1000)
-                LOGGER.handle(LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, _ACCESS, args, None))
+                LOGGER.handle(access_record(args))
             if self.counter is not None:
                 self._count(scope["method"], status, elapsed)
 
@@ -223,6 +230,44 @@ class InContext:
 
 
 _ACCESS = "%s %s %d %.1fms"
+_RECORDS: dict[tuple[int, int], dict[str, Any]] = {}
+
+
+def access_record(args: tuple[Any, ...]) -> logging.LogRecord:
+    """The access line's record: what ``LOGGER.makeRecord`` makes, built from a copy of the first one made
+    in this thread of this process (the thread, process and file are the same: only the time, the
+    arguments and the asyncio task differ), at a fraction of the cost. With a custom record factory or
+    logger class, that factory makes each one."""
+    if logging.getLogRecordFactory() is not logging.LogRecord or type(LOGGER) is not logging.Logger:
+        return LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, _ACCESS, args, None)
+    where = (os.getpid(), threading.get_ident())
+    base = _RECORDS.get(where)
+    if base is None:
+        record = LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, _ACCESS, args, None)
+        if len(_RECORDS) < 64:
+            _RECORDS[where] = dict(record.__dict__)
+        return record
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    fields = record.__dict__
+    fields.update(base)
+    now = time.time()
+    fields["args"] = args
+    fields["created"] = now
+    fields["msecs"] = int((now - int(now)) * 1000) + 0.0
+    fields["relativeCreated"] = base["relativeCreated"] + (now - base["created"]) * 1000
+    if "taskName" in base:  # Python 3.12+: the task logging the line
+        fields["taskName"] = _task_name()
+    return record
+
+
+def _task_name() -> str | None:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return task.get_name() if task is not None and getattr(logging, "logAsyncioTasks", True) else None
+
+
 _ID_PREFIX: list[str] = []
 _ID_COUNT = itertools.count()
 

@@ -123,7 +123,9 @@ def app_from_env() -> Any:
     """The service app built from the environment in a worker process (``uvicorn --factory``):
     the ``serve`` command puts its options in the environment before it starts the workers."""
     from . import ServiceSettings, create_app
-    from .__main__ import configure_logging
+    from .__main__ import configure_logging, tune_gc
 
     configure_logging()
-    return create_app(settings=ServiceSettings.from_env())
+    app = create_app(settings=ServiceSettings.from_env())
+    tune_gc()
+    return app
