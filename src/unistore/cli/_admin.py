@@ -46,6 +46,13 @@ def serve(
             min=1, help="Worker processes sharing the port and the store (default: env WEB_CONCURRENCY, else 1)."
         ),
     ] = None,
+    cpu_affinity: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: pin each of several workers to one CPU (as nginx's worker_cpu_affinity auto); none"
+            " (default: env UNISTORE_CPU_AFFINITY, else none)."
+        ),
+    ] = None,
     header_timeout: Annotated[
         float | None, typer.Option(help="Seconds to send request headers (default 10; env UNISTORE_HEADER_TIMEOUT).")
     ] = None,
@@ -66,6 +73,7 @@ def serve(
         no_auth=no_auth,
         overrides={f"UNISTORE_{k}": str(v) for k, v in timeouts.items() if v is not None},
         workers=workers,
+        cpu_affinity=cpu_affinity,
     )
 
 

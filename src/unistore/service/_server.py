@@ -9,13 +9,20 @@ opening or of the previous response ending, else the connection is closed.
 The same timer bounds how long the rest of a body the app did not read (an
 early 401 or 413) is drained after the response. Stalled bodies the app is
 reading are :class:`~unistore._request_limits.BodyTimeouts`' job (408).
+
+:func:`run_workers` is uvicorn's worker supervisor with each worker pinned to
+one CPU (``serve --workers N --cpu-affinity auto``), as nginx's
+``worker_cpu_affinity auto``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +30,10 @@ if TYPE_CHECKING:
 else:
     _Host = asyncio.Protocol
 
-__all__ = ["app_from_env", "http_protocol"]
+__all__ = ["CPU_AFFINITY", "app_from_env", "http_protocol", "run_workers", "worker_cpus"]
+
+CPU_AFFINITY = ("none", "auto")
+"""The values of ``--cpu-affinity`` (``UNISTORE_CPU_AFFINITY``)."""
 
 LOGGER = logging.getLogger("unistore.service")
 
@@ -127,3 +137,65 @@ def app_from_env() -> Any:
 
     configure_logging()
     return create_app(settings=ServiceSettings.from_env())
+
+
+def worker_cpus(mode: str, workers: int) -> list[int] | None:
+    """The CPU of each worker slot for ``--cpu-affinity`` ``mode``, or None to leave the scheduler free.
+
+    ``auto`` deals the CPUs this process may run on (``os.sched_getaffinity``: a ``taskset`` or a
+    container's cpuset counts) to the workers in turn; with one worker or one CPU nothing is pinned.
+    """
+    if mode not in CPU_AFFINITY:
+        raise ValueError(f"cpu affinity must be one of {', '.join(CPU_AFFINITY)}, not {mode!r}")
+    if mode == "none" or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return [cpus[slot % len(cpus)] for slot in range(workers)]
+
+
+def _pin(pid: int, cpu: int) -> bool:
+    """Pin every thread of process ``pid`` to ``cpu`` (threads started later inherit it); False if it is gone."""
+    try:
+        os.sched_setaffinity(pid, {cpu})  # the main thread first: threads it starts from now on inherit it
+    except ProcessLookupError:
+        return False
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(int(task.name), {cpu})
+    return True
+
+
+def run_workers(config: Any, cpus: list[int] | None) -> None:
+    """Run ``config.workers`` worker processes on one listening socket under uvicorn's supervisor,
+    worker slot ``i`` pinned to ``cpus[i]`` (a replacement worker too) unless ``cpus`` is None."""
+    from uvicorn.supervisors import Multiprocess
+
+    pinned: dict[int, int] = {}  # slot -> the pid pinned there
+
+    class Supervisor(Multiprocess):
+        def pin_new(self) -> None:
+            for slot, process in enumerate(self.processes):
+                pid = process.pid
+                if cpus is None or pid is None or pinned.get(slot) == pid:
+                    continue
+                if _pin(pid, cpus[slot % len(cpus)]):
+                    pinned[slot] = pid
+                    LOGGER.info("worker [%d] pinned to CPU %d", pid, cpus[slot % len(cpus)])
+
+        def init_processes(self) -> None:
+            super().init_processes()
+            self.pin_new()
+
+        def keep_subprocess_alive(self) -> None:  # every 0.5 s: a restarted or added worker is pinned too
+            super().keep_subprocess_alive()
+            self.pin_new()
+
+    sock = config.bind_socket()
+    try:
+        Supervisor(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
