@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -49,11 +50,14 @@ def _start(tmp_path: Path, args: list[str], **env: str) -> tuple[subprocess.Pope
 
 
 def _pids_answering(base: str, want: int, seconds: float = 30) -> set[int]:
-    """Worker pids named by /_ops/health, each request on a new connection, until ``want`` differ."""
+    """Worker pids named by /_ops/health, each request on a new connection, until ``want`` differ.
+
+    A connection the kernel deals to the socket of a worker being replaced waits for the replacement.
+    """
     seen: set[int] = set()
     deadline = time.monotonic() + seconds
     while len(seen) < want and time.monotonic() < deadline:
-        r = httpx.get(f"{base}/_ops/health", headers={"Connection": "close"})
+        r = httpx.get(f"{base}/_ops/health", headers={"Connection": "close"}, timeout=60)
         seen.add(r.json()["worker"]["pid"])
     return seen
 
@@ -240,3 +244,80 @@ def test_worker_cpus_deals_the_allowed_cpus_to_the_workers(monkeypatch: pytest.M
     assert worker_cpus("auto", 2) is None  # one CPU: nothing to spread
     with pytest.raises(ValueError, match="auto"):
         worker_cpus("yes", 2)
+
+
+def test_each_worker_listens_on_its_own_socket_and_new_connections_reach_both(tmp_path: Path) -> None:
+    """SO_REUSEPORT: the kernel deals connections to the workers' sockets, whichever worker wakes first."""
+    proc, base = _start(tmp_path, ["--workers", "2"])
+    try:
+        pids = _pids_answering(base, 2)
+        port = int(base.rsplit(":", 1)[1])
+        listening = {pid: _listening_sockets(pid, port) for pid in pids}
+        assert all(len(s) == 1 for s in listening.values()), listening
+        assert len(set.union(*listening.values())) == 2  # two sockets, not one shared
+        # 64 connections opened at once (as a load generator does) land on both workers.
+        conns = [http.client.HTTPConnection(base.removeprefix("http://"), timeout=30) for _ in range(64)]
+        for c in conns:
+            c.connect()
+        answered: dict[int, int] = {}
+        for c in conns:
+            c.request("GET", "/_ops/health")
+            pid = httpx.Response(200, content=c.getresponse().read()).json()["worker"]["pid"]
+            answered[pid] = answered.get(pid, 0) + 1
+            c.close()
+        assert set(answered) == pids and min(answered.values()) >= 8, answered
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """Inodes of the TCP sockets process ``pid`` holds that listen on ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":  # 0A: LISTEN
+                found.add(f[9])
+    return found
+
+
+def test_a_second_server_cannot_join_the_port_of_a_running_one(tmp_path: Path) -> None:
+    """The workers' SO_REUSEPORT sockets must not let another ``serve`` split their connections."""
+    proc, base = _start(tmp_path, ["--workers", "2"])
+    try:
+        port = base.rsplit(":", 1)[1]
+        cmd = [*SERVE, "serve", "--no-auth", "--port", port, "--workers", "2"]
+        done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "is taken" in done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def test_sighup_replaces_every_worker_and_keeps_serving(tmp_path: Path) -> None:
+    proc, base = _start(tmp_path, ["--workers", "2", "--cpu-affinity", "auto"])
+    try:
+        before = _pids_answering(base, 2)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while True:
+            now = _pids_answering(base, 2, seconds=5)
+            if len(now) == 2 and not now & before:
+                break
+            assert time.monotonic() < deadline, (before, now)
+            time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)

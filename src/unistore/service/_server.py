@@ -10,9 +10,9 @@ The same timer bounds how long the rest of a body the app did not read (an
 early 401 or 413) is drained after the response. Stalled bodies the app is
 reading are :class:`~unistore._request_limits.BodyTimeouts`' job (408).
 
-:func:`run_workers` is uvicorn's worker supervisor with each worker pinned to
-one CPU (``serve --workers N --cpu-affinity auto``), as nginx's
-``worker_cpu_affinity auto``.
+:func:`run_workers` runs ``serve --workers N``: N uvicorn worker processes,
+each on a ``SO_REUSEPORT`` socket of its own (as nginx's ``reuseport``) and,
+with ``--cpu-affinity auto``, pinned to one CPU (nginx's ``worker_cpu_affinity auto``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import multiprocessing
 import os
+import signal
+import socket
+import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,47 +160,115 @@ def worker_cpus(mode: str, workers: int) -> list[int] | None:
     return [cpus[slot % len(cpus)] for slot in range(workers)]
 
 
-def _pin(pid: int, cpu: int) -> bool:
-    """Pin every thread of process ``pid`` to ``cpu`` (threads started later inherit it); False if it is gone."""
-    try:
-        os.sched_setaffinity(pid, {cpu})  # the main thread first: threads it starts from now on inherit it
-    except ProcessLookupError:
-        return False
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+def _listener(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``SO_REUSEPORT`` when ``reuse_port``), not yet listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _pin_self(cpu: int) -> None:
+    """Pin this process, every thread it has and every thread it starts, to ``cpu``."""
+    os.sched_setaffinity(0, {cpu})  # this thread first: threads it starts from now on inherit it
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
         with contextlib.suppress(OSError):  # a thread that just ended
             os.sched_setaffinity(int(task.name), {cpu})
-    return True
+
+
+def _worker(config: Any, sock: socket.socket, cpu: int | None, ready: Any) -> None:
+    """One worker process: uvicorn's server on ``sock``, pinned to ``cpu`` unless it is None;
+    ``ready`` (a pipe's sending end) is told once it serves."""
+    if cpu is not None:
+        _pin_self(cpu)
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                ready.send(True)
+
+    config.configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(config).run(sockets=[sock])
 
 
 def run_workers(config: Any, cpus: list[int] | None) -> None:
-    """Run ``config.workers`` worker processes on one listening socket under uvicorn's supervisor,
-    worker slot ``i`` pinned to ``cpus[i]`` (a replacement worker too) unless ``cpus`` is None."""
-    from uvicorn.supervisors import Multiprocess
+    """Serve with ``config.workers`` worker processes until SIGTERM or SIGINT, then let each finish
+    the requests in flight. A worker that dies is replaced in its slot (its socket, its CPU); SIGHUP
+    replaces every worker.
 
-    pinned: dict[int, int] = {}  # slot -> the pid pinned there
+    On Linux each worker listens on a socket of its own (``SO_REUSEPORT``), so the kernel deals the
+    new connections evenly; elsewhere the workers share one socket. Worker slot ``i`` is pinned
+    to ``cpus[i]`` unless ``cpus`` is None. Exits 3 when a worker cannot start the app.
+    """
+    from uvicorn.config import STARTUP_FAILURE
 
-    class Supervisor(Multiprocess):
-        def pin_new(self) -> None:
-            for slot, process in enumerate(self.processes):
-                pid = process.pid
-                if cpus is None or pid is None or pinned.get(slot) == pid:
-                    continue
-                if _pin(pid, cpus[slot % len(cpus)]):
-                    pinned[slot] = pid
-                    LOGGER.info("worker [%d] pinned to CPU %d", pid, cpus[slot % len(cpus)])
+    multiprocessing.allow_connection_pickling()  # sockets go to the spawned workers
+    spawn = multiprocessing.get_context("spawn")
+    count: int = config.workers
+    reuse_port = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    socks = [_listener(config.host, config.port, reuse_port) for _ in range(count if reuse_port else 1)]
+    stop, hup = threading.Event(), threading.Event()
+    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: hup.set}
+    previous = {sig: signal.signal(sig, lambda *_, f=f: f()) for sig, f in handlers.items()}
+    procs: list[Any] = [None] * count
+    retiring: list[Any] = []  # replaced by SIGHUP, finishing their requests
+    failed = False
 
-        def init_processes(self) -> None:
-            super().init_processes()
-            self.pin_new()
+    readies: list[Any] = [None] * count  # slot -> the receiving end of its worker's "serving" pipe
 
-        def keep_subprocess_alive(self) -> None:  # every 0.5 s: a restarted or added worker is pinned too
-            super().keep_subprocess_alive()
-            self.pin_new()
+    def start(slot: int) -> Any:
+        cpu = cpus[slot % len(cpus)] if cpus else None
+        ready, told = spawn.Pipe(duplex=False)
+        proc = spawn.Process(target=_worker, args=(config, socks[slot % len(socks)], cpu, told))
+        proc.start()
+        told.close()  # the worker has its own copy now
+        procs[slot], readies[slot] = proc, ready
+        LOGGER.info("worker %d: process [%s]%s", slot, proc.pid, f", pinned to CPU {cpu}" if cpu is not None else "")
+        return ready
 
-    sock = config.bind_socket()
+    def retire(proc: Any) -> None:
+        if proc is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)  # it stops accepting and finishes its requests in flight
+            retiring.append(proc)
+
     try:
-        Supervisor(config, sockets=[sock]).run()
-    except KeyboardInterrupt:
-        pass
+        for slot in range(count):
+            start(slot)
+        while not stop.wait(0.5):
+            if hup.is_set():
+                hup.clear()
+                for slot in range(count):  # the old worker serves until its replacement does
+                    old = procs[slot]
+                    ready = start(slot)
+                    while not (ready.poll(0.5) or stop.is_set() or not procs[slot].is_alive()):
+                        pass
+                    retire(old)
+            retiring[:] = [p for p in retiring if p.is_alive()]
+            for slot, proc in enumerate(procs):
+                if proc.is_alive():
+                    continue
+                if proc.exitcode == STARTUP_FAILURE:  # the app cannot start: every replacement would fail too
+                    LOGGER.error("worker [%s] could not start the app: stopping", proc.pid)
+                    failed = True
+                    stop.set()
+                    break
+                LOGGER.warning("worker [%s] exited (%s): starting another", proc.pid, proc.exitcode)
+                start(slot)
+        for proc in procs:
+            retire(proc)
+        for proc in retiring:
+            proc.join()
     finally:
-        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in socks:
+            sock.close()
+    if failed:
+        raise SystemExit(STARTUP_FAILURE)
