@@ -49,8 +49,9 @@ def serve(
     cpu_affinity: Annotated[
         str | None,
         typer.Option(
+            envvar="UNISTORE_CPU_AFFINITY",
             help="auto: pin each of several workers to one CPU (as nginx's worker_cpu_affinity auto); none"
-            " (default: env UNISTORE_CPU_AFFINITY, else none)."
+            " (the default): the scheduler places them.",
         ),
     ] = None,
     header_timeout: Annotated[
