@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from unistore.service._server import http_protocol
+from unistore.service._server import http_protocol, worker_cpus
 from unistore.testing import free_port
 
 SERVE = [sys.executable, "-c", "from unistore.cli import main; main()"]  # the `unistore` command
@@ -49,11 +50,14 @@ def _start(tmp_path: Path, args: list[str], **env: str) -> tuple[subprocess.Pope
 
 
 def _pids_answering(base: str, want: int, seconds: float = 30) -> set[int]:
-    """Worker pids named by /_ops/health, each request on a new connection, until ``want`` differ."""
+    """Worker pids named by /_ops/health, each request on a new connection, until ``want`` differ.
+
+    A connection the kernel deals to the socket of a worker being replaced waits for the replacement.
+    """
     seen: set[int] = set()
     deadline = time.monotonic() + seconds
     while len(seen) < want and time.monotonic() < deadline:
-        r = httpx.get(f"{base}/_ops/health", headers={"Connection": "close"})
+        r = httpx.get(f"{base}/_ops/health", headers={"Connection": "close"}, timeout=60)
         seen.add(r.json()["worker"]["pid"])
     return seen
 
@@ -155,3 +159,165 @@ def test_the_header_deadline_protocol_survives_pickling_into_a_fresh_process() -
     code = "import pickle, sys; cls = pickle.loads(sys.stdin.buffer.read()); print(cls.header_timeout, cls.__name__)"
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(cls), capture_output=True, check=True)
     assert out.stdout.decode().split() == ["2.5", cls.__name__]
+
+
+def _affinity(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+def _threads_affinity(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of process ``pid``."""
+    return {frozenset(os.sched_getaffinity(int(t.name))) for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+
+
+@TWO_CPUS
+def test_cpu_affinity_auto_pins_each_worker_and_its_threads_to_its_own_cpu(tmp_path: Path) -> None:
+    proc, base = _start(tmp_path, ["--workers", "2", "--cpu-affinity", "auto"])
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        pids = _pids_answering(base, 2)
+        assert len(pids) == 2
+        cpus = [_affinity(pid) for pid in pids]
+        assert all(len(c) == 1 for c in cpus), cpus
+        assert sorted(c.pop() for c in cpus) == allowed[:2]
+        for pid in pids:  # the store's worker threads too (started after the pinning, or pinned with it)
+            assert _threads_affinity(pid) == {frozenset(_affinity(pid))}
+        assert _affinity(proc.pid) == set(allowed)  # the supervisor itself is left alone
+        assert "pinned to CPUs" in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+@TWO_CPUS
+def test_a_replaced_worker_is_pinned_to_the_cpu_of_the_one_it_replaces(tmp_path: Path) -> None:
+    proc, base = _start(tmp_path, ["--workers", "2"], UNISTORE_CPU_AFFINITY="auto")
+    try:
+        pids = _pids_answering(base, 2)
+        victim = min(pids)
+        cpu = _affinity(victim)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # the supervisor starts a replacement and pins it within its 0.5 s check
+            now = set(_pids_answering(base, 2, seconds=5))
+            new = now - pids
+            if len(now) == 2 and new and all(len(_affinity(p)) == 1 for p in now):
+                break
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        assert _affinity(new.pop()) == cpu
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def test_workers_are_not_pinned_by_default(tmp_path: Path) -> None:
+    proc, base = _start(tmp_path, ["--workers", "2"])
+    try:
+        for pid in _pids_answering(base, 2):
+            assert _affinity(pid) == os.sched_getaffinity(0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def test_a_bad_cpu_affinity_exits_2(tmp_path: Path) -> None:
+    for args, env in ((["--cpu-affinity", "all"], {}), ([], {"UNISTORE_CPU_AFFINITY": "0,1"})):
+        cmd = [*SERVE, "serve", "--no-auth", "--port", str(free_port()), "--workers", "2", *args]
+        done = subprocess.run(cmd, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "--cpu-affinity" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_worker_cpus_deals_the_allowed_cpus_to_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 1})
+    assert worker_cpus("auto", 3) == [1, 3, 1]
+    assert worker_cpus("auto", 1) is None  # one worker: nothing to spread
+    assert worker_cpus("none", 2) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2})
+    assert worker_cpus("auto", 2) is None  # one CPU: nothing to spread
+    with pytest.raises(ValueError, match="auto"):
+        worker_cpus("yes", 2)
+
+
+def test_each_worker_listens_on_its_own_socket_and_new_connections_reach_both(tmp_path: Path) -> None:
+    """SO_REUSEPORT: the kernel deals connections to the workers' sockets, whichever worker wakes first."""
+    proc, base = _start(tmp_path, ["--workers", "2"])
+    try:
+        pids = _pids_answering(base, 2)
+        port = int(base.rsplit(":", 1)[1])
+        listening = {pid: _listening_sockets(pid, port) for pid in pids}
+        assert all(len(s) == 1 for s in listening.values()), listening
+        assert len(set.union(*listening.values())) == 2  # two sockets, not one shared
+        # 64 connections opened at once (as a load generator does) land on both workers.
+        conns = [http.client.HTTPConnection(base.removeprefix("http://"), timeout=30) for _ in range(64)]
+        for c in conns:
+            c.connect()
+        answered: dict[int, int] = {}
+        for c in conns:
+            c.request("GET", "/_ops/health")
+            pid = httpx.Response(200, content=c.getresponse().read()).json()["worker"]["pid"]
+            answered[pid] = answered.get(pid, 0) + 1
+            c.close()
+        assert set(answered) == pids and min(answered.values()) >= 8, answered
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """Inodes of the TCP sockets process ``pid`` holds that listen on ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":  # 0A: LISTEN
+                found.add(f[9])
+    return found
+
+
+def test_a_second_server_cannot_join_the_port_of_a_running_one(tmp_path: Path) -> None:
+    """The workers' SO_REUSEPORT sockets must not let another ``serve`` split their connections."""
+    proc, base = _start(tmp_path, ["--workers", "2"])
+    try:
+        port = base.rsplit(":", 1)[1]
+        cmd = [*SERVE, "serve", "--no-auth", "--port", port, "--workers", "2"]
+        done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "is taken" in done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)
+
+
+def test_sighup_replaces_every_worker_and_keeps_serving(tmp_path: Path) -> None:
+    proc, base = _start(tmp_path, ["--workers", "2", "--cpu-affinity", "auto"])
+    try:
+        before = _pids_answering(base, 2)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while True:
+            now = _pids_answering(base, 2, seconds=5)
+            if len(now) == 2 and not now & before:
+                break
+            assert time.monotonic() < deadline, (before, now)
+            time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _stop(proc)

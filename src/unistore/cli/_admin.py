@@ -46,6 +46,14 @@ def serve(
             min=1, help="Worker processes sharing the port and the store (default: env WEB_CONCURRENCY, else 1)."
         ),
     ] = None,
+    cpu_affinity: Annotated[
+        str | None,
+        typer.Option(
+            envvar="UNISTORE_CPU_AFFINITY",
+            help="auto: pin each of several workers to one CPU (as nginx's worker_cpu_affinity auto); none"
+            " (the default): the scheduler places them.",
+        ),
+    ] = None,
     header_timeout: Annotated[
         float | None, typer.Option(help="Seconds to send request headers (default 10; env UNISTORE_HEADER_TIMEOUT).")
     ] = None,
@@ -66,6 +74,7 @@ def serve(
         no_auth=no_auth,
         overrides={f"UNISTORE_{k}": str(v) for k, v in timeouts.items() if v is not None},
         workers=workers,
+        cpu_affinity=cpu_affinity,
     )
 
 

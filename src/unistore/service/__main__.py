@@ -81,18 +81,20 @@ def serve(
     no_auth: bool = False,
     overrides: dict[str, str] | None = None,
     workers: int | None = None,
+    cpu_affinity: str | None = None,
 ) -> None:
     """Build the app from the environment (``STORAGE_*``, ``UNISTORE_*``) and serve it until interrupted.
 
     ``overrides`` are ``UNISTORE_*`` values that win over the environment (the command's options).
     ``workers`` processes (default ``WEB_CONCURRENCY``, else 1) share the port and the store; SIGTERM
-    lets every request in flight finish before a worker exits.
+    lets every request in flight finish before a worker exits. ``cpu_affinity`` (default
+    ``UNISTORE_CPU_AFFINITY``, else ``none``) ``auto`` pins each of several workers to one CPU.
     """
     import uvicorn
 
     from .._errors import ConfigurationError
     from . import ServiceSettings, create_app
-    from ._server import http_protocol
+    from ._server import CPU_AFFINITY, http_protocol, run_workers, worker_cpus
 
     configure_logging()
     try:
@@ -101,6 +103,14 @@ def serve(
         count = 0
     if count < 1:
         print("unistore serve: --workers (WEB_CONCURRENCY) must be a whole number >= 1", file=sys.stderr)
+        raise SystemExit(2)
+    affinity = (cpu_affinity or os.environ.get("UNISTORE_CPU_AFFINITY") or "none").strip().lower()
+    if affinity not in CPU_AFFINITY:
+        print(
+            f"unistore serve: --cpu-affinity (UNISTORE_CPU_AFFINITY) must be {' or '.join(CPU_AFFINITY)},"
+            f" not {affinity!r}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     _check_port(host, port)
     if not os.environ.get("STORAGE_BASE_URL"):
@@ -129,8 +139,10 @@ def serve(
     if not settings.auth:
         note = "" if host in ("127.0.0.1", "localhost", "::1") else "  -- do not expose it"
         print(f"  auth:    OFF (UNISTORE_AUTH=off){note}")
+    cpus = worker_cpus(affinity, count)
     if count > 1:
-        print(f"  workers: {count} processes (GET /_ops/health names the one that answers)")
+        pins = f", pinned to CPUs {','.join(map(str, cpus))}" if cpus else ""
+        print(f"  workers: {count} processes{pins} (GET /_ops/health names the one that answers)")
     print(f"  health:  http://{host}:{port}/_ops/health")
     print(f"  API:     http://{host}:{port}/docs", flush=True)
     common: dict[str, Any] = {
@@ -147,7 +159,7 @@ def serve(
         uvicorn.run(app, **common)
         return
     del app  # each worker builds its own from the same environment
-    uvicorn.run("unistore.service._server:app_from_env", factory=True, workers=count, **common)
+    run_workers(uvicorn.Config("unistore.service._server:app_from_env", factory=True, workers=count, **common), cpus)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -178,17 +190,27 @@ _TIMEOUTS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``--host``/``--port``/``--no-auth``/``--workers`` and the timeouts, and serve."""
+    """Parse ``--host``/``--port``/``--no-auth``/``--workers``/``--cpu-affinity`` and the timeouts, and serve."""
     parser = argparse.ArgumentParser(prog="unistore serve", description="Run the unistore storage service.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-auth", action="store_true", help="serve without tokens (local development only)")
     parser.add_argument("--workers", type=int, help="worker processes sharing the port [env WEB_CONCURRENCY, else 1]")
+    parser.add_argument(
+        "--cpu-affinity", help="auto: pin each of several workers to one CPU, or none [env UNISTORE_CPU_AFFINITY]"
+    )
     for name, text in _TIMEOUTS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"{text}; env UNISTORE_{name.upper()}")
     args = parser.parse_args(argv)
     overrides = {f"UNISTORE_{n.upper()}": str(getattr(args, n)) for n in _TIMEOUTS if getattr(args, n) is not None}
-    serve(args.host, args.port, no_auth=args.no_auth, overrides=overrides, workers=args.workers)
+    serve(
+        args.host,
+        args.port,
+        no_auth=args.no_auth,
+        overrides=overrides,
+        workers=args.workers,
+        cpu_affinity=args.cpu_affinity,
+    )
 
 
 if __name__ == "__main__":

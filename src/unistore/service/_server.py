@@ -9,13 +9,25 @@ opening or of the previous response ending, else the connection is closed.
 The same timer bounds how long the rest of a body the app did not read (an
 early 401 or 413) is drained after the response. Stalled bodies the app is
 reading are :class:`~unistore._request_limits.BodyTimeouts`' job (408).
+
+:func:`run_workers` runs ``serve --workers N``: N uvicorn worker processes,
+each on a ``SO_REUSEPORT`` socket of its own (as nginx's ``reuseport``) and,
+with ``--cpu-affinity auto``, pinned to one CPU (nginx's ``worker_cpu_affinity auto``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +35,10 @@ if TYPE_CHECKING:
 else:
     _Host = asyncio.Protocol
 
-__all__ = ["app_from_env", "http_protocol"]
+__all__ = ["CPU_AFFINITY", "app_from_env", "http_protocol", "run_workers", "worker_cpus"]
+
+CPU_AFFINITY = ("none", "auto")
+"""The values of ``--cpu-affinity`` (``UNISTORE_CPU_AFFINITY``)."""
 
 LOGGER = logging.getLogger("unistore.service")
 
@@ -129,3 +144,133 @@ def app_from_env() -> Any:
     app = create_app(settings=ServiceSettings.from_env())
     tune_gc()
     return app
+
+
+def worker_cpus(mode: str, workers: int) -> list[int] | None:
+    """The CPU of each worker slot for ``--cpu-affinity`` ``mode``, or None to leave the scheduler free.
+
+    ``auto`` deals the CPUs this process may run on (``os.sched_getaffinity``: a ``taskset`` or a
+    container's cpuset counts) to the workers in turn; with one worker or one CPU nothing is pinned.
+    """
+    if mode not in CPU_AFFINITY:
+        raise ValueError(f"cpu affinity must be one of {', '.join(CPU_AFFINITY)}, not {mode!r}")
+    if mode == "none" or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return [cpus[slot % len(cpus)] for slot in range(workers)]
+
+
+def _listener(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``SO_REUSEPORT`` when ``reuse_port``), not yet listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _pin_self(cpu: int) -> None:
+    """Pin this process, every thread it has and every thread it starts, to ``cpu``."""
+    os.sched_setaffinity(0, {cpu})  # this thread first: threads it starts from now on inherit it
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
+def _worker(config: Any, sock: socket.socket, cpu: int | None, ready: Any) -> None:
+    """One worker process: uvicorn's server on ``sock``, pinned to ``cpu`` unless it is None;
+    ``ready`` (a pipe's sending end) is told once it serves."""
+    if cpu is not None:
+        _pin_self(cpu)
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                ready.send(True)
+
+    config.configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(config).run(sockets=[sock])
+
+
+def run_workers(config: Any, cpus: list[int] | None) -> None:
+    """Serve with ``config.workers`` worker processes until SIGTERM or SIGINT, then let each finish
+    the requests in flight. A worker that dies is replaced in its slot (its socket, its CPU); SIGHUP
+    replaces every worker.
+
+    On Linux each worker listens on a socket of its own (``SO_REUSEPORT``), so the kernel deals the
+    new connections evenly; elsewhere the workers share one socket. Worker slot ``i`` is pinned
+    to ``cpus[i]`` unless ``cpus`` is None. Exits 3 when a worker cannot start the app.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+
+    multiprocessing.allow_connection_pickling()  # sockets go to the spawned workers
+    spawn = multiprocessing.get_context("spawn")
+    count: int = config.workers
+    reuse_port = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    socks = [_listener(config.host, config.port, reuse_port) for _ in range(count if reuse_port else 1)]
+    stop, hup = threading.Event(), threading.Event()
+    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: hup.set}
+    previous = {sig: signal.signal(sig, lambda *_, f=f: f()) for sig, f in handlers.items()}
+    procs: list[Any] = [None] * count
+    retiring: list[Any] = []  # replaced by SIGHUP, finishing their requests
+    failed = False
+
+    readies: list[Any] = [None] * count  # slot -> the receiving end of its worker's "serving" pipe
+
+    def start(slot: int) -> Any:
+        cpu = cpus[slot % len(cpus)] if cpus else None
+        ready, told = spawn.Pipe(duplex=False)
+        proc = spawn.Process(target=_worker, args=(config, socks[slot % len(socks)], cpu, told))
+        proc.start()
+        told.close()  # the worker has its own copy now
+        procs[slot], readies[slot] = proc, ready
+        LOGGER.info("worker %d: process [%s]%s", slot, proc.pid, f", pinned to CPU {cpu}" if cpu is not None else "")
+        return ready
+
+    def retire(proc: Any) -> None:
+        if proc is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)  # it stops accepting and finishes its requests in flight
+            retiring.append(proc)
+
+    try:
+        for slot in range(count):
+            start(slot)
+        while not stop.wait(0.5):
+            if hup.is_set():
+                hup.clear()
+                for slot in range(count):  # the old worker serves until its replacement does
+                    old = procs[slot]
+                    ready = start(slot)
+                    while not (ready.poll(0.5) or stop.is_set() or not procs[slot].is_alive()):
+                        pass
+                    retire(old)
+            retiring[:] = [p for p in retiring if p.is_alive()]
+            for slot, proc in enumerate(procs):
+                if proc.is_alive():
+                    continue
+                if proc.exitcode == STARTUP_FAILURE:  # the app cannot start: every replacement would fail too
+                    LOGGER.error("worker [%s] could not start the app: stopping", proc.pid)
+                    failed = True
+                    stop.set()
+                    break
+                LOGGER.warning("worker [%s] exited (%s): starting another", proc.pid, proc.exitcode)
+                start(slot)
+        for proc in procs:
+            retire(proc)
+        for proc in retiring:
+            proc.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in socks:
+            sock.close()
+    if failed:
+        raise SystemExit(STARTUP_FAILURE)
