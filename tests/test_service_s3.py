@@ -121,14 +121,15 @@ def test_direct_part_over_part_size_is_refused_and_abort_clears_the_store(seawee
 
 
 def test_the_timer_sweeps_an_expired_direct_session_and_its_store_side_upload(seaweed: S3Server, prefix: str) -> None:
-    settings = ServiceSettings(auth=False, upload_ttl=2, upload_sweep_interval=0.3)  # expires 1-2 s from now
+    # expires 3-4 s from now: time for the first checks on a loaded machine, then only the timer acts
+    settings = ServiceSettings(auth=False, upload_ttl=4, upload_sweep_interval=0.3)
     app = create_app(seaweed.backend(prefix=prefix), settings=settings)
     records = prefix + ".unistore/service/uploads/sessions/"
     with running_server(app) as url, httpx.Client(base_url=url) as c:
         sid = c.post("/v1/uploads", json={"key": "e.bin", "direct": True, "part_size": 5 * MiB}).json()["upload_id"]
         assert len(_open_uploads(seaweed, prefix)) == 1
         assert seaweed.client().list_objects_v2(Bucket="unistore-tests", Prefix=records)["KeyCount"] == 1
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while _open_uploads(seaweed, prefix) and time.monotonic() < deadline:
             time.sleep(0.1)  # no request comes: only the timer can sweep
         assert _open_uploads(seaweed, prefix) == []
