@@ -101,6 +101,7 @@ from ._fs import (
     O_CLOEXEC,
     O_NOFOLLOW,
     O_NONBLOCK,
+    PROCESS,
     TMP_PREFIX,
     StripeLocks,
     Temp,
@@ -194,6 +195,7 @@ class LocalBackend(BaseBackend):
         self._jitter = random.Random(secrets.token_bytes(16))
         self._temp_seq = itertools.count()
         self._temp_tag = secrets.token_hex(4)
+        self._temp_head = (0, "")  # (pid, name prefix) of this process's temp files
         # unprobed, the safe choices: look for a record on every file; try xattrs, else sidecars
         self._exact, self._xattr = (self._probe_exact_mtime(), self._probe_xattr()) if prepared else (False, True)
         self._prepared = prepared
@@ -283,11 +285,16 @@ class LocalBackend(BaseBackend):
 
     def _own_temps(self) -> str:
         """The name prefix of this process's temp files (see ``_temp_name``)."""
-        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}."
+        return f"{TMP_PREFIX}{PROCESS.pid:x}.{self._temp_tag}."
 
     def _temp_name(self) -> str:
         """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
-        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}.{next(self._temp_seq):x}"
+        pid, head = self._temp_head
+        if pid != PROCESS.pid:  # the first write, or the first in a forked child
+            pid = PROCESS.pid
+            head = f"{TMP_PREFIX}{pid:x}.{self._temp_tag}."
+            self._temp_head = (pid, head)
+        return f"{head}{next(self._temp_seq):x}"
 
     def _stamp(self, marked: bool) -> int:
         """A new mtime in ns: strictly increasing in this process (µs clock), with the
@@ -692,10 +699,11 @@ class LocalBackend(BaseBackend):
         relative to the temp file's directory, ``d``."""
         fsync = self.settings.fsync
         marked = meta["marked"]
-        _crash_point("temp-written", key)
+        if _crash_hook is not None:
+            _crash_hook("temp-written", key)
         stamp = self._stamp(marked)
         d, name = temp.dir_fd, key.rpartition("/")[2]
-        _set_mtime(temp.fd, stamp)
+        os.utime(temp.fd, ns=(stamp, stamp))  # futimens
         st = os.fstat(temp.fd)
         sidecar: str | None = None
         if marked:
@@ -706,12 +714,14 @@ class LocalBackend(BaseBackend):
                 record.update(ino=st.st_ino, name=name)
                 sidecar = sidecar_path(name, st.st_ino)
                 write_sidecar(sidecar, encode(record), fsync, d)
-                _crash_point("sidecar-written", key)
+                if _crash_hook is not None:
+                    _crash_hook("sidecar-written", key)
         else:
             etag = _stat_etag(st)
         if fsync:
             os.fsync(temp.fd)
-            _crash_point("temp-synced", key)
+            if _crash_hook is not None:
+                _crash_hook("temp-synced", key)
         committed = False
         try:
             stripe = self._locks.acquire(key)
@@ -725,11 +735,13 @@ class LocalBackend(BaseBackend):
                 old = self._old_sidecar(d, name)
                 self._replace_data(key, d, temp.name, name)
                 committed = True
-                _crash_point("data-renamed", key)
+                if _crash_hook is not None:
+                    _crash_hook("data-renamed", key)
                 if old is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(old, dir_fd=d)
-                    _crash_point("old-sidecar-removed", key)
+                    if _crash_hook is not None:
+                        _crash_hook("old-sidecar-removed", key)
             finally:
                 self._locks.release(stripe)
         finally:
@@ -739,7 +751,8 @@ class LocalBackend(BaseBackend):
                     os.unlink(sidecar, dir_fd=d)
         if fsync:
             os.fsync(d)  # make the renames durable
-            _crash_point("dir-synced", key)
+            if _crash_hook is not None:
+                _crash_hook("dir-synced", key)
         temp.release()
         return size, stamp, etag
 
@@ -949,11 +962,6 @@ def _has_entry_at(d: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _crash_point(step: str, key: str) -> None:
-    if _crash_hook is not None:
-        _crash_hook(step, key)
 
 
 def _set_mtime(fd: int, stamp: int) -> None:
