@@ -65,7 +65,13 @@ class _Openat2:
                     self._call = libc.syscall
                     self._call.restype = ctypes.c_long
                     # syscall() is variadic: every argument is passed as a full register (long)
-                    self._call.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+                    self._call.argtypes = [
+                        ctypes.c_long,
+                        ctypes.c_long,
+                        ctypes.c_char_p,
+                        ctypes.c_void_p,
+                        ctypes.c_size_t,
+                    ]
                     os.close(self.open(dir_fd, ".", _DIR_FLAGS, 0))
                     self.ok = True
                 except (OSError, AttributeError):

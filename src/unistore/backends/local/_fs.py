@@ -268,10 +268,8 @@ class Temp:
     def __init__(self, fd: int, dir_fd: int, name: str) -> None:
         self.fd, self.dir_fd, self.name, self.open = fd, dir_fd, name, True
         # Held until the commit: a sweep in any process removes only temp files nobody holds.
-        try:
+        with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass
 
     def close(self) -> None:
         if self.open:
