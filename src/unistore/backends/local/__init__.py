@@ -501,25 +501,39 @@ class LocalBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         refuse_storage_class(self.name, key)
-        self._prepare()
+        if not self._prepared:
+            self._prepare()
         if time.monotonic() >= self._next_sweep:
             self._start_sweep()
         guessed = guess_content_type(key)
-        cd = content_disposition
-        meta: dict[str, Any] = {
-            "ct": (content_type is not None and check_content_type(content_type)) or guessed,
-            "meta": normalize_metadata(metadata) if metadata else {},
-            "cc": None if cache_control is None else check_header_value("cache_control", cache_control),
-            "cd": None if cd is None else check_header_value("content_disposition", cd),
-        }
-        # Only a version the key's name cannot describe needs a sidecar.
-        meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
+        meta: dict[str, Any]
+        if content_type is None and not metadata and cache_control is None and content_disposition is None:
+            meta = {"ct": guessed, "meta": {}, "cc": None, "cd": None, "marked": not self._exact}
+        else:
+            cd = content_disposition
+            meta = {
+                "ct": (content_type is not None and check_content_type(content_type)) or guessed,
+                "meta": normalize_metadata(metadata) if metadata else {},
+                "cc": None if cache_control is None else check_header_value("cache_control", cache_control),
+                "cd": None if cd is None else check_header_value("content_disposition", cd),
+            }
+            # Only a version the key's name cannot describe needs a record.
+            meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
         if mode != "overwrite" and isinstance(mode, str) and mode != "create":
             raise TypeError(f"invalid write mode {mode!r}")
-        if isinstance(body, _BYTES_LIKE):
-            data = bytes(body) if not isinstance(body, bytes) else body
-            self._check_size(key, len(data))
-            written = await self._run("put", key, self._put_chunks_sync, key, [data], len(data), meta, mode)
+        if type(body) is bytes or isinstance(body, _BYTES_LIKE):
+            data = body if type(body) is bytes else bytes(body)
+            if self.settings.max_object_size is not None:
+                self._check_size(key, len(data))
+            # One worker-thread call writes and commits it (awaited here, not through _run: one
+            # coroutine less per write; errors are translated the same way).
+            try:
+                written = await run_in_thread(self._put_chunks_sync, key, [data], len(data), meta, mode)
+            except (StorageError, OSError) as exc:
+                mapped = self._translate(exc, "put", key)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
             return _written_info(key, meta, written)
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
