@@ -90,6 +90,7 @@ async def test_a_short_stream_is_written_in_one_worker_call(tmp_path: Path, monk
         return run_in_thread(fn, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(local, "run_in_thread", counting)
+    monkeypatch.setattr(local, "run_write", counting)
     backend = LocalBackend(base_path=str(tmp_path), fsync=False, chunk_size=1024)
 
     async def body(parts: list[bytes]) -> Any:

@@ -127,7 +127,7 @@ from ._meta import (
     try_set_xattr,
     write_sidecar,
 )
-from ._pool import run_in_thread
+from ._pool import run_in_thread, run_write
 from ._settings import LocalSettings
 from ._sweep import clear_dir, sweep_tree
 
@@ -252,6 +252,16 @@ class LocalBackend(BaseBackend):
             return await run_in_thread(fn, *args)
         except (StorageError, OSError) as exc:
             mapped = self._translate(exc, operation, key)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def _write(self, key: str, fn: Any, *args: Any) -> Any:
+        """Run a whole write ``fn(*args)`` in a writer thread (see ``_pool``), translating its errors."""
+        try:
+            return await run_write(fn, *args)
+        except (StorageError, OSError) as exc:
+            mapped = self._translate(exc, "put", key)
             if mapped is exc:
                 raise
             raise mapped from exc
@@ -528,7 +538,7 @@ class LocalBackend(BaseBackend):
             # One worker-thread call writes and commits it (awaited here, not through _run: one
             # coroutine less per write; errors are translated the same way).
             try:
-                written = await run_in_thread(self._put_chunks_sync, key, [data], len(data), meta, mode)
+                written = await run_write(self._put_chunks_sync, key, [data], len(data), meta, mode)
             except (StorageError, OSError) as exc:
                 mapped = self._translate(exc, "put", key)
                 if mapped is exc:
@@ -537,7 +547,7 @@ class LocalBackend(BaseBackend):
             return _written_info(key, meta, written)
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
-            return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
+            return _written_info(key, meta, await self._write(key, self._put_file_sync, key, body, meta, mode))
         # A stream that ends within one chunk (a request body, mostly) is written and committed
         # in one worker-thread call, like bytes; a longer one gets a temp file at its first chunk.
         chunk_size = self.settings.chunk_size
@@ -551,7 +561,7 @@ class LocalBackend(BaseBackend):
             if size >= chunk_size:
                 break
         else:
-            written = await self._run("put", key, self._put_chunks_sync, key, buf, size, meta, mode)
+            written = await self._write(key, self._put_chunks_sync, key, buf, size, meta, mode)
             return _written_info(key, meta, written)
         temp: Temp = await self._run("put", key, self._create_temp, key)
         committed = False
