@@ -166,3 +166,22 @@ async def test_a_forked_child_locks_against_its_parent_and_names_temp_files_by_i
     assert os.waitstatus_to_exitcode(status) == 0
     assert await asyncio.to_thread(got.wait, 10)
     assert backend._temp_name().startswith(f".unistore.tmp.{os.getpid():x}.")
+
+
+async def test_fsyncing_writes_wait_for_the_disk_many_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes that fsync run in a pool of their own with more threads than the CPU-sized one,
+    so more of them wait for the disk at once (one journal commit makes them all durable)."""
+    import unistore.backends.local as local
+    from unistore.backends.local._pool import _LIMIT, WRITE_LIMIT
+
+    assert WRITE_LIMIT > _LIMIT
+    together = threading.Barrier(_LIMIT + 4, timeout=20)
+
+    def at(step: str, key: str) -> None:
+        if step == "temp-synced":
+            together.wait()  # every write stops here until all of them have got this far
+
+    monkeypatch.setattr(local, "_crash_hook", at)
+    backend = LocalBackend(base_path=str(tmp_path), fsync=True)
+    infos = await asyncio.gather(*(backend.put_object(f"d/{i}", b"x" * i) for i in range(_LIMIT + 4)))
+    assert [i.size for i in infos] == list(range(_LIMIT + 4))

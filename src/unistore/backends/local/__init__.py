@@ -257,9 +257,10 @@ class LocalBackend(BaseBackend):
             raise mapped from exc
 
     async def _write(self, key: str, fn: Any, *args: Any) -> Any:
-        """Run a whole write ``fn(*args)`` in a writer thread (see ``_pool``), translating its errors."""
+        """Run a whole write ``fn(*args)`` in a worker thread (one of the writer pool's if it fsyncs,
+        see ``_pool``), translating its errors."""
         try:
-            return await run_write(fn, *args)
+            return await (run_write if self.settings.fsync else run_in_thread)(fn, *args)
         except (StorageError, OSError) as exc:
             mapped = self._translate(exc, "put", key)
             if mapped is exc:
@@ -535,10 +536,11 @@ class LocalBackend(BaseBackend):
             data = body if type(body) is bytes else bytes(body)
             if self.settings.max_object_size is not None:
                 self._check_size(key, len(data))
-            # One worker-thread call writes and commits it (awaited here, not through _run: one
+            # One worker-thread call writes and commits it (awaited here, not through _write: one
             # coroutine less per write; errors are translated the same way).
             try:
-                written = await run_write(self._put_chunks_sync, key, [data], len(data), meta, mode)
+                run = run_write if self.settings.fsync else run_in_thread
+                written = await run(self._put_chunks_sync, key, [data], len(data), meta, mode)
             except (StorageError, OSError) as exc:
                 mapped = self._translate(exc, "put", key)
                 if mapped is exc:

@@ -10,11 +10,11 @@ earlier ones share that one wake-up. Threads start on demand (at most ``limit``,
 the same bound as the default executor's) and wait for work forever; a forked
 child starts its own.
 
-Whole writes (:func:`run_write`) have threads of their own, up to ``WRITE_LIMIT``:
-a write spends most of its time in the kernel, waiting on the directory's lock or the
-journal (``fsync``), not holding the GIL, so more of them in flight keep the cores and
-the journal's group commit busy; reads, short and mostly Python, keep the smaller pool,
-where more threads would only take turns on the GIL.
+Whole writes that ``fsync`` (:func:`run_write`) have threads of their own, up to
+``WRITE_LIMIT``: such a write spends milliseconds waiting for the disk, not holding the
+GIL, and the more of them wait at once the more one journal commit makes durable
+(group commit). Everything else, short and partly Python, keeps the smaller pool, where
+more threads would only take turns on the GIL.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 __all__ = ["WRITE_LIMIT", "run_in_thread", "run_write"]
 
 _LIMIT = min(32, (os.cpu_count() or 1) + 4)
-WRITE_LIMIT = int(os.environ.get("UNISTORE_WRITE_LIMIT", "0")) or 32
-"""Most threads running whole writes at once (as many as a default executor's largest pool)."""
+WRITE_LIMIT = 32
+"""Most threads running fsyncing writes at once (as many as a default executor's largest pool)."""
 
 
 class _Inbox:
@@ -146,5 +146,5 @@ def run_in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
 
 
 def run_write(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """Run ``fn(*args)``, a whole write (mostly waiting in the kernel), in a writer thread."""
+    """Run ``fn(*args)``, a whole write that waits for the disk (``fsync``), in a writer thread."""
     return _WRITES.submit(fn, args)
