@@ -580,7 +580,7 @@ class LocalBackend(BaseBackend):
                     buf, buffered = [], 0
             if buf:
                 await self._run("put", key, write_all, temp.fd, buf)
-            written = await self._run("put", key, self._commit, key, temp, size, meta, mode)
+            written = await self._write(key, self._commit, key, temp, size, meta, mode)
             committed = True
             return _written_info(key, meta, written)
         finally:
