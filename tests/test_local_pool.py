@@ -90,6 +90,7 @@ async def test_a_short_stream_is_written_in_one_worker_call(tmp_path: Path, monk
         return run_in_thread(fn, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(local, "run_in_thread", counting)
+    monkeypatch.setattr(local, "run_write", counting)
     backend = LocalBackend(base_path=str(tmp_path), fsync=False, chunk_size=1024)
 
     async def body(parts: list[bytes]) -> Any:
@@ -126,3 +127,61 @@ async def test_a_short_stream_keeps_the_size_limit_and_leaves_nothing(tmp_path: 
     assert await backend.get("s/once") == b"1"
     assert not await backend.exists("s/big") and not await backend.exists("s/cut")
     assert await asyncio.to_thread(lambda: [p.name for p in (tmp_path / "s").iterdir()]) == ["once"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork only")
+async def test_a_forked_child_locks_against_its_parent_and_names_temp_files_by_its_own_pid(tmp_path: Path) -> None:
+    """The process id is kept across ``fork`` without a ``getpid()`` per write: a child must
+    still reopen the key locks (an inherited descriptor would share the parent's lock, so both
+    would hold it at once) and name its temp files by its own pid."""
+    backend = LocalBackend(base_path=str(tmp_path), fsync=False)
+    await backend.put_object("k", b"p")  # the parent has opened (and cached) k's lock file
+    held, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            stripe = backend._locks.acquire("k")
+            name = backend._temp_name()
+            os.write(held[1], b"x")
+            os.read(done[0], 1)  # hold the lock until the parent has tried it
+            backend._locks.release(stripe)
+            code = 0 if name.startswith(f".unistore.tmp.{os.getpid():x}.") else 2
+        finally:
+            os._exit(code)
+    try:
+        assert await asyncio.to_thread(os.read, held[0], 1) == b"x"
+        got = threading.Event()
+
+        def take() -> None:
+            backend._locks.release(backend._locks.acquire("k"))
+            got.set()
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        assert not await asyncio.to_thread(got.wait, 0.3)  # the child holds it: we wait
+    finally:
+        os.write(done[1], b"x")
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert await asyncio.to_thread(got.wait, 10)
+    assert backend._temp_name().startswith(f".unistore.tmp.{os.getpid():x}.")
+
+
+async def test_fsyncing_writes_wait_for_the_disk_many_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes that fsync run in a pool of their own with more threads than the CPU-sized one,
+    so more of them wait for the disk at once (one journal commit makes them all durable)."""
+    import unistore.backends.local as local
+    from unistore.backends.local._pool import _LIMIT, WRITE_LIMIT
+
+    assert WRITE_LIMIT > _LIMIT
+    together = threading.Barrier(_LIMIT + 4, timeout=20)
+
+    def at(step: str, key: str) -> None:
+        if step == "temp-synced":
+            together.wait()  # every write stops here until all of them have got this far
+
+    monkeypatch.setattr(local, "_crash_hook", at)
+    backend = LocalBackend(base_path=str(tmp_path), fsync=True)
+    infos = await asyncio.gather(*(backend.put_object(f"d/{i}", b"x" * i) for i in range(_LIMIT + 4)))
+    assert [i.size for i in infos] == list(range(_LIMIT + 4))

@@ -101,6 +101,7 @@ from ._fs import (
     O_CLOEXEC,
     O_NOFOLLOW,
     O_NONBLOCK,
+    PROCESS,
     TMP_PREFIX,
     StripeLocks,
     Temp,
@@ -126,7 +127,7 @@ from ._meta import (
     try_set_xattr,
     write_sidecar,
 )
-from ._pool import run_in_thread
+from ._pool import run_in_thread, run_write
 from ._settings import LocalSettings
 from ._sweep import clear_dir, sweep_tree
 
@@ -194,6 +195,7 @@ class LocalBackend(BaseBackend):
         self._jitter = random.Random(secrets.token_bytes(16))
         self._temp_seq = itertools.count()
         self._temp_tag = secrets.token_hex(4)
+        self._temp_head = (0, "")  # (pid, name prefix) of this process's temp files
         # unprobed, the safe choices: look for a record on every file; try xattrs, else sidecars
         self._exact, self._xattr = (self._probe_exact_mtime(), self._probe_xattr()) if prepared else (False, True)
         self._prepared = prepared
@@ -254,6 +256,17 @@ class LocalBackend(BaseBackend):
                 raise
             raise mapped from exc
 
+    async def _write(self, key: str, fn: Any, *args: Any) -> Any:
+        """Run a whole write ``fn(*args)`` in a worker thread (one of the writer pool's if it fsyncs,
+        see ``_pool``), translating its errors."""
+        try:
+            return await (run_write if self.settings.fsync else run_in_thread)(fn, *args)
+        except (StorageError, OSError) as exc:
+            mapped = self._translate(exc, "put", key)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
     # --- versions: stamps, sidecars, consistent reads -----------------------------------
 
     def _probe_exact_mtime(self) -> bool:
@@ -283,11 +296,16 @@ class LocalBackend(BaseBackend):
 
     def _own_temps(self) -> str:
         """The name prefix of this process's temp files (see ``_temp_name``)."""
-        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}."
+        return f"{TMP_PREFIX}{PROCESS.pid:x}.{self._temp_tag}."
 
     def _temp_name(self) -> str:
         """A temp-file name unique to this process (``O_EXCL`` guards the rest)."""
-        return f"{TMP_PREFIX}{os.getpid():x}.{self._temp_tag}.{next(self._temp_seq):x}"
+        pid, head = self._temp_head
+        if pid != PROCESS.pid:  # the first write, or the first in a forked child
+            pid = PROCESS.pid
+            head = f"{TMP_PREFIX}{pid:x}.{self._temp_tag}."
+            self._temp_head = (pid, head)
+        return f"{head}{next(self._temp_seq):x}"
 
     def _stamp(self, marked: bool) -> int:
         """A new mtime in ns: strictly increasing in this process (µs clock), with the
@@ -494,29 +512,44 @@ class LocalBackend(BaseBackend):
     ) -> ObjectInfo:
         validate_key(key)
         refuse_storage_class(self.name, key)
-        self._prepare()
+        if not self._prepared:
+            self._prepare()
         if time.monotonic() >= self._next_sweep:
             self._start_sweep()
         guessed = guess_content_type(key)
-        cd = content_disposition
-        meta: dict[str, Any] = {
-            "ct": (content_type is not None and check_content_type(content_type)) or guessed,
-            "meta": normalize_metadata(metadata) if metadata else {},
-            "cc": None if cache_control is None else check_header_value("cache_control", cache_control),
-            "cd": None if cd is None else check_header_value("content_disposition", cd),
-        }
-        # Only a version the key's name cannot describe needs a sidecar.
-        meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
+        meta: dict[str, Any]
+        if content_type is None and not metadata and cache_control is None and content_disposition is None:
+            meta = {"ct": guessed, "meta": {}, "cc": None, "cd": None, "marked": not self._exact}
+        else:
+            cd = content_disposition
+            meta = {
+                "ct": (content_type is not None and check_content_type(content_type)) or guessed,
+                "meta": normalize_metadata(metadata) if metadata else {},
+                "cc": None if cache_control is None else check_header_value("cache_control", cache_control),
+                "cd": None if cd is None else check_header_value("content_disposition", cd),
+            }
+            # Only a version the key's name cannot describe needs a record.
+            meta["marked"] = not self._exact or bool(meta["meta"] or meta["cc"] or meta["cd"]) or meta["ct"] != guessed
         if mode != "overwrite" and isinstance(mode, str) and mode != "create":
             raise TypeError(f"invalid write mode {mode!r}")
-        if isinstance(body, _BYTES_LIKE):
-            data = bytes(body) if not isinstance(body, bytes) else body
-            self._check_size(key, len(data))
-            written = await self._run("put", key, self._put_chunks_sync, key, [data], len(data), meta, mode)
+        if type(body) is bytes or isinstance(body, _BYTES_LIKE):
+            data = body if type(body) is bytes else bytes(body)
+            if self.settings.max_object_size is not None:
+                self._check_size(key, len(data))
+            # One worker-thread call writes and commits it (awaited here, not through _write: one
+            # coroutine less per write; errors are translated the same way).
+            try:
+                run = run_write if self.settings.fsync else run_in_thread
+                written = await run(self._put_chunks_sync, key, [data], len(data), meta, mode)
+            except (StorageError, OSError) as exc:
+                mapped = self._translate(exc, "put", key)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
             return _written_info(key, meta, written)
         if isinstance(body, os.PathLike) or (hasattr(body, "fileno") and hasattr(body, "readinto")):
             # A local file: copied in one worker-thread call, in the kernel where it can.
-            return _written_info(key, meta, await self._run("put", key, self._put_file_sync, key, body, meta, mode))
+            return _written_info(key, meta, await self._write(key, self._put_file_sync, key, body, meta, mode))
         # A stream that ends within one chunk (a request body, mostly) is written and committed
         # in one worker-thread call, like bytes; a longer one gets a temp file at its first chunk.
         chunk_size = self.settings.chunk_size
@@ -530,7 +563,7 @@ class LocalBackend(BaseBackend):
             if size >= chunk_size:
                 break
         else:
-            written = await self._run("put", key, self._put_chunks_sync, key, buf, size, meta, mode)
+            written = await self._write(key, self._put_chunks_sync, key, buf, size, meta, mode)
             return _written_info(key, meta, written)
         temp: Temp = await self._run("put", key, self._create_temp, key)
         committed = False
@@ -547,7 +580,7 @@ class LocalBackend(BaseBackend):
                     buf, buffered = [], 0
             if buf:
                 await self._run("put", key, write_all, temp.fd, buf)
-            written = await self._run("put", key, self._commit, key, temp, size, meta, mode)
+            written = await self._write(key, self._commit, key, temp, size, meta, mode)
             committed = True
             return _written_info(key, meta, written)
         finally:
@@ -692,10 +725,11 @@ class LocalBackend(BaseBackend):
         relative to the temp file's directory, ``d``."""
         fsync = self.settings.fsync
         marked = meta["marked"]
-        _crash_point("temp-written", key)
+        if _crash_hook is not None:
+            _crash_hook("temp-written", key)
         stamp = self._stamp(marked)
         d, name = temp.dir_fd, key.rpartition("/")[2]
-        _set_mtime(temp.fd, stamp)
+        os.utime(temp.fd, ns=(stamp, stamp))  # futimens
         st = os.fstat(temp.fd)
         sidecar: str | None = None
         if marked:
@@ -706,12 +740,14 @@ class LocalBackend(BaseBackend):
                 record.update(ino=st.st_ino, name=name)
                 sidecar = sidecar_path(name, st.st_ino)
                 write_sidecar(sidecar, encode(record), fsync, d)
-                _crash_point("sidecar-written", key)
+                if _crash_hook is not None:
+                    _crash_hook("sidecar-written", key)
         else:
             etag = _stat_etag(st)
         if fsync:
             os.fsync(temp.fd)
-            _crash_point("temp-synced", key)
+            if _crash_hook is not None:
+                _crash_hook("temp-synced", key)
         committed = False
         try:
             stripe = self._locks.acquire(key)
@@ -725,11 +761,13 @@ class LocalBackend(BaseBackend):
                 old = self._old_sidecar(d, name)
                 self._replace_data(key, d, temp.name, name)
                 committed = True
-                _crash_point("data-renamed", key)
+                if _crash_hook is not None:
+                    _crash_hook("data-renamed", key)
                 if old is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(old, dir_fd=d)
-                    _crash_point("old-sidecar-removed", key)
+                    if _crash_hook is not None:
+                        _crash_hook("old-sidecar-removed", key)
             finally:
                 self._locks.release(stripe)
         finally:
@@ -739,7 +777,8 @@ class LocalBackend(BaseBackend):
                     os.unlink(sidecar, dir_fd=d)
         if fsync:
             os.fsync(d)  # make the renames durable
-            _crash_point("dir-synced", key)
+            if _crash_hook is not None:
+                _crash_hook("dir-synced", key)
         temp.release()
         return size, stamp, etag
 
@@ -949,11 +988,6 @@ def _has_entry_at(d: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _crash_point(step: str, key: str) -> None:
-    if _crash_hook is not None:
-        _crash_hook(step, key)
 
 
 def _set_mtime(fd: int, stamp: int) -> None:

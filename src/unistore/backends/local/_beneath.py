@@ -64,6 +64,14 @@ class _Openat2:
                     libc = ctypes.CDLL(None, use_errno=True)
                     self._call = libc.syscall
                     self._call.restype = ctypes.c_long
+                    # syscall() is variadic: every argument is passed as a full register (long)
+                    self._call.argtypes = [
+                        ctypes.c_long,
+                        ctypes.c_long,
+                        ctypes.c_char_p,
+                        ctypes.c_void_p,
+                        ctypes.c_size_t,
+                    ]
                     os.close(self.open(dir_fd, ".", _DIR_FLAGS, 0))
                     self.ok = True
                 except (OSError, AttributeError):
@@ -80,7 +88,7 @@ class _Openat2:
         raw = os.fsencode(path)
         err = 0
         for _ in range(8):
-            fd: int = self._call(_SYSNO, ctypes.c_int(dir_fd), raw, how, _HOW_SIZE)
+            fd: int = self._call(_SYS_OPENAT2, dir_fd, raw, how, _HOW_SIZE)
             if fd >= 0:
                 return fd
             err = ctypes.get_errno()
@@ -89,8 +97,7 @@ class _Openat2:
         raise OSError(err, os.strerror(err), path)
 
 
-_SYSNO = ctypes.c_long(_SYS_OPENAT2 or 0)
-_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
 _OPENAT2 = _Openat2()
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "O_CLOEXEC",
     "O_NOFOLLOW",
     "O_NONBLOCK",
+    "PROCESS",
     "StripeLocks",
     "TMP_PREFIX",
     "Temp",
@@ -45,6 +46,23 @@ O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO placed in the tree must not hang
 # A file name with one of these may not be a valid key (placed by hand): checked in full.
 _SUSPECT_NAME = re.compile(r"[\\%:\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+class _Process:
+    """This process's id, kept current across ``fork`` without a ``getpid()`` system call per write."""
+
+    __slots__ = ("pid",)
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def forked(self) -> None:
+        self.pid = os.getpid()
+
+
+PROCESS = _Process()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=PROCESS.forked)
 
 
 def meta_path(path: str) -> str:
@@ -114,7 +132,7 @@ class StripeLocks:
         self._thread_locks = [threading.Lock() for _ in range(stripes)]
         self._fds: dict[int, int] = {}
         self._guard = threading.Lock()
-        self._pid = os.getpid()
+        self._pid = PROCESS.pid
 
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:
@@ -147,10 +165,14 @@ class StripeLocks:
             self._thread_locks[stripe].release()
 
     def _fd(self, stripe: int) -> int:
+        if self._pid == PROCESS.pid:  # the common case: opened before, in this process
+            fd = self._fds.get(stripe)
+            if fd is not None:
+                return fd
         with self._guard:
-            if self._pid != os.getpid():
+            if self._pid != PROCESS.pid:
                 self._fds = {}
-                self._pid = os.getpid()
+                self._pid = PROCESS.pid
             fd = self._fds.get(stripe)
             if fd is None:
                 path = f"{self._dir}/{stripe:03d}.lock"

@@ -9,6 +9,12 @@ on a ``SimpleQueue``, and a worker hands the result back with one
 earlier ones share that one wake-up. Threads start on demand (at most ``limit``,
 the same bound as the default executor's) and wait for work forever; a forked
 child starts its own.
+
+Whole writes that ``fsync`` (:func:`run_write`) have threads of their own, up to
+``WRITE_LIMIT``: such a write spends milliseconds waiting for the disk, not holding the
+GIL, and the more of them wait at once the more one journal commit makes durable
+(group commit). Everything else, short and partly Python, keeps the smaller pool, where
+more threads would only take turns on the GIL.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
-__all__ = ["run_in_thread"]
+__all__ = ["WRITE_LIMIT", "run_in_thread", "run_write"]
 
 _LIMIT = min(32, (os.cpu_count() or 1) + 4)
+WRITE_LIMIT = 32
+"""Most threads running fsyncing writes at once (as many as a default executor's largest pool)."""
 
 
 class _Inbox:
@@ -119,11 +127,13 @@ def _run(inbox: _Inbox, fut: asyncio.Future[Any], fn: Callable[..., Any], args: 
 
 
 _POOL = _Pool(_LIMIT)
+_WRITES = _Pool(WRITE_LIMIT)
 
 
 def _forked() -> None:
-    global _POOL
+    global _POOL, _WRITES
     _POOL = _Pool(_LIMIT)  # the parent's threads do not exist in a forked child
+    _WRITES = _Pool(WRITE_LIMIT)
 
 
 if hasattr(os, "register_at_fork"):
@@ -133,3 +143,8 @@ if hasattr(os, "register_at_fork"):
 def run_in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     """Run ``fn(*args)`` in a worker thread; await the result (or its exception)."""
     return _POOL.submit(fn, args)
+
+
+def run_write(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run ``fn(*args)``, a whole write that waits for the disk (``fsync``), in a writer thread."""
+    return _WRITES.submit(fn, args)
