@@ -39,6 +39,7 @@ from .._types import (
     normalize_metadata,
 )
 from ..backends.local import LocalBackend
+from ..backends.local._pool import run_in_thread
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
 from ._stream import (
@@ -436,9 +437,9 @@ class Encrypt(Layer):
             sealed = cipher.encrypt_all(body)
         elif self.threads < 2 and _local(self.inner):
             # The local store writes in a worker thread while the loop waits: the next input chunk
-            # is sealed meanwhile. Elsewhere (a network store sends on its own) that would only
-            # hold more sealed bytes, so each segment is handed on as soon as it is sealed.
-            sealed = flatten(read_ahead(cipher.seal(iter_body(body)), lean=True))
+            # is sealed meanwhile, in another thread. Elsewhere (a network store sends on its own)
+            # that would only hold more sealed bytes, so each segment is handed on once sealed.
+            sealed = flatten(cipher.seal_offloaded(iter_body(body), run_in_thread))
         elif self.threads < 2:
             sealed = flatten(cipher.seal(iter_body(body), per_chunk=False, piece=0))
         else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
@@ -510,13 +511,15 @@ class Encrypt(Layer):
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
             last = found.layout.segments(len(whole)) - 1
             return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
+        local = _local(self.inner)
         segments = cipher.decrypt_stream(
-            aiter(dl) if _local(self.inner) else read_ahead(aiter(dl)),  # the local store reads ahead itself
+            aiter(dl) if local else read_ahead(aiter(dl)),  # the local store reads ahead itself
             0,
             None,
             skip_header=True,
             pool=self._workers(),
             threads=self.threads,
+            offload=run_in_thread if local else None,  # opened in a thread while the store reads the next chunk
         )
         chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
