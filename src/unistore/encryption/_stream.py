@@ -72,21 +72,37 @@ _Seal = tuple[int, bytes | bytearray | memoryview]
 """One segment to seal (not the last one): its index and its plaintext."""
 
 
-def _seal_into(aead: AESGCM, prefix: bytes, out: memoryview, lead: bytes, segments: Sequence[_Seal]) -> list[bytes]:
-    """``lead`` then the ciphertext of ``segments``, sealed into ``out`` and copied out as pieces
-    of whole segments of at most ``len(out)`` bytes (one segment if larger)."""
-    pack, room, pieces = _COUNTER.pack, len(out), []
+def _seal_into(aead: AESGCM, prefix: bytes, out: memoryview, lead: bytes, segments: Sequence[_Seal]) -> int:
+    """Write ``lead`` then the ciphertext of ``segments`` at the start of ``out``; their length."""
+    pack = _COUNTER.pack
     out[: len(lead)] = lead
     fill = len(lead)
     for index, data in segments:
         size = len(data) + TAG_SIZE
-        if fill + size > room:
-            pieces.append(bytes(out[:fill]))
-            fill = 0
         aead.encrypt_into(prefix + pack(index, False), data, None, out[fill : fill + size])
         fill += size
-    pieces.append(bytes(out[:fill]))
-    return pieces
+    return fill
+
+
+def _open_into(aead: AESGCM, prefix: bytes, out: memoryview, jobs: Sequence[_Job]) -> int:
+    """Write the plaintext of ``jobs`` (segments, in order) at the start of ``out``; its length.
+    IntegrityError if one does not authenticate (``out`` then holds unauthenticated bytes)."""
+    pack, fill = _COUNTER.pack, 0
+    for index, data, last in jobs:
+        if index >= MAX_SEGMENTS:
+            raise IntegrityError("too many segments")
+        size = len(data) - TAG_SIZE
+        try:
+            aead.decrypt_into(prefix + pack(index, last), data, None, out[fill : fill + size])
+        except InvalidTag:
+            raise IntegrityError(f"segment {index} does not authenticate (tampered, truncated or reordered)") from None
+        fill += size
+    return fill
+
+
+def _pieces(out: memoryview, fill: int, room: int) -> list[bytes]:
+    """Copies of ``out[:fill]`` in pieces of ``room`` bytes (the last one shorter)."""
+    return [bytes(out[at : min(at + room, fill)]) for at in range(0, fill, room)]
 
 
 @dataclass(frozen=True)
@@ -311,21 +327,24 @@ class SegmentCipher:
                 del chunk, view  # the input chunk is held only by its segments
                 if not segments:
                     continue
-                out = free.pop() if free else memoryview(bytearray(room))
+                need = len(lead) + sum(len(data) + TAG_SIZE for _, data in segments)
+                out = free.pop() if free else memoryview(bytearray(need))
+                if len(out) < need:
+                    out = memoryview(bytearray(need))
                 if threaded:
                     job = offload(_seal_into, aead, prefix, out, lead, segments)
                     lead = b""
                     del segments
                     if ahead is not None:
                         done, ahead = ahead, (job, out)
-                        yield await self._sealed(done, free)
+                        yield await self._sealed(done, free, room)
                     else:
                         ahead = (job, out)
                     continue
                 if ahead is not None:
                     done, ahead = ahead, None
-                    yield await self._sealed(done, free)
-                pieces = _seal_into(aead, prefix, out, lead, segments)
+                    yield await self._sealed(done, free, room)
+                pieces = _pieces(out, _seal_into(aead, prefix, out, lead, segments), room)
                 lead = b""
                 free.append(out)
                 del segments
@@ -333,8 +352,8 @@ class SegmentCipher:
                 del pieces
             if ahead is not None:
                 done, ahead = ahead, None
-                yield await self._sealed(done, free)
-            out = free.pop() if free else memoryview(bytearray(room))
+                yield await self._sealed(done, free, room)
+            out = memoryview(bytearray(len(lead) + len(pending) + TAG_SIZE))
             out[: len(lead)] = lead
             size = len(lead) + len(pending) + TAG_SIZE
             aead.encrypt_into(prefix + _COUNTER.pack(index, True), pending, None, out[len(lead) : size])
@@ -345,9 +364,10 @@ class SegmentCipher:
             await close(chunks)
 
     @staticmethod
-    async def _sealed(job: tuple[asyncio.Future[Any], memoryview], free: list[memoryview]) -> list[bytes]:
-        """The pieces of a chunk sealed in a thread; its buffer is free again once the thread is done."""
-        pieces = cast(list[bytes], await job[0])
+    async def _sealed(job: tuple[asyncio.Future[Any], memoryview], free: list[memoryview], room: int) -> list[bytes]:
+        """The pieces of a chunk sealed in a thread (copied here, into this thread's memory); its
+        buffer is free again once they are copied."""
+        pieces = _pieces(job[1], cast(int, await job[0]), room)
         free.append(job[1])
         return pieces
 
@@ -498,7 +518,8 @@ class SegmentCipher:
         yielded once all of them authenticate.
         """
         inflight: _InFlight = deque()
-        ahead: asyncio.Future[Any] | None = None
+        ahead: tuple[asyncio.Future[Any], memoryview] | None = None
+        spare: memoryview | None = None
         seen = False
         try:
             layout, index, pending = self.layout, first, bytearray()
@@ -544,13 +565,20 @@ class SegmentCipher:
                     threaded = seen and isinstance(chunk, bytes) and sum(len(job[1]) for job in jobs) >= OFFLOAD
                     seen = True
                     del chunk, view
-                    done, ahead = ahead, None
-                    if threaded:  # opened in a thread while the last chunk's segments are yielded
-                        ahead = offload(self._run, self.decrypt, jobs)
+                    prior, ahead = ahead, None
+                    if threaded:  # opened in a thread while the last chunk's plaintext is yielded
+                        need = sum(len(job[1]) - TAG_SIZE for job in jobs)
+                        out = spare if spare is not None and len(spare) >= need else memoryview(bytearray(need))
+                        spare = None
+                        ahead = (offload(_open_into, self._aead, self._prefix, out, jobs), out)
                         jobs = []
-                    if done is not None:
-                        for segment in cast(list[bytes], await done):
-                            yield segment
+                    if prior is not None:
+                        # copied here: bytes made in a worker thread come from its malloc arena,
+                        # which hands pages back and faults them in again chunk after chunk
+                        opened = bytes(prior[1][: cast(int, await prior[0])])
+                        spare = prior[1]  # free again: its thread is done and it was copied
+                        yield opened
+                        del opened
                     for at, data, last in jobs:
                         yield self.decrypt(at, data, last)
                     continue
@@ -577,16 +605,15 @@ class SegmentCipher:
                     continue
                 if pos < end:
                     pending += view[pos:]
-                for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
-                    for segment in out:
+                for batch in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
+                    for segment in batch:
                         yield segment
-            for out in await self._drain(inflight):
-                for segment in out:
+            for batch in await self._drain(inflight):
+                for segment in batch:
                     yield segment
             if ahead is not None:
-                done, ahead = ahead, None
-                for segment in cast(list[bytes], await done):
-                    yield segment
+                prior, ahead = ahead, None
+                yield bytes(prior[1][: cast(int, await prior[0])])
             if header is not None:
                 raise IntegrityError("the ciphertext ends inside its header")
             if last_index is None or index == last_index:
@@ -598,8 +625,8 @@ class SegmentCipher:
         finally:
             for future in inflight:
                 future.cancel()
-            if ahead is not None:
-                ahead.cancel()
+            if ahead is not None:  # its thread may still write into its buffer, which is dropped
+                ahead[0].cancel()
             await close(chunks)
 
 
