@@ -214,8 +214,10 @@ class Encrypt(Layer):
     once; ``forget_keys()`` empties that cache, ``key_cache_size=0`` turns it off.
 
     ``threads`` > 1 seals and opens the segments of streamed puts and gets on that many threads,
-    up to ``threads`` chunks at once (AES-GCM runs outside the GIL); the default, 1, keeps all
-    cipher work on the event loop's thread, which measured faster on 2 cores (bench/encrypt.py).
+    up to ``threads`` chunks at once (AES-GCM runs outside the GIL). With the default, 1, the
+    cipher runs on the event loop's thread, except over the local store, where a streamed put
+    seals and a whole get opens each chunk after the first in a worker thread while the loop
+    writes or reads the next one (bench/encrypt.py); small objects and range reads stay inline.
     """
 
     transforms_bodies: ClassVar[bool] = True

@@ -328,9 +328,9 @@ class SegmentCipher:
                 if not segments:
                     continue
                 need = len(lead) + sum(len(data) + TAG_SIZE for _, data in segments)
-                out = free.pop() if free else memoryview(bytearray(need))
+                out = free.pop() if free else memoryview(bytearray(need + seg))  # chunks vary by a segment
                 if len(out) < need:
-                    out = memoryview(bytearray(need))
+                    out = memoryview(bytearray(need + seg))
                 if threaded:
                     job = offload(_seal_into, aead, prefix, out, lead, segments)
                     lead = b""
@@ -524,7 +524,7 @@ class SegmentCipher:
         try:
             layout, index, pending = self.layout, first, bytearray()
             aead, prefix, pack = self._aead, self._prefix, _COUNTER.pack
-            first_plain, plain = layout.first_plain, layout.plain
+            first_plain, plain, seg = layout.first_plain, layout.plain, layout.segment_size
             sequential = pool is None or threads < 2
             header: bytearray | None = bytearray() if skip_header else None
             async for chunk in chunks:
@@ -568,7 +568,7 @@ class SegmentCipher:
                     prior, ahead = ahead, None
                     if threaded:  # opened in a thread while the last chunk's plaintext is yielded
                         need = sum(len(job[1]) - TAG_SIZE for job in jobs)
-                        out = spare if spare is not None and len(spare) >= need else memoryview(bytearray(need))
+                        out = spare if spare is not None and len(spare) >= need else memoryview(bytearray(need + seg))
                         spare = None
                         ahead = (offload(_open_into, self._aead, self._prefix, out, jobs), out)
                         jobs = []
