@@ -72,16 +72,21 @@ _Seal = tuple[int, bytes | bytearray | memoryview]
 """One segment to seal (not the last one): its index and its plaintext."""
 
 
-def _seal_into(aead: AESGCM, prefix: bytes, out: memoryview, lead: bytes, segments: Sequence[_Seal]) -> int:
-    """Write ``lead`` then the ciphertext of ``segments`` at the start of ``out``; their length."""
-    pack = _COUNTER.pack
+def _seal_into(aead: AESGCM, prefix: bytes, out: memoryview, lead: bytes, segments: Sequence[_Seal]) -> list[bytes]:
+    """``lead`` then the ciphertext of ``segments``, sealed into ``out`` and copied out as pieces
+    of whole segments of at most ``len(out)`` bytes (one segment if larger)."""
+    pack, room, pieces = _COUNTER.pack, len(out), []
     out[: len(lead)] = lead
     fill = len(lead)
     for index, data in segments:
         size = len(data) + TAG_SIZE
+        if fill + size > room:
+            pieces.append(bytes(out[:fill]))
+            fill = 0
         aead.encrypt_into(prefix + pack(index, False), data, None, out[fill : fill + size])
         fill += size
-    return fill
+    pieces.append(bytes(out[:fill]))
+    return pieces
 
 
 def _open_into(aead: AESGCM, prefix: bytes, out: memoryview, jobs: Sequence[_Job]) -> int:
@@ -98,11 +103,6 @@ def _open_into(aead: AESGCM, prefix: bytes, out: memoryview, jobs: Sequence[_Job
             raise IntegrityError(f"segment {index} does not authenticate (tampered, truncated or reordered)") from None
         fill += size
     return fill
-
-
-def _pieces(out: memoryview, fill: int, room: int) -> list[bytes]:
-    """Copies of ``out[:fill]`` in pieces of ``room`` bytes (the last one shorter)."""
-    return [bytes(out[at : min(at + room, fill)]) for at in range(0, fill, room)]
 
 
 @dataclass(frozen=True)
@@ -327,24 +327,21 @@ class SegmentCipher:
                 del chunk, view  # the input chunk is held only by its segments
                 if not segments:
                     continue
-                need = len(lead) + sum(len(data) + TAG_SIZE for _, data in segments)
-                out = free.pop() if free else memoryview(bytearray(need + seg))  # chunks vary by a segment
-                if len(out) < need:
-                    out = memoryview(bytearray(need + seg))
+                out = free.pop() if free else memoryview(bytearray(room))
                 if threaded:
                     job = offload(_seal_into, aead, prefix, out, lead, segments)
                     lead = b""
                     del segments
                     if ahead is not None:
                         done, ahead = ahead, (job, out)
-                        yield await self._sealed(done, free, room)
+                        yield await self._sealed(done, free)
                     else:
                         ahead = (job, out)
                     continue
                 if ahead is not None:
                     done, ahead = ahead, None
-                    yield await self._sealed(done, free, room)
-                pieces = _pieces(out, _seal_into(aead, prefix, out, lead, segments), room)
+                    yield await self._sealed(done, free)
+                pieces = _seal_into(aead, prefix, out, lead, segments)
                 lead = b""
                 free.append(out)
                 del segments
@@ -352,8 +349,8 @@ class SegmentCipher:
                 del pieces
             if ahead is not None:
                 done, ahead = ahead, None
-                yield await self._sealed(done, free, room)
-            out = memoryview(bytearray(len(lead) + len(pending) + TAG_SIZE))
+                yield await self._sealed(done, free)
+            out = free.pop() if free else memoryview(bytearray(room))
             out[: len(lead)] = lead
             size = len(lead) + len(pending) + TAG_SIZE
             aead.encrypt_into(prefix + _COUNTER.pack(index, True), pending, None, out[len(lead) : size])
@@ -364,10 +361,9 @@ class SegmentCipher:
             await close(chunks)
 
     @staticmethod
-    async def _sealed(job: tuple[asyncio.Future[Any], memoryview], free: list[memoryview], room: int) -> list[bytes]:
-        """The pieces of a chunk sealed in a thread (copied here, into this thread's memory); its
-        buffer is free again once they are copied."""
-        pieces = _pieces(job[1], cast(int, await job[0]), room)
+    async def _sealed(job: tuple[asyncio.Future[Any], memoryview], free: list[memoryview]) -> list[bytes]:
+        """The pieces of a chunk sealed in a thread; its buffer is free again once the thread is done."""
+        pieces = cast(list[bytes], await job[0])
         free.append(job[1])
         return pieces
 
