@@ -1011,3 +1011,36 @@ async def test_a_local_get_opens_chunks_in_a_thread_from_the_second_on(
         assert await dl.read() == data[1 << 20 : (1 << 20) + 65536]
     assert calls == []
     await store.aclose()
+
+
+async def test_a_local_put_the_store_stops_reading_leaves_no_sealing_behind(
+    tmp_path: Path, keyring: LocalKeyring
+) -> None:
+    """A store that fails after a few chunks of a long put: the error reaches the caller, the
+    source is read no further, and no object is written (a chunk still sealing in a thread is
+    dropped)."""
+    pulled: list[int] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for i in range(64):
+            pulled.append(i)
+            yield os.urandom(1 << 20)
+
+    class Failing(LocalBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            async def some() -> AsyncIterator[bytes]:
+                count = 0
+                async for chunk in body:
+                    count += 1
+                    if count > 10:
+                        raise OSError("disk full")
+                    yield chunk
+
+            return await super().put_object(key, some(), **kw)
+
+    store = Encrypt(Failing(base_path=str(tmp_path), fsync=False), keyring)
+    with pytest.raises(Exception, match="disk full"):
+        await store.put_object("k", source())
+    assert len(pulled) <= 14  # the 10 written, the one refused and at most 3 sealed ahead
+    assert not await store.exists("k")
+    await store.aclose()
