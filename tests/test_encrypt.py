@@ -986,8 +986,8 @@ async def test_opening_in_threads_releases_nothing_unauthenticated(monkeypatch: 
 async def test_a_local_get_opens_chunks_in_a_thread_from_the_second_on(
     tmp_path: Path, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A whole local get opens each chunk after the first in a worker thread; a range read and a
-    small object stay on the loop."""
+    """Opted in, a whole local get opens each chunk after the first in a worker thread; a range
+    read and a small object stay on the loop. By default every get opens on the loop."""
     from unistore.encryption import _encrypt
 
     calls: list[int] = []
@@ -1003,6 +1003,9 @@ async def test_a_local_get_opens_chunks_in_a_thread_from_the_second_on(
     await store.put_object("big", _chunks(data, 1 << 20))
     await store.put_object("small", _chunks(data[:5000], 1 << 20))
     calls.clear()
+    assert await store.get("big") == data
+    assert calls == []
+    store._open_in_thread = True
     assert await store.get("big") == data
     assert len(calls) >= 2
     calls.clear()

@@ -216,8 +216,8 @@ class Encrypt(Layer):
     ``threads`` > 1 seals and opens the segments of streamed puts and gets on that many threads,
     up to ``threads`` chunks at once (AES-GCM runs outside the GIL). With the default, 1, the
     cipher runs on the event loop's thread, except over the local store, where a streamed put
-    seals and a whole get opens each chunk after the first in a worker thread while the loop
-    writes or reads the next one (bench/encrypt.py); small objects and range reads stay inline.
+    seals each chunk after the first in a worker thread while the store writes the last one
+    (bench/encrypt.py); small objects stay inline.
     """
 
     transforms_bodies: ClassVar[bool] = True
@@ -251,6 +251,11 @@ class Encrypt(Layer):
         self.key_cache_ttl = key_cache_ttl
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._open_in_thread = False
+        """Whether a whole streamed get over the local store opens each chunk after the first in a
+        worker thread (``threads=1``). Off: on a loaded 2-core machine it took 25 % more CPU (the
+        hop and a copy out of the thread's buffer) and read slower (bench/encrypt.py
+        ``--open-in-thread``)."""
         self._clock = clock
         self._ciphers: OrderedDict[tuple[str, bytes, bytes, bytes], tuple[float, SegmentCipher]] = OrderedDict()
         self._envelopes: OrderedDict[str, _Envelope] = OrderedDict()
@@ -521,7 +526,7 @@ class Encrypt(Layer):
             skip_header=True,
             pool=self._workers(),
             threads=self.threads,
-            offload=run_in_thread if local else None,  # opened in a thread while the store reads the next chunk
+            offload=run_in_thread if local and self._open_in_thread else None,
         )
         chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)
