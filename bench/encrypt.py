@@ -19,8 +19,10 @@ in ``--json``); ``BENCH_TRACE=1`` prints the put's traced Python peak and its la
 cipher thread count (``encrypt t1``, ``encrypt t2``) instead of one with the default (1);
 ``--skip-small`` skips the 4 KiB runs. The put and the get also report their process CPU time
 per GiB (user + system, the store's I/O threads included): ``put_cpu_s_gib``, ``get_cpu_s_gib``.
-``--compare-src DIR`` adds a variant ``encrypt base`` whose worker imports ``unistore`` from
-``DIR`` (another checkout's ``src``), to compare two versions of the layer interleaved in one run.
+``--open-in-thread`` has the Encrypt variants (not ``encrypt base``) open a local get's chunks
+in a worker thread (off by default). ``--compare-src DIR`` adds a variant ``encrypt base``
+whose worker imports ``unistore`` from ``DIR`` (another checkout's ``src``), to compare two
+versions of the layer interleaved in one run.
 The load average and busy cores are recorded before each large run. Variants alternate in a
 rotating order per repetition; medians over ``--reps``.
 Targets: Encrypt >= 0.8x the unencrypted throughput, peak RSS < 64 MiB, range read < 2x unencrypted.
@@ -83,7 +85,10 @@ def _store(spec: dict[str, Any]) -> Any:
             **options,
         )
     if spec["variant"].startswith("encrypt"):
-        return Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}), threads=spec.get("threads") or 1)
+        enc = Encrypt(base, LocalKeyring({"bench": base64.b64decode(spec["kek"])}), threads=spec.get("threads") or 1)
+        if spec.get("open_in_thread"):
+            enc._open_in_thread = True  # a local get opens its chunks in a worker thread
+        return enc
     return base
 
 
@@ -223,6 +228,11 @@ def main() -> None:
         default="",
         help="Encrypt cipher thread counts to compare, e.g. 1,2 (default: the layer default, 1)",
     )
+    ap.add_argument(
+        "--open-in-thread",
+        action="store_true",
+        help="the 'encrypt' variants (not 'encrypt base') open a local get's chunks in a worker thread",
+    )
     ap.add_argument("--s3-parts", default="", help="S3 part size in MiB and parts in flight, e.g. 8x4")
     ap.add_argument("--variants", default="", help="only these variants, e.g. plain,encrypt")
     ap.add_argument("--skip-small", action="store_true", help="skip the 4 KiB CPU runs")
@@ -264,6 +274,7 @@ def main() -> None:
                     for variant in rotate(variants, rep):
                         base: dict[str, Any] = {"store": store, "variant": variant, "kek": kek, "sse_c_key": sse_c_key}
                         base["threads"] = encrypts.get(variant)
+                        base["open_in_thread"] = a.open_in_thread and variant != "encrypt base"
                         if variant == "encrypt base":
                             base["src"] = str(Path(a.compare_src).resolve())
                         if a.s3_parts:

@@ -832,31 +832,218 @@ async def test_a_streamed_local_get_leaves_the_read_ahead_to_the_store(tmp_path:
         await store.aclose()
 
 
-async def test_a_streamed_put_seals_ahead_only_over_the_local_store(tmp_path: Path, keyring: LocalKeyring) -> None:
-    """The local store writes in a worker thread while the loop waits, so the next chunk is sealed
-    meanwhile; any other store is handed each chunk's ciphertext as it pulls it (one sealed chunk
+async def test_a_streamed_put_seals_in_a_thread_only_over_the_local_store(
+    tmp_path: Path, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local store writes in a worker thread while the loop waits, so the next chunks are
+    sealed meanwhile in another thread (one chunk at a time, from the second on); any other
+    store is handed each chunk's ciphertext as it pulls it, sealed on the loop (one sealed chunk
     less held, which is what an S3 upload's memory needs)."""
+    import threading
+
+    from unistore.encryption import _stream
 
     seen: list[bool] = []
+    seal_into = _stream._seal_into
 
-    async def watched(body: Any) -> AsyncIterator[bytes]:
-        async for chunk in body:
-            seen.append(any("pump" in repr(t) for t in asyncio.all_tasks()))
-            yield chunk
+    def watched(*args: Any) -> list[bytes]:
+        seen.append(threading.current_thread() is not threading.main_thread())
+        return seal_into(*args)
 
-    class Local(LocalBackend):
-        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
-            return await super().put_object(key, watched(body), **kw)
-
-    class Memory(MemoryBackend):
-        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
-            return await super().put_object(key, watched(body), **kw)
-
+    monkeypatch.setattr(_stream, "_seal_into", watched)
     data = os.urandom(3 << 20)
-    for inner, ahead in ((Local(base_path=str(tmp_path), fsync=False), True), (Memory(), False)):
+    for inner, threaded in (
+        (LocalBackend(base_path=str(tmp_path), fsync=False), [False, True, True]),
+        (MemoryBackend(), []),
+    ):
         seen.clear()
         store = Encrypt(inner, keyring)
         await store.put_object("big", _chunks(data, 1 << 20))
-        assert (True in seen) is ahead
+        assert seen == threaded
         assert await store.get("big") == data
         await store.aclose()
+
+
+def _late(delay: float, calls: list[int]) -> Any:
+    """An offload that runs each job in a thread after ``delay`` seconds (the loop races ahead)."""
+    import time
+
+    def run(fn: Any, *args: Any) -> Any:
+        calls.append(1)
+
+        def later() -> Any:
+            time.sleep(delay)
+            return fn(*args)
+
+        return asyncio.get_running_loop().run_in_executor(None, later)
+
+    return run
+
+
+async def _reused(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """``data`` in chunks of ``size``, each in the same bytearray, overwritten once the next is asked for."""
+    buf = bytearray(size)
+    for i in range(0, len(data), size):
+        piece = data[i : i + size]
+        buf[: len(piece)] = piece
+        yield memoryview(buf)[: len(piece)]  # type: ignore[misc]
+        buf[:] = b"\xee" * size
+
+
+@pytest.mark.parametrize("segment_size", [100, 1000, 64 * 1024])
+async def test_sealing_in_threads_yields_what_sealing_on_the_loop_does(
+    segment_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealed by slow threads, with buffers in reuse, the same pieces as :meth:`seal`, byte for
+    byte; every piece handed out stays as it was after the put (no buffer is reused while the
+    caller still holds it, none handed out while a thread writes it); a source that overwrites
+    its chunk once the next one is asked for is sealed on the loop."""
+    from unistore.encryption import _stream
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    monkeypatch.setattr(_stream, "OFFLOAD", 1)
+    layout = Layout(segment_size)
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+    for size in (0, 1, layout.first_plain + 1, 5 * layout.plain + 3, 300_001, 1_100_000):
+        data = os.urandom(size)
+        whole = cipher.encrypt_all(data)
+        for chunk in {997, layout.plain + 1, 65_536, 256 * 1024, max(size, 1)}:
+            calls: list[int] = []
+            expected = [b async for b in cipher.seal(_chunks(data, chunk))]
+            batches = [b async for b in cipher.seal_offloaded(_chunks(data, chunk), _late(0.002, calls))]
+            kept = [(piece, bytes(piece)) for batch in batches for piece in batch]
+            await asyncio.sleep(0.01)  # any thread still writing a handed-out buffer would show here
+            assert batches == expected
+            assert all(isinstance(piece, bytes) and piece == copy for piece, copy in kept)
+            assert b"".join(p for p, _ in kept) == whole
+            assert calls or len(expected) <= 2  # every chunk but the first is sealed in a thread
+            calls = []
+            mutable = [b async for b in cipher.seal_offloaded(_reused(data, chunk), _late(0.002, calls))]
+            assert b"".join(p for b in mutable for p in b) == whole
+            assert calls == []
+
+
+async def test_a_local_put_hands_the_store_pieces_it_may_keep(tmp_path: Path, keyring: LocalKeyring) -> None:
+    """A store that keeps every chunk it was handed finds them unchanged after the put (sealing
+    in threads reuses buffers, never one the store was given) and they are the stored bytes."""
+    kept: list[tuple[bytes, bytes]] = []
+
+    class Keeping(LocalBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            async def keep() -> AsyncIterator[bytes]:
+                async for chunk in body:
+                    kept.append((chunk, bytes(chunk)))
+                    yield chunk
+
+            return await super().put_object(key, keep(), **kw)
+
+    inner = Keeping(base_path=str(tmp_path), fsync=False)
+    store = Encrypt(inner, keyring)
+    data = os.urandom((5 << 20) + 12345)
+    await store.put_object("k", _chunks(data, 1 << 20))
+    assert len(kept) > 8 and all(chunk == copy for chunk, copy in kept)
+    assert b"".join(chunk for chunk, _ in kept) == (tmp_path / "k").read_bytes()
+    assert await store.get("k") == data
+    await store.aclose()
+
+
+async def _collect(stream: AsyncIterator[bytes], into: bytearray) -> None:
+    async for segment in stream:
+        into += segment
+
+
+async def test_opening_in_threads_releases_nothing_unauthenticated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks opened in slow threads yield the plaintext, in order; a tampered segment raises
+    before any byte of its chunk is yielded, and a cut ciphertext raises at its end."""
+    from unistore.encryption import _stream
+    from unistore.encryption._stream import Layout, SegmentCipher, new_header
+
+    monkeypatch.setattr(_stream, "OFFLOAD", 1)
+    layout = Layout(1000)
+    cipher = SegmentCipher(os.urandom(32), new_header(), b"ad", layout)
+    data = os.urandom(50_000)
+    ciphertext = cipher.encrypt_all(data)
+    for chunk in (997, 3000, 10_000):
+        calls: list[int] = []
+        stream = cipher.decrypt_stream(
+            _chunks(ciphertext, chunk), 0, None, skip_header=True, offload=_late(0.002, calls)
+        )
+        assert b"".join([s async for s in stream]) == data
+        assert calls
+        bad = bytearray(ciphertext)
+        bad[30_500] ^= 1  # in segment 30, plaintext from 29_356 on
+        got = bytearray()
+        stream = cipher.decrypt_stream(_chunks(bytes(bad), chunk), 0, None, skip_header=True, offload=_late(0.002, []))
+        with pytest.raises(IntegrityError):
+            await _collect(stream, got)
+        assert data.startswith(got) and len(got) <= layout.plain_start(30)
+        cut = ciphertext[: 40 * layout.segment_size]
+        stream = cipher.decrypt_stream(_chunks(cut, chunk), 0, None, skip_header=True, offload=_late(0.002, []))
+        with pytest.raises(IntegrityError):
+            [s async for s in stream]
+
+
+async def test_a_local_get_opens_chunks_in_a_thread_from_the_second_on(
+    tmp_path: Path, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opted in, a whole local get opens each chunk after the first in a worker thread; a range
+    read and a small object stay on the loop. By default every get opens on the loop."""
+    from unistore.encryption import _encrypt
+
+    calls: list[int] = []
+    real = _encrypt.run_in_thread
+
+    def counted(fn: Any, *args: Any) -> Any:
+        calls.append(1)
+        return real(fn, *args)
+
+    monkeypatch.setattr(_encrypt, "run_in_thread", counted)
+    store = Encrypt(LocalBackend(base_path=str(tmp_path), fsync=False), keyring)
+    data = os.urandom(4 << 20)
+    await store.put_object("big", _chunks(data, 1 << 20))
+    await store.put_object("small", _chunks(data[:5000], 1 << 20))
+    calls.clear()
+    assert await store.get("big") == data
+    assert calls == []
+    store._open_in_thread = True
+    assert await store.get("big") == data
+    assert len(calls) >= 2
+    calls.clear()
+    assert await store.get("small") == data[:5000]
+    async with await store.open("big", range=ByteRange(1 << 20, (1 << 20) + 65536)) as dl:
+        assert await dl.read() == data[1 << 20 : (1 << 20) + 65536]
+    assert calls == []
+    await store.aclose()
+
+
+async def test_a_local_put_the_store_stops_reading_leaves_no_sealing_behind(
+    tmp_path: Path, keyring: LocalKeyring
+) -> None:
+    """A store that fails after a few chunks of a long put: the error reaches the caller, the
+    source is read no further, and no object is written (a chunk still sealing in a thread is
+    dropped)."""
+    pulled: list[int] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for i in range(64):
+            pulled.append(i)
+            yield os.urandom(1 << 20)
+
+    class Failing(LocalBackend):
+        async def put_object(self, key: str, body: Any, **kw: Any) -> Any:
+            async def some() -> AsyncIterator[bytes]:
+                count = 0
+                async for chunk in body:
+                    count += 1
+                    if count > 10:
+                        raise OSError("disk full")
+                    yield chunk
+
+            return await super().put_object(key, some(), **kw)
+
+    store = Encrypt(Failing(base_path=str(tmp_path), fsync=False), keyring)
+    with pytest.raises(Exception, match="disk full"):
+        await store.put_object("k", source())
+    assert len(pulled) <= 14  # the 10 written, the one refused and at most 3 sealed ahead
+    assert not await store.exists("k")
+    await store.aclose()

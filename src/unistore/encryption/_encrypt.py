@@ -39,6 +39,7 @@ from .._types import (
     normalize_metadata,
 )
 from ..backends.local import LocalBackend
+from ..backends.local._pool import run_in_thread
 from ..layers._layer import Layer, in_memory
 from ._keyring import Keyring, WrappedKey
 from ._stream import (
@@ -213,8 +214,10 @@ class Encrypt(Layer):
     once; ``forget_keys()`` empties that cache, ``key_cache_size=0`` turns it off.
 
     ``threads`` > 1 seals and opens the segments of streamed puts and gets on that many threads,
-    up to ``threads`` chunks at once (AES-GCM runs outside the GIL); the default, 1, keeps all
-    cipher work on the event loop's thread, which measured faster on 2 cores (bench/encrypt.py).
+    up to ``threads`` chunks at once (AES-GCM runs outside the GIL). With the default, 1, the
+    cipher runs on the event loop's thread, except over the local store, where a streamed put
+    seals each chunk after the first in a worker thread while the store writes the last one
+    (bench/encrypt.py); small objects stay inline.
     """
 
     transforms_bodies: ClassVar[bool] = True
@@ -248,6 +251,11 @@ class Encrypt(Layer):
         self.key_cache_ttl = key_cache_ttl
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._open_in_thread = False
+        """Whether a whole streamed get over the local store opens each chunk after the first in a
+        worker thread (``threads=1``). Off: on a loaded 2-core machine it took 25 % more CPU (the
+        hop and a copy out of the thread's buffer) and read slower (bench/encrypt.py
+        ``--open-in-thread``)."""
         self._clock = clock
         self._ciphers: OrderedDict[tuple[str, bytes, bytes, bytes], tuple[float, SegmentCipher]] = OrderedDict()
         self._envelopes: OrderedDict[str, _Envelope] = OrderedDict()
@@ -436,9 +444,9 @@ class Encrypt(Layer):
             sealed = cipher.encrypt_all(body)
         elif self.threads < 2 and _local(self.inner):
             # The local store writes in a worker thread while the loop waits: the next input chunk
-            # is sealed meanwhile. Elsewhere (a network store sends on its own) that would only
-            # hold more sealed bytes, so each segment is handed on as soon as it is sealed.
-            sealed = flatten(read_ahead(cipher.seal(iter_body(body)), lean=True))
+            # is sealed meanwhile, in another thread. Elsewhere (a network store sends on its own)
+            # that would only hold more sealed bytes, so each segment is handed on once sealed.
+            sealed = flatten(cipher.seal_offloaded(iter_body(body), run_in_thread))
         elif self.threads < 2:
             sealed = flatten(cipher.seal(iter_body(body), per_chunk=False, piece=0))
         else:  # one hand-off per input chunk: the next one is sealed while the store writes this one
@@ -510,13 +518,15 @@ class Encrypt(Layer):
         if whole is not None and plain.size <= IN_MEMORY_LIMIT:  # a small object the store already read
             last = found.layout.segments(len(whole)) - 1
             return Download(plain, cipher.decrypt_span(whole, 0, last, skip_header=True))
+        local = _local(self.inner)
         segments = cipher.decrypt_stream(
-            aiter(dl) if _local(self.inner) else read_ahead(aiter(dl)),  # the local store reads ahead itself
+            aiter(dl) if local else read_ahead(aiter(dl)),  # the local store reads ahead itself
             0,
             None,
             skip_header=True,
             pool=self._workers(),
             threads=self.threads,
+            offload=run_in_thread if local and self._open_in_thread else None,
         )
         chunks = _checked(segments, plain.size, key, self.name)
         return Download(plain, chunks, close=dl.aclose)

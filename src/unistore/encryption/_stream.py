@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +36,8 @@ __all__ = [
     "HEADER_SIZE",
     "KEY_SIZE",
     "Layout",
+    "OFFLOAD",
+    "Offload",
     "PIECE",
     "SegmentCipher",
     "TAG_SIZE",
@@ -47,6 +49,9 @@ __all__ = [
 
 PIECE = 256 * 1024
 """Ciphertext bytes a streamed put seals into one piece (whole segments; at least one)."""
+OFFLOAD = 256 * 1024
+"""Plaintext bytes of one input chunk's segments from which they are sealed or opened in a worker
+thread (with an ``offload``): a thread hop costs about as much as ciphering 128 KiB."""
 
 KEY_SIZE = 32
 NONCE_PREFIX_SIZE = 7
@@ -61,6 +66,43 @@ _InFlight = deque["asyncio.Future[list[bytes]]"]
 _COUNTER = struct.Struct(">I?")
 """The nonce's tail: the segment index (4 bytes, big-endian) and the last-segment flag."""
 _T = TypeVar("_T")
+Offload = Callable[..., "asyncio.Future[Any]"]
+"""Runs ``fn(*args)`` in a worker thread: ``offload(fn, *args)`` is awaited for its result."""
+_Seal = tuple[int, bytes | bytearray | memoryview]
+"""One segment to seal (not the last one): its index and its plaintext."""
+
+
+def _seal_into(aead: AESGCM, prefix: bytes, out: memoryview, lead: bytes, segments: Sequence[_Seal]) -> list[bytes]:
+    """``lead`` then the ciphertext of ``segments``, sealed into ``out`` and copied out as pieces
+    of whole segments of at most ``len(out)`` bytes (one segment if larger)."""
+    pack, room, pieces = _COUNTER.pack, len(out), []
+    out[: len(lead)] = lead
+    fill = len(lead)
+    for index, data in segments:
+        size = len(data) + TAG_SIZE
+        if fill + size > room:
+            pieces.append(bytes(out[:fill]))
+            fill = 0
+        aead.encrypt_into(prefix + pack(index, False), data, None, out[fill : fill + size])
+        fill += size
+    pieces.append(bytes(out[:fill]))
+    return pieces
+
+
+def _open_into(aead: AESGCM, prefix: bytes, out: memoryview, jobs: Sequence[_Job]) -> int:
+    """Write the plaintext of ``jobs`` (segments, in order) at the start of ``out``; its length.
+    IntegrityError if one does not authenticate (``out`` then holds unauthenticated bytes)."""
+    pack, fill = _COUNTER.pack, 0
+    for index, data, last in jobs:
+        if index >= MAX_SEGMENTS:
+            raise IntegrityError("too many segments")
+        size = len(data) - TAG_SIZE
+        try:
+            aead.decrypt_into(prefix + pack(index, last), data, None, out[fill : fill + size])
+        except InvalidTag:
+            raise IntegrityError(f"segment {index} does not authenticate (tampered, truncated or reordered)") from None
+        fill += size
+    return fill
 
 
 @dataclass(frozen=True)
@@ -247,6 +289,84 @@ class SegmentCipher:
         finally:
             await close(chunks)
 
+    async def seal_offloaded(self, chunks: AsyncIterator[bytes], offload: Offload) -> AsyncGenerator[list[bytes], None]:
+        """The pieces :meth:`seal` yields (the same bytes, in the same lists), with each input chunk
+        after the first sealed by ``offload`` in a worker thread while the caller writes the last
+        chunk's pieces and this reads the next chunk (at most two chunks in a thread at once).
+
+        The first chunk (a body of one chunk never pays a thread hop), chunks of less than
+        :data:`OFFLOAD` bytes of segments, mutable chunks and the last segment are sealed here.
+        A thread seals into a buffer of its own, which is reused only once that thread is done;
+        the caller gets immutable copies. Closing this generator closes ``chunks``.
+        """
+        layout, aead, prefix = self.layout, self._aead, self._prefix
+        seg, first, plain = layout.segment_size, layout.first_plain, layout.plain
+        room = max(PIECE // seg, 1) * seg
+        free: list[memoryview] = []
+        lead, index, pending, seen = self.header, 0, bytearray(), False
+        ahead: tuple[asyncio.Future[Any], memoryview] | None = None
+        try:
+            async for chunk in chunks:
+                view, pos, end, segments = memoryview(chunk), 0, len(chunk), list[_Seal]()
+                size = first if index == 0 else plain
+                if pending:
+                    pos = min(size - len(pending), end)
+                    pending += view[:pos]
+                    if pos == end:  # not full, or full but maybe the last segment
+                        continue
+                    segments.append((index, pending))
+                    index, size, pending = index + 1, plain, bytearray()
+                while end - pos > size:  # more follows: not the last segment
+                    if index >= MAX_SEGMENTS - 1:
+                        raise IntegrityError("too many segments")
+                    segments.append((index, view[pos : pos + size]))
+                    pos, index, size = pos + size, index + 1, plain
+                pending += view[pos:]
+                threaded = seen and isinstance(chunk, bytes) and sum(len(data) for _, data in segments) >= OFFLOAD
+                seen = True
+                del chunk, view  # the input chunk is held only by its segments
+                if not segments:
+                    continue
+                out = free.pop() if free else memoryview(bytearray(room))
+                if threaded:
+                    job = offload(_seal_into, aead, prefix, out, lead, segments)
+                    lead = b""
+                    del segments
+                    if ahead is not None:
+                        done, ahead = ahead, (job, out)
+                        yield await self._sealed(done, free)
+                    else:
+                        ahead = (job, out)
+                    continue
+                if ahead is not None:
+                    done, ahead = ahead, None
+                    yield await self._sealed(done, free)
+                pieces = _seal_into(aead, prefix, out, lead, segments)
+                lead = b""
+                free.append(out)
+                del segments
+                yield pieces
+                del pieces
+            if ahead is not None:
+                done, ahead = ahead, None
+                yield await self._sealed(done, free)
+            out = free.pop() if free else memoryview(bytearray(room))
+            out[: len(lead)] = lead
+            size = len(lead) + len(pending) + TAG_SIZE
+            aead.encrypt_into(prefix + _COUNTER.pack(index, True), pending, None, out[len(lead) : size])
+            yield [bytes(out[:size])]
+        finally:
+            if ahead is not None:  # its thread may still write into its buffer, which is dropped
+                ahead[0].cancel()
+            await close(chunks)
+
+    @staticmethod
+    async def _sealed(job: tuple[asyncio.Future[Any], memoryview], free: list[memoryview]) -> list[bytes]:
+        """The pieces of a chunk sealed in a thread; its buffer is free again once the thread is done."""
+        pieces = cast(list[bytes], await job[0])
+        free.append(job[1])
+        return pieces
+
     async def encrypt_stream(
         self, chunks: AsyncIterator[bytes], *, pool: Executor | None = None, threads: int = 1
     ) -> AsyncIterator[bytes]:
@@ -378,6 +498,7 @@ class SegmentCipher:
         skip_header: bool,
         pool: Executor | None = None,
         threads: int = 1,
+        offload: Offload | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The plaintext of ciphertext ``chunks`` that start at segment ``first``'s encrypted bytes
         (or at the header, with ``skip_header``, which must then equal this cipher's header).
@@ -387,13 +508,19 @@ class SegmentCipher:
         authenticated before any of its bytes is yielded; a short or overlong stream raises
         :class:`IntegrityError`. With ``pool`` and ``threads`` > 1 up to ``threads`` chunks are
         opened at once on its threads; a chunk's segments are yielded, in order, once all of
-        them authenticate.
+        them authenticate. Else, with ``offload``, each chunk after the first with at least
+        :data:`OFFLOAD` bytes of whole segments is opened by ``offload`` in a worker thread while
+        the last chunk's segments are yielded (one chunk in a thread at a time), its segments
+        yielded once all of them authenticate.
         """
         inflight: _InFlight = deque()
+        ahead: tuple[asyncio.Future[Any], memoryview] | None = None
+        spare: memoryview | None = None
+        seen = False
         try:
             layout, index, pending = self.layout, first, bytearray()
             aead, prefix, pack = self._aead, self._prefix, _COUNTER.pack
-            first_plain, plain = layout.first_plain, layout.plain
+            first_plain, plain, seg = layout.first_plain, layout.plain, layout.segment_size
             sequential = pool is None or threads < 2
             header: bytearray | None = bytearray() if skip_header else None
             async for chunk in chunks:
@@ -421,6 +548,36 @@ class SegmentCipher:
                         break
                     jobs.append((index, view[pos : pos + size], False))
                     pos, index = pos + size, index + 1
+                if sequential and offload is not None:
+                    while not pending:
+                        size = layout.plain_len(index) + TAG_SIZE
+                        left = end - pos
+                        if left < size or (left == size if last_index is None else index >= last_index):
+                            break
+                        jobs.append((index, view[pos : pos + size], False))
+                        pos, index = pos + size, index + 1
+                    if pos < end:
+                        pending += view[pos:]
+                    threaded = seen and isinstance(chunk, bytes) and sum(len(job[1]) for job in jobs) >= OFFLOAD
+                    seen = True
+                    del chunk, view
+                    prior, ahead = ahead, None
+                    if threaded:  # opened in a thread while the last chunk's plaintext is yielded
+                        need = sum(len(job[1]) - TAG_SIZE for job in jobs)
+                        out = spare if spare is not None and len(spare) >= need else memoryview(bytearray(need + seg))
+                        spare = None
+                        ahead = (offload(_open_into, self._aead, self._prefix, out, jobs), out)
+                        jobs = []
+                    if prior is not None:
+                        # copied here: bytes made in a worker thread come from its malloc arena,
+                        # which hands pages back and faults them in again chunk after chunk
+                        opened = bytes(prior[1][: cast(int, await prior[0])])
+                        spare = prior[1]  # free again: its thread is done and it was copied
+                        yield opened
+                        del opened
+                    for at, data, last in jobs:
+                        yield self.decrypt(at, data, last)
+                    continue
                 if sequential:  # each segment decrypted just before it is yielded: a small working set
                     for at, data, last in jobs:  # the one completed from the last chunk
                         yield self.decrypt(at, data, last)
@@ -444,12 +601,15 @@ class SegmentCipher:
                     continue
                 if pos < end:
                     pending += view[pos:]
-                for out in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
-                    for segment in out:
+                for batch in await self._pipeline(self.decrypt, jobs, inflight, pool, threads):
+                    for segment in batch:
                         yield segment
-            for out in await self._drain(inflight):
-                for segment in out:
+            for batch in await self._drain(inflight):
+                for segment in batch:
                     yield segment
+            if ahead is not None:
+                prior, ahead = ahead, None
+                yield bytes(prior[1][: cast(int, await prior[0])])
             if header is not None:
                 raise IntegrityError("the ciphertext ends inside its header")
             if last_index is None or index == last_index:
@@ -461,6 +621,8 @@ class SegmentCipher:
         finally:
             for future in inflight:
                 future.cancel()
+            if ahead is not None:  # its thread may still write into its buffer, which is dropped
+                ahead[0].cancel()
             await close(chunks)
 
 
