@@ -206,6 +206,14 @@ def _temp_files(root: Path) -> list[str]:
     return [f for f in _store_files(root) if os.path.basename(f).startswith(".unistore.tmp.")]
 
 
+def _temp_size(path: Path) -> int:
+    """The size of a temp file, 0 once it is gone (a starting store's probe file lives for microseconds)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _touch(directory: Path, names: list[str] | list[bytes], data: bytes = b"") -> None:
     """Create files by hand (``bytes`` names may be any file name, even invalid UTF-8)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -384,7 +392,7 @@ async def test_killed_writer_leaves_no_visible_trace(tmp_path: Path, local: Loca
     try:
         deadline = time.monotonic() + 30
         while True:  # wait until the writer is mid-stream: its temp file holds data
-            temps = [t for t in _temp_files(local.root) if (local.root / t).stat().st_size >= 3 * 65536]
+            temps = [t for t in _temp_files(local.root) if _temp_size(local.root / t) >= 3 * 65536]
             if temps:
                 break
             assert proc.is_alive() and time.monotonic() < deadline, "writer never started"

@@ -268,7 +268,8 @@ class BaseBackend(ABC):
         ``IfMatch`` (so a concurrent write is never overwritten); backends that can change
         metadata alone override it."""
         meta = normalize_metadata(metadata)
-        async with await self.open(key, if_match=if_match) as dl:
+        # "*" asks only that the object exist, which the read checks anyway (not every S3 server takes it on GET)
+        async with await self.open(key, if_match=None if if_match == "*" else if_match) as dl:
             info = dl.info
             return await self.put_object(
                 key,
